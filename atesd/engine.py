@@ -1,0 +1,319 @@
+"""DistillEngine: on-policy self-distillation at a given teacher exposure alpha.
+
+One `step(alpha)` = sample problems, let the student roll out (student prompt), let the teacher
+score the same tokens (teacher prompt with the reference revealed at alpha), take one optimiser
+step on the chunked distillation loss, and measure the training-state statistics (mismatch,
+confidence, grounded score, probe NLL and their EMAs). `run_window(alpha, H)` holds alpha for H
+steps. The engine knows nothing of Gymnasium or controllers; it sees models only through the HF API.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from atesd.batching import completion_hidden
+from atesd.exposure import ExposureConfig, PromptBuilder
+from atesd.losses import LossConfig, LossOutput, chunked_distill_loss
+from atesd.rollout import HFSampler, RolloutBackend, SamplingParams
+from atesd.stats import EMAStats, StepStats, WindowStats
+from atesd.tasks.base import Problem, Task
+from atesd.teacher import Teacher, TeacherConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Student rollout sampling during training (T=1, no top-k/top-p: truly on-policy)."""
+
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (> 0)"})
+    top_k: int = field(default=0, metadata={"help": "top-k filter, 0 = off"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus filter in (0, 1], 1 = off"})
+    max_new_tokens: int = field(default=96, metadata={"help": "longest rollout in tokens (>= 1)"})
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(
+                f"sampling.temperature must be > 0 for on-policy training, got {self.temperature}"
+            )
+        self.params()  # range checks
+
+    def params(self, greedy: bool = False) -> SamplingParams:
+        t = 0.0 if greedy else self.temperature
+        return SamplingParams(
+            temperature=t, top_k=self.top_k, top_p=self.top_p, max_new_tokens=self.max_new_tokens
+        )
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything that shapes a distillation run except the model and task themselves."""
+
+    batch_size: int = field(
+        default=32, metadata={"help": "prompts per student update, one rollout each (>= 1)"}
+    )
+    lr: float = field(default=1e-4, metadata={"help": "student AdamW learning rate (> 0)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "student AdamW weight decay (>= 0)"})
+    grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clip (> 0)"})
+    loss: LossConfig = field(default_factory=lambda: LossConfig(kind="reverse_kl"))
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    exposure: ExposureConfig = field(default_factory=ExposureConfig)
+    stats_decay: float = field(
+        default=0.9, metadata={"help": "EMA decay of the training-state statistics, [0, 1)"}
+    )
+    grounded: bool = field(default=True, metadata={"help": "compute the grounded score g every step"})
+    max_nonfinite_steps: int = field(
+        default=5, metadata={"help": "stop after this many non-finite losses in a row"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the problem stream and the sampling generators"})
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0 or self.grad_clip <= 0:
+            raise ValueError("need batch_size >= 1, lr > 0, weight_decay >= 0 and grad_clip > 0")
+        if not 0 <= self.stats_decay < 1:
+            raise ValueError(f"stats_decay must be in [0, 1), got {self.stats_decay}")
+        if self.max_nonfinite_steps < 1:
+            raise ValueError(f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Problems, their student prompts (ids), the sampled completions (ids) and decoded texts."""
+
+    problems: list[Problem]
+    prompts: list[list[int]]
+    completions: list[list[int]]
+    texts: list[str]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after `max_nonfinite_steps` non-finite losses in a row."""
+
+
+class DistillEngine:
+    """Student, teacher, optimiser, sampler and statistics of one distillation run."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        task: Task,
+        cfg: EngineConfig | None = None,
+        sampler: RolloutBackend | None = None,
+        probe: list[Problem] | None = None,
+    ) -> None:
+        self.cfg = cfg or EngineConfig()
+        self.student, self.tokenizer, self.task = model, tokenizer, task
+        self.teacher = Teacher(model, self.cfg.teacher)
+        self.builder = PromptBuilder(tokenizer, task.prompt_format, self.cfg.exposure)
+        self.sampler = sampler or HFSampler(
+            model, eos_token_ids=[tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id
+        )
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        data_seq, sample_seq, eval_seq = np.random.SeedSequence(self.cfg.seed).spawn(3)
+        self.rng = np.random.default_rng(data_seq)
+        self.sample_gen = torch.Generator().manual_seed(int(sample_seq.generate_state(1)[0]))
+        self.eval_gen = torch.Generator().manual_seed(int(eval_seq.generate_state(1)[0]))
+        self.stats = EMAStats(self.cfg.stats_decay)
+        self.num_steps = 0
+        self.nonfinite_in_row = 0
+        self.nonfinite_total = 0
+        self.probe = probe if probe is not None else task.probe_set()
+        self.last_probe_nll: float | None = None
+
+    # ---- one student update -----------------------------------------------------------------
+    def step(self, alpha: float) -> StepStats:
+        """One on-policy distillation update at exposure alpha."""
+        t_start = time.perf_counter()
+        batch = self.rollout(self.task.sample(self.rng, self.cfg.batch_size))
+        t_rollout = time.perf_counter()
+        out, grounded, t_teacher = self.batch_loss(batch, alpha)
+        if torch.isfinite(out.loss):
+            grad_norm = self._update(out.loss)  # NaN when the gradient was not finite (step skipped)
+        else:
+            grad_norm = math.nan
+            self._count_nonfinite()
+        skipped = not math.isfinite(grad_norm)
+        t_update = time.perf_counter()
+        probe_nll = self.probe_nll()
+        t_end = time.perf_counter()
+        self.num_steps += 1
+        per_token = out.per_token.float()
+        verdicts = [self.task.verify(p, t) for p, t in zip(batch.problems, batch.texts)]
+        stats = StepStats(
+            step=self.num_steps,
+            alpha=float(alpha),
+            loss=float(out.loss.detach()),
+            skipped=skipped,
+            grad_norm=grad_norm,
+            num_tokens=int(per_token.numel()),
+            mismatch_top1=float(out.top1_disagree.float().mean()),
+            divergence_mean=float(per_token.mean()),
+            divergence_p90=float(torch.quantile(per_token, 0.9)),
+            divergence_p99=float(torch.quantile(per_token, 0.99)),
+            confidence=float(out.student_max_prob.mean()),
+            sampled_logprob=float(out.student_token_logprob.mean()),
+            grounded=grounded,
+            probe_nll=probe_nll,
+            rollout_accuracy=float(np.mean([v.correct for v in verdicts])),
+            rollout_s=t_rollout - t_start,
+            teacher_s=t_teacher - t_rollout,
+            update_s=t_update - t_teacher,
+            probe_s=t_end - t_update,
+            total_s=t_end - t_start,
+        )
+        self.stats.update(stats)
+        return stats
+
+    def rollout(self, problems: list[Problem], generator: torch.Generator | None = None) -> Batch:
+        """Student prompts and sampled completions for `problems` (the training sampler by default)."""
+        prompts = [self.builder.encode(self.builder.student_prompt(p)) for p in problems]
+        result = self.sampler.generate(prompts, self.cfg.sampling.params(), generator or self.sample_gen)
+        texts = self.tokenizer.batch_decode(result.completion_ids, skip_special_tokens=True)
+        return Batch(problems, prompts, result.completion_ids, texts)
+
+    def batch_loss(self, batch: Batch, alpha: float) -> tuple[LossOutput, float, float]:
+        """Distillation loss of `batch` at alpha (student with grad), the grounded score, and the
+        time the teacher's passes ended."""
+        teacher_prompts = self.teacher_prompts(batch.problems, alpha, batch.texts)
+        pad = self.tokenizer.pad_token_id
+        with self.teacher.scoring() as teacher_model:
+            t_hidden, targets = completion_hidden(teacher_model, teacher_prompts, batch.completions, pad)
+            t_head = teacher_model.get_output_embeddings().weight
+            grounded = (
+                self._grounded(teacher_model, teacher_prompts, batch) if self.cfg.grounded else math.nan
+            )
+        t_teacher = time.perf_counter()
+        self.student.train()
+        s_hidden, _ = completion_hidden(self.student, batch.prompts, batch.completions, pad)
+        s_head = self.student.get_output_embeddings().weight
+        mask = torch.ones(targets.shape[0], dtype=torch.bool)
+        out = chunked_distill_loss(
+            s_hidden, t_hidden, s_head, t_head, mask, self.cfg.loss, target_ids=targets
+        )
+        return out, grounded, t_teacher
+
+    def run_window(self, alpha: float, hold_steps: int) -> WindowStats:
+        """Hold alpha for `hold_steps` updates; losses l_0..l_H are the probe NLL around them."""
+        if hold_steps < 1:
+            raise ValueError(f"hold_steps must be >= 1, got {hold_steps}")
+        start = self.last_probe_nll if self.last_probe_nll is not None else self.probe_nll()
+        steps = [self.step(alpha) for _ in range(hold_steps)]
+        return WindowStats(alpha=float(alpha), steps=steps, probe_before=start)
+
+    def teacher_prompts(self, problems: list[Problem], alpha: float, texts: list[str]) -> list[list[int]]:
+        """Teacher prompt ids per problem under the configured reference mode."""
+        mode = self.cfg.exposure.reference
+        if mode == "own":
+            refs = problems
+        elif mode == "other":  # a derangement: each problem gets its neighbour's reference
+            refs = problems[1:] + problems[:1] if len(problems) > 1 else problems
+        else:
+            refs = [self.task.path_matched(p, t) for p, t in zip(problems, texts)]
+        return [self.builder.encode(self.builder.teacher_prompt(p, alpha, r)) for p, r in zip(problems, refs)]
+
+    def _update(self, loss: torch.Tensor) -> float:
+        """Backward, clip, step; a non-finite gradient skips the step (and counts)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip))
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._count_nonfinite()
+            return grad_norm
+        self.optimizer.step()
+        self.teacher.update()
+        self.nonfinite_in_row = 0
+        return grad_norm
+
+    def _count_nonfinite(self) -> None:
+        self.nonfinite_in_row += 1
+        self.nonfinite_total += 1
+        log.warning("non-finite loss or gradient: update skipped (%d in a row)", self.nonfinite_in_row)
+        if self.nonfinite_in_row >= self.cfg.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"{self.nonfinite_in_row} non-finite losses in a row; lower the learning rate or check the model "
+                f"(engine.max_nonfinite_steps={self.cfg.max_nonfinite_steps})"
+            )
+
+    # ---- measurements -----------------------------------------------------------------------
+    @torch.no_grad()
+    def _grounded(
+        self, teacher_model: PreTrainedModel, teacher_prompts: list[list[int]], batch: Batch
+    ) -> float:
+        """Mean log-prob the teacher assigns to the reference final answer appended after the
+        student's reasoning (its own final answer removed)."""
+        seqs, finals = [], []
+        for prompt, problem, text in zip(teacher_prompts, batch.problems, batch.texts):
+            final = self.builder.encode(problem.final)
+            seqs.append(prompt + self.builder.encode(self.task.reasoning(text)))
+            finals.append(final)
+        hidden, targets = completion_hidden(teacher_model, seqs, finals, self.tokenizer.pad_token_id)
+        logp = torch.log_softmax((hidden @ teacher_model.get_output_embeddings().weight.T).float(), dim=-1)
+        return float(logp.gather(1, targets[:, None]).mean())
+
+    @torch.no_grad()
+    def probe_nll(self) -> float:
+        """Student NLL per token of the held-out reference solutions (the tracked loss l)."""
+        prompts = [self.builder.encode(self.builder.student_prompt(p)) for p in self.probe]
+        solutions = [self.builder.encode(p.solution) + [self.tokenizer.eos_token_id] for p in self.probe]
+        was_training = self.student.training
+        self.student.eval()
+        hidden, targets = completion_hidden(self.student, prompts, solutions, self.tokenizer.pad_token_id)
+        logits = hidden @ self.student.get_output_embeddings().weight.T
+        nll = float(torch.nn.functional.cross_entropy(logits.float(), targets))
+        self.student.train(was_training)
+        self.last_probe_nll = nll
+        return nll
+
+    @torch.no_grad()
+    def evaluate(self, k: int = 0, temperature: float = 1.0) -> dict[str, float]:
+        """Greedy accuracy per band and, with k > 0, Average@k over k samples at `temperature`."""
+        out: dict[str, float] = {}
+        for band, problems in self.task.eval_sets().items():
+            prompts = [self.builder.encode(self.builder.student_prompt(p)) for p in problems]
+            greedy = self.sampler.generate(prompts, self.cfg.sampling.params(greedy=True), None)
+            texts = self.tokenizer.batch_decode(greedy.completion_ids, skip_special_tokens=True)
+            out[f"accuracy/{band}"] = float(
+                np.mean([self.task.verify(p, t).correct for p, t in zip(problems, texts)])
+            )
+            if k > 0:
+                params = SamplingParams(temperature, 0, 1.0, self.cfg.sampling.max_new_tokens)
+                hits = []
+                for _ in range(k):
+                    sampled = self.sampler.generate(prompts, params, self.eval_gen)
+                    texts = self.tokenizer.batch_decode(sampled.completion_ids, skip_special_tokens=True)
+                    hits.append([self.task.verify(p, t).correct for p, t in zip(problems, texts)])
+                out[f"avg_at_{k}/{band}"] = float(np.mean(hits))
+        return out
+
+    @torch.no_grad()
+    def mismatch(self, alpha: float, problems: list[Problem], generator: torch.Generator) -> dict[str, float]:
+        """Student-teacher mismatch at alpha on sampled student rollouts of `problems`: mean
+        per-token KL(student || teacher) and top-1 disagreement. Changes no weights."""
+        batch = self.rollout(problems, generator)
+        teacher_prompts = self.teacher_prompts(problems, alpha, batch.texts)
+        pad = self.tokenizer.pad_token_id
+        with self.teacher.scoring() as teacher_model:
+            t_hidden, targets = completion_hidden(teacher_model, teacher_prompts, batch.completions, pad)
+            t_head = teacher_model.get_output_embeddings().weight
+        was_training = self.student.training
+        self.student.eval()
+        s_hidden, _ = completion_hidden(self.student, batch.prompts, batch.completions, pad)
+        self.student.train(was_training)
+        mask = torch.ones(targets.shape[0], dtype=torch.bool)
+        s_head = self.student.get_output_embeddings().weight
+        out = chunked_distill_loss(
+            s_hidden, t_hidden, s_head, t_head, mask, LossConfig(kind="reverse_kl"), targets
+        )
+        return {"kl": float(out.per_token.mean()), "top1": float(out.top1_disagree.float().mean())}

@@ -1,0 +1,85 @@
+"""Learning-progress and discounted-return maths of ATESD (PAPER.md section 3), in numpy.
+
+Pure functions over sequences of tracked-loss values and grounded scores; no torch, no state.
+The env uses `window_reward` for one hold window; agents use `lookahead_returns` to turn window
+rewards into the paper's delayed-credit return (windows discounted by gamma^H over L/H windows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def discounted_progress(losses: Sequence[float], gamma: float, signed: bool = False) -> float:
+    """sum_{i=1..n} gamma^(i-1) * max(0, l_{i-1} - l_i) over losses l_0..l_n.
+
+    The paper counts only positive drops (a revert is never charged); `signed=True` gives the
+    discounted net drop sum gamma^(i-1) (l_{i-1} - l_i) instead.
+    """
+    arr = np.asarray(losses, dtype=np.float64)
+    if arr.ndim != 1 or arr.size < 1:
+        raise ValueError("losses must be a non-empty 1-D sequence l_0..l_n")
+    drops = arr[:-1] - arr[1:]
+    if not signed:
+        drops = np.maximum(drops, 0.0)
+    return float(np.sum(gamma ** np.arange(drops.size) * drops))
+
+
+def discounted_mean(values: Sequence[float], gamma: float) -> float:
+    """sum gamma^(i-1) v_i / sum gamma^(i-1): the discount-weighted mean used for the grounded term."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        raise ValueError("values must be non-empty")
+    w = gamma ** np.arange(arr.size)
+    return float(np.sum(w * arr) / np.sum(w))
+
+
+def window_reward(
+    losses: Sequence[float], grounded: Sequence[float], gamma: float, lambda_gt: float, signed: bool = False
+) -> dict[str, float]:
+    """Reward of one hold window of H updates: losses l_0..l_H (before and after each update) and
+    the H grounded scores g_1..g_H. Returns every term: progress, grounded, reward."""
+    if len(losses) != len(grounded) + 1:
+        raise ValueError(f"need H+1 losses for H grounded scores, got {len(losses)} and {len(grounded)}")
+    progress = discounted_progress(losses, gamma, signed)
+    g = discounted_mean(grounded, gamma) if len(grounded) else 0.0
+    return {"progress": progress, "grounded": g, "reward": progress + lambda_gt * g}
+
+
+def lookahead_returns(
+    rewards: Sequence[float], discount: float, horizon: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """G_w = sum_{k=0..horizon-1} discount^k r_{w+k} for every window w.
+
+    With discount = gamma^H and horizon = L/H this is the paper's lookahead return of the decision
+    made at window w. Returns (returns, complete) where complete[w] says the horizon fit in the
+    sequence (incomplete returns are truncated sums, for the end of an episode).
+    """
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    r = np.asarray(rewards, dtype=np.float64)
+    n = r.size
+    out = np.zeros(n)
+    for k in range(horizon):
+        out[: n - k] += discount**k * r[k:]
+    complete = np.arange(n) + horizon <= n
+    return out, complete
+
+
+def paper_return(
+    losses: Sequence[float],
+    grounded: Sequence[float],
+    t0: int,
+    lookahead_steps: int,
+    gamma: float,
+    lambda_gt: float,
+) -> float:
+    """The paper's step-level return of the decision made at step t0:
+    G_lp over l_{t0}..l_{t0+L} plus lambda_gt times the discount-weighted mean of g_{t0+1..t0+L}."""
+    seg = losses[t0 : t0 + lookahead_steps + 1]
+    g = grounded[t0 : t0 + lookahead_steps]
+    if len(seg) != lookahead_steps + 1 or len(g) != lookahead_steps:
+        raise ValueError("the lookahead runs past the recorded steps")
+    return discounted_progress(seg, gamma) + lambda_gt * discounted_mean(g, gamma)

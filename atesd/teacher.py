@@ -1,0 +1,83 @@
+"""Teacher kinds: whose weights score the student's rollout under the privileged prompt.
+
+- base: the frozen initial policy (a frozen copy; under LoRA the same model with adapters disabled)
+- live: the current student weights, under stop-gradient
+- ema:  an exponential moving average of the student's weights (slow teacher)
+The prototype saw a live teacher collapse to 0% accuracy within 50 steps, so `base` is the
+default. This module owns the teacher's weights; it knows nothing of prompts or losses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from transformers import PreTrainedModel
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    kind: Literal["base", "live", "ema"] = field(
+        default="base", metadata={"help": "which weights score as teacher"}
+    )
+    ema_decay: float = field(
+        default=0.99, metadata={"help": "EMA teacher decay per student update, in [0, 1)"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("base", "live", "ema"):
+            raise ValueError(f"teacher kind must be one of base, live, ema; got {self.kind!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+def _is_peft(model: torch.nn.Module) -> bool:
+    return type(model).__module__.startswith("peft")
+
+
+class Teacher:
+    """Gives the teacher's final hidden states and output head for a batch; never tracks gradients."""
+
+    def __init__(self, student: PreTrainedModel, cfg: TeacherConfig | None = None) -> None:
+        self.cfg = cfg or TeacherConfig()
+        self.student = student
+        self.uses_adapters = self.cfg.kind == "base" and _is_peft(student)
+        self.copy: PreTrainedModel | None = None
+        if self.cfg.kind == "ema" or (self.cfg.kind == "base" and not self.uses_adapters):
+            self.copy = copy.deepcopy(student).eval()
+            self.copy.requires_grad_(False)
+
+    @property
+    def model(self) -> PreTrainedModel:
+        return self.copy if self.copy is not None else self.student
+
+    @contextlib.contextmanager
+    def scoring(self) -> Iterator[PreTrainedModel]:
+        """Context in which `model` computes teacher outputs (adapters off for a LoRA base teacher)."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), model.disable_adapter() if self.uses_adapters else contextlib.nullcontext():
+            yield model
+        model.train(was_training)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """After each student optimiser step: move an EMA teacher toward the student."""
+        if self.cfg.kind != "ema":
+            return
+        d = self.cfg.ema_decay
+        for t, s in zip(self.copy.parameters(), self.student.parameters()):
+            t.lerp_(s.detach(), 1 - d)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors that must be checkpointed (the EMA weights; a base copy is re-creatable but saved too)."""
+        return self.copy.state_dict() if self.copy is not None else {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if self.copy is not None:
+            self.copy.load_state_dict(state)

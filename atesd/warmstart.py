@@ -1,0 +1,213 @@
+"""Warm start (SFT) of the embedded model, cached by a hash of everything that shapes it.
+
+Trains the tiny model so that the student has partial competence and the teacher can read full
+and partial references: first pure copy examples (the only way to produce a copy example's random
+digits is to read them from the reference), then a mix of student-format, teacher-format (a random
+number of revealed steps) and copy examples. The result is saved with `save_pretrained` under
+<cache>/warmstart/<key>/ and reused on the next call with the same key. Knows nothing of
+distillation; progress is reported through a callback so that recipes can draw it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from atesd.exposure import PromptBuilder
+from atesd.models import (
+    TinyModelConfig,
+    build_synthetic_tokenizer,
+    build_tiny_qwen3,
+    load_pretrained,
+    save_pretrained,
+)
+from atesd.tasks.synthetic import ChainBagConfig, ChainBagTask
+
+log = logging.getLogger(__name__)
+CACHE_FORMAT = 1  # bump when the warm-start code changes what it produces
+
+
+@dataclass(frozen=True)
+class WarmStartConfig:
+    """Supervised warm start of the embedded model."""
+
+    steps: int = field(default=1000, metadata={"help": "total SFT steps (>= copy_steps)"})
+    copy_steps: int = field(default=250, metadata={"help": "initial steps of pure copy examples (>= 0)"})
+    batch_size: int = field(default=64, metadata={"help": "examples per step (>= 1)"})
+    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate (> 0)"})
+    warmup_steps: int = field(default=50, metadata={"help": "linear warm-up steps (>= 0)"})
+    min_lr_ratio: float = field(
+        default=0.1, metadata={"help": "cosine decay floor, as a fraction of lr, in [0, 1]"}
+    )
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (>= 0)"})
+    student_frac: float = field(
+        default=0.35, metadata={"help": "share of student-format examples after copy_steps"}
+    )
+    teacher_frac: float = field(
+        default=0.5, metadata={"help": "share of teacher-format examples (rest: copy)"}
+    )
+    student_max_chain: int = field(
+        default=9,
+        metadata={
+            "help": "longest chain in student-format examples (shorter than the task's: a harder distillation set)"
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the example stream"})
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or not 0 <= self.copy_steps <= self.steps:
+            raise ValueError(
+                f"need steps >= 1 and 0 <= copy_steps <= steps, got {self.steps}, {self.copy_steps}"
+            )
+        if self.batch_size < 1 or self.lr <= 0 or self.warmup_steps < 0 or self.weight_decay < 0:
+            raise ValueError("batch_size >= 1, lr > 0, warmup_steps >= 0 and weight_decay >= 0 are required")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.student_frac < 0 or self.teacher_frac < 0 or self.student_frac + self.teacher_frac > 1:
+            raise ValueError("student_frac and teacher_frac must be >= 0 and sum to at most 1")
+
+
+def cache_key(task_cfg: ChainBagConfig, model_cfg: TinyModelConfig, ws_cfg: WarmStartConfig) -> str:
+    """A stable hash of (task, model, warm-start config, cache format)."""
+    blob = json.dumps(
+        {
+            "task": asdict(task_cfg),
+            "model": asdict(model_cfg),
+            "warmstart": asdict(ws_cfg),
+            "format": CACHE_FORMAT,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("ATESD_CACHE", Path.home() / ".cache" / "atesd"))
+
+
+def warm_start(
+    task: ChainBagTask,
+    model_cfg: TinyModelConfig,
+    cfg: WarmStartConfig,
+    cache_dir: str | Path | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Path, bool]:
+    """Return the warm-started (model, tokenizer, checkpoint dir, cache_hit), training on a miss."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = root / "warmstart" / cache_key(task.cfg, model_cfg, cfg)
+    if (path / "warmstart.json").exists():
+        log.info("warm start cache hit: %s", path)
+        model, tokenizer = load_pretrained(path)
+        return model, tokenizer, path, True
+    tokenizer = build_synthetic_tokenizer()
+    model = build_tiny_qwen3(tokenizer, model_cfg)
+    t0 = time.perf_counter()
+    losses = train_sft(model, tokenizer, task, cfg, progress)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_pretrained(model, tokenizer, tmp)
+    record = {
+        "config": asdict(cfg),
+        "final_loss": losses[-1],
+        "train_s": time.perf_counter() - t0,
+        "loss_curve": losses,
+    }
+    (tmp / "warmstart.json").write_text(json.dumps(record, indent=1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, path)  # atomic: a reader sees no checkpoint or a whole one
+    except OSError:  # another process finished the same key first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return model, tokenizer, path, False
+
+
+def sft_examples(
+    task: ChainBagTask,
+    builder: PromptBuilder,
+    rng: np.random.Generator,
+    n: int,
+    copy_only: bool,
+    cfg: WarmStartConfig,
+) -> list[tuple[str, str]]:
+    """(prompt, target) pairs: student format, teacher format with k ~ U{0..m} steps, or copy."""
+    out = []
+    for problem in task.sample(rng, n):
+        u = 1.0 if copy_only else rng.random()
+        if u < cfg.student_frac and len(problem.meta["ops"]) <= cfg.student_max_chain:
+            out.append((builder.student_prompt(problem), problem.solution))
+            continue
+        if u >= cfg.student_frac + cfg.teacher_frac:
+            problem = task.copy_variant(problem, rng)
+            alpha = 1.0
+        else:
+            alpha = int(rng.integers(len(problem.steps) + 1)) / max(1, len(problem.steps))
+        out.append((builder.teacher_prompt(problem, alpha), problem.solution))
+    return out
+
+
+def collate_sft(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids / attention_mask / labels (-100 on prompt and padding)."""
+    rows, labels = [], []
+    for prompt, target in pairs:
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        t = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append(p + t)
+        labels.append([-100] * len(p) + t)
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    lab = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (r, lb) in enumerate(zip(rows, labels)):
+        ids[i, : len(r)], lab[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), torch.tensor(lb), 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": lab}
+
+
+def lr_at(step: int, cfg: WarmStartConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + np.cos(np.pi * frac)))
+
+
+def train_sft(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: ChainBagTask,
+    cfg: WarmStartConfig,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> list[float]:
+    """Run the SFT schedule in place; returns the loss of every step."""
+    builder = PromptBuilder(tokenizer, task.prompt_format)
+    rng = np.random.default_rng(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    model.train()
+    losses = []
+    for step in range(cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        batch = collate_sft(
+            tokenizer, sft_examples(task, builder, rng, cfg.batch_size, step < cfg.copy_steps, cfg)
+        )
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if progress is not None:
+            progress(step + 1, cfg.steps, losses[-1])
+        if (step + 1) % 100 == 0:
+            log.info("warm start step %d/%d loss %.4f", step + 1, cfg.steps, np.mean(losses[-100:]))
+    model.eval()
+    return losses

@@ -1,0 +1,119 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from atesd.engine import DistillEngine, EngineConfig, NonFiniteLossError, SamplingConfig
+from atesd.losses import LossConfig
+from atesd.teacher import TeacherConfig
+
+
+def make_engine(model, tokenizer, task, **kw):
+    cfg = EngineConfig(batch_size=8, lr=1e-3, sampling=SamplingConfig(max_new_tokens=24), **kw)
+    return DistillEngine(model, tokenizer, task, cfg)
+
+
+def test_window_changes_parameters_and_lowers_the_loss_on_a_fixed_batch(tiny_model, tokenizer, small_task):
+    engine = make_engine(tiny_model, tokenizer, small_task)
+    with torch.no_grad():  # move the student away from the frozen base teacher, so there is a gap to close
+        for p in tiny_model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    fixed = engine.rollout(small_task.sample(np.random.default_rng(99), 8), torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        before_loss = float(engine.batch_loss(fixed, 1.0)[0].loss)
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    window = engine.run_window(1.0, 6)
+    with torch.no_grad():
+        after_loss = float(engine.batch_loss(fixed, 1.0)[0].loss)
+    changed = [k for k, v in tiny_model.state_dict().items() if not torch.equal(v, before[k])]
+    assert len(changed) >= len(before) - 1  # every trained tensor moved
+    assert after_loss < 0.8 * before_loss
+    assert len(window.steps) == 6 and len(window.losses) == 7 and all(s.alpha == 1.0 for s in window.steps)
+    # the frozen base teacher did not move
+    teacher_state = engine.teacher.model.state_dict()
+    assert not any(torch.equal(teacher_state[k], before[k]) for k in changed)
+
+
+def test_step_statistics_are_finite_and_typed(tiny_model, tokenizer, small_task):
+    engine = make_engine(tiny_model, tokenizer, small_task)
+    s = engine.step(0.5)
+    for name in ("loss", "mismatch_top1", "divergence_p90", "divergence_p99", "confidence", "grounded", "probe_nll"):
+        assert math.isfinite(getattr(s, name)), name
+    assert 0 <= s.mismatch_top1 <= 1 and 0 < s.confidence <= 1 and s.grounded <= 0
+    assert s.divergence_p90 <= s.divergence_p99 and s.num_tokens > 0 and s.tokens_per_s > 0
+    assert set(engine.stats.values) == {"alpha", "loss", "mismatch", "probe_nll", "confidence"}
+    assert engine.stats.values["alpha"] == 0.5
+    keys = s.metrics()
+    assert "student/loss" in keys and "time/rollout_s" in keys
+
+
+def test_same_seed_same_run(tokenizer, small_task):
+    from atesd.models import TinyModelConfig, build_tiny_qwen3
+
+    cfg = TinyModelConfig(num_layers=1, hidden_size=32, num_heads=2, num_kv_heads=1, intermediate_size=64)
+    runs = []
+    for _ in range(2):
+        engine = make_engine(build_tiny_qwen3(tokenizer, cfg), tokenizer, small_task)
+        runs.append([(s.loss, s.probe_nll) for s in engine.run_window(0.5, 2).steps])
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("kind", ["base", "live", "ema"])
+def test_teacher_kinds(tiny_model, tokenizer, small_task, kind):
+    engine = make_engine(tiny_model, tokenizer, small_task, teacher=TeacherConfig(kind=kind, ema_decay=0.5))
+    initial = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    engine.step(1.0)
+    t_state, s_state = engine.teacher.model.state_dict(), tiny_model.state_dict()
+    key = "model.layers.0.mlp.up_proj.weight"
+    if kind == "base":
+        assert torch.equal(t_state[key], initial[key])
+    elif kind == "live":
+        assert engine.teacher.model is tiny_model
+    else:  # halfway between the initial and the updated student
+        assert torch.allclose(t_state[key], 0.5 * initial[key] + 0.5 * s_state[key], atol=1e-6)
+
+
+def test_reference_controls(tiny_model, tokenizer, small_task):
+    engine = make_engine(tiny_model, tokenizer, small_task)
+    problems = small_task.sample(np.random.default_rng(0), 3)
+    own = engine.teacher_prompts(problems, 1.0, ["", "", ""])
+    other_engine = make_engine(tiny_model, tokenizer, small_task, exposure=engine.cfg.exposure.__class__(reference="other"))
+    other = other_engine.teacher_prompts(problems, 1.0, ["", "", ""])
+    decoded = [tokenizer.decode(ids) for ids in other]
+    assert other != own
+    for i, text in enumerate(decoded):  # problem i's question with problem i+1's reference
+        assert problems[i].question in text and problems[(i + 1) % 3].solution.rsplit("A", 1)[0] in text
+
+
+def test_nonfinite_losses_skip_updates_then_stop(tiny_model, tokenizer, small_task):
+    engine = make_engine(tiny_model, tokenizer, small_task, max_nonfinite_steps=2)
+
+    def poison(module, args, output):  # NaN only in the student's training pass (grad enabled)
+        return output * float("nan") if torch.is_grad_enabled() else output
+
+    tiny_model.model.norm.register_forward_hook(poison)
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    s = engine.step(0.5)
+    assert s.skipped and math.isnan(s.loss) and engine.nonfinite_total == 1
+    assert all(torch.equal(v, before[k]) for k, v in tiny_model.state_dict().items())
+    assert engine.stats.values.get("loss") is None  # a skipped update never reaches the statistics
+    with pytest.raises(NonFiniteLossError, match="2 non-finite losses in a row"):
+        engine.step(0.5)
+
+
+def test_evaluate_and_mismatch(tiny_model, tokenizer, small_task):
+    engine = make_engine(tiny_model, tokenizer, small_task)
+    ev = engine.evaluate(k=2)
+    assert set(ev) == {f"{m}/{b}" for m in ("accuracy", "avg_at_2") for b in small_task.eval_sets()}
+    assert all(0 <= v <= 1 for v in ev.values())
+    problems = small_task.eval_sets()["M22"]
+    m0 = engine.mismatch(0.0, problems, torch.Generator().manual_seed(0))
+    m1 = engine.mismatch(0.0, problems, torch.Generator().manual_seed(0))
+    assert m0 == m1 and m0["kl"] >= 0 and 0 <= m0["top1"] <= 1
+
+
+def test_loss_kind_is_configurable(tiny_model, tokenizer, small_task):
+    engine = make_engine(tiny_model, tokenizer, small_task, loss=LossConfig(kind="forward_kl", clip_tau=0.05))
+    s = engine.step(1.0)
+    assert math.isfinite(s.loss)

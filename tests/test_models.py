@@ -1,0 +1,72 @@
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3ForCausalLM
+
+from atesd.models import (
+    TinyModelConfig,
+    build_synthetic_tokenizer,
+    build_tiny_qwen3,
+    load_pretrained,
+    num_parameters,
+    save_pretrained,
+)
+
+
+def test_default_model_is_a_1m_parameter_qwen3(tokenizer):
+    model = build_tiny_qwen3(tokenizer)
+    assert isinstance(model, Qwen3ForCausalLM)
+    c = model.config
+    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads) == (
+        4,
+        128,
+        4,
+        2,
+    )
+    assert 0.9e6 < num_parameters(model) < 1.1e6
+
+
+def test_same_init_seed_same_weights_and_global_rng_untouched(tokenizer):
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = build_tiny_qwen3(
+        tokenizer, TinyModelConfig(num_layers=1, hidden_size=32, num_heads=2, num_kv_heads=1)
+    )
+    after = torch.rand(1)
+    b = build_tiny_qwen3(
+        tokenizer, TinyModelConfig(num_layers=1, hidden_size=32, num_heads=2, num_kv_heads=1)
+    )
+    assert torch.equal(before, after)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_tokenizer_and_model_round_trip_through_save_pretrained(tmp_path, tiny_model):
+    tok = build_synthetic_tokenizer()
+    save_pretrained(tiny_model, tok, tmp_path)
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "tokenizer.json").exists()
+    model2, tok2 = load_pretrained(tmp_path)
+    auto_tok = AutoTokenizer.from_pretrained(tmp_path)  # the plain HF path works too
+    assert isinstance(AutoModelForCausalLM.from_pretrained(tmp_path), Qwen3ForCausalLM)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "Q1+2|3"}], tokenize=False, add_generation_prompt=True
+    )
+    assert text == "<|user|>Q1+2|3<|assistant|>"
+    for t in (tok2, auto_tok):
+        assert (
+            t(text, add_special_tokens=False)["input_ids"] == tok(text, add_special_tokens=False)["input_ids"]
+        )
+        assert (
+            t.apply_chat_template(
+                [{"role": "user", "content": "Q1+2|3"}], tokenize=False, add_generation_prompt=True
+            )
+            == text
+        )
+    assert tok2.decode(tok("Q1+2=3;A3")["input_ids"]) == "Q1+2=3;A3"
+    for (k, v), (k2, v2) in zip(tiny_model.state_dict().items(), model2.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path):
+    import pytest
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_pretrained(tmp_path / "nope")

@@ -1,0 +1,53 @@
+import math
+
+import numpy as np
+import pytest
+
+from atesd.progress import (
+    discounted_mean,
+    discounted_progress,
+    lookahead_returns,
+    paper_return,
+    window_reward,
+)
+
+
+def test_only_positive_drops_count_and_signed_variant_charges_reverts():
+    losses = [2.0, 1.5, 1.7, 1.0]  # drops 0.5, -0.2, 0.7
+    assert discounted_progress(losses, 0.9) == pytest.approx(0.5 + 0.81 * 0.7)
+    assert discounted_progress(losses, 0.9, signed=True) == pytest.approx(0.5 - 0.9 * 0.2 + 0.81 * 0.7)
+    # a transient dip that reverts is rewarded by the paper's form, netted out by the signed one
+    dip = [1.0, 0.5, 1.0]
+    assert discounted_progress(dip, 1.0) == pytest.approx(0.5)
+    assert discounted_progress(dip, 1.0, signed=True) == pytest.approx(0.0)
+
+
+def test_window_reward_terms():
+    out = window_reward([1.0, 0.8, 0.9], [-2.0, -1.0], gamma=0.5, lambda_gt=0.1)
+    assert out["progress"] == pytest.approx(0.2)
+    assert out["grounded"] == pytest.approx((-2.0 - 0.5) / 1.5)
+    assert out["reward"] == pytest.approx(0.2 + 0.1 * (-2.5 / 1.5))
+    with pytest.raises(ValueError, match="H\\+1"):
+        window_reward([1.0, 0.9], [0.0, 0.0], 0.9, 0.1)
+
+
+def test_lookahead_returns_by_hand():
+    r = [1.0, 2.0, 3.0, 4.0]
+    g, complete = lookahead_returns(r, 0.5, 2)
+    assert np.allclose(g, [1 + 1.0, 2 + 1.5, 3 + 2.0, 4.0])
+    assert complete.tolist() == [True, True, True, False]
+
+
+def test_windowed_returns_equal_the_papers_step_level_progress():
+    rng = np.random.default_rng(0)
+    losses = list(np.cumsum(rng.normal(-0.01, 0.05, 21)) + 3)
+    hold, lookahead, gamma = 5, 10, 0.9
+    windows = [discounted_progress(losses[w * hold : (w + 1) * hold + 1], gamma) for w in range(4)]
+    g, _ = lookahead_returns(windows, gamma**hold, lookahead // hold)
+    for w in range(3):
+        assert g[w] == pytest.approx(paper_return(losses, [0.0] * 20, w * hold, lookahead, gamma, 0.0))
+
+
+def test_discounted_mean():
+    assert discounted_mean([1.0, 3.0], 1.0) == 2.0
+    assert math.isclose(discounted_mean([1.0, 3.0], 0.5), (1 + 1.5) / 1.5)
