@@ -1,11 +1,14 @@
-"""Tokens/s of our `HFSampler` against `model.generate`, greedy, on the same left-padded prompts.
+"""Tokens/s of our `HFSampler` against `model.generate` on the same left-padded prompts.
 
-    python recipes/bench_sampler.py                 # 1M-param Qwen3, batch 32, 64 new tokens, 2 threads
+    python recipes/bench_sampler.py                  # 1M-param Qwen3, batch 32, 64 new tokens, 2 threads
     python recipes/bench_sampler.py --threads 1 --repeats 15
+    python recipes/bench_sampler.py --temperature 1 --eos 5 7   # sampled rollouts that end at EOS
 
-Both sides decode every row to the full length (the EOS id is outside the vocabulary), so they do the
-same work; the best of `--repeats` interleaved runs is reported, since timings on a shared CPU are noisy.
-`bench_sampler` is importable by larger benchmark scripts.
+By default both sides decode greedily and every row to the full length (the EOS id is outside the
+vocabulary), so they do the same work. With --eos, rows stop at EOS (our sampler drops finished rows;
+`generate` keeps them) and each side's tokens/s counts its own tokens up to EOS. The best of
+`--repeats` interleaved runs is reported, since timings on a shared CPU are noisy. `bench_sampler` is
+importable by larger benchmark scripts.
 """
 
 from __future__ import annotations
@@ -48,16 +51,20 @@ def make_prompts(
 
 
 def _hf_generate(
-    model: nn.Module, prompts: list[list[int]], max_new_tokens: int, eos: int, pad: int
+    model: nn.Module, prompts: list[list[int]], params: SamplingParams, eos: list[int], pad: int
 ) -> list[list[int]]:
+    """`model.generate` on the left-padded batch; each row cut after its first EOS."""
     input_ids, mask = left_pad(prompts, pad, model.device)
+    sampling = (
+        {"do_sample": True, "temperature": params.temperature} if not params.greedy else {"do_sample": False}
+    )
     with torch.inference_mode():
         out = model.generate(
-            input_ids=input_ids, attention_mask=mask.long(), max_new_tokens=max_new_tokens,
-            do_sample=False, top_k=0, top_p=1.0, eos_token_id=eos, pad_token_id=pad,
+            input_ids=input_ids, attention_mask=mask.long(), max_new_tokens=params.max_new_tokens,
+            top_k=params.top_k, top_p=params.top_p, eos_token_id=eos, pad_token_id=pad, **sampling,
         )  # fmt: skip
     rows = out[:, input_ids.shape[1] :].tolist()
-    return [row[: row.index(eos) + 1] if eos in row else row for row in rows]  # drop the padding after EOS
+    return [row[: next((i + 1 for i, t in enumerate(row) if t in eos), len(row))] for row in rows]
 
 
 def bench_sampler(
@@ -65,54 +72,58 @@ def bench_sampler(
     prompts: list[list[int]],
     max_new_tokens: int = 64,
     repeats: int = 5,
-    eos_token_id: int | None = None,
+    eos_token_ids: list[int] | None = None,
+    temperature: float = 0.0,
     pad_token_id: int = 0,
+    seed: int = 0,
 ) -> dict[str, float | int | bool]:
-    """Times greedy `HFSampler` and `model.generate` on the same prompts, interleaved, best of `repeats`.
+    """Times `HFSampler` and `model.generate` on the same prompts, interleaved, best of `repeats`.
 
     Args:
         model: a `transformers` causal LM.
         prompts: token ids per prompt (left-padded into one batch by both sides).
-        max_new_tokens: tokens to generate per prompt.
+        max_new_tokens: most tokens generated per prompt.
         repeats: timed runs per side (after one warm-up each).
-        eos_token_id: stop id; default the vocabulary size, which is never sampled, so every row runs
-            to max_new_tokens.
+        eos_token_ids: stop ids; default the vocabulary size, never sampled, so rows run to full length.
+        temperature: 0 is greedy; above 0, run r samples with seed + r (`generate` draws from the global RNG).
         pad_token_id: padding id.
+        seed: base seed of the sampled runs.
 
     Returns:
-        Best wall times, tokens/s of both, `speedup` (ours / HF tokens/s), our prefill/decode split,
-        whether the greedy outputs are identical and whether every row ran to the full length.
+        Best wall times, tokens/s of both (each side's own tokens), `speedup` (ratio of tokens/s), our
+        prefill/decode split, whether the warm-up outputs are identical and whether every row ran to
+        max_new_tokens.
     """
-    eos = model.config.get_text_config().vocab_size if eos_token_id is None else eos_token_id
-    sampler = HFSampler(model, eos_token_ids=[eos], pad_token_id=pad_token_id)
-    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
-    ours = sampler.generate(prompts, params)
-    theirs = _hf_generate(model, prompts, max_new_tokens, eos, pad_token_id)
-    hf_times, our_times, splits = [], [], []
-    for _ in range(repeats):
+    eos = [model.config.get_text_config().vocab_size] if eos_token_ids is None else list(eos_token_ids)
+    sampler = HFSampler(model, eos_token_ids=eos, pad_token_id=pad_token_id)
+    params = SamplingParams(temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens)
+    torch.manual_seed(seed)  # warm-up, and the outputs compared
+    theirs = _hf_generate(model, prompts, params, eos, pad_token_id)
+    first = sampler.generate(prompts, params, torch.Generator().manual_seed(seed))
+    runs = {"hf": [], "ours": []}  # (seconds, tokens, prefill_s, decode_s) per run
+    for r in range(1, repeats + 1):
+        torch.manual_seed(seed + r)
         t0 = time.perf_counter()
-        _hf_generate(model, prompts, max_new_tokens, eos, pad_token_id)
-        hf_times.append(time.perf_counter() - t0)
+        n_tokens = sum(map(len, _hf_generate(model, prompts, params, eos, pad_token_id)))
+        runs["hf"].append((time.perf_counter() - t0, n_tokens, 0.0, 0.0))
         t0 = time.perf_counter()
-        batch = sampler.generate(prompts, params)
-        our_times.append(time.perf_counter() - t0)
-        splits.append((batch.timings["prefill_s"], batch.timings["decode_s"]))
-    tokens = ours.num_tokens
-    hf_s, our_s = min(hf_times), min(our_times)
-    best = splits[our_times.index(our_s)]
+        batch = sampler.generate(prompts, params, torch.Generator().manual_seed(seed + r))
+        split = batch.timings["prefill_s"], batch.timings["decode_s"]
+        runs["ours"].append((time.perf_counter() - t0, batch.num_tokens, *split))
+    hf, ours = (max(v, key=lambda run: run[1] / run[0]) for v in runs.values())  # best tokens/s
     return {
         "batch": len(prompts),
         "new_tokens": max_new_tokens,
         "threads": torch.get_num_threads(),
-        "hf_best_s": hf_s,
-        "ours_best_s": our_s,
-        "ours_prefill_s": best[0],
-        "ours_decode_s": best[1],
-        "hf_tokens_per_s": tokens / hf_s,
-        "ours_tokens_per_s": tokens / our_s,
-        "speedup": hf_s / our_s,
-        "greedy_equal": ours.completion_ids == theirs,
-        "full_length": all(len(c) == max_new_tokens for c in ours.completion_ids),
+        "hf_best_s": hf[0],
+        "ours_best_s": ours[0],
+        "ours_prefill_s": ours[2],
+        "ours_decode_s": ours[3],
+        "hf_tokens_per_s": hf[1] / hf[0],
+        "ours_tokens_per_s": ours[1] / ours[0],
+        "speedup": (ours[1] / ours[0]) / (hf[1] / hf[0]),
+        "outputs_equal": first.completion_ids == theirs,
+        "full_length": all(len(c) == max_new_tokens for c in first.completion_ids),
     }
 
 
@@ -122,23 +133,28 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="prompts per batch")
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per prompt")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per side; the best is kept")
-    parser.add_argument("--seed", type=int, default=0, help="model init and prompt seed")
+    parser.add_argument("--seed", type=int, default=0, help="model init, prompt and sampling seed")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (>= 0)")
+    parser.add_argument("--eos", type=int, nargs="*", default=None, help="EOS ids (default: none reachable)")
     args = parser.parse_args()
-    if min(args.threads, args.batch, args.new_tokens, args.repeats) < 1:
-        parser.error("--threads, --batch, --new-tokens and --repeats must be >= 1")
+    if min(args.threads, args.batch, args.new_tokens, args.repeats) < 1 or args.temperature < 0:
+        parser.error("--threads, --batch, --new-tokens and --repeats must be >= 1, --temperature >= 0")
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()  # generate() notes that top_k is unused when greedy
     model = build_model(seed=args.seed)
     prompts = make_prompts(args.batch, model.config.vocab_size, args.seed)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"Qwen3 {n_params / 1e6:.2f}M params, batch {args.batch}, {args.new_tokens} new tokens, "
-          f"{args.threads} threads, best of {args.repeats}")  # fmt: skip
-    r = bench_sampler(model, prompts, max_new_tokens=args.new_tokens, repeats=args.repeats)
+          f"temperature {args.temperature}, EOS {args.eos}")  # fmt: skip
+    print(f"{args.threads} threads, best of {args.repeats} interleaved runs")
+    r = bench_sampler(
+        model, prompts, args.new_tokens, args.repeats, args.eos, args.temperature, seed=args.seed
+    )
     print(f"model.generate : {r['hf_tokens_per_s']:8.0f} tokens/s  ({r['hf_best_s'] * 1e3:.1f} ms)")
     print(f"HFSampler      : {r['ours_tokens_per_s']:8.0f} tokens/s  ({r['ours_best_s'] * 1e3:.1f} ms: "
           f"prefill {r['ours_prefill_s'] * 1e3:.1f}, decode {r['ours_decode_s'] * 1e3:.1f})")  # fmt: skip
     print(f"speedup        : {r['speedup']:.2f}x")
-    print(f"greedy equal   : {r['greedy_equal']}   every row {args.new_tokens} tokens: {r['full_length']}")
+    print(f"same outputs   : {r['outputs_equal']}   every row {args.new_tokens} tokens: {r['full_length']}")
     print(json.dumps(r))
 
 

@@ -142,14 +142,16 @@ class HFSampler:
     Plain decoders (every cache layer a full-attention `DynamicLayer`, sdpa or eager attention) get a
     preallocated cache and a precomputed 4D decode mask, so the model neither concatenates its cache nor
     builds a mask each step; anything else (sliding windows, flash attention, ...) gets a `DynamicCache`
-    and a 2D mask, exactly as `model.generate` would. Rows that hit EOS are dropped from the batch.
+    and a 2D mask, exactly as `model.generate` would. Rows that hit EOS are dropped from the batch (the
+    cache rows are gathered), so finished rows stop costing compute; a smaller batch can change a BLAS
+    kernel's last bits for the remaining rows, which never flipped a greedy token in our CPU checks.
 
     Args:
         model: a `transformers` causal LM.
         eos_token_ids: a row stops after sampling any of these (the EOS is kept in its completion).
         pad_token_id: id used for left padding.
         compact_fraction: drop finished rows once they are at least this fraction of the live batch
-            (0 drops them at once; 1 only when all are done).
+            (0 drops them at once; 1 never: they run on until every row is done, like `generate`).
     """
 
     def __init__(
@@ -171,7 +173,7 @@ class HFSampler:
         self._extra_kwargs = {"logits_to_keep": 1} if "logits_to_keep" in forward_args else {}
         probe = DynamicCache(config=model.config)
         self._num_layers = len(probe.layers)
-        attn = model.config.get_text_config(decoder=True)._attn_implementation
+        attn = model.config.get_text_config(decoder=True)._attn_implementation  # what HF itself dispatches on
         plain = self._num_layers > 0 and all(type(layer) is DynamicLayer for layer in probe.layers)
         self.mask_kind = attn if plain and attn in _MASK_4D_KINDS else None
 
