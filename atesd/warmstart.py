@@ -42,8 +42,8 @@ CACHE_FORMAT = 1  # bump when the warm-start code changes what it produces
 class WarmStartConfig:
     """Supervised warm start of the embedded model."""
 
-    steps: int = field(default=1000, metadata={"help": "total SFT steps (>= copy_steps)"})
-    copy_steps: int = field(default=250, metadata={"help": "initial steps of pure copy examples (>= 0)"})
+    steps: int = field(default=800, metadata={"help": "total SFT steps (>= copy_steps)"})
+    copy_steps: int = field(default=150, metadata={"help": "initial steps of pure copy examples (>= 0)"})
     batch_size: int = field(default=64, metadata={"help": "examples per step (>= 1)"})
     lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate (> 0)"})
     warmup_steps: int = field(default=50, metadata={"help": "linear warm-up steps (>= 0)"})
@@ -58,10 +58,14 @@ class WarmStartConfig:
         default=0.5, metadata={"help": "share of teacher-format examples (rest: copy)"}
     )
     student_max_chain: int = field(
-        default=9,
-        metadata={
-            "help": "longest chain in student-format examples (shorter than the task's: a harder distillation set)"
-        },
+        default=3,
+        metadata={"help": "chains longer than this are rare in student-format examples and never computed "
+                  "in teacher-format ones (the teacher may only copy them): the model's competence limit"},
+    )
+    long_chain_keep: float = field(
+        default=0.15,
+        metadata={"help": "probability that a student-format example with a chain longer than "
+                  "student_max_chain is kept (else it becomes a teacher-format example), in [0, 1]"},
     )
     seed: int = field(default=0, metadata={"help": "seed of the example stream"})
 
@@ -74,6 +78,8 @@ class WarmStartConfig:
             raise ValueError("batch_size >= 1, lr > 0, warmup_steps >= 0 and weight_decay >= 0 are required")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0 <= self.long_chain_keep <= 1:
+            raise ValueError(f"long_chain_keep must be in [0, 1], got {self.long_chain_keep}")
         if self.student_frac < 0 or self.teacher_frac < 0 or self.student_frac + self.teacher_frac > 1:
             raise ValueError("student_frac and teacher_frac must be >= 0 and sum to at most 1")
 
@@ -133,26 +139,30 @@ def warm_start(
 
 
 def sft_examples(
-    task: ChainBagTask,
-    builder: PromptBuilder,
-    rng: np.random.Generator,
-    n: int,
-    copy_only: bool,
-    cfg: WarmStartConfig,
+    task: ChainBagTask, builder: PromptBuilder, rng: np.random.Generator, n: int, copy_only: bool, cfg: WarmStartConfig
 ) -> list[tuple[str, str]]:
-    """(prompt, target) pairs: student format, teacher format with k ~ U{0..m} steps, or copy."""
+    """(prompt, target) pairs in three formats.
+
+    student: the question alone; teacher: k ~ U{0..m} revealed steps; copy: a reference of random
+    digits, fully shown. An example that asks the model to *compute* a chain longer than
+    `student_max_chain` (student format, or teacher format with k < L) is kept only with probability
+    `long_chain_keep` (else it becomes a teacher example with the whole chain shown), in both formats
+    alike, so the teacher at alpha = 0 computes about as well as the student (alpha = 0 is a no-op).
+    """
     out = []
     for problem in task.sample(rng, n):
+        chain, m = len(problem.meta["ops"]), len(problem.steps)
+        # computing a long chain (in either format) is rare: the model's competence limit
+        rare_ok = chain <= cfg.student_max_chain or rng.random() < cfg.long_chain_keep
         u = 1.0 if copy_only else rng.random()
-        if u < cfg.student_frac and len(problem.meta["ops"]) <= cfg.student_max_chain:
+        if u < cfg.student_frac and rare_ok:
             out.append((builder.student_prompt(problem), problem.solution))
             continue
         if u >= cfg.student_frac + cfg.teacher_frac:
-            problem = task.copy_variant(problem, rng)
-            alpha = 1.0
+            problem, k = task.copy_variant(problem, rng), m
         else:
-            alpha = int(rng.integers(len(problem.steps) + 1)) / max(1, len(problem.steps))
-        out.append((builder.teacher_prompt(problem, alpha), problem.solution))
+            k = int(rng.integers(0 if rare_ok else chain, m + 1))
+        out.append((builder.teacher_prompt(problem, k / m), problem.solution))
     return out
 
 
