@@ -1,0 +1,133 @@
+"""Speed and memory benchmark of the engine (a script, not a test; numbers go to docs/BENCHMARKS.md).
+
+    python recipes/bench_speed.py                 # all three sections, ~5 min on 2 cores
+    python recipes/bench_speed.py --only loss     # one section: step | sampler | loss
+
+1. step:    per-phase breakdown of DistillEngine.step on the embedded default (warm-started model
+            from the cache when present, else a random one of the same shape).
+2. sampler: our KV-cache sampler vs HF `generate`, tokens/s at batch 32, 64 new tokens (greedy).
+3. loss:    peak memory of the distillation loss (forward + backward) chunked vs naive at
+            V = 151,936 (Qwen3's vocabulary), B*T = 4096, each in a fresh process (peak RSS delta).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def bench_step(steps: int, alpha: float, threads: int) -> dict:
+    from atesd.engine import DistillEngine, EngineConfig
+    from atesd.models import TinyModelConfig, build_synthetic_tokenizer, build_tiny_qwen3, load_pretrained
+    from atesd.tasks.synthetic import ChainBagTask
+    from atesd.warmstart import WarmStartConfig, cache_key, default_cache_dir
+
+    torch.set_num_threads(threads)
+    task = ChainBagTask()
+    path = default_cache_dir() / "warmstart" / cache_key(task.cfg, TinyModelConfig(), WarmStartConfig())
+    if (path / "warmstart.json").exists():
+        model, tokenizer = load_pretrained(path)
+        source = f"warm-started checkpoint {path}"
+    else:
+        tokenizer = build_synthetic_tokenizer()
+        model, source = build_tiny_qwen3(tokenizer), "random init (run recipes/sweep.py once to cache the warm start)"
+    engine = DistillEngine(model, tokenizer, task, EngineConfig())
+    engine.step(alpha)  # warm-up
+    stats = [engine.step(alpha) for _ in range(steps)]
+    phases = ("rollout_s", "teacher_s", "update_s", "probe_s", "total_s")
+    out = {p: float(np.mean([getattr(s, p) for s in stats])) for p in phases}
+    out |= {"tokens_per_step": float(np.mean([s.num_tokens for s in stats])), "model": source}
+    out["tokens_per_s"] = out["tokens_per_step"] / out["total_s"]
+    return out
+
+
+def bench_sampler_section(threads: int, repeats: int) -> dict:
+    from bench_sampler import bench_sampler, build_model, make_prompts
+
+    torch.set_num_threads(threads)
+    model = build_model()
+    prompts = make_prompts(32, 10, 30, vocab_size=model.config.vocab_size)
+    return bench_sampler(model, prompts, max_new_tokens=64, repeats=repeats)
+
+
+def loss_child(variant: str, n: int, vocab: int, hidden: int, chunk: int) -> None:
+    """Runs in a fresh process: one forward + backward, prints peak RSS growth in MB."""
+    from atesd.losses import LossConfig, chunked_distill_loss, naive_distill_loss
+
+    torch.set_num_threads(2)
+    g = torch.Generator().manual_seed(0)
+    s_h = torch.randn(n, hidden, generator=g).requires_grad_()
+    t_h = torch.randn(n, hidden, generator=g)
+    head = (torch.randn(vocab, hidden, generator=g) * 0.02).requires_grad_()
+    t_head = head.detach().clone()
+    mask = torch.ones(n, dtype=torch.bool)
+    cfg = LossConfig(kind="forward_kl", clip_tau=0.05, chunk_size=chunk)
+    fn = chunked_distill_loss if variant == "chunked" else naive_distill_loss
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    out = fn(s_h, t_h, head, t_head, mask, cfg)
+    out.loss.backward()
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_mb": (peak - before) / 1024, "seconds": seconds, "loss": float(out.loss)}))
+
+
+def bench_loss(n: int, vocab: int, hidden: int, chunk: int) -> dict:
+    out = {}
+    for variant in ("chunked", "naive"):
+        cmd = [sys.executable, __file__, "--loss-child", variant, str(n), str(vocab), str(hidden), str(chunk)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out[variant] = json.loads(res.stdout.strip().splitlines()[-1])
+    out["ratio"] = out["chunked"]["peak_mb"] / out["naive"]["peak_mb"]
+    out["same_loss"] = abs(out["chunked"]["loss"] - out["naive"]["loss"]) < 1e-4
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=["step", "sampler", "loss"], default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=10, help="engine steps timed")
+    parser.add_argument("--repeats", type=int, default=5, help="sampler repeats (best of)")
+    parser.add_argument("--loss-child", nargs=5, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.loss_child:
+        variant, *nums = args.loss_child
+        loss_child(variant, *map(int, nums))
+        return 0
+    from rich.console import Console
+
+    console = Console()
+    if args.only in (None, "step"):
+        r = bench_step(args.steps, 0.5, args.threads)
+        console.print(f"[bold]engine step[/] (batch 32, alpha 0.5, {args.threads} threads; {r['model']})")
+        for key in ("rollout_s", "teacher_s", "update_s", "probe_s", "total_s"):
+            console.print(f"  {key:10s} {r[key]:.3f} s  ({100 * r[key] / r['total_s']:.0f}%)")
+        console.print(f"  {r['tokens_per_step']:.0f} rollout tokens per step, {r['tokens_per_s']:.0f} tokens/s end to end")
+    if args.only in (None, "sampler"):
+        r = bench_sampler_section(args.threads, args.repeats)
+        console.print(f"[bold]sampler[/] batch 32, 64 new tokens, greedy, {args.threads} threads")
+        console.print(f"  {json.dumps(r)}")
+    if args.only in (None, "loss"):
+        r = bench_loss(4096, 151_936, 256, 512)
+        console.print("[bold]loss memory[/] forward KL + clip, N = B*T = 4096, V = 151,936, H = 256, chunk 512")
+        for variant in ("chunked", "naive"):
+            c = r[variant]
+            console.print(f"  {variant:8s} peak +{c['peak_mb']:.0f} MB  {c['seconds']:.1f} s  loss {c['loss']:.6f}")
+        console.print(f"  chunked / naive peak = {100 * r['ratio']:.1f}%  (same loss: {r['same_loss']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
