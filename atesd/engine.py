@@ -70,6 +70,9 @@ class EngineConfig:
         default=0.9, metadata={"help": "EMA decay of the training-state statistics, [0, 1)"}
     )
     grounded: bool = field(default=True, metadata={"help": "compute the grounded score g every step"})
+    probe_every: int = field(
+        default=1, metadata={"help": "measure the probe NLL every this many steps (0 = never; then NaN)"}
+    )
     max_nonfinite_steps: int = field(
         default=5, metadata={"help": "stop after this many non-finite losses in a row"}
     )
@@ -80,6 +83,8 @@ class EngineConfig:
             raise ValueError("need batch_size >= 1, lr > 0, weight_decay >= 0 and grad_clip > 0")
         if not 0 <= self.stats_decay < 1:
             raise ValueError(f"stats_decay must be in [0, 1), got {self.stats_decay}")
+        if self.probe_every < 0:
+            raise ValueError(f"probe_every must be >= 0, got {self.probe_every}")
         if self.max_nonfinite_steps < 1:
             raise ValueError(f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
 
@@ -144,9 +149,10 @@ class DistillEngine:
             self._count_nonfinite()
         skipped = not math.isfinite(grad_norm)
         t_update = time.perf_counter()
-        probe_nll = self.probe_nll()
-        t_end = time.perf_counter()
         self.num_steps += 1
+        every = self.cfg.probe_every
+        probe_nll = self.probe_nll() if every and self.num_steps % every == 0 else math.nan
+        t_end = time.perf_counter()
         per_token = out.per_token.float()
         verdicts = [self.task.verify(p, t) for p, t in zip(batch.problems, batch.texts)]
         stats = StepStats(
@@ -242,7 +248,8 @@ class DistillEngine:
         log.warning("non-finite loss or gradient: update skipped (%d in a row)", self.nonfinite_in_row)
         if self.nonfinite_in_row >= self.cfg.max_nonfinite_steps:
             raise NonFiniteLossError(
-                f"{self.nonfinite_in_row} non-finite losses in a row; lower the learning rate or check the model "
+                f"{self.nonfinite_in_row} non-finite losses in a row; lower the learning rate or check the "
+                "model "
                 f"(engine.max_nonfinite_steps={self.cfg.max_nonfinite_steps})"
             )
 

@@ -59,13 +59,17 @@ class WarmStartConfig:
     )
     student_max_chain: int = field(
         default=3,
-        metadata={"help": "chains longer than this are rare in student-format examples and never computed "
-                  "in teacher-format ones (the teacher may only copy them): the model's competence limit"},
+        metadata={
+            "help": "chains longer than this are rare in student-format examples and never computed "
+            "in teacher-format ones (the teacher may only copy them): the model's competence limit"
+        },
     )
     long_chain_keep: float = field(
         default=0.15,
-        metadata={"help": "probability that a student-format example with a chain longer than "
-                  "student_max_chain is kept (else it becomes a teacher-format example), in [0, 1]"},
+        metadata={
+            "help": "probability that a student-format example with a chain longer than "
+            "student_max_chain is kept (else it becomes a teacher-format example), in [0, 1]"
+        },
     )
     seed: int = field(default=0, metadata={"help": "seed of the example stream"})
 
@@ -139,7 +143,12 @@ def warm_start(
 
 
 def sft_examples(
-    task: ChainBagTask, builder: PromptBuilder, rng: np.random.Generator, n: int, copy_only: bool, cfg: WarmStartConfig
+    task: ChainBagTask,
+    builder: PromptBuilder,
+    rng: np.random.Generator,
+    n: int,
+    copy_only: bool,
+    cfg: WarmStartConfig,
 ) -> list[tuple[str, str]]:
     """(prompt, target) pairs in three formats.
 

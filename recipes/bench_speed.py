@@ -5,7 +5,8 @@
 
 1. step:    per-phase breakdown of DistillEngine.step on the embedded default (warm-started model
             from the cache when present, else a random one of the same shape).
-2. sampler: our KV-cache sampler vs HF `generate`, tokens/s at batch 32, 64 new tokens (greedy).
+2. sampler: our KV-cache sampler vs HF `generate`, tokens/s at batch 32, 64 new tokens: forced to
+            full length on a random model, and on the embedded task's prompts (rollouts end at EOS).
 3. loss:    peak memory of the distillation loss (forward + backward) chunked vs naive at
             V = 151,936 (Qwen3's vocabulary), B*T = 4096, each in a fresh process (peak RSS delta).
 """
@@ -22,12 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def bench_step(steps: int, alpha: float, threads: int) -> dict:
+def embedded_engine(threads: int):
+    """The embedded default's engine on the cached warm start (or a random model of the same shape)."""
     from atesd.engine import DistillEngine, EngineConfig
     from atesd.models import TinyModelConfig, build_synthetic_tokenizer, build_tiny_qwen3, load_pretrained
     from atesd.tasks.synthetic import ChainBagTask
@@ -38,11 +41,18 @@ def bench_step(steps: int, alpha: float, threads: int) -> dict:
     path = default_cache_dir() / "warmstart" / cache_key(task.cfg, TinyModelConfig(), WarmStartConfig())
     if (path / "warmstart.json").exists():
         model, tokenizer = load_pretrained(path)
-        source = f"warm-started checkpoint {path}"
+        source = f"warm-started checkpoint {path.name}"
     else:
         tokenizer = build_synthetic_tokenizer()
-        model, source = build_tiny_qwen3(tokenizer), "random init (run recipes/sweep.py once to cache the warm start)"
-    engine = DistillEngine(model, tokenizer, task, EngineConfig())
+        model, source = (
+            build_tiny_qwen3(tokenizer),
+            "random init (run recipes/sweep.py once to cache the warm start)",
+        )
+    return DistillEngine(model, tokenizer, task, EngineConfig()), source
+
+
+def bench_step(steps: int, alpha: float, threads: int) -> dict:
+    engine, source = embedded_engine(threads)
     engine.step(alpha)  # warm-up
     stats = [engine.step(alpha) for _ in range(steps)]
     phases = ("rollout_s", "teacher_s", "update_s", "probe_s", "total_s")
@@ -50,6 +60,18 @@ def bench_step(steps: int, alpha: float, threads: int) -> dict:
     out |= {"tokens_per_step": float(np.mean([s.num_tokens for s in stats])), "model": source}
     out["tokens_per_s"] = out["tokens_per_step"] / out["total_s"]
     return out
+
+
+def bench_sampler_embedded(threads: int, repeats: int, temperature: float) -> dict:
+    """Ours vs generate on 32 student prompts of the embedded task (rollouts end at EOS)."""
+    from bench_sampler import bench_sampler
+
+    engine, source = embedded_engine(threads)
+    problems = engine.task.sample(np.random.default_rng(0), 32)
+    prompts = [engine.builder.encode(engine.builder.student_prompt(p)) for p in problems]
+    tok = engine.tokenizer
+    r = bench_sampler(engine.student, prompts, 64, repeats, [tok.eos_token_id], temperature, tok.pad_token_id)
+    return r | {"model": source}
 
 
 def bench_sampler_section(threads: int, repeats: int) -> dict:
@@ -95,7 +117,9 @@ def bench_loss(n: int, vocab: int, hidden: int, chunk: int) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--only", choices=["step", "sampler", "loss"], default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10, help="engine steps timed")
@@ -114,17 +138,41 @@ def main() -> int:
         console.print(f"[bold]engine step[/] (batch 32, alpha 0.5, {args.threads} threads; {r['model']})")
         for key in ("rollout_s", "teacher_s", "update_s", "probe_s", "total_s"):
             console.print(f"  {key:10s} {r[key]:.3f} s  ({100 * r[key] / r['total_s']:.0f}%)")
-        console.print(f"  {r['tokens_per_step']:.0f} rollout tokens per step, {r['tokens_per_s']:.0f} tokens/s end to end")
+        console.print(
+            f"  {r['tokens_per_step']:.0f} rollout tokens per step, "
+            f"{r['tokens_per_s']:.0f} tokens/s end to end"
+        )
     if args.only in (None, "sampler"):
+        transformers.logging.set_verbosity_error()
+        keys = ("hf_tokens_per_s", "ours_tokens_per_s", "speedup", "outputs_equal", "full_length")
         r = bench_sampler_section(args.threads, args.repeats)
-        console.print(f"[bold]sampler[/] batch 32, 64 new tokens, greedy, {args.threads} threads")
-        console.print(f"  {json.dumps(r)}")
+        console.print(
+            f"[bold]sampler[/] batch 32, 64 new tokens forced (no EOS), greedy, {args.threads} threads, "
+            "random model"
+        )
+        console.print(
+            "  " + ", ".join(f"{k} {r[k]:.2f}" if isinstance(r[k], float) else f"{k} {r[k]}" for k in keys)
+        )
+        for temperature in (0.0, 1.0):
+            r = bench_sampler_embedded(args.threads, args.repeats, temperature)
+            console.print(
+                f"[bold]sampler[/] batch 32, max 64 new tokens, embedded task prompts, rollouts end at EOS, "
+                f"temperature {temperature:g} ({r['model']})"
+            )
+            console.print(
+                "  "
+                + ", ".join(f"{k} {r[k]:.2f}" if isinstance(r[k], float) else f"{k} {r[k]}" for k in keys)
+            )
     if args.only in (None, "loss"):
         r = bench_loss(4096, 151_936, 256, 512)
-        console.print("[bold]loss memory[/] forward KL + clip, N = B*T = 4096, V = 151,936, H = 256, chunk 512")
+        console.print(
+            "[bold]loss memory[/] forward KL + clip, N = B*T = 4096, V = 151,936, H = 256, chunk 512"
+        )
         for variant in ("chunked", "naive"):
             c = r[variant]
-            console.print(f"  {variant:8s} peak +{c['peak_mb']:.0f} MB  {c['seconds']:.1f} s  loss {c['loss']:.6f}")
+            console.print(
+                f"  {variant:8s} peak +{c['peak_mb']:.0f} MB  {c['seconds']:.1f} s  loss {c['loss']:.6f}"
+            )
         console.print(f"  chunked / naive peak = {100 * r['ratio']:.1f}%  (same loss: {r['same_loss']})")
     return 0
 

@@ -38,7 +38,15 @@ def test_window_changes_parameters_and_lowers_the_loss_on_a_fixed_batch(tiny_mod
 def test_step_statistics_are_finite_and_typed(tiny_model, tokenizer, small_task):
     engine = make_engine(tiny_model, tokenizer, small_task)
     s = engine.step(0.5)
-    for name in ("loss", "mismatch_top1", "divergence_p90", "divergence_p99", "confidence", "grounded", "probe_nll"):
+    for name in (
+        "loss",
+        "mismatch_top1",
+        "divergence_p90",
+        "divergence_p99",
+        "confidence",
+        "grounded",
+        "probe_nll",
+    ):
         assert math.isfinite(getattr(s, name)), name
     assert 0 <= s.mismatch_top1 <= 1 and 0 < s.confidence <= 1 and s.grounded <= 0
     assert s.divergence_p90 <= s.divergence_p99 and s.num_tokens > 0 and s.tokens_per_s > 0
@@ -78,7 +86,9 @@ def test_reference_controls(tiny_model, tokenizer, small_task):
     engine = make_engine(tiny_model, tokenizer, small_task)
     problems = small_task.sample(np.random.default_rng(0), 3)
     own = engine.teacher_prompts(problems, 1.0, ["", "", ""])
-    other_engine = make_engine(tiny_model, tokenizer, small_task, exposure=engine.cfg.exposure.__class__(reference="other"))
+    other_engine = make_engine(
+        tiny_model, tokenizer, small_task, exposure=engine.cfg.exposure.__class__(reference="other")
+    )
     other = other_engine.teacher_prompts(problems, 1.0, ["", "", ""])
     decoded = [tokenizer.decode(ids) for ids in other]
     assert other != own

@@ -11,18 +11,27 @@ QUICK = WarmStartConfig(steps=3, copy_steps=1, batch_size=4, warmup_steps=1)
 
 def test_cache_is_hit_on_the_second_call(tmp_path, small_task):
     calls = []
-    m1, _, path1, hit1 = warm_start(small_task, TINY, QUICK, tmp_path, progress=lambda s, n, loss: calls.append(s))
-    m2, tok2, path2, hit2 = warm_start(small_task, TINY, QUICK, tmp_path, progress=lambda s, n, loss: calls.append(s))
+    m1, _, path1, hit1 = warm_start(
+        small_task, TINY, QUICK, tmp_path, progress=lambda s, n, loss: calls.append(s)
+    )
+    m2, tok2, path2, hit2 = warm_start(
+        small_task, TINY, QUICK, tmp_path, progress=lambda s, n, loss: calls.append(s)
+    )
     assert (hit1, hit2) == (False, True) and path1 == path2
     assert calls == [1, 2, 3]  # progress reported while training, not on a hit
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
     assert (path1 / "model.safetensors").exists() and (path1 / "warmstart.json").exists()
-    assert tok2.apply_chat_template([{"role": "user", "content": "Q1|2"}], tokenize=False, add_generation_prompt=True)
+    assert tok2.apply_chat_template(
+        [{"role": "user", "content": "Q1|2"}], tokenize=False, add_generation_prompt=True
+    )
 
 
 def test_cache_key_changes_with_any_config(small_task):
     base = cache_key(small_task.cfg, TINY, QUICK)
-    assert cache_key(small_task.cfg, TINY, WarmStartConfig(steps=4, copy_steps=1, batch_size=4, warmup_steps=1)) != base
+    assert (
+        cache_key(small_task.cfg, TINY, WarmStartConfig(steps=4, copy_steps=1, batch_size=4, warmup_steps=1))
+        != base
+    )
     assert cache_key(small_task.cfg, TinyModelConfig(), QUICK) != base
     assert cache_key(small_task.cfg, TINY, QUICK) == base
 
@@ -30,12 +39,16 @@ def test_cache_key_changes_with_any_config(small_task):
 def test_long_chains_are_only_copied_in_teacher_format(tokenizer):
     from atesd.tasks.synthetic import ChainBagConfig, ChainBagTask
 
-    task = ChainBagTask(ChainBagConfig(chain_lengths=(5, 5), bag_sizes=(0, 3), eval_size=1, probe_size=1, bands=((5, 0),)))
+    task = ChainBagTask(
+        ChainBagConfig(chain_lengths=(5, 5), bag_sizes=(0, 3), eval_size=1, probe_size=1, bands=((5, 0),))
+    )
     builder = PromptBuilder(tokenizer, task.prompt_format)
     cfg = WarmStartConfig(student_max_chain=3, long_chain_keep=0.0)
-    for prompt, target in sft_examples(task, builder, np.random.default_rng(0), 200, False, cfg):
+    for prompt, _ in sft_examples(task, builder, np.random.default_rng(0), 200, False, cfg):
         assert "<|ref|>" in prompt  # no student-format example of a long chain
         revealed = prompt.split("<|ref|>")[1].split("<|ans|>")[0]
         assert revealed.count(";") >= 5  # the whole chain is shown: computing it is never asked
-    kept = sft_examples(task, builder, np.random.default_rng(0), 400, False, WarmStartConfig(long_chain_keep=1.0))
+    kept = sft_examples(
+        task, builder, np.random.default_rng(0), 400, False, WarmStartConfig(long_chain_keep=1.0)
+    )
     assert any("<|ref|>" not in prompt for prompt, _ in kept)

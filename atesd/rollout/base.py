@@ -14,7 +14,7 @@ import torch
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to sample. temperature == 0 means greedy (argmax); top_k == 0 and top_p == 1 disable those filters."""
+    """How to sample: temperature == 0 means greedy (argmax); top_k == 0 and top_p == 1 disable those."""
 
     temperature: float = 1.0
     top_k: int = 0
