@@ -79,8 +79,14 @@ class EngineConfig:
     seed: int = field(default=0, metadata={"help": "seed of the problem stream and the sampling generators"})
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0 or self.grad_clip <= 0:
-            raise ValueError("need batch_size >= 1, lr > 0, weight_decay >= 0 and grad_clip > 0")
+        for name, ok, rule in (
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("lr", self.lr > 0, "> 0"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("grad_clip", self.grad_clip > 0, "> 0"),
+        ):
+            if not ok:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
         if not 0 <= self.stats_decay < 1:
             raise ValueError(f"stats_decay must be in [0, 1), got {self.stats_decay}")
         if self.probe_every < 0:
@@ -284,25 +290,36 @@ class DistillEngine:
         return nll
 
     @torch.no_grad()
-    def evaluate(self, k: int = 0, temperature: float = 1.0) -> dict[str, float]:
-        """Greedy accuracy per band and, with k > 0, Average@k over k samples at `temperature`."""
+    def evaluate(
+        self, k: int = 0, temperature: float = 1.0, teacher_alpha: float | None = None
+    ) -> dict[str, float]:
+        """Greedy accuracy per band and, with k > 0, Average@k over k samples at `temperature`.
+
+        With `teacher_alpha`, the student model answers from the *teacher's* prompt at that exposure
+        instead: how well the model reads a reference revealed at alpha (teacher quality).
+        """
         out: dict[str, float] = {}
         for band, problems in self.task.eval_sets().items():
-            prompts = [self.builder.encode(self.builder.student_prompt(p)) for p in problems]
+            if teacher_alpha is None:
+                prompts = [self.builder.encode(self.builder.student_prompt(p)) for p in problems]
+            else:
+                prompts = self.teacher_prompts(problems, teacher_alpha, [""] * len(problems))
             greedy = self.sampler.generate(prompts, self.cfg.sampling.params(greedy=True), None)
-            texts = self.tokenizer.batch_decode(greedy.completion_ids, skip_special_tokens=True)
-            out[f"accuracy/{band}"] = float(
-                np.mean([self.task.verify(p, t).correct for p, t in zip(problems, texts)])
-            )
+            out[f"accuracy/{band}"] = self._accuracy(problems, greedy.completion_ids)
             if k > 0:
                 params = SamplingParams(temperature, 0, 1.0, self.cfg.sampling.max_new_tokens)
-                hits = []
-                for _ in range(k):
-                    sampled = self.sampler.generate(prompts, params, self.eval_gen)
-                    texts = self.tokenizer.batch_decode(sampled.completion_ids, skip_special_tokens=True)
-                    hits.append([self.task.verify(p, t).correct for p, t in zip(problems, texts)])
+                hits = [
+                    self._accuracy(
+                        problems, self.sampler.generate(prompts, params, self.eval_gen).completion_ids
+                    )
+                    for _ in range(k)
+                ]
                 out[f"avg_at_{k}/{band}"] = float(np.mean(hits))
         return out
+
+    def _accuracy(self, problems: list[Problem], completions: list[list[int]]) -> float:
+        texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
+        return float(np.mean([self.task.verify(p, t).correct for p, t in zip(problems, texts)]))
 
     @torch.no_grad()
     def mismatch(self, alpha: float, problems: list[Problem], generator: torch.Generator) -> dict[str, float]:

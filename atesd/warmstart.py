@@ -78,8 +78,14 @@ class WarmStartConfig:
             raise ValueError(
                 f"need steps >= 1 and 0 <= copy_steps <= steps, got {self.steps}, {self.copy_steps}"
             )
-        if self.batch_size < 1 or self.lr <= 0 or self.warmup_steps < 0 or self.weight_decay < 0:
-            raise ValueError("batch_size >= 1, lr > 0, warmup_steps >= 0 and weight_decay >= 0 are required")
+        for name, ok, rule in (
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("lr", self.lr > 0, "> 0"),
+            ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+        ):
+            if not ok:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not 0 <= self.long_chain_keep <= 1:

@@ -29,6 +29,7 @@ from atesd.engine import EngineConfig  # noqa: E402
 from atesd.models import TinyModelConfig  # noqa: E402
 from atesd.tasks.synthetic import ChainBagConfig  # noqa: E402
 from atesd.warmstart import WarmStartConfig  # noqa: E402
+from recipes._progress import progress  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,27 @@ def _beating(row: dict, alphas: tuple[float, ...], ref: float) -> list[float]:
     ]
 
 
+def print_start(start: dict, teacher_start: dict) -> None:
+    """Greedy accuracy of the warm-started model from the student prompt and the teacher's at each alpha."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(
+        title="warm-started model: greedy accuracy % from the student prompt and the teacher prompt at alpha"
+    )
+    t.add_column("band")
+    t.add_column("student", justify="right")
+    for a in teacher_start:
+        t.add_column(f"teacher {a:g}", justify="right")
+    for key, value in start.items():
+        t.add_row(
+            key.split("/")[1],
+            f"{100 * value:.1f}",
+            *(f"{100 * teacher_start[a][key]:.1f}" for a in teacher_start),
+        )
+    Console().print(t)
+
+
 def print_report(summary: dict, start: dict, alphas: tuple[float, ...]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -220,13 +242,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=Path("runs/sweep"), help="output directory")
     args = parser.parse_args(argv)
-    cfg = cfglib.load(SweepConfig, args.config, args.overrides)
+    if args.seeds < 1 or args.workers < 1:
+        parser.error("--seeds and --workers must be >= 1")
+    try:
+        cfg = cfglib.load(SweepConfig, args.config, args.overrides)
+    except cfglib.ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return run_sweep(cfg, args.seeds, args.workers, args.out)
 
 
 def run_sweep(cfg: SweepConfig, seeds: int, workers: int, out: Path) -> int:
     import torch
-    from rich.progress import Progress
 
     from atesd.engine import DistillEngine
     from atesd.tasks.synthetic import ChainBagTask
@@ -237,40 +264,50 @@ def run_sweep(cfg: SweepConfig, seeds: int, workers: int, out: Path) -> int:
     torch.set_num_threads(max(1, workers * cfg.threads))
     task = ChainBagTask(cfg.task)
     t0 = time.perf_counter()
-    with Progress() as bar:
-        tid = bar.add_task("warm start", total=cfg.warmstart.steps)
+    with progress("warm start", cfg.warmstart.steps) as update:
         model, tokenizer, ckpt, hit = warm_start(
-            task, cfg.model, cfg.warmstart, progress=lambda s, n, loss: bar.update(tid, completed=s)
+            task, cfg.model, cfg.warmstart, progress=lambda s, n, loss: update(s, f"loss {loss:.3f}")
         )
     print(
         f"warm start {'loaded from cache' if hit else 'trained'}: {ckpt} ({time.perf_counter() - t0:.0f} s)"
     )
-    start = DistillEngine(model, tokenizer, task, cfg.engine).evaluate()
-    print("start accuracy:", {k: round(100 * v, 1) for k, v in start.items()})
+    engine = DistillEngine(model, tokenizer, task, cfg.engine)
+    start = engine.evaluate()
+    teacher_start = {a: engine.evaluate(teacher_alpha=a) for a in cfg.alphas}
+    print_start(start, teacher_start)
     jobs = [(a, s) for s in range(seeds) for a in cfg.alphas]
-    cfg_dict = cfglib.to_dict(cfg)
-    results = []
-    with Progress() as bar:
-        tid = bar.add_task("sweep runs", total=len(jobs))
-        if workers <= 1:
-            for a, s in jobs:
-                results.append(run_one(cfg_dict, str(ckpt), a, s))
-                bar.advance(tid)
-        else:
-            ctx = mp.get_context("spawn")
-            with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                futures = [pool.submit(run_one, cfg_dict, str(ckpt), a, s) for a, s in jobs]
-                for fut in cf.as_completed(futures):
-                    results.append(fut.result())
-                    bar.advance(tid)
+    results = run_jobs(cfglib.to_dict(cfg), str(ckpt), jobs, workers)
     bands = list(task.eval_sets())
     summary = summarise(results, cfg.alphas, bands)
     print_report(summary, start, cfg.alphas)
-    record = {"start": start, "summary": summary, "runs": results, "wall_s": time.perf_counter() - t0}
+    record = {
+        "start": start,
+        "teacher_start": teacher_start,
+        "summary": summary,
+        "runs": results,
+        "wall_s": time.perf_counter() - t0,
+    }
     (out / "sweep.json").write_text(json.dumps(record, indent=1, default=float))
     plot(summary, start, cfg.alphas, out / "sweep.png")
     print(f"wrote {out / 'sweep.json'} and {out / 'sweep.png'} in {record['wall_s'] / 60:.1f} min")
     return 0
+
+
+def run_jobs(cfg_dict: dict, checkpoint: str, jobs: list[tuple[float, int]], workers: int) -> list[dict]:
+    """Every (alpha, seed) run, in worker processes (spawned: each loads the checkpoint itself)."""
+    results: list[dict] = []
+    with progress("sweep runs", len(jobs)) as update:
+        if workers <= 1:
+            for a, s in jobs:
+                results.append(run_one(cfg_dict, checkpoint, a, s))
+                update(len(results), f"alpha={a:g} seed={s}")
+            return results
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(run_one, cfg_dict, checkpoint, a, s) for a, s in jobs]
+            for fut in cf.as_completed(futures):
+                results.append(fut.result())
+                update(len(results), f"alpha={results[-1]['alpha']:g} seed={results[-1]['seed']}")
+    return results
 
 
 if __name__ == "__main__":
