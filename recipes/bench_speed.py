@@ -79,7 +79,7 @@ def bench_sampler_section(threads: int, repeats: int) -> dict:
 
     torch.set_num_threads(threads)
     model = build_model()
-    prompts = make_prompts(32, 10, 30, vocab_size=model.config.vocab_size)
+    prompts = make_prompts(32, model.config.vocab_size, seed=0)
     return bench_sampler(model, prompts, max_new_tokens=64, repeats=repeats)
 
 

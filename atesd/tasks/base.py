@@ -77,3 +77,12 @@ class Task(Protocol):
     def reasoning(self, completion: str) -> str:
         """The completion with its final answer removed."""
         ...
+
+    def probe_set(self) -> list[Problem]:
+        """Fixed held-out problems whose reference solutions the probe NLL scores."""
+        ...
+
+    def path_matched(self, problem: Problem, completion: str) -> Problem:
+        """The problem with its reference re-ordered to follow the completion's own path (the
+        path-matched control); tasks without a notion of path raise NotImplementedError."""
+        ...
