@@ -37,6 +37,13 @@ class SamplingConfig:
     top_k: int = field(default=0, metadata={"help": "top-k filter, 0 = off"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus filter in (0, 1], 1 = off"})
     max_new_tokens: int = field(default=96, metadata={"help": "longest rollout in tokens (>= 1)"})
+    compile: bool = field(
+        default=False,
+        metadata={
+            "help": "torch.compile the model forward in our sampler (~1.5x faster decode on CPU after a "
+            "~30 s compile; not guaranteed bit-identical to eager)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
@@ -126,7 +133,10 @@ class DistillEngine:
         self.teacher = Teacher(model, self.cfg.teacher)
         self.builder = PromptBuilder(tokenizer, task.prompt_format, self.cfg.exposure)
         self.sampler = sampler or HFSampler(
-            model, eos_token_ids=[tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id
+            model,
+            eos_token_ids=[tokenizer.eos_token_id],
+            pad_token_id=tokenizer.pad_token_id,
+            compile=self.cfg.sampling.compile,
         )
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)

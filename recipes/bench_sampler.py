@@ -76,6 +76,7 @@ def bench_sampler(
     temperature: float = 0.0,
     pad_token_id: int = 0,
     seed: int = 0,
+    compile: bool = False,
 ) -> dict[str, float | int | bool]:
     """Times `HFSampler` and `model.generate` on the same prompts, interleaved, best of `repeats`.
 
@@ -88,6 +89,7 @@ def bench_sampler(
         temperature: 0 is greedy; above 0, run r samples with seed + r (`generate` draws from the global RNG).
         pad_token_id: padding id.
         seed: base seed of the sampled runs.
+        compile: build our sampler with `compile=True` (the warm-up call pays the compile).
 
     Returns:
         Best wall times, tokens/s of both (each side's own tokens), `speedup` (ratio of tokens/s), our
@@ -95,7 +97,7 @@ def bench_sampler(
         max_new_tokens.
     """
     eos = [model.config.get_text_config().vocab_size] if eos_token_ids is None else list(eos_token_ids)
-    sampler = HFSampler(model, eos_token_ids=eos, pad_token_id=pad_token_id)
+    sampler = HFSampler(model, eos_token_ids=eos, pad_token_id=pad_token_id, compile=compile)
     params = SamplingParams(temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens)
     torch.manual_seed(seed)  # warm-up, and the outputs compared
     theirs = _hf_generate(model, prompts, params, eos, pad_token_id)

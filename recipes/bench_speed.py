@@ -62,7 +62,7 @@ def bench_step(steps: int, alpha: float, threads: int) -> dict:
     return out
 
 
-def bench_sampler_embedded(threads: int, repeats: int, temperature: float) -> dict:
+def bench_sampler_embedded(threads: int, repeats: int, temperature: float, compile: bool = False) -> dict:
     """Ours vs generate on 32 student prompts of the embedded task (rollouts end at EOS)."""
     from bench_sampler import bench_sampler
 
@@ -70,17 +70,26 @@ def bench_sampler_embedded(threads: int, repeats: int, temperature: float) -> di
     problems = engine.task.sample(np.random.default_rng(0), 32)
     prompts = [engine.builder.encode(engine.builder.student_prompt(p)) for p in problems]
     tok = engine.tokenizer
-    r = bench_sampler(engine.student, prompts, 64, repeats, [tok.eos_token_id], temperature, tok.pad_token_id)
+    r = bench_sampler(
+        engine.student,
+        prompts,
+        64,
+        repeats,
+        [tok.eos_token_id],
+        temperature,
+        tok.pad_token_id,
+        compile=compile,
+    )
     return r | {"model": source}
 
 
-def bench_sampler_section(threads: int, repeats: int) -> dict:
+def bench_sampler_section(threads: int, repeats: int, compile: bool = False) -> dict:
     from bench_sampler import bench_sampler, build_model, make_prompts
 
     torch.set_num_threads(threads)
     model = build_model()
     prompts = make_prompts(32, model.config.vocab_size, seed=0)
-    return bench_sampler(model, prompts, max_new_tokens=64, repeats=repeats)
+    return bench_sampler(model, prompts, max_new_tokens=64, repeats=repeats, compile=compile)
 
 
 def loss_child(variant: str, n: int, vocab: int, hidden: int, chunk: int) -> None:
@@ -116,6 +125,10 @@ def bench_loss(n: int, vocab: int, hidden: int, chunk: int) -> dict:
     return out
 
 
+def _fmt(key: str, value: object) -> str:
+    return f"{key} {value:.2f}" if isinstance(value, float) else f"{key} {value}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -145,24 +158,20 @@ def main() -> int:
     if args.only in (None, "sampler"):
         transformers.logging.set_verbosity_error()
         keys = ("hf_tokens_per_s", "ours_tokens_per_s", "speedup", "outputs_equal", "full_length")
-        r = bench_sampler_section(args.threads, args.repeats)
-        console.print(
-            f"[bold]sampler[/] batch 32, 64 new tokens forced (no EOS), greedy, {args.threads} threads, "
-            "random model"
-        )
-        console.print(
-            "  " + ", ".join(f"{k} {r[k]:.2f}" if isinstance(r[k], float) else f"{k} {r[k]}" for k in keys)
-        )
-        for temperature in (0.0, 1.0):
-            r = bench_sampler_embedded(args.threads, args.repeats, temperature)
+        for compile in (False, True):
+            r = bench_sampler_section(args.threads, args.repeats, compile)
             console.print(
-                f"[bold]sampler[/] batch 32, max 64 new tokens, embedded task prompts, rollouts end at EOS, "
-                f"temperature {temperature:g} ({r['model']})"
+                f"[bold]sampler[/] compile={compile}: batch 32, 64 new tokens forced (no EOS), greedy, "
+                f"{args.threads} threads, random model"
             )
-            console.print(
-                "  "
-                + ", ".join(f"{k} {r[k]:.2f}" if isinstance(r[k], float) else f"{k} {r[k]}" for k in keys)
-            )
+            console.print("  " + ", ".join(_fmt(k, r[k]) for k in keys))
+            for temperature in (0.0, 1.0):
+                r = bench_sampler_embedded(args.threads, args.repeats, temperature, compile)
+                console.print(
+                    f"[bold]sampler[/] compile={compile}: batch 32, max 64 new tokens, embedded task "
+                    f"prompts, rollouts end at EOS, temperature {temperature:g} ({r['model']})"
+                )
+                console.print("  " + ", ".join(_fmt(k, r[k]) for k in keys))
     if args.only in (None, "loss"):
         r = bench_loss(4096, 151_936, 256, 512)
         console.print(

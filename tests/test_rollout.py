@@ -213,3 +213,15 @@ def test_make_backend():
         make_backend("vllm", m, eos_token_ids=[1], pad_token_id=PAD)
     with pytest.raises(ValueError, match="one of"):
         make_backend("nope", m, eos_token_ids=[1], pad_token_id=PAD)  # type: ignore[arg-type]
+
+
+def test_compiled_sampler_matches_eager_and_follows_weight_updates():
+    """compile=True (opt-in) decodes the same greedy tokens, and sees in-place weight updates."""
+    small = _qwen3()
+    eos = [_early_eos(small, PROMPTS, 12)]
+    compiled = HFSampler(small, eos_token_ids=eos, pad_token_id=PAD, compile=True)
+    params = SamplingParams(temperature=0.0, max_new_tokens=12)
+    assert compiled.generate(PROMPTS, params).completion_ids == _hf_greedy(small, PROMPTS, 12, eos)
+    with torch.no_grad():  # an optimiser step in place: no recompile needed, new weights used
+        small.lm_head.weight.mul_(-1.0)
+    assert compiled.generate(PROMPTS, params).completion_ids == _hf_greedy(small, PROMPTS, 12, eos)

@@ -160,6 +160,7 @@ class HFSampler:
         eos_token_ids: list[int],
         pad_token_id: int,
         compact_fraction: float = 0.0,
+        compile: bool = False,
     ) -> None:
         if not 0.0 <= compact_fraction <= 1.0:
             raise ValueError(f"compact_fraction must be in [0, 1], got {compact_fraction}")
@@ -167,6 +168,10 @@ class HFSampler:
         self.eos_token_ids = list(eos_token_ids)
         self.pad_token_id = pad_token_id
         self.compact_fraction = compact_fraction
+        # torch.compile of the forward (opt-in): the weights are read at call time, so optimiser
+        # updates need no recompile; greedy output matched eager in our checks, but compiled kernels
+        # are not guaranteed bit-identical to eager ones.
+        self._call = torch.compile(model.forward, dynamic=True) if compile else model
         forward_args = inspect.signature(model.forward).parameters
         # transformers >= 5.2x renamed `past_key_values` to `cache` (the old name warns on every call).
         self._cache_kwarg = "cache" if "cache" in forward_args else "past_key_values"
@@ -250,7 +255,7 @@ class HFSampler:
         self, input_ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor, cache: Cache
     ) -> torch.Tensor:
         """One model call; returns (B, V) logits of the last position."""
-        out = self.model(
+        out = self._call(
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=positions,
