@@ -9,17 +9,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), both (B, T), rows right-aligned."""
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        if row:
-            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-            mask[i, width - len(row) :] = 1
-    return ids, mask
+from atesd.rollout.hf import left_pad
 
 
 def completion_hidden(
@@ -32,7 +22,8 @@ def completion_hidden(
     """
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
-    ids, mask = left_pad([p + c for p, c in zip(prompts, completions)], pad_id)
+    ids, mask = left_pad([p + c for p, c in zip(prompts, completions)], pad_id)  # (B, T), bool (B, T)
+    mask = mask.long()
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     hidden = model.get_decoder()(
         input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
