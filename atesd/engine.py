@@ -150,6 +150,7 @@ class DistillEngine:
         self.nonfinite_total = 0
         self.probe = probe if probe is not None else task.probe_set()
         self.last_probe_nll: float | None = None
+        self._probe_ids: tuple[list[list[int]], list[list[int]]] | None = None
 
     # ---- one student update -----------------------------------------------------------------
     def step(self, alpha: float) -> StepStats:
@@ -288,8 +289,12 @@ class DistillEngine:
     @torch.no_grad()
     def probe_nll(self) -> float:
         """Student NLL per token of the held-out reference solutions (the tracked loss l)."""
-        prompts = [self.builder.encode(self.builder.student_prompt(p)) for p in self.probe]
-        solutions = [self.builder.encode(p.solution) + [self.tokenizer.eos_token_id] for p in self.probe]
+        if self._probe_ids is None:  # the probe set is fixed: encode it once
+            self._probe_ids = (
+                [self.builder.encode(self.builder.student_prompt(p)) for p in self.probe],
+                [self.builder.encode(p.solution) + [self.tokenizer.eos_token_id] for p in self.probe],
+            )
+        prompts, solutions = self._probe_ids
         was_training = self.student.training
         self.student.eval()
         hidden, targets = completion_hidden(self.student, prompts, solutions, self.tokenizer.pad_token_id)
