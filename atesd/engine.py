@@ -9,6 +9,7 @@ steps. The engine knows nothing of Gymnasium or controllers; it sees models only
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -140,10 +141,7 @@ class DistillEngine:
         )
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        data_seq, sample_seq, eval_seq = np.random.SeedSequence(self.cfg.seed).spawn(3)
-        self.rng = np.random.default_rng(data_seq)
-        self.sample_gen = torch.Generator().manual_seed(int(sample_seq.generate_state(1)[0]))
-        self.eval_gen = torch.Generator().manual_seed(int(eval_seq.generate_state(1)[0]))
+        self.reseed(self.cfg.seed)
         self.stats = EMAStats(self.cfg.stats_decay)
         self.num_steps = 0
         self.nonfinite_in_row = 0
@@ -269,6 +267,42 @@ class DistillEngine:
                 "model "
                 f"(engine.max_nonfinite_steps={self.cfg.max_nonfinite_steps})"
             )
+
+    # ---- state --------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything that carries state: student and teacher weights, optimiser, RNGs, statistics."""
+        return copy.deepcopy(
+            {
+                "student": self.student.state_dict(),
+                "teacher": self.teacher.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "rng": self.rng.bit_generator.state,
+                "sample_gen": self.sample_gen.get_state(),
+                "eval_gen": self.eval_gen.get_state(),
+                "stats": self.stats.state_dict(),
+                "counters": [self.num_steps, self.nonfinite_in_row, self.nonfinite_total],
+                "last_probe_nll": self.last_probe_nll,
+            }
+        )
+
+    def load_state_dict(self, state: dict) -> None:
+        state = copy.deepcopy(state)
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.bit_generator.state = state["rng"]
+        self.sample_gen.set_state(state["sample_gen"])
+        self.eval_gen.set_state(state["eval_gen"])
+        self.stats.load_state_dict(state["stats"])
+        self.num_steps, self.nonfinite_in_row, self.nonfinite_total = state["counters"]
+        self.last_probe_nll = state["last_probe_nll"]
+
+    def reseed(self, seed: int) -> None:
+        """Fresh problem stream and sampling generators from `seed` (weights untouched)."""
+        data_seq, sample_seq, eval_seq = np.random.SeedSequence(seed).spawn(3)
+        self.rng = np.random.default_rng(data_seq)
+        self.sample_gen = torch.Generator().manual_seed(int(sample_seq.generate_state(1)[0]))
+        self.eval_gen = torch.Generator().manual_seed(int(eval_seq.generate_state(1)[0]))
 
     # ---- measurements -----------------------------------------------------------------------
     @torch.no_grad()

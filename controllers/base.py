@@ -1,0 +1,173 @@
+"""The Controller protocol, the one interaction loop, and controller state (de)serialisation.
+
+A controller is an agent in any env with the exposure action space: it is built from the spaces and
+its config, acts on observation arrays, learns from (obs, action, reward, next_obs, ...) tuples and
+never sees the engine. `run_episode` is the only loop that drives a controller; recipes and tests
+call it. State dicts hold tensors, numpy arrays and JSON scalars and round-trip through
+safetensors + JSON (no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import gymnasium as gym
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+
+class Controller(Protocol):
+    """An exposure agent. Constructed as `cls(observation_space, action_space, cfg)`.
+
+    Learned parameters persist across `reset`; per-episode buffers (pending decisions) do not.
+    """
+
+    def reset(self, seed: int | None = None, info: dict | None = None) -> None:
+        """Start an episode; `seed` reseeds the controller's own RNG, `info` is the env's reset info."""
+        ...
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """The action (shape (1,), float32, inside the action space) for observation `obs`."""
+        ...
+
+    def observe(
+        self,
+        obs: np.ndarray,
+        action: np.ndarray,
+        reward: float,
+        next_obs: np.ndarray,
+        terminated: bool,
+        truncated: bool,
+        info: dict,
+    ) -> dict[str, float]:
+        """Learn from one transition; returns controller metrics (namespaced `controller/*`)."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def check_transition(obs: np.ndarray, reward: float, next_obs: np.ndarray) -> None:
+    """Raise ValueError on a NaN or infinite reward or observation (a controller never learns from one)."""
+    if not math.isfinite(float(reward)):
+        raise ValueError(f"reward must be finite, got {reward}")
+    for name, value in (("obs", obs), ("next_obs", next_obs)):
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"{name} must be finite, got {np.asarray(value).tolist()}")
+
+
+def as_action(alpha: float, action_space: gym.spaces.Box) -> np.ndarray:
+    """A scalar alpha as a (1,) float32 action, clipped into the action space's bounds."""
+    low, high = float(action_space.low[0]), float(action_space.high[0])
+    return np.array([min(max(float(alpha), low), high)], dtype=np.float32)
+
+
+@dataclass
+class EpisodeResult:
+    """What one episode produced, step by step."""
+
+    rewards: list[float] = field(default_factory=list)
+    alphas: list[float] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    controller_metrics: list[dict[str, float]] = field(default_factory=list)
+    final_info: dict = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        return len(self.rewards)
+
+
+def run_episode(
+    env: gym.Env,
+    controller: Controller,
+    logger: Callable[[int, dict[str, float]], None] | None = None,
+    seed: int | None = None,
+) -> EpisodeResult:
+    """Drive `controller` through one episode of `env` (the only interaction loop in the project).
+
+    `logger(step, metrics)` receives, per env step, `env/*` and `controller/*` metrics.
+    """
+    obs, info = env.reset(seed=seed)
+    controller.reset(seed=seed, info=info)
+    result = EpisodeResult()
+    done = False
+    while not done:
+        action = controller.act(obs)
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        metrics = controller.observe(obs, action, float(reward), next_obs, terminated, truncated, info)
+        result.rewards.append(float(reward))
+        result.alphas.append(float(info["alpha"]))
+        result.scores.append(float(info["score"]))
+        result.controller_metrics.append(metrics)
+        if logger is not None:
+            env_metrics = {f"env/{k.replace('/', '_')}": float(v) for k, v in info.items() if _is_number(v)}
+            logger(result.steps, env_metrics | {"env/reward": float(reward)} | metrics)
+        obs, done = next_obs, terminated or truncated
+    result.final_info = info
+    return result
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
+
+
+# ---- state (de)serialisation: safetensors for arrays, JSON for the rest -------------------------
+def flatten_state(state: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
+    """Replace every tensor / numpy array in a nested structure by a reference into a flat dict."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(node: Any, path: str) -> Any:
+        if isinstance(node, torch.Tensor):
+            tensors[path] = node.detach().cpu().contiguous()
+            return {"__tensor__": path}
+        if isinstance(node, np.ndarray):
+            tensors[path] = torch.from_numpy(np.ascontiguousarray(node))
+            return {"__ndarray__": path}
+        if isinstance(node, dict):
+            if not all(isinstance(k, (str, int)) for k in node):
+                raise TypeError(f"state dict keys must be str or int at {path or '<root>'}")
+            return {"__dict__": [[k, walk(v, f"{path}/{k}")] for k, v in node.items()]}
+        if isinstance(node, (list, tuple)):
+            return [walk(v, f"{path}/{i}") for i, v in enumerate(node)]
+        if isinstance(node, (np.floating, np.integer)):
+            return node.item()
+        if node is None or isinstance(node, (str, int, float, bool)):
+            return node
+        raise TypeError(f"cannot serialise {type(node).__name__} at {path or '<root>'}")
+
+    return walk(state, prefix), tensors
+
+
+def unflatten_state(meta: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of `flatten_state`."""
+    if isinstance(meta, dict):
+        if "__tensor__" in meta:
+            return tensors[meta["__tensor__"]]
+        if "__ndarray__" in meta:
+            return tensors[meta["__ndarray__"]].numpy()
+        return {k: unflatten_state(v, tensors) for k, v in meta["__dict__"]}
+    if isinstance(meta, list):
+        return [unflatten_state(v, tensors) for v in meta]
+    return meta
+
+
+def save_state(state: dict[str, Any], path: str | Path) -> None:
+    """Write `<path>.json` (structure and scalars) and `<path>.safetensors` (arrays)."""
+    path = Path(path)
+    meta, tensors = flatten_state(state)
+    save_file(tensors, str(path.with_suffix(".safetensors")))
+    path.with_suffix(".json").write_text(json.dumps(meta))
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """Read what `save_state` wrote."""
+    path = Path(path)
+    tensors = load_file(str(path.with_suffix(".safetensors")))
+    return unflatten_state(json.loads(path.with_suffix(".json").read_text()), tensors)

@@ -1,0 +1,191 @@
+"""TeacherExposureEnv: the exposure problem as a Gymnasium env over a real DistillEngine.
+
+One env step = one hold window of H student updates at the chosen alpha; the reward is the window's
+discounted learning progress plus lambda_gt times its grounded score (atesd.progress). Owns the
+episode (step budget, evaluations, reset to the warm-started student); knows nothing of controllers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+
+from atesd.engine import DistillEngine, EngineConfig
+from atesd.models import TinyModelConfig
+from atesd.progress import window_reward
+from atesd.tasks.synthetic import ChainBagConfig, ChainBagTask
+from atesd.warmstart import WarmStartConfig, warm_start
+from envs import spec
+
+
+@dataclass(frozen=True)
+class ExposureEnvConfig:
+    """The episode around the engine: window, budget, reward and evaluation."""
+
+    hold_steps: int = field(default=5, metadata={"help": "student updates per env step, H (>= 1)"})
+    total_steps: int = field(default=100, metadata={"help": "student updates per episode, T (>= hold_steps)"})
+    gamma: float = field(default=0.9, metadata={"help": "per-update discount inside a window, in (0, 1]"})
+    lambda_gt: float = field(default=0.1, metadata={"help": "weight of the grounded score (>= 0)"})
+    signed_progress: bool = field(default=False, metadata={"help": "charge rises of the tracked loss too"})
+    eval_every: int = field(
+        default=0, metadata={"help": "evaluate every this many env steps (0 = only at the episode's end)"}
+    )
+    eval_k: int = field(
+        default=0, metadata={"help": "Average@k samples per problem at evaluation (0 = greedy only)"}
+    )
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("hold_steps", self.hold_steps >= 1, ">= 1"),
+            ("total_steps", self.total_steps >= self.hold_steps, ">= hold_steps"),
+            ("gamma", 0 < self.gamma <= 1, "in (0, 1]"),
+            ("lambda_gt", self.lambda_gt >= 0, ">= 0"),
+            ("eval_every", self.eval_every >= 0, ">= 0"),
+            ("eval_k", self.eval_k >= 0, ">= 0"),
+        )
+        for name, ok, rule in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
+
+
+class TeacherExposureEnv(gym.Env):
+    """Choose the teacher's exposure alpha for each hold window of on-policy self-distillation.
+
+    ## Description
+    The student (an HF causal LM) trains by on-policy self-distillation: each update it samples
+    rollouts, the same model with the reference revealed at alpha scores them, and the student moves
+    toward the teacher (atesd.engine.DistillEngine). An env step holds alpha for H updates. With
+    no engine given, the env builds the embedded default (tiny Qwen3, chain-then-bag task, cached
+    warm start; see docs/TASK.md).
+
+    ## Action Space
+    `Box(0, 1, (1,), float32)`: alpha for the next window. NaN, infinite or out-of-range actions raise
+    ValueError (never clipped: see envs/spec.py).
+
+    ## Observation Space
+    `Box(6,)` float32 of the engine's training-state statistics (EMA decay `engine.stats_decay`):
+
+    | index | name | range | meaning |
+    |---|---|---|---|
+    | 0 | progress | [0, 1] | student updates this episode / T |
+    | 1 | ema_alpha | [0, 1] | EMA of the alpha used |
+    | 2 | ema_loss | [-1, 1] | EMA of the distillation loss, squashed x / (1 + abs(x)) |
+    | 3 | ema_mismatch | [0, 1] | EMA of top-1 student-teacher disagreement |
+    | 4 | ema_probe_nll | [0, 4] | EMA of the probe NLL / the probe NLL at reset |
+    | 5 | confidence | [0, 1] | EMA of the student's mean max next-token probability |
+
+    ## Rewards
+    `sum_j gamma^(j-1) max(0, l_(j-1) - l_j)` over the window's tracked losses l_0..l_H (the probe NLL
+    before and after each update; signed if `signed_progress`) plus `lambda_gt` times the
+    discount-weighted mean grounded score (the teacher's mean log-prob of the gold final answer after
+    the student's reasoning). Agents that discount windows by gamma^H over L/H windows receive the
+    paper's lookahead return; the delayed credit lives in the agent.
+
+    ## Starting State
+    The warm-started student (weights, optimiser, teacher, statistics as at construction); `reset(seed)`
+    also reseeds the problem stream and the samplers.
+
+    ## Episode End
+    `terminated` when T student updates are done (the last window may be shorter); never truncated.
+    An evaluation (greedy accuracy per band, Average@k if `eval_k`) runs every `eval_every` steps
+    and always at the end: `info["eval"]`, and `info["score"]` = its mean accuracy over bands.
+
+    ## Arguments
+    `TeacherExposureEnv(cfg=ExposureEnvConfig(...), engine=None, engine_cfg=EngineConfig(...),
+    task_cfg=..., model_cfg=..., warmstart_cfg=..., cache_dir=None)`, or the same keywords through
+    `gymnasium.make("atesd/TeacherExposure-v0", ...)`.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        cfg: ExposureEnvConfig | None = None,
+        engine: DistillEngine | None = None,
+        engine_cfg: EngineConfig | None = None,
+        task_cfg: ChainBagConfig | None = None,
+        model_cfg: TinyModelConfig | None = None,
+        warmstart_cfg: WarmStartConfig | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        self.cfg = cfg or ExposureEnvConfig()
+        if engine is None:
+            task = ChainBagTask(task_cfg or ChainBagConfig())
+            model, tokenizer, _, _ = warm_start(
+                task, model_cfg or TinyModelConfig(), warmstart_cfg or WarmStartConfig(), cache_dir
+            )
+            engine = DistillEngine(model, tokenizer, task, engine_cfg or EngineConfig())
+        if engine.cfg.probe_every != 1:
+            raise ValueError(
+                "the env's reward needs the probe NLL every update: engine.probe_every must be 1"
+            )
+        self.engine = engine
+        self.action_space = spec.action_space()
+        self.observation_space = spec.observation_space()
+        self._initial = engine.state_dict()
+        self.score = math.nan
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.engine.load_state_dict(self._initial)
+        self.engine.reseed(int(self.np_random.integers(2**63)))
+        self.steps_done = 0
+        self.probe_start = self.engine.probe_nll()
+        self.score = math.nan
+        info = {key: math.nan for key in spec.INFO_KEYS} | {"losses": [self.probe_start], "steps_done": 0}
+        return self._obs(), info
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        alpha = spec.check_action(action)
+        t0 = time.perf_counter()
+        hold = min(self.cfg.hold_steps, self.cfg.total_steps - self.steps_done)
+        window = self.engine.run_window(alpha, hold)
+        self.steps_done += hold
+        terms = window_reward(
+            window.losses, window.grounded, self.cfg.gamma, self.cfg.lambda_gt, self.cfg.signed_progress
+        )
+        terminated = self.steps_done >= self.cfg.total_steps
+        info = {
+            "alpha": alpha,
+            "reward/progress": terms["progress"],
+            "reward/grounded": terms["grounded"],
+            "reward/total": terms["reward"],
+            "stats/loss": window.mean("loss"),
+            "stats/mismatch": window.mean("mismatch_top1"),
+            "stats/probe_nll": window.losses[-1],
+            "stats/confidence": window.mean("confidence"),
+            "stats/divergence_p90": window.mean("divergence_p90"),
+            "stats/divergence_p99": window.mean("divergence_p99"),
+            "stats/rollout_accuracy": window.mean("rollout_accuracy"),
+            "stats/skipped_updates": sum(s.skipped for s in window.steps),
+            "losses": window.losses,
+            "steps_done": self.steps_done,
+            "oracle_alpha": math.nan,
+            "time/rollout_s": sum(s.rollout_s for s in window.steps),
+            "time/teacher_s": sum(s.teacher_s for s in window.steps),
+            "time/update_s": sum(s.update_s for s in window.steps),
+        }
+        steps_taken = self.steps_done // self.cfg.hold_steps
+        if terminated or (self.cfg.eval_every and steps_taken % self.cfg.eval_every == 0):
+            info["eval"] = self.engine.evaluate(k=self.cfg.eval_k)
+            accuracies = [v for k, v in info["eval"].items() if k.startswith("accuracy/")]
+            self.score = float(np.mean(accuracies))
+        info["score"] = self.score
+        info["time/window_s"] = time.perf_counter() - t0
+        return self._obs(), float(terms["reward"]), terminated, False, info
+
+    def _obs(self) -> np.ndarray:
+        ema = self.engine.stats.values
+        probe = ema.get("probe_nll", self.probe_start)
+        return spec.make_observation(
+            progress=self.steps_done / self.cfg.total_steps,
+            ema_alpha=ema.get("alpha", 0.0),
+            ema_loss=ema.get("loss", 0.0),
+            ema_mismatch=ema.get("mismatch", 0.0),
+            probe_ratio=probe / self.probe_start if self.probe_start > 0 else 1.0,
+            confidence=ema.get("confidence", 0.0),
+        )

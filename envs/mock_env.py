@@ -1,0 +1,278 @@
+"""MockExposureEnv: analytic learning dynamics with a known optimal exposure, microseconds per step.
+
+Same spaces and info keys as the real TeacherExposureEnv (see envs/spec.py), so any controller can be
+unit-tested and benchmarked against it in milliseconds. Knows nothing of models or engines: a hidden
+student competence evolves by closed-form rules that build in the paper's qualitative findings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import gymnasium as gym
+import numpy as np
+
+from envs import spec
+
+Variant = Literal["rising", "constant", "falling", "mix"]
+
+
+@dataclass(frozen=True)
+class MockConfig:
+    """Constants of the mock dynamics; each default is set from a stated principle (class docstring)."""
+
+    variant: Variant = field(default="rising", metadata={"help": "how the optimal exposure moves"})
+    hold_steps: int = field(default=5, metadata={"help": "student updates per env step, H (>= 1)"})
+    total_steps: int = field(default=500, metadata={"help": "student updates per episode, T (>= hold_steps)"})
+    gamma: float = field(
+        default=0.9, metadata={"help": "per-update discount of the window reward, in (0, 1]"}
+    )
+    lambda_gt: float = field(
+        default=0.1, metadata={"help": "weight of the grounded score in the reward (>= 0)"}
+    )
+    signed_progress: bool = field(
+        default=False, metadata={"help": "charge loss rises too (net-drop variant)"}
+    )
+    target_competence: float = field(
+        default=0.9, metadata={"help": "competence the oracle schedule reaches at T, in (0, 1)"}
+    )
+    width: float = field(default=0.25, metadata={"help": "width of the exposure sweet spot (> 0)"})
+    trap_strength: float = field(
+        default=1.0,
+        metadata={
+            "help": "dip bought by +0.4 overexposure, in units of the optimum's window progress (>= 0)"
+        },
+    )
+    trap_revert: float = field(
+        default=0.75, metadata={"help": "fraction of a dip that reverts within the next window, in [0, 1)"}
+    )
+    noise: float = field(default=0.002, metadata={"help": "std of the tracked-loss noise per update (>= 0)"})
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("hold_steps", self.hold_steps >= 1, ">= 1"),
+            ("total_steps", self.total_steps >= self.hold_steps, ">= hold_steps"),
+            ("gamma", 0 < self.gamma <= 1, "in (0, 1]"),
+            ("lambda_gt", self.lambda_gt >= 0, ">= 0"),
+            ("target_competence", 0 < self.target_competence < 1, "in (0, 1)"),
+            ("width", self.width > 0, "> 0"),
+            ("trap_strength", self.trap_strength >= 0, ">= 0"),
+            ("trap_revert", 0 <= self.trap_revert < 1, "in [0, 1)"),
+            ("noise", self.noise >= 0, ">= 0"),
+        )
+        for name, ok, rule in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
+        if self.variant not in ("rising", "constant", "falling", "mix"):
+            raise ValueError(f"variant must be rising, constant, falling or mix; got {self.variant!r}")
+
+
+LOSS_START, LOSS_FLOOR = 2.0, 0.5  # tracked loss at competence 0 and 1
+MIX_OPTIMA, MIX_WEIGHTS = (0.8, 0.3), (0.5, 0.5)  # easy problems prefer high exposure, hard ones low
+_GRID = np.linspace(0.0, 1.0, 101)
+
+
+def optimum(variant: Variant, competence: float) -> float:
+    """The best exposure of a single-difficulty variant at a competence."""
+    if variant == "rising":
+        return 0.3 + 0.5 * competence
+    if variant == "falling":
+        return 0.8 - 0.5 * competence
+    return 0.5
+
+
+class MockExposureEnv(gym.Env):
+    """A student whose competence c in [0, 1) grows fastest at a known exposure.
+
+    ## Description
+    Each env step is one hold window of H student updates at exposure alpha. Per update the unlearnt
+    room (1 - c) shrinks by exp(-rate * q(alpha)), q = exp(-(alpha - alpha*)^2 / (2 width^2)); the tracked
+    loss (the probe NLL stand-in) is l = 0.5 + 1.5 (1 - c) - dip + noise. Built-in findings, with why:
+    - **The best exposure rises as competence grows** (variant "rising", the default): alpha*(c) =
+      0.3 + 0.5 c, from 0.3 to 0.8, where the paper's learned Beta drifts (mass around 0.7-0.8).
+      "constant": alpha* = 0.5 (the paper's best fixed alpha); "falling": 0.8 - 0.5 c; "mix": two
+      difficulty groups of equal weight with alpha* = 0.8 (easy) and 0.3 (hard), each with its own
+      competence, so the best single alpha is a compromise that moves as the easy group saturates.
+    - **Mismatch grows with alpha**: top-1 disagreement 0.05 + 0.3 alpha (+ noise); the distillation
+      loss grows with alpha too, 0.1 + 0.6 alpha (1 - 0.5 c).
+    - **A delayed-credit trap**: exposure above alpha* injects a transient dip into the tracked loss
+      (the student briefly copies what the overexposed teacher shows): a sustained overexposure of
+      +0.4 buys, within its window, a dip as large as the optimum's whole window progress at the same
+      competence (`trap_strength` = 1), and 75% of any dip reverts within the next window
+      (`trap_revert`), inside the paper's lookahead of L = 10 updates = 2 windows. Meanwhile q < 1
+      slows real progress. A one-step reward therefore prefers overexposure, as the paper's
+      immediate-reward controller was misled (52.22 vs OPSD 57.20); the revert, charged inside the
+      lookahead, makes the discounted return prefer alpha*. The paper's positive-drops-only progress
+      never charges a loss *rise*, so part of the revert goes unseen (`signed_progress` charges it).
+    - The pace: `rate` is set so that following alpha* exactly reaches `target_competence` (0.9) at T.
+    Student confidence tracks competence (0.45 + 0.5 c); the grounded score is -3 (1 - c) - 0.05 (how
+    far the current student is from the gold answer): both are state a controller can read.
+
+    ## Action Space
+    `Box(0, 1, (1,), float32)`: the exposure alpha of the next window. NaN, infinite or out-of-range
+    actions raise ValueError (envs/spec.py states why).
+
+    ## Observation Space
+    `Box(6,)` float32, as in the real env:
+
+    | index | name | range | meaning |
+    |---|---|---|---|
+    | 0 | progress | [0, 1] | updates done / T |
+    | 1 | ema_alpha | [0, 1] | EMA of alpha (decay 0.9 per update) |
+    | 2 | ema_loss | [-1, 1] | EMA of the distillation loss, squashed x / (1 + abs(x)) |
+    | 3 | ema_mismatch | [0, 1] | EMA of the top-1 disagreement |
+    | 4 | ema_probe_nll | [0, 4] | EMA of the tracked loss / its value at reset |
+    | 5 | confidence | [0, 1] | EMA of the student's confidence |
+
+    ## Rewards
+    The window's discounted learning progress sum_j gamma^(j-1) max(0, l_(j-1) - l_j) (signed if
+    `signed_progress`) plus lambda_gt times the discount-weighted mean grounded score: exactly
+    `atesd.progress.window_reward` over the window's losses.
+
+    ## Starting State
+    c = 0 (mix: both groups 0), no dip, EMAs at their first values; `info` already holds
+    `oracle_alpha` for the first decision.
+
+    ## Episode End
+    `terminated` once T updates are done (T / H steps); never truncated.
+
+    ## Arguments
+    `gymnasium.make("atesd/MockExposure-v0", variant="mix", ...)`: any `MockConfig` field by keyword,
+    or `cfg=MockConfig(...)`. `info["score"]` is the competence (mix: the groups' mean) and
+    `info["oracle_alpha"]` the exposure that maximises real progress now (the oracle controller's
+    target; it ignores the trap).
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, cfg: MockConfig | None = None, **overrides) -> None:
+        self.cfg = cfg or MockConfig(**overrides)
+        if cfg is not None and overrides:
+            raise ValueError("pass either cfg or keyword overrides, not both")
+        self.action_space = spec.action_space()
+        self.observation_space = spec.observation_space()
+        c = self.cfg
+        self.rate = -math.log(1 - c.target_competence) / c.total_steps  # oracle pace reaches the target at T
+        self.rho = (1 - c.trap_revert) ** (1 / c.hold_steps)  # per-update decay of the dip
+        window_drop = (LOSS_START - LOSS_FLOOR) * (1 - math.exp(-self.rate * c.hold_steps))
+        accumulate = sum(self.rho**j for j in range(c.hold_steps))
+        # injection per update per unit of overexposure and unit of room: +0.4 for a window buys
+        # trap_strength x the optimum's window drop
+        self.kappa = c.trap_strength * window_drop / (0.4 * accumulate)
+        self._groups = 2 if c.variant == "mix" else 1
+
+    # ---- gymnasium API ------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.rooms = [1.0] * self._groups
+        self.dip = 0.0
+        self.steps_done = 0
+        self.loss_now = self._tracked(0.0)
+        self.loss_start = self.loss_now
+        self.ema = {"alpha": 0.0, "loss": 0.0, "mismatch": 0.0, "probe": 1.0, "confidence": 0.45}
+        return self._obs(), self._info(0.0, {}, [self.loss_now])
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        alpha = spec.check_action(action)
+        c, H = self.cfg, self.cfg.hold_steps
+        qs, over = self._quality(alpha)
+        noise = self.np_random.normal(0.0, c.noise, H + 2) if c.noise > 0 else np.zeros(H + 2)
+        losses, grounded = [self.loss_now], []
+        for j in range(H):
+            self.rooms = [room * math.exp(-self.rate * q) for room, q in zip(self.rooms, qs)]
+            room = self._room()
+            self.dip = self.dip * self.rho + self.kappa * room * over
+            losses.append(self._tracked(float(noise[j])))
+            grounded.append(-3.0 * room - 0.05)
+        self.loss_now = losses[-1]
+        self.steps_done += H
+        terms = _window_reward(losses, grounded, c.gamma, c.lambda_gt, c.signed_progress)
+        stats = self._update_ema(alpha, float(noise[H]), float(noise[H + 1]))
+        info = self._info(alpha, terms, losses) | stats
+        return self._obs(), terms["reward"], self.steps_done >= c.total_steps, False, info
+
+    # ---- dynamics -----------------------------------------------------------------------------
+    def competence(self) -> float:
+        return 1.0 - self._room()
+
+    def _room(self) -> float:
+        return sum(self.rooms) / len(self.rooms)  # equal group weights
+
+    def _quality(self, alpha: float) -> tuple[list[float], float]:
+        """q per group, and the overexposure (alpha above the oracle optimum) that feeds the trap."""
+        w2 = 2 * self.cfg.width**2
+        optima = MIX_OPTIMA if self._groups == 2 else (optimum(self.cfg.variant, self.competence()),)
+        qs = [math.exp(-((alpha - a) ** 2) / w2) for a in optima]
+        return qs, max(0.0, alpha - self.oracle_alpha())
+
+    def oracle_alpha(self) -> float:
+        """The exposure that maximises real progress now (the trap ignored)."""
+        if self._groups == 1:
+            return optimum(self.cfg.variant, self.competence())
+        w2 = 2 * self.cfg.width**2
+        gain = sum(room * np.exp(-((_GRID - a) ** 2) / w2) for room, a in zip(self.rooms, MIX_OPTIMA))
+        return float(_GRID[int(np.argmax(gain))])
+
+    def _tracked(self, noise: float) -> float:
+        return LOSS_FLOOR + (LOSS_START - LOSS_FLOOR) * self._room() - self.dip + noise
+
+    def _update_ema(self, alpha: float, noise_m: float, noise_c: float) -> dict[str, float]:
+        """Window statistics and their EMAs (decay 0.9 per update, so 0.9^H per window)."""
+        comp = self.competence()
+        raw = {
+            "alpha": alpha,
+            "loss": 0.1 + 0.6 * alpha * (1 - 0.5 * comp),
+            "mismatch": min(1.0, max(0.0, 0.05 + 0.3 * alpha + noise_m)),
+            "probe": self.loss_now / self.loss_start,
+            "confidence": min(1.0, max(0.0, 0.45 + 0.5 * comp + noise_c)),
+        }
+        keep = 0.9**self.cfg.hold_steps
+        self.ema = {k: keep * self.ema[k] + (1 - keep) * v for k, v in raw.items()}
+        return {
+            "stats/loss": raw["loss"],
+            "stats/mismatch": raw["mismatch"],
+            "stats/probe_nll": self.loss_now,
+            "stats/confidence": raw["confidence"],
+        }
+
+    def _obs(self) -> np.ndarray:
+        e = self.ema
+        progress = self.steps_done / self.cfg.total_steps
+        return spec.make_observation(
+            progress, e["alpha"], e["loss"], e["mismatch"], e["probe"], e["confidence"]
+        )
+
+    def _info(self, alpha: float, terms: dict, losses: list[float]) -> dict:
+        return {
+            "alpha": alpha,
+            "reward/progress": terms.get("progress", 0.0),
+            "reward/grounded": terms.get("grounded", 0.0),
+            "reward/total": terms.get("reward", 0.0),
+            "stats/loss": math.nan,
+            "stats/mismatch": math.nan,
+            "stats/probe_nll": self.loss_now,
+            "stats/confidence": math.nan,
+            "losses": losses,
+            "steps_done": self.steps_done,
+            "score": self.competence(),
+            "oracle_alpha": self.oracle_alpha(),
+            "time/window_s": 0.0,  # the mock simulates no wall time (and stays deterministic)
+            "dip": self.dip,
+        }
+
+
+def _window_reward(
+    losses: list[float], grounded: list[float], gamma: float, lambda_gt: float, signed: bool
+) -> dict[str, float]:
+    """`atesd.progress.window_reward` in plain Python floats (the mock's hot path; a test pins them equal)."""
+    progress, weight, total_w, g_sum = 0.0, 1.0, 0.0, 0.0
+    for prev, nxt, g in zip(losses, losses[1:], grounded):
+        drop = prev - nxt
+        progress += weight * (drop if signed else max(0.0, drop))
+        g_sum += weight * g
+        total_w += weight
+        weight *= gamma
+    g_mean = g_sum / total_w
+    return {"progress": progress, "grounded": g_mean, "reward": progress + lambda_gt * g_mean}

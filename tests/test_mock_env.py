@@ -1,0 +1,137 @@
+import copy
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import envs  # noqa: F401  (registers the envs)
+from atesd.progress import discounted_progress
+from envs import spec
+from envs.mock_env import MockConfig, MockExposureEnv
+
+
+def act(alpha):
+    return np.array([alpha], dtype=np.float32)
+
+
+@pytest.mark.parametrize("variant", ["rising", "constant", "falling", "mix"])
+def test_check_env_is_clean(variant):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(MockExposureEnv(variant=variant), skip_render_check=True)
+
+
+def test_same_seed_same_200_step_rollout():
+    runs = []
+    for _ in range(2):
+        env, rng = gym.make("atesd/MockExposure-v0", variant="mix"), np.random.default_rng(7)
+        env.reset(seed=3)
+        trace = []
+        for _ in range(200):
+            obs, r, term, trunc, info = env.step(act(rng.random()))
+            trace.append((obs.tobytes(), r, info["score"], info["oracle_alpha"]))
+            if term:
+                env.reset()
+        runs.append(trace)
+    assert runs[0] == runs[1]
+
+
+def run_policy(env, policy, seed=0):
+    obs, info = env.reset(seed=seed)
+    done = False
+    while not done:
+        obs, r, done, _, info = env.step(act(policy(info)))
+    return info["score"]
+
+
+@pytest.mark.parametrize("variant", ["rising", "constant", "falling", "mix"])
+def test_oracle_beats_every_fixed_alpha(variant):
+    env = MockExposureEnv(variant=variant, noise=0.0)
+    oracle = run_policy(env, lambda info: info["oracle_alpha"])
+    fixed = [run_policy(env, lambda info, a=a: a) for a in np.linspace(0, 1, 11)]
+    assert oracle >= max(fixed) - 1e-9
+    if variant != "mix":
+        assert oracle == pytest.approx(MockConfig().target_competence, abs=1e-6)
+
+
+def test_best_exposure_rises_with_competence_and_mismatch_with_alpha():
+    env = MockExposureEnv(noise=0.0)
+    obs, info = env.reset(seed=0)
+    optima, comps = [], []
+    done = False
+    while not done:
+        optima.append(info["oracle_alpha"])
+        obs, r, done, _, info = env.step(act(info["oracle_alpha"]))
+        comps.append(info["score"])
+    assert optima[0] == pytest.approx(0.3) and 0.7 < optima[-1] <= 0.8
+    assert np.all(np.diff(optima) >= 0) and np.all(np.diff(comps) > 0)
+    falling = MockExposureEnv(variant="falling", noise=0.0)
+    assert run_policy(falling, lambda i: i["oracle_alpha"]) > 0.8
+    mismatch = []
+    for a in (0.0, 0.5, 1.0):
+        env = MockExposureEnv()
+        env.reset(seed=0)
+        mismatch.append(np.mean([env.step(act(a))[4]["stats/mismatch"] for _ in range(20)]))
+    assert mismatch[0] < mismatch[1] < mismatch[2]
+
+
+def test_delayed_credit_trap():
+    """Overexposure wins the one-step and one-window rewards, loses the lookahead return with the
+    grounded term, and leaves the student less competent."""
+    env = MockExposureEnv(noise=0.0)
+    obs, info = env.reset(seed=0)
+    for _ in range(30):
+        obs, r, _, _, info = env.step(act(info["oracle_alpha"]))
+    outcomes = {}
+    for over in (0.0, 0.4):
+        e = copy.deepcopy(env)
+        _, r0, _, _, i0 = e.step(act(info["oracle_alpha"] + over))
+        _, r1, _, _, i1 = e.step(act(i0["oracle_alpha"]))
+        immediate = max(0.0, i0["losses"][0] - i0["losses"][1])
+        outcomes[over] = (immediate, i0["reward/progress"], r0 + 0.9**5 * r1, e.competence())
+    (imm0, win0, ret0, c0), (imm4, win4, ret4, c4) = outcomes[0.0], outcomes[0.4]
+    assert imm4 > 1.5 * imm0 and win4 > 1.2 * win0  # a one-step learner is misled
+    assert ret4 < ret0 and c4 < c0  # the discounted, grounded return is not
+    # and the dip reverts: three quarters within the next window
+    e = copy.deepcopy(env)
+    dip = e.step(act(1.0))[4]["dip"]
+    assert e.step(act(0.0))[4]["dip"] == pytest.approx(0.25 * dip, rel=0.05, abs=0.0)
+
+
+def test_reward_is_the_window_progress_plus_grounded():
+    for signed in (False, True):
+        env = MockExposureEnv(signed_progress=signed)
+        env.reset(seed=1)
+        for a in (0.2, 0.9, 0.1):
+            _, r, _, _, info = env.step(act(a))
+            assert info["reward/progress"] == pytest.approx(discounted_progress(info["losses"], 0.9, signed))
+            assert r == pytest.approx(info["reward/progress"] + 0.1 * info["reward/grounded"])
+            assert len(info["losses"]) == 6
+
+
+def test_info_keys_and_episode_end():
+    env = MockExposureEnv(total_steps=20, hold_steps=5)
+    obs, info = env.reset(seed=0)
+    assert set(spec.INFO_KEYS) <= set(info)
+    for i in range(4):
+        obs, r, term, trunc, info = env.step(act(0.5))
+        assert set(spec.INFO_KEYS) <= set(info) and env.observation_space.contains(obs)
+        assert term == (i == 3) and not trunc
+    assert info["steps_done"] == 20 and obs[0] == 1.0
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -0.1, 1.5, np.array([0.1, 0.2])])
+def test_invalid_actions_raise(bad):
+    env = MockExposureEnv()
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="action"):
+        env.step(bad if isinstance(bad, np.ndarray) else act(bad))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="trap_revert"):
+        MockConfig(trap_revert=1.0)
+    with pytest.raises(ValueError, match="variant"):
+        MockConfig(variant="zigzag")
