@@ -70,6 +70,7 @@ class MockConfig:
 
 
 LOSS_START, LOSS_FLOOR = 2.0, 0.5  # tracked loss at competence 0 and 1
+OVER_CAP = 0.4  # overexposure beyond this buys no larger dip (the trap's calibration point)
 MIX_OPTIMA, MIX_WEIGHTS = (0.8, 0.3), (0.5, 0.5)  # easy problems prefer high exposure, hard ones low
 _GRID = np.linspace(0.0, 1.0, 101)
 
@@ -104,8 +105,13 @@ class MockExposureEnv(gym.Env):
       (`trap_revert`), inside the paper's lookahead of L = 10 updates = 2 windows. Meanwhile q < 1
       slows real progress. A one-step reward therefore prefers overexposure, as the paper's
       immediate-reward controller was misled (52.22 vs OPSD 57.20); the revert, charged inside the
-      lookahead, makes the discounted return prefer alpha*. The paper's positive-drops-only progress
-      never charges a loss *rise*, so part of the revert goes unseen (`signed_progress` charges it).
+      lookahead, makes the discounted return prefer alpha* (its peak lies within alpha* + 0.15 from any
+      exposure history; tests/test_mock_env.py checks it). The dip's feed saturates at +0.4 (`OVER_CAP`,
+      the calibration point): the student can copy only so much of what it is shown. Without the cap
+      a far-too-high exposure bought an ever larger dip whose unseen revert outweighed the lost
+      progress, so from a history of overexposure the lookahead return peaked at alpha = 1. The
+      paper's positive-drops-only progress never charges a loss *rise*, so part of the revert goes
+      unseen (`signed_progress` charges it).
     - The pace: `rate` is set so that following alpha* exactly reaches `target_competence` (0.9) at T.
     Student confidence tracks competence (0.45 + 0.5 c); the grounded score is -3 (1 - c) - 0.05 (how
     far the current student is from the gold answer): both are state a controller can read.
@@ -160,7 +166,7 @@ class MockExposureEnv(gym.Env):
         accumulate = sum(self.rho**j for j in range(c.hold_steps))
         # injection per update per unit of overexposure and unit of room: +0.4 for a window buys
         # trap_strength x the optimum's window drop
-        self.kappa = c.trap_strength * window_drop / (0.4 * accumulate)
+        self.kappa = c.trap_strength * window_drop / (OVER_CAP * accumulate)
         self._groups = 2 if c.variant == "mix" else 1
 
     # ---- gymnasium API ------------------------------------------------------------------------
@@ -205,7 +211,7 @@ class MockExposureEnv(gym.Env):
         w2 = 2 * self.cfg.width**2
         optima = MIX_OPTIMA if self._groups == 2 else (optimum(self.cfg.variant, self.competence()),)
         qs = [math.exp(-((alpha - a) ** 2) / w2) for a in optima]
-        return qs, max(0.0, alpha - self.oracle_alpha())
+        return qs, min(max(0.0, alpha - self.oracle_alpha()), OVER_CAP)
 
     def oracle_alpha(self) -> float:
         """The exposure that maximises real progress now (the trap ignored)."""

@@ -135,3 +135,37 @@ def test_config_validation():
         MockConfig(trap_revert=1.0)
     with pytest.raises(ValueError, match="variant"):
         MockConfig(variant="zigzag")
+
+
+def lookahead_return(env, alphas, mode):
+    """A decision's return on a copy of `env`: alphas[0] for its window, then the rest (H = 5, L = 10)."""
+    e, progress, grounded = copy.deepcopy(env), [], []
+    for a in alphas:
+        info = e.step(act(a))[4]
+        progress.append(info["reward/progress"])
+        grounded.append(info["reward/grounded"])
+    if mode == "window":
+        return progress[0]
+    w = (0.9**5) ** np.arange(len(alphas))
+    return float(w @ progress) + 0.1 * float(w @ grounded) / float(w.sum())
+
+
+@pytest.mark.parametrize("history", ["oracle", 0.5, 0.85, 1.0])
+@pytest.mark.parametrize("windows", [0, 20, 60])
+def test_the_lookahead_return_prefers_near_the_optimum_and_the_window_reward_overexposure(history, windows):
+    """The trap's stated principle, from states reached by any exposure history: the discounted,
+    grounded return of a decision (its window, then one at the history's alpha) peaks within
+    [alpha* - 0.05, alpha* + 0.15], while its window's progress alone peaks at least 0.25 above alpha*
+    (where any overexposure is capped, so far-too-high exposure buys nothing more)."""
+    env = MockExposureEnv(noise=0.0)
+    _, info = env.reset(seed=0)
+    for _ in range(windows):
+        info = env.step(act(info["oracle_alpha"] if history == "oracle" else history))[4]
+    best, follow = env.oracle_alpha(), env.oracle_alpha() if history == "oracle" else history
+    grid = np.linspace(0.0, 1.0, 41)
+    peak = {
+        mode: grid[np.argmax([lookahead_return(env, [a, follow], mode) for a in grid])]
+        for mode in ("window", "discounted_grounded")
+    }
+    assert best - 0.05 <= peak["discounted_grounded"] <= best + 0.15, (best, peak)
+    assert peak["window"] >= best + 0.25, (best, peak)

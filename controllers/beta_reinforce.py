@@ -1,0 +1,251 @@
+"""The ATESD controller: a Beta policy over the exposure alpha trained by batched REINFORCE.
+
+Han et al., "Adaptive Teacher Exposure for Self-Distillation", arXiv 2605.11458, section 3. One
+decision per env step (a hold window of H student updates); a decision's return is known once its
+lookahead of K = lookahead_steps / hold_steps windows has been observed; every B finished decisions,
+one REINFORCE update with batch-standardised advantages (no critic) and a one-sided entropy penalty.
+Reads only the `envs.spec` info keys of each step; knows nothing of engines or models.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from controllers.base import as_action, check_transition
+from controllers.credit import PendingDecisions, RewardMode, credit_checks, lookahead_windows
+
+BETA22_ENTROPY = 5.0 / 3.0 - math.log(6.0)  # differential entropy of Beta(2, 2): -ln 6 - 2psi(2) + 2psi(4)
+RAW_EPS = 1e-6  # raw samples are kept inside (0, 1) so their float32 log-prob stays finite
+
+
+@dataclass(frozen=True)
+class BetaReinforceConfig:
+    """Hyperparameters of the ATESD controller (PAPER.md section 3; unpublished ones are our defaults)."""
+
+    reward_mode: RewardMode = field(
+        default="discounted_grounded",
+        metadata={"help": "decision return: immediate | short_delayed | discounted | discounted_grounded"},
+    )
+    hold_steps: int = field(default=5, metadata={"help": "student updates per env step, H (= the env's)"})
+    lookahead_steps: int = field(default=10, metadata={"help": "lookahead L in updates, a multiple of H"})
+    gamma: float = field(default=0.9, metadata={"help": "per-update discount, in (0, 1]"})
+    batch_decisions: int = field(default=4, metadata={"help": "finished decisions per update, B (>= 2)"})
+    entropy_target: float = field(default=BETA22_ENTROPY, metadata={"help": "H_target in nats (<= 0)"})
+    entropy_coef: float = field(default=0.1, metadata={"help": "c of the one-sided entropy penalty (>= 0)"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate (> 0)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient-norm clip (> 0)"})
+    hidden: tuple[int, ...] = field(default=(64, 64), metadata={"help": "MLP hidden widths"})
+    activation: Literal["tanh", "relu"] = field(default="tanh", metadata={"help": "MLP activation"})
+    alpha_min: float = field(default=0.05, metadata={"help": "lower clip of the sampled alpha, in [0, 1)"})
+    alpha_max: float = field(
+        default=1.0, metadata={"help": "upper clip of the sampled alpha, in (alpha_min, 1]"}
+    )
+    finish_truncated: Literal["drop", "truncate"] = field(
+        default="drop", metadata={"help": "decisions cut by the episode end: drop, or use the truncated sum"}
+    )
+    adv_eps: float = field(default=1e-8, metadata={"help": "eps of (R - mean) / (std + eps) (> 0)"})
+    seed: int = field(default=0, metadata={"help": "seed of the weight init and the sampling generator"})
+
+    def __post_init__(self) -> None:
+        checks = credit_checks(
+            self.reward_mode, self.hold_steps, self.lookahead_steps, self.gamma, self.finish_truncated
+        ) + (
+            ("batch_decisions", self.batch_decisions >= 2, ">= 2"),
+            ("entropy_target", self.entropy_target <= 0, "<= 0 (a Beta with a, b >= 1 has entropy <= 0)"),
+            ("entropy_coef", self.entropy_coef >= 0, ">= 0"),
+            ("lr", self.lr > 0, "> 0"),
+            ("max_grad_norm", self.max_grad_norm > 0, "> 0"),
+            ("hidden", len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "non-empty, widths >= 1"),
+            ("activation", self.activation in ("tanh", "relu"), "tanh or relu"),
+            ("alpha_min", 0 <= self.alpha_min < 1, "in [0, 1)"),
+            ("alpha_max", self.alpha_min < self.alpha_max <= 1, "in (alpha_min, 1]"),
+            ("adv_eps", self.adv_eps > 0, "> 0"),
+        )  # fmt: skip
+        for name, ok, rule in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+
+    @property
+    def lookahead_windows(self) -> int:
+        """K: windows a decision waits for (1 for the immediate and short-delayed modes)."""
+        return lookahead_windows(self.reward_mode, self.hold_steps, self.lookahead_steps)
+
+    @property
+    def window_discount(self) -> float:
+        """gamma^H: the discount between consecutive windows."""
+        return self.gamma**self.hold_steps
+
+
+class Finished(NamedTuple):
+    """A decision whose return is known: the state it saw, its raw Beta sample, its return."""
+
+    obs: np.ndarray  # (obs_dim,)
+    raw_alpha: float
+    ret: float
+
+
+def standardise(returns: torch.Tensor, eps: float) -> torch.Tensor:
+    """(R - mean) / (std + eps) within the batch (population std); all-equal returns give zeros."""
+    return (returns - returns.mean()) / (returns.std(correction=0) + eps)
+
+
+def entropy_penalty(mean_entropy: torch.Tensor, target: float, coef: float) -> torch.Tensor:
+    """c * max(0, mean Entropy - H_target)^2: charges only a policy more diffuse than the target."""
+    return coef * torch.clamp(mean_entropy - target, min=0.0) ** 2
+
+
+def reinforce_loss(
+    dist: torch.distributions.Beta, raw_alpha: torch.Tensor, returns: torch.Tensor, cfg: BetaReinforceConfig
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """-mean(adv * log pi(raw alpha | s)) + entropy penalty over a batch of B decisions; (B,) inputs."""
+    adv = standardise(returns, cfg.adv_eps)  # (B,)
+    pg_loss = -(adv * dist.log_prob(raw_alpha)).mean()
+    entropy = dist.entropy().mean()
+    penalty = entropy_penalty(entropy, cfg.entropy_target, cfg.entropy_coef)
+    metrics = {"controller/pg_loss": pg_loss.item(), "controller/entropy_penalty": penalty.item(),
+               "controller/batch_entropy": entropy.item()}  # fmt: skip
+    return pg_loss + penalty, metrics
+
+
+class BetaPolicy(nn.Module):
+    """MLP f(s) -> (a, b) = 1 + softplus(f(s)); starts at Beta(2, 2) (zero last layer, softplus(bias) = 1)."""
+
+    def __init__(self, obs_dim: int, cfg: BetaReinforceConfig, generator: torch.Generator) -> None:
+        super().__init__()
+        act = nn.Tanh if cfg.activation == "tanh" else nn.ReLU
+        sizes, layers = (obs_dim, *cfg.hidden), []
+        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+            lin = nn.utils.skip_init(nn.Linear, n_in, n_out)  # no draw from the global RNG
+            nn.init.orthogonal_(lin.weight, gain=math.sqrt(2), generator=generator)
+            nn.init.zeros_(lin.bias)
+            layers += [lin, act()]
+        head = nn.utils.skip_init(nn.Linear, sizes[-1], 2)
+        nn.init.zeros_(head.weight)
+        nn.init.constant_(head.bias, math.log(math.e - 1.0))  # softplus^-1(1)
+        self.net = nn.Sequential(*layers, head)
+
+    def forward(self, obs: torch.Tensor) -> torch.distributions.Beta:
+        ab = 1.0 + nn.functional.softplus(self.net(obs))  # (B, 2)
+        return torch.distributions.Beta(ab[..., 0], ab[..., 1])
+
+
+class BetaReinforceController:
+    """The paper's controller (see the module docstring); implements `controllers.base.Controller`.
+
+    Decisions still waiting for their lookahead are `pending` (cleared by `reset`); finished ones
+    gather in `finished` until B of them make an update, and persist across episodes like the weights.
+    Decisions made before an update and finished after it are used as if on-policy (no importance
+    weights), as in the paper's plain REINFORCE.
+    """
+
+    def __init__(
+        self,
+        observation_space: gym.spaces.Box,
+        action_space: gym.spaces.Box,
+        cfg: BetaReinforceConfig | None = None,
+    ) -> None:
+        self.cfg = cfg or BetaReinforceConfig()
+        self.action_space = action_space
+        self.policy = BetaPolicy(
+            int(np.prod(observation_space.shape)), self.cfg, torch.Generator().manual_seed(self.cfg.seed)
+        )
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.cfg.lr)
+        self.rng = np.random.default_rng(self.cfg.seed)
+        self.credit = PendingDecisions.of(self.cfg)  # pending decisions {"obs", "raw_alpha", "windows"}
+        self.finished: list[Finished] = []
+        self.last: dict[str, Any] | None = None  # the decision `act` made, until `observe` sees its window
+        self.updates = 0
+
+    def reset(self, seed: int | None = None, info: dict | None = None) -> None:
+        """New episode: drops pending decisions; `seed` reseeds sampling (SeedSequence([cfg.seed, seed]))."""
+        if seed is not None:
+            self.rng = np.random.default_rng(np.random.SeedSequence([self.cfg.seed, seed]))
+        self.credit.clear()
+        self.last = None
+
+    @property
+    def pending(self) -> list[dict[str, Any]]:
+        """Decisions still waiting for their lookahead windows."""
+        return self.credit.pending
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            dist = self.policy(torch.as_tensor(obs, dtype=torch.float32)[None])  # batch of 1
+        a, b = float(dist.concentration1[0]), float(dist.concentration0[0])
+        raw = float(np.clip(self.rng.beta(a, b), RAW_EPS, 1.0 - RAW_EPS))
+        alpha = min(max(raw, self.cfg.alpha_min), self.cfg.alpha_max)
+        self.last = {"obs": np.asarray(obs, dtype=np.float32).copy(), "raw_alpha": raw, "a": a, "b": b,
+                     "entropy": float(dist.entropy()[0])}  # fmt: skip
+        return as_action(alpha, self.action_space)
+
+    def observe(
+        self,
+        obs: np.ndarray,
+        action: np.ndarray,
+        reward: float,
+        next_obs: np.ndarray,
+        terminated: bool,
+        truncated: bool,
+        info: dict,
+    ) -> dict[str, float]:
+        check_transition(obs, reward, next_obs)
+        if self.last is None:
+            raise RuntimeError("observe() needs the decision of a preceding act()")
+        last, self.last = self.last, None
+        done = self.credit.push(
+            {"obs": last["obs"], "raw_alpha": last["raw_alpha"]}, info, terminated or truncated
+        )
+        self.finished += [Finished(d["obs"], d["raw_alpha"], ret) for d, ret in done]
+        metrics = {"controller/beta_a": last["a"], "controller/beta_b": last["b"],
+                   "controller/beta_mean": last["a"] / (last["a"] + last["b"]),
+                   "controller/alpha": float(action[0]), "controller/entropy": last["entropy"]}  # fmt: skip
+        while len(self.finished) >= (n := self.cfg.batch_decisions):
+            metrics |= self._update(self.finished[:n])
+            self.finished = self.finished[n:]
+        return metrics
+
+    def _update(self, batch: list[Finished]) -> dict[str, float]:
+        """One REINFORCE step on B finished decisions."""
+        obs = torch.as_tensor(np.stack([f.obs for f in batch]), dtype=torch.float32)  # (B, obs_dim)
+        raw = torch.tensor([f.raw_alpha for f in batch], dtype=torch.float32)  # (B,)
+        returns = torch.tensor([f.ret for f in batch], dtype=torch.float32)  # (B,)
+        loss, metrics = reinforce_loss(self.policy(obs), raw, returns, self.cfg)
+        self.optimizer.zero_grad()
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.updates += 1
+        return metrics | {"controller/loss": loss.item(), "controller/grad_norm": float(grad_norm),
+                          "controller/adv_std": returns.std(correction=0).item(),
+                          "controller/return_mean": returns.mean().item(),
+                          "controller/updates": float(self.updates)}  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        """Weights, optimiser, sampling RNG, the undecided `act`, pending and finished decisions."""
+        return {
+            "policy": dict(self.policy.state_dict()),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "last": copy.deepcopy(self.last),
+            "pending": self.credit.state_dict(),
+            "finished": [f._asdict() for f in copy.deepcopy(self.finished)],
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng = np.random.default_rng(0)  # state overwritten next
+        self.rng.bit_generator.state = state["rng"]
+        self.last = copy.deepcopy(state["last"])
+        self.credit.load_state_dict(state["pending"])
+        self.finished = [Finished(**f) for f in copy.deepcopy(state["finished"])]
+        self.updates = int(state["updates"])

@@ -1,0 +1,76 @@
+"""The oracle: acts with the best exposure the mock env reports for its state (the benchmarks' upper bound).
+
+Owns the last `info["oracle_alpha"]` it was shown (by the reset info and by every step's info) and acts
+with it. It knows nothing of why that alpha is best; only the mock env can say, so on the real env
+(where `oracle_alpha` is NaN) it refuses to run instead of acting on a made-up value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from controllers.base import as_action, check_transition
+
+
+@dataclass(frozen=True)
+class OracleConfig:
+    """No options: the oracle's behaviour is fully set by the env."""
+
+
+def read_oracle_alpha(info: dict | None) -> float:
+    """The finite `oracle_alpha` of an env info dict; ValueError where it is missing or not finite."""
+    value = float("nan") if info is None else float(info.get("oracle_alpha", float("nan")))
+    if not math.isfinite(value):
+        raise ValueError(
+            f"the oracle controller only works on the mock env: info['oracle_alpha'] is "
+            f"{'missing' if info is None or 'oracle_alpha' not in info else value} (the real env has none)"
+        )
+    return value
+
+
+class OracleController:
+    """Acts with the most recent `oracle_alpha` reported by the env."""
+
+    def __init__(
+        self, observation_space: gym.spaces.Box, action_space: gym.spaces.Box, cfg: OracleConfig | None = None
+    ) -> None:
+        self.cfg = cfg or OracleConfig()
+        self.action_space = action_space
+        self.oracle_alpha: float | None = None
+
+    def reset(self, seed: int | None = None, info: dict | None = None) -> None:
+        """Reads the oracle alpha of the env's reset info (ValueError where there is none)."""
+        self.oracle_alpha = read_oracle_alpha(info)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """The env's current oracle alpha, clipped into the action space."""
+        if self.oracle_alpha is None:
+            raise ValueError("the oracle controller only works on the mock env; call reset(info=...) first")
+        return as_action(self.oracle_alpha, self.action_space)
+
+    def observe(
+        self,
+        obs: np.ndarray,
+        action: np.ndarray,
+        reward: float,
+        next_obs: np.ndarray,
+        terminated: bool,
+        truncated: bool,
+        info: dict,
+    ) -> dict[str, float]:
+        """Stores the step's oracle alpha for the next decision; reports it as `controller/oracle_alpha`."""
+        check_transition(obs, reward, next_obs)
+        self.oracle_alpha = read_oracle_alpha(info)
+        return {"controller/oracle_alpha": self.oracle_alpha}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"oracle_alpha": self.oracle_alpha}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        value = state["oracle_alpha"]
+        self.oracle_alpha = None if value is None else float(value)

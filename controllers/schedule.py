@@ -1,0 +1,96 @@
+"""A hand-written exposure curriculum: alpha as a fixed function of training progress t / T.
+
+Owns the curve from `alpha0` (progress 0) to `alpha1` (progress 1), linear or cosine; reads only the
+observation's progress entry (index 0, see `envs.spec.OBSERVATION`) and learns nothing. It is the
+open-loop baseline for the paper's finding that the learned Beta drifts upward during training.
+Decisions happen at progress t / T < 1, so `alpha1` itself is reached only in the limit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+import gymnasium as gym
+import numpy as np
+
+from controllers.base import as_action, check_transition
+
+ScheduleKind = Literal["linear", "cosine"]
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    kind: ScheduleKind = field(
+        default="linear", metadata={"help": "curve shape: linear, or cosine (flat at both ends)"}
+    )
+    alpha0: float = field(default=0.25, metadata={"help": "alpha at progress 0, in [0, 1]"})
+    alpha1: float = field(default=0.75, metadata={"help": "alpha at progress 1, in [0, 1]"})
+
+    def __post_init__(self) -> None:
+        if self.kind not in get_args(ScheduleKind):
+            raise ValueError(
+                f"ScheduleConfig.kind must be one of {get_args(ScheduleKind)}, got {self.kind!r}"
+            )
+        for name in ("alpha0", "alpha1"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise ValueError(f"ScheduleConfig.{name} must be in [0, 1], got {value}")
+
+
+def schedule_alpha(progress: float, kind: ScheduleKind, alpha0: float, alpha1: float) -> float:
+    """Alpha at `progress` in [0, 1] (clipped): linear interpolation, or
+    alpha1 + (alpha0 - alpha1) * (1 + cos(pi * p)) / 2 for the cosine curve."""
+    p = min(max(float(progress), 0.0), 1.0)
+    if kind == "linear":
+        return alpha0 + (alpha1 - alpha0) * p
+    return alpha1 + (alpha0 - alpha1) * (1.0 + math.cos(math.pi * p)) / 2.0
+
+
+class ScheduleController:
+    """Acts with `schedule_alpha(obs[0])`."""
+
+    def __init__(
+        self,
+        observation_space: gym.spaces.Box,
+        action_space: gym.spaces.Box,
+        cfg: ScheduleConfig | None = None,
+    ) -> None:
+        self.cfg = cfg or ScheduleConfig()
+        low, high = float(action_space.low[0]), float(action_space.high[0])
+        for name in ("alpha0", "alpha1"):
+            value = getattr(self.cfg, name)
+            if not low <= value <= high:
+                raise ValueError(
+                    f"ScheduleConfig.{name}={value} lies outside the action space [{low}, {high}]"
+                )
+        self.action_space = action_space
+
+    def reset(self, seed: int | None = None, info: dict | None = None) -> None:
+        """Nothing to reset: the schedule reads progress from each observation."""
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """The scheduled alpha at the observation's progress `obs[0]`."""
+        alpha = schedule_alpha(float(obs[0]), self.cfg.kind, self.cfg.alpha0, self.cfg.alpha1)
+        return as_action(alpha, self.action_space)
+
+    def observe(
+        self,
+        obs: np.ndarray,
+        action: np.ndarray,
+        reward: float,
+        next_obs: np.ndarray,
+        terminated: bool,
+        truncated: bool,
+        info: dict,
+    ) -> dict[str, float]:
+        """Validates the transition; learns nothing and reports no metrics."""
+        check_transition(obs, reward, next_obs)
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Accepts the (empty) state of another ScheduleController."""
