@@ -1,6 +1,7 @@
 """Benchmark of the env layer (a script, not a test; numbers go to docs/BENCHMARKS.md).
 
-    python recipes/bench_controllers.py            # ~1 minute on 2 cores
+    python recipes/bench_controllers.py            # ~20 s on one core
+    python recipes/bench_controllers.py --probe-noise   # ~1 minute: the real env's tracked-loss noise
 
 1. The mock env's speed (env steps per second, a fixed action), bare and through gymnasium.make.
 2. Each registered controller's overhead per decision (act + observe, learning updates included,
@@ -77,8 +78,30 @@ def real_window_seconds(windows: int = 3) -> float | None:
     return (time.perf_counter() - t0) / windows
 
 
+def probe_noise(alpha: float = 0.75, windows: int = 20) -> None:
+    """Per-update drops of the real env's tracked loss (probe NLL) from the cached warm start: their
+    mean and std over the first and last quarter of `windows` windows (the mock's noise, in context)."""
+    from envs.exposure_env import TeacherExposureEnv
+
+    env = TeacherExposureEnv()
+    env.reset(seed=0)
+    losses: list[float] = []
+    for _ in range(windows):
+        window = env.step(np.array([alpha], dtype=np.float32))[4]["losses"]
+        losses += list(window) if not losses else list(window[1:])
+    drops = -np.diff(np.asarray(losses))
+    q = len(drops) // 4
+    print(f"probe NLL per update at alpha {alpha}: {losses[0]:.4f} -> {losses[-1]:.4f}")
+    for name, part in (("first quarter", drops[:q]), ("last quarter", drops[-q:])):
+        ratio = part.mean() / part.std()
+        print(f"  {name}: mean drop {part.mean():.5f}, std {part.std():.5f}, mean / std {ratio:.2f}")
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
+    if "--probe-noise" in sys.argv:
+        probe_noise()
+        sys.exit(0)
     mock_rate = mock_steps_per_second()
     print(f"mock env: {mock_rate:,.0f} steps/s (no wrappers, fixed action)")
     print(f"mock env via gymnasium.make: {mock_steps_per_second(make=True):,.0f} steps/s (default wrappers)")
