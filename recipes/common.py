@@ -1,0 +1,156 @@
+"""What run.py and bench.py share: the run config, and building an env and a controller from it.
+
+A run is one controller trained against one env (the embedded real env or the mock) for `episodes`
+training runs, the controller's learned state carried across them. Every field of every component
+config is reachable by a dotted key (`real.engine.lr`, `mock.variant`, `controllers.bandit.kind`);
+`controllers.<name>` holds a config for every registered controller, so a controller added to
+`controllers.CONTROLLERS` is configurable here without further code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import gymnasium as gym
+
+from atesd import config as cfglib
+from atesd.engine import EngineConfig
+from atesd.models import TinyModelConfig
+from atesd.tasks.synthetic import ChainBagConfig, ChainBagTask
+from atesd.warmstart import WarmStartConfig
+from controllers import CONTROLLERS
+from envs.exposure_env import ExposureEnvConfig
+from envs.mock_env import MockConfig
+
+EnvKind = Literal["real", "mock"]
+
+
+@dataclass(frozen=True)
+class RealEnvConfig:
+    """The real env: the embedded task and tiny model, their warm start, the engine and the episode."""
+
+    task: ChainBagConfig = field(default_factory=ChainBagConfig)
+    model: TinyModelConfig = field(default_factory=TinyModelConfig)
+    warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    env: ExposureEnvConfig = field(default_factory=lambda: ExposureEnvConfig(eval_every=4))
+    cache_dir: str = field(default="", metadata={"help": "warm-start cache ('' = ~/.cache/atesd)"})
+
+
+def default_controller_configs() -> dict[str, dict[str, Any]]:
+    """Every registered controller's default config, as plain dicts."""
+    return {name: cfglib.to_dict(cfg_cls()) for name, (_, cfg_cls) in CONTROLLERS.items()}
+
+
+def controller_config(name: str, data: dict[str, Any] | None = None) -> Any:
+    """The config dataclass of controller `name` from (partial) `data`; clear errors for bad keys."""
+    if name not in CONTROLLERS:
+        close = difflib.get_close_matches(name, list(CONTROLLERS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise cfglib.ConfigError(f"unknown controller '{name}'{hint} (registered: {', '.join(CONTROLLERS)})")
+    return cfglib.from_dict(CONTROLLERS[name][1], data or {}, f"controllers.{name}.")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run of one controller against one env."""
+
+    controller: str = field(default="beta_reinforce", metadata={"help": "a name in controllers.CONTROLLERS"})
+    env: EnvKind = field(default="real", metadata={"help": "real (the embedded default) or mock"})
+    name: str = field(default="default", metadata={"help": "run name (part of the run directory)"})
+    seed: int = field(
+        default=0, metadata={"help": "seed of the env and the controller (overrides controllers.*.seed)"}
+    )
+    episodes: int = field(
+        default=1, metadata={"help": "training runs of the student; the controller learns across them (>= 1)"}
+    )
+    out_dir: str = field(default="runs", metadata={"help": "where run directories are created"})
+    checkpoint_every: int = field(
+        default=5, metadata={"help": "save a resumable checkpoint every this many windows (>= 1)"}
+    )
+    threads: int = field(default=2, metadata={"help": "torch CPU threads (>= 1)"})
+    tensorboard: bool = field(
+        default=False, metadata={"help": "also log to TensorBoard (extra [tensorboard])"}
+    )
+    plots: bool = field(default=True, metadata={"help": "write PNG plots at the end"})
+    real: RealEnvConfig = field(default_factory=RealEnvConfig)
+    mock: MockConfig = field(default_factory=MockConfig)
+    controllers: dict = field(
+        default_factory=default_controller_configs,
+        metadata={"help": "per-controller configs, keyed by registered name"},
+    )
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("episodes", self.episodes >= 1, ">= 1"),
+            ("checkpoint_every", self.checkpoint_every >= 1, ">= 1"),
+            ("threads", self.threads >= 1, ">= 1"),
+            ("seed", self.seed >= 0, ">= 0"),
+            ("name", bool(self.name) and "/" not in self.name and "__" not in self.name,
+             "non-empty, without '/' or '__'"),
+        )  # fmt: skip
+        for name, ok, rule in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+        controller_config(self.controller)  # unknown name: closest-name error
+        resolved = default_controller_configs()
+        for name, data in (self.controllers or {}).items():
+            controller_config(name, data)  # unknown controller or key: error naming it
+            resolved[name] = cfglib.to_dict(controller_config(name, data))
+        object.__setattr__(self, "controllers", resolved)
+
+    @property
+    def hold_steps(self) -> int:
+        return self.real.env.hold_steps if self.env == "real" else self.mock.hold_steps
+
+
+def describe(cls: type = RunConfig) -> list[tuple[str, str, str]]:
+    """(dotted key, default, help) for every field, the controllers' included: the text of --help."""
+    rows = [row for row in cfglib.describe(cls) if row[0] != "controllers"]
+    for name, (_, cfg_cls) in CONTROLLERS.items():
+        rows += cfglib.describe(cfg_cls, f"controllers.{name}.")
+    return rows
+
+
+def build_env(cfg: RunConfig, warmstart_progress=None) -> gym.Env:
+    """The env of a run: the mock, or the real env on the embedded default (warm-started, cached)."""
+    if cfg.env == "mock":
+        from envs.mock_env import MockExposureEnv
+
+        return MockExposureEnv(cfg.mock)
+    from atesd.engine import DistillEngine
+    from atesd.warmstart import warm_start
+    from envs.exposure_env import TeacherExposureEnv
+
+    real = cfg.real
+    task = ChainBagTask(real.task)
+    model, tokenizer, _, _ = warm_start(
+        task, real.model, real.warmstart, real.cache_dir or None, warmstart_progress
+    )
+    engine = DistillEngine(model, tokenizer, task, dataclasses.replace(real.engine, seed=cfg.seed))
+    return TeacherExposureEnv(real.env, engine=engine)
+
+
+def build_controller(cfg: RunConfig, env: gym.Env, name: str | None = None):
+    """Controller `name` (default: cfg.controller) for `env`: its config from cfg.controllers, with the
+    run's seed and the env's hold window where the config has those fields."""
+    name = name or cfg.controller
+    cls, cfg_cls = CONTROLLERS[name]
+    ctl_cfg = controller_config(name, cfg.controllers.get(name))
+    names = {f.name for f in dataclasses.fields(cfg_cls)}
+    updates = {"seed": cfg.seed} if "seed" in names else {}
+    if "hold_steps" in names:
+        updates["hold_steps"] = cfg.hold_steps
+        if "lookahead_steps" in names and ctl_cfg.lookahead_steps % cfg.hold_steps:
+            raise cfglib.ConfigError(
+                f"controllers.{name}.lookahead_steps={ctl_cfg.lookahead_steps} must be a multiple of the "
+                f"env's hold_steps={cfg.hold_steps}"
+            )
+    try:
+        ctl_cfg = dataclasses.replace(ctl_cfg, **updates)
+    except ValueError as err:
+        raise cfglib.ConfigError(f"controllers.{name}: {err}") from err
+    return cls(env.observation_space, env.action_space, ctl_cfg)
