@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -71,7 +71,7 @@ def as_action(alpha: float, action_space: gym.spaces.Box) -> np.ndarray:
 
 @dataclass
 class EpisodeResult:
-    """What one episode produced, step by step."""
+    """What one episode produced, step by step (from `start` on, when an episode was resumed)."""
 
     rewards: list[float] = field(default_factory=list)
     alphas: list[float] = field(default_factory=list)
@@ -84,18 +84,40 @@ class EpisodeResult:
         return len(self.rewards)
 
 
+class Transition(NamedTuple):
+    """One env step as the controller saw it, and what the controller reported."""
+
+    obs: np.ndarray
+    action: np.ndarray
+    reward: float
+    next_obs: np.ndarray
+    terminated: bool
+    truncated: bool
+    info: dict
+    metrics: dict[str, float]
+
+
 def run_episode(
     env: gym.Env,
     controller: Controller,
     logger: Callable[[int, dict[str, float]], None] | None = None,
     seed: int | None = None,
+    start: tuple[np.ndarray, int] | None = None,
+    on_step: Callable[[int, Transition], None] | None = None,
 ) -> EpisodeResult:
     """Drive `controller` through one episode of `env` (the only interaction loop in the project).
 
-    `logger(step, metrics)` receives, per env step, `env/*` and `controller/*` metrics.
+    `logger(step, metrics)` receives, per env step, `env/*` and `controller/*` metrics; `on_step(step,
+    transition)` the whole transition, after the controller learnt from it (the place to checkpoint).
+    `start=(obs, steps_done)` continues an episode whose env and controller states were restored
+    from a checkpoint taken after `steps_done` steps at observation `obs`, instead of resetting.
     """
-    obs, info = env.reset(seed=seed)
-    controller.reset(seed=seed, info=info)
+    if start is None:
+        obs, info = env.reset(seed=seed)
+        controller.reset(seed=seed, info=info)
+        step0 = 0
+    else:
+        obs, step0 = start
     result = EpisodeResult()
     done = False
     while not done:
@@ -106,9 +128,14 @@ def run_episode(
         result.alphas.append(float(info["alpha"]))
         result.scores.append(float(info["score"]))
         result.controller_metrics.append(metrics)
+        step = step0 + result.steps
         if logger is not None:
             env_metrics = {f"env/{k.replace('/', '_')}": float(v) for k, v in info.items() if _is_number(v)}
-            logger(result.steps, env_metrics | {"env/reward": float(reward)} | metrics)
+            logger(step, env_metrics | {"env/reward": float(reward)} | metrics)
+        if on_step is not None:
+            on_step(
+                step, Transition(obs, action, float(reward), next_obs, terminated, truncated, info, metrics)
+            )
         obs, done = next_obs, terminated or truncated
     result.final_info = info
     return result
@@ -125,7 +152,7 @@ def flatten_state(state: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Te
 
     def walk(node: Any, path: str) -> Any:
         if isinstance(node, torch.Tensor):
-            tensors[path] = node.detach().cpu().contiguous()
+            tensors[path] = node.detach().cpu().clone()  # a copy: tied weights share memory
             return {"__tensor__": path}
         if isinstance(node, np.ndarray):
             tensors[path] = torch.from_numpy(np.ascontiguousarray(node))

@@ -90,6 +90,7 @@ class Finished(NamedTuple):
     obs: np.ndarray  # (obs_dim,)
     raw_alpha: float
     ret: float
+    index: int = -1  # the decision's number (0, 1, ... over the controller's life)
 
 
 def standardise(returns: torch.Tensor, eps: float) -> torch.Tensor:
@@ -163,6 +164,8 @@ class BetaReinforceController:
         self.finished: list[Finished] = []
         self.last: dict[str, Any] | None = None  # the decision `act` made, until `observe` sees its window
         self.updates = 0
+        self.decisions = 0  # decisions made so far (the next one's index)
+        self.credits: list[dict[str, float]] = []  # {decision, return, advantage} since `pop_credits`
 
     def reset(self, seed: int | None = None, info: dict | None = None) -> None:
         """New episode: drops pending decisions; `seed` reseeds sampling (SeedSequence([cfg.seed, seed]))."""
@@ -201,9 +204,12 @@ class BetaReinforceController:
             raise RuntimeError("observe() needs the decision of a preceding act()")
         last, self.last = self.last, None
         done = self.credit.push(
-            {"obs": last["obs"], "raw_alpha": last["raw_alpha"]}, info, terminated or truncated
+            {"obs": last["obs"], "raw_alpha": last["raw_alpha"], "index": self.decisions},
+            info,
+            terminated or truncated,
         )
-        self.finished += [Finished(d["obs"], d["raw_alpha"], ret) for d, ret in done]
+        self.decisions += 1
+        self.finished += [Finished(d["obs"], d["raw_alpha"], ret, int(d["index"])) for d, ret in done]
         metrics = {"controller/beta_a": last["a"], "controller/beta_b": last["b"],
                    "controller/beta_mean": last["a"] / (last["a"] + last["b"]),
                    "controller/alpha": float(action[0]), "controller/entropy": last["entropy"]}  # fmt: skip
@@ -223,10 +229,20 @@ class BetaReinforceController:
         grad_norm = nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.max_grad_norm)
         self.optimizer.step()
         self.updates += 1
+        advantages = standardise(returns, self.cfg.adv_eps).tolist()
+        self.credits += [
+            {"decision": f.index, "return": f.ret, "advantage": a} for f, a in zip(batch, advantages)
+        ]
         return metrics | {"controller/loss": loss.item(), "controller/grad_norm": float(grad_norm),
                           "controller/adv_std": returns.std(correction=0).item(),
                           "controller/return_mean": returns.mean().item(),
                           "controller/updates": float(self.updates)}  # fmt: skip
+
+    def pop_credits(self) -> list[dict[str, float]]:
+        """The (decision index, return, advantage) of every decision used by an update since the last
+        call: for the run's decisions log."""
+        out, self.credits = self.credits, []
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """Weights, optimiser, sampling RNG, the undecided `act`, pending and finished decisions."""
@@ -238,6 +254,7 @@ class BetaReinforceController:
             "pending": self.credit.state_dict(),
             "finished": [f._asdict() for f in copy.deepcopy(self.finished)],
             "updates": self.updates,
+            "decisions": self.decisions,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -249,3 +266,4 @@ class BetaReinforceController:
         self.credit.load_state_dict(state["pending"])
         self.finished = [Finished(**f) for f in copy.deepcopy(state["finished"])]
         self.updates = int(state["updates"])
+        self.decisions = int(state.get("decisions", 0))

@@ -168,6 +168,7 @@ class TeacherExposureEnv(gym.Env):
             "time/rollout_s": sum(s.rollout_s for s in window.steps),
             "time/teacher_s": sum(s.teacher_s for s in window.steps),
             "time/update_s": sum(s.update_s for s in window.steps),
+            "step_stats": [s.metrics() for s in window.steps],  # every student update, namespaced
         }
         steps_taken = self.steps_done // self.cfg.hold_steps
         if terminated or (self.cfg.eval_every and steps_taken % self.cfg.eval_every == 0):
@@ -177,6 +178,24 @@ class TeacherExposureEnv(gym.Env):
         info["score"] = self.score
         info["time/window_s"] = time.perf_counter() - t0
         return self._obs(), float(terms["reward"]), terminated, False, info
+
+    def state_dict(self) -> dict:
+        """The episode's state (engine included) for a checkpoint; the warm-started snapshot that
+        `reset` restores is not in it (the env is rebuilt from the same cached warm start)."""
+        return {
+            "engine": self.engine.state_dict(),
+            "steps_done": self.steps_done,
+            "probe_start": self.probe_start,
+            "score": self.score,
+            "np_random": self.np_random.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the episode of `state_dict()` (call instead of `reset`)."""
+        self.engine.load_state_dict(state["engine"])
+        self.steps_done, self.probe_start = int(state["steps_done"]), float(state["probe_start"])
+        self.score = float(state["score"])
+        self.np_random.bit_generator.state = state["np_random"]
 
     def _obs(self) -> np.ndarray:
         ema = self.engine.stats.values

@@ -199,6 +199,21 @@ class MockExposureEnv(gym.Env):
         info = self._info(alpha, terms, losses) | stats
         return self._obs(), terms["reward"], self.steps_done >= c.total_steps, False, info
 
+    def state_dict(self) -> dict:
+        """The episode's state for a checkpoint (continue it with `load_state_dict` instead of `reset`)."""
+        return {
+            "rooms": list(self.rooms), "dip": self.dip, "steps_done": self.steps_done,
+            "loss_now": self.loss_now, "loss_start": self.loss_start, "ema": dict(self.ema),
+            "np_random": self.np_random.bit_generator.state,
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rooms = [float(r) for r in state["rooms"]]
+        self.dip, self.steps_done = float(state["dip"]), int(state["steps_done"])
+        self.loss_now, self.loss_start = float(state["loss_now"]), float(state["loss_start"])
+        self.ema = {k: float(v) for k, v in state["ema"].items()}
+        self.np_random.bit_generator.state = state["np_random"]
+
     # ---- dynamics -----------------------------------------------------------------------------
     def competence(self) -> float:
         return 1.0 - self._room()

@@ -1,0 +1,543 @@
+"""One training run of one exposure controller, with live progress, logs, checkpoints and plots.
+
+    python recipes/run.py --controller beta_reinforce                # the embedded default (real env)
+    python recipes/run.py --controller bandit --env mock             # the mock env: seconds
+    python recipes/run.py --config recipes/configs/tiny.yaml real.engine.lr=3e-4 --seed 1
+    python recipes/run.py --controller beta_reinforce --resume auto  # continue the latest such run
+
+Any config field can be set by its dotted key, as `key=value` arguments or `--set key=value`; the
+fields, their defaults and their ranges are listed by --help. A run writes
+`runs/<controller>__<name>__<seed>__<time>/`: config.json (the resolved config), metrics.jsonl (every
+student update and every window, namespaced keys), decisions.jsonl (every decision: alpha, Beta a/b,
+reward terms; and each decision's return and advantage once the controller used it), checkpoints/,
+plots/*.png and summary.json. A run directory is never overwritten; `--resume auto` continues the
+latest unfinished run with the same controller, name and seed from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from atesd import config as cfglib  # noqa: E402
+from controllers.base import Transition, load_state, run_episode, save_state  # noqa: E402
+from recipes.common import RunConfig, build_controller, build_env, describe  # noqa: E402
+
+SUMMARY = "summary.json"
+
+
+# ---- the run directory -------------------------------------------------------------------------
+def new_run_dir(cfg: RunConfig) -> Path:
+    """`<out_dir>/<controller>__<name>__<seed>__<time>`, with a numeric suffix if that exists already."""
+    stem = f"{cfg.controller}__{cfg.name}__{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+    root = Path(cfg.out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(1000):
+        path = root / (stem if i == 0 else f"{stem}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a fresh run directory under {root}")
+
+
+def latest_run_dir(cfg: RunConfig) -> Path | None:
+    """The newest run directory of this controller, name and seed, or None."""
+    root = Path(cfg.out_dir)
+    if not root.is_dir():
+        return None
+    runs = [
+        p for p in root.glob(f"{cfg.controller}__{cfg.name}__{cfg.seed}__*") if (p / "config.json").exists()
+    ]
+    return max(runs, key=lambda p: (p / "config.json").stat().st_mtime) if runs else None
+
+
+class JsonLines:
+    """An append-only JSON-lines file, flushed per line; `truncate(offset)` drops lines after a checkpoint."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file = path.open("a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(record, default=_jsonable) + "\n")
+        self.file.flush()
+
+    def offset(self) -> int:
+        return self.file.tell()
+
+    def truncate(self, offset: int) -> None:
+        self.file.truncate(offset)
+        self.file.seek(offset)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def _finite(value: Any) -> float | None:
+    """A JSON-safe float (None for NaN/inf)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+# ---- checkpoints --------------------------------------------------------------------------------
+def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
+    """Write `checkpoints/ckpt-<window>/` atomically (tmp dir + rename), point `latest` at it, keep two."""
+    root = run_dir / "checkpoints"
+    root.mkdir(exist_ok=True)
+    name = f"ckpt-{state['loop']['global_window']:06d}"
+    tmp = root / f".tmp-{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_state(state, tmp / "state")
+    final = root / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    pointer = root / ".latest.tmp"
+    pointer.write_text(name)
+    os.replace(pointer, root / "latest")
+    for old in sorted(p for p in root.glob("ckpt-*") if p.name != name)[:-1]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+    pointer = run_dir / "checkpoints" / "latest"
+    if not pointer.exists():
+        return None
+    return load_state(run_dir / "checkpoints" / pointer.read_text().strip() / "state")
+
+
+# ---- live display -------------------------------------------------------------------------------
+class Display:
+    """A rich progress bar with the run's vital signs on a terminal; plain lines (at most one per
+    second, and the last window) otherwise."""
+
+    def __init__(self, total: int, title: str, done: int = 0) -> None:
+        from rich.console import Console
+
+        self.console = Console()
+        self.total, self.t0, self.done0, self.last_line = total, time.perf_counter(), done, 0.0
+        self.bar = None
+        if self.console.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=self.console,
+            )  # fmt: skip
+            self.bar.start()
+            self.task = self.bar.add_task(title, total=total, completed=done, note="")
+        else:
+            print(f"{title}: {total} windows ({done} done)", flush=True)
+
+    def update(self, done: int, note: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, note=note)
+            return
+        now = time.perf_counter()
+        if now - self.last_line >= 1.0 or done == self.total:
+            self.last_line = now
+            rate = (now - self.t0) / max(done - self.done0, 1)
+            eta = rate * (self.total - done)
+            print(f"window {done}/{self.total} {note} ({now - self.t0:.0f} s, eta {eta:.0f} s)", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+# ---- the run ------------------------------------------------------------------------------------
+class Run:
+    """Owns one run directory: builds the env and controller, drives the episodes, logs, checkpoints."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, resume: dict[str, Any] | None = None) -> None:
+        import torch
+
+        self.cfg, self.run_dir = cfg, run_dir
+        torch.set_num_threads(cfg.threads)
+        self.env = build_env(cfg, warmstart_progress=_warmstart_progress(cfg))
+        self.controller = build_controller(cfg, self.env)
+        self.windows_per_episode = math.ceil(
+            (cfg.real.env.total_steps if cfg.env == "real" else cfg.mock.total_steps) / cfg.hold_steps
+        )
+        self.total_windows = self.windows_per_episode * cfg.episodes
+        self.metrics = JsonLines(run_dir / "metrics.jsonl")
+        self.decisions = JsonLines(run_dir / "decisions.jsonl")
+        self.loop = {"episode": 0, "window": 0, "global_window": 0, "updates": 0, "obs": None, "seconds": 0.0}
+        self.tb = _tensorboard(run_dir) if cfg.tensorboard else None
+        if resume is not None:
+            self.controller.load_state_dict(resume["controller"])
+            if resume["env"] is not None:
+                self.env.unwrapped.load_state_dict(resume["env"])
+            self.loop = resume["loop"]
+            self.metrics.truncate(int(resume["offsets"]["metrics"]))
+            self.decisions.truncate(int(resume["offsets"]["decisions"]))
+
+    def train(self) -> dict[str, Any]:
+        cfg, loop = self.cfg, self.loop
+        title = f"{cfg.controller} on {cfg.env}"
+        self.display = Display(self.total_windows, title, done=loop["global_window"])
+        t_start = time.perf_counter() - loop["seconds"]
+        try:
+            for episode in range(loop["episode"], cfg.episodes):
+                mid = loop["obs"] is not None and loop["episode"] == episode and loop["window"] > 0
+                start = (np.asarray(loop["obs"], dtype=np.float32), loop["window"]) if mid else None
+                loop["episode"] = episode
+                self.t_start = t_start
+                run_episode(
+                    self.env,
+                    self.controller,
+                    seed=1000 * cfg.seed + episode,
+                    start=start,
+                    on_step=self.on_step,
+                )
+        finally:
+            self.display.close()
+            self.metrics.close()
+            self.decisions.close()
+            if self.tb is not None:
+                self.tb.close()
+        summary = self.summary(time.perf_counter() - t_start)
+        (self.run_dir / SUMMARY).write_text(json.dumps(summary, indent=1, default=_jsonable))
+        return summary
+
+    def on_step(self, step: int, tr: Transition) -> None:
+        cfg, loop, info = self.cfg, self.loop, tr.info
+        loop["window"], loop["global_window"] = step, loop["global_window"] + 1
+        gw, episode = loop["global_window"], loop["episode"]
+        for j, stats in enumerate(info.get("step_stats") or _steps_from_losses(info), start=1):
+            head = {"kind": "step", "episode": episode, "window": gw, "update": loop["updates"] + j}
+            self.metrics.write(head | {k: _finite(v) for k, v in stats.items()})
+        loop["updates"] += len(info["losses"]) - 1
+        record = {"kind": "window", "episode": episode, "window": gw, "update": loop["updates"],
+                  "env/alpha": float(info["alpha"]), "env/reward": tr.reward}  # fmt: skip
+        record |= {k: _finite(v) for k, v in info.items() if "/" in k and _is_number(v)}
+        record |= {f"eval/{k}": _finite(v) for k, v in (info.get("eval") or {}).items()}
+        record["env/score"] = _finite(info["score"])
+        record |= {k: _finite(v) for k, v in tr.metrics.items()}
+        self.metrics.write(record)
+        decision = {"kind": "decision", "decision": gw - 1, "episode": episode, "window": gw,
+                    "alpha": float(info["alpha"]), "reward/total": tr.reward,
+                    "reward/progress": _finite(info["reward/progress"]),
+                    "reward/grounded": _finite(info["reward/grounded"])}  # fmt: skip
+        for key in ("beta_a", "beta_b", "beta_mean"):
+            if f"controller/{key}" in tr.metrics:
+                decision[key] = _finite(tr.metrics[f"controller/{key}"])
+        if math.isfinite(float(info.get("oracle_alpha", math.nan))):  # the mock's optimum for the next window
+            decision["oracle_alpha_after"] = float(info["oracle_alpha"])
+        self.decisions.write(decision)
+        for credit in getattr(self.controller, "pop_credits", list)():
+            credit = {k: int(v) if k == "decision" else _finite(v) for k, v in credit.items()}
+            self.decisions.write({"kind": "credit"} | credit)
+        if self.tb is not None:
+            for key, value in record.items():
+                if isinstance(value, float) and "/" in key:
+                    self.tb.add_scalar(key, value, gw)
+        loop["seconds"] = time.perf_counter() - self.t_start
+        done = tr.terminated or tr.truncated
+        if done:
+            loop["final_score"] = _finite(info["score"])
+            loop["final_eval"] = {k: _finite(v) for k, v in (info.get("eval") or {}).items()}
+        if done or gw % cfg.checkpoint_every == 0:
+            self.checkpoint(tr, done)
+        score = info["score"]
+        acc = f" score {score:.3f}" if math.isfinite(float(score)) else ""
+        note = f"ep {episode + 1}/{cfg.episodes} alpha {tr.action[0]:.2f} loss {_fmt(info.get('stats/loss'))}"
+        self.display.update(gw, f"{note} reward {tr.reward:.4f}{acc}")
+
+    def checkpoint(self, tr: Transition, episode_done: bool) -> None:
+        loop = dict(self.loop)
+        if episode_done:  # resume starts the next episode
+            loop |= {"episode": loop["episode"] + 1, "window": 0, "obs": None}
+        else:
+            loop["obs"] = np.asarray(tr.next_obs, dtype=np.float32)
+        state = {
+            "controller": self.controller.state_dict(),
+            "env": None if episode_done else self.env.unwrapped.state_dict(),
+            "loop": loop,
+            "offsets": {"metrics": self.metrics.offset(), "decisions": self.decisions.offset()},
+        }
+        save_checkpoint(self.run_dir, state)
+
+    def summary(self, seconds: float) -> dict[str, Any]:
+        return {
+            "controller": self.cfg.controller,
+            "env": self.cfg.env,
+            "seed": self.cfg.seed,
+            "episodes": self.cfg.episodes,
+            "windows": self.loop["global_window"],
+            "updates": self.loop["updates"],
+            "final_score": self.loop.get("final_score"),
+            "final_eval": self.loop.get("final_eval", {}),
+            "seconds": seconds,
+            "run_dir": str(self.run_dir),
+        }
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
+
+
+def _fmt(value: Any) -> str:
+    return f"{float(value):.4f}" if value is not None and math.isfinite(float(value)) else "-"
+
+
+def _steps_from_losses(info: dict) -> list[dict[str, float]]:
+    """Per-update records where the env gives only the tracked losses (the mock)."""
+    return [{"step/tracked_loss": loss} for loss in info["losses"][1:]]
+
+
+def _warmstart_progress(cfg: RunConfig):
+    """A progress callback for the warm start (minutes on the first run; a cache hit never calls it)."""
+    if cfg.env != "real":
+        return None
+    state: dict[str, Any] = {}
+
+    def update(step: int, total: int, loss: float) -> None:
+        if "ctx" not in state:
+            from recipes._progress import progress
+
+            print("warm start: not cached yet, training it once (later runs load it)", flush=True)
+            state["ctx"] = progress("warm start", total)
+            state["update"] = state["ctx"].__enter__()
+        state["update"](step, f"loss {loss:.3f}")
+        if step >= total:
+            state["ctx"].__exit__(None, None, None)
+
+    return update
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise SystemExit(
+            "tensorboard=true needs the optional extra: pip install -e '.[tensorboard]'"
+        ) from err
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+# ---- plots --------------------------------------------------------------------------------------
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_run(run_dir: Path) -> list[Path]:
+    """plots/alpha.png, reward.png, accuracy.png, mismatch.png from the run's logs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.stats import beta as beta_dist
+
+    windows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "window"]
+    decisions = [r for r in read_jsonl(run_dir / "decisions.jsonl") if r["kind"] == "decision"]
+    cfg = json.loads((run_dir / "config.json").read_text())
+    title = f"{cfg['controller']} on {cfg['env']} (seed {cfg['seed']})"
+    out = run_dir / "plots"
+    out.mkdir(exist_ok=True)
+    x = np.array([d["window"] for d in decisions])
+    paths = []
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        paths.append(out / name)
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.plot(x, [d["alpha"] for d in decisions], ".", color="C0", label="alpha used", zorder=3)
+    if decisions and "beta_a" in decisions[0]:
+        a, b = np.array([d["beta_a"] for d in decisions]), np.array([d["beta_b"] for d in decisions])
+        ax.plot(x, a / (a + b), color="C1", label="Beta mean")
+        ax.fill_between(x, beta_dist.ppf(0.05, a, b), beta_dist.ppf(0.95, a, b), color="C1", alpha=0.2,
+                        label="Beta 90% interval")  # fmt: skip
+    if decisions and "oracle_alpha_after" in decisions[0]:  # the optimum each decision faced
+        ax.plot(
+            x + 1, [d["oracle_alpha_after"] for d in decisions], "--", color="k", label="optimal alpha (mock)"
+        )
+    ax.set(xlabel="window (hold of H student updates)", ylabel="exposure alpha", ylim=(-0.02, 1.02),
+           title=f"Exposure: {title}")  # fmt: skip
+    ax.legend(loc="best", fontsize=8)
+    save(fig, "alpha.png")
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    by_episode(ax, windows, "env/reward", color="C0", label="reward (total)")
+    by_episode(ax, windows, "reward/progress", color="C2", alpha=0.7, label="learning progress")
+    ax.set(xlabel="window", ylabel="reward per window", title=f"Reward: {title}")
+    ax.legend(loc="best", fontsize=8)
+    save(fig, "reward.png")
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    bands = sorted({k for w in windows for k in w if k.startswith("eval/accuracy/")})
+    if bands:
+        for band in bands:
+            label = band.removeprefix("eval/accuracy/")
+            by_episode(ax, windows, band, 100.0, color=f"C{bands.index(band)}", marker="o", label=label)
+        ax.set(ylabel="greedy accuracy (%)")
+    else:
+        by_episode(ax, windows, "env/score", color="C0", label="competence (mock)")
+        ax.set(ylabel="student competence")
+    ax.set(xlabel="window", title=f"Accuracy per difficulty: {title}")
+    ax.legend(loc="best", fontsize=8)
+    save(fig, "accuracy.png")
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    by_episode(ax, windows, "stats/mismatch", color="C3")
+    ax.set(xlabel="window", ylabel="top-1 student-teacher mismatch", title=f"Mismatch: {title}")
+    save(fig, "mismatch.png")
+    return paths
+
+
+def by_episode(ax, records: list[dict], key: str, scale: float = 1.0, color: str = "C0", **kwargs) -> None:
+    """Plot `key` against the window, one line per episode (no line across a reset), finite points only;
+    a dotted rule marks where each later episode starts."""
+    episodes = sorted({r["episode"] for r in records})
+    for i, episode in enumerate(episodes):
+        rows = [r for r in records if r["episode"] == episode]
+        pts = [(r["window"], scale * r[key]) for r in rows if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), color=color, **(kwargs if i == 0 else kwargs | {"label": None}))
+        if i > 0:
+            ax.axvline(rows[0]["window"] - 0.5, color="grey", lw=0.8, ls=":")
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="run summary")
+    table.add_column("field")
+    table.add_column("value")
+    for key, value in summary.items():
+        if key == "final_eval":
+            for band, acc in value.items():
+                table.add_row(band, "-" if acc is None else f"{100 * acc:.1f}%")
+        else:
+            table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+# ---- command line -------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    fields = "\n".join(f"  {key} = {default}    {help_}" for key, default, help_ in describe())
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        epilog=f"config fields (set any with key=value or --set key=value):\n{fields}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides by dotted key")
+    parser.add_argument("--controller", help="controller name (config field `controller`)")
+    parser.add_argument("--env", choices=("real", "mock"), help="real (embedded default) or mock")
+    parser.add_argument("--config", help="a YAML config file; overrides apply on top")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
+    parser.add_argument("--name", help="run name (config field `name`)")
+    parser.add_argument("--seed", type=int, help="seed (config field `seed`)")
+    parser.add_argument("--resume", metavar="auto|DIR", help="continue the latest matching run, or DIR")
+    return parser.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> RunConfig:
+    overrides = list(args.overrides) + list(args.set)
+    for key in ("controller", "env", "name", "seed"):
+        if getattr(args, key) is not None:
+            overrides.append(f"{key}={getattr(args, key)}")
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise cfglib.ConfigError(f"override '{bad[0]}' must look like key.path=value")
+    return cfglib.load(RunConfig, args.config, overrides)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    try:
+        cfg = resolve_config(args)
+    except cfglib.ConfigError as err:
+        raise SystemExit(f"config error: {err}") from None
+    resume_state, run_dir = None, None
+    if args.resume:
+        run_dir = latest_run_dir(cfg) if args.resume == "auto" else Path(args.resume)
+        if run_dir is None:
+            print(
+                f"--resume auto: no earlier {cfg.controller}/{cfg.name}/seed {cfg.seed} run; starting fresh"
+            )
+        elif not (run_dir / "config.json").exists():
+            raise SystemExit(f"--resume {run_dir}: not a run directory (no config.json)")
+        elif (run_dir / SUMMARY).exists():
+            print(f"{run_dir} already finished; nothing to resume")
+            print_summary(json.loads((run_dir / SUMMARY).read_text()))
+            return run_dir
+        else:
+            stored = cfglib.from_dict(RunConfig, json.loads((run_dir / "config.json").read_text()))
+            if args.resume == "auto" or args.config or args.overrides or args.set:
+                differ = _differences(cfglib.to_dict(stored), cfglib.to_dict(cfg))
+                if differ and args.resume != "auto":
+                    raise SystemExit(f"--resume {run_dir}: the given config differs from the run's: {differ}")
+                if differ:
+                    raise SystemExit(
+                        f"--resume auto found {run_dir}, whose config differs from the given one in "
+                        f"{differ}; resume it with --resume DIR and no overrides, or start a new run with "
+                        "another name"
+                    )
+            cfg, resume_state = stored, load_checkpoint(run_dir)
+            if resume_state is None:
+                print(f"{run_dir} has no checkpoint yet; restarting it from the beginning")
+                for name in ("metrics.jsonl", "decisions.jsonl"):
+                    (run_dir / name).unlink(missing_ok=True)
+            else:
+                print(f"resuming {run_dir} at window {resume_state['loop']['global_window']}")
+    if run_dir is None:
+        run_dir = new_run_dir(cfg)
+        (run_dir / "config.json").write_text(json.dumps(cfglib.to_dict(cfg), indent=1))
+    print(f"run directory: {run_dir}", flush=True)
+    summary = Run(cfg, run_dir, resume_state).train()
+    if cfg.plots:
+        plot_run(run_dir)
+        summary["plots"] = str(run_dir / "plots")
+    print_summary(summary)
+    return run_dir
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _differences(va, vb, f"{prefix}{key}.")
+        elif va != vb and not (isinstance(va, (list, tuple)) and list(va) == list(vb or [])):
+            out.append(f"{prefix}{key}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""recipes/run.py as a user meets it: the command line, the run directory, resume, plots."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import recipes.run as run
+from controllers import CONTROLLERS
+
+ROOT = Path(__file__).resolve().parents[1]
+CI = ["--config", str(ROOT / "recipes/configs/ci.yaml")]
+MOCK = ["--env", "mock", "mock.total_steps=50", "plots=false"]
+
+
+def files_of(run_dir: Path) -> set[str]:
+    return {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
+
+
+def test_the_command_on_the_ci_config_leaves_every_file(tmp_path):
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(ROOT / "recipes/run.py"), *CI, "--controller", "beta_reinforce",
+           f"real.cache_dir={tmp_path / 'cache'}", f"out_dir={tmp_path / 'runs'}", "threads=1"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert run_dir.name.startswith("beta_reinforce__ci__0__")
+    files = files_of(run_dir)
+    assert {"config.json", "metrics.jsonl", "decisions.jsonl", "summary.json", "checkpoints/latest"} <= files
+    assert {f"plots/{n}.png" for n in ("alpha", "reward", "accuracy", "mismatch")} <= files
+    assert "window 3/3" in out.stdout and "run summary" in out.stdout  # plain progress lines off a terminal
+    metrics = run.read_jsonl(run_dir / "metrics.jsonl")
+    assert sum(m["kind"] == "step" for m in metrics) == 6 and sum(m["kind"] == "window" for m in metrics) == 3
+    window = next(m for m in metrics if m["kind"] == "window")
+    assert {"env/alpha", "reward/progress", "reward/grounded", "stats/mismatch", "controller/beta_a"} <= set(
+        window
+    )
+    assert any(k.startswith("eval/accuracy/") for k in window)
+    decisions = run.read_jsonl(run_dir / "decisions.jsonl")
+    assert [d["decision"] for d in decisions if d["kind"] == "decision"] == [0, 1, 2]
+    assert {"alpha", "beta_a", "beta_b", "reward/total"} <= set(decisions[0])
+    assert json.loads((run_dir / "config.json").read_text())["real"]["engine"]["batch_size"] == 4
+
+
+@pytest.mark.parametrize("name", list(CONTROLLERS))
+def test_every_registered_controller_runs_on_the_mock(name, tmp_path):
+    run_dir = run.main(["--controller", name, *MOCK, f"out_dir={tmp_path}"])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["windows"] == 10 and 0.0 <= summary["final_score"] <= 1.0
+
+
+def test_plots_are_written_for_the_mock(tmp_path):
+    run_dir = run.main(
+        ["--controller", "beta_reinforce", "--env", "mock", "episodes=2", f"out_dir={tmp_path}"]
+    )
+    assert sorted(p.name for p in (run_dir / "plots").iterdir()) == [
+        "accuracy.png", "alpha.png", "mismatch.png", "reward.png"
+    ]  # fmt: skip
+
+
+def _crash_at(monkeypatch, window: int) -> None:
+    original = run.Run.on_step
+
+    def on_step(self, step, transition):
+        original(self, step, transition)
+        if self.loop["global_window"] == window:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(run.Run, "on_step", on_step)
+
+
+@pytest.mark.parametrize("where", ["mock", "real"])
+def test_resume_auto_continues_exactly_where_the_checkpoint_was(where, tmp_path, monkeypatch):
+    """A run cut after window 5 (last checkpoint at 4) and resumed writes the same logs, line for line,
+    as an uncut run (timings aside): weights, optimisers, RNGs and pending decisions all come back."""
+    if where == "mock":
+        args = ["--controller", "beta_reinforce", *MOCK, "episodes=2", "checkpoint_every=4"]
+    else:
+        args = [*CI, "--controller", "beta_reinforce", f"real.cache_dir={tmp_path / 'cache'}",
+                "real.env.total_steps=12", "checkpoint_every=4", "plots=false"]  # fmt: skip
+    full = run.main(args + [f"out_dir={tmp_path / 'full'}"])
+    _crash_at(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        run.main(args + [f"out_dir={tmp_path / 'cut'}"])
+    monkeypatch.undo()
+    resumed = run.main(args + [f"out_dir={tmp_path / 'cut'}", "--resume", "auto"])
+
+    def lines(path):
+        return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in run.read_jsonl(path)]
+
+    for name in ("metrics.jsonl", "decisions.jsonl"):
+        assert lines(resumed / name) == lines(full / name)
+    assert run.main(args + [f"out_dir={tmp_path / 'cut'}", "--resume", "auto"]) == resumed  # finished: no-op
+
+
+def test_resume_auto_refuses_a_different_config(tmp_path, monkeypatch):
+    args = ["--controller", "bandit", *MOCK, f"out_dir={tmp_path}"]
+    _crash_at(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        run.main(args)
+    monkeypatch.undo()
+    with pytest.raises(SystemExit, match="differs"):
+        run.main(args + ["controllers.bandit.kind=ucb", "--resume", "auto"])
+
+
+def test_a_run_directory_is_never_reused(tmp_path):
+    first = run.main(["--controller", "fixed", *MOCK, f"out_dir={tmp_path}"])
+    second = run.main(["--controller", "fixed", *MOCK, f"out_dir={tmp_path}"])
+    assert first != second and first.exists() and second.exists()
+
+
+def test_bad_keys_name_the_closest_field(tmp_path):
+    with pytest.raises(SystemExit, match="did you mean 'real.engine.lr'"):
+        run.main(["--env", "mock", "real.engine.lrr=1", f"out_dir={tmp_path}"])
+    with pytest.raises(SystemExit, match="did you mean 'beta_reinforce'"):
+        run.main(["--controller", "beta_reinforc", "--env", "mock", f"out_dir={tmp_path}"])
+    with pytest.raises(SystemExit, match="must look like key.path=value"):
+        run.main(["--env", "mock", "episodes", f"out_dir={tmp_path}"])
+
+
+def test_help_lists_every_field_with_its_help(capsys):
+    with pytest.raises(SystemExit):
+        run.main(["--help"])
+    text = capsys.readouterr().out
+    for key in ("real.engine.lr", "mock.variant", "controllers.beta_reinforce.entropy_coef", "episodes"):
+        assert f"  {key} = " in text
+    assert "lookahead L in updates, a multiple of H" in text
+
+
+def test_tensorboard_without_the_extra_names_it(tmp_path):
+    pytest.importorskip("torch")
+    try:
+        import tensorboard  # noqa: F401
+
+        pytest.skip("tensorboard is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(SystemExit, match=r"\[tensorboard\]"):
+        run.main(["--controller", "fixed", *MOCK, "tensorboard=true", f"out_dir={tmp_path}"])
