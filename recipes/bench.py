@@ -1,0 +1,489 @@
+"""Controllers x envs x seeds: final scores with 95% confidence intervals, Welch tests and regret.
+
+    python recipes/bench.py --controllers beta_reinforce,bandit,fixed --env mock --seeds 20
+    python recipes/bench.py --env mock --seeds 20                  # every registered controller
+    python recipes/bench.py --set controllers.bandit.kind=ucb --set mock.variant=mix --seeds 10
+    python recipes/bench.py --config recipes/configs/ci.yaml --env mock,real --seeds 2 --set threads=1
+
+A unit of work is one (controller, env, seed): a fresh env and controller built by `recipes.common`
+from the run config (`--config`, `--set`), trained for `episodes` runs with `controllers.base.run_episode`
+(episode e of seed s seeded 1000 s + e; the controller's learned state carries across episodes). Its
+result is the last episode's final `info["score"]` (mock: the competence; real: the mean greedy
+accuracy over bands) and that episode's score per window (NaN on the real env between evaluations).
+Per (env, controller): mean, 95% t confidence interval, Welch t-test p-value against the baseline
+(`--baseline`, default `fixed`, alpha = 1 = OPSD), and on the mock env the regret against the oracle
+when it is in the run (`oracle` runs on the mock only). Prints a table and writes results.csv,
+results.json and curves.png into a new directory <out>/bench__<name>__<YYYYmmdd-HHMMSS>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import csv
+import dataclasses
+import json
+import math
+import multiprocessing as mp
+import subprocess
+import sys
+import time
+import types
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from atesd import config as cfglib  # noqa: E402
+from controllers import CONTROLLERS  # noqa: E402
+from recipes._progress import progress  # noqa: E402
+from recipes.common import RunConfig, build_controller, controller_config, describe  # noqa: E402
+
+ENVS = ("mock", "real")
+MOCK_ONLY = ("oracle",)  # controllers that need the mock env's `oracle_alpha`
+SUMMARY_FIELDS = ("n", "mean", "sd", "ci_low", "ci_high", "p_value", "regret", "alpha_mean", "seconds")
+
+
+# ---- one unit of work -----------------------------------------------------------------------------
+def run_unit(cfg_dict: dict[str, Any], env: str, controller: str, seed: int) -> dict[str, Any]:
+    """Train `controller` on a fresh `env` for cfg.episodes episodes under `seed` (runs in a worker too).
+
+    Torch runs on cfg.threads threads on the real env and on one on the mock (its controllers' networks
+    are a few hundred parameters: a second thread only spins); the caller's thread count is restored.
+    """
+    import torch
+
+    from controllers.base import run_episode
+    from recipes.common import build_env
+
+    cfg = dataclasses.replace(
+        cfglib.from_dict(RunConfig, cfg_dict), env=env, controller=controller, seed=seed
+    )
+    if env == "real":
+        quiet_hf()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads if env == "real" else 1)
+    try:
+        t0 = time.perf_counter()
+        gym_env = build_env(cfg)
+        agent = build_controller(cfg, gym_env)
+        for episode in range(cfg.episodes):
+            result = run_episode(gym_env, agent, seed=1000 * seed + episode)
+        gym_env.close()
+        return {
+            "env": env,
+            "controller": controller,
+            "seed": seed,
+            "final": float(result.final_info["score"]),
+            "curve": [float(s) for s in result.scores],
+            "alpha_mean": float(np.mean(result.alphas)),
+            "seconds": time.perf_counter() - t0,
+        }
+    finally:
+        torch.set_num_threads(previous)
+
+
+def quiet_hf() -> None:
+    """Turn off transformers' "Loading weights" bar: one per real unit would bury the progress lines."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def run_units(cfg_dict: dict[str, Any], units: list[tuple[str, str, int]], workers: int) -> list[dict]:
+    """Every (env, controller, seed) unit, in this process (workers = 0) or a spawned process pool;
+    results come back in the order of `units`."""
+    results: list[dict | None] = [None] * len(units)
+    with progress("bench units", len(units)) as update:
+        if workers == 0:
+            for i, unit in enumerate(units):
+                results[i] = run_unit(cfg_dict, *unit)
+                update(i + 1, "/".join(map(str, unit)))
+            return results  # type: ignore[return-value]
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(run_unit, cfg_dict, *unit): i for i, unit in enumerate(units)}
+            for done, fut in enumerate(cf.as_completed(futures), start=1):
+                results[futures[fut]] = fut.result()
+                update(done, "/".join(map(str, units[futures[fut]])))
+    return results  # type: ignore[return-value]
+
+
+# ---- statistics ------------------------------------------------------------------------------------
+def _finite(values: Any) -> np.ndarray:
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    return x[np.isfinite(x)]
+
+
+def mean_ci(values: Any, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) of the finite values: a Student-t interval; NaN bounds below two values."""
+    from scipy import stats
+
+    x = _finite(values)
+    if len(x) == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return mean, mean - half, mean + half
+
+
+def welch_p(a: Any, b: Any) -> float:
+    """Two-sided Welch t-test p-value of the finite values of a and b; NaN when either has fewer than two
+    values or both are constant (no variance to test against)."""
+    from scipy import stats
+
+    x, y = _finite(a), _finite(b)
+    if len(x) < 2 or len(y) < 2 or (np.ptp(x) == 0 and np.ptp(y) == 0):
+        return math.nan
+    with warnings.catch_warnings():  # near-constant samples: scipy warns about precision, the p stands
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.ttest_ind(x, y, equal_var=False).pvalue)
+
+
+def summarise(results: list[dict], baseline: str) -> dict[str, dict[str, dict[str, Any]]]:
+    """summary[env][controller]: n, mean, sd, 95% CI, Welch p vs `baseline` (NaN for itself), regret vs
+    the oracle (mock env, oracle in the run; else NaN), mean alpha of the last episode, seconds per unit
+    and the per-seed finals. Controllers keep their order of first appearance."""
+    groups: dict[str, dict[str, list[dict]]] = {}
+    for r in results:
+        groups.setdefault(r["env"], {}).setdefault(r["controller"], []).append(r)
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
+    for env, by_ctl in groups.items():
+        finals = {
+            ctl: [r["final"] for r in sorted(rs, key=lambda r: r["seed"])] for ctl, rs in by_ctl.items()
+        }
+        oracle = mean_ci(finals["oracle"])[0] if env == "mock" and "oracle" in finals else math.nan
+        summary[env] = {}
+        for ctl, rs in by_ctl.items():
+            x = _finite(finals[ctl])
+            mean, low, high = mean_ci(x)
+            tested = ctl != baseline and baseline in finals
+            summary[env][ctl] = {
+                "n": len(x),
+                "mean": mean,
+                "sd": float(x.std(ddof=1)) if len(x) > 1 else math.nan,
+                "ci_low": low,
+                "ci_high": high,
+                "p_value": welch_p(x, finals[baseline]) if tested else math.nan,
+                "regret": oracle - mean,
+                "alpha_mean": float(np.mean([r["alpha_mean"] for r in rs])),
+                "seconds": float(np.mean([r["seconds"] for r in rs])),
+                "seeds": [r["seed"] for r in sorted(rs, key=lambda r: r["seed"])],
+                "finals": finals[ctl],
+            }
+    return summary
+
+
+def curve_bands(results: list[dict]) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """bands[env][controller]: per window of the last episode, the mean score over seeds and its 95% CI
+    (NaN where no seed has a finite score: the real env between evaluations)."""
+    groups: dict[str, dict[str, list[list[float]]]] = {}
+    for r in results:
+        groups.setdefault(r["env"], {}).setdefault(r["controller"], []).append(r["curve"])
+    bands: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for env, by_ctl in groups.items():
+        bands[env] = {}
+        for ctl, curves in by_ctl.items():
+            width = max(len(c) for c in curves)
+            grid = np.full((len(curves), width), np.nan)  # (seeds, windows)
+            for i, c in enumerate(curves):
+                grid[i, : len(c)] = c
+            cols = [mean_ci(grid[:, w]) for w in range(width)]
+            bands[env][ctl] = {key: [c[i] for c in cols] for i, key in enumerate(("mean", "low", "high"))}
+    return bands
+
+
+# ---- output ----------------------------------------------------------------------------------------
+def new_run_dir(out: Path, name: str) -> Path:
+    """A new <out>/bench__<name>__<YYYYmmdd-HHMMSS>[-k] directory; an existing one is never reused."""
+    base = out / f"bench__{name}__{time.strftime('%Y%m%d-%H%M%S')}"
+    path, k = base, 0
+    while True:
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            k += 1
+            path = base.with_name(f"{base.name}-{k}")
+
+
+def _fmt(value: float, spec: str) -> str:
+    return "-" if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def table_rows(summary: dict, baseline: str) -> list[list[str]]:
+    """Printable rows, best mean first within each env."""
+    rows = []
+    for env, by_ctl in summary.items():
+        ranked = sorted(
+            by_ctl.items(), key=lambda kv: -kv[1]["mean"] if math.isfinite(kv[1]["mean"]) else math.inf
+        )
+        for ctl, s in ranked:
+            ci = f"[{_fmt(s['ci_low'], '.4f')}, {_fmt(s['ci_high'], '.4f')}]"
+            name = f"{ctl} (baseline)" if ctl == baseline else ctl
+            rows.append([env, name, str(s["n"]), _fmt(s["mean"], ".4f"), ci, _fmt(s["sd"], ".4f"),
+                         _fmt(s["p_value"], ".2g"), _fmt(s["regret"], ".4f"), _fmt(s["alpha_mean"], ".3f"),
+                         _fmt(s["seconds"], ".3f")])  # fmt: skip
+    return rows
+
+
+COLUMNS = ("env", "controller", "n", "mean", "95% CI", "sd", "p (Welch)", "regret", "mean alpha", "s/unit")
+
+
+def print_table(summary: dict, baseline: str, console: Any = None) -> None:
+    """A rich table on a terminal; plain aligned lines otherwise (logs, CI, files)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    rows = table_rows(summary, baseline)
+    caption = (
+        f"final score of the last episode; p: Welch t-test against {baseline}; "
+        "regret: oracle mean - mean (mock env)"
+    )
+    if console.is_terminal:
+        table = Table(title="bench", caption=caption)
+        for i, col in enumerate(COLUMNS):
+            table.add_column(col, justify="left" if i < 2 else "right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        return
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(COLUMNS)]
+    for row in (list(COLUMNS), *rows):
+        print("  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))))
+    print(caption)
+
+
+def write_csv(summary: dict, path: Path) -> None:
+    """One row per (env, controller): the summary fields (empty where not defined)."""
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["env", "controller", *SUMMARY_FIELDS])
+        for env, by_ctl in summary.items():
+            for ctl, s in by_ctl.items():
+                values = [s[k] for k in SUMMARY_FIELDS]
+                writer.writerow([env, ctl, *("" if _is_nan(v) else v for v in values)])
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def json_safe(node: Any) -> Any:
+    """NaN and infinities -> None (strict JSON), recursively."""
+    if isinstance(node, dict):
+        return {k: json_safe(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [json_safe(v) for v in node]
+    if isinstance(node, (float, np.floating)):
+        return float(node) if math.isfinite(node) else None
+    if isinstance(node, np.integer):
+        return int(node)
+    return node
+
+
+def plot_curves(bands: dict, hold_steps: dict[str, int], seeds: int, path: Path) -> None:
+    """Mean score per window with its 95% band, one line per controller, one panel per env."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    ylabels = {"mock": "score: competence", "real": "score: mean greedy accuracy over bands"}
+    controllers = list(dict.fromkeys(ctl for by_ctl in bands.values() for ctl in by_ctl))
+    fig, axes = plt.subplots(1, len(bands), figsize=(7 * len(bands), 4.5), squeeze=False)
+    for ax, (env, by_ctl) in zip(axes[0], bands.items()):
+        for ctl, band in by_ctl.items():
+            mean, low, high = (np.asarray(band[k], dtype=np.float64) for k in ("mean", "low", "high"))
+            x = np.arange(1, len(mean) + 1)
+            ok = np.isfinite(mean)
+            color = f"C{controllers.index(ctl) % 10}"
+            sparse = ok.sum() < 30
+            ax.plot(x[ok], mean[ok], color=color, label=ctl, marker="o" if sparse else None, ms=3)
+            banded = ok & np.isfinite(low) & np.isfinite(high)
+            ax.fill_between(x[banded], low[banded], high[banded], color=color, alpha=0.2, lw=0)
+        ax.set(
+            xlabel=f"window (env step of H = {hold_steps[env]} student updates)",
+            ylabel=ylabels.get(env, "score"),
+            title=f"{env} env, last episode: mean and 95% CI over {seeds} seeds",
+        )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def git_commit() -> str:
+    """The short commit of the checkout ('' outside a git repository)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parents[1],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+# ---- the command -----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    fields = "\n".join(f"  {key} = {default}    {help_}" for key, default, help_ in describe())
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config fields (set any with --set key=value; env, controller and seed come from the options):"
+        f"\n{fields}",
+    )
+    parser.add_argument("--controllers", default="", help="comma list (default: every registered one)")
+    parser.add_argument("--env", default="mock", help="comma list of mock, real (default: mock)")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per (env, controller) (default 5)")
+    parser.add_argument("--workers", type=int, default=0, help="worker processes (0 = in this process)")
+    parser.add_argument("--baseline", default="fixed", help="controller the p-values test against")
+    parser.add_argument("--config", type=Path, default=None, help="YAML file of RunConfig fields")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="override, e.g. episodes=5"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="parent of the run directory (default: runs)")
+    parser.add_argument("--name", default=None, help="run name (default: the config's name)")
+    return parser
+
+
+def _split(text: str) -> list[str]:
+    return list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+
+
+def plan(args: argparse.Namespace) -> tuple[RunConfig, list[str], list[str], list[str]]:
+    """(config, envs, controllers, notes) from the command line; ConfigError on anything unusable."""
+    overrides = list(args.overrides) + ([f"name={args.name}"] if args.name is not None else [])
+    cfg = cfglib.load(RunConfig, args.config, overrides)
+    if args.workers > 1:
+        cfg = dataclasses.replace(cfg, threads=1)
+    envs = _split(args.env)
+    for env in envs:
+        if env not in ENVS:
+            raise cfglib.ConfigError(f"unknown env '{env}' in --env (choose from {', '.join(ENVS)})")
+    if not envs:
+        raise cfglib.ConfigError("--env names no env (choose from mock, real)")
+    controllers = _split(args.controllers) or list(CONTROLLERS)
+    notes = []
+    for name in [*controllers, args.baseline]:
+        controller_config(name)  # unknown name: ConfigError with the closest registered one
+    if args.baseline not in controllers:
+        controllers.append(args.baseline)
+        notes.append(f"note: added the baseline '{args.baseline}' to the controllers")
+    spaces = _spaces()
+    for env in envs:
+        for name in controllers:
+            if env == "real" and name in MOCK_ONLY:
+                notes.append(f"note: '{name}' runs on the mock env only; skipped on real")
+                continue
+            unit_cfg = dataclasses.replace(cfg, env=env, controller=name)
+            try:
+                build_controller(unit_cfg, spaces)  # fail now, not after the warm start
+            except ValueError as err:
+                raise cfglib.ConfigError(str(err)) from err
+    return cfg, envs, controllers, notes
+
+
+def _spaces() -> Any:
+    """A stand-in env holding only the exposure spaces (all a controller is built from)."""
+    from envs import spec
+
+    return types.SimpleNamespace(observation_space=spec.observation_space(), action_space=spec.action_space())
+
+
+def warm_start_real(cfg: RunConfig) -> None:
+    """Train or load the real env's warm start once, here, so units (and workers) read it from the cache."""
+    import torch
+
+    from atesd.tasks.synthetic import ChainBagTask
+    from atesd.warmstart import warm_start
+
+    quiet_hf()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        t0 = time.perf_counter()
+        with progress("warm start", cfg.real.warmstart.steps) as update:
+            _, _, ckpt, hit = warm_start(
+                ChainBagTask(cfg.real.task),
+                cfg.real.model,
+                cfg.real.warmstart,
+                cfg.real.cache_dir or None,
+                lambda step, total, loss: update(step, f"loss {loss:.3f}"),
+            )
+        print(
+            f"warm start {'loaded from cache' if hit else 'trained'}: {ckpt} "
+            f"({time.perf_counter() - t0:.0f} s)"
+        )
+    finally:
+        torch.set_num_threads(previous)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Run the benchmark; returns the run directory. A config error prints one line and exits 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.seeds < 1 or args.workers < 0:
+        parser.error("--seeds must be >= 1 and --workers >= 0")
+    try:
+        cfg, envs, controllers, notes = plan(args)
+    except cfglib.ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    for note in notes:
+        print(note)
+    t0 = time.perf_counter()
+    if "real" in envs:
+        warm_start_real(cfg)
+    units = [
+        (env, name, seed)
+        for env in envs
+        for name in controllers
+        if not (env == "real" and name in MOCK_ONLY)
+        for seed in range(args.seeds)
+    ]
+    cfg_dict = cfglib.to_dict(cfg)
+    results = run_units(cfg_dict, units, args.workers)
+    summary = summarise(results, args.baseline)
+    wall = time.perf_counter() - t0
+    print_table(summary, args.baseline)
+    run_dir = new_run_dir(args.out if args.out is not None else Path(cfg.out_dir), cfg.name)
+    write_csv(summary, run_dir / "results.csv")
+    bands = curve_bands(results)
+    record = {
+        "command": ["recipes/bench.py", *(sys.argv[1:] if argv is None else argv)],
+        "commit": git_commit(),
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "envs": envs,
+        "controllers": controllers,
+        "seeds": args.seeds,
+        "baseline": args.baseline,
+        "workers": args.workers,
+        "wall_s": wall,
+        "config": cfg_dict,
+        "summary": summary,
+        "curves": bands,
+        "units": results,
+    }
+    (run_dir / "results.json").write_text(json.dumps(json_safe(record), indent=1))
+    if cfg.plots:
+        hold = {"mock": cfg.mock.hold_steps, "real": cfg.real.env.hold_steps}
+        plot_curves(bands, hold, args.seeds, run_dir / "curves.png")
+    print(f"{len(units)} units in {wall:.1f} s; wrote {run_dir}")
+    return run_dir
+
+
+if __name__ == "__main__":
+    main()

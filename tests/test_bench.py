@@ -1,0 +1,156 @@
+"""recipes/bench.py: its statistics by hand and against scipy, its output directory and files, its
+config errors, and one subprocess run over both envs (the real one on the tiny ci.yaml config)."""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from recipes import bench
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def unit(env: str, controller: str, seed: int, final: float, curve=None) -> dict:
+    return {"env": env, "controller": controller, "seed": seed, "final": final,
+            "curve": curve if curve is not None else [final], "alpha_mean": 0.5, "seconds": 0.01}  # fmt: skip
+
+
+def scipy_welch(a, b) -> float:
+    """scipy's Welch p-value (its precision warning on a constant side silenced: the reference only)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def read_json(path: Path) -> dict:
+    """Strict JSON: a NaN written as NaN (not null) fails here."""
+    return json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+
+
+def test_mean_ci_by_hand_and_against_scipy():
+    x = np.array([0.61, 0.72, 0.55, 0.80, 0.67])
+    mean, low, high = bench.mean_ci(x)
+    half = 2.7764451051977987 * x.std(ddof=1) / math.sqrt(5)  # t(0.975, 4)
+    assert mean == pytest.approx(0.67) and (low, high) == pytest.approx((0.67 - half, 0.67 + half))
+    assert (low, high) == pytest.approx(stats.t.interval(0.95, 4, loc=x.mean(), scale=stats.sem(x)))
+    assert bench.mean_ci([0.3, math.nan, 0.5]) == pytest.approx(bench.mean_ci([0.3, 0.5]))  # NaN dropped
+    one = bench.mean_ci([0.4])
+    assert one[0] == 0.4 and math.isnan(one[1]) and math.isnan(one[2])
+    assert bench.mean_ci([0.2, 0.2, 0.2]) == pytest.approx((0.2, 0.2, 0.2))
+
+
+def test_welch_p_by_hand_and_against_scipy():
+    a, b = np.array([0.61, 0.72, 0.55, 0.80]), np.array([0.40, 0.45, 0.52])
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    t = (a.mean() - b.mean()) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))  # Welch-Satterthwaite
+    assert bench.welch_p(a, b) == pytest.approx(2 * stats.t.sf(abs(t), df))
+    assert bench.welch_p(a, b) == pytest.approx(scipy_welch(a, b))
+    # one constant side is fine (Welch); both constant, or fewer than two values: NaN, without warnings
+    t_const = (a.mean() - 0.25) / math.sqrt(va)  # df = len(a) - 1 when the other side has no variance
+    assert bench.welch_p(a, [0.25, 0.25, 0.25]) == pytest.approx(2 * stats.t.sf(abs(t_const), len(a) - 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(bench.welch_p([0.9, 0.9], [0.05, 0.05]))
+        assert math.isnan(bench.welch_p([0.9], a))
+        assert math.isnan(bench.welch_p([0.5, 0.5 + 1e-17, 0.5], [0.5, 0.5, 0.5]))
+
+
+def test_summarise_regret_p_values_and_curves():
+    finals = {"oracle": [0.9, 0.9, 0.9], "fixed": [0.25, 0.25, 0.25], "bandit": [0.78, 0.81, 0.80]}
+    results = [unit("mock", c, s, v) for c, vs in finals.items() for s, v in enumerate(vs)]
+    results += [unit("real", "fixed", s, v) for s, v in enumerate([0.30, 0.34, 0.31])]
+    results += [unit("real", "bandit", s, v) for s, v in enumerate([0.40, 0.44, 0.47])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        summary = bench.summarise(results, "fixed")
+    mock, real = summary["mock"], summary["real"]
+    assert list(mock) == ["oracle", "fixed", "bandit"] and list(real) == ["fixed", "bandit"]
+    assert mock["bandit"]["regret"] == pytest.approx(0.9 - np.mean(finals["bandit"]))
+    assert mock["fixed"]["regret"] == pytest.approx(0.65) and mock["oracle"]["regret"] == 0.0
+    assert math.isnan(real["bandit"]["regret"])  # no oracle on the real env
+    assert math.isnan(mock["fixed"]["p_value"]) and math.isnan(
+        mock["oracle"]["p_value"]
+    )  # self; both constant
+    assert mock["bandit"]["p_value"] == pytest.approx(scipy_welch(finals["bandit"], finals["fixed"]))
+    assert real["bandit"]["p_value"] == pytest.approx(scipy_welch([0.40, 0.44, 0.47], [0.30, 0.34, 0.31]))
+    assert mock["bandit"]["finals"] == finals["bandit"] and mock["bandit"]["n"] == 3
+    # curves keep NaN windows (the real env between evaluations) and average the finite ones
+    curves = [unit("real", "fixed", s, 0.3, [math.nan, 0.2 + s / 10, math.nan, 0.3]) for s in range(2)]
+    band = bench.curve_bands(curves)["real"]["fixed"]
+    assert math.isnan(band["mean"][0]) and math.isnan(band["mean"][2])
+    assert band["mean"][1] == pytest.approx(0.25) and band["mean"][3] == pytest.approx(0.3)
+
+
+def test_files_parse_and_the_directory_is_never_reused(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench.time, "strftime", lambda fmt, *a: "20260101-000000")  # the same second
+    argv = ["--controllers", "fixed,random,oracle", "--seeds", "3", "--set", "mock.total_steps=50"]
+    first = bench.main([*argv, "--out", str(tmp_path), "--name", "t"])
+    (first / "marker").write_text("first")
+    second = bench.main([*argv, "--out", str(tmp_path), "--name", "t"])
+    assert first.name == "bench__t__20260101-000000" and second.name == "bench__t__20260101-000000-1"
+    assert (first / "marker").read_text() == "first"
+    for run_dir in (first, second):
+        with (run_dir / "results.csv").open() as fh:
+            rows = list(csv.DictReader(fh))
+        assert [(r["env"], r["controller"]) for r in rows] == [
+            ("mock", c) for c in ("fixed", "random", "oracle")
+        ]
+        assert float(rows[1]["regret"]) == pytest.approx(float(rows[2]["mean"]) - float(rows[1]["mean"]))
+        assert rows[0]["p_value"] == ""  # the baseline itself
+        record = read_json(run_dir / "results.json")
+        assert record["config"]["mock"]["total_steps"] == 50 and record["baseline"] == "fixed"
+        assert len(record["units"]) == 9 and len(record["units"][0]["curve"]) == 10
+        assert record["summary"]["mock"]["random"]["finals"] == [
+            u["final"] for u in record["units"] if u["controller"] == "random"
+        ]
+        assert (run_dir / "curves.png").read_bytes()[:8] == PNG
+    finals = [
+        {c: s["finals"] for c, s in read_json(d / "results.json")["summary"]["mock"].items()}
+        for d in (first, second)
+    ]
+    assert finals[0] == finals[1]  # the same seeds give the same scores
+
+
+def test_a_bad_set_key_exits_2_with_the_closest_name(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--set", "controllers.bandit.kindd=ucb", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "did you mean 'controllers.bandit.kind'?" in err and len(err.splitlines()) == 1
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--controllers", "fixd", "--out", str(tmp_path)])
+    assert exc.value.code == 2 and "did you mean 'fixed'?" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_smoke_both_envs_in_a_subprocess(tmp_path):
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, str(ROOT / "recipes" / "bench.py"), "--config", str(ROOT / "recipes/configs/ci.yaml"),
+        "--env", "mock,real", "--controllers", "fixed,beta_reinforce,oracle", "--seeds", "2",
+        "--set", f"real.cache_dir={tmp_path / 'cache'}", "--set", "threads=1", "--out", str(tmp_path / "out"),
+    ]  # fmt: skip
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "'oracle' runs on the mock env only; skipped on real" in res.stdout
+    (run_dir,) = (tmp_path / "out").iterdir()
+    assert run_dir.name.startswith("bench__ci__")
+    record = read_json(run_dir / "results.json")
+    assert list(record["summary"]["mock"]) == ["fixed", "beta_reinforce", "oracle"]
+    assert list(record["summary"]["real"]) == ["fixed", "beta_reinforce"]
+    real_units = [u for u in record["units"] if u["env"] == "real"]
+    assert len(real_units) == 4 and all(len(u["curve"]) == 3 for u in real_units)  # 6 updates / H = 2
+    assert all(0.0 <= u["final"] <= 1.0 for u in real_units)
+    assert len((run_dir / "results.csv").read_text().splitlines()) == 1 + 5
+    assert (run_dir / "curves.png").read_bytes()[:8] == PNG
