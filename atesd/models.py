@@ -63,6 +63,115 @@ def build_synthetic_tokenizer() -> PreTrainedTokenizerFast:
     return tok
 
 
+# Qwen3's chat layout: <|im_start|>role\ncontent<|im_end|>\n per turn; with enable_thinking=False the
+# generation prompt ends with an empty think block (the model answers directly), as Qwen3's own template.
+QWEN3_STYLE_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
+    "{% endif %}"
+)
+QWEN3_STYLE_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<|unk|>")
+
+
+def build_qwen3_style_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer over printable ASCII with Qwen3's special tokens and a chat template
+    that honours `enable_thinking` as Qwen3's does: the tests' stand-in for a real Qwen3 tokenizer
+    (same code path: `apply_chat_template(..., enable_thinking=...)`, eos `<|im_end|>`)."""
+    chars = [chr(c) for c in range(32, 127)] + ["\n", "\t"]
+    vocab = {tok: i for i, tok in enumerate(QWEN3_STYLE_SPECIAL + tuple(chars))}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<|unk|>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    core.add_special_tokens(list(QWEN3_STYLE_SPECIAL))
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        unk_token="<|unk|>",
+        padding_side="left",
+    )
+    tok.chat_template = QWEN3_STYLE_CHAT_TEMPLATE
+    return tok
+
+
+@dataclass(frozen=True)
+class HFModelConfig:
+    """A Hugging Face causal LM to distill instead of the embedded tiny model."""
+
+    name_or_path: str = field(
+        default="", metadata={"help": "hub id or local path ('' = the embedded tiny model, warm-started)"}
+    )
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = field(
+        default="bfloat16", metadata={"help": "weights dtype"}
+    )
+    attn_implementation: str = field(
+        default="sdpa", metadata={"help": "attention kernel: sdpa, eager, flash_attention_2 (GPU)"}
+    )
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "run the checkpoint's own code"})
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA adapters through peft (rank 0 = full fine-tuning). PAPER.md's OPSD v3: r 64, alpha 128."""
+
+    rank: int = field(default=0, metadata={"help": "adapter rank r (0 = full fine-tuning)"})
+    alpha: float = field(default=128.0, metadata={"help": "lora_alpha (scale alpha / r)"})
+    dropout: float = field(default=0.0, metadata={"help": "adapter dropout, in [0, 1)"})
+    target_modules: tuple[str, ...] = field(
+        default=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        metadata={"help": "module names that get adapters"},
+    )
+
+    def __post_init__(self) -> None:
+        if self.rank < 0:
+            raise ValueError(f"rank must be >= 0, got {self.rank}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.rank and not self.target_modules:
+            raise ValueError("target_modules must name at least one module when rank > 0")
+
+
+def apply_lora(model: PreTrainedModel, cfg: LoraSettings) -> PreTrainedModel:
+    """Wrap `model` with LoRA adapters (only they train); unchanged when cfg.rank == 0. The engine's
+    `base` teacher is then the same model with its adapters disabled (atesd/teacher.py)."""
+    if cfg.rank == 0:
+        return model
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as err:
+        raise ImportError("LoRA needs the optional extra: pip install -e '.[lora]' (peft)") from err
+    lora = LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def load_hf_model(
+    cfg: HFModelConfig, lora: LoraSettings | None = None, device: str | torch.device = "cpu"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """`load_pretrained` with the config's dtype, attention and remote-code settings, then gradient
+    checkpointing and LoRA as asked."""
+    if not cfg.name_or_path:
+        raise ValueError("HFModelConfig.name_or_path is empty: give a hub id or a local checkpoint path")
+    model, tokenizer = load_pretrained(
+        cfg.name_or_path, cfg.dtype, cfg.attn_implementation, cfg.trust_remote_code, device
+    )
+    if cfg.gradient_checkpointing:
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # the newer name (the 5.16-5.20 pin lacks it)
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        model.config.use_cache = False
+    return apply_lora(model, lora or LoraSettings()), tokenizer
+
+
 @dataclass(frozen=True)
 class TinyModelConfig:
     """Shape of the embedded Qwen3-architecture model (defaults: about 1M parameters)."""

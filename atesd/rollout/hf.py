@@ -172,7 +172,9 @@ class HFSampler:
         # updates need no recompile; greedy output matched eager in our checks, but compiled kernels
         # are not guaranteed bit-identical to eager ones.
         self._call = torch.compile(model.forward, dynamic=True) if compile else model
-        forward_args = inspect.signature(model.forward).parameters
+        # a peft wrapper's forward takes **kwargs: read the wrapped model's signature
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        forward_args = inspect.signature(base.forward).parameters
         # transformers >= 5.2x renamed `past_key_values` to `cache` (the old name warns on every call).
         self._cache_kwarg = "cache" if "cache" in forward_args else "past_key_values"
         self._extra_kwargs = {"logits_to_keep": 1} if "logits_to_keep" in forward_args else {}

@@ -1,0 +1,69 @@
+"""The real-model path on a tiny checkpoint saved to disk: a Qwen3-style tokenizer whose chat template
+honours enable_thinking, LoRA through peft with the base teacher = adapters off, and the HF options."""
+
+import pytest
+import torch
+
+from atesd.engine import DistillEngine, EngineConfig, SamplingConfig
+from atesd.models import (
+    HFModelConfig,
+    LoraSettings,
+    TinyModelConfig,
+    build_qwen3_style_tokenizer,
+    build_tiny_qwen3,
+    load_hf_model,
+    save_pretrained,
+)
+
+peft = pytest.importorskip("peft", reason="LoRA needs the optional extra [lora] (peft)")
+
+TINY = TinyModelConfig(num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, intermediate_size=128)
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    tokenizer = build_qwen3_style_tokenizer()
+    save_pretrained(build_tiny_qwen3(tokenizer, TINY), tokenizer, tmp_path / "tiny-qwen3")
+    return tmp_path / "tiny-qwen3"
+
+
+def test_student_prompt_is_non_thinking_and_teacher_prompt_thinking(checkpoint, small_task):
+    model, tokenizer = load_hf_model(HFModelConfig(name_or_path=str(checkpoint), dtype="float32"))
+    engine = DistillEngine(model, tokenizer, small_task, EngineConfig(batch_size=2))
+    problem = small_task.eval_sets()["C3"][0]
+    student = engine.builder.student_prompt(problem)
+    teacher = engine.builder.teacher_prompt(problem, 0.5)
+    assert student.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")  # enable_thinking=False
+    assert teacher.endswith("<|im_start|>assistant\n") and "<think>" not in teacher  # thinking on
+    assert teacher.startswith("<|im_start|>user\n" + problem.question)
+
+
+def test_a_lora_window_from_the_saved_path_trains_only_adapters_then_evaluates(checkpoint, small_task):
+    cfg = HFModelConfig(name_or_path=str(checkpoint), dtype="float32", gradient_checkpointing=True)
+    model, tokenizer = load_hf_model(cfg, LoraSettings(rank=4, alpha=8.0))
+    assert isinstance(model, peft.PeftModel)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    base_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    engine = DistillEngine(
+        model, tokenizer, small_task,
+        EngineConfig(batch_size=4, lr=1e-2, sampling=SamplingConfig(max_new_tokens=12)),
+    )  # fmt: skip
+    assert engine.teacher.uses_adapters and engine.teacher.copy is None  # base teacher = adapters off
+    window = engine.run_window(0.5, 2)
+    assert len(window.losses) == 3 and all(torch.isfinite(torch.tensor(window.losses)))
+    params = dict(model.named_parameters())
+    assert all(torch.equal(params[n], p) for n, p in base_before.items())  # the base never moves
+    assert any(not torch.equal(params[n], p) for n, p in lora_before.items())  # the adapters do
+    result = engine.evaluate()
+    assert set(result) == {f"accuracy/{b}" for b in small_task.eval_sets()}
+
+
+def test_hf_options_are_checked():
+    with pytest.raises(ValueError, match="name_or_path is empty"):
+        load_hf_model(HFModelConfig())
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_hf_model(HFModelConfig(name_or_path="./no/such/checkpoint"))
+    with pytest.raises(ValueError, match="rank"):
+        LoraSettings(rank=-1)
