@@ -20,6 +20,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from atesd.batching import completion_hidden
+from atesd.distributed import Dist
 from atesd.exposure import ExposureConfig, PromptBuilder
 from atesd.losses import LossConfig, LossOutput, chunked_distill_loss
 from atesd.rollout import HFSampler, RolloutBackend, SamplingParams
@@ -128,8 +129,10 @@ class DistillEngine:
         cfg: EngineConfig | None = None,
         sampler: RolloutBackend | None = None,
         probe: list[Problem] | None = None,
+        dist: Dist | None = None,
     ) -> None:
         self.cfg = cfg or EngineConfig()
+        self.dist = dist or Dist.single()  # under torchrun: shards, averaged gradients and statistics
         self.student, self.tokenizer, self.task = model, tokenizer, task
         self.teacher = Teacher(model, self.cfg.teacher)
         self.builder = PromptBuilder(tokenizer, task.prompt_format, self.cfg.exposure)
@@ -157,7 +160,7 @@ class DistillEngine:
         batch = self.rollout(self.task.sample(self.rng, self.cfg.batch_size))
         t_rollout = time.perf_counter()
         out, grounded, t_teacher = self.batch_loss(batch, alpha)
-        if torch.isfinite(out.loss):
+        if self.dist.all_true(bool(torch.isfinite(out.loss))):  # one rank's non-finite loss skips all
             grad_norm = self._update(out.loss)  # NaN when the gradient was not finite (step skipped)
         else:
             grad_norm = math.nan
@@ -170,22 +173,29 @@ class DistillEngine:
         t_end = time.perf_counter()
         per_token = out.per_token.float()
         verdicts = [self.task.verify(p, t) for p, t in zip(batch.problems, batch.texts)]
+        # the batch statistics, averaged over ranks under torchrun (quantiles: the mean of the ranks')
+        loss, mismatch, div_mean, div_p90, div_p99, confidence, logprob, grounded, accuracy = self.dist.mean([
+            float(out.loss.detach()), float(out.top1_disagree.float().mean()), float(per_token.mean()),
+            float(torch.quantile(per_token, 0.9)), float(torch.quantile(per_token, 0.99)),
+            float(out.student_max_prob.mean()), float(out.student_token_logprob.mean()), grounded,
+            float(np.mean([v.correct for v in verdicts])),
+        ])  # fmt: skip
         stats = StepStats(
             step=self.num_steps,
             alpha=float(alpha),
-            loss=float(out.loss.detach()),
+            loss=loss,
             skipped=skipped,
             grad_norm=grad_norm,
             num_tokens=int(per_token.numel()),
-            mismatch_top1=float(out.top1_disagree.float().mean()),
-            divergence_mean=float(per_token.mean()),
-            divergence_p90=float(torch.quantile(per_token, 0.9)),
-            divergence_p99=float(torch.quantile(per_token, 0.99)),
-            confidence=float(out.student_max_prob.mean()),
-            sampled_logprob=float(out.student_token_logprob.mean()),
+            mismatch_top1=mismatch,
+            divergence_mean=div_mean,
+            divergence_p90=div_p90,
+            divergence_p99=div_p99,
+            confidence=confidence,
+            sampled_logprob=logprob,
             grounded=grounded,
             probe_nll=probe_nll,
-            rollout_accuracy=float(np.mean([v.correct for v in verdicts])),
+            rollout_accuracy=accuracy,
             rollout_s=t_rollout - t_start,
             teacher_s=t_teacher - t_rollout,
             update_s=t_update - t_teacher,
@@ -247,6 +257,7 @@ class DistillEngine:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.dist.average_gradients(params)  # no-op in one process
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip))
         if not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
@@ -300,6 +311,8 @@ class DistillEngine:
     def reseed(self, seed: int) -> None:
         """Fresh problem stream and sampling generators from `seed` (weights untouched)."""
         data_seq, sample_seq, eval_seq = np.random.SeedSequence(seed).spawn(3)
+        if self.dist.active:  # each rank its own shard of problems and samples; evaluation shared
+            data_seq, sample_seq = np.random.SeedSequence([seed, self.dist.rank]).spawn(2)
         self.rng = np.random.default_rng(data_seq)
         self.sample_gen = torch.Generator().manual_seed(int(sample_seq.generate_state(1)[0]))
         self.eval_gen = torch.Generator().manual_seed(int(eval_seq.generate_state(1)[0]))

@@ -115,8 +115,10 @@ def describe(cls: type = RunConfig) -> list[tuple[str, str, str]]:
     return rows
 
 
-def build_env(cfg: RunConfig, warmstart_progress=None) -> gym.Env:
-    """The env of a run: the mock, or the real env on the embedded default (warm-started, cached)."""
+def build_env(cfg: RunConfig, warmstart_progress=None, dist=None) -> gym.Env:
+    """The env of a run: the mock, or the real env on the embedded default (warm-started, cached).
+    Under torchrun (`dist`, an atesd.distributed.Dist) rank 0 warm-starts first and the others then
+    read the cache; every rank's engine samples its own shard and averages gradients and statistics."""
     if cfg.env == "mock":
         from envs.mock_env import MockExposureEnv
 
@@ -127,10 +129,19 @@ def build_env(cfg: RunConfig, warmstart_progress=None) -> gym.Env:
 
     real = cfg.real
     task = ChainBagTask(real.task)
+    if dist is not None and dist.active and not dist.is_main:
+        import torch.distributed
+
+        torch.distributed.barrier()  # rank 0 has the warm start in the cache
     model, tokenizer, _, _ = warm_start(
         task, real.model, real.warmstart, real.cache_dir or None, warmstart_progress
     )
-    engine = DistillEngine(model, tokenizer, task, dataclasses.replace(real.engine, seed=cfg.seed))
+    if dist is not None and dist.active and dist.is_main:
+        import torch.distributed
+
+        torch.distributed.barrier()
+    engine_cfg = dataclasses.replace(real.engine, seed=cfg.seed)
+    engine = DistillEngine(model, tokenizer, task, engine_cfg, dist=dist)
     return TeacherExposureEnv(real.env, engine=engine)
 
 

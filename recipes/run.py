@@ -31,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atesd import config as cfglib  # noqa: E402
+from atesd.distributed import Dist, SharedDecisions  # noqa: E402
 from controllers.base import Transition, load_state, run_episode, save_state  # noqa: E402
 from recipes.common import RunConfig, build_controller, build_env, describe  # noqa: E402
 
@@ -62,6 +63,22 @@ def latest_run_dir(cfg: RunConfig) -> Path | None:
         p for p in root.glob(f"{cfg.controller}__{cfg.name}__{cfg.seed}__*") if (p / "config.json").exists()
     ]
     return max(runs, key=lambda p: (p / "config.json").stat().st_mtime) if runs else None
+
+
+class NullLines:
+    """Where the logs of a non-zero torchrun rank go."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def offset(self) -> int:
+        return 0
+
+    def truncate(self, offset: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class JsonLines:
@@ -133,12 +150,14 @@ class Display:
     """A rich progress bar with the run's vital signs on a terminal; plain lines (at most one per
     second, and the last window) otherwise."""
 
-    def __init__(self, total: int, title: str, done: int = 0) -> None:
+    def __init__(self, total: int, title: str, done: int = 0, quiet: bool = False) -> None:
         from rich.console import Console
 
         self.console = Console()
         self.total, self.t0, self.done0, self.last_line = total, time.perf_counter(), done, 0.0
-        self.bar = None
+        self.bar, self.quiet = None, quiet
+        if quiet:
+            return
         if self.console.is_terminal:
             from rich.progress import (
                 BarColumn,
@@ -161,6 +180,8 @@ class Display:
             print(f"{title}: {total} windows ({done} done)", flush=True)
 
     def update(self, done: int, note: str) -> None:
+        if self.quiet:
+            return
         if self.bar is not None:
             self.bar.update(self.task, completed=done, note=note)
             return
@@ -180,19 +201,30 @@ class Display:
 class Run:
     """Owns one run directory: builds the env and controller, drives the episodes, logs, checkpoints."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, resume: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir: Path | None,
+        resume: dict[str, Any] | None = None,
+        dist: Dist | None = None,
+    ) -> None:
         import torch
 
         self.cfg, self.run_dir = cfg, run_dir
+        self.dist = dist or Dist.single()
+        self.main = self.dist.is_main  # under torchrun only rank 0 logs, checkpoints and plots
         torch.set_num_threads(cfg.threads)
-        self.env = build_env(cfg, warmstart_progress=_warmstart_progress(cfg))
+        progress = _warmstart_progress(cfg) if self.main else None
+        self.env = build_env(cfg, warmstart_progress=progress, dist=self.dist)
         self.controller = build_controller(cfg, self.env)
+        if self.dist.active:
+            self.controller = SharedDecisions(self.controller, self.dist)
         self.windows_per_episode = math.ceil(
             (cfg.real.env.total_steps if cfg.env == "real" else cfg.mock.total_steps) / cfg.hold_steps
         )
         self.total_windows = self.windows_per_episode * cfg.episodes
-        self.metrics = JsonLines(run_dir / "metrics.jsonl")
-        self.decisions = JsonLines(run_dir / "decisions.jsonl")
+        self.metrics = JsonLines(run_dir / "metrics.jsonl") if self.main else NullLines()
+        self.decisions = JsonLines(run_dir / "decisions.jsonl") if self.main else NullLines()
         self.loop = {"episode": 0, "window": 0, "global_window": 0, "updates": 0, "obs": None, "seconds": 0.0}
         self.tb = _tensorboard(run_dir) if cfg.tensorboard else None
         if resume is not None:
@@ -206,7 +238,7 @@ class Run:
     def train(self) -> dict[str, Any]:
         cfg, loop = self.cfg, self.loop
         title = f"{cfg.controller} on {cfg.env}"
-        self.display = Display(self.total_windows, title, done=loop["global_window"])
+        self.display = Display(self.total_windows, title, done=loop["global_window"], quiet=not self.main)
         t_start = time.perf_counter() - loop["seconds"]
         try:
             for episode in range(loop["episode"], cfg.episodes):
@@ -228,7 +260,8 @@ class Run:
             if self.tb is not None:
                 self.tb.close()
         summary = self.summary(time.perf_counter() - t_start)
-        (self.run_dir / SUMMARY).write_text(json.dumps(summary, indent=1, default=_jsonable))
+        if self.main:
+            (self.run_dir / SUMMARY).write_text(json.dumps(summary, indent=1, default=_jsonable))
         return summary
 
     def on_step(self, step: int, tr: Transition) -> None:
@@ -268,7 +301,7 @@ class Run:
         if done:
             loop["final_score"] = _finite(info["score"])
             loop["final_eval"] = {k: _finite(v) for k, v in (info.get("eval") or {}).items()}
-        if done or gw % cfg.checkpoint_every == 0:
+        if self.main and (done or gw % cfg.checkpoint_every == 0):
             self.checkpoint(tr, done)
         score = info["score"]
         acc = f" score {score:.3f}" if math.isfinite(float(score)) else ""
@@ -478,12 +511,19 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     return cfglib.load(RunConfig, args.config, overrides)
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None) -> Path | None:
     args = parse_args(argv)
     try:
         cfg = resolve_config(args)
     except cfglib.ConfigError as err:
         raise SystemExit(f"config error: {err}") from None
+    dist = Dist.from_env()  # torchrun: rank 0 decides, logs and saves; every rank trains on its shard
+    if dist.active and args.resume:
+        raise SystemExit("--resume is not supported under torchrun yet: resume a single-process run")
+    if not dist.is_main:
+        Run(cfg, None, None, dist).train()
+        dist.close()
+        return None
     resume_state, run_dir = None, None
     if args.resume:
         run_dir = latest_run_dir(cfg) if args.resume == "auto" else Path(args.resume)
@@ -520,7 +560,8 @@ def main(argv: list[str] | None = None) -> Path:
         run_dir = new_run_dir(cfg)
         (run_dir / "config.json").write_text(json.dumps(cfglib.to_dict(cfg), indent=1))
     print(f"run directory: {run_dir}", flush=True)
-    summary = Run(cfg, run_dir, resume_state).train()
+    summary = Run(cfg, run_dir, resume_state, dist).train()
+    dist.close()
     if cfg.plots:
         plot_run(run_dir)
         summary["plots"] = str(run_dir / "plots")
