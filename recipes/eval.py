@@ -1,0 +1,534 @@
+"""Evaluate a model on a task: Average@n, unbiased pass@k, majority vote, format rate (and greedy accuracy).
+
+    python recipes/eval.py                                       # embedded warm-started model, synthetic task
+    python recipes/eval.py --model Qwen/Qwen3-1.7B --task aime24 --set device=cuda --set dtype=bfloat16
+    python recipes/eval.py --model runs/my_ckpt --task my_set.jsonl --pass-k 1,4,8 --greedy --seed 1
+
+Samples n completions per problem from the student prompt (question only, the tokenizer's chat
+template) with the project's sampler, batched over problems x samples and seeded by one explicit
+torch.Generator, so a run repeats exactly under the same `--seed` (and batch size). Grading is the
+task's own verifier. The sampling defaults are PAPER.md section 4 (temperature 1.0, top-p 0.95,
+thinking on, n = 12, up to 38,912 new tokens) on a math benchmark; on the synthetic task
+`samples=0` and `max_new_tokens=0` mean n = 4 and 96 tokens (its solutions are at most 63 tokens
+at the default bands), so the default run, the 4 x 256 problems of the embedded eval sets x 4
+samples, takes about 20 s on one CPU core. maj@n grades the voted answer alone (on the synthetic
+task the headline `correct` also needs a valid path, so maj@n can exceed pass@n there).
+
+Writes `runs/eval__<task>__<time>/` (never reused): config.json (with the resolved sampling),
+problems.jsonl (one line per problem: its samples' text, extracted answer and correctness, c and n,
+pass@k, the majority vote, the greedy completion) and summary.json (the metrics per evaluation set
+and over all problems, pooled), and prints a table (rich on a terminal, plain text otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from atesd import config as cfglib  # noqa: E402
+from atesd.evaluation import has_answer, majority_vote, pass_at_k, summarize  # noqa: E402
+from atesd.exposure import ExposureConfig, PromptBuilder  # noqa: E402
+from atesd.models import TinyModelConfig  # noqa: E402
+from atesd.rollout import BackendName, RolloutBackend, SamplingParams, make_backend  # noqa: E402
+from atesd.tasks.base import Problem, Task, Verdict  # noqa: E402
+from atesd.tasks.synthetic import ChainBagConfig  # noqa: E402
+from atesd.warmstart import WarmStartConfig  # noqa: E402
+
+PAPER_SAMPLES, PAPER_MAX_NEW_TOKENS = 12, 38_912  # PAPER.md section 4
+SYNTHETIC_SAMPLES, SYNTHETIC_MAX_NEW_TOKENS = 4, 96  # 96: the training sampler's default
+
+
+@dataclass(frozen=True)
+class EvalSamplingConfig:
+    """How completions are sampled (defaults: PAPER.md section 4)."""
+
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (> 0)"})
+    top_p: float = field(default=0.95, metadata={"help": "nucleus filter in (0, 1], 1 = off"})
+    top_k: int = field(default=0, metadata={"help": "top-k filter, 0 = off"})
+    samples: int = field(
+        default=0,
+        metadata={
+            "help": f"samples n per problem; 0 = {PAPER_SAMPLES} (paper), {SYNTHETIC_SAMPLES} on synthetic"
+        },
+    )
+    max_new_tokens: int = field(
+        default=0,
+        metadata={
+            "help": f"longest completion; 0 = {PAPER_MAX_NEW_TOKENS:,} (paper), "
+            f"{SYNTHETIC_MAX_NEW_TOKENS} on synthetic"
+        },
+    )
+    thinking: bool = field(
+        default=True, metadata={"help": "enable_thinking in the student prompt (paper: on)"}
+    )
+    batch_size: int = field(
+        default=64,
+        metadata={
+            "help": "rollouts per sampler call (>= 1); the HF sampler preallocates the KV cache for "
+            "max_new_tokens, so lower it for long real-model rollouts"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(
+                f"temperature must be > 0 (greedy is the separate `greedy` flag), got {self.temperature}"
+            )
+        if self.samples < 0 or self.max_new_tokens < 0 or self.batch_size < 1:
+            raise ValueError("samples and max_new_tokens must be >= 0 (0 = default) and batch_size >= 1")
+        self.params(1)  # top-k / top-p range checks
+
+    def resolved(self, synthetic: bool) -> tuple[int, int]:
+        """(samples n, max_new_tokens) with the 0 defaults filled in for the task kind."""
+        n = self.samples or (SYNTHETIC_SAMPLES if synthetic else PAPER_SAMPLES)
+        return n, self.max_new_tokens or (SYNTHETIC_MAX_NEW_TOKENS if synthetic else PAPER_MAX_NEW_TOKENS)
+
+    def params(self, max_new_tokens: int, greedy: bool = False) -> SamplingParams:
+        t = 0.0 if greedy else self.temperature
+        return SamplingParams(
+            temperature=t, top_k=self.top_k, top_p=self.top_p, max_new_tokens=max_new_tokens
+        )
+
+
+@dataclass(frozen=True)
+class EmbeddedConfig:
+    """The embedded default: the synthetic task and the tiny model's warm start (as run.py's `real.*`)."""
+
+    task: ChainBagConfig = field(default_factory=ChainBagConfig)
+    model: TinyModelConfig = field(default_factory=TinyModelConfig)
+    warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
+    cache_dir: str = field(
+        default="", metadata={"help": "warm-start cache ('' = ~/.cache/atesd or $ATESD_CACHE)"}
+    )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One evaluation of one model on one task."""
+
+    model: str = field(
+        default="", metadata={"help": "local path or HF id; '' = the embedded warm-started model"}
+    )
+    task: str = field(
+        default="synthetic", metadata={"help": "synthetic, a benchmark (aime24, aime25, hmmt25) or a .jsonl"}
+    )
+    data_dir: str = field(
+        default="", metadata={"help": "benchmark files ('' = ../shared/data when it exists)"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the sampling generator (>= 0)"})
+    pass_k: tuple[int, ...] = field(
+        default=(1, 2, 4, 8, 12), metadata={"help": "pass@k budgets (k <= n kept)"}
+    )
+    greedy: bool = field(default=False, metadata={"help": "also decode each problem greedily once"})
+    max_problems: int = field(default=0, metadata={"help": "first N problems of each eval set (0 = all)"})
+    backend: BackendName = field(default="hf", metadata={"help": "rollout backend"})
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = field(
+        default="float32", metadata={"help": "weights dtype of a loaded model"}
+    )
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, ... ('auto' = cuda when available)"})
+    threads: int = field(
+        default=1, metadata={"help": "torch CPU threads (>= 1); the tiny model is fastest on one"}
+    )
+    out_dir: str = field(default="runs", metadata={"help": "where the eval directory is created"})
+    sampling: EvalSamplingConfig = field(default_factory=EvalSamplingConfig)
+    embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
+
+    def __post_init__(self) -> None:
+        for name, ok, rule in (
+            ("seed", self.seed >= 0, ">= 0"),
+            ("max_problems", self.max_problems >= 0, ">= 0"),
+            ("threads", self.threads >= 1, ">= 1"),
+            ("pass_k", bool(self.pass_k) and min(self.pass_k) >= 1, "non-empty, every k >= 1"),
+            ("task", bool(self.task), "non-empty"),
+        ):
+            if not ok:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+
+    @property
+    def synthetic(self) -> bool:
+        return self.task == "synthetic"
+
+
+# ---- model and task -----------------------------------------------------------------------------
+def load_task(cfg: EvalConfig) -> Task:
+    """The embedded synthetic task, or a math benchmark / JSONL through `atesd.tasks.math`."""
+    if cfg.synthetic:
+        from atesd.tasks.synthetic import ChainBagTask
+
+        return ChainBagTask(cfg.embedded.task)
+    try:
+        from atesd.tasks.math import load_benchmark
+    except ModuleNotFoundError as err:
+        if err.name in ("atesd.tasks.math", "atesd.grading"):
+            raise SystemExit(
+                f"--task {cfg.task}: math benchmarks need atesd/tasks/math.py and atesd/grading.py, "
+                "which are not in this checkout yet; use --task synthetic"
+            ) from None
+        raise SystemExit(f"--task {cfg.task}: {err} (pip install -e '.[eval]')") from None
+    default = ROOT.parent / "shared" / "data"
+    data_dir = cfg.data_dir or (str(default) if default.is_dir() else None)
+    return load_benchmark(cfg.task, data_dir)
+
+
+def load_model(cfg: EvalConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model and tokenizer: `cfg.model` by path or hub id, else the embedded warm start (trained
+    once and cached on a miss)."""
+    from atesd.models import load_pretrained
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    if cfg.model:
+        return load_pretrained(cfg.model, dtype=cfg.dtype, device=device)
+    from atesd.tasks.synthetic import ChainBagTask
+    from atesd.warmstart import warm_start
+
+    emb = cfg.embedded
+    progress_cb = _warmstart_progress()
+    model, tokenizer, path, hit = warm_start(
+        ChainBagTask(emb.task), emb.model, emb.warmstart, emb.cache_dir or None, progress_cb
+    )
+    print(f"model: embedded warm start {path} ({'cached' if hit else 'trained now'})", flush=True)
+    return model.to(device), tokenizer
+
+
+def _warmstart_progress():
+    """A progress callback for a warm start that is not cached yet (minutes; a hit never calls it)."""
+    state: dict[str, Any] = {}
+
+    def update(step: int, total: int, loss: float) -> None:
+        if "ctx" not in state:
+            from recipes._progress import progress
+
+            print("warm start: not cached yet, training it once (later runs load it)", flush=True)
+            state["ctx"] = progress("warm start", total)
+            state["update"] = state["ctx"].__enter__()
+        state["update"](step, f"loss {loss:.3f}")
+        if step >= total:
+            state["ctx"].__exit__(None, None, None)
+
+    return update
+
+
+def eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The tokenizer's EOS and the model's generation-config EOS ids (Qwen3 ends a turn with <|im_end|>)."""
+    ids = {tokenizer.eos_token_id}
+    extra = model.generation_config.eos_token_id
+    ids |= set(extra) if isinstance(extra, list) else {extra}
+    return sorted(i for i in ids if i is not None)
+
+
+def answer_key(cfg: EvalConfig) -> Callable[[str], str]:
+    """How the majority vote compares answers: stripped strings on the synthetic task, the grader's
+    normal form on math (`atesd.grading.normalise`: \\dfrac12 and 1/2 meet, 0.5 stays apart)."""
+    if cfg.synthetic:
+        return str.strip
+    from atesd.grading import normalise
+
+    return normalise
+
+
+# ---- sampling -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rollout:
+    """One decoded completion."""
+
+    text: str
+    num_tokens: int
+    finished: bool
+
+
+def generate(
+    backend: RolloutBackend,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[int]],
+    params: SamplingParams,
+    batch_size: int,
+    generator: torch.Generator | None,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[Rollout]:
+    """Completions of `prompts` in order, `batch_size` per sampler call, one generator throughout."""
+    out: list[Rollout] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = backend.generate(prompts[start : start + batch_size], params, generator)
+        texts = tokenizer.batch_decode(batch.completion_ids, skip_special_tokens=True)
+        out += [Rollout(t, len(c), f) for t, c, f in zip(texts, batch.completion_ids, batch.finished)]
+        if on_batch is not None:
+            on_batch(len(out))
+    return out
+
+
+def sample_record(rollout: Rollout, verdict: Verdict) -> dict[str, Any]:
+    """One sample's entry in problems.jsonl: its text, what was extracted and how it graded."""
+    return {
+        "text": rollout.text,
+        "predicted": verdict.predicted,
+        "correct": verdict.correct,
+        "answer_correct": verdict.answer_correct,
+        "path_valid": verdict.path_valid,
+        "has_answer": has_answer(verdict),
+        "num_tokens": rollout.num_tokens,
+        "finished": rollout.finished,
+    }
+
+
+def problem_record(
+    name: str,
+    index: int,
+    problem: Problem,
+    samples: list[tuple[Rollout, Verdict]],
+    ks: list[int],
+    key: Callable[[str], str],
+) -> dict[str, Any]:
+    """The problems.jsonl line of one problem."""
+    verdicts = [v for _, v in samples]
+    n, c = len(verdicts), sum(v.correct for v in verdicts)
+    vote = majority_vote([v.predicted for v in verdicts], [v.answer_correct for v in verdicts], key)
+    return {
+        "set": name,
+        "index": index,
+        "id": str(problem.meta.get("id", f"{name}/{index}")),
+        "band": problem.band,
+        "question": problem.question,
+        "gold": problem.answer,
+        "n": n,
+        "c": c,
+        "accuracy": c / n,
+        "pass_at": {str(k): pass_at_k(n, c, k) for k in ks},
+        "majority": {"answer": vote.answer, "count": vote.count, "correct": vote.correct},
+        "samples": [sample_record(r, v) for r, v in samples],
+    }
+
+
+# ---- the evaluation -----------------------------------------------------------------------------
+def sample_sets(
+    cfg: EvalConfig, prompts: list[list[int]], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> tuple[list[Rollout], list[Rollout]]:
+    """n sampled completions per prompt (prompt-major: prompt i's are [i * n, (i + 1) * n)) from one
+    generator seeded by `cfg.seed`, and with `cfg.greedy` one greedy completion per prompt."""
+    from recipes._progress import progress
+
+    n, max_new_tokens = cfg.sampling.resolved(cfg.synthetic)
+    backend = make_backend(cfg.backend, model, eos_ids(model, tokenizer), tokenizer.pad_token_id)
+    device = next(model.parameters()).device
+    seed = int(np.random.SeedSequence(cfg.seed).generate_state(1)[0])
+    generator = torch.Generator(device=device).manual_seed(seed)
+    flat = [ids for ids in prompts for _ in range(n)]
+    batch_size = cfg.sampling.batch_size
+    with progress(f"sampling {len(flat)} completions", len(flat)) as update:
+        params = cfg.sampling.params(max_new_tokens)
+        rollouts = generate(backend, tokenizer, flat, params, batch_size, generator, update)
+    if not cfg.greedy:
+        return rollouts, []
+    params = cfg.sampling.params(max_new_tokens, greedy=True)
+    return rollouts, generate(backend, tokenizer, prompts, params, batch_size, None)
+
+
+def grade_all(
+    task: Task,
+    sets: dict[str, list[Problem]],
+    rollouts: list[Rollout],
+    greedy: list[Rollout],
+    ks: list[int],
+    key: Callable[[str], str],
+    path: Path,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Grades every completion, writes one problems.jsonl line per problem, and returns the metrics
+    per set and over all problems."""
+    n = len(rollouts) // sum(len(ps) for ps in sets.values())
+    per_set: dict[str, Any] = {}
+    every: tuple[list[list[Verdict]], list[bool]] = ([], [])
+    offset = 0
+    with path.open("w", encoding="utf-8") as fh:
+        for name, problems in sets.items():
+            verdicts: list[list[Verdict]] = []
+            greedy_ok: list[bool] = []
+            for i, problem in enumerate(problems):
+                graded = [(r, task.verify(problem, r.text)) for r in rollouts[offset * n : (offset + 1) * n]]
+                record = problem_record(name, i, problem, graded, ks, key)
+                if greedy:
+                    verdict = task.verify(problem, greedy[offset].text)
+                    record["greedy"] = sample_record(greedy[offset], verdict)
+                    greedy_ok.append(verdict.correct)
+                fh.write(json.dumps(record) + "\n")
+                verdicts.append([v for _, v in graded])
+                offset += 1
+            per_set[name] = _metrics(verdicts, greedy_ok, ks, key)
+            every[0].extend(verdicts)
+            every[1].extend(greedy_ok)
+    return per_set, _metrics(*every, ks=ks, key=key)
+
+
+def evaluate(cfg: EvalConfig, run_dir: Path) -> dict[str, Any]:
+    """Samples, grades and writes problems.jsonl; returns the summary (main writes summary.json)."""
+    t0 = time.perf_counter()
+    torch.set_num_threads(cfg.threads)
+    task = load_task(cfg)
+    model, tokenizer = load_model(cfg)
+    n, max_new_tokens = cfg.sampling.resolved(cfg.synthetic)
+    ks = sorted(k for k in set(cfg.pass_k) if k <= n)
+    if len(ks) < len(set(cfg.pass_k)):
+        print(f"pass@k: k > n = {n} left out ({sorted(set(cfg.pass_k) - set(ks))})", flush=True)
+    sets = {name: problems[: cfg.max_problems or None] for name, problems in task.eval_sets().items()}
+    exposure = ExposureConfig(student_thinking=cfg.sampling.thinking)
+    builder = PromptBuilder(tokenizer, task.prompt_format, exposure)
+    prompts = [builder.encode(builder.student_prompt(p)) for ps in sets.values() for p in ps]
+    rollouts, greedy = sample_sets(cfg, prompts, model, tokenizer)
+    per_set, overall = grade_all(
+        task, sets, rollouts, greedy, ks, answer_key(cfg), run_dir / "problems.jsonl"
+    )
+    sampling = cfglib.to_dict(cfg.sampling) | {"samples": n, "max_new_tokens": max_new_tokens}
+    return {
+        "task": cfg.task,
+        "model": cfg.model or "embedded",
+        "seed": cfg.seed,
+        "sampling": sampling,
+        "sets": per_set,
+        "all": overall,
+        "completions": len(rollouts),
+        "tokens": sum(r.num_tokens for r in rollouts),
+        "truncated_rate": float(np.mean([not r.finished for r in rollouts])),
+        "seconds": time.perf_counter() - t0,
+        "run_dir": str(run_dir),
+    }
+
+
+def _metrics(
+    verdicts: list[list[Verdict]], greedy_ok: list[bool], ks: list[int], key: Callable[[str], str]
+) -> dict[str, Any]:
+    out = summarize(verdicts, ks, key)
+    out["pass_at"] = {str(k): v for k, v in out["pass_at"].items()}  # JSON keys are strings anyway
+    if greedy_ok:
+        out["greedy_accuracy"] = float(np.mean(greedy_ok))
+    return out
+
+
+# ---- output -------------------------------------------------------------------------------------
+def new_run_dir(out: Path, task: str) -> Path:
+    """A new <out>/eval__<task>__<YYYYmmdd-HHMMSS>[-k]; an existing directory is never reused."""
+    name = Path(task).stem if task.endswith(".jsonl") else task.replace("/", "_")
+    base = out / f"eval__{name}__{time.strftime('%Y%m%d-%H%M%S')}"
+    path, k = base, 0
+    while True:
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            k += 1
+            path = base.with_name(f"{base.name}-{k}")
+
+
+def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Column names and one row per evaluation set plus the overall row."""
+    n = summary["sampling"]["samples"]
+    ks = list(summary["all"]["pass_at"])
+    greedy = "greedy_accuracy" in summary["all"]
+    cols = ["set", "problems", f"avg@{n}", *(f"pass@{k}" for k in ks), f"maj@{n}", "format"]
+    cols += ["greedy"] if greedy else []
+    rows = []
+    for name, m in [*summary["sets"].items(), ("all", summary["all"])]:
+        row = [name, str(m["problems"]), _pct(m["avg_at_n"]), *(_pct(m["pass_at"][k]) for k in ks)]
+        row += [_pct(m["maj_at_n"]), _pct(m["format_rate"])] + (
+            [_pct(m["greedy_accuracy"])] if greedy else []
+        )
+        rows.append(row)
+    return cols, rows
+
+
+def _pct(value: float) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    """A rich table on a terminal; plain aligned lines otherwise (logs, CI, files)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    cols, rows = table_rows(summary)
+    caption = (
+        f"{summary['model']} on {summary['task']}: {summary['completions']} completions, "
+        f"{summary['seconds']:.0f} s; maj@n grades the voted answer alone; {summary['run_dir']}"
+    )
+    if console.is_terminal:
+        table = Table(title="evaluation", caption=caption)
+        for i, col in enumerate(cols):
+            table.add_column(col, justify="left" if i == 0 else "right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        return
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    for row in (cols, *rows):
+        print("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))))
+    print(caption)
+
+
+# ---- command line -------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    fields = "\n".join(
+        f"  {key} = {default}    {help_}" for key, default, help_ in cfglib.describe(EvalConfig)
+    )
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        epilog=f"config fields (set any with key=value or --set key=value):\n{fields}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides by dotted key")
+    parser.add_argument("--config", help="a YAML config file; overrides apply on top")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
+    parser.add_argument("--model", help="local path or HF id (config field `model`)")
+    parser.add_argument("--task", help="synthetic, aime24, aime25, hmmt25 or a .jsonl (config field `task`)")
+    parser.add_argument("--data-dir", help="benchmark data folder (config field `data_dir`)")
+    parser.add_argument("--seed", type=int, help="seed (config field `seed`)")
+    parser.add_argument("--pass-k", help="comma-separated pass@k budgets, e.g. 1,4,8 (config field `pass_k`)")
+    parser.add_argument("--greedy", action="store_true", default=None, help="also report greedy accuracy")
+    return parser.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> EvalConfig:
+    overrides = list(args.overrides) + list(args.set)
+    for key, value in (("model", args.model), ("task", args.task), ("data_dir", args.data_dir),
+                       ("seed", args.seed), ("greedy", args.greedy)):  # fmt: skip
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value) if isinstance(value, str) else str(value).lower()}")
+    if args.pass_k is not None:
+        overrides.append(f"pass_k=[{args.pass_k}]")
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise cfglib.ConfigError(f"override '{bad[0]}' must look like key.path=value")
+    return cfglib.load(EvalConfig, args.config, overrides)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Runs one evaluation; returns its directory."""
+    args = parse_args(argv)
+    try:
+        cfg = resolve_config(args)
+    except cfglib.ConfigError as err:
+        raise SystemExit(f"config error: {err}") from None
+    run_dir = new_run_dir(Path(cfg.out_dir), cfg.task)
+    n, max_new_tokens = cfg.sampling.resolved(cfg.synthetic)
+    record = cfglib.to_dict(cfg) | {"resolved": {"samples": n, "max_new_tokens": max_new_tokens}}
+    (run_dir / "config.json").write_text(json.dumps(record, indent=1))
+    print(f"eval directory: {run_dir}", flush=True)
+    summary = evaluate(cfg, run_dir)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    print_table(summary)
+    return run_dir
+
+
+if __name__ == "__main__":
+    main()
