@@ -1,0 +1,321 @@
+"""Grading a final answer against a gold one (the OPSD/ATESD evaluation protocol).
+
+Owns answer extraction (the last `\\boxed{}`), string normalisation, and equivalence: math-verify with
+the gold first, under our own thread-based timeout, then a normalised string compare as fallback.
+Knows nothing of tasks, models or prompts. math-verify (the `[eval]` extra) is imported lazily;
+without it grading is the string compare alone, said once in the log.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import functools
+import logging
+import math
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Literal, TypeVar
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+INSTALL_HINT = "pip install -e '.[eval]'  (or: pip install math-verify)"
+_BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BRACE = re.compile(r"[{}]")
+
+
+class MathVerifyMissing(ImportError):
+    """math-verify was required (GradeConfig.math_verify="require") but is not installed."""
+
+    def __init__(self) -> None:
+        super().__init__(f"math-verify is required for this grading but is not installed: {INSTALL_HINT}")
+
+
+class _Abandoned(BaseException):
+    """Raised inside an abandoned check's thread to stop it (BaseException: library code that
+    catches Exception, as math-verify does, does not swallow it)."""
+
+
+@dataclass(frozen=True)
+class GradeConfig:
+    """How a prediction is graded."""
+
+    timeout_s: float = field(
+        default=5.0, metadata={"help": "give up on one math-verify check after this long (counts as wrong)"}
+    )
+    math_verify: Literal["auto", "require", "off"] = field(
+        default="auto",
+        metadata={
+            "help": "auto: math-verify when installed, else the string compare; require: fail without "
+            "it; off: string compare only"
+        },
+    )
+    bare_answer_chars: int = field(
+        default=64,
+        metadata={
+            "help": "a prediction with no \\boxed{} that is one line of at most this many characters is "
+            "taken as a bare answer (0: never)"
+        },
+    )
+    max_answer_chars: int = field(
+        default=1000, metadata={"help": "longer extracted answers skip math-verify (string compare only)"}
+    )
+    max_digits: int = field(
+        default=10_000,
+        metadata={
+            "help": "answers whose exact evaluation could build integers of more decimal digits skip "
+            "math-verify: big-integer arithmetic holds the GIL and no thread timeout can stop it"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.math_verify not in ("auto", "require", "off"):
+            raise ValueError(f"math_verify must be auto, require or off, got {self.math_verify!r}")
+        for name in ("bare_answer_chars", "max_answer_chars", "max_digits"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class Grade:
+    """One graded prediction.
+
+    method: "math_verify" when math-verify ran and decided (the string compare did not overturn a
+    no), "string" when the normalised string compare decided, "timeout" when math-verify ran past
+    timeout_s (counted wrong), "no_answer" when nothing could be extracted.
+    """
+
+    correct: bool
+    method: Literal["math_verify", "string", "timeout", "no_answer"]
+    predicted: str | None
+
+
+# ---- extraction -----------------------------------------------------------------------------
+def last_boxed_span(text: str) -> tuple[int, int, int, int] | None:
+    """(start of `\\boxed{`, start of content, end of content, end after `}`) of the last box whose
+    braces close, or None. `\\fbox{}` counts as a box; nested braces are matched."""
+    openers = list(_BOX_OPEN.finditer(text))
+    if not openers:
+        return None
+    closing: dict[int, int] = {}  # position of each "{" that closes -> position of its "}"
+    stack: list[int] = []
+    for brace in _BRACE.finditer(text, openers[0].end() - 1):
+        if brace.group() == "{":
+            stack.append(brace.start())
+        elif stack:
+            closing[stack.pop()] = brace.start()
+    for opener in reversed(openers):
+        end = closing.get(opener.end() - 1)
+        if end is not None:
+            return opener.start(), opener.end(), end, end + 1
+    return None
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last `\\boxed{...}` or `\\fbox{...}` in `text` (brace-matched), or None.
+
+    A box left unclosed (a truncated completion) is passed over for the last one that closes.
+    """
+    span = last_boxed_span(text)
+    return None if span is None else text[span[1] : span[2]]
+
+
+def extract_answer(prediction: str, bare_answer_chars: int = 64) -> str | None:
+    """The last boxed answer of `prediction`; with no box, the whole stripped prediction when it is
+    one line of at most `bare_answer_chars` characters (a bare answer such as "42" or "$1/2$")."""
+    boxed = last_boxed(prediction)
+    if boxed is not None:
+        return boxed.strip()
+    bare = prediction.strip()
+    if bare and "\n" not in bare and len(bare) <= bare_answer_chars:
+        return bare
+    return None
+
+
+# ---- the string fallback --------------------------------------------------------------------
+_REMOVE = re.compile(
+    r"\$|\\[()\[\]]|\\left(?![a-zA-Z])|\\right(?![a-zA-Z])|\\displaystyle|\\[!,;: ]|\\q?quad"
+    r"|\^\s*\{?\s*\\circ\s*\}?|°|\\?%"
+)
+_UNIT_SUFFIX = re.compile(r"^(.*[\d}])\s*\\(?:text|mbox|mathrm)\s*\{[^{}]*\}$")
+_TEXT_WRAP = re.compile(r"\\(?:text|textbf|textrm|mathrm|mbox|operatorname)\s*\{([^{}]*)\}")
+_LEADING_VAR = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?=(?=.)")
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_DECIMAL = re.compile(r"(-?)(\d*)\.(\d+)")
+
+
+def normalise(answer: str) -> str:
+    """A canonical string form of a final answer, for the string compare.
+
+    Takes a whole-string box's content; drops $ and math delimiters, \\left/\\right, spacing
+    commands (\\! \\, \\; \\quad), \\displaystyle, degrees (^\\circ), percent signs, a trailing unit
+    `\\text{...}` after a number, a trailing period and all whitespace; unwraps \\text{}/\\mathrm{};
+    drops a leading `x=`; \\dfrac/\\tfrac -> \\frac, \\frac12 -> \\frac{1}{2}, \\sqrt2 -> \\sqrt{2}, an
+    integer a/b -> \\frac{a}{b}; removes thousands separators of plain numbers and trailing decimal
+    zeros (2.50 -> 2.5, 3.0 -> 3); strips braces around the whole answer.
+    """
+    s = answer.strip()
+    span = last_boxed_span(s)
+    if span is not None and span[0] == 0 and span[3] == len(s):
+        s = s[span[1] : span[2]]
+    s = s.replace("\u2212", "-").replace("{,}", ",")
+    s = re.sub(r"\\[dt]frac", r"\\frac", _REMOVE.sub("", s)).strip()
+    s = _UNIT_SUFFIX.sub(r"\1", s)
+    s = _TEXT_WRAP.sub(r"\1", s)
+    s = re.sub(r"\s+", "", s).rstrip(".")
+    s = _LEADING_VAR.sub("", s)
+    while s.startswith("{") and s.endswith("}") and _balanced(s[1:-1]):
+        s = s[1:-1]
+    if _THOUSANDS.fullmatch(s):
+        s = s.replace(",", "")
+    s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\sqrt(\d+)", r"\\sqrt{\1}", s)
+    s = re.sub(r"^(-?\d+)/(\d+)$", r"\\frac{\1}{\2}", s)
+    decimal = _DECIMAL.fullmatch(s)
+    if decimal:
+        sign, whole, frac = decimal.groups()
+        frac = frac.rstrip("0")
+        s = f"{sign}{whole or '0'}" + (f".{frac}" if frac else "")
+    return s
+
+
+def _balanced(s: str) -> bool:
+    depth = 0
+    for ch in s:
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+# ---- math-verify ----------------------------------------------------------------------------
+@functools.cache
+def _math_verify_module() -> ModuleType | None:
+    """math_verify, imported once; None (logged once) when it is not installed."""
+    try:
+        import math_verify
+    except ImportError:
+        logger.warning(
+            "math-verify is not installed: grading by normalised string compare only (%s)", INSTALL_HINT
+        )
+        return None
+    return math_verify
+
+
+def require_math_verify() -> ModuleType:
+    """math_verify, or MathVerifyMissing with the install hint (for callers that need it)."""
+    module = _math_verify_module()
+    if module is None:
+        raise MathVerifyMissing()
+    return module
+
+
+def _math_verify_equal(mv: ModuleType, gold: str, predicted: str, cfg: GradeConfig) -> bool | None:
+    """math-verify's verdict, gold first, with its signal-based timeouts off (they only work on the
+    main thread); None when an answer is too large to evaluate safely (see GradeConfig.max_digits)."""
+    parsed_gold = mv.parse(f"\\boxed{{{gold}}}", parsing_timeout=None)
+    parsed_pred = mv.parse(f"\\boxed{{{predicted}}}", parsing_timeout=None)
+    if not all(
+        _log10_size(e) <= cfg.max_digits for e in [*parsed_gold, *parsed_pred] if not isinstance(e, str)
+    ):
+        return None
+    return bool(mv.verify(parsed_gold, parsed_pred, timeout_seconds=None))
+
+
+def _log10_size(expr: Any) -> float:
+    """An upper bound on the decimal digits of the exact numbers evaluating a parsed (unevaluated)
+    sympy expression can build; inf when astronomically large (power towers, huge factorials)."""
+    from sympy import Number, Pow, binomial, factorial, factorial2, subfactorial
+
+    if isinstance(expr, Number):
+        if expr.is_Rational:
+            return math.log10(max(abs(int(expr.p)), int(expr.q), 1))
+        magnitude = abs(float(expr)) if expr.is_finite else 0.0  # a Float; oo and nan are small
+        return math.log10(magnitude) if magnitude > 1 else 0.0
+    sizes = [_log10_size(a) for a in getattr(expr, "args", ()) if not isinstance(a, str)]
+    if not sizes:
+        return 0.0
+    if isinstance(expr, Pow):
+        return sizes[0] * _pow10(sizes[1]) if sizes[0] > 0 else 0.0
+    if isinstance(expr, factorial | factorial2 | subfactorial | binomial):
+        n = _pow10(sizes[0])
+        return n * math.log10(max(n, 1.0)) if math.isfinite(n) else math.inf
+    return sum(sizes)
+
+
+def _pow10(x: float) -> float:
+    return math.inf if x > 300 else 10.0**x
+
+
+def _run_with_timeout(fn: Callable[[], T], timeout_s: float) -> T:
+    """fn() in a fresh daemon thread; concurrent.futures.TimeoutError after timeout_s.
+
+    On timeout the thread is abandoned, not joined: the caller returns at once, and an exception is
+    raised inside the thread to stop it at its next Python bytecode. A single long C-level step (one
+    huge integer power) cannot be interrupted and holds the GIL until it ends, which is why
+    GradeConfig.max_digits screens such answers before math-verify sees them.
+    """
+    future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def target() -> None:
+        try:
+            future.set_result(fn())
+        except _Abandoned:
+            pass
+        except BaseException as exc:  # noqa: B036 - handed to the waiting caller
+            future.set_exception(exc)
+
+    thread = threading.Thread(target=target, name="atesd-grade", daemon=True)
+    thread.start()
+    try:
+        return future.result(timeout=timeout_s)
+    except concurrent.futures.TimeoutError:
+        if thread.ident is not None and not future.done():
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(thread.ident), ctypes.py_object(_Abandoned)
+            )
+        raise
+
+
+# ---- the grade ------------------------------------------------------------------------------
+def grade(prediction: str, gold: str, cfg: GradeConfig | None = None) -> Grade:
+    """Grade a prediction (a completion or a bare answer) against a gold answer.
+
+    The predicted answer is the last `\\boxed{}` of `prediction` (or a short bare answer, see
+    GradeConfig.bare_answer_chars). `gold` may be bare or boxed. math-verify checks
+    verify(parse(gold), parse(pred)) in a worker thread, given up after cfg.timeout_s (wrong, method
+    "timeout"; the abandoned thread is stopped at its next bytecode but may run on briefly); when it
+    says no, is unavailable or skipped, the normalised strings are compared. Safe to call from any
+    thread. (math-verify logs once that its own signal timeouts are off: this timeout replaces them.)
+    """
+    cfg = cfg or GradeConfig()
+    predicted = extract_answer(prediction, cfg.bare_answer_chars)
+    if predicted is None:
+        return Grade(False, "no_answer", None)
+    gold_answer = last_boxed(gold)
+    gold_answer = gold.strip() if gold_answer is None else gold_answer.strip()
+    string_equal = normalise(predicted) == normalise(gold_answer)
+    mv = None if cfg.math_verify == "off" else _math_verify_module()
+    if mv is None and cfg.math_verify == "require":
+        raise MathVerifyMissing()
+    if mv is None or len(predicted) > cfg.max_answer_chars:
+        return Grade(string_equal, "string", predicted)
+    try:
+        verdict = _run_with_timeout(
+            lambda: _math_verify_equal(mv, gold_answer, predicted, cfg), cfg.timeout_s
+        )
+    except concurrent.futures.TimeoutError:
+        return Grade(False, "timeout", predicted)
+    except Exception:  # a math-verify failure is not the caller's: fall back to the strings
+        logger.debug("math-verify failed on %r vs %r", predicted[:200], gold_answer[:200], exc_info=True)
+        verdict = None
+    if verdict:
+        return Grade(True, "math_verify", predicted)
+    return Grade(string_equal, "string" if string_equal or verdict is None else "math_verify", predicted)

@@ -1,0 +1,187 @@
+"""atesd.grading: last-box extraction, the string fallback, math-verify (gold first) on the real
+AIME/HMMT answers, the thread-based timeout, and grading without math-verify."""
+
+import json
+import re
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from atesd import grading
+from atesd.grading import GradeConfig, MathVerifyMissing, grade, last_boxed, normalise, require_math_verify
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+BENCH_FILES = ("aime24.jsonl", "aime25.jsonl", "hmmt25.jsonl")
+# sympy's integrator does not finish on this within 90 s (measured: killed at 90 s, 214 MB), in pure
+# Python, so a thread timeout can stop it
+SLOW = "\\boxed{\\int_{0}^{1} e^{x^{3}}\\sin(x^{2})\\cos(x^{5}) dx}"
+
+
+def needs_math_verify():
+    return pytest.importorskip("math_verify", reason="math-verify is the optional extra [eval]")
+
+
+def gold_answers() -> list[str]:
+    if not all((DATA / f).is_file() for f in BENCH_FILES):
+        pytest.skip(f"the benchmark files {BENCH_FILES} are not in {DATA} (shared data absent)")
+    return [json.loads(line)["answer"] for f in BENCH_FILES for line in (DATA / f).read_text().splitlines()]
+
+
+@pytest.fixture
+def no_math_verify(monkeypatch):
+    """math_verify made unimportable, and the cached import forgotten before and after."""
+    grading._math_verify_module.cache_clear()
+    monkeypatch.setitem(sys.modules, "math_verify", None)
+    yield
+    grading._math_verify_module.cache_clear()
+
+
+def test_last_boxed_by_hand():
+    assert last_boxed("so $\\boxed{\\frac{1}{2}}$.") == "\\frac{1}{2}"
+    assert last_boxed("\\boxed{1} then \\boxed{2} and finally \\boxed{ {3}^{4} }") == " {3}^{4} "
+    assert last_boxed("\\boxed{\\sqrt{\\frac{95}{24}}} x") == "\\sqrt{\\frac{95}{24}}"
+    assert last_boxed("the answer is \\fbox{7}") == "7"
+    assert last_boxed("no box here, 42") is None
+    assert last_boxed("\\boxed{5} and a truncated \\boxed{\\frac{1}{") == "5"  # the last box that closes
+    assert last_boxed("\\boxed {12}") == "12"
+
+
+def test_normalise_by_hand():
+    assert normalise("$\\dfrac{1}{2}$.") == normalise("\\frac12") == "\\frac{1}{2}"
+    assert normalise("1/2") == "\\frac{1}{2}"
+    assert normalise("x = 1{,}080") == normalise("1,080") == "1080"
+    assert normalise("\\left( 1, 2 \\right)") == "(1,2)"
+    assert normalise("90^\\circ") == normalise("90^{\\circ}") == "90"
+    assert normalise("10\\text{ cm}") == "10" and normalise("\\text{east}") == "east"
+    assert normalise("2.50") == "2.5" and normalise("3.0") == "3" and normalise(".5") == "0.5"
+    assert normalise("\\boxed{9 \\sqrt{15}}") == "9\\sqrt{15}"
+    assert normalise("50\\%") == "50" and normalise("\\!1\\,000") == "1000"
+
+
+def test_extraction_rules():
+    result = grade("after much work: \\boxed{42}. Done.", "42")
+    assert result.correct and result.predicted == "42"
+    assert grade("42", "\\boxed{42}").correct  # a bare prediction, a boxed gold
+    long_text = "I think the answer is probably 42 but I am not sure about that at all, honestly"
+    assert grade(long_text, "42") == grading.Grade(False, "no_answer", None)
+    assert grade("line one\n42", "42").method == "no_answer"
+    assert not grade("42", "42", GradeConfig(bare_answer_chars=0)).correct
+
+
+def test_every_benchmark_gold_in_equivalent_forms_is_correct():
+    needs_math_verify()
+    for gold in gold_answers():
+        forms = [
+            gold,
+            f"Putting it together, the answer is $\\boxed{{{gold}}}$. Done.",
+            f"$ {gold} $",
+            f"\\boxed{{ {gold.replace(' ', '')} }}",
+            f"\\boxed{{{gold.replace('frac', 'dfrac')}}} is what we get",
+        ]
+        for pred in forms:
+            result = grade(pred, gold)
+            assert result.correct and result.method == "math_verify", (gold, pred, result)
+
+
+def test_equivalent_but_differently_written_answers():
+    needs_math_verify()
+    pairs = [
+        ("\\frac{1}{576}", "1/576"),
+        ("\\frac{1}{576}", "\\boxed{\\frac{2}{1152}}"),
+        ("9\\sqrt{15}", "\\boxed{9 \\sqrt{15}}"),
+        ("9\\sqrt{15}", "\\boxed{\\sqrt{1215}}"),
+        ("\\frac{9 \\sqrt{23}}{23}", "\\boxed{\\frac{9}{\\sqrt{23}}}"),
+        (
+            "\\frac{-1+\\sqrt{17}}{2}, \\frac{-1-\\sqrt{17}}{2}",
+            "\\boxed{\\frac{-1-\\sqrt{17}}{2}, \\frac{-1+\\sqrt{17}}{2}}",
+        ),
+        ("2^{25} \\cdot 26!", "\\boxed{26! \\cdot 2^{25}}"),
+        ("73", "so the answer is $\\boxed{073}$"),
+        ("1080", "\\boxed{1,080}"),
+        ("204", "\\boxed{x = 204}"),
+    ]
+    for gold, pred in pairs:
+        assert grade(pred, gold).correct, (gold, pred)
+
+
+def perturbed(gold: str) -> list[str]:
+    """Answers that differ from gold: +1, a changed digit, an inverted fraction."""
+    out = [f"{gold}+1" if not gold.lstrip("-").isdigit() else str(int(gold) + 1)]
+    digit = re.search(r"[1-8]", gold)
+    if digit:
+        out.append(gold[: digit.start()] + str(int(digit.group()) + 1) + gold[digit.end() :])
+    frac = re.fullmatch(r"\\frac\{(\d+)\}\{(\d+)\}", gold)
+    if frac:
+        out.append(f"\\frac{{{frac.group(2)}}}{{{frac.group(1)}}}")
+    return out
+
+
+def test_every_benchmark_gold_perturbed_is_wrong():
+    needs_math_verify()
+    for gold in gold_answers():
+        for wrong in perturbed(gold):
+            result = grade(f"The answer is \\boxed{{{wrong}}}.", gold)
+            assert not result.correct, (gold, wrong, result)
+    assert not grade(
+        "\\boxed{\\frac{-1+\\sqrt{17}}{2}}", "\\frac{-1+\\sqrt{17}}{2}, \\frac{-1-\\sqrt{17}}{2}"
+    ).correct
+
+
+def test_grading_from_several_threads_matches_serial():
+    needs_math_verify()
+    golds = gold_answers()
+    jobs = [(f"\\boxed{{{g}}}", g) for g in golds] + [(f"\\boxed{{{perturbed(g)[0]}}}", g) for g in golds]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(lambda job: grade(*job).correct, jobs))
+    assert threaded == [True] * len(golds) + [False] * len(golds)
+
+
+def test_pathological_answer_times_out_from_a_worker_thread():
+    needs_math_verify()
+    cfg = GradeConfig(timeout_s=1.0)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(1) as pool:
+        result = pool.submit(grade, SLOW, "103", cfg).result(timeout=30)
+    elapsed = time.perf_counter() - start
+    assert result.method == "timeout" and not result.correct
+    assert elapsed < cfg.timeout_s + 2.0, elapsed
+    deadline = time.perf_counter() + 5.0  # the abandoned check is stopped, not left computing
+    while any(t.name == "atesd-grade" for t in threading.enumerate()) and time.perf_counter() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name == "atesd-grade" for t in threading.enumerate())
+
+
+def test_astronomical_numbers_are_screened_not_computed():
+    """9^(9^9) would be one C-level big-integer power holding the GIL for minutes: no thread timeout
+    could stop it, so such answers never reach math-verify."""
+    needs_math_verify()
+    for huge in ("9^{9^{9}}", "(10^{7})!", "2^{2^{2^{2^{2}}}}"):
+        start = time.perf_counter()
+        result = grade(f"\\boxed{{{huge}}}", "103")
+        assert result == grading.Grade(False, "string", huge)
+        assert time.perf_counter() - start < 2.0
+    assert grade("\\boxed{2^{16}}", "65536").correct  # modest powers still go through math-verify
+
+
+def test_without_math_verify_the_string_compare_decides(no_math_verify, caplog):
+    with caplog.at_level("WARNING", logger="atesd.grading"):
+        assert grade("so \\boxed{1/576}.", "\\frac{1}{576}") == grading.Grade(True, "string", "1/576")
+        assert grade("\\boxed{9 \\sqrt{15}}", "9\\sqrt{15}").correct
+        assert not grade("\\boxed{0.5}", "\\frac{1}{2}").correct  # what only math-verify would see
+    warnings = [r.getMessage() for r in caplog.records if "math-verify is not installed" in r.getMessage()]
+    assert len(warnings) == 1 and "[eval]" in warnings[0]  # said once, naming the extra
+    with pytest.raises(MathVerifyMissing, match=r"\[eval\]"):
+        grade("\\boxed{1}", "1", GradeConfig(math_verify="require"))
+    with pytest.raises(MathVerifyMissing):
+        require_math_verify()
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError, match="timeout_s"):
+        GradeConfig(timeout_s=0)
+    with pytest.raises(ValueError, match="math_verify"):
+        GradeConfig(math_verify="maybe")
