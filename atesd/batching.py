@@ -22,7 +22,8 @@ def completion_hidden(
     """
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
-    ids, mask = left_pad([p + c for p, c in zip(prompts, completions)], pad_id)  # (B, T), bool (B, T)
+    device = next(model.parameters()).device
+    ids, mask = left_pad([p + c for p, c in zip(prompts, completions)], pad_id, device)  # (B, T), (B, T)
     mask = mask.long()
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     hidden = model.get_decoder()(
@@ -32,7 +33,7 @@ def completion_hidden(
     rows, cols = [], []
     for i, (p, c) in enumerate(zip(prompts, completions)):
         first = width - len(p) - len(c) + len(p) - 1  # predicts completion token 0
-        rows.append(torch.full((len(c),), i, dtype=torch.long))
-        cols.append(torch.arange(first, first + len(c)))
-    targets = torch.tensor([t for c in completions for t in c], dtype=torch.long)
+        rows.append(torch.full((len(c),), i, dtype=torch.long, device=device))
+        cols.append(torch.arange(first, first + len(c), device=device))
+    targets = torch.tensor([t for c in completions for t in c], dtype=torch.long, device=device)
     return hidden[torch.cat(rows), torch.cat(cols)], targets  # (N, H), (N,)

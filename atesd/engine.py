@@ -314,8 +314,9 @@ class DistillEngine:
         if self.dist.active:  # each rank its own shard of problems and samples; evaluation shared
             data_seq, sample_seq = np.random.SeedSequence([seed, self.dist.rank]).spawn(2)
         self.rng = np.random.default_rng(data_seq)
-        self.sample_gen = torch.Generator().manual_seed(int(sample_seq.generate_state(1)[0]))
-        self.eval_gen = torch.Generator().manual_seed(int(eval_seq.generate_state(1)[0]))
+        device = next(self.student.parameters()).device  # samplers draw on the model's device
+        self.sample_gen = torch.Generator(device=device).manual_seed(int(sample_seq.generate_state(1)[0]))
+        self.eval_gen = torch.Generator(device=device).manual_seed(int(eval_seq.generate_state(1)[0]))
 
     # ---- measurements -----------------------------------------------------------------------
     @torch.no_grad()

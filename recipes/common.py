@@ -18,7 +18,8 @@ import gymnasium as gym
 
 from atesd import config as cfglib
 from atesd.engine import EngineConfig
-from atesd.models import TinyModelConfig
+from atesd.models import HFModelConfig, LoraSettings, TinyModelConfig
+from atesd.tasks.math import MathDataConfig
 from atesd.tasks.synthetic import ChainBagConfig, ChainBagTask
 from atesd.warmstart import WarmStartConfig
 from controllers import CONTROLLERS
@@ -30,11 +31,19 @@ EnvKind = Literal["real", "mock"]
 
 @dataclass(frozen=True)
 class RealEnvConfig:
-    """The real env: the embedded task and tiny model, their warm start, the engine and the episode."""
+    """The real env: the model (the embedded tiny one, warm-started, or any HF checkpoint, optionally
+    with LoRA), the task (the synthetic one or math data), the engine and the episode."""
 
+    task_kind: Literal["synthetic", "math"] = field(
+        default="synthetic", metadata={"help": "synthetic (the embedded task) or math (`data`)"}
+    )
     task: ChainBagConfig = field(default_factory=ChainBagConfig)
+    data: MathDataConfig = field(default_factory=MathDataConfig)
     model: TinyModelConfig = field(default_factory=TinyModelConfig)
     warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
+    hf: HFModelConfig = field(default_factory=HFModelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N, or auto (cuda when available)"})
     engine: EngineConfig = field(default_factory=EngineConfig)
     env: ExposureEnvConfig = field(default_factory=lambda: ExposureEnvConfig(eval_every=4))
     cache_dir: str = field(default="", metadata={"help": "warm-start cache ('' = ~/.cache/atesd)"})
@@ -128,21 +137,51 @@ def build_env(cfg: RunConfig, warmstart_progress=None, dist=None) -> gym.Env:
     from envs.exposure_env import TeacherExposureEnv
 
     real = cfg.real
-    task = ChainBagTask(real.task)
-    if dist is not None and dist.active and not dist.is_main:
-        import torch.distributed
+    if real.task_kind == "math":
+        from atesd.tasks.math import MathTask
 
-        torch.distributed.barrier()  # rank 0 has the warm start in the cache
-    model, tokenizer, _, _ = warm_start(
-        task, real.model, real.warmstart, real.cache_dir or None, warmstart_progress
-    )
-    if dist is not None and dist.active and dist.is_main:
-        import torch.distributed
+        task = MathTask.from_config(real.data)
+    else:
+        task = ChainBagTask(real.task)
+    if real.hf.name_or_path:  # an HF checkpoint: no warm start
+        from atesd.models import load_hf_model
 
-        torch.distributed.barrier()
+        model, tokenizer = load_hf_model(real.hf, real.lora, _device(real.device, dist))
+    else:
+        if real.task_kind != "synthetic":
+            raise cfglib.ConfigError(
+                "the embedded tiny model only knows the synthetic task: set real.hf.name_or_path"
+            )
+        if dist is not None and dist.active and not dist.is_main:
+            import torch.distributed
+
+            torch.distributed.barrier()  # rank 0 has the warm start in the cache
+        model, tokenizer, _, _ = warm_start(
+            task, real.model, real.warmstart, real.cache_dir or None, warmstart_progress
+        )
+        if dist is not None and dist.active and dist.is_main:
+            import torch.distributed
+
+            torch.distributed.barrier()
+        from atesd.models import apply_lora
+
+        model = apply_lora(model, real.lora)
     engine_cfg = dataclasses.replace(real.engine, seed=cfg.seed)
     engine = DistillEngine(model, tokenizer, task, engine_cfg, dist=dist)
     return TeacherExposureEnv(real.env, engine=engine)
+
+
+def _device(device: str, dist=None) -> str:
+    """The torch device of this process: `auto` is cuda when available (under torchrun, cuda:<local rank>)."""
+    import os
+
+    import torch
+
+    if device != "auto":
+        return device
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if dist is not None and dist.active else "cuda"
 
 
 def build_controller(cfg: RunConfig, env: gym.Env, name: str | None = None):

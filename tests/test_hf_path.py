@@ -67,3 +67,32 @@ def test_hf_options_are_checked():
         load_hf_model(HFModelConfig(name_or_path="./no/such/checkpoint"))
     with pytest.raises(ValueError, match="rank"):
         LoraSettings(rank=-1)
+
+
+def test_run_py_distils_a_saved_checkpoint_on_math_data_with_lora(checkpoint, tmp_path):
+    """The real-model recipe path end to end on CPU: an HF checkpoint by path, LoRA, OPSD-format math
+    data from a JSONL file, two windows, an evaluation, the run directory."""
+    import json
+
+    import recipes.run as run
+
+    pairs = [(1, 2), (3, 4), (5, 6), (7, 8), (2, 2), (4, 5), (6, 1), (9, 3)]
+    solution = "We add {a} and {b}.\n\nThe sum is $\\boxed{{{s}}}$."
+    rows = [
+        {"problem": f"What is {a} + {b}?", "solution": solution.format(a=a, b=b, s=a + b)} for a, b in pairs
+    ]
+    data = tmp_path / "opsd.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    overrides = f"""
+        threads=1 plots=false out_dir={tmp_path / "runs"}
+        real.hf.name_or_path={checkpoint} real.hf.dtype=float32 real.lora.rank=4 real.lora.alpha=8
+        real.task_kind=math real.data.source={data} real.data.eval_size=2 real.data.probe_size=2
+        real.engine.batch_size=2 real.engine.sampling.max_new_tokens=8 real.engine.loss.kind=forward_kl
+        real.engine.loss.clip_tau=0.05 real.env.hold_steps=2 real.env.total_steps=4 real.env.eval_every=1
+    """.split()
+    run_dir = run.main(["--controller", "beta_reinforce", *overrides])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["windows"] == 2 and summary["updates"] == 4
+    assert list(summary["final_eval"]) == ["accuracy/opsd"]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["real"]["lora"]["rank"] == 4 and config["real"]["hf"]["name_or_path"] == str(checkpoint)
