@@ -140,3 +140,28 @@ def test_tensorboard_without_the_extra_names_it(tmp_path):
         pass
     with pytest.raises(SystemExit, match=r"\[tensorboard\]"):
         run.main(["--controller", "fixed", *MOCK, "tensorboard=true", f"out_dir={tmp_path}"])
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes/configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    from atesd import config as cfglib
+    from recipes.common import RunConfig
+
+    cfg = cfglib.load(RunConfig, path)
+    if path.name.startswith("qwen3_"):  # the OPSD v3 recipe of PAPER.md section 1
+        engine = cfg.real.engine
+        assert (cfg.real.lora.rank, cfg.real.lora.alpha, engine.lr, engine.batch_size) == (
+            64,
+            128.0,
+            5e-6,
+            32,
+        )
+        assert (engine.loss.kind, engine.loss.clip_tau, engine.grad_clip) == ("forward_kl", 0.05, 0.1)
+        sampling = engine.sampling
+        assert (sampling.temperature, sampling.top_p, sampling.top_k, sampling.max_new_tokens) == (
+            1.1,
+            0.95,
+            20,
+            1024,
+        )
+        assert not engine.exposure.student_thinking and engine.exposure.teacher_thinking
