@@ -6,6 +6,8 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -52,3 +54,33 @@ def progress(
             )
 
     yield update
+
+
+def fresh_dir(root: Path, stem: str) -> Path:
+    """Create and return `root/stem`, or `root/stem-1`, `-2`, ... : an existing directory is never reused."""
+    root.mkdir(parents=True, exist_ok=True)
+    for k in range(10_000):
+        path = root / (stem if k == 0 else f"{stem}-{k}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a fresh directory {root / stem}-*")
+
+
+def warmstart_progress() -> Callable[[int, int, float], None]:
+    """A progress callback for `atesd.warmstart.warm_start`: silent on a cache hit (never called), a bar
+    or plain lines while a warm start that is not cached yet trains (minutes)."""
+    state: dict[str, Any] = {}
+
+    def update(step: int, total: int, loss: float) -> None:
+        if "ctx" not in state:
+            print("warm start: not cached yet, training it once (later runs load it)", flush=True)
+            state["ctx"] = progress("warm start", total)
+            state["update"] = state["ctx"].__enter__()
+        state["update"](step, f"loss {loss:.3f}")
+        if step >= total:
+            state["ctx"].__exit__(None, None, None)
+
+    return update

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atesd import config as cfglib  # noqa: E402
 from controllers import CONTROLLERS  # noqa: E402
-from recipes._progress import progress  # noqa: E402
+from recipes._progress import fresh_dir, progress  # noqa: E402
 from recipes.common import RunConfig, build_controller, controller_config, describe  # noqa: E402
 
 ENVS = ("mock", "real")
@@ -200,15 +200,7 @@ def curve_bands(results: list[dict]) -> dict[str, dict[str, dict[str, list[float
 # ---- output ----------------------------------------------------------------------------------------
 def new_run_dir(out: Path, name: str) -> Path:
     """A new <out>/bench__<name>__<YYYYmmdd-HHMMSS>[-k] directory; an existing one is never reused."""
-    base = out / f"bench__{name}__{time.strftime('%Y%m%d-%H%M%S')}"
-    path, k = base, 0
-    while True:
-        try:
-            path.mkdir(parents=True)
-            return path
-        except FileExistsError:
-            k += 1
-            path = base.with_name(f"{base.name}-{k}")
+    return fresh_dir(out, f"bench__{name}__{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def _fmt(value: float, spec: str) -> str:

@@ -47,6 +47,7 @@ from atesd.rollout import BackendName, RolloutBackend, SamplingParams, make_back
 from atesd.tasks.base import Problem, Task, Verdict  # noqa: E402
 from atesd.tasks.synthetic import ChainBagConfig  # noqa: E402
 from atesd.warmstart import WarmStartConfig  # noqa: E402
+from recipes._progress import fresh_dir, warmstart_progress  # noqa: E402
 
 PAPER_SAMPLES, PAPER_MAX_NEW_TOKENS = 12, 38_912  # PAPER.md section 4
 SYNTHETIC_SAMPLES, SYNTHETIC_MAX_NEW_TOKENS = 4, 96  # 96: the training sampler's default
@@ -196,30 +197,12 @@ def load_model(cfg: EvalConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
     from atesd.warmstart import warm_start
 
     emb = cfg.embedded
-    progress_cb = _warmstart_progress()
+    progress_cb = warmstart_progress()
     model, tokenizer, path, hit = warm_start(
         ChainBagTask(emb.task), emb.model, emb.warmstart, emb.cache_dir or None, progress_cb
     )
     print(f"model: embedded warm start {path} ({'cached' if hit else 'trained now'})", flush=True)
     return model.to(device), tokenizer
-
-
-def _warmstart_progress():
-    """A progress callback for a warm start that is not cached yet (minutes; a hit never calls it)."""
-    state: dict[str, Any] = {}
-
-    def update(step: int, total: int, loss: float) -> None:
-        if "ctx" not in state:
-            from recipes._progress import progress
-
-            print("warm start: not cached yet, training it once (later runs load it)", flush=True)
-            state["ctx"] = progress("warm start", total)
-            state["update"] = state["ctx"].__enter__()
-        state["update"](step, f"loss {loss:.3f}")
-        if step >= total:
-            state["ctx"].__exit__(None, None, None)
-
-    return update
 
 
 def eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -419,15 +402,7 @@ def _metrics(
 def new_run_dir(out: Path, task: str) -> Path:
     """A new <out>/eval__<task>__<YYYYmmdd-HHMMSS>[-k]; an existing directory is never reused."""
     name = Path(task).stem if task.endswith(".jsonl") else task.replace("/", "_")
-    base = out / f"eval__{name}__{time.strftime('%Y%m%d-%H%M%S')}"
-    path, k = base, 0
-    while True:
-        try:
-            path.mkdir(parents=True)
-            return path
-        except FileExistsError:
-            k += 1
-            path = base.with_name(f"{base.name}-{k}")
+    return fresh_dir(out, f"eval__{name}__{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

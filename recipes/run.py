@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from atesd import config as cfglib  # noqa: E402
 from atesd.distributed import Dist, SharedDecisions  # noqa: E402
 from controllers.base import Transition, load_state, run_episode, save_state  # noqa: E402
+from recipes._progress import fresh_dir, warmstart_progress  # noqa: E402
 from recipes.common import RunConfig, build_controller, build_env, describe  # noqa: E402
 
 SUMMARY = "summary.json"
@@ -42,16 +43,7 @@ SUMMARY = "summary.json"
 def new_run_dir(cfg: RunConfig) -> Path:
     """`<out_dir>/<controller>__<name>__<seed>__<time>`, with a numeric suffix if that exists already."""
     stem = f"{cfg.controller}__{cfg.name}__{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
-    root = Path(cfg.out_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    for i in range(1000):
-        path = root / (stem if i == 0 else f"{stem}-{i}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not create a fresh run directory under {root}")
+    return fresh_dir(Path(cfg.out_dir), stem)
 
 
 def latest_run_dir(cfg: RunConfig) -> Path | None:
@@ -351,23 +343,8 @@ def _steps_from_losses(info: dict) -> list[dict[str, float]]:
 
 
 def _warmstart_progress(cfg: RunConfig):
-    """A progress callback for the warm start (minutes on the first run; a cache hit never calls it)."""
-    if cfg.env != "real":
-        return None
-    state: dict[str, Any] = {}
-
-    def update(step: int, total: int, loss: float) -> None:
-        if "ctx" not in state:
-            from recipes._progress import progress
-
-            print("warm start: not cached yet, training it once (later runs load it)", flush=True)
-            state["ctx"] = progress("warm start", total)
-            state["update"] = state["ctx"].__enter__()
-        state["update"](step, f"loss {loss:.3f}")
-        if step >= total:
-            state["ctx"].__exit__(None, None, None)
-
-    return update
+    """The warm start's progress callback on the real env (the mock has none)."""
+    return warmstart_progress() if cfg.env == "real" else None
 
 
 def _tensorboard(run_dir: Path):
