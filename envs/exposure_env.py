@@ -119,6 +119,11 @@ class TeacherExposureEnv(gym.Env):
                 task, model_cfg or TinyModelConfig(), warmstart_cfg or WarmStartConfig(), cache_dir
             )
             engine = DistillEngine(model, tokenizer, task, engine_cfg or EngineConfig())
+        if not engine.probe:
+            raise ValueError(
+                "the env's reward needs a probe set of reference solutions (the tracked loss); this "
+                "task has none (e.g. benchmark rows without solutions): give the data references"
+            )
         if engine.cfg.probe_every != 1:
             raise ValueError(
                 "the env's reward needs the probe NLL every update: engine.probe_every must be 1"

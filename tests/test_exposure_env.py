@@ -53,3 +53,9 @@ def test_gymnasium_make_and_invalid_input(engine):
     with pytest.raises(ValueError, match="probe_every"):
         bad = DistillEngine(engine.student, engine.tokenizer, engine.task, EngineConfig(probe_every=0))
         TeacherExposureEnv(engine=bad)
+
+
+def test_a_task_without_reference_solutions_is_refused(tiny_model, tokenizer, small_task):
+    engine = DistillEngine(tiny_model, tokenizer, small_task, EngineConfig(batch_size=2), probe=[])
+    with pytest.raises(ValueError, match="probe set of reference solutions"):
+        TeacherExposureEnv(engine=engine)
