@@ -19,8 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shutil
+import random
 import sys
 import time
 from pathlib import Path
@@ -30,9 +29,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from atesd import checkpoint  # noqa: E402
 from atesd import config as cfglib  # noqa: E402
 from atesd.distributed import Dist, SharedDecisions  # noqa: E402
-from controllers.base import Transition, load_state, run_episode, save_state  # noqa: E402
+from controllers.base import Transition, run_episode  # noqa: E402
+from recipes import _faults as faults  # noqa: E402
 from recipes._progress import fresh_dir, warmstart_progress  # noqa: E402
 from recipes.common import RunConfig, build_controller, build_env, describe  # noqa: E402
 
@@ -110,31 +111,34 @@ def _finite(value: Any) -> float | None:
 
 
 # ---- checkpoints --------------------------------------------------------------------------------
-def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> Path:
-    """Write `checkpoints/ckpt-<window>/` atomically (tmp dir + rename), point `latest` at it, keep two."""
-    root = run_dir / "checkpoints"
-    root.mkdir(exist_ok=True)
-    name = f"ckpt-{state['loop']['global_window']:06d}"
-    tmp = root / f".tmp-{name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_state(state, tmp / "state")
-    final = root / name
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    pointer = root / ".latest.tmp"
-    pointer.write_text(name)
-    os.replace(pointer, root / "latest")
-    for old in sorted(p for p in root.glob("ckpt-*") if p.name != name)[:-1]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+def save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int, before_seal=None) -> Path:
+    """`checkpoints/ckpt-<window>/`, written atomically and sealed by a checksum manifest."""
+    return checkpoint.save(run_dir / "checkpoints", state["loop"]["global_window"], state, keep, before_seal)
 
 
 def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
-    pointer = run_dir / "checkpoints" / "latest"
-    if not pointer.exists():
-        return None
-    return load_state(run_dir / "checkpoints" / pointer.read_text().strip() / "state")
+    """The newest complete checkpoint's state; incomplete or corrupted ones are skipped with a warning."""
+    found = checkpoint.load_latest(run_dir / "checkpoints", warn=lambda msg: print(f"warning: {msg}"))
+    return None if found is None else found[0]
+
+
+def rng_state() -> dict[str, Any]:
+    """The process-wide RNGs (python, numpy's legacy global, torch's CPU generator)."""
+    import torch
+
+    version, internal, gauss = random.getstate()
+    return {"python": [version, list(internal), gauss], "numpy": list(np.random.get_state()),
+            "torch": torch.get_rng_state()}  # fmt: skip
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8))
 
 
 # ---- live display -------------------------------------------------------------------------------
@@ -209,6 +213,8 @@ class Run:
         progress = _warmstart_progress(cfg) if self.main else None
         self.env = build_env(cfg, warmstart_progress=progress, dist=self.dist)
         self.controller = build_controller(cfg, self.env)
+        if cfg.env == "real":
+            faults.install(self.env.unwrapped.engine)
         if self.dist.active:
             self.controller = SharedDecisions(self.controller, self.dist)
         self.windows_per_episode = math.ceil(
@@ -224,6 +230,7 @@ class Run:
             if resume["env"] is not None:
                 self.env.unwrapped.load_state_dict(resume["env"])
             self.loop = resume["loop"]
+            set_rng_state(resume["rng"])
             self.metrics.truncate(int(resume["offsets"]["metrics"]))
             self.decisions.truncate(int(resume["offsets"]["decisions"]))
 
@@ -252,6 +259,11 @@ class Run:
             if self.tb is not None:
                 self.tb.close()
         summary = self.summary(time.perf_counter() - t_start)
+        if self.main and cfg.env == "real":  # the trained student (with LoRA: its adapter) and tokenizer
+            engine = self.env.unwrapped.engine
+            engine.student.save_pretrained(self.run_dir / "final_model", safe_serialization=True)
+            engine.tokenizer.save_pretrained(self.run_dir / "final_model")
+            summary["final_model"] = str(self.run_dir / "final_model")
         if self.main:
             (self.run_dir / SUMMARY).write_text(json.dumps(summary, indent=1, default=_jsonable))
         return summary
@@ -311,8 +323,9 @@ class Run:
             "env": None if episode_done else self.env.unwrapped.state_dict(),
             "loop": loop,
             "offsets": {"metrics": self.metrics.offset(), "decisions": self.decisions.offset()},
+            "rng": rng_state(),
         }
-        save_checkpoint(self.run_dir, state)
+        save_checkpoint(self.run_dir, state, self.cfg.keep_checkpoints, faults.before_seal)
 
     def summary(self, seconds: float) -> dict[str, Any]:
         return {

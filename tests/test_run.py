@@ -29,7 +29,9 @@ def test_the_command_on_the_ci_config_leaves_every_file(tmp_path):
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert run_dir.name.startswith("beta_reinforce__ci__0__")
     files = files_of(run_dir)
-    assert {"config.json", "metrics.jsonl", "decisions.jsonl", "summary.json", "checkpoints/latest"} <= files
+    assert {"config.json", "metrics.jsonl", "decisions.jsonl", "summary.json"} <= files
+    assert "checkpoints/ckpt-000003/manifest.json" in files  # sealed checkpoints (the newest two kept)
+    assert {"final_model/model.safetensors", "final_model/tokenizer.json"} <= files  # the trained student
     assert {f"plots/{n}.png" for n in ("alpha", "reward", "accuracy", "mismatch")} <= files
     assert "window 3/3" in out.stdout and "run summary" in out.stdout  # plain progress lines off a terminal
     metrics = run.read_jsonl(run_dir / "metrics.jsonl")
