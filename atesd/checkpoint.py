@@ -2,7 +2,7 @@
 manifest of checksums and renamed into place; loading takes the newest complete one.
 
 A checkpoint is `<root>/ckpt-<NNNNNN>/` holding `state.json` + `state.safetensors` (the nested state
-of `controllers.base.save_state`: arrays in safetensors, the rest in JSON, no pickle) and
+of `atesd.state.save_state`: arrays in safetensors, the rest in JSON, no pickle) and
 `manifest.json` (sha256 and size of every file), written last. A directory without a manifest, with a
 file missing, truncated or changed, is incomplete: `load_latest` skips it with a warning naming it and
 falls back to the one before. Knows nothing of what the state holds.

@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -44,7 +45,10 @@ SUMMARY = "summary.json"
 def new_run_dir(cfg: RunConfig) -> Path:
     """`<out_dir>/<controller>__<name>__<seed>__<time>`, with a numeric suffix if that exists already."""
     stem = f"{cfg.controller}__{cfg.name}__{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
-    return fresh_dir(Path(cfg.out_dir), stem)
+    try:
+        return fresh_dir(Path(cfg.out_dir), stem)
+    except OSError as err:
+        raise OSError(f"cannot create a run directory under out_dir={cfg.out_dir}: {err}") from err
 
 
 def latest_run_dir(cfg: RunConfig) -> Path | None:
@@ -364,7 +368,7 @@ def _tensorboard(run_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as err:
-        raise SystemExit(
+        raise ImportError(
             "tensorboard=true needs the optional extra: pip install -e '.[tensorboard]'"
         ) from err
     return SummaryWriter(str(run_dir / "tensorboard"))
@@ -481,12 +485,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides by dotted key")
     parser.add_argument("--controller", help="controller name (config field `controller`)")
-    parser.add_argument("--env", choices=("real", "mock"), help="real (embedded default) or mock")
+    parser.add_argument("--env", help="real (embedded default) or mock (config field `env`)")
     parser.add_argument("--config", help="a YAML config file; overrides apply on top")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
     parser.add_argument("--name", help="run name (config field `name`)")
     parser.add_argument("--seed", type=int, help="seed (config field `seed`)")
     parser.add_argument("--resume", metavar="auto|DIR", help="continue the latest matching run, or DIR")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return parser.parse_args(argv)
 
 
@@ -501,15 +506,27 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     return cfglib.load(RunConfig, args.config, overrides)
 
 
+# what a user can cause and fix: reported as one line, exit code 2 (the traceback with --debug)
+USER_ERRORS = (cfglib.ConfigError, ValueError, OSError, ImportError)
+
+
 def main(argv: list[str] | None = None) -> Path | None:
     args = parse_args(argv)
     try:
-        cfg = resolve_config(args)
-    except cfglib.ConfigError as err:
-        raise SystemExit(f"config error: {err}") from None
+        return _main(args)
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"error: {message} (--debug shows the traceback)", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def _main(args: argparse.Namespace) -> Path | None:
+    cfg = resolve_config(args)
     dist = Dist.from_env()  # torchrun: rank 0 decides, logs and saves; every rank trains on its shard
     if dist.active and args.resume:
-        raise SystemExit("--resume is not supported under torchrun yet: resume a single-process run")
+        raise cfglib.ConfigError("--resume is not supported under torchrun yet: resume a single-process run")
     if not dist.is_main:
         Run(cfg, None, None, dist).train()
         dist.close()
@@ -522,7 +539,7 @@ def main(argv: list[str] | None = None) -> Path | None:
                 f"--resume auto: no earlier {cfg.controller}/{cfg.name}/seed {cfg.seed} run; starting fresh"
             )
         elif not (run_dir / "config.json").exists():
-            raise SystemExit(f"--resume {run_dir}: not a run directory (no config.json)")
+            raise cfglib.ConfigError(f"--resume {run_dir}: not a run directory (no config.json)")
         elif (run_dir / SUMMARY).exists():
             print(f"{run_dir} already finished; nothing to resume")
             print_summary(json.loads((run_dir / SUMMARY).read_text()))
@@ -532,9 +549,11 @@ def main(argv: list[str] | None = None) -> Path | None:
             if args.resume == "auto" or args.config or args.overrides or args.set:
                 differ = _differences(cfglib.to_dict(stored), cfglib.to_dict(cfg))
                 if differ and args.resume != "auto":
-                    raise SystemExit(f"--resume {run_dir}: the given config differs from the run's: {differ}")
+                    raise cfglib.ConfigError(
+                        f"--resume {run_dir}: the given config differs from the run's: {differ}"
+                    )
                 if differ:
-                    raise SystemExit(
+                    raise cfglib.ConfigError(
                         f"--resume auto found {run_dir}, whose config differs from the given one in "
                         f"{differ}; resume it with --resume DIR and no overrides, or start a new run with "
                         "another name"
@@ -546,11 +565,18 @@ def main(argv: list[str] | None = None) -> Path | None:
                     (run_dir / name).unlink(missing_ok=True)
             else:
                 print(f"resuming {run_dir} at window {resume_state['loop']['global_window']}")
-    if run_dir is None:
+    fresh = run_dir is None
+    if fresh:
         run_dir = new_run_dir(cfg)
         (run_dir / "config.json").write_text(json.dumps(cfglib.to_dict(cfg), indent=1))
     print(f"run directory: {run_dir}", flush=True)
-    summary = Run(cfg, run_dir, resume_state, dist).train()
+    try:
+        runner = Run(cfg, run_dir, resume_state, dist)  # builds the env: data, model and warm start
+    except USER_ERRORS:
+        if fresh:  # nothing ran yet: remove the directory just made rather than leave a husk
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    summary = runner.train()
     dist.close()
     if cfg.plots:
         plot_run(run_dir)

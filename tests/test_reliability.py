@@ -94,3 +94,61 @@ def test_a_corrupted_newest_checkpoint_is_skipped_with_a_warning(uncut, damage):
     assert f"skipping checkpoint {newest}" in resumed.stdout
     assert "at window 2" in resumed.stdout
     assert same(outcome(run_dir), reference)
+
+
+def _bad_rows(tmp: Path) -> dict[str, Path]:
+    good = '{"problem": "1+1?", "solution": "Add.\\n\\n$\\\\boxed{2}$"}\n'
+    rows = {
+        "missing_field": good + '{"solution": "$\\\\boxed{3}$"}\n',
+        "empty_solution": good + '{"problem": "2+2?", "solution": ""}\n',
+        "no_final_answer": good + '{"problem": "2+2?", "solution": "It is four."}\n',
+    }
+    paths = {name: tmp / f"{name}.jsonl" for name in rows}
+    for name, text in rows.items():
+        paths[name].write_text(text)
+    paths["undecodable"] = tmp / "undecodable.jsonl"
+    paths["undecodable"].write_bytes(
+        good.encode() + b'{"problem": "caf\xe9", "solution": "$\\\\boxed{1}$"}\n'
+    )
+    return paths
+
+
+def test_bad_inputs_give_one_line_errors_and_leave_earlier_runs_untouched(tmp_path, capsys):
+    earlier = run.main(
+        ["--controller", "fixed", "--env", "mock", "mock.total_steps=50", f"out_dir={tmp_path}"]
+    )
+    before = {p: p.read_bytes() for p in earlier.rglob("*") if p.is_file()}
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    rows = _bad_rows(tmp_path)
+    math = ["real.task_kind=math"]
+    cases = [  # (arguments, the message's telling part)
+        (["episodes"], "must look like key.path=value"),
+        (["real.engine.lrr=1"], "did you mean 'real.engine.lr'"),
+        (["episodes=0"], "episodes must be >= 1, got 0"),
+        (["controllers.beta_reinforce.gamma=2"], "gamma must be in (0, 1], got 2"),
+        (
+            ["--controller", "nope"],
+            "registered: fixed, random, schedule, bandit, beta_reinforce, ppo, oracle",
+        ),
+        (["--env", "nope"], "env must be one of real, mock"),
+        (["real.hf.name_or_path=./no/such/model"], "does not exist"),
+        ([*math, f"real.data.source={rows['missing_field']}"], "missing_field.jsonl, line 2"),
+        ([*math, f"real.data.source={rows['empty_solution']}"], "empty_solution.jsonl, line 2"),
+        ([*math, f"real.data.source={rows['no_final_answer']}"], "no_final_answer.jsonl, line 2"),
+        ([*math, f"real.data.source={rows['undecodable']}"], "undecodable.jsonl, line 2"),
+        (["--env", "mock", f"out_dir={blocker / 'runs'}"], "cannot create a run directory"),
+    ]
+    for args, message in cases:
+        with pytest.raises(SystemExit) as exc:
+            run.main([*args, f"out_dir={tmp_path}"] if "out_dir" not in " ".join(args) else args)
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2, (args, err)
+        assert message in err and "\n" not in err and "Traceback" not in err, (args, err)
+    assert {p: p.read_bytes() for p in earlier.rglob("*") if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [earlier.name]  # no half-made run dirs
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(ValueError, match="episodes must be >= 1"):
+        run.main(["--debug", "--env", "mock", "episodes=0", f"out_dir={tmp_path}"])

@@ -268,7 +268,9 @@ def _hf_rows(hf_id: str, name: str | None, split: str) -> Iterator[tuple[int, An
 
 
 def _file_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open(encoding="utf-8") as f:
+    """Non-blank lines as bytes: each is decoded (UTF-8) with its JSON, so an undecodable line is a bad
+    row named by its line number, like any other."""
+    with path.open("rb") as f:
         for lineno, line in enumerate(f, start=1):
             if line.strip():
                 yield lineno, line
@@ -287,7 +289,7 @@ def load_problems(cfg: MathDataConfig) -> tuple[list[Problem], int]:
     skipped, fields = 0, None
     for lineno, raw in rows:
         try:
-            row = json.loads(raw) if isinstance(raw, str) else raw
+            row = json.loads(raw) if isinstance(raw, (str, bytes)) else raw  # bytes: UTF-8 or a ValueError
             if not isinstance(row, Mapping):
                 raise ValueError(f"not a JSON object: {raw!r:.80}")
             fields = fields or _resolve_fields(cfg, row)
