@@ -19,6 +19,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from atesd.config import ConfigError
+
 
 @contextlib.contextmanager
 def progress(
@@ -84,3 +86,21 @@ def warmstart_progress() -> Callable[[int, int, float], None]:
             state["ctx"].__exit__(None, None, None)
 
     return update
+
+
+# what a user can cause and fix: reported as one line with exit code 2 (the traceback with --debug)
+USER_ERRORS = (ConfigError, ValueError, OSError, ImportError)
+
+
+@contextlib.contextmanager
+def user_errors(debug: bool = False) -> Iterator[None]:
+    """Turn a user error raised inside into `error: <one line> (--debug shows the traceback)` on stderr
+    and exit code 2; with `debug`, let it propagate."""
+    try:
+        yield
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"error: {message} (--debug shows the traceback)", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atesd import config as cfglib  # noqa: E402
 from controllers import CONTROLLERS  # noqa: E402
-from recipes._progress import fresh_dir, progress  # noqa: E402
+from recipes._progress import fresh_dir, progress, user_errors  # noqa: E402
 from recipes.common import RunConfig, build_controller, controller_config, describe  # noqa: E402
 
 ENVS = ("mock", "real")
@@ -348,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", type=Path, default=None, help="parent of the run directory (default: runs)")
     parser.add_argument("--name", default=None, help="run name (default: the config's name)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return parser
 
 
@@ -424,16 +425,17 @@ def warm_start_real(cfg: RunConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    """Run the benchmark; returns the run directory. A config error prints one line and exits 2."""
+    """Run the benchmark; returns the run directory. Bad input prints one line and exits 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.workers < 0:
         parser.error("--seeds must be >= 1 and --workers >= 0")
-    try:
-        cfg, envs, controllers, notes = plan(args)
-    except cfglib.ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    with user_errors(args.debug):
+        return _main(args, sys.argv[1:] if argv is None else argv)
+
+
+def _main(args: argparse.Namespace, argv: list[str]) -> Path:
+    cfg, envs, controllers, notes = plan(args)
     for note in notes:
         print(note)
     t0 = time.perf_counter()
@@ -455,7 +457,7 @@ def main(argv: list[str] | None = None) -> Path:
     write_csv(summary, run_dir / "results.csv")
     bands = curve_bands(results)
     record = {
-        "command": ["recipes/bench.py", *(sys.argv[1:] if argv is None else argv)],
+        "command": ["recipes/bench.py", *argv],
         "commit": git_commit(),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "envs": envs,

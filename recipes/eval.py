@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -47,7 +48,7 @@ from atesd.rollout import BackendName, RolloutBackend, SamplingParams, make_back
 from atesd.tasks.base import Problem, Task, Verdict  # noqa: E402
 from atesd.tasks.synthetic import ChainBagConfig  # noqa: E402
 from atesd.warmstart import WarmStartConfig  # noqa: E402
-from recipes._progress import fresh_dir, warmstart_progress  # noqa: E402
+from recipes._progress import USER_ERRORS, fresh_dir, user_errors, warmstart_progress  # noqa: E402
 
 PAPER_SAMPLES, PAPER_MAX_NEW_TOKENS = 12, 38_912  # PAPER.md section 4
 SYNTHETIC_SAMPLES, SYNTHETIC_MAX_NEW_TOKENS = 4, 96  # 96: the training sampler's default
@@ -468,6 +469,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--task", help="synthetic, aime24, aime25, hmmt25 or a .jsonl (config field `task`)")
     parser.add_argument("--data-dir", help="benchmark data folder (config field `data_dir`)")
     parser.add_argument("--seed", type=int, help="seed (config field `seed`)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     parser.add_argument("--pass-k", help="comma-separated pass@k budgets, e.g. 1,4,8 (config field `pass_k`)")
     parser.add_argument("--greedy", action="store_true", default=None, help="also report greedy accuracy")
     return parser.parse_args(argv)
@@ -490,16 +492,19 @@ def resolve_config(args: argparse.Namespace) -> EvalConfig:
 def main(argv: list[str] | None = None) -> Path:
     """Runs one evaluation; returns its directory."""
     args = parse_args(argv)
-    try:
+    with user_errors(args.debug):
         cfg = resolve_config(args)
-    except cfglib.ConfigError as err:
-        raise SystemExit(f"config error: {err}") from None
-    run_dir = new_run_dir(Path(cfg.out_dir), cfg.task)
-    n, max_new_tokens = cfg.sampling.resolved(cfg.synthetic)
-    record = cfglib.to_dict(cfg) | {"resolved": {"samples": n, "max_new_tokens": max_new_tokens}}
-    (run_dir / "config.json").write_text(json.dumps(record, indent=1))
-    print(f"eval directory: {run_dir}", flush=True)
-    summary = evaluate(cfg, run_dir)
+        run_dir = new_run_dir(Path(cfg.out_dir), cfg.task)
+        n, max_new_tokens = cfg.sampling.resolved(cfg.synthetic)
+        record = cfglib.to_dict(cfg) | {"resolved": {"samples": n, "max_new_tokens": max_new_tokens}}
+        (run_dir / "config.json").write_text(json.dumps(record, indent=1))
+        print(f"eval directory: {run_dir}", flush=True)
+        try:
+            summary = evaluate(cfg, run_dir)
+        except USER_ERRORS:
+            if not (run_dir / "problems.jsonl").exists():  # nothing evaluated: no husk directory
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     print_table(summary)
     return run_dir

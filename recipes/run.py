@@ -35,7 +35,7 @@ from atesd import config as cfglib  # noqa: E402
 from atesd.distributed import Dist, SharedDecisions  # noqa: E402
 from controllers.base import Transition, run_episode  # noqa: E402
 from recipes import _faults as faults  # noqa: E402
-from recipes._progress import fresh_dir, warmstart_progress  # noqa: E402
+from recipes._progress import USER_ERRORS, fresh_dir, user_errors, warmstart_progress  # noqa: E402
 from recipes.common import RunConfig, build_controller, build_env, describe  # noqa: E402
 
 SUMMARY = "summary.json"
@@ -506,20 +506,10 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     return cfglib.load(RunConfig, args.config, overrides)
 
 
-# what a user can cause and fix: reported as one line, exit code 2 (the traceback with --debug)
-USER_ERRORS = (cfglib.ConfigError, ValueError, OSError, ImportError)
-
-
 def main(argv: list[str] | None = None) -> Path | None:
     args = parse_args(argv)
-    try:
+    with user_errors(args.debug):
         return _main(args)
-    except USER_ERRORS as err:
-        if args.debug:
-            raise
-        message = " ".join(str(err).split()) or type(err).__name__
-        print(f"error: {message} (--debug shows the traceback)", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
 
 
 def _main(args: argparse.Namespace) -> Path | None:

@@ -165,6 +165,13 @@ def test_math_task_without_its_module_fails_clearly(monkeypatch):
         load_task(EvalConfig(task="aime24"))
 
 
-def test_eval_rejects_a_bad_key(tmp_path):
-    with pytest.raises(SystemExit, match="did you mean 'sampling.samples'"):
-        main(["--set", "sampling.sample=3", "--set", f"out_dir={tmp_path}"])
+def test_eval_rejects_bad_input_in_one_line(tmp_path, capsys):
+    for argv, message in (
+        (["--set", "sampling.sample=3"], "did you mean 'sampling.samples'"),
+        (["--task", "nope"], "unknown data source 'nope'"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main([*argv, "--set", f"out_dir={tmp_path}"])
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and message in err and "\n" not in err, err
+    assert list(tmp_path.iterdir()) == []  # no husk directory
