@@ -9,7 +9,8 @@ as beta_reinforce; by default the discounted, grounded return over the next L / 
 lookahead has passed; with `lookahead_steps = hold_steps` it is the env's step reward. Learning
 progress shrinks as the student saturates, so an arm last pulled early would look better than one
 pulled late for no reason of its own: each return is therefore detrended, minus an EMA of the returns
-before it (`trend_decay`; 1 keeps the first return as a constant baseline, which changes nothing).
+before it in the same run (`trend_decay`; 1 keeps the run's first return as a constant baseline,
+which changes nothing; `reset` starts a new trend, as progress is large again early in a new run).
 The baseline follows the arms pulled, so detrending needs a memory that forgets (discount < 1, a
 window shorter than the run): with an endless memory the arm pulled most drifts to 0 while the rest
 keep old negative means, and the bandit locks in; set trend_decay = 1 there.
@@ -199,8 +200,10 @@ class BanditController:
         self.trend: float | None = None  # EMA of the returns credited so far
 
     def reset(self, seed: int | None = None, info: dict | None = None) -> None:
-        """Drops pending pulls; reseeds the generator when `seed` is given; arm statistics persist."""
+        """A new run: drops pending pulls and the return trend (a run's learning curve starts afresh),
+        reseeds the generator when `seed` is given; arm statistics persist (they are learned)."""
         self.credit.clear()
+        self.trend = None
         if seed is not None:
             self.rng = np.random.default_rng(seed)
 
