@@ -50,6 +50,34 @@ class Controller(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+class OpenLoop:
+    """Shared by controllers that learn nothing (fixed, random, schedule): `observe` only validates
+    the transition and reports no metrics; no state unless a subclass adds some (random's RNG)."""
+
+    def reset(self, seed: int | None = None, info: dict | None = None) -> None:
+        """Nothing to reset."""
+
+    def observe(
+        self,
+        obs: np.ndarray,
+        action: np.ndarray,
+        reward: float,
+        next_obs: np.ndarray,
+        terminated: bool,
+        truncated: bool,
+        info: dict,
+    ) -> dict[str, float]:
+        """Validates the transition; learns nothing and reports no metrics."""
+        check_transition(obs, reward, next_obs)
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Accepts the (empty) state of another instance."""
+
+
 def check_transition(obs: np.ndarray, reward: float, next_obs: np.ndarray) -> None:
     """Raise ValueError on a NaN or infinite reward or observation (a controller never learns from one)."""
     if not math.isfinite(float(reward)):

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from controllers.base import as_action, check_transition
+from controllers.base import OpenLoop, as_action
 
 
 @dataclass(frozen=True)
@@ -26,7 +25,7 @@ class FixedConfig:
             raise ValueError(f"FixedConfig.alpha must be in [0, 1], got {self.alpha}")
 
 
-class FixedController:
+class FixedController(OpenLoop):
     """Always acts with `cfg.alpha`."""
 
     def __init__(
@@ -41,29 +40,6 @@ class FixedController:
         self.action_space = action_space
         self._action = as_action(self.cfg.alpha, action_space)
 
-    def reset(self, seed: int | None = None, info: dict | None = None) -> None:
-        """Nothing to reset: no RNG, no learned state."""
-
     def act(self, obs: np.ndarray) -> np.ndarray:
         """The configured alpha as a (1,) float32 action, whatever the observation."""
         return self._action.copy()
-
-    def observe(
-        self,
-        obs: np.ndarray,
-        action: np.ndarray,
-        reward: float,
-        next_obs: np.ndarray,
-        terminated: bool,
-        truncated: bool,
-        info: dict,
-    ) -> dict[str, float]:
-        """Validates the transition; learns nothing and reports no metrics."""
-        check_transition(obs, reward, next_obs)
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Accepts the (empty) state of another FixedController."""

@@ -13,7 +13,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from controllers.base import as_action, check_transition
+from controllers.base import OpenLoop, as_action
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class RandomConfig:
             raise ValueError(f"RandomConfig.seed must be >= 0, got {self.seed}")
 
 
-class RandomController:
+class RandomController(OpenLoop):
     """Draws alpha ~ Uniform[low, high] at every decision from its own generator."""
 
     def __init__(
@@ -57,20 +57,6 @@ class RandomController:
     def act(self, obs: np.ndarray) -> np.ndarray:
         """A fresh uniform alpha in [low, high]."""
         return as_action(self.rng.uniform(self.cfg.low, self.cfg.high), self.action_space)
-
-    def observe(
-        self,
-        obs: np.ndarray,
-        action: np.ndarray,
-        reward: float,
-        next_obs: np.ndarray,
-        terminated: bool,
-        truncated: bool,
-        info: dict,
-    ) -> dict[str, float]:
-        """Validates the transition; learns nothing and reports no metrics."""
-        check_transition(obs, reward, next_obs)
-        return {}
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state}

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 import gymnasium as gym
 import numpy as np
 
-from controllers.base import as_action, check_transition
+from controllers.base import OpenLoop, as_action
 
 ScheduleKind = Literal["linear", "cosine"]
 
@@ -48,7 +48,7 @@ def schedule_alpha(progress: float, kind: ScheduleKind, alpha0: float, alpha1: f
     return alpha1 + (alpha0 - alpha1) * (1.0 + math.cos(math.pi * p)) / 2.0
 
 
-class ScheduleController:
+class ScheduleController(OpenLoop):
     """Acts with `schedule_alpha(obs[0])`."""
 
     def __init__(
@@ -67,30 +67,7 @@ class ScheduleController:
                 )
         self.action_space = action_space
 
-    def reset(self, seed: int | None = None, info: dict | None = None) -> None:
-        """Nothing to reset: the schedule reads progress from each observation."""
-
     def act(self, obs: np.ndarray) -> np.ndarray:
         """The scheduled alpha at the observation's progress `obs[0]`."""
         alpha = schedule_alpha(float(obs[0]), self.cfg.kind, self.cfg.alpha0, self.cfg.alpha1)
         return as_action(alpha, self.action_space)
-
-    def observe(
-        self,
-        obs: np.ndarray,
-        action: np.ndarray,
-        reward: float,
-        next_obs: np.ndarray,
-        terminated: bool,
-        truncated: bool,
-        info: dict,
-    ) -> dict[str, float]:
-        """Validates the transition; learns nothing and reports no metrics."""
-        check_transition(obs, reward, next_obs)
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Accepts the (empty) state of another ScheduleController."""
