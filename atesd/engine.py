@@ -23,7 +23,8 @@ from atesd.batching import completion_hidden
 from atesd.distributed import Dist
 from atesd.exposure import ExposureConfig, PromptBuilder
 from atesd.losses import LossConfig, LossOutput, chunked_distill_loss
-from atesd.rollout import HFSampler, RolloutBackend, SamplingParams
+from atesd.rollout import BackendName, RolloutBackend, SamplingParams, make_backend
+from atesd.rollout.vllm import VLLMConfig
 from atesd.stats import EMAStats, StepStats, WindowStats
 from atesd.tasks.base import Problem, Task
 from atesd.teacher import Teacher, TeacherConfig
@@ -46,8 +47,16 @@ class SamplingConfig:
             "~30 s compile; not guaranteed bit-identical to eager)"
         },
     )
+    backend: BackendName = field(
+        default="hf",
+        metadata={"help": "rollout backend: hf (ours, CPU or GPU) or vllm (colocated engine, extra "
+                  "atesd[vllm], CUDA only, an HF checkpoint only)"},
+    )  # fmt: skip
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
     def __post_init__(self) -> None:
+        if self.backend not in ("hf", "vllm"):
+            raise ValueError(f"sampling.backend must be hf or vllm, got {self.backend!r}")
         if self.temperature <= 0:
             raise ValueError(
                 f"sampling.temperature must be > 0 for on-policy training, got {self.temperature}"
@@ -136,12 +145,13 @@ class DistillEngine:
         self.student, self.tokenizer, self.task = model, tokenizer, task
         self.teacher = Teacher(model, self.cfg.teacher)
         self.builder = PromptBuilder(tokenizer, task.prompt_format, self.cfg.exposure)
-        self.sampler = sampler or HFSampler(
-            model,
-            eos_token_ids=[tokenizer.eos_token_id],
-            pad_token_id=tokenizer.pad_token_id,
-            compile=self.cfg.sampling.compile,
-        )
+        if sampler is None:
+            sampling = self.cfg.sampling
+            sampler = make_backend(sampling.backend, model, [tokenizer.eos_token_id], tokenizer.pad_token_id,
+                                   compile=sampling.compile, vllm=sampling.vllm)  # fmt: skip
+        self.sampler = sampler
+        # a backend holding its own copy of the weights (vLLM) is re-synced after every change to ours
+        self._sync_sampler = getattr(sampler, "sync_weights", None)
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.reseed(self.cfg.seed)
@@ -265,6 +275,8 @@ class DistillEngine:
             return grad_norm
         self.optimizer.step()
         self.teacher.update()
+        if self._sync_sampler is not None:
+            self._sync_sampler()
         self.nonfinite_in_row = 0
         return grad_norm
 
@@ -307,6 +319,8 @@ class DistillEngine:
         self.stats.load_state_dict(state["stats"])
         self.num_steps, self.nonfinite_in_row, self.nonfinite_total = state["counters"]
         self.last_probe_nll = state["last_probe_nll"]
+        if self._sync_sampler is not None:
+            self._sync_sampler()
 
     def reseed(self, seed: int) -> None:
         """Fresh problem stream and sampling generators from `seed` (weights untouched)."""

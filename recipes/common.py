@@ -169,7 +169,20 @@ def build_env(cfg: RunConfig, warmstart_progress=None, dist=None) -> gym.Env:
 
         model = apply_lora(model, real.lora)
     engine_cfg = dataclasses.replace(real.engine, seed=cfg.seed)
-    engine = DistillEngine(model, tokenizer, task, engine_cfg, dist=dist)
+    sampler = None
+    if engine_cfg.sampling.backend == "vllm":
+        from atesd.rollout import make_backend
+
+        if not real.hf.name_or_path:
+            raise cfglib.ConfigError(
+                "real.engine.sampling.backend=vllm needs an HF checkpoint (real.hf.name_or_path): vLLM loads "
+                "the model from its hub id or directory; the embedded model runs on the hf backend"
+            )
+        sampler = make_backend(
+            "vllm", model, [tokenizer.eos_token_id], tokenizer.pad_token_id,
+            vllm=engine_cfg.sampling.vllm, trust_remote_code=real.hf.trust_remote_code,
+        )  # fmt: skip
+    engine = DistillEngine(model, tokenizer, task, engine_cfg, sampler=sampler, dist=dist)
     return TeacherExposureEnv(real.env, engine=engine)
 
 

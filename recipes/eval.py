@@ -45,6 +45,7 @@ from atesd.evaluation import has_answer, majority_vote, pass_at_k, summarize  # 
 from atesd.exposure import ExposureConfig, PromptBuilder  # noqa: E402
 from atesd.models import TinyModelConfig  # noqa: E402
 from atesd.rollout import BackendName, RolloutBackend, SamplingParams, make_backend  # noqa: E402
+from atesd.rollout.vllm import VLLMConfig  # noqa: E402
 from atesd.tasks.base import Problem, Task, Verdict  # noqa: E402
 from atesd.tasks.synthetic import ChainBagConfig  # noqa: E402
 from atesd.warmstart import WarmStartConfig  # noqa: E402
@@ -137,7 +138,11 @@ class EvalConfig:
     )
     greedy: bool = field(default=False, metadata={"help": "also decode each problem greedily once"})
     max_problems: int = field(default=0, metadata={"help": "first N problems of each eval set (0 = all)"})
-    backend: BackendName = field(default="hf", metadata={"help": "rollout backend"})
+    backend: BackendName = field(
+        default="hf",
+        metadata={"help": "rollout backend: hf, or vllm (extra atesd[vllm], CUDA, a checkpoint)"},
+    )
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = field(
         default="float32", metadata={"help": "weights dtype of a loaded model"}
     )
@@ -305,7 +310,9 @@ def sample_sets(
     from recipes._progress import progress
 
     n, max_new_tokens = cfg.sampling.resolved(cfg.synthetic)
-    backend = make_backend(cfg.backend, model, eos_ids(model, tokenizer), tokenizer.pad_token_id)
+    backend = make_backend(
+        cfg.backend, model, eos_ids(model, tokenizer), tokenizer.pad_token_id, vllm=cfg.vllm
+    )
     device = next(model.parameters()).device
     seed = int(np.random.SeedSequence(cfg.seed).generate_state(1)[0])
     generator = torch.Generator(device=device).manual_seed(seed)

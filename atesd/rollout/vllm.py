@@ -1,0 +1,260 @@
+"""A colocated vLLM engine as the rollout backend (optional extra `atesd[vllm]`, GPU only).
+
+The student trains in this process with `transformers`; a vLLM engine in the same process holds a
+copy of its weights in `VLLMConfig.gpu_memory_utilization` of the GPU and samples the rollouts. After
+every optimiser step the engine's weights are overwritten from the student's (`sync_weights`: a LoRA
+student's adapters are merged for the push and unmerged after) and vLLM's prefix cache is reset, so no
+cached key/value of the old weights survives. Randomness stays ours: every prompt gets a vLLM seed drawn
+from the caller's `torch.Generator`, so a run with the same seed draws the same seeds.
+
+The weight push follows TRL's colocate mode (`trl/generation/vllm_generation.py`): parameters are
+renamed to the plain checkpoint names (peft's `base_model.model.` prefix and `.base_layer` removed,
+adapter tensors skipped) and handed to the engine model's `load_weights`. vLLM is imported only here,
+only when this backend is built; everything vLLM-specific is in this file.
+
+Tested pair: see docs/USAGE.md ("vLLM rollouts"); vLLM pins exact torch and transformers versions.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from atesd.rollout.base import RolloutBatch, SamplingParams
+
+EXTRA_HINT = "pip install 'atesd[vllm]' (needs a CUDA GPU and the torch version vLLM pins)"
+SEED_RANGE = 2**31 - 1
+DTYPES = ("auto", "bfloat16", "float16", "float32")  # vLLM takes a per-request seed as a non-negative int
+
+
+@dataclass(frozen=True)
+class VLLMConfig:
+    """The colocated engine's settings (vLLM's own names where one exists)."""
+
+    gpu_memory_utilization: float = field(
+        default=0.3,
+        metadata={"help": "fraction of the GPU vLLM may take for its weights and KV cache, in (0, 1); "
+                  "the rest is the trainer's"},
+    )  # fmt: skip
+    max_model_len: int = field(
+        default=0, metadata={"help": "longest prompt + completion in tokens (0 = the model's own limit)"}
+    )
+    max_num_seqs: int = field(default=256, metadata={"help": "sequences vLLM decodes at once (>= 1)"})
+    max_num_batched_tokens: int = field(
+        default=4096,
+        metadata={"help": "tokens per engine step (0 = vLLM's default; its memory profiler can misjudge "
+                  "very large defaults when colocated)"},
+    )  # fmt: skip
+    dtype: str = field(
+        default="auto", metadata={"help": "vLLM dtype: auto (the checkpoint's), bfloat16, float32"}
+    )
+    enforce_eager: bool = field(default=False, metadata={"help": "no CUDA graphs (slower, less memory)"})
+    enable_prefix_caching: bool = field(
+        default=True, metadata={"help": "reuse KV of shared prompt prefixes (reset after every weight push)"}
+    )
+    enable_sleep_mode: bool = field(
+        default=False,
+        metadata={"help": "release vLLM's GPU memory between rollouts (level 1 sleep: KV cache freed, "
+                  "weights offloaded); more memory for training, slower rollouts"},
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("gpu_memory_utilization", 0 < self.gpu_memory_utilization < 1, "in (0, 1)"),
+            ("max_model_len", self.max_model_len >= 0, ">= 0"),
+            ("max_num_seqs", self.max_num_seqs >= 1, ">= 1"),
+            ("max_num_batched_tokens", self.max_num_batched_tokens >= 0, ">= 0"),
+            ("dtype", self.dtype in DTYPES, f"one of {DTYPES}"),
+        )  # fmt: skip
+        for name, ok, rule in checks:
+            if not ok:
+                raise ValueError(f"vllm.{name} must be {rule}, got {getattr(self, name)!r}")
+
+
+def import_vllm() -> Any:
+    """The `vllm` module, or an ImportError naming the extra."""
+    try:
+        import vllm
+    except ImportError as err:
+        raise ImportError(f"the 'vllm' rollout backend needs the optional extra: {EXTRA_HINT}") from err
+    return vllm
+
+
+def model_path(model: nn.Module) -> str:
+    """The hub id or directory the student was loaded from (vLLM loads its own copy from it)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    path = getattr(base.config, "_name_or_path", "") or getattr(base, "name_or_path", "")
+    if not path:
+        raise ValueError(
+            "the vLLM backend loads the model from its hub id or directory, and this model has none "
+            "(the embedded model is built in memory): use the 'hf' backend, or save the model first"
+        )
+    return str(path)
+
+
+def sampling_kwargs(params: SamplingParams, eos_token_ids: list[int], seed: int) -> dict[str, Any]:
+    """Our sampling settings as vLLM `SamplingParams` keywords (one completion, ids only, our EOS)."""
+    return {
+        "n": 1,
+        "temperature": params.temperature,  # 0 is greedy in vLLM too
+        "top_k": params.top_k if params.top_k > 0 else -1,  # our 0 = off; -1 = off in every vLLM
+        "top_p": params.top_p,
+        "max_tokens": params.max_new_tokens,
+        "stop_token_ids": list(eos_token_ids),
+        "seed": seed,
+        "detokenize": False,  # we decode with our tokenizer
+    }
+
+
+def vllm_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """(checkpoint name, tensor) of every weight vLLM holds, from a student whose adapters (if any)
+    are merged: peft's prefix and `.base_layer` removed, adapter tensors skipped."""
+    is_peft = hasattr(model, "peft_config")
+    for name, tensor in model.state_dict().items():
+        if is_peft:
+            if "lora_" in name or "original_module" in name:
+                continue  # adapter factors are merged into the base weights; skip them
+            name = name.removeprefix("base_model.model.").replace(".base_layer", "")
+            name = name.replace("modules_to_save.default.", "")
+        yield name, tensor.detach()
+
+
+class VLLMSampler:
+    """Rollouts from a vLLM engine colocated with the trainer; implements `RolloutBackend`.
+
+    Args:
+        model: the student (a `transformers` causal LM, or a peft model around one). vLLM loads its
+            own copy from the student's hub id or directory, then follows the student through
+            `sync_weights`.
+        eos_token_ids: a completion stops after any of these (the EOS is kept, as in `HFSampler`).
+        pad_token_id: unused by vLLM (no padding); kept for the backend signature.
+        cfg: the engine's settings.
+        trust_remote_code: passed to vLLM (as the student was loaded).
+        llm: an already built `vllm.LLM` (tests); built from `cfg` when None.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        eos_token_ids: list[int],
+        pad_token_id: int,
+        cfg: VLLMConfig | None = None,
+        trust_remote_code: bool = False,
+        llm: Any | None = None,
+    ) -> None:
+        self.cfg = cfg or VLLMConfig()
+        self.model = model
+        self.eos_token_ids = list(eos_token_ids)
+        self.pad_token_id = pad_token_id
+        self.trust_remote_code = trust_remote_code
+        self._vllm = import_vllm()
+        self.llm = llm if llm is not None else self._build_llm()
+        self.pushes = 0  # weight pushes so far
+        self.sync_weights()  # the student may differ from its checkpoint already (a warm start, a resume)
+
+    def _build_llm(self) -> Any:
+        if not torch.cuda.is_available():
+            raise OSError(
+                f"the 'vllm' rollout backend needs a CUDA GPU; use the 'hf' backend here ({EXTRA_HINT})"
+            )
+        # One in-process engine per trainer rank, launched by torchrun (or this single process): vLLM's
+        # "external_launcher" executor reads the torch.distributed variables, set here when absent.
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("LOCAL_RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29531")
+        kwargs: dict[str, Any] = {
+            "model": model_path(self.model),
+            "dtype": self.cfg.dtype,
+            "gpu_memory_utilization": self.cfg.gpu_memory_utilization,
+            "max_num_seqs": self.cfg.max_num_seqs,
+            "enforce_eager": self.cfg.enforce_eager,
+            "enable_prefix_caching": self.cfg.enable_prefix_caching,
+            "enable_sleep_mode": self.cfg.enable_sleep_mode,
+            "distributed_executor_backend": "external_launcher",
+            "tensor_parallel_size": 1,
+            "seed": int(os.environ["RANK"]),
+            "trust_remote_code": self.trust_remote_code,
+        }
+        if self.cfg.max_model_len:
+            kwargs["max_model_len"] = self.cfg.max_model_len
+        if self.cfg.max_num_batched_tokens:
+            kwargs["max_num_batched_tokens"] = self.cfg.max_num_batched_tokens
+        return self._vllm.LLM(**kwargs)
+
+    def _engine_model(self) -> Any:
+        """vLLM's in-process model (what TRL's colocate mode loads weights into)."""
+        try:
+            return self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+        except AttributeError as err:
+            raise RuntimeError(
+                "cannot reach the vLLM engine's model to push weights (llm.llm_engine.model_executor."
+                "driver_worker.model_runner.model); this vLLM version is not the tested one "
+                "(docs/USAGE.md, 'vLLM rollouts')"
+            ) from err
+
+    @torch.no_grad()
+    def sync_weights(self) -> None:
+        """Push the student's current weights into the engine and reset its prefix cache."""
+        if self.cfg.enable_sleep_mode:
+            self.llm.wake_up(tags=["weights"])
+        is_peft = hasattr(self.model, "merge_adapter")
+        engine_model = self._engine_model()
+        if is_peft:
+            self.model.merge_adapter()
+        try:
+            for name, tensor in vllm_weights(self.model):
+                engine_model.load_weights([(name, tensor)])
+        finally:
+            if is_peft:
+                self.model.unmerge_adapter()
+        self.llm.reset_prefix_cache()
+        self.pushes += 1
+        if self.cfg.enable_sleep_mode:
+            self.llm.sleep(level=1)
+
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams, generator: torch.Generator | None = None
+    ) -> RolloutBatch:
+        """One completion per prompt; each prompt's vLLM seed is drawn from `generator` (fresh seeds
+        from the OS when None and sampling; greedy needs none)."""
+        t0 = time.perf_counter()
+        if generator is not None:
+            seeds = torch.randint(
+                0, SEED_RANGE, (len(prompts),), generator=generator, device=generator.device
+            )
+            seeds = seeds.tolist()
+        else:
+            seeds = [None] * len(prompts)
+        per_prompt = [
+            self._vllm.SamplingParams(**sampling_kwargs(params, self.eos_token_ids, s)) for s in seeds
+        ]
+        if self.cfg.enable_sleep_mode:
+            self.llm.wake_up()
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": list(p)} for p in prompts], sampling_params=per_prompt, use_tqdm=False
+        )
+        if self.cfg.enable_sleep_mode:
+            self.llm.sleep(level=1)
+        eos = set(self.eos_token_ids)
+        completions, finished = [], []
+        for out in outputs:
+            seq = out.outputs[0]
+            ids = list(seq.token_ids)
+            stopped = seq.finish_reason == "stop"
+            # our contract keeps the EOS in the completion; add it back if vLLM left it out
+            if stopped and (not ids or ids[-1] not in eos) and seq.stop_reason in eos:
+                ids.append(int(seq.stop_reason))
+            completions.append(ids)
+            finished.append(bool(ids) and ids[-1] in eos)
+        batch = RolloutBatch([list(p) for p in prompts], completions, finished)
+        total_s = time.perf_counter() - t0
+        batch.timings = {"total_s": total_s, "tokens_per_s": batch.num_tokens / max(total_s, 1e-9)}
+        return batch

@@ -1,0 +1,250 @@
+"""The vLLM rollout backend (atesd/rollout/vllm.py).
+
+Two kinds of test:
+- Our glue, on CPU, against a stand-in `vllm` module whose engine is a second copy of the checkpoint
+  loaded from the same path (as vLLM loads its own). Its `load_weights` refuses any name the checkpoint
+  lacks, as vLLM's model loaders do, and it samples with our HF sampler seeded by each request's seed.
+  This checks what we control: the mapping of our sampling settings and seeds, the renaming of a LoRA
+  student's merged weights, the push after every optimiser step and the prefix-cache reset after it.
+- The real engine: runs only where `vllm` imports and a CUDA device exists, and skips with the reason
+  elsewhere (CI and this project's CPU machines).
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from atesd.engine import DistillEngine, EngineConfig, SamplingConfig
+from atesd.models import (
+    HFModelConfig,
+    LoraSettings,
+    TinyModelConfig,
+    build_qwen3_style_tokenizer,
+    build_tiny_qwen3,
+    load_hf_model,
+    save_pretrained,
+)
+from atesd.rollout import HFSampler, SamplingParams, make_backend
+from atesd.rollout.vllm import VLLMConfig, VLLMSampler, sampling_kwargs
+
+TINY = TinyModelConfig(num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, intermediate_size=128)
+SAMPLING_KEYS = {"n", "temperature", "top_k", "top_p", "max_tokens", "stop_token_ids", "seed", "detokenize"}
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    tokenizer = build_qwen3_style_tokenizer()
+    save_pretrained(build_tiny_qwen3(tokenizer, TINY), tokenizer, tmp_path / "tiny-qwen3")
+    return tmp_path / "tiny-qwen3"
+
+
+# ---- a stand-in for the parts of vLLM the backend touches ----------------------------------------
+class FakeSamplingParams:
+    def __init__(self, **kwargs) -> None:
+        unknown = set(kwargs) - SAMPLING_KEYS
+        if unknown:
+            raise TypeError(f"unexpected keyword arguments {unknown}")
+        self.__dict__.update(kwargs)
+
+
+@dataclass
+class FakeCompletion:
+    token_ids: list[int]
+    finish_reason: str
+    stop_reason: int | None
+
+
+@dataclass
+class FakeOutput:
+    outputs: list[FakeCompletion]
+
+
+class FakeEngineModel:
+    """vLLM's model as `load_weights` sees it: unknown names raise, as vLLM's loaders do."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.loaded: list[str] = []
+
+    def load_weights(self, weights) -> None:
+        params = self.model.state_dict()
+        for name, tensor in weights:
+            if name not in params:
+                raise KeyError(f"vLLM model has no parameter {name}")
+            params[name].copy_(tensor)
+            self.loaded.append(name)
+
+
+class FakeLLM:
+    instances: list[FakeLLM] = []
+
+    def __init__(self, **kwargs) -> None:
+        from transformers import AutoModelForCausalLM
+
+        self.kwargs = kwargs
+        model = AutoModelForCausalLM.from_pretrained(kwargs["model"], dtype=torch.float32).eval()
+        self.engine_model = FakeEngineModel(model)
+        worker = types.SimpleNamespace(model_runner=types.SimpleNamespace(model=self.engine_model))
+        self.llm_engine = types.SimpleNamespace(model_executor=types.SimpleNamespace(driver_worker=worker))
+        self.resets = 0
+        self.requests: list[FakeSamplingParams] = []
+        FakeLLM.instances.append(self)
+
+    def reset_prefix_cache(self) -> None:
+        self.resets += 1
+
+    def generate(self, prompts, sampling_params, use_tqdm=True):
+        assert len(prompts) == len(sampling_params) and not use_tqdm
+        outs = []
+        for prompt, sp in zip(prompts, sampling_params):
+            self.requests.append(sp)
+            sampler = HFSampler(self.engine_model.model, sp.stop_token_ids, pad_token_id=0)
+            params = SamplingParams(sp.temperature, max(sp.top_k, 0), sp.top_p, sp.max_tokens)
+            gen = torch.Generator().manual_seed(sp.seed) if sp.seed is not None else None
+            ids = sampler.generate([prompt["prompt_token_ids"]], params, gen).completion_ids[0]
+            if ids and ids[-1] in sp.stop_token_ids:  # report the stop like vLLM, EOS left out
+                outs.append(FakeOutput([FakeCompletion(ids[:-1], "stop", ids[-1])]))
+            else:
+                outs.append(FakeOutput([FakeCompletion(ids, "length", None)]))
+        return outs
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    module = types.ModuleType("vllm")
+    module.LLM, module.SamplingParams = FakeLLM, FakeSamplingParams
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    FakeLLM.instances = []
+    return module
+
+
+def lora_engine(checkpoint, task, sampler_llm=None, seed=0) -> DistillEngine:
+    model, tokenizer = load_hf_model(
+        HFModelConfig(name_or_path=str(checkpoint), dtype="float32"), LoraSettings(rank=4, alpha=8.0)
+    )
+    sampler = VLLMSampler(model, [tokenizer.eos_token_id], tokenizer.pad_token_id, llm=sampler_llm)
+    cfg = EngineConfig(batch_size=3, lr=1e-2, seed=seed, sampling=SamplingConfig(max_new_tokens=10))
+    return DistillEngine(model, tokenizer, task, cfg, sampler=sampler)
+
+
+# ---- our glue, on CPU ---------------------------------------------------------------------------
+def test_a_missing_extra_names_it(monkeypatch, tiny_model):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
+    with pytest.raises(ImportError, match=r"atesd\[vllm\]"):
+        make_backend("vllm", tiny_model, eos_token_ids=[1], pad_token_id=0)
+
+
+def test_sampling_settings_and_seeds_map_onto_vllms():
+    ours = SamplingParams(temperature=1.1, top_k=20, top_p=0.95, max_new_tokens=1024)
+    kw = sampling_kwargs(ours, [7, 9], seed=123)
+    assert kw == {"n": 1, "temperature": 1.1, "top_k": 20, "top_p": 0.95, "max_tokens": 1024,
+                  "stop_token_ids": [7, 9], "seed": 123, "detokenize": False}  # fmt: skip
+    off = sampling_kwargs(SamplingParams(temperature=0.0, top_k=0), [7], seed=None)
+    assert off["top_k"] == -1 and off["temperature"] == 0.0  # our "off" and greedy, in vLLM's terms
+    with pytest.raises(ValueError, match="gpu_memory_utilization"):
+        VLLMConfig(gpu_memory_utilization=1.5)
+
+
+def test_the_engine_model_is_built_from_the_students_path(fake_vllm, checkpoint, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    model, tokenizer = load_hf_model(HFModelConfig(name_or_path=str(checkpoint), dtype="float32"))
+    cfg = VLLMConfig(gpu_memory_utilization=0.25, max_model_len=2048, enforce_eager=True)
+    sampler = make_backend("vllm", model, [tokenizer.eos_token_id], tokenizer.pad_token_id, vllm=cfg)
+    (llm,) = FakeLLM.instances
+    assert llm.kwargs["model"] == str(checkpoint) and llm.kwargs["gpu_memory_utilization"] == 0.25
+    assert llm.kwargs["max_model_len"] == 2048 and llm.kwargs["enforce_eager"] is True
+    assert llm.kwargs["distributed_executor_backend"] == "external_launcher"
+    assert sampler.pushes == 1 and llm.resets == 1  # synced once at start
+
+
+def test_no_cuda_and_no_checkpoint_are_clear_errors(fake_vllm, tiny_model, checkpoint, monkeypatch):
+    model, tokenizer = load_hf_model(HFModelConfig(name_or_path=str(checkpoint), dtype="float32"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(OSError, match="needs a CUDA GPU"):
+        make_backend("vllm", model, [tokenizer.eos_token_id], tokenizer.pad_token_id)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    tiny_model.config._name_or_path = ""
+    with pytest.raises(ValueError, match="hub id or directory"):
+        make_backend("vllm", tiny_model, [1], 0)
+
+
+def test_every_optimiser_step_pushes_the_merged_lora_weights(fake_vllm, checkpoint, small_task):
+    peft = pytest.importorskip("peft", reason="LoRA needs the optional extra [lora] (peft)")
+    model, tokenizer = load_hf_model(HFModelConfig(name_or_path=str(checkpoint), dtype="float32"))
+    llm = FakeLLM(model=str(checkpoint))
+    engine = lora_engine(checkpoint, small_task, llm)
+    assert isinstance(engine.student, peft.PeftModel) and llm.resets == 1
+    engine.run_window(0.5, 3)
+    assert engine.sampler.pushes == 4 and llm.resets == 4  # at start, then after each of 3 steps
+    # the engine's copy now holds exactly the student's merged weights, under checkpoint names
+    engine.student.merge_adapter()
+    merged = {
+        n.removeprefix("base_model.model.").replace(".base_layer", ""): p.detach().clone()
+        for n, p in engine.student.state_dict().items()
+        if "lora_" not in n
+    }
+    engine.student.unmerge_adapter()
+    held = llm.engine_model.model.state_dict()
+    assert merged.keys() <= held.keys()
+    assert all(torch.equal(held[n], t) for n, t in merged.items())
+    assert any(not torch.equal(held[n], p) for n, p in model.state_dict().items())  # it moved
+    # and it samples what the student (adapters on) samples
+    prompts = [
+        engine.builder.encode(engine.builder.student_prompt(p)) for p in small_task.eval_sets()["C3"][:4]
+    ]
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=10)
+    hf = HFSampler(engine.student, [tokenizer.eos_token_id], tokenizer.pad_token_id).generate(prompts, greedy)
+    ours = engine.sampler.generate(prompts, greedy)
+    assert ours.completion_ids == hf.completion_ids and ours.finished == hf.finished
+
+
+def test_rollout_seeds_come_from_the_run_generator(fake_vllm, checkpoint, small_task):
+    pytest.importorskip("peft", reason="LoRA needs the optional extra [lora] (peft)")
+    runs = []
+    for _ in range(2):
+        llm = FakeLLM(model=str(checkpoint))
+        engine = lora_engine(checkpoint, small_task, llm, seed=5)
+        batch = engine.rollout(small_task.sample(engine.rng, 4))
+        runs.append(([r.seed for r in llm.requests], batch.completions))
+        assert all(r.temperature == 1.0 and r.top_k == -1 and r.max_tokens == 10 for r in llm.requests)
+    assert runs[0] == runs[1] and len(set(runs[0][0])) == 4  # same seed, same draws; one seed per prompt
+
+
+# ---- the real engine, where it exists -----------------------------------------------------------
+def _real_vllm_reason() -> str | None:
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return "vLLM is not installed (optional extra atesd[vllm])"
+    if not torch.cuda.is_available():
+        return "vLLM needs a CUDA device and none is visible"
+    return None
+
+
+@pytest.mark.skipif(_real_vllm_reason() is not None, reason=str(_real_vllm_reason()))
+def test_real_vllm_follows_the_student_through_a_lora_window(checkpoint, small_task):
+    pytest.importorskip("peft", reason="LoRA needs the optional extra [lora] (peft)")
+    model, tokenizer = load_hf_model(
+        HFModelConfig(name_or_path=str(checkpoint), dtype="float32"), LoraSettings(rank=4, alpha=8.0), "cuda"
+    )
+    engine_vllm = VLLMConfig(gpu_memory_utilization=0.2, dtype="float32", enforce_eager=True)
+    sampling = SamplingConfig(max_new_tokens=16, backend="vllm", vllm=engine_vllm)
+    engine = DistillEngine(
+        model, tokenizer, small_task, EngineConfig(batch_size=4, lr=5e-2, sampling=sampling)
+    )
+    assert isinstance(engine.sampler, VLLMSampler)
+    engine.run_window(0.5, 2)
+    assert engine.sampler.pushes == 3
+    prompts = [
+        engine.builder.encode(engine.builder.student_prompt(p)) for p in small_task.eval_sets()["C3"][:8]
+    ]
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=16)
+    hf = HFSampler(engine.student, [tokenizer.eos_token_id], tokenizer.pad_token_id).generate(prompts, greedy)
+    ours = engine.sampler.generate(prompts, greedy)
+    same = sum(a == b for a, b in zip(ours.completion_ids, hf.completion_ids))
+    assert same >= 6, (ours.completion_ids, hf.completion_ids)  # fp32 kernels differ only on near-ties
