@@ -84,6 +84,22 @@ class Dist:
         dist.broadcast(t, src=src)
         return float(t.item())
 
+    def gather_objects(self, obj: object) -> list:
+        """Every rank's `obj`, in rank order, on every rank (picklable objects; `[obj]` in one process)."""
+        if not self.active:
+            return [obj]
+        out: list = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_object(self, obj: object, src: int = 0) -> object:
+        """Rank `src`'s `obj` on every rank (a picklable object)."""
+        if not self.active:
+            return obj
+        box = [obj if self.rank == src else None]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+
     def close(self) -> None:
         if self.active and dist.is_initialized():
             dist.destroy_process_group()

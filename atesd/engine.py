@@ -322,6 +322,15 @@ class DistillEngine:
         if self._sync_sampler is not None:
             self._sync_sampler()
 
+    def rank_state(self) -> dict:
+        """What differs between torchrun ranks: this rank's problem stream and sampling generator
+        (weights, optimiser and statistics are identical on every rank)."""
+        return {"rng": copy.deepcopy(self.rng.bit_generator.state), "sample_gen": self.sample_gen.get_state()}
+
+    def load_rank_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = copy.deepcopy(state["rng"])
+        self.sample_gen.set_state(torch.as_tensor(state["sample_gen"], dtype=torch.uint8))
+
     def reseed(self, seed: int) -> None:
         """Fresh problem stream and sampling generators from `seed` (weights untouched)."""
         data_seq, sample_seq, eval_seq = np.random.SeedSequence(seed).spawn(3)

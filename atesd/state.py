@@ -24,7 +24,7 @@ def flatten_state(state: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Te
             tensors[path] = node.detach().cpu().clone()  # a copy: tied weights share memory
             return {"__tensor__": path}
         if isinstance(node, np.ndarray):
-            tensors[path] = torch.from_numpy(np.ascontiguousarray(node))
+            tensors[path] = torch.from_numpy(np.array(node, order="C"))  # a copy, as for tensors
             return {"__ndarray__": path}
         if isinstance(node, dict):
             if not all(isinstance(k, (str, int)) for k in node):

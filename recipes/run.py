@@ -234,7 +234,19 @@ class Run:
             if resume["env"] is not None:
                 self.env.unwrapped.load_state_dict(resume["env"])
             self.loop = resume["loop"]
-            set_rng_state(resume["rng"])
+            if len(set(self.dist.gather_objects(self.loop["global_window"]))) > 1:
+                raise cfglib.ConfigError("the torchrun ranks read different checkpoints; is the run "
+                                         "directory on a file system every rank sees?")  # fmt: skip
+            ranks = resume["ranks"] if "ranks" in resume else [{"rng": resume["rng"], "engine": None}]
+            if len(ranks) != self.dist.world_size:
+                raise cfglib.ConfigError(
+                    f"the checkpoint was written by {len(ranks)} process(es); resume it with the same "
+                    f"number (torchrun --nproc_per_node {len(ranks)}), not {self.dist.world_size}"
+                )
+            mine = ranks[self.dist.rank]  # each rank's own problem stream, sampler and global RNGs
+            if mine.get("engine") is not None:
+                self.env.unwrapped.engine.load_rank_state(mine["engine"])
+            set_rng_state(mine["rng"])
             self.metrics.truncate(int(resume["offsets"]["metrics"]))
             self.decisions.truncate(int(resume["offsets"]["decisions"]))
 
@@ -309,14 +321,20 @@ class Run:
         if done:
             loop["final_score"] = _finite(info["score"])
             loop["final_eval"] = {k: _finite(v) for k, v in (info.get("eval") or {}).items()}
-        if self.main and (done or gw % cfg.checkpoint_every == 0):
-            self.checkpoint(tr, done)
+        if done or gw % cfg.checkpoint_every == 0:
+            self.checkpoint(tr, done)  # every rank: each gives its RNG states; rank 0 writes
         score = info["score"]
         acc = f" score {score:.3f}" if math.isfinite(float(score)) else ""
         note = f"ep {episode + 1}/{cfg.episodes} alpha {tr.action[0]:.2f} loss {_fmt(info.get('stats/loss'))}"
         self.display.update(gw, f"{note} reward {tr.reward:.4f}{acc}")
 
     def checkpoint(self, tr: Transition, episode_done: bool) -> None:
+        engine = self.env.unwrapped.engine if self.cfg.env == "real" else None
+        ranks = self.dist.gather_objects(
+            {"rng": rng_state(), "engine": engine.rank_state() if engine is not None else None}
+        )  # what differs between torchrun ranks (one entry in a single process)
+        if not self.main:
+            return
         loop = dict(self.loop)
         if episode_done:  # resume starts the next episode
             loop |= {"episode": loop["episode"] + 1, "window": 0, "obs": None}
@@ -327,7 +345,7 @@ class Run:
             "env": None if episode_done else self.env.unwrapped.state_dict(),
             "loop": loop,
             "offsets": {"metrics": self.metrics.offset(), "decisions": self.decisions.offset()},
-            "rng": rng_state(),
+            "ranks": ranks,  # per rank: global RNGs, and on the real env its problem stream and sampler
         }
         save_checkpoint(self.run_dir, state, self.cfg.keep_checkpoints, faults.before_seal)
 
@@ -515,46 +533,87 @@ def main(argv: list[str] | None = None) -> Path | None:
 def _main(args: argparse.Namespace) -> Path | None:
     cfg = resolve_config(args)
     dist = Dist.from_env()  # torchrun: rank 0 decides, logs and saves; every rank trains on its shard
-    if dist.active and args.resume:
-        raise cfglib.ConfigError("--resume is not supported under torchrun yet: resume a single-process run")
-    if not dist.is_main:
-        Run(cfg, None, None, dist).train()
+    if not dist.active:
+        return _run(dist, *_plan(args, cfg))
+    # Under torchrun rank 0 plans (new run or resume, with every check), and the others follow its word.
+    plan, error = None, None
+    if dist.is_main:
+        try:
+            plan = _plan(args, cfg)
+        except USER_ERRORS as err:
+            error = err
+    word = dist.broadcast_object(
+        None
+        if plan is None
+        else (
+            cfglib.to_dict(plan[0]),
+            str(plan[1]) if plan[1] else None,
+            plan[2] is not None,
+            plan[3],
+        )  # fmt: skip
+    )
+    if error is not None:
+        dist.close()
+        raise error
+    if word is None:  # rank 0 refused the run: it reports why
         dist.close()
         return None
-    resume_state, run_dir = None, None
-    if args.resume:
-        run_dir = latest_run_dir(cfg) if args.resume == "auto" else Path(args.resume)
-        if run_dir is None:
-            print(
-                f"--resume auto: no earlier {cfg.controller}/{cfg.name}/seed {cfg.seed} run; starting fresh"
+    if dist.is_main:
+        return _run(dist, *plan)
+    cfg_dict, run_dir, resuming, finished = word
+    resume_state = load_checkpoint(Path(run_dir)) if resuming else None
+    _run(dist, cfglib.from_dict(RunConfig, cfg_dict), None, resume_state, finished)
+    return None
+
+
+def _plan(args: argparse.Namespace, cfg: RunConfig) -> tuple[RunConfig, Path | None, dict | None, bool]:
+    """(config, run directory, checkpoint state, finished) of this invocation: a new run (no directory
+    yet), or the run `--resume` names with its stored config and newest intact checkpoint."""
+    if not args.resume:
+        return cfg, None, None, False
+    run_dir = latest_run_dir(cfg) if args.resume == "auto" else Path(args.resume)
+    if run_dir is None:
+        print(f"--resume auto: no earlier {cfg.controller}/{cfg.name}/seed {cfg.seed} run; starting fresh")
+        return cfg, None, None, False
+    if not (run_dir / "config.json").exists():
+        raise cfglib.ConfigError(f"--resume {run_dir}: not a run directory (no config.json)")
+    if (run_dir / SUMMARY).exists():
+        print(f"{run_dir} already finished; nothing to resume")
+        print_summary(json.loads((run_dir / SUMMARY).read_text()))
+        return cfg, run_dir, None, True
+    stored = cfglib.from_dict(RunConfig, json.loads((run_dir / "config.json").read_text()))
+    if args.resume == "auto" or args.config or args.overrides or args.set:
+        differ = _differences(cfglib.to_dict(stored), cfglib.to_dict(cfg))
+        if differ and args.resume != "auto":
+            raise cfglib.ConfigError(f"--resume {run_dir}: the given config differs from the run's: {differ}")
+        if differ:
+            raise cfglib.ConfigError(
+                f"--resume auto found {run_dir}, whose config differs from the given one in "
+                f"{differ}; resume it with --resume DIR and no overrides, or start a new run with "
+                "another name"
             )
-        elif not (run_dir / "config.json").exists():
-            raise cfglib.ConfigError(f"--resume {run_dir}: not a run directory (no config.json)")
-        elif (run_dir / SUMMARY).exists():
-            print(f"{run_dir} already finished; nothing to resume")
-            print_summary(json.loads((run_dir / SUMMARY).read_text()))
-            return run_dir
-        else:
-            stored = cfglib.from_dict(RunConfig, json.loads((run_dir / "config.json").read_text()))
-            if args.resume == "auto" or args.config or args.overrides or args.set:
-                differ = _differences(cfglib.to_dict(stored), cfglib.to_dict(cfg))
-                if differ and args.resume != "auto":
-                    raise cfglib.ConfigError(
-                        f"--resume {run_dir}: the given config differs from the run's: {differ}"
-                    )
-                if differ:
-                    raise cfglib.ConfigError(
-                        f"--resume auto found {run_dir}, whose config differs from the given one in "
-                        f"{differ}; resume it with --resume DIR and no overrides, or start a new run with "
-                        "another name"
-                    )
-            cfg, resume_state = stored, load_checkpoint(run_dir)
-            if resume_state is None:
-                print(f"{run_dir} has no checkpoint yet; restarting it from the beginning")
-                for name in ("metrics.jsonl", "decisions.jsonl"):
-                    (run_dir / name).unlink(missing_ok=True)
-            else:
-                print(f"resuming {run_dir} at window {resume_state['loop']['global_window']}")
+    resume_state = load_checkpoint(run_dir)
+    if resume_state is None:
+        print(f"{run_dir} has no checkpoint yet; restarting it from the beginning")
+        for name in ("metrics.jsonl", "decisions.jsonl"):
+            (run_dir / name).unlink(missing_ok=True)
+    else:
+        print(f"resuming {run_dir} at window {resume_state['loop']['global_window']}")
+    return stored, run_dir, resume_state, False
+
+
+def _run(
+    dist: Dist, cfg: RunConfig, run_dir: Path | None, resume_state: dict | None, finished: bool
+) -> Path | None:
+    """Train the planned run to its end (rank 0: in `run_dir`, a new one when None); returns the run
+    directory on rank 0, None on the others."""
+    if finished:
+        dist.close()
+        return run_dir if dist.is_main else None
+    if not dist.is_main:
+        Run(cfg, None, resume_state, dist).train()
+        dist.close()
+        return None
     fresh = run_dir is None
     if fresh:
         run_dir = new_run_dir(cfg)
