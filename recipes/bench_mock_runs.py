@@ -34,6 +34,7 @@ ARMS = {
     "bandit_ucb": ("bandit", BanditConfig(kind="ucb")),
     "ppo": ("ppo", None),
     "beta_reinforce": ("beta_reinforce", None),
+    "beta_reinforce_paper": ("beta_reinforce", BetaReinforceConfig(baseline="batch")),  # batch-mean baseline
     "beta_reinforce_immediate": ("beta_reinforce", BetaReinforceConfig(reward_mode="immediate")),
     "oracle": ("oracle", None),
 }

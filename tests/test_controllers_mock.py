@@ -32,11 +32,6 @@ def test_beta_reinforce_beats_opsd(finals):
     assert finals["beta_reinforce"] > finals["fixed_1"] + 0.2, finals
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="measured (docs/BENCHMARKS.md): over 20 runs the paper's controller drifts toward "
-    "overexposure on the trap (0.728 vs random 0.741); after one run it leads (0.802 vs 0.748)",
-)
 def test_beta_reinforce_beats_random(finals):
     assert finals["beta_reinforce"] > finals["random"] + 0.02, finals
 

@@ -179,3 +179,4 @@ def test_every_shipped_config_loads(path):
             1024,
         )
         assert not engine.exposure.student_thinking and engine.exposure.teacher_thinking
+        assert cfg.controllers["beta_reinforce"]["baseline"] == "batch"  # the paper's estimator
