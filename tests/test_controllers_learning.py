@@ -15,6 +15,7 @@ from controllers.beta_reinforce import (
     BETA22_ENTROPY,
     BetaReinforceConfig,
     BetaReinforceController,
+    advantages,
     entropy_penalty,
     reinforce_loss,
     standardise,
@@ -166,6 +167,21 @@ def test_episode_end_drops_or_truncates_pending(finish_truncated, n_finished):
     drive(ctrl, ScriptedEnv(), 4)
     assert len(ctrl.finished) == n_finished and ctrl.pending == []
     assert ctrl.finished[-1].ret == pytest.approx(0.8 if finish_truncated == "truncate" else 0.4 + D * 0.8)
+
+
+def test_trend_baseline_holds_only_returns_finished_before_the_decision():
+    cfg = BetaReinforceConfig(reward_mode="discounted", batch_decisions=8)  # the default baseline: trend
+    ctrl = BetaReinforceController(*spaces(), cfg)
+    drive(ctrl, ScriptedEnv(), 4)
+    r0, r1, r2 = 0.1 + D * 0.2, 0.2 + D * 0.4, 0.4 + D * 0.8
+    # decision 1 is made before decision 0's return is known (K = 2 windows); decision 2 after it
+    assert [f.baseline for f in ctrl.finished] == [None, None, pytest.approx(r0)]
+    assert ctrl.trend == pytest.approx(0.8 * (0.8 * r0 + 0.2 * r1) + 0.2 * r2)
+    adv = advantages(torch.tensor([r0, r1, r2]), [f.baseline for f in ctrl.finished], 1e-8)
+    centred = np.array([0.0, 0.0, r2 - r0])  # no baseline yet: no credit either way
+    assert adv.tolist() == pytest.approx((centred / centred.std()).tolist(), rel=1e-5)
+    ctrl.reset(seed=1)
+    assert ctrl.trend is None  # each run's learning curve starts afresh
 
 
 def test_standardise_and_entropy_penalty_by_hand():
