@@ -5,15 +5,26 @@ Gradients are averaged by hand after backward (what DDP's reducer does, without 
 the engine reads the decoder and output head of the bare model). With identical initial weights and
 identical averaged gradients, every rank's optimiser takes the same step, so the weights stay equal.
 `Dist.single()` is the one-process stand-in; nothing here is used unless WORLD_SIZE > 1.
+
+For a full fine-tune too large to replicate, `shard_layers` puts each decoder layer under FSDP2
+(`torch.distributed.fsdp.fully_shard`): its parameters, gradients and optimiser state are split
+across ranks, gathered for its forward and backward, and its gradients averaged by a reduce-scatter.
+The embeddings, final norm and output head (which the engine reads directly) stay replicated and are
+averaged by hand as above. `gathered` holds the layers whole while one rank samples on its own (its
+rollout lengths differ from the other ranks', so per-forward collectives would deadlock), and
+`full_state_dict` / `load_full_state_dict` turn sharded states into whole tensors for checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 @dataclass
@@ -47,8 +58,10 @@ class Dist:
         return self.rank == 0
 
     def average_gradients(self, params: list[torch.Tensor]) -> None:
-        """Replace every gradient by its mean over ranks (one flat all-reduce; missing grads count as 0)."""
-        if not self.active:
+        """Replace every gradient by its mean over ranks (one flat all-reduce; missing grads count as 0).
+        Sharded (FSDP) parameters are skipped: their reduce-scatter has averaged them already."""
+        params = [p for p in params if not is_sharded(p)]
+        if not self.active or not params:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads])
@@ -59,6 +72,29 @@ class Dist:
             n = g.numel()
             p.grad = flat[offset : offset + n].view_as(p).clone()
             offset += n
+
+    def clip_grad_norm(self, params: list[torch.Tensor], max_norm: float) -> float:
+        """`torch.nn.utils.clip_grad_norm_` over parameters of which some may be sharded: the norm of the
+        whole gradient (each shard counted once, replicated gradients once) and the same scale on every
+        rank. Returns the norm before clipping (inf or NaN when the gradient is not finite)."""
+        grads = [p.grad for p in params if p.grad is not None]
+        sharded = [g.to_local() for g in grads if is_sharded(g)]
+        if not sharded:
+            return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        device = sharded[0].device
+        sq = torch.zeros((), dtype=torch.float64, device=device)
+        for g in sharded:
+            sq += g.detach().double().pow(2).sum()
+        dist.all_reduce(sq, op=dist.ReduceOp.SUM)  # disjoint shards: their squares add up
+        for g in grads:
+            if not is_sharded(g):  # identical on every rank (averaged): counted once
+                sq += g.detach().double().pow(2).sum().to(device)
+        norm = float(sq.sqrt())
+        scale = max_norm / (norm + 1e-6)
+        if scale < 1.0:
+            for g in grads:
+                g.mul_(scale)
+        return norm
 
     def all_true(self, flag: bool) -> bool:
         """True only if `flag` holds on every rank (a non-finite loss anywhere skips the step everywhere)."""
@@ -101,7 +137,10 @@ class Dist:
         return box[0]
 
     def close(self) -> None:
+        """Leave the group together: a rank that tears down while another is still in a collective
+        (or its gloo threads are still live) can abort at exit."""
         if self.active and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
 
@@ -140,3 +179,108 @@ class SharedDecisions:
 
     def load_state_dict(self, state: dict) -> None:
         self.controller.load_state_dict(state)
+
+
+# ---- FSDP2 ---------------------------------------------------------------------------------------
+def is_sharded(t: torch.Tensor) -> bool:
+    """A DTensor (a parameter or gradient split across ranks by FSDP)."""
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder's block list of an HF causal LM (`model.get_decoder().layers`)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = getattr(base.get_decoder(), "layers", None)
+    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
+        raise ValueError(
+            f"FSDP shards the decoder's `layers`, and {type(base).__name__}.get_decoder() has none"
+        )
+    return layers
+
+
+def fsdp_modules(model: nn.Module) -> list[nn.Module]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+def shard_layers(model: nn.Module, dist_: Dist) -> nn.Module:
+    """Put every decoder layer of `model` under FSDP2 over all ranks (in place; returns `model`)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    device = next(model.parameters()).device
+    mesh = init_device_mesh(device.type, (dist_.world_size,))
+    for layer in decoder_layers(model):
+        fully_shard(layer, mesh=mesh)
+    return model
+
+
+@contextlib.contextmanager
+def gathered(model: nn.Module) -> Iterator[None]:
+    """Hold every FSDP layer of `model` whole (one all-gather each, on every rank together) until the
+    block ends, so forwards inside it need no collectives; no-op for an unsharded model."""
+    modules = fsdp_modules(model)
+    for m in modules:
+        m.set_reshard_after_forward(False, recurse=False)
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.reshard()
+            m.set_reshard_after_forward(True, recurse=False)
+
+
+def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """`module.state_dict()` with every sharded tensor gathered whole, on the CPU (a collective: every
+    rank calls it)."""
+    return {
+        k: (v.full_tensor() if is_sharded(v) else v).detach().cpu() for k, v in module.state_dict().items()
+    }
+
+
+def load_full_state_dict(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load whole tensors into a possibly sharded module: each rank keeps its own shard."""
+    from torch.distributed.tensor import distribute_tensor
+
+    own = module.state_dict()
+    fitted = {}
+    for k, v in state.items():
+        target = own[k]
+        if is_sharded(target):
+            v = distribute_tensor(v.to(target.device, target.dtype), target.device_mesh, target.placements)
+        fitted[k] = v
+    module.load_state_dict(fitted)
+
+
+def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
+    """`optimizer.state_dict()` with sharded moment tensors gathered whole (collective)."""
+    state = optimizer.state_dict()
+    state["state"] = {
+        i: {
+            k: v.full_tensor().cpu() if isinstance(v, torch.Tensor) and is_sharded(v) else v
+            for k, v in s.items()
+        }
+        for i, s in state["state"].items()
+    }
+    return state
+
+
+def load_full_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Inverse of `full_optimizer_state`: each rank keeps its shard of the moments of sharded parameters."""
+    from torch.distributed.tensor import distribute_tensor
+
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    fitted = {}
+    for i, s in state["state"].items():
+        p = params[int(i)]
+        fitted[i] = {
+            k: distribute_tensor(v.to(p.device), p.device_mesh, p.placements)
+            if is_sharded(p) and isinstance(v, torch.Tensor) and v.shape == p.shape
+            else v
+            for k, v in s.items()
+        }
+    optimizer.load_state_dict({**state, "state": fitted})

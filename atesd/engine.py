@@ -20,7 +20,15 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from atesd.batching import completion_hidden
-from atesd.distributed import Dist
+from atesd.distributed import (
+    Dist,
+    full_optimizer_state,
+    full_state_dict,
+    gathered,
+    load_full_optimizer_state,
+    load_full_state_dict,
+    shard_layers,
+)
 from atesd.exposure import ExposureConfig, PromptBuilder
 from atesd.losses import LossConfig, LossOutput, chunked_distill_loss
 from atesd.rollout import BackendName, RolloutBackend, SamplingParams, make_backend
@@ -88,6 +96,12 @@ class EngineConfig:
         default=0.9, metadata={"help": "EMA decay of the training-state statistics, [0, 1)"}
     )
     grounded: bool = field(default=True, metadata={"help": "compute the grounded score g every step"})
+    fsdp: bool = field(
+        default=False,
+        metadata={"help": "under torchrun, shard every decoder layer (weights, gradients, optimiser state) "
+                  "across ranks with FSDP2, for a full fine-tune too large to replicate; not with LoRA; "
+                  "ignored in one process"},
+    )  # fmt: skip
     probe_every: int = field(
         default=1, metadata={"help": "measure the probe NLL every this many steps (0 = never; then NaN)"}
     )
@@ -143,7 +157,17 @@ class DistillEngine:
         self.cfg = cfg or EngineConfig()
         self.dist = dist or Dist.single()  # under torchrun: shards, averaged gradients and statistics
         self.student, self.tokenizer, self.task = model, tokenizer, task
-        self.teacher = Teacher(model, self.cfg.teacher)
+        self.teacher = Teacher(model, self.cfg.teacher)  # a frozen or EMA copy is taken before sharding
+        self.sharded = self.cfg.fsdp and self.dist.active
+        if self.sharded:
+            if hasattr(model, "peft_config"):
+                raise ValueError(
+                    "engine.fsdp shards a full fine-tune; a LoRA student's frozen base is replicated "
+                    "(plain data parallel): set real.lora.rank=0 or engine.fsdp=false"
+                )
+            shard_layers(model, self.dist)
+            if self.teacher.copy is not None:
+                shard_layers(self.teacher.copy, self.dist)
         self.builder = PromptBuilder(tokenizer, task.prompt_format, self.cfg.exposure)
         if sampler is None:
             sampling = self.cfg.sampling
@@ -218,7 +242,8 @@ class DistillEngine:
     def rollout(self, problems: list[Problem], generator: torch.Generator | None = None) -> Batch:
         """Student prompts and sampled completions for `problems` (the training sampler by default)."""
         prompts = [self.builder.encode(self.builder.student_prompt(p)) for p in problems]
-        result = self.sampler.generate(prompts, self.cfg.sampling.params(), generator or self.sample_gen)
+        with gathered(self.student):  # FSDP: whole layers while this rank samples on its own
+            result = self.sampler.generate(prompts, self.cfg.sampling.params(), generator or self.sample_gen)
         texts = self.tokenizer.batch_decode(result.completion_ids, skip_special_tokens=True)
         return Batch(problems, prompts, result.completion_ids, texts)
 
@@ -268,7 +293,7 @@ class DistillEngine:
         loss.backward()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.dist.average_gradients(params)  # no-op in one process
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip))
+        grad_norm = self.dist.clip_grad_norm(params, self.cfg.grad_clip)  # sharded parameters too
         if not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             self._count_nonfinite()
@@ -294,11 +319,16 @@ class DistillEngine:
     # ---- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything that carries state: student and teacher weights, optimiser, RNGs, statistics."""
+        if self.sharded:  # whole tensors, on the CPU (a collective: every rank calls it)
+            teacher = full_state_dict(self.teacher.copy) if self.teacher.copy is not None else {}
+            weights = {"student": full_state_dict(self.student), "teacher": teacher,
+                       "optimizer": full_optimizer_state(self.optimizer)}  # fmt: skip
+        else:
+            weights = {"student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
+                       "optimizer": self.optimizer.state_dict()}  # fmt: skip
         return copy.deepcopy(
-            {
-                "student": self.student.state_dict(),
-                "teacher": self.teacher.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
+            weights
+            | {
                 "rng": self.rng.bit_generator.state,
                 "sample_gen": self.sample_gen.get_state(),
                 "eval_gen": self.eval_gen.get_state(),
@@ -310,9 +340,15 @@ class DistillEngine:
 
     def load_state_dict(self, state: dict) -> None:
         state = copy.deepcopy(state)
-        self.student.load_state_dict(state["student"])
-        self.teacher.load_state_dict(state["teacher"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:  # whole tensors in; each rank keeps its shard
+            load_full_state_dict(self.student, state["student"])
+            if self.teacher.copy is not None:
+                load_full_state_dict(self.teacher.copy, state["teacher"])
+            load_full_optimizer_state(self.optimizer, state["optimizer"])
+        else:
+            self.student.load_state_dict(state["student"])
+            self.teacher.load_state_dict(state["teacher"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.rng.bit_generator.state = state["rng"]
         self.sample_gen.set_state(state["sample_gen"])
         self.eval_gen.set_state(state["eval_gen"])
@@ -384,6 +420,10 @@ class DistillEngine:
         With `teacher_alpha`, the student model answers from the *teacher's* prompt at that exposure
         instead: how well the model reads a reference revealed at alpha (teacher quality).
         """
+        with gathered(self.student):  # FSDP: whole layers while sampling
+            return self._evaluate(k, temperature, teacher_alpha)
+
+    def _evaluate(self, k: int, temperature: float, teacher_alpha: float | None) -> dict[str, float]:
         out: dict[str, float] = {}
         for band, problems in self.task.eval_sets().items():
             if teacher_alpha is None:

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atesd import checkpoint  # noqa: E402
 from atesd import config as cfglib  # noqa: E402
-from atesd.distributed import Dist, SharedDecisions  # noqa: E402
+from atesd.distributed import Dist, SharedDecisions, full_state_dict  # noqa: E402
 from controllers.base import Transition, run_episode  # noqa: E402
 from recipes import _faults as faults  # noqa: E402
 from recipes._progress import USER_ERRORS, fresh_dir, user_errors, warmstart_progress  # noqa: E402
@@ -275,11 +275,15 @@ class Run:
             if self.tb is not None:
                 self.tb.close()
         summary = self.summary(time.perf_counter() - t_start)
-        if self.main and cfg.env == "real":  # the trained student (with LoRA: its adapter) and tokenizer
-            engine = self.env.unwrapped.engine
-            engine.student.save_pretrained(self.run_dir / "final_model", safe_serialization=True)
-            engine.tokenizer.save_pretrained(self.run_dir / "final_model")
-            summary["final_model"] = str(self.run_dir / "final_model")
+        engine = self.env.unwrapped.engine if cfg.env == "real" else None
+        # FSDP: every rank helps gather the whole weights; rank 0 writes them
+        weights = full_state_dict(engine.student) if engine is not None and engine.sharded else None
+        if self.main and engine is not None:  # the trained student (with LoRA: its adapter) and tokenizer
+            final = self.run_dir / "final_model"
+            extra = {} if weights is None else {"state_dict": weights}
+            engine.student.save_pretrained(final, safe_serialization=True, **extra)
+            engine.tokenizer.save_pretrained(final)
+            summary["final_model"] = str(final)
         if self.main:
             (self.run_dir / SUMMARY).write_text(json.dumps(summary, indent=1, default=_jsonable))
         return summary
@@ -333,6 +337,8 @@ class Run:
         ranks = self.dist.gather_objects(
             {"rng": rng_state(), "engine": engine.rank_state() if engine is not None else None}
         )  # what differs between torchrun ranks (one entry in a single process)
+        sharded = engine is not None and engine.sharded  # FSDP: every rank helps gather the weights
+        env_state = None if episode_done or not (self.main or sharded) else self.env.unwrapped.state_dict()
         if not self.main:
             return
         loop = dict(self.loop)
@@ -342,7 +348,7 @@ class Run:
             loop["obs"] = np.asarray(tr.next_obs, dtype=np.float32)
         state = {
             "controller": self.controller.state_dict(),
-            "env": None if episode_done else self.env.unwrapped.state_dict(),
+            "env": env_state,
             "loop": loop,
             "offsets": {"metrics": self.metrics.offset(), "decisions": self.decisions.offset()},
             "ranks": ranks,  # per rank: global RNGs, and on the real env its problem stream and sampler

@@ -1,5 +1,6 @@
 """Launched by tests/test_distributed.py under torchrun: two windows of the ci-sized embedded env with a
-random controller shared from rank 0; each rank writes the alphas it used and its final weights."""
+random controller shared from rank 0; each rank writes the alphas it used and its final weights
+(whole, gathered from the shards under FSDP). Arguments: out dir, cache dir, ddp | fsdp."""
 
 import json
 import sys
@@ -11,25 +12,29 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atesd import config as cfglib  # noqa: E402
-from atesd.distributed import Dist, SharedDecisions  # noqa: E402
+from atesd.distributed import Dist, SharedDecisions, full_state_dict, is_sharded  # noqa: E402
 from controllers.base import run_episode  # noqa: E402
 from recipes.common import RunConfig, build_controller, build_env  # noqa: E402
 
 if __name__ == "__main__":
-    out, cache = Path(sys.argv[1]), sys.argv[2]
+    out, cache, mode = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     torch.set_num_threads(1)
     dist = Dist.from_env()
     root = Path(__file__).resolve().parents[1]
     overrides = ["controller=random", f"real.cache_dir={cache}", "real.env.total_steps=4"]
+    overrides += ["real.engine.fsdp=true"] if mode == "fsdp" else []
     cfg = cfglib.load(RunConfig, root / "recipes/configs/ci.yaml", overrides)
     env = build_env(cfg, dist=dist)
     controller = SharedDecisions(build_controller(cfg, env), dist)
     result = run_episode(env, controller, seed=0)
     engine = env.unwrapped.engine
+    layer = [p for n, p in engine.student.named_parameters() if ".layers." in n]
+    local = sum(p.to_local().numel() if is_sharded(p) else p.numel() for p in layer)
     record = {"rank": dist.rank, "world": dist.world_size, "alphas": result.alphas,
-              "rewards": result.rewards, "problems": engine.rng.integers(1 << 30)}  # fmt: skip
+              "rewards": result.rewards, "problems": engine.rng.integers(1 << 30),
+              "layer_share": local / sum(p.numel() for p in layer)}  # fmt: skip
     (out / f"rank{dist.rank}.json").write_text(json.dumps(record, default=int))
-    weights = {k: v.detach().clone().contiguous() for k, v in engine.student.state_dict().items()}
+    weights = {k: v.clone().contiguous() for k, v in full_state_dict(engine.student).items()}
     weights.pop("lm_head.weight", None)  # tied to the embeddings
     save_file(weights, str(out / f"rank{dist.rank}.safetensors"))
     dist.close()

@@ -24,14 +24,18 @@ def torchrun(args: list[str], tmp_path: Path, fault: str = "") -> subprocess.Com
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
 
 
-def test_two_ranks_share_alpha_and_end_with_identical_weights(tmp_path):
-    out = torchrun([str(ROOT / "tests/_dist_worker.py"), str(tmp_path), str(tmp_path / "cache")], tmp_path)
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_ranks_share_alpha_and_end_with_identical_weights(tmp_path, mode):
+    worker = [str(ROOT / "tests/_dist_worker.py"), str(tmp_path), str(tmp_path / "cache"), mode]
+    out = torchrun(worker, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2]
     assert ranks[0]["alphas"] == ranks[1]["alphas"] and len(ranks[0]["alphas"]) == 2  # rank 0's decisions
     assert ranks[0]["rewards"] == ranks[1]["rewards"]  # rewards from all-reduced statistics
     assert ranks[0]["problems"] != ranks[1]["problems"]  # but each rank drew its own shard of problems
+    # FSDP: each rank holds half of every decoder layer's parameters, and the replicated rest whole
+    assert [r["layer_share"] for r in ranks] == ([0.5, 0.5] if mode == "fsdp" else [1.0, 1.0])
     w0, w1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
     assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
 
@@ -47,35 +51,64 @@ def test_run_py_under_torchrun_writes_one_run_directory(tmp_path):
     assert len(windows) == 3 and (run_dir / "summary.json").exists()
 
 
-def test_run_py_under_torchrun_resumes_a_killed_run_exactly(tmp_path, capsys):
+RESUME_ARGS = ["--config", str(ROOT / "recipes/configs/ci.yaml"), "--controller", "beta_reinforce",
+               "threads=1", "plots=false", "real.env.total_steps=8", "checkpoint_every=1"]  # fmt: skip
+
+
+def outcome(root: Path) -> tuple[list, dict]:
+    """The logs (timings aside) and final weights of the one run under `root`."""
+    (run_dir,) = root.iterdir()
+    logs = [
+        [{k: v for k, v in r.items() if not k.startswith("time/")} for r in run.read_jsonl(run_dir / name)]
+        for name in ("metrics.jsonl", "decisions.jsonl")
+    ]
+    return logs, load_file(str(run_dir / "final_model/model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def uncut(tmp_path_factory) -> dict:
+    """Uncut two-rank runs, plain data parallel and FSDP, on one warm-start cache: {mode: outcome}."""
+    tmp = tmp_path_factory.mktemp("uncut")
+    out = {"cache": tmp / "cache"}
+    for mode in ("ddp", "fsdp"):
+        args = [str(ROOT / "recipes/run.py"), *RESUME_ARGS, f"real.cache_dir={tmp / 'cache'}",
+                f"out_dir={tmp / mode}", f"real.engine.fsdp={mode == 'fsdp'}"]  # fmt: skip
+        done = torchrun(args, tmp)
+        assert done.returncode == 0, done.stderr[-3000:]
+        out[mode] = outcome(tmp / mode)
+    return out
+
+
+def test_fsdp_trains_as_plain_data_parallel(uncut):
+    """The same run sharded and replicated: identical weights and logs; only the logged gradient norm,
+    summed over shards in another order, differs in its last digits."""
+    (logs_a, w_a), (logs_b, w_b) = uncut["ddp"], uncut["fsdp"]
+    assert w_a.keys() == w_b.keys() and all(torch.equal(w_a[k], w_b[k]) for k in w_a)
+    norms = [[r["student/grad_norm"] for r in logs[0] if r["kind"] == "step"] for logs in (logs_a, logs_b)]
+    assert len(norms[0]) == 8 and norms[0] == pytest.approx(norms[1], rel=1e-5)
+
+    def rest(logs):
+        return [[{k: v for k, v in r.items() if k != "student/grad_norm"} for r in part] for part in logs]
+
+    assert rest(logs_a) == rest(logs_b)
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_run_py_under_torchrun_resumes_a_killed_run_exactly(uncut, mode, tmp_path, capsys):
     """Two ranks killed mid-window 3 and resumed with --resume auto end with the same logs and final
-    weights as an uncut two-rank run: each rank gets back its own problem stream and sampler."""
-    args = [str(ROOT / "recipes/run.py"), "--config", str(ROOT / "recipes/configs/ci.yaml"),
-            "--controller", "beta_reinforce", f"real.cache_dir={tmp_path / 'cache'}", "threads=1",
-            "plots=false", "real.env.total_steps=8", "checkpoint_every=1"]  # fmt: skip
-    uncut = torchrun([*args, f"out_dir={tmp_path / 'uncut'}"], tmp_path)
-    assert uncut.returncode == 0, uncut.stderr[-3000:]
-    killed = torchrun([*args, f"out_dir={tmp_path / 'cut'}"], tmp_path, fault="update:5")
+    weights as an uncut two-rank run: each rank gets back its own problem stream and sampler. With
+    FSDP the checkpoint holds whole tensors gathered from the shards."""
+    args = [str(ROOT / "recipes/run.py"), *RESUME_ARGS, f"real.cache_dir={uncut['cache']}",
+            f"out_dir={tmp_path / 'cut'}", f"real.engine.fsdp={mode == 'fsdp'}"]  # fmt: skip
+    killed = torchrun(args, tmp_path, fault="update:5")
     assert killed.returncode != 0 and not list((tmp_path / "cut").glob("*/summary.json"))
-    # a single process may not continue what two ranks wrote
-    with pytest.raises(SystemExit) as exc:
-        run.main(args[1:] + [f"out_dir={tmp_path / 'cut'}", "--resume", "auto"])
-    assert exc.value.code == 2 and "torchrun --nproc_per_node 2" in capsys.readouterr().err
-    resumed = torchrun([*args, f"out_dir={tmp_path / 'cut'}", "--resume", "auto"], tmp_path)
+    if mode == "ddp":  # a single process may not continue what two ranks wrote
+        with pytest.raises(SystemExit) as exc:
+            run.main([*args[1:], "--resume", "auto"])
+        assert exc.value.code == 2 and "torchrun --nproc_per_node 2" in capsys.readouterr().err
+    resumed = torchrun([*args, "--resume", "auto"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout and "at window 2" in resumed.stdout
-
-    def outcome(root: Path):
-        (run_dir,) = root.iterdir()
-        logs = [
-            [
-                {k: v for k, v in r.items() if not k.startswith("time/")}
-                for r in run.read_jsonl(run_dir / name)
-            ]
-            for name in ("metrics.jsonl", "decisions.jsonl")
-        ]
-        return logs, load_file(str(run_dir / "final_model/model.safetensors"))
-
-    (logs_a, w_a), (logs_b, w_b) = outcome(tmp_path / "uncut"), outcome(tmp_path / "cut")
+    (logs_a, w_a), (logs_b, w_b) = uncut[mode], outcome(tmp_path / "cut")
     assert logs_a == logs_b
     assert w_a.keys() == w_b.keys() and all(torch.equal(w_a[k], w_b[k]) for k in w_a)

@@ -114,7 +114,10 @@ def sampling_kwargs(params: SamplingParams, eos_token_ids: list[int], seed: int)
 
 def vllm_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """(checkpoint name, tensor) of every weight vLLM holds, from a student whose adapters (if any)
-    are merged: peft's prefix and `.base_layer` removed, adapter tensors skipped."""
+    are merged: peft's prefix and `.base_layer` removed, adapter tensors skipped; an FSDP-sharded
+    weight is gathered whole (a collective: every rank pushes at the same step)."""
+    from atesd.distributed import is_sharded
+
     is_peft = hasattr(model, "peft_config")
     for name, tensor in model.state_dict().items():
         if is_peft:
@@ -122,7 +125,7 @@ def vllm_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
                 continue  # adapter factors are merged into the base weights; skip them
             name = name.removeprefix("base_model.model.").replace(".base_layer", "")
             name = name.replace("modules_to_save.default.", "")
-        yield name, tensor.detach()
+        yield name, (tensor.full_tensor() if is_sharded(tensor) else tensor).detach()
 
 
 class VLLMSampler:
