@@ -6,7 +6,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from atesd.models import TinyModelConfig, build_synthetic_tokenizer, build_tiny_qwen3  # noqa: E402
+from atesd.models import (  # noqa: E402
+    TinyModelConfig,
+    build_qwen3_style_tokenizer,
+    build_synthetic_tokenizer,
+    build_tiny_qwen3,
+    save_pretrained,
+)
 from atesd.tasks.synthetic import ChainBagConfig, ChainBagTask  # noqa: E402
 
 # one thread: the models here are tiny, and two OpenMP threads on a busy 2-core machine spin-wait badly
@@ -33,3 +39,13 @@ def tiny_model(tokenizer):
     """A 2-layer, width-64 random Qwen3 (fresh per test, seeded)."""
     cfg = TinyModelConfig(num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, intermediate_size=128)
     return build_tiny_qwen3(tokenizer, cfg)
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A tiny Qwen3 and a tokenizer whose chat template honours enable_thinking, saved as an HF
+    checkpoint directory: what the real-model path loads by path."""
+    tokenizer = build_qwen3_style_tokenizer()
+    cfg = TinyModelConfig(num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, intermediate_size=128)
+    save_pretrained(build_tiny_qwen3(tokenizer, cfg), tokenizer, tmp_path / "tiny-qwen3")
+    return tmp_path / "tiny-qwen3"

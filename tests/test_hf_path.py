@@ -8,23 +8,10 @@ from atesd.engine import DistillEngine, EngineConfig, SamplingConfig
 from atesd.models import (
     HFModelConfig,
     LoraSettings,
-    TinyModelConfig,
-    build_qwen3_style_tokenizer,
-    build_tiny_qwen3,
     load_hf_model,
-    save_pretrained,
 )
 
 peft = pytest.importorskip("peft", reason="LoRA needs the optional extra [lora] (peft)")
-
-TINY = TinyModelConfig(num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, intermediate_size=128)
-
-
-@pytest.fixture
-def checkpoint(tmp_path):
-    tokenizer = build_qwen3_style_tokenizer()
-    save_pretrained(build_tiny_qwen3(tokenizer, TINY), tokenizer, tmp_path / "tiny-qwen3")
-    return tmp_path / "tiny-qwen3"
 
 
 def test_student_prompt_is_non_thinking_and_teacher_prompt_thinking(checkpoint, small_task):

@@ -23,24 +23,12 @@ from atesd.engine import DistillEngine, EngineConfig, SamplingConfig
 from atesd.models import (
     HFModelConfig,
     LoraSettings,
-    TinyModelConfig,
-    build_qwen3_style_tokenizer,
-    build_tiny_qwen3,
     load_hf_model,
-    save_pretrained,
 )
 from atesd.rollout import HFSampler, SamplingParams, make_backend
 from atesd.rollout.vllm import VLLMConfig, VLLMSampler, sampling_kwargs
 
-TINY = TinyModelConfig(num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, intermediate_size=128)
 SAMPLING_KEYS = {"n", "temperature", "top_k", "top_p", "max_tokens", "stop_token_ids", "seed", "detokenize"}
-
-
-@pytest.fixture
-def checkpoint(tmp_path):
-    tokenizer = build_qwen3_style_tokenizer()
-    save_pretrained(build_tiny_qwen3(tokenizer, TINY), tokenizer, tmp_path / "tiny-qwen3")
-    return tmp_path / "tiny-qwen3"
 
 
 # ---- a stand-in for the parts of vLLM the backend touches ----------------------------------------
