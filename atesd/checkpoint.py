@@ -103,6 +103,14 @@ def problem(ckpt: Path) -> str | None:
     return None
 
 
+def load(ckpt: Path) -> dict[str, Any]:
+    """The state of the checkpoint directory `ckpt`; ValueError saying why when it is not complete."""
+    why = problem(ckpt)
+    if why is not None:
+        raise ValueError(f"checkpoint {ckpt}: {why}")
+    return load_state(ckpt / "state")
+
+
 def load_latest(root: Path, warn=None) -> tuple[dict[str, Any], Path] | None:
     """The newest complete checkpoint under `root` as (state, directory); incomplete or corrupted
     ones are skipped with a warning naming them (`warn(message)`, default: the logger); None if none."""

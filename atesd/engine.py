@@ -9,6 +9,7 @@ steps. The engine knows nothing of Gymnasium or controllers; it sees models only
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -25,6 +26,7 @@ from atesd.distributed import (
     full_optimizer_state,
     full_state_dict,
     gathered,
+    is_sharded,
     load_full_optimizer_state,
     load_full_state_dict,
     shard_layers,
@@ -176,7 +178,10 @@ class DistillEngine:
         self.sampler = sampler
         # a backend holding its own copy of the weights (vLLM) is re-synced after every change to ours
         self._sync_sampler = getattr(sampler, "sync_weights", None)
-        params = [p for p in model.parameters() if p.requires_grad]
+        params: list = [p for p in model.parameters() if p.requires_grad]
+        if self.sharded:  # CUDA's foreach kernels refuse a mix of sharded and plain tensors: a group each
+            groups = ([p for p in params if is_sharded(p)], [p for p in params if not is_sharded(p)])
+            params = [{"params": g} for g in groups if g]
         self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.reseed(self.cfg.seed)
         self.stats = EMAStats(self.cfg.stats_decay)
@@ -242,10 +247,15 @@ class DistillEngine:
     def rollout(self, problems: list[Problem], generator: torch.Generator | None = None) -> Batch:
         """Student prompts and sampled completions for `problems` (the training sampler by default)."""
         prompts = [self.builder.encode(self.builder.student_prompt(p)) for p in problems]
-        with gathered(self.student):  # FSDP: whole layers while this rank samples on its own
+        with self._sampling():
             result = self.sampler.generate(prompts, self.cfg.sampling.params(), generator or self.sample_gen)
         texts = self.tokenizer.batch_decode(result.completion_ids, skip_special_tokens=True)
         return Batch(problems, prompts, result.completion_ids, texts)
+
+    def _sampling(self) -> contextlib.AbstractContextManager:
+        """FSDP: hold the layers whole while our sampler runs on this rank alone (its rollouts end at
+        other lengths than other ranks'); a backend with its own copy of the weights (vLLM) needs none."""
+        return gathered(self.student) if self._sync_sampler is None else contextlib.nullcontext()
 
     def batch_loss(self, batch: Batch, alpha: float) -> tuple[LossOutput, float, float]:
         """Distillation loss of `batch` at alpha (student with grad), the grounded score, and the
@@ -420,7 +430,7 @@ class DistillEngine:
         With `teacher_alpha`, the student model answers from the *teacher's* prompt at that exposure
         instead: how well the model reads a reference revealed at alpha (teacher quality).
         """
-        with gathered(self.student):  # FSDP: whole layers while sampling
+        with self._sampling():
             return self._evaluate(k, temperature, teacher_alpha)
 
     def _evaluate(self, k: int, temperature: float, teacher_alpha: float | None) -> dict[str, float]:

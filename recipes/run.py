@@ -24,7 +24,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -120,19 +120,17 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any], keep: int, before_seal
     return checkpoint.save(run_dir / "checkpoints", state["loop"]["global_window"], state, keep, before_seal)
 
 
-def load_checkpoint(run_dir: Path) -> dict[str, Any] | None:
-    """The newest complete checkpoint's state; incomplete or corrupted ones are skipped with a warning."""
-    found = checkpoint.load_latest(run_dir / "checkpoints", warn=lambda msg: print(f"warning: {msg}"))
-    return None if found is None else found[0]
-
-
 def rng_state() -> dict[str, Any]:
-    """The process-wide RNGs (python, numpy's legacy global, torch's CPU generator)."""
+    """The process-wide RNGs (python, numpy's legacy global, torch's CPU generator and, on a GPU, the
+    current device's: LoRA dropout on the GPU draws from it)."""
     import torch
 
     version, internal, gauss = random.getstate()
-    return {"python": [version, list(internal), gauss], "numpy": list(np.random.get_state()),
-            "torch": torch.get_rng_state()}  # fmt: skip
+    state = {"python": [version, list(internal), gauss], "numpy": list(np.random.get_state()),
+             "torch": torch.get_rng_state()}  # fmt: skip
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -143,6 +141,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
     torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.as_tensor(state["cuda"], dtype=torch.uint8))
 
 
 # ---- live display -------------------------------------------------------------------------------
@@ -228,21 +228,15 @@ class Run:
         self.metrics = JsonLines(run_dir / "metrics.jsonl") if self.main else NullLines()
         self.decisions = JsonLines(run_dir / "decisions.jsonl") if self.main else NullLines()
         self.loop = {"episode": 0, "window": 0, "global_window": 0, "updates": 0, "obs": None, "seconds": 0.0}
-        self.tb = _tensorboard(run_dir) if cfg.tensorboard else None
+        self.tb = _tensorboard(run_dir) if cfg.tensorboard and self.main else None
         if resume is not None:
+            ranks = resume["ranks"] if "ranks" in resume else [{"rng": resume["rng"], "engine": None}]
+            if len(ranks) != self.dist.world_size:  # (under torchrun `_main` has checked it on every rank)
+                raise cfglib.ConfigError(_world_mismatch(len(ranks), self.dist.world_size))
             self.controller.load_state_dict(resume["controller"])
             if resume["env"] is not None:
                 self.env.unwrapped.load_state_dict(resume["env"])
             self.loop = resume["loop"]
-            if len(set(self.dist.gather_objects(self.loop["global_window"]))) > 1:
-                raise cfglib.ConfigError("the torchrun ranks read different checkpoints; is the run "
-                                         "directory on a file system every rank sees?")  # fmt: skip
-            ranks = resume["ranks"] if "ranks" in resume else [{"rng": resume["rng"], "engine": None}]
-            if len(ranks) != self.dist.world_size:
-                raise cfglib.ConfigError(
-                    f"the checkpoint was written by {len(ranks)} process(es); resume it with the same "
-                    f"number (torchrun --nproc_per_node {len(ranks)}), not {self.dist.world_size}"
-                )
             mine = ranks[self.dist.rank]  # each rank's own problem stream, sampler and global RNGs
             if mine.get("engine") is not None:
                 self.env.unwrapped.engine.load_rank_state(mine["engine"])
@@ -536,12 +530,23 @@ def main(argv: list[str] | None = None) -> Path | None:
         return _main(args)
 
 
+class Plan(NamedTuple):
+    """What this invocation trains: a new run, or the run `--resume` names and its checkpoint."""
+
+    cfg: RunConfig
+    run_dir: Path | None = None  # None: a new run directory
+    state: dict | None = None  # the checkpoint's state to resume from
+    checkpoint: Path | None = None  # its directory
+    finished: bool = False  # the run named had finished: nothing to do
+
+
 def _main(args: argparse.Namespace) -> Path | None:
     cfg = resolve_config(args)
     dist = Dist.from_env()  # torchrun: rank 0 decides, logs and saves; every rank trains on its shard
     if not dist.active:
-        return _run(dist, *_plan(args, cfg))
-    # Under torchrun rank 0 plans (new run or resume, with every check), and the others follow its word.
+        return _run(dist, _plan(args, cfg))
+    # Under torchrun rank 0 plans (new run or resume, with every check) and tells the others, which
+    # read the very checkpoint it chose; all ranks confirm they can before anything else runs.
     plan, error = None, None
     if dist.is_main:
         try:
@@ -549,44 +554,54 @@ def _main(args: argparse.Namespace) -> Path | None:
         except USER_ERRORS as err:
             error = err
     word = dist.broadcast_object(
-        None
-        if plan is None
-        else (
-            cfglib.to_dict(plan[0]),
-            str(plan[1]) if plan[1] else None,
-            plan[2] is not None,
-            plan[3],
-        )  # fmt: skip
+        None if plan is None else plan._replace(cfg=cfglib.to_dict(plan.cfg), state=None)
     )
-    if error is not None:
+    if word is None:  # rank 0 refused the run and reports why
         dist.close()
-        raise error
-    if word is None:  # rank 0 refused the run: it reports why
-        dist.close()
+        if error is not None:
+            raise error
         return None
-    if dist.is_main:
-        return _run(dist, *plan)
-    cfg_dict, run_dir, resuming, finished = word
-    resume_state = load_checkpoint(Path(run_dir)) if resuming else None
-    _run(dist, cfglib.from_dict(RunConfig, cfg_dict), None, resume_state, finished)
-    return None
+    why = None
+    if not dist.is_main:
+        plan = word._replace(cfg=cfglib.from_dict(RunConfig, word.cfg))
+        if plan.checkpoint is not None:
+            try:
+                plan = plan._replace(state=checkpoint.load(plan.checkpoint))
+            except (OSError, ValueError) as err:
+                why = str(err)
+    if plan.state is not None and len(plan.state.get("ranks", [None])) != dist.world_size:
+        why = why or _world_mismatch(len(plan.state["ranks"]), dist.world_size)
+    problems = [(rank, w) for rank, w in enumerate(dist.gather_objects(why)) if w]
+    if problems:
+        dist.close()
+        rank, first = problems[0]
+        raise cfglib.ConfigError(
+            f"rank {rank} cannot resume: {first} (on several nodes the run directory must be on a file "
+            "system every rank sees)"
+        )
+    return _run(dist, plan)
 
 
-def _plan(args: argparse.Namespace, cfg: RunConfig) -> tuple[RunConfig, Path | None, dict | None, bool]:
-    """(config, run directory, checkpoint state, finished) of this invocation: a new run (no directory
-    yet), or the run `--resume` names with its stored config and newest intact checkpoint."""
+def _world_mismatch(written: int, world: int) -> str:
+    return (f"the checkpoint was written by {written} process(es); resume it with the same number "
+            f"(torchrun --nproc_per_node {written}), not {world}")  # fmt: skip
+
+
+def _plan(args: argparse.Namespace, cfg: RunConfig) -> Plan:
+    """This invocation's plan: a new run, or the run `--resume` names with its stored config and
+    newest intact checkpoint."""
     if not args.resume:
-        return cfg, None, None, False
+        return Plan(cfg)
     run_dir = latest_run_dir(cfg) if args.resume == "auto" else Path(args.resume)
     if run_dir is None:
         print(f"--resume auto: no earlier {cfg.controller}/{cfg.name}/seed {cfg.seed} run; starting fresh")
-        return cfg, None, None, False
+        return Plan(cfg)
     if not (run_dir / "config.json").exists():
         raise cfglib.ConfigError(f"--resume {run_dir}: not a run directory (no config.json)")
     if (run_dir / SUMMARY).exists():
         print(f"{run_dir} already finished; nothing to resume")
         print_summary(json.loads((run_dir / SUMMARY).read_text()))
-        return cfg, run_dir, None, True
+        return Plan(cfg, run_dir, finished=True)
     stored = cfglib.from_dict(RunConfig, json.loads((run_dir / "config.json").read_text()))
     if args.resume == "auto" or args.config or args.overrides or args.set:
         differ = _differences(cfglib.to_dict(stored), cfglib.to_dict(cfg))
@@ -598,27 +613,27 @@ def _plan(args: argparse.Namespace, cfg: RunConfig) -> tuple[RunConfig, Path | N
                 f"{differ}; resume it with --resume DIR and no overrides, or start a new run with "
                 "another name"
             )
-    resume_state = load_checkpoint(run_dir)
+    found = checkpoint.load_latest(run_dir / "checkpoints", warn=lambda msg: print(f"warning: {msg}"))
+    resume_state, ckpt = found if found is not None else (None, None)
     if resume_state is None:
         print(f"{run_dir} has no checkpoint yet; restarting it from the beginning")
         for name in ("metrics.jsonl", "decisions.jsonl"):
             (run_dir / name).unlink(missing_ok=True)
     else:
         print(f"resuming {run_dir} at window {resume_state['loop']['global_window']}")
-    return stored, run_dir, resume_state, False
+    return Plan(stored, run_dir, resume_state, ckpt)
 
 
-def _run(
-    dist: Dist, cfg: RunConfig, run_dir: Path | None, resume_state: dict | None, finished: bool
-) -> Path | None:
-    """Train the planned run to its end (rank 0: in `run_dir`, a new one when None); returns the run
-    directory on rank 0, None on the others."""
-    if finished:
+def _run(dist: Dist, plan: Plan) -> Path | None:
+    """Train the planned run to its end (rank 0: in `plan.run_dir`, a new one when None); returns the
+    run directory on rank 0, None on the others."""
+    cfg, run_dir, resume_state = plan.cfg, plan.run_dir, plan.state
+    if plan.finished:
         dist.close()
         return run_dir if dist.is_main else None
     if not dist.is_main:
         Run(cfg, None, resume_state, dist).train()
-        dist.close()
+        dist.close()  # the Run is unreachable now: close() collects it before leaving the group
         return None
     fresh = run_dir is None
     if fresh:
@@ -632,6 +647,7 @@ def _run(
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     summary = runner.train()
+    del runner  # unreachable before close() collects the garbage and leaves the group
     dist.close()
     if cfg.plots:
         plot_run(run_dir)

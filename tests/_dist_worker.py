@@ -37,4 +37,5 @@ if __name__ == "__main__":
     weights = {k: v.clone().contiguous() for k, v in full_state_dict(engine.student).items()}
     weights.pop("lm_head.weight", None)  # tied to the embeddings
     save_file(weights, str(out / f"rank{dist.rank}.safetensors"))
+    del env, controller, engine, layer  # unreachable before close() collects and leaves the group
     dist.close()

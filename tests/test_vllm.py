@@ -28,7 +28,8 @@ from atesd.models import (
 from atesd.rollout import HFSampler, SamplingParams, make_backend
 from atesd.rollout.vllm import VLLMConfig, VLLMSampler, sampling_kwargs
 
-SAMPLING_KEYS = {"n", "temperature", "top_k", "top_p", "max_tokens", "stop_token_ids", "seed", "detokenize"}
+SAMPLING_KEYS = {"n", "temperature", "top_k", "top_p", "max_tokens", "stop_token_ids", "ignore_eos", "seed",
+                 "detokenize"}  # fmt: skip
 
 
 # ---- a stand-in for the parts of vLLM the backend touches ----------------------------------------
@@ -55,11 +56,12 @@ class FakeOutput:
 class FakeEngineModel:
     """vLLM's model as `load_weights` sees it: unknown names raise, as vLLM's loaders do."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
+    def __init__(self, model: torch.nn.Module, llm: FakeLLM) -> None:
+        self.model, self.llm = model, llm
         self.loaded: list[str] = []
 
     def load_weights(self, weights) -> None:
+        assert "weights" not in self.llm.asleep, "load_weights into released weights"
         params = self.model.state_dict()
         for name, tensor in weights:
             if name not in params:
@@ -76,18 +78,32 @@ class FakeLLM:
 
         self.kwargs = kwargs
         model = AutoModelForCausalLM.from_pretrained(kwargs["model"], dtype=torch.float32).eval()
-        self.engine_model = FakeEngineModel(model)
+        self.engine_model = FakeEngineModel(model, self)
         worker = types.SimpleNamespace(model_runner=types.SimpleNamespace(model=self.engine_model))
         self.llm_engine = types.SimpleNamespace(model_executor=types.SimpleNamespace(driver_worker=worker))
         self.resets = 0
         self.requests: list[FakeSamplingParams] = []
+        self.asleep: set[str] = set()  # sleep mode, with vLLM's rules (refusals where vLLM would skip)
+        self.events: list[str] = []
         FakeLLM.instances.append(self)
+
+    def sleep(self, level: int = 1) -> None:
+        assert self.kwargs.get("enable_sleep_mode", True) and not self.asleep, "sleep while asleep"
+        self.asleep, _ = {"weights", "kv_cache"}, self.events.append("sleep")
+
+    def wake_up(self, tags=None) -> None:
+        tags = set(tags or self.asleep)
+        assert tags and tags <= self.asleep, f"wake_up({tags}) while only {self.asleep} sleep"
+        self.asleep -= tags
+        self.events.append("wake " + ",".join(sorted(tags)))
 
     def reset_prefix_cache(self) -> None:
         self.resets += 1
 
     def generate(self, prompts, sampling_params, use_tqdm=True):
         assert len(prompts) == len(sampling_params) and not use_tqdm
+        assert not self.asleep, f"generate while {self.asleep} sleep"
+        self.events.append("generate")
         outs = []
         for prompt, sp in zip(prompts, sampling_params):
             self.requests.append(sp)
@@ -111,11 +127,11 @@ def fake_vllm(monkeypatch):
     return module
 
 
-def lora_engine(checkpoint, task, sampler_llm=None, seed=0) -> DistillEngine:
+def lora_engine(checkpoint, task, sampler_llm=None, seed=0, cfg=None) -> DistillEngine:
     model, tokenizer = load_hf_model(
         HFModelConfig(name_or_path=str(checkpoint), dtype="float32"), LoraSettings(rank=4, alpha=8.0)
     )
-    sampler = VLLMSampler(model, [tokenizer.eos_token_id], tokenizer.pad_token_id, llm=sampler_llm)
+    sampler = VLLMSampler(model, [tokenizer.eos_token_id], tokenizer.pad_token_id, cfg, llm=sampler_llm)
     cfg = EngineConfig(batch_size=3, lr=1e-2, seed=seed, sampling=SamplingConfig(max_new_tokens=10))
     return DistillEngine(model, tokenizer, task, cfg, sampler=sampler)
 
@@ -131,7 +147,7 @@ def test_sampling_settings_and_seeds_map_onto_vllms():
     ours = SamplingParams(temperature=1.1, top_k=20, top_p=0.95, max_new_tokens=1024)
     kw = sampling_kwargs(ours, [7, 9], seed=123)
     assert kw == {"n": 1, "temperature": 1.1, "top_k": 20, "top_p": 0.95, "max_tokens": 1024,
-                  "stop_token_ids": [7, 9], "seed": 123, "detokenize": False}  # fmt: skip
+                  "stop_token_ids": [7, 9], "ignore_eos": True, "seed": 123, "detokenize": False}  # fmt: skip
     off = sampling_kwargs(SamplingParams(temperature=0.0, top_k=0), [7], seed=None)
     assert off["top_k"] == -1 and off["temperature"] == 0.0  # our "off" and greedy, in vLLM's terms
     with pytest.raises(ValueError, match="gpu_memory_utilization"):
@@ -189,6 +205,48 @@ def test_every_optimiser_step_pushes_the_merged_lora_weights(fake_vllm, checkpoi
     hf = HFSampler(engine.student, [tokenizer.eos_token_id], tokenizer.pad_token_id).generate(prompts, greedy)
     ours = engine.sampler.generate(prompts, greedy)
     assert ours.completion_ids == hf.completion_ids and ours.finished == hf.finished
+
+
+def test_a_bf16_lora_base_is_never_written_by_pushes(fake_vllm, checkpoint):
+    """Pushing base + delta out of place: merging into a bf16 base and unmerging again after every push
+    would round the base a little each time (and the base is the teacher)."""
+    pytest.importorskip("peft", reason="LoRA needs the optional extra [lora] (peft)")
+    model, tokenizer = load_hf_model(
+        HFModelConfig(name_or_path=str(checkpoint), dtype="bfloat16"), LoraSettings(rank=4, alpha=8.0)
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))  # adapters that matter
+    base = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    llm = FakeLLM(model=str(checkpoint))
+    sampler = VLLMSampler(model, [tokenizer.eos_token_id], tokenizer.pad_token_id, llm=llm)
+    for _ in range(20):
+        sampler.sync_weights()
+    params = dict(model.named_parameters())
+    assert all(torch.equal(params[n], p) for n, p in base.items())
+    model.merge_adapter()  # what the engine now holds: base + delta
+    merged = {n.removeprefix("base_model.model.").replace(".base_layer", ""): p
+              for n, p in model.state_dict().items() if "lora_" not in n}  # fmt: skip
+    held = llm.engine_model.model.state_dict()
+    assert all(torch.allclose(held[n], t.float(), atol=1e-2) for n, t in merged.items())
+
+
+def test_sleep_mode_releases_vllm_outside_rollouts(fake_vllm, checkpoint, small_task):
+    """Weights pushed while the KV cache stays released, everything woken for a rollout and released
+    after it: in the order vLLM accepts (the stand-in refuses a wake of what is awake, a sleep while
+    anything sleeps, and any use of what is released)."""
+    pytest.importorskip("peft", reason="LoRA needs the optional extra [lora] (peft)")
+    llm = FakeLLM(model=str(checkpoint), enable_sleep_mode=True)
+    engine = lora_engine(checkpoint, small_task, llm, cfg=VLLMConfig(enable_sleep_mode=True))
+    assert llm.events == ["sleep"] and llm.asleep == {"weights", "kv_cache"}
+    engine.run_window(0.5, 2)
+    engine.evaluate()
+    assert llm.asleep == {"weights", "kv_cache"}  # released between uses
+    # a rollout (both woken, then both released), the push (weights woken); the next rollout wakes
+    # the KV cache alone
+    assert llm.events[1:9] == ["wake kv_cache,weights", "generate", "sleep", "wake weights",
+                               "wake kv_cache", "generate", "sleep", "wake weights"]  # fmt: skip
 
 
 def test_rollout_seeds_come_from_the_run_generator(fake_vllm, checkpoint, small_task):

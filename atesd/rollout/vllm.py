@@ -3,13 +3,16 @@
 The student trains in this process with `transformers`; a vLLM engine in the same process holds a
 copy of its weights in `VLLMConfig.gpu_memory_utilization` of the GPU and samples the rollouts. After
 every optimiser step the engine's weights are overwritten from the student's (`sync_weights`: a LoRA
-student's adapters are merged for the push and unmerged after) and vLLM's prefix cache is reset, so no
-cached key/value of the old weights survives. Randomness stays ours: every prompt gets a vLLM seed drawn
+student's layers are pushed as base + adapter delta, computed out of place, so a bf16 base is never
+written and cannot drift from push to push) and vLLM's prefix cache is reset, so no cached key/value
+of the old weights survives. Randomness stays ours: every prompt gets a vLLM seed drawn
 from the caller's `torch.Generator`, so a run with the same seed draws the same seeds.
 
 The weight push follows TRL's colocate mode (`trl/generation/vllm_generation.py`): parameters are
 renamed to the plain checkpoint names (peft's `base_model.model.` prefix and `.base_layer` removed,
-adapter tensors skipped) and handed to the engine model's `load_weights`. vLLM is imported only here,
+adapter tensors skipped) and handed to the engine model's `load_weights`. vLLM stops a completion
+only at our EOS ids (`ignore_eos` with our `stop_token_ids`: vLLM would otherwise add every EOS id
+of the checkpoint's generation config), as our own sampler does. vLLM is imported only here,
 only when this backend is built; everything vLLM-specific is in this file.
 
 Tested pair: see docs/USAGE.md ("vLLM rollouts"); vLLM pins exact torch and transformers versions.
@@ -18,6 +21,7 @@ Tested pair: see docs/USAGE.md ("vLLM rollouts"); vLLM pins exact torch and tran
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -52,7 +56,7 @@ class VLLMConfig:
                   "very large defaults when colocated)"},
     )  # fmt: skip
     dtype: str = field(
-        default="auto", metadata={"help": "vLLM dtype: auto (the checkpoint's), bfloat16, float32"}
+        default="auto", metadata={"help": "vLLM dtype: auto (the student's), bfloat16, float16, float32"}
     )
     enforce_eager: bool = field(default=False, metadata={"help": "no CUDA graphs (slower, less memory)"})
     enable_prefix_caching: bool = field(
@@ -60,8 +64,8 @@ class VLLMConfig:
     )
     enable_sleep_mode: bool = field(
         default=False,
-        metadata={"help": "release vLLM's GPU memory between rollouts (level 1 sleep: KV cache freed, "
-                  "weights offloaded); more memory for training, slower rollouts"},
+        metadata={"help": "release vLLM's GPU memory outside rollouts (level 1 sleep: KV cache freed, "
+                  "weights offloaded to the CPU); more memory for training, slower rollouts"},
     )  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -107,25 +111,60 @@ def sampling_kwargs(params: SamplingParams, eos_token_ids: list[int], seed: int)
         "top_p": params.top_p,
         "max_tokens": params.max_new_tokens,
         "stop_token_ids": list(eos_token_ids),
+        "ignore_eos": True,  # stop at our ids only, not also at the generation config's EOS ids
         "seed": seed,
         "detokenize": False,  # we decode with our tokenizer
     }
 
 
+def lora_deltas(model: nn.Module) -> dict[str, torch.Tensor]:
+    """{state-dict name of a LoRA layer's base weight: the summed delta of its active adapters}; empty
+    for a model without peft adapters (or with them merged already)."""
+    if not hasattr(model, "peft_config"):
+        return {}
+    from peft.tuners.lora import LoraLayer
+
+    deltas = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and not module.merged:
+            active = [a for a in module.active_adapters if a in module.lora_A or a in module.lora_embedding_A]
+            if active:
+                deltas[f"{name}.base_layer.weight"] = sum(module.get_delta_weight(a) for a in active)
+    return deltas
+
+
 def vllm_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(checkpoint name, tensor) of every weight vLLM holds, from a student whose adapters (if any)
-    are merged: peft's prefix and `.base_layer` removed, adapter tensors skipped; an FSDP-sharded
-    weight is gathered whole (a collective: every rank pushes at the same step)."""
+    """(checkpoint name, tensor) of every weight vLLM holds. A LoRA student's adapted layers come as
+    base + delta, computed here (the model is not written); peft's prefix and `.base_layer` are removed
+    and adapter tensors skipped. An FSDP-sharded weight is gathered whole (a collective: every rank
+    pushes at the same step)."""
     from atesd.distributed import is_sharded
 
     is_peft = hasattr(model, "peft_config")
+    deltas = lora_deltas(model)
     for name, tensor in model.state_dict().items():
+        if is_peft and ("lora_" in name or "original_module" in name):
+            continue  # adapter factors: their product is in the delta; saved-module originals: unused
+        tensor = (tensor.full_tensor() if is_sharded(tensor) else tensor).detach()
+        if name in deltas:
+            tensor = tensor + deltas[name].to(tensor.dtype)
         if is_peft:
-            if "lora_" in name or "original_module" in name:
-                continue  # adapter factors are merged into the base weights; skip them
             name = name.removeprefix("base_model.model.").replace(".base_layer", "")
             name = name.replace("modules_to_save.default.", "")
-        yield name, (tensor.full_tensor() if is_sharded(tensor) else tensor).detach()
+        yield name, tensor
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for the rendezvous of a single-process vLLM engine)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def dtype_name(model: nn.Module) -> str:
+    """vLLM's name of the student's parameter dtype."""
+    dtype = next(model.parameters()).dtype
+    return {torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(dtype, "float32")
 
 
 class VLLMSampler:
@@ -159,7 +198,9 @@ class VLLMSampler:
         self._vllm = import_vllm()
         self.llm = llm if llm is not None else self._build_llm()
         self.pushes = 0  # weight pushes so far
+        self.asleep: set[str] = set()  # sleep mode: which of vLLM's "weights", "kv_cache" are released
         self.sync_weights()  # the student may differ from its checkpoint already (a warm start, a resume)
+        self._sleep()
 
     def _build_llm(self) -> Any:
         if not torch.cuda.is_available():
@@ -172,10 +213,11 @@ class VLLMSampler:
         os.environ.setdefault("LOCAL_RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29531")
+        if "MASTER_PORT" not in os.environ:
+            os.environ["MASTER_PORT"] = str(free_port())
         kwargs: dict[str, Any] = {
             "model": model_path(self.model),
-            "dtype": self.cfg.dtype,
+            "dtype": dtype_name(self.model) if self.cfg.dtype == "auto" else self.cfg.dtype,
             "gpu_memory_utilization": self.cfg.gpu_memory_utilization,
             "max_num_seqs": self.cfg.max_num_seqs,
             "enforce_eager": self.cfg.enforce_eager,
@@ -203,25 +245,31 @@ class VLLMSampler:
                 "(docs/USAGE.md, 'vLLM rollouts')"
             ) from err
 
+    def _wake(self, *tags: str) -> None:
+        """Sleep mode: map back those of `tags` that are released (vLLM refuses to wake what is awake)."""
+        todo = [t for t in tags if t in self.asleep]
+        if todo:
+            torch.cuda.empty_cache()  # room for what comes back
+            self.llm.wake_up(tags=todo)
+            self.asleep -= set(todo)
+
+    def _sleep(self) -> None:
+        """Sleep mode: release the KV cache and offload the weights (only when all of it is awake:
+        vLLM skips a sleep while anything still sleeps)."""
+        if self.cfg.enable_sleep_mode and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = {"weights", "kv_cache"}
+
     @torch.no_grad()
     def sync_weights(self) -> None:
-        """Push the student's current weights into the engine and reset its prefix cache."""
-        if self.cfg.enable_sleep_mode:
-            self.llm.wake_up(tags=["weights"])
-        is_peft = hasattr(self.model, "merge_adapter")
+        """Push the student's current weights into the engine and reset its prefix cache (the KV
+        cache stays released in sleep mode until the next rollout)."""
+        self._wake("weights")
         engine_model = self._engine_model()
-        if is_peft:
-            self.model.merge_adapter()
-        try:
-            for name, tensor in vllm_weights(self.model):
-                engine_model.load_weights([(name, tensor)])
-        finally:
-            if is_peft:
-                self.model.unmerge_adapter()
+        for name, tensor in vllm_weights(self.model):
+            engine_model.load_weights([(name, tensor)])
         self.llm.reset_prefix_cache()
         self.pushes += 1
-        if self.cfg.enable_sleep_mode:
-            self.llm.sleep(level=1)
 
     def generate(
         self, prompts: list[list[int]], params: SamplingParams, generator: torch.Generator | None = None
@@ -239,13 +287,11 @@ class VLLMSampler:
         per_prompt = [
             self._vllm.SamplingParams(**sampling_kwargs(params, self.eos_token_ids, s)) for s in seeds
         ]
-        if self.cfg.enable_sleep_mode:
-            self.llm.wake_up()
+        self._wake("weights", "kv_cache")
         outputs = self.llm.generate(
             [{"prompt_token_ids": list(p)} for p in prompts], sampling_params=per_prompt, use_tqdm=False
         )
-        if self.cfg.enable_sleep_mode:
-            self.llm.sleep(level=1)
+        self._sleep()
         eos = set(self.eos_token_ids)
         completions, finished = [], []
         for out in outputs:
