@@ -12,7 +12,8 @@ across ranks, gathered for its forward and backward, and its gradients averaged 
 The embeddings, final norm and output head (which the engine reads directly) stay replicated and are
 averaged by hand as above. `gathered` holds the layers whole while one rank samples on its own (its
 rollout lengths differ from the other ranks', so per-forward collectives would deadlock), and
-`full_state_dict` / `load_full_state_dict` turn sharded states into whole tensors for checkpoints.
+`gather_state` / `scatter_state` (torch.distributed.checkpoint) move whole tensors between the shards
+and rank 0, which alone holds them, for checkpoints and the env's reset snapshot.
 """
 
 from __future__ import annotations
@@ -249,53 +250,49 @@ def gathered(model: nn.Module) -> Iterator[None]:
             m.set_reshard_after_forward(True, recurse=False)
 
 
-def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """`module.state_dict()` with every sharded tensor gathered whole, on the CPU (a collective: every
-    rank calls it)."""
-    return {
-        k: (v.full_tensor() if is_sharded(v) else v).detach().cpu() for k, v in module.state_dict().items()
-    }
+def gather_state(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> tuple[dict, dict]:
+    """(model state, optimizer state) as whole CPU tensors on rank 0 and empty dicts on the other ranks
+    (torch.distributed.checkpoint's full state dicts; the optimizer's keyed by parameter name). A
+    collective: every rank calls it. Values may share memory with the live ones: copy to keep them."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state = get_model_state_dict(model, options=options)
+    optim_state = {}
+    # an optimiser that has not stepped yet stays `{}`: DCP would first "initialise" it with a step of
+    # zero gradients, which advances its step count (and so its bias correction) by one
+    if optimizer is not None and optimizer.state:
+        optim_state = get_optimizer_state_dict(model, optimizer, options=options)
+    return model_state, optim_state
 
 
-def load_full_state_dict(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load whole tensors into a possibly sharded module: each rank keeps its own shard."""
-    from torch.distributed.tensor import distribute_tensor
+def scatter_state(
+    model: nn.Module,
+    model_state: dict,
+    optimizer: torch.optim.Optimizer | None = None,
+    optim_state: dict | None = None,
+) -> None:
+    """Load `gather_state`'s output: rank 0 passes the whole tensors, which are broadcast and sharded
+    into every rank's model (and optimizer); the other ranks' arguments are ignored. A collective."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
-    own = module.state_dict()
-    fitted = {}
-    for k, v in state.items():
-        target = own[k]
-        if is_sharded(target):
-            v = distribute_tensor(v.to(target.device, target.dtype), target.device_mesh, target.placements)
-        fitted[k] = v
-    module.load_state_dict(fitted)
-
-
-def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
-    """`optimizer.state_dict()` with sharded moment tensors gathered whole (collective)."""
-    state = optimizer.state_dict()
-    state["state"] = {
-        i: {
-            k: v.full_tensor().cpu() if isinstance(v, torch.Tensor) and is_sharded(v) else v
-            for k, v in s.items()
-        }
-        for i, s in state["state"].items()
-    }
-    return state
-
-
-def load_full_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Inverse of `full_optimizer_state`: each rank keeps its shard of the moments of sharded parameters."""
-    from torch.distributed.tensor import distribute_tensor
-
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    fitted = {}
-    for i, s in state["state"].items():
-        p = params[int(i)]
-        fitted[i] = {
-            k: distribute_tensor(v.to(p.device), p.device_mesh, p.placements)
-            if is_sharded(p) and isinstance(v, torch.Tensor) and v.shape == p.shape
-            else v
-            for k, v in s.items()
-        }
-    optimizer.load_state_dict({**state, "state": fitted})
+    main = not dist.is_initialized() or dist.get_rank() == 0
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, model_state if main else {}, options=options)
+    if optimizer is None:
+        return
+    stepped = [bool(optim_state)] if main else [None]
+    if dist.is_initialized():
+        dist.broadcast_object_list(stepped, src=0)  # rank 0's word: has the saved optimiser stepped?
+    if stepped[0]:
+        set_optimizer_state_dict(model, optimizer, optim_state if main else {}, options=options)
+    else:
+        optimizer.state.clear()  # as it was saved: not stepped yet

@@ -23,12 +23,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from atesd.batching import completion_hidden
 from atesd.distributed import (
     Dist,
-    full_optimizer_state,
-    full_state_dict,
+    gather_state,
     gathered,
     is_sharded,
-    load_full_optimizer_state,
-    load_full_state_dict,
+    scatter_state,
     shard_layers,
 )
 from atesd.exposure import ExposureConfig, PromptBuilder
@@ -329,10 +327,10 @@ class DistillEngine:
     # ---- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything that carries state: student and teacher weights, optimiser, RNGs, statistics."""
-        if self.sharded:  # whole tensors, on the CPU (a collective: every rank calls it)
-            teacher = full_state_dict(self.teacher.copy) if self.teacher.copy is not None else {}
-            weights = {"student": full_state_dict(self.student), "teacher": teacher,
-                       "optimizer": full_optimizer_state(self.optimizer)}  # fmt: skip
+        if self.sharded:  # whole tensors on rank 0's CPU, none elsewhere (a collective: every rank calls it)
+            student, optimizer = gather_state(self.student, self.optimizer)
+            teacher = gather_state(self.teacher.copy)[0] if self.teacher.copy is not None else {}
+            weights = {"student": student, "teacher": teacher, "optimizer": optimizer}
         else:
             weights = {"student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
                        "optimizer": self.optimizer.state_dict()}  # fmt: skip
@@ -350,11 +348,10 @@ class DistillEngine:
 
     def load_state_dict(self, state: dict) -> None:
         state = copy.deepcopy(state)
-        if self.sharded:  # whole tensors in; each rank keeps its shard
-            load_full_state_dict(self.student, state["student"])
+        if self.sharded:  # rank 0's whole tensors in; every rank keeps its shard
+            scatter_state(self.student, state["student"], self.optimizer, state["optimizer"])
             if self.teacher.copy is not None:
-                load_full_state_dict(self.teacher.copy, state["teacher"])
-            load_full_optimizer_state(self.optimizer, state["optimizer"])
+                scatter_state(self.teacher.copy, state["teacher"])
         else:
             self.student.load_state_dict(state["student"])
             self.teacher.load_state_dict(state["teacher"])

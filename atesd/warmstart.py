@@ -234,5 +234,6 @@ def train_sft(
             progress(step + 1, cfg.steps, losses[-1])
         if (step + 1) % 100 == 0:
             log.info("warm start step %d/%d loss %.4f", step + 1, cfg.steps, np.mean(losses[-100:]))
+    model.zero_grad(set_to_none=True)  # hand back a model like the cached one: no stale gradients
     model.eval()
     return losses

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atesd import checkpoint  # noqa: E402
 from atesd import config as cfglib  # noqa: E402
-from atesd.distributed import Dist, SharedDecisions, full_state_dict  # noqa: E402
+from atesd.distributed import Dist, SharedDecisions, gather_state  # noqa: E402
 from controllers.base import Transition, run_episode  # noqa: E402
 from recipes import _faults as faults  # noqa: E402
 from recipes._progress import USER_ERRORS, fresh_dir, user_errors, warmstart_progress  # noqa: E402
@@ -271,7 +271,7 @@ class Run:
         summary = self.summary(time.perf_counter() - t_start)
         engine = self.env.unwrapped.engine if cfg.env == "real" else None
         # FSDP: every rank helps gather the whole weights; rank 0 writes them
-        weights = full_state_dict(engine.student) if engine is not None and engine.sharded else None
+        weights = gather_state(engine.student)[0] if engine is not None and engine.sharded else None
         if self.main and engine is not None:  # the trained student (with LoRA: its adapter) and tokenizer
             final = self.run_dir / "final_model"
             extra = {} if weights is None else {"state_dict": weights}

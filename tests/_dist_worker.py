@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atesd import config as cfglib  # noqa: E402
-from atesd.distributed import Dist, SharedDecisions, full_state_dict, is_sharded  # noqa: E402
+from atesd.distributed import Dist, SharedDecisions, is_sharded  # noqa: E402
 from controllers.base import run_episode  # noqa: E402
 from recipes.common import RunConfig, build_controller, build_env  # noqa: E402
 
@@ -32,9 +32,13 @@ if __name__ == "__main__":
     local = sum(p.to_local().numel() if is_sharded(p) else p.numel() for p in layer)
     record = {"rank": dist.rank, "world": dist.world_size, "alphas": result.alphas,
               "rewards": result.rewards, "problems": engine.rng.integers(1 << 30),
-              "layer_share": local / sum(p.numel() for p in layer)}  # fmt: skip
+              "layer_share": local / sum(p.numel() for p in layer),
+              "snapshot_weights": len(env.unwrapped._initial["student"])}  # fmt: skip
     (out / f"rank{dist.rank}.json").write_text(json.dumps(record, default=int))
-    weights = {k: v.clone().contiguous() for k, v in full_state_dict(engine.student).items()}
+    weights = {  # whole on every rank (an all-gather per sharded tensor)
+        k: (v.full_tensor() if is_sharded(v) else v).detach().clone().contiguous()
+        for k, v in engine.student.state_dict().items()
+    }
     weights.pop("lm_head.weight", None)  # tied to the embeddings
     save_file(weights, str(out / f"rank{dist.rank}.safetensors"))
     del env, controller, engine, layer  # unreachable before close() collects and leaves the group

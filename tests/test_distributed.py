@@ -36,6 +36,9 @@ def test_two_ranks_share_alpha_and_end_with_identical_weights(tmp_path, mode):
     assert ranks[0]["problems"] != ranks[1]["problems"]  # but each rank drew its own shard of problems
     # FSDP: each rank holds half of every decoder layer's parameters, and the replicated rest whole
     assert [r["layer_share"] for r in ranks] == ([0.5, 0.5] if mode == "fsdp" else [1.0, 1.0])
+    # the env's reset snapshot: whole tensors on rank 0 only under FSDP (host memory), on each rank else
+    snapshot = [r["snapshot_weights"] for r in ranks]
+    assert snapshot[0] > 0 and snapshot[1] == (0 if mode == "fsdp" else snapshot[0])
     w0, w1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
     assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
 
