@@ -568,17 +568,15 @@ def _main(args: argparse.Namespace) -> Path | None:
             try:
                 plan = plan._replace(state=checkpoint.load(plan.checkpoint))
             except (OSError, ValueError) as err:
-                why = str(err)
-    if plan.state is not None and len(plan.state.get("ranks", [None])) != dist.world_size:
-        why = why or _world_mismatch(len(plan.state["ranks"]), dist.world_size)
+                why = f"{err} (on several nodes the run directory must be on a file system every rank sees)"
+    written = len(plan.state.get("ranks", [None])) if plan.state is not None else dist.world_size
+    if written != dist.world_size:
+        why = why or _world_mismatch(written, dist.world_size)
     problems = [(rank, w) for rank, w in enumerate(dist.gather_objects(why)) if w]
     if problems:
         dist.close()
         rank, first = problems[0]
-        raise cfglib.ConfigError(
-            f"rank {rank} cannot resume: {first} (on several nodes the run directory must be on a file "
-            "system every rank sees)"
-        )
+        raise cfglib.ConfigError(f"rank {rank} cannot resume: {first}")
     return _run(dist, plan)
 
 

@@ -115,3 +115,18 @@ def test_run_py_under_torchrun_resumes_a_killed_run_exactly(uncut, mode, tmp_pat
     (logs_a, w_a), (logs_b, w_b) = uncut[mode], outcome(tmp_path / "cut")
     assert logs_a == logs_b
     assert w_a.keys() == w_b.keys() and all(torch.equal(w_a[k], w_b[k]) for k in w_a)
+
+
+def test_torchrun_refuses_to_resume_a_single_process_checkpoint(uncut, tmp_path):
+    """Every rank checks the checkpoint before any other collective, and all of them stop with the
+    reason: here, a run written by one process cannot continue on two."""
+    args = [str(ROOT / "recipes/run.py"), *RESUME_ARGS, f"real.cache_dir={uncut['cache']}",
+            f"out_dir={tmp_path / 'single'}"]  # fmt: skip
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "ATESD_FAULT": "update:5"}
+    killed = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    refused = torchrun([*args, "--resume", "auto"], tmp_path)
+    assert refused.returncode != 0
+    assert "written by 1 process(es)" in refused.stderr and "--nproc_per_node 1" in refused.stderr
+    assert refused.stderr.count("error: rank 0 cannot resume") == 2  # both ranks, one line each
+    assert f'File "{ROOT}' not in refused.stderr  # no traceback through our code
