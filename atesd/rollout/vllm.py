@@ -102,7 +102,7 @@ def model_path(model: nn.Module) -> str:
     return str(path)
 
 
-def sampling_kwargs(params: SamplingParams, eos_token_ids: list[int], seed: int) -> dict[str, Any]:
+def sampling_kwargs(params: SamplingParams, eos_token_ids: list[int], seed: int | None) -> dict[str, Any]:
     """Our sampling settings as vLLM `SamplingParams` keywords (one completion, ids only, our EOS)."""
     return {
         "n": 1,
