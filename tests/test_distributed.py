@@ -129,4 +129,5 @@ def test_torchrun_refuses_to_resume_a_single_process_checkpoint(uncut, tmp_path)
     assert refused.returncode != 0
     assert "written by 1 process(es)" in refused.stderr and "--nproc_per_node 1" in refused.stderr
     assert refused.stderr.count("error: rank 0 cannot resume") == 2  # both ranks, one line each
-    assert f'File "{ROOT}' not in refused.stderr  # no traceback through our code
+    for ours in ("recipes", "atesd", "controllers", "envs"):  # no traceback through our code
+        assert f'File "{ROOT / ours}' not in refused.stderr
