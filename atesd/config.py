@@ -42,14 +42,16 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
             close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f"; did you mean '{path}{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}"
             raise ConfigError(f"unknown config key '{name}'{hint}")
-        kwargs[key] = _coerce(hints[key], value, name)
+        kwargs[key] = coerce(hints[key], value, name)
     try:
         return cls(**kwargs)
+    except ConfigError:
+        raise  # already names its keys
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{path.rstrip('.') or cls.__name__}: {err}") from err
 
 
-def _coerce(tp: Any, value: Any, name: str) -> Any:
+def coerce(tp: Any, value: Any, name: str) -> Any:
     """Convert YAML/CLI data to the annotated type (dataclasses, tuples, numbers, Literal, Optional)."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
@@ -58,7 +60,7 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, name) if len(inner) == 1 else value
+        return coerce(inner[0], value, name) if len(inner) == 1 else value
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{name} must be one of {', '.join(map(str, args))}; got {value!r}")
@@ -67,8 +69,8 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{name} must be a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, name) for v in value)
-        return tuple(_coerce(a, v, name) for a, v in zip(args, value)) if args else tuple(value)
+            return tuple(coerce(args[0], v, name) for v in value)
+        return tuple(coerce(a, v, name) for a, v in zip(args, value)) if args else tuple(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -125,14 +127,20 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | No
     return from_dict(cls, merge(data, parse_overrides(overrides or [])))
 
 
-def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted key, default, help) for every leaf field: the text of --help."""
+def describe(cls: type, prefix: str = "", defaults: Any = None) -> list[tuple[str, str, str]]:
+    """(dotted key, default, help) for every leaf field: the text of --help.
+
+    `defaults` is the instance whose values are listed (default: `cls()`); a nested config's values
+    come from its parent's instance, so a parent that sets its own child defaults (say
+    `RealEnvConfig.env = ExposureEnvConfig(eval_every=4)`) is listed with those.
+    """
     rows = []
     hints = typing.get_type_hints(cls)
-    defaults = cls()
+    defaults = cls() if defaults is None else defaults
     for f in dataclasses.fields(cls):
+        value = getattr(defaults, f.name)
         if dataclasses.is_dataclass(hints[f.name]):
-            rows += describe(hints[f.name], f"{prefix}{f.name}.")
+            rows += describe(hints[f.name], f"{prefix}{f.name}.", value)
         else:
-            rows.append((f"{prefix}{f.name}", repr(getattr(defaults, f.name)), f.metadata.get("help", "")))
+            rows.append((f"{prefix}{f.name}", repr(value), f.metadata.get("help", "")))
     return rows

@@ -1,4 +1,4 @@
-"""Learning-progress and discounted-return maths of ATESD (PAPER.md section 3), in numpy.
+"""Learning-progress and discounted-return maths of ATESD (docs/METHOD.md §3), in numpy.
 
 Pure functions over sequences of tracked-loss values and grounded scores; no torch, no state.
 The env uses `window_reward` for one hold window; agents use `lookahead_returns` to turn window
@@ -8,8 +8,23 @@ rewards into the paper's delayed-credit return (windows discounted by gamma^H ov
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
+
+
+class RewardSpec(NamedTuple):
+    """The facts of an exposure env's reward that an agent's returns must share with it.
+
+    Every exposure env exposes one as `env.unwrapped.reward_spec`; controllers take H and gamma from
+    it at construction (`recipes.common.build_controller`), so no second copy can disagree.
+    """
+
+    hold_steps: int  # H: student updates per env step
+    gamma: float  # per-update discount of the window reward; windows are discounted by gamma^H
+    total_steps: int  # T: student updates per episode
+    lambda_gt: float  # weight of the grounded score in the reward
+    signed_progress: bool  # rises of the tracked loss are charged too (net drop)
 
 
 def discounted_progress(losses: Sequence[float], gamma: float, signed: bool = False) -> float:

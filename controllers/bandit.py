@@ -66,9 +66,15 @@ class BanditConfig:
         default="discounted_grounded",
         metadata={"help": "arm reward: immediate | short_delayed | discounted | discounted_grounded"},
     )
-    hold_steps: int = field(default=5, metadata={"help": "student updates per env step, H (= the env's)"})
+    hold_steps: int = field(
+        default=5,
+        metadata={"help": "updates per env step, H: taken from the env; a different value is refused"},
+    )
     lookahead_steps: int = field(default=10, metadata={"help": "lookahead L in updates, a multiple of H"})
-    gamma: float = field(default=0.9, metadata={"help": "per-update discount of the lookahead, in (0, 1]"})
+    gamma: float = field(
+        default=0.9,
+        metadata={"help": "per-update discount: taken from the env; a different value is refused"},
+    )
     finish_truncated: Literal["drop", "truncate"] = field(
         default="drop", metadata={"help": "decisions cut by the episode end: drop, or use the truncated sum"}
     )

@@ -35,15 +35,21 @@ RAW_EPS = 1e-6  # raw samples are kept inside (0, 1) so their float32 log-prob s
 
 @dataclass(frozen=True)
 class BetaReinforceConfig:
-    """Hyperparameters of the ATESD controller (PAPER.md section 3; unpublished ones are our defaults)."""
+    """Hyperparameters of the ATESD controller (docs/METHOD.md §3; unpublished ones are our defaults)."""
 
     reward_mode: RewardMode = field(
         default="discounted_grounded",
         metadata={"help": "decision return: immediate | short_delayed | discounted | discounted_grounded"},
     )
-    hold_steps: int = field(default=5, metadata={"help": "student updates per env step, H (= the env's)"})
+    hold_steps: int = field(
+        default=5,
+        metadata={"help": "updates per env step, H: taken from the env; a different value is refused"},
+    )
     lookahead_steps: int = field(default=10, metadata={"help": "lookahead L in updates, a multiple of H"})
-    gamma: float = field(default=0.9, metadata={"help": "per-update discount, in (0, 1]"})
+    gamma: float = field(
+        default=0.9,
+        metadata={"help": "per-update discount: taken from the env; a different value is refused"},
+    )
     batch_decisions: int = field(default=4, metadata={"help": "finished decisions per update, B (>= 2)"})
     entropy_target: float = field(default=BETA22_ENTROPY, metadata={"help": "H_target in nats (<= 0)"})
     entropy_coef: float = field(default=0.1, metadata={"help": "c of the one-sided entropy penalty (>= 0)"})

@@ -27,9 +27,13 @@ RAW_EPS = 1e-6  # raw samples are kept inside (0, 1) so their float32 log-prob s
 class PPOConfig:
     """Hyperparameters of the PPO controller (small rollouts: a real env step costs minutes)."""
 
-    hold_steps: int = field(default=5, metadata={"help": "student updates per env step, H (= the env's)"})
+    hold_steps: int = field(
+        default=5,
+        metadata={"help": "updates per env step, H: taken from the env; a different value is refused"},
+    )
     gamma: float = field(
-        default=0.9, metadata={"help": "per-update discount; per env step gamma^H, in (0, 1]"}
+        default=0.9,
+        metadata={"help": "per-update discount: taken from the env; a different value is refused"},
     )
     gae_lambda: float = field(default=0.95, metadata={"help": "GAE lambda, in [0, 1]"})
     n_steps: int = field(default=8, metadata={"help": "transitions per rollout before an update (>= 2)"})

@@ -16,7 +16,7 @@ import numpy as np
 
 from atesd.engine import DistillEngine, EngineConfig
 from atesd.models import TinyModelConfig
-from atesd.progress import window_reward
+from atesd.progress import RewardSpec, window_reward
 from atesd.tasks.synthetic import ChainBagConfig, ChainBagTask
 from atesd.warmstart import WarmStartConfig, warm_start
 from envs import spec
@@ -50,6 +50,11 @@ class ExposureEnvConfig:
         for name, ok, rule in checks:
             if not ok:
                 raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
+
+    @property
+    def reward_spec(self) -> RewardSpec:
+        """H, gamma and the other facts of the reward that agents share with the env."""
+        return RewardSpec(self.hold_steps, self.gamma, self.total_steps, self.lambda_gt, self.signed_progress)
 
 
 class TeacherExposureEnv(gym.Env):
@@ -101,6 +106,11 @@ class TeacherExposureEnv(gym.Env):
     """
 
     metadata = {"render_modes": []}
+
+    @property
+    def reward_spec(self) -> RewardSpec:
+        """The reward's H and gamma (and T, lambda_gt, signed): the one source controllers read."""
+        return self.cfg.reward_spec
 
     def __init__(
         self,

@@ -14,6 +14,7 @@ from typing import Literal
 import gymnasium as gym
 import numpy as np
 
+from atesd.progress import RewardSpec
 from envs import spec
 
 Variant = Literal["rising", "constant", "falling", "mix"]
@@ -67,6 +68,11 @@ class MockConfig:
                 raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
         if self.variant not in ("rising", "constant", "falling", "mix"):
             raise ValueError(f"variant must be rising, constant, falling or mix; got {self.variant!r}")
+
+    @property
+    def reward_spec(self) -> RewardSpec:
+        """H, gamma and the other facts of the reward that agents share with the env."""
+        return RewardSpec(self.hold_steps, self.gamma, self.total_steps, self.lambda_gt, self.signed_progress)
 
 
 LOSS_START, LOSS_FLOOR = 2.0, 0.5  # tracked loss at competence 0 and 1
@@ -152,6 +158,11 @@ class MockExposureEnv(gym.Env):
     """
 
     metadata = {"render_modes": []}
+
+    @property
+    def reward_spec(self) -> RewardSpec:
+        """The reward's H and gamma (and T, lambda_gt, signed): the one source controllers read."""
+        return self.cfg.reward_spec
 
     def __init__(self, cfg: MockConfig | None = None, **overrides) -> None:
         self.cfg = cfg or MockConfig(**overrides)

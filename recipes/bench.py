@@ -375,7 +375,6 @@ def plan(args: argparse.Namespace) -> tuple[RunConfig, list[str], list[str], lis
     if args.baseline not in controllers:
         controllers.append(args.baseline)
         notes.append(f"note: added the baseline '{args.baseline}' to the controllers")
-    spaces = _spaces()
     for env in envs:
         for name in controllers:
             if env == "real" and name in MOCK_ONLY:
@@ -383,17 +382,21 @@ def plan(args: argparse.Namespace) -> tuple[RunConfig, list[str], list[str], lis
                 continue
             unit_cfg = dataclasses.replace(cfg, env=env, controller=name)
             try:
-                build_controller(unit_cfg, spaces)  # fail now, not after the warm start
+                build_controller(unit_cfg, _spaces(unit_cfg))  # fail now, not after the warm start
             except ValueError as err:
                 raise cfglib.ConfigError(str(err)) from err
     return cfg, envs, controllers, notes
 
 
-def _spaces() -> Any:
-    """A stand-in env holding only the exposure spaces (all a controller is built from)."""
+def _spaces(cfg: RunConfig) -> Any:
+    """A stand-in env holding only what a controller is built from: the spaces and the reward spec."""
     from envs import spec
 
-    return types.SimpleNamespace(observation_space=spec.observation_space(), action_space=spec.action_space())
+    return types.SimpleNamespace(
+        observation_space=spec.observation_space(),
+        action_space=spec.action_space(),
+        unwrapped=types.SimpleNamespace(reward_spec=cfg.reward_spec),
+    )
 
 
 def warm_start_real(cfg: RunConfig) -> None:

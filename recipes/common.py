@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ import gymnasium as gym
 from atesd import config as cfglib
 from atesd.engine import EngineConfig
 from atesd.models import HFModelConfig, LoraSettings, TinyModelConfig
+from atesd.progress import RewardSpec
 from atesd.tasks.math import MathDataConfig
 from atesd.tasks.synthetic import ChainBagConfig, ChainBagTask
 from atesd.warmstart import WarmStartConfig
@@ -49,18 +51,56 @@ class RealEnvConfig:
     cache_dir: str = field(default="", metadata={"help": "warm-start cache ('' = ~/.cache/atesd)"})
 
 
+# Facts of the reward that the env owns and a controller must share: a controller's copy is set from
+# the env's `reward_spec` when it is built; an explicit `controllers.<name>.<key>` must agree with it.
+ENV_OWNED = ("hold_steps", "gamma")
+
+
 def default_controller_configs() -> dict[str, dict[str, Any]]:
-    """Every registered controller's default config, as plain dicts."""
-    return {name: cfglib.to_dict(cfg_cls()) for name, (_, cfg_cls) in CONTROLLERS.items()}
+    """Every registered controller's default config as plain dicts, without the env-owned keys."""
+    return {
+        name: _without_env_owned(cfglib.to_dict(cfg_cls()), {}) for name, (_, cfg_cls) in CONTROLLERS.items()
+    }
 
 
-def controller_config(name: str, data: dict[str, Any] | None = None) -> Any:
-    """The config dataclass of controller `name` from (partial) `data`; clear errors for bad keys."""
+def _without_env_owned(resolved: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in resolved.items() if k not in ENV_OWNED or k in given}
+
+
+def controller_config(
+    name: str, data: dict[str, Any] | None = None, reward: RewardSpec | None = None, env_key: str = ""
+) -> Any:
+    """The config dataclass of controller `name` from (partial) `data`; clear errors for bad keys.
+
+    With `reward` (the env's `reward_spec`; `env_key` the config prefix it came from, e.g.
+    `real.env.`), every env-owned field takes the env's value, and an explicit different value in
+    `data` is refused in one line naming both keys.
+    """
     if name not in CONTROLLERS:
         close = difflib.get_close_matches(name, list(CONTROLLERS), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise cfglib.ConfigError(f"unknown controller '{name}'{hint} (registered: {', '.join(CONTROLLERS)})")
-    return cfglib.from_dict(CONTROLLERS[name][1], data or {}, f"controllers.{name}.")
+    cfg_cls = CONTROLLERS[name][1]
+    data = dict(data or {})
+    if reward is not None:
+        hints = typing.get_type_hints(cfg_cls)
+        for key in (k for k in ENV_OWNED if k in hints):
+            env_value = getattr(reward, key)
+            if data.get(key) is not None:
+                given = cfglib.coerce(hints[key], data[key], f"controllers.{name}.{key}")
+                if given != env_value:
+                    raise cfglib.ConfigError(
+                        f"controllers.{name}.{key}={given} contradicts {env_key}{key}={env_value}: the env "
+                        f"owns {key} and every controller takes it from there; drop controllers.{name}.{key}"
+                    )
+            data[key] = env_value
+        lookahead = data.get("lookahead_steps", getattr(cfg_cls(), "lookahead_steps", None))
+        if isinstance(lookahead, int) and lookahead % reward.hold_steps:
+            raise cfglib.ConfigError(
+                f"controllers.{name}.lookahead_steps={lookahead} must be a multiple of the env's "
+                f"hold_steps ({env_key}hold_steps={reward.hold_steps})"
+            )
+    return cfglib.from_dict(cfg_cls, data, f"controllers.{name}.")
 
 
 @dataclass(frozen=True)
@@ -89,7 +129,7 @@ class RunConfig:
     real: RealEnvConfig = field(default_factory=RealEnvConfig)
     mock: MockConfig = field(default_factory=MockConfig)
     controllers: dict = field(
-        default_factory=default_controller_configs,
+        default_factory=dict,
         metadata={"help": "per-controller configs, keyed by registered name"},
     )
 
@@ -106,23 +146,56 @@ class RunConfig:
         for name, ok, rule in checks:
             if not ok:
                 raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
-        controller_config(self.controller)  # unknown name: closest-name error
+        given = dict(self.controllers or {})
+        for name, data in given.items():
+            if data is not None and not isinstance(data, dict):
+                raise ValueError(f"controllers.{name} must be a mapping of its config keys, got {data!r}")
         resolved = default_controller_configs()
-        for name, data in (self.controllers or {}).items():
-            controller_config(name, data)  # unknown controller or key: error naming it
-            resolved[name] = cfglib.to_dict(controller_config(name, data))
+        for name in dict.fromkeys([self.controller, *given]):
+            data = given.get(name) or {}
+            # the selected controller and every one configured here are checked against the env
+            built = controller_config(name, data, self.reward_spec, self.env_key)
+            resolved[name] = _without_env_owned(cfglib.to_dict(built), data)
         object.__setattr__(self, "controllers", resolved)
 
     @property
+    def reward_spec(self) -> RewardSpec:
+        """The selected env's reward facts (H, gamma, ...): the one source of the controllers' copies."""
+        return self.real.env.reward_spec if self.env == "real" else self.mock.reward_spec
+
+    @property
+    def env_key(self) -> str:
+        """The config prefix of the selected env's own section."""
+        return "real.env." if self.env == "real" else "mock."
+
+    @property
     def hold_steps(self) -> int:
-        return self.real.env.hold_steps if self.env == "real" else self.mock.hold_steps
+        return self.reward_spec.hold_steps
+
+    @property
+    def total_steps(self) -> int:
+        return self.reward_spec.total_steps
 
 
-def describe(cls: type = RunConfig) -> list[tuple[str, str, str]]:
-    """(dotted key, default, help) for every field, the controllers' included: the text of --help."""
-    rows = [row for row in cfglib.describe(cls) if row[0] != "controllers"]
+def resolved_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The run config as written to config.json: the selected controller's env-owned keys filled in
+    with the values it actually uses."""
+    out = cfglib.to_dict(cfg)
+    name = cfg.controller
+    out["controllers"][name] = cfglib.to_dict(
+        controller_config(name, cfg.controllers.get(name), cfg.reward_spec, cfg.env_key)
+    )
+    return out
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(dotted key, default, help) of every RunConfig field, the controllers' included (with the
+    default env's H and gamma, which they take from it): the text of --help."""
+    defaults = RunConfig()
+    rows = [row for row in cfglib.describe(RunConfig, "", defaults) if row[0] != "controllers"]
     for name, (_, cfg_cls) in CONTROLLERS.items():
-        rows += cfglib.describe(cfg_cls, f"controllers.{name}.")
+        built = controller_config(name, {}, defaults.reward_spec, defaults.env_key)
+        rows += cfglib.describe(cfg_cls, f"controllers.{name}.", built)
     return rows
 
 
@@ -200,22 +273,14 @@ def _device(device: str, dist=None) -> str:
 
 
 def build_controller(cfg: RunConfig, env: gym.Env, name: str | None = None):
-    """Controller `name` (default: cfg.controller) for `env`: its config from cfg.controllers, with the
-    run's seed and the env's hold window where the config has those fields."""
+    """Controller `name` (default: cfg.controller) for `env`: its config from cfg.controllers with the
+    run's seed, and H and gamma from the env itself (`env.unwrapped.reward_spec`)."""
     name = name or cfg.controller
     cls, cfg_cls = CONTROLLERS[name]
-    ctl_cfg = controller_config(name, cfg.controllers.get(name))
-    names = {f.name for f in dataclasses.fields(cfg_cls)}
-    updates = {"seed": cfg.seed} if "seed" in names else {}
-    if "hold_steps" in names:
-        updates["hold_steps"] = cfg.hold_steps
-        if "lookahead_steps" in names and ctl_cfg.lookahead_steps % cfg.hold_steps:
-            raise cfglib.ConfigError(
-                f"controllers.{name}.lookahead_steps={ctl_cfg.lookahead_steps} must be a multiple of the "
-                f"env's hold_steps={cfg.hold_steps}"
-            )
-    try:
-        ctl_cfg = dataclasses.replace(ctl_cfg, **updates)
-    except ValueError as err:
-        raise cfglib.ConfigError(f"controllers.{name}: {err}") from err
+    ctl_cfg = controller_config(name, cfg.controllers.get(name), env.unwrapped.reward_spec, cfg.env_key)
+    if "seed" in {f.name for f in dataclasses.fields(cfg_cls)}:
+        try:
+            ctl_cfg = dataclasses.replace(ctl_cfg, seed=cfg.seed)
+        except ValueError as err:
+            raise cfglib.ConfigError(f"controllers.{name}: {err}") from err
     return cls(env.observation_space, env.action_space, ctl_cfg)

@@ -36,7 +36,7 @@ from atesd.distributed import Dist, SharedDecisions, gather_state  # noqa: E402
 from controllers.base import Transition, run_episode  # noqa: E402
 from recipes import _faults as faults  # noqa: E402
 from recipes._progress import USER_ERRORS, fresh_dir, user_errors, warmstart_progress  # noqa: E402
-from recipes.common import RunConfig, build_controller, build_env, describe  # noqa: E402
+from recipes.common import RunConfig, build_controller, build_env, describe, resolved_dict  # noqa: E402
 
 SUMMARY = "summary.json"
 
@@ -221,9 +221,7 @@ class Run:
             faults.install(self.env.unwrapped.engine)
         if self.dist.active:
             self.controller = SharedDecisions(self.controller, self.dist)
-        self.windows_per_episode = math.ceil(
-            (cfg.real.env.total_steps if cfg.env == "real" else cfg.mock.total_steps) / cfg.hold_steps
-        )
+        self.windows_per_episode = math.ceil(cfg.total_steps / cfg.hold_steps)
         self.total_windows = self.windows_per_episode * cfg.episodes
         self.metrics = JsonLines(run_dir / "metrics.jsonl") if self.main else NullLines()
         self.decisions = JsonLines(run_dir / "decisions.jsonl") if self.main else NullLines()
@@ -602,7 +600,7 @@ def _plan(args: argparse.Namespace, cfg: RunConfig) -> Plan:
         return Plan(cfg, run_dir, finished=True)
     stored = cfglib.from_dict(RunConfig, json.loads((run_dir / "config.json").read_text()))
     if args.resume == "auto" or args.config or args.overrides or args.set:
-        differ = _differences(cfglib.to_dict(stored), cfglib.to_dict(cfg))
+        differ = _differences(resolved_dict(stored), resolved_dict(cfg))
         if differ and args.resume != "auto":
             raise cfglib.ConfigError(f"--resume {run_dir}: the given config differs from the run's: {differ}")
         if differ:
@@ -636,7 +634,7 @@ def _run(dist: Dist, plan: Plan) -> Path | None:
     fresh = run_dir is None
     if fresh:
         run_dir = new_run_dir(cfg)
-        (run_dir / "config.json").write_text(json.dumps(cfglib.to_dict(cfg), indent=1))
+        (run_dir / "config.json").write_text(json.dumps(resolved_dict(cfg), indent=1))
     print(f"run directory: {run_dir}", flush=True)
     try:
         runner = Run(cfg, run_dir, resume_state, dist)  # builds the env: data, model and warm start

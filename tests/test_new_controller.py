@@ -175,7 +175,7 @@ def test_run_config_takes_its_fields_and_rejects_a_misspelled_one(registered):
     run = RunConfig(
         controller="hill_climb", env="mock", seed=4, mock=MockConfig(hold_steps=2, total_steps=40)
     )
-    env, _ = make()
+    env = gym.make("atesd/MockExposure-v0", cfg=run.mock)
     controller = build_controller(run, env)
     assert (controller.cfg.seed, controller.cfg.hold_steps, controller.cfg.delta) == (4, 2, 0.1)
 

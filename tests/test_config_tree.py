@@ -1,0 +1,105 @@
+"""One config tree: the env owns H and gamma, --help lists the true defaults, keys reach every recipe."""
+
+from __future__ import annotations
+
+import ast
+import json
+
+import pytest
+
+from atesd import config as cfglib
+from controllers import CONTROLLERS
+from envs.mock_env import MockExposureEnv
+from recipes.common import ENV_OWNED, RunConfig, build_controller, describe, resolved_dict
+
+
+def _walk(cfg, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part] if isinstance(node, dict) else getattr(node, part)
+    return node
+
+
+def test_help_lists_the_value_of_a_freshly_built_config():
+    fresh = RunConfig()
+    resolved = resolved_dict(fresh)
+    rows = describe()
+    assert len(rows) > 100
+    for key, default, _ in rows:
+        if key.startswith("controllers."):
+            _, name, field = key.split(".", 2)
+            built = cfglib.to_dict(build_controller(fresh, _StandIn(fresh), name).cfg)
+            expected = built[field] if field != "seed" else fresh.seed
+            assert ast.literal_eval(default) == expected, key
+        else:
+            assert default == repr(_walk(fresh, key)), key
+    listed = dict((k, d) for k, d, _ in rows)
+    # the nested defaults a parent sets for its child (the bug: these were listed as the child's own)
+    assert listed["real.engine.loss.kind"] == "'reverse_kl'"
+    assert listed["real.env.eval_every"] == "4"
+    assert listed["controllers.beta_reinforce.gamma"] == repr(
+        resolved["controllers"]["beta_reinforce"]["gamma"]
+    )
+
+
+class _StandIn:
+    """What build_controller reads of an env: its spaces and reward spec."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        env = MockExposureEnv()
+        self.observation_space, self.action_space = env.observation_space, env.action_space
+        self.unwrapped = self
+        self.reward_spec = cfg.reward_spec
+
+
+@pytest.mark.parametrize("env,key", [("real", "real.env."), ("mock", "mock.")])
+def test_env_gamma_and_hold_reach_every_discounting_controller(env, key):
+    cfg = cfglib.load(RunConfig, None, [f"env={env}", f"{key}gamma=0.8", f"{key}hold_steps=2"])
+    owners = [name for name, (_, c) in CONTROLLERS.items() if "gamma" in c.__dataclass_fields__]
+    assert {"beta_reinforce", "bandit", "ppo"} <= set(owners)
+    for name in owners:
+        unit = cfglib.load(RunConfig, None, [f"env={env}", f"{key}gamma=0.8", f"{key}hold_steps=2",
+                                             f"controller={name}"])  # fmt: skip
+        assert resolved_dict(unit)["controllers"][name]["gamma"] == 0.8  # what config.json shows
+        controller = build_controller(unit, _StandIn(unit))
+        assert (controller.cfg.gamma, controller.cfg.hold_steps) == (0.8, 2)  # what the controller uses
+    assert cfg.reward_spec.gamma == 0.8
+
+
+def test_the_controller_reads_the_env_it_is_built_for_not_a_copy():
+    cfg = RunConfig(controller="ppo", env="mock")
+    env = MockExposureEnv(gamma=0.7, hold_steps=5)
+    assert build_controller(cfg, env).cfg.gamma == 0.7
+
+
+@pytest.mark.parametrize("field", ENV_OWNED)
+def test_a_contradicting_controller_setting_is_refused_naming_both_keys(field):
+    value = {"gamma": 0.5, "hold_steps": 3}[field]
+    with pytest.raises(cfglib.ConfigError) as err:
+        cfglib.load(RunConfig, None, [f"controllers.beta_reinforce.{field}={value}"])
+    message = str(err.value)
+    assert f"controllers.beta_reinforce.{field}={value}" in message and f"real.env.{field}=" in message
+    assert "\n" not in message
+    # the same value as the env's is accepted
+    same = {"gamma": 0.9, "hold_steps": 5}[field]
+    assert cfglib.load(RunConfig, None, [f"controllers.beta_reinforce.{field}={same}"])
+
+
+def test_a_lookahead_that_does_not_fit_the_env_window_is_refused_at_parse_time():
+    with pytest.raises(
+        cfglib.ConfigError, match=r"lookahead_steps=10 must be a multiple.*real.env.hold_steps=3"
+    ):
+        cfglib.load(RunConfig, None, ["real.env.hold_steps=3"])
+    # a controller that is neither selected nor configured is not in the way
+    assert cfglib.load(RunConfig, None, ["real.env.hold_steps=3", "controller=fixed"]).hold_steps == 3
+
+
+def test_resolved_config_round_trips_and_switching_env_rebinds():
+    import dataclasses
+
+    cfg = cfglib.load(RunConfig, None, ["mock.gamma=0.7"])
+    again = cfglib.from_dict(RunConfig, json.loads(json.dumps(resolved_dict(cfg))))
+    assert resolved_dict(again) == resolved_dict(cfg)
+    # a unit of bench.py: the same run config on the other env takes that env's gamma
+    mock = dataclasses.replace(cfg, env="mock")
+    assert resolved_dict(mock)["controllers"]["beta_reinforce"]["gamma"] == 0.7
