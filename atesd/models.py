@@ -114,7 +114,7 @@ class HFModelConfig:
 
 @dataclass(frozen=True)
 class LoraSettings:
-    """LoRA adapters through peft (rank 0 = full fine-tuning). PAPER.md's OPSD v3: r 64, alpha 128."""
+    """LoRA adapters through peft (rank 0 = full fine-tuning). the OPSD v3 recipe of docs/METHOD.md §1: r 64, alpha 128."""
 
     rank: int = field(default=0, metadata={"help": "adapter rank r (0 = full fine-tuning)"})
     alpha: float = field(default=128.0, metadata={"help": "lora_alpha (scale alpha / r)"})

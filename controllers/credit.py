@@ -1,6 +1,6 @@
 """Delayed credit shared by the controllers: a decision's return over the windows that follow it.
 
-PAPER.md section 3. A decision (one alpha held for a window of H updates) is credited once its
+docs/METHOD.md §3. A decision (one alpha held for a window of H updates) is credited once its
 lookahead of K = L / H windows has been observed; until then it is *pending*. Reads only the
 `envs.spec` info keys of each step (`losses`, `reward/progress`, `reward/total`), so it knows nothing
 of engines or models. The reward modes are the paper's ablations:

@@ -7,7 +7,7 @@
 Samples n completions per problem from the student prompt (question only, the tokenizer's chat
 template) with the project's sampler, batched over problems x samples and seeded by one explicit
 torch.Generator, so a run repeats exactly under the same `--seed` (and batch size). Grading is the
-task's own verifier. The sampling defaults are PAPER.md section 4 (temperature 1.0, top-p 0.95,
+task's own verifier. The sampling defaults are docs/METHOD.md §4 (temperature 1.0, top-p 0.95,
 thinking on, n = 12, up to 38,912 new tokens) on a math benchmark; on the synthetic task
 `samples=0` and `max_new_tokens=0` mean n = 4 and 96 tokens (its solutions are at most 63 tokens
 at the default bands), so the default run, the 4 x 256 problems of the embedded eval sets x 4
@@ -51,13 +51,13 @@ from atesd.tasks.synthetic import ChainBagConfig  # noqa: E402
 from atesd.warmstart import WarmStartConfig  # noqa: E402
 from recipes._progress import USER_ERRORS, fresh_dir, user_errors, warmstart_progress  # noqa: E402
 
-PAPER_SAMPLES, PAPER_MAX_NEW_TOKENS = 12, 38_912  # PAPER.md section 4
+PAPER_SAMPLES, PAPER_MAX_NEW_TOKENS = 12, 38_912  # docs/METHOD.md §4
 SYNTHETIC_SAMPLES, SYNTHETIC_MAX_NEW_TOKENS = 4, 96  # 96: the training sampler's default
 
 
 @dataclass(frozen=True)
 class EvalSamplingConfig:
-    """How completions are sampled (defaults: PAPER.md section 4)."""
+    """How completions are sampled (defaults: docs/METHOD.md §4)."""
 
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature (> 0)"})
     top_p: float = field(default=0.95, metadata={"help": "nucleus filter in (0, 1], 1 = off"})

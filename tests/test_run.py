@@ -162,7 +162,7 @@ def test_every_shipped_config_loads(path):
     from recipes.common import RunConfig
 
     cfg = cfglib.load(RunConfig, path)
-    if path.name.startswith("qwen3_"):  # the OPSD v3 recipe of PAPER.md section 1
+    if path.name.startswith("qwen3_"):  # the OPSD v3 recipe of docs/METHOD.md §1
         engine = cfg.real.engine
         assert (cfg.real.lora.rank, cfg.real.lora.alpha, engine.lr, engine.batch_size) == (
             64,
