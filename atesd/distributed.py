@@ -28,6 +28,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from atesd.models import base_model
+
 
 @dataclass
 class Dist:
@@ -160,43 +162,6 @@ class Dist:
             dist.destroy_process_group()
 
 
-class SharedDecisions:
-    """Rank 0's controller decides; every rank acts with the alpha it broadcasts.
-
-    Wraps any controller (the `controllers.base.Controller` protocol). On rank 0 it passes everything
-    through and broadcasts each action; on the other ranks it only receives the broadcast alpha, and
-    learns, saves and reports nothing (the envs see identical averaged statistics on every rank).
-    """
-
-    def __init__(self, controller, dist: Dist) -> None:
-        self.controller, self.dist = controller, dist
-
-    def reset(self, seed: int | None = None, info: dict | None = None) -> None:
-        if self.dist.is_main:
-            self.controller.reset(seed=seed, info=info)
-
-    def act(self, obs):
-        import numpy as np
-
-        alpha = float(self.controller.act(obs)[0]) if self.dist.is_main else 0.0
-        return np.array([self.dist.broadcast_float(alpha)], dtype=np.float32)
-
-    def observe(self, obs, action, reward, next_obs, terminated, truncated, info) -> dict[str, float]:
-        if not self.dist.is_main:
-            return {}
-        return self.controller.observe(obs, action, reward, next_obs, terminated, truncated, info)
-
-    def pop_credits(self) -> list[dict[str, float]]:
-        pop = getattr(self.controller, "pop_credits", None)
-        return pop() if pop is not None and self.dist.is_main else []
-
-    def state_dict(self) -> dict:
-        return self.controller.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.controller.load_state_dict(state)
-
-
 # ---- FSDP2 ---------------------------------------------------------------------------------------
 def is_sharded(t: torch.Tensor) -> bool:
     """A DTensor (a parameter or gradient split across ranks by FSDP)."""
@@ -207,7 +172,7 @@ def is_sharded(t: torch.Tensor) -> bool:
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder's block list of an HF causal LM (`model.get_decoder().layers`)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     layers = getattr(base.get_decoder(), "layers", None)
     if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
         raise ValueError(

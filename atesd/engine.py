@@ -31,7 +31,8 @@ from atesd.distributed import (
 )
 from atesd.exposure import ExposureConfig, PromptBuilder
 from atesd.losses import LossConfig, LossOutput, chunked_distill_loss
-from atesd.rollout import BackendName, RolloutBackend, SamplingParams, make_backend
+from atesd.models import eos_token_ids, is_peft
+from atesd.rollout import BACKENDS, BackendName, RolloutBackend, SamplingParams, make_backend
 from atesd.rollout.vllm import VLLMConfig
 from atesd.stats import EMAStats, StepStats, WindowStats
 from atesd.tasks.base import Problem, Task
@@ -63,8 +64,8 @@ class SamplingConfig:
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
     def __post_init__(self) -> None:
-        if self.backend not in ("hf", "vllm"):
-            raise ValueError(f"sampling.backend must be hf or vllm, got {self.backend!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"sampling.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.temperature <= 0:
             raise ValueError(
                 f"sampling.temperature must be > 0 for on-policy training, got {self.temperature}"
@@ -160,7 +161,7 @@ class DistillEngine:
         self.teacher = Teacher(model, self.cfg.teacher)  # a frozen or EMA copy is taken before sharding
         self.sharded = self.cfg.fsdp and self.dist.active
         if self.sharded:
-            if hasattr(model, "peft_config"):
+            if is_peft(model):
                 raise ValueError(
                     "engine.fsdp shards a full fine-tune; a LoRA student's frozen base is replicated "
                     "(plain data parallel): set real.lora.rank=0 or engine.fsdp=false"
@@ -171,11 +172,10 @@ class DistillEngine:
         self.builder = PromptBuilder(tokenizer, task.prompt_format, self.cfg.exposure)
         if sampler is None:
             sampling = self.cfg.sampling
-            sampler = make_backend(sampling.backend, model, [tokenizer.eos_token_id], tokenizer.pad_token_id,
+            eos = eos_token_ids(model, tokenizer)
+            sampler = make_backend(sampling.backend, model, eos, tokenizer.pad_token_id,
                                    compile=sampling.compile, vllm=sampling.vllm)  # fmt: skip
-        self.sampler = sampler
-        # a backend holding its own copy of the weights (vLLM) is re-synced after every change to ours
-        self._sync_sampler = getattr(sampler, "sync_weights", None)
+        self.sampler = sampler  # a backend with its own copy of the weights is synced after every change
         params: list = [p for p in model.parameters() if p.requires_grad]
         if self.sharded:  # CUDA's foreach kernels refuse a mix of sharded and plain tensors: a group each
             groups = ([p for p in params if is_sharded(p)], [p for p in params if not is_sharded(p)])
@@ -253,7 +253,7 @@ class DistillEngine:
     def _sampling(self) -> contextlib.AbstractContextManager:
         """FSDP: hold the layers whole while our sampler runs on this rank alone (its rollouts end at
         other lengths than other ranks'); a backend with its own copy of the weights (vLLM) needs none."""
-        return gathered(self.student) if self._sync_sampler is None else contextlib.nullcontext()
+        return contextlib.nullcontext() if self.sampler.owns_weights else gathered(self.student)
 
     def batch_loss(self, batch: Batch, alpha: float) -> tuple[LossOutput, float, float]:
         """Distillation loss of `batch` at alpha (student with grad), the grounded score, and the
@@ -308,8 +308,7 @@ class DistillEngine:
             return grad_norm
         self.optimizer.step()
         self.teacher.update()
-        if self._sync_sampler is not None:
-            self._sync_sampler()
+        self.sampler.sync_weights()
         self.nonfinite_in_row = 0
         return grad_norm
 
@@ -362,8 +361,7 @@ class DistillEngine:
         self.stats.load_state_dict(state["stats"])
         self.num_steps, self.nonfinite_in_row, self.nonfinite_total = state["counters"]
         self.last_probe_nll = state["last_probe_nll"]
-        if self._sync_sampler is not None:
-            self._sync_sampler()
+        self.sampler.sync_weights()
 
     def rank_state(self) -> dict:
         """What differs between torchrun ranks: this rank's problem stream and sampling generator

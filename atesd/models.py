@@ -114,7 +114,7 @@ class HFModelConfig:
 
 @dataclass(frozen=True)
 class LoraSettings:
-    """LoRA adapters through peft (rank 0 = full fine-tuning). the OPSD v3 recipe of docs/METHOD.md §1: r 64, alpha 128."""
+    """LoRA adapters through peft (rank 0 = full fine-tuning); OPSD v3 (METHOD.md §1): r 64, alpha 128."""
 
     rank: int = field(default=0, metadata={"help": "adapter rank r (0 = full fine-tuning)"})
     alpha: float = field(default=128.0, metadata={"help": "lora_alpha (scale alpha / r)"})
@@ -131,6 +131,26 @@ class LoraSettings:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.rank and not self.target_modules:
             raise ValueError("target_modules must name at least one module when rank > 0")
+
+
+def is_peft(model: torch.nn.Module) -> bool:
+    """A peft-wrapped model (LoRA adapters): its frozen base is reached by `base_model`."""
+    return hasattr(model, "peft_config")  # the one PEFT test of the project
+
+
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a peft wrapper (the model itself when there is none)."""
+    return model.get_base_model() if is_peft(model) else model
+
+
+def eos_token_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every id that ends a completion, in training, evaluation and on any backend: the tokenizer's
+    EOS and the model's generation-config EOS ids (Qwen3 ends a turn at <|im_end|> and its generation
+    config also at <|endoftext|>)."""
+    ids = {tokenizer.eos_token_id}
+    extra = getattr(base_model(model).generation_config, "eos_token_id", None)
+    ids |= set(extra) if isinstance(extra, (list, tuple)) else {extra}
+    return sorted(i for i in ids if i is not None)
 
 
 def apply_lora(model: PreTrainedModel, cfg: LoraSettings) -> PreTrainedModel:

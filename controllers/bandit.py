@@ -279,6 +279,10 @@ class BanditController:
         t = int(self.pulls.sum())
         return window_ucb(arms, rewards, len(self.arms), t, self.cfg.window, self.cfg.ucb_c)
 
+    def pop_credits(self) -> list[dict[str, float]]:
+        """No per-decision credit to report (returns are not rebuilt here)."""
+        return []
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "rng": self.rng.bit_generator.state,

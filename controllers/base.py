@@ -45,6 +45,11 @@ class Controller(Protocol):
         """Learn from one transition; returns controller metrics (namespaced `controller/*`)."""
         ...
 
+    def pop_credits(self) -> list[dict[str, float]]:
+        """The credits given since the last call: `{"decision": i, "return": R, "advantage": A}` per
+        decision a learner has scored (logged to decisions.jsonl); `[]` for one that keeps none."""
+        ...
+
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
@@ -70,6 +75,10 @@ class OpenLoop:
         """Validates the transition; learns nothing and reports no metrics."""
         check_transition(obs, reward, next_obs)
         return {}
+
+    def pop_credits(self) -> list[dict[str, float]]:
+        """No per-decision credit to report (returns are not rebuilt here)."""
+        return []
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -167,7 +176,3 @@ def run_episode(
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
-
-
-# state (de)serialisation lives in atesd.state (checkpoints use it too); re-exported for controllers
-from atesd.state import flatten_state, load_state, save_state, unflatten_state  # noqa: E402, F401

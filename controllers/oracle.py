@@ -68,6 +68,10 @@ class OracleController:
         self.oracle_alpha = read_oracle_alpha(info)
         return {"controller/oracle_alpha": self.oracle_alpha}
 
+    def pop_credits(self) -> list[dict[str, float]]:
+        """No per-decision credit to report (returns are not rebuilt here)."""
+        return []
+
     def state_dict(self) -> dict[str, Any]:
         return {"oracle_alpha": self.oracle_alpha}
 

@@ -247,6 +247,10 @@ class PPOController:
             "controller/updates": float(self.updates),
         }
 
+    def pop_credits(self) -> list[dict[str, float]]:
+        """No per-decision credit to report (returns are not rebuilt here)."""
+        return []
+
     def state_dict(self) -> dict[str, Any]:
         """Weights, optimiser, sampling RNG, the undecided `act` and the rollout buffer."""
         return {

@@ -18,12 +18,8 @@ from typing import Any, Literal
 import gymnasium as gym
 
 from atesd import config as cfglib
-from atesd.engine import EngineConfig
-from atesd.models import HFModelConfig, LoraSettings, TinyModelConfig
+from atesd.builder import RealConfig, build_engine
 from atesd.progress import RewardSpec
-from atesd.tasks.math import MathDataConfig
-from atesd.tasks.synthetic import ChainBagConfig, ChainBagTask
-from atesd.warmstart import WarmStartConfig
 from controllers import CONTROLLERS
 from envs.exposure_env import ExposureEnvConfig
 from envs.mock_env import MockConfig
@@ -32,23 +28,11 @@ EnvKind = Literal["real", "mock"]
 
 
 @dataclass(frozen=True)
-class RealEnvConfig:
-    """The real env: the model (the embedded tiny one, warm-started, or any HF checkpoint, optionally
-    with LoRA), the task (the synthetic one or math data), the engine and the episode."""
+class RealEnvConfig(RealConfig):
+    """The real env: the model, task and engine of `atesd.builder.RealConfig` (the same `real.*` keys
+    in every recipe), and the episode around them (`env`)."""
 
-    task_kind: Literal["synthetic", "math"] = field(
-        default="synthetic", metadata={"help": "synthetic (the embedded task) or math (`data`)"}
-    )
-    task: ChainBagConfig = field(default_factory=ChainBagConfig)
-    data: MathDataConfig = field(default_factory=MathDataConfig)
-    model: TinyModelConfig = field(default_factory=TinyModelConfig)
-    warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
-    hf: HFModelConfig = field(default_factory=HFModelConfig)
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N, or auto (cuda when available)"})
-    engine: EngineConfig = field(default_factory=EngineConfig)
     env: ExposureEnvConfig = field(default_factory=lambda: ExposureEnvConfig(eval_every=4))
-    cache_dir: str = field(default="", metadata={"help": "warm-start cache ('' = ~/.cache/atesd)"})
 
 
 # Facts of the reward that the env owns and a controller must share: a controller's copy is set from
@@ -200,76 +184,17 @@ def describe() -> list[tuple[str, str, str]]:
 
 
 def build_env(cfg: RunConfig, warmstart_progress=None, dist=None) -> gym.Env:
-    """The env of a run: the mock, or the real env on the embedded default (warm-started, cached).
+    """The env of a run: the mock, or the real env over the engine `atesd.builder` makes of `cfg.real`.
     Under torchrun (`dist`, an atesd.distributed.Dist) rank 0 warm-starts first and the others then
     read the cache; every rank's engine samples its own shard and averages gradients and statistics."""
     if cfg.env == "mock":
         from envs.mock_env import MockExposureEnv
 
         return MockExposureEnv(cfg.mock)
-    from atesd.engine import DistillEngine
-    from atesd.warmstart import warm_start
     from envs.exposure_env import TeacherExposureEnv
 
-    real = cfg.real
-    if real.task_kind == "math":
-        from atesd.tasks.math import MathTask
-
-        task = MathTask.from_config(real.data)
-    else:
-        task = ChainBagTask(real.task)
-    if real.hf.name_or_path:  # an HF checkpoint: no warm start
-        from atesd.models import load_hf_model
-
-        model, tokenizer = load_hf_model(real.hf, real.lora, _device(real.device, dist))
-    else:
-        if real.task_kind != "synthetic":
-            raise cfglib.ConfigError(
-                "the embedded tiny model only knows the synthetic task: set real.hf.name_or_path"
-            )
-        if dist is not None and dist.active and not dist.is_main:
-            import torch.distributed
-
-            torch.distributed.barrier()  # rank 0 has the warm start in the cache
-        model, tokenizer, _, _ = warm_start(
-            task, real.model, real.warmstart, real.cache_dir or None, warmstart_progress
-        )
-        if dist is not None and dist.active and dist.is_main:
-            import torch.distributed
-
-            torch.distributed.barrier()
-        from atesd.models import apply_lora
-
-        model = apply_lora(model, real.lora)
-    engine_cfg = dataclasses.replace(real.engine, seed=cfg.seed)
-    sampler = None
-    if engine_cfg.sampling.backend == "vllm":
-        from atesd.rollout import make_backend
-
-        if not real.hf.name_or_path:
-            raise cfglib.ConfigError(
-                "real.engine.sampling.backend=vllm needs an HF checkpoint (real.hf.name_or_path): vLLM loads "
-                "the model from its hub id or directory; the embedded model runs on the hf backend"
-            )
-        sampler = make_backend(
-            "vllm", model, [tokenizer.eos_token_id], tokenizer.pad_token_id,
-            vllm=engine_cfg.sampling.vllm, trust_remote_code=real.hf.trust_remote_code,
-        )  # fmt: skip
-    engine = DistillEngine(model, tokenizer, task, engine_cfg, sampler=sampler, dist=dist)
-    return TeacherExposureEnv(real.env, engine=engine)
-
-
-def _device(device: str, dist=None) -> str:
-    """The torch device of this process: `auto` is cuda when available (under torchrun, cuda:<local rank>)."""
-    import os
-
-    import torch
-
-    if device != "auto":
-        return device
-    if not torch.cuda.is_available():
-        return "cpu"
-    return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if dist is not None and dist.active else "cuda"
+    engine = build_engine(cfg.real, cfg.seed, warmstart_progress, dist)
+    return TeacherExposureEnv(cfg.real.env, engine=engine)
 
 
 def build_controller(cfg: RunConfig, env: gym.Env, name: str | None = None):

@@ -1,7 +1,7 @@
 """Evaluate a model on a task: Average@n, unbiased pass@k, majority vote, format rate (and greedy accuracy).
 
     python recipes/eval.py                                       # embedded warm-started model, synthetic task
-    python recipes/eval.py --model Qwen/Qwen3-1.7B --task aime24 --set device=cuda --set dtype=bfloat16
+    python recipes/eval.py --model Qwen/Qwen3-1.7B --task aime24 real.device=cuda real.hf.dtype=bfloat16
     python recipes/eval.py --model runs/my_ckpt --task my_set.jsonl --pass-k 1,4,8 --greedy --seed 1
 
 Samples n completions per problem from the student prompt (question only, the tokenizer's chat
@@ -9,8 +9,8 @@ template) with the project's sampler, batched over problems x samples and seeded
 torch.Generator, so a run repeats exactly under the same `--seed` (and batch size). Grading is the
 task's own verifier. The sampling defaults are docs/METHOD.md §4 (temperature 1.0, top-p 0.95,
 thinking on, n = 12, up to 38,912 new tokens) on a math benchmark; on the synthetic task
-`samples=0` and `max_new_tokens=0` mean n = 4 and 96 tokens (its solutions are at most 63 tokens
-at the default bands), so the default run, the 4 x 256 problems of the embedded eval sets x 4
+`sampling.samples=0` and `sampling.max_new_tokens=0` mean n = 4 and 96 tokens (its solutions are at
+most 63 tokens at the default bands), so the default run, the 4 x 256 problems of the embedded eval sets x 4
 samples, takes about 20 s on one CPU core. maj@n grades the voted answer alone (on the synthetic
 task the headline `correct` also needs a valid path, so maj@n can exceed pass@n there).
 
@@ -23,6 +23,7 @@ and over all problems, pooled), and prints a table (rich on a terminal, plain te
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import shutil
@@ -31,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,14 +42,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from atesd import config as cfglib  # noqa: E402
-from atesd.evaluation import has_answer, majority_vote, pass_at_k, summarize  # noqa: E402
+from atesd.builder import RealConfig, build_backend, build_student, build_task  # noqa: E402
+from atesd.engine import SamplingConfig  # noqa: E402
+from atesd.eval_records import Rollout, generate, problem_record, sample_record  # noqa: E402
+from atesd.evaluation import summarize  # noqa: E402
 from atesd.exposure import ExposureConfig, PromptBuilder  # noqa: E402
-from atesd.models import TinyModelConfig  # noqa: E402
-from atesd.rollout import BackendName, RolloutBackend, SamplingParams, make_backend  # noqa: E402
-from atesd.rollout.vllm import VLLMConfig  # noqa: E402
+from atesd.models import HFModelConfig  # noqa: E402
+from atesd.rollout import BACKENDS, SamplingParams  # noqa: E402
 from atesd.tasks.base import Problem, Task, Verdict  # noqa: E402
-from atesd.tasks.synthetic import ChainBagConfig  # noqa: E402
-from atesd.warmstart import WarmStartConfig  # noqa: E402
 from recipes._progress import USER_ERRORS, fresh_dir, user_errors, warmstart_progress  # noqa: E402
 
 PAPER_SAMPLES, PAPER_MAX_NEW_TOKENS = 12, 38_912  # docs/METHOD.md §4
@@ -56,23 +57,23 @@ SYNTHETIC_SAMPLES, SYNTHETIC_MAX_NEW_TOKENS = 4, 96  # 96: the training sampler'
 
 
 @dataclass(frozen=True)
-class EvalSamplingConfig:
-    """How completions are sampled (defaults: docs/METHOD.md §4)."""
+class EvalSamplingConfig(SamplingConfig):
+    """How completions are sampled: the training sampler's fields (`real.engine.sampling` has the same
+    keys) with the paper's evaluation defaults (docs/METHOD.md §4), plus n, thinking and batching."""
 
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature (> 0)"})
     top_p: float = field(default=0.95, metadata={"help": "nucleus filter in (0, 1], 1 = off"})
-    top_k: int = field(default=0, metadata={"help": "top-k filter, 0 = off"})
-    samples: int = field(
-        default=0,
-        metadata={
-            "help": f"samples n per problem; 0 = {PAPER_SAMPLES} (paper), {SYNTHETIC_SAMPLES} on synthetic"
-        },
-    )
     max_new_tokens: int = field(
         default=0,
         metadata={
             "help": f"longest completion; 0 = {PAPER_MAX_NEW_TOKENS:,} (paper), "
             f"{SYNTHETIC_MAX_NEW_TOKENS} on synthetic"
+        },
+    )
+    samples: int = field(
+        default=0,
+        metadata={
+            "help": f"samples n per problem; 0 = {PAPER_SAMPLES} (paper), {SYNTHETIC_SAMPLES} on synthetic"
         },
     )
     thinking: bool = field(
@@ -87,45 +88,38 @@ class EvalSamplingConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"sampling.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.temperature <= 0:
             raise ValueError(
                 f"temperature must be > 0 (greedy is the separate `greedy` flag), got {self.temperature}"
             )
         if self.samples < 0 or self.max_new_tokens < 0 or self.batch_size < 1:
             raise ValueError("samples and max_new_tokens must be >= 0 (0 = default) and batch_size >= 1")
-        self.params(1)  # top-k / top-p range checks
+        self.at(1)  # top-k / top-p range checks
 
     def resolved(self, synthetic: bool) -> tuple[int, int]:
         """(samples n, max_new_tokens) with the 0 defaults filled in for the task kind."""
         n = self.samples or (SYNTHETIC_SAMPLES if synthetic else PAPER_SAMPLES)
         return n, self.max_new_tokens or (SYNTHETIC_MAX_NEW_TOKENS if synthetic else PAPER_MAX_NEW_TOKENS)
 
-    def params(self, max_new_tokens: int, greedy: bool = False) -> SamplingParams:
+    def at(self, max_new_tokens: int, greedy: bool = False) -> SamplingParams:
+        """The sampler's parameters with the resolved token limit."""
         t = 0.0 if greedy else self.temperature
         return SamplingParams(
             temperature=t, top_k=self.top_k, top_p=self.top_p, max_new_tokens=max_new_tokens
         )
 
 
-@dataclass(frozen=True)
-class EmbeddedConfig:
-    """The embedded default: the synthetic task and the tiny model's warm start (as run.py's `real.*`)."""
-
-    task: ChainBagConfig = field(default_factory=ChainBagConfig)
-    model: TinyModelConfig = field(default_factory=TinyModelConfig)
-    warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
-    cache_dir: str = field(
-        default="", metadata={"help": "warm-start cache ('' = ~/.cache/atesd or $ATESD_CACHE)"}
-    )
+def _eval_real() -> RealConfig:
+    # evaluation defaults: the device that is there, a checkpoint's weights in float32
+    return RealConfig(device="auto", hf=HFModelConfig(dtype="float32"))
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """One evaluation of one model on one task."""
 
-    model: str = field(
-        default="", metadata={"help": "local path or HF id; '' = the embedded warm-started model"}
-    )
     task: str = field(
         default="synthetic", metadata={"help": "synthetic, a benchmark (aime24, aime25, hmmt25) or a .jsonl"}
     )
@@ -138,21 +132,14 @@ class EvalConfig:
     )
     greedy: bool = field(default=False, metadata={"help": "also decode each problem greedily once"})
     max_problems: int = field(default=0, metadata={"help": "first N problems of each eval set (0 = all)"})
-    backend: BackendName = field(
-        default="hf",
-        metadata={"help": "rollout backend: hf, or vllm (extra atesd[vllm], CUDA, a checkpoint)"},
-    )
-    vllm: VLLMConfig = field(default_factory=VLLMConfig)
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = field(
-        default="float32", metadata={"help": "weights dtype of a loaded model"}
-    )
-    device: str = field(default="auto", metadata={"help": "cpu, cuda, ... ('auto' = cuda when available)"})
     threads: int = field(
         default=1, metadata={"help": "torch CPU threads (>= 1); the tiny model is fastest on one"}
     )
     out_dir: str = field(default="runs", metadata={"help": "where the eval directory is created"})
     sampling: EvalSamplingConfig = field(default_factory=EvalSamplingConfig)
-    embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
+    # the model: real.hf.name_or_path (--model), else the embedded model of real.model / real.task /
+    # real.warmstart, the same keys as in run.py, sweep.py and bench.py
+    real: RealConfig = field(default_factory=_eval_real)
 
     def __post_init__(self) -> None:
         for name, ok, rule in (
@@ -172,51 +159,27 @@ class EvalConfig:
 
 # ---- model and task -----------------------------------------------------------------------------
 def load_task(cfg: EvalConfig) -> Task:
-    """The embedded synthetic task, or a math benchmark / JSONL through `atesd.tasks.math`."""
+    """The embedded synthetic task (`real.task`), or a math benchmark / JSONL (`atesd.tasks.math`)."""
     if cfg.synthetic:
-        from atesd.tasks.synthetic import ChainBagTask
+        return build_task(dataclasses.replace(cfg.real, task_kind="synthetic"))
+    from atesd.tasks.math import load_benchmark
 
-        return ChainBagTask(cfg.embedded.task)
-    try:
-        from atesd.tasks.math import load_benchmark
-    except ModuleNotFoundError as err:
-        if err.name in ("atesd.tasks.math", "atesd.grading"):
-            raise SystemExit(
-                f"--task {cfg.task}: math benchmarks need atesd/tasks/math.py and atesd/grading.py, "
-                "which are not in this checkout yet; use --task synthetic"
-            ) from None
-        raise SystemExit(f"--task {cfg.task}: {err} (pip install -e '.[eval]')") from None
     default = ROOT.parent / "shared" / "data"
     data_dir = cfg.data_dir or (str(default) if default.is_dir() else None)
     return load_benchmark(cfg.task, data_dir)
 
 
 def load_model(cfg: EvalConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The model and tokenizer: `cfg.model` by path or hub id, else the embedded warm start (trained
-    once and cached on a miss)."""
-    from atesd.models import load_pretrained
+    """`real.hf.name_or_path` by path or hub id, else the embedded warm start (trained once and
+    cached on a miss), through the one builder."""
+    real = cfg.real
+    if real.embedded:
+        from atesd.tasks.synthetic import ChainBagTask
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    if cfg.model:
-        return load_pretrained(cfg.model, dtype=cfg.dtype, device=device)
-    from atesd.tasks.synthetic import ChainBagTask
-    from atesd.warmstart import warm_start
-
-    emb = cfg.embedded
-    progress_cb = warmstart_progress()
-    model, tokenizer, path, hit = warm_start(
-        ChainBagTask(emb.task), emb.model, emb.warmstart, emb.cache_dir or None, progress_cb
-    )
-    print(f"model: embedded warm start {path} ({'cached' if hit else 'trained now'})", flush=True)
-    return model.to(device), tokenizer
-
-
-def eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """The tokenizer's EOS and the model's generation-config EOS ids (Qwen3 ends a turn with <|im_end|>)."""
-    ids = {tokenizer.eos_token_id}
-    extra = model.generation_config.eos_token_id
-    ids |= set(extra) if isinstance(extra, list) else {extra}
-    return sorted(i for i in ids if i is not None)
+        model, tokenizer = build_student(real, ChainBagTask(real.task), warmstart_progress())
+        print("model: the embedded warm start", flush=True)
+        return model, tokenizer
+    return build_student(real, None)
 
 
 def answer_key(cfg: EvalConfig) -> Callable[[str], str]:
@@ -229,78 +192,6 @@ def answer_key(cfg: EvalConfig) -> Callable[[str], str]:
     return normalise
 
 
-# ---- sampling -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Rollout:
-    """One decoded completion."""
-
-    text: str
-    num_tokens: int
-    finished: bool
-
-
-def generate(
-    backend: RolloutBackend,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: list[list[int]],
-    params: SamplingParams,
-    batch_size: int,
-    generator: torch.Generator | None,
-    on_batch: Callable[[int], None] | None = None,
-) -> list[Rollout]:
-    """Completions of `prompts` in order, `batch_size` per sampler call, one generator throughout."""
-    out: list[Rollout] = []
-    for start in range(0, len(prompts), batch_size):
-        batch = backend.generate(prompts[start : start + batch_size], params, generator)
-        texts = tokenizer.batch_decode(batch.completion_ids, skip_special_tokens=True)
-        out += [Rollout(t, len(c), f) for t, c, f in zip(texts, batch.completion_ids, batch.finished)]
-        if on_batch is not None:
-            on_batch(len(out))
-    return out
-
-
-def sample_record(rollout: Rollout, verdict: Verdict) -> dict[str, Any]:
-    """One sample's entry in problems.jsonl: its text, what was extracted and how it graded."""
-    return {
-        "text": rollout.text,
-        "predicted": verdict.predicted,
-        "correct": verdict.correct,
-        "answer_correct": verdict.answer_correct,
-        "path_valid": verdict.path_valid,
-        "has_answer": has_answer(verdict),
-        "num_tokens": rollout.num_tokens,
-        "finished": rollout.finished,
-    }
-
-
-def problem_record(
-    name: str,
-    index: int,
-    problem: Problem,
-    samples: list[tuple[Rollout, Verdict]],
-    ks: list[int],
-    key: Callable[[str], str],
-) -> dict[str, Any]:
-    """The problems.jsonl line of one problem."""
-    verdicts = [v for _, v in samples]
-    n, c = len(verdicts), sum(v.correct for v in verdicts)
-    vote = majority_vote([v.predicted for v in verdicts], [v.answer_correct for v in verdicts], key)
-    return {
-        "set": name,
-        "index": index,
-        "id": str(problem.meta.get("id", f"{name}/{index}")),
-        "band": problem.band,
-        "question": problem.question,
-        "gold": problem.answer,
-        "n": n,
-        "c": c,
-        "accuracy": c / n,
-        "pass_at": {str(k): pass_at_k(n, c, k) for k in ks},
-        "majority": {"answer": vote.answer, "count": vote.count, "correct": vote.correct},
-        "samples": [sample_record(r, v) for r, v in samples],
-    }
-
-
 # ---- the evaluation -----------------------------------------------------------------------------
 def sample_sets(
     cfg: EvalConfig, prompts: list[list[int]], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
@@ -310,20 +201,18 @@ def sample_sets(
     from recipes._progress import progress
 
     n, max_new_tokens = cfg.sampling.resolved(cfg.synthetic)
-    backend = make_backend(
-        cfg.backend, model, eos_ids(model, tokenizer), tokenizer.pad_token_id, vllm=cfg.vllm
-    )
+    backend = build_backend(cfg.real, model, tokenizer, cfg.sampling)
     device = next(model.parameters()).device
     seed = int(np.random.SeedSequence(cfg.seed).generate_state(1)[0])
     generator = torch.Generator(device=device).manual_seed(seed)
     flat = [ids for ids in prompts for _ in range(n)]
     batch_size = cfg.sampling.batch_size
     with progress(f"sampling {len(flat)} completions", len(flat)) as update:
-        params = cfg.sampling.params(max_new_tokens)
+        params = cfg.sampling.at(max_new_tokens)
         rollouts = generate(backend, tokenizer, flat, params, batch_size, generator, update)
     if not cfg.greedy:
         return rollouts, []
-    params = cfg.sampling.params(max_new_tokens, greedy=True)
+    params = cfg.sampling.at(max_new_tokens, greedy=True)
     return rollouts, generate(backend, tokenizer, prompts, params, batch_size, None)
 
 
@@ -383,7 +272,7 @@ def evaluate(cfg: EvalConfig, run_dir: Path) -> dict[str, Any]:
     sampling = cfglib.to_dict(cfg.sampling) | {"samples": n, "max_new_tokens": max_new_tokens}
     return {
         "task": cfg.task,
-        "model": cfg.model or "embedded",
+        "model": cfg.real.hf.name_or_path or "embedded",
         "seed": cfg.seed,
         "sampling": sampling,
         "sets": per_set,
@@ -472,7 +361,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides by dotted key")
     parser.add_argument("--config", help="a YAML config file; overrides apply on top")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
-    parser.add_argument("--model", help="local path or HF id (config field `model`)")
+    parser.add_argument("--model", help="local path or HF id (config field `real.hf.name_or_path`)")
     parser.add_argument("--task", help="synthetic, aime24, aime25, hmmt25 or a .jsonl (config field `task`)")
     parser.add_argument("--data-dir", help="benchmark data folder (config field `data_dir`)")
     parser.add_argument("--seed", type=int, help="seed (config field `seed`)")
@@ -484,7 +373,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def resolve_config(args: argparse.Namespace) -> EvalConfig:
     overrides = list(args.overrides) + list(args.set)
-    for key, value in (("model", args.model), ("task", args.task), ("data_dir", args.data_dir),
+    for key, value in (("real.hf.name_or_path", args.model), ("task", args.task), ("data_dir", args.data_dir),
                        ("seed", args.seed), ("greedy", args.greedy)):  # fmt: skip
         if value is not None:
             overrides.append(f"{key}={json.dumps(value) if isinstance(value, str) else str(value).lower()}")

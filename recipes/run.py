@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atesd import checkpoint  # noqa: E402
 from atesd import config as cfglib  # noqa: E402
-from atesd.distributed import Dist, SharedDecisions, gather_state  # noqa: E402
+from atesd.distributed import Dist, gather_state  # noqa: E402
 from controllers.base import Transition, run_episode  # noqa: E402
+from controllers.shared import SharedDecisions  # noqa: E402
 from recipes import _faults as faults  # noqa: E402
 from recipes._progress import USER_ERRORS, fresh_dir, user_errors, warmstart_progress  # noqa: E402
 from recipes.common import RunConfig, build_controller, build_env, describe, resolved_dict  # noqa: E402
@@ -220,7 +221,7 @@ class Run:
         if cfg.env == "real":
             faults.install(self.env.unwrapped.engine)
         if self.dist.active:
-            self.controller = SharedDecisions(self.controller, self.dist)
+            self.controller = SharedDecisions(self.controller, self.dist.is_main, self.dist.broadcast_float)
         self.windows_per_episode = math.ceil(cfg.total_steps / cfg.hold_steps)
         self.total_windows = self.windows_per_episode * cfg.episodes
         self.metrics = JsonLines(run_dir / "metrics.jsonl") if self.main else NullLines()
@@ -305,7 +306,7 @@ class Run:
         if math.isfinite(float(info.get("oracle_alpha", math.nan))):  # the mock's optimum for the next window
             decision["oracle_alpha_after"] = float(info["oracle_alpha"])
         self.decisions.write(decision)
-        for credit in getattr(self.controller, "pop_credits", list)():
+        for credit in self.controller.pop_credits():
             credit = {k: int(v) if k == "decision" else _finite(v) for k, v in credit.items()}
             self.decisions.write({"kind": "credit"} | credit)
         if self.tb is not None:

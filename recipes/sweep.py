@@ -1,7 +1,7 @@
 """The fixed-exposure sweep: alpha in {0, .25, .5, .75, 1} x seeds on the embedded default.
 
     python recipes/sweep.py --seeds 5                      # the paper's sweep, ~30 min on 2 cores
-    python recipes/sweep.py --seeds 3 --set engine.exposure.reference=path_matched   # the control
+    python recipes/sweep.py --seeds 3 --set real.engine.exposure.reference=path_matched   # the control
 
 Warm-starts (or loads the cached) tiny model, trains one run per (alpha, seed) in worker processes,
 and reports per band: greedy accuracy before/after, mismatch (mean KL(student||teacher) and top-1
@@ -25,10 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atesd import config as cfglib  # noqa: E402
+from atesd.builder import RealConfig, build_engine  # noqa: E402
 from atesd.engine import EngineConfig  # noqa: E402
-from atesd.models import TinyModelConfig  # noqa: E402
-from atesd.tasks.synthetic import ChainBagConfig  # noqa: E402
-from atesd.warmstart import WarmStartConfig  # noqa: E402
 from recipes._progress import progress  # noqa: E402
 
 
@@ -36,11 +34,11 @@ from recipes._progress import progress  # noqa: E402
 class SweepConfig:
     """One fixed-exposure sweep."""
 
-    task: ChainBagConfig = field(default_factory=ChainBagConfig)
-    model: TinyModelConfig = field(default_factory=TinyModelConfig)
-    warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
-    # the sweep needs neither the probe NLL nor the grounded score (they feed controllers): skip both
-    engine: EngineConfig = field(default_factory=lambda: EngineConfig(probe_every=0, grounded=False))
+    # the same `real.*` sections as run.py, bench.py and eval.py; the sweep needs neither the probe NLL
+    # nor the grounded score (they feed controllers), so its engine skips both by default
+    real: RealConfig = field(
+        default_factory=lambda: RealConfig(engine=EngineConfig(probe_every=0, grounded=False))
+    )
     alphas: tuple[float, ...] = field(
         default=(0.0, 0.25, 0.5, 0.75, 1.0), metadata={"help": "exposures to sweep"}
     )
@@ -57,21 +55,14 @@ class SweepConfig:
             raise ValueError(f"alphas must be non-empty and in [0, 1], got {self.alphas}")
 
 
-def run_one(cfg_dict: dict, checkpoint: str, alpha: float, seed: int) -> dict:
-    """One training run at a fixed alpha (executes in a worker process)."""
-    import dataclasses
-
+def run_one(cfg_dict: dict, alpha: float, seed: int) -> dict:
+    """One training run at a fixed alpha (executes in a worker process; the warm start is cached)."""
     import torch
-
-    from atesd.engine import DistillEngine
-    from atesd.models import load_pretrained
-    from atesd.tasks.synthetic import ChainBagTask
 
     cfg = cfglib.from_dict(SweepConfig, cfg_dict)
     torch.set_num_threads(cfg.threads)
-    task = ChainBagTask(cfg.task)
-    model, tokenizer = load_pretrained(checkpoint)
-    engine = DistillEngine(model, tokenizer, task, dataclasses.replace(cfg.engine, seed=seed))
+    engine = build_engine(cfg.real, seed)
+    task = engine.task
     gen = torch.Generator().manual_seed(10_000 + seed)
     bands = {b: ps[: cfg.mismatch_size] for b, ps in task.eval_sets().items()}
     t0 = time.perf_counter()
@@ -231,8 +222,11 @@ def plot(summary: dict, start: dict, alphas: tuple[float, ...], path: Path) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
+    fields = "\n".join(f"  {k} = {d}    {h}" for k, d, h in cfglib.describe(SweepConfig))
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__,
+        epilog=f"config fields (set any with --set key=value):\n{fields}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--seeds", type=int, default=5, help="seeds per alpha")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (1 = in process)")
@@ -255,28 +249,21 @@ def main(argv: list[str] | None = None) -> int:
 def run_sweep(cfg: SweepConfig, seeds: int, workers: int, out: Path) -> int:
     import torch
 
-    from atesd.engine import DistillEngine
-    from atesd.tasks.synthetic import ChainBagTask
-    from atesd.warmstart import warm_start
-
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfglib.to_dict(cfg), indent=1))
     torch.set_num_threads(max(1, workers * cfg.threads))
-    task = ChainBagTask(cfg.task)
     t0 = time.perf_counter()
-    with progress("warm start", cfg.warmstart.steps) as update:
-        model, tokenizer, ckpt, hit = warm_start(
-            task, cfg.model, cfg.warmstart, progress=lambda s, n, loss: update(s, f"loss {loss:.3f}")
+    with progress("warm start", cfg.real.warmstart.steps) as update:  # once here; the workers read the cache
+        engine = build_engine(
+            cfg.real, cfg.real.engine.seed, lambda s, n, loss: update(s, f"loss {loss:.3f}")
         )
-    print(
-        f"warm start {'loaded from cache' if hit else 'trained'}: {ckpt} ({time.perf_counter() - t0:.0f} s)"
-    )
-    engine = DistillEngine(model, tokenizer, task, cfg.engine)
+    print(f"warm start ready ({time.perf_counter() - t0:.0f} s)")
+    task = engine.task
     start = engine.evaluate()
     teacher_start = {a: engine.evaluate(teacher_alpha=a) for a in cfg.alphas}
     print_start(start, teacher_start)
     jobs = [(a, s) for s in range(seeds) for a in cfg.alphas]
-    results = run_jobs(cfglib.to_dict(cfg), str(ckpt), jobs, workers)
+    results = run_jobs(cfglib.to_dict(cfg), jobs, workers)
     bands = list(task.eval_sets())
     summary = summarise(results, cfg.alphas, bands)
     print_report(summary, start, cfg.alphas)
@@ -293,17 +280,17 @@ def run_sweep(cfg: SweepConfig, seeds: int, workers: int, out: Path) -> int:
     return 0
 
 
-def run_jobs(cfg_dict: dict, checkpoint: str, jobs: list[tuple[float, int]], workers: int) -> list[dict]:
-    """Every (alpha, seed) run, in worker processes (spawned: each loads the checkpoint itself)."""
+def run_jobs(cfg_dict: dict, jobs: list[tuple[float, int]], workers: int) -> list[dict]:
+    """Every (alpha, seed) run, in worker processes (spawned: each loads the cached warm start itself)."""
     results: list[dict] = []
     with progress("sweep runs", len(jobs)) as update:
         if workers <= 1:
             for a, s in jobs:
-                results.append(run_one(cfg_dict, checkpoint, a, s))
+                results.append(run_one(cfg_dict, a, s))
                 update(len(results), f"alpha={a:g} seed={s}")
             return results
         with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(run_one, cfg_dict, checkpoint, a, s) for a, s in jobs]
+            futures = [pool.submit(run_one, cfg_dict, a, s) for a, s in jobs]
             for fut in cf.as_completed(futures):
                 results.append(fut.result())
                 update(len(results), f"alpha={results[-1]['alpha']:g} seed={results[-1]['seed']}")

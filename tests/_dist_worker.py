@@ -12,8 +12,9 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atesd import config as cfglib  # noqa: E402
-from atesd.distributed import Dist, SharedDecisions, is_sharded  # noqa: E402
+from atesd.distributed import Dist, is_sharded  # noqa: E402
 from controllers.base import run_episode  # noqa: E402
+from controllers.shared import SharedDecisions  # noqa: E402
 from recipes.common import RunConfig, build_controller, build_env  # noqa: E402
 
 if __name__ == "__main__":
@@ -25,7 +26,7 @@ if __name__ == "__main__":
     overrides += ["real.engine.fsdp=true"] if mode == "fsdp" else []
     cfg = cfglib.load(RunConfig, root / "recipes/configs/ci.yaml", overrides)
     env = build_env(cfg, dist=dist)
-    controller = SharedDecisions(build_controller(cfg, env), dist)
+    controller = SharedDecisions(build_controller(cfg, env), dist.is_main, dist.broadcast_float)
     result = run_episode(env, controller, seed=0)
     engine = env.unwrapped.engine
     layer = [p for n, p in engine.student.named_parameters() if ".layers." in n]

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import envs  # noqa: F401  (registers the atesd/ envs)
+from atesd.state import load_state, save_state
 from controllers import CONTROLLERS
-from controllers.base import load_state, run_episode, save_state
+from controllers.base import run_episode
 from envs.mock_env import MockExposureEnv
 
 torch.set_num_threads(1)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from atesd.progress import window_reward
-from controllers.base import load_state, run_episode, save_state
+from atesd.state import load_state, save_state
+from controllers.base import run_episode
 from controllers.beta_reinforce import (
     BETA22_ENTROPY,
     BetaReinforceConfig,

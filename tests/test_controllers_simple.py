@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from atesd.state import load_state, save_state
 from controllers.bandit import BanditConfig, BanditController, reward_scale, thompson_posterior, window_ucb
-from controllers.base import load_state, run_episode, save_state
+from controllers.base import run_episode
 from controllers.fixed import FixedConfig, FixedController
 from controllers.oracle import OracleConfig, OracleController
 from controllers.random import RandomConfig, RandomController

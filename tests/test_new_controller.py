@@ -22,7 +22,8 @@ import pytest
 import controllers
 import envs  # noqa: F401  (registers atesd/MockExposure-v0)
 from atesd import config as cfglib
-from controllers.base import as_action, check_transition, load_state, run_episode, save_state
+from atesd.state import load_state, save_state
+from controllers.base import as_action, check_transition, run_episode
 from controllers.credit import PendingDecisions, credit_checks
 from envs.mock_env import MockConfig
 from recipes import bench
@@ -114,6 +115,9 @@ class HillClimbController:
                 self.centre = min(max(self.centre + move, 0.0), 1.0)
                 self.returns = {}
         return {"controller/centre": self.centre}
+
+    def pop_credits(self) -> list[dict[str, float]]:
+        return []  # no per-decision credits to log
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -6,12 +6,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "--set", "steps=2", "--set", "warmstart.steps=3", "--set", "warmstart.copy_steps=1",
-    "--set", "warmstart.batch_size=4", "--set", "warmstart.warmup_steps=1", "--set", "task.eval_size=4",
-    "--set", "task.probe_size=2", "--set", "mismatch_size=2", "--set", "alphas=[0,0.5,1]",
-    "--set", "model.num_layers=1", "--set", "model.hidden_size=32", "--set", "model.num_heads=2",
-    "--set", "model.num_kv_heads=1", "--set", "model.intermediate_size=64", "--set", "engine.batch_size=4",
-    "--set", "engine.sampling.max_new_tokens=16",
+    "--set", "steps=2", "--set", "real.warmstart.steps=3", "--set", "real.warmstart.copy_steps=1",
+    "--set", "real.warmstart.batch_size=4", "--set", "real.warmstart.warmup_steps=1",
+    "--set", "real.task.eval_size=4", "--set", "real.task.probe_size=2", "--set", "mismatch_size=2",
+    "--set", "alphas=[0,0.5,1]", "--set", "real.model.num_layers=1", "--set", "real.model.hidden_size=32",
+    "--set", "real.model.num_heads=2", "--set", "real.model.num_kv_heads=1",
+    "--set", "real.model.intermediate_size=64", "--set", "real.engine.batch_size=4",
+    "--set", "real.engine.sampling.max_new_tokens=16",
 ]  # fmt: skip
 
 

@@ -126,7 +126,8 @@ def test_bad_inputs_give_one_line_errors_and_leave_earlier_runs_untouched(tmp_pa
         (["episodes"], "must look like key.path=value"),
         (["real.engine.lrr=1"], "did you mean 'real.engine.lr'"),
         (["episodes=0"], "episodes must be >= 1, got 0"),
-        (["controllers.beta_reinforce.gamma=2"], "gamma must be in (0, 1], got 2"),
+        (["real.env.gamma=2"], "gamma must be in (0, 1], got 2"),
+        (["controllers.beta_reinforce.gamma=0.5"], "contradicts real.env.gamma=0.9"),
         (
             ["--controller", "nope"],
             "registered: fixed, random, schedule, bandit, beta_reinforce, ppo, oracle",

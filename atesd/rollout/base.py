@@ -55,7 +55,16 @@ class RolloutBatch:
 
 
 class RolloutBackend(Protocol):
-    """Anything that turns prompts into completions."""
+    """Anything that turns prompts into completions.
+
+    `owns_weights` says whether the backend samples from its own copy of the weights (vLLM) rather
+    than from the student module itself (our HF sampler); the engine calls `sync_weights()` after
+    every change to the student's weights, a no-op for a backend that does not own a copy.
+    """
+
+    owns_weights: bool
+
+    def sync_weights(self) -> None: ...
 
     def generate(
         self, prompts: list[list[int]], params: SamplingParams, generator: torch.Generator | None = None

@@ -15,6 +15,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
+from atesd.models import base_model
 from atesd.rollout.base import RolloutBatch, SamplingParams
 
 # Attention implementations whose forward takes a ready 4D mask: sdpa wants a boolean one (True = attend),
@@ -154,6 +155,11 @@ class HFSampler:
             (0 drops them at once; 1 never: they run on until every row is done, like `generate`).
     """
 
+    owns_weights = False  # samples from the student module itself
+
+    def sync_weights(self) -> None:
+        """Nothing to do: the sampler reads the student's own parameters."""
+
     def __init__(
         self,
         model: PreTrainedModel,
@@ -173,7 +179,7 @@ class HFSampler:
         # are not guaranteed bit-identical to eager ones.
         self._call = torch.compile(model.forward, dynamic=True) if compile else model
         # a peft wrapper's forward takes **kwargs: read the wrapped model's signature
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = base_model(model)
         forward_args = inspect.signature(base.forward).parameters
         # transformers >= 5.2x renamed `past_key_values` to `cache` (the old name warns on every call).
         self._cache_kwarg = "cache" if "cache" in forward_args else "past_key_values"

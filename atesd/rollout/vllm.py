@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from atesd.models import base_model, is_peft
 from atesd.rollout.base import RolloutBatch, SamplingParams
 
 EXTRA_HINT = "pip install 'atesd[vllm]' (needs a CUDA GPU and the torch version vLLM pins)"
@@ -92,7 +93,7 @@ def import_vllm() -> Any:
 
 def model_path(model: nn.Module) -> str:
     """The hub id or directory the student was loaded from (vLLM loads its own copy from it)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     path = getattr(base.config, "_name_or_path", "") or getattr(base, "name_or_path", "")
     if not path:
         raise ValueError(
@@ -120,7 +121,7 @@ def sampling_kwargs(params: SamplingParams, eos_token_ids: list[int], seed: int 
 def lora_deltas(model: nn.Module) -> dict[str, torch.Tensor]:
     """{state-dict name of a LoRA layer's base weight: the summed delta of its active adapters}; empty
     for a model without peft adapters (or with them merged already)."""
-    if not hasattr(model, "peft_config"):
+    if not is_peft(model):
         return {}
     from peft.tuners.lora import LoraLayer
 
@@ -140,15 +141,15 @@ def vllm_weights(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     pushes at the same step)."""
     from atesd.distributed import is_sharded
 
-    is_peft = hasattr(model, "peft_config")
+    peft = is_peft(model)
     deltas = lora_deltas(model)
     for name, tensor in model.state_dict().items():
-        if is_peft and ("lora_" in name or "original_module" in name):
+        if peft and ("lora_" in name or "original_module" in name):
             continue  # adapter factors: their product is in the delta; saved-module originals: unused
         tensor = (tensor.full_tensor() if is_sharded(tensor) else tensor).detach()
         if name in deltas:
             tensor = tensor + deltas[name].to(tensor.dtype)
-        if is_peft:
+        if peft:
             name = name.removeprefix("base_model.model.").replace(".base_layer", "")
             name = name.replace("modules_to_save.default.", "")
         yield name, tensor
@@ -180,6 +181,8 @@ class VLLMSampler:
         trust_remote_code: passed to vLLM (as the student was loaded).
         llm: an already built `vllm.LLM` (tests); built from `cfg` when None.
     """
+
+    owns_weights = True  # the engine's copy is overwritten from the student by `sync_weights`
 
     def __init__(
         self,

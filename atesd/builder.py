@@ -1,0 +1,149 @@
+"""One builder for what every recipe trains or evaluates: task, student, rollout backend, engine.
+
+Owns the `real.*` config sections (`RealConfig`: task, data, model, warm start, HF checkpoint, LoRA,
+device, engine) and turns them into objects in one place: the device (`auto`), the EOS ids
+(`atesd.models.eos_token_ids`), the backend, the embedded warm start or an HF checkpoint with LoRA.
+run.py, sweep.py, bench.py, eval.py and the real env all build through here. Adding a task is a
+file in `atesd/tasks/` plus one line in `TASKS` (and its config section here); adding a rollout
+backend is a file in `atesd/rollout/` plus one line in `atesd.rollout.BACKENDS`. Knows nothing of
+Gymnasium, controllers or recipes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from atesd.distributed import Dist
+from atesd.engine import DistillEngine, EngineConfig, SamplingConfig
+from atesd.models import HFModelConfig, LoraSettings, TinyModelConfig, apply_lora, eos_token_ids
+from atesd.rollout import RolloutBackend, make_backend
+from atesd.tasks.base import Task
+from atesd.tasks.math import MathDataConfig
+from atesd.tasks.synthetic import ChainBagConfig, ChainBagTask
+from atesd.warmstart import WarmStartConfig, warm_start
+
+TaskKind = Literal["synthetic", "math"]
+
+WarmStartProgress = Callable[[int, int, float], None]
+
+
+@dataclass(frozen=True)
+class RealConfig:
+    """The model, task and engine of a real run: the embedded tiny model (warm-started, cached) on
+    the synthetic task, or any HF checkpoint (optionally with LoRA) on math data."""
+
+    task_kind: TaskKind = field(
+        default="synthetic", metadata={"help": "synthetic (the embedded task) or math (`data`)"}
+    )
+    task: ChainBagConfig = field(default_factory=ChainBagConfig)
+    data: MathDataConfig = field(default_factory=MathDataConfig)
+    model: TinyModelConfig = field(default_factory=TinyModelConfig)
+    warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
+    hf: HFModelConfig = field(default_factory=HFModelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N, or auto (cuda when available)"})
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    cache_dir: str = field(default="", metadata={"help": "warm-start cache ('' = ~/.cache/atesd)"})
+
+    @property
+    def embedded(self) -> bool:
+        """The embedded tiny model (no HF checkpoint named)."""
+        return not self.hf.name_or_path
+
+
+def _math_task(cfg: RealConfig) -> Task:
+    from atesd.tasks.math import MathTask
+
+    return MathTask.from_config(cfg.data)
+
+
+# task kind -> its builder from the config
+TASKS: dict[str, Callable[[RealConfig], Task]] = {
+    "synthetic": lambda cfg: ChainBagTask(cfg.task),
+    "math": _math_task,
+}
+
+
+def build_task(cfg: RealConfig) -> Task:
+    """The task `cfg.task_kind` names."""
+    return TASKS[cfg.task_kind](cfg)
+
+
+def resolve_device(device: str, dist: Dist | None = None) -> str:
+    """The torch device of this process: `auto` is cuda when available (under torchrun,
+    cuda:<local rank>)."""
+    if device != "auto":
+        return device
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if dist is not None and dist.active else "cuda"
+
+
+def build_student(
+    cfg: RealConfig,
+    task: Task | None,
+    progress: WarmStartProgress | None = None,
+    dist: Dist | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The student and its tokenizer: the HF checkpoint `cfg.hf` names (no warm start), or the
+    embedded tiny model warm-started on `task` (trained once and cached; an HF checkpoint needs no
+    task); LoRA as `cfg.lora` says.
+    Under torchrun rank 0 warm-starts first and the others then read the cache."""
+    if not cfg.embedded:
+        from atesd.models import load_hf_model
+
+        return load_hf_model(cfg.hf, cfg.lora, resolve_device(cfg.device, dist))
+    if cfg.task_kind != "synthetic":
+        raise ValueError("the embedded tiny model only knows the synthetic task: set real.hf.name_or_path")
+    waits = dist is not None and dist.active
+    if waits and not dist.is_main:
+        torch.distributed.barrier()  # rank 0 has the warm start in the cache
+    model, tokenizer, _, _ = warm_start(task, cfg.model, cfg.warmstart, cfg.cache_dir or None, progress)
+    if waits and dist.is_main:
+        torch.distributed.barrier()
+    model = model.to(resolve_device(cfg.device, dist))
+    return apply_lora(model, cfg.lora), tokenizer
+
+
+def build_backend(
+    cfg: RealConfig,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    sampling: SamplingConfig | None = None,
+) -> RolloutBackend:
+    """The rollout backend `sampling.backend` (default: `cfg.engine.sampling`'s) over `model`, ending
+    at every EOS id of the model and tokenizer."""
+    sampling = sampling or cfg.engine.sampling
+    name = sampling.backend
+    if name == "vllm" and cfg.embedded:
+        raise ValueError(
+            "the vllm backend needs an HF checkpoint (real.hf.name_or_path): vLLM loads the model from "
+            "its hub id or directory; the embedded model runs on the hf backend"
+        )
+    return make_backend(
+        name, model, eos_token_ids(model, tokenizer), tokenizer.pad_token_id,
+        compile=sampling.compile, vllm=sampling.vllm, trust_remote_code=cfg.hf.trust_remote_code,
+    )  # fmt: skip
+
+
+def build_engine(
+    cfg: RealConfig,
+    seed: int,
+    progress: WarmStartProgress | None = None,
+    dist: Dist | None = None,
+    engine_overrides: dict[str, Any] | None = None,
+) -> DistillEngine:
+    """Task, student, backend and `DistillEngine` (seeded with `seed`; `engine_overrides` replace
+    fields of `cfg.engine`) in one call."""
+    engine_cfg = dataclasses.replace(cfg.engine, seed=seed, **(engine_overrides or {}))
+    task = build_task(cfg)
+    model, tokenizer = build_student(cfg, task, progress, dist)
+    sampler = build_backend(dataclasses.replace(cfg, engine=engine_cfg), model, tokenizer)
+    return DistillEngine(model, tokenizer, task, engine_cfg, sampler=sampler, dist=dist)
