@@ -15,7 +15,7 @@ import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -29,7 +29,7 @@ from atesd.tasks.math import MathDataConfig
 from atesd.tasks.synthetic import ChainBagConfig, ChainBagTask
 from atesd.warmstart import WarmStartConfig, warm_start
 
-TaskKind = Literal["synthetic", "math"]
+TaskKind = str  # a key of TASKS
 
 WarmStartProgress = Callable[[int, int, float], None]
 
@@ -51,6 +51,10 @@ class RealConfig:
     device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N, or auto (cuda when available)"})
     engine: EngineConfig = field(default_factory=EngineConfig)
     cache_dir: str = field(default="", metadata={"help": "warm-start cache ('' = ~/.cache/atesd)"})
+
+    def __post_init__(self) -> None:
+        if self.task_kind not in TASKS:
+            raise ValueError(f"task_kind must be one of {', '.join(TASKS)}, got {self.task_kind!r}")
 
     @property
     def embedded(self) -> bool:

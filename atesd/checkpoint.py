@@ -14,10 +14,13 @@ import hashlib
 import json
 import logging
 import os
+import random
 import shutil
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from atesd.state import load_state, save_state
 
@@ -124,3 +127,28 @@ def load_latest(root: Path, warn=None) -> tuple[dict[str, Any], Path] | None:
                 why = f"does not load ({type(err).__name__}: {err})"
         warn(f"skipping checkpoint {ckpt}: {why}")
     return None
+
+
+def rng_state() -> dict[str, Any]:
+    """The process-wide RNGs (python, numpy's legacy global, torch's CPU generator and, on a GPU, the
+    current device's: LoRA dropout on the GPU draws from it)."""
+    import torch
+
+    version, internal, gauss = random.getstate()
+    state = {"python": [version, list(internal), gauss], "numpy": list(np.random.get_state()),
+             "torch": torch.get_rng_state()}  # fmt: skip
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.as_tensor(state["cuda"], dtype=torch.uint8))

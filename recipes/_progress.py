@@ -104,3 +104,58 @@ def user_errors(debug: bool = False) -> Iterator[None]:
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"error: {message} (--debug shows the traceback)", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+class Display:
+    """A rich progress bar with the run's vital signs on a terminal; plain lines (at most one per
+    second, and the last window) otherwise."""
+
+    def __init__(self, total: int, title: str, done: int = 0, quiet: bool = False) -> None:
+        self.console = Console()
+        self.total, self.t0, self.done0, self.last_line = total, time.perf_counter(), done, 0.0
+        self.bar, self.quiet = None, quiet
+        if quiet:
+            return
+        if self.console.is_terminal:
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=self.console,
+            )  # fmt: skip
+            self.bar.start()
+            self.task = self.bar.add_task(title, total=total, completed=done, note="")
+        else:
+            print(f"{title}: {total} windows ({done} done)", flush=True)
+
+    def update(self, done: int, note: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, note=note)
+            return
+        now = time.perf_counter()
+        if now - self.last_line >= 1.0 or done == self.total:
+            self.last_line = now
+            rate = (now - self.t0) / max(done - self.done0, 1)
+            eta = rate * (self.total - done)
+            print(f"window {done}/{self.total} {note} ({now - self.t0:.0f} s, eta {eta:.0f} s)", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title="run summary")
+    table.add_column("field")
+    table.add_column("value")
+    for key, value in summary.items():
+        if key == "final_eval":
+            for band, acc in value.items():
+                table.add_row(band, "-" if acc is None else f"{100 * acc:.1f}%")
+        else:
+            table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    Console().print(table)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import csv
 import dataclasses
 import json
 import math
@@ -29,7 +28,6 @@ import subprocess
 import sys
 import time
 import types
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +36,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atesd import config as cfglib  # noqa: E402
+from atesd.significance import finite_values, mean_ci, welch_p  # noqa: E402
 from controllers import CONTROLLERS  # noqa: E402
+from recipes._plots import plot_curves  # noqa: E402
 from recipes._progress import fresh_dir, progress, user_errors  # noqa: E402
+from recipes._tables import json_safe, print_table, write_csv  # noqa: E402
 from recipes.common import RunConfig, build_controller, controller_config, describe  # noqa: E402
 
 ENVS = ("mock", "real")
 MOCK_ONLY = ("oracle",)  # controllers that need the mock env's `oracle_alpha`
-SUMMARY_FIELDS = ("n", "mean", "sd", "ci_low", "ci_high", "p_value", "regret", "alpha_mean", "seconds")
 
 
 # ---- one unit of work -----------------------------------------------------------------------------
@@ -112,38 +112,6 @@ def run_units(cfg_dict: dict[str, Any], units: list[tuple[str, str, int]], worke
 
 
 # ---- statistics ------------------------------------------------------------------------------------
-def _finite(values: Any) -> np.ndarray:
-    x = np.asarray(values, dtype=np.float64).reshape(-1)
-    return x[np.isfinite(x)]
-
-
-def mean_ci(values: Any, level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high) of the finite values: a Student-t interval; NaN bounds below two values."""
-    from scipy import stats
-
-    x = _finite(values)
-    if len(x) == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(x.mean())
-    if len(x) < 2:
-        return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return mean, mean - half, mean + half
-
-
-def welch_p(a: Any, b: Any) -> float:
-    """Two-sided Welch t-test p-value of the finite values of a and b; NaN when either has fewer than two
-    values or both are constant (no variance to test against)."""
-    from scipy import stats
-
-    x, y = _finite(a), _finite(b)
-    if len(x) < 2 or len(y) < 2 or (np.ptp(x) == 0 and np.ptp(y) == 0):
-        return math.nan
-    with warnings.catch_warnings():  # near-constant samples: scipy warns about precision, the p stands
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(stats.ttest_ind(x, y, equal_var=False).pvalue)
-
-
 def summarise(results: list[dict], baseline: str) -> dict[str, dict[str, dict[str, Any]]]:
     """summary[env][controller]: n, mean, sd, 95% CI, Welch p vs `baseline` (NaN for itself), regret vs
     the oracle (mock env, oracle in the run; else NaN), mean alpha of the last episode, seconds per unit
@@ -159,7 +127,7 @@ def summarise(results: list[dict], baseline: str) -> dict[str, dict[str, dict[st
         oracle = mean_ci(finals["oracle"])[0] if env == "mock" and "oracle" in finals else math.nan
         summary[env] = {}
         for ctl, rs in by_ctl.items():
-            x = _finite(finals[ctl])
+            x = finite_values(finals[ctl])
             mean, low, high = mean_ci(x)
             tested = ctl != baseline and baseline in finals
             summary[env][ctl] = {
@@ -201,116 +169,6 @@ def curve_bands(results: list[dict]) -> dict[str, dict[str, dict[str, list[float
 def new_run_dir(out: Path, name: str) -> Path:
     """A new <out>/bench__<name>__<YYYYmmdd-HHMMSS>[-k] directory; an existing one is never reused."""
     return fresh_dir(out, f"bench__{name}__{time.strftime('%Y%m%d-%H%M%S')}")
-
-
-def _fmt(value: float, spec: str) -> str:
-    return "-" if value is None or not math.isfinite(value) else format(value, spec)
-
-
-def table_rows(summary: dict, baseline: str) -> list[list[str]]:
-    """Printable rows, best mean first within each env."""
-    rows = []
-    for env, by_ctl in summary.items():
-        ranked = sorted(
-            by_ctl.items(), key=lambda kv: -kv[1]["mean"] if math.isfinite(kv[1]["mean"]) else math.inf
-        )
-        for ctl, s in ranked:
-            ci = f"[{_fmt(s['ci_low'], '.4f')}, {_fmt(s['ci_high'], '.4f')}]"
-            name = f"{ctl} (baseline)" if ctl == baseline else ctl
-            rows.append([env, name, str(s["n"]), _fmt(s["mean"], ".4f"), ci, _fmt(s["sd"], ".4f"),
-                         _fmt(s["p_value"], ".2g"), _fmt(s["regret"], ".4f"), _fmt(s["alpha_mean"], ".3f"),
-                         _fmt(s["seconds"], ".3f")])  # fmt: skip
-    return rows
-
-
-COLUMNS = ("env", "controller", "n", "mean", "95% CI", "sd", "p (Welch)", "regret", "mean alpha", "s/unit")
-
-
-def print_table(summary: dict, baseline: str, console: Any = None) -> None:
-    """A rich table on a terminal; plain aligned lines otherwise (logs, CI, files)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    rows = table_rows(summary, baseline)
-    caption = (
-        f"final score of the last episode; p: Welch t-test against {baseline}; "
-        "regret: oracle mean - mean (mock env)"
-    )
-    if console.is_terminal:
-        table = Table(title="bench", caption=caption)
-        for i, col in enumerate(COLUMNS):
-            table.add_column(col, justify="left" if i < 2 else "right")
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
-        return
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(COLUMNS)]
-    for row in (list(COLUMNS), *rows):
-        print("  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))))
-    print(caption)
-
-
-def write_csv(summary: dict, path: Path) -> None:
-    """One row per (env, controller): the summary fields (empty where not defined)."""
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["env", "controller", *SUMMARY_FIELDS])
-        for env, by_ctl in summary.items():
-            for ctl, s in by_ctl.items():
-                values = [s[k] for k in SUMMARY_FIELDS]
-                writer.writerow([env, ctl, *("" if _is_nan(v) else v for v in values)])
-
-
-def _is_nan(value: Any) -> bool:
-    return isinstance(value, float) and math.isnan(value)
-
-
-def json_safe(node: Any) -> Any:
-    """NaN and infinities -> None (strict JSON), recursively."""
-    if isinstance(node, dict):
-        return {k: json_safe(v) for k, v in node.items()}
-    if isinstance(node, (list, tuple)):
-        return [json_safe(v) for v in node]
-    if isinstance(node, (float, np.floating)):
-        return float(node) if math.isfinite(node) else None
-    if isinstance(node, np.integer):
-        return int(node)
-    return node
-
-
-def plot_curves(bands: dict, hold_steps: dict[str, int], seeds: int, path: Path) -> None:
-    """Mean score per window with its 95% band, one line per controller, one panel per env."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    ylabels = {"mock": "score: competence", "real": "score: mean greedy accuracy over bands"}
-    controllers = list(dict.fromkeys(ctl for by_ctl in bands.values() for ctl in by_ctl))
-    fig, axes = plt.subplots(1, len(bands), figsize=(7 * len(bands), 4.5), squeeze=False)
-    for ax, (env, by_ctl) in zip(axes[0], bands.items()):
-        for ctl, band in by_ctl.items():
-            mean, low, high = (np.asarray(band[k], dtype=np.float64) for k in ("mean", "low", "high"))
-            x = np.arange(1, len(mean) + 1)
-            ok = np.isfinite(mean)
-            color = f"C{controllers.index(ctl) % 10}"
-            sparse = ok.sum() < 30
-            ax.plot(x[ok], mean[ok], color=color, label=ctl, marker="o" if sparse else None, ms=3)
-            banded = ok & np.isfinite(low) & np.isfinite(high)
-            ax.fill_between(x[banded], low[banded], high[banded], color=color, alpha=0.2, lw=0)
-        ax.set(
-            xlabel=f"window (env step of H = {hold_steps[env]} student updates)",
-            ylabel=ylabels.get(env, "score"),
-            title=f"{env} env, last episode: mean and 95% CI over {seeds} seeds",
-        )
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def git_commit() -> str:
@@ -400,29 +258,23 @@ def _spaces(cfg: RunConfig) -> Any:
 
 
 def warm_start_real(cfg: RunConfig) -> None:
-    """Train or load the real env's warm start once, here, so units (and workers) read it from the cache."""
+    """Train or load the embedded warm start once, here, so units (and workers) read it from the cache."""
     import torch
 
-    from atesd.tasks.synthetic import ChainBagTask
-    from atesd.warmstart import warm_start
+    from atesd.builder import build_student, build_task
 
+    if not cfg.real.embedded:
+        return  # an HF checkpoint: nothing to warm-start
     quiet_hf()
     previous = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
         t0 = time.perf_counter()
         with progress("warm start", cfg.real.warmstart.steps) as update:
-            _, _, ckpt, hit = warm_start(
-                ChainBagTask(cfg.real.task),
-                cfg.real.model,
-                cfg.real.warmstart,
-                cfg.real.cache_dir or None,
-                lambda step, total, loss: update(step, f"loss {loss:.3f}"),
+            build_student(
+                cfg.real, build_task(cfg.real), lambda step, total, loss: update(step, f"loss {loss:.3f}")
             )
-        print(
-            f"warm start {'loaded from cache' if hit else 'trained'}: {ckpt} "
-            f"({time.perf_counter() - t0:.0f} s)"
-        )
+        print(f"warm start ready ({time.perf_counter() - t0:.0f} s)")
     finally:
         torch.set_num_threads(previous)
 

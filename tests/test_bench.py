@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from atesd.significance import mean_ci, welch_p
 from recipes import bench
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,14 +40,14 @@ def read_json(path: Path) -> dict:
 
 def test_mean_ci_by_hand_and_against_scipy():
     x = np.array([0.61, 0.72, 0.55, 0.80, 0.67])
-    mean, low, high = bench.mean_ci(x)
+    mean, low, high = mean_ci(x)
     half = 2.7764451051977987 * x.std(ddof=1) / math.sqrt(5)  # t(0.975, 4)
     assert mean == pytest.approx(0.67) and (low, high) == pytest.approx((0.67 - half, 0.67 + half))
     assert (low, high) == pytest.approx(stats.t.interval(0.95, 4, loc=x.mean(), scale=stats.sem(x)))
-    assert bench.mean_ci([0.3, math.nan, 0.5]) == pytest.approx(bench.mean_ci([0.3, 0.5]))  # NaN dropped
-    one = bench.mean_ci([0.4])
+    assert mean_ci([0.3, math.nan, 0.5]) == pytest.approx(mean_ci([0.3, 0.5]))  # NaN dropped
+    one = mean_ci([0.4])
     assert one[0] == 0.4 and math.isnan(one[1]) and math.isnan(one[2])
-    assert bench.mean_ci([0.2, 0.2, 0.2]) == pytest.approx((0.2, 0.2, 0.2))
+    assert mean_ci([0.2, 0.2, 0.2]) == pytest.approx((0.2, 0.2, 0.2))
 
 
 def test_welch_p_by_hand_and_against_scipy():
@@ -54,16 +55,16 @@ def test_welch_p_by_hand_and_against_scipy():
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
     t = (a.mean() - b.mean()) / math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))  # Welch-Satterthwaite
-    assert bench.welch_p(a, b) == pytest.approx(2 * stats.t.sf(abs(t), df))
-    assert bench.welch_p(a, b) == pytest.approx(scipy_welch(a, b))
+    assert welch_p(a, b) == pytest.approx(2 * stats.t.sf(abs(t), df))
+    assert welch_p(a, b) == pytest.approx(scipy_welch(a, b))
     # one constant side is fine (Welch); both constant, or fewer than two values: NaN, without warnings
     t_const = (a.mean() - 0.25) / math.sqrt(va)  # df = len(a) - 1 when the other side has no variance
-    assert bench.welch_p(a, [0.25, 0.25, 0.25]) == pytest.approx(2 * stats.t.sf(abs(t_const), len(a) - 1))
+    assert welch_p(a, [0.25, 0.25, 0.25]) == pytest.approx(2 * stats.t.sf(abs(t_const), len(a) - 1))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert math.isnan(bench.welch_p([0.9, 0.9], [0.05, 0.05]))
-        assert math.isnan(bench.welch_p([0.9], a))
-        assert math.isnan(bench.welch_p([0.5, 0.5 + 1e-17, 0.5], [0.5, 0.5, 0.5]))
+        assert math.isnan(welch_p([0.9, 0.9], [0.05, 0.05]))
+        assert math.isnan(welch_p([0.9], a))
+        assert math.isnan(welch_p([0.5, 0.5 + 1e-17, 0.5], [0.5, 0.5, 0.5]))
 
 
 def test_summarise_regret_p_values_and_curves():
@@ -134,6 +135,7 @@ def test_a_bad_set_key_exits_2_with_the_closest_name(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+@pytest.mark.slow
 def test_smoke_both_envs_in_a_subprocess(tmp_path):
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     cmd = [

@@ -114,6 +114,7 @@ def test_beta_reinforce_moves_toward_peak(seed):
     assert train(ctrl, StubEnv("peak"), 40, seed) >= 0.6  # optimum 0.7
 
 
+@pytest.mark.slow
 def test_immediate_and_discounted_learn_opposite_exposures_under_delayed_credit():
     final = {}
     for mode in ("immediate", "discounted"):
@@ -125,6 +126,7 @@ def test_immediate_and_discounted_learn_opposite_exposures_under_delayed_credit(
     assert final["immediate"] - final["discounted"] >= 0.3, final
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_ppo_moves_toward_peak(seed):
     ctrl = PPOController(*spaces(), PPOConfig(seed=seed))

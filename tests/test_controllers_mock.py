@@ -16,6 +16,7 @@ import torch
 from recipes.bench_mock_runs import ARMS, competence_after_runs
 
 torch.set_num_threads(1)
+pytestmark = pytest.mark.slow  # every test reads `finals`: minutes of mock-env training
 SEEDS = 8
 EPISODES = 20
 

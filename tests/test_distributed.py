@@ -11,7 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 import recipes.run as run
+from atesd.logging import read_jsonl
 
+pytestmark = pytest.mark.slow  # every test launches torchrun subprocesses
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -50,7 +52,7 @@ def test_run_py_under_torchrun_writes_one_run_directory(tmp_path):
     out = torchrun(args, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     (run_dir,) = (tmp_path / "runs").iterdir()
-    windows = [r for r in run.read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "window"]
+    windows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "window"]
     assert len(windows) == 3 and (run_dir / "summary.json").exists()
 
 
@@ -62,7 +64,7 @@ def outcome(root: Path) -> tuple[list, dict]:
     """The logs (timings aside) and final weights of the one run under `root`."""
     (run_dir,) = root.iterdir()
     logs = [
-        [{k: v for k, v in r.items() if not k.startswith("time/")} for r in run.read_jsonl(run_dir / name)]
+        [{k: v for k, v in r.items() if not k.startswith("time/")} for r in read_jsonl(run_dir / name)]
         for name in ("metrics.jsonl", "decisions.jsonl")
     ]
     return logs, load_file(str(run_dir / "final_model/model.safetensors"))

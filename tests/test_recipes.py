@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
     "--set", "steps=2", "--set", "real.warmstart.steps=3", "--set", "real.warmstart.copy_steps=1",
@@ -16,6 +18,7 @@ TINY = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_sweep_smoke(tmp_path):
     env = os.environ | {"ATESD_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     cmd = [
@@ -35,6 +38,7 @@ def test_sweep_smoke(tmp_path):
     assert len(record["runs"]) == 6
 
 
+@pytest.mark.slow
 def test_sweep_rejects_an_unknown_key(tmp_path):
     cmd = [sys.executable, str(ROOT / "recipes" / "sweep.py"), "--out", str(tmp_path), "--set", "step=3"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

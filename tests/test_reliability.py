@@ -10,6 +10,7 @@ import pytest
 from safetensors.torch import load_file
 
 import recipes.run as run
+from atesd.logging import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,9 +28,7 @@ def launch(tmp: Path, out: str, *extra: str, fault: str = "") -> subprocess.Comp
 
 def outcome(run_dir: Path) -> tuple[list, list, dict]:
     def lines(name):
-        return [
-            {k: v for k, v in r.items() if not k.startswith("time/")} for r in run.read_jsonl(run_dir / name)
-        ]
+        return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in read_jsonl(run_dir / name)]
 
     return (
         lines("metrics.jsonl"),
@@ -58,6 +57,7 @@ def same(a, b) -> bool:
             and all(bool((weights_a[k] == weights_b[k]).all()) for k in weights_a))  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["update:3", "checkpoint:2", "eval:2"])
 def test_sigkill_then_resume_ends_exactly_as_the_uncut_run(uncut, fault):
     """update:3 dies mid-window 2 (H = 2); checkpoint:2 dies while checkpoint 2 is being written (its
@@ -74,6 +74,7 @@ def test_sigkill_then_resume_ends_exactly_as_the_uncut_run(uncut, fault):
     assert same(outcome(only_dir(tmp / out)), reference)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_a_corrupted_newest_checkpoint_is_skipped_with_a_warning(uncut, damage):
     tmp, reference = uncut

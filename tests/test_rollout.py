@@ -213,6 +213,7 @@ def test_make_backend():
         make_backend("nope", m, eos_token_ids=[1], pad_token_id=PAD)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_compiled_sampler_matches_eager_and_follows_weight_updates():
     """compile=True (opt-in) decodes the same greedy tokens, and sees in-place weight updates."""
     small = _qwen3()

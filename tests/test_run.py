@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import recipes.run as run
+from atesd.logging import read_jsonl
 from controllers import CONTROLLERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +21,7 @@ def files_of(run_dir: Path) -> set[str]:
     return {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_the_command_on_the_ci_config_leaves_every_file(tmp_path):
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, str(ROOT / "recipes/run.py"), *CI, "--controller", "beta_reinforce",
@@ -34,14 +36,14 @@ def test_the_command_on_the_ci_config_leaves_every_file(tmp_path):
     assert {"final_model/model.safetensors", "final_model/tokenizer.json"} <= files  # the trained student
     assert {f"plots/{n}.png" for n in ("alpha", "reward", "accuracy", "mismatch")} <= files
     assert "window 3/3" in out.stdout and "run summary" in out.stdout  # plain progress lines off a terminal
-    metrics = run.read_jsonl(run_dir / "metrics.jsonl")
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
     assert sum(m["kind"] == "step" for m in metrics) == 6 and sum(m["kind"] == "window" for m in metrics) == 3
     window = next(m for m in metrics if m["kind"] == "window")
     assert {"env/alpha", "reward/progress", "reward/grounded", "stats/mismatch", "controller/beta_a"} <= set(
         window
     )
     assert any(k.startswith("eval/accuracy/") for k in window)
-    decisions = run.read_jsonl(run_dir / "decisions.jsonl")
+    decisions = read_jsonl(run_dir / "decisions.jsonl")
     assert [d["decision"] for d in decisions if d["kind"] == "decision"] == [0, 1, 2]
     assert {"alpha", "beta_a", "beta_b", "reward/total"} <= set(decisions[0])
     assert json.loads((run_dir / "config.json").read_text())["real"]["engine"]["batch_size"] == 4
@@ -74,7 +76,7 @@ def _crash_at(monkeypatch, window: int) -> None:
     monkeypatch.setattr(run.Run, "on_step", on_step)
 
 
-@pytest.mark.parametrize("where", ["mock", "real"])
+@pytest.mark.parametrize("where", ["mock", pytest.param("real", marks=pytest.mark.slow)])
 def test_resume_auto_continues_exactly_where_the_checkpoint_was(where, tmp_path, monkeypatch):
     """A run cut after window 5 (last checkpoint at 4) and resumed writes the same logs, line for line,
     as an uncut run (timings aside): weights, optimisers, RNGs and pending decisions all come back."""
@@ -91,7 +93,7 @@ def test_resume_auto_continues_exactly_where_the_checkpoint_was(where, tmp_path,
     resumed = run.main(args + [f"out_dir={tmp_path / 'cut'}", "--resume", "auto"])
 
     def lines(path):
-        return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in run.read_jsonl(path)]
+        return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in read_jsonl(path)]
 
     for name in ("metrics.jsonl", "decisions.jsonl"):
         assert lines(resumed / name) == lines(full / name)

@@ -272,6 +272,8 @@ def _real_vllm_reason() -> str | None:
     return None
 
 
+@pytest.mark.gpu
+@pytest.mark.slow
 @pytest.mark.skipif(_real_vllm_reason() is not None, reason=str(_real_vllm_reason()))
 def test_real_vllm_follows_the_student_through_a_lora_window(checkpoint, small_task):
     pytest.importorskip("peft", reason="LoRA needs the optional extra [lora] (peft)")

@@ -1,0 +1,122 @@
+"""The run's logs: append-only JSON-lines files, one namespaced key scheme, optional TensorBoard.
+
+`MetricsLogger` owns a run directory's metrics.jsonl (every student update and every window) and
+decisions.jsonl (every decision and the credit it later got), flushed per line; its offsets go into
+each checkpoint and a resume truncates the files back to them. Keys are namespaced (`student/*`,
+`env/*`, `reward/*`, `stats/*`, `eval/*`, `controller/*`, `time/*`). Knows nothing of what is logged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class NullLines:
+    """Where the logs of a non-zero torchrun rank go."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def offset(self) -> int:
+        return 0
+
+    def truncate(self, offset: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class JsonLines:
+    """An append-only JSON-lines file, flushed per line; `truncate(offset)` drops lines after a checkpoint."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file = path.open("a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(record, default=jsonable) + "\n")
+        self.file.flush()
+
+    def offset(self) -> int:
+        return self.file.tell()
+
+    def truncate(self, offset: int) -> None:
+        self.file.truncate(offset)
+        self.file.seek(offset)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def finite(value: Any) -> float | None:
+    """A JSON-safe float (None for NaN/inf)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+class MetricsLogger:
+    """metrics.jsonl, decisions.jsonl and optionally TensorBoard of one run (`run_dir` None: a non-zero
+    torchrun rank, which logs nothing)."""
+
+    def __init__(self, run_dir: Path | None, tensorboard: bool = False) -> None:
+        on = run_dir is not None
+        self.metrics = JsonLines(run_dir / "metrics.jsonl") if on else NullLines()
+        self.decisions = JsonLines(run_dir / "decisions.jsonl") if on else NullLines()
+        self.tb = tensorboard_writer(run_dir) if tensorboard and on else None
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        """`run_episode`'s logger hook: the window's namespaced scalars to TensorBoard."""
+        if self.tb is not None:
+            for key, value in metrics.items():
+                if isinstance(value, float) and math.isfinite(value) and "/" in key:
+                    self.tb.add_scalar(key, value, step)
+
+    def metric(self, record: dict[str, Any]) -> None:
+        self.metrics.write(record)
+
+    def decision(self, record: dict[str, Any]) -> None:
+        self.decisions.write(record)
+
+    def offsets(self) -> dict[str, int]:
+        return {"metrics": self.metrics.offset(), "decisions": self.decisions.offset()}
+
+    def truncate(self, offsets: dict[str, Any]) -> None:
+        """Back to a checkpoint's offsets (what was logged after it is dropped)."""
+        self.metrics.truncate(int(offsets["metrics"]))
+        self.decisions.truncate(int(offsets["decisions"]))
+
+    def close(self) -> None:
+        self.metrics.close()
+        self.decisions.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def tensorboard_writer(run_dir: Path):
+    """A TensorBoard SummaryWriter under run_dir/tensorboard (the optional extra)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise ImportError(
+            "tensorboard=true needs the optional extra: pip install -e '.[tensorboard]'"
+        ) from err
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every record of a JSON-lines log."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

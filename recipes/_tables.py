@@ -1,0 +1,89 @@
+"""The benchmark's result table: rows with CIs and p-values, printed with rich (plain lines off a
+terminal), written as CSV; JSON-safe copies of the summary."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SUMMARY_FIELDS = ("n", "mean", "sd", "ci_low", "ci_high", "p_value", "regret", "alpha_mean", "seconds")
+
+
+def _fmt(value: float, spec: str) -> str:
+    return "-" if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def table_rows(summary: dict, baseline: str) -> list[list[str]]:
+    """Printable rows, best mean first within each env."""
+    rows = []
+    for env, by_ctl in summary.items():
+        ranked = sorted(
+            by_ctl.items(), key=lambda kv: -kv[1]["mean"] if math.isfinite(kv[1]["mean"]) else math.inf
+        )
+        for ctl, s in ranked:
+            ci = f"[{_fmt(s['ci_low'], '.4f')}, {_fmt(s['ci_high'], '.4f')}]"
+            name = f"{ctl} (baseline)" if ctl == baseline else ctl
+            rows.append([env, name, str(s["n"]), _fmt(s["mean"], ".4f"), ci, _fmt(s["sd"], ".4f"),
+                         _fmt(s["p_value"], ".2g"), _fmt(s["regret"], ".4f"), _fmt(s["alpha_mean"], ".3f"),
+                         _fmt(s["seconds"], ".3f")])  # fmt: skip
+    return rows
+
+
+COLUMNS = ("env", "controller", "n", "mean", "95% CI", "sd", "p (Welch)", "regret", "mean alpha", "s/unit")
+
+
+def print_table(summary: dict, baseline: str, console: Any = None) -> None:
+    """A rich table on a terminal; plain aligned lines otherwise (logs, CI, files)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    rows = table_rows(summary, baseline)
+    caption = (
+        f"final score of the last episode; p: Welch t-test against {baseline}; "
+        "regret: oracle mean - mean (mock env)"
+    )
+    if console.is_terminal:
+        table = Table(title="bench", caption=caption)
+        for i, col in enumerate(COLUMNS):
+            table.add_column(col, justify="left" if i < 2 else "right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        return
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(COLUMNS)]
+    for row in (list(COLUMNS), *rows):
+        print("  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))))
+    print(caption)
+
+
+def write_csv(summary: dict, path: Path) -> None:
+    """One row per (env, controller): the summary fields (empty where not defined)."""
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["env", "controller", *SUMMARY_FIELDS])
+        for env, by_ctl in summary.items():
+            for ctl, s in by_ctl.items():
+                values = [s[k] for k in SUMMARY_FIELDS]
+                writer.writerow([env, ctl, *("" if _is_nan(v) else v for v in values)])
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def json_safe(node: Any) -> Any:
+    """NaN and infinities -> None (strict JSON), recursively."""
+    if isinstance(node, dict):
+        return {k: json_safe(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [json_safe(v) for v in node]
+    if isinstance(node, (float, np.floating)):
+        return float(node) if math.isfinite(node) else None
+    if isinstance(node, np.integer):
+        return int(node)
+    return node
