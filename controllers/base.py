@@ -140,8 +140,10 @@ def run_episode(
 ) -> EpisodeResult:
     """Drive `controller` through one episode of `env` (the only interaction loop in the project).
 
-    `logger(step, metrics)` receives, per env step, `env/*` and `controller/*` metrics; `on_step(step,
-    transition)` the whole transition, after the controller learnt from it (the place to checkpoint).
+    `logger(step, metrics)` receives, per env step, the step's numbers under the logs' key scheme
+    (`step_metrics`: `env/*`, `reward/*`, `stats/*`, `time/*`, `eval/*`) and `controller/*` metrics;
+    `on_step(step, transition)` the whole transition, after the controller learnt from it (the place
+    to checkpoint).
     `start=(obs, steps_done)` continues an episode whose env and controller states were restored
     from a checkpoint taken after `steps_done` steps at observation `obs`, instead of resetting.
     """
@@ -163,8 +165,7 @@ def run_episode(
         result.controller_metrics.append(metrics)
         step = step0 + result.steps
         if logger is not None:
-            env_metrics = {f"env/{k.replace('/', '_')}": float(v) for k, v in info.items() if _is_number(v)}
-            logger(step, env_metrics | {"env/reward": float(reward)} | metrics)
+            logger(step, step_metrics(info, float(reward)) | metrics)
         if on_step is not None:
             on_step(
                 step, Transition(obs, action, float(reward), next_obs, terminated, truncated, info, metrics)
@@ -172,6 +173,21 @@ def run_episode(
         obs, done = next_obs, terminated or truncated
     result.final_info = info
     return result
+
+
+def step_metrics(info: dict, reward: float) -> dict[str, float]:
+    """The numbers of one env step under the one key scheme of the logs: info keys that carry a
+    namespace keep it (`reward/progress`, `stats/loss`, `time/window_s`), bare ones go under `env/`
+    (`env/alpha`, `env/score`), a dict one level deep is flattened (`eval/accuracy/C6`), and the step's
+    reward is `env/reward`."""
+    out: dict[str, float] = {}
+    for key, value in info.items():
+        name = key if "/" in key else f"env/{key}"
+        if _is_number(value):
+            out[name] = float(value)
+        elif isinstance(value, dict):
+            out |= {f"{key}/{k}": float(v) for k, v in value.items() if _is_number(v)}
+    return out | {"env/reward": reward}
 
 
 def _is_number(value: Any) -> bool:

@@ -101,6 +101,7 @@ class Run:
                     self.controller,
                     seed=1000 * cfg.seed + episode,
                     start=start,
+                    logger=lambda _, metrics: self.log(loop["global_window"] + 1, metrics),  # TensorBoard
                     on_step=self.on_step,
                 )
         finally:
@@ -148,7 +149,6 @@ class Run:
         for credit in self.controller.pop_credits():
             credit = {k: int(v) if k == "decision" else finite(v) for k, v in credit.items()}
             self.log.decision({"kind": "credit"} | credit)
-        self.log(gw, record)
         loop["seconds"] = time.perf_counter() - self.t_start
         done = tr.terminated or tr.truncated
         if done:
