@@ -103,3 +103,16 @@ def test_resolved_config_round_trips_and_switching_env_rebinds():
     # a unit of bench.py: the same run config on the other env takes that env's gamma
     mock = dataclasses.replace(cfg, env="mock")
     assert resolved_dict(mock)["controllers"]["beta_reinforce"]["gamma"] == 0.7
+
+
+def test_the_same_real_key_means_the_same_in_every_recipe():
+    from atesd.builder import RealConfig
+    from recipes.eval import EvalConfig
+    from recipes.sweep import SweepConfig
+
+    for cls in (RunConfig, SweepConfig, EvalConfig):
+        cfg = cfglib.load(cls, None, ["real.engine.lr=3e-4", "real.task.eval_size=32"])
+        assert isinstance(cfg.real, RealConfig), cls
+        assert (cfg.real.engine.lr, cfg.real.task.eval_size) == (3e-4, 32), cls
+    # eval's sampling section has the training sampler's keys
+    assert cfglib.load(EvalConfig, None, ["sampling.backend=hf", "sampling.top_k=5"]).sampling.top_k == 5
