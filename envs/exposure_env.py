@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 import gymnasium as gym
 import numpy as np
 
+from atesd.builder import RealConfig, build_engine
 from atesd.engine import DistillEngine, EngineConfig
 from atesd.models import TinyModelConfig
 from atesd.progress import RewardSpec, window_reward
-from atesd.tasks.synthetic import ChainBagConfig, ChainBagTask
-from atesd.warmstart import WarmStartConfig, warm_start
+from atesd.tasks.synthetic import ChainBagConfig
+from atesd.warmstart import WarmStartConfig
 from envs import spec
 
 
@@ -121,14 +122,16 @@ class TeacherExposureEnv(gym.Env):
         model_cfg: TinyModelConfig | None = None,
         warmstart_cfg: WarmStartConfig | None = None,
         cache_dir: str | None = None,
+        real: RealConfig | None = None,
     ) -> None:
         self.cfg = cfg or ExposureEnvConfig()
-        if engine is None:
-            task = ChainBagTask(task_cfg or ChainBagConfig())
-            model, tokenizer, _, _ = warm_start(
-                task, model_cfg or TinyModelConfig(), warmstart_cfg or WarmStartConfig(), cache_dir
-            )
-            engine = DistillEngine(model, tokenizer, task, engine_cfg or EngineConfig())
+        if engine is None:  # the embedded default (or `real`), through the one builder
+            real = real or RealConfig(
+                task=task_cfg or ChainBagConfig(), model=model_cfg or TinyModelConfig(),
+                warmstart=warmstart_cfg or WarmStartConfig(), engine=engine_cfg or EngineConfig(),
+                cache_dir=cache_dir or "",
+            )  # fmt: skip
+            engine = build_engine(real, real.engine.seed)
         if not engine.probe:
             raise ValueError(
                 "the env's reward needs a probe set of reference solutions (the tracked loss); this "

@@ -59,3 +59,24 @@ def test_a_task_without_reference_solutions_is_refused(tiny_model, tokenizer, sm
     engine = DistillEngine(tiny_model, tokenizer, small_task, EngineConfig(batch_size=2), probe=[])
     with pytest.raises(ValueError, match="probe set of reference solutions"):
         TeacherExposureEnv(engine=engine)
+
+
+def test_without_an_engine_the_env_builds_one_through_the_builder(tmp_path):
+    from atesd import config as cfglib
+    from atesd.builder import RealConfig
+
+    real = cfglib.from_dict(RealConfig, {
+        "task": {"chain_lengths": [0, 3], "bag_sizes": [0, 2], "bands": [[3, 0], [0, 2]], "eval_size": 4,
+                 "probe_size": 2},
+        "model": {"num_layers": 1, "hidden_size": 32, "num_heads": 2, "num_kv_heads": 1,
+                  "intermediate_size": 64},
+        "warmstart": {"steps": 3, "copy_steps": 1, "batch_size": 4, "warmup_steps": 1},
+        "engine": {"batch_size": 2, "seed": 7, "sampling": {"max_new_tokens": 8}},
+        "cache_dir": str(tmp_path),
+    })  # fmt: skip
+    env = TeacherExposureEnv(ExposureEnvConfig(hold_steps=1, total_steps=1), real=real)
+    assert env.engine.cfg.seed == 7 and env.engine.cfg.batch_size == 2
+    assert env.engine.student.config.hidden_size == 32 and list(tmp_path.iterdir())  # warm start cached
+    obs, _ = env.reset(seed=0)
+    _, reward, terminated, _, _ = env.step(np.array([0.5], dtype=np.float32))
+    assert env.observation_space.contains(obs) and np.isfinite(reward) and terminated
