@@ -29,9 +29,10 @@ def mean_ci(values: Any, level: float = 0.95) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def welch_p(a: Any, b: Any) -> float:
-    """Two-sided Welch t-test p-value of the finite values of a and b; NaN when either has fewer than two
-    values or both are constant (no variance to test against)."""
+def welch_p(a: Any, b: Any, alternative: str = "two-sided") -> float:
+    """Welch t-test p-value of the finite values of a and b (`alternative`: "two-sided", or "greater"
+    for the one-sided test of mean(a) > mean(b), or "less"); NaN when either has fewer than two values
+    or both are constant (no variance to test against)."""
     from scipy import stats
 
     x, y = finite_values(a), finite_values(b)
@@ -39,4 +40,4 @@ def welch_p(a: Any, b: Any) -> float:
         return math.nan
     with warnings.catch_warnings():  # near-constant samples: scipy warns about precision, the p stands
         warnings.simplefilter("ignore", RuntimeWarning)
-        return float(stats.ttest_ind(x, y, equal_var=False).pvalue)
+        return float(stats.ttest_ind(x, y, equal_var=False, alternative=alternative).pvalue)

@@ -4,8 +4,12 @@ Trains the tiny model so that the student has partial competence and the teacher
 and partial references: first pure copy examples (the only way to produce a copy example's random
 digits is to read them from the reference), then a mix of student-format, teacher-format (a random
 number of revealed steps) and copy examples. The result is saved with `save_pretrained` under
-<cache>/warmstart/<key>/ and reused on the next call with the same key. Knows nothing of
-distillation; progress is reported through a callback so that recipes can draw it.
+<cache>/warmstart/<key>/ and reused on the next call with the same key. The embedded default's
+warm start is also shipped with the package (`atesd/weights/warmstart/<key>/`, its files' sha256 in
+`SHIPPED_MANIFEST`): a config with that key loads it at once, after checking the hashes; any other
+config trains its own (a line says why). `python -m atesd.warmstart --check` retrains the default
+and compares its sha256 with the shipped file. Knows nothing of distillation; progress is reported
+through a callback so that recipes can draw it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from atesd.tasks.synthetic import ChainBagConfig, ChainBagTask
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 1  # bump when the warm-start code changes what it produces
+SHIPPED_DIR = Path(__file__).resolve().parent / "weights" / "warmstart"
+SHIPPED_MANIFEST = SHIPPED_DIR / "manifest.json"  # {key: {"files": {name: sha256}, "made_with": {...}}}
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,53 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("ATESD_CACHE", Path.home() / ".cache" / "atesd"))
 
 
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def shipped_manifest() -> dict[str, dict]:
+    """The shipped warm starts: key -> {"files": {name: sha256}, "made_with": ...} ({} if none)."""
+    if not SHIPPED_MANIFEST.exists():
+        return {}
+    return json.loads(SHIPPED_MANIFEST.read_text())
+
+
+def shipped_path(key: str) -> tuple[Path | None, str]:
+    """(the shipped checkpoint of `key`, "") when it is shipped and every file's sha256 matches the
+    manifest, else (None, why not)."""
+    manifest = shipped_manifest()
+    if key not in manifest:
+        have = ", ".join(sorted(manifest)) or "none"
+        return None, f"no shipped warm start has key {key} (shipped: {have}, the embedded default's config)"
+    path = SHIPPED_DIR / key
+    for name, want in manifest[key]["files"].items():
+        if not (path / name).is_file():
+            return None, f"the shipped warm start {key} lacks {name}"
+        if sha256_file(path / name) != want:
+            return None, f"the shipped warm start's {name} does not match its sha256 in {SHIPPED_MANIFEST}"
+    return path, ""
+
+
+def locate(
+    task_cfg: ChainBagConfig,
+    model_cfg: TinyModelConfig,
+    cfg: WarmStartConfig,
+    cache_dir: str | Path | None = None,
+) -> tuple[Path | None, str]:
+    """Where the warm start of this config already is: (the cache entry or the verified shipped
+    checkpoint, ""), or (None, why it must be trained)."""
+    key = cache_key(task_cfg, model_cfg, cfg)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cached = root / "warmstart" / key
+    if (cached / "warmstart.json").exists():
+        return cached, ""
+    return shipped_path(key)
+
+
 def warm_start(
     task: ChainBagTask,
     model_cfg: TinyModelConfig,
@@ -119,13 +172,16 @@ def warm_start(
     cache_dir: str | Path | None = None,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Path, bool]:
-    """Return the warm-started (model, tokenizer, checkpoint dir, cache_hit), training on a miss."""
+    """Return the warm-started (model, tokenizer, checkpoint dir, found), training on a miss: found
+    is True when it came from the cache or the shipped weights."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = root / "warmstart" / cache_key(task.cfg, model_cfg, cfg)
-    if (path / "warmstart.json").exists():
-        log.info("warm start cache hit: %s", path)
-        model, tokenizer = load_pretrained(path)
-        return model, tokenizer, path, True
+    found, why = locate(task.cfg, model_cfg, cfg, cache_dir)
+    if found is not None:
+        log.info("warm start found: %s", found)
+        model, tokenizer = load_pretrained(found)
+        return model, tokenizer, found, True
+    log.warning("warm start: training it (%s); it is cached under %s for later runs", why, path)
     tokenizer = build_synthetic_tokenizer()
     model = build_tiny_qwen3(tokenizer, model_cfg)
     t0 = time.perf_counter()
@@ -145,6 +201,10 @@ def warm_start(
         os.replace(tmp, path)  # atomic: a reader sees no checkpoint or a whole one
     except OSError:  # another process finished the same key first
         shutil.rmtree(tmp, ignore_errors=True)
+    # hand back what a later run loads, not the objects that trained: a run right after training
+    # must equal a run from the cache (the trained model, its code-built tokenizer and the global RNG
+    # state training left behind are not what a cache hit sees)
+    model, tokenizer = load_pretrained(path)
     return model, tokenizer, path, False
 
 

@@ -104,17 +104,24 @@ def as_action(alpha: float, action_space: gym.spaces.Box) -> np.ndarray:
 
 @dataclass
 class EpisodeResult:
-    """What one episode produced, step by step (from `start` on, when an episode was resumed)."""
+    """What one episode produced, step by step (from `start` on, when an episode was resumed);
+    `start_info` is the reset's info (empty for a resumed episode): where the episode started."""
 
     rewards: list[float] = field(default_factory=list)
     alphas: list[float] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     controller_metrics: list[dict[str, float]] = field(default_factory=list)
     final_info: dict = field(default_factory=dict)
+    start_info: dict = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
         return len(self.rewards)
+
+    @property
+    def start_score(self) -> float:
+        """The env's score at reset (NaN where the env reports none there, or the episode resumed)."""
+        return float(self.start_info.get("score", math.nan))
 
 
 class Transition(NamedTuple):
@@ -137,23 +144,27 @@ def run_episode(
     seed: int | None = None,
     start: tuple[np.ndarray, int] | None = None,
     on_step: Callable[[int, Transition], None] | None = None,
+    on_reset: Callable[[np.ndarray, dict], None] | None = None,
 ) -> EpisodeResult:
     """Drive `controller` through one episode of `env` (the only interaction loop in the project).
 
     `logger(step, metrics)` receives, per env step, the step's numbers under the logs' key scheme
     (`step_metrics`: `env/*`, `reward/*`, `stats/*`, `time/*`, `eval/*`) and `controller/*` metrics;
     `on_step(step, transition)` the whole transition, after the controller learnt from it (the place
-    to checkpoint).
+    to checkpoint); `on_reset(obs, info)` the reset's observation and info (the place to log where
+    the episode starts).
     `start=(obs, steps_done)` continues an episode whose env and controller states were restored
     from a checkpoint taken after `steps_done` steps at observation `obs`, instead of resetting.
     """
+    result = EpisodeResult()
     if start is None:
         obs, info = env.reset(seed=seed)
         controller.reset(seed=seed, info=info)
-        step0 = 0
+        result.start_info, step0 = info, 0
+        if on_reset is not None:
+            on_reset(obs, info)
     else:
         obs, step0 = start
-    result = EpisodeResult()
     done = False
     while not done:
         action = controller.act(obs)

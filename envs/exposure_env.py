@@ -38,6 +38,13 @@ class ExposureEnvConfig:
     eval_k: int = field(
         default=0, metadata={"help": "Average@k samples per problem at evaluation (0 = greedy only)"}
     )
+    eval_at_reset: bool = field(
+        default=True,
+        metadata={
+            "help": "evaluate the warm-started student at reset too (the start of the accuracy curve; "
+            "greedy only: once per env, every reset restores the same student)"
+        },
+    )
 
     def __post_init__(self) -> None:
         checks = (
@@ -98,7 +105,9 @@ class TeacherExposureEnv(gym.Env):
     ## Episode End
     `terminated` when T student updates are done (the last window may be shorter); never truncated.
     An evaluation (greedy accuracy per band, Average@k if `eval_k`) runs every `eval_every` steps
-    and always at the end: `info["eval"]`, and `info["score"]` = its mean accuracy over bands.
+    and always at the end: `info["eval"]`, and `info["score"]` = its mean accuracy over bands. With
+    `eval_at_reset` (default) the reset info carries the warm-started student's evaluation and score
+    too (where the run started).
 
     ## Arguments
     `TeacherExposureEnv(cfg=ExposureEnvConfig(...), engine=None, engine_cfg=EngineConfig(...),
@@ -145,6 +154,7 @@ class TeacherExposureEnv(gym.Env):
         self.action_space = spec.action_space()
         self.observation_space = spec.observation_space()
         self._initial = engine.state_dict()
+        self._start_eval: dict[str, float] | None = None  # greedy: the same after every reset
         self.score = math.nan
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
@@ -155,7 +165,17 @@ class TeacherExposureEnv(gym.Env):
         self.probe_start = self.engine.probe_nll()
         self.score = math.nan
         info = {key: math.nan for key in spec.INFO_KEYS} | {"losses": [self.probe_start], "steps_done": 0}
+        if self.cfg.eval_at_reset:  # steps report nan until the episode's own first evaluation
+            info["eval"] = self._evaluate_start()
+            info["score"] = _mean_accuracy(info["eval"])
         return self._obs(), info
+
+    def _evaluate_start(self) -> dict[str, float]:
+        """The warm-started student's evaluation: computed once when greedy (every reset restores the
+        same weights and the eval sets are fixed), after each reseed when Average@k samples."""
+        if self._start_eval is None or self.cfg.eval_k > 0:
+            self._start_eval = self.engine.evaluate(k=self.cfg.eval_k)
+        return dict(self._start_eval)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
         alpha = spec.check_action(action)
@@ -191,8 +211,7 @@ class TeacherExposureEnv(gym.Env):
         steps_taken = self.steps_done // self.cfg.hold_steps
         if terminated or (self.cfg.eval_every and steps_taken % self.cfg.eval_every == 0):
             info["eval"] = self.engine.evaluate(k=self.cfg.eval_k)
-            accuracies = [v for k, v in info["eval"].items() if k.startswith("accuracy/")]
-            self.score = float(np.mean(accuracies))
+            self.score = _mean_accuracy(info["eval"])
         info["score"] = self.score
         info["time/window_s"] = time.perf_counter() - t0
         return self._obs(), float(terms["reward"]), terminated, False, info
@@ -226,3 +245,8 @@ class TeacherExposureEnv(gym.Env):
             probe_ratio=probe / self.probe_start if self.probe_start > 0 else 1.0,
             confidence=ema.get("confidence", 0.0),
         )
+
+
+def _mean_accuracy(evaluation: dict[str, float]) -> float:
+    """The env's score: the mean greedy accuracy over the bands."""
+    return float(np.mean([v for k, v in evaluation.items() if k.startswith("accuracy/")]))

@@ -19,7 +19,9 @@ def plot_run(run_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     from scipy.stats import beta as beta_dist
 
-    windows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "window"]
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    windows = [r for r in records if r["kind"] == "window"]
+    scored = [r for r in records if r["kind"] in ("start", "window")]  # accuracy from window 0 on
     decisions = [r for r in read_jsonl(run_dir / "decisions.jsonl") if r["kind"] == "decision"]
     cfg = json.loads((run_dir / "config.json").read_text())
     title = f"{cfg['controller']} on {cfg['env']} (seed {cfg['seed']})"
@@ -62,12 +64,12 @@ def plot_run(run_dir: Path) -> list[Path]:
     if bands:
         for band in bands:
             label = band.removeprefix("eval/accuracy/")
-            by_episode(ax, windows, band, 100.0, color=f"C{bands.index(band)}", marker="o", label=label)
+            by_episode(ax, scored, band, 100.0, color=f"C{bands.index(band)}", marker="o", label=label)
         ax.set(ylabel="greedy accuracy (%)")
     else:
-        by_episode(ax, windows, "env/score", color="C0", label="competence (mock)")
+        by_episode(ax, scored, "env/score", color="C0", label="competence (mock)")
         ax.set(ylabel="student competence")
-    ax.set(xlabel="window", title=f"Accuracy per difficulty: {title}")
+    ax.set(xlabel="window (0: the warm-started student)", title=f"Accuracy per difficulty: {title}")
     ax.legend(loc="best", fontsize=8)
     save(fig, "accuracy.png")
 
@@ -105,7 +107,7 @@ def plot_curves(bands: dict, hold_steps: dict[str, int], seeds: int, path: Path)
     for ax, (env, by_ctl) in zip(axes[0], bands.items()):
         for ctl, band in by_ctl.items():
             mean, low, high = (np.asarray(band[k], dtype=np.float64) for k in ("mean", "low", "high"))
-            x = np.arange(1, len(mean) + 1)
+            x = np.arange(len(mean))  # window 0: where the episode started
             ok = np.isfinite(mean)
             color = f"C{controllers.index(ctl) % 10}"
             sparse = ok.sum() < 30
@@ -113,7 +115,7 @@ def plot_curves(bands: dict, hold_steps: dict[str, int], seeds: int, path: Path)
             banded = ok & np.isfinite(low) & np.isfinite(high)
             ax.fill_between(x[banded], low[banded], high[banded], color=color, alpha=0.2, lw=0)
         ax.set(
-            xlabel=f"window (env step of H = {hold_steps[env]} student updates)",
+            xlabel=f"window (env step of H = {hold_steps[env]} student updates; 0: the start)",
             ylabel=ylabels.get(env, "score"),
             title=f"{env} env, last episode: mean and 95% CI over {seeds} seeds",
         )

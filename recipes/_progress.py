@@ -147,15 +147,33 @@ class Display:
 
 
 def print_summary(summary: dict[str, Any]) -> None:
+    """The run's summary as a table: the final score and every band's accuracy beside where the run
+    started (the warm-started student) and the change."""
     from rich.table import Table
 
     table = Table(title="run summary")
     table.add_column("field")
     table.add_column("value")
+    start_eval = summary.get("start_eval") or {}
     for key, value in summary.items():
+        if key in ("start_score", "start_eval"):
+            continue
         if key == "final_eval":
             for band, acc in value.items():
-                table.add_row(band, "-" if acc is None else f"{100 * acc:.1f}%")
+                table.add_row(band, _with_start(acc, start_eval.get(band), percent=True))
+        elif key == "final_score":
+            table.add_row(key, _with_start(value, summary.get("start_score"), percent=False))
         else:
             table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
     Console().print(table)
+
+
+def _with_start(value: float | None, start: float | None, percent: bool) -> str:
+    """`84.4% (start 70.3%, +14.1)` / `0.722 (start 0.650, +0.072)`; `-` for a missing value."""
+    if value is None:
+        return "-"
+    scale, unit, digits = (100.0, "%", 1) if percent else (1.0, "", 3)
+    text = f"{scale * value:.{digits}f}{unit}"
+    if start is None:
+        return text
+    return f"{text} (start {scale * start:.{digits}f}{unit}, {scale * (value - start):+.{digits}f})"

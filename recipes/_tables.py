@@ -10,7 +10,9 @@ from typing import Any
 
 import numpy as np
 
-SUMMARY_FIELDS = ("n", "mean", "sd", "ci_low", "ci_high", "p_value", "regret", "alpha_mean", "seconds")
+SUMMARY_FIELDS = (
+    "n", "mean", "sd", "ci_low", "ci_high", "p_value", "p_greater", "regret", "alpha_mean", "seconds"
+)  # fmt: skip
 
 
 def _fmt(value: float, spec: str) -> str:
@@ -28,12 +30,15 @@ def table_rows(summary: dict, baseline: str) -> list[list[str]]:
             ci = f"[{_fmt(s['ci_low'], '.4f')}, {_fmt(s['ci_high'], '.4f')}]"
             name = f"{ctl} (baseline)" if ctl == baseline else ctl
             rows.append([env, name, str(s["n"]), _fmt(s["mean"], ".4f"), ci, _fmt(s["sd"], ".4f"),
-                         _fmt(s["p_value"], ".2g"), _fmt(s["regret"], ".4f"), _fmt(s["alpha_mean"], ".3f"),
+                         _fmt(s["p_value"], ".2g"), _fmt(s["p_greater"], ".2g"), _fmt(s["regret"], ".4f"),
+                         _fmt(s["alpha_mean"], ".3f"),
                          _fmt(s["seconds"], ".3f")])  # fmt: skip
     return rows
 
 
-COLUMNS = ("env", "controller", "n", "mean", "95% CI", "sd", "p (Welch)", "regret", "mean alpha", "s/unit")
+COLUMNS = (
+    "env", "controller", "n", "mean", "95% CI", "sd", "p (Welch)", "p (>)", "regret", "mean alpha", "s/unit"
+)  # fmt: skip
 
 
 def print_table(summary: dict, baseline: str, console: Any = None) -> None:
@@ -44,7 +49,8 @@ def print_table(summary: dict, baseline: str, console: Any = None) -> None:
     console = console or Console()
     rows = table_rows(summary, baseline)
     caption = (
-        f"final score of the last episode; p: Welch t-test against {baseline}; "
+        f"final score of the last episode; p: Welch t-test against {baseline} (two-sided; >: one-sided, "
+        "mean above the baseline's); "
         "regret: oracle mean - mean (mock env)"
     )
     if console.is_terminal:

@@ -4,14 +4,22 @@
     python recipes/bench.py --env mock --seeds 20                  # every registered controller
     python recipes/bench.py --set controllers.bandit.kind=ucb --set mock.variant=mix --seeds 10
     python recipes/bench.py --config recipes/configs/ci.yaml --env mock,real --seeds 2 --set threads=1
+    python recipes/bench.py --env real --seeds 100-109 --controllers fixed:alpha=0.75,fixed:alpha=1,random
 
-A unit of work is one (controller, env, seed): a fresh env and controller built by `recipes.common`
+`--controllers` takes controller specs: a registered name, or `name:key=value[:key=value...]` with
+overrides of that controller's config (values parsed as YAML, as in `--set`; no commas inside a
+spec): every spec is its own row, labelled by the spec string (`fixed:alpha=0.75`), also as the
+baseline (`--baseline fixed:alpha=0.75`). `--seeds N` runs seeds 0..N-1, `--seeds A-B` seeds A..B
+inclusive (tune on one range, report on another).
+
+A unit of work is one (controller spec, env, seed): a fresh env and controller built by `recipes.common`
 from the run config (`--config`, `--set`), trained for `episodes` runs with `controllers.base.run_episode`
 (episode e of seed s seeded 1000 s + e; the controller's learned state carries across episodes). Its
 result is the last episode's final `info["score"]` (mock: the competence; real: the mean greedy
 accuracy over bands) and that episode's score per window (NaN on the real env between evaluations).
-Per (env, controller): mean, 95% t confidence interval, Welch t-test p-value against the baseline
-(`--baseline`, default `fixed`, alpha = 1 = OPSD), and on the mock env the regret against the oracle
+Per (env, controller): mean, 95% t confidence interval, Welch t-test p-values against the baseline
+(`--baseline`, default `fixed`, alpha = 1 = OPSD; two-sided, and one-sided for "mean above the
+baseline's"), and on the mock env the regret against the oracle
 when it is in the run (`oracle` runs on the mock only). Prints a table and writes results.csv,
 results.json and curves.png into a new directory <out>/bench__<name>__<YYYYmmdd-HHMMSS>/.
 """
@@ -37,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atesd import config as cfglib  # noqa: E402
 from atesd.significance import finite_values, mean_ci, welch_p  # noqa: E402
+from atesd.threads import set_threads  # noqa: E402
 from controllers import CONTROLLERS  # noqa: E402
 from recipes._plots import plot_curves  # noqa: E402
 from recipes._progress import fresh_dir, progress, user_errors  # noqa: E402
@@ -51,39 +60,78 @@ MOCK_ONLY = ("oracle",)  # controllers that need the mock env's `oracle_alpha`
 def run_unit(cfg_dict: dict[str, Any], env: str, controller: str, seed: int) -> dict[str, Any]:
     """Train `controller` on a fresh `env` for cfg.episodes episodes under `seed` (runs in a worker too).
 
-    Torch runs on cfg.threads threads on the real env and on one on the mock (its controllers' networks
-    are a few hundred parameters: a second thread only spins); the caller's thread count is restored.
+    Torch runs on cfg.threads threads on the real env (0: the free cores, checked every window) and on
+    one on the mock (its controllers' networks are a few hundred parameters: a second thread only
+    spins); the caller's thread count is restored.
     """
     import torch
 
     from controllers.base import run_episode
     from recipes.common import build_env
 
-    cfg = dataclasses.replace(
-        cfglib.from_dict(RunConfig, cfg_dict), env=env, controller=controller, seed=seed
-    )
+    cfg = spec_config(cfg_dict, env, controller, seed)
     if env == "real":
         quiet_hf()
     previous = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads if env == "real" else 1)
+    follower = set_threads(cfg.threads if env == "real" else 1)  # threads=0: follow the free cores
+    on_step = None if follower is None else (lambda step, transition: follower.update())
     try:
         t0 = time.perf_counter()
         gym_env = build_env(cfg)
         agent = build_controller(cfg, gym_env)
         for episode in range(cfg.episodes):
-            result = run_episode(gym_env, agent, seed=1000 * seed + episode)
+            result = run_episode(gym_env, agent, seed=1000 * seed + episode, on_step=on_step)
         gym_env.close()
         return {
             "env": env,
-            "controller": controller,
+            "controller": controller,  # the spec string
             "seed": seed,
+            "start": result.start_score,
             "final": float(result.final_info["score"]),
-            "curve": [float(s) for s in result.scores],
+            "curve": [result.start_score] + [float(s) for s in result.scores],  # window 0: the start
             "alpha_mean": float(np.mean(result.alphas)),
             "seconds": time.perf_counter() - t0,
         }
     finally:
         torch.set_num_threads(previous)
+
+
+def parse_spec(spec: str) -> tuple[str, list[str]]:
+    """`name` or `name:key=value[:key=value...]` -> (name, ["controllers.name.key=value", ...])."""
+    name, *parts = (part.strip() for part in spec.split(":"))
+    overrides, keys = [], set()
+    for part in parts:
+        key, sep, _ = part.partition("=")
+        if not sep or not key.strip():
+            raise cfglib.ConfigError(f"controller spec '{spec}': '{part}' must look like key=value")
+        if key in keys:
+            raise cfglib.ConfigError(f"controller spec '{spec}' sets {key} twice")
+        keys.add(key)
+        overrides.append(f"controllers.{name}.{part}")
+    if not name:
+        raise cfglib.ConfigError(f"controller spec '{spec}' names no controller")
+    return name, overrides
+
+
+def spec_config(cfg_dict: dict[str, Any], env: str, spec: str, seed: int) -> RunConfig:
+    """The run config of one unit: `cfg_dict` with the spec's controller and overrides, env and seed."""
+    name, overrides = parse_spec(spec)
+    controller_config(name)  # unknown name: ConfigError with the closest registered one
+    data = cfglib.merge(cfg_dict, cfglib.parse_overrides(overrides))
+    data |= {"env": env, "controller": name, "seed": seed}
+    return cfglib.from_dict(RunConfig, data)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`N` -> 0..N-1; `A-B` -> A..B inclusive."""
+    first, sep, last = text.strip().partition("-")
+    try:
+        seeds = list(range(int(first), int(last) + 1)) if sep else list(range(int(first)))
+    except ValueError:
+        raise cfglib.ConfigError(f"--seeds must be N or A-B (inclusive), got '{text}'") from None
+    if not seeds or min(seeds) < 0:
+        raise cfglib.ConfigError(f"--seeds '{text}' gives no seeds (N >= 1, 0 <= A <= B)")
+    return seeds
 
 
 def quiet_hf() -> None:
@@ -113,7 +161,8 @@ def run_units(cfg_dict: dict[str, Any], units: list[tuple[str, str, int]], worke
 
 # ---- statistics ------------------------------------------------------------------------------------
 def summarise(results: list[dict], baseline: str) -> dict[str, dict[str, dict[str, Any]]]:
-    """summary[env][controller]: n, mean, sd, 95% CI, Welch p vs `baseline` (NaN for itself), regret vs
+    """summary[env][controller]: n, mean, sd, 95% CI, Welch p vs `baseline` (two-sided, and one-sided
+    `p_greater` for mean above the baseline's; NaN for itself), regret vs
     the oracle (mock env, oracle in the run; else NaN), mean alpha of the last episode, seconds per unit
     and the per-seed finals. Controllers keep their order of first appearance."""
     groups: dict[str, dict[str, list[dict]]] = {}
@@ -137,6 +186,7 @@ def summarise(results: list[dict], baseline: str) -> dict[str, dict[str, dict[st
                 "ci_low": low,
                 "ci_high": high,
                 "p_value": welch_p(x, finals[baseline]) if tested else math.nan,
+                "p_greater": welch_p(x, finals[baseline], "greater") if tested else math.nan,
                 "regret": oracle - mean,
                 "alpha_mean": float(np.mean([r["alpha_mean"] for r in rs])),
                 "seconds": float(np.mean([r["seconds"] for r in rs])),
@@ -147,8 +197,9 @@ def summarise(results: list[dict], baseline: str) -> dict[str, dict[str, dict[st
 
 
 def curve_bands(results: list[dict]) -> dict[str, dict[str, dict[str, list[float]]]]:
-    """bands[env][controller]: per window of the last episode, the mean score over seeds and its 95% CI
-    (NaN where no seed has a finite score: the real env between evaluations)."""
+    """bands[env][controller]: per window of the last episode, from window 0 (its start) on, the mean
+    score over seeds and its 95% CI (NaN where no seed has a finite score: the real env between
+    evaluations)."""
     groups: dict[str, dict[str, list[list[float]]]] = {}
     for r in results:
         groups.setdefault(r["env"], {}).setdefault(r["controller"], []).append(r["curve"])
@@ -195,11 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="config fields (set any with --set key=value; env, controller and seed come from the options):"
         f"\n{fields}",
     )
-    parser.add_argument("--controllers", default="", help="comma list (default: every registered one)")
+    parser.add_argument(
+        "--controllers",
+        default="",
+        help="comma list of specs: name or name:key=value[:key=value] (default: every registered one)",
+    )
     parser.add_argument("--env", default="mock", help="comma list of mock, real (default: mock)")
-    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per (env, controller) (default 5)")
+    parser.add_argument("--seeds", default="5", help="N: seeds 0..N-1; A-B: seeds A..B inclusive (default 5)")
     parser.add_argument("--workers", type=int, default=0, help="worker processes (0 = in this process)")
-    parser.add_argument("--baseline", default="fixed", help="controller the p-values test against")
+    parser.add_argument("--baseline", default="fixed", help="controller spec the p-values test against")
     parser.add_argument("--config", type=Path, default=None, help="YAML file of RunConfig fields")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], help="override, e.g. episodes=5"
@@ -215,7 +270,7 @@ def _split(text: str) -> list[str]:
 
 
 def plan(args: argparse.Namespace) -> tuple[RunConfig, list[str], list[str], list[str]]:
-    """(config, envs, controllers, notes) from the command line; ConfigError on anything unusable."""
+    """(config, envs, controller specs, notes) from the command line; ConfigError on anything unusable."""
     overrides = list(args.overrides) + ([f"name={args.name}"] if args.name is not None else [])
     cfg = cfglib.load(RunConfig, args.config, overrides)
     if args.workers > 1:
@@ -226,24 +281,29 @@ def plan(args: argparse.Namespace) -> tuple[RunConfig, list[str], list[str], lis
             raise cfglib.ConfigError(f"unknown env '{env}' in --env (choose from {', '.join(ENVS)})")
     if not envs:
         raise cfglib.ConfigError("--env names no env (choose from mock, real)")
-    controllers = _split(args.controllers) or list(CONTROLLERS)
+    controllers = [_normal(s) for s in _split(args.controllers)] or list(CONTROLLERS)
+    args.baseline = _normal(args.baseline)
     notes = []
-    for name in [*controllers, args.baseline]:
-        controller_config(name)  # unknown name: ConfigError with the closest registered one
     if args.baseline not in controllers:
         controllers.append(args.baseline)
         notes.append(f"note: added the baseline '{args.baseline}' to the controllers")
+    cfg_dict = cfglib.to_dict(cfg)
     for env in envs:
-        for name in controllers:
-            if env == "real" and name in MOCK_ONLY:
-                notes.append(f"note: '{name}' runs on the mock env only; skipped on real")
+        for spec in controllers:
+            if env == "real" and parse_spec(spec)[0] in MOCK_ONLY:
+                notes.append(f"note: '{spec}' runs on the mock env only; skipped on real")
                 continue
-            unit_cfg = dataclasses.replace(cfg, env=env, controller=name)
-            try:
-                build_controller(unit_cfg, _spaces(unit_cfg))  # fail now, not after the warm start
+            try:  # fail now, not after the warm start: unknown names and keys, bad values
+                unit_cfg = spec_config(cfg_dict, env, spec, cfg.seed)
+                build_controller(unit_cfg, _spaces(unit_cfg))
             except ValueError as err:
-                raise cfglib.ConfigError(str(err)) from err
+                raise cfglib.ConfigError(f"controller spec '{spec}': {err}") from err
     return cfg, envs, controllers, notes
+
+
+def _normal(spec: str) -> str:
+    """A spec without spaces around its parts: the row label."""
+    return ":".join(part.strip() for part in spec.split(":"))
 
 
 def _spaces(cfg: RunConfig) -> Any:
@@ -267,7 +327,7 @@ def warm_start_real(cfg: RunConfig) -> None:
         return  # an HF checkpoint: nothing to warm-start
     quiet_hf()
     previous = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
+    set_threads(cfg.threads)
     try:
         t0 = time.perf_counter()
         with progress("warm start", cfg.real.warmstart.steps) as update:
@@ -283,13 +343,14 @@ def main(argv: list[str] | None = None) -> Path:
     """Run the benchmark; returns the run directory. Bad input prints one line and exits 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.seeds < 1 or args.workers < 0:
-        parser.error("--seeds must be >= 1 and --workers >= 0")
+    if args.workers < 0:
+        parser.error("--workers must be >= 0")
     with user_errors(args.debug):
         return _main(args, sys.argv[1:] if argv is None else argv)
 
 
 def _main(args: argparse.Namespace, argv: list[str]) -> Path:
+    seeds = parse_seeds(args.seeds)
     cfg, envs, controllers, notes = plan(args)
     for note in notes:
         print(note)
@@ -300,8 +361,8 @@ def _main(args: argparse.Namespace, argv: list[str]) -> Path:
         (env, name, seed)
         for env in envs
         for name in controllers
-        if not (env == "real" and name in MOCK_ONLY)
-        for seed in range(args.seeds)
+        if not (env == "real" and parse_spec(name)[0] in MOCK_ONLY)
+        for seed in seeds
     ]
     cfg_dict = cfglib.to_dict(cfg)
     results = run_units(cfg_dict, units, args.workers)
@@ -317,7 +378,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> Path:
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "envs": envs,
         "controllers": controllers,
-        "seeds": args.seeds,
+        "seeds": seeds,
         "baseline": args.baseline,
         "workers": args.workers,
         "wall_s": wall,
@@ -329,7 +390,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> Path:
     (run_dir / "results.json").write_text(json.dumps(json_safe(record), indent=1))
     if cfg.plots:
         hold = {"mock": cfg.mock.hold_steps, "real": cfg.real.env.hold_steps}
-        plot_curves(bands, hold, args.seeds, run_dir / "curves.png")
+        plot_curves(bands, hold, len(seeds), run_dir / "curves.png")
     print(f"{len(units)} units in {wall:.1f} s; wrote {run_dir}")
     return run_dir
 

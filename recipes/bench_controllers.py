@@ -58,15 +58,14 @@ def controller_overhead(name: str, env_rate: float, episodes: int = 5) -> float:
 
 def real_window_seconds(windows: int = 3) -> float | None:
     """Mean wall time of one step of the real env on the embedded default (H = 5 student updates),
-    after one warm-up step; None where the warm start is not cached (building it takes minutes)."""
+    after one warm-up step; None where the warm start is neither shipped nor cached (training it
+    takes minutes)."""
     from atesd.models import TinyModelConfig
     from atesd.tasks.synthetic import ChainBagTask
-    from atesd.warmstart import WarmStartConfig, cache_key, default_cache_dir
+    from atesd.warmstart import WarmStartConfig, locate
     from envs.exposure_env import TeacherExposureEnv
 
-    task = ChainBagTask()
-    path = default_cache_dir() / "warmstart" / cache_key(task.cfg, TinyModelConfig(), WarmStartConfig())
-    if not (path / "warmstart.json").exists():
+    if locate(ChainBagTask().cfg, TinyModelConfig(), WarmStartConfig())[0] is None:
         return None
     env = TeacherExposureEnv()
     env.reset(seed=0)

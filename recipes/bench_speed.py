@@ -34,19 +34,19 @@ def embedded_engine(threads: int):
     from atesd.engine import DistillEngine, EngineConfig
     from atesd.models import TinyModelConfig, build_synthetic_tokenizer, build_tiny_qwen3, load_pretrained
     from atesd.tasks.synthetic import ChainBagTask
-    from atesd.warmstart import WarmStartConfig, cache_key, default_cache_dir
+    from atesd.warmstart import WarmStartConfig, locate
 
     torch.set_num_threads(threads)
     task = ChainBagTask()
-    path = default_cache_dir() / "warmstart" / cache_key(task.cfg, TinyModelConfig(), WarmStartConfig())
-    if (path / "warmstart.json").exists():
+    path, _ = locate(task.cfg, TinyModelConfig(), WarmStartConfig())
+    if path is not None:
         model, tokenizer = load_pretrained(path)
         source = f"warm-started checkpoint {path.name}"
     else:
         tokenizer = build_synthetic_tokenizer()
         model, source = (
             build_tiny_qwen3(tokenizer),
-            "random init (run recipes/sweep.py once to cache the warm start)",
+            "random init (the shipped warm start is missing: reinstall, or run recipes/sweep.py once)",
         )
     return DistillEngine(model, tokenizer, task, EngineConfig()), source
 

@@ -105,7 +105,13 @@ class RunConfig:
         default=5, metadata={"help": "save a resumable checkpoint every this many windows (>= 1)"}
     )
     keep_checkpoints: int = field(default=2, metadata={"help": "complete checkpoints kept (>= 1)"})
-    threads: int = field(default=2, metadata={"help": "torch CPU threads (>= 1)"})
+    threads: int = field(
+        default=0,
+        metadata={
+            "help": "torch CPU threads (>= 1), or 0: the cores other processes leave free, checked every "
+            "window (atesd/threads.py)"
+        },
+    )
     tensorboard: bool = field(
         default=False, metadata={"help": "also log to TensorBoard (extra [tensorboard])"}
     )
@@ -122,7 +128,7 @@ class RunConfig:
             ("episodes", self.episodes >= 1, ">= 1"),
             ("checkpoint_every", self.checkpoint_every >= 1, ">= 1"),
             ("keep_checkpoints", self.keep_checkpoints >= 1, ">= 1"),
-            ("threads", self.threads >= 1, ">= 1"),
+            ("threads", self.threads >= 0, ">= 0"),
             ("seed", self.seed >= 0, ">= 0"),
             ("name", bool(self.name) and "/" not in self.name and "__" not in self.name,
              "non-empty, without '/' or '__'"),

@@ -34,6 +34,7 @@ from atesd import config as cfglib  # noqa: E402
 from atesd.checkpoint import rng_state, set_rng_state  # noqa: E402
 from atesd.distributed import Dist, gather_state  # noqa: E402
 from atesd.logging import MetricsLogger, finite, jsonable  # noqa: E402
+from atesd.threads import set_threads  # noqa: E402
 from controllers.base import Transition, run_episode  # noqa: E402
 from controllers.shared import SharedDecisions  # noqa: E402
 from recipes import _faults as faults  # noqa: E402
@@ -54,12 +55,11 @@ class Run:
         resume: dict[str, Any] | None = None,
         dist: Dist | None = None,
     ) -> None:
-        import torch
 
         self.cfg, self.run_dir = cfg, run_dir
         self.dist = dist or Dist.single()
         self.main = self.dist.is_main  # under torchrun only rank 0 logs, checkpoints and plots
-        torch.set_num_threads(cfg.threads)
+        self.threads = set_threads(cfg.threads)  # 0: follow the free cores (updated every window)
         progress = _warmstart_progress(cfg) if self.main else None
         self.env = build_env(cfg, warmstart_progress=progress, dist=self.dist)
         self.controller = build_controller(cfg, self.env)
@@ -103,6 +103,7 @@ class Run:
                     start=start,
                     logger=lambda _, metrics: self.log(loop["global_window"] + 1, metrics),  # TensorBoard
                     on_step=self.on_step,
+                    on_reset=self.on_reset,
                 )
         finally:
             self.display.close()
@@ -121,6 +122,18 @@ class Run:
             (self.run_dir / SUMMARY).write_text(json.dumps(summary, indent=1, default=jsonable))
         return summary
 
+    def on_reset(self, obs: np.ndarray, info: dict) -> None:
+        """Log where the episode starts (the warm-started student's evaluation, when the env gives one)
+        and keep the first episode's as the run's start."""
+        loop = self.loop
+        record = {"kind": "start", "episode": loop["episode"], "window": loop["global_window"],
+                  "update": loop["updates"], "env/score": finite(info.get("score", math.nan))}  # fmt: skip
+        record |= {f"eval/{k}": finite(v) for k, v in (info.get("eval") or {}).items()}
+        self.log.metric(record)
+        if "start_score" not in loop:
+            loop["start_score"] = record["env/score"]
+            loop["start_eval"] = {k: finite(v) for k, v in (info.get("eval") or {}).items()}
+
     def on_step(self, step: int, tr: Transition) -> None:
         cfg, loop, info = self.cfg, self.loop, tr.info
         loop["window"], loop["global_window"] = step, loop["global_window"] + 1
@@ -135,7 +148,10 @@ class Run:
         record |= {f"eval/{k}": finite(v) for k, v in (info.get("eval") or {}).items()}
         record["env/score"] = finite(info["score"])
         record |= {k: finite(v) for k, v in tr.metrics.items()}
+        record["time/threads"] = self.threads.threads if self.threads is not None else self.cfg.threads
         self.log.metric(record)
+        if self.threads is not None:
+            self.threads.update()  # the next window's thread count, from the cores left free
         decision = {"kind": "decision", "decision": gw - 1, "episode": episode, "window": gw,
                     "alpha": float(info["alpha"]), "reward/total": tr.reward,
                     "reward/progress": finite(info["reward/progress"]),
@@ -192,7 +208,9 @@ class Run:
             "episodes": self.cfg.episodes,
             "windows": self.loop["global_window"],
             "updates": self.loop["updates"],
+            "start_score": self.loop.get("start_score"),
             "final_score": self.loop.get("final_score"),
+            "start_eval": self.loop.get("start_eval", {}),
             "final_eval": self.loop.get("final_eval", {}),
             "seconds": seconds,
             "run_dir": str(self.run_dir),

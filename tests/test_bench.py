@@ -85,6 +85,10 @@ def test_summarise_regret_p_values_and_curves():
     )  # self; both constant
     assert mock["bandit"]["p_value"] == pytest.approx(scipy_welch(finals["bandit"], finals["fixed"]))
     assert real["bandit"]["p_value"] == pytest.approx(scipy_welch([0.40, 0.44, 0.47], [0.30, 0.34, 0.31]))
+    # one-sided: half the two-sided p when the mean is above the baseline's, 1 - half when below
+    assert real["bandit"]["p_greater"] == pytest.approx(real["bandit"]["p_value"] / 2)
+    one_sided = bench.summarise(results, "bandit")["real"]["fixed"]
+    assert one_sided["p_greater"] == pytest.approx(1 - real["bandit"]["p_value"] / 2)
     assert mock["bandit"]["finals"] == finals["bandit"] and mock["bandit"]["n"] == 3
     # curves keep NaN windows (the real env between evaluations) and average the finite ones
     curves = [unit("real", "fixed", s, 0.3, [math.nan, 0.2 + s / 10, math.nan, 0.3]) for s in range(2)]
@@ -111,7 +115,7 @@ def test_files_parse_and_the_directory_is_never_reused(tmp_path, monkeypatch):
         assert rows[0]["p_value"] == ""  # the baseline itself
         record = read_json(run_dir / "results.json")
         assert record["config"]["mock"]["total_steps"] == 50 and record["baseline"] == "fixed"
-        assert len(record["units"]) == 9 and len(record["units"][0]["curve"]) == 10
+        assert len(record["units"]) == 9 and len(record["units"][0]["curve"]) == 11  # window 0 (the start) on
         assert record["summary"]["mock"]["random"]["finals"] == [
             u["final"] for u in record["units"] if u["controller"] == "random"
         ]
@@ -152,7 +156,56 @@ def test_smoke_both_envs_in_a_subprocess(tmp_path):
     assert list(record["summary"]["mock"]) == ["fixed", "beta_reinforce", "oracle"]
     assert list(record["summary"]["real"]) == ["fixed", "beta_reinforce"]
     real_units = [u for u in record["units"] if u["env"] == "real"]
-    assert len(real_units) == 4 and all(len(u["curve"]) == 3 for u in real_units)  # 6 updates / H = 2
+    assert len(real_units) == 4 and all(len(u["curve"]) == 4 for u in real_units)  # start, 6 updates / H = 2
     assert all(0.0 <= u["final"] <= 1.0 for u in real_units)
     assert len((run_dir / "results.csv").read_text().splitlines()) == 1 + 5
     assert (run_dir / "curves.png").read_bytes()[:8] == PNG
+
+
+def test_seed_ranges_and_controller_specs_each_their_own_row(tmp_path):
+    short = ["--set", "mock.total_steps=50", "--out", str(tmp_path)]
+    argv = ["--controllers", "fixed:alpha=0.75, fixed:alpha=1,random", "--seeds", "100-102",
+            "--baseline", "fixed:alpha=0.75", *short]  # fmt: skip
+    run_dir = bench.main(argv)
+    record = read_json(run_dir / "results.json")
+    assert record["seeds"] == [100, 101, 102] and record["baseline"] == "fixed:alpha=0.75"
+    specs = ["fixed:alpha=0.75", "fixed:alpha=1", "random"]
+    assert list(record["summary"]["mock"]) == specs
+    assert [u["controller"] for u in record["units"]] == [s for s in specs for _ in range(3)]
+    assert {u["seed"] for u in record["units"]} == {100, 101, 102}
+    alphas = {s: record["summary"]["mock"][s]["alpha_mean"] for s in specs}
+    assert alphas["fixed:alpha=0.75"] == pytest.approx(0.75) and alphas["fixed:alpha=1"] == pytest.approx(1.0)
+    with (run_dir / "results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["controller"] for r in rows] == specs and rows[0]["p_greater"] == ""
+    # the same spec twice is one row; a bare name equals its default spec's scores
+    again_dir = bench.main(["--controllers", "fixed:alpha=1,fixed", "--seeds", "100-102", *short])
+    again = read_json(again_dir / "results.json")
+    summary = again["summary"]["mock"]
+    assert (
+        summary["fixed"]["finals"]
+        == summary["fixed:alpha=1"]["finals"]
+        == (record["summary"]["mock"]["fixed:alpha=1"]["finals"])
+    )
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--seeds", "5-3"], "gives no seeds"),
+        (["--seeds", "a-b"], "--seeds must be N or A-B"),
+        (["--seeds", "0"], "gives no seeds"),
+        (["--controllers", "fixed:alpha"], "'alpha' must look like key=value"),
+        (["--controllers", "fixed:alpha=2"], "controller spec 'fixed:alpha=2'"),
+        (["--controllers", "fixed:alpah=0.5"], "did you mean 'controllers.fixed.alpha'?"),
+        (["--controllers", "fixed:alpha=0.5:alpha=0.6"], "sets alpha twice"),
+        (["--controllers", ":alpha=0.5"], "names no controller"),
+        (["--controllers", "fixd:alpha=0.5"], "did you mean 'fixed'?"),
+    ],
+)
+def test_bad_seeds_and_specs_exit_2_in_one_line(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main([*argv, "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []

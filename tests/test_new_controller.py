@@ -244,5 +244,5 @@ def test_bench_against_fixed(registered, tmp_path):
     assert summary["hill_climb"]["n"] == summary["fixed"]["n"] == 3
     assert 0.0 <= summary["hill_climb"]["p_value"] <= 1.0 and summary["fixed"]["p_value"] is None
     assert summary["hill_climb"]["mean"] > summary["fixed"]["mean"]  # alpha = 1 is the mock's worst
-    assert len(record["units"][0]["curve"]) == 20  # 100 updates / H = 5
+    assert len(record["units"][0]["curve"]) == 1 + 20  # the start, then 100 updates / H = 5
     assert math.isfinite(record["wall_s"])

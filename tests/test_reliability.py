@@ -58,10 +58,11 @@ def same(a, b) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault", ["update:3", "checkpoint:2", "eval:2"])
+@pytest.mark.parametrize("fault", ["update:3", "checkpoint:2", "eval:3"])
 def test_sigkill_then_resume_ends_exactly_as_the_uncut_run(uncut, fault):
     """update:3 dies mid-window 2 (H = 2); checkpoint:2 dies while checkpoint 2 is being written (its
-    state is on disk, its manifest is not); eval:2 dies inside the evaluation that ends window 2."""
+    state is on disk, its manifest is not); eval:3 dies inside the evaluation that ends window 2 (eval 1
+    is the start's, at reset)."""
     tmp, reference = uncut
     out = f"cut-{fault.replace(':', '-')}"
     killed = launch(tmp, out, fault=fault)

@@ -43,6 +43,16 @@ def test_the_command_on_the_ci_config_leaves_every_file(tmp_path):
         window
     )
     assert any(k.startswith("eval/accuracy/") for k in window)
+    (start,) = [m for m in metrics if m["kind"] == "start"]  # window 0: the warm-started student
+    assert start["window"] == 0 and start["update"] == 0 and 0.0 <= start["env/score"] <= 1.0
+    bands = {k for k in window if k.startswith("eval/accuracy/")}
+    assert bands <= set(start)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["start_score"] == start["env/score"]
+    assert summary["start_eval"] == {
+        k.removeprefix("eval/"): start[k] for k in start if k.startswith("eval/")
+    }
+    assert f"(start {summary['start_score']:.3f}, " in out.stdout  # the summary shows the change
     decisions = read_jsonl(run_dir / "decisions.jsonl")
     assert [d["decision"] for d in decisions if d["kind"] == "decision"] == [0, 1, 2]
     assert {"alpha", "beta_a", "beta_b", "reward/total"} <= set(decisions[0])

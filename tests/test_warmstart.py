@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from atesd.exposure import PromptBuilder
@@ -52,3 +53,54 @@ def test_long_chains_are_only_copied_in_teacher_format(tokenizer):
         task, builder, np.random.default_rng(0), 400, False, WarmStartConfig(long_chain_keep=1.0)
     )
     assert any("<|ref|>" not in prompt for prompt, _ in kept)
+
+
+def test_the_default_config_finds_the_shipped_warm_start(tmp_path):
+    """The package ships the embedded default's warm start: an empty cache loads it, no training."""
+    import atesd.warmstart as ws
+    from atesd.tasks.synthetic import ChainBagTask
+
+    task = ChainBagTask()
+    key = cache_key(task.cfg, TinyModelConfig(), WarmStartConfig())
+    assert key in ws.shipped_manifest(), (
+        "the default config's key is not shipped: run recipes/ship_warmstart.py"
+    )
+    path, why = ws.locate(task.cfg, TinyModelConfig(), WarmStartConfig(), tmp_path)
+    assert path == ws.SHIPPED_DIR / key and why == ""
+    model, tokenizer, found_path, found = warm_start(
+        task, TinyModelConfig(), WarmStartConfig(), tmp_path, progress=lambda *a: pytest.fail("trained")
+    )
+    assert found and found_path == path and not (tmp_path / "warmstart").exists()
+    assert sum(p.numel() for p in model.parameters()) > 100_000
+
+
+def test_another_config_trains_its_own_and_says_why(tmp_path, small_task, caplog):
+    with caplog.at_level("WARNING", logger="atesd.warmstart"):
+        _, _, path, found = warm_start(small_task, TINY, QUICK, tmp_path)
+    assert not found and path.parent == tmp_path / "warmstart"
+    assert "no shipped warm start has key" in caplog.text and str(path) in caplog.text
+
+
+def test_a_shipped_file_that_fails_its_sha256_is_not_loaded(tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    import atesd.warmstart as ws
+
+    (key,) = ws.shipped_manifest()
+    copy = tmp_path / "shipped"
+    shutil.copytree(ws.SHIPPED_DIR, copy)
+    monkeypatch.setattr(ws, "SHIPPED_DIR", copy)
+    monkeypatch.setattr(ws, "SHIPPED_MANIFEST", copy / "manifest.json")
+    assert ws.shipped_path(key)[0] == copy / key
+    with open(copy / key / "model.safetensors", "r+b") as f:  # one flipped byte deep in the weights
+        f.seek(-10, 2)
+        byte = f.read(1)
+        f.seek(-10, 2)
+        f.write(bytes([byte[0] ^ 1]))
+    path, why = ws.shipped_path(key)
+    assert path is None and "model.safetensors does not match its sha256" in why
+    (copy / key / "model.safetensors").unlink()
+    assert "lacks model.safetensors" in ws.shipped_path(key)[1]
+    assert "no shipped warm start has key abc" in ws.shipped_path("abc")[1]
+    json.dumps(ws.shipped_manifest())  # the manifest stays plain JSON

@@ -1,0 +1,91 @@
+"""Torch CPU threads that follow the machine's free cores, so that a busy machine does not collapse a run.
+
+Two OpenMP threads on two cores are the fastest setting on an idle machine, but when another process
+holds a core they spin-wait for a core they do not get: docs/BENCHMARKS.md ("Threads") measured the
+shortened main job 2.9x slower beside one CPU-bound process with two threads and 1.0x with one.
+`FreeCoreThreads` measures how many cores other processes used since its last call (the system's busy
+time from /proc/stat minus this process's own CPU time) and sets torch's thread count to the cores
+left free, between 1 and `max_threads`. The thread count does not change what is computed here: the
+main job prints the same numbers at 1 and 2 threads (docs/BENCHMARKS.md). Where /proc/stat does not
+exist (macOS, Windows) it keeps `max_threads`. Knows nothing of runs or envs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import torch
+
+_PROC_STAT = "/proc/stat"
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds every core has been busy since boot (None where /proc/stat is missing)."""
+    try:
+        with open(_PROC_STAT) as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    # user nice system idle iowait irq softirq steal ...: busy is everything but idle and iowait
+    ticks = [int(v) for v in fields[1:9]]
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+class FreeCoreThreads:
+    """Sets torch's CPU threads to the cores other processes leave free; call `update()` between
+    chunks of work (a run calls it every window). `max_threads` defaults to the machine's cores."""
+
+    def __init__(self, max_threads: int | None = None, probe_s: float = 0.2) -> None:
+        self.max_threads = max(1, max_threads or os.cpu_count() or 1)
+        self.cores = os.cpu_count() or 1
+        self._last = self._sample()
+        self.threads = self.max_threads
+        if self._last is not None and probe_s > 0:  # a first look before any work
+            time.sleep(probe_s)
+        self.update()
+
+    def _sample(self) -> tuple[float, float, float] | None:
+        busy = _busy_seconds()
+        return None if busy is None else (time.monotonic(), busy, _own_seconds())
+
+    def others(self) -> float:
+        """Cores other processes kept busy on average since the last call (NaN where unknown)."""
+        now = self._sample()
+        if now is None or self._last is None:
+            return math.nan
+        (t0, busy0, own0), (t1, busy1, own1) = self._last, now
+        self._last = now
+        if t1 - t0 <= 0:
+            return math.nan
+        return max(0.0, ((busy1 - busy0) - (own1 - own0)) / (t1 - t0))
+
+    def update(self) -> int:
+        """Measure, set torch's thread count, and return it."""
+        others = self.others()
+        if math.isfinite(others):
+            free = self.cores - others
+            self.threads = int(min(self.max_threads, max(1, math.floor(free + 0.3))))
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        return self.threads
+
+
+def set_threads(threads: int) -> FreeCoreThreads | None:
+    """`threads` >= 1: set it and return None; 0: follow the free cores (returns the follower, whose
+    `update()` the caller calls between chunks of work)."""
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0 (0 = follow the free cores), got {threads}")
+    if threads == 0:
+        return FreeCoreThreads()
+    torch.set_num_threads(threads)
+    return None

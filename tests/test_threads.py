@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+import atesd.threads as th
+
+
+class FakeMachine:
+    """A 2-core machine whose other processes keep `others` cores busy (monotonic clock, /proc/stat and
+    this process's CPU time all simulated)."""
+
+    def __init__(self, monkeypatch, others: float, own: float = 1.0) -> None:
+        self.t, self.busy, self.own, self.others, self.own_rate = 0.0, 0.0, 0.0, others, own
+        monkeypatch.setattr(th.os, "cpu_count", lambda: 2)
+        monkeypatch.setattr(th, "_busy_seconds", lambda: self.busy)
+        monkeypatch.setattr(th, "_own_seconds", lambda: self.own)
+        monkeypatch.setattr(th.time, "monotonic", lambda: self.t)
+        monkeypatch.setattr(th.time, "sleep", self.advance)
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+        self.own += self.own_rate * seconds
+        self.busy += (self.others + self.own_rate) * seconds
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("others, want", [(0.0, 2), (0.1, 2), (0.6, 1), (1.0, 1), (2.0, 1)])
+def test_threads_follow_the_cores_others_leave_free(monkeypatch, others, want):
+    machine = FakeMachine(monkeypatch, others)
+    follower = th.FreeCoreThreads()
+    assert follower.threads == want and torch.get_num_threads() == want
+    machine.others = 0.0  # the other job ends: the next window takes both cores back
+    machine.advance(5.0)
+    assert follower.update() == 2 and torch.get_num_threads() == 2
+
+
+def test_own_threads_do_not_count_as_others(monkeypatch):
+    FakeMachine(monkeypatch, others=0.0, own=2.0)  # this process keeps both cores busy itself
+    assert th.FreeCoreThreads().threads == 2
+
+
+def test_without_proc_stat_the_maximum_is_kept(monkeypatch):
+    monkeypatch.setattr(th, "_busy_seconds", lambda: None)
+    follower = th.FreeCoreThreads(max_threads=3, probe_s=0)
+    assert follower.update() == 3 and torch.get_num_threads() == 3
+
+
+def test_proc_stat_is_read_on_linux():
+    busy = th._busy_seconds()
+    assert busy is None or busy > 0
+
+
+def test_set_threads():
+    assert th.set_threads(1) is None and torch.get_num_threads() == 1
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        th.set_threads(-1)
+    assert isinstance(th.set_threads(0), th.FreeCoreThreads)
