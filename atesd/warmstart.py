@@ -171,12 +171,18 @@ def warm_start(
     cfg: WarmStartConfig,
     cache_dir: str | Path | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    use_shipped: bool = True,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Path, bool]:
     """Return the warm-started (model, tokenizer, checkpoint dir, found), training on a miss: found
-    is True when it came from the cache or the shipped weights."""
+    is True when it came from the cache or (unless `use_shipped` is False) the shipped weights."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = root / "warmstart" / cache_key(task.cfg, model_cfg, cfg)
-    found, why = locate(task.cfg, model_cfg, cfg, cache_dir)
+    if use_shipped:
+        found, why = locate(task.cfg, model_cfg, cfg, cache_dir)
+    else:
+        found, why = (
+            (path, "") if (path / "warmstart.json").exists() else (None, "the shipped one is not used")
+        )
     if found is not None:
         log.info("warm start found: %s", found)
         model, tokenizer = load_pretrained(found)

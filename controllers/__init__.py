@@ -8,6 +8,7 @@ one file in this package plus one line here.
 from controllers.bandit import BanditConfig, BanditController
 from controllers.beta_reinforce import BetaReinforceConfig, BetaReinforceController
 from controllers.fixed import FixedConfig, FixedController
+from controllers.hint import HintConfig, HintController
 from controllers.oracle import OracleConfig, OracleController
 from controllers.ppo import PPOConfig, PPOController
 from controllers.random import RandomConfig, RandomController
@@ -17,6 +18,7 @@ CONTROLLERS = {
     "fixed": (FixedController, FixedConfig),
     "random": (RandomController, RandomConfig),
     "schedule": (ScheduleController, ScheduleConfig),
+    "hint": (HintController, HintConfig),
     "bandit": (BanditController, BanditConfig),
     "beta_reinforce": (BetaReinforceController, BetaReinforceConfig),
     "ppo": (PPOController, PPOConfig),
