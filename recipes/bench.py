@@ -31,7 +31,6 @@ import concurrent.futures as cf
 import dataclasses
 import json
 import math
-import multiprocessing as mp
 import subprocess
 import sys
 import time
@@ -50,6 +49,7 @@ from controllers import CONTROLLERS  # noqa: E402
 from recipes._plots import plot_curves  # noqa: E402
 from recipes._progress import fresh_dir, progress, user_errors  # noqa: E402
 from recipes._tables import json_safe, print_table, write_csv  # noqa: E402
+from recipes._workers import worker_pool  # noqa: E402
 from recipes.common import RunConfig, build_controller, controller_config, describe  # noqa: E402
 
 ENVS = ("mock", "real")
@@ -151,7 +151,7 @@ def run_units(cfg_dict: dict[str, Any], units: list[tuple[str, str, int]], worke
                 results[i] = run_unit(cfg_dict, *unit)
                 update(i + 1, "/".join(map(str, unit)))
             return results  # type: ignore[return-value]
-        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        with worker_pool(workers) as pool:  # workers die with this process; Ctrl-C stops them at once
             futures = {pool.submit(run_unit, cfg_dict, *unit): i for i, unit in enumerate(units)}
             for done, fut in enumerate(cf.as_completed(futures), start=1):
                 results[futures[fut]] = fut.result()
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     if args.workers < 0:
         parser.error("--workers must be >= 0")
-    with user_errors(args.debug):
+    with user_errors(args.debug, "the bench stopped (its workers too); no results were written"):
         return _main(args, sys.argv[1:] if argv is None else argv)
 
 

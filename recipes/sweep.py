@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import json
-import multiprocessing as mp
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from atesd import config as cfglib  # noqa: E402
 from atesd.builder import RealConfig, build_engine  # noqa: E402
 from atesd.engine import EngineConfig  # noqa: E402
 from recipes._progress import progress  # noqa: E402
+from recipes._workers import worker_pool  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -289,7 +289,7 @@ def run_jobs(cfg_dict: dict, jobs: list[tuple[float, int]], workers: int) -> lis
                 results.append(run_one(cfg_dict, a, s))
                 update(len(results), f"alpha={a:g} seed={s}")
             return results
-        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        with worker_pool(workers) as pool:  # workers die with this process; Ctrl-C stops them at once
             futures = [pool.submit(run_one, cfg_dict, a, s) for a, s in jobs]
             for fut in cf.as_completed(futures):
                 results.append(fut.result())

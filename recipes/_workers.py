@@ -1,0 +1,62 @@
+"""Worker processes that die with the recipe that started them (bench.py and sweep.py units).
+
+A spawned `ProcessPoolExecutor` outlives a parent killed by SIGKILL or SIGTERM: its workers finish
+their units (minutes each on the real env) with nobody to read the results. `worker_pool` gives every
+worker the kernel's parent-death signal (Linux `prctl(PR_SET_PDEATHSIG)`) and a watchdog thread that
+exits when the parent is gone (elsewhere too); workers ignore SIGINT, so Ctrl-C reaches the parent
+only, which then terminates them at once instead of waiting for the running units.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import ctypes
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: exit when `parent` is gone; leave Ctrl-C to the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    threading.Thread(target=_watch, args=(parent,), daemon=True, name="parent-watch").start()
+
+
+def _watch(parent: int) -> None:
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int) -> Iterator[cf.ProcessPoolExecutor]:
+    """A spawned pool of `workers` processes bound to this one; leaving by an exception (Ctrl-C
+    included) cancels the queued units and terminates the running ones."""
+    pool = cf.ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=mp.get_context("spawn"),
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
+    )
+    try:
+        yield pool
+    except BaseException:
+        processes = list((pool._processes or {}).values())  # noqa: SLF001 (no public handle on them)
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.join(timeout=10)
+        raise
+    pool.shutdown(wait=True)

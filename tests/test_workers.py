@@ -1,0 +1,80 @@
+"""bench.py's worker processes die with it: SIGKILL or SIGTERM of the parent, and Ctrl-C (one line)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+
+
+def children(pid: int) -> set[int]:
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        text = (task / "children").read_text() if (task / "children").exists() else ""
+        out |= {int(c) for c in text.split()}
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def start_bench(tmp_path: Path) -> tuple[subprocess.Popen, set[int]]:
+    cmd = [sys.executable, str(ROOT / "recipes/bench.py"), "--env", "mock", "--controllers", "ppo",
+           "--seeds", "5000", "--workers", "2", "--set", "plots=false", "--out", str(tmp_path)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        workers = {c for c in children(proc.pid) if alive(c)}
+        if len(workers) >= 2:
+            time.sleep(1.0)  # the workers are past their initializer
+            return proc, workers
+        time.sleep(0.2)
+    proc.kill()
+    pytest.fail("bench.py started no workers")
+
+
+def gone(pids: set[int], within: float = 15.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not any(alive(p) for p in pids):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_workers_die_when_the_bench_is_killed(tmp_path, sig):
+    proc, workers = start_bench(tmp_path)
+    os.kill(proc.pid, sig)
+    proc.wait(timeout=30)
+    survivors = {p for p in workers if alive(p)}
+    try:
+        assert gone(workers), f"workers {survivors} outlived their parent"
+    finally:
+        for p in workers:
+            if alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_bench_and_its_workers_with_one_line(tmp_path):
+    proc, workers = start_bench(tmp_path)
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert (
+        err.strip().splitlines()[-1].startswith("interrupted: the bench stopped") and "Traceback" not in err
+    )
+    assert gone(workers)
+    assert list(tmp_path.iterdir()) == []  # no half-written run directory
