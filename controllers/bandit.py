@@ -247,7 +247,7 @@ class BanditController:
         check_transition(obs, reward, next_obs)
         arm = int(np.argmin(np.abs(self.arms - float(np.asarray(action).reshape(-1)[0]))))
         self.pulls[arm] += 1
-        for pull, ret in self.credit.push({"arm": arm}, info, terminated or truncated):
+        for pull, ret in self.credit.push({"arm": arm}, info, terminated or truncated, reward):
             self._credit(int(pull["arm"]), ret)
         if self.cfg.kind == "thompson":
             means, _, sigma = thompson_posterior(

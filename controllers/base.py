@@ -171,8 +171,8 @@ def run_episode(
         next_obs, reward, terminated, truncated, info = env.step(action)
         metrics = controller.observe(obs, action, float(reward), next_obs, terminated, truncated, info)
         result.rewards.append(float(reward))
-        result.alphas.append(float(info["alpha"]))
-        result.scores.append(float(info["score"]))
+        result.alphas.append(float(info.get("alpha", np.asarray(action, dtype=np.float64).flat[0])))
+        result.scores.append(float(info.get("score", math.nan)))  # envs of others may report none
         result.controller_metrics.append(metrics)
         step = step0 + result.steps
         if logger is not None:

@@ -257,7 +257,7 @@ class BetaReinforceController:
         last, self.last = self.last, None
         decision = {"obs": last["obs"], "raw_alpha": last["raw_alpha"], "index": self.decisions,
                     "baseline": self.trend}  # fmt: skip
-        done = self.credit.push(decision, info, terminated or truncated)
+        done = self.credit.push(decision, info, terminated or truncated, reward)
         self.decisions += 1
         self.finished += [Finished(d["obs"], d["raw_alpha"], ret, int(d["index"]), d.get("baseline"))
                           for d, ret in done]  # fmt: skip

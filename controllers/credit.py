@@ -46,8 +46,29 @@ def lookahead_windows(reward_mode: str, hold_steps: int, lookahead_steps: int) -
     return lookahead_steps // hold_steps if reward_mode in ("discounted", "discounted_grounded") else 1
 
 
-def window_terms(info: dict, hold_steps: int) -> list[float]:
-    """[first-update drop, progress, total - progress] of one env step's info (ValueError if malformed)."""
+REFINING_KEYS = ("losses", "reward/progress", "reward/total")  # optional: the step reward is enough
+
+
+def window_terms(info: dict, hold_steps: int, reward: float | None = None) -> list[float]:
+    """[first-update drop, progress, total - progress] of one env step.
+
+    From the info keys `REFINING_KEYS` where the env gives them (this package's envs: the tracked
+    losses and the reward's terms, which the reward modes need apart); from the step `reward` alone
+    where it gives none of them (any env with the exposure action space: every mode then credits
+    the step reward, [reward, reward, 0]). ValueError when they are malformed, given in part, or
+    disagree with the step reward.
+    """
+    present = [k for k in REFINING_KEYS if k in info]
+    if not present and reward is not None:
+        if not math.isfinite(float(reward)):
+            raise ValueError(f"the step reward must be finite, got {reward}")
+        return [float(reward), float(reward), 0.0]
+    if len(present) != len(REFINING_KEYS):
+        missing = [k for k in REFINING_KEYS if k not in info]
+        raise ValueError(
+            f"the env's info has {present} but not {missing}: give all of {list(REFINING_KEYS)} or none"
+            " (then the step reward is credited)"
+        )
     losses = np.asarray(info["losses"], dtype=np.float64)  # (H + 1,)
     if losses.shape != (hold_steps + 1,) or not np.all(np.isfinite(losses)):
         raise ValueError(f"info['losses'] must be hold_steps + 1 = {hold_steps + 1} finite values")
@@ -55,6 +76,11 @@ def window_terms(info: dict, hold_steps: int) -> list[float]:
     if not (math.isfinite(progress) and math.isfinite(total)):
         raise ValueError(
             f"info['reward/progress'] and info['reward/total'] must be finite, got {progress}, {total}"
+        )
+    if reward is not None and abs(total - float(reward)) > 1e-6 * (1.0 + abs(total)):
+        raise ValueError(
+            f"the env's info['reward/total'] = {total} disagrees with its step reward {reward} (a reward "
+            "wrapper?): the credit would learn from another reward than the env's"
         )
     return [max(0.0, float(losses[0] - losses[1])), progress, total - progress]
 
@@ -106,12 +132,13 @@ class PendingDecisions:
         return cls(cfg.reward_mode, cfg.hold_steps, cfg.lookahead_steps, cfg.gamma, cfg.finish_truncated)
 
     def push(
-        self, decision: dict[str, Any], info: dict, episode_end: bool
+        self, decision: dict[str, Any], info: dict, episode_end: bool, reward: float | None = None
     ) -> list[tuple[dict[str, Any], float]]:
-        """Add `decision` (made before this step), credit this step's window to every pending decision,
-        and return (decision, return) for those finished: K windows seen, or cut by the episode end
-        when `finish_truncated` is "truncate" ("drop" discards them)."""
-        window = window_terms(info, self.hold_steps)
+        """Add `decision` (made before this step), credit this step's window (`window_terms` of its
+        info and step `reward`) to every pending decision, and return (decision, return) for those
+        finished: K windows seen, or cut by the episode end when `finish_truncated` is "truncate"
+        ("drop" discards them)."""
+        window = window_terms(info, self.hold_steps, reward)
         self.pending.append({**decision, "windows": []})
         for pending in self.pending:
             pending["windows"].append(window)

@@ -115,7 +115,9 @@ def plot_curves(bands: dict, hold_steps: dict[str, int], seeds: int, path: Path)
             banded = ok & np.isfinite(low) & np.isfinite(high)
             ax.fill_between(x[banded], low[banded], high[banded], color=color, alpha=0.2, lw=0)
         ax.set(
-            xlabel=f"window (env step of H = {hold_steps[env]} student updates; 0: the start)",
+            xlabel=f"window (env step of H = {hold_steps[env]} student updates; 0: the start)"
+            if hold_steps.get(env)
+            else "env step (0: the start)",
             ylabel=ylabels.get(env, "score"),
             title=f"{env} env, last episode: mean and 95% CI over {seeds} seeds",
         )

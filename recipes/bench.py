@@ -6,6 +6,10 @@
     python recipes/bench.py --config recipes/configs/ci.yaml --env mock,real --seeds 2 --set threads=1
     python recipes/bench.py --env real --seeds 100-109 --controllers fixed:alpha=0.75,fixed:alpha=1,random
 
+`--env` takes mock, real, or any registered Gymnasium id whose action space is one alpha in [0, 1]
+(this package's ids, or an env of your own registered before bench.main runs): controllers take
+H and gamma from its `reward_spec` where it has one, and learn from its step rewards where its info
+lacks this package's keys; its score is `info["score"]` where given, else the last episode's return.
 `--controllers` takes controller specs: a registered name, or `name:key=value[:key=value...]` with
 overrides of that controller's config (values parsed as YAML, as in `--set`; no commas inside a
 spec): every spec is its own row, labelled by the spec string (`fixed:alpha=0.75`), also as the
@@ -69,7 +73,7 @@ def run_unit(cfg_dict: dict[str, Any], env: str, controller: str, seed: int) -> 
     from controllers.base import run_episode
     from recipes.common import build_env
 
-    cfg = spec_config(cfg_dict, env, controller, seed)
+    cfg = spec_config(cfg_dict, env if env in ENVS else "mock", controller, seed)
     if env == "real":
         quiet_hf()
     previous = torch.get_num_threads()
@@ -77,23 +81,55 @@ def run_unit(cfg_dict: dict[str, Any], env: str, controller: str, seed: int) -> 
     on_step = None if follower is None else (lambda step, transition: follower.update())
     try:
         t0 = time.perf_counter()
-        gym_env = build_env(cfg)
+        gym_env = build_env(cfg) if env in ENVS else make_env(env)
         agent = build_controller(cfg, gym_env)
         for episode in range(cfg.episodes):
             result = run_episode(gym_env, agent, seed=1000 * seed + episode, on_step=on_step)
         gym_env.close()
+        final = float(result.final_info.get("score", math.nan))
         return {
             "env": env,
             "controller": controller,  # the spec string
             "seed": seed,
             "start": result.start_score,
-            "final": float(result.final_info["score"]),
+            # an env of others without `score`: the last episode's undiscounted return
+            "final": final if math.isfinite(final) else float(np.sum(result.rewards)),
             "curve": [result.start_score] + [float(s) for s in result.scores],  # window 0: the start
             "alpha_mean": float(np.mean(result.alphas)),
             "seconds": time.perf_counter() - t0,
         }
     finally:
         torch.set_num_threads(previous)
+
+
+def make_env(env_id: str) -> Any:
+    """A registered Gymnasium env by id (this package's ids are registered by importing `envs`)."""
+    import gymnasium as gym
+
+    import envs  # noqa: F401  (registers atesd/MockExposure-v0 and atesd/TeacherExposure-v0)
+
+    return gym.make(env_id)
+
+
+def check_exposure_env(env_id: str) -> Any:
+    """Build the env `env_id` once and check it has the exposure action space (one alpha in [0, 1]);
+    returns it (the caller closes it). ConfigError for an unknown id or another action space."""
+    import gymnasium as gym
+
+    try:
+        env = make_env(env_id)
+    except gym.error.Error as err:
+        raise cfglib.ConfigError(
+            f"unknown env '{env_id}' in --env: not mock, real or a registered Gymnasium id ({err})"
+        ) from None
+    space = env.action_space
+    if not (isinstance(space, gym.spaces.Box) and space.shape == (1,)
+            and float(space.low[0]) >= 0.0 and float(space.high[0]) <= 1.0):  # fmt: skip
+        env.close()
+        raise cfglib.ConfigError(
+            f"env '{env_id}' has the action space {space}; exposure controllers need Box(0, 1, (1,))"
+        )
+    return env
 
 
 def parse_spec(spec: str) -> tuple[str, list[str]]:
@@ -251,7 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="comma list of specs: name or name:key=value[:key=value] (default: every registered one)",
     )
-    parser.add_argument("--env", default="mock", help="comma list of mock, real (default: mock)")
+    parser.add_argument(
+        "--env",
+        default="mock",
+        help="comma list of mock, real, or registered Gymnasium ids with the exposure action space",
+    )
     parser.add_argument("--seeds", default="5", help="N: seeds 0..N-1; A-B: seeds A..B inclusive (default 5)")
     parser.add_argument("--workers", type=int, default=0, help="worker processes (0 = in this process)")
     parser.add_argument("--baseline", default="fixed", help="controller spec the p-values test against")
@@ -276,11 +316,9 @@ def plan(args: argparse.Namespace) -> tuple[RunConfig, list[str], list[str], lis
     if args.workers > 1:
         cfg = dataclasses.replace(cfg, threads=1)
     envs = _split(args.env)
-    for env in envs:
-        if env not in ENVS:
-            raise cfglib.ConfigError(f"unknown env '{env}' in --env (choose from {', '.join(ENVS)})")
     if not envs:
-        raise cfglib.ConfigError("--env names no env (choose from mock, real)")
+        raise cfglib.ConfigError("--env names no env (choose from mock, real, or a Gymnasium id)")
+    probes = {env: check_exposure_env(env) for env in envs if env not in ENVS}
     controllers = [_normal(s) for s in _split(args.controllers)] or list(CONTROLLERS)
     args.baseline = _normal(args.baseline)
     notes = []
@@ -294,10 +332,12 @@ def plan(args: argparse.Namespace) -> tuple[RunConfig, list[str], list[str], lis
                 notes.append(f"note: '{spec}' runs on the mock env only; skipped on real")
                 continue
             try:  # fail now, not after the warm start: unknown names and keys, bad values
-                unit_cfg = spec_config(cfg_dict, env, spec, cfg.seed)
-                build_controller(unit_cfg, _spaces(unit_cfg))
+                unit_cfg = spec_config(cfg_dict, env if env in ENVS else "mock", spec, cfg.seed)
+                build_controller(unit_cfg, probes.get(env) or _spaces(unit_cfg))
             except ValueError as err:
                 raise cfglib.ConfigError(f"controller spec '{spec}': {err}") from err
+    for probe in probes.values():
+        probe.close()
     return cfg, envs, controllers, notes
 
 
@@ -390,6 +430,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> Path:
     (run_dir / "results.json").write_text(json.dumps(json_safe(record), indent=1))
     if cfg.plots:
         hold = {"mock": cfg.mock.hold_steps, "real": cfg.real.env.hold_steps}
+        hold |= {env: 0 for env in envs if env not in ENVS}  # an env of others: its own step
         plot_curves(bands, hold, len(seeds), run_dir / "curves.png")
     print(f"{len(units)} units in {wall:.1f} s; wrote {run_dir}")
     return run_dir

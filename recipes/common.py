@@ -205,10 +205,13 @@ def build_env(cfg: RunConfig, warmstart_progress=None, dist=None) -> gym.Env:
 
 def build_controller(cfg: RunConfig, env: gym.Env, name: str | None = None):
     """Controller `name` (default: cfg.controller) for `env`: its config from cfg.controllers with the
-    run's seed, and H and gamma from the env itself (`env.unwrapped.reward_spec`)."""
+    run's seed, and H and gamma from the env itself (`env.unwrapped.reward_spec`; an env of others
+    without one leaves the controller's own values)."""
     name = name or cfg.controller
     cls, cfg_cls = CONTROLLERS[name]
-    ctl_cfg = controller_config(name, cfg.controllers.get(name), env.unwrapped.reward_spec, cfg.env_key)
+    reward = getattr(env.unwrapped, "reward_spec", None)
+    env_key = cfg.env_key if reward is not None else "the env's "
+    ctl_cfg = controller_config(name, cfg.controllers.get(name), reward, env_key)
     if "seed" in {f.name for f in dataclasses.fields(cfg_cls)}:
         try:
             ctl_cfg = dataclasses.replace(ctl_cfg, seed=cfg.seed)

@@ -268,7 +268,7 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
 
 def main(argv: list[str] | None = None) -> Path | None:
     args = parse_args(argv)
-    with user_errors(args.debug):
+    with user_errors(args.debug, "the run stopped; continue it from its last checkpoint with --resume auto"):
         return _main(args)
 
 

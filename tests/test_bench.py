@@ -10,6 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 from scipy import stats
@@ -209,3 +210,49 @@ def test_bad_seeds_and_specs_exit_2_in_one_line(argv, message, tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and message in err and len(err.splitlines()) == 1, err
     assert list(tmp_path.iterdir()) == []
+
+
+class QuadraticEnv(gym.Env):
+    """An exposure env of someone else's: one alpha, reward -(alpha - 0.3)^2, no info keys, no score."""
+
+    observation_space = gym.spaces.Box(0.0, 1.0, (3,), np.float32)
+    action_space = gym.spaces.Box(0.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        reward = -float((action[0] - 0.3) ** 2)
+        return np.full(3, self.t / 20, np.float32), reward, self.t >= 20, False, {}
+
+
+def test_any_registered_gymnasium_id_with_the_exposure_action_space(tmp_path):
+    if "test/Quadratic-v0" not in gym.registry:
+        gym.register("test/Quadratic-v0", entry_point=QuadraticEnv)
+    specs = "fixed:alpha=0.3,fixed:alpha=1,random,beta_reinforce,bandit"
+    argv = ["--env", "test/Quadratic-v0", "--controllers", specs, "--seeds", "3", "--set", "plots=false",
+            "--out", str(tmp_path)]  # fmt: skip
+    summary = read_json(bench.main(argv) / "results.json")["summary"]["test/Quadratic-v0"]
+    assert summary["fixed:alpha=0.3"]["mean"] == pytest.approx(0.0)  # the return: no score in its info
+    assert summary["fixed:alpha=1"]["mean"] == pytest.approx(-20 * 0.49)
+    assert all(-20 <= s["mean"] <= 0 for s in summary.values())  # the learners ran on its step rewards
+    # this package's mock by its id equals --env mock, seed for seed
+    by_id = bench.main(["--env", "atesd/MockExposure-v0,mock", "--controllers", "beta_reinforce",
+                        "--seeds", "2", "--baseline", "beta_reinforce", "--set", "plots=false",
+                        "--out", str(tmp_path)])  # fmt: skip
+    both = read_json(by_id / "results.json")["summary"]
+    assert (
+        both["atesd/MockExposure-v0"]["beta_reinforce"]["finals"] == both["mock"]["beta_reinforce"]["finals"]
+    )
+
+
+def test_an_env_without_the_exposure_action_space_is_refused(tmp_path, capsys):
+    for env, message in (("CartPole-v1", "exposure controllers need Box(0, 1, (1,))"),
+                         ("nope/Nothing-v0", "unknown env 'nope/Nothing-v0'")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            bench.main(["--env", env, "--out", str(tmp_path)])
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err

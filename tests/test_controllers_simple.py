@@ -338,3 +338,17 @@ def test_bandit_credits_each_pull_with_its_detrended_lookahead_return():
     assert [arm for arm, _ in bandit.window] == [0, 1, 2]
     assert [r for _, r in bandit.window] == pytest.approx(expected)
     assert bandit.credit.pending == [] and bandit.trend == pytest.approx(trend)
+
+
+def test_credit_from_the_step_reward_alone_and_agreement_with_the_info_keys():
+    from controllers.credit import window_terms
+
+    assert window_terms({}, 5, reward=0.25) == [0.25, 0.25, 0.0]  # an env of others: the step reward
+    info = {"losses": [1.0, 0.9, 0.8], "reward/progress": 0.2, "reward/total": 0.3}
+    assert window_terms(info, 2, reward=0.3) == pytest.approx([0.1, 0.2, 0.1])
+    with pytest.raises(ValueError, match="disagrees with its step reward"):
+        window_terms(info, 2, reward=0.5)
+    with pytest.raises(ValueError, match="give all of"):
+        window_terms({"losses": [1.0, 0.9, 0.8]}, 2, reward=0.3)
+    with pytest.raises(ValueError, match="must be finite"):
+        window_terms({}, 2, reward=float("nan"))

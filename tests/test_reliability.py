@@ -132,7 +132,7 @@ def test_bad_inputs_give_one_line_errors_and_leave_earlier_runs_untouched(tmp_pa
         (["controllers.beta_reinforce.gamma=0.5"], "contradicts real.env.gamma=0.9"),
         (
             ["--controller", "nope"],
-            "registered: fixed, random, schedule, bandit, beta_reinforce, ppo, oracle",
+            "registered: fixed, random, schedule, hint, bandit, beta_reinforce, ppo, oracle",
         ),
         (["--env", "nope"], "env must be one of real, mock"),
         (["real.hf.name_or_path=./no/such/model"], "does not exist"),

@@ -97,8 +97,9 @@ def test_resume_auto_continues_exactly_where_the_checkpoint_was(where, tmp_path,
                 "real.env.total_steps=12", "checkpoint_every=4", "plots=false"]  # fmt: skip
     full = run.main(args + [f"out_dir={tmp_path / 'full'}"])
     _crash_at(monkeypatch, 5)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as cut:  # Ctrl-C: one line and exit code 130
         run.main(args + [f"out_dir={tmp_path / 'cut'}"])
+    assert cut.value.code == 130
     monkeypatch.undo()
     resumed = run.main(args + [f"out_dir={tmp_path / 'cut'}", "--resume", "auto"])
 
@@ -124,8 +125,9 @@ def one_line(err: str) -> bool:
 def test_resume_auto_refuses_a_different_config(tmp_path, monkeypatch, capsys):
     args = ["--controller", "bandit", *MOCK, f"out_dir={tmp_path}"]
     _crash_at(monkeypatch, 3)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit):
         run.main(args)
+    assert capsys.readouterr().err.strip().startswith("interrupted: the run stopped; continue it")
     monkeypatch.undo()
     code, err = failure(capsys, args + ["controllers.bandit.kind=ucb", "--resume", "auto"])
     assert code == 2 and "differs" in err and one_line(err), err
