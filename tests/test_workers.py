@@ -31,7 +31,10 @@ def alive(pid: int) -> bool:
 def start_bench(tmp_path: Path) -> tuple[subprocess.Popen, set[int]]:
     cmd = [sys.executable, str(ROOT / "recipes/bench.py"), "--env", "mock", "--controllers", "ppo",
            "--seeds", "5000", "--workers", "2", "--set", "plots=false", "--out", str(tmp_path)]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    # a shell without job control starts background jobs with SIGINT ignored, and Python keeps that:
+    # give the bench the default disposition, as a terminal's Ctrl-C finds it
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         workers = {c for c in children(proc.pid) if alive(c)}
