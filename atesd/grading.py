@@ -15,6 +15,7 @@ import logging
 import math
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -258,30 +259,64 @@ def _run_with_timeout(fn: Callable[[], T], timeout_s: float) -> T:
     """fn() in a fresh daemon thread; concurrent.futures.TimeoutError after timeout_s.
 
     On timeout the thread is abandoned, not joined: the caller returns at once, and an exception is
-    raised inside the thread to stop it at its next Python bytecode. A single long C-level step (one
-    huge integer power) cannot be interrupted and holds the GIL until it ends, which is why
-    GradeConfig.max_digits screens such answers before math-verify sees them.
+    raised inside the thread to stop it at its next Python bytecode. That exception can land where
+    Python swallows it (a weakref callback or a __del__, which sympy's caches run often: "Exception
+    ignored in ..."), so a reaper thread sends it again every _REAP_EVERY_S until the check has
+    stopped. A single long C-level step (one huge integer power) cannot be interrupted and holds the
+    GIL until it ends, which is why GradeConfig.max_digits screens such answers before math-verify
+    sees them.
     """
     future: concurrent.futures.Future[T] = concurrent.futures.Future()
+    finished = threading.Lock()  # held by whoever decides the check is over: no exception after it
+    stopped = threading.Event()
 
     def target() -> None:
         try:
-            future.set_result(fn())
-        except _Abandoned:
+            try:
+                result = fn()
+            except _Abandoned:
+                return
+            except BaseException as exc:  # noqa: B036 - handed to the waiting caller
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+        except _Abandoned:  # a resent stop that arrived while the result was handed over
             pass
-        except BaseException as exc:  # noqa: B036 - handed to the waiting caller
-            future.set_exception(exc)
+        finally:
+            while True:  # a stop sent just before this is delivered here at the latest
+                try:
+                    with finished:
+                        stopped.set()
+                    break
+                except _Abandoned:
+                    continue
 
     thread = threading.Thread(target=target, name="atesd-grade", daemon=True)
     thread.start()
     try:
         return future.result(timeout=timeout_s)
     except concurrent.futures.TimeoutError:
-        if thread.ident is not None and not future.done():
+        threading.Thread(
+            target=_reap, args=(thread, stopped, finished), name="atesd-grade-reaper", daemon=True
+        ).start()
+        raise
+
+
+_REAP_EVERY_S = 0.1
+_REAP_FOR_S = 60.0
+
+
+def _reap(thread: threading.Thread, stopped: threading.Event, finished: threading.Lock) -> None:
+    """Raise _Abandoned in `thread` until it stops (or _REAP_FOR_S passes: a C-level step then)."""
+    deadline = time.monotonic() + _REAP_FOR_S
+    while not stopped.is_set() and thread.is_alive() and time.monotonic() < deadline:
+        with finished:
+            if stopped.is_set() or thread.ident is None:
+                return
             ctypes.pythonapi.PyThreadState_SetAsyncExc(
                 ctypes.c_ulong(thread.ident), ctypes.py_object(_Abandoned)
             )
-        raise
+        stopped.wait(_REAP_EVERY_S)
 
 
 # ---- the grade ------------------------------------------------------------------------------

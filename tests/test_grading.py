@@ -1,6 +1,7 @@
 """atesd.grading: last-box extraction, the string fallback, math-verify (gold first) on the real
 AIME/HMMT answers, the thread-based timeout, and grading without math-verify."""
 
+import concurrent.futures
 import json
 import re
 import sys
@@ -185,3 +186,29 @@ def test_config_is_validated():
         GradeConfig(timeout_s=0)
     with pytest.raises(ValueError, match="math_verify"):
         GradeConfig(math_verify="maybe")
+
+
+def test_an_abandoned_check_that_swallows_the_stop_is_stopped_by_the_resend():
+    """The stop can land where Python swallows it (a weakref callback, a __del__: CI saw "Exception
+    ignored in WeakKeyDictionary.remove"); the reaper sends it again until the check ends."""
+    from atesd.grading import _run_with_timeout
+
+    swallowed = []
+
+    def stubborn():
+        while True:
+            try:
+                time.sleep(0.01)
+            except BaseException:
+                if len(swallowed) < 3:  # swallowed three times, as a callback would
+                    swallowed.append(1)
+                    continue
+                raise
+
+    with pytest.raises(concurrent.futures.TimeoutError):
+        _run_with_timeout(stubborn, 0.2)
+    deadline = time.perf_counter() + 5.0
+    while any(t.name == "atesd-grade" for t in threading.enumerate()) and time.perf_counter() < deadline:
+        time.sleep(0.02)
+    assert len(swallowed) == 3
+    assert not any(t.name.startswith("atesd-grade") for t in threading.enumerate())
