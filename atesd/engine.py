@@ -14,6 +14,7 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,8 +36,10 @@ from atesd.models import eos_token_ids, is_peft
 from atesd.rollout import BACKENDS, BackendName, RolloutBackend, SamplingParams, make_backend
 from atesd.rollout.vllm import VLLMConfig
 from atesd.stats import EMAStats, StepStats, WindowStats
-from atesd.tasks.base import Problem, Task
+from atesd.tasks.base import Problem, Task, action_band
 from atesd.teacher import Teacher, TeacherConfig
+
+Exposure = float | Mapping[str, float]  # one alpha for every problem, or one per band
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +194,9 @@ class DistillEngine:
         self._probe_ids: tuple[list[list[int]], list[list[int]]] | None = None
 
     # ---- one student update -----------------------------------------------------------------
-    def step(self, alpha: float) -> StepStats:
-        """One on-policy distillation update at exposure alpha."""
+    def step(self, alpha: Exposure) -> StepStats:
+        """One on-policy distillation update at exposure alpha (a number, or one per band: a dict
+        band -> alpha, a problem's band as `action_band` names it)."""
         t_start = time.perf_counter()
         batch = self.rollout(self.task.sample(self.rng, self.cfg.batch_size))
         t_rollout = time.perf_counter()
@@ -210,6 +214,8 @@ class DistillEngine:
         t_end = time.perf_counter()
         per_token = out.per_token.float()
         verdicts = [self.task.verify(p, t) for p, t in zip(batch.problems, batch.texts)]
+        alphas = [self.alpha_of(alpha, p) for p in batch.problems]
+        band_accuracy = self._band_accuracy(alpha, batch.problems, verdicts)
         # the batch statistics, averaged over ranks under torchrun (quantiles: the mean of the ranks')
         loss, mismatch, div_mean, div_p90, div_p99, confidence, logprob, grounded, accuracy = self.dist.mean([
             float(out.loss.detach()), float(out.top1_disagree.float().mean()), float(per_token.mean()),
@@ -219,7 +225,7 @@ class DistillEngine:
         ])  # fmt: skip
         stats = StepStats(
             step=self.num_steps,
-            alpha=float(alpha),
+            alpha=float(np.mean(alphas)) if isinstance(alpha, Mapping) else float(alpha),
             loss=loss,
             skipped=skipped,
             grad_norm=grad_norm,
@@ -238,9 +244,34 @@ class DistillEngine:
             update_s=t_update - t_teacher,
             probe_s=t_end - t_update,
             total_s=t_end - t_start,
+            band_accuracy=band_accuracy,
         )
         self.stats.update(stats)
         return stats
+
+    def alpha_of(self, alpha: Exposure, problem: Problem) -> float:
+        """The exposure of `problem`: `alpha` itself, or its band's entry (KeyError names the band)."""
+        if not isinstance(alpha, Mapping):
+            return float(alpha)
+        band = action_band(self.task, problem)
+        if band not in alpha:
+            raise KeyError(f"no alpha for band {band!r}: the per-band exposure has {sorted(alpha)}")
+        return float(alpha[band])
+
+    def _band_accuracy(self, alpha: Exposure, problems: list[Problem], verdicts: list) -> dict[str, float]:
+        """Per-band alpha only: each band's rollout accuracy in this batch (over the ranks under
+        torchrun: solved and drawn counts summed), for the bands drawn."""
+        if not isinstance(alpha, Mapping):
+            return {}
+        bands = list(alpha)
+        solved = [
+            sum(v.correct for p, v in zip(problems, verdicts) if action_band(self.task, p) == b)
+            for b in bands
+        ]
+        drawn = [sum(action_band(self.task, p) == b for p in problems) for b in bands]
+        means = self.dist.mean([float(x) for x in solved + drawn])  # ratios of means = ratios of sums
+        solved_m, drawn_m = means[: len(bands)], means[len(bands) :]
+        return {b: s / d for b, s, d in zip(bands, solved_m, drawn_m) if d > 0}
 
     def rollout(self, problems: list[Problem], generator: torch.Generator | None = None) -> Batch:
         """Student prompts and sampled completions for `problems` (the training sampler by default)."""
@@ -255,7 +286,7 @@ class DistillEngine:
         other lengths than other ranks'); a backend with its own copy of the weights (vLLM) needs none."""
         return contextlib.nullcontext() if self.sampler.owns_weights else gathered(self.student)
 
-    def batch_loss(self, batch: Batch, alpha: float) -> tuple[LossOutput, float, float]:
+    def batch_loss(self, batch: Batch, alpha: Exposure) -> tuple[LossOutput, float, float]:
         """Distillation loss of `batch` at alpha (student with grad), the grounded score, and the
         time the teacher's passes ended."""
         teacher_prompts = self.teacher_prompts(batch.problems, alpha, batch.texts)
@@ -276,16 +307,18 @@ class DistillEngine:
         )
         return out, grounded, t_teacher
 
-    def run_window(self, alpha: float, hold_steps: int) -> WindowStats:
+    def run_window(self, alpha: Exposure, hold_steps: int) -> WindowStats:
         """Hold alpha for `hold_steps` updates; losses l_0..l_H are the probe NLL around them."""
         if hold_steps < 1:
             raise ValueError(f"hold_steps must be >= 1, got {hold_steps}")
         start = self.last_probe_nll if self.last_probe_nll is not None else self.probe_nll()
         steps = [self.step(alpha) for _ in range(hold_steps)]
-        return WindowStats(alpha=float(alpha), steps=steps, probe_before=start)
+        mean = float(np.mean(list(alpha.values()))) if isinstance(alpha, Mapping) else float(alpha)
+        return WindowStats(alpha=mean, steps=steps, probe_before=start)
 
-    def teacher_prompts(self, problems: list[Problem], alpha: float, texts: list[str]) -> list[list[int]]:
-        """Teacher prompt ids per problem under the configured reference mode."""
+    def teacher_prompts(self, problems: list[Problem], alpha: Exposure, texts: list[str]) -> list[list[int]]:
+        """Teacher prompt ids per problem under the configured reference mode (each at its band's
+        alpha when `alpha` is per band)."""
         mode = self.cfg.exposure.reference
         if mode == "own":
             refs = problems
@@ -293,7 +326,10 @@ class DistillEngine:
             refs = problems[1:] + problems[:1] if len(problems) > 1 else problems
         else:
             refs = [self.task.path_matched(p, t) for p, t in zip(problems, texts)]
-        return [self.builder.encode(self.builder.teacher_prompt(p, alpha, r)) for p, r in zip(problems, refs)]
+        return [
+            self.builder.encode(self.builder.teacher_prompt(p, self.alpha_of(alpha, p), r))
+            for p, r in zip(problems, refs)
+        ]
 
     def _update(self, loss: torch.Tensor) -> float:
         """Backward, clip, step; a non-finite gradient skips the step (and counts)."""

@@ -37,6 +37,7 @@ class StepStats:
     update_s: float
     probe_s: float
     total_s: float
+    band_accuracy: dict[str, float] = field(default_factory=dict)  # per-band alpha only: band -> solved
 
     @property
     def tokens_per_s(self) -> float:
@@ -45,15 +46,16 @@ class StepStats:
     def metrics(self) -> dict[str, float]:
         """Namespaced metric keys (student/*, time/*)."""
         d = asdict(self)
+        bands = {f"student/rollout_accuracy/{b}": v for b, v in d.pop("band_accuracy").items()}
         times = {f"time/{k}": d.pop(k) for k in ("rollout_s", "teacher_s", "update_s", "probe_s", "total_s")}
         out = {f"student/{k}": v for k, v in d.items()}
         out["time/tokens_per_s"] = self.tokens_per_s
-        return out | times
+        return out | bands | times
 
 
 @dataclass(frozen=True)
 class WindowStats:
-    """A hold window: alpha held for len(steps) updates."""
+    """A hold window: alpha held for len(steps) updates (per band: the mean of the bands' alphas)."""
 
     alpha: float
     steps: list[StepStats]
@@ -67,6 +69,14 @@ class WindowStats:
     @property
     def grounded(self) -> list[float]:
         return [s.grounded for s in self.steps]
+
+    def band_accuracy(self) -> dict[str, float]:
+        """Per band, the mean rollout accuracy over the window's updates that drew the band."""
+        bands: dict[str, list[float]] = {}
+        for s in self.steps:
+            for band, value in s.band_accuracy.items():
+                bands.setdefault(band, []).append(value)
+        return {band: float(np.mean(values)) for band, values in bands.items()}
 
     def mean(self, name: str) -> float:
         vals = [getattr(s, name) for s in self.steps]

@@ -32,7 +32,7 @@ from typing import Any, Literal, get_args
 import gymnasium as gym
 import numpy as np
 
-from controllers.base import as_action, check_transition
+from controllers.base import PerBand, action_size, as_action, check_transition
 from controllers.credit import PendingDecisions, RewardMode, credit_checks
 
 BanditKind = Literal["thompson", "ucb"]
@@ -180,6 +180,14 @@ def window_ucb(
 
 class BanditController:
     """Discounted Thompson sampling or sliding-window UCB over `cfg.arms`."""
+
+    def __new__(
+        cls, observation_space: gym.spaces.Box, action_space: gym.spaces.Box, cfg: BanditConfig | None = None
+    ):
+        """Under a per-band action (K alphas): K independent copies, one per band (`PerBand`)."""
+        if action_size(action_space) > 1:
+            return PerBand(cls, observation_space, action_space, cfg or BanditConfig())
+        return super().__new__(cls)
 
     def __init__(
         self, observation_space: gym.spaces.Box, action_space: gym.spaces.Box, cfg: BanditConfig | None = None

@@ -9,8 +9,9 @@ safetensors + JSON (no pickle).
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -29,7 +30,8 @@ class Controller(Protocol):
         ...
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        """The action (shape (1,), float32, inside the action space) for observation `obs`."""
+        """The action (shape (K,), float32, inside the action space: K = 1 for the global alpha, one
+        per band for the per-band action) for observation `obs`."""
         ...
 
     def observe(
@@ -87,6 +89,93 @@ class OpenLoop:
         """Accepts the (empty) state of another instance."""
 
 
+class PerBand:
+    """K independent single-alpha controllers, one per band of a per-band action `Box(0, 1, (K,))`.
+
+    Controllers without a vector action of their own (bandit, hint) become this when built for a
+    per-band env (their `__new__` returns one): member i acts for alpha i, sees the whole
+    observation and the shared step reward, and an info dict for its band (`band_info`). Member i's
+    config seed is the config's seed + i. Metrics and credits carry the band index (`.../<i>`,
+    `"band": i`); the state is the members' states.
+    """
+
+    def __init__(
+        self, cls: type, observation_space: gym.spaces.Box, action_space: gym.spaces.Box, cfg: Any
+    ) -> None:
+        self.action_space = action_space
+        size = action_size(action_space)
+        self.members = []
+        for i in range(size):
+            member_cfg = cfg
+            if cfg is not None and "seed" in {f.name for f in dataclasses.fields(cfg)}:
+                member_cfg = dataclasses.replace(cfg, seed=cfg.seed + i)
+            space = gym.spaces.Box(
+                action_space.low[i : i + 1], action_space.high[i : i + 1], dtype=np.float32
+            )
+            self.members.append(cls(observation_space, space, member_cfg))
+        self.cfg = self.members[0].cfg
+
+    def reset(self, seed: int | None = None, info: dict | None = None) -> None:
+        for i, member in enumerate(self.members):
+            band_seed = None if seed is None else int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
+            member.reset(seed=band_seed, info=None if info is None else band_info(info, i))
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return np.concatenate([member.act(obs) for member in self.members]).astype(np.float32)
+
+    def observe(
+        self,
+        obs: np.ndarray,
+        action: np.ndarray,
+        reward: float,
+        next_obs: np.ndarray,
+        terminated: bool,
+        truncated: bool,
+        info: dict,
+    ) -> dict[str, float]:
+        check_transition(obs, reward, next_obs)
+        action = np.asarray(action, dtype=np.float32).reshape(-1)
+        metrics: dict[str, float] = {}
+        for i, member in enumerate(self.members):
+            out = member.observe(
+                obs, action[i : i + 1], reward, next_obs, terminated, truncated, band_info(info, i)
+            )
+            metrics |= {f"{key}/{i}": value for key, value in out.items()}
+        return metrics
+
+    def pop_credits(self) -> list[dict[str, float]]:
+        return [
+            credit | {"band": i} for i, member in enumerate(self.members) for credit in member.pop_credits()
+        ]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"bands": [member.state_dict() for member in self.members]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        bands = state.get("bands") if isinstance(state, dict) else None
+        if not isinstance(bands, list) or len(bands) != len(self.members):
+            raise ValueError(
+                f"a per-band controller state needs {len(self.members)} band states, got "
+                f"{len(bands) if isinstance(bands, list) else 'none'}"
+            )
+        for member, band_state in zip(self.members, bands):
+            member.load_state_dict(band_state)
+
+
+def band_info(info: dict, i: int) -> dict:
+    """The env info as band i's member sees it: `alpha` and `oracle_alpha` (lists under the
+    per-band action) become band i's entry, and `stats/rollout_accuracy` band i's rollout accuracy
+    (`band_accuracy[i]`, where the env gives one)."""
+    out = dict(info)
+    for key in ("alpha", "oracle_alpha"):
+        if isinstance(info.get(key), (list, tuple)):
+            out[key] = info[key][i]
+    accuracy = info.get("band_accuracy")
+    if isinstance(accuracy, (list, tuple)) and i < len(accuracy):
+        out["stats/rollout_accuracy"] = accuracy[i]
+    return out
+
+
 def check_transition(obs: np.ndarray, reward: float, next_obs: np.ndarray) -> None:
     """Raise ValueError on a NaN or infinite reward or observation (a controller never learns from one)."""
     if not math.isfinite(float(reward)):
@@ -96,10 +185,35 @@ def check_transition(obs: np.ndarray, reward: float, next_obs: np.ndarray) -> No
             raise ValueError(f"{name} must be finite, got {np.asarray(value).tolist()}")
 
 
-def as_action(alpha: float, action_space: gym.spaces.Box) -> np.ndarray:
-    """A scalar alpha as a (1,) float32 action, clipped into the action space's bounds."""
-    low, high = float(action_space.low[0]), float(action_space.high[0])
-    return np.array([min(max(float(alpha), low), high)], dtype=np.float32)
+def as_action(alpha: float | Sequence[float] | np.ndarray, action_space: gym.spaces.Box) -> np.ndarray:
+    """An alpha, or one per band, as a float32 action of the space's shape, clipped into its bounds:
+    a scalar is broadcast (the same alpha for every band), a sequence must match the shape."""
+    values = np.asarray(alpha, dtype=np.float64)
+    size = action_size(action_space)
+    if values.ndim == 0:
+        values = np.full(size, float(values))
+    values = values.reshape(-1)
+    if values.size != size:
+        raise ValueError(f"{values.size} alphas for an action space of {size}")
+    return np.clip(values, action_space.low, action_space.high).astype(np.float32)
+
+
+def action_size(action_space: gym.spaces.Box) -> int:
+    """The number of alphas an action holds: 1 (one global alpha) or one per band. ValueError for a
+    space that is not a flat Box."""
+    if (
+        not isinstance(action_space, gym.spaces.Box)
+        or len(action_space.shape) != 1
+        or action_space.shape[0] < 1
+    ):
+        raise ValueError(f"exposure controllers need a Box action of shape (K,), got {action_space}")
+    return int(action_space.shape[0])
+
+
+def mean_alpha(alpha: Any) -> float:
+    """One number for an alpha or a per-band list (their mean): what the curves and tables show."""
+    values = np.asarray(alpha, dtype=np.float64).reshape(-1)
+    return float(values.mean()) if values.size else math.nan
 
 
 @dataclass
@@ -171,7 +285,7 @@ def run_episode(
         next_obs, reward, terminated, truncated, info = env.step(action)
         metrics = controller.observe(obs, action, float(reward), next_obs, terminated, truncated, info)
         result.rewards.append(float(reward))
-        result.alphas.append(float(info.get("alpha", np.asarray(action, dtype=np.float64).flat[0])))
+        result.alphas.append(mean_alpha(info.get("alpha", action)))  # per band: their mean
         result.scores.append(float(info.get("score", math.nan)))  # envs of others may report none
         result.controller_metrics.append(metrics)
         step = step0 + result.steps

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from controllers.base import as_action, check_transition
+from controllers.base import action_size, as_action, check_transition
 from controllers.credit import PendingDecisions, RewardMode, credit_checks, lookahead_windows
 
 BETA22_ENTROPY = 5.0 / 3.0 - math.log(6.0)  # differential entropy of Beta(2, 2): -ln 6 - 2psi(2) + 2psi(4)
@@ -113,10 +113,39 @@ class Finished(NamedTuple):
     """A decision whose return is known: the state it saw, its raw Beta sample, its return."""
 
     obs: np.ndarray  # (obs_dim,)
-    raw_alpha: float
+    raw_alpha: float | list[float]  # one per band under the per-band action
     ret: float
     index: int = -1  # the decision's number (0, 1, ... over the controller's life)
     baseline: float | None = None  # the run's return trend when it was made (None: none yet)
+
+
+def sample_betas(
+    dist: torch.distributions.Beta, rng: np.random.Generator, low: float, high: float
+) -> tuple[float | list[float], np.ndarray, Any, Any]:
+    """One draw from each Beta of a batch-of-one `dist` (batch shape (1, K)): (raw, alpha, a, b),
+    raw inside (0, 1) (RAW_EPS), alpha = raw clipped to [low, high]. K = 1 draws from scalars, the
+    stream the global action always used; K > 1 one independent draw per band (lists)."""
+    if dist.concentration1.shape[-1] == 1:
+        a, b = float(dist.concentration1[0, 0]), float(dist.concentration0[0, 0])
+        raw: float | list[float] = float(np.clip(rng.beta(a, b), RAW_EPS, 1.0 - RAW_EPS))
+    else:
+        a, b = dist.concentration1[0].tolist(), dist.concentration0[0].tolist()
+        raw = np.clip(rng.beta(a, b), RAW_EPS, 1.0 - RAW_EPS).tolist()
+    return raw, np.clip(raw, low, high), a, b
+
+
+def beta_metrics(a: Any, b: Any, action: np.ndarray, entropy: float) -> dict[str, float]:
+    """A decision's `controller/*` metrics: the Beta's a, b and mean (means over the bands), the
+    alpha used, the entropy; with K > 1 Betas each band's too (`controller/beta_a/<i>`, ...)."""
+    a, b = np.reshape(a, -1), np.reshape(b, -1)
+    metrics = {"controller/beta_a": float(a.mean()), "controller/beta_b": float(b.mean()),
+               "controller/beta_mean": float(np.mean(a / (a + b))),
+               "controller/alpha": float(np.mean(action)), "controller/entropy": entropy}  # fmt: skip
+    if a.size > 1:  # each band's Beta, in the action's order
+        for i in range(a.size):
+            metrics |= {f"controller/beta_a/{i}": float(a[i]), f"controller/beta_b/{i}": float(b[i]),
+                        f"controller/beta_mean/{i}": float(a[i] / (a[i] + b[i]))}  # fmt: skip
+    return metrics
 
 
 def standardise(returns: torch.Tensor, eps: float) -> torch.Tensor:
@@ -155,10 +184,13 @@ def reinforce_loss(
     cfg: BetaReinforceConfig,
     baselines: list[float | None] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """-mean(adv * log pi(raw alpha | s)) + entropy penalty over a batch of B decisions; (B,) inputs;
-    adv from `advantages` (the paper's batch standardisation when `baselines` is None)."""
+    """-mean(adv * log pi(raw alpha | s)) + entropy penalty over a batch of B decisions; `returns`
+    (B,), `raw_alpha` and the Beta's batch shape (B,) or (B, K) with one Beta per band: log pi is
+    then the sum over the bands (independent Betas), the entropy their mean; adv from
+    `advantages` (the paper's batch standardisation when `baselines` is None)."""
     adv = advantages(returns, baselines, cfg.adv_eps)  # (B,)
-    pg_loss = -(adv * dist.log_prob(raw_alpha)).mean()
+    log_prob = dist.log_prob(raw_alpha)  # (B,) or (B, K)
+    pg_loss = -(adv * (log_prob.sum(-1) if log_prob.ndim > 1 else log_prob)).mean()
     entropy = dist.entropy().mean()
     penalty = entropy_penalty(entropy, cfg.entropy_target, cfg.entropy_coef)
     metrics = {"controller/pg_loss": pg_loss.item(), "controller/entropy_penalty": penalty.item(),
@@ -167,9 +199,14 @@ def reinforce_loss(
 
 
 class BetaPolicy(nn.Module):
-    """MLP f(s) -> (a, b) = 1 + softplus(f(s)); starts at Beta(2, 2) (zero last layer, softplus(bias) = 1)."""
+    """MLP f(s) -> (a, b) = 1 + softplus(f(s)); starts at Beta(2, 2) (zero last layer, softplus(bias) = 1).
 
-    def __init__(self, obs_dim: int, cfg: BetaReinforceConfig, generator: torch.Generator) -> None:
+    With `size` K > 1 (the per-band action) the head gives K pairs: K independent Betas, one per
+    band, sharing the trunk (a factorised head)."""
+
+    def __init__(
+        self, obs_dim: int, cfg: BetaReinforceConfig, generator: torch.Generator, size: int = 1
+    ) -> None:
         super().__init__()
         act = nn.Tanh if cfg.activation == "tanh" else nn.ReLU
         sizes, layers = (obs_dim, *cfg.hidden), []
@@ -178,13 +215,15 @@ class BetaPolicy(nn.Module):
             nn.init.orthogonal_(lin.weight, gain=math.sqrt(2), generator=generator)
             nn.init.zeros_(lin.bias)
             layers += [lin, act()]
-        head = nn.utils.skip_init(nn.Linear, sizes[-1], 2)
+        self.size = size
+        head = nn.utils.skip_init(nn.Linear, sizes[-1], 2 * size)
         nn.init.zeros_(head.weight)
         nn.init.constant_(head.bias, math.log(math.e - 1.0))  # softplus^-1(1)
         self.net = nn.Sequential(*layers, head)
 
     def forward(self, obs: torch.Tensor) -> torch.distributions.Beta:
-        ab = 1.0 + nn.functional.softplus(self.net(obs))  # (B, 2)
+        """The Betas at `obs` (B, obs_dim): batch shape (B, K)."""
+        ab = 1.0 + nn.functional.softplus(self.net(obs)).unflatten(-1, (self.size, 2))  # (B, K, 2)
         return torch.distributions.Beta(ab[..., 0], ab[..., 1])
 
 
@@ -205,8 +244,12 @@ class BetaReinforceController:
     ) -> None:
         self.cfg = cfg or BetaReinforceConfig()
         self.action_space = action_space
+        self.size = action_size(action_space)  # K Betas: one per band under the per-band action
         self.policy = BetaPolicy(
-            int(np.prod(observation_space.shape)), self.cfg, torch.Generator().manual_seed(self.cfg.seed)
+            int(np.prod(observation_space.shape)),
+            self.cfg,
+            torch.Generator().manual_seed(self.cfg.seed),
+            self.size,
         )
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.cfg.lr)
         self.rng = np.random.default_rng(self.cfg.seed)
@@ -234,11 +277,9 @@ class BetaReinforceController:
     def act(self, obs: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             dist = self.policy(torch.as_tensor(obs, dtype=torch.float32)[None])  # batch of 1
-        a, b = float(dist.concentration1[0]), float(dist.concentration0[0])
-        raw = float(np.clip(self.rng.beta(a, b), RAW_EPS, 1.0 - RAW_EPS))
-        alpha = min(max(raw, self.cfg.alpha_min), self.cfg.alpha_max)
+        raw, alpha, a, b = sample_betas(dist, self.rng, self.cfg.alpha_min, self.cfg.alpha_max)
         self.last = {"obs": np.asarray(obs, dtype=np.float32).copy(), "raw_alpha": raw, "a": a, "b": b,
-                     "entropy": float(dist.entropy()[0])}  # fmt: skip
+                     "entropy": float(dist.entropy()[0].mean())}  # fmt: skip
         return as_action(alpha, self.action_space)
 
     def observe(
@@ -264,9 +305,7 @@ class BetaReinforceController:
         keep = self.cfg.trend_decay
         for _, ret in done:  # the trend moves only after the baselines above were taken
             self.trend = ret if self.trend is None else keep * self.trend + (1.0 - keep) * ret
-        metrics = {"controller/beta_a": last["a"], "controller/beta_b": last["b"],
-                   "controller/beta_mean": last["a"] / (last["a"] + last["b"]),
-                   "controller/alpha": float(action[0]), "controller/entropy": last["entropy"]}  # fmt: skip
+        metrics = beta_metrics(last["a"], last["b"], action, last["entropy"])
         while len(self.finished) >= (n := self.cfg.batch_decisions):
             metrics |= self._update(self.finished[:n])
             self.finished = self.finished[n:]
@@ -275,7 +314,7 @@ class BetaReinforceController:
     def _update(self, batch: list[Finished]) -> dict[str, float]:
         """One REINFORCE step on B finished decisions."""
         obs = torch.as_tensor(np.stack([f.obs for f in batch]), dtype=torch.float32)  # (B, obs_dim)
-        raw = torch.tensor([f.raw_alpha for f in batch], dtype=torch.float32)  # (B,)
+        raw = torch.tensor([f.raw_alpha for f in batch], dtype=torch.float32).reshape(len(batch), self.size)
         returns = torch.tensor([f.ret for f in batch], dtype=torch.float32)  # (B,)
         baselines = [f.baseline for f in batch] if self.cfg.baseline == "trend" else None
         loss, metrics = reinforce_loss(self.policy(obs), raw, returns, self.cfg, baselines)

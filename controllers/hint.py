@@ -27,7 +27,7 @@ from typing import Any, Literal, get_args
 import gymnasium as gym
 import numpy as np
 
-from controllers.base import OpenLoop, as_action, check_transition
+from controllers.base import OpenLoop, PerBand, action_size, as_action, check_transition
 
 HintKind = Literal["ghpo", "paint"]
 SUCCESS_KEYS = ("stats/rollout_accuracy", "score")  # first finite one wins
@@ -74,6 +74,14 @@ def success_of(info: dict) -> float:
 
 class HintController(OpenLoop):
     """Moves alpha against the student's success (see the module docstring)."""
+
+    def __new__(
+        cls, observation_space: gym.spaces.Box, action_space: gym.spaces.Box, cfg: HintConfig | None = None
+    ):
+        """Under a per-band action (K alphas): K independent copies, one per band (`PerBand`)."""
+        if action_size(action_space) > 1:
+            return PerBand(cls, observation_space, action_space, cfg or HintConfig())
+        return super().__new__(cls)
 
     def __init__(
         self, observation_space: gym.spaces.Box, action_space: gym.spaces.Box, cfg: HintConfig | None = None

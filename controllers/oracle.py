@@ -22,15 +22,17 @@ class OracleConfig:
     """No options: the oracle's behaviour is fully set by the env."""
 
 
-def read_oracle_alpha(info: dict | None) -> float:
-    """The finite `oracle_alpha` of an env info dict; ValueError where it is missing or not finite."""
-    value = float("nan") if info is None else float(info.get("oracle_alpha", float("nan")))
-    if not math.isfinite(value):
+def read_oracle_alpha(info: dict | None) -> float | list[float]:
+    """The finite `oracle_alpha` of an env info dict (a list of them under the per-band action);
+    ValueError where it is missing or not finite."""
+    raw = math.nan if info is None else info.get("oracle_alpha", math.nan)
+    values = np.asarray(raw, dtype=np.float64).reshape(-1)
+    if not values.size or not np.all(np.isfinite(values)):
         raise ValueError(
             f"the oracle controller only works on the mock env: info['oracle_alpha'] is "
-            f"{'missing' if info is None or 'oracle_alpha' not in info else value} (the real env has none)"
+            f"{'missing' if info is None or 'oracle_alpha' not in info else raw} (the real env has none)"
         )
-    return value
+    return [float(v) for v in values] if isinstance(raw, (list, tuple, np.ndarray)) else float(values[0])
 
 
 class OracleController:
@@ -41,7 +43,7 @@ class OracleController:
     ) -> None:
         self.cfg = cfg or OracleConfig()
         self.action_space = action_space
-        self.oracle_alpha: float | None = None
+        self.oracle_alpha: float | list[float] | None = None
 
     def reset(self, seed: int | None = None, info: dict | None = None) -> None:
         """Reads the oracle alpha of the env's reset info (ValueError where there is none)."""
@@ -66,7 +68,7 @@ class OracleController:
         """Stores the step's oracle alpha for the next decision; reports it as `controller/oracle_alpha`."""
         check_transition(obs, reward, next_obs)
         self.oracle_alpha = read_oracle_alpha(info)
-        return {"controller/oracle_alpha": self.oracle_alpha}
+        return {"controller/oracle_alpha": float(np.mean(self.oracle_alpha))}
 
     def pop_credits(self) -> list[dict[str, float]]:
         """No per-decision credit to report (returns are not rebuilt here)."""
@@ -77,4 +79,4 @@ class OracleController:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         value = state["oracle_alpha"]
-        self.oracle_alpha = None if value is None else float(value)
+        self.oracle_alpha = None if value is None else value if isinstance(value, list) else float(value)

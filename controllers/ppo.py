@@ -18,9 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from controllers.base import as_action, check_transition
-
-RAW_EPS = 1e-6  # raw samples are kept inside (0, 1) so their float32 log-prob stays finite
+from controllers.base import action_size, as_action, check_transition
+from controllers.beta_reinforce import beta_metrics, sample_betas
 
 
 @dataclass(frozen=True)
@@ -119,14 +118,16 @@ class BetaActorCritic(nn.Module):
     """Actor: (a, b) = 1 + softplus(f(s)), starting at Beta(2, 2) (zero last layer, softplus(bias) = 1).
     Critic: V(s) from a separate MLP."""
 
-    def __init__(self, obs_dim: int, cfg: PPOConfig, generator: torch.Generator) -> None:
+    def __init__(self, obs_dim: int, cfg: PPOConfig, generator: torch.Generator, size: int = 1) -> None:
         super().__init__()
-        self.actor = _mlp((obs_dim, *cfg.hidden, 2), cfg.activation, 0.0, generator)
+        self.size = size  # K Betas (one per band under the per-band action) from one factorised head
+        self.actor = _mlp((obs_dim, *cfg.hidden, 2 * size), cfg.activation, 0.0, generator)
         nn.init.constant_(self.actor[-1].bias, math.log(math.e - 1.0))  # softplus^-1(1)
         self.critic = _mlp((obs_dim, *cfg.hidden, 1), cfg.activation, 1.0, generator)
 
     def dist(self, obs: torch.Tensor) -> torch.distributions.Beta:
-        ab = 1.0 + nn.functional.softplus(self.actor(obs))  # (B, 2)
+        """The Betas at `obs` (B, obs_dim): batch shape (B, K)."""
+        ab = 1.0 + nn.functional.softplus(self.actor(obs)).unflatten(-1, (self.size, 2))  # (B, K, 2)
         return torch.distributions.Beta(ab[..., 0], ab[..., 1])
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
@@ -147,7 +148,8 @@ class PPOController:
         self.cfg = cfg or PPOConfig()
         self.action_space = action_space
         gen = torch.Generator().manual_seed(self.cfg.seed)
-        self.agent = BetaActorCritic(int(np.prod(observation_space.shape)), self.cfg, gen)
+        self.size = action_size(action_space)
+        self.agent = BetaActorCritic(int(np.prod(observation_space.shape)), self.cfg, gen, self.size)
         self.optimizer = torch.optim.Adam(self.agent.parameters(), lr=self.cfg.lr, eps=1e-5)
         self.rng = np.random.default_rng(self.cfg.seed)
         self.buffer: list[
@@ -167,12 +169,11 @@ class PPOController:
     def act(self, obs: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             dist = self.agent.dist(torch.as_tensor(obs, dtype=torch.float32)[None])  # batch of 1
-        a, b = float(dist.concentration1[0]), float(dist.concentration0[0])
-        raw = float(np.clip(self.rng.beta(a, b), RAW_EPS, 1.0 - RAW_EPS))
-        logp = float(dist.log_prob(torch.tensor([raw], dtype=torch.float32))[0])
+        raw, alpha, a, b = sample_betas(dist, self.rng, self.cfg.alpha_min, self.cfg.alpha_max)
+        logp = float(dist.log_prob(torch.tensor(raw, dtype=torch.float32).reshape(1, self.size)).sum())
         self.last = {"obs": np.asarray(obs, dtype=np.float32).copy(), "raw_alpha": raw, "logp": logp,
-                     "a": a, "b": b, "entropy": float(dist.entropy()[0])}  # fmt: skip
-        return as_action(min(max(raw, self.cfg.alpha_min), self.cfg.alpha_max), self.action_space)
+                     "a": a, "b": b, "entropy": float(dist.entropy()[0].mean())}  # fmt: skip
+        return as_action(alpha, self.action_space)
 
     def observe(
         self,
@@ -192,9 +193,7 @@ class PPOController:
         self.buffer.append({"obs": last["obs"], "raw_alpha": last["raw_alpha"], "logp": last["logp"],
                             "reward": float(reward), "next_obs": np.array(next_obs, dtype=np.float32),
                             "terminated": bool(terminated), "done": done})  # fmt: skip
-        metrics = {"controller/beta_a": last["a"], "controller/beta_b": last["b"],
-                   "controller/beta_mean": last["a"] / (last["a"] + last["b"]),
-                   "controller/alpha": float(action[0]), "controller/entropy": last["entropy"]}  # fmt: skip
+        metrics = beta_metrics(last["a"], last["b"], action, last["entropy"])
         if len(self.buffer) >= self.cfg.n_steps:
             metrics |= self._update()
             self.buffer = []
@@ -207,7 +206,7 @@ class PPOController:
         next_obs = torch.as_tensor(
             np.stack([t["next_obs"] for t in buf]), dtype=torch.float32
         )  # (T, obs_dim)
-        raw = torch.tensor([t["raw_alpha"] for t in buf], dtype=torch.float32)  # (T,)
+        raw = torch.tensor([t["raw_alpha"] for t in buf], dtype=torch.float32).reshape(len(buf), self.size)
         old_logp = torch.tensor([t["logp"] for t in buf], dtype=torch.float32)  # (T,)
         with torch.no_grad():
             values, next_values = self.agent.value(obs).numpy(), self.agent.value(next_obs).numpy()  # (T,)
@@ -224,7 +223,7 @@ class PPOController:
             for start in range(0, len(buf), cfg.minibatch_size):
                 mb = torch.as_tensor(order[start : start + cfg.minibatch_size])
                 dist = self.agent.dist(obs[mb])
-                log_ratio = dist.log_prob(raw[mb]) - old_logp[mb]  # (M,)
+                log_ratio = dist.log_prob(raw[mb]).sum(-1) - old_logp[mb]  # (M,): independent Betas
                 ratio = log_ratio.exp()
                 clipped = ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)
                 pg_loss = torch.max(-advantages[mb] * ratio, -advantages[mb] * clipped).mean()

@@ -13,7 +13,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from controllers.base import OpenLoop, as_action
+from controllers.base import OpenLoop, action_size, as_action
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class RandomController(OpenLoop):
         self, observation_space: gym.spaces.Box, action_space: gym.spaces.Box, cfg: RandomConfig | None = None
     ) -> None:
         self.cfg = cfg or RandomConfig()
+        action_size(action_space)
         low, high = float(action_space.low[0]), float(action_space.high[0])
         if not low <= self.cfg.low <= self.cfg.high <= high:
             raise ValueError(
@@ -55,8 +56,14 @@ class RandomController(OpenLoop):
             self.rng = np.random.default_rng(seed)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        """A fresh uniform alpha in [low, high]."""
-        return as_action(self.rng.uniform(self.cfg.low, self.cfg.high), self.action_space)
+        """A fresh uniform alpha in [low, high] (per band: one independent draw per band)."""
+        size = self.action_space.shape[0]
+        draw = (
+            self.rng.uniform(self.cfg.low, self.cfg.high)
+            if size == 1
+            else self.rng.uniform(self.cfg.low, self.cfg.high, size)
+        )
+        return as_action(draw, self.action_space)
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state}

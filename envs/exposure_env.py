@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import gymnasium as gym
 import numpy as np
@@ -18,6 +19,7 @@ from atesd.builder import RealConfig, build_engine
 from atesd.engine import DistillEngine, EngineConfig
 from atesd.models import TinyModelConfig
 from atesd.progress import RewardSpec, window_reward
+from atesd.tasks.base import action_bands
 from atesd.tasks.synthetic import ChainBagConfig
 from atesd.warmstart import WarmStartConfig
 from envs import spec
@@ -37,6 +39,13 @@ class ExposureEnvConfig:
     )
     eval_k: int = field(
         default=0, metadata={"help": "Average@k samples per problem at evaluation (0 = greedy only)"}
+    )
+    action: Literal["global", "per_band"] = field(
+        default="global",
+        metadata={
+            "help": "global: one alpha for every problem; per_band: one alpha per difficulty band of "
+            "the task (its evaluation bands; see atesd.tasks.base.action_band)"
+        },
     )
     eval_at_reset: bool = field(
         default=True,
@@ -58,6 +67,7 @@ class ExposureEnvConfig:
         for name, ok, rule in checks:
             if not ok:
                 raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
+        spec.check_action_kind(self.action)
 
     @property
     def reward_spec(self) -> RewardSpec:
@@ -77,7 +87,10 @@ class TeacherExposureEnv(gym.Env):
 
     ## Action Space
     `Box(0, 1, (1,), float32)`: alpha for the next window. NaN, infinite or out-of-range actions raise
-    ValueError (never clipped: see envs/spec.py).
+    ValueError (never clipped: see envs/spec.py). With `action="per_band"`: `Box(0, 1, (K,))`, one
+    alpha per difficulty band, in the order of `env.bands` (the task's evaluation bands; the embedded
+    task: C6, B4, M44, M64, each training problem taking the alpha of its nearest band in chain length
+    and bag size); `info["alpha"]` is then the list of the K alphas.
 
     ## Observation Space
     `Box(6,)` float32 of the engine's training-state statistics (EMA decay `engine.stats_decay`):
@@ -90,6 +103,7 @@ class TeacherExposureEnv(gym.Env):
     | 3 | ema_mismatch | [0, 1] | EMA of top-1 student-teacher disagreement |
     | 4 | ema_probe_nll | [0, 4] | EMA of the probe NLL / the probe NLL at reset |
     | 5 | confidence | [0, 1] | EMA of the student's mean max next-token probability |
+    | 6.. | rollout_accuracy/<band> | [0, 1] | per-band action only: EMA of the band's rollout accuracy |
 
     ## Rewards
     `sum_j gamma^(j-1) max(0, l_(j-1) - l_j)` over the window's tracked losses l_0..l_H (the probe NLL
@@ -151,8 +165,13 @@ class TeacherExposureEnv(gym.Env):
                 "the env's reward needs the probe NLL every update: engine.probe_every must be 1"
             )
         self.engine = engine
-        self.action_space = spec.action_space()
-        self.observation_space = spec.observation_space()
+        self.per_band = self.cfg.action == "per_band"
+        self.bands: tuple[str, ...] = action_bands(engine.task) if self.per_band else ()
+        if self.per_band and not self.bands:
+            raise ValueError("the per-band action needs a task with evaluation bands; this one has none")
+        self.action_space = spec.action_space(len(self.bands) or 1)
+        self.observation_space = spec.observation_space(self.bands)
+        self.ema_bands: dict[str, float] = {}
         self._initial = engine.state_dict()
         self._start_eval: dict[str, float] | None = None  # greedy: the same after every reset
         self.score = math.nan
@@ -164,6 +183,7 @@ class TeacherExposureEnv(gym.Env):
         self.steps_done = 0
         self.probe_start = self.engine.probe_nll()
         self.score = math.nan
+        self.ema_bands = {}
         info = {key: math.nan for key in spec.INFO_KEYS} | {"losses": [self.probe_start], "steps_done": 0}
         if self.cfg.eval_at_reset:  # steps report nan until the episode's own first evaluation
             info["eval"] = self._evaluate_start()
@@ -178,17 +198,22 @@ class TeacherExposureEnv(gym.Env):
         return dict(self._start_eval)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
-        alpha = spec.check_action(action)
+        if self.per_band:
+            alphas = spec.check_alphas(action, len(self.bands))
+            alpha: float | dict[str, float] = dict(zip(self.bands, alphas))
+        else:
+            alpha = spec.check_action(action)
         t0 = time.perf_counter()
         hold = min(self.cfg.hold_steps, self.cfg.total_steps - self.steps_done)
         window = self.engine.run_window(alpha, hold)
+        self._update_bands(window)
         self.steps_done += hold
         terms = window_reward(
             window.losses, window.grounded, self.cfg.gamma, self.cfg.lambda_gt, self.cfg.signed_progress
         )
         terminated = self.steps_done >= self.cfg.total_steps
         info = {
-            "alpha": alpha,
+            "alpha": list(alphas) if self.per_band else alpha,
             "reward/progress": terms["progress"],
             "reward/grounded": terms["grounded"],
             "reward/total": terms["reward"],
@@ -208,6 +233,10 @@ class TeacherExposureEnv(gym.Env):
             "time/update_s": sum(s.update_s for s in window.steps),
             "step_stats": [s.metrics() for s in window.steps],  # every student update, namespaced
         }
+        if self.per_band:  # each band's rollout accuracy in this window (NaN for a band not drawn)
+            by_band = window.band_accuracy()
+            info["band_accuracy"] = [by_band.get(b, math.nan) for b in self.bands]
+            info |= {f"stats/rollout_accuracy/{b}": v for b, v in by_band.items()}
         steps_taken = self.steps_done // self.cfg.hold_steps
         if terminated or (self.cfg.eval_every and steps_taken % self.cfg.eval_every == 0):
             info["eval"] = self.engine.evaluate(k=self.cfg.eval_k)
@@ -224,6 +253,7 @@ class TeacherExposureEnv(gym.Env):
             "steps_done": self.steps_done,
             "probe_start": self.probe_start,
             "score": self.score,
+            "ema_bands": dict(self.ema_bands),
             "np_random": self.np_random.bit_generator.state,
         }
 
@@ -232,12 +262,22 @@ class TeacherExposureEnv(gym.Env):
         self.engine.load_state_dict(state["engine"])
         self.steps_done, self.probe_start = int(state["steps_done"]), float(state["probe_start"])
         self.score = float(state["score"])
+        self.ema_bands = {str(k): float(v) for k, v in state.get("ema_bands", {}).items()}
         self.np_random.bit_generator.state = state["np_random"]
+
+    def _update_bands(self, window) -> None:
+        """The per-band observation: each band's rollout accuracy, an EMA over the updates that drew
+        the band (the engine's stats decay; the first value taken as is)."""
+        decay = self.engine.cfg.stats_decay
+        for s in window.steps:
+            for band, value in s.band_accuracy.items():
+                old = self.ema_bands.get(band)
+                self.ema_bands[band] = value if old is None else decay * old + (1 - decay) * value
 
     def _obs(self) -> np.ndarray:
         ema = self.engine.stats.values
         probe = ema.get("probe_nll", self.probe_start)
-        return spec.make_observation(
+        obs = spec.make_observation(
             progress=self.steps_done / self.cfg.total_steps,
             ema_alpha=ema.get("alpha", 0.0),
             ema_loss=ema.get("loss", 0.0),
@@ -245,6 +285,7 @@ class TeacherExposureEnv(gym.Env):
             probe_ratio=probe / self.probe_start if self.probe_start > 0 else 1.0,
             confidence=ema.get("confidence", 0.0),
         )
+        return spec.with_bands(obs, [self.ema_bands.get(b, 0.0) for b in self.bands])
 
 
 def _mean_accuracy(evaluation: dict[str, float]) -> float:

@@ -50,6 +50,13 @@ class MockConfig:
         default=0.75, metadata={"help": "fraction of a dip that reverts within the next window, in [0, 1)"}
     )
     noise: float = field(default=0.002, metadata={"help": "std of the tracked-loss noise per update (>= 0)"})
+    action: Literal["global", "per_band"] = field(
+        default="global",
+        metadata={
+            "help": "global: one alpha; per_band: one alpha per difficulty group (mix: easy, hard; "
+            "the other variants have one group, all)"
+        },
+    )
 
     def __post_init__(self) -> None:
         checks = (
@@ -66,6 +73,7 @@ class MockConfig:
         for name, ok, rule in checks:
             if not ok:
                 raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
+        spec.check_action_kind(self.action)
         if self.variant not in ("rising", "constant", "falling", "mix"):
             raise ValueError(f"variant must be rising, constant, falling or mix; got {self.variant!r}")
 
@@ -78,6 +86,7 @@ class MockConfig:
 LOSS_START, LOSS_FLOOR = 2.0, 0.5  # tracked loss at competence 0 and 1
 OVER_CAP = 0.4  # overexposure beyond this buys no larger dip (the trap's calibration point)
 MIX_OPTIMA, MIX_WEIGHTS = (0.8, 0.3), (0.5, 0.5)  # easy problems prefer high exposure, hard ones low
+MIX_BANDS = ("easy", "hard")  # the mix variant's groups, as the per-band action names them
 _GRID = np.linspace(0.0, 1.0, 101)
 
 
@@ -124,7 +133,12 @@ class MockExposureEnv(gym.Env):
 
     ## Action Space
     `Box(0, 1, (1,), float32)`: the exposure alpha of the next window. NaN, infinite or out-of-range
-    actions raise ValueError (envs/spec.py states why).
+    actions raise ValueError (envs/spec.py states why). With `action="per_band"`: `Box(0, 1, (K,))`,
+    one alpha per difficulty group, in the order of `env.bands` (mix: K = 2, `easy` with its optimum
+    at 0.8 and `hard` at 0.3, so the best per-band action reaches both optima at once, which no single
+    alpha can; the single-group variants: K = 1, `all`, the same dynamics as the global action). Each
+    group learns at its own alpha, and each group's overexposure above its own optimum feeds the
+    trap's dip, weighted by the group's unlearnt room.
 
     ## Observation Space
     `Box(6,)` float32, as in the real env:
@@ -137,6 +151,7 @@ class MockExposureEnv(gym.Env):
     | 3 | ema_mismatch | [0, 1] | EMA of the top-1 disagreement |
     | 4 | ema_probe_nll | [0, 4] | EMA of the tracked loss / its value at reset |
     | 5 | confidence | [0, 1] | EMA of the student's confidence |
+    | 6.. | rollout_accuracy/<band> | [0, 1] | per-band action only: EMA of the group's competence |
 
     ## Rewards
     The window's discounted learning progress sum_j gamma^(j-1) max(0, l_(j-1) - l_j) (signed if
@@ -168,9 +183,12 @@ class MockExposureEnv(gym.Env):
         self.cfg = cfg or MockConfig(**overrides)
         if cfg is not None and overrides:
             raise ValueError("pass either cfg or keyword overrides, not both")
-        self.action_space = spec.action_space()
-        self.observation_space = spec.observation_space()
         c = self.cfg
+        self._groups = 2 if c.variant == "mix" else 1
+        self.per_band = c.action == "per_band"
+        self.bands: tuple[str, ...] = (MIX_BANDS if self._groups == 2 else ("all",)) if self.per_band else ()
+        self.action_space = spec.action_space(len(self.bands) or 1)
+        self.observation_space = spec.observation_space(self.bands)
         self.rate = -math.log(1 - c.target_competence) / c.total_steps  # oracle pace reaches the target at T
         self.rho = (1 - c.trap_revert) ** (1 / c.hold_steps)  # per-update decay of the dip
         window_drop = (LOSS_START - LOSS_FLOOR) * (1 - math.exp(-self.rate * c.hold_steps))
@@ -178,7 +196,6 @@ class MockExposureEnv(gym.Env):
         # injection per update per unit of overexposure and unit of room: +0.4 for a window buys
         # trap_strength x the optimum's window drop
         self.kappa = c.trap_strength * window_drop / (OVER_CAP * accumulate)
-        self._groups = 2 if c.variant == "mix" else 1
 
     # ---- gymnasium API ------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
@@ -189,12 +206,17 @@ class MockExposureEnv(gym.Env):
         self.loss_now = self._tracked(0.0)
         self.loss_start = self.loss_now
         self.ema = {"alpha": 0.0, "loss": 0.0, "mismatch": 0.0, "probe": 1.0, "confidence": 0.45}
+        self.ema_bands = [0.0] * len(self.bands)
         return self._obs(), self._info(0.0, {}, [self.loss_now])
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
-        alpha = spec.check_action(action)
+        if self.per_band:
+            alphas = spec.check_alphas(action, len(self.bands))
+        else:
+            alphas = (spec.check_action(action),) * self._groups
+        alpha = sum(alphas) / len(alphas)  # the mean exposure: what the shared statistics see
         c, H = self.cfg, self.cfg.hold_steps
-        qs, over = self._quality(alpha)
+        qs, over = self._quality(alphas)
         noise = self.np_random.normal(0.0, c.noise, H + 2) if c.noise > 0 else np.zeros(H + 2)
         losses, grounded = [self.loss_now], []
         for j in range(H):
@@ -207,7 +229,7 @@ class MockExposureEnv(gym.Env):
         self.steps_done += H
         terms = _window_reward(losses, grounded, c.gamma, c.lambda_gt, c.signed_progress)
         stats = self._update_ema(alpha, float(noise[H]), float(noise[H + 1]))
-        info = self._info(alpha, terms, losses) | stats
+        info = self._info(list(alphas) if self.per_band else alpha, terms, losses) | stats
         return self._obs(), terms["reward"], self.steps_done >= c.total_steps, False, info
 
     def state_dict(self) -> dict:
@@ -215,7 +237,7 @@ class MockExposureEnv(gym.Env):
         return {
             "rooms": list(self.rooms), "dip": self.dip, "steps_done": self.steps_done,
             "loss_now": self.loss_now, "loss_start": self.loss_start, "ema": dict(self.ema),
-            "np_random": self.np_random.bit_generator.state,
+            "ema_bands": list(self.ema_bands), "np_random": self.np_random.bit_generator.state,
         }  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
@@ -223,6 +245,7 @@ class MockExposureEnv(gym.Env):
         self.dip, self.steps_done = float(state["dip"]), int(state["steps_done"])
         self.loss_now, self.loss_start = float(state["loss_now"]), float(state["loss_start"])
         self.ema = {k: float(v) for k, v in state["ema"].items()}
+        self.ema_bands = [float(v) for v in state.get("ema_bands", [0.0] * len(self.bands))]
         self.np_random.bit_generator.state = state["np_random"]
 
     # ---- dynamics -----------------------------------------------------------------------------
@@ -232,12 +255,24 @@ class MockExposureEnv(gym.Env):
     def _room(self) -> float:
         return sum(self.rooms) / len(self.rooms)  # equal group weights
 
-    def _quality(self, alpha: float) -> tuple[list[float], float]:
-        """q per group, and the overexposure (alpha above the oracle optimum) that feeds the trap."""
+    def _quality(self, alphas: tuple[float, ...]) -> tuple[list[float], float]:
+        """q per group at its alpha, and the overexposure that feeds the trap: one alpha for all
+        groups is over when above the oracle optimum; per-band alphas each above their group's own
+        optimum, weighted by the group's share of the unlearnt room."""
         w2 = 2 * self.cfg.width**2
         optima = MIX_OPTIMA if self._groups == 2 else (optimum(self.cfg.variant, self.competence()),)
-        qs = [math.exp(-((alpha - a) ** 2) / w2) for a in optima]
-        return qs, min(max(0.0, alpha - self.oracle_alpha()), OVER_CAP)
+        qs = [math.exp(-((alpha - a) ** 2) / w2) for alpha, a in zip(alphas, optima)]
+        if not self.per_band or self._groups == 1:
+            return qs, min(max(0.0, alphas[0] - self.oracle_alpha()), OVER_CAP)
+        total = sum(self.rooms)
+        shares = [room / total if total > 0 else 1.0 / len(self.rooms) for room in self.rooms]
+        return qs, sum(w * min(max(0.0, alpha - a), OVER_CAP) for w, alpha, a in zip(shares, alphas, optima))
+
+    def oracle_alphas(self) -> list[float]:
+        """The per-band action that maximises real progress now: each group's own optimum."""
+        if self._groups == 1:
+            return [optimum(self.cfg.variant, self.competence())]
+        return list(MIX_OPTIMA)
 
     def oracle_alpha(self) -> float:
         """The exposure that maximises real progress now (the trap ignored)."""
@@ -262,6 +297,10 @@ class MockExposureEnv(gym.Env):
         }
         keep = 0.9**self.cfg.hold_steps
         self.ema = {k: keep * self.ema[k] + (1 - keep) * v for k, v in raw.items()}
+        if self.per_band:
+            self.ema_bands = [
+                keep * e + (1 - keep) * (1.0 - room) for e, room in zip(self.ema_bands, self.rooms)
+            ]
         return {
             "stats/loss": raw["loss"],
             "stats/mismatch": raw["mismatch"],
@@ -272,12 +311,17 @@ class MockExposureEnv(gym.Env):
     def _obs(self) -> np.ndarray:
         e = self.ema
         progress = self.steps_done / self.cfg.total_steps
-        return spec.make_observation(
+        obs = spec.make_observation(
             progress, e["alpha"], e["loss"], e["mismatch"], e["probe"], e["confidence"]
         )
+        return spec.with_bands(obs, self.ema_bands)
 
-    def _info(self, alpha: float, terms: dict, losses: list[float]) -> dict:
-        return {
+    def _info(self, alpha: float | list[float], terms: dict, losses: list[float]) -> dict:
+        if self.per_band:
+            alpha = alpha if isinstance(alpha, list) else [alpha] * len(self.bands)
+        oracle = self.oracle_alphas() if self.per_band else self.oracle_alpha()
+        bands = {"band_accuracy": [1.0 - room for room in self.rooms]} if self.per_band else {}
+        return bands | {
             "alpha": alpha,
             "reward/progress": terms.get("progress", 0.0),
             "reward/grounded": terms.get("grounded", 0.0),
@@ -289,7 +333,7 @@ class MockExposureEnv(gym.Env):
             "losses": losses,
             "steps_done": self.steps_done,
             "score": self.competence(),
-            "oracle_alpha": self.oracle_alpha(),
+            "oracle_alpha": oracle,
             "time/window_s": 0.0,  # the mock simulates no wall time (and stays deterministic)
             "dip": self.dip,
         }

@@ -8,6 +8,7 @@ exposure env fills. Knows nothing of engines or learning dynamics.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from gymnasium import spaces
@@ -22,6 +23,11 @@ OBSERVATION = (
     ("confidence", 0.0, 1.0, "student self-confidence: EMA of the mean max next-token probability"),
 )
 OBS_NAMES = tuple(name for name, *_ in OBSERVATION)
+
+# With the per-band action (`action="per_band"`), one more entry per difficulty band, after the
+# six above, in the band order of the action: the band's rollout accuracy, EMA over its windows.
+BAND_OBSERVATION = ("rollout_accuracy", 0.0, 1.0, "EMA of the band's rollout accuracy (the fraction solved)")
+ACTIONS = ("global", "per_band")
 
 # Keys present in every step's info dict (both envs). `eval` appears only when an evaluation ran.
 INFO_KEYS = (
@@ -45,12 +51,29 @@ _LOW = tuple(lo for _, lo, _, _ in OBSERVATION)
 _HIGH = tuple(hi for _, _, hi, _ in OBSERVATION)
 
 
-def observation_space() -> spaces.Box:
-    return spaces.Box(np.array(_LOW, dtype=np.float32), np.array(_HIGH, dtype=np.float32), dtype=np.float32)
+def observation_names(bands: Sequence[str] = ()) -> tuple[str, ...]:
+    """The observation's entry names: the six shared ones, then `rollout_accuracy/<band>` per band
+    (per-band action only; `bands=()` is the global action's layout)."""
+    return OBS_NAMES + tuple(f"{BAND_OBSERVATION[0]}/{band}" for band in bands)
 
 
-def action_space() -> spaces.Box:
-    return spaces.Box(0.0, 1.0, (1,), dtype=np.float32)
+def observation_space(bands: Sequence[str] = ()) -> spaces.Box:
+    low = np.array(_LOW + (BAND_OBSERVATION[1],) * len(bands), dtype=np.float32)
+    high = np.array(_HIGH + (BAND_OBSERVATION[2],) * len(bands), dtype=np.float32)
+    return spaces.Box(low, high, dtype=np.float32)
+
+
+def action_space(size: int = 1) -> spaces.Box:
+    """One alpha (the global action) or one per difficulty band (`size` = the number of bands)."""
+    if size < 1:
+        raise ValueError(f"the action needs at least one alpha, got size {size}")
+    return spaces.Box(0.0, 1.0, (size,), dtype=np.float32)
+
+
+def check_action_kind(action: str) -> str:
+    if action not in ACTIONS:
+        raise ValueError(f"action must be one of {ACTIONS}, got {action!r}")
+    return action
 
 
 def make_observation(
@@ -74,6 +97,16 @@ def make_observation(
     return np.array(values, dtype=np.float32)
 
 
+def with_bands(obs: np.ndarray, band_values: Sequence[float]) -> np.ndarray:
+    """The shared observation followed by the per-band entries (each clipped to [0, 1]; a
+    non-finite one becomes 0)."""
+    if not band_values:
+        return obs
+    lo, hi = BAND_OBSERVATION[1], BAND_OBSERVATION[2]
+    extra = [min(hi, max(lo, v)) if math.isfinite(v) else lo for v in band_values]
+    return np.concatenate([obs, np.array(extra, dtype=np.float32)])
+
+
 def check_action(action: np.ndarray | float) -> float:
     """The alpha of an action; raises ValueError on NaN, infinity or values outside [0, 1].
 
@@ -91,3 +124,11 @@ def check_action(action: np.ndarray | float) -> float:
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"action alpha must be in [0, 1], got {alpha}")
     return alpha
+
+
+def check_alphas(action: np.ndarray, size: int) -> tuple[float, ...]:
+    """The `size` alphas of a per-band action, each checked as `check_action` checks one."""
+    flat = np.asarray(action, dtype=np.float64).reshape(-1) if isinstance(action, np.ndarray) else None
+    if flat is None or flat.size != size:
+        raise ValueError(f"action must hold one alpha per band ({size}), got {action!r}")
+    return tuple(check_action(float(a)) for a in flat)

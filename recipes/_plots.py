@@ -37,16 +37,26 @@ def plot_run(run_dir: Path) -> list[Path]:
         paths.append(out / name)
 
     fig, ax = plt.subplots(figsize=(8, 4))
-    ax.plot(x, [d["alpha"] for d in decisions], ".", color="C0", label="alpha used", zorder=3)
-    if decisions and "beta_a" in decisions[0]:
-        a, b = np.array([d["beta_a"] for d in decisions]), np.array([d["beta_b"] for d in decisions])
-        ax.plot(x, a / (a + b), color="C1", label="Beta mean")
-        ax.fill_between(x, beta_dist.ppf(0.05, a, b), beta_dist.ppf(0.95, a, b), color="C1", alpha=0.2,
-                        label="Beta 90% interval")  # fmt: skip
+    alphas = np.array([np.reshape(d["alpha"], -1) for d in decisions]).reshape(len(decisions), -1)
+    bands = _band_names(windows, alphas.shape[1])
+    for i, band in enumerate(bands):  # one colour per band under the per-band action
+        label = "alpha used" if len(bands) == 1 else f"alpha {band}"
+        color = f"C{0 if len(bands) == 1 else i}"
+        ax.plot(x, alphas[:, i], "." if len(bands) == 1 else ".-", color=color, label=label, zorder=3)
+        if decisions and "beta_a" in decisions[0]:
+            a = np.array([np.reshape(d["beta_a"], -1)[i] for d in decisions])
+            b = np.array([np.reshape(d["beta_b"], -1)[i] for d in decisions])
+            beta_color = "C1" if len(bands) == 1 else color
+            ax.plot(x, a / (a + b), color=beta_color, label="Beta mean" if len(bands) == 1 else None)
+            ax.fill_between(x, beta_dist.ppf(0.05, a, b), beta_dist.ppf(0.95, a, b), color=beta_color,
+                            alpha=0.2 if len(bands) == 1 else 0.1,
+                            label="Beta 90% interval" if len(bands) == 1 else None)  # fmt: skip
     if decisions and "oracle_alpha_after" in decisions[0]:  # the optimum each decision faced
-        ax.plot(
-            x + 1, [d["oracle_alpha_after"] for d in decisions], "--", color="k", label="optimal alpha (mock)"
+        oracle = np.array([np.reshape(d["oracle_alpha_after"], -1) for d in decisions]).reshape(
+            len(decisions), -1
         )
+        for i in range(oracle.shape[1]):
+            ax.plot(x + 1, oracle[:, i], "--", color="k", label="optimal alpha (mock)" if i == 0 else None)
     ax.set(xlabel="window (hold of H student updates)", ylabel="exposure alpha", ylim=(-0.02, 1.02),
            title=f"Exposure: {title}")  # fmt: skip
     ax.legend(loc="best", fontsize=8)
@@ -127,3 +137,12 @@ def plot_curves(bands: dict, hold_steps: dict[str, int], seeds: int, path: Path)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _band_names(windows: list[dict], size: int) -> list[str]:
+    """The names of the action's alphas: `alpha` for one, else the bands the window records name
+    (`env/alpha/<band>`, in the action's order), or their indices."""
+    if size == 1:
+        return ["alpha"]
+    names = [k.split("/", 2)[2] for k in (windows[0] if windows else {}) if k.startswith("env/alpha/")]
+    return names if len(names) == size else [str(i) for i in range(size)]

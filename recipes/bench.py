@@ -112,8 +112,9 @@ def make_env(env_id: str) -> Any:
 
 
 def check_exposure_env(env_id: str) -> Any:
-    """Build the env `env_id` once and check it has the exposure action space (one alpha in [0, 1]);
-    returns it (the caller closes it). ConfigError for an unknown id or another action space."""
+    """Build the env `env_id` once and check it has the exposure action space (one alpha in [0, 1],
+    or one per band: `Box(0, 1, (K,))`); returns it (the caller closes it). ConfigError for an
+    unknown id or another action space."""
     import gymnasium as gym
 
     try:
@@ -123,11 +124,11 @@ def check_exposure_env(env_id: str) -> Any:
             f"unknown env '{env_id}' in --env: not mock, real or a registered Gymnasium id ({err})"
         ) from None
     space = env.action_space
-    if not (isinstance(space, gym.spaces.Box) and space.shape == (1,)
-            and float(space.low[0]) >= 0.0 and float(space.high[0]) <= 1.0):  # fmt: skip
+    if not (isinstance(space, gym.spaces.Box) and len(space.shape) == 1 and space.shape[0] >= 1
+            and float(space.low.min()) >= 0.0 and float(space.high.max()) <= 1.0):  # fmt: skip
         env.close()
         raise cfglib.ConfigError(
-            f"env '{env_id}' has the action space {space}; exposure controllers need Box(0, 1, (1,))"
+            f"env '{env_id}' has the action space {space}; exposure controllers need Box(0, 1, (K,))"
         )
     return env
 
@@ -306,7 +307,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _split(text: str) -> list[str]:
-    return list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    """Comma-separated items; a comma inside brackets stays (`fixed:alphas=[0.75,0.25],random`)."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth <= 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return list(dict.fromkeys(part.strip() for part in parts if part.strip()))
 
 
 def plan(args: argparse.Namespace) -> tuple[RunConfig, list[str], list[str], list[str]]:
@@ -347,12 +358,23 @@ def _normal(spec: str) -> str:
 
 
 def _spaces(cfg: RunConfig) -> Any:
-    """A stand-in env holding only what a controller is built from: the spaces and the reward spec."""
+    """A stand-in env holding only what a controller is built from: the spaces and the reward spec
+    (the mock is built, it is cheap; the real env's bands are read from its task without a model)."""
     from envs import spec
 
+    if cfg.env == "mock":
+        from envs.mock_env import MockExposureEnv
+
+        return MockExposureEnv(cfg.mock)
+    bands: tuple[str, ...] = ()
+    if cfg.real.env.action == "per_band":
+        from atesd.builder import build_task
+        from atesd.tasks.base import action_bands
+
+        bands = action_bands(build_task(cfg.real))
     return types.SimpleNamespace(
-        observation_space=spec.observation_space(),
-        action_space=spec.action_space(),
+        observation_space=spec.observation_space(bands),
+        action_space=spec.action_space(len(bands) or 1),
         unwrapped=types.SimpleNamespace(reward_spec=cfg.reward_spec),
     )
 

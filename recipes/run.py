@@ -35,7 +35,7 @@ from atesd.checkpoint import rng_state, set_rng_state  # noqa: E402
 from atesd.distributed import Dist, gather_state  # noqa: E402
 from atesd.logging import MetricsLogger, finite, jsonable  # noqa: E402
 from atesd.threads import set_threads  # noqa: E402
-from controllers.base import Transition, run_episode  # noqa: E402
+from controllers.base import Transition, mean_alpha, run_episode  # noqa: E402
 from controllers.shared import SharedDecisions  # noqa: E402
 from recipes import _faults as faults  # noqa: E402
 from recipes._plots import plot_run  # noqa: E402
@@ -143,7 +143,10 @@ class Run:
             self.log.metric(head | {k: finite(v) for k, v in stats.items()})
         loop["updates"] += len(info["losses"]) - 1
         record = {"kind": "window", "episode": episode, "window": gw, "update": loop["updates"],
-                  "env/alpha": float(info["alpha"]), "env/reward": tr.reward}  # fmt: skip
+                  "env/alpha": mean_alpha(info["alpha"]), "env/reward": tr.reward}  # fmt: skip
+        if isinstance(info["alpha"], (list, tuple)):  # the per-band action: each band's alpha too
+            bands = getattr(self.env.unwrapped, "bands", ()) or range(len(info["alpha"]))
+            record |= {f"env/alpha/{band}": float(a) for band, a in zip(bands, info["alpha"])}
         record |= {k: finite(v) for k, v in info.items() if "/" in k and _is_number(v)}
         record |= {f"eval/{k}": finite(v) for k, v in (info.get("eval") or {}).items()}
         record["env/score"] = finite(info["score"])
@@ -153,14 +156,20 @@ class Run:
         if self.threads is not None:
             self.threads.update()  # the next window's thread count, from the cores left free
         decision = {"kind": "decision", "decision": gw - 1, "episode": episode, "window": gw,
-                    "alpha": float(info["alpha"]), "reward/total": tr.reward,
+                    "alpha": _alpha_record(info["alpha"]), "reward/total": tr.reward,
                     "reward/progress": finite(info["reward/progress"]),
                     "reward/grounded": finite(info["reward/grounded"])}  # fmt: skip
         for key in ("beta_a", "beta_b", "beta_mean"):
-            if f"controller/{key}" in tr.metrics:
+            per_band = [v for k, v in tr.metrics.items() if k.startswith(f"controller/{key}/")]
+            if per_band:  # one Beta per band: a list, in the action's order
+                decision[key] = [finite(v) for v in per_band]
+            elif f"controller/{key}" in tr.metrics:
                 decision[key] = finite(tr.metrics[f"controller/{key}"])
-        if math.isfinite(float(info.get("oracle_alpha", math.nan))):  # the mock's optimum for the next window
-            decision["oracle_alpha_after"] = float(info["oracle_alpha"])
+        oracle = info.get("oracle_alpha", math.nan)
+        if np.all(
+            np.isfinite(np.asarray(oracle, dtype=np.float64))
+        ):  # the mock's optimum for the next window
+            decision["oracle_alpha_after"] = _alpha_record(oracle)
         self.log.decision(decision)
         for credit in self.controller.pop_credits():
             credit = {k: int(v) if k == "decision" else finite(v) for k, v in credit.items()}
@@ -174,7 +183,8 @@ class Run:
             self.checkpoint(tr, done)  # every rank: each gives its RNG states; rank 0 writes
         score = info["score"]
         acc = f" score {score:.3f}" if math.isfinite(float(score)) else ""
-        note = f"ep {episode + 1}/{cfg.episodes} alpha {tr.action[0]:.2f} loss {_fmt(info.get('stats/loss'))}"
+        shown = "/".join(f"{a:.2f}" for a in np.asarray(tr.action).reshape(-1))
+        note = f"ep {episode + 1}/{cfg.episodes} alpha {shown} loss {_fmt(info.get('stats/loss'))}"
         self.display.update(gw, f"{note} reward {tr.reward:.4f}{acc}")
 
     def checkpoint(self, tr: Transition, episode_done: bool) -> None:
@@ -215,6 +225,13 @@ class Run:
             "seconds": seconds,
             "run_dir": str(self.run_dir),
         }
+
+
+def _alpha_record(alpha: Any) -> float | list[float]:
+    """An alpha as decisions.jsonl records it: a number, or a list under the per-band action."""
+    if isinstance(alpha, (list, tuple, np.ndarray)):
+        return [float(a) for a in np.asarray(alpha, dtype=np.float64).reshape(-1)]
+    return float(alpha)
 
 
 def _is_number(value: Any) -> bool:

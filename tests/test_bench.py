@@ -250,7 +250,7 @@ def test_any_registered_gymnasium_id_with_the_exposure_action_space(tmp_path):
 
 
 def test_an_env_without_the_exposure_action_space_is_refused(tmp_path, capsys):
-    for env, message in (("CartPole-v1", "exposure controllers need Box(0, 1, (1,))"),
+    for env, message in (("CartPole-v1", "exposure controllers need Box(0, 1, (K,))"),
                          ("nope/Nothing-v0", "unknown env 'nope/Nothing-v0'")):  # fmt: skip
         with pytest.raises(SystemExit):
             bench.main(["--env", env, "--out", str(tmp_path)])

@@ -170,7 +170,10 @@ def test_config_validation_names_the_field():
 
 def test_run_config_takes_its_fields_and_rejects_a_misspelled_one(registered):
     cfg = cfglib.load(RunConfig, None, ["controller=hill_climb", "controllers.hill_climb.delta=0.2"])
-    assert cfg.controllers["hill_climb"]["delta"] == 0.2 and cfg.controllers["fixed"] == {"alpha": 1.0}
+    assert cfg.controllers["hill_climb"]["delta"] == 0.2 and cfg.controllers["fixed"] == {
+        "alpha": 1.0,
+        "alphas": (),
+    }
     with pytest.raises(cfglib.ConfigError, match="did you mean 'controllers.hill_climb.delta'"):
         cfglib.load(RunConfig, None, ["controllers.hill_climb.detla=0.2"])
     with pytest.raises(cfglib.ConfigError, match="delta must be in"):

@@ -86,3 +86,18 @@ class Task(Protocol):
         """The problem with its reference re-ordered to follow the completion's own path (the
         path-matched control); tasks without a notion of path raise NotImplementedError."""
         ...
+
+
+def action_bands(task: Task) -> tuple[str, ...]:
+    """The bands a per-band exposure gives one alpha each: the task's `action_bands()` where it has
+    one, else its evaluation bands, in their order."""
+    own = getattr(task, "action_bands", None)
+    return tuple(own()) if callable(own) else tuple(task.eval_sets())
+
+
+def action_band(task: Task, problem: Problem) -> str:
+    """The band whose alpha a training problem gets under the per-band exposure: the task's
+    `action_band(problem)` where it has one (the synthetic task maps every training shape to its
+    nearest evaluation band), else the problem's own band."""
+    own = getattr(task, "action_band", None)
+    return own(problem) if callable(own) else problem.band

@@ -89,6 +89,14 @@ class ChainBagTask:
             p.question for p in self._probe
         }
 
+    # ---- the per-band exposure's bands ----------------------------------------------------------
+    def action_band(self, problem: Problem) -> str:
+        """The evaluation band nearest the problem's shape (L, E) (squared distance; a tie goes to
+        the band listed first): every training problem gets one of the evaluation bands' alphas."""
+        chain, bag = len(problem.meta["ops"]), len(problem.meta["bag"])
+        best = min(self.cfg.bands, key=lambda b: (b[0] - chain) ** 2 + (b[1] - bag) ** 2)
+        return band_name(*best)
+
     # ---- generation -------------------------------------------------------------------------
     def _make(self, rng: np.random.Generator, chain: int, bag: int) -> Problem:
         start = int(rng.integers(10))
