@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -116,6 +117,13 @@ class RunConfig:
         default=False, metadata={"help": "also log to TensorBoard (extra [tensorboard])"}
     )
     plots: bool = field(default=True, metadata={"help": "write PNG plots at the end"})
+    controller_init: str = field(
+        default="",
+        metadata={
+            "help": "a saved controller state to start from (a run's <run_dir>/controller, or any "
+            "atesd.state.save_state path without its suffix); the controller goes on learning"
+        },
+    )
     real: RealEnvConfig = field(default_factory=RealEnvConfig)
     mock: MockConfig = field(default_factory=MockConfig)
     controllers: dict = field(
@@ -217,4 +225,29 @@ def build_controller(cfg: RunConfig, env: gym.Env, name: str | None = None):
             ctl_cfg = dataclasses.replace(ctl_cfg, seed=cfg.seed)
         except ValueError as err:
             raise cfglib.ConfigError(f"controllers.{name}: {err}") from err
-    return cls(env.observation_space, env.action_space, ctl_cfg)
+    controller = cls(env.observation_space, env.action_space, ctl_cfg)
+    if cfg.controller_init:
+        load_controller_init(controller, cfg.controller_init, name)
+    return controller
+
+
+def load_controller_init(controller: Any, path: str, name: str) -> None:
+    """Load the state saved at `path` (`<path>.json` + `<path>.safetensors`) into `controller`;
+    ConfigError in one line when it is missing or does not fit (another controller, other spaces)."""
+    from atesd.state import load_state
+
+    base = Path(path).expanduser()
+    base = base.with_suffix("") if base.suffix in (".json", ".safetensors") else base
+    missing = [p for p in (base.with_suffix(".json"), base.with_suffix(".safetensors")) if not p.is_file()]
+    if missing:
+        raise cfglib.ConfigError(
+            f"controller_init: no saved controller state at {base} ({missing[0]} is missing)"
+        )
+    try:
+        controller.load_state_dict(load_state(base))
+    except Exception as err:  # noqa: BLE001 - whatever the state's mismatch, one line names it
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise cfglib.ConfigError(
+            f"controller_init: the state at {base} does not fit a {name} controller on this env "
+            f"({type(err).__name__}: {first[:200]})"
+        ) from None

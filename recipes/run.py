@@ -10,8 +10,9 @@ fields, their defaults and their ranges are listed by --help. A run writes
 `runs/<controller>__<name>__<seed>__<time>/`: config.json (the resolved config), metrics.jsonl (every
 student update and every window, namespaced keys), decisions.jsonl (every decision: alpha, Beta a/b,
 reward terms; and each decision's return and advantage once the controller used it), checkpoints/,
-plots/*.png and summary.json. A run directory is never overwritten; `--resume auto` continues the
-latest unfinished run with the same controller, name and seed from its last checkpoint.
+plots/*.png, controller.{json,safetensors} (the learned controller: `controller_init=<run_dir>/controller`
+starts another run from it) and summary.json. A run directory is never overwritten; `--resume auto`
+continues the latest unfinished run with the same controller, name and seed from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from atesd import config as cfglib  # noqa: E402
 from atesd.checkpoint import rng_state, set_rng_state  # noqa: E402
 from atesd.distributed import Dist, gather_state  # noqa: E402
 from atesd.logging import MetricsLogger, finite, jsonable  # noqa: E402
+from atesd.state import save_state  # noqa: E402
 from atesd.threads import set_threads  # noqa: E402
 from controllers.base import Transition, mean_alpha, run_episode  # noqa: E402
 from controllers.shared import SharedDecisions  # noqa: E402
@@ -118,7 +120,9 @@ class Run:
             engine.student.save_pretrained(final, safe_serialization=True, **extra)
             engine.tokenizer.save_pretrained(final)
             summary["final_model"] = str(final)
-        if self.main:
+        if self.main:  # the learned controller, to start another run from (controller_init)
+            save_state(self.controller.state_dict(), self.run_dir / "controller")
+            summary["controller_state"] = str(self.run_dir / "controller")
             (self.run_dir / SUMMARY).write_text(json.dumps(summary, indent=1, default=jsonable))
         return summary
 

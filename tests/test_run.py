@@ -194,3 +194,30 @@ def test_every_shipped_config_loads(path):
         )
         assert not engine.exposure.student_thinking and engine.exposure.teacher_thinking
         assert cfg.controllers["beta_reinforce"]["baseline"] == "batch"  # the paper's estimator
+
+
+def test_a_run_starts_from_a_saved_controller_and_refuses_one_that_does_not_fit(tmp_path, capsys):
+    """Every run saves its learned controller; controller_init starts another run from it (the
+    pre-training path): its first decision comes from the trained policy, not Beta(2, 2)."""
+    first = run.main(["--controller", "beta_reinforce", *MOCK, "episodes=3", f"out_dir={tmp_path}"])
+    state = json.loads((first / "summary.json").read_text())["controller_state"]
+    assert Path(state + ".json").is_file() and Path(state + ".safetensors").is_file()
+
+    def first_beta(run_dir):
+        decision = next(d for d in read_jsonl(run_dir / "decisions.jsonl") if d["kind"] == "decision")
+        return decision["beta_a"], decision["beta_b"]
+
+    fresh = run.main(["--controller", "beta_reinforce", *MOCK, f"out_dir={tmp_path}"])
+    started = run.main(
+        ["--controller", "beta_reinforce", *MOCK, f"out_dir={tmp_path}", f"controller_init={state}"]
+    )
+    assert first_beta(fresh) == (2.0, 2.0) and first_beta(started) != (2.0, 2.0)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for name, init, message in (
+        ("beta_reinforce", tmp_path / "nothing", "no saved controller state"),
+        ("ppo", state, "does not fit a ppo controller"),
+    ):
+        argv = ["--controller", name, *MOCK, f"out_dir={tmp_path}", f"controller_init={init}"]
+        code, err = failure(capsys, argv)
+        assert code == 2 and one_line(err) and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no run directory left behind
