@@ -114,17 +114,22 @@ def load(ckpt: Path) -> dict[str, Any]:
     return load_state(ckpt / "state")
 
 
-def load_latest(root: Path, warn=None) -> tuple[dict[str, Any], Path] | None:
+def load_latest(root: Path, warn=None, accept=None) -> tuple[dict[str, Any], Path] | None:
     """The newest complete checkpoint under `root` as (state, directory); incomplete or corrupted
-    ones are skipped with a warning naming them (`warn(message)`, default: the logger); None if none."""
+    ones, and ones `accept(state)` says why not to use (a string; None accepts), are skipped with a
+    warning naming them (`warn(message)`, default: the logger); None if none."""
     warn = warn or log.warning
     for ckpt in sorted(root.glob("ckpt-*"), reverse=True):
         why = problem(ckpt)
         if why is None:
             try:
-                return load_state(ckpt / "state"), ckpt
+                state = load_state(ckpt / "state")
             except Exception as err:  # a manifest that matches files that still do not load
                 why = f"does not load ({type(err).__name__}: {err})"
+            else:
+                why = accept(state) if accept is not None else None
+                if why is None:
+                    return state, ckpt
         warn(f"skipping checkpoint {ckpt}: {why}")
     return None
 

@@ -3,7 +3,8 @@ the n-th occurrence of a point in this process. Unset (always, outside tests), n
 
 Points: `update` (right after the n-th student update: mid-window when n is not a multiple of H),
 `checkpoint` (the n-th checkpoint, after its state files are written and before its manifest seals
-it), `eval` (as the n-th evaluation starts).
+it), `sealed` (right after the n-th checkpoint is sealed), `eval` (as the n-th evaluation starts),
+`final_model` (the final model written, before it takes its name), `plot` (after the n-th plot).
 """
 
 from __future__ import annotations

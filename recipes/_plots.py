@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from atesd.logging import read_jsonl
+from recipes import _faults as faults
+
+PLOTS = ("alpha.png", "reward.png", "accuracy.png", "mismatch.png")  # what plot_run writes
 
 
 def plot_run(run_dir: Path) -> list[Path]:
@@ -35,6 +38,7 @@ def plot_run(run_dir: Path) -> list[Path]:
         fig.savefig(out / name, dpi=120)
         plt.close(fig)
         paths.append(out / name)
+        faults.hit("plot")
 
     fig, ax = plt.subplots(figsize=(8, 4))
     alphas = np.array([np.reshape(d["alpha"], -1) for d in decisions]).reshape(len(decisions), -1)

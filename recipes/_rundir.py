@@ -3,8 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import glob
 import json
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -31,9 +37,67 @@ def latest_run_dir(cfg: RunConfig) -> Path | None:
     if not root.is_dir():
         return None
     runs = [
-        p for p in root.glob(f"{cfg.controller}__{cfg.name}__{cfg.seed}__*") if (p / "config.json").exists()
+        p  # the name is matched literally: `run[1]` is a name, not a pattern
+        for p in root.glob(f"{glob.escape(f'{cfg.controller}__{cfg.name}__{cfg.seed}__')}*")
+        if (p / "config.json").exists()
     ]
     return max(runs, key=lambda p: (p / "config.json").stat().st_mtime) if runs else None
+
+
+# ---- one process per run directory, and when a run is finished ----------------------------------
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory for this process (an advisory lock on `<run_dir>/.lock` holding its
+    pid); another process training the same run directory refuses in one line, naming the holder."""
+    path = run_dir / LOCK
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise cfglib.ConfigError(
+                f"{run_dir} is being trained by another process (pid {holder}); wait for it to end"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    """summary.json, whole or not at all (a temporary file renamed): it marks the run finished."""
+    from atesd.logging import jsonable
+
+    tmp = run_dir / f".tmp-{SUMMARY}"
+    tmp.write_text(json.dumps(summary, indent=1, default=jsonable))
+    os.replace(tmp, run_dir / SUMMARY)
+
+
+def missing_outputs(run_dir: Path, cfg: RunConfig) -> list[str]:
+    """What a finished run promises and `run_dir` lacks: summary.json (valid), the controller state,
+    final_model (real env), the four plots (plots=true)."""
+    from recipes._plots import PLOTS
+
+    wanted = [SUMMARY, "controller.json", "controller.safetensors"]
+    wanted += ["final_model"] if cfg.env == "real" else []
+    wanted += [f"plots/{name}" for name in PLOTS] if cfg.plots else []
+    missing = [name for name in wanted if not (run_dir / name).exists()]
+    if SUMMARY not in missing:
+        try:
+            json.loads((run_dir / SUMMARY).read_text())
+        except (OSError, ValueError):
+            missing.insert(0, SUMMARY)
+    return missing
 
 
 # ---- checkpoints --------------------------------------------------------------------------------
@@ -68,11 +132,14 @@ def plan_run(args: Any, cfg: RunConfig) -> Plan:
         return Plan(cfg)
     if not (run_dir / "config.json").exists():
         raise cfglib.ConfigError(f"--resume {run_dir}: not a run directory (no config.json)")
-    if (run_dir / SUMMARY).exists():
+    stored = cfglib.from_dict(RunConfig, json.loads((run_dir / "config.json").read_text()))
+    missing = missing_outputs(run_dir, stored)
+    if not missing:
         print(f"{run_dir} already finished; nothing to resume")
         print_summary(json.loads((run_dir / SUMMARY).read_text()))
         return Plan(cfg, run_dir, finished=True)
-    stored = cfglib.from_dict(RunConfig, json.loads((run_dir / "config.json").read_text()))
+    if (run_dir / SUMMARY).exists() or SUMMARY not in missing:
+        print(f"{run_dir} lacks {', '.join(missing)}; completing it from its last checkpoint")
     if args.resume == "auto" or args.config or args.overrides or args.set:
         differ = differences(resolved_dict(stored), resolved_dict(cfg))
         if differ and args.resume != "auto":
@@ -83,7 +150,10 @@ def plan_run(args: Any, cfg: RunConfig) -> Plan:
                 f"{differ}; resume it with --resume DIR and no overrides, or start a new run with "
                 "another name"
             )
-    found = checkpoint.load_latest(run_dir / "checkpoints", warn=lambda msg: print(f"warning: {msg}"))
+    found = checkpoint.load_latest(
+        run_dir / "checkpoints", warn=lambda msg: print(f"warning: {msg}"),
+        accept=lambda state: checkpoint_fits(state, run_dir, stored),
+    )  # fmt: skip
     resume_state, ckpt = found if found is not None else (None, None)
     if resume_state is None:
         print(f"{run_dir} has no checkpoint yet; restarting it from the beginning")
@@ -92,6 +162,34 @@ def plan_run(args: Any, cfg: RunConfig) -> Plan:
     else:
         print(f"resuming {run_dir} at window {resume_state['loop']['global_window']}")
     return Plan(stored, run_dir, resume_state, ckpt)
+
+
+def config_fingerprint(cfg: RunConfig) -> str:
+    """A short hash of the resolved config: a checkpoint carries it, resume checks it."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(resolved_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def checkpoint_fits(state: dict[str, Any], run_dir: Path, cfg: RunConfig) -> str | None:
+    """Why `state` cannot continue the run in `run_dir` (None: it can): written for another config
+    (a checkpoint copied from another run), or logs shorter than its offsets (their tail was lost,
+    as after a power loss: the checkpoint is fsynced, the logs are not)."""
+    written = state.get("config") if isinstance(state, dict) else None
+    if written is not None and written != config_fingerprint(cfg):
+        mine = config_fingerprint(cfg)
+        return f"written by a run with another config (fingerprint {written}, this run's {mine})"
+    offsets = state.get("offsets") if isinstance(state, dict) else None
+    if not isinstance(offsets, dict):
+        return "holds no log offsets"
+    for key, name in (("metrics", "metrics.jsonl"), ("decisions", "decisions.jsonl")):
+        path, offset = run_dir / name, offsets.get(key)
+        if not isinstance(offset, int) or offset < 0:
+            return f"holds an invalid {name} offset ({offset!r})"
+        size = path.stat().st_size if path.exists() else 0
+        if size < offset:
+            return f"needs {offset} bytes of {name}, which holds {size}"
+    return None
 
 
 def differences(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -34,7 +35,7 @@ from atesd import checkpoint  # noqa: E402
 from atesd import config as cfglib  # noqa: E402
 from atesd.checkpoint import rng_state, set_rng_state  # noqa: E402
 from atesd.distributed import Dist, gather_state  # noqa: E402
-from atesd.logging import MetricsLogger, finite, jsonable  # noqa: E402
+from atesd.logging import MetricsLogger, finite  # noqa: E402
 from atesd.state import save_state  # noqa: E402
 from atesd.threads import set_threads  # noqa: E402
 from controllers.base import Transition, mean_alpha, run_episode  # noqa: E402
@@ -42,7 +43,16 @@ from controllers.shared import SharedDecisions  # noqa: E402
 from recipes import _faults as faults  # noqa: E402
 from recipes._plots import plot_run  # noqa: E402
 from recipes._progress import USER_ERRORS, Display, print_summary, user_errors, warmstart_progress  # noqa: E402
-from recipes._rundir import SUMMARY, Plan, new_run_dir, plan_run, save_checkpoint, world_mismatch  # noqa: E402
+from recipes._rundir import (  # noqa: E402
+    Plan,
+    config_fingerprint,
+    new_run_dir,
+    plan_run,
+    run_lock,
+    save_checkpoint,
+    world_mismatch,
+    write_summary,
+)
 from recipes.common import RunConfig, build_controller, build_env, describe, resolved_dict  # noqa: E402
 
 
@@ -116,14 +126,18 @@ class Run:
         weights = gather_state(engine.student)[0] if engine is not None and engine.sharded else None
         if self.main and engine is not None:  # the trained student (with LoRA: its adapter) and tokenizer
             final = self.run_dir / "final_model"
+            tmp = self.run_dir / ".tmp-final_model"  # written whole, then renamed: never half a model
+            shutil.rmtree(tmp, ignore_errors=True)
             extra = {} if weights is None else {"state_dict": weights}
-            engine.student.save_pretrained(final, safe_serialization=True, **extra)
-            engine.tokenizer.save_pretrained(final)
+            engine.student.save_pretrained(tmp, safe_serialization=True, **extra)
+            engine.tokenizer.save_pretrained(tmp)
+            faults.hit("final_model")
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
             summary["final_model"] = str(final)
         if self.main:  # the learned controller, to start another run from (controller_init)
             save_state(self.controller.state_dict(), self.run_dir / "controller")
             summary["controller_state"] = str(self.run_dir / "controller")
-            (self.run_dir / SUMMARY).write_text(json.dumps(summary, indent=1, default=jsonable))
         return summary
 
     def on_reset(self, obs: np.ndarray, info: dict) -> None:
@@ -197,7 +211,12 @@ class Run:
             {"rng": rng_state(), "engine": engine.rank_state() if engine is not None else None}
         )  # what differs between torchrun ranks (one entry in a single process)
         sharded = engine is not None and engine.sharded  # FSDP: every rank helps gather the weights
-        env_state = None if episode_done or not (self.main or sharded) else self.env.unwrapped.state_dict()
+        # a finished episode's env state is not needed to go on (the next episode resets the env),
+        # except the last one's: its student is the run's final_model, written from the restored env
+        # when a run killed after this checkpoint is resumed
+        last = episode_done and self.loop["episode"] + 1 >= self.cfg.episodes
+        keep_env = (not episode_done or last) and (self.main or sharded)
+        env_state = self.env.unwrapped.state_dict() if keep_env else None
         if not self.main:
             return
         loop = dict(self.loop)
@@ -206,6 +225,7 @@ class Run:
         else:
             loop["obs"] = np.asarray(tr.next_obs, dtype=np.float32)
         state = {
+            "config": config_fingerprint(self.cfg),  # resume refuses a checkpoint of another config
             "controller": self.controller.state_dict(),
             "env": env_state,
             "loop": loop,
@@ -213,6 +233,7 @@ class Run:
             "ranks": ranks,  # per rank: global RNGs, and on the real env its problem stream and sampler
         }
         save_checkpoint(self.run_dir, state, self.cfg.keep_checkpoints, faults.before_seal)
+        faults.hit("sealed")
 
     def summary(self, seconds: float) -> dict[str, Any]:
         return {
@@ -349,20 +370,27 @@ def _run(dist: Dist, plan: Plan) -> Path | None:
         run_dir = new_run_dir(cfg)
         (run_dir / "config.json").write_text(json.dumps(resolved_dict(cfg), indent=1))
     print(f"run directory: {run_dir}", flush=True)
+    with run_lock(run_dir):
+        runner = _build(cfg, run_dir, resume_state, dist, fresh)
+        summary = runner.train()
+        del runner  # unreachable before close() collects the garbage and leaves the group
+        dist.close()
+        if cfg.plots:
+            plot_run(run_dir)
+            summary["plots"] = str(run_dir / "plots")
+        # last, and whole (a temporary file renamed): a run is finished once summary.json exists
+        write_summary(run_dir, summary)
+    print_summary(summary)
+    return run_dir
+
+
+def _build(cfg: RunConfig, run_dir: Path, resume_state: dict | None, dist: Dist, fresh: bool) -> Run:
     try:
-        runner = Run(cfg, run_dir, resume_state, dist)  # builds the env: data, model and warm start
+        return Run(cfg, run_dir, resume_state, dist)  # builds the env: data, model and warm start
     except USER_ERRORS:
         if fresh:  # nothing ran yet: remove the directory just made rather than leave a husk
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    summary = runner.train()
-    del runner  # unreachable before close() collects the garbage and leaves the group
-    dist.close()
-    if cfg.plots:
-        plot_run(run_dir)
-        summary["plots"] = str(run_dir / "plots")
-    print_summary(summary)
-    return run_dir
 
 
 if __name__ == "__main__":

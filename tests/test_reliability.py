@@ -2,6 +2,7 @@
 corrupted checkpoints are skipped with a warning; every resumed run ends exactly as an uncut one."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,96 @@ def test_a_corrupted_newest_checkpoint_is_skipped_with_a_warning(uncut, damage):
     assert f"skipping checkpoint {newest}" in resumed.stdout
     assert "at window 2" in resumed.stdout
     assert same(outcome(run_dir), reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["sealed:4", "final_model:1", "plot:2"])
+def test_killed_after_the_last_checkpoint_resume_completes_every_output(uncut, fault):
+    """sealed:4 dies right after the last window's checkpoint is sealed, final_model:1 while the
+    final model is written, plot:2 while the plots are drawn: the resumed run writes what is missing
+    (final_model equal to the uncut run's trained one, not the warm start), and only then is it
+    finished."""
+    tmp, reference = uncut
+    out = f"cut-{fault.replace(':', '-')}"
+    extra = ("plots=true",) if fault.startswith("plot") else ()
+    killed = launch(tmp, out, *extra, fault=fault)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    run_dir = only_dir(tmp / out)
+    assert not (run_dir / "summary.json").exists()
+    resumed = launch(tmp, out, *extra, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "at window 4" in resumed.stdout, resumed.stdout
+    assert same(outcome(run_dir), reference)
+    if extra:
+        assert sorted(p.name for p in (run_dir / "plots").iterdir()) == [
+            "accuracy.png", "alpha.png", "mismatch.png", "reward.png"
+        ]  # fmt: skip
+    again = launch(tmp, out, *extra, "--resume", "auto")
+    assert again.returncode == 0 and "already finished" in again.stdout
+
+
+@pytest.mark.slow
+def test_a_finished_run_missing_an_output_is_completed_not_called_finished(uncut):
+    tmp, reference = uncut
+    assert launch(tmp, "missing").returncode == 0
+    copy = only_dir(tmp / "missing")
+    shutil.rmtree(copy / "final_model")
+    resumed = launch(tmp, "missing", "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "lacks final_model" in resumed.stdout
+    assert same(outcome(copy), reference)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_another_config_or_past_the_logs_is_not_resumed(uncut):
+    """A checkpoint copied in from a run of another config, or one whose logs lost their tail (the
+    checkpoint is fsynced, the logs are not), is skipped with the reason; nothing is padded."""
+    tmp, reference = uncut
+    killed = launch(tmp, "short", fault="update:7")  # checkpoints 2 and 3 kept
+    assert killed.returncode == -9
+    run_dir = only_dir(tmp / "short")
+    metrics = run_dir / "metrics.jsonl"
+    data = metrics.read_bytes()
+    metrics.write_bytes(data[: len(data) - 400])  # the tail of the log lost
+    resumed = launch(tmp, "short", "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "bytes of metrics.jsonl" in resumed.stdout and b"\0" not in metrics.read_bytes()
+    other = launch(tmp, "other", "real.engine.lr=0.002", fault="update:7")
+    assert other.returncode == -9
+    other_dir = only_dir(tmp / "other")
+    killed = launch(tmp, "mixed", fault="update:7")
+    mixed_dir = only_dir(tmp / "mixed")
+    newest = sorted((mixed_dir / "checkpoints").glob("ckpt-*"))[-1]
+    shutil.rmtree(newest)
+    shutil.copytree(sorted((other_dir / "checkpoints").glob("ckpt-*"))[-1], newest)
+    resumed = launch(tmp, "mixed", "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "written by a run with another config" in resumed.stdout
+    assert same(outcome(mixed_dir), reference)
+
+
+def test_two_processes_never_train_one_run_directory(tmp_path, capsys):
+    from recipes._rundir import run_lock
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with run_lock(run_dir):
+        code = subprocess.run(
+            [sys.executable, "-c", "import sys; from pathlib import Path\n"
+             "from recipes._rundir import run_lock\nwith run_lock(Path(sys.argv[1])): pass", str(run_dir)],
+            capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+        assert code.returncode != 0 and f"pid {os.getpid()}" in code.stderr, code.stderr
+    with run_lock(run_dir):  # released: the next holder gets it
+        pass
+
+
+def test_a_run_name_with_glob_characters_resumes_itself(tmp_path):
+    args = ["--controller", "fixed", "--name", "run[1]", "--env", "mock", "mock.total_steps=50",
+            "plots=false", f"out_dir={tmp_path}"]  # fmt: skip
+    first = run.main(args)
+    (first / "summary.json").unlink()
+    assert run.main([*args, "--resume", "auto"]) == first
 
 
 def _bad_rows(tmp: Path) -> dict[str, Path]:
