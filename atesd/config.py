@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -78,8 +79,10 @@ def coerce(tp: Any, value: Any, name: str) -> Any:
     if tp in (int, float):
         try:
             out = tp(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{name} must be a number ({tp.__name__}), got {value!r}") from None
+        if tp is float and not math.isfinite(out):  # no field means anything by NaN or infinity
+            raise ConfigError(f"{name} must be a finite number, got {value!r}")
         if tp is int and isinstance(value, float) and value != out:
             raise ConfigError(f"{name} must be an integer, got {value!r}")
         return out

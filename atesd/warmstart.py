@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -192,6 +193,13 @@ def warm_start(
     model = build_tiny_qwen3(tokenizer, model_cfg)
     t0 = time.perf_counter()
     losses = train_sft(model, tokenizer, task, cfg, progress)
+    bad = [name for name, p in model.named_parameters() if not bool(p.detach().isfinite().all())]
+    if bad or not all(math.isfinite(x) for x in losses[-1:]):
+        raise ValueError(
+            f"the warm start diverged (final loss {losses[-1] if losses else 'none'}; {len(bad)} weight "
+            f"tensors hold NaN or inf, e.g. {bad[0] if bad else '-'}): not cached; lower "
+            f"real.warmstart.lr (now {cfg.lr})"
+        )
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     save_pretrained(model, tokenizer, tmp)

@@ -104,3 +104,12 @@ def test_a_shipped_file_that_fails_its_sha256_is_not_loaded(tmp_path, monkeypatc
     assert "lacks model.safetensors" in ws.shipped_path(key)[1]
     assert "no shipped warm start has key abc" in ws.shipped_path("abc")[1]
     json.dumps(ws.shipped_manifest())  # the manifest stays plain JSON
+
+
+def test_a_diverged_warm_start_is_refused_and_never_cached(tmp_path, small_task):
+    """A learning rate large enough to blow the weights up: one line saying so, nothing cached (a
+    cached NaN model would be loaded by every later run with that config)."""
+    blown = WarmStartConfig(steps=3, copy_steps=1, batch_size=4, warmup_steps=1, lr=1e30)
+    with pytest.raises(ValueError, match="the warm start diverged"):
+        warm_start(small_task, TINY, blown, tmp_path)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
