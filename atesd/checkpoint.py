@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from atesd.state import load_state, save_state
+from atesd.state import load_state, save_state, state_bytes, writing
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -60,20 +60,21 @@ def save(root: Path, index: int, state: dict[str, Any], keep: int = 2, before_se
     name = f"ckpt-{index:06d}"
     tmp = root / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_state(state, tmp / "state")
-    if before_seal is not None:
-        before_seal(tmp)
-    files = sorted(p for p in tmp.iterdir())
-    for path in files:
-        _fsync(path)
-    manifest = {
-        "files": {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in files},
-        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    _fsync(tmp / MANIFEST)
-    _fsync(tmp)
+    with writing(root / name, cleanup=tmp, need_bytes=state_bytes(state)):  # a full disk: one line
+        tmp.mkdir()
+        save_state(state, tmp / "state")
+        if before_seal is not None:
+            before_seal(tmp)
+        files = sorted(p for p in tmp.iterdir())
+        for path in files:
+            _fsync(path)
+        manifest = {
+            "files": {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in files},
+            "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        _fsync(tmp / MANIFEST)
+        _fsync(tmp)
     final = root / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

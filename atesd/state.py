@@ -6,7 +6,11 @@ and torch tensors; arrays go to one safetensors file, the structure and scalars 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +56,54 @@ def unflatten_state(meta: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(meta, list):
         return [unflatten_state(v, tensors) for v in meta]
     return meta
+
+
+class DiskFull(OSError):
+    """A write ran out of space: one line naming the path, the space it needed and what was free."""
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """True for ENOSPC, raised by Python (OSError) or by safetensors' writer (its own error type)."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    text = str(err)
+    return "No space left on device" in text or "os error 28" in text
+
+
+@contextlib.contextmanager
+def writing(target: Path, cleanup: Path | None = None, need_bytes: int | None = None) -> Iterator[None]:
+    """Around a write of `target`: on any failure remove `cleanup` (the half-written temporary), and
+    turn a full disk into DiskFull naming the path, the space needed (when known) and the space free."""
+    try:
+        yield
+    except BaseException as err:
+        if cleanup is not None:
+            if cleanup.is_dir():
+                shutil.rmtree(cleanup, ignore_errors=True)
+            else:
+                cleanup.unlink(missing_ok=True)
+        if not is_disk_full(err):
+            raise
+        free = shutil.disk_usage(_existing(target)).free
+        need = f"about {need_bytes / 2**20:.1f} MiB needed, " if need_bytes else ""
+        full = DiskFull(
+            f"no space left on the device writing {target} ({need}{free / 2**20:.1f} MiB free); "
+            "free some space or point the path elsewhere (out_dir, ATESD_CACHE)"
+        )
+        full.errno = errno.ENOSPC
+        raise full from None
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def state_bytes(state: dict[str, Any]) -> int:
+    """Roughly what `save_state` writes: the arrays' bytes."""
+    _, tensors = flatten_state(state)
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def save_state(state: dict[str, Any], path: str | Path) -> None:

@@ -37,6 +37,7 @@ from atesd.models import (
     load_pretrained,
     save_pretrained,
 )
+from atesd.state import writing
 from atesd.tasks.synthetic import ChainBagConfig, ChainBagTask
 
 log = logging.getLogger(__name__)
@@ -202,15 +203,17 @@ def warm_start(
         )
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_pretrained(model, tokenizer, tmp)
-    record = {
-        "config": asdict(cfg),
-        "final_loss": losses[-1],
-        "train_s": time.perf_counter() - t0,
-        "loss_curve": losses,
-    }
-    (tmp / "warmstart.json").write_text(json.dumps(record, indent=1))
-    path.parent.mkdir(parents=True, exist_ok=True)
+    need = sum(p.numel() * p.element_size() for p in model.parameters())
+    with writing(path, cleanup=tmp, need_bytes=need):  # a full disk: one line, no half-written entry
+        save_pretrained(model, tokenizer, tmp)
+        record = {
+            "config": asdict(cfg),
+            "final_loss": losses[-1],
+            "train_s": time.perf_counter() - t0,
+            "loss_curve": losses,
+        }
+        (tmp / "warmstart.json").write_text(json.dumps(record, indent=1))
+        path.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(tmp, path)  # atomic: a reader sees no checkpoint or a whole one
     except OSError:  # another process finished the same key first

@@ -36,7 +36,7 @@ from atesd import config as cfglib  # noqa: E402
 from atesd.checkpoint import rng_state, set_rng_state  # noqa: E402
 from atesd.distributed import Dist, gather_state  # noqa: E402
 from atesd.logging import MetricsLogger, finite  # noqa: E402
-from atesd.state import save_state  # noqa: E402
+from atesd.state import save_state, writing  # noqa: E402
 from atesd.threads import set_threads  # noqa: E402
 from controllers.base import Transition, mean_alpha, run_episode  # noqa: E402
 from controllers.shared import SharedDecisions  # noqa: E402
@@ -129,14 +129,17 @@ class Run:
             tmp = self.run_dir / ".tmp-final_model"  # written whole, then renamed: never half a model
             shutil.rmtree(tmp, ignore_errors=True)
             extra = {} if weights is None else {"state_dict": weights}
-            engine.student.save_pretrained(tmp, safe_serialization=True, **extra)
-            engine.tokenizer.save_pretrained(tmp)
+            need = sum(p.numel() * p.element_size() for p in engine.student.parameters())
+            with writing(final, cleanup=tmp, need_bytes=need):
+                engine.student.save_pretrained(tmp, safe_serialization=True, **extra)
+                engine.tokenizer.save_pretrained(tmp)
             faults.hit("final_model")
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             summary["final_model"] = str(final)
         if self.main:  # the learned controller, to start another run from (controller_init)
-            save_state(self.controller.state_dict(), self.run_dir / "controller")
+            with writing(self.run_dir / "controller.safetensors"):
+                save_state(self.controller.state_dict(), self.run_dir / "controller")
             summary["controller_state"] = str(self.run_dir / "controller")
         return summary
 

@@ -246,3 +246,36 @@ def test_bad_inputs_give_one_line_errors_and_leave_earlier_runs_untouched(tmp_pa
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(ValueError, match="episodes must be >= 1"):
         run.main(["--debug", "--env", "mock", "episodes=0", f"out_dir={tmp_path}"])
+
+
+FULL_DISK = (
+    lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")),
+    lambda *a, **k: (_ for _ in ()).throw(
+        Exception("Error while serializing: I/O error: No space left on device (os error 28)")
+    ),  # safetensors' own error type carries the OS error in its text
+)
+
+
+@pytest.mark.parametrize("error", FULL_DISK, ids=["oserror", "safetensors"])
+def test_a_full_disk_is_one_line_and_leaves_no_half_written_files(tmp_path, capsys, monkeypatch, error):
+    import atesd.state
+
+    monkeypatch.setattr(atesd.state, "save_file", error)  # every checkpoint write fails
+    with pytest.raises(SystemExit) as exc:
+        run.main(["--controller", "fixed", "--env", "mock", "mock.total_steps=50", f"out_dir={tmp_path}"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "\n" not in err and "no space left on the device writing" in err, err
+    assert "MiB free" in err and "ckpt-" in err
+    assert not [p for p in tmp_path.rglob(".tmp-*")], "a half-written checkpoint was left"
+
+
+def test_a_full_cache_disk_leaves_no_half_written_warm_start(tmp_path, small_task, monkeypatch):
+    import atesd.warmstart as ws
+    from atesd.state import DiskFull
+
+    monkeypatch.setattr(ws, "save_pretrained", FULL_DISK[0])
+    tiny = ws.TinyModelConfig(num_layers=1, hidden_size=32, num_heads=2, num_kv_heads=1, intermediate_size=64)
+    quick = ws.WarmStartConfig(steps=2, copy_steps=1, batch_size=4, warmup_steps=1)
+    with pytest.raises(DiskFull, match="no space left on the device writing"):
+        ws.warm_start(small_task, tiny, quick, tmp_path)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
