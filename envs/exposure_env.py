@@ -198,6 +198,8 @@ class TeacherExposureEnv(gym.Env):
         return dict(self._start_eval)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        started = hasattr(self, "steps_done")  # set by reset (or load_state_dict)
+        spec.check_stepping(started, started and self.steps_done >= self.cfg.total_steps)
         if self.per_band:
             alphas = spec.check_alphas(action, len(self.bands))
             alpha: float | dict[str, float] = dict(zip(self.bands, alphas))

@@ -210,6 +210,8 @@ class MockExposureEnv(gym.Env):
         return self._obs(), self._info(0.0, {}, [self.loss_now])
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        started = hasattr(self, "steps_done")  # set by reset (or load_state_dict)
+        spec.check_stepping(started, started and self.steps_done >= self.cfg.total_steps)
         if self.per_band:
             alphas = spec.check_alphas(action, len(self.bands))
         else:

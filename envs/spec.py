@@ -108,17 +108,21 @@ def with_bands(obs: np.ndarray, band_values: Sequence[float]) -> np.ndarray:
 
 
 def check_action(action: np.ndarray | float) -> float:
-    """The alpha of an action; raises ValueError on NaN, infinity or values outside [0, 1].
+    """The alpha of an action; raises ValueError on NaN, infinity or values outside [0, 1], and on
+    anything but a real number or a real array of shape (1,) (a string, a bool, a complex number,
+    shape (1, 1)).
 
     Policy: an env never repairs an action. A controller that produces an invalid alpha has a bug,
     and clipping it silently would hide the bug inside the training curve.
     """
-    if isinstance(action, np.ndarray) and action.size == 1:
-        alpha = float(action.flat[0])
-    elif isinstance(action, (int, float, np.floating)):
+    if isinstance(action, np.ndarray) and action.shape in ((1,), ()) and action.dtype.kind in "fiu":
+        alpha = float(action.reshape(-1)[0])
+    elif isinstance(action, (int, float, np.floating, np.integer)) and not isinstance(
+        action, (bool, np.bool_)
+    ):
         alpha = float(action)
     else:
-        raise ValueError(f"action must hold exactly one alpha, got {action!r}")
+        raise ValueError(f"action must hold exactly one alpha (a real array of shape (1,)), got {action!r}")
     if not math.isfinite(alpha):
         raise ValueError(f"action alpha must be finite, got {alpha}")
     if not 0.0 <= alpha <= 1.0:
@@ -127,8 +131,18 @@ def check_action(action: np.ndarray | float) -> float:
 
 
 def check_alphas(action: np.ndarray, size: int) -> tuple[float, ...]:
-    """The `size` alphas of a per-band action, each checked as `check_action` checks one."""
-    flat = np.asarray(action, dtype=np.float64).reshape(-1) if isinstance(action, np.ndarray) else None
-    if flat is None or flat.size != size:
-        raise ValueError(f"action must hold one alpha per band ({size}), got {action!r}")
-    return tuple(check_action(float(a)) for a in flat)
+    """The `size` alphas of a per-band action (a real array of shape (size,)), each checked as
+    `check_action` checks one."""
+    if not (isinstance(action, np.ndarray) and action.shape == (size,) and action.dtype.kind in "fiu"):
+        raise ValueError(
+            f"action must hold one alpha per band (a real array of shape ({size},)), got {action!r}"
+        )
+    return tuple(check_action(float(a)) for a in action)
+
+
+def check_stepping(started: bool, done: bool) -> None:
+    """Refuse a step before the first reset or after the episode ended (RuntimeError)."""
+    if not started:
+        raise RuntimeError("step() before reset(): call reset() to start an episode")
+    if done:
+        raise RuntimeError("the episode is over (terminated): call reset() to start another")

@@ -80,3 +80,15 @@ def test_without_an_engine_the_env_builds_one_through_the_builder(tmp_path):
     obs, _ = env.reset(seed=0)
     _, reward, terminated, _, _ = env.step(np.array([0.5], dtype=np.float32))
     assert env.observation_space.contains(obs) and np.isfinite(reward) and terminated
+
+
+def test_the_real_env_refuses_steps_before_reset_and_after_the_end(engine):
+    env = TeacherExposureEnv(
+        ExposureEnvConfig(hold_steps=1, total_steps=1, eval_at_reset=False), engine=engine
+    )
+    with pytest.raises(RuntimeError, match="before reset"):
+        env.step(np.array([0.5], dtype=np.float32))
+    env.reset(seed=0)
+    assert env.step(np.array([0.5], dtype=np.float32))[2]
+    with pytest.raises(RuntimeError, match="episode is over"):  # was "hold_steps must be >= 1"
+        env.step(np.array([0.5], dtype=np.float32))

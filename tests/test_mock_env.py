@@ -1,4 +1,5 @@
 import copy
+import re
 import warnings
 
 import gymnasium as gym
@@ -169,3 +170,39 @@ def test_the_lookahead_return_prefers_near_the_optimum_and_the_window_reward_ove
     }
     assert best - 0.05 <= peak["discounted_grounded"] <= best + 0.15, (best, peak)
     assert peak["window"] >= best + 0.25, (best, peak)
+
+
+BAD_ACTIONS = [  # (action, the message's telling part): never repaired, never guessed
+    (np.array([[0.5]], dtype=np.float32), "exactly one alpha"),
+    (np.array(["0.5"]), "exactly one alpha"),
+    ("0.5", "exactly one alpha"),
+    (np.array([True]), "exactly one alpha"),
+    (True, "exactly one alpha"),
+    (np.array([0.5 + 0j]), "exactly one alpha"),
+    (np.array([0.5, 0.5], dtype=np.float32), "exactly one alpha"),
+    (np.array([np.nan], dtype=np.float32), "finite"),
+    (np.array([1.5], dtype=np.float32), "in [0, 1]"),
+    (-0.1, "in [0, 1]"),
+]
+
+
+@pytest.mark.parametrize("action,message", BAD_ACTIONS, ids=[repr(a)[:30] for a, _ in BAD_ACTIONS])
+def test_a_malformed_action_is_refused(action, message):
+    env = MockExposureEnv()
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        env.step(action)
+
+
+def test_stepping_before_reset_or_after_the_end_is_refused():
+    env = MockExposureEnv(total_steps=10)
+    with pytest.raises(RuntimeError, match="before reset"):
+        env.step(np.array([0.5], dtype=np.float32))
+    env.reset(seed=0)
+    done = False
+    while not done:
+        done = env.step(np.array([0.5], dtype=np.float32))[2]
+    with pytest.raises(RuntimeError, match="episode is over"):
+        env.step(np.array([0.5], dtype=np.float32))
+    env.reset(seed=1)
+    env.step(np.array([0.5], dtype=np.float32))  # a new episode steps again
