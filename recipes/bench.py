@@ -96,6 +96,7 @@ def run_unit(cfg_dict: dict[str, Any], env: str, controller: str, seed: int) -> 
             "final": final if math.isfinite(final) else float(np.sum(result.rewards)),
             "curve": [result.start_score] + [float(s) for s in result.scores],  # window 0: the start
             "alpha_mean": float(np.mean(result.alphas)),
+            "final_eval": {k: float(v) for k, v in (result.final_info.get("eval") or {}).items()},
             "seconds": time.perf_counter() - t0,
         }
     finally:
