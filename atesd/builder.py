@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,16 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from atesd.distributed import Dist
 from atesd.engine import DistillEngine, EngineConfig, SamplingConfig
-from atesd.models import HFModelConfig, LoraSettings, TinyModelConfig, apply_lora, eos_token_ids
+from atesd.exposure import PromptBuilder
+from atesd.models import (
+    HFModelConfig,
+    LoraSettings,
+    TinyModelConfig,
+    apply_lora,
+    base_model,
+    build_synthetic_tokenizer,
+    eos_token_ids,
+)
 from atesd.rollout import RolloutBackend, make_backend
 from atesd.tasks.base import Task
 from atesd.tasks.math import MathDataConfig
@@ -55,6 +65,8 @@ class RealConfig:
     def __post_init__(self) -> None:
         if self.task_kind not in TASKS:
             raise ValueError(f"task_kind must be one of {', '.join(TASKS)}, got {self.task_kind!r}")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ValueError(f"device must be cpu, cuda, cuda:N, mps or auto, got {self.device!r}")
 
     @property
     def embedded(self) -> bool:
@@ -148,6 +160,31 @@ def build_engine(
     fields of `cfg.engine`) in one call."""
     engine_cfg = dataclasses.replace(cfg.engine, seed=seed, **(engine_overrides or {}))
     task = build_task(cfg)
+    if cfg.embedded:  # before the warm start trains a model that cannot hold the prompts
+        check_lengths(build_synthetic_tokenizer(), task, engine_cfg, cfg.model.max_position)
     model, tokenizer = build_student(cfg, task, progress, dist)
+    if not cfg.embedded:
+        limit = getattr(base_model(model).config, "max_position_embeddings", None)
+        check_lengths(tokenizer, task, engine_cfg, limit)
     sampler = build_backend(dataclasses.replace(cfg, engine=engine_cfg), model, tokenizer)
     return DistillEngine(model, tokenizer, task, engine_cfg, sampler=sampler, dist=dist)
+
+
+def check_lengths(
+    tokenizer: PreTrainedTokenizerBase, task: Task, engine_cfg: EngineConfig, limit: int | None
+) -> None:
+    """ValueError, before any training, when the longest teacher prompt (the whole reference shown)
+    plus a full rollout does not fit the model's `limit` positions."""
+    problems = [p for ps in task.eval_sets().values() for p in ps] + list(task.probe_set())
+    if not limit or not problems:
+        return
+    builder = PromptBuilder(tokenizer, task.prompt_format, engine_cfg.exposure)
+    longest = max(problems, key=lambda p: len(p.question) + len(p.solution))
+    max_new = engine_cfg.sampling.max_new_tokens
+    need = len(builder.encode(builder.teacher_prompt(longest, 1.0))) + max_new
+    if need > limit:
+        raise ValueError(
+            f"the model holds {limit} positions, but a teacher prompt with the whole reference plus "
+            f"{max_new} rollout tokens needs {need}: raise the model's positions "
+            "(real.model.max_position) or lower real.engine.sampling.max_new_tokens"
+        )

@@ -77,6 +77,8 @@ def coerce(tp: Any, value: Any, name: str) -> Any:
             return value
         raise ConfigError(f"{name} must be true or false, got {value!r}")
     if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{name} must be a number ({tp.__name__}), got {value!r}")
         try:
             out = tp(value)
         except (TypeError, ValueError, OverflowError):

@@ -205,8 +205,19 @@ class TinyModelConfig:
     init_seed: int = field(default=0, metadata={"help": "seed of the random initialisation"})
 
     def __post_init__(self) -> None:
-        if min(self.num_layers, self.num_heads, self.num_kv_heads, self.intermediate_size) < 1:
-            raise ValueError("num_layers, num_heads, num_kv_heads and intermediate_size must be >= 1")
+        sizes = (
+            "num_layers",
+            "hidden_size",
+            "num_heads",
+            "num_kv_heads",
+            "intermediate_size",
+            "max_position",
+        )
+        for name in sizes:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_position < 1:
+            raise ValueError(f"max_position must be >= 1, got {self.max_position}")
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})"

@@ -59,6 +59,11 @@ class ExposureEnvConfig:
         checks = (
             ("hold_steps", self.hold_steps >= 1, ">= 1"),
             ("total_steps", self.total_steps >= self.hold_steps, ">= hold_steps"),
+            (
+                "total_steps",
+                self.total_steps % max(self.hold_steps, 1) == 0,
+                f"a multiple of hold_steps={self.hold_steps} (every window holds H updates)",
+            ),
             ("gamma", 0 < self.gamma <= 1, "in (0, 1]"),
             ("lambda_gt", self.lambda_gt >= 0, ">= 0"),
             ("eval_every", self.eval_every >= 0, ">= 0"),
@@ -117,7 +122,8 @@ class TeacherExposureEnv(gym.Env):
     also reseeds the problem stream and the samplers.
 
     ## Episode End
-    `terminated` when T student updates are done (the last window may be shorter); never truncated.
+    `terminated` when T student updates are done (T is a multiple of H: every window holds H
+    updates); never truncated.
     An evaluation (greedy accuracy per band, Average@k if `eval_k`) runs every `eval_every` steps
     and always at the end: `info["eval"]`, and `info["score"]` = its mean accuracy over bands. With
     `eval_at_reset` (default) the reset info carries the warm-started student's evaluation and score

@@ -89,9 +89,10 @@ def test_a_lookahead_that_does_not_fit_the_env_window_is_refused_at_parse_time()
     with pytest.raises(
         cfglib.ConfigError, match=r"lookahead_steps=10 must be a multiple.*real.env.hold_steps=3"
     ):
-        cfglib.load(RunConfig, None, ["real.env.hold_steps=3"])
+        cfglib.load(RunConfig, None, ["real.env.hold_steps=3", "real.env.total_steps=99"])
     # a controller that is neither selected nor configured is not in the way
-    assert cfglib.load(RunConfig, None, ["real.env.hold_steps=3", "controller=fixed"]).hold_steps == 3
+    fits = ["real.env.hold_steps=3", "real.env.total_steps=99", "controller=fixed"]
+    assert cfglib.load(RunConfig, None, fits).hold_steps == 3
 
 
 def test_resolved_config_round_trips_and_switching_env_rebinds():

@@ -232,6 +232,26 @@ def test_bad_inputs_give_one_line_errors_and_leave_earlier_runs_untouched(tmp_pa
         ([*math, f"real.data.source={rows['no_final_answer']}"], "no_final_answer.jsonl, line 2"),
         ([*math, f"real.data.source={rows['undecodable']}"], "undecodable.jsonl, line 2"),
         (["--env", "mock", f"out_dir={blocker / 'runs'}"], "cannot create a run directory"),
+        (["real.model.hidden_size=0"], "hidden_size must be >= 1, got 0"),
+        (["real.device=banana"], "device must be cpu, cuda, cuda:N, mps or auto"),
+        (["real.task.bands=[]"], "bands must name at least one"),
+        (["episodes=true"], "episodes must be a number (int), got True"),
+        (["real.engine.lr=.inf"], "real.engine.lr must be a finite number"),
+        (
+            ["real.env.total_steps=7", "real.env.hold_steps=2"],
+            "total_steps must be a multiple of hold_steps=2",
+        ),
+        (["--env", "mock", "mock.total_steps=52"], "total_steps must be a multiple of hold_steps=5"),
+        (
+            [
+                "--config",
+                str(ROOT / "recipes/configs/ci.yaml"),
+                "real.model.max_position=40",
+                f"real.cache_dir={tmp_path / 'cache'}",
+                "threads=1",
+            ],
+            "the model holds 40 positions",
+        ),  # fmt: skip
     ]
     for args, message in cases:
         with pytest.raises(SystemExit) as exc:

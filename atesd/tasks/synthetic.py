@@ -64,6 +64,8 @@ class ChainBagConfig:
             raise ValueError(f"min_steps must be in [1, max L + max E], got {self.min_steps}")
         if not self.ops or any(op not in _OPS for op in self.ops):
             raise ValueError(f"ops must be a non-empty subset of '+-*', got {self.ops!r}")
+        if not self.bands:
+            raise ValueError("bands must name at least one (L, E) evaluation band")
         for chain, bag in self.bands:
             if chain < 0 or bag < 0 or chain + bag < 1:
                 raise ValueError(f"bands entries need L, E >= 0 and L + E >= 1, got {(chain, bag)}")
