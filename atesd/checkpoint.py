@@ -93,11 +93,19 @@ def problem(ckpt: Path) -> str | None:
     if not manifest_path.exists():
         return "no manifest (the write did not finish)"
     try:
-        files = json.loads(manifest_path.read_text())["files"]
-    except (ValueError, KeyError) as err:
+        manifest = json.loads(manifest_path.read_text())
+    except (ValueError, OSError) as err:
         return f"unreadable manifest ({err})"
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not files:
+        return "its manifest lists no files (not a manifest this package wrote)"
+    if not {"state.json", "state.safetensors"} <= set(files):
+        return "its manifest does not list the state files"
     for name, entry in files.items():
         path = ckpt / name
+        if not (isinstance(entry, dict) and isinstance(entry.get("bytes"), int)
+                and isinstance(entry.get("sha256"), str)):  # fmt: skip
+            return f"its manifest entry for {name} is malformed ({entry!r})"
         if not path.exists():
             return f"{name} is missing"
         if path.stat().st_size != entry["bytes"]:

@@ -132,7 +132,7 @@ def plan_run(args: Any, cfg: RunConfig) -> Plan:
         return Plan(cfg)
     if not (run_dir / "config.json").exists():
         raise cfglib.ConfigError(f"--resume {run_dir}: not a run directory (no config.json)")
-    stored = cfglib.from_dict(RunConfig, json.loads((run_dir / "config.json").read_text()))
+    stored = stored_config(run_dir)
     missing = missing_outputs(run_dir, stored)
     if not missing:
         print(f"{run_dir} already finished; nothing to resume")
@@ -162,6 +162,26 @@ def plan_run(args: Any, cfg: RunConfig) -> Plan:
     else:
         print(f"resuming {run_dir} at window {resume_state['loop']['global_window']}")
     return Plan(stored, run_dir, resume_state, ckpt)
+
+
+def stored_config(run_dir: Path) -> RunConfig:
+    """The config a run directory was started with; ConfigError in one line when config.json is not
+    a whole run config (truncated, or another recipe's directory, such as eval.py's)."""
+    path = run_dir / "config.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise cfglib.ConfigError(f"--resume {run_dir}: {path} is not readable JSON ({err})") from None
+    if not isinstance(data, dict) or "controller" not in data or "env" not in data:
+        raise cfglib.ConfigError(
+            f"--resume {run_dir}: {path} is not a run.py config (a directory of another recipe?)"
+        )
+    try:
+        return cfglib.from_dict(RunConfig, data)
+    except (cfglib.ConfigError, ValueError, TypeError) as err:
+        raise cfglib.ConfigError(
+            f"--resume {run_dir}: {path} does not hold a valid run config ({err})"
+        ) from None
 
 
 def config_fingerprint(cfg: RunConfig) -> str:

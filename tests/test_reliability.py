@@ -299,3 +299,37 @@ def test_a_full_cache_disk_leaves_no_half_written_warm_start(tmp_path, small_tas
     with pytest.raises(DiskFull, match="no space left on the device writing"):
         ws.warm_start(small_task, tiny, quick, tmp_path)
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+MANIFESTS = ['{"files": []}', "[]", '{"files": {"state.json": 5}}',
+             '{"files": {"x": {"bytes": 1, "sha256": "a"}}}', "not json", ""]  # fmt: skip
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS)
+def test_a_malformed_manifest_is_skipped_with_its_reason(tmp_path, capsys, manifest):
+    args = ["--controller", "beta_reinforce", "--env", "mock", "mock.total_steps=50", "plots=false",
+            f"out_dir={tmp_path}"]  # fmt: skip
+    run_dir = run.main(args)
+    (run_dir / "summary.json").unlink()
+    for ckpt in (run_dir / "checkpoints").glob("ckpt-*"):
+        (ckpt / "manifest.json").write_text(manifest)
+    capsys.readouterr()
+    assert run.main([*args, "--resume", "auto"]) == run_dir
+    out = capsys.readouterr().out
+    assert "skipping checkpoint" in out and "restarting it from the beginning" in out
+    assert (run_dir / "summary.json").exists()
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [('{"controller": "fixed", "env', "is not readable JSON"), ('{"k": 3}', "is not a run.py config"),
+     ('{"controller": "fixed", "env": "mock", "episodes": 0}', "does not hold a valid run config")],
+)  # fmt: skip
+def test_resume_of_a_directory_without_a_whole_run_config_is_one_line(tmp_path, capsys, text, message):
+    run_dir = tmp_path / "fixed__default__0__20260101-000000"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(text)
+    with pytest.raises(SystemExit) as exc:
+        run.main(["--resume", str(run_dir)])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and message in err and "\n" not in err, err
