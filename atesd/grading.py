@@ -151,13 +151,14 @@ _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _DECIMAL = re.compile(r"(-?)(\d*)\.(\d+)")
 
 
-def normalise(answer: str) -> str:
+def normalise(answer: str, drop_variable: bool = True) -> str:
     """A canonical string form of a final answer, for the string compare.
 
     Takes a whole-string box's content; drops $ and math delimiters, \\left/\\right, spacing
     commands (\\! \\, \\; \\quad), \\displaystyle, degrees (^\\circ), percent signs, a trailing unit
     `\\text{...}` after a number, a trailing period and all whitespace; unwraps \\text{}/\\mathrm{};
-    drops a leading `x=`; \\dfrac/\\tfrac -> \\frac, \\frac12 -> \\frac{1}{2}, \\sqrt2 -> \\sqrt{2}, an
+    drops a leading `x=` (unless `drop_variable` is false); \\dfrac/\\tfrac -> \\frac,
+    \\frac12 -> \\frac{1}{2}, \\sqrt2 -> \\sqrt{2}, an
     integer a/b -> \\frac{a}{b}; removes thousands separators of plain numbers and trailing decimal
     zeros (2.50 -> 2.5, 3.0 -> 3); strips braces around the whole answer.
     """
@@ -170,7 +171,8 @@ def normalise(answer: str) -> str:
     s = _UNIT_SUFFIX.sub(r"\1", s)
     s = _TEXT_WRAP.sub(r"\1", s)
     s = re.sub(r"\s+", "", s).rstrip(".")
-    s = _LEADING_VAR.sub("", s)
+    if drop_variable:
+        s = _LEADING_VAR.sub("", s)
     while s.startswith("{") and s.endswith("}") and _balanced(s[1:-1]):
         s = s[1:-1]
     if _THOUSANDS.fullmatch(s):
@@ -185,6 +187,17 @@ def normalise(answer: str) -> str:
         frac = frac.rstrip("0")
         s = f"{sign}{whole or '0'}" + (f".{frac}" if frac else "")
     return s
+
+
+def strings_equal(predicted: str, gold: str) -> bool:
+    """The string compare: equal normal forms; a leading `x=` is dropped only when the other side has
+    no equation (`x=2` against `2`), so `x=2x+3` never equals `y=2x+3`."""
+    a, b = normalise(predicted, drop_variable=False), normalise(gold, drop_variable=False)
+    if a == b:
+        return True
+    if ("=" in a) == ("=" in b):
+        return False
+    return normalise(predicted) == normalise(gold)
 
 
 def _balanced(s: str) -> bool:
@@ -336,7 +349,7 @@ def grade(prediction: str, gold: str, cfg: GradeConfig | None = None) -> Grade:
         return Grade(False, "no_answer", None)
     gold_answer = last_boxed(gold)
     gold_answer = gold.strip() if gold_answer is None else gold_answer.strip()
-    string_equal = normalise(predicted) == normalise(gold_answer)
+    string_equal = strings_equal(predicted, gold_answer)
     mv = None if cfg.math_verify == "off" else _math_verify_module()
     if mv is None and cfg.math_verify == "require":
         raise MathVerifyMissing()

@@ -212,3 +212,16 @@ def test_an_abandoned_check_that_swallows_the_stop_is_stopped_by_the_resend():
         time.sleep(0.02)
     assert len(swallowed) == 3
     assert not any(t.name.startswith("atesd-grade") for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("math_verify", ["auto", "off"])
+def test_a_different_left_hand_side_is_wrong_and_a_bare_value_still_matches(math_verify):
+    """The string compare once dropped any single-letter left-hand side and overturned math-verify's
+    no: x = 2x + 3 against y = 2x + 3 was graded correct."""
+    if math_verify == "auto":
+        needs_math_verify()
+    cfg = GradeConfig(math_verify=math_verify)
+    assert not grade("\\boxed{x = 2x + 3}", "y = 2x + 3", cfg).correct
+    assert not grade("\\boxed{a = 5}", "b = 5", cfg).correct
+    for predicted, gold in (("x=2", "2"), ("2", "x = 2"), ("y=2x+3", "y = 2x + 3"), ("k = \\frac12", "1/2")):
+        assert grade(f"\\boxed{{{predicted}}}", gold, cfg).correct, (predicted, gold)
