@@ -14,12 +14,25 @@ from recipes import _faults as faults
 PLOTS = ("alpha.png", "reward.png", "accuracy.png", "mismatch.png")  # what plot_run writes
 
 
-def plot_run(run_dir: Path) -> list[Path]:
-    """plots/alpha.png, reward.png, accuracy.png, mismatch.png from the run's logs."""
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, its config and font cache under ATESD_CACHE (not
+    ~/.cache or ~/.config: runs write only under their run directory and the cache)."""
+    import os
+
+    from atesd.warmstart import default_cache_dir
+
+    os.environ.setdefault("MPLCONFIGDIR", str(default_cache_dir() / "matplotlib"))
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_run(run_dir: Path) -> list[Path]:
+    """plots/alpha.png, reward.png, accuracy.png, mismatch.png from the run's logs."""
+    plt = pyplot()
     from scipy.stats import beta as beta_dist
 
     records = read_jsonl(run_dir / "metrics.jsonl")
@@ -109,10 +122,7 @@ def by_episode(ax, records: list[dict], key: str, scale: float = 1.0, color: str
 
 def plot_curves(bands: dict, hold_steps: dict[str, int], seeds: int, path: Path) -> None:
     """Mean score per window with its 95% band, one line per controller, one panel per env."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     ylabels = {"mock": "score: competence", "real": "score: mean greedy accuracy over bands"}

@@ -187,10 +187,9 @@ def print_report(summary: dict, start: dict, alphas: tuple[float, ...]) -> None:
 
 
 def plot(summary: dict, start: dict, alphas: tuple[float, ...], path: Path) -> None:
-    import matplotlib
+    from recipes._plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
     for i, (band, row) in enumerate(summary["table"].items()):

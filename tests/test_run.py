@@ -221,3 +221,21 @@ def test_a_run_starts_from_a_saved_controller_and_refuses_one_that_does_not_fit(
         code, err = failure(capsys, argv)
         assert code == 2 and one_line(err) and message in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no run directory left behind
+
+
+def test_a_run_writes_only_under_its_run_dir_and_the_cache(tmp_path):
+    """matplotlib's font cache and config too go under ATESD_CACHE, never under ~ (a fresh HOME)."""
+    env = os.environ | {"HOME": str(tmp_path / "home"), "ATESD_CACHE": str(tmp_path / "cache"),
+                        "PYTHONPATH": str(ROOT)}  # fmt: skip
+    env.pop("MPLCONFIGDIR", None)
+    cmd = [
+        sys.executable,
+        str(ROOT / "recipes/run.py"),
+        *MOCK[:3],
+        "plots=true",
+        f"out_dir={tmp_path / 'runs'}",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not (tmp_path / "home").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "runs"]
