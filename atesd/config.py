@@ -88,6 +88,8 @@ def coerce(tp: Any, value: Any, name: str) -> Any:
         if tp is int and isinstance(value, float) and value != out:
             raise ConfigError(f"{name} must be an integer, got {value!r}")
         return out
+    if tp is dict and not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a mapping (key: value), got {value!r}")
     if tp is str and not isinstance(value, str):
         raise ConfigError(f"{name} must be a string, got {value!r}")
     return value
@@ -100,7 +102,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override '{item}' must look like key.path=value")
-        value = yaml.safe_load(raw) if raw else ""
+        value = parse_value(raw, item) if raw else ""
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
@@ -124,12 +126,56 @@ def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | No
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            raw = Path(path).read_bytes()
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except OSError as err:
+            raise ConfigError(f"config file {path} cannot be read: {err}") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte {err.start})") from None
+        try:
+            data = yaml.load(text, Loader=StrictLoader)
         except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+            raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(err).split())}") from None
+        data = {} if data is None else data
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"config file {path} must hold a mapping of keys (key: value lines), "
+                f"got {type(data).__name__}"
+            )
     return from_dict(cls, merge(data, parse_overrides(overrides or [])))
+
+
+class StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):  # noqa: D102 - PyYAML's hook
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_value(raw: str, item: str) -> Any:
+    """One --set value as a YAML scalar or list: no anchors, aliases or tags (an override is a
+    value, not a document), and a parse error in one line."""
+    try:
+        tokens = list(yaml.scan(raw))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{item}': not a valid value ({' '.join(str(err).split())})") from None
+    if any(isinstance(t, (yaml.AliasToken, yaml.AnchorToken, yaml.TagToken)) for t in tokens):
+        raise ConfigError(f"override '{item}': YAML anchors, aliases and tags are not allowed in a value")
+    try:
+        return yaml.load(raw, Loader=StrictLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{item}': not a valid value ({' '.join(str(err).split())})") from None
 
 
 def describe(cls: type, prefix: str = "", defaults: Any = None) -> list[tuple[str, str, str]]:

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from atesd import config as cfglib
@@ -79,3 +81,41 @@ def test_every_float_field_refuses_nan_and_infinity():
                 cfglib.load(RunConfig, None, [f"{key}={bad}"])
     with pytest.raises(cfglib.ConfigError, match="episodes must be a number"):
         cfglib.load(RunConfig, None, ["episodes=.inf"])
+
+
+CONFIG_FILES = [  # (file bytes, the message's telling part)
+    (b"episodes: 1\nepisodes: 2\n", "the key 'episodes' is given twice"),
+    (b"- 1\n- 2\n", "must hold a mapping of keys"),
+    (b"5\n", "must hold a mapping of keys"),
+    (b"name: caf\xe9\n", "is not UTF-8 text"),
+    (b"mock: [1, 2\n", "is not valid YAML"),
+]
+
+
+@pytest.mark.parametrize("text,message", CONFIG_FILES, ids=[m for _, m in CONFIG_FILES])
+def test_a_malformed_config_file_is_one_line(tmp_path, text, message):
+    from recipes.common import RunConfig
+
+    path = tmp_path / "c.yaml"
+    path.write_bytes(text)
+    with pytest.raises(cfglib.ConfigError, match=re.escape(message)) as exc:
+        cfglib.load(RunConfig, path)
+    assert "\n" not in str(exc.value)
+
+
+OVERRIDES = [
+    ("mock.noise=[1,2", "not a valid value"),
+    ("controllers=5", "controllers must be a mapping"),
+    ("mock.noise=&a 1", "anchors, aliases and tags are not allowed"),
+    ("mock.noise=!!float 1", "anchors, aliases and tags are not allowed"),
+    ("mock.noise=*a", "anchors, aliases and tags are not allowed"),
+    ("mock={a: 1, a: 2}", "given twice"),
+]
+
+
+@pytest.mark.parametrize("override,message", OVERRIDES, ids=[o for o, _ in OVERRIDES])
+def test_a_malformed_override_is_refused(override, message):
+    from recipes.common import RunConfig
+
+    with pytest.raises(cfglib.ConfigError, match=re.escape(message)):
+        cfglib.load(RunConfig, None, [override])
