@@ -213,3 +213,25 @@ def test_config_is_validated():
         MathDataConfig(format="fields", answer_field="a")
     with pytest.raises(ValueError, match="segment"):
         MathDataConfig(segment="word")
+
+
+BAD_ROWS = [  # (the second row, the message's telling part): what json.loads let through
+    (
+        '{"problem": "2+2?", "problem": "3+3?", "solution": "$\\\\boxed{4}$"}',
+        "the key 'problem' is given twice",
+    ),
+    ('{"problem": "2+2?", "solution": "$\\\\boxed{4}$", "answer": NaN}', "NaN is not JSON"),
+    ('{"problem": "2+2?", "solution": "$\\\\boxed{4}$", "answer": 1e400}', "too large for a float"),
+    ('{"problem": "2+2\\ud800?", "solution": "$\\\\boxed{4}$"}', "lone surrogate"),
+]
+
+
+@pytest.mark.parametrize("row,message", BAD_ROWS, ids=[m for _, m in BAD_ROWS])
+def test_a_row_json_accepts_silently_is_refused_with_its_line(tmp_path, row, message):
+    good = '{"problem": "1+1?", "solution": "Add.\\n\\n$\\\\boxed{2}$"}'
+    path = tmp_path / "rows.jsonl"
+    path.write_text(good + "\n" + row + "\n")
+    with pytest.raises(ValueError, match=rf"rows.jsonl, line 2: .*{message}"):
+        load_problems(MathDataConfig(source=str(path)))
+    problems, skipped = load_problems(MathDataConfig(source=str(path), skip_bad_rows=True))
+    assert len(problems) == 1 and skipped == 1

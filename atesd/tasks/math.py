@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -276,6 +277,48 @@ def _file_rows(path: Path) -> Iterator[tuple[int, Any]]:
                 yield lineno, line
 
 
+def strict_json(raw: str | bytes) -> Any:
+    """One JSON row, refusing what json.loads lets through silently: a key given twice (it keeps the
+    last), NaN / Infinity literals, numbers too large for a float (1e400 became the answer "inf") and
+    strings with lone surrogates (which crash later, at tokenisation). ValueError saying which."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in items:
+            if key in out:
+                raise ValueError(f"the key {key!r} is given twice")
+            out[key] = value
+        return out
+
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON (a non-standard literal)")
+
+    def number(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"the number {text} is too large for a float")
+        return value
+
+    row = json.loads(raw, object_pairs_hook=pairs, parse_constant=constant, parse_float=number)
+    _check_strings(row)
+    return row
+
+
+def _check_strings(node: Any) -> None:
+    if isinstance(node, str):
+        try:
+            node.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"a string holds a lone surrogate (not Unicode text): {node!r:.60}") from None
+    elif isinstance(node, Mapping):
+        for key, value in node.items():
+            _check_strings(key)
+            _check_strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            _check_strings(value)
+
+
 def load_problems(cfg: MathDataConfig) -> tuple[list[Problem], int]:
     """Every usable row of cfg's source (up to max_rows) as Problems, and how many bad rows were
     skipped. A bad row (invalid JSON, a missing field, no answer) raises ValueError naming the file
@@ -289,7 +332,7 @@ def load_problems(cfg: MathDataConfig) -> tuple[list[Problem], int]:
     skipped, fields = 0, None
     for lineno, raw in rows:
         try:
-            row = json.loads(raw) if isinstance(raw, (str, bytes)) else raw  # bytes: UTF-8 or a ValueError
+            row = strict_json(raw) if isinstance(raw, (str, bytes)) else raw  # bytes: UTF-8 or a ValueError
             if not isinstance(row, Mapping):
                 raise ValueError(f"not a JSON object: {raw!r:.80}")
             fields = fields or _resolve_fields(cfg, row)
