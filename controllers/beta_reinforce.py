@@ -76,6 +76,19 @@ class BetaReinforceConfig:
         default=0.8, metadata={"help": "trend baseline: per-return decay of its EMA, in (0, 1)"}
     )
     seed: int = field(default=0, metadata={"help": "seed of the weight init and the sampling generator"})
+    init_mean: float = field(
+        default=0.5,
+        metadata={
+            "help": "mean of the starting Beta, in (0, 1): a prior exposure (0.5: the paper's Beta(2, 2))"
+        },
+    )
+    init_concentration: float = field(
+        default=4.0,
+        metadata={
+            "help": "a + b of the starting Beta (4: Beta(2, 2)); larger starts surer of init_mean; "
+            "a and b must both be >= 1"
+        },
+    )
 
     def __post_init__(self) -> None:
         checks = credit_checks(
@@ -93,6 +106,9 @@ class BetaReinforceConfig:
             ("adv_eps", self.adv_eps > 0, "> 0"),
             ("baseline", self.baseline in ("batch", "trend"), "batch or trend"),
             ("trend_decay", 0 < self.trend_decay < 1, "in (0, 1)"),
+            ("init_mean", 0 < self.init_mean < 1, "in (0, 1)"),
+            ("init_concentration", min(self.init_mean, 1 - self.init_mean) * self.init_concentration > 1,
+             "such that init_mean * it and (1 - init_mean) * it are > 1"),
         )  # fmt: skip
         for name, ok, rule in checks:
             if not ok:
@@ -198,8 +214,14 @@ def reinforce_loss(
     return pg_loss + penalty, metrics
 
 
+def _softplus_inverse(y: float) -> float:
+    """x with softplus(x) = y (> 0): log(e^y - 1), exactly log(e - 1) for y = 1."""
+    return math.log(math.expm1(y))
+
+
 class BetaPolicy(nn.Module):
-    """MLP f(s) -> (a, b) = 1 + softplus(f(s)); starts at Beta(2, 2) (zero last layer, softplus(bias) = 1).
+    """MLP f(s) -> (a, b) = 1 + softplus(f(s)); starts at Beta(2, 2) (zero last layer, softplus(bias) = 1),
+    or at the Beta of mean `init_mean` and a + b = `init_concentration`.
 
     With `size` K > 1 (the per-band action) the head gives K pairs: K independent Betas, one per
     band, sharing the trunk (a factorised head)."""
@@ -218,7 +240,11 @@ class BetaPolicy(nn.Module):
         self.size = size
         head = nn.utils.skip_init(nn.Linear, sizes[-1], 2 * size)
         nn.init.zeros_(head.weight)
-        nn.init.constant_(head.bias, math.log(math.e - 1.0))  # softplus^-1(1)
+        a0 = cfg.init_mean * cfg.init_concentration  # the starting Beta(a0, b0): 1 + softplus(bias)
+        b0 = (1.0 - cfg.init_mean) * cfg.init_concentration
+        bias = torch.tensor([_softplus_inverse(a0 - 1.0), _softplus_inverse(b0 - 1.0)] * size)
+        with torch.no_grad():
+            head.bias.copy_(bias)
         self.net = nn.Sequential(*layers, head)
 
     def forward(self, obs: torch.Tensor) -> torch.distributions.Beta:
