@@ -51,6 +51,8 @@ def schedule_alpha(progress: float, kind: ScheduleKind, alpha0: float, alpha1: f
 class ScheduleController(OpenLoop):
     """Acts with `schedule_alpha(obs[0])`."""
 
+    reads = {"progress": 0}  # observation entries it relies on, by name and index (checked at build)
+
     def __init__(
         self,
         observation_space: gym.spaces.Box,

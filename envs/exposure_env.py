@@ -177,6 +177,7 @@ class TeacherExposureEnv(gym.Env):
             raise ValueError("the per-band action needs a task with evaluation bands; this one has none")
         self.action_space = spec.action_space(len(self.bands) or 1)
         self.observation_space = spec.observation_space(self.bands)
+        self.observation_names = spec.observation_names(self.bands)  # what each entry is, by name
         self.ema_bands: dict[str, float] = {}
         self._initial = engine.state_dict()
         self._start_eval: dict[str, float] | None = None  # greedy: the same after every reset

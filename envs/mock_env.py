@@ -194,6 +194,7 @@ class MockExposureEnv(gym.Env):
         self.bands: tuple[str, ...] = (MIX_BANDS if self._groups == 2 else ("all",)) if self.per_band else ()
         self.action_space = spec.action_space(len(self.bands) or 1)
         self.observation_space = spec.observation_space(self.bands)
+        self.observation_names = spec.observation_names(self.bands)  # what each entry is, by name
         self.rate = -math.log(1 - c.target_competence) / c.total_steps  # oracle pace reaches the target at T
         self.rho = (1 - c.trap_revert) ** (1 / c.hold_steps)  # per-update decay of the dip
         window_drop = (LOSS_START - LOSS_FLOOR) * (1 - math.exp(-self.rate * c.hold_steps))

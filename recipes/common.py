@@ -225,10 +225,25 @@ def build_controller(cfg: RunConfig, env: gym.Env, name: str | None = None):
             ctl_cfg = dataclasses.replace(ctl_cfg, seed=cfg.seed)
         except ValueError as err:
             raise cfglib.ConfigError(f"controllers.{name}: {err}") from err
+    check_reads(cls, env, name)
     controller = cls(env.observation_space, env.action_space, ctl_cfg)
     if cfg.controller_init:
         load_controller_init(controller, cfg.controller_init, name)
     return controller
+
+
+def check_reads(cls: type, env: Any, name: str) -> None:
+    """A controller that reads observation entries by position (`cls.reads`, name -> index) runs only
+    on an env whose `observation_names` put those names there; an env that names no entries is
+    trusted (an outside env: its layout is the user's to match)."""
+    names = getattr(getattr(env, "unwrapped", env), "observation_names", None)
+    for entry, index in getattr(cls, "reads", {}).items():
+        if names is not None and (index >= len(names) or names[index] != entry):
+            found = names[index] if index < len(names) else "nothing"
+            raise cfglib.ConfigError(
+                f"controller {name} reads observation entry {index} as '{entry}', but this env has "
+                f"'{found}' there (its observation: {', '.join(names)})"
+            )
 
 
 def load_controller_init(controller: Any, path: str, name: str) -> None:

@@ -256,3 +256,22 @@ def test_an_env_without_the_exposure_action_space_is_refused(tmp_path, capsys):
             bench.main(["--env", env, "--out", str(tmp_path)])
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_a_controller_that_reads_an_entry_by_position_is_checked_by_name():
+    import types
+
+    import gymnasium as gym
+
+    from recipes.common import RunConfig, build_controller
+
+    space = gym.spaces.Box(0.0, 1.0, (6,), dtype=np.float32)
+    act = gym.spaces.Box(0.0, 1.0, (1,), dtype=np.float32)
+
+    def env(names):
+        inner = types.SimpleNamespace(observation_names=names, reward_spec=RunConfig().reward_spec)
+        return types.SimpleNamespace(observation_space=space, action_space=act, unwrapped=inner)
+
+    build_controller(RunConfig(controller="schedule"), env(("progress", "a", "b", "c", "d", "e")))
+    with pytest.raises(Exception, match="reads observation entry 0 as 'progress', but this env has 'loss'"):
+        build_controller(RunConfig(controller="schedule"), env(("loss", "progress", "b", "c", "d", "e")))

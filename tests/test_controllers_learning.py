@@ -320,3 +320,14 @@ def test_hold_steps_mismatch_with_env_raises():
 def test_bad_config_raises_naming_the_field(cls, kwargs, field_name):
     with pytest.raises(ValueError, match=field_name):
         cls(**kwargs)
+
+
+def test_the_starting_beta_is_the_prior_asked_for():
+    ctrl = BetaReinforceController(*spaces(), BetaReinforceConfig(init_mean=0.75, init_concentration=20.0))
+    ctrl.act(np.zeros(6, dtype=np.float32))
+    assert (ctrl.last["a"], ctrl.last["b"]) == pytest.approx((15.0, 5.0))
+    default = BetaReinforceController(*spaces())
+    default.act(np.zeros(6, dtype=np.float32))
+    assert (default.last["a"], default.last["b"]) == (2.0, 2.0)  # the paper's Beta(2, 2), exactly
+    with pytest.raises(ValueError, match="init_concentration"):
+        BetaReinforceConfig(init_mean=0.9, init_concentration=4.0)  # b = 0.4 < 1: no 1 + softplus
