@@ -93,11 +93,15 @@ class LossOutput:
 
 
 def _p_log_ratio(logp_a: Tensor, logp_b: Tensor) -> Tensor:
-    """Elementwise p_a * (log p_a - log p_b), exactly 0 (value and gradient) where p_a == 0."""
+    """Elementwise p_a * (log p_a - log p_b), exactly 0 (value and gradient) where p_a == 0, and +inf
+    with zero gradient where p_a > 0 = p_b (the divergence is infinite there: `clip_tau` caps it to a
+    constant, and no inf - inf reaches the backward, which made the row's gradient all NaN)."""
     support = logp_a != float("-inf")  # NaN stays in: a poisoned input must surface as a NaN loss
+    infinite = support & (logp_b == float("-inf"))
     a = torch.where(support, logp_a, 0.0)  # double where: no -inf reaches the product or its backward
-    b = torch.where(support, logp_b, 0.0)
-    return torch.where(support, a.exp() * (a - b), 0.0)
+    b = torch.where(support & ~infinite, logp_b, 0.0)
+    out = torch.where(support, a.exp() * (a - b), 0.0)
+    return torch.where(infinite, float("inf"), out)
 
 
 def _summands(logp_s: Tensor, logp_t: Tensor, cfg: LossConfig) -> Tensor:

@@ -253,3 +253,17 @@ def test_bf16_inputs_give_the_fp32_loss_of_their_values(kind):
     low = chunked_distill_loss(sh.bfloat16(), th.bfloat16(), head.bfloat16(), head.bfloat16(), mask, cfg)
     high = chunked_distill_loss(*(x.bfloat16().float() for x in (sh, th, head, head)), mask, cfg)
     assert float(low.loss) == pytest.approx(float(high.loss), abs=1e-6)
+
+
+@pytest.mark.parametrize("kind,beta", [("reverse_kl", 0.5), ("jsd", 1.0), ("forward_kl", 0.5)])
+def test_a_teacher_zero_under_student_mass_is_capped_with_a_finite_gradient(kind, beta):
+    """With clip_tau, a teacher entry at -inf where the student has mass gave a finite loss and an
+    all-NaN gradient row; now the capped entry is a constant (zero gradient) and the rest learn."""
+    s = torch.randn(2, 5, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    t = torch.randn(2, 5, generator=torch.Generator().manual_seed(2))
+    t[0, 1] = -math.inf
+    terms = per_token_divergence(s, t, LossConfig(kind=kind, beta=beta, clip_tau=1.0))
+    terms.sum().backward()
+    assert torch.isfinite(terms).all() and torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
+    unclipped = per_token_divergence(s.detach(), t, LossConfig(kind=kind, beta=beta))
+    assert unclipped[0] == math.inf if kind != "forward_kl" else math.isfinite(float(unclipped[0]))
