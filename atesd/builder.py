@@ -180,7 +180,7 @@ def check_lengths(
         return
     builder = PromptBuilder(tokenizer, task.prompt_format, engine_cfg.exposure)
     longest = max(problems, key=lambda p: len(p.question) + len(p.solution))
-    max_new = engine_cfg.sampling.max_new_tokens
+    max_new = max(engine_cfg.sampling.max_new_tokens, engine_cfg.eval.max_new_tokens)
     need = len(builder.encode(builder.teacher_prompt(longest, 1.0))) + max_new
     if need > limit:
         raise ValueError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -83,6 +84,32 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
+class EvalSettings:
+    """How the in-training evaluation (the env's `eval`) decodes: greedy accuracy always, and with
+    Average@k (`real.env.eval_k`) k draws at these settings. The student prompt is the training one
+    (`exposure.student_thinking`). recipes/eval.py's defaults follow the paper's protocol instead
+    (thinking on, top-p 0.95, a longer limit): docs/USAGE.md compares the two."""
+
+    temperature: float = field(default=1.0, metadata={"help": "Average@k sampling temperature (> 0)"})
+    top_p: float = field(default=1.0, metadata={"help": "Average@k nucleus filter in (0, 1], 1 = off"})
+    top_k: int = field(default=0, metadata={"help": "Average@k top-k filter, 0 = off"})
+    max_new_tokens: int = field(
+        default=0, metadata={"help": "longest evaluation answer in tokens (0: the training rollout limit)"}
+    )
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("temperature", self.temperature > 0, "> 0"),
+            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+            ("top_k", self.top_k >= 0, ">= 0"),
+            ("max_new_tokens", self.max_new_tokens >= 0, ">= 0"),
+        )
+        for name, ok, rule in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """Everything that shapes a distillation run except the model and task themselves."""
 
@@ -96,6 +123,7 @@ class EngineConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     exposure: ExposureConfig = field(default_factory=ExposureConfig)
+    eval: EvalSettings = field(default_factory=EvalSettings)
     stats_decay: float = field(
         default=0.9, metadata={"help": "EMA decay of the training-state statistics, [0, 1)"}
     )
@@ -454,15 +482,18 @@ class DistillEngine:
 
     @torch.no_grad()
     def evaluate(
-        self, k: int = 0, temperature: float = 1.0, teacher_alpha: float | None = None
+        self, k: int = 0, temperature: float | None = None, teacher_alpha: float | None = None
     ) -> dict[str, float]:
-        """Greedy accuracy per band and, with k > 0, Average@k over k samples at `temperature`.
+        """Greedy accuracy per band and, with k > 0, Average@k over k samples at `temperature`
+        (default `cfg.eval.temperature`; top-p, top-k and the length limit from `cfg.eval`).
 
         With `teacher_alpha`, the student model answers from the *teacher's* prompt at that exposure
         instead: how well the model reads a reference revealed at alpha (teacher quality).
         """
         with self._sampling():
-            return self._evaluate(k, temperature, teacher_alpha)
+            return self._evaluate(
+                k, self.cfg.eval.temperature if temperature is None else temperature, teacher_alpha
+            )
 
     def _evaluate(self, k: int, temperature: float, teacher_alpha: float | None) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -471,10 +502,13 @@ class DistillEngine:
                 prompts = [self.builder.encode(self.builder.student_prompt(p)) for p in problems]
             else:
                 prompts = self.teacher_prompts(problems, teacher_alpha, [""] * len(problems))
-            greedy = self.sampler.generate(prompts, self.cfg.sampling.params(greedy=True), None)
+            ev = self.cfg.eval
+            limit = ev.max_new_tokens or self.cfg.sampling.max_new_tokens
+            greedy_params = dataclasses.replace(self.cfg.sampling.params(greedy=True), max_new_tokens=limit)
+            greedy = self.sampler.generate(prompts, greedy_params, None)
             out[f"accuracy/{band}"] = self._accuracy(problems, greedy.completion_ids)
             if k > 0:
-                params = SamplingParams(temperature, 0, 1.0, self.cfg.sampling.max_new_tokens)
+                params = SamplingParams(temperature, ev.top_k, ev.top_p, limit)
                 hits = [
                     self._accuracy(
                         problems, self.sampler.generate(prompts, params, self.eval_gen).completion_ids

@@ -131,3 +131,24 @@ def test_loss_kind_is_configurable(tiny_model, tokenizer, small_task):
     engine = make_engine(tiny_model, tokenizer, small_task, loss=LossConfig(kind="forward_kl", clip_tau=0.05))
     s = engine.step(1.0)
     assert math.isfinite(s.loss)
+
+
+def test_the_in_training_evaluation_decodes_as_configured(tiny_model, tokenizer, small_task):
+    """EngineConfig.eval sets the evaluation's length limit and Average@k sampling, apart from the
+    training rollouts' (a documented choice; eval.py keeps the paper's protocol)."""
+    from atesd.engine import EvalSettings
+
+    settings = EvalSettings(temperature=0.6, top_p=0.95, top_k=20, max_new_tokens=5)
+    cfg = EngineConfig(batch_size=2, sampling=SamplingConfig(max_new_tokens=16), eval=settings)
+    engine = DistillEngine(tiny_model, tokenizer, small_task, cfg)
+    seen = []
+    generate = engine.sampler.generate
+    engine.sampler.generate = lambda prompts, params, gen: (
+        seen.append(params) or generate(prompts, params, gen)
+    )
+    engine.evaluate(k=1)
+    greedy, sampled = seen[0], seen[1]
+    assert (greedy.temperature, greedy.max_new_tokens) == (0.0, 5)
+    assert (sampled.temperature, sampled.top_p, sampled.top_k, sampled.max_new_tokens) == (0.6, 0.95, 20, 5)
+    with pytest.raises(ValueError, match="top_p must be in"):
+        EvalSettings(top_p=0.0)
