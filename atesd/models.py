@@ -179,6 +179,13 @@ def load_hf_model(
     checkpointing and LoRA as asked."""
     if not cfg.name_or_path:
         raise ValueError("HFModelConfig.name_or_path is empty: give a hub id or a local checkpoint path")
+    local = Path(cfg.name_or_path).expanduser()
+    if local.is_dir() and not any(local.glob("*.safetensors")) and any(local.glob("pytorch_model*.bin")):
+        raise ValueError(
+            f"{local} holds only pickle weights (pytorch_model*.bin); atesd loads safetensors only "
+            "(no pickle is ever unpickled): convert the checkpoint with save_pretrained(..., "
+            "safe_serialization=True)"
+        )
     model, tokenizer = load_pretrained(
         cfg.name_or_path, cfg.dtype, cfg.attn_implementation, cfg.trust_remote_code, device
     )

@@ -83,3 +83,21 @@ def test_run_py_distils_a_saved_checkpoint_on_math_data_with_lora(checkpoint, tm
     assert list(summary["final_eval"]) == ["accuracy/opsd"]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["real"]["lora"]["rank"] == 4 and config["real"]["hf"]["name_or_path"] == str(checkpoint)
+
+
+def test_a_pickle_only_checkpoint_is_refused_in_one_line(checkpoint, tmp_path, capsys):
+    """Only safetensors is loaded: a directory with just pytorch_model.bin is named, not unpickled."""
+    import shutil
+
+    import recipes.run as run
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(checkpoint, pickled)
+    for weights in pickled.glob("*.safetensors"):
+        weights.rename(pickled / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="holds only pickle weights"):
+        load_hf_model(HFModelConfig(name_or_path=str(pickled), dtype="float32"))
+    with pytest.raises(SystemExit) as exc:
+        run.main(["--controller", "fixed", f"real.hf.name_or_path={pickled}", f"out_dir={tmp_path / 'runs'}"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "loads safetensors only" in err and "\n" not in err, err
