@@ -100,6 +100,11 @@ def _existing(path: Path) -> Path:
     return path
 
 
+def model_bytes(model: torch.nn.Module) -> int:
+    """Roughly what saving a model's weights writes: its parameters' bytes."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
 def state_bytes(state: dict[str, Any]) -> int:
     """Roughly what `save_state` writes: the arrays' bytes."""
     _, tensors = flatten_state(state)

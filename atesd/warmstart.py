@@ -37,7 +37,7 @@ from atesd.models import (
     load_pretrained,
     save_pretrained,
 )
-from atesd.state import writing
+from atesd.state import model_bytes, writing
 from atesd.tasks.synthetic import ChainBagConfig, ChainBagTask
 
 log = logging.getLogger(__name__)
@@ -203,8 +203,9 @@ def warm_start(
         )
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    need = sum(p.numel() * p.element_size() for p in model.parameters())
-    with writing(path, cleanup=tmp, need_bytes=need):  # a full disk: one line, no half-written entry
+    with writing(
+        path, cleanup=tmp, need_bytes=model_bytes(model)
+    ):  # a full disk: one line, no half-written entry
         save_pretrained(model, tokenizer, tmp)
         record = {
             "config": asdict(cfg),

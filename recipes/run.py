@@ -36,7 +36,7 @@ from atesd import config as cfglib  # noqa: E402
 from atesd.checkpoint import rng_state, set_rng_state  # noqa: E402
 from atesd.distributed import Dist, gather_state  # noqa: E402
 from atesd.logging import MetricsLogger, finite  # noqa: E402
-from atesd.state import save_state, writing  # noqa: E402
+from atesd.state import model_bytes, save_state, writing  # noqa: E402
 from atesd.threads import set_threads  # noqa: E402
 from controllers.base import Transition, mean_alpha, run_episode  # noqa: E402
 from controllers.shared import SharedDecisions  # noqa: E402
@@ -129,8 +129,7 @@ class Run:
             tmp = self.run_dir / ".tmp-final_model"  # written whole, then renamed: never half a model
             shutil.rmtree(tmp, ignore_errors=True)
             extra = {} if weights is None else {"state_dict": weights}
-            need = sum(p.numel() * p.element_size() for p in engine.student.parameters())
-            with writing(final, cleanup=tmp, need_bytes=need):
+            with writing(final, cleanup=tmp, need_bytes=model_bytes(engine.student)):
                 engine.student.save_pretrained(tmp, safe_serialization=True, **extra)
                 engine.tokenizer.save_pretrained(tmp)
             faults.hit("final_model")
@@ -186,10 +185,8 @@ class Run:
                 decision[key] = [finite(v) for v in per_band]
             elif f"controller/{key}" in tr.metrics:
                 decision[key] = finite(tr.metrics[f"controller/{key}"])
-        oracle = info.get("oracle_alpha", math.nan)
-        if np.all(
-            np.isfinite(np.asarray(oracle, dtype=np.float64))
-        ):  # the mock's optimum for the next window
+        oracle = info.get("oracle_alpha", math.nan)  # the mock's optimum for the next window
+        if np.isfinite(np.asarray(oracle, dtype=np.float64)).all():
             decision["oracle_alpha_after"] = _alpha_record(oracle)
         self.log.decision(decision)
         for credit in self.controller.pop_credits():
