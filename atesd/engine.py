@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from atesd.batching import completion_hidden
+from atesd.batching import completion_hidden, completion_hidden_with_continuations
 from atesd.distributed import (
     Dist,
     gather_state,
@@ -320,10 +320,18 @@ class DistillEngine:
         teacher_prompts = self.teacher_prompts(batch.problems, alpha, batch.texts)
         pad = self.tokenizer.pad_token_id
         with self.teacher.scoring() as teacher_model:
-            t_hidden, targets = completion_hidden(teacher_model, teacher_prompts, batch.completions, pad)
+            # the grounded score rides in the scoring pass where the reasoning is a token prefix of
+            # the rollout (the gold answer is fed after it over the pass's cache); the other rows get
+            # a forward of their own
+            reasoning, riding = self._grounded_rows(batch) if self.cfg.grounded else ([], None)
+            t_hidden, targets, ridden = completion_hidden_with_continuations(
+                teacher_model, teacher_prompts, batch.completions, pad, riding
+            )
             t_head = teacher_model.get_output_embeddings().weight
             grounded = (
-                self._grounded(teacher_model, teacher_prompts, batch) if self.cfg.grounded else math.nan
+                self._grounded(teacher_model, teacher_prompts, batch, reasoning, riding, ridden)
+                if self.cfg.grounded
+                else math.nan
             )
         t_teacher = time.perf_counter()
         self.student.train()
@@ -447,18 +455,39 @@ class DistillEngine:
         self.eval_gen = torch.Generator(device=device).manual_seed(int(eval_seq.generate_state(1)[0]))
 
     # ---- measurements -----------------------------------------------------------------------
+    def _grounded_rows(self, batch: Batch) -> tuple[list[list[int]], list[tuple[int, list[int]] | None]]:
+        """Each row's reasoning ids (its rollout without its own final answer), and for the rows whose
+        reasoning is a token prefix of the rollout the continuation (its length, the gold answer)."""
+        reasoning, riding = [], []
+        for problem, text, completion in zip(batch.problems, batch.texts, batch.completions):
+            ids = self.builder.encode(self.task.reasoning(text))
+            final = self.builder.encode(problem.final)
+            reasoning.append(ids)
+            prefix = len(ids) <= len(completion) and completion[: len(ids)] == ids and final
+            riding.append((len(ids), final) if prefix else None)
+        return reasoning, riding
+
     @torch.no_grad()
     def _grounded(
-        self, teacher_model: PreTrainedModel, teacher_prompts: list[list[int]], batch: Batch
+        self,
+        teacher_model: PreTrainedModel,
+        teacher_prompts: list[list[int]],
+        batch: Batch,
+        reasoning: list[list[int]],
+        riding: list[tuple[int, list[int]] | None],
+        ridden: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> float:
         """Mean log-prob the teacher assigns to the reference final answer appended after the
-        student's reasoning (its own final answer removed)."""
-        seqs, finals = [], []
-        for prompt, problem, text in zip(teacher_prompts, batch.problems, batch.texts):
-            final = self.builder.encode(problem.final)
-            seqs.append(prompt + self.builder.encode(self.task.reasoning(text)))
-            finals.append(final)
-        hidden, targets = completion_hidden(teacher_model, seqs, finals, self.tokenizer.pad_token_id)
+        student's reasoning (its own final answer removed), pooled over the answer tokens: the rows
+        that rode in the scoring pass (`ridden`) and a forward for the rest."""
+        parts = [ridden] if ridden is not None else []
+        rest = [i for i, r in enumerate(riding) if r is None]
+        if rest:
+            seqs = [teacher_prompts[i] + reasoning[i] for i in rest]
+            finals = [self.builder.encode(batch.problems[i].final) for i in rest]
+            parts.append(completion_hidden(teacher_model, seqs, finals, self.tokenizer.pad_token_id))
+        hidden = torch.cat([h for h, _ in parts])
+        targets = torch.cat([t for _, t in parts])
         logp = torch.log_softmax((hidden @ teacher_model.get_output_embeddings().weight.T).float(), dim=-1)
         return float(logp.gather(1, targets[:, None]).mean())
 

@@ -1,7 +1,8 @@
 """Speed and memory benchmark of the engine (a script, not a test; numbers go to docs/BENCHMARKS.md).
 
     python recipes/bench_speed.py                 # all three sections, ~5 min on 2 cores
-    python recipes/bench_speed.py --only loss     # one section: step | sampler | loss
+    python recipes/bench_speed.py --only loss     # one section: step | sampler | loss | step-vs-trl
+    python recipes/bench_speed.py --only step-vs-trl   # ours against TRL's pieces (extra .[bench])
 
 1. step:    per-phase breakdown of DistillEngine.step on the embedded default (warm-started model
             from the cache when present, else a random one of the same shape).
@@ -9,6 +10,9 @@
             full length on a random model, and on the embedded task's prompts (rollouts end at EOS).
 3. loss:    peak memory of the distillation loss (forward + backward) chunked vs naive at
             V = 151,936 (Qwen3's vocabulary), B*T = 4096, each in a fresh process (peak RSS delta).
+4. step-vs-trl: `DistillEngine.step` at the default config against the same step built from TRL's
+            pieces (recipes/bench_trl_step.py), same process, model, prompts and alpha, interleaved;
+            first both losses on one shared batch (equal to 1e-5). Not part of the default run.
 """
 
 from __future__ import annotations
@@ -133,7 +137,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", choices=["step", "sampler", "loss"], default=None)
+    parser.add_argument("--only", choices=["step", "sampler", "loss", "step-vs-trl"], default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10, help="engine steps timed")
     parser.add_argument("--repeats", type=int, default=5, help="sampler repeats (best of)")
@@ -183,6 +187,28 @@ def main() -> int:
                 f"  {variant:8s} peak +{c['peak_mb']:.0f} MB  {c['seconds']:.1f} s  loss {c['loss']:.6f}"
             )
         console.print(f"  chunked / naive peak = {100 * r['ratio']:.1f}%  (same loss: {r['same_loss']})")
+    if args.only == "step-vs-trl":
+        from bench_trl_step import generalized_jsd_loss, step_vs_trl
+
+        generalized_jsd_loss()  # the missing extra, before any model loads
+        engine, source = embedded_engine(args.threads)
+        r = step_vs_trl(engine, 0.5, max(args.steps, 10))
+        console.print(
+            f"[bold]step vs TRL pieces[/] (batch {engine.cfg.batch_size}, alpha 0.5, {args.threads} threads, "
+            f"{r['steps']} interleaved steps each; {source})"
+        )
+        console.print(
+            f"  loss on one shared batch: ours {r['ours_loss']:.7f}, trl generalized_jsd_loss "
+            f"(beta {r['beta']:g}) {r['trl_loss']:.7f}, equal to 1e-5: {r['same_loss']}"
+        )
+        console.print("  ours by phase: " + ", ".join(f"{k} {v:.3f}" for k, v in r["ours_phases"].items()))
+        console.print(f"  medians: ours {r['ours_median_s']:.3f} s, trl-pieces {r['trl_median_s']:.3f} s")
+        print(
+            f"step-vs-trl: ours {r['ours_s']:.3f} s, trl-pieces {r['trl_s']:.3f} s, ratio {r['ratio']:.2f}x"
+        )
+        if not r["same_loss"]:
+            print("error: the two sides' losses differ by more than 1e-5", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -1,0 +1,149 @@
+"""The distillation step a user would build from TRL's pieces, for `bench_speed.py --only step-vs-trl`.
+
+One step: sample problems, HF `generate` the student's rollouts (T = 1, `top_k=0, top_p=1.0`), one
+teacher forward over teacher prompt + rollout, one student forward over student prompt + rollout,
+`trl`'s `GKDTrainer.generalized_jsd_loss` on the completion positions (labels -100 elsewhere) at the
+beta that equals the engine's divergence, gradient clipping and AdamW. Prompts are rendered by the
+same `PromptBuilder` as the engine's and the teacher is the same frozen copy of the starting weights,
+so both sides compute the same thing from the same inputs; `check_same_loss` shows it on one batch.
+
+`trl` is the optional extra `.[bench]` (pinned so that installing it leaves torch alone).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import torch
+
+from atesd.engine import Batch, DistillEngine
+from atesd.rollout.hf import left_pad
+
+INSTALL = 'pip install -e ".[bench]"  (trl, pinned; leaves your torch alone)'
+
+
+def generalized_jsd_loss():
+    """TRL's loss function, or a one-line error naming the extra."""
+    try:
+        import os
+
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+        from trl.experimental.gkd import GKDTrainer
+    except ImportError as e:
+        raise SystemExit(f"step-vs-trl needs trl: {INSTALL} ({e})") from None
+    return GKDTrainer.generalized_jsd_loss
+
+
+def trl_beta(engine: DistillEngine) -> float:
+    """The generalized-JSD beta equal to the engine's divergence (TRL: 0 = forward KL, 1 = reverse KL)."""
+    loss = engine.cfg.loss
+    if loss.clip_tau is not None or loss.top_k or loss.kind == "sampled_token":
+        raise SystemExit(f"TRL's generalized JSD has no equivalent of this loss config: {loss}")
+    return {"forward_kl": 0.0, "reverse_kl": 1.0, "jsd": loss.beta}[loss.kind]
+
+
+class TRLPiecesStep:
+    """Its own student (a copy of the engine's starting weights), the engine's frozen teacher weights,
+    its own AdamW and problem stream: the same work as `DistillEngine.step`'s rollout, scoring and
+    update, built the way TRL's GKD trainer builds it."""
+
+    def __init__(self, engine: DistillEngine, seed: int = 0) -> None:
+        self.jsd = generalized_jsd_loss()
+        self.beta = trl_beta(engine)
+        self.cfg, self.task, self.builder, self.tokenizer = (
+            engine.cfg,
+            engine.task,
+            engine.builder,
+            engine.tokenizer,
+        )
+        self.student = copy.deepcopy(engine.student).train()
+        self.teacher = copy.deepcopy(engine.teacher.model).eval().requires_grad_(False)
+        self.eos = sorted(engine.sampler.eos_token_ids)
+        self.pad = self.tokenizer.pad_token_id
+        self.optimizer = torch.optim.AdamW(
+            self.student.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
+        )
+        self.rng = np.random.default_rng(seed)
+
+    def rollout(self, prompts: list[list[int]]) -> list[list[int]]:
+        s = self.cfg.sampling
+        ids, mask = left_pad(prompts, self.pad)
+        self.student.eval()
+        with torch.no_grad():
+            out = self.student.generate(
+                input_ids=ids, attention_mask=mask.long(), do_sample=True, temperature=s.temperature,
+                top_k=0, top_p=1.0, max_new_tokens=s.max_new_tokens, eos_token_id=self.eos,
+                pad_token_id=self.pad,
+            )  # fmt: skip
+        self.student.train()
+        rows = out[:, ids.shape[1] :].tolist()
+        return [r[: next((i + 1 for i, t in enumerate(r) if t in self.eos), len(r))] for r in rows]
+
+    def _completion_logits(self, model, prompts, completions) -> torch.Tensor:
+        """(B, L, V) logits predicting each row's completion, right-aligned (L = longest completion)."""
+        ids, mask = left_pad([p + c for p, c in zip(prompts, completions)], self.pad)
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        width = max(map(len, completions))
+        logits = model(input_ids=ids, attention_mask=mask.long(), position_ids=positions).logits
+        return logits[:, -width - 1 : -1]
+
+    def loss(self, prompts, teacher_prompts, completions) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_logits = self._completion_logits(self.teacher, teacher_prompts, completions)
+        student_logits = self._completion_logits(self.student, prompts, completions)
+        width = student_logits.shape[1]
+        labels = torch.full((len(completions), width), -100, dtype=torch.long)
+        for i, c in enumerate(completions):
+            labels[i, width - len(c) :] = torch.tensor(c)
+        return self.jsd(student_logits, teacher_logits, labels, beta=self.beta)
+
+    def step(self, alpha: float) -> float:
+        problems = self.task.sample(self.rng, self.cfg.batch_size)
+        prompts = [self.builder.encode(self.builder.student_prompt(p)) for p in problems]
+        completions = self.rollout(prompts)
+        teacher_prompts = [self.builder.encode(self.builder.teacher_prompt(p, alpha, p)) for p in problems]
+        loss = self.loss(prompts, teacher_prompts, completions)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        return float(loss.detach())
+
+
+def check_same_loss(engine: DistillEngine, trl_step: TRLPiecesStep, alpha: float) -> tuple[float, float]:
+    """Both losses on one batch of the engine's rollouts, before either side has trained."""
+    problems = engine.task.sample(np.random.default_rng(12345), engine.cfg.batch_size)
+    batch: Batch = engine.rollout(problems, torch.Generator().manual_seed(12345))
+    ours = float(engine.batch_loss(batch, alpha)[0].loss.detach())
+    teacher_prompts = engine.teacher_prompts(problems, alpha, batch.texts)
+    theirs = float(trl_step.loss(batch.prompts, teacher_prompts, batch.completions).detach())
+    return ours, theirs
+
+
+def step_vs_trl(engine: DistillEngine, alpha: float, steps: int) -> dict:
+    """Interleaved timings: one engine step, one TRL-pieces step, `steps` times each after a warm-up."""
+    trl_step = TRLPiecesStep(engine, seed=engine.cfg.seed)
+    ours_loss, trl_loss = check_same_loss(engine, trl_step, alpha)
+    engine.step(alpha), trl_step.step(alpha)  # warm-up
+    times: dict[str, list[float]] = {"ours": [], "trl": []}
+    phases = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        phases.append(engine.step(alpha))
+        times["ours"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        trl_step.step(alpha)
+        times["trl"].append(time.perf_counter() - t0)
+    ours, trl = float(np.mean(times["ours"])), float(np.mean(times["trl"]))
+    split = {
+        k: float(np.mean([getattr(s, k) for s in phases]))
+        for k in ("rollout_s", "teacher_s", "update_s", "probe_s")
+    }
+    return {
+        "ours_s": ours, "trl_s": trl, "ratio": trl / ours, "steps": steps,
+        "ours_median_s": float(np.median(times["ours"])), "trl_median_s": float(np.median(times["trl"])),
+        "ours_loss": ours_loss, "trl_loss": trl_loss, "same_loss": abs(ours_loss - trl_loss) <= 1e-5,
+        "beta": trl_step.beta, "ours_phases": split,
+    }  # fmt: skip

@@ -1,0 +1,126 @@
+"""Length buckets and continuations over the scoring pass's cache compute what one padded forward computes."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from atesd.batching import completion_hidden, completion_hidden_with_continuations, length_buckets
+from atesd.engine import Batch, DistillEngine, EngineConfig
+
+ONE_FORWARD = 10**9  # an overhead no bucket can pay for: one padded forward, the reference
+
+
+def rows(seed: int, n: int, vocab: int) -> tuple[list[list[int]], list[list[int]]]:
+    rng = np.random.default_rng(seed)
+    prompts = [rng.integers(1, vocab, rng.integers(1, 20)).tolist() for _ in range(n)]
+    completions = [rng.integers(1, vocab, rng.integers(1, 40)).tolist() for _ in range(n)]
+    return prompts, completions
+
+
+def padded_cost(groups, lengths, overhead):
+    return sum(len(g) * max(lengths[i] for i in g) + overhead for g in groups)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_length_buckets_is_the_cheapest_grouping(seed):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 60, rng.integers(1, 8)).tolist()
+    overhead = int(rng.choice([0, 5, 30, 200]))
+    groups = length_buckets(lengths, overhead)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    best = min(  # every split of the sorted rows into contiguous groups
+        padded_cost([order[a:b] for a, b in zip((0, *cuts), (*cuts, len(order)))], lengths, overhead)
+        for k in range(len(order))
+        for cuts in itertools.combinations(range(1, len(order)), k)
+    )
+    assert padded_cost(groups, lengths, overhead) == best
+
+
+def test_length_buckets_extremes():
+    assert length_buckets([5, 50, 5, 50], ONE_FORWARD) == [[0, 1, 2, 3]]
+    assert length_buckets([5, 50, 5, 50], 0) == [[0, 2], [1, 3]]
+    assert length_buckets([], 10) == []
+
+
+def test_bucketed_hidden_and_gradients_equal_one_padded_forward(tiny_model):
+    prompts, completions = rows(0, 12, tiny_model.config.vocab_size)
+    h_ref, t_ref = completion_hidden(tiny_model, prompts, completions, 0, overhead=ONE_FORWARD)
+    (g_ref,) = torch.autograd.grad(h_ref.square().sum(), [tiny_model.model.layers[0].mlp.up_proj.weight])
+    h, t = completion_hidden(tiny_model, prompts, completions, 0, overhead=0)
+    (g,) = torch.autograd.grad(h.square().sum(), [tiny_model.model.layers[0].mlp.up_proj.weight])
+    assert len(length_buckets([len(p) + len(c) for p, c in zip(prompts, completions)], 0)) > 1
+    assert torch.equal(t, t_ref)
+    torch.testing.assert_close(h, h_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g, g_ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("grad", [False, True])
+def test_continuations_equal_a_forward_of_their_own(tiny_model, attn, grad):
+    tiny_model.config._attn_implementation = attn
+    vocab = tiny_model.config.vocab_size
+    prompts, completions = rows(1, 10, vocab)
+    rng = np.random.default_rng(2)
+    conts = []  # cuts at 0, at the end and between; one- and many-token continuations; rows without one
+    for i, c in enumerate(completions):
+        k = [0, len(c), int(rng.integers(0, len(c) + 1))][i % 3]
+        conts.append(None if i % 4 == 3 else (k, rng.integers(1, vocab, 1 + i % 3).tolist()))
+    with torch.set_grad_enabled(grad):
+        hidden, targets, (c_hidden, c_targets) = completion_hidden_with_continuations(
+            tiny_model, prompts, completions, 0, conts, overhead=30
+        )
+        ref_hidden, ref_targets = completion_hidden(tiny_model, prompts, completions, 0)
+        seqs = [p + c[: x[0]] for p, c, x in zip(prompts, completions, conts) if x is not None]
+        ref_c, ref_ct = completion_hidden(tiny_model, seqs, [x[1] for x in conts if x is not None], 0)
+    torch.testing.assert_close(hidden, ref_hidden, atol=1e-5, rtol=1e-5)
+    assert torch.equal(targets, ref_targets) and torch.equal(c_targets, ref_ct)
+    torch.testing.assert_close(c_hidden, ref_c, atol=1e-5, rtol=1e-5)
+
+
+def test_a_bad_continuation_is_refused(tiny_model):
+    with pytest.raises(ValueError, match="continuation"):
+        completion_hidden_with_continuations(tiny_model, [[1, 2]], [[3]], 0, [(2, [4])])
+    with pytest.raises(ValueError, match="continuation"):
+        completion_hidden_with_continuations(tiny_model, [[1, 2]], [[3]], 0, [(1, [])])
+
+
+def separate_grounded(engine: DistillEngine, batch, alpha: float) -> float:
+    """The grounded score by its definition: a teacher forward over teacher prompt + reasoning + gold."""
+    prompts = engine.teacher_prompts(batch.problems, alpha, batch.texts)
+    seqs = [p + engine.builder.encode(engine.task.reasoning(t)) for p, t in zip(prompts, batch.texts)]
+    finals = [engine.builder.encode(p.final) for p in batch.problems]
+    with engine.teacher.scoring() as model:
+        hidden, targets = completion_hidden(model, seqs, finals, engine.tokenizer.pad_token_id)
+        logp = torch.log_softmax(hidden @ model.get_output_embeddings().weight.T, dim=-1)
+    return float(logp.gather(1, targets[:, None]).mean())
+
+
+@pytest.mark.parametrize("prefix", ["every row", "no row", "some rows"])
+def test_the_grounded_score_in_the_scoring_pass_is_the_defined_one(tiny_model, tokenizer, small_task, prefix):
+    engine = DistillEngine(tiny_model, tokenizer, small_task, EngineConfig(batch_size=8))
+    problems = small_task.sample(np.random.default_rng(0), 8)  # rollouts that are the references
+    b = engine.builder
+    prompts = [b.encode(b.student_prompt(p)) for p in problems]
+    completions = [b.encode(p.solution) + [tokenizer.eos_token_id] for p in problems]
+    batch = Batch(
+        problems, prompts, completions, tokenizer.batch_decode(completions, skip_special_tokens=True)
+    )
+    if prefix != "every row":  # a reasoning that is not the rollout's prefix rides nowhere
+        reasoning = small_task.reasoning
+        skip = {t for j, t in enumerate(batch.texts) if prefix == "no row" or j % 2}
+        small_task.reasoning = lambda text: ("9" + reasoning(text)) if text in skip else reasoning(text)
+    try:
+        riding = engine._grounded_rows(batch)[1]
+        expected = {"every row": 8, "no row": 0}.get(prefix)
+        assert (
+            expected is None
+            and 0 < sum(r is not None for r in riding) < 8
+            or (sum(r is not None for r in riding) == expected)
+        )
+        _, grounded, _ = engine.batch_loss(batch, 0.5)
+        assert grounded == pytest.approx(separate_grounded(engine, batch, 0.5), abs=1e-5)
+    finally:
+        small_task.__dict__.pop("reasoning", None)

@@ -1,0 +1,45 @@
+"""bench_speed.py --only step-vs-trl: the TRL-pieces step computes our loss, and a missing trl is one line."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+
+import bench_trl_step  # noqa: E402
+
+from atesd.engine import DistillEngine, EngineConfig  # noqa: E402
+from atesd.losses import LossConfig  # noqa: E402
+
+
+def test_a_missing_trl_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "trl", None)  # import trl -> ImportError
+    monkeypatch.delitem(sys.modules, "trl.experimental.gkd", raising=False)
+    monkeypatch.setitem(sys.modules, "trl.experimental.gkd", None)
+    with pytest.raises(SystemExit, match=r"\.\[bench\]"):
+        bench_trl_step.generalized_jsd_loss()
+
+
+@pytest.mark.parametrize("kind, beta", [("reverse_kl", 1.0), ("forward_kl", 0.0), ("jsd", 0.3)])
+def test_the_trl_pieces_step_computes_our_loss(tiny_model, tokenizer, small_task, kind, beta):
+    pytest.importorskip("trl", reason="the step-vs-trl benchmark's extra: pip install -e '.[bench]'")
+    cfg = EngineConfig(batch_size=6, loss=LossConfig(kind=kind, beta=0.3))
+    engine = DistillEngine(tiny_model, tokenizer, small_task, cfg)
+    trl_step = bench_trl_step.TRLPiecesStep(engine)
+    assert trl_step.beta == beta
+    ours, theirs = bench_trl_step.check_same_loss(engine, trl_step, 0.5)
+    assert ours == pytest.approx(theirs, abs=1e-5)
+    before = [p.detach().clone() for p in trl_step.student.parameters()]
+    loss = trl_step.step(0.5)
+    assert np.isfinite(loss)
+    assert any((a != p).any() for a, p in zip(before, trl_step.student.parameters()))  # it trained
+    assert all((a == p).all() for a, p in zip(before, engine.student.parameters()))  # on its own copy
+
+
+def test_a_loss_trl_cannot_express_is_refused(tiny_model, tokenizer, small_task):
+    cfg = EngineConfig(batch_size=2, loss=LossConfig(kind="reverse_kl", clip_tau=0.05))
+    engine = DistillEngine(tiny_model, tokenizer, small_task, cfg)
+    with pytest.raises(SystemExit, match="no equivalent"):
+        bench_trl_step.trl_beta(engine)
