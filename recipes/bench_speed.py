@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import subprocess
@@ -33,8 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def embedded_engine(threads: int):
-    """The embedded default's engine on the cached warm start (or a random model of the same shape)."""
+def embedded_engine(threads: int, compile: bool = False):
+    """The embedded default's engine on the cached warm start (or a random model of the same shape);
+    `compile` turns on the sampler's torch.compile (engine.sampling.compile), all else the default."""
     from atesd.engine import DistillEngine, EngineConfig
     from atesd.models import TinyModelConfig, build_synthetic_tokenizer, build_tiny_qwen3, load_pretrained
     from atesd.tasks.synthetic import ChainBagTask
@@ -52,7 +54,9 @@ def embedded_engine(threads: int):
             build_tiny_qwen3(tokenizer),
             "random init (the shipped warm start is missing: reinstall, or run recipes/sweep.py once)",
         )
-    return DistillEngine(model, tokenizer, task, EngineConfig()), source
+    cfg = EngineConfig()
+    cfg = dataclasses.replace(cfg, sampling=dataclasses.replace(cfg.sampling, compile=compile))
+    return DistillEngine(model, tokenizer, task, cfg), source
 
 
 def bench_step(steps: int, alpha: float, threads: int) -> dict:
@@ -139,6 +143,9 @@ def main() -> int:
     )
     parser.add_argument("--only", choices=["step", "sampler", "loss", "step-vs-trl"], default=None)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--compile", action="store_true", help="step-vs-trl: our sampler compiled (compile in the warm-up)"
+    )
     parser.add_argument("--steps", type=int, default=10, help="engine steps timed")
     parser.add_argument("--repeats", type=int, default=5, help="sampler repeats (best of)")
     parser.add_argument("--loss-child", nargs=5, default=None, help=argparse.SUPPRESS)
@@ -191,10 +198,11 @@ def main() -> int:
         from bench_trl_step import generalized_jsd_loss, step_vs_trl
 
         generalized_jsd_loss()  # the missing extra, before any model loads
-        engine, source = embedded_engine(args.threads)
+        engine, source = embedded_engine(args.threads, compile=args.compile)
         r = step_vs_trl(engine, 0.5, max(args.steps, 10))
         console.print(
             f"[bold]step vs TRL pieces[/] (batch {engine.cfg.batch_size}, alpha 0.5, {args.threads} threads, "
+            f"sampler compile={args.compile}, "
             f"{r['steps']} interleaved steps each; {source})"
         )
         console.print(
