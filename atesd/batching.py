@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedModel
 
+from atesd.distributed import is_sharded
 from atesd.rollout.hf import left_pad
 
 # One extra forward costs about this many padded positions of work: CPU forwards are compute-bound
@@ -43,7 +44,16 @@ def length_buckets(lengths: Sequence[int], overhead: int) -> list[list[int]]:
     return groups[::-1]
 
 
+def _collective(model: PreTrainedModel) -> bool:
+    """FSDP-sharded weights: every forward is a collective, so each rank must run the same number of
+    forwards whatever its rows: one padded forward, no continuation pass."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and any(is_sharded(p) for p in model.parameters())
+
+
 def _overhead(model: PreTrainedModel, overhead: int | None) -> int:
+    if _collective(model):
+        return 10**18
     if overhead is not None:
         return overhead
     device = next(model.parameters()).device
@@ -82,7 +92,9 @@ def completion_hidden_with_continuations(
     predictor is a position of that pass, the rest come from one more forward of just `tokens` over
     its KV cache, masked to the first len(prompt) + k positions (causal attention leaves those
     unchanged). Needs an attention that takes a 4D mask (sdpa, eager) and no gradient; otherwise
-    the continuations get a forward of their own over prompt + completion[:k] + tokens.
+    the continuations get a forward of their own over prompt + completion[:k] + tokens. FSDP-sharded
+    weights get one padded forward and no continuation pass (a caller with rows that differ across
+    ranks passes no continuations: see the engine's grounded score).
 
     Returns (hidden, targets, (cont_hidden, cont_targets) or None): the continuation tokens of the
     rows that have one, in row order.
@@ -93,7 +105,9 @@ def completion_hidden_with_continuations(
     if any(c is not None and not (0 <= c[0] <= len(s) and c[1]) for c, s in zip(conts, completions)):
         raise ValueError("a continuation needs 0 <= k <= len(completion) and at least one token")
     has_conts = any(c is not None for c in conts)
-    shared = has_conts and not torch.is_grad_enabled() and _mask_kind(model) is not None
+    shared = (
+        has_conts and not torch.is_grad_enabled() and _mask_kind(model) is not None and not _collective(model)
+    )
     lengths = [len(p) + len(c) for p, c in zip(prompts, completions)]
     per_row: dict[int, torch.Tensor] = {}
     per_cont: dict[int, torch.Tensor] = {}

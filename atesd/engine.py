@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -41,6 +42,7 @@ from atesd.tasks.base import Problem, Task, action_band
 from atesd.teacher import Teacher, TeacherConfig
 
 Exposure = float | Mapping[str, float]  # one alpha for every problem, or one per band
+GroundedBy = Literal["teacher", "teacher_fixed", "student"]
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +130,16 @@ class EngineConfig:
         default=0.9, metadata={"help": "EMA decay of the training-state statistics, [0, 1)"}
     )
     grounded: bool = field(default=True, metadata={"help": "compute the grounded score g every step"})
+    grounded_by: GroundedBy = field(
+        default="teacher",
+        metadata={"help": "who scores the gold answer after the student's reasoning: teacher (the paper: "
+                  "the teacher at the window's alpha, which rises with alpha by itself), teacher_fixed "
+                  "(the teacher at grounded_alpha every window: exposure-neutral) or student (the "
+                  "student before the update, on its own prompt: exposure-neutral)"},
+    )  # fmt: skip
+    grounded_alpha: float = field(
+        default=0.0, metadata={"help": "the exposure grounded_by=teacher_fixed scores at, in [0, 1]"}
+    )
     fsdp: bool = field(
         default=False,
         metadata={"help": "under torchrun, shard every decoder layer (weights, gradients, optimiser state) "
@@ -153,6 +165,10 @@ class EngineConfig:
                 raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
         if not 0 <= self.stats_decay < 1:
             raise ValueError(f"stats_decay must be in [0, 1), got {self.stats_decay}")
+        if self.grounded_by not in get_args(GroundedBy):
+            raise ValueError(f"grounded_by must be one of {get_args(GroundedBy)}, got {self.grounded_by!r}")
+        if not 0 <= self.grounded_alpha <= 1:
+            raise ValueError(f"grounded_alpha must be in [0, 1], got {self.grounded_alpha}")
         if self.probe_every < 0:
             raise ValueError(f"probe_every must be >= 0, got {self.probe_every}")
         if self.max_nonfinite_steps < 1:
@@ -323,16 +339,27 @@ class DistillEngine:
             # the grounded score rides in the scoring pass where the reasoning is a token prefix of
             # the rollout (the gold answer is fed after it over the pass's cache); the other rows get
             # a forward of their own
-            reasoning, riding = self._grounded_rows(batch) if self.cfg.grounded else ([], None)
+            paper = self.cfg.grounded and self.cfg.grounded_by == "teacher"
+            reasoning, riding = self._grounded_rows(batch) if paper else ([], None)
+            if paper and self.sharded:  # FSDP: every rank the same forwards, whatever its rows
+                reasoning, riding, _ = self._unridden(batch)
             t_hidden, targets, ridden = completion_hidden_with_continuations(
                 teacher_model, teacher_prompts, batch.completions, pad, riding
             )
             t_head = teacher_model.get_output_embeddings().weight
-            grounded = (
-                self._grounded(teacher_model, teacher_prompts, batch, reasoning, riding, ridden)
-                if self.cfg.grounded
-                else math.nan
-            )
+            if paper:
+                grounded = self._grounded(teacher_model, teacher_prompts, batch, reasoning, riding, ridden)
+            elif self.cfg.grounded and self.cfg.grounded_by == "teacher_fixed":
+                fixed = self.teacher_prompts(batch.problems, self.cfg.grounded_alpha, batch.texts)
+                grounded = self._grounded(teacher_model, fixed, batch, *self._unridden(batch))
+        if self.cfg.grounded and self.cfg.grounded_by == "student":  # the weights that made the rollout
+            was_training = self.student.training
+            self.student.eval()
+            with torch.no_grad():
+                grounded = self._grounded(self.student, batch.prompts, batch, *self._unridden(batch))
+            self.student.train(was_training)
+        elif not self.cfg.grounded:
+            grounded = math.nan
         t_teacher = time.perf_counter()
         self.student.train()
         s_hidden, _ = completion_hidden(self.student, batch.prompts, batch.completions, pad)
@@ -467,28 +494,34 @@ class DistillEngine:
             riding.append((len(ids), final) if prefix else None)
         return reasoning, riding
 
+    def _unridden(self, batch: Batch) -> tuple[list[list[int]], list[None], None]:
+        """`_grounded`'s arguments for a forward of its own over every row."""
+        reasoning = [self.builder.encode(self.task.reasoning(text)) for text in batch.texts]
+        return reasoning, [None] * len(reasoning), None
+
     @torch.no_grad()
     def _grounded(
         self,
-        teacher_model: PreTrainedModel,
-        teacher_prompts: list[list[int]],
+        model: PreTrainedModel,
+        prompts: list[list[int]],
         batch: Batch,
         reasoning: list[list[int]],
         riding: list[tuple[int, list[int]] | None],
         ridden: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> float:
-        """Mean log-prob the teacher assigns to the reference final answer appended after the
-        student's reasoning (its own final answer removed), pooled over the answer tokens: the rows
-        that rode in the scoring pass (`ridden`) and a forward for the rest."""
+        """Mean log-prob `model` (the teacher, or the student for grounded_by=student) assigns to the
+        reference final answer appended after the student's reasoning (its own final answer removed)
+        behind `prompts`, pooled over the answer tokens: the rows that rode in the scoring pass
+        (`ridden`) and a forward for the rest."""
         parts = [ridden] if ridden is not None else []
         rest = [i for i, r in enumerate(riding) if r is None]
         if rest:
-            seqs = [teacher_prompts[i] + reasoning[i] for i in rest]
+            seqs = [prompts[i] + reasoning[i] for i in rest]
             finals = [self.builder.encode(batch.problems[i].final) for i in rest]
-            parts.append(completion_hidden(teacher_model, seqs, finals, self.tokenizer.pad_token_id))
+            parts.append(completion_hidden(model, seqs, finals, self.tokenizer.pad_token_id))
         hidden = torch.cat([h for h, _ in parts])
         targets = torch.cat([t for _, t in parts])
-        logp = torch.log_softmax((hidden @ teacher_model.get_output_embeddings().weight.T).float(), dim=-1)
+        logp = torch.log_softmax((hidden @ model.get_output_embeddings().weight.T).float(), dim=-1)
         return float(logp.gather(1, targets[:, None]).mean())
 
     @torch.no_grad()

@@ -124,3 +124,64 @@ def test_the_grounded_score_in_the_scoring_pass_is_the_defined_one(tiny_model, t
         assert grounded == pytest.approx(separate_grounded(engine, batch, 0.5), abs=1e-5)
     finally:
         small_task.__dict__.pop("reasoning", None)
+
+
+def count_forwards(model) -> list[bool]:
+    """Every decoder forward from now on, as its use_cache flag."""
+    calls: list[bool] = []
+    model.get_decoder().register_forward_hook(
+        lambda _m, _a, kwargs, _o: calls.append(bool(kwargs.get("use_cache"))), with_kwargs=True
+    )
+    return calls
+
+
+def test_sharded_weights_get_the_same_forwards_on_every_rank(tiny_model, monkeypatch):
+    """Under FSDP each forward is a collective: a rank's rows must not change how many it runs."""
+    prompts, completions = rows(3, 12, tiny_model.config.vocab_size)
+    calls = count_forwards(tiny_model)
+    completion_hidden(tiny_model, prompts, completions, 0, overhead=0)
+    assert len(calls) > 1  # buckets, unsharded
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr("atesd.batching.is_sharded", lambda p: True)
+    calls.clear()
+    completion_hidden(tiny_model, prompts, completions, 0, overhead=0)
+    assert calls == [False]  # one padded forward
+    calls.clear()
+    with torch.no_grad():
+        conts = [(0, [1, 2])] + [None] * 11
+        completion_hidden_with_continuations(tiny_model, prompts, completions, 0, conts, 0)
+    assert calls == [False, False]  # and the continuation's own forward: no pass over a cache
+
+
+@pytest.mark.parametrize("by", ["teacher_fixed", "student"])
+def test_an_exposure_neutral_grounded_score_does_not_move_with_alpha(tiny_model, tokenizer, small_task, by):
+    cfg = EngineConfig(batch_size=8, grounded_by=by, grounded_alpha=0.25)
+    engine = DistillEngine(tiny_model, tokenizer, small_task, cfg)
+    problems = small_task.sample(np.random.default_rng(0), 8)
+    b = engine.builder
+    prompts = [b.encode(b.student_prompt(p)) for p in problems]
+    completions = [b.encode(p.solution) + [tokenizer.eos_token_id] for p in problems]
+    batch = Batch(
+        problems, prompts, completions, tokenizer.batch_decode(completions, skip_special_tokens=True)
+    )
+    scores = [engine.batch_loss(batch, alpha)[1] for alpha in (0.0, 0.5, 1.0)]
+    assert scores[0] == scores[1] == scores[2]
+    if by == "teacher_fixed":
+        assert scores[0] == pytest.approx(separate_grounded(engine, batch, 0.25), abs=1e-5)
+    else:  # the student's own view: its prompt, its weights
+        seqs = [p + b.encode(small_task.reasoning(t)) for p, t in zip(prompts, batch.texts)]
+        finals = [b.encode(p.final) for p in problems]
+        with torch.no_grad():
+            hidden, targets = completion_hidden(engine.student, seqs, finals, tokenizer.pad_token_id)
+            logp = torch.log_softmax(hidden @ engine.student.get_output_embeddings().weight.T, dim=-1)
+        assert scores[0] == pytest.approx(float(logp.gather(1, targets[:, None]).mean()), abs=1e-5)
+    paper = DistillEngine(tiny_model, tokenizer, small_task, EngineConfig(batch_size=8))
+    assert len({paper.batch_loss(batch, alpha)[1] for alpha in (0.0, 0.5, 1.0)}) == 3  # the paper's moves
+
+
+@pytest.mark.parametrize(
+    "bad", [{"grounded_by": "oracle"}, {"grounded_alpha": 1.5}, {"grounded_alpha": -0.1}]
+)
+def test_bad_grounded_settings_are_refused(bad):
+    with pytest.raises(ValueError, match="grounded_"):
+        EngineConfig(**bad)
