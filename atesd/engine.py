@@ -335,31 +335,29 @@ class DistillEngine:
         time the teacher's passes ended."""
         teacher_prompts = self.teacher_prompts(batch.problems, alpha, batch.texts)
         pad = self.tokenizer.pad_token_id
+        by = self.cfg.grounded_by if self.cfg.grounded else None
+        grounded = math.nan
         with self.teacher.scoring() as teacher_model:
-            # the grounded score rides in the scoring pass where the reasoning is a token prefix of
-            # the rollout (the gold answer is fed after it over the pass's cache); the other rows get
-            # a forward of their own
-            paper = self.cfg.grounded and self.cfg.grounded_by == "teacher"
-            reasoning, riding = self._grounded_rows(batch) if paper else ([], None)
-            if paper and self.sharded:  # FSDP: every rank the same forwards, whatever its rows
-                reasoning, riding, _ = self._unridden(batch)
+            # the paper's grounded score rides in the scoring pass where the reasoning is a token
+            # prefix of the rollout (the gold answer fed after it over the pass's cache); the other
+            # rows, and every row under FSDP (each rank the same forwards), get a forward of their own
+            ride = by == "teacher" and not self.sharded
+            reasoning, riding, _ = self._grounded_rows(batch) if ride else self._unridden(batch)
             t_hidden, targets, ridden = completion_hidden_with_continuations(
-                teacher_model, teacher_prompts, batch.completions, pad, riding
+                teacher_model, teacher_prompts, batch.completions, pad, riding if ride else None
             )
             t_head = teacher_model.get_output_embeddings().weight
-            if paper:
+            if by == "teacher":
                 grounded = self._grounded(teacher_model, teacher_prompts, batch, reasoning, riding, ridden)
-            elif self.cfg.grounded and self.cfg.grounded_by == "teacher_fixed":
+            elif by == "teacher_fixed":  # the same forward at one exposure for every window
                 fixed = self.teacher_prompts(batch.problems, self.cfg.grounded_alpha, batch.texts)
-                grounded = self._grounded(teacher_model, fixed, batch, *self._unridden(batch))
-        if self.cfg.grounded and self.cfg.grounded_by == "student":  # the weights that made the rollout
+                grounded = self._grounded(teacher_model, fixed, batch, reasoning, riding, None)
+        if by == "student":  # the weights that made the rollout, on the student's own prompt
             was_training = self.student.training
             self.student.eval()
             with torch.no_grad():
-                grounded = self._grounded(self.student, batch.prompts, batch, *self._unridden(batch))
+                grounded = self._grounded(self.student, batch.prompts, batch, reasoning, riding, None)
             self.student.train(was_training)
-        elif not self.cfg.grounded:
-            grounded = math.nan
         t_teacher = time.perf_counter()
         self.student.train()
         s_hidden, _ = completion_hidden(self.student, batch.prompts, batch.completions, pad)
@@ -482,9 +480,12 @@ class DistillEngine:
         self.eval_gen = torch.Generator(device=device).manual_seed(int(eval_seq.generate_state(1)[0]))
 
     # ---- measurements -----------------------------------------------------------------------
-    def _grounded_rows(self, batch: Batch) -> tuple[list[list[int]], list[tuple[int, list[int]] | None]]:
-        """Each row's reasoning ids (its rollout without its own final answer), and for the rows whose
-        reasoning is a token prefix of the rollout the continuation (its length, the gold answer)."""
+    def _grounded_rows(
+        self, batch: Batch
+    ) -> tuple[list[list[int]], list[tuple[int, list[int]] | None], None]:
+        """`_grounded`'s arguments before the scoring pass: each row's reasoning ids (its rollout
+        without its own final answer), and for the rows whose reasoning is a token prefix of the
+        rollout the continuation to ride in that pass (its length, the gold answer)."""
         reasoning, riding = [], []
         for problem, text, completion in zip(batch.problems, batch.texts, batch.completions):
             ids = self.builder.encode(self.task.reasoning(text))
@@ -492,7 +493,7 @@ class DistillEngine:
             reasoning.append(ids)
             prefix = len(ids) <= len(completion) and completion[: len(ids)] == ids and final
             riding.append((len(ids), final) if prefix else None)
-        return reasoning, riding
+        return reasoning, riding, None
 
     def _unridden(self, batch: Batch) -> tuple[list[list[int]], list[None], None]:
         """`_grounded`'s arguments for a forward of its own over every row."""
