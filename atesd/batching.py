@@ -15,7 +15,7 @@ import torch
 from transformers import PreTrainedModel
 
 from atesd.distributed import is_sharded
-from atesd.rollout.hf import left_pad
+from atesd.rollout.hf import _MASK_4D_KINDS, left_pad
 
 # One extra forward costs about this many padded positions of work: CPU forwards are compute-bound
 # and cheap to launch; a GPU forward has a higher fixed cost and padding is nearly free
@@ -139,7 +139,7 @@ def completion_hidden_with_continuations(
 
 def _mask_kind(model: PreTrainedModel) -> str | None:
     attn = model.config.get_text_config(decoder=True)._attn_implementation
-    return attn if attn in ("sdpa", "eager") else None
+    return attn if attn in _MASK_4D_KINDS else None  # the kinds the sampler hands a 4D mask too
 
 
 def _cache_kwarg(decoder: torch.nn.Module) -> str:

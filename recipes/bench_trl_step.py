@@ -13,6 +13,7 @@ so both sides compute the same thing from the same inputs; `check_same_loss` sho
 from __future__ import annotations
 
 import copy
+import os
 import time
 
 import numpy as np
@@ -26,10 +27,8 @@ INSTALL = 'pip install -e ".[bench]"  (trl, pinned; leaves your torch alone)'
 
 def generalized_jsd_loss():
     """TRL's loss function, or a one-line error naming the extra."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     try:
-        import os
-
-        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         from trl.experimental.gkd import GKDTrainer
     except ImportError as e:
         raise SystemExit(f"step-vs-trl needs trl: {INSTALL} ({e})") from None
