@@ -15,9 +15,11 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -149,6 +151,12 @@ class EngineConfig:
     probe_every: int = field(
         default=1, metadata={"help": "measure the probe NLL every this many steps (0 = never; then NaN)"}
     )
+    overlap_probe: bool = field(
+        default=True,
+        metadata={"help": "inside a hold window, measure the probe NLL after update t on a second CPU "
+                  "thread while update t+1's rollout samples from the same weights (the same values; "
+                  "CPU, >= 2 torch threads, one process, probe_every=1)"},
+    )  # fmt: skip
     max_nonfinite_steps: int = field(
         default=5, metadata={"help": "stop after this many non-finite losses in a row"}
     )
@@ -183,6 +191,12 @@ class Batch:
     prompts: list[list[int]]
     completions: list[list[int]]
     texts: list[str]
+
+
+def _one_torch_thread(fn: Callable[[], Any]) -> Any:
+    """fn() with this thread's torch (OpenMP) thread count at 1: the count is per thread."""
+    torch.set_num_threads(1)
+    return fn()
 
 
 class NonFiniteLossError(RuntimeError):
@@ -236,13 +250,27 @@ class DistillEngine:
         self.probe = probe if probe is not None else task.probe_set()
         self.last_probe_nll: float | None = None
         self._probe_ids: tuple[list[list[int]], list[list[int]]] | None = None
+        self._side_thread: ThreadPoolExecutor | None = None  # `_beside`'s second thread, made when first used
 
     # ---- one student update -----------------------------------------------------------------
     def step(self, alpha: Exposure) -> StepStats:
         """One on-policy distillation update at exposure alpha (a number, or one per band: a dict
-        band -> alpha, a problem's band as `action_band` names it)."""
+        band -> alpha, a problem's band as `action_band` names it), its probe NLL measured after it."""
+        stats, _ = self._train(alpha)
+        return self._probed(stats)
+
+    def _train(
+        self, alpha: Exposure, beside_rollout: Callable[[], Any] | None = None
+    ) -> tuple[StepStats, Any]:
+        """The update without its probe (`probe_nll` NaN, not yet in the EMAs: `_probed` completes it).
+        `beside_rollout`, when given, runs on a second thread while the student samples (it must read
+        the weights the rollout reads and write nothing they use); its result is returned too."""
         t_start = time.perf_counter()
-        batch = self.rollout(self.task.sample(self.rng, self.cfg.batch_size))
+        problems = self.task.sample(self.rng, self.cfg.batch_size)
+        if beside_rollout is None:
+            batch, beside = self.rollout(problems), None
+        else:
+            batch, beside = self._beside(lambda: self.rollout(problems), beside_rollout)
         t_rollout = time.perf_counter()
         out, grounded, t_teacher = self.batch_loss(batch, alpha)
         if self.dist.all_true(bool(torch.isfinite(out.loss))):  # one rank's non-finite loss skips all
@@ -253,9 +281,6 @@ class DistillEngine:
         skipped = not math.isfinite(grad_norm)
         t_update = time.perf_counter()
         self.num_steps += 1
-        every = self.cfg.probe_every
-        probe_nll = self.probe_nll() if every and self.num_steps % every == 0 else math.nan
-        t_end = time.perf_counter()
         per_token = out.per_token.float()
         verdicts = [self.task.verify(p, t) for p, t in zip(batch.problems, batch.texts)]
         alphas = [self.alpha_of(alpha, p) for p in batch.problems]
@@ -281,17 +306,68 @@ class DistillEngine:
             confidence=confidence,
             sampled_logprob=logprob,
             grounded=grounded,
-            probe_nll=probe_nll,
+            probe_nll=math.nan,
             rollout_accuracy=accuracy,
             rollout_s=t_rollout - t_start,
             teacher_s=t_teacher - t_rollout,
             update_s=t_update - t_teacher,
-            probe_s=t_end - t_update,
-            total_s=t_end - t_start,
+            probe_s=0.0,
+            total_s=t_update - t_start,
             band_accuracy=band_accuracy,
         )
+        return stats, beside
+
+    def _probed(self, stats: StepStats, measured: tuple[float, float] | None = None) -> StepStats:
+        """`stats` with the probe NLL of the weights after its update, folded into the EMAs.
+
+        `measured` = (nll, seconds) when the probe already ran beside the next rollout (its seconds are
+        then not part of `total_s`); otherwise it runs now (every `probe_every` steps, else NaN)."""
+        if measured is None:
+            every = self.cfg.probe_every
+            measured = self._timed_probe() if every and stats.step % every == 0 else (math.nan, 0.0)
+            total = stats.total_s + measured[1]
+        else:
+            total = stats.total_s
+        stats = dataclasses.replace(stats, probe_nll=measured[0], probe_s=measured[1], total_s=total)
         self.stats.update(stats)
         return stats
+
+    def _timed_probe(self) -> tuple[float, float]:
+        t = time.perf_counter()
+        nll = self.probe_nll()
+        return nll, time.perf_counter() - t
+
+    def overlaps_probe(self) -> bool:
+        """Whether `run_window` measures each probe beside the next rollout: on a CPU with at least two
+        torch threads, in one process, with our sampler on the student's own weights, a probe every step
+        (the rollout of a small model keeps one core busy and leaves the other idle)."""
+        return (
+            self.cfg.overlap_probe
+            and self.cfg.probe_every == 1
+            and not self.dist.active
+            and not self.sampler.owns_weights
+            and self.student.device.type == "cpu"
+            and torch.get_num_threads() >= 2
+        )
+
+    def _beside(self, main: Callable[[], Any], side: Callable[[], Any]) -> tuple[Any, Any]:
+        """main() here and side() on the engine's second thread at once, one torch thread each, the
+        student in eval mode for both (neither toggles modes under the other); returns both results."""
+        threads = torch.get_num_threads()
+        modes = [m.training for m in self.student.modules()]
+        self.student.eval()
+        torch.set_num_threads(1)
+        if self._side_thread is None:
+            self._side_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="atesd-probe")
+        future = self._side_thread.submit(_one_torch_thread, side)
+        try:
+            result = main()
+        finally:
+            futures_wait([future])  # never leave it running on the weights the caller changes next
+            torch.set_num_threads(threads)
+            for module, mode in zip(self.student.modules(), modes, strict=True):
+                module.training = mode
+        return result, future.result()
 
     def alpha_of(self, alpha: Exposure, problem: Problem) -> float:
         """The exposure of `problem`: `alpha` itself, or its band's entry (KeyError names the band)."""
@@ -369,11 +445,22 @@ class DistillEngine:
         return out, grounded, t_teacher
 
     def run_window(self, alpha: Exposure, hold_steps: int) -> WindowStats:
-        """Hold alpha for `hold_steps` updates; losses l_0..l_H are the probe NLL around them."""
+        """Hold alpha for `hold_steps` updates; losses l_0..l_H are the probe NLL around them.
+
+        The same updates and numbers as `hold_steps` calls of `step`; where `overlaps_probe()`, the
+        probe after each update but the last is measured while the next update's rollout samples."""
         if hold_steps < 1:
             raise ValueError(f"hold_steps must be >= 1, got {hold_steps}")
         start = self.last_probe_nll if self.last_probe_nll is not None else self.probe_nll()
-        steps = [self.step(alpha) for _ in range(hold_steps)]
+        if not self.overlaps_probe():
+            steps = [self.step(alpha) for _ in range(hold_steps)]
+        else:  # the probe after update t runs beside the rollout of update t + 1 (same weights)
+            steps, (pending, _) = [], self._train(alpha)
+            for _ in range(hold_steps - 1):
+                stats, measured = self._train(alpha, beside_rollout=self._timed_probe)
+                steps.append(self._probed(pending, measured))
+                pending = stats
+            steps.append(self._probed(pending))  # the window's last probe: nothing left to hide it behind
         mean = float(np.mean(list(alpha.values()))) if isinstance(alpha, Mapping) else float(alpha)
         return WindowStats(alpha=mean, steps=steps, probe_before=start)
 
