@@ -10,9 +10,11 @@
             full length on a random model, and on the embedded task's prompts (rollouts end at EOS).
 3. loss:    peak memory of the distillation loss (forward + backward) chunked vs naive at
             V = 151,936 (Qwen3's vocabulary), B*T = 4096, each in a fresh process (peak RSS delta).
-4. step-vs-trl: `DistillEngine.step` at the default config against the same step built from TRL's
-            pieces (recipes/bench_trl_step.py), same process, model, prompts and alpha, interleaved;
-            first both losses on one shared batch (equal to 1e-5). Not part of the default run.
+4. step-vs-trl: our student update at the default config, as the env runs it (a hold window of 5
+            `DistillEngine.step`s, `run_window`), and as bare `step` calls, against the same step built
+            from TRL's pieces (recipes/bench_trl_step.py), same process, model, prompts and alpha,
+            interleaved; first both losses on one shared batch (equal to 1e-5). The last line's "ours"
+            is the window's seconds per update. Not part of the default run.
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ def main() -> int:
     parser.add_argument(
         "--compile", action="store_true", help="step-vs-trl: our sampler compiled (compile in the warm-up)"
     )
-    parser.add_argument("--steps", type=int, default=10, help="engine steps timed")
+    parser.add_argument("--steps", type=int, default=10, help="engine steps timed (step-vs-trl: at least 20)")
     parser.add_argument("--repeats", type=int, default=5, help="sampler repeats (best of)")
     parser.add_argument("--loss-child", nargs=5, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -199,11 +201,11 @@ def main() -> int:
 
         generalized_jsd_loss()  # the missing extra, before any model loads
         engine, source = embedded_engine(args.threads, compile=args.compile)
-        r = step_vs_trl(engine, 0.5, max(args.steps, 10))
+        r = step_vs_trl(engine, 0.5, max(args.steps, 20))
         console.print(
             f"[bold]step vs TRL pieces[/] (batch {engine.cfg.batch_size}, alpha 0.5, {args.threads} threads, "
-            f"sampler compile={args.compile}, "
-            f"{r['steps']} interleaved steps each; {source})"
+            f"sampler compile={args.compile}, lean decode={r['lean_decode']}, probe overlapped="
+            f"{r['overlapped']}; {r['steps']} updates each, interleaved in windows of {r['hold']}; {source})"
         )
         console.print(
             f"  loss on one shared batch: ours {r['ours_loss']:.7f}, trl generalized_jsd_loss "
@@ -211,6 +213,10 @@ def main() -> int:
         )
         console.print("  ours by phase: " + ", ".join(f"{k} {v:.3f}" for k, v in r["ours_phases"].items()))
         console.print(f"  medians: ours {r['ours_median_s']:.3f} s, trl-pieces {r['trl_median_s']:.3f} s")
+        console.print(
+            f"  ours as bare DistillEngine.step calls (every probe in line): {r['step_s']:.3f} s, "
+            f"ratio {r['step_ratio']:.2f}x"
+        )
         print(
             f"step-vs-trl: ours {r['ours_s']:.3f} s, trl-pieces {r['trl_s']:.3f} s, ratio {r['ratio']:.2f}x"
         )

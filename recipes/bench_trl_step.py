@@ -121,28 +121,37 @@ def check_same_loss(engine: DistillEngine, trl_step: TRLPiecesStep, alpha: float
     return ours, theirs
 
 
-def step_vs_trl(engine: DistillEngine, alpha: float, steps: int) -> dict:
-    """Interleaved timings: one engine step, one TRL-pieces step, `steps` times each after a warm-up."""
+def step_vs_trl(engine: DistillEngine, alpha: float, steps: int, hold: int = 5) -> dict:
+    """Interleaved timings, per student update: our env's hold window (`run_window(alpha, hold)`, the
+    probe after each update but the last measured beside the next rollout), `hold` TRL-pieces steps,
+    and `hold` bare `DistillEngine.step` calls (every probe in line), in rounds until `steps` of each."""
     trl_step = TRLPiecesStep(engine, seed=engine.cfg.seed)
     ours_loss, trl_loss = check_same_loss(engine, trl_step, alpha)
-    engine.step(alpha), trl_step.step(alpha)  # warm-up
-    times: dict[str, list[float]] = {"ours": [], "trl": []}
+    engine.run_window(alpha, hold), trl_step.step(alpha), engine.step(alpha)  # warm-up
+    times: dict[str, list[float]] = {"window": [], "trl": [], "step": []}
     phases = []
-    for _ in range(steps):
+    for _ in range(max(1, -(-steps // hold))):
         t0 = time.perf_counter()
-        phases.append(engine.step(alpha))
-        times["ours"].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        trl_step.step(alpha)
-        times["trl"].append(time.perf_counter() - t0)
-    ours, trl = float(np.mean(times["ours"])), float(np.mean(times["trl"]))
+        phases += engine.run_window(alpha, hold).steps
+        times["window"].append((time.perf_counter() - t0) / hold)
+        for _ in range(hold):
+            t0 = time.perf_counter()
+            trl_step.step(alpha)
+            times["trl"].append(time.perf_counter() - t0)
+        for _ in range(hold):
+            t0 = time.perf_counter()
+            engine.step(alpha)
+            times["step"].append(time.perf_counter() - t0)
+    window, trl, step = (float(np.mean(times[k])) for k in ("window", "trl", "step"))
     split = {
         k: float(np.mean([getattr(s, k) for s in phases]))
         for k in ("rollout_s", "teacher_s", "update_s", "probe_s")
     }
     return {
-        "ours_s": ours, "trl_s": trl, "ratio": trl / ours, "steps": steps,
-        "ours_median_s": float(np.median(times["ours"])), "trl_median_s": float(np.median(times["trl"])),
+        "ours_s": window, "trl_s": trl, "ratio": trl / window, "steps": len(times["trl"]), "hold": hold,
+        "step_s": step, "step_ratio": trl / step, "overlapped": engine.overlaps_probe(),
+        "ours_median_s": float(np.median(times["window"])), "trl_median_s": float(np.median(times["trl"])),
         "ours_loss": ours_loss, "trl_loss": trl_loss, "same_loss": abs(ours_loss - trl_loss) <= 1e-5,
         "beta": trl_step.beta, "ours_phases": split,
+        "lean_decode": getattr(engine.sampler, "lean", None) is not None,
     }  # fmt: skip

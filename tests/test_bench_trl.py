@@ -43,3 +43,15 @@ def test_a_loss_trl_cannot_express_is_refused(tiny_model, tokenizer, small_task)
     engine = DistillEngine(tiny_model, tokenizer, small_task, cfg)
     with pytest.raises(SystemExit, match="no equivalent"):
         bench_trl_step.trl_beta(engine)
+
+
+def test_step_vs_trl_times_windows_steps_and_trl_on_equal_counts(tiny_model, tokenizer, small_task):
+    pytest.importorskip("trl", reason="the step-vs-trl benchmark's extra: pip install -e '.[bench]'")
+    from atesd.engine import SamplingConfig
+
+    cfg = EngineConfig(batch_size=4, sampling=SamplingConfig(max_new_tokens=8))
+    engine = DistillEngine(tiny_model, tokenizer, small_task, cfg)
+    r = bench_trl_step.step_vs_trl(engine, 0.5, steps=3, hold=2)
+    assert r["steps"] == 4 and r["hold"] == 2 and r["same_loss"]  # rounds of 2 until at least 3
+    assert r["ratio"] == pytest.approx(r["trl_s"] / r["ours_s"]) and r["step_s"] > 0 and r["lean_decode"]
+    assert engine.num_steps == 2 + 1 + 2 * 2 * 2  # warm-up window and step, then 2 rounds of window + steps

@@ -24,7 +24,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MAIN_COMMAND = "python recipes/run.py --controller beta_reinforce"
 TORCH, MACHINE = "2.13.0+cpu", "x86_64"  # as the README says
-BLOCKS = {"AVX2": 0}  # torch CPU capability -> index of its code block in the README's section
+BLOCKS = {"AVX2": 0, "AVX512": 1}  # torch CPU capability -> index of its code block in the README's section
 
 
 def this_machine() -> dict[str, str]:
