@@ -15,6 +15,18 @@ SUMMARY_FIELDS = (
 )  # fmt: skip
 
 
+SCORE_WORDS = {
+    "final": "final score of the last episode",
+    "best": "best evaluation of the last episode",
+    "tail": "mean of the last {k} evaluations of the last episode",
+}
+
+
+def score_words(score: str) -> str:
+    kind, _, k = score.partition(":")
+    return SCORE_WORDS.get(kind, score).format(k=k)
+
+
 def _fmt(value: float, spec: str) -> str:
     return "-" if value is None or not math.isfinite(value) else format(value, spec)
 
@@ -41,7 +53,7 @@ COLUMNS = (
 )  # fmt: skip
 
 
-def print_table(summary: dict, baseline: str, console: Any = None) -> None:
+def print_table(summary: dict, baseline: str, console: Any = None, score: str = "final") -> None:
     """A rich table on a terminal; plain aligned lines otherwise (logs, CI, files)."""
     from rich.console import Console
     from rich.table import Table
@@ -49,7 +61,7 @@ def print_table(summary: dict, baseline: str, console: Any = None) -> None:
     console = console or Console()
     rows = table_rows(summary, baseline)
     caption = (
-        f"final score of the last episode; p: Welch t-test against {baseline} (two-sided; >: one-sided, "
+        f"{score_words(score)}; p: Welch t-test against {baseline} (two-sided; >: one-sided, "
         "mean above the baseline's); "
         "regret: oracle mean - mean (mock env)"
     )

@@ -198,18 +198,45 @@ def run_units(cfg_dict: dict[str, Any], units: list[tuple[str, str, int]], worke
 
 
 # ---- statistics ------------------------------------------------------------------------------------
-def summarise(results: list[dict], baseline: str) -> dict[str, dict[str, dict[str, Any]]]:
+def parse_score(text: str) -> tuple[str, int]:
+    """`final`, `best` or `tail:K` (K >= 1) -> (kind, K); ValueError naming the choices otherwise."""
+    kind, _, k = text.strip().partition(":")
+    if kind in ("final", "best") and not k:
+        return kind, 1
+    if kind == "tail" and k.isdigit() and int(k) >= 1:
+        return kind, int(k)
+    raise ValueError(f"--score must be final, best or tail:K (K >= 1), got {text!r}")
+
+
+def unit_score(unit: dict, score: str) -> float:
+    """A unit's score under `score`: its final score, the best of its evaluations (OPSD's best
+    checkpoint), or the mean of its last K evaluations (the window scores of its last episode after
+    the start; on the real env the finite ones are its evaluations, the final one included)."""
+    kind, k = parse_score(score)
+    if kind == "final":
+        return unit["final"]
+    evals = [v for v in unit["curve"][1:] if v is not None and math.isfinite(v)]
+    if not evals:
+        return unit["final"]
+    return float(max(evals)) if kind == "best" else float(np.mean(evals[-k:]))
+
+
+def summarise(
+    results: list[dict], baseline: str, score: str = "final"
+) -> dict[str, dict[str, dict[str, Any]]]:
     """summary[env][controller]: n, mean, sd, 95% CI, Welch p vs `baseline` (two-sided, and one-sided
     `p_greater` for mean above the baseline's; NaN for itself), regret vs
     the oracle (mock env, oracle in the run; else NaN), mean alpha of the last episode, seconds per unit
-    and the per-seed finals. Controllers keep their order of first appearance."""
+    and the per-seed scores (`finals`, under `score`: see `unit_score`). Controllers keep their order
+    of first appearance."""
     groups: dict[str, dict[str, list[dict]]] = {}
     for r in results:
         groups.setdefault(r["env"], {}).setdefault(r["controller"], []).append(r)
     summary: dict[str, dict[str, dict[str, Any]]] = {}
     for env, by_ctl in groups.items():
         finals = {
-            ctl: [r["final"] for r in sorted(rs, key=lambda r: r["seed"])] for ctl, rs in by_ctl.items()
+            ctl: [unit_score(r, score) for r in sorted(rs, key=lambda r: r["seed"])]
+            for ctl, rs in by_ctl.items()
         }
         oracle = mean_ci(finals["oracle"])[0] if env == "mock" and "oracle" in finals else math.nan
         summary[env] = {}
@@ -297,6 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", default="5", help="N: seeds 0..N-1; A-B: seeds A..B inclusive (default 5)")
     parser.add_argument("--workers", type=int, default=0, help="worker processes (0 = in this process)")
     parser.add_argument("--baseline", default="fixed", help="controller spec the p-values test against")
+    parser.add_argument(
+        "--score",
+        default="final",
+        help="what a unit scores: final (the last evaluation), best (the best evaluation of the last "
+        "episode: OPSD's best checkpoint) or tail:K (the mean of its last K evaluations; on the real env "
+        "evaluations come every real.env.eval_every windows and at the end)",
+    )
     parser.add_argument("--config", type=Path, default=None, help="YAML file of RunConfig fields")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], help="override, e.g. episodes=5"
@@ -334,6 +368,17 @@ def plan(args: argparse.Namespace) -> tuple[RunConfig, list[str], list[str], lis
     controllers = [_normal(s) for s in _split(args.controllers)] or list(CONTROLLERS)
     args.baseline = _normal(args.baseline)
     notes = []
+    try:
+        kind, k = parse_score(args.score)
+    except ValueError as err:
+        raise cfglib.ConfigError(str(err)) from err
+    windows = cfg.real.env.total_steps // cfg.real.env.hold_steps
+    evals = 1 + (windows - 1) // cfg.real.env.eval_every if cfg.real.env.eval_every else 1
+    if "real" in envs and kind != "final" and evals < (k if kind == "tail" else 2):
+        notes.append(
+            f"note: --score {args.score} on real sees {evals} evaluation(s) a run "
+            f"(real.env.eval_every={cfg.real.env.eval_every})"
+        )
     if args.baseline not in controllers:
         controllers.append(args.baseline)
         notes.append(f"note: added the baseline '{args.baseline}' to the controllers")
@@ -429,9 +474,9 @@ def _main(args: argparse.Namespace, argv: list[str]) -> Path:
     ]
     cfg_dict = cfglib.to_dict(cfg)
     results = run_units(cfg_dict, units, args.workers)
-    summary = summarise(results, args.baseline)
+    summary = summarise(results, args.baseline, args.score)
     wall = time.perf_counter() - t0
-    print_table(summary, args.baseline)
+    print_table(summary, args.baseline, score=args.score)
     run_dir = new_run_dir(args.out if args.out is not None else Path(cfg.out_dir), cfg.name)
     write_csv(summary, run_dir / "results.csv")
     bands = curve_bands(results)
@@ -443,6 +488,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> Path:
         "controllers": controllers,
         "seeds": seeds,
         "baseline": args.baseline,
+        "score": args.score,
         "workers": args.workers,
         "wall_s": wall,
         "config": cfg_dict,

@@ -202,6 +202,9 @@ def test_seed_ranges_and_controller_specs_each_their_own_row(tmp_path):
         (["--controllers", "fixed:alpha=0.5:alpha=0.6"], "sets alpha twice"),
         (["--controllers", ":alpha=0.5"], "names no controller"),
         (["--controllers", "fixd:alpha=0.5"], "did you mean 'fixed'?"),
+        (["--score", "last"], "--score must be final, best or tail:K"),
+        (["--score", "tail:0"], "--score must be final, best or tail:K"),
+        (["--score", "tail"], "--score must be final, best or tail:K"),
     ],
 )
 def test_bad_seeds_and_specs_exit_2_in_one_line(argv, message, tmp_path, capsys):
@@ -210,6 +213,19 @@ def test_bad_seeds_and_specs_exit_2_in_one_line(argv, message, tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and message in err and len(err.splitlines()) == 1, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_scores_final_best_and_tail_read_the_evaluations():
+    # the real env: NaN between evaluations; the start (window 0) never counts
+    curve = [0.9, math.nan, 0.5, math.nan, 0.7, math.nan, 0.4]
+    u = unit("real", "fixed", 0, 0.4, curve)
+    assert bench.unit_score(u, "final") == 0.4 and bench.unit_score(u, "best") == 0.7
+    assert bench.unit_score(u, "tail:2") == pytest.approx(0.55)
+    assert bench.unit_score(u, "tail:9") == pytest.approx((0.5 + 0.7 + 0.4) / 3)  # all it has
+    assert bench.unit_score(unit("real", "fixed", 0, 0.3, [0.2]), "best") == 0.3  # no evaluation: final
+    results = [unit("real", c, s, 0.4, [0.1, 0.6 + s / 10, 0.4]) for c in ("fixed", "random") for s in (0, 1)]
+    best = bench.summarise(results, "fixed", "best")["real"]["random"]
+    assert best["finals"] == [0.6, 0.7] and best["mean"] == pytest.approx(0.65)
 
 
 class QuadraticEnv(gym.Env):
