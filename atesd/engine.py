@@ -154,8 +154,10 @@ class EngineConfig:
     overlap_probe: bool = field(
         default=True,
         metadata={"help": "inside a hold window, measure the probe NLL after update t on a second CPU "
-                  "thread while update t+1's rollout samples from the same weights (the same values; "
-                  "CPU, >= 2 torch threads, one process, probe_every=1)"},
+                  "thread while update t+1's rollout samples from the same weights (CPU, >= 2 torch "
+                  "threads, one process, probe_every=1; both run on one torch thread each: the same "
+                  "values in our fp32 checks, though a reduction may round otherwise on another thread "
+                  "count; false keeps every probe in line)"},
     )  # fmt: skip
     max_nonfinite_steps: int = field(
         default=5, metadata={"help": "stop after this many non-finite losses in a row"}
@@ -348,7 +350,12 @@ class DistillEngine:
             and not self.sampler.owns_weights
             and self.student.device.type == "cpu"
             and torch.get_num_threads() >= 2
+            and not any(getattr(m, "_hf_hook", None) for m in self.student.modules())  # offloading hooks
         )
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the second thread behind (a copy makes its own when it needs one)."""
+        return self.__dict__ | {"_side_thread": None}
 
     def _beside(self, main: Callable[[], Any], side: Callable[[], Any]) -> tuple[Any, Any]:
         """main() here and side() on the engine's second thread at once, one torch thread each, the

@@ -78,12 +78,20 @@ def run_unit(cfg_dict: dict[str, Any], env: str, controller: str, seed: int) -> 
         quiet_hf()
     previous = torch.get_num_threads()
     follower = set_threads(cfg.threads if env == "real" else 1)  # threads=0: follow the free cores
-    on_step = None if follower is None else (lambda step, transition: follower.update())
+    evals: list[float] = []  # the last episode's evaluations (windows whose info has "eval")
+
+    def on_step(step: int, transition: Any) -> None:
+        if follower is not None:
+            follower.update()
+        if "eval" in transition.info:
+            evals.append(float(transition.info.get("score", math.nan)))
+
     try:
         t0 = time.perf_counter()
         gym_env = build_env(cfg) if env in ENVS else make_env(env)
         agent = build_controller(cfg, gym_env)
         for episode in range(cfg.episodes):
+            evals.clear()
             result = run_episode(gym_env, agent, seed=1000 * seed + episode, on_step=on_step)
         gym_env.close()
         final = float(result.final_info.get("score", math.nan))
@@ -95,6 +103,9 @@ def run_unit(cfg_dict: dict[str, Any], env: str, controller: str, seed: int) -> 
             # an env of others without `score`: the last episode's undiscounted return
             "final": final if math.isfinite(final) else float(np.sum(result.rewards)),
             "curve": [result.start_score] + [float(s) for s in result.scores],  # window 0: the start
+            # the real env carries its last evaluation forward between evaluations: these are the
+            # evaluations themselves; an env that scores every window (the mock) has one per window
+            "evals": evals or [float(s) for s in result.scores if math.isfinite(s)],
             "alpha_mean": float(np.mean(result.alphas)),
             "final_eval": {k: float(v) for k, v in (result.final_info.get("eval") or {}).items()},
             "seconds": time.perf_counter() - t0,
@@ -210,12 +221,14 @@ def parse_score(text: str) -> tuple[str, int]:
 
 def unit_score(unit: dict, score: str) -> float:
     """A unit's score under `score`: its final score, the best of its evaluations (OPSD's best
-    checkpoint), or the mean of its last K evaluations (the window scores of its last episode after
-    the start; on the real env the finite ones are its evaluations, the final one included)."""
+    checkpoint), or the mean of its last K evaluations (`unit["evals"]`: the last episode's
+    evaluations, the final one included; on the mock every window's competence)."""
     kind, k = parse_score(score)
     if kind == "final":
         return unit["final"]
-    evals = [v for v in unit["curve"][1:] if v is not None and math.isfinite(v)]
+    evals = unit.get("evals")
+    if evals is None:  # a unit recorded before `evals` existed: its curve's finite windows
+        evals = [v for v in unit["curve"][1:] if v is not None and math.isfinite(v)]
     if not evals:
         return unit["final"]
     return float(max(evals)) if kind == "best" else float(np.mean(evals[-k:]))

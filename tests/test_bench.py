@@ -159,6 +159,7 @@ def test_smoke_both_envs_in_a_subprocess(tmp_path):
     real_units = [u for u in record["units"] if u["env"] == "real"]
     assert len(real_units) == 4 and all(len(u["curve"]) == 4 for u in real_units)  # start, 6 updates / H = 2
     assert all(0.0 <= u["final"] <= 1.0 for u in real_units)
+    assert all(len(u["evals"]) == 3 and u["evals"][-1] == u["final"] for u in real_units)  # eval_every 1
     assert len((run_dir / "results.csv").read_text().splitlines()) == 1 + 5
     assert (run_dir / "curves.png").read_bytes()[:8] == PNG
 
@@ -223,6 +224,11 @@ def test_scores_final_best_and_tail_read_the_evaluations():
     assert bench.unit_score(u, "tail:2") == pytest.approx(0.55)
     assert bench.unit_score(u, "tail:9") == pytest.approx((0.5 + 0.7 + 0.4) / 3)  # all it has
     assert bench.unit_score(unit("real", "fixed", 0, 0.3, [0.2]), "best") == 0.3  # no evaluation: final
+    # recorded evaluations win over the curve (where the real env repeats its last evaluation)
+    repeated = unit("real", "fixed", 0, 0.4, [0.9, math.nan, 0.5, 0.5, 0.7, 0.7, 0.4]) | {
+        "evals": [0.5, 0.7, 0.4]
+    }
+    assert bench.unit_score(repeated, "tail:3") == pytest.approx((0.5 + 0.7 + 0.4) / 3)
     results = [unit("real", c, s, 0.4, [0.1, 0.6 + s / 10, 0.4]) for c in ("fixed", "random") for s in (0, 1)]
     best = bench.summarise(results, "fixed", "best")["real"]["random"]
     assert best["finals"] == [0.6, 0.7] and best["mean"] == pytest.approx(0.65)

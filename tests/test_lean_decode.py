@@ -114,6 +114,17 @@ def _hooked():
     return m
 
 
+def _pruned():
+    """Layers dropped without renumbering: HF still writes each layer's cache slot by its layer_idx."""
+    m = _model("qwen3", num_hidden_layers=3)
+    m.model.layers = torch.nn.ModuleList([m.model.layers[0], m.model.layers[2]])
+    return m  # config.num_hidden_layers stays 3: the cache keeps a slot for each layer_idx
+
+
+def _quantised():
+    return torch.ao.quantization.quantize_dynamic(_model("qwen3"), {torch.nn.Linear}, dtype=torch.qint8)
+
+
 def _peft():
     peft = pytest.importorskip("peft")
     return peft.get_peft_model(_model("qwen3"), peft.LoraConfig(r=2, target_modules=["q_proj"]))
@@ -129,6 +140,8 @@ def _peft():
         (lambda: _model("llama", hidden_act="gelu"), "activation"),
         (lambda: _model("llama", mlp_bias=True), "MLP bias"),
         (_hooked, "forward hook"),
+        (_pruned, "decoder layers for num_hidden_layers"),
+        (_quantised, "not a plain nn.Linear"),
         (_peft, "not a plain causal LM"),
     ],
 )  # fmt: skip

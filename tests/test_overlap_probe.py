@@ -72,3 +72,13 @@ def test_a_failing_probe_propagates_and_restores_modes_and_threads(
     with pytest.raises(RuntimeError, match="probe failed"):
         engine.run_window(0.5, 2)
     assert engine.student.training and torch.get_num_threads() == 2
+
+
+def test_an_engine_with_its_second_thread_still_copies(tokenizer, small_task, two_threads):
+    import copy
+
+    engine = _engine(tokenizer, small_task)
+    engine.run_window(0.5, 2)  # the second thread exists now
+    twin = copy.deepcopy(engine)
+    assert twin._side_thread is None and engine._side_thread is not None
+    assert len(twin.run_window(0.5, 2).steps) == 2

@@ -60,6 +60,29 @@ def lean_unsupported(model: nn.Module) -> str | None:
     for p in model.parameters():
         if type(p) is not nn.Parameter or type(p.data) is not torch.Tensor:
             return "sharded or quantised parameters"
+    layers = model.model.layers
+    if len(layers) < cfg.num_hidden_layers:
+        return f"{len(layers)} decoder layers for num_hidden_layers={cfg.num_hidden_layers} (pruned layers)"
+    for i, layer in enumerate(layers[: cfg.num_hidden_layers]):
+        if layer.self_attn.layer_idx != i:  # HF writes layer k's cache slot by its layer_idx
+            return f"decoder layer {i} has layer_idx {layer.self_attn.layer_idx} (pruned or reordered layers)"
+        attn, mlp = layer.self_attn, layer.mlp
+        linears = (
+            attn.q_proj,
+            attn.k_proj,
+            attn.v_proj,
+            attn.o_proj,
+            mlp.gate_proj,
+            mlp.up_proj,
+            mlp.down_proj,
+        )
+        if any(type(m) is not nn.Linear for m in linears):
+            return "a projection that is not a plain nn.Linear (quantised or adapted)"
+    if type(model.lm_head) is not nn.Linear or type(model.model.embed_tokens) is not nn.Embedding:
+        return "an embedding or output head that is not a plain nn.Embedding / nn.Linear"
+    device = next(model.parameters()).device.type
+    if device not in ("cpu", "cuda"):
+        return f"device {device!r} (transformers chooses other attention kernels there)"
     if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
         return "a global forward hook"
     return None
@@ -100,7 +123,6 @@ class LeanDecoder:
         self.groups = attn.num_key_value_groups
         self.scaling = attn.scaling
         self.qk_norm = hasattr(attn, "q_norm")
-        self.force_gqa = os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA", "0") == "1"  # as transformers reads it
         self._table: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def rotary_table(self, capacity: int, dtype: torch.dtype, device: torch.device) -> None:
@@ -164,7 +186,8 @@ class LeanDecoder:
         """transformers' `sdpa_attention_forward` for one query position, its GQA choice included."""
         kwargs = {}
         if self.groups > 1:
-            if self.force_gqa or (mask is None and keys.shape[-1] == values.shape[-1] <= 256):
+            force = os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA", "0") == "1"  # read per call, as HF does
+            if force or (mask is None and keys.shape[-1] == values.shape[-1] <= 256):
                 kwargs["enable_gqa"] = True
             else:  # pack the query heads of one kv head together (HF's `pack_gqa`)
                 bq, nh, _, d = q.shape
