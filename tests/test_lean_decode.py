@@ -24,14 +24,6 @@ SHAPE = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attentio
              intermediate_size=128, max_position_embeddings=256, attn_implementation="sdpa")  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _model(kind: str, kv_heads: int = 2, **overrides):
     torch.manual_seed(0)
     kw = SHAPE | {"num_key_value_heads": kv_heads} | overrides
