@@ -1,73 +1,96 @@
 """Which exposure helps most at each stage of a run: branch every alpha from the same training state.
 
-    python recipes/branch_alpha.py --seeds 100-103                       # ~15 min on 2 cores
-    python recipes/branch_alpha.py --seeds 100-101 --stages 0,10 --alphas 0.5,0.75,1
+    python recipes/branch_alpha.py --seeds 100-105                       # ~30 min on 2 cores
+    python recipes/branch_alpha.py --seeds 100-101 --set stages=[0,10] --set alphas=[0.5,0.75,1]
+    python recipes/branch_alpha.py --seeds 100-101 --set real.engine.lr=3e-4   # any real.* key
 
 A learned or scheduled exposure can beat the best fixed one only if the best alpha moves during a
 run (or differs between states the controller can see). This measures that directly, without the
-between-run noise of whole-run comparisons. For each seed the embedded default's student (the
-shipped warm start, the default engine) trains at the base exposure (`--base`, 0.75: the sweep's
-best fixed alpha) and, at each stage (a window index: `--stages`, windows of 5 updates), its whole
-state (weights, optimiser, generators) is copied; from that copy every alpha in `--alphas` trains
-`--branch-windows` windows on the same problems and the same sampling stream (common random
-numbers), and the greedy accuracy over the four evaluation bands is measured at the branch's end.
+between-run noise of whole-run comparisons. For each seed the student of `real.*` (by default the
+embedded default: the shipped warm start, the default engine) trains at the base exposure (`base`,
+0.75: the sweep's best fixed alpha) and, at each stage (a window index: `stages`, windows of
+`hold_steps` updates), its whole state (weights, optimiser, generators) is copied; from that copy
+every alpha in `alphas` trains `branch_windows` windows on the same problems and the same sampling
+stream (common random numbers), and the greedy accuracy over the evaluation bands is measured at the
+branch's end. Every field can be set with `--set key=value` or a YAML file (`--config`).
 The table gives, per stage, each alpha's accuracy gain over the stage's start and its paired
 difference to the base alpha's branch (mean over seeds, one-sided paired t-test p for "better than
-the base"). Writes runs/branch_alpha/branch_alpha.json. The probe and the grounded score are off
-(they feed controllers and change no update).
+the base"). Writes <out>/branch_alpha.json with the resolved config. The probe and the grounded score
+are off by default (they feed controllers and change no update).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from scipy import stats as sps
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_speed import embedded_engine  # noqa: E402
+from atesd import config as cfglib  # noqa: E402
+from atesd.builder import RealConfig, build_engine  # noqa: E402
+from atesd.engine import EngineConfig  # noqa: E402
+from recipes._progress import user_errors  # noqa: E402
 
-HOLD = 5  # updates per window: the env's default H
+
+@dataclass(frozen=True)
+class BranchConfig:
+    """One branching experiment (the `real.*` sections as in run.py, bench.py and sweep.py)."""
+
+    real: RealConfig = field(
+        default_factory=lambda: RealConfig(engine=EngineConfig(probe_every=0, grounded=False))
+    )
+    base: float = field(default=0.75, metadata={"help": "exposure of the trajectory between stages"})
+    alphas: tuple[float, ...] = field(
+        default=(0.25, 0.5, 0.75, 1.0), metadata={"help": "exposures branched at each stage (base added)"}
+    )
+    stages: tuple[int, ...] = field(default=(0, 5, 10, 15), metadata={"help": "window indices to branch at"})
+    branch_windows: int = field(default=2, metadata={"help": "windows each branch trains (>= 1)"})
+    hold_steps: int = field(default=5, metadata={"help": "updates per window, H (>= 1)"})
+    threads: int = field(default=2, metadata={"help": "torch threads (>= 1)"})
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.base <= 1 or not self.alphas or any(not 0 <= a <= 1 for a in self.alphas):
+            raise ValueError(f"base and alphas must be in [0, 1], got {self.base} and {self.alphas}")
+        if not self.stages or min(self.stages) < 0:
+            raise ValueError(f"stages must be non-empty window indices >= 0, got {self.stages}")
+        for name in ("branch_windows", "hold_steps", "threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 def seed_list(text: str) -> list[int]:
-    """ "A-B" (inclusive) or "N" (0..N-1), as bench.py reads --seeds."""
-    if "-" in text:
-        lo, hi = (int(x) for x in text.split("-", 1))
-        if hi < lo:
-            raise SystemExit(f"error: --seeds {text}: the range is empty")
-        return list(range(lo, hi + 1))
-    return list(range(int(text)))
-
-
-def floats(text: str) -> list[float]:
-    out = [float(x) for x in text.split(",") if x.strip()]
-    if not out or any(not 0 <= a <= 1 for a in out):
-        raise SystemExit(f"error: alphas must be numbers in [0, 1], got {text!r}")
-    return out
+    """ "A-B" (inclusive) or "N" (0..N-1), as bench.py reads --seeds; ValueError when it gives none."""
+    try:
+        lo, hi = (int(x) for x in text.split("-", 1)) if "-" in text else (0, int(text) - 1)
+    except ValueError:
+        raise ValueError(f"--seeds must be N or A-B, got {text!r}") from None
+    if hi < lo:
+        raise ValueError(f"--seeds {text} gives no seeds")
+    return list(range(lo, hi + 1))
 
 
 def mean_accuracy(engine) -> float:
     return float(np.mean(list(engine.evaluate().values())))
 
 
-def run_seed(
-    seed: int, base: float, alphas: list[float], stages: list[int], branch: int, threads: int
-) -> dict:
-    engine, source = embedded_engine(threads)
-    engine.cfg = dataclasses.replace(engine.cfg, probe_every=0, grounded=False)
-    engine.reseed(seed)
-    out = {"seed": seed, "source": source, "stages": {}}
+def run_seed(cfg: BranchConfig, seed: int) -> dict:
+    import torch
+
+    torch.set_num_threads(cfg.threads)
+    engine = build_engine(cfg.real, seed)
+    alphas = sorted({*cfg.alphas, cfg.base})
+    out = {"seed": seed, "stages": {}}
     window = 0
-    for stage in stages:
+    for stage in sorted(set(cfg.stages)):
         while window < stage:  # the base trajectory up to this stage
-            engine.run_window(base, HOLD)
+            engine.run_window(cfg.base, cfg.hold_steps)
             window += 1
         snapshot = engine.state_dict()
         start = mean_accuracy(engine)
@@ -75,13 +98,13 @@ def run_seed(
         for alpha in alphas:
             engine.load_state_dict(snapshot)
             engine.reseed(10_000 * seed + stage)  # every branch of this stage: the same problems and draws
-            for _ in range(branch):
-                engine.run_window(alpha, HOLD)
+            for _ in range(cfg.branch_windows):
+                engine.run_window(alpha, cfg.hold_steps)
             row["after"][alpha] = mean_accuracy(engine)
         engine.load_state_dict(snapshot)  # the base trajectory goes on from where it was
         out["stages"][stage] = row
         print(
-            f"seed {seed} stage {stage:2d} (update {stage * HOLD:3d}) start {start:.3f}  "
+            f"seed {seed} stage {stage:2d} (update {stage * cfg.hold_steps:3d}) start {start:.3f}  "
             + "  ".join(f"{a:g}: {row['after'][a] - start:+.3f}" for a in alphas),
             flush=True,
         )
@@ -105,38 +128,40 @@ def summarise(runs: list[dict], base: float, alphas: list[float], stages: list[i
 
 
 def main(argv: list[str] | None = None) -> int:
+    fields = "\n".join(f"  {k} = {d}    {h}" for k, d, h in cfglib.describe(BranchConfig))
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"config fields (set any with --set key=value):\n{fields}",
     )
     parser.add_argument("--seeds", default="100-103", help='"A-B" inclusive, or N for 0..N-1')
-    parser.add_argument("--base", type=float, default=0.75, help="exposure of the trajectory between stages")
-    parser.add_argument("--alphas", default="0.25,0.5,0.75,1", help="exposures branched at each stage")
-    parser.add_argument("--stages", default="0,5,10,15", help="window indices to branch at (of 20)")
-    parser.add_argument("--branch-windows", type=int, default=2, help="windows each branch trains")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--config", type=Path, default=None, help="YAML file of BranchConfig fields")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="override, e.g. base=0.5"
+    )
     parser.add_argument("--out", default="runs/branch_alpha")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
-    alphas = floats(args.alphas)
-    if args.base not in alphas:
-        alphas = sorted([*alphas, args.base])
-    stages = sorted({int(s) for s in args.stages.split(",")})
-    if stages[0] < 0 or args.branch_windows < 1:
-        raise SystemExit("error: stages must be >= 0 and --branch-windows >= 1")
-    t0 = time.perf_counter()
-    runs = [
-        run_seed(s, args.base, alphas, stages, args.branch_windows, args.threads)
-        for s in seed_list(args.seeds)
-    ]
-    rows = summarise(runs, args.base, alphas, stages)
-    print(f"\ngain in mean greedy accuracy over {args.branch_windows} windows from each stage; "
-          f"vs base: paired difference to alpha {args.base:g} (mean, sd; one-sided paired t p)")  # fmt: skip
+    with user_errors(args.debug, "the branching stopped; no results were written"):
+        cfg = cfglib.load(BranchConfig, args.config, args.overrides)
+        seeds = seed_list(args.seeds)
+        t0 = time.perf_counter()
+        runs = [run_seed(cfg, s) for s in seeds]
+    alphas, stages = sorted({*cfg.alphas, cfg.base}), sorted(set(cfg.stages))
+    rows = summarise(runs, cfg.base, alphas, stages)
+    print(
+        f"\ngain in mean greedy accuracy over {cfg.branch_windows} windows from each stage; "
+        f"vs base: paired difference to alpha {cfg.base:g} (mean, sd; one-sided paired t p)"
+    )
     print("stage  alpha   gain     vs base    sd      p(better)")
     for r in rows:
-        print(f"{r['stage']:5d}  {r['alpha']:5.2f}  {r['gain']:+.3f}   {r['vs_base']:+.3f}   "
-              f"{r['sd_vs_base']:.3f}   {r['p_better']:.3g}")  # fmt: skip
+        print(
+            f"{r['stage']:5d}  {r['alpha']:5.2f}  {r['gain']:+.3f}   {r['vs_base']:+.3f}   "
+            f"{r['sd_vs_base']:.3f}   {r['p_better']:.3g}"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"args": vars(args), "alphas": alphas, "stages": stages, "runs": runs, "summary": rows,
+    result = {"config": cfglib.to_dict(cfg), "seeds": seeds, "runs": runs, "summary": rows,
               "seconds": time.perf_counter() - t0}  # fmt: skip
     (out / "branch_alpha.json").write_text(json.dumps(result, indent=1, default=str))
     print(f"wrote {out / 'branch_alpha.json'} ({result['seconds']:.0f} s)")

@@ -1,5 +1,6 @@
 """recipes/branch_alpha.py: its arguments and its paired summary (the runs themselves: BENCHMARKS)."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -10,14 +11,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 import branch_alpha  # noqa: E402
 
 
-def test_seeds_and_alphas_parse_like_bench():
+def test_seeds_parse_like_bench_and_bad_input_is_one_line(tmp_path, capsys):
     assert branch_alpha.seed_list("3") == [0, 1, 2]
     assert branch_alpha.seed_list("100-102") == [100, 101, 102]
-    with pytest.raises(SystemExit, match="empty"):
-        branch_alpha.seed_list("5-4")
-    assert branch_alpha.floats("0.5,1") == [0.5, 1.0]
-    with pytest.raises(SystemExit, match=r"\[0, 1\]"):
-        branch_alpha.floats("0.5,1.5")
+    for argv, message in (
+        (["--seeds", "5-4"], "gives no seeds"),
+        (["--seeds", "a"], "--seeds must be N or A-B"),
+        (["--set", "alphas=[0.5,1.5]"], "in [0, 1]"),
+        (["--set", "stages=[]"], "stages must be non-empty"),
+        (["--set", "real.engine.lrr=1"], "did you mean"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            branch_alpha.main([*argv, "--out", str(tmp_path / "out")])
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_summary_is_paired_against_the_base_branch():
@@ -31,3 +39,25 @@ def test_the_summary_is_paired_against_the_base_branch():
     assert rows[0.5]["gain"] == pytest.approx(0.3) and rows[0.5]["n"] == 2
     assert 0 < rows[0.5]["p_better"] < 0.5  # one-sided paired t: better than the base
     assert rows[0.75]["p_better"] != rows[0.75]["p_better"]  # the base against itself: NaN
+
+
+@pytest.mark.slow
+def test_a_tiny_branching_run_writes_its_paired_table(tmp_path, capsys):
+    tiny = [
+        "real.warmstart.steps=3", "real.warmstart.copy_steps=1", "real.warmstart.batch_size=4",
+        "real.warmstart.warmup_steps=1", "real.task.eval_size=4", "real.task.probe_size=2",
+        "real.model.num_layers=1", "real.model.hidden_size=32", "real.model.num_heads=2",
+        "real.model.num_kv_heads=1", "real.model.intermediate_size=64", "real.engine.batch_size=4",
+        "real.engine.sampling.max_new_tokens=16", f"real.cache_dir={tmp_path / 'cache'}",
+        "stages=[0,1]", "alphas=[0.5,1]", "branch_windows=1", "hold_steps=1", "threads=1",
+    ]  # fmt: skip
+    argv = ["--seeds", "100-101", "--out", str(tmp_path / "out")]
+    assert branch_alpha.main([*argv, *(a for kv in tiny for a in ("--set", kv))]) == 0
+    record = json.loads((tmp_path / "out" / "branch_alpha.json").read_text())
+    assert record["seeds"] == [100, 101] and record["config"]["base"] == 0.75
+    assert [(r["stage"], r["alpha"]) for r in record["summary"]] == [
+        (s, a) for s in (0, 1) for a in (0.5, 0.75, 1.0)
+    ]  # the base is branched too
+    assert all(r["n"] == 2 for r in record["summary"])
+    assert all(r["vs_base"] == 0 for r in record["summary"] if r["alpha"] == 0.75)
+    assert "stage" in capsys.readouterr().out
