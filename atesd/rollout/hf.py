@@ -158,8 +158,8 @@ class HFSampler:
             (0 drops them at once; 1 never: they run on until every row is done, like `generate`).
         compile: torch.compile the HF forward (opt-in; see `SamplingConfig.compile`).
         lean: decode steps of a plain Llama-family model (Qwen3, Qwen2, Llama; sdpa) run as the HF
-            forward's own ops without its modules (`atesd.rollout.lean`; bitwise the same logits,
-            about twice as fast on a small model on CPU); other models, and `compile`, keep the HF
+            forward's own ops without its modules (`atesd.rollout.lean`; bitwise the same logits; the
+            embedded model's rollout about 1.3x faster on CPU); other models, and `compile`, keep the HF
             forward. `lean_reason` says why a model did not qualify.
     """
 

@@ -10,7 +10,7 @@ What it computes: exactly what `model(input_ids=(B, 1), attention_mask=..., cach
 computes in transformers' sdpa path for these architectures: the same ops on the same tensors in
 the same order (RMSNorm in float32 then cast, q/k norms for Qwen3, rotary from the same inverse
 frequencies, sdpa with the same GQA handling, SiLU MLP), so the logits are bitwise the HF forward's
-(tests/test_rollout.py checks `torch.equal` step by step, greedy and sampled tokens identical).
+(tests/test_lean_decode.py checks `torch.equal` step by step, greedy and sampled tokens identical).
 The one change of form: the rotary cos/sin of every position are computed once per rollout (the same
 elementwise maths over a table) instead of once per step.
 
