@@ -182,6 +182,8 @@ class TeacherExposureEnv(gym.Env):
         self._initial = engine.state_dict()
         self._start_eval: dict[str, float] | None = None  # greedy: the same after every reset
         self.score = math.nan
+        self.timings: dict[str, float] = {}  # the last step's wall times (time/window_s, ...)
+        self.step_timings: list[dict[str, float]] = []  # the same per student update of that step
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
@@ -191,10 +193,11 @@ class TeacherExposureEnv(gym.Env):
         self.probe_start = self.engine.probe_nll()
         self.score = math.nan
         self.ema_bands = {}
+        self.timings, self.step_timings = {}, []
         info = {key: math.nan for key in spec.INFO_KEYS} | {"losses": [self.probe_start], "steps_done": 0}
-        if self.cfg.eval_at_reset:  # steps report nan until the episode's own first evaluation
+        if self.cfg.eval_at_reset:  # the score is the last evaluation's until the next one
             info["eval"] = self._evaluate_start()
-            info["score"] = _mean_accuracy(info["eval"])
+            info["score"] = self.score = _mean_accuracy(info["eval"])
         return self._obs(), info
 
     def _evaluate_start(self) -> dict[str, float]:
@@ -236,11 +239,7 @@ class TeacherExposureEnv(gym.Env):
             "stats/skipped_updates": sum(s.skipped for s in window.steps),
             "losses": window.losses,
             "steps_done": self.steps_done,
-            "oracle_alpha": math.nan,
-            "time/rollout_s": sum(s.rollout_s for s in window.steps),
-            "time/teacher_s": sum(s.teacher_s for s in window.steps),
-            "time/update_s": sum(s.update_s for s in window.steps),
-            "step_stats": [s.metrics() for s in window.steps],  # every student update, namespaced
+            "step_stats": [_untimed(s.metrics()) for s in window.steps],  # every update, namespaced
         }
         if self.per_band:  # each band's rollout accuracy in this window (NaN for a band not drawn)
             by_band = window.band_accuracy()
@@ -251,7 +250,13 @@ class TeacherExposureEnv(gym.Env):
             info["eval"] = self.engine.evaluate(k=self.cfg.eval_k)
             self.score = _mean_accuracy(info["eval"])
         info["score"] = self.score
-        info["time/window_s"] = time.perf_counter() - t0
+        self.timings = {  # wall clock: the machine's, not the env's, so not in info (see `timings`)
+            "time/window_s": time.perf_counter() - t0,
+            "time/rollout_s": sum(s.rollout_s for s in window.steps),
+            "time/teacher_s": sum(s.teacher_s for s in window.steps),
+            "time/update_s": sum(s.update_s for s in window.steps),
+        }
+        self.step_timings = [_timed(s.metrics()) for s in window.steps]
         return self._obs(), float(terms["reward"]), terminated, False, info
 
     def state_dict(self) -> dict:
@@ -295,6 +300,14 @@ class TeacherExposureEnv(gym.Env):
             confidence=ema.get("confidence", 0.0),
         )
         return spec.with_bands(obs, [self.ema_bands.get(b, 0.0) for b in self.bands])
+
+
+def _timed(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k.startswith("time/")}
+
+
+def _untimed(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if not k.startswith("time/")}
 
 
 def _mean_accuracy(evaluation: dict[str, float]) -> float:

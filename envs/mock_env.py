@@ -342,7 +342,6 @@ class MockExposureEnv(gym.Env):
             "steps_done": self.steps_done,
             "score": self.competence(),
             "oracle_alpha": oracle,
-            "time/window_s": 0.0,  # the mock simulates no wall time (and stays deterministic)
             "dip": self.dip,
         }
 

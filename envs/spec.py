@@ -42,9 +42,11 @@ INFO_KEYS = (
     "losses",  # the tracked loss l_0..l_H around the window (list of H + 1 floats)
     "steps_done",  # student updates done so far
     "score",  # the env's quality measure of the student now (mock: competence; real: last eval accuracy)
-    "oracle_alpha",  # the best exposure for the current state (mock env only; NaN in the real env)
-    "time/window_s",  # wall time of the window
 )
+# Wall-clock times are the machine's, not the env's: an env that measures them keeps the last step's
+# in `env.unwrapped.timings` (`time/window_s`, ...) and per update in `step_timings`, outside info, so
+# that a seeded env gives the same info twice (gymnasium's check_env compares it). The mock env adds
+# `oracle_alpha` (the best exposure for the current state) to its info; the real env has none.
 
 
 _LOW = tuple(lo for _, lo, _, _ in OBSERVATION)

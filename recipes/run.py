@@ -158,8 +158,11 @@ class Run:
         cfg, loop, info = self.cfg, self.loop, tr.info
         loop["window"], loop["global_window"] = step, loop["global_window"] + 1
         gw, episode = loop["global_window"], loop["episode"]
+        env = self.env.unwrapped  # wall times live beside info (`timings`): info stays deterministic
+        timings, step_timings = getattr(env, "timings", {}), getattr(env, "step_timings", [])
         for j, stats in enumerate(info.get("step_stats") or _steps_from_losses(info), start=1):
             head = {"kind": "step", "episode": episode, "window": gw, "update": loop["updates"] + j}
+            stats = stats | (step_timings[j - 1] if j <= len(step_timings) else {})
             self.log.metric(head | {k: finite(v) for k, v in stats.items()})
         loop["updates"] += len(info["losses"]) - 1
         record = {"kind": "window", "episode": episode, "window": gw, "update": loop["updates"],
@@ -167,7 +170,7 @@ class Run:
         if isinstance(info["alpha"], (list, tuple)):  # the per-band action: each band's alpha too
             bands = getattr(self.env.unwrapped, "bands", ()) or range(len(info["alpha"]))
             record |= {f"env/alpha/{band}": float(a) for band, a in zip(bands, info["alpha"])}
-        record |= {k: finite(v) for k, v in info.items() if "/" in k and _is_number(v)}
+        record |= {k: finite(v) for k, v in (info | timings).items() if "/" in k and _is_number(v)}
         record |= {f"eval/{k}": finite(v) for k, v in (info.get("eval") or {}).items()}
         record["env/score"] = finite(info["score"])
         record |= {k: finite(v) for k, v in tr.metrics.items()}
@@ -200,7 +203,7 @@ class Run:
         if done or gw % cfg.checkpoint_every == 0:
             self.checkpoint(tr, done)  # every rank: each gives its RNG states; rank 0 writes
         score = info["score"]
-        acc = f" score {score:.3f}" if math.isfinite(float(score)) else ""
+        acc = f" score {score:.3f}" if "eval" in info and math.isfinite(float(score)) else ""
         shown = "/".join(f"{a:.2f}" for a in np.asarray(tr.action).reshape(-1))
         note = f"ep {episode + 1}/{cfg.episodes} alpha {shown} loss {_fmt(info.get('stats/loss'))}"
         self.display.update(gw, f"{note} reward {tr.reward:.4f}{acc}")

@@ -1,7 +1,10 @@
+import warnings
+
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers the envs)
 from atesd.engine import DistillEngine, EngineConfig, SamplingConfig
@@ -30,6 +33,22 @@ def test_two_windows_observations_inside_the_space(engine):
     assert obs[0] == 1.0 and obs[1] > 0  # progress, EMA alpha
     assert set(info["eval"]) == {f"accuracy/{b}" for b in ("C3", "B2", "M22")}
     assert info["score"] == pytest.approx(np.mean(list(info["eval"].values())))
+
+
+@pytest.mark.parametrize("action", ["global", "per_band"])
+def test_gymnasiums_checker_passes_on_the_real_env(engine, action):
+    """check_env's determinism checks compare the info of two seeded steps: wall times live beside
+    info (`timings`, `step_timings`), the score carries the reset's evaluation, no key is NaN."""
+    env = TeacherExposureEnv(ExposureEnvConfig(hold_steps=2, total_steps=4, action=action), engine=engine)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(env, skip_render_check=True)
+    _, info = env.reset(seed=1)
+    _, _, _, _, step = env.step(env.action_space.sample())
+    assert step["score"] == info["score"] and "eval" not in step  # the start's, until the next eval
+    assert not any(k.startswith("time/") for k in step) and "oracle_alpha" not in step
+    assert env.timings["time/window_s"] > 0 and len(env.step_timings) == 2
+    assert all(k.startswith("time/") for t in env.step_timings for k in t)
 
 
 def test_reset_restores_the_warm_started_student_and_seeds_reproduce(engine):

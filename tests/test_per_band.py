@@ -158,8 +158,7 @@ def test_the_teacher_sees_each_band_at_its_own_alpha(engine):
 
 
 def test_the_real_env_per_band_acts_per_band_and_reports_each_band(engine):
-    """(gymnasium's check_env is not run on the real env: its info holds wall times and NaNs, which
-    its determinism check compares; the spaces and a seeded repeat are checked here instead.)"""
+    """(gymnasium's check_env on the real env: tests/test_exposure_env.py.)"""
     env = TeacherExposureEnv(ExposureEnvConfig(hold_steps=2, total_steps=4, action="per_band"), engine=engine)
     repeats = []
     for _ in range(2):
