@@ -41,3 +41,15 @@ def welch_p(a: Any, b: Any, alternative: str = "two-sided") -> float:
     with warnings.catch_warnings():  # near-constant samples: scipy warns about precision, the p stands
         warnings.simplefilter("ignore", RuntimeWarning)
         return float(stats.ttest_ind(x, y, equal_var=False, alternative=alternative).pvalue)
+
+
+def paired_p(a: Any, b: Any, alternative: str = "two-sided") -> float:
+    """Paired t-test p-value of a against b, pairs where both are finite (`alternative` as in
+    `welch_p`: "greater" tests mean(a - b) > 0); NaN below two pairs or when every difference is equal."""
+    from scipy import stats
+
+    x, y = np.asarray(a, dtype=np.float64).reshape(-1), np.asarray(b, dtype=np.float64).reshape(-1)
+    both = np.isfinite(x) & np.isfinite(y)
+    if both.sum() < 2 or np.ptp(x[both] - y[both]) == 0:
+        return math.nan
+    return float(stats.ttest_rel(x[both], y[both], alternative=alternative).pvalue)

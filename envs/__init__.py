@@ -1,6 +1,7 @@
 """Gymnasium environments of the exposure problem: the real one over a DistillEngine and a mock one.
 
-Importing this package registers `atesd/TeacherExposure-v0` and `atesd/MockExposure-v0`.
+Importing this package registers `atesd/TeacherExposure-v0`, `atesd/MockExposure-v0` and the held-out
+`atesd/SkillChain-v0` (with `atesd/SkillChain-{ramp,wall,forget}-v0`, one id per profile).
 """
 
 from gymnasium.envs.registration import register, registry
@@ -13,3 +14,8 @@ if "atesd/TeacherExposure-v0" not in registry:
         entry_point="envs.exposure_env:TeacherExposureEnv",
         nondeterministic=True,
     )
+if "atesd/SkillChain-v0" not in registry:  # the held-out env (envs/skills_env.py), one id per profile too
+    register(id="atesd/SkillChain-v0", entry_point="envs.skills_env:SkillChainEnv")
+    for _profile in ("ramp", "wall", "forget"):
+        register(id=f"atesd/SkillChain-{_profile}-v0", entry_point="envs.skills_env:SkillChainEnv",
+                 kwargs={"profile": _profile})  # fmt: skip

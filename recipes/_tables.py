@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 SUMMARY_FIELDS = (
-    "n", "mean", "sd", "ci_low", "ci_high", "p_value", "p_greater", "regret", "alpha_mean", "seconds"
+    "n", "mean", "sd", "ci_low", "ci_high", "p_value", "p_greater", "regret", "alpha_mean", "seconds",
+    "run1_mean", "p_worse",
 )  # fmt: skip
 
 
@@ -31,9 +32,20 @@ def _fmt(value: float, spec: str) -> str:
     return "-" if value is None or not math.isfinite(value) else format(value, spec)
 
 
+def runs_shown(summary: dict) -> bool:
+    """Units ran several episodes: the table shows the first's mean and the degradation test too."""
+    return any(
+        math.isfinite(s.get("run1_mean", math.nan)) for by_ctl in summary.values() for s in by_ctl.values()
+    )
+
+
+def columns(summary: dict) -> tuple[str, ...]:
+    return COLUMNS + (RUN_COLUMNS if runs_shown(summary) else ())
+
+
 def table_rows(summary: dict, baseline: str) -> list[list[str]]:
     """Printable rows, best mean first within each env."""
-    rows = []
+    rows, runs = [], runs_shown(summary)
     for env, by_ctl in summary.items():
         ranked = sorted(
             by_ctl.items(), key=lambda kv: -kv[1]["mean"] if math.isfinite(kv[1]["mean"]) else math.inf
@@ -45,12 +57,18 @@ def table_rows(summary: dict, baseline: str) -> list[list[str]]:
                          _fmt(s["p_value"], ".2g"), _fmt(s["p_greater"], ".2g"), _fmt(s["regret"], ".4f"),
                          _fmt(s["alpha_mean"], ".3f"),
                          _fmt(s["seconds"], ".3f")])  # fmt: skip
+            if runs:
+                rows[-1] += [
+                    _fmt(s.get("run1_mean", math.nan), ".4f"),
+                    _fmt(s.get("p_worse", math.nan), ".2g"),
+                ]
     return rows
 
 
 COLUMNS = (
     "env", "controller", "n", "mean", "95% CI", "sd", "p (Welch)", "p (>)", "regret", "mean alpha", "s/unit"
 )  # fmt: skip
+RUN_COLUMNS = ("run 1", "p (worse)")  # several episodes a unit: run 1's final mean, paired p(last < run 1)
 
 
 def print_table(summary: dict, baseline: str, console: Any = None, score: str = "final") -> None:
@@ -65,16 +83,19 @@ def print_table(summary: dict, baseline: str, console: Any = None, score: str = 
         "mean above the baseline's); "
         "regret: oracle mean - mean (mock env)"
     )
+    cols = columns(summary)
+    if len(cols) > len(COLUMNS):
+        caption += "; run 1: mean final score of the first episode; p (worse): paired one-sided, last < run 1"
     if console.is_terminal:
         table = Table(title="bench", caption=caption)
-        for i, col in enumerate(COLUMNS):
+        for i, col in enumerate(cols):
             table.add_column(col, justify="left" if i < 2 else "right")
         for row in rows:
             table.add_row(*row)
         console.print(table)
         return
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(COLUMNS)]
-    for row in (list(COLUMNS), *rows):
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    for row in (list(cols), *rows):
         print("  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))))
     print(caption)
 

@@ -14,13 +14,16 @@ lacks this package's keys; its score is `info["score"]` where given, else the la
 overrides of that controller's config (values parsed as YAML, as in `--set`; no commas inside a
 spec): every spec is its own row, labelled by the spec string (`fixed:alpha=0.75`), also as the
 baseline (`--baseline fixed:alpha=0.75`). `--seeds N` runs seeds 0..N-1, `--seeds A-B` seeds A..B
-inclusive (tune on one range, report on another).
+inclusive (tune on one range, report on another). `--env-set key=value` (repeatable) passes keywords
+to `gymnasium.make` of every env given by id: the held-out env's profiles and reward,
+`--env atesd/SkillChain-wall-v0 --env-set lambda_gt=1 --env-set grounded_by=student`.
 
 A unit of work is one (controller spec, env, seed): a fresh env and controller built by `recipes.common`
 from the run config (`--config`, `--set`), trained for `episodes` runs with `controllers.base.run_episode`
 (episode e of seed s seeded 1000 s + e; the controller's learned state carries across episodes). Its
 result is the last episode's final `info["score"]` (mock: the competence; real: the mean greedy
-accuracy over bands) and that episode's score per window (NaN on the real env between evaluations).
+accuracy over bands) and that episode's score per window (NaN on the real env between evaluations,
+where it carries the last).
 Per (env, controller): mean, 95% t confidence interval, Welch t-test p-values against the baseline
 (`--baseline`, default `fixed`, alpha = 1 = OPSD; two-sided, and one-sided for "mean above the
 baseline's"), and on the mock env the regret against the oracle
@@ -47,7 +50,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atesd import config as cfglib  # noqa: E402
-from atesd.significance import finite_values, mean_ci, welch_p  # noqa: E402
+from atesd.significance import finite_values, mean_ci, paired_p, welch_p  # noqa: E402
 from atesd.threads import set_threads  # noqa: E402
 from controllers import CONTROLLERS  # noqa: E402
 from recipes._plots import plot_curves  # noqa: E402
@@ -61,8 +64,11 @@ MOCK_ONLY = ("oracle",)  # controllers that need the mock env's `oracle_alpha`
 
 
 # ---- one unit of work -----------------------------------------------------------------------------
-def run_unit(cfg_dict: dict[str, Any], env: str, controller: str, seed: int) -> dict[str, Any]:
-    """Train `controller` on a fresh `env` for cfg.episodes episodes under `seed` (runs in a worker too).
+def run_unit(
+    cfg_dict: dict[str, Any], env: str, controller: str, seed: int, env_kwargs: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Train `controller` on a fresh `env` for cfg.episodes episodes under `seed` (runs in a worker too);
+    `env_kwargs` go to `gymnasium.make` of an env given by id (`--env-set`).
 
     Torch runs on cfg.threads threads on the real env (0: the free cores, checked every window) and on
     one on the mock (its controllers' networks are a few hundred parameters: a second thread only
@@ -79,20 +85,25 @@ def run_unit(cfg_dict: dict[str, Any], env: str, controller: str, seed: int) -> 
     previous = torch.get_num_threads()
     follower = set_threads(cfg.threads if env == "real" else 1)  # threads=0: follow the free cores
     evals: list[float] = []  # the last episode's evaluations (windows whose info has "eval")
+    evaluated: list[bool] = []  # per window of the last episode: did an evaluation run there
 
     def on_step(step: int, transition: Any) -> None:
         if follower is not None:
             follower.update()
-        if "eval" in transition.info:
+        evaluated.append("eval" in transition.info)
+        if evaluated[-1]:
             evals.append(float(transition.info.get("score", math.nan)))
 
     try:
         t0 = time.perf_counter()
-        gym_env = build_env(cfg) if env in ENVS else make_env(env)
+        gym_env = build_env(cfg) if env in ENVS else make_env(env, env_kwargs)
         agent = build_controller(cfg, gym_env)
+        runs = []  # each episode's final score (its return where the env has no score)
         for episode in range(cfg.episodes):
-            evals.clear()
+            evals.clear(), evaluated.clear()
             result = run_episode(gym_env, agent, seed=1000 * seed + episode, on_step=on_step)
+            score = float(result.final_info.get("score", math.nan))
+            runs.append(score if math.isfinite(score) else float(np.sum(result.rewards)))
         gym_env.close()
         final = float(result.final_info.get("score", math.nan))
         return {
@@ -102,10 +113,17 @@ def run_unit(cfg_dict: dict[str, Any], env: str, controller: str, seed: int) -> 
             "start": result.start_score,
             # an env of others without `score`: the last episode's undiscounted return
             "final": final if math.isfinite(final) else float(np.sum(result.rewards)),
-            "curve": [result.start_score] + [float(s) for s in result.scores],  # window 0: the start
+            # window 0: the start; an env that evaluates now and then (the real env, which carries
+            # its last evaluation forward) has NaN between its evaluations
+            "curve": [result.start_score]
+            + [
+                float(s) if done or not any(evaluated) else math.nan
+                for s, done in zip(result.scores, evaluated)
+            ],
             # the real env carries its last evaluation forward between evaluations: these are the
             # evaluations themselves; an env that scores every window (the mock) has one per window
             "evals": evals or [float(s) for s in result.scores if math.isfinite(s)],
+            "runs": runs,
             "alpha_mean": float(np.mean(result.alphas)),
             "final_eval": {k: float(v) for k, v in (result.final_info.get("eval") or {}).items()},
             "seconds": time.perf_counter() - t0,
@@ -114,27 +132,30 @@ def run_unit(cfg_dict: dict[str, Any], env: str, controller: str, seed: int) -> 
         torch.set_num_threads(previous)
 
 
-def make_env(env_id: str) -> Any:
-    """A registered Gymnasium env by id (this package's ids are registered by importing `envs`)."""
+def make_env(env_id: str, kwargs: dict[str, Any] | None = None) -> Any:
+    """A registered Gymnasium env by id, built with `kwargs` (this package's ids are registered by
+    importing `envs`: atesd/MockExposure-v0, atesd/TeacherExposure-v0, atesd/SkillChain-v0, ...)."""
     import gymnasium as gym
 
-    import envs  # noqa: F401  (registers atesd/MockExposure-v0 and atesd/TeacherExposure-v0)
+    import envs  # noqa: F401  (registers this package's envs)
 
-    return gym.make(env_id)
+    return gym.make(env_id, **(kwargs or {}))
 
 
-def check_exposure_env(env_id: str) -> Any:
-    """Build the env `env_id` once and check it has the exposure action space (one alpha in [0, 1],
-    or one per band: `Box(0, 1, (K,))`); returns it (the caller closes it). ConfigError for an
-    unknown id or another action space."""
+def check_exposure_env(env_id: str, kwargs: dict[str, Any] | None = None) -> Any:
+    """Build the env `env_id` (with `kwargs`) once and check it has the exposure action space (one
+    alpha in [0, 1], or one per band: `Box(0, 1, (K,))`); returns it (the caller closes it).
+    ConfigError for an unknown id, keywords the env refuses or another action space."""
     import gymnasium as gym
 
     try:
-        env = make_env(env_id)
+        env = make_env(env_id, kwargs)
     except gym.error.Error as err:
         raise cfglib.ConfigError(
             f"unknown env '{env_id}' in --env: not mock, real or a registered Gymnasium id ({err})"
         ) from None
+    except (TypeError, ValueError) as err:
+        raise cfglib.ConfigError(f"env '{env_id}' refuses --env-set {kwargs}: {err}") from None
     space = env.action_space
     if not (isinstance(space, gym.spaces.Box) and len(space.shape) == 1 and space.shape[0] >= 1
             and float(space.low.min()) >= 0.0 and float(space.high.max()) <= 1.0):  # fmt: skip
@@ -190,18 +211,20 @@ def quiet_hf() -> None:
     hf_logging.disable_progress_bar()
 
 
-def run_units(cfg_dict: dict[str, Any], units: list[tuple[str, str, int]], workers: int) -> list[dict]:
+def run_units(
+    cfg_dict: dict[str, Any], units: list[tuple[str, str, int]], workers: int, env_kwargs: dict | None = None
+) -> list[dict]:
     """Every (env, controller, seed) unit, in this process (workers = 0) or a spawned process pool;
     results come back in the order of `units`."""
     results: list[dict | None] = [None] * len(units)
     with progress("bench units", len(units)) as update:
         if workers == 0:
             for i, unit in enumerate(units):
-                results[i] = run_unit(cfg_dict, *unit)
+                results[i] = run_unit(cfg_dict, *unit, env_kwargs)
                 update(i + 1, "/".join(map(str, unit)))
             return results  # type: ignore[return-value]
         with worker_pool(workers) as pool:  # workers die with this process; Ctrl-C stops them at once
-            futures = {pool.submit(run_unit, cfg_dict, *unit): i for i, unit in enumerate(units)}
+            futures = {pool.submit(run_unit, cfg_dict, *unit, env_kwargs): i for i, unit in enumerate(units)}
             for done, fut in enumerate(cf.as_completed(futures), start=1):
                 results[futures[fut]] = fut.result()
                 update(done, "/".join(map(str, units[futures[fut]])))
@@ -256,6 +279,9 @@ def summarise(
         for ctl, rs in by_ctl.items():
             x = finite_values(finals[ctl])
             mean, low, high = mean_ci(x)
+            ordered = sorted(rs, key=lambda r: r["seed"])
+            first = [r["runs"][0] if len(r.get("runs") or []) > 1 else math.nan for r in ordered]
+            last = [r["runs"][-1] if len(r.get("runs") or []) > 1 else math.nan for r in ordered]
             tested = ctl != baseline and baseline in finals
             summary[env][ctl] = {
                 "n": len(x),
@@ -266,6 +292,10 @@ def summarise(
                 "p_value": welch_p(x, finals[baseline]) if tested else math.nan,
                 "p_greater": welch_p(x, finals[baseline], "greater") if tested else math.nan,
                 "regret": oracle - mean,
+                # several episodes a unit (learned state kept): the first's final score, and the
+                # paired one-sided p that the last episode ends below the first (the learner degrades)
+                "run1_mean": float(np.mean(finite_values(first))) if np.isfinite(first).any() else math.nan,
+                "p_worse": paired_p(last, first, "less"),
                 "alpha_mean": float(np.mean([r["alpha_mean"] for r in rs])),
                 "seconds": float(np.mean([r["seconds"] for r in rs])),
                 "seeds": [r["seed"] for r in sorted(rs, key=lambda r: r["seed"])],
@@ -334,6 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="mock",
         help="comma list of mock, real, or registered Gymnasium ids with the exposure action space",
     )
+    parser.add_argument(
+        "--env-set",
+        dest="env_overrides",
+        action="append",
+        default=[],
+        help="key=value for gymnasium.make of every env given by id, e.g. --env-set lambda_gt=1",
+    )
     parser.add_argument("--seeds", default="5", help="N: seeds 0..N-1; A-B: seeds A..B inclusive (default 5)")
     parser.add_argument("--workers", type=int, default=0, help="worker processes (0 = in this process)")
     parser.add_argument("--baseline", default="fixed", help="controller spec the p-values test against")
@@ -377,7 +414,12 @@ def plan(args: argparse.Namespace) -> tuple[RunConfig, list[str], list[str], lis
     envs = _split(args.env)
     if not envs:
         raise cfglib.ConfigError("--env names no env (choose from mock, real, or a Gymnasium id)")
-    probes = {env: check_exposure_env(env) for env in envs if env not in ENVS}
+    args.env_kwargs = cfglib.parse_overrides(args.env_overrides)
+    if args.env_kwargs and all(env in ENVS for env in envs):
+        raise cfglib.ConfigError(
+            "--env-set applies to envs given by Gymnasium id; set mock.* or real.* with --set"
+        )
+    probes = {env: check_exposure_env(env, args.env_kwargs) for env in envs if env not in ENVS}
     controllers = [_normal(s) for s in _split(args.controllers)] or list(CONTROLLERS)
     args.baseline = _normal(args.baseline)
     notes = []
@@ -486,7 +528,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> Path:
         for seed in seeds
     ]
     cfg_dict = cfglib.to_dict(cfg)
-    results = run_units(cfg_dict, units, args.workers)
+    results = run_units(cfg_dict, units, args.workers, args.env_kwargs)
     summary = summarise(results, args.baseline, args.score)
     wall = time.perf_counter() - t0
     print_table(summary, args.baseline, score=args.score)
@@ -498,6 +540,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> Path:
         "commit": git_commit(),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "envs": envs,
+        "env_kwargs": args.env_kwargs,
         "controllers": controllers,
         "seeds": seeds,
         "baseline": args.baseline,
