@@ -124,6 +124,13 @@ class RunConfig:
             "atesd.state.save_state path without its suffix); the controller goes on learning"
         },
     )
+    bank_dir: str = field(
+        default="",
+        metadata={
+            "help": "record every window of the run into this bank directory (envs/bank.py), for "
+            "recipes/surrogate.py; '' records nothing"
+        },
+    )
     real: RealEnvConfig = field(default_factory=RealEnvConfig)
     mock: MockConfig = field(default_factory=MockConfig)
     controllers: dict = field(
@@ -204,11 +211,17 @@ def build_env(cfg: RunConfig, warmstart_progress=None, dist=None) -> gym.Env:
     if cfg.env == "mock":
         from envs.mock_env import MockExposureEnv
 
-        return MockExposureEnv(cfg.mock)
-    from envs.exposure_env import TeacherExposureEnv
+        env: gym.Env = MockExposureEnv(cfg.mock)
+    else:
+        from envs.exposure_env import TeacherExposureEnv
 
-    engine = build_engine(cfg.real, cfg.seed, warmstart_progress, dist)
-    return TeacherExposureEnv(cfg.real.env, engine=engine)
+        engine = build_engine(cfg.real, cfg.seed, warmstart_progress, dist)
+        env = TeacherExposureEnv(cfg.real.env, engine=engine)
+    if cfg.bank_dir and (dist is None or dist.is_main):
+        from envs.bank import BankRecorder
+
+        env = BankRecorder(env, cfg.bank_dir, tag=f"{cfg.env}__{cfg.controller}__{cfg.seed}")
+    return env
 
 
 def build_controller(cfg: RunConfig, env: gym.Env, name: str | None = None):

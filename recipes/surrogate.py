@@ -1,0 +1,124 @@
+"""Fit a surrogate env to a bank of logged runs, report its error on held-out runs, and pre-train a
+controller on it for many episodes; the saved controller then goes on learning on the real env.
+
+    # 1. record a bank: any run.py or bench.py run with bank_dir set records every window
+    python recipes/bench.py --env real --seeds 100-103 --workers 2 --set bank_dir=banks/embedded \
+        --controllers fixed:alpha=0.25,fixed:alpha=0.5,fixed:alpha=0.75,fixed:alpha=1,random
+    # 2. fit, report the fit error, pre-train (a few CPU minutes)
+    python recipes/surrogate.py --bank banks/embedded --controller beta_reinforce --episodes 2000
+    # 3. continue on the real env from the pre-trained state
+    python recipes/run.py --controller beta_reinforce controller_init=<out>/controller
+
+The surrogate (envs/surrogate_env.py) is a ridge model of each window's observation change and
+reward given the observation and the exposure, with the residual noise of the fit; the fit error is
+measured on whole runs held out of the fit (`--folds`), beside the error of predicting the mean, so
+what the surrogate cannot predict is stated, not hidden. The controller is built from the run config
+(`--config`, `--set controllers.<name>.key=value`, `seed`) for the surrogate, which carries the
+bank's H, gamma and observation layout. Writes <out>/surrogate__<YYYYmmdd-HHMMSS>/: surrogate.json
+(the fitted model: `gymnasium.make("atesd/Surrogate-v0", model=PATH)`), fit.json (the fit error),
+controller.{json,safetensors} (the pre-trained state) and pretrain.json (the learning curve).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from atesd import config as cfglib  # noqa: E402
+from atesd.state import save_state  # noqa: E402
+from controllers.base import mean_alpha, run_episode  # noqa: E402
+from envs.bank import read_bank  # noqa: E402
+from envs.surrogate_env import SurrogateExposureEnv, fit_report, fit_surrogate  # noqa: E402
+from recipes._progress import fresh_dir, progress, user_errors  # noqa: E402
+from recipes._tables import json_safe  # noqa: E402
+from recipes.common import RunConfig, build_controller  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--bank", type=Path, required=True, help="bank directory (recorded with bank_dir=DIR)"
+    )
+    parser.add_argument("--controller", default="beta_reinforce", help="registered controller to pre-train")
+    parser.add_argument(
+        "--episodes", type=int, default=2000, help="pre-training episodes on the surrogate (>= 0)"
+    )
+    parser.add_argument("--folds", type=int, default=5, help="leave-runs-out folds of the fit error (>= 2)")
+    parser.add_argument("--l2", type=float, default=1e-3, help="ridge penalty of the fit (>= 0)")
+    parser.add_argument("--config", type=Path, default=None, help="YAML file of RunConfig fields")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="RunConfig override")
+    parser.add_argument("--out", type=Path, default=Path("runs"), help="parent of the output directory")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    return parser
+
+
+def print_fit(report: dict) -> None:
+    print(f"fit error on held-out runs ({report['runs']} runs, {report['windows']} windows, "
+          f"{report['folds']} folds): RMSE of the surrogate / of the mean, R^2")  # fmt: skip
+    for name, t in report["targets"].items():
+        print(f"  {name:<28} {t['rmse']:.4g} / {t['rmse_mean']:.4g}   R^2 {t['r2']:+.3f}   (n {t['n']})")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.episodes < 0 or args.folds < 2 or args.l2 < 0:
+        parser.error("--episodes must be >= 0, --folds >= 2, --l2 >= 0")
+    with user_errors(args.debug, "pre-training stopped; nothing was saved"):
+        return _main(args, sys.argv[1:] if argv is None else argv)
+
+
+def _main(args: argparse.Namespace, argv: list[str]) -> Path:
+    cfg = cfglib.load(RunConfig, args.config, [*args.overrides, f"controller={args.controller}"])
+    bank = read_bank(args.bank)
+    t0 = time.perf_counter()
+    report = fit_report(bank, args.folds, args.l2, cfg.seed)
+    print_fit(report)
+    model = fit_surrogate(bank, args.l2)
+    env = SurrogateExposureEnv(model)
+    controller = build_controller(cfg, env)
+    returns, alphas = [], []
+    with progress("pre-training", args.episodes) as update:
+        for episode in range(args.episodes):
+            result = run_episode(env, controller, seed=1000 * cfg.seed + episode)
+            returns.append(float(np.sum(result.rewards)))
+            alphas.append(float(np.mean([mean_alpha(a) for a in result.alphas])))
+            if (episode + 1) % max(1, args.episodes // 100) == 0 or episode + 1 == args.episodes:
+                update(
+                    episode + 1, f"return {np.mean(returns[-100:]):.4f} alpha {np.mean(alphas[-100:]):.3f}"
+                )
+    seconds = time.perf_counter() - t0
+    out = fresh_dir(args.out, f"surrogate__{time.strftime('%Y%m%d-%H%M%S')}")
+    model.save(out / "surrogate.json")
+    (out / "fit.json").write_text(json.dumps(json_safe(report | {"bank": str(args.bank)}), indent=1))
+    save_state(controller.state_dict(), out / "controller")
+    curve = {
+        "command": ["recipes/surrogate.py", *argv], "controller": args.controller, "episodes": args.episodes,
+        "seconds": seconds, "returns": returns, "alpha_mean": alphas, "config": cfglib.to_dict(cfg),
+    }  # fmt: skip
+    (out / "pretrain.json").write_text(json.dumps(json_safe(curve)))
+    if returns:
+        first, last = (
+            np.mean(returns[: max(1, len(returns) // 10)]),
+            np.mean(returns[-max(1, len(returns) // 10) :]),
+        )
+        print(f"pre-trained {args.controller} for {args.episodes} episodes in {seconds:.1f} s: return "
+              f"{first:.4f} -> {last:.4f} (first and last tenth), mean alpha {alphas[0]:.3f} -> "
+              f"{np.mean(alphas[-max(1, len(alphas) // 10):]):.3f}")  # fmt: skip
+    init = out / "controller"
+    print(f"wrote {out}; go on learning on the real env with "
+          f"python recipes/run.py --controller {args.controller} controller_init={init}")  # fmt: skip
+    return out
+
+
+if __name__ == "__main__":
+    main()
