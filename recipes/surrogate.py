@@ -14,7 +14,9 @@ reward given the observation and the exposure, with the residual noise of the fi
 measured on whole runs held out of the fit (`--folds`), beside the error of predicting the mean, so
 what the surrogate cannot predict is stated, not hidden. The controller is built from the run config
 (`--config`, `--set controllers.<name>.key=value`, `seed`) for the surrogate, which carries the
-bank's H, gamma and observation layout. Writes <out>/surrogate__<YYYYmmdd-HHMMSS>/: surrogate.json
+bank's H, gamma and observation layout. Before pre-training, fixed exposures (`--alphas`) are
+replayed in the surrogate (does it reproduce the sweep's order?); after it, the controller's own
+predicted score. Writes <out>/surrogate__<YYYYmmdd-HHMMSS>/: surrogate.json
 (the fitted model: `gymnasium.make("atesd/Surrogate-v0", model=PATH)`), fit.json (the fit error),
 controller.{json,safetensors} (the pre-trained state) and pretrain.json (the learning curve).
 """
@@ -54,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--folds", type=int, default=5, help="leave-runs-out folds of the fit error (>= 2)")
     parser.add_argument("--l2", type=float, default=1e-3, help="ridge penalty of the fit (>= 0)")
+    parser.add_argument(
+        "--alphas",
+        default="0,0.25,0.5,0.75,1",
+        help="fixed exposures replayed in the surrogate before and beside the controller (comma list)",
+    )
     parser.add_argument("--config", type=Path, default=None, help="YAML file of RunConfig fields")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="RunConfig override")
     parser.add_argument("--out", type=Path, default=Path("runs"), help="parent of the output directory")
@@ -66,6 +73,18 @@ def print_fit(report: dict) -> None:
           f"{report['folds']} folds): RMSE of the surrogate / of the mean, R^2")  # fmt: skip
     for name, t in report["targets"].items():
         print(f"  {name:<28} {t['rmse']:.4g} / {t['rmse_mean']:.4g}   R^2 {t['r2']:+.3f}   (n {t['n']})")
+
+
+def replay(env: SurrogateExposureEnv, act, episodes: int, seed: int) -> float:
+    """Mean predicted final score of `act(obs) -> action` over `episodes` surrogate episodes."""
+    scores = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        done = False
+        while not done:
+            obs, _, done, _, info = env.step(act(obs))
+        scores.append(info["score"])
+    return float(np.mean(scores))
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -85,6 +104,16 @@ def _main(args: argparse.Namespace, argv: list[str]) -> Path:
     print_fit(report)
     model = fit_surrogate(bank, args.l2)
     env = SurrogateExposureEnv(model)
+    try:
+        alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
+    except ValueError:
+        raise cfglib.ConfigError(
+            f"--alphas must be a comma list of numbers in [0, 1], got '{args.alphas}'"
+        ) from None
+    size = model.action_size
+    fixed = {a: replay(env, lambda obs, a=a: np.full(size, a, dtype=np.float32), 50, 10**6) for a in alphas}
+    print("fixed exposures in the surrogate (predicted final score, 50 episodes): "
+          + ", ".join(f"{a:g}: {v:.3f}" for a, v in fixed.items()))  # fmt: skip
     controller = build_controller(cfg, env)
     returns, alphas = [], []
     with progress("pre-training", args.episodes) as update:
@@ -99,8 +128,13 @@ def _main(args: argparse.Namespace, argv: list[str]) -> Path:
     seconds = time.perf_counter() - t0
     out = fresh_dir(args.out, f"surrogate__{time.strftime('%Y%m%d-%H%M%S')}")
     model.save(out / "surrogate.json")
-    (out / "fit.json").write_text(json.dumps(json_safe(report | {"bank": str(args.bank)}), indent=1))
     save_state(controller.state_dict(), out / "controller")
+    learned = float(
+        np.mean([run_episode(env, controller, seed=10**6 + e).final_info["score"] for e in range(50)])
+    )  # the pre-trained controller over 50 more episodes (still learning, after its state was saved)
+    print(f"{args.controller} after pre-training, in the surrogate: predicted final score {learned:.3f}")
+    report |= {"bank": str(args.bank), "fixed_in_surrogate": fixed, "controller_in_surrogate": learned}
+    (out / "fit.json").write_text(json.dumps(json_safe(report), indent=1))
     curve = {
         "command": ["recipes/surrogate.py", *argv], "controller": args.controller, "episodes": args.episodes,
         "seconds": seconds, "returns": returns, "alpha_mean": alphas, "config": cfglib.to_dict(cfg),
