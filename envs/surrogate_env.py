@@ -170,7 +170,7 @@ def fit_report(bank: Bank, folds: int = 5, l2: float = 1e-3, seed: int = 0) -> d
         if n == 0:
             continue
         rmse, rmse_mean = math.sqrt(sse / n), math.sqrt(sse_mean / n)
-        r2 = 1.0 - sse / sse_mean if sse_mean > 1e-18 * n else math.nan  # a constant target: undefined
+        r2 = 1.0 - sse / sse_mean if sse_mean > 1e-12 * n else math.nan  # a constant target: undefined
         out[name] = {"rmse": rmse, "rmse_mean": rmse_mean, "r2": r2, "n": n}
     return {"folds": folds, "runs": len(bank.runs), "windows": bank.windows, "l2": l2, "targets": out}
 
