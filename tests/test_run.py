@@ -42,6 +42,9 @@ def test_the_command_on_the_ci_config_leaves_every_file(tmp_path):
     assert {"env/alpha", "reward/progress", "reward/grounded", "stats/mismatch", "controller/beta_a"} <= set(
         window
     )
+    assert window["time/window_s"] > 0  # from env.timings: wall times live beside the env's info
+    step = next(m for m in metrics if m["kind"] == "step")
+    assert step["time/rollout_s"] > 0 and "student/loss" in step
     assert any(k.startswith("eval/accuracy/") for k in window)
     (start,) = [m for m in metrics if m["kind"] == "start"]  # window 0: the warm-started student
     assert start["window"] == 0 and start["update"] == 0 and 0.0 <= start["env/score"] <= 1.0
