@@ -1,4 +1,4 @@
-"""Fit a surrogate env to a bank of logged runs, report its error on held-out runs, and pre-train a
+r"""Fit a surrogate env to a bank of logged runs, report its error on held-out runs, and pre-train a
 controller on it for many episodes; the saved controller then goes on learning on the real env.
 
     # 1. record a bank: any run.py or bench.py run with bank_dir set records every window
