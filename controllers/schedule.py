@@ -1,6 +1,7 @@
 """A hand-written exposure curriculum: alpha as a fixed function of training progress t / T.
 
-Owns the curve from `alpha0` (progress 0) to `alpha1` (progress 1), linear or cosine; reads only the
+Owns the curve from `alpha0` (progress 0) to `alpha1` (progress 1), linear, cosine, or a step
+(`alpha0` until progress `switch`, then `alpha1`); reads only the
 observation's progress entry (index 0, see `envs.spec.OBSERVATION`) and learns nothing. It is the
 open-loop baseline for the paper's finding that the learned Beta drifts upward during training.
 Decisions happen at progress t / T < 1, so `alpha1` itself is reached only in the limit.
@@ -17,34 +18,44 @@ import numpy as np
 
 from controllers.base import OpenLoop, as_action
 
-ScheduleKind = Literal["linear", "cosine"]
+ScheduleKind = Literal["linear", "cosine", "step"]
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
     kind: ScheduleKind = field(
-        default="linear", metadata={"help": "curve shape: linear, or cosine (flat at both ends)"}
+        default="linear",
+        metadata={
+            "help": "curve shape: linear, cosine (flat at both ends), step (alpha0, alpha1 from switch)"
+        },
     )
     alpha0: float = field(default=0.25, metadata={"help": "alpha at progress 0, in [0, 1]"})
     alpha1: float = field(default=0.75, metadata={"help": "alpha at progress 1, in [0, 1]"})
+    switch: float = field(
+        default=0.5, metadata={"help": "kind=step: the progress alpha1 starts at, in [0, 1]"}
+    )
 
     def __post_init__(self) -> None:
         if self.kind not in get_args(ScheduleKind):
             raise ValueError(
                 f"ScheduleConfig.kind must be one of {get_args(ScheduleKind)}, got {self.kind!r}"
             )
-        for name in ("alpha0", "alpha1"):
+        for name in ("alpha0", "alpha1", "switch"):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0.0 <= value <= 1.0):
                 raise ValueError(f"ScheduleConfig.{name} must be in [0, 1], got {value}")
 
 
-def schedule_alpha(progress: float, kind: ScheduleKind, alpha0: float, alpha1: float) -> float:
-    """Alpha at `progress` in [0, 1] (clipped): linear interpolation, or
-    alpha1 + (alpha0 - alpha1) * (1 + cos(pi * p)) / 2 for the cosine curve."""
+def schedule_alpha(
+    progress: float, kind: ScheduleKind, alpha0: float, alpha1: float, switch: float = 0.5
+) -> float:
+    """Alpha at `progress` in [0, 1] (clipped): linear interpolation, a step (alpha0 below `switch`,
+    alpha1 from it on), or alpha1 + (alpha0 - alpha1) * (1 + cos(pi * p)) / 2 for the cosine curve."""
     p = min(max(float(progress), 0.0), 1.0)
     if kind == "linear":
         return alpha0 + (alpha1 - alpha0) * p
+    if kind == "step":
+        return alpha1 if p >= switch - 1e-9 else alpha0
     return alpha1 + (alpha0 - alpha1) * (1.0 + math.cos(math.pi * p)) / 2.0
 
 
@@ -71,5 +82,7 @@ class ScheduleController(OpenLoop):
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """The scheduled alpha at the observation's progress `obs[0]`."""
-        alpha = schedule_alpha(float(obs[0]), self.cfg.kind, self.cfg.alpha0, self.cfg.alpha1)
+        alpha = schedule_alpha(
+            float(obs[0]), self.cfg.kind, self.cfg.alpha0, self.cfg.alpha1, self.cfg.switch
+        )
         return as_action(alpha, self.action_space)

@@ -121,6 +121,10 @@ def test_schedule_endpoints_and_midpoints():
     assert cosine.act(progress_obs(0.5))[0] == pytest.approx(0.5)
     assert cosine.act(progress_obs(1.0))[0] == pytest.approx(0.8)
     assert cosine.act(progress_obs(0.25))[0] == pytest.approx(0.8 - 0.6 * (1 + math.cos(math.pi / 4)) / 2)
+    step = make(ScheduleController, ScheduleConfig(kind="step", alpha0=0.75, alpha1=1.0, switch=0.75))
+    assert [step.act(progress_obs(p))[0] for p in (0.0, 0.7, 0.75, 0.9)] == pytest.approx(
+        [0.75, 0.75, 1.0, 1.0]
+    )
     # driven by the env's progress: a decreasing schedule falls monotonically over an episode
     alphas = run_episode(
         PeakEnv(steps=10), make(ScheduleController, ScheduleConfig(alpha0=0.9, alpha1=0.1))
@@ -275,7 +279,8 @@ def test_non_finite_transitions_raise(name):
         (lambda: RandomConfig(low=-0.1), "low"),
         (lambda: RandomConfig(low=0.6, high=0.4), "high"),
         (lambda: RandomConfig(seed=-1), "seed"),
-        (lambda: ScheduleConfig(kind="step"), "kind"),
+        (lambda: ScheduleConfig(kind="ramp"), "kind"),
+        (lambda: ScheduleConfig(kind="step", switch=1.5), "switch"),
         (lambda: ScheduleConfig(alpha1=2.0), "alpha1"),
         (lambda: one_step(kind="epsilon"), "kind"),
         (lambda: BanditConfig(arms=(0.5, 0.5)), "arms"),
