@@ -433,7 +433,7 @@ class DistillEngine:
             if by == "teacher":
                 grounded = self._grounded(teacher_model, teacher_prompts, batch, reasoning, riding, ridden)
             elif by == "teacher_fixed":  # the same forward at one exposure for every window
-                fixed = self.teacher_prompts(batch.problems, self.cfg.grounded_alpha, batch.texts)
+                fixed = self.teacher_prompts(batch.problems, self.cfg.grounded_alpha, batch.texts, per_outcome=False)
                 grounded = self._grounded(teacher_model, fixed, batch, reasoning, riding, None)
         if by == "student":  # the weights that made the rollout, on the student's own prompt
             was_training = self.student.training
@@ -471,9 +471,12 @@ class DistillEngine:
         mean = float(np.mean(list(alpha.values()))) if isinstance(alpha, Mapping) else float(alpha)
         return WindowStats(alpha=mean, steps=steps, probe_before=start)
 
-    def teacher_prompts(self, problems: list[Problem], alpha: Exposure, texts: list[str]) -> list[list[int]]:
+    def teacher_prompts(
+        self, problems: list[Problem], alpha: Exposure, texts: list[str], per_outcome: bool = True
+    ) -> list[list[int]]:
         """Teacher prompt ids per problem under the configured reference mode (each at its band's
-        alpha when `alpha` is per band)."""
+        alpha when `alpha` is per band; a solved rollout at `exposure.solved_alpha` when that is set
+        and `per_outcome`)."""
         mode = self.cfg.exposure.reference
         if mode == "own":
             refs = problems
@@ -481,10 +484,11 @@ class DistillEngine:
             refs = problems[1:] + problems[:1] if len(problems) > 1 else problems
         else:
             refs = [self.task.path_matched(p, t) for p, t in zip(problems, texts)]
-        return [
-            self.builder.encode(self.builder.teacher_prompt(p, self.alpha_of(alpha, p), r))
-            for p, r in zip(problems, refs)
-        ]
+        solved = self.cfg.exposure.solved_alpha if per_outcome else None
+        alphas = [self.alpha_of(alpha, p) for p in problems]
+        if solved is not None:
+            alphas = [solved if t and self.task.verify(p, t).correct else a for a, p, t in zip(alphas, problems, texts)]
+        return [self.builder.encode(self.builder.teacher_prompt(p, a, r)) for p, a, r in zip(problems, alphas, refs)]
 
     def _update(self, loss: torch.Tensor) -> float:
         """Backward, clip, step; a non-finite gradient skips the step (and counts)."""

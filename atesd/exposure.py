@@ -38,8 +38,20 @@ class ExposureConfig:
             "tasks with path_matched only)"
         },
     )
+    solved_alpha: float | None = field(
+        default=None,
+        metadata={
+            "help": "per-outcome exposure (GHPO-style): rollouts the verifier accepts are scored at this "
+            "alpha and the others at the controller's; None (default): the controller's alpha for all"
+        },
+    )
     student_thinking: bool = field(default=False, metadata={"help": "enable_thinking for the student prompt"})
     teacher_thinking: bool = field(default=True, metadata={"help": "enable_thinking for the teacher prompt"})
+
+    def __post_init__(self) -> None:
+        a = self.solved_alpha
+        if a is not None and not (isinstance(a, (int, float)) and 0.0 <= a <= 1.0):
+            raise ValueError(f"ExposureConfig.solved_alpha must be None or in [0, 1], got {a!r}")
 
 
 def num_revealed(alpha: float, num_segments: int) -> int:

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from atesd.engine import DistillEngine, EngineConfig, NonFiniteLossError, SamplingConfig
+from atesd.exposure import ExposureConfig
 from atesd.losses import LossConfig
 from atesd.teacher import TeacherConfig
 
@@ -152,3 +153,18 @@ def test_the_in_training_evaluation_decodes_as_configured(tiny_model, tokenizer,
     assert (sampled.temperature, sampled.top_p, sampled.top_k, sampled.max_new_tokens) == (0.6, 0.95, 20, 5)
     with pytest.raises(ValueError, match="top_p must be in"):
         EvalSettings(top_p=0.0)
+
+
+def test_per_outcome_exposure_scores_solved_rollouts_at_their_own_alpha(tiny_model, tokenizer, small_task):
+    exposure = ExposureConfig(solved_alpha=0.0)
+    engine = make_engine(tiny_model, tokenizer, small_task, exposure=exposure)
+    problems = small_task.sample(np.random.default_rng(0), 4)
+    texts = [problems[0].solution, "garbage", problems[2].solution, ""]  # solved, failed, solved, empty
+    assert [small_task.verify(p, t).correct for p, t in zip(problems, texts)] == [True, False, True, False]
+    prompts = engine.teacher_prompts(problems, 1.0, texts)
+    for i, a in enumerate([0.0, 1.0, 0.0, 1.0]):
+        assert prompts[i] == engine.builder.encode(engine.builder.teacher_prompt(problems[i], a)), i
+    plain = engine.teacher_prompts(problems, 1.0, texts, per_outcome=False)  # grounded_by=teacher_fixed's view
+    assert plain == [engine.builder.encode(engine.builder.teacher_prompt(p, 1.0)) for p in problems]
+    with pytest.raises(ValueError, match="solved_alpha"):
+        ExposureConfig(solved_alpha=1.5)
