@@ -133,7 +133,7 @@ class EngineConfig:
     )
     grounded: bool = field(default=True, metadata={"help": "compute the grounded score g every step"})
     grounded_by: GroundedBy = field(
-        default="teacher",
+        default="student",
         metadata={"help": "who scores the gold answer after the student's reasoning: teacher (the paper: "
                   "the teacher at the window's alpha, which rises with alpha by itself), teacher_fixed "
                   "(the teacher at grounded_alpha every window: exposure-neutral) or student (the "
@@ -433,7 +433,9 @@ class DistillEngine:
             if by == "teacher":
                 grounded = self._grounded(teacher_model, teacher_prompts, batch, reasoning, riding, ridden)
             elif by == "teacher_fixed":  # the same forward at one exposure for every window
-                fixed = self.teacher_prompts(batch.problems, self.cfg.grounded_alpha, batch.texts, per_outcome=False)
+                fixed = self.teacher_prompts(
+                    batch.problems, self.cfg.grounded_alpha, batch.texts, per_outcome=False
+                )
                 grounded = self._grounded(teacher_model, fixed, batch, reasoning, riding, None)
         if by == "student":  # the weights that made the rollout, on the student's own prompt
             was_training = self.student.training
@@ -487,8 +489,14 @@ class DistillEngine:
         solved = self.cfg.exposure.solved_alpha if per_outcome else None
         alphas = [self.alpha_of(alpha, p) for p in problems]
         if solved is not None:
-            alphas = [solved if t and self.task.verify(p, t).correct else a for a, p, t in zip(alphas, problems, texts)]
-        return [self.builder.encode(self.builder.teacher_prompt(p, a, r)) for p, a, r in zip(problems, alphas, refs)]
+            alphas = [
+                solved if t and self.task.verify(p, t).correct else a
+                for a, p, t in zip(alphas, problems, texts)
+            ]
+        return [
+            self.builder.encode(self.builder.teacher_prompt(p, a, r))
+            for p, a, r in zip(problems, alphas, refs)
+        ]
 
     def _update(self, loss: torch.Tensor) -> float:
         """Backward, clip, step; a non-finite gradient skips the step (and counts)."""

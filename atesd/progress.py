@@ -25,6 +25,7 @@ class RewardSpec(NamedTuple):
     total_steps: int  # T: student updates per episode
     lambda_gt: float  # weight of the grounded score in the reward
     signed_progress: bool  # rises of the tracked loss are charged too (net drop)
+    grounded_change: bool = False  # the grounded term is the change of the window's grounded mean
 
 
 def discounted_progress(losses: Sequence[float], gamma: float, signed: bool = False) -> float:
@@ -61,6 +62,26 @@ def window_reward(
     progress = discounted_progress(losses, gamma, signed)
     g = discounted_mean(grounded, gamma) if len(grounded) else 0.0
     return {"progress": progress, "grounded": g, "reward": progress + lambda_gt * g}
+
+
+def grounded_change(terms: dict[str, float], previous: float | None, lambda_gt: float) -> dict[str, float]:
+    """`window_reward`'s terms with the grounded term as a change: this window's discount-weighted
+    mean grounded score minus the previous window's (0 in an episode's first window, `previous` None).
+
+    Summed over a decision's lookahead the changes telescope to how much the grounded score rose over
+    it, so a controller is paid for a student that got better, not for a state that was already good
+    (the level form pays every window for the competence reached before the decision). Returns the
+    terms (`grounded` now the change, `reward` = progress + lambda_gt * change) plus `grounded_level`,
+    the window's mean, for the next window's `previous`.
+    """
+    level = terms["grounded"]
+    change = 0.0 if previous is None else level - previous
+    return {
+        "progress": terms["progress"],
+        "grounded": change,
+        "reward": terms["progress"] + lambda_gt * change,
+        "grounded_level": level,
+    }
 
 
 def lookahead_returns(

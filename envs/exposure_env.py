@@ -18,7 +18,7 @@ import numpy as np
 from atesd.builder import RealConfig, build_engine
 from atesd.engine import DistillEngine, EngineConfig
 from atesd.models import TinyModelConfig
-from atesd.progress import RewardSpec, window_reward
+from atesd.progress import RewardSpec, grounded_change, window_reward
 from atesd.tasks.base import action_bands
 from atesd.tasks.synthetic import ChainBagConfig
 from atesd.warmstart import WarmStartConfig
@@ -32,8 +32,17 @@ class ExposureEnvConfig:
     hold_steps: int = field(default=5, metadata={"help": "student updates per env step, H (>= 1)"})
     total_steps: int = field(default=100, metadata={"help": "student updates per episode, T (>= hold_steps)"})
     gamma: float = field(default=0.9, metadata={"help": "per-update discount inside a window, in (0, 1]"})
-    lambda_gt: float = field(default=0.1, metadata={"help": "weight of the grounded score (>= 0)"})
+    lambda_gt: float = field(
+        default=3.0, metadata={"help": "weight of the grounded score (>= 0; the paper's form: 0.1)"}
+    )
     signed_progress: bool = field(default=False, metadata={"help": "charge rises of the tracked loss too"})
+    grounded_change: bool = field(
+        default=True,
+        metadata={
+            "help": "the grounded term is the change of the window's mean grounded score since the "
+            "previous window (pays for a student that got better); False: its level (the paper's)"
+        },
+    )
     eval_every: int = field(
         default=0, metadata={"help": "evaluate every this many env steps (0 = only at the episode's end)"}
     )
@@ -77,7 +86,14 @@ class ExposureEnvConfig:
     @property
     def reward_spec(self) -> RewardSpec:
         """H, gamma and the other facts of the reward that agents share with the env."""
-        return RewardSpec(self.hold_steps, self.gamma, self.total_steps, self.lambda_gt, self.signed_progress)
+        return RewardSpec(
+            self.hold_steps,
+            self.gamma,
+            self.total_steps,
+            self.lambda_gt,
+            self.signed_progress,
+            self.grounded_change,
+        )
 
 
 class TeacherExposureEnv(gym.Env):
@@ -112,10 +128,14 @@ class TeacherExposureEnv(gym.Env):
 
     ## Rewards
     `sum_j gamma^(j-1) max(0, l_(j-1) - l_j)` over the window's tracked losses l_0..l_H (the probe NLL
-    before and after each update; signed if `signed_progress`) plus `lambda_gt` times the
-    discount-weighted mean grounded score (the teacher's mean log-prob of the gold final answer after
-    the student's reasoning). Agents that discount windows by gamma^H over L/H windows receive the
-    paper's lookahead return; the delayed credit lives in the agent.
+    before and after each update; signed if `signed_progress`) plus `lambda_gt` (default 3) times the
+    grounded term: the mean log-prob of the gold final answer after the student's reasoning, scored
+    by the student before its update (`engine.grounded_by`, default `student`; the paper's `teacher`
+    reads it from the teacher at the window's alpha), by default as the rise of the window's
+    discount-weighted mean over the previous window's (`grounded_change`; 0 in the first window),
+    else that mean itself (the paper's form, with lambda_gt 0.1). Agents that discount windows by
+    gamma^H over L/H windows receive the paper's lookahead return; the delayed credit lives in the
+    agent.
 
     ## Starting State
     The warm-started student (weights, optimiser, teacher, statistics as at construction); `reset(seed)`
@@ -190,6 +210,7 @@ class TeacherExposureEnv(gym.Env):
         self.engine.load_state_dict(self._initial)
         self.engine.reseed(int(self.np_random.integers(2**63)))
         self.steps_done = 0
+        self.grounded_prev: float | None = None  # the last window's mean grounded score (change form)
         self.probe_start = self.engine.probe_nll()
         self.score = math.nan
         self.ema_bands = {}
@@ -223,6 +244,9 @@ class TeacherExposureEnv(gym.Env):
         terms = window_reward(
             window.losses, window.grounded, self.cfg.gamma, self.cfg.lambda_gt, self.cfg.signed_progress
         )
+        if self.cfg.grounded_change:
+            terms = grounded_change(terms, self.grounded_prev, self.cfg.lambda_gt)
+            self.grounded_prev = terms.pop("grounded_level")
         terminated = self.steps_done >= self.cfg.total_steps
         info = {
             "alpha": list(alphas) if self.per_band else alpha,
@@ -268,6 +292,7 @@ class TeacherExposureEnv(gym.Env):
             "probe_start": self.probe_start,
             "score": self.score,
             "ema_bands": dict(self.ema_bands),
+            "grounded_prev": self.grounded_prev,
             "np_random": self.np_random.bit_generator.state,
         }
 
@@ -277,6 +302,8 @@ class TeacherExposureEnv(gym.Env):
         self.steps_done, self.probe_start = int(state["steps_done"]), float(state["probe_start"])
         self.score = float(state["score"])
         self.ema_bands = {str(k): float(v) for k, v in state.get("ema_bands", {}).items()}
+        prev = state.get("grounded_prev")
+        self.grounded_prev = None if prev is None else float(prev)
         self.np_random.bit_generator.state = state["np_random"]
 
     def _update_bands(self, window) -> None:

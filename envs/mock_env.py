@@ -14,7 +14,7 @@ from typing import Literal
 import gymnasium as gym
 import numpy as np
 
-from atesd.progress import RewardSpec
+from atesd.progress import RewardSpec, grounded_change
 from envs import spec
 
 Variant = Literal["rising", "constant", "falling", "mix"]
@@ -31,10 +31,18 @@ class MockConfig:
         default=0.9, metadata={"help": "per-update discount of the window reward, in (0, 1]"}
     )
     lambda_gt: float = field(
-        default=0.1, metadata={"help": "weight of the grounded score in the reward (>= 0)"}
+        default=3.0,
+        metadata={"help": "weight of the grounded score in the reward (>= 0; the paper's form: 0.1)"},
     )
     signed_progress: bool = field(
         default=False, metadata={"help": "charge loss rises too (net-drop variant)"}
+    )
+    grounded_change: bool = field(
+        default=True,
+        metadata={
+            "help": "the grounded term is the change of the window's mean grounded score since the "
+            "previous window (pays for a student that got better); False: its level (the paper's)"
+        },
     )
     target_competence: float = field(
         default=0.9, metadata={"help": "competence the oracle schedule reaches at T, in (0, 1)"}
@@ -85,7 +93,14 @@ class MockConfig:
     @property
     def reward_spec(self) -> RewardSpec:
         """H, gamma and the other facts of the reward that agents share with the env."""
-        return RewardSpec(self.hold_steps, self.gamma, self.total_steps, self.lambda_gt, self.signed_progress)
+        return RewardSpec(
+            self.hold_steps,
+            self.gamma,
+            self.total_steps,
+            self.lambda_gt,
+            self.signed_progress,
+            self.grounded_change,
+        )
 
 
 LOSS_START, LOSS_FLOOR = 2.0, 0.5  # tracked loss at competence 0 and 1
@@ -160,8 +175,10 @@ class MockExposureEnv(gym.Env):
 
     ## Rewards
     The window's discounted learning progress sum_j gamma^(j-1) max(0, l_(j-1) - l_j) (signed if
-    `signed_progress`) plus lambda_gt times the discount-weighted mean grounded score: exactly
-    `atesd.progress.window_reward` over the window's losses.
+    `signed_progress`) plus lambda_gt (default 3) times the grounded term: by default
+    (`grounded_change`) the rise of the window's discount-weighted mean grounded score over the
+    previous window's (0 in the first), else that mean itself (the paper's form, with lambda_gt 0.1):
+    `atesd.progress.window_reward` and `grounded_change` over the window's losses and scores.
 
     ## Starting State
     c = 0 (mix: both groups 0), no dip, EMAs at their first values; `info` already holds
@@ -209,6 +226,7 @@ class MockExposureEnv(gym.Env):
         self.rooms = [1.0] * self._groups
         self.dip = 0.0
         self.steps_done = 0
+        self.grounded_prev: float | None = None  # the last window's mean grounded score (change form)
         self.loss_now = self._tracked(0.0)
         self.loss_start = self.loss_now
         self.ema = {"alpha": 0.0, "loss": 0.0, "mismatch": 0.0, "probe": 1.0, "confidence": 0.45}
@@ -236,6 +254,9 @@ class MockExposureEnv(gym.Env):
         self.loss_now = losses[-1]
         self.steps_done += H
         terms = _window_reward(losses, grounded, c.gamma, c.lambda_gt, c.signed_progress)
+        if c.grounded_change:
+            terms = grounded_change(terms, self.grounded_prev, c.lambda_gt)
+            self.grounded_prev = terms.pop("grounded_level")
         stats = self._update_ema(alpha, float(noise[H]), float(noise[H + 1]))
         info = self._info(list(alphas) if self.per_band else alpha, terms, losses) | stats
         return self._obs(), terms["reward"], self.steps_done >= c.total_steps, False, info
@@ -245,7 +266,8 @@ class MockExposureEnv(gym.Env):
         return {
             "rooms": list(self.rooms), "dip": self.dip, "steps_done": self.steps_done,
             "loss_now": self.loss_now, "loss_start": self.loss_start, "ema": dict(self.ema),
-            "ema_bands": list(self.ema_bands), "np_random": self.np_random.bit_generator.state,
+            "ema_bands": list(self.ema_bands), "grounded_prev": self.grounded_prev,
+            "np_random": self.np_random.bit_generator.state,
         }  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
@@ -254,6 +276,8 @@ class MockExposureEnv(gym.Env):
         self.loss_now, self.loss_start = float(state["loss_now"]), float(state["loss_start"])
         self.ema = {k: float(v) for k, v in state["ema"].items()}
         self.ema_bands = [float(v) for v in state.get("ema_bands", [0.0] * len(self.bands))]
+        prev = state.get("grounded_prev")
+        self.grounded_prev = None if prev is None else float(prev)
         self.np_random.bit_generator.state = state["np_random"]
 
     # ---- dynamics -----------------------------------------------------------------------------

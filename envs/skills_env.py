@@ -15,7 +15,7 @@ from typing import Literal
 import gymnasium as gym
 import numpy as np
 
-from atesd.progress import RewardSpec
+from atesd.progress import RewardSpec, grounded_change
 from envs import spec
 from envs.mock_env import _window_reward
 
@@ -35,11 +35,19 @@ class SkillChainConfig:
         default=0.9, metadata={"help": "per-update discount of the window reward, in (0, 1]"}
     )
     lambda_gt: float = field(
-        default=0.1, metadata={"help": "weight of the grounded score in the reward (>= 0)"}
+        default=3.0,
+        metadata={"help": "weight of the grounded score in the reward (>= 0; the paper's form: 0.1)"},
     )
     signed_progress: bool = field(default=False, metadata={"help": "charge loss rises too (net drop)"})
+    grounded_change: bool = field(
+        default=True,
+        metadata={
+            "help": "the grounded term is the change of the window's mean grounded score since the "
+            "previous window (pays for a student that got better); False: its level (the paper's)"
+        },
+    )
     grounded_by: Literal["teacher", "student"] = field(
-        default="teacher",
+        default="student",
         metadata={"help": "teacher: the paper's grounded score, which rises with alpha by itself; "
                   "student: the competence term alone (exposure-neutral)"},
     )  # fmt: skip
@@ -86,7 +94,14 @@ class SkillChainConfig:
 
     @property
     def reward_spec(self) -> RewardSpec:
-        return RewardSpec(self.hold_steps, self.gamma, self.total_steps, self.lambda_gt, self.signed_progress)
+        return RewardSpec(
+            self.hold_steps,
+            self.gamma,
+            self.total_steps,
+            self.lambda_gt,
+            self.signed_progress,
+            self.grounded_change,
+        )
 
 
 WALL_SKILL, WALL_HARDNESS = 4, 4.0  # "wall": the fifth skill learns 4x slower than the others
@@ -142,8 +157,10 @@ class SkillChainEnv(gym.Env):
     confidence; EMAs with decay 0.9 per update.
 
     ## Rewards
-    The window's discounted learning progress of the tracked loss plus lambda_gt times the
-    discount-weighted mean grounded score: `atesd.progress.window_reward`, as in the other envs.
+    The window's discounted learning progress of the tracked loss plus lambda_gt (default 3) times
+    the grounded term: by default the student's score (`grounded_by="student"`) and its rise over
+    the previous window (`grounded_change`); the paper's form is `lambda_gt=0.1, grounded_by="teacher",
+    grounded_change=False`. `atesd.progress.window_reward` and `grounded_change`, as in the other envs.
 
     ## Starting State
     m = (0.9, 0.5, 0, ...), no dip, EMAs at their first values.
@@ -185,6 +202,7 @@ class SkillChainEnv(gym.Env):
         self.mastery[:2] = (0.9, 0.5)
         self.dip = 0.0
         self.steps_done = 0
+        self.grounded_prev: float | None = None  # the last window's mean grounded score (change form)
         self.loss_now = self._tracked(0.0)
         self.loss_start = self.loss_now
         self.ema = {"alpha": 0.0, "loss": 0.0, "mismatch": 0.0, "probe": 1.0, "confidence": 0.4}
@@ -214,6 +232,9 @@ class SkillChainEnv(gym.Env):
         self.loss_now = losses[-1]
         self.steps_done += c.hold_steps
         terms = _window_reward(losses, grounded, c.gamma, c.lambda_gt, c.signed_progress)
+        if c.grounded_change:
+            terms = grounded_change(terms, self.grounded_prev, c.lambda_gt)
+            self.grounded_prev = terms.pop("grounded_level")
         room = 1.0 - self.competence()
         mismatch = 0.05 + 0.5 * unreach + 0.2 * alpha * room + float(noise[-2])
         loss = 0.1 + 0.6 * alpha * room + 0.5 * unreach + float(noise[-1])

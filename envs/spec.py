@@ -33,7 +33,7 @@ ACTIONS = ("global", "per_band")
 INFO_KEYS = (
     "alpha",  # the exposure used in this window
     "reward/progress",  # discounted learning progress of the window (paper's G_lp over H steps)
-    "reward/grounded",  # discount-weighted mean grounded score of the window
+    "reward/grounded",  # the grounded term: the rise of the window's mean grounded score (default), or it
     "reward/total",  # progress + lambda_gt * grounded = the step's reward
     "stats/loss",  # raw window means of the training statistics
     "stats/mismatch",

@@ -100,7 +100,9 @@ def separate_grounded(engine: DistillEngine, batch, alpha: float) -> float:
 
 @pytest.mark.parametrize("prefix", ["every row", "no row", "some rows"])
 def test_the_grounded_score_in_the_scoring_pass_is_the_defined_one(tiny_model, tokenizer, small_task, prefix):
-    engine = DistillEngine(tiny_model, tokenizer, small_task, EngineConfig(batch_size=8))
+    engine = DistillEngine(
+        tiny_model, tokenizer, small_task, EngineConfig(batch_size=8, grounded_by="teacher")
+    )
     problems = small_task.sample(np.random.default_rng(0), 8)  # rollouts that are the references
     b = engine.builder
     prompts = [b.encode(b.student_prompt(p)) for p in problems]
@@ -175,7 +177,9 @@ def test_an_exposure_neutral_grounded_score_does_not_move_with_alpha(tiny_model,
             hidden, targets = completion_hidden(engine.student, seqs, finals, tokenizer.pad_token_id)
             logp = torch.log_softmax(hidden @ engine.student.get_output_embeddings().weight.T, dim=-1)
         assert scores[0] == pytest.approx(float(logp.gather(1, targets[:, None]).mean()), abs=1e-5)
-    paper = DistillEngine(tiny_model, tokenizer, small_task, EngineConfig(batch_size=8))
+    paper = DistillEngine(
+        tiny_model, tokenizer, small_task, EngineConfig(batch_size=8, grounded_by="teacher")
+    )
     assert len({paper.batch_loss(batch, alpha)[1] for alpha in (0.0, 0.5, 1.0)}) == 3  # the paper's moves
 
 

@@ -164,7 +164,9 @@ def test_per_outcome_exposure_scores_solved_rollouts_at_their_own_alpha(tiny_mod
     prompts = engine.teacher_prompts(problems, 1.0, texts)
     for i, a in enumerate([0.0, 1.0, 0.0, 1.0]):
         assert prompts[i] == engine.builder.encode(engine.builder.teacher_prompt(problems[i], a)), i
-    plain = engine.teacher_prompts(problems, 1.0, texts, per_outcome=False)  # grounded_by=teacher_fixed's view
+    plain = engine.teacher_prompts(
+        problems, 1.0, texts, per_outcome=False
+    )  # grounded_by=teacher_fixed's view
     assert plain == [engine.builder.encode(engine.builder.teacher_prompt(p, 1.0)) for p in problems]
     with pytest.raises(ValueError, match="solved_alpha"):
         ExposureConfig(solved_alpha=1.5)

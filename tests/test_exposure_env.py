@@ -28,7 +28,7 @@ def test_two_windows_observations_inside_the_space(engine):
         assert env.observation_space.contains(obs) and obs.dtype == np.float32
         assert set(spec.INFO_KEYS) <= set(info) and info["alpha"] == alpha and len(info["losses"]) == 3
         assert info["reward/progress"] == pytest.approx(discounted_progress(info["losses"], 0.9))
-        assert reward == pytest.approx(info["reward/progress"] + 0.1 * info["reward/grounded"])
+        assert reward == pytest.approx(info["reward/progress"] + env.cfg.lambda_gt * info["reward/grounded"])
         assert term == (i == 1) and not trunc
     assert obs[0] == 1.0 and obs[1] > 0  # progress, EMA alpha
     assert set(info["eval"]) == {f"accuracy/{b}" for b in ("C3", "B2", "M22")}
@@ -49,6 +49,27 @@ def test_gymnasiums_checker_passes_on_the_real_env(engine, action):
     assert not any(k.startswith("time/") for k in step) and "oracle_alpha" not in step
     assert env.timings["time/window_s"] > 0 and len(env.step_timings) == 2
     assert all(k.startswith("time/") for t in env.step_timings for k in t)
+
+
+def test_the_change_form_on_the_real_env_passes_the_checker_and_round_trips(engine):
+    cfg = ExposureEnvConfig(hold_steps=2, total_steps=6, lambda_gt=3.0, grounded_change=True)
+    env = TeacherExposureEnv(cfg, engine=engine)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(env, skip_render_check=True)
+    env.reset(seed=3)
+    first = env.step(np.array([0.5], dtype=np.float32))[4]
+    assert first["reward/grounded"] == 0.0 and env.grounded_prev is not None  # no window before it
+    level = env.grounded_prev
+    saved = env.state_dict()
+    second = env.step(np.array([0.5], dtype=np.float32))[4]
+    assert second["reward/grounded"] == pytest.approx(env.grounded_prev - level)
+    assert second["reward/total"] == pytest.approx(
+        second["reward/progress"] + 3.0 * second["reward/grounded"]
+    )
+    env.load_state_dict(saved)
+    again = env.step(np.array([0.5], dtype=np.float32))[4]
+    assert again["reward/grounded"] == pytest.approx(second["reward/grounded"])
 
 
 def test_reset_restores_the_warm_started_student_and_seeds_reproduce(engine):

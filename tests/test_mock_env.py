@@ -108,8 +108,30 @@ def test_reward_is_the_window_progress_plus_grounded():
         for a in (0.2, 0.9, 0.1):
             _, r, _, _, info = env.step(act(a))
             assert info["reward/progress"] == pytest.approx(discounted_progress(info["losses"], 0.9, signed))
-            assert r == pytest.approx(info["reward/progress"] + 0.1 * info["reward/grounded"])
+            assert r == pytest.approx(info["reward/progress"] + env.cfg.lambda_gt * info["reward/grounded"])
             assert len(info["losses"]) == 6
+
+
+def test_the_change_form_is_the_window_mean_grounded_minus_the_last_and_resumes():
+    level = MockExposureEnv(lambda_gt=3.0, grounded_change=False)
+    change = MockExposureEnv(lambda_gt=3.0, grounded_change=True)
+    level.reset(seed=2)
+    change.reset(seed=2)
+    prev, infos = None, []
+    for i, a in enumerate((0.2, 0.9, 0.5, 0.7)):
+        lv, ch = level.step(act(a))[4], change.step(act(a))[4]
+        infos.append(ch)
+        assert ch["losses"] == lv["losses"]  # the same dynamics: only the reward's grounded term differs
+        assert ch["reward/grounded"] == pytest.approx(0.0 if prev is None else lv["reward/grounded"] - prev)
+        assert ch["reward/total"] == pytest.approx(ch["reward/progress"] + 3.0 * ch["reward/grounded"])
+        prev = lv["reward/grounded"]
+        if i == 1:
+            saved = change.state_dict()
+    resumed = MockExposureEnv(lambda_gt=3.0, grounded_change=True)
+    resumed.load_state_dict(saved)
+    again = resumed.step(act(0.5))[4]  # the previous window's mean came along with the state
+    assert again["reward/grounded"] == infos[2]["reward/grounded"] != 0.0
+    assert change.reward_spec.grounded_change and not level.reward_spec.grounded_change
 
 
 def test_info_keys_and_episode_end():
@@ -158,7 +180,7 @@ def test_the_lookahead_return_prefers_near_the_optimum_and_the_window_reward_ove
     grounded return of a decision (its window, then one at the history's alpha) peaks within
     [alpha* - 0.05, alpha* + 0.15], while its window's progress alone peaks at least 0.25 above alpha*
     (where any overexposure is capped, so far-too-high exposure buys nothing more)."""
-    env = MockExposureEnv(noise=0.0)
+    env = MockExposureEnv(noise=0.0, lambda_gt=0.1, grounded_change=False)  # the paper's reward
     _, info = env.reset(seed=0)
     for _ in range(windows):
         info = env.step(act(info["oracle_alpha"] if history == "oracle" else history))[4]

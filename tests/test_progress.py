@@ -6,6 +6,7 @@ import pytest
 from atesd.progress import (
     discounted_mean,
     discounted_progress,
+    grounded_change,
     lookahead_returns,
     paper_return,
     window_reward,
@@ -51,3 +52,21 @@ def test_windowed_returns_equal_the_papers_step_level_progress():
 def test_discounted_mean():
     assert discounted_mean([1.0, 3.0], 1.0) == 2.0
     assert math.isclose(discounted_mean([1.0, 3.0], 0.5), (1 + 1.5) / 1.5)
+
+
+def test_the_change_form_pays_the_rise_of_the_grounded_score_and_telescopes():
+    first = grounded_change(window_reward([1.0, 0.8, 0.9], [-2.0, -1.0], 0.5, 3.0), None, 3.0)
+    assert first["grounded"] == 0.0 and first["reward"] == pytest.approx(0.2)  # no previous window
+    assert first["grounded_level"] == pytest.approx(-2.5 / 1.5)
+    second = grounded_change(
+        window_reward([0.9, 0.9, 0.9], [-1.0, -1.0], 0.5, 3.0), first["grounded_level"], 3.0
+    )
+    assert second["grounded"] == pytest.approx(-1.0 + 2.5 / 1.5) and second["progress"] == 0.0
+    assert second["reward"] == pytest.approx(3.0 * second["grounded"])
+    # over windows the changes sum to the last window's level minus the first's: a state that was good
+    # before the decisions earns nothing by itself
+    levels, prev, total = [-3.0, -2.0, -2.5, -1.0], None, 0.0
+    for g in levels:
+        terms = grounded_change({"progress": 0.0, "grounded": g, "reward": 0.0}, prev, 1.0)
+        total, prev = total + terms["grounded"], terms["grounded_level"]
+    assert total == pytest.approx(levels[-1] - levels[0])

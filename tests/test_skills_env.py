@@ -91,7 +91,8 @@ def test_an_exposure_that_follows_the_student_beats_every_fixed_one(profile):
 def test_the_papers_reward_is_lured_past_the_optimum_and_a_neutral_grounded_score_is_not():
     """Mid-run, the lookahead return (two windows, gamma^H) of the paper's reward (positive drops, the
     teacher's grounded score at lambda 0.1) peaks above the alpha that maximises competence; with the
-    student's grounded score dominating (lambda 1) it peaks within 0.1 of that alpha."""
+    student's grounded score dominating (lambda 1) it peaks within 0.1 of that alpha, and so does the
+    default reward (the change of the student's grounded score, lambda 3)."""
 
     def peaks(cfg: SkillChainConfig) -> tuple[float, float]:
         env = SkillChainEnv(cfg)
@@ -106,10 +107,14 @@ def test_the_papers_reward_is_lured_past_the_optimum_and_a_neutral_grounded_scor
             competence.append(trial.competence())
         return float(grid[int(np.argmax(returns))]), float(grid[int(np.argmax(competence))])
 
-    lured, best = peaks(SkillChainConfig(noise=0.0, learn_noise=0.0))
+    paper = dict(lambda_gt=0.1, grounded_by="teacher", grounded_change=False)
+    lured, best = peaks(SkillChainConfig(noise=0.0, learn_noise=0.0, **paper))
     assert lured >= best + 0.3
-    neutral, best = peaks(SkillChainConfig(noise=0.0, learn_noise=0.0, lambda_gt=1.0, grounded_by="student"))
+    level = dict(lambda_gt=1.0, grounded_by="student", grounded_change=False)
+    neutral, best = peaks(SkillChainConfig(noise=0.0, learn_noise=0.0, **level))
     assert abs(neutral - best) <= 0.1
+    peak, best = peaks(SkillChainConfig(noise=0.0, learn_noise=0.0))  # the default: its change
+    assert abs(peak - best) <= 0.1
 
 
 def test_bench_runs_it_by_id_with_env_keywords(tmp_path):
