@@ -27,6 +27,11 @@ class RewardSpec(NamedTuple):
     signed_progress: bool  # rises of the tracked loss are charged too (net drop)
     grounded_change: bool = False  # the grounded term is the change of the window's grounded mean
 
+    @classmethod
+    def of(cls, cfg: object) -> RewardSpec:
+        """The spec of an env config that has a field of each of these names."""
+        return cls(*(getattr(cfg, name) for name in cls._fields))
+
 
 def discounted_progress(losses: Sequence[float], gamma: float, signed: bool = False) -> float:
     """sum_{i=1..n} gamma^(i-1) * max(0, l_{i-1} - l_i) over losses l_0..l_n.
@@ -62,6 +67,22 @@ def window_reward(
     progress = discounted_progress(losses, gamma, signed)
     g = discounted_mean(grounded, gamma) if len(grounded) else 0.0
     return {"progress": progress, "grounded": g, "reward": progress + lambda_gt * g}
+
+
+def window_reward_floats(
+    losses: Sequence[float], grounded: Sequence[float], gamma: float, lambda_gt: float, signed: bool = False
+) -> dict[str, float]:
+    """`window_reward` in plain Python floats, without its checks: for the simulated envs, which call
+    it every step (numpy's per-call overhead would dominate at H = 5; tests pin the two equal)."""
+    progress, weight, total_w, g_sum = 0.0, 1.0, 0.0, 0.0
+    for prev, nxt, g in zip(losses, losses[1:], grounded):
+        drop = prev - nxt
+        progress += weight * (drop if signed else max(0.0, drop))
+        g_sum += weight * g
+        total_w += weight
+        weight *= gamma
+    g_mean = g_sum / total_w
+    return {"progress": progress, "grounded": g_mean, "reward": progress + lambda_gt * g_mean}
 
 
 def grounded_change(terms: dict[str, float], previous: float | None, lambda_gt: float) -> dict[str, float]:

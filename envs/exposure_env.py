@@ -86,14 +86,7 @@ class ExposureEnvConfig:
     @property
     def reward_spec(self) -> RewardSpec:
         """H, gamma and the other facts of the reward that agents share with the env."""
-        return RewardSpec(
-            self.hold_steps,
-            self.gamma,
-            self.total_steps,
-            self.lambda_gt,
-            self.signed_progress,
-            self.grounded_change,
-        )
+        return RewardSpec.of(self)
 
 
 class TeacherExposureEnv(gym.Env):
@@ -248,6 +241,7 @@ class TeacherExposureEnv(gym.Env):
             terms = grounded_change(terms, self.grounded_prev, self.cfg.lambda_gt)
             self.grounded_prev = terms.pop("grounded_level")
         terminated = self.steps_done >= self.cfg.total_steps
+        metrics = [s.metrics() for s in window.steps]
         info = {
             "alpha": list(alphas) if self.per_band else alpha,
             "reward/progress": terms["progress"],
@@ -263,7 +257,7 @@ class TeacherExposureEnv(gym.Env):
             "stats/skipped_updates": sum(s.skipped for s in window.steps),
             "losses": window.losses,
             "steps_done": self.steps_done,
-            "step_stats": [_untimed(s.metrics()) for s in window.steps],  # every update, namespaced
+            "step_stats": [_untimed(m) for m in metrics],  # every update, namespaced
         }
         if self.per_band:  # each band's rollout accuracy in this window (NaN for a band not drawn)
             by_band = window.band_accuracy()
@@ -280,7 +274,7 @@ class TeacherExposureEnv(gym.Env):
             "time/teacher_s": sum(s.teacher_s for s in window.steps),
             "time/update_s": sum(s.update_s for s in window.steps),
         }
-        self.step_timings = [_timed(s.metrics()) for s in window.steps]
+        self.step_timings = [_timed(m) for m in metrics]
         return self._obs(), float(terms["reward"]), terminated, False, info
 
     def state_dict(self) -> dict:

@@ -14,7 +14,7 @@ from typing import Literal
 import gymnasium as gym
 import numpy as np
 
-from atesd.progress import RewardSpec, grounded_change
+from atesd.progress import RewardSpec, grounded_change, window_reward_floats
 from envs import spec
 
 Variant = Literal["rising", "constant", "falling", "mix"]
@@ -93,14 +93,7 @@ class MockConfig:
     @property
     def reward_spec(self) -> RewardSpec:
         """H, gamma and the other facts of the reward that agents share with the env."""
-        return RewardSpec(
-            self.hold_steps,
-            self.gamma,
-            self.total_steps,
-            self.lambda_gt,
-            self.signed_progress,
-            self.grounded_change,
-        )
+        return RewardSpec.of(self)
 
 
 LOSS_START, LOSS_FLOOR = 2.0, 0.5  # tracked loss at competence 0 and 1
@@ -253,7 +246,7 @@ class MockExposureEnv(gym.Env):
             grounded.append(-3.0 * room - 0.05)
         self.loss_now = losses[-1]
         self.steps_done += H
-        terms = _window_reward(losses, grounded, c.gamma, c.lambda_gt, c.signed_progress)
+        terms = window_reward_floats(losses, grounded, c.gamma, c.lambda_gt, c.signed_progress)
         if c.grounded_change:
             terms = grounded_change(terms, self.grounded_prev, c.lambda_gt)
             self.grounded_prev = terms.pop("grounded_level")
@@ -368,18 +361,3 @@ class MockExposureEnv(gym.Env):
             "oracle_alpha": oracle,
             "dip": self.dip,
         }
-
-
-def _window_reward(
-    losses: list[float], grounded: list[float], gamma: float, lambda_gt: float, signed: bool
-) -> dict[str, float]:
-    """`atesd.progress.window_reward` in plain Python floats (the mock's hot path; a test pins them equal)."""
-    progress, weight, total_w, g_sum = 0.0, 1.0, 0.0, 0.0
-    for prev, nxt, g in zip(losses, losses[1:], grounded):
-        drop = prev - nxt
-        progress += weight * (drop if signed else max(0.0, drop))
-        g_sum += weight * g
-        total_w += weight
-        weight *= gamma
-    g_mean = g_sum / total_w
-    return {"progress": progress, "grounded": g_mean, "reward": progress + lambda_gt * g_mean}

@@ -15,9 +15,8 @@ from typing import Literal
 import gymnasium as gym
 import numpy as np
 
-from atesd.progress import RewardSpec, grounded_change
+from atesd.progress import RewardSpec, grounded_change, window_reward_floats
 from envs import spec
-from envs.mock_env import _window_reward
 
 Profile = Literal["ramp", "wall", "forget"]
 PROFILES = ("ramp", "wall", "forget")
@@ -94,14 +93,7 @@ class SkillChainConfig:
 
     @property
     def reward_spec(self) -> RewardSpec:
-        return RewardSpec(
-            self.hold_steps,
-            self.gamma,
-            self.total_steps,
-            self.lambda_gt,
-            self.signed_progress,
-            self.grounded_change,
-        )
+        return RewardSpec.of(self)
 
 
 WALL_SKILL, WALL_HARDNESS = 4, 4.0  # "wall": the fifth skill learns 4x slower than the others
@@ -231,7 +223,7 @@ class SkillChainEnv(gym.Env):
             grounded.append(-2.5 * (1.0 - self.competence()) + bonus)
         self.loss_now = losses[-1]
         self.steps_done += c.hold_steps
-        terms = _window_reward(losses, grounded, c.gamma, c.lambda_gt, c.signed_progress)
+        terms = window_reward_floats(losses, grounded, c.gamma, c.lambda_gt, c.signed_progress)
         if c.grounded_change:
             terms = grounded_change(terms, self.grounded_prev, c.lambda_gt)
             self.grounded_prev = terms.pop("grounded_level")

@@ -10,6 +10,7 @@ from atesd.progress import (
     lookahead_returns,
     paper_return,
     window_reward,
+    window_reward_floats,
 )
 
 
@@ -70,3 +71,13 @@ def test_the_change_form_pays_the_rise_of_the_grounded_score_and_telescopes():
         terms = grounded_change({"progress": 0.0, "grounded": g, "reward": 0.0}, prev, 1.0)
         total, prev = total + terms["grounded"], terms["grounded_level"]
     assert total == pytest.approx(levels[-1] - levels[0])
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_the_plain_float_window_reward_equals_the_numpy_one(signed):
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        losses, grounded = rng.normal(1.0, 0.3, 6).tolist(), rng.normal(-2.0, 0.5, 5).tolist()
+        fast = window_reward_floats(losses, grounded, 0.9, 0.3, signed)
+        ref = window_reward(losses, grounded, 0.9, 0.3, signed)
+        assert fast == pytest.approx(ref, rel=1e-12, abs=1e-12)
