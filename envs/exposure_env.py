@@ -33,7 +33,7 @@ class ExposureEnvConfig:
     total_steps: int = field(default=100, metadata={"help": "student updates per episode, T (>= hold_steps)"})
     gamma: float = field(default=0.9, metadata={"help": "per-update discount inside a window, in (0, 1]"})
     lambda_gt: float = field(
-        default=3.0, metadata={"help": "weight of the grounded score (>= 0; the paper's form: 0.1)"}
+        default=30.0, metadata={"help": "weight of the grounded score (>= 0; the paper's form: 0.1)"}
     )
     signed_progress: bool = field(default=False, metadata={"help": "charge rises of the tracked loss too"})
     grounded_change: bool = field(

@@ -31,7 +31,7 @@ class MockConfig:
         default=0.9, metadata={"help": "per-update discount of the window reward, in (0, 1]"}
     )
     lambda_gt: float = field(
-        default=3.0,
+        default=30.0,
         metadata={"help": "weight of the grounded score in the reward (>= 0; the paper's form: 0.1)"},
     )
     signed_progress: bool = field(
@@ -168,7 +168,7 @@ class MockExposureEnv(gym.Env):
 
     ## Rewards
     The window's discounted learning progress sum_j gamma^(j-1) max(0, l_(j-1) - l_j) (signed if
-    `signed_progress`) plus lambda_gt (default 3) times the grounded term: by default
+    `signed_progress`) plus lambda_gt (default 30) times the grounded term: by default
     (`grounded_change`) the rise of the window's discount-weighted mean grounded score over the
     previous window's (0 in the first), else that mean itself (the paper's form, with lambda_gt 0.1):
     `atesd.progress.window_reward` and `grounded_change` over the window's losses and scores.

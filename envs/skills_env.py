@@ -34,7 +34,7 @@ class SkillChainConfig:
         default=0.9, metadata={"help": "per-update discount of the window reward, in (0, 1]"}
     )
     lambda_gt: float = field(
-        default=3.0,
+        default=30.0,
         metadata={"help": "weight of the grounded score in the reward (>= 0; the paper's form: 0.1)"},
     )
     signed_progress: bool = field(default=False, metadata={"help": "charge loss rises too (net drop)"})
@@ -149,7 +149,7 @@ class SkillChainEnv(gym.Env):
     confidence; EMAs with decay 0.9 per update.
 
     ## Rewards
-    The window's discounted learning progress of the tracked loss plus lambda_gt (default 3) times
+    The window's discounted learning progress of the tracked loss plus lambda_gt (default 30) times
     the grounded term: by default the student's score (`grounded_by="student"`) and its rise over
     the previous window (`grounded_change`); the paper's form is `lambda_gt=0.1, grounded_by="teacher",
     grounded_change=False`. `atesd.progress.window_reward` and `grounded_change`, as in the other envs.

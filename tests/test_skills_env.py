@@ -92,7 +92,7 @@ def test_the_papers_reward_is_lured_past_the_optimum_and_a_neutral_grounded_scor
     """Mid-run, the lookahead return (two windows, gamma^H) of the paper's reward (positive drops, the
     teacher's grounded score at lambda 0.1) peaks above the alpha that maximises competence; with the
     student's grounded score dominating (lambda 1) it peaks within 0.1 of that alpha, and so does the
-    default reward (the change of the student's grounded score, lambda 3)."""
+    default reward (the change of the student's grounded score, lambda 30)."""
 
     def peaks(cfg: SkillChainConfig) -> tuple[float, float]:
         env = SkillChainEnv(cfg)
