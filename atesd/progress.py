@@ -7,6 +7,7 @@ rewards into the paper's delayed-credit return (windows discounted by gamma^H ov
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -96,7 +97,10 @@ def grounded_change(terms: dict[str, float], previous: float | None, lambda_gt: 
     the window's mean, for the next window's `previous`.
     """
     level = terms["grounded"]
-    change = 0.0 if previous is None else level - previous
+    if previous is None:  # the first window: no change yet (NaN stays NaN: no score was measured)
+        change = math.nan if math.isnan(level) else 0.0
+    else:
+        change = level - previous
     return {
         "progress": terms["progress"],
         "grounded": change,

@@ -71,6 +71,8 @@ def test_the_change_form_pays_the_rise_of_the_grounded_score_and_telescopes():
         terms = grounded_change({"progress": 0.0, "grounded": g, "reward": 0.0}, prev, 1.0)
         total, prev = total + terms["grounded"], terms["grounded_level"]
     assert total == pytest.approx(levels[-1] - levels[0])
+    unmeasured = {"progress": 0.1, "grounded": math.nan, "reward": math.nan}  # engine.grounded off
+    assert math.isnan(grounded_change(unmeasured, None, 1.0)["reward"])  # as the level form gives
 
 
 @pytest.mark.parametrize("signed", [False, True])
