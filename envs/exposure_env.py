@@ -121,7 +121,7 @@ class TeacherExposureEnv(gym.Env):
 
     ## Rewards
     `sum_j gamma^(j-1) max(0, l_(j-1) - l_j)` over the window's tracked losses l_0..l_H (the probe NLL
-    before and after each update; signed if `signed_progress`) plus `lambda_gt` (default 3) times the
+    before and after each update; signed if `signed_progress`) plus `lambda_gt` (default 30) times the
     grounded term: the mean log-prob of the gold final answer after the student's reasoning, scored
     by the student before its update (`engine.grounded_by`, default `student`; the paper's `teacher`
     reads it from the teacher at the window's alpha), by default as the rise of the window's
