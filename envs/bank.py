@@ -2,8 +2,9 @@
 
 A bank is a directory of JSONL files, one per env instance (`<env>__<controller>__<seed>__<id>.jsonl`),
 each line one record, flushed as it is written (a crash loses at most the window in flight):
-- `{"kind": "meta", ...}` first: the env's class, `observation_names`, `bands`, action size, and its
-  `reward_spec` (H, gamma, T, lambda_gt, signed) as a dict;
+- `{"kind": "meta", ...}` first: the env's class, `observation_names`, `bands`, action size, its
+  `reward_spec` (H, gamma, T, lambda_gt, signed) as a dict, and the env's config when the recorder
+  was given it (`config`: run.py and bench.py give the resolved `real.*` or `mock.*` tree);
 - `{"kind": "reset", "episode": e, "obs": [...], "score": s, "eval": {...}}` at each reset;
 - `{"kind": "window", "episode": e, "window": w, "obs": [...], "action": [...], "reward": r,
   "progress": ..., "grounded": ..., "next_obs": [...], "terminated": bool, "score": s or null,
@@ -26,6 +27,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from atesd.priors import IGNORED, first_difference
+
 
 def _floats(values: Any) -> list[float]:
     return [float(v) for v in np.asarray(values, dtype=np.float64).reshape(-1)]
@@ -42,7 +45,9 @@ def _finite_or_none(value: Any) -> float | None:
 class BankRecorder(gym.Wrapper):
     """Records every reset and window of `env` into a new JSONL file under `directory`."""
 
-    def __init__(self, env: gym.Env, directory: str | Path, tag: str = "") -> None:
+    def __init__(
+        self, env: gym.Env, directory: str | Path, tag: str = "", config: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(env)
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -60,6 +65,7 @@ class BankRecorder(gym.Wrapper):
                 "bands": list(getattr(base, "bands", ()) or ()),
                 "action_size": int(np.prod(env.action_space.shape)),
                 "reward_spec": reward._asdict() if reward is not None else None,
+                "config": config,
             }
         )
 
@@ -144,6 +150,13 @@ def read_bank(directory: str | Path) -> Bank:
                         meta = record
                     elif any(record.get(k) != meta.get(k) for k in keys):
                         raise ValueError(f"{path}: its env differs from the bank's first ({', '.join(keys)})")
+                    elif record.get("config") and meta.get("config"):
+                        diff = first_difference(meta["config"], record["config"], IGNORED)
+                        if diff is not None:
+                            key, mine, first = diff
+                            raise ValueError(
+                                f"{path}: its env config has {key}={mine}, the bank's first {first}"
+                            )
                 elif kind == "reset":
                     current[record["episode"]] = {"name": f"{path.stem}#{record['episode']}", "start": record,
                                                   "windows": []}  # fmt: skip

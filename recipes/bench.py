@@ -97,7 +97,8 @@ def run_unit(
     try:
         t0 = time.perf_counter()
         gym_env = build_env(cfg) if env in ENVS else make_env(env, env_kwargs)
-        agent = build_controller(cfg, gym_env)
+        starts: list[str] = []  # where the controller started, when not from its own config
+        agent = build_controller(cfg, gym_env, announce=starts.append)
         runs = []  # each episode's final score (its return where the env has no score)
         for episode in range(cfg.episodes):
             evals.clear(), evaluated.clear()
@@ -110,6 +111,7 @@ def run_unit(
             "env": env,
             "controller": controller,  # the spec string
             "seed": seed,
+            "controller_start": starts[-1].removeprefix("controller: ") if starts else "its own config",
             "start": result.start_score,
             # an env of others without `score`: the last episode's undiscounted return
             "final": final if math.isfinite(final) else float(np.sum(result.rewards)),
@@ -532,6 +534,9 @@ def _main(args: argparse.Namespace, argv: list[str]) -> Path:
     summary = summarise(results, args.baseline, args.score)
     wall = time.perf_counter() - t0
     print_table(summary, args.baseline, score=args.score)
+    for env, name, start in sorted({(u["env"], u["controller"], u["controller_start"]) for u in results}):
+        if start != "its own config":  # a shipped prior (controller_init=auto) or a saved state
+            print(f"{name} on {env}: {start}")
     run_dir = new_run_dir(args.out if args.out is not None else Path(cfg.out_dir), cfg.name)
     write_csv(summary, run_dir / "results.csv")
     bands = curve_bands(results)

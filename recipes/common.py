@@ -118,10 +118,13 @@ class RunConfig:
     )
     plots: bool = field(default=True, metadata={"help": "write PNG plots at the end"})
     controller_init: str = field(
-        default="",
+        default="auto",
         metadata={
-            "help": "a saved controller state to start from (a run's <run_dir>/controller, or any "
-            "atesd.state.save_state path without its suffix); the controller goes on learning"
+            "help": "where the controller starts: auto (its shipped prior, atesd/priors.py, when one "
+            "was pre-trained for this real env and controller config, else its own start), none (its "
+            "own start: the paper's Beta(2, 2) for beta_reinforce), or a saved state (a run's "
+            "<run_dir>/controller, or any atesd.state.save_state path without its suffix); the "
+            "controller goes on learning from there"
         },
     )
     bank_dir: str = field(
@@ -220,14 +223,21 @@ def build_env(cfg: RunConfig, warmstart_progress=None, dist=None) -> gym.Env:
     if cfg.bank_dir and (dist is None or dist.is_main):
         from envs.bank import BankRecorder
 
-        env = BankRecorder(env, cfg.bank_dir, tag=f"{cfg.env}__{cfg.controller}__{cfg.seed}")
+        env_cfg = cfglib.to_dict(cfg.real if cfg.env == "real" else cfg.mock)
+        env = BankRecorder(env, cfg.bank_dir, tag=f"{cfg.env}__{cfg.controller}__{cfg.seed}", config=env_cfg)
     return env
 
 
-def build_controller(cfg: RunConfig, env: gym.Env, name: str | None = None):
+def build_controller(
+    cfg: RunConfig,
+    env: gym.Env,
+    name: str | None = None,
+    announce: typing.Callable[[str], None] | None = None,
+):
     """Controller `name` (default: cfg.controller) for `env`: its config from cfg.controllers with the
     run's seed, and H and gamma from the env itself (`env.unwrapped.reward_spec`; an env of others
-    without one leaves the controller's own values)."""
+    without one leaves the controller's own values), started as `cfg.controller_init` says
+    (`controller_start`); `announce(line)` hears where it starts when that is not its own config."""
     name = name or cfg.controller
     cls, cfg_cls = CONTROLLERS[name]
     reward = getattr(env.unwrapped, "reward_spec", None)
@@ -240,9 +250,39 @@ def build_controller(cfg: RunConfig, env: gym.Env, name: str | None = None):
             raise cfglib.ConfigError(f"controllers.{name}: {err}") from err
     check_reads(cls, env, name)
     controller = cls(env.observation_space, env.action_space, ctl_cfg)
-    if cfg.controller_init:
-        load_controller_init(controller, cfg.controller_init, name)
+    init, note = controller_start(cfg, env, name, ctl_cfg)
+    if init:
+        load_controller_init(controller, init, name)
+    if announce is not None and note:
+        announce(f"controller: {note}")
     return controller
+
+
+def controller_start(cfg: RunConfig, env: gym.Env, name: str, ctl_cfg: Any) -> tuple[str, str]:
+    """(the state a run's controller loads, '' for its own config; a line saying where it starts, ''
+    for its own config when no shipped prior was in question). `controller_init=auto` loads the
+    shipped prior (atesd/priors.py) on the real env only."""
+    init = cfg.controller_init.strip()
+    if init.lower() in ("", "none"):
+        return "", ""
+    if init.lower() != "auto":
+        return init, f"{name} starts from {init}"
+    from envs.exposure_env import TeacherExposureEnv
+
+    if cfg.env != "real" or not isinstance(getattr(env, "unwrapped", env), TeacherExposureEnv):
+        return "", ""
+    from atesd import priors
+
+    path, why = priors.find(name, cfglib.to_dict(cfg.real), cfglib.to_dict(ctl_cfg))
+    if path is None:
+        return (
+            "",
+            f"{name} starts from its own config (its shipped prior does not apply: {why})" if why else "",
+        )
+    return str(path), (
+        f"{name} starts from its shipped prior for this env ({priors.describe(name)}; "
+        "controller_init=none starts it from its own config)"
+    )
 
 
 def check_reads(cls: type, env: Any, name: str) -> None:

@@ -74,7 +74,11 @@ class Run:
         self.threads = set_threads(cfg.threads)  # 0: follow the free cores (updated every window)
         progress = _warmstart_progress(cfg) if self.main else None
         self.env = build_env(cfg, warmstart_progress=progress, dist=self.dist)
-        self.controller = build_controller(cfg, self.env)
+        lines: list[str] = []  # where the controller starts, when not from its own config
+        self.controller = build_controller(cfg, self.env, announce=lines.append)
+        self.controller_start = lines[-1].removeprefix("controller: ") if lines else "its own config"
+        for line in lines if self.main else ():
+            print(line)
         if cfg.env == "real":
             faults.install(self.env.unwrapped.engine)
         if self.dist.active:
@@ -244,6 +248,7 @@ class Run:
             "env": self.cfg.env,
             "seed": self.cfg.seed,
             "episodes": self.cfg.episodes,
+            "controller_start": self.controller_start,
             "windows": self.loop["global_window"],
             "updates": self.loop["updates"],
             "start_score": self.loop.get("start_score"),

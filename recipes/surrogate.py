@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,10 +35,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atesd import config as cfglib  # noqa: E402
+from atesd import priors  # noqa: E402
+from atesd.progress import RewardSpec  # noqa: E402
 from atesd.state import save_state  # noqa: E402
 from controllers.base import mean_alpha, run_episode  # noqa: E402
 from envs.bank import read_bank  # noqa: E402
-from envs.surrogate_env import SurrogateExposureEnv, fit_report, fit_surrogate  # noqa: E402
+from envs.surrogate_env import REWARDS, SurrogateExposureEnv, fit_report, fit_surrogate  # noqa: E402
 from recipes._progress import fresh_dir, progress, user_errors  # noqa: E402
 from recipes._tables import json_safe  # noqa: E402
 from recipes.common import RunConfig, build_controller  # noqa: E402
@@ -54,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--episodes", type=int, default=2000, help="pre-training episodes on the surrogate (>= 0)"
     )
+    parser.add_argument(
+        "--reward",
+        choices=REWARDS,
+        default="score",
+        help="what pre-training maximises: score (the change of the predicted score each window, whose "
+        "sum is the predicted final score) or bank (the bank env's window reward as the fit predicts it)",
+    )
     parser.add_argument("--folds", type=int, default=5, help="leave-runs-out folds of the fit error (>= 2)")
     parser.add_argument("--l2", type=float, default=1e-3, help="ridge penalty of the fit (>= 0)")
     parser.add_argument(
@@ -64,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, default=None, help="YAML file of RunConfig fields")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="RunConfig override")
     parser.add_argument("--out", type=Path, default=Path("runs"), help="parent of the output directory")
+    parser.add_argument(
+        "--ship",
+        action="store_true",
+        help="also ship the pre-trained state as the controller's prior for the run config's real env "
+        "(atesd/weights/priors/, loaded by controller_init=auto); the bank must be of that env",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return parser
 
@@ -99,11 +115,13 @@ def main(argv: list[str] | None = None) -> Path:
 def _main(args: argparse.Namespace, argv: list[str]) -> Path:
     cfg = cfglib.load(RunConfig, args.config, [*args.overrides, f"controller={args.controller}"])
     bank = read_bank(args.bank)
+    if args.ship:
+        check_shippable(bank, cfg)
     t0 = time.perf_counter()
     report = fit_report(bank, args.folds, args.l2, cfg.seed)
     print_fit(report)
     model = fit_surrogate(bank, args.l2)
-    env = SurrogateExposureEnv(model)
+    env = SurrogateExposureEnv(model, reward=args.reward)
     try:
         alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
     except ValueError:
@@ -137,6 +155,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> Path:
     (out / "fit.json").write_text(json.dumps(json_safe(report), indent=1))
     curve = {
         "command": ["recipes/surrogate.py", *argv], "controller": args.controller, "episodes": args.episodes,
+        "reward": args.reward,
         "seconds": seconds, "returns": returns, "alpha_mean": alphas, "config": cfglib.to_dict(cfg),
     }  # fmt: skip
     (out / "pretrain.json").write_text(json.dumps(json_safe(curve)))
@@ -151,7 +170,50 @@ def _main(args: argparse.Namespace, argv: list[str]) -> Path:
     init = out / "controller"
     print(f"wrote {out}; go on learning on the real env with "
           f"python recipes/run.py --controller {args.controller} controller_init={init}")  # fmt: skip
+    if args.ship:
+        provenance = {
+            "command": ["recipes/surrogate.py", *argv], "commit": _commit(),
+            "date": time.strftime("%Y-%m-%d"),
+            "bank": {"runs": len(bank.runs), "windows": bank.windows, "files": bank.files},
+            "episodes": args.episodes, "reward": args.reward, "seconds": seconds, "fit": report["targets"],
+            "fixed_in_surrogate": fixed, "controller_in_surrogate": learned,
+        }  # fmt: skip
+        shipped = priors.ship(
+            args.controller,
+            init,
+            cfglib.to_dict(cfg.real),
+            cfglib.to_dict(controller.cfg),
+            json_safe(provenance),
+        )
+        print(f"shipped as {args.controller}'s prior: {shipped} (controller_init=auto loads it for this env)")
     return out
+
+
+def check_shippable(bank, cfg: RunConfig) -> None:
+    """A prior is shipped for the run config's real env: refuse a bank of another env."""
+    want = RewardSpec.of(cfg.real.env)._asdict()
+    if bank.meta.get("env") != "TeacherExposureEnv" or bank.meta.get("reward_spec") != want:
+        raise cfglib.ConfigError(
+            f"--ship: the bank is of {bank.meta.get('env')} with reward {bank.meta.get('reward_spec')}, not "
+            f"of this run config's real env (reward {want}); pass the config it was recorded with"
+        )
+    recorded = bank.meta.get("config")
+    diff = priors.first_difference(recorded, cfglib.to_dict(cfg.real), priors.IGNORED) if recorded else None
+    if diff is not None:
+        key, mine, theirs = diff
+        raise cfglib.ConfigError(
+            f"--ship: this run config has real.{key}={mine}, the bank was recorded at {theirs}"
+        )
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=Path(__file__).resolve().parents[1],
+            capture_output=True, text=True, timeout=10,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 if __name__ == "__main__":

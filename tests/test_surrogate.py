@@ -133,3 +133,48 @@ def test_pretraining_saves_a_controller_that_run_py_continues_from(bank_dir, tmp
     assert len(decisions) == 20
     with pytest.raises(SystemExit):
         surrogate.main(["--bank", str(tmp_path / "none"), "--episodes", "1"])
+
+
+def test_the_score_reward_pays_the_predicted_scores_change_and_starts_where_the_bank_did(bank_dir):
+    """reward="score": a window pays the change of the predicted score, so an episode's return is the
+    predicted final score less the start's; the start is in the score fit, so it is predicted near the
+    bank's measured starts (not extrapolated)."""
+    bank = read_bank(bank_dir)
+    model = fit_surrogate(bank)
+    env = SurrogateExposureEnv(model, reward="score")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(env, skip_render_check=True)
+    _, info = env.reset(seed=3)
+    start, total, done = info["score"], 0.0, False
+    while not done:
+        _, reward, done, _, info = env.step(np.array([0.6], dtype=np.float32))
+        total += reward
+    assert total == pytest.approx(info["score"] - start, abs=1e-9)
+    measured = np.mean([run["start"]["score"] for run in bank.runs])
+    assert abs(np.mean(model.start_scores) - measured) < 1e-9
+    predicted = np.mean(
+        [SurrogateExposureEnv(model, reward="score").reset(seed=s)[1]["score"] for s in range(5)]
+    )
+    assert predicted == pytest.approx(measured, abs=0.05)
+    with pytest.raises(ValueError, match="reward must be one of"):
+        SurrogateExposureEnv(model, reward="return")
+
+
+def test_a_bank_refuses_runs_of_another_env_config(tmp_path):
+    """Banks recorded by run.py/bench.py carry their env's config; one that mixes configs (beyond
+    seeds and evaluation settings) says which key differs."""
+
+    def record(lr: float, seed: int, every: int) -> None:
+        config = {"engine": {"lr": lr, "seed": seed}, "env": {"eval_every": every}}
+        env = BankRecorder(MockExposureEnv(MockConfig(total_steps=20)), tmp_path, config=config)
+        env.reset(seed=0)
+        env.step(np.array([0.4], dtype=np.float32))
+        env.close()
+
+    record(1e-4, 1, 4)
+    record(1e-4, 2, 0)
+    assert len(read_bank(tmp_path).runs) == 2  # another seed and evaluation: the same env
+    record(3e-4, 1, 4)
+    with pytest.raises(ValueError, match=r"its env config has engine\.lr="):
+        read_bank(tmp_path)

@@ -1,0 +1,149 @@
+"""Shipped controller priors: a controller's state pre-trained for one env config, and its check.
+
+In the embedded default's 100 student updates a learner makes 20 decisions and 5 policy updates,
+too few to move a Beta(2, 2) start (docs/BENCHMARKS.md). A prior is a controller's state after
+pre-training on a surrogate env fitted to a bank of logged real runs of one env config
+(`recipes/surrogate.py --ship`): the run starts where that learning ended and goes on learning.
+
+`controller_init=auto` (the default of `recipes.common.RunConfig`) loads the shipped prior of the
+run's controller when the run's `real` config and the controller's config equal the ones it was
+pre-trained for, up to the keys in `IGNORED` (seeds, evaluation, devices, backends: nothing that
+changes the env's dynamics or the controller's learning); any other difference, and the controller
+starts from its own config, with a line naming the first key that differs. The files are checked
+against their sha256 in the manifest before they load, as the shipped warm start's are.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PRIORS_DIR = Path(__file__).resolve().parent / "weights" / "priors"
+# {controller name: {"env", "controller", "files", "made_with", "provenance"}}
+MANIFEST = PRIORS_DIR / "manifest.json"
+FILES = ("controller.json", "controller.safetensors")
+
+# dotted keys (a trailing "." is a prefix) of the `real` config that change no training dynamics
+IGNORED = (
+    "engine.seed",
+    "engine.eval.",
+    "env.eval_every",
+    "env.eval_k",
+    "env.eval_at_reset",
+    "engine.sampling.compile",
+    "engine.sampling.backend",
+    "engine.sampling.vllm.",
+    "engine.overlap_probe",
+    "engine.max_nonfinite_steps",
+    "engine.fsdp",
+    "device",
+    "cache_dir",
+)
+IGNORED_CONTROLLER = ("seed",)
+
+
+def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}, with tuples as lists (as JSON gives them back)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = json.loads(json.dumps(value))
+    return out
+
+
+def _kept(tree: dict[str, Any], ignored: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        k: v
+        for k, v in flat(tree).items()
+        if not any(k.startswith(i) if i.endswith(".") else k == i for i in ignored)
+    }
+
+
+def first_difference(
+    want: dict[str, Any], have: dict[str, Any], ignored: tuple[str, ...]
+) -> tuple[str, Any, Any] | None:
+    """None when two config trees agree outside the dotted keys `ignored`, else the first differing
+    (key, value in `have`, value in `want`), '<absent>' for a key one of them lacks."""
+    want, have = _kept(want, ignored), _kept(have, ignored)
+    for key in sorted(set(want) | set(have)):
+        if want.get(key, "<absent>") != have.get(key, "<absent>"):
+            return key, have.get(key, "<absent>"), want.get(key, "<absent>")
+    return None
+
+
+def manifest() -> dict[str, dict[str, Any]]:
+    return json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}
+
+
+def _sha256(path: Path) -> str:
+    from atesd.warmstart import sha256_file
+
+    return sha256_file(path)
+
+
+def find(name: str, env_cfg: dict[str, Any], controller_cfg: dict[str, Any]) -> tuple[Path | None, str]:
+    """(the base path of `name`'s shipped prior, '') when one is shipped for this env and controller
+    config and its files match their sha256; (None, why) otherwise, why '' when none is shipped."""
+    entry = manifest().get(name)
+    if entry is None:
+        return None, ""
+    for where, want, have, ignored in (
+        ("real.", entry["env"], env_cfg, IGNORED),
+        (f"controllers.{name}.", entry["controller"], controller_cfg, IGNORED_CONTROLLER),
+    ):
+        diff = first_difference(want, have, ignored)
+        if diff is not None:
+            key, mine, its = diff
+            return None, f"this run has {where}{key}={mine}, the prior was pre-trained at {its}"
+    base = PRIORS_DIR / name
+    for file, want in entry["files"].items():
+        if not (base / file).is_file():
+            return None, f"its file {base / file} is missing"
+        if _sha256(base / file) != want:
+            return None, f"{base / file} does not match its sha256 in {MANIFEST}"
+    return base / "controller", ""
+
+
+def ship(
+    name: str,
+    state: Path,
+    env_cfg: dict[str, Any],
+    controller_cfg: dict[str, Any],
+    provenance: dict[str, Any],
+) -> Path:
+    """Copy the saved state `state` (`<state>.json` + `<state>.safetensors`) in as `name`'s prior for
+    these configs, and record it in the manifest with each file's sha256."""
+    base = PRIORS_DIR / name
+    base.mkdir(parents=True, exist_ok=True)
+    for file in FILES:
+        shutil.copyfile(state.with_suffix(Path(file).suffix), base / file)
+    entries = manifest()
+    entries[name] = {
+        "env": env_cfg,
+        "controller": controller_cfg,
+        "files": {file: _sha256(base / file) for file in FILES},
+        "made_with": {"torch": torch.__version__, "python": platform.python_version()},
+        "provenance": provenance,
+    }
+    MANIFEST.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
+    return base / "controller"
+
+
+def describe(name: str) -> str:
+    """One line on how `name`'s shipped prior was made."""
+    made = manifest()[name]["provenance"]
+    bank, episodes = made.get("bank", {}), made.get("episodes", "?")
+    goal = {"score": "the predicted final score", "bank": "the bank's window reward"}.get(
+        made.get("reward"), "?"
+    )
+    return (
+        f"atesd/weights/priors/{name}: {episodes} episodes on a surrogate of {bank.get('runs', '?')} "
+        f"logged runs, maximising {goal}"
+    )

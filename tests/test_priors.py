@@ -1,0 +1,134 @@
+"""Shipped controller priors (atesd/priors.py): which runs load one, the checks on its files, and the
+prior shipped for the embedded default."""
+
+import json
+
+import pytest
+import torch
+
+import recipes.run as run
+from atesd import config as cfglib
+from atesd import priors
+from atesd.state import load_state, save_state
+from controllers.beta_reinforce import BetaReinforceConfig, BetaReinforceController
+from recipes.bench import _spaces
+from recipes.common import RunConfig, controller_config
+
+CI = "recipes/configs/ci.yaml"
+
+
+@pytest.fixture
+def priors_dir(tmp_path, monkeypatch):
+    """An empty priors directory in place of the shipped one."""
+    monkeypatch.setattr(priors, "PRIORS_DIR", tmp_path / "priors")
+    monkeypatch.setattr(priors, "MANIFEST", tmp_path / "priors" / "manifest.json")
+    return tmp_path / "priors"
+
+
+def built(cfg: RunConfig, name: str = "beta_reinforce"):
+    """The controller config a run of `cfg` builds (H and gamma from its env), and a controller."""
+    ctl_cfg = controller_config(name, cfg.controllers.get(name), cfg.reward_spec, cfg.env_key)
+    env = _spaces(cfg)
+    return ctl_cfg, BetaReinforceController(env.observation_space, env.action_space, ctl_cfg)
+
+
+def ship_for(cfg: RunConfig, tmp_path, concentration: float = 30.0):
+    """Ship, as beta_reinforce's prior for `cfg`, a controller started at Beta mean 0.7 (a state no
+    fresh controller has)."""
+    ctl_cfg, _ = built(cfg)
+    env = _spaces(cfg)
+    pre = BetaReinforceController(
+        env.observation_space,
+        env.action_space,
+        BetaReinforceConfig(
+            **{**cfglib.to_dict(ctl_cfg), "init_mean": 0.7, "init_concentration": concentration}
+        ),
+    )
+    save_state(pre.state_dict(), tmp_path / "pre")
+    path = priors.ship(
+        "beta_reinforce", tmp_path / "pre", cfglib.to_dict(cfg.real), cfglib.to_dict(ctl_cfg), {"test": 1}
+    )
+    return pre, path
+
+
+def test_first_difference_skips_the_ignored_keys_and_names_the_others():
+    base = {
+        "engine": {"seed": 0, "lr": 1e-4, "eval": {"top_p": 1.0}},
+        "env": {"eval_every": 4, "lambda_gt": 30},
+    }
+    same = {
+        "engine": {"seed": 7, "lr": 1e-4, "eval": {"top_p": 0.9}},
+        "env": {"eval_every": 0, "lambda_gt": 30},
+    }
+    assert priors.first_difference(base, same, priors.IGNORED) is None
+    other = json.loads(json.dumps(same))
+    other["env"]["lambda_gt"] = 3
+    assert priors.first_difference(base, other, priors.IGNORED) == ("env.lambda_gt", 3, 30)
+    del other["engine"]["lr"]
+    assert priors.first_difference(base, other, priors.IGNORED) == ("engine.lr", "<absent>", 1e-4)
+
+
+def test_find_loads_only_for_the_config_it_was_trained_for_and_checks_its_files(priors_dir, tmp_path):
+    cfg = RunConfig()
+    ctl_cfg, _ = built(cfg)
+    assert priors.find("beta_reinforce", cfglib.to_dict(cfg.real), cfglib.to_dict(ctl_cfg)) == (None, "")
+    pre, path = ship_for(cfg, tmp_path)
+    env_cfg, ctl = cfglib.to_dict(cfg.real), cfglib.to_dict(ctl_cfg)
+    assert priors.find("beta_reinforce", env_cfg, ctl) == (path, "")
+    seeded = cfglib.load(RunConfig, None, ["seed=5", "real.env.eval_every=0", "real.engine.seed=3"])
+    ctl_seeded, _ = built(seeded)
+    assert priors.find("beta_reinforce", cfglib.to_dict(seeded.real), cfglib.to_dict(ctl_seeded))[0] == path
+    longer = cfglib.load(RunConfig, None, ["real.env.total_steps=500"])
+    found, why = priors.find("beta_reinforce", cfglib.to_dict(longer.real), ctl)
+    assert found is None and "real.env.total_steps=500" in why and "100" in why
+    found, why = priors.find("beta_reinforce", env_cfg, {**ctl, "reward_mode": "immediate"})
+    assert found is None and "controllers.beta_reinforce.reward_mode=immediate" in why
+    assert priors.find("ppo", env_cfg, ctl) == (None, "")
+    (priors_dir / "beta_reinforce" / "controller.safetensors").write_bytes(b"not the shipped state")
+    found, why = priors.find("beta_reinforce", env_cfg, ctl)
+    assert found is None and "sha256" in why
+
+
+@pytest.mark.slow
+def test_run_py_starts_from_the_prior_of_its_config_and_none_starts_fresh(priors_dir, tmp_path, capsys):
+    cfg = cfglib.load(RunConfig, CI, [])
+    pre, _ = ship_for(cfg, tmp_path, concentration=200.0)
+    run_dir = run.main(
+        ["--config", CI, "--controller", "beta_reinforce", f"out_dir={tmp_path / 'a'}", "plots=false"]
+    )
+    assert "beta_reinforce starts from" in capsys.readouterr().out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["controller_start"].startswith("beta_reinforce starts from")
+    first = json.loads((run_dir / "decisions.jsonl").read_text().splitlines()[0])
+    a, b = first["beta_a"], first["beta_b"]
+    assert a / (a + b) == pytest.approx(0.7, abs=0.02) and a + b > 100  # the prior's Beta, not Beta(2, 2)
+    fresh = run.main(
+        ["--config", CI, "--controller", "beta_reinforce", f"out_dir={tmp_path / 'b'}", "plots=false",
+         "controller_init=none"]
+    )  # fmt: skip
+    first = json.loads((fresh / "decisions.jsonl").read_text().splitlines()[0])
+    assert first["beta_a"] + first["beta_b"] < 10
+    assert json.loads((fresh / "summary.json").read_text())["controller_start"] == "its own config"
+    other = run.main(
+        ["--config", CI, "--controller", "beta_reinforce", f"out_dir={tmp_path / 'c'}", "plots=false",
+         "real.engine.lr=0.002"]
+    )  # fmt: skip
+    assert "real.engine.lr=0.002" in capsys.readouterr().out
+    assert "own config" in json.loads((other / "summary.json").read_text())["controller_start"]
+
+
+def test_the_shipped_prior_fits_the_embedded_default_and_loads():
+    """The prior shipped for beta_reinforce is for today's default config (a changed default needs a
+    new prior: recipes/surrogate.py --ship, docs/BENCHMARKS.md) and loads into the controller a run
+    of the default builds."""
+    cfg = RunConfig()
+    ctl_cfg, controller = built(cfg)
+    path, why = priors.find("beta_reinforce", cfglib.to_dict(cfg.real), cfglib.to_dict(ctl_cfg))
+    assert path is not None, why
+    controller.load_state_dict(load_state(path))
+    entry = priors.manifest()["beta_reinforce"]
+    assert entry["provenance"]["episodes"] > 0 and entry["provenance"]["bank"]["runs"] > 0
+    with torch.no_grad():  # a learnt policy: not the Beta(2, 2) start of a fresh controller
+        dist = controller.policy(torch.zeros(1, controller.policy.net[0].in_features))
+    a, b = float(dist.concentration1[0, 0]), float(dist.concentration0[0, 0])
+    assert a + b > 10 and 0.5 < a / (a + b) < 0.95
