@@ -8,13 +8,16 @@ controller on it for many episodes; the saved controller then goes on learning o
     python recipes/surrogate.py --bank banks/embedded --controller beta_reinforce --episodes 2000
     # 3. continue on the real env from the pre-trained state
     python recipes/run.py --controller beta_reinforce controller_init=<out>/controller
+    # or ship it as the controller's prior for the run config's env (controller_init=auto loads it)
+    python recipes/surrogate.py --bank banks/embedded --controller beta_reinforce --episodes 10000 --ship
 
 The surrogate (envs/surrogate_env.py) is a ridge model of each window's observation change and
 reward given the observation and the exposure, with the residual noise of the fit; the fit error is
 measured on whole runs held out of the fit (`--folds`), beside the error of predicting the mean, so
 what the surrogate cannot predict is stated, not hidden. The controller is built from the run config
 (`--config`, `--set controllers.<name>.key=value`, `seed`) for the surrogate, which carries the
-bank's H, gamma and observation layout. Before pre-training, fixed exposures (`--alphas`) are
+bank's H, gamma and observation layout; it maximises the predicted final score (`--reward score`) or
+the bank's window reward as fitted (`--reward bank`). Before pre-training, fixed exposures (`--alphas`) are
 replayed in the surrogate (does it reproduce the sweep's order?); after it, the controller's own
 predicted score. Writes <out>/surrogate__<YYYYmmdd-HHMMSS>/: surrogate.json
 (the fitted model: `gymnasium.make("atesd/Surrogate-v0", model=PATH)`), fit.json (the fit error),
@@ -24,6 +27,7 @@ controller.{json,safetensors} (the pre-trained state) and pretrain.json (the lea
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -133,6 +137,11 @@ def _main(args: argparse.Namespace, argv: list[str]) -> Path:
     print("fixed exposures in the surrogate (predicted final score, 50 episodes): "
           + ", ".join(f"{a:g}: {v:.3f}" for a, v in fixed.items()))  # fmt: skip
     controller = build_controller(cfg, env)
+    if args.ship and not dataclasses.is_dataclass(getattr(controller, "cfg", None)):
+        raise cfglib.ConfigError(
+            f"--ship: a {args.controller} controller keeps no config dataclass as its `cfg`, so no run "
+            "could tell whether the prior fits its config"
+        )
     returns, alphas = [], []
     with progress("pre-training", args.episodes) as update:
         for episode in range(args.episodes):
