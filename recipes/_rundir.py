@@ -9,6 +9,7 @@ import fcntl
 import glob
 import json
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,19 @@ from recipes._progress import fresh_dir, print_summary
 from recipes.common import RunConfig, resolved_dict
 
 SUMMARY = "summary.json"
+
+
+def git_commit(dirty: bool = False) -> str:
+    """The short commit of the checkout ('' outside a git repository); with `dirty`, suffixed
+    "-dirty" when the working tree has uncommitted changes (`git describe --dirty`)."""
+    cmd = ["git", "describe", "--always", "--dirty"] if dirty else ["git", "rev-parse", "--short", "HEAD"]
+    try:
+        out = subprocess.run(
+            cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=10
+        )
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 def new_run_dir(cfg: RunConfig) -> Path:

@@ -38,7 +38,6 @@ import concurrent.futures as cf
 import dataclasses
 import json
 import math
-import subprocess
 import sys
 import time
 import types
@@ -55,9 +54,10 @@ from atesd.threads import set_threads  # noqa: E402
 from controllers import CONTROLLERS  # noqa: E402
 from recipes._plots import plot_curves  # noqa: E402
 from recipes._progress import fresh_dir, progress, user_errors  # noqa: E402
+from recipes._rundir import git_commit  # noqa: E402
 from recipes._tables import json_safe, print_table, write_csv  # noqa: E402
 from recipes._workers import worker_pool  # noqa: E402
-from recipes.common import RunConfig, build_controller, controller_config, describe  # noqa: E402
+from recipes.common import OWN_CONFIG, RunConfig, build_controller, controller_config, describe  # noqa: E402
 
 ENVS = ("mock", "real")
 MOCK_ONLY = ("oracle",)  # controllers that need the mock env's `oracle_alpha`
@@ -111,7 +111,7 @@ def run_unit(
             "env": env,
             "controller": controller,  # the spec string
             "seed": seed,
-            "controller_start": starts[-1].removeprefix("controller: ") if starts else "its own config",
+            "controller_start": starts[-1] if starts else OWN_CONFIG,
             "start": result.start_score,
             # an env of others without `score`: the last episode's undiscounted return
             "final": final if math.isfinite(final) else float(np.sum(result.rewards)),
@@ -332,21 +332,6 @@ def new_run_dir(out: Path, name: str) -> Path:
     return fresh_dir(out, f"bench__{name}__{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def git_commit() -> str:
-    """The short commit of the checkout ('' outside a git repository)."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parents[1],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return out.stdout.strip() if out.returncode == 0 else ""
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
 # ---- the command -----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     fields = "\n".join(f"  {key} = {default}    {help_}" for key, default, help_ in describe())
@@ -535,7 +520,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> Path:
     wall = time.perf_counter() - t0
     print_table(summary, args.baseline, score=args.score)
     for env, name, start in sorted({(u["env"], u["controller"], u["controller_start"]) for u in results}):
-        if start != "its own config":  # a shipped prior (controller_init=auto) or a saved state
+        if start != OWN_CONFIG:  # a shipped prior (controller_init=auto) or a saved state
             print(f"{name} on {env}: {start}")
     run_dir = new_run_dir(args.out if args.out is not None else Path(cfg.out_dir), cfg.name)
     write_csv(summary, run_dir / "results.csv")

@@ -26,6 +26,7 @@ from envs.exposure_env import ExposureEnvConfig
 from envs.mock_env import MockConfig
 
 EnvKind = Literal["real", "mock"]
+OWN_CONFIG = "its own config"  # where a controller starts without a prior or a saved state
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,7 @@ def build_controller(
     """Controller `name` (default: cfg.controller) for `env`: its config from cfg.controllers with the
     run's seed, and H and gamma from the env itself (`env.unwrapped.reward_spec`; an env of others
     without one leaves the controller's own values), started as `cfg.controller_init` says
-    (`controller_start`); `announce(line)` hears where it starts when that is not its own config."""
+    (`controller_start`); `announce(line)` hears where it starts when that is not `OWN_CONFIG`."""
     name = name or cfg.controller
     cls, cfg_cls = CONTROLLERS[name]
     reward = getattr(env.unwrapped, "reward_spec", None)
@@ -254,7 +255,7 @@ def build_controller(
     if init:
         load_controller_init(controller, init, name)
     if announce is not None and note:
-        announce(f"controller: {note}")
+        announce(note)
     return controller
 
 

@@ -53,7 +53,14 @@ from recipes._rundir import (  # noqa: E402
     world_mismatch,
     write_summary,
 )
-from recipes.common import RunConfig, build_controller, build_env, describe, resolved_dict  # noqa: E402
+from recipes.common import (  # noqa: E402
+    OWN_CONFIG,
+    RunConfig,
+    build_controller,
+    build_env,
+    describe,
+    resolved_dict,
+)
 
 
 # ---- the run ------------------------------------------------------------------------------------
@@ -76,9 +83,9 @@ class Run:
         self.env = build_env(cfg, warmstart_progress=progress, dist=self.dist)
         lines: list[str] = []  # where the controller starts, when not from its own config
         self.controller = build_controller(cfg, self.env, announce=lines.append)
-        self.controller_start = lines[-1].removeprefix("controller: ") if lines else "its own config"
+        self.controller_start = lines[-1] if lines else OWN_CONFIG
         for line in lines if self.main else ():
-            print(line)
+            print(f"controller: {line}")
         if cfg.env == "real":
             faults.install(self.env.unwrapped.engine)
         if self.dist.active:

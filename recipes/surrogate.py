@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,6 +45,7 @@ from controllers.base import mean_alpha, run_episode  # noqa: E402
 from envs.bank import read_bank  # noqa: E402
 from envs.surrogate_env import REWARDS, SurrogateExposureEnv, fit_report, fit_surrogate  # noqa: E402
 from recipes._progress import fresh_dir, progress, user_errors  # noqa: E402
+from recipes._rundir import git_commit  # noqa: E402
 from recipes._tables import json_safe  # noqa: E402
 from recipes.common import RunConfig, build_controller  # noqa: E402
 
@@ -181,7 +181,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> Path:
           f"python recipes/run.py --controller {args.controller} controller_init={init}")  # fmt: skip
     if args.ship:
         provenance = {
-            "command": ["recipes/surrogate.py", *argv], "commit": _commit(),
+            "command": ["recipes/surrogate.py", *argv], "commit": git_commit(dirty=True),
             "date": time.strftime("%Y-%m-%d"),
             "bank": {"runs": len(bank.runs), "windows": bank.windows, "files": bank.files},
             "episodes": args.episodes, "reward": args.reward, "seconds": seconds, "fit": report["targets"],
@@ -213,16 +213,6 @@ def check_shippable(bank, cfg: RunConfig) -> None:
         raise cfglib.ConfigError(
             f"--ship: this run config has real.{key}={mine}, the bank was recorded at {theirs}"
         )
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "describe", "--always", "--dirty"], cwd=Path(__file__).resolve().parents[1],
-            capture_output=True, text=True, timeout=10,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return ""
 
 
 if __name__ == "__main__":
