@@ -91,8 +91,10 @@ def completion_hidden_with_continuations(
     predict `tokens` after prompt + completion[:k], read off the same pass: the first token's
     predictor is a position of that pass, the rest come from one more forward of just `tokens` over
     its KV cache, masked to the first len(prompt) + k positions (causal attention leaves those
-    unchanged). Needs an attention that takes a 4D mask (sdpa, eager) and no gradient; otherwise
-    the continuations get a forward of their own over prompt + completion[:k] + tokens. FSDP-sharded
+    unchanged). Needs an attention that takes a 4D mask (sdpa, eager), and under a gradient a pass
+    that keeps its cache (no gradient checkpointing): the continuations are then read without a
+    gradient (detached) from the pass the loss backpropagates through. Otherwise the continuations
+    get a forward of their own over prompt + completion[:k] + tokens. FSDP-sharded
     weights get one padded forward and no continuation pass (a caller with rows that differ across
     ranks passes no continuations: see the engine's grounded score).
 
@@ -105,9 +107,7 @@ def completion_hidden_with_continuations(
     if any(c is not None and not (0 <= c[0] <= len(s) and c[1]) for c, s in zip(conts, completions)):
         raise ValueError("a continuation needs 0 <= k <= len(completion) and at least one token")
     has_conts = any(c is not None for c in conts)
-    shared = (
-        has_conts and not torch.is_grad_enabled() and _mask_kind(model) is not None and not _collective(model)
-    )
+    shared = has_conts and _mask_kind(model) is not None and not _collective(model) and _keeps_cache(model)
     lengths = [len(p) + len(c) for p, c in zip(prompts, completions)]
     per_row: dict[int, torch.Tensor] = {}
     per_cont: dict[int, torch.Tensor] = {}
@@ -130,11 +130,28 @@ def completion_hidden_with_continuations(
         return hidden, targets, None
     with_cont = [i for i in order if conts[i] is not None]
     cont_targets = torch.tensor([t for i in with_cont for t in conts[i][1]], dtype=torch.long, device=device)
-    if not shared:  # a forward of their own
+    if not shared:  # a forward of their own (without a gradient, as when they ride)
         seqs = [prompts[i] + completions[i][: conts[i][0]] for i in with_cont]
-        cont_hidden, _ = completion_hidden(model, seqs, [conts[i][1] for i in with_cont], pad_id, overhead)
+        with torch.no_grad():
+            cont_hidden, _ = completion_hidden(
+                model, seqs, [conts[i][1] for i in with_cont], pad_id, overhead
+            )
         return hidden, targets, (cont_hidden, cont_targets)
     return hidden, targets, (torch.cat([per_cont[i] for i in with_cont]), cont_targets)
+
+
+def _keeps_cache(model: PreTrainedModel) -> bool:
+    """Whether a forward now returns the KV cache continuations are fed over: always without a
+    gradient; with one, unless gradient checkpointing (which drops the cache) is on."""
+    if not torch.is_grad_enabled():
+        return True
+    # transformers 5 renamed is_gradient_checkpointing (the old name warns)
+    name = (
+        "is_activation_checkpointing"
+        if hasattr(model, "is_activation_checkpointing")
+        else "is_gradient_checkpointing"
+    )
+    return not getattr(model, name, False)
 
 
 def _mask_kind(model: PreTrainedModel) -> str | None:
@@ -173,14 +190,15 @@ def _bucket(
     picked = hidden[torch.cat(rows), torch.cat(cols)]  # (N, H)
     if conts is None or all(c is None for c in conts):
         return picked, {}
-    second = _continue(model, decoder, out, prompts, completions, conts, pad_id) if want_cache else None
-    result = {}
-    for i, (c, cont) in enumerate(zip(completions, conts)):
-        if cont is None:
-            continue
-        k, tokens = cont
-        head = hidden[i, width - len(c) + k - 1][None]  # after prompt + completion[:k]
-        result[i] = head if len(tokens) == 1 else torch.cat([head, second[i, : len(tokens) - 1]])
+    with torch.no_grad():  # read off a pass with a gradient, the continuations take none
+        second = _continue(model, decoder, out, prompts, completions, conts, pad_id) if want_cache else None
+        result = {}
+        for i, (c, cont) in enumerate(zip(completions, conts)):
+            if cont is None:
+                continue
+            k, tokens = cont
+            head = hidden[i, width - len(c) + k - 1][None].detach()  # after prompt + completion[:k]
+            result[i] = head if len(tokens) == 1 else torch.cat([head, second[i, : len(tokens) - 1]])
     return picked, result
 
 

@@ -195,6 +195,14 @@ class Batch:
     texts: list[str]
 
 
+def _dropout_free(model: torch.nn.Module) -> bool:
+    """Whether training mode computes what eval mode does: no dropout layer or attention dropout
+    with p > 0 (then a training forward can stand in for an eval one)."""
+    attention = getattr(model.config.get_text_config(decoder=True), "attention_dropout", 0.0) or 0.0
+    layers = (m.p for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd))
+    return attention == 0 and all(p == 0 for p in layers)
+
+
 def _one_torch_thread(fn: Callable[[], Any]) -> Any:
     """fn() with this thread's torch (OpenMP) thread count at 1: the count is per thread."""
     torch.set_num_threads(1)
@@ -420,12 +428,15 @@ class DistillEngine:
         pad = self.tokenizer.pad_token_id
         by = self.cfg.grounded_by if self.cfg.grounded else None
         grounded = math.nan
+        # the paper's grounded score rides in the scoring pass where the reasoning is a token prefix
+        # of the rollout (the gold answer fed after it over the pass's cache); the student's rides in
+        # the update's forward, which runs the weights that made the rollout on its own prompt, where
+        # training mode computes what eval mode does (no dropout). The other rows, and every row under
+        # FSDP (each rank the same forwards), get a forward of their own
+        ride = by == "teacher" and not self.sharded
+        ride_student = by == "student" and not self.sharded and _dropout_free(self.student)
+        reasoning, riding, _ = self._grounded_rows(batch) if ride or ride_student else self._unridden(batch)
         with self.teacher.scoring() as teacher_model:
-            # the paper's grounded score rides in the scoring pass where the reasoning is a token
-            # prefix of the rollout (the gold answer fed after it over the pass's cache); the other
-            # rows, and every row under FSDP (each rank the same forwards), get a forward of their own
-            ride = by == "teacher" and not self.sharded
-            reasoning, riding, _ = self._grounded_rows(batch) if ride else self._unridden(batch)
             t_hidden, targets, ridden = completion_hidden_with_continuations(
                 teacher_model, teacher_prompts, batch.completions, pad, riding if ride else None
             )
@@ -437,7 +448,7 @@ class DistillEngine:
                     batch.problems, self.cfg.grounded_alpha, batch.texts, per_outcome=False
                 )
                 grounded = self._grounded(teacher_model, fixed, batch, reasoning, riding, None)
-        if by == "student":  # the weights that made the rollout, on the student's own prompt
+        if by == "student" and not ride_student:
             was_training = self.student.training
             self.student.eval()
             with torch.no_grad():
@@ -445,7 +456,11 @@ class DistillEngine:
             self.student.train(was_training)
         t_teacher = time.perf_counter()
         self.student.train()
-        s_hidden, _ = completion_hidden(self.student, batch.prompts, batch.completions, pad)
+        s_hidden, _, s_ridden = completion_hidden_with_continuations(
+            self.student, batch.prompts, batch.completions, pad, riding if ride_student else None
+        )
+        if ride_student:
+            grounded = self._grounded(self.student, batch.prompts, batch, reasoning, riding, s_ridden)
         s_head = self.student.get_output_embeddings().weight
         mask = torch.ones(targets.shape[0], dtype=torch.bool)
         out = chunked_distill_loss(

@@ -1,6 +1,7 @@
 """Length buckets and continuations over the scoring pass's cache compute what one padded forward computes."""
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -189,3 +190,53 @@ def test_an_exposure_neutral_grounded_score_does_not_move_with_alpha(tiny_model,
 def test_bad_grounded_settings_are_refused(bad):
     with pytest.raises(ValueError, match="grounded_"):
         EngineConfig(**bad)
+
+
+@pytest.mark.parametrize("case", ["rides", "attention dropout", "gradient checkpointing"])
+def test_the_students_grounded_score_rides_in_the_update_forward(tiny_model, tokenizer, small_task, case):
+    """grounded_by=student reads the gold answer off the update's own forward (its cache), which runs
+    the weights and prompt that made the rollout: no forward of its own, the defined value, and the
+    loss and gradient of an update without a grounded score. Where training mode would compute
+    otherwise (dropout) or the pass keeps no cache (checkpointing), it gets a forward of its own."""
+    if case == "attention dropout":
+        tiny_model.config.attention_dropout = 0.1
+    if case == "gradient checkpointing":
+        tiny_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    engine = DistillEngine(
+        tiny_model, tokenizer, small_task, EngineConfig(batch_size=8, grounded_by="student")
+    )
+    bare = DistillEngine(tiny_model, tokenizer, small_task, EngineConfig(batch_size=8, grounded=False))
+    problems = small_task.sample(np.random.default_rng(0), 8)
+    b = engine.builder
+    prompts = [b.encode(b.student_prompt(p)) for p in problems]
+    completions = [b.encode(p.solution) + [tokenizer.eos_token_id] for p in problems]
+    batch = Batch(
+        problems, prompts, completions, tokenizer.batch_decode(completions, skip_special_tokens=True)
+    )
+    assert all(r is not None for r in engine._grounded_rows(batch)[1])  # every row could ride
+
+    def update(eng):
+        tiny_model.zero_grad(set_to_none=True)
+        torch.manual_seed(0)  # the same dropout draws in the update's forward
+        out, grounded, _ = eng.batch_loss(batch, 0.5)
+        out.loss.backward()
+        return out.loss.detach(), grounded, [p.grad.clone() for p in tiny_model.parameters()]
+
+    calls = count_forwards(tiny_model)  # the student's decoder (the teacher is a copy made before)
+    loss, grounded, grads = update(engine)
+    rode = calls.copy()
+    ref_loss, ref_grounded, ref_grads = update(bare)
+    assert math.isnan(ref_grounded)
+    assert torch.equal(loss, ref_loss) and all(torch.equal(g, r) for g, r in zip(grads, ref_grads))
+    n_update = len(calls) - len(rode)  # the update's own forwards (length buckets)
+    if case == "rides":
+        assert all(rode) and len(rode) > n_update  # over the pass's cache: continuations, no new pass
+    else:
+        assert not any(rode) and len(rode) > n_update  # a forward of its own besides the update's
+    seqs = [p + b.encode(small_task.reasoning(t)) for p, t in zip(prompts, batch.texts)]
+    finals = [b.encode(p.final) for p in problems]
+    tiny_model.eval()
+    with torch.no_grad():  # the definition: the student in eval mode, before the update
+        hidden, targets = completion_hidden(tiny_model, seqs, finals, tokenizer.pad_token_id)
+        logp = torch.log_softmax(hidden @ tiny_model.get_output_embeddings().weight.T, dim=-1)
+    assert grounded == pytest.approx(float(logp.gather(1, targets[:, None]).mean()), abs=1e-5)

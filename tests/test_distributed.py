@@ -87,8 +87,9 @@ def uncut(tmp_path_factory) -> dict:
 def test_fsdp_trains_as_plain_data_parallel(uncut):
     """The same run sharded and replicated: identical weights and logs, except in their last digits
     the logged gradient norm (summed over shards in another order) and the grounded score with the
-    rewards built on it (replicated, it rides in the scoring pass's cache; sharded, every rank runs it
-    as a forward of its own: the same quantity by another float route)."""
+    rewards built on it (replicated, it rides in the update forward's cache; sharded, every rank runs
+    it as a forward of its own: the same quantity by another float route, a float32 ulp or two apart,
+    which the default reward weights by lambda_gt = 30)."""
     (logs_a, w_a), (logs_b, w_b) = uncut["ddp"], uncut["fsdp"]
     assert w_a.keys() == w_b.keys() and all(torch.equal(w_a[k], w_b[k]) for k in w_a)
     norms = [[r["student/grad_norm"] for r in logs[0] if r["kind"] == "step"] for logs in (logs_a, logs_b)]
@@ -107,7 +108,8 @@ def test_fsdp_trains_as_plain_data_parallel(uncut):
     flat = [[(k, v) for part in logs for r in part for k, v in r.items()] for logs in (near_a, near_b)]
     assert [k for k, _ in flat[0]] == [k for k, _ in flat[1]] and flat[0]
     for (key, a), (_, b) in zip(*flat):
-        assert a == (pytest.approx(b, rel=1e-6, abs=1e-9, nan_ok=True) if isinstance(a, float) else b), key
+        # 30 x the change of a score of about -2 a few float32 ulps (2.4e-7 each) off: up to ~3e-5
+        assert a == (pytest.approx(b, rel=1e-6, abs=3e-5, nan_ok=True) if isinstance(a, float) else b), key
 
 
 def grounded_field(key: str) -> bool:
