@@ -190,13 +190,18 @@ def load_hf_model(
         cfg.name_or_path, cfg.dtype, cfg.attn_implementation, cfg.trust_remote_code, device
     )
     if cfg.gradient_checkpointing:
-        kwargs = {"use_reentrant": False}
-        if hasattr(model, "activation_checkpointing_enable"):  # the newer name (the 5.16-5.20 pin lacks it)
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        model.config.use_cache = False
+        enable_checkpointing(model)
     return apply_lora(model, lora or LoraSettings()), tokenizer
+
+
+def enable_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each layer's activations in backward (non-reentrant), under either transformers name."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # the newer name (the 5.16-5.20 pin lacks it)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.config.use_cache = False
 
 
 @dataclass(frozen=True)

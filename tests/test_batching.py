@@ -9,6 +9,7 @@ import torch
 
 from atesd.batching import completion_hidden, completion_hidden_with_continuations, length_buckets
 from atesd.engine import Batch, DistillEngine, EngineConfig
+from atesd.models import enable_checkpointing
 
 ONE_FORWARD = 10**9  # an overhead no bucket can pay for: one padded forward, the reference
 
@@ -88,6 +89,31 @@ def test_a_bad_continuation_is_refused(tiny_model):
         completion_hidden_with_continuations(tiny_model, [[1, 2]], [[3]], 0, [(1, [])])
 
 
+def reference_batch(engine: DistillEngine, n: int = 8) -> Batch:
+    """n problems of the engine's task whose rollouts are their reference solutions."""
+    problems = engine.task.sample(np.random.default_rng(0), n)
+    b, eos = engine.builder, engine.tokenizer.eos_token_id
+    prompts = [b.encode(b.student_prompt(p)) for p in problems]
+    completions = [b.encode(p.solution) + [eos] for p in problems]
+    texts = engine.tokenizer.batch_decode(completions, skip_special_tokens=True)
+    return Batch(problems, prompts, completions, texts)
+
+
+def students_own_score(engine: DistillEngine, batch: Batch) -> float:
+    """grounded_by=student by its definition: a forward of the student in eval mode over its own
+    prompt + reasoning + gold answer."""
+    b, model = engine.builder, engine.student
+    seqs = [p + b.encode(engine.task.reasoning(t)) for p, t in zip(batch.prompts, batch.texts)]
+    finals = [b.encode(p.final) for p in batch.problems]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        hidden, targets = completion_hidden(model, seqs, finals, engine.tokenizer.pad_token_id)
+        logp = torch.log_softmax(hidden @ model.get_output_embeddings().weight.T, dim=-1)
+    model.train(was_training)
+    return float(logp.gather(1, targets[:, None]).mean())
+
+
 def separate_grounded(engine: DistillEngine, batch, alpha: float) -> float:
     """The grounded score by its definition: a teacher forward over teacher prompt + reasoning + gold."""
     prompts = engine.teacher_prompts(batch.problems, alpha, batch.texts)
@@ -104,13 +130,7 @@ def test_the_grounded_score_in_the_scoring_pass_is_the_defined_one(tiny_model, t
     engine = DistillEngine(
         tiny_model, tokenizer, small_task, EngineConfig(batch_size=8, grounded_by="teacher")
     )
-    problems = small_task.sample(np.random.default_rng(0), 8)  # rollouts that are the references
-    b = engine.builder
-    prompts = [b.encode(b.student_prompt(p)) for p in problems]
-    completions = [b.encode(p.solution) + [tokenizer.eos_token_id] for p in problems]
-    batch = Batch(
-        problems, prompts, completions, tokenizer.batch_decode(completions, skip_special_tokens=True)
-    )
+    batch = reference_batch(engine)
     if prefix != "every row":  # a reasoning that is not the rollout's prefix rides nowhere
         reasoning = small_task.reasoning
         skip = {t for j, t in enumerate(batch.texts) if prefix == "no row" or j % 2}
@@ -160,24 +180,13 @@ def test_sharded_weights_get_the_same_forwards_on_every_rank(tiny_model, monkeyp
 def test_an_exposure_neutral_grounded_score_does_not_move_with_alpha(tiny_model, tokenizer, small_task, by):
     cfg = EngineConfig(batch_size=8, grounded_by=by, grounded_alpha=0.25)
     engine = DistillEngine(tiny_model, tokenizer, small_task, cfg)
-    problems = small_task.sample(np.random.default_rng(0), 8)
-    b = engine.builder
-    prompts = [b.encode(b.student_prompt(p)) for p in problems]
-    completions = [b.encode(p.solution) + [tokenizer.eos_token_id] for p in problems]
-    batch = Batch(
-        problems, prompts, completions, tokenizer.batch_decode(completions, skip_special_tokens=True)
-    )
+    batch = reference_batch(engine)
     scores = [engine.batch_loss(batch, alpha)[1] for alpha in (0.0, 0.5, 1.0)]
     assert scores[0] == scores[1] == scores[2]
     if by == "teacher_fixed":
         assert scores[0] == pytest.approx(separate_grounded(engine, batch, 0.25), abs=1e-5)
     else:  # the student's own view: its prompt, its weights
-        seqs = [p + b.encode(small_task.reasoning(t)) for p, t in zip(prompts, batch.texts)]
-        finals = [b.encode(p.final) for p in problems]
-        with torch.no_grad():
-            hidden, targets = completion_hidden(engine.student, seqs, finals, tokenizer.pad_token_id)
-            logp = torch.log_softmax(hidden @ engine.student.get_output_embeddings().weight.T, dim=-1)
-        assert scores[0] == pytest.approx(float(logp.gather(1, targets[:, None]).mean()), abs=1e-5)
+        assert scores[0] == pytest.approx(students_own_score(engine, batch), abs=1e-5)
     paper = DistillEngine(
         tiny_model, tokenizer, small_task, EngineConfig(batch_size=8, grounded_by="teacher")
     )
@@ -201,18 +210,12 @@ def test_the_students_grounded_score_rides_in_the_update_forward(tiny_model, tok
     if case == "attention dropout":
         tiny_model.config.attention_dropout = 0.1
     if case == "gradient checkpointing":
-        tiny_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(tiny_model)
     engine = DistillEngine(
         tiny_model, tokenizer, small_task, EngineConfig(batch_size=8, grounded_by="student")
     )
     bare = DistillEngine(tiny_model, tokenizer, small_task, EngineConfig(batch_size=8, grounded=False))
-    problems = small_task.sample(np.random.default_rng(0), 8)
-    b = engine.builder
-    prompts = [b.encode(b.student_prompt(p)) for p in problems]
-    completions = [b.encode(p.solution) + [tokenizer.eos_token_id] for p in problems]
-    batch = Batch(
-        problems, prompts, completions, tokenizer.batch_decode(completions, skip_special_tokens=True)
-    )
+    batch = reference_batch(engine)
     assert all(r is not None for r in engine._grounded_rows(batch)[1])  # every row could ride
 
     def update(eng):
@@ -233,10 +236,4 @@ def test_the_students_grounded_score_rides_in_the_update_forward(tiny_model, tok
         assert all(rode) and len(rode) > n_update  # over the pass's cache: continuations, no new pass
     else:
         assert not any(rode) and len(rode) > n_update  # a forward of its own besides the update's
-    seqs = [p + b.encode(small_task.reasoning(t)) for p, t in zip(prompts, batch.texts)]
-    finals = [b.encode(p.final) for p in problems]
-    tiny_model.eval()
-    with torch.no_grad():  # the definition: the student in eval mode, before the update
-        hidden, targets = completion_hidden(tiny_model, seqs, finals, tokenizer.pad_token_id)
-        logp = torch.log_softmax(hidden @ tiny_model.get_output_embeddings().weight.T, dim=-1)
-    assert grounded == pytest.approx(float(logp.gather(1, targets[:, None]).mean()), abs=1e-5)
+    assert grounded == pytest.approx(students_own_score(engine, batch), abs=1e-5)
