@@ -103,6 +103,11 @@ def find(name: str, env_cfg: dict[str, Any], controller_cfg: dict[str, Any]) -> 
             key, mine, its = diff
             return None, f"this run has {where}{key}={mine}, the prior was pre-trained at {its}"
     base = PRIORS_DIR / name
+    if set(entry["files"]) != set(FILES):  # every file the prior loads is checked, or it is not used
+        return (
+            None,
+            f"its manifest entry lists {sorted(entry['files'])}, not the prior's files {sorted(FILES)}",
+        )
     for file, want in entry["files"].items():
         if not (base / file).is_file():
             return None, f"its file {base / file} is missing"

@@ -18,6 +18,7 @@ continues the latest unfinished run with the same controller, name and seed from
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -82,8 +83,13 @@ class Run:
         progress = _warmstart_progress(cfg) if self.main else None
         self.env = build_env(cfg, warmstart_progress=progress, dist=self.dist)
         lines: list[str] = []  # where the controller starts, when not from its own config
-        self.controller = build_controller(cfg, self.env, announce=lines.append)
-        self.controller_start = lines[-1] if lines else OWN_CONFIG
+        if resume is None:
+            self.controller = build_controller(cfg, self.env, announce=lines.append)
+            self.controller_start = lines[-1] if lines else OWN_CONFIG
+        else:  # the checkpoint's state replaces any start: the start the run made stands, and a prior
+            # or a saved state since changed or removed neither loads nor stops the resume
+            self.controller = build_controller(dataclasses.replace(cfg, controller_init="none"), self.env)
+            self.controller_start = resume.get("controller_start", OWN_CONFIG)
         for line in lines if self.main else ():
             print(f"controller: {line}")
         if cfg.env == "real":
@@ -241,6 +247,7 @@ class Run:
         state = {
             "config": config_fingerprint(self.cfg),  # resume refuses a checkpoint of another config
             "controller": self.controller.state_dict(),
+            "controller_start": self.controller_start,
             "env": env_state,
             "loop": loop,
             "offsets": self.log.offsets(),

@@ -201,7 +201,7 @@ def test_bad_grounded_settings_are_refused(bad):
         EngineConfig(**bad)
 
 
-@pytest.mark.parametrize("case", ["rides", "attention dropout", "gradient checkpointing"])
+@pytest.mark.parametrize("case", ["rides", "attention dropout", "router jitter", "gradient checkpointing"])
 def test_the_students_grounded_score_rides_in_the_update_forward(tiny_model, tokenizer, small_task, case):
     """grounded_by=student reads the gold answer off the update's own forward (its cache), which runs
     the weights and prompt that made the rollout: no forward of its own, the defined value, and the
@@ -209,6 +209,8 @@ def test_the_students_grounded_score_rides_in_the_update_forward(tiny_model, tok
     otherwise (dropout) or the pass keeps no cache (checkpointing), it gets a forward of its own."""
     if case == "attention dropout":
         tiny_model.config.attention_dropout = 0.1
+    if case == "router jitter":  # noise a MoE router draws in training only (read as such by name)
+        tiny_model.config.router_jitter_noise = 0.5
     if case == "gradient checkpointing":
         enable_checkpointing(tiny_model)
     engine = DistillEngine(

@@ -84,6 +84,12 @@ def test_find_loads_only_for_the_config_it_was_trained_for_and_checks_its_files(
     found, why = priors.find("beta_reinforce", env_cfg, {**ctl, "reward_mode": "immediate"})
     assert found is None and "controllers.beta_reinforce.reward_mode=immediate" in why
     assert priors.find("ppo", env_cfg, ctl) == (None, "")
+    manifest = json.loads(priors.MANIFEST.read_text())
+    manifest["beta_reinforce"]["files"].pop("controller.safetensors")  # an entry that checks less
+    priors.MANIFEST.write_text(json.dumps(manifest))
+    found, why = priors.find("beta_reinforce", env_cfg, ctl)
+    assert found is None and "manifest entry lists ['controller.json']" in why
+    ship_for(cfg, tmp_path)
     (priors_dir / "beta_reinforce" / "controller.safetensors").write_bytes(b"not the shipped state")
     found, why = priors.find("beta_reinforce", env_cfg, ctl)
     assert found is None and "sha256" in why

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -112,6 +113,43 @@ def test_resume_auto_continues_exactly_where_the_checkpoint_was(where, tmp_path,
     for name in ("metrics.jsonl", "decisions.jsonl"):
         assert lines(resumed / name) == lines(full / name)
     assert run.main(args + [f"out_dir={tmp_path / 'cut'}", "--resume", "auto"]) == resumed  # finished: no-op
+
+
+def test_a_resumed_run_keeps_the_start_it_made(tmp_path, monkeypatch, capsys):
+    """The checkpoint's controller state replaces the start: a saved state removed after the cut
+    neither loads nor stops the resume, and the summary names the start the run made."""
+    first = run.main(["--controller", "beta_reinforce", *MOCK, f"out_dir={tmp_path / 'first'}"])
+    saved = tmp_path / "saved"
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(
+            json.loads((first / "summary.json").read_text())["controller_state"] + suffix,
+            saved.with_suffix(suffix),
+        )
+    args = [
+        "--controller",
+        "beta_reinforce",
+        *MOCK,
+        "episodes=2",
+        "checkpoint_every=4",
+        f"controller_init={saved}",
+    ]
+    full = run.main(args + [f"out_dir={tmp_path / 'full'}"])
+    _crash_at(monkeypatch, 5)
+    with pytest.raises(SystemExit):
+        run.main(args + [f"out_dir={tmp_path / 'cut'}"])
+    monkeypatch.undo()
+    for suffix in (".json", ".safetensors"):
+        saved.with_suffix(suffix).unlink()
+    capsys.readouterr()
+    resumed = run.main(args + [f"out_dir={tmp_path / 'cut'}", "--resume", "auto"])
+    assert "controller:" not in capsys.readouterr().out  # no start announced: it goes on from the checkpoint
+    starts = [json.loads((d / "summary.json").read_text())["controller_start"] for d in (full, resumed)]
+    assert starts[0] == starts[1] == f"beta_reinforce starts from {saved}"
+    decisions = [
+        [d["beta_a"] for d in read_jsonl(r / "decisions.jsonl") if d["kind"] == "decision"]
+        for r in (full, resumed)
+    ]
+    assert decisions[0] == decisions[1]
 
 
 def failure(capsys, argv) -> tuple[int, str]:
