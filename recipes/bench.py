@@ -13,8 +13,10 @@ lacks this package's keys; its score is `info["score"]` where given, else the la
 `--controllers` takes controller specs: a registered name, or `name:key=value[:key=value...]` with
 overrides of that controller's config (values parsed as YAML, as in `--set`; no commas inside a
 spec): every spec is its own row, labelled by the spec string (`fixed:alpha=0.75`), also as the
-baseline (`--baseline fixed:alpha=0.75`). `--seeds N` runs seeds 0..N-1, `--seeds A-B` seeds A..B
-inclusive (tune on one range, report on another). `--env-set key=value` (repeatable) passes keywords
+baseline (`--baseline fixed:alpha=0.75`); the key `init` sets that spec's `controller_init`
+(`beta_reinforce:init=none` starts from Beta(2, 2) beside `beta_reinforce` from its shipped
+prior). `--seeds N` runs seeds 0..N-1, `--seeds A-B` seeds A..B inclusive (tune on one range,
+report on another). `--env-set key=value` (repeatable) passes keywords
 to `gymnasium.make` of every env given by id: the held-out env's profiles and reward,
 `--env atesd/SkillChain-wall-v0 --env-set lambda_gt=1 --env-set grounded_by=student`.
 
@@ -168,18 +170,23 @@ def check_exposure_env(env_id: str, kwargs: dict[str, Any] | None = None) -> Any
     return env
 
 
+SPEC_INIT = "init"  # the spec key for the unit's controller_init, not a controller config field
+
+
 def parse_spec(spec: str) -> tuple[str, list[str]]:
-    """`name` or `name:key=value[:key=value...]` -> (name, ["controllers.name.key=value", ...])."""
+    """`name` or `name:key=value[:key=value...]` -> (name, ["controllers.name.key=value", ...]); the
+    key `init` sets the unit's `controller_init` (`beta_reinforce:init=none` beside `beta_reinforce`:
+    the paper's start against the shipped prior, in one bench)."""
     name, *parts = (part.strip() for part in spec.split(":"))
     overrides, keys = [], set()
     for part in parts:
-        key, sep, _ = part.partition("=")
+        key, sep, value = part.partition("=")
         if not sep or not key.strip():
             raise cfglib.ConfigError(f"controller spec '{spec}': '{part}' must look like key=value")
         if key in keys:
             raise cfglib.ConfigError(f"controller spec '{spec}' sets {key} twice")
         keys.add(key)
-        overrides.append(f"controllers.{name}.{part}")
+        overrides.append(f"controller_init={value}" if key == SPEC_INIT else f"controllers.{name}.{part}")
     if not name:
         raise cfglib.ConfigError(f"controller spec '{spec}' names no controller")
     return name, overrides
@@ -189,6 +196,9 @@ def spec_config(cfg_dict: dict[str, Any], env: str, spec: str, seed: int) -> Run
     """The run config of one unit: `cfg_dict` with the spec's controller and overrides, env and seed."""
     name, overrides = parse_spec(spec)
     controller_config(name)  # unknown name: ConfigError with the closest registered one
+    cfg_cls = CONTROLLERS[name][1]
+    if dataclasses.is_dataclass(cfg_cls) and SPEC_INIT in {f.name for f in dataclasses.fields(cfg_cls)}:
+        raise cfglib.ConfigError(f"controller {name} has a config field '{SPEC_INIT}', which specs reserve")
     data = cfglib.merge(cfg_dict, cfglib.parse_overrides(overrides))
     data |= {"env": env, "controller": name, "seed": seed}
     return cfglib.from_dict(RunConfig, data)

@@ -16,7 +16,8 @@ import pytest
 from scipy import stats
 
 from atesd.significance import mean_ci, welch_p
-from recipes import bench
+from recipes import bench, run
+from recipes.common import OWN_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -188,6 +189,29 @@ def test_seed_ranges_and_controller_specs_each_their_own_row(tmp_path):
         summary["fixed"]["finals"]
         == summary["fixed:alpha=1"]["finals"]
         == (record["summary"]["mock"]["fixed:alpha=1"]["finals"])
+    )
+
+
+def test_a_spec_sets_its_own_controller_start(tmp_path):
+    """`init` in a spec is that unit's controller_init: two starts of one controller, one bench."""
+    first = run.main(["--controller", "beta_reinforce", "--env", "mock", "mock.total_steps=50",
+                      "plots=false", f"out_dir={tmp_path / 'runs'}"])  # fmt: skip
+    state = read_json(first / "summary.json")["controller_state"]
+    specs = f"beta_reinforce,beta_reinforce:init={state},beta_reinforce:init=none"
+    argv = ["--controllers", specs, "--baseline", "beta_reinforce:init=none", "--seeds", "2",
+            "--set", "mock.total_steps=50", "--out", str(tmp_path)]  # fmt: skip
+    record = read_json(bench.main(argv) / "results.json")
+    starts = {u["controller"]: u["controller_start"] for u in record["units"]}
+    assert starts == {
+        "beta_reinforce": OWN_CONFIG,  # the mock: no shipped prior
+        f"beta_reinforce:init={state}": f"beta_reinforce starts from {state}",
+        "beta_reinforce:init=none": OWN_CONFIG,
+    }
+    finals = {s: record["summary"]["mock"][s]["finals"] for s in starts}
+    assert (
+        finals["beta_reinforce"]
+        == finals["beta_reinforce:init=none"]
+        != finals[f"beta_reinforce:init={state}"]
     )
 
 
