@@ -246,6 +246,9 @@ class DistillEngine:
             shard_layers(model, self.dist)
             if self.teacher.copy is not None:
                 shard_layers(self.teacher.copy, self.dist)
+        # the student's grounded score can ride in the update's forward (fixed for the run: dropout
+        # and noise settings are the model's own)
+        self._student_rides = not self.sharded and _dropout_free(model)
         self.builder = PromptBuilder(tokenizer, task.prompt_format, self.cfg.exposure)
         if sampler is None:
             sampling = self.cfg.sampling
@@ -440,7 +443,7 @@ class DistillEngine:
         # training mode computes what eval mode does (no dropout). The other rows, and every row under
         # FSDP (each rank the same forwards), get a forward of their own
         ride = by == "teacher" and not self.sharded
-        ride_student = by == "student" and not self.sharded and _dropout_free(self.student)
+        ride_student = by == "student" and self._student_rides
         reasoning, riding, _ = self._grounded_rows(batch) if ride or ride_student else self._unridden(batch)
         with self.teacher.scoring() as teacher_model:
             t_hidden, targets, ridden = completion_hidden_with_continuations(
