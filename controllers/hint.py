@@ -13,9 +13,10 @@ controller must beat. On one alpha per window, two kinds:
   (reveal in proportion to failure; PAINT's per-rollout overlap needs a per-rollout action).
 
 The success signal is the env's `info["stats/rollout_accuracy"]` (the real env: the share of the
-window's training rollouts the verifier accepts); where an env gives none (the mock), `info["score"]`
-when finite (the mock's competence, a success rate in [0, 1]); a window with neither leaves alpha as
-it is. It reads no observation entry and keeps its alpha and EMA as state (resumable).
+window's training rollouts the verifier accepts); where an env has no such key (the mock),
+`info["score"]` (the mock's competence, a success rate in [0, 1]); a window whose signal is missing
+or NaN (a band no problem of the window drew) leaves alpha as it is. It reads no observation entry
+and keeps its alpha and EMA as state (resumable).
 """
 
 from __future__ import annotations
@@ -64,11 +65,17 @@ class HintConfig:
 
 
 def success_of(info: dict) -> float:
-    """The window's success rate from the env's info (NaN when it gives none)."""
+    """The window's success rate from the env's info (NaN when it gives none).
+
+    The first of SUCCESS_KEYS the info has is the signal: a NaN there (the real env's band that no
+    problem of the window drew) is no signal, not a reason to read the next key (the overall score
+    would move that band's alpha on the other bands' accuracy)."""
     for key in SUCCESS_KEYS:
-        value = info.get(key)
-        if isinstance(value, (int, float, np.floating)) and math.isfinite(float(value)):
-            return min(max(float(value), 0.0), 1.0)
+        if key in info:
+            value = info[key]
+            if isinstance(value, (int, float, np.floating)) and math.isfinite(float(value)):
+                return min(max(float(value), 0.0), 1.0)
+            return math.nan
     return math.nan
 
 

@@ -38,6 +38,16 @@ def test_without_a_success_signal_alpha_holds_and_score_is_the_fallback():
     assert feed(ctl, [0.0], key="score")[-1] == pytest.approx(0.75)  # the mock: competence
 
 
+def test_per_band_a_band_no_problem_drew_holds_instead_of_reading_the_overall_score():
+    bands = ("a", "b", "c", "d")
+    ctl = HintController(spec.observation_space(bands), spec.action_space(4), HintConfig(kind="ghpo"))
+    obs = np.zeros(len(spec.observation_names(bands)), dtype=np.float32)
+    action = ctl.act(obs)
+    info = {"score": 0.8, "stats/rollout_accuracy": 0.4, "band_accuracy": [0.1, math.nan, 0.5, math.nan]}
+    ctl.observe(obs, action, 0.0, obs, False, False, info)
+    assert ctl.act(obs) == pytest.approx([0.75, 0.5, 0.5, 0.5])  # fails: up, no signal, dead band, none
+
+
 def test_state_round_trips_and_reset_starts_again():
     ctl = make()
     feed(ctl, [0.0])
