@@ -18,21 +18,36 @@ class SharedDecisions:
     """Rank 0's controller decides; every rank acts with the alpha it broadcasts.
 
     On rank 0 (`is_main`) everything passes through to `controller` and each action is broadcast with
-    `broadcast_float(alpha) -> alpha` (rank 0's value on every rank); on the other ranks it only
-    receives the broadcast alpha, and learns, saves and reports nothing (the envs see identical
-    averaged statistics on every rank).
+    `broadcast_float(alpha) -> alpha` (rank 0's value on every rank; one call per alpha of the
+    action); on the other ranks it only receives the broadcast alphas, and learns, saves and
+    reports nothing (the envs see identical averaged statistics on every rank).
     """
 
-    def __init__(self, controller: Any, is_main: bool, broadcast_float: Callable[[float], float]) -> None:
-        self.controller, self.is_main, self.broadcast_float = controller, is_main, broadcast_float
+    def __init__(
+        self, controller: Any, is_main: bool, broadcast_float: Callable[[float], float], size: int = 1
+    ) -> None:
+        """`size`: the action's length (K alphas under the per-band action), each one broadcast."""
+        if size < 1:
+            raise ValueError(f"an action holds at least one alpha, got size {size}")
+        self.controller, self.is_main, self.broadcast_float, self.size = (
+            controller,
+            is_main,
+            broadcast_float,
+            size,
+        )
 
     def reset(self, seed: int | None = None, info: dict | None = None) -> None:
         if self.is_main:
             self.controller.reset(seed=seed, info=info)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        alpha = float(self.controller.act(obs)[0]) if self.is_main else 0.0
-        return np.array([self.broadcast_float(alpha)], dtype=np.float32)
+        if self.is_main:
+            action = np.asarray(self.controller.act(obs), dtype=np.float32).reshape(-1)
+            if action.size != self.size:
+                raise ValueError(f"the controller gave {action.size} alphas for an action of {self.size}")
+        else:
+            action = np.zeros(self.size, dtype=np.float32)
+        return np.array([self.broadcast_float(float(alpha)) for alpha in action], dtype=np.float32)
 
     def observe(self, obs, action, reward, next_obs, terminated, truncated, info) -> dict[str, float]:
         if not self.is_main:

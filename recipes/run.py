@@ -39,7 +39,7 @@ from atesd.distributed import Dist, gather_state  # noqa: E402
 from atesd.logging import MetricsLogger, finite  # noqa: E402
 from atesd.state import model_bytes, save_state, writing  # noqa: E402
 from atesd.threads import set_threads  # noqa: E402
-from controllers.base import Transition, mean_alpha, run_episode  # noqa: E402
+from controllers.base import Transition, action_size, mean_alpha, run_episode  # noqa: E402
 from controllers.shared import SharedDecisions  # noqa: E402
 from recipes import _faults as faults  # noqa: E402
 from recipes._plots import plot_run  # noqa: E402
@@ -95,7 +95,12 @@ class Run:
         if cfg.env == "real":
             faults.install(self.env.unwrapped.engine)
         if self.dist.active:
-            self.controller = SharedDecisions(self.controller, self.dist.is_main, self.dist.broadcast_float)
+            self.controller = SharedDecisions(
+                self.controller,
+                self.dist.is_main,
+                self.dist.broadcast_float,
+                action_size(self.env.action_space),
+            )
         self.windows_per_episode = math.ceil(cfg.total_steps / cfg.hold_steps)
         self.total_windows = self.windows_per_episode * cfg.episodes
         self.log = MetricsLogger(run_dir if self.main else None, cfg.tensorboard)

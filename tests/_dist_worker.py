@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atesd import config as cfglib  # noqa: E402
 from atesd.distributed import Dist, is_sharded  # noqa: E402
-from controllers.base import run_episode  # noqa: E402
+from controllers.base import action_size, run_episode  # noqa: E402
 from controllers.shared import SharedDecisions  # noqa: E402
 from recipes.common import RunConfig, build_controller, build_env  # noqa: E402
 
@@ -26,7 +26,9 @@ if __name__ == "__main__":
     overrides += ["real.engine.fsdp=true"] if mode == "fsdp" else []
     cfg = cfglib.load(RunConfig, root / "recipes/configs/ci.yaml", overrides)
     env = build_env(cfg, dist=dist)
-    controller = SharedDecisions(build_controller(cfg, env), dist.is_main, dist.broadcast_float)
+    controller = SharedDecisions(
+        build_controller(cfg, env), dist.is_main, dist.broadcast_float, action_size(env.action_space)
+    )
     result = run_episode(env, controller, seed=0)
     engine = env.unwrapped.engine
     layer = [p for n, p in engine.student.named_parameters() if ".layers." in n]

@@ -16,6 +16,7 @@ from atesd.tasks.base import action_band, action_bands
 from controllers import CONTROLLERS
 from controllers.base import run_episode
 from controllers.fixed import FixedConfig, FixedController
+from controllers.shared import SharedDecisions
 from envs import spec
 from envs.exposure_env import ExposureEnvConfig, TeacherExposureEnv
 from envs.mock_env import MIX_OPTIMA, MockConfig, MockExposureEnv
@@ -127,6 +128,25 @@ def test_fixed_takes_one_alpha_per_band_and_refuses_a_wrong_count():
     assert broadcast.act(env.reset(seed=0)[0]).tolist() == pytest.approx([0.6, 0.6])
     with pytest.raises(ValueError, match="has 3 values; the action has 2"):
         FixedController(env.observation_space, env.action_space, FixedConfig(alphas=(0.1, 0.2, 0.3)))
+
+
+def test_shared_decisions_broadcast_every_bands_alpha():
+    """Under torchrun rank 0 decides and every rank trains at its alphas: all K of them."""
+    env, sent = mix(), []
+    main = SharedDecisions(
+        FixedController(env.observation_space, env.action_space, FixedConfig(alphas=(0.8, 0.3))),
+        True, lambda x: sent.append(x) or x, size=2,
+    )  # fmt: skip
+    obs = env.reset(seed=0)[0]
+    assert main.act(obs).tolist() == pytest.approx([0.8, 0.3])
+    received = iter(sent)  # another rank: its own controller's choice is never used
+    other = SharedDecisions(
+        FixedController(env.observation_space, env.action_space, FixedConfig(alpha=0.5)),
+        False, lambda x: next(received), size=2,
+    )  # fmt: skip
+    assert other.act(obs).tolist() == pytest.approx([0.8, 0.3])
+    with pytest.raises(ValueError, match="gave 2 alphas for an action of 1"):
+        SharedDecisions(main.controller, True, float, size=1).act(obs)
 
 
 # ---- the real env -------------------------------------------------------------------------
