@@ -49,7 +49,7 @@ def lookahead_windows(reward_mode: str, hold_steps: int, lookahead_steps: int) -
 REFINING_KEYS = ("losses", "reward/progress", "reward/total")  # optional: the step reward is enough
 
 
-def window_terms(info: dict, hold_steps: int, reward: float | None = None) -> list[float]:
+def window_terms(info: dict, hold_steps: int, reward: float) -> list[float]:
     """[first-update drop, progress, total - progress] of one env step.
 
     From the info keys `REFINING_KEYS` where the env gives them (this package's envs: the tracked
@@ -59,7 +59,7 @@ def window_terms(info: dict, hold_steps: int, reward: float | None = None) -> li
     disagree with the step reward.
     """
     present = [k for k in REFINING_KEYS if k in info]
-    if not present and reward is not None:
+    if not present:
         if not math.isfinite(float(reward)):
             raise ValueError(f"the step reward must be finite, got {reward}")
         return [float(reward), float(reward), 0.0]
@@ -77,7 +77,7 @@ def window_terms(info: dict, hold_steps: int, reward: float | None = None) -> li
         raise ValueError(
             f"info['reward/progress'] and info['reward/total'] must be finite, got {progress}, {total}"
         )
-    if reward is not None and abs(total - float(reward)) > 1e-6 * (1.0 + abs(total)):
+    if abs(total - float(reward)) > 1e-6 * (1.0 + abs(total)):
         raise ValueError(
             f"the env's info['reward/total'] = {total} disagrees with its step reward {reward} (a reward "
             "wrapper?): the credit would learn from another reward than the env's"
@@ -132,7 +132,7 @@ class PendingDecisions:
         return cls(cfg.reward_mode, cfg.hold_steps, cfg.lookahead_steps, cfg.gamma, cfg.finish_truncated)
 
     def push(
-        self, decision: dict[str, Any], info: dict, episode_end: bool, reward: float | None = None
+        self, decision: dict[str, Any], info: dict, episode_end: bool, reward: float
     ) -> list[tuple[dict[str, Any], float]]:
         """Add `decision` (made before this step), credit this step's window (`window_terms` of its
         info and step `reward`) to every pending decision, and return (decision, return) for those

@@ -108,7 +108,7 @@ class HillClimbController:
     ) -> dict[str, float]:
         """Books the probe; credits those whose lookahead has passed; moves the centre after each pair."""
         check_transition(obs, reward, next_obs)
-        for probe, ret in self.credit.push({"sign": self.sign}, info, terminated or truncated):
+        for probe, ret in self.credit.push({"sign": self.sign}, info, terminated or truncated, reward):
             self.returns[int(probe["sign"])] = ret
             if len(self.returns) == 2:
                 move = self.cfg.step if self.returns[1] > self.returns[-1] else -self.cfg.step
@@ -202,6 +202,24 @@ def test_runs_on_the_mock_env_in_bounds_and_repeats_under_a_seed():
     assert runs[0] == runs[1]
     env, other = make(seed=4)
     assert run_episode(env, other, seed=0).alphas != runs[0][0]  # the seed matters (probe order)
+
+
+class OnlyTheReward(gym.Wrapper):
+    """An env of someone else's: the exposure action and a step reward, none of our info keys."""
+
+    def reset(self, **kw):
+        obs, _ = self.env.reset(**kw)
+        return obs, {}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, _ = self.env.step(action)
+        return obs, reward, terminated, truncated, {}
+
+
+def test_runs_on_an_env_that_gives_only_the_step_reward():
+    env, controller = make(seed=3)
+    result = run_episode(OnlyTheReward(env), controller, seed=0)
+    assert len(result.alphas) == 20 and controller.centre != controller.cfg.alpha0  # credited, moved
 
 
 def test_state_round_trip_mid_episode_acts_identically(tmp_path):
