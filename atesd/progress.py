@@ -123,7 +123,7 @@ def lookahead_returns(
     r = np.asarray(rewards, dtype=np.float64)
     n = r.size
     out = np.zeros(n)
-    for k in range(horizon):
+    for k in range(min(horizon, n)):  # a horizon past the end adds nothing (truncated sums)
         out[: n - k] += discount**k * r[k:]
     complete = np.arange(n) + horizon <= n
     return out, complete

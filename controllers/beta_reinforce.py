@@ -86,7 +86,7 @@ class BetaReinforceConfig:
         default=4.0,
         metadata={
             "help": "a + b of the starting Beta (4: Beta(2, 2)); larger starts surer of init_mean; "
-            "a and b must both be >= 1"
+            "a and b must both be > 1"
         },
     )
 
@@ -95,6 +95,7 @@ class BetaReinforceConfig:
             self.reward_mode, self.hold_steps, self.lookahead_steps, self.gamma, self.finish_truncated
         ) + (
             ("batch_decisions", self.batch_decisions >= 2, ">= 2"),
+            ("seed", self.seed >= 0, ">= 0"),
             ("entropy_target", self.entropy_target <= 0, "<= 0 (a Beta with a, b >= 1 has entropy <= 0)"),
             ("entropy_coef", self.entropy_coef >= 0, ">= 0"),
             ("lr", self.lr > 0, "> 0"),
@@ -350,9 +351,17 @@ class BetaReinforceController:
         self.optimizer.step()
         self.updates += 1
         advs = advantages(returns, baselines, self.cfg.adv_eps).tolist()
+        centred = (
+            returns
+            if baselines is None
+            else returns
+            - torch.tensor(
+                [r if b is None else b for r, b in zip(returns.tolist(), baselines)], dtype=returns.dtype
+            )
+        )  # what the advantages were scaled by: std(R), or std(R - b) under the trend baseline
         self.credits += [{"decision": f.index, "return": f.ret, "advantage": a} for f, a in zip(batch, advs)]
         return metrics | {"controller/loss": loss.item(), "controller/grad_norm": float(grad_norm),
-                          "controller/adv_std": returns.std(correction=0).item(),
+                          "controller/adv_std": centred.std(correction=0).item(),
                           "controller/return_mean": returns.mean().item(),
                           "controller/updates": float(self.updates)}  # fmt: skip
 

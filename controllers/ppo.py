@@ -57,6 +57,7 @@ class PPOConfig:
     def __post_init__(self) -> None:
         checks = (
             ("hold_steps", self.hold_steps >= 1, ">= 1"),
+            ("seed", self.seed >= 0, ">= 0"),
             ("gamma", 0 < self.gamma <= 1, "in (0, 1]"),
             ("gae_lambda", 0 <= self.gae_lambda <= 1, "in [0, 1]"),
             ("n_steps", self.n_steps >= 2, ">= 2"),

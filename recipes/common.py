@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -85,6 +86,22 @@ def controller_config(
             raise cfglib.ConfigError(
                 f"controllers.{name}.lookahead_steps={lookahead} must be a multiple of the env's "
                 f"hold_steps ({env_key}hold_steps={reward.hold_steps})"
+            )
+        defaults = cfg_cls()
+        mode = data.get("reward_mode", getattr(defaults, "reward_mode", None))
+        finish = data.get("finish_truncated", getattr(defaults, "finish_truncated", None))
+        if (
+            isinstance(lookahead, int)
+            and lookahead > reward.total_steps
+            and mode in ("discounted", "discounted_grounded")
+            and finish == "drop"
+        ):
+            warnings.warn(  # a smoke run may mean it; a run meant to learn never would
+                f"controllers.{name}.lookahead_steps={lookahead} is longer than an episode "
+                f"({env_key}total_steps={reward.total_steps}): with finish_truncated=drop no decision will "
+                f"be credited and the controller will not learn; shorten the lookahead or set "
+                f"controllers.{name}.finish_truncated=truncate",
+                stacklevel=1,  # said once: the config is checked at parse time and again at build
             )
     return cfglib.from_dict(cfg_cls, data, f"controllers.{name}.")
 

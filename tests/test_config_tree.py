@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import warnings
 
 import pytest
 
@@ -93,6 +94,17 @@ def test_a_lookahead_that_does_not_fit_the_env_window_is_refused_at_parse_time()
     # a controller that is neither selected nor configured is not in the way
     fits = ["real.env.hold_steps=3", "real.env.total_steps=99", "controller=fixed"]
     assert cfglib.load(RunConfig, None, fits).hold_steps == 3
+
+
+def test_a_lookahead_longer_than_the_episode_is_flagged_where_nothing_would_be_credited():
+    long = ["env=mock", "mock.total_steps=10", "controllers.beta_reinforce.lookahead_steps=20"]
+    with pytest.warns(UserWarning, match=r"lookahead_steps=20 is longer than an episode.*will not learn"):
+        cfglib.load(RunConfig, None, long)
+    # credited at the episode end instead, or a mode that looks one window ahead: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cfglib.load(RunConfig, None, [*long, "controllers.beta_reinforce.finish_truncated=truncate"])
+        assert cfglib.load(RunConfig, None, [*long, "controllers.beta_reinforce.reward_mode=immediate"])
 
 
 def test_resolved_config_round_trips_and_switching_env_rebinds():

@@ -312,6 +312,8 @@ def test_hold_steps_mismatch_with_env_raises():
         (BetaReinforceConfig, {"alpha_min": 0.5, "alpha_max": 0.4}, "alpha_max"),
         (BetaReinforceConfig, {"reward_mode": "greedy"}, "reward_mode"),
         (BetaReinforceConfig, {"finish_truncated": "keep"}, "finish_truncated"),
+        (BetaReinforceConfig, {"seed": -1}, "seed"),
+        (PPOConfig, {"seed": -1}, "seed"),
         (PPOConfig, {"minibatch_size": 16}, "minibatch_size"),
         (PPOConfig, {"clip_coef": 0.0}, "clip_coef"),
         (PPOConfig, {"gae_lambda": 1.5}, "gae_lambda"),

@@ -38,6 +38,8 @@ def test_lookahead_returns_by_hand():
     g, complete = lookahead_returns(r, 0.5, 2)
     assert np.allclose(g, [1 + 1.0, 2 + 1.5, 3 + 2.0, 4.0])
     assert complete.tolist() == [True, True, True, False]
+    g, complete = lookahead_returns([1.0, 2.0], 0.5, 4)  # a horizon past the end: truncated sums
+    assert np.allclose(g, [2.0, 2.0]) and not complete.any()
 
 
 def test_windowed_returns_equal_the_papers_step_level_progress():
