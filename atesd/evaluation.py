@@ -85,10 +85,11 @@ def majority_vote(
     """maj@n of one problem: the most frequent extracted answer among its n samples.
 
     Answers are equal when their `key`s are (surrounding whitespace stripped by default; a math task
-    passes its normaliser); samples without an answer (None) do not vote. A tie goes to the answer
-    that appeared first in sample order, so the vote is deterministic given the samples. The vote is
-    correct iff the first sample giving the winning answer was graded answer-correct (equal answers
-    grade alike).
+    passes its normaliser) *and* they grade alike: a normal form can join answers the grader tells
+    apart (`10` and `10\\%` against 0.1, `x=3` and `y=3` against x=3), and those are different
+    answers, so the vote's correctness never depends on which of them came first. Samples without an
+    answer (None) do not vote. A tie goes to the answer that appeared first in sample order, so the
+    vote is deterministic given the samples.
 
     Args:
         answers: the extracted answer of each sample (None: none found).
@@ -100,18 +101,15 @@ def majority_vote(
     """
     if len(answers) != len(answer_correct):
         raise ValueError(f"{len(answers)} answers but {len(answer_correct)} correctness flags")
-    counts: dict[str, int] = {}  # insertion-ordered: first appearance wins ties
-    first: dict[str, int] = {}
-    for i, answer in enumerate(answers):
-        if answer is None:
-            continue
-        canon = key(answer)
-        counts[canon] = counts.get(canon, 0) + 1
-        first.setdefault(canon, i)
+    counts: dict[tuple[str, bool], int] = {}  # insertion-ordered: first appearance wins ties
+    for answer, correct in zip(answers, answer_correct):
+        if answer is not None:
+            group = (key(answer), bool(correct))
+            counts[group] = counts.get(group, 0) + 1
     if not counts:
         return Vote(None, 0, False)
     winner = max(counts, key=counts.__getitem__)  # max keeps the first of equal maxima
-    return Vote(winner, counts[winner], bool(answer_correct[first[winner]]))
+    return Vote(winner[0], counts[winner], winner[1])
 
 
 def has_answer(verdict: Verdict) -> bool:

@@ -141,7 +141,7 @@ def extract_answer(prediction: str, bare_answer_chars: int = 64) -> str | None:
 
 # ---- the string fallback --------------------------------------------------------------------
 _REMOVE = re.compile(
-    r"\$|\\[()\[\]]|\\left(?![a-zA-Z])|\\right(?![a-zA-Z])|\\displaystyle|\\[!,;: ]|\\q?quad"
+    r"\\?\$|\\[()\[\]]|\\left(?![a-zA-Z])|\\right(?![a-zA-Z])|\\displaystyle|\\[!,;: ]|\\q?quad"
     r"|\^\s*\{?\s*\\circ\s*\}?|°|\\?%"
 )
 _UNIT_SUFFIX = re.compile(r"^(.*[\d}])\s*\\(?:text|mbox|mathrm)\s*\{[^{}]*\}$")
@@ -154,12 +154,12 @@ _DECIMAL = re.compile(r"(-?)(\d*)\.(\d+)")
 def normalise(answer: str, drop_variable: bool = True) -> str:
     """A canonical string form of a final answer, for the string compare.
 
-    Takes a whole-string box's content; drops $ and math delimiters, \\left/\\right, spacing
-    commands (\\! \\, \\; \\quad), \\displaystyle, degrees (^\\circ), percent signs, a trailing unit
-    `\\text{...}` after a number, a trailing period and all whitespace; unwraps \\text{}/\\mathrm{};
-    drops a leading `x=` (unless `drop_variable` is false); \\dfrac/\\tfrac -> \\frac,
-    \\frac12 -> \\frac{1}{2}, \\sqrt2 -> \\sqrt{2}, an
-    integer a/b -> \\frac{a}{b}; removes thousands separators of plain numbers and trailing decimal
+    Takes a whole-string box's content; drops $ (escaped or not) and math delimiters, \\left/\\right,
+    spacing commands (\\! \\, \\; \\quad), \\displaystyle, degrees (^\\circ), percent signs, a trailing
+    unit `\\text{...}` after a number, a trailing period and all whitespace; unwraps
+    \\text{}/\\mathrm{}; drops a leading `x=` (unless `drop_variable` is false); \\dfrac/\\tfrac ->
+    \\frac, \\frac12 -> \\frac{1}{2}, \\sqrt2 -> \\sqrt{2}, an integer a/b -> \\frac{a}{b}; removes
+    thousands separators of plain numbers (1,200; not a list written `1, 200`) and trailing decimal
     zeros (2.50 -> 2.5, 3.0 -> 3); strips braces around the whole answer.
     """
     s = answer.strip()
@@ -170,12 +170,13 @@ def normalise(answer: str, drop_variable: bool = True) -> str:
     s = re.sub(r"\\[dt]frac", r"\\frac", _REMOVE.sub("", s)).strip()
     s = _UNIT_SUFFIX.sub(r"\1", s)
     s = _TEXT_WRAP.sub(r"\1", s)
+    list_like = re.search(r",\s", s) is not None  # "1, 200" is two items, "1,200" one number
     s = re.sub(r"\s+", "", s).rstrip(".")
     if drop_variable:
         s = _LEADING_VAR.sub("", s)
     while s.startswith("{") and s.endswith("}") and _balanced(s[1:-1]):
         s = s[1:-1]
-    if _THOUSANDS.fullmatch(s):
+    if _THOUSANDS.fullmatch(s) and not list_like:
         s = s.replace(",", "")
     s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
@@ -338,10 +339,11 @@ def grade(prediction: str, gold: str, cfg: GradeConfig | None = None) -> Grade:
 
     The predicted answer is the last `\\boxed{}` of `prediction` (or a short bare answer, see
     GradeConfig.bare_answer_chars). `gold` may be bare or boxed. math-verify checks
-    verify(parse(gold), parse(pred)) in a worker thread, given up after cfg.timeout_s (wrong, method
+    verify(parse(gold), parse(pred)) in a worker thread, given up after cfg.timeout_s (method
     "timeout"; the abandoned thread is stopped at its next bytecode but may run on briefly); when it
-    says no, is unavailable or skipped, the normalised strings are compared. Safe to call from any
-    thread. (math-verify logs once that its own signal timeouts are off: this timeout replaces them.)
+    says no, times out, is unavailable or is skipped, the normalised strings are compared. Safe to
+    call from any thread. (math-verify logs once that its own signal timeouts are off: this timeout
+    replaces them.)
     """
     cfg = cfg or GradeConfig()
     predicted = extract_answer(prediction, cfg.bare_answer_chars)
@@ -359,8 +361,8 @@ def grade(prediction: str, gold: str, cfg: GradeConfig | None = None) -> Grade:
         verdict = _run_with_timeout(
             lambda: _math_verify_equal(mv, gold_answer, predicted, cfg), cfg.timeout_s
         )
-    except concurrent.futures.TimeoutError:
-        return Grade(False, "timeout", predicted)
+    except concurrent.futures.TimeoutError:  # the string compare, already made, still stands
+        return Grade(string_equal, "timeout", predicted)
     except Exception:  # a math-verify failure is not the caller's: fall back to the strings
         logger.debug("math-verify failed on %r vs %r", predicted[:200], gold_answer[:200], exc_info=True)
         verdict = None

@@ -74,6 +74,10 @@ def test_majority_vote_by_hand():
     assert majority_vote([None, None], [False, False]) == Vote(None, 0, False)
     # a normalising key merges equal answers written differently
     assert majority_vote(["x", "y", "X"], [False, True, False], key=str.lower) == Vote("x", 2, False)
+    # ... but answers the grader tells apart stay apart, in any order (gold 0.1: 10% right, 10 wrong)
+    key = lambda a: a.rstrip("%")  # noqa: E731  (a normaliser that drops percent signs)
+    assert majority_vote(["10", "10%", "10%"], [False, True, True], key=key) == Vote("10", 2, True)
+    assert majority_vote(["10%", "10", "10"], [True, False, False], key=key) == Vote("10", 2, False)
     with pytest.raises(ValueError):
         majority_vote(["3"], [True, False])
 

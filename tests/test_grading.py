@@ -61,6 +61,8 @@ def test_normalise_by_hand():
     assert normalise("2.50") == "2.5" and normalise("3.0") == "3" and normalise(".5") == "0.5"
     assert normalise("\\boxed{9 \\sqrt{15}}") == "9\\sqrt{15}"
     assert normalise("50\\%") == "50" and normalise("\\!1\\,000") == "1000"
+    assert normalise("\\$18") == normalise("$18$") == "18"  # GSM8K's money answers
+    assert normalise("1, 200") == "1,200" != normalise("1,200")  # a list of two, not a thousand
 
 
 def test_extraction_rules():
@@ -139,6 +141,14 @@ def test_grading_from_several_threads_matches_serial():
     with ThreadPoolExecutor(4) as pool:
         threaded = list(pool.map(lambda job: grade(*job).correct, jobs))
     assert threaded == [True] * len(golds) + [False] * len(golds)
+
+
+def test_a_timeout_leaves_the_string_compare_standing(monkeypatch):
+    needs_math_verify()
+    monkeypatch.setattr(grading, "_math_verify_equal", lambda *args: time.sleep(0.3))
+    cfg = GradeConfig(timeout_s=0.05)
+    assert grade("\\boxed{\\$42}", "42", cfg) == grading.Grade(True, "timeout", "\\$42")
+    assert grade("\\boxed{41}", "42", cfg) == grading.Grade(False, "timeout", "41")
 
 
 def test_pathological_answer_times_out_from_a_worker_thread():
