@@ -124,7 +124,10 @@ class EvalConfig:
         default="synthetic", metadata={"help": "synthetic, a benchmark (aime24, aime25, hmmt25) or a .jsonl"}
     )
     data_dir: str = field(
-        default="", metadata={"help": "benchmark files ('' = ../shared/data when it exists)"}
+        default="",
+        metadata={
+            "help": "benchmark files ('' = real.data.data_dir, else ../shared/data where it holds the file)"
+        },
     )
     seed: int = field(default=0, metadata={"help": "seed of the sampling generator (>= 0)"})
     pass_k: tuple[int, ...] = field(
@@ -159,14 +162,20 @@ class EvalConfig:
 
 # ---- model and task -----------------------------------------------------------------------------
 def load_task(cfg: EvalConfig) -> Task:
-    """The embedded synthetic task (`real.task`), or a math benchmark / JSONL (`atesd.tasks.math`)."""
+    """The embedded synthetic task (`real.task`), or a math benchmark / JSONL (`atesd.tasks.math`)
+    read with the `real.data.*` settings (format, field names, instruction, ...), every row evaluated.
+    A named benchmark comes from `data_dir` (or `real.data.data_dir`) when given, else from
+    ../shared/data where that holds its file, else from the Hugging Face hub."""
     if cfg.synthetic:
         return build_task(dataclasses.replace(cfg.real, task_kind="synthetic"))
-    from atesd.tasks.math import load_benchmark
+    from atesd.tasks.math import DATASETS, MathTask
 
-    default = ROOT.parent / "shared" / "data"
-    data_dir = cfg.data_dir or (str(default) if default.is_dir() else None)
-    return load_benchmark(cfg.task, data_dir)
+    data_dir = cfg.data_dir or cfg.real.data.data_dir
+    known, default = DATASETS.get(cfg.task), ROOT.parent / "shared" / "data"
+    if not data_dir and known and (default / known.file).is_file():
+        data_dir = str(default)
+    data = dataclasses.replace(cfg.real.data, source=cfg.task, data_dir=data_dir or None, eval_size=-1)
+    return MathTask.from_config(data)
 
 
 def load_model(cfg: EvalConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

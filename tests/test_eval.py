@@ -172,3 +172,20 @@ def test_eval_rejects_bad_input_in_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert exc.value.code == 2 and message in err and "\n" not in err, err
     assert list(tmp_path.iterdir()) == []  # no husk directory
+
+
+def test_eval_reads_a_jsonl_with_the_real_data_settings(tmp_path):
+    """eval.py takes `real.data.*` as run.py does: another JSONL's field names, another instruction."""
+    import recipes.eval as ev
+    from atesd import config as cfglib
+
+    rows = tmp_path / "qa.jsonl"
+    rows.write_text(
+        json.dumps({"q": "What is 2+2?", "a": "4"}) + "\n" + json.dumps({"q": "1+1?", "a": "2"}) + "\n"
+    )
+    overrides = [f"task={rows}", "real.data.format=fields", "real.data.question_field=q",
+                 "real.data.answer_field=a", "real.data.instruction=Answer in a box."]  # fmt: skip
+    task = ev.load_task(cfglib.load(ev.EvalConfig, None, overrides))
+    (problems,) = task.eval_sets().values()
+    assert [p.answer for p in problems] == ["4", "2"]
+    assert all(p.question.endswith("Answer in a box.") for p in problems)

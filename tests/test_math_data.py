@@ -199,7 +199,9 @@ def test_hf_source_without_datasets_names_the_extra(monkeypatch):
     with pytest.raises(ImportError, match=r"\[eval\]"):
         load_benchmark("someone/some_math_set")
     with pytest.raises(ImportError, match=r"HuggingFaceH4/aime_2024.*\[eval\]"):
-        load_benchmark("aime24", data_dir="/nonexistent")
+        load_benchmark("aime24")
+    with pytest.raises(FileNotFoundError, match="no aime24.jsonl in data_dir /nonexistent"):
+        load_benchmark("aime24", data_dir="/nonexistent")  # a mistyped folder is not a download
     with pytest.raises(FileNotFoundError):
         load_benchmark("missing.jsonl")
     with pytest.raises(ValueError, match="unknown data source"):

@@ -76,7 +76,10 @@ class MathDataConfig:
         metadata={"help": f"a .jsonl path, an HF dataset id (owner/name), or one of {sorted(DATASETS)}"},
     )
     data_dir: str | None = field(
-        default=None, metadata={"help": "folder holding the named sources' files (tried before HF)"}
+        default=None,
+        metadata={
+            "help": "folder holding the named sources' files (read instead of the HF hub; must hold the file)"
+        },
     )
     split: str | None = field(
         default=None, metadata={"help": "HF split (default: the named source's, else 'train')"}
@@ -238,11 +241,18 @@ def _gsm8k_solution(text: str) -> tuple[str, str]:
 
 # ---- reading --------------------------------------------------------------------------------
 def _resolve_source(cfg: MathDataConfig) -> Path | tuple[str, str | None, str]:
-    """A local file, or (HF id, HF config name, split): a named source's file in data_dir when there,
-    else a path, else the named source's or the given HF id."""
+    """A local file, or (HF id, HF config name, split): a named source's file in data_dir (which must
+    hold it when given: a mistyped folder never turns into a download), else a path, else the named
+    source's or the given HF id."""
     known = DATASETS.get(cfg.source)
-    if known and cfg.data_dir and (Path(cfg.data_dir) / known.file).is_file():
-        return Path(cfg.data_dir) / known.file
+    if known and cfg.data_dir:
+        local = Path(cfg.data_dir).expanduser() / known.file
+        if not local.is_file():
+            raise FileNotFoundError(
+                f"{cfg.source}: no {known.file} in data_dir {cfg.data_dir} (leave data_dir unset to read "
+                f"it from the Hugging Face hub, {known.hf_id})"
+            )
+        return local
     path = Path(cfg.source).expanduser()
     if path.is_file():
         return path
@@ -431,8 +441,8 @@ def load_benchmark(
     name_or_path: str, data_dir: str | Path | None = None, grade_cfg: GradeConfig | None = None
 ) -> MathTask:
     """A benchmark as an evaluation-only MathTask (every row in one band, no training pool): a name
-    in BENCHMARKS (or DATASETS) read from data_dir/<file> when that exists, else from its HF id; or a
-    .jsonl path; or an HF dataset id."""
+    in BENCHMARKS (or DATASETS) read from data_dir/<file> when data_dir is given, else from its HF
+    id; or a .jsonl path; or an HF dataset id."""
     cfg = MathDataConfig(
         source=name_or_path, data_dir=None if data_dir is None else str(data_dir), eval_size=-1
     )
