@@ -59,7 +59,8 @@ class GradeConfig:
         default=64,
         metadata={
             "help": "a prediction with no \\boxed{} that is one line of at most this many characters is "
-            "taken as a bare answer (0: never)"
+            "taken as a bare answer (0: never; MathTask grades a model's completions with 0, so a "
+            "completion's answer is its last box)"
         },
     )
     max_answer_chars: int = field(

@@ -190,6 +190,8 @@ def test_held_out_sets_sampling_and_hooks(tmp_path):
     p = task.train[0]
     completion = "Let me think. " + p.steps[0] + "So it is $\\boxed{" + p.answer + "}$."
     assert task.verify(p, completion).correct and task.reasoning(completion).endswith("So it is $")
+    bare = task.verify(p, p.answer)  # a one-line completion without a box gives no answer
+    assert not bare.correct and bare.predicted is None and not bare.path_valid
     with pytest.raises(NotImplementedError, match="path-matched"):
         task.path_matched(p, completion)
 

@@ -382,7 +382,9 @@ class MathTask:
         self.train = list(train)
         self._evals = {band: list(problems) for band, problems in evals.items()}
         self._probe = [p for p in probe if p.steps]
-        self.grade_cfg = grade_cfg or GradeConfig()
+        # a completion's answer is its last box: a one-line completion without one is not an answer
+        # (the bare-answer rule is for answer-only inputs, not for a model's output)
+        self.grade_cfg = grade_cfg or GradeConfig(bare_answer_chars=0)
         self.skipped = skipped  # bad rows skipped while loading
 
     @classmethod
