@@ -96,6 +96,19 @@ def test_a_lookahead_that_does_not_fit_the_env_window_is_refused_at_parse_time()
     assert cfglib.load(RunConfig, None, fits).hold_steps == 3
 
 
+def test_a_stored_config_reloads_though_other_controllers_defaults_do_not_fit_its_env():
+    """config.json holds every controller's config; only the selected one must fit the env (H = 4
+    does not divide bandit's default lookahead of 10, which a fixed-alpha run never uses)."""
+    cfg = cfglib.load(
+        RunConfig, None, ["env=mock", "controller=fixed", "mock.hold_steps=4", "mock.total_steps=400"]
+    )
+    stored = resolved_dict(cfg)
+    assert stored["controllers"]["bandit"]["lookahead_steps"] == 10
+    assert resolved_dict(cfglib.from_dict(RunConfig, stored)) == stored
+    with pytest.raises(cfglib.ConfigError, match="lookahead_steps=10 must be a multiple"):
+        cfglib.from_dict(RunConfig, {**stored, "controller": "bandit"})  # selected: it must fit
+
+
 def test_a_lookahead_longer_than_the_episode_is_flagged_where_nothing_would_be_credited():
     long = ["env=mock", "mock.total_steps=10", "controllers.beta_reinforce.lookahead_steps=20"]
     with pytest.warns(UserWarning, match=r"lookahead_steps=20 is longer than an episode.*will not learn"):
