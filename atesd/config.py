@@ -71,6 +71,8 @@ def coerce(tp: Any, value: Any, name: str) -> Any:
             raise ConfigError(f"{name} must be a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(coerce(args[0], v, name) for v in value)
+        if args and len(value) != len(args):
+            raise ConfigError(f"{name} must hold {len(args)} values, got {list(value)!r}")
         return tuple(coerce(a, v, name) for a, v in zip(args, value)) if args else tuple(value)
     if tp is bool:
         if isinstance(value, bool):
@@ -121,30 +123,34 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config file's mapping; ConfigError in one line when it is missing, unreadable, not
+    UTF-8, not YAML or not a mapping."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read: {err}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {err.start})") from None
+    try:
+        data = yaml.load(text, Loader=StrictLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(err).split())}") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path} must hold a mapping of keys (key: value lines), got {type(data).__name__}"
+        )
+    return data
+
+
 def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Defaults, then a YAML file, then dotted overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            raw = Path(path).read_bytes()
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except OSError as err:
-            raise ConfigError(f"config file {path} cannot be read: {err}") from None
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise ConfigError(f"config file {path} is not UTF-8 text (byte {err.start})") from None
-        try:
-            data = yaml.load(text, Loader=StrictLoader)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(err).split())}") from None
-        data = {} if data is None else data
-        if not isinstance(data, dict):
-            raise ConfigError(
-                f"config file {path} must hold a mapping of keys (key: value lines), "
-                f"got {type(data).__name__}"
-            )
+    data = read_yaml(path) if path is not None else {}
     return from_dict(cls, merge(data, parse_overrides(overrides or [])))
 
 

@@ -93,16 +93,17 @@ USER_ERRORS = (ConfigError, ValueError, OSError, ImportError)
 
 
 @contextlib.contextmanager
-def user_errors(debug: bool = False, interrupted: str = "") -> Iterator[None]:
+def user_errors(debug: bool = False, interrupted: str | Callable[[], str] = "") -> Iterator[None]:
     """Turn a user error raised inside into `error: <one line> (--debug shows the traceback)` on stderr
-    and exit code 2, and Ctrl-C into `interrupted: <interrupted>` and exit code 130; with `debug`, let
-    them propagate."""
+    and exit code 2, and Ctrl-C into `interrupted: <interrupted>` (a text, or a function giving it
+    when it happens) and exit code 130; with `debug`, let them propagate."""
     try:
         yield
     except KeyboardInterrupt:
         if debug:
             raise
-        print(f"interrupted: {interrupted or 'stopped by Ctrl-C'}", file=sys.stderr, flush=True)
+        said = interrupted() if callable(interrupted) else interrupted
+        print(f"interrupted: {said or 'stopped by Ctrl-C'}", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
     except USER_ERRORS as err:
         if debug:

@@ -135,9 +135,26 @@ def world_mismatch(written: int, world: int) -> str:
             f"(torchrun --nproc_per_node {written}), not {world}")  # fmt: skip
 
 
+SHORTCUTS = ("controller", "env", "name", "seed")  # run.py's flags for config fields
+
+
+def given_overrides(args: Any) -> list[str]:
+    """The config overrides of a command line: key=value words, --set, and the shortcut flags (a
+    string flag quoted, so `--name 2024` is the name "2024", not a number)."""
+    overrides = list(args.overrides) + list(args.set)
+    for key in SHORTCUTS:
+        value = getattr(args, key)
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise cfglib.ConfigError(f"override '{bad[0]}' must look like key.path=value")
+    return overrides
+
+
 def plan_run(args: Any, cfg: RunConfig) -> Plan:
     """This invocation's plan: a new run, or the run `--resume` names with its stored config and
-    newest intact checkpoint."""
+    newest intact checkpoint. Reads only: what a restart removes is removed under the run's lock."""
     if not args.resume:
         return Plan(cfg)
     run_dir = latest_run_dir(cfg) if args.resume == "auto" else Path(args.resume)
@@ -147,6 +164,25 @@ def plan_run(args: Any, cfg: RunConfig) -> Plan:
     if not (run_dir / "config.json").exists():
         raise cfglib.ConfigError(f"--resume {run_dir}: not a run directory (no config.json)")
     stored = stored_config(run_dir)
+    if args.resume == "auto":  # the whole command line is the config: it must be the run's
+        differ = differences(resolved_dict(stored), resolved_dict(cfg))
+        if differ:
+            raise cfglib.ConfigError(
+                f"--resume auto found {run_dir}, whose config differs from the given one in "
+                f"{differ}; resume it with --resume DIR and no overrides, or start a new run with "
+                "another name"
+            )
+    elif args.config or given_overrides(args):  # what is given goes on top of the run's own config
+        given = cfglib.from_dict(
+            RunConfig,
+            cfglib.merge(
+                cfglib.merge(resolved_dict(stored), cfglib.read_yaml(args.config) if args.config else {}),
+                cfglib.parse_overrides(given_overrides(args)),
+            ),
+        )
+        differ = differences(resolved_dict(stored), resolved_dict(given))
+        if differ:
+            raise cfglib.ConfigError(f"--resume {run_dir}: the given config differs from the run's: {differ}")
     missing = missing_outputs(run_dir, stored)
     if not missing:
         print(f"{run_dir} already finished; nothing to resume")
@@ -154,16 +190,6 @@ def plan_run(args: Any, cfg: RunConfig) -> Plan:
         return Plan(cfg, run_dir, finished=True)
     if (run_dir / SUMMARY).exists() or SUMMARY not in missing:
         print(f"{run_dir} lacks {', '.join(missing)}; completing it from its last checkpoint")
-    if args.resume == "auto" or args.config or args.overrides or args.set:
-        differ = differences(resolved_dict(stored), resolved_dict(cfg))
-        if differ and args.resume != "auto":
-            raise cfglib.ConfigError(f"--resume {run_dir}: the given config differs from the run's: {differ}")
-        if differ:
-            raise cfglib.ConfigError(
-                f"--resume auto found {run_dir}, whose config differs from the given one in "
-                f"{differ}; resume it with --resume DIR and no overrides, or start a new run with "
-                "another name"
-            )
     found = checkpoint.load_latest(
         run_dir / "checkpoints", warn=lambda msg: print(f"warning: {msg}"),
         accept=lambda state: checkpoint_fits(state, run_dir, stored),
@@ -171,11 +197,15 @@ def plan_run(args: Any, cfg: RunConfig) -> Plan:
     resume_state, ckpt = found if found is not None else (None, None)
     if resume_state is None:
         print(f"{run_dir} has no checkpoint yet; restarting it from the beginning")
-        for name in ("metrics.jsonl", "decisions.jsonl"):
-            (run_dir / name).unlink(missing_ok=True)
     else:
         print(f"resuming {run_dir} at window {resume_state['loop']['global_window']}")
     return Plan(stored, run_dir, resume_state, ckpt)
+
+
+def restart_logs(run_dir: Path) -> None:
+    """A resumed run without a checkpoint starts again: its logs go (call it holding `run_lock`)."""
+    for name in ("metrics.jsonl", "decisions.jsonl"):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def stored_config(run_dir: Path) -> RunConfig:

@@ -47,8 +47,10 @@ from recipes._progress import USER_ERRORS, Display, print_summary, user_errors, 
 from recipes._rundir import (  # noqa: E402
     Plan,
     config_fingerprint,
+    given_overrides,
     new_run_dir,
     plan_run,
+    restart_logs,
     run_lock,
     save_checkpoint,
     world_mismatch,
@@ -321,23 +323,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help="seed (config field `seed`)")
     parser.add_argument("--resume", metavar="auto|DIR", help="continue the latest matching run, or DIR")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # key=value words may come between the flags
 
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:
-    overrides = list(args.overrides) + list(args.set)
-    for key in ("controller", "env", "name", "seed"):
-        if getattr(args, key) is not None:
-            overrides.append(f"{key}={getattr(args, key)}")
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise cfglib.ConfigError(f"override '{bad[0]}' must look like key.path=value")
-    return cfglib.load(RunConfig, args.config, overrides)
+    return cfglib.load(RunConfig, args.config, given_overrides(args))
+
+
+RUN_DIR: list[Path] = []  # the run directory once known, for the Ctrl-C line
+
+
+def _interrupted() -> str:
+    where = f"--resume {RUN_DIR[-1]}" if RUN_DIR else "--resume auto (the same command)"
+    return f"the run stopped; continue it from its last checkpoint with {where}"
 
 
 def main(argv: list[str] | None = None) -> Path | None:
     args = parse_args(argv)
-    with user_errors(args.debug, "the run stopped; continue it from its last checkpoint with --resume auto"):
+    RUN_DIR.clear()
+    with user_errors(args.debug, _interrupted):
         return _main(args)
 
 
@@ -397,7 +401,10 @@ def _run(dist: Dist, plan: Plan) -> Path | None:
         run_dir = new_run_dir(cfg)
         (run_dir / "config.json").write_text(json.dumps(resolved_dict(cfg), indent=1))
     print(f"run directory: {run_dir}", flush=True)
+    RUN_DIR.append(run_dir)
     with run_lock(run_dir):
+        if not fresh and resume_state is None:  # resumed before its first checkpoint: from the start
+            restart_logs(run_dir)
         runner = _build(cfg, run_dir, resume_state, dist, fresh)
         summary = runner.train()
         del runner  # unreachable before close() collects the garbage and leaves the group

@@ -37,6 +37,12 @@ def test_bad_values_name_the_field():
         cfglib.load(EngineConfig, None, ["batch_size=many"])
     with pytest.raises(cfglib.ConfigError, match="key.path=value"):
         cfglib.parse_overrides(["lr"])
+    from atesd.tasks.synthetic import ChainBagConfig  # fixed-length pairs: no value dropped unsaid
+
+    with pytest.raises(cfglib.ConfigError, match=r"chain_lengths must hold 2 values, got \[1, 5, 9\]"):
+        cfglib.load(ChainBagConfig, None, ["chain_lengths=[1,5,9]"])
+    with pytest.raises(cfglib.ConfigError, match="bands must hold 2 values"):
+        cfglib.load(ChainBagConfig, None, ["bands=[[3,0,7],[0,2,5]]"])
 
 
 def test_yaml_file(tmp_path):

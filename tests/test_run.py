@@ -174,6 +174,48 @@ def test_resume_auto_refuses_a_different_config(tmp_path, monkeypatch, capsys):
     assert code == 2 and "differs" in err and one_line(err), err
 
 
+def test_resume_compares_what_is_given_with_the_runs_own_config(tmp_path, monkeypatch, capsys):
+    """--resume DIR: the given keys (flags included) go on top of the run's config, the refusal names
+    only those that change it, and it comes before "already finished"; the Ctrl-C line names DIR."""
+    args = ["--controller", "bandit", *MOCK, f"out_dir={tmp_path}"]
+    _crash_at(monkeypatch, 3)
+    with pytest.raises(SystemExit):
+        run.main(args)
+    (cut,) = tmp_path.iterdir()
+    assert capsys.readouterr().err.strip().endswith(f"--resume {cut}")
+    monkeypatch.undo()
+    for extra, key in ((["--seed", "5"], "'seed'"), (["--controller", "ppo"], "'controller'")):
+        code, err = failure(capsys, ["--resume", str(cut), *extra])
+        assert code == 2 and f"differs from the run's: [{key}" in err and one_line(err), err
+    assert run.main(["--resume", str(cut), "--seed", "0", "--env", "mock"]) == cut  # the same: resumed
+    code, err = failure(capsys, ["--resume", str(cut), "episodes=3"])  # finished now
+    assert code == 2 and "differs from the run's: ['episodes']" in err, err
+
+
+def test_a_refused_resume_leaves_a_live_runs_logs_alone(tmp_path, monkeypatch, capsys):
+    """A run cut before its first checkpoint restarts on resume, but only under the run's lock: a
+    resume refused because another process trains the directory deletes nothing."""
+    from recipes._rundir import run_lock
+
+    _crash_at(monkeypatch, 2)
+    with pytest.raises(SystemExit):
+        run.main(["--controller", "bandit", *MOCK, "checkpoint_every=100", f"out_dir={tmp_path}"])
+    monkeypatch.undo()
+    (cut,) = tmp_path.iterdir()
+    logs = {name: (cut / name).read_bytes() for name in ("metrics.jsonl", "decisions.jsonl")}
+    with run_lock(cut):  # as a live run holds it
+        code, err = failure(capsys, ["--resume", str(cut)])
+    assert code == 2 and "being trained by another process" in err, err
+    assert {name: (cut / name).read_bytes() for name in logs} == logs
+    assert run.main(["--resume", str(cut)]) == cut  # unlocked: restarts from the beginning
+    assert len([m for m in read_jsonl(cut / "metrics.jsonl") if m["kind"] == "window"]) == 10
+
+
+def test_a_name_that_looks_like_a_number_is_a_name(tmp_path):
+    run_dir = run.main(["--controller", "fixed", *MOCK, "--name", "2024", f"out_dir={tmp_path}"])
+    assert run_dir.name.startswith("fixed__2024__0__")
+
+
 def test_a_run_directory_is_never_reused(tmp_path):
     first = run.main(["--controller", "fixed", *MOCK, f"out_dir={tmp_path}"])
     second = run.main(["--controller", "fixed", *MOCK, f"out_dir={tmp_path}"])
