@@ -40,6 +40,7 @@ import concurrent.futures as cf
 import dataclasses
 import json
 import math
+import shutil
 import sys
 import time
 import types
@@ -417,7 +418,8 @@ def plan(args: argparse.Namespace) -> tuple[RunConfig, list[str], list[str], lis
             "--env-set applies to envs given by Gymnasium id; set mock.* or real.* with --set"
         )
     probes = {env: check_exposure_env(env, args.env_kwargs) for env in envs if env not in ENVS}
-    controllers = [_normal(s) for s in _split(args.controllers)] or list(CONTROLLERS)
+    # one row per spec: two spellings of one spec (spaces) would count its seeds twice
+    controllers = list(dict.fromkeys(_normal(s) for s in _split(args.controllers))) or list(CONTROLLERS)
     args.baseline = _normal(args.baseline)
     notes = []
     try:
@@ -525,6 +527,16 @@ def _main(args: argparse.Namespace, argv: list[str]) -> Path:
         for seed in seeds
     ]
     cfg_dict = cfglib.to_dict(cfg)
+    # the directory first: an unusable --out fails now, not after hours of units
+    run_dir = new_run_dir(args.out if args.out is not None else Path(cfg.out_dir), cfg.name)
+    try:
+        return _bench(args, argv, cfg, cfg_dict, envs, controllers, seeds, units, run_dir, t0)
+    except BaseException:  # Ctrl-C or a failure: no results, so no directory that looks like some
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _bench(args, argv, cfg, cfg_dict, envs, controllers, seeds, units, run_dir, t0) -> Path:
     results = run_units(cfg_dict, units, args.workers, args.env_kwargs)
     summary = summarise(results, args.baseline, args.score)
     wall = time.perf_counter() - t0
@@ -532,7 +544,6 @@ def _main(args: argparse.Namespace, argv: list[str]) -> Path:
     for env, name, start in sorted({(u["env"], u["controller"], u["controller_start"]) for u in results}):
         if start != OWN_CONFIG:  # a shipped prior (controller_init=auto) or a saved state
             print(f"{name} on {env}: {start}")
-    run_dir = new_run_dir(args.out if args.out is not None else Path(cfg.out_dir), cfg.name)
     write_csv(summary, run_dir / "results.csv")
     bands = curve_bands(results)
     record = {

@@ -181,9 +181,12 @@ def test_seed_ranges_and_controller_specs_each_their_own_row(tmp_path):
     with (run_dir / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [r["controller"] for r in rows] == specs and rows[0]["p_greater"] == ""
-    # the same spec twice is one row; a bare name equals its default spec's scores
-    again_dir = bench.main(["--controllers", "fixed:alpha=1,fixed", "--seeds", "100-102", *short])
+    # the same spec twice is one row (spelled with a space too); a bare name equals its default spec's
+    again_dir = bench.main(
+        ["--controllers", "fixed:alpha=1,fixed,fixed: alpha=1", "--seeds", "100-102", *short]
+    )
     again = read_json(again_dir / "results.json")
+    assert again["controllers"] == ["fixed:alpha=1", "fixed"] and len(again["units"]) == 6
     summary = again["summary"]["mock"]
     assert (
         summary["fixed"]["finals"]
@@ -237,6 +240,25 @@ def test_bad_seeds_and_specs_exit_2_in_one_line(argv, message, tmp_path, capsys)
         bench.main([*argv, "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unusable_out_fails_before_any_unit_runs(tmp_path, monkeypatch, capsys):
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setattr(bench, "run_units", lambda *a: pytest.fail("a unit ran"))
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--controllers", "fixed", "--seeds", "1", "--out", str(tmp_path / "afile" / "sub")])
+    assert exc.value.code == 2 and "afile" in capsys.readouterr().err
+
+
+def test_an_interrupted_bench_leaves_no_directory(tmp_path, monkeypatch, capsys):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "run_units", interrupted)
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--controllers", "fixed", "--seeds", "1", "--out", str(tmp_path)])
+    assert exc.value.code == 130 and "no results were written" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
