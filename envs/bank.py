@@ -12,7 +12,9 @@ each line one record, flushed as it is written (a crash loses at most the window
   evaluation ran; on the mock, which scores every window, always).
 
 `recipes/surrogate.py` fits `envs.surrogate_env.SurrogateExposureEnv` to a bank; `bank_dir=DIR` (a
-RunConfig key) makes run.py and bench.py record theirs.
+RunConfig key) makes run.py and bench.py record theirs. run.py's checkpoints hold the recorder's place
+(`BankRecorder.state_dict`), so a resumed run cuts its file back and records on in it: the bank of a
+cut and resumed run equals an uncut one's.
 """
 
 from __future__ import annotations
@@ -103,10 +105,46 @@ class BankRecorder(gym.Wrapper):
         self._obs = _floats(obs)
         return obs, reward, terminated, truncated, info
 
+    def state_dict(self) -> dict[str, Any]:
+        """Where the recording stands (its file, the bytes written, the episode and window), for a
+        checkpoint: a resumed run cuts the file back to it and goes on recording into it."""
+        self._file.flush()
+        return {"path": str(self.path), "offset": self._file.tell(), "episode": self.episode,
+                "window": self.window, "obs": self._obs}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Go on recording where `state_dict` was taken: the file this recorder opened (its meta line
+        alone) is removed, and the run's file is cut back to the checkpoint's offset (the windows
+        after it are recorded again as the resumed run replays them)."""
+        path = Path(state["path"])
+        if not path.is_file() or path.stat().st_size < int(state["offset"]):
+            raise ValueError(
+                f"the bank file {path} this run recorded into is missing or shorter than its checkpoint"
+            )
+        if path != self.path:
+            self._file.close()
+            self.path.unlink(missing_ok=True)
+        else:
+            self._file.close()
+        with path.open("r+b") as fh:
+            fh.truncate(int(state["offset"]))
+        self.path, self._file = path, path.open("a", encoding="utf-8")
+        self.episode, self.window = int(state["episode"]), int(state["window"])
+        self._obs = None if state["obs"] is None else _floats(state["obs"])
+
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()
         super().close()
+
+
+def find_recorder(env: gym.Env) -> BankRecorder | None:
+    """The BankRecorder among `env`'s wrappers, or None."""
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, BankRecorder):
+            return env
+        env = env.env
+    return None
 
 
 @dataclass

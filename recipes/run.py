@@ -41,6 +41,7 @@ from atesd.state import model_bytes, save_state, writing  # noqa: E402
 from atesd.threads import set_threads  # noqa: E402
 from controllers.base import Transition, action_size, mean_alpha, run_episode  # noqa: E402
 from controllers.shared import SharedDecisions  # noqa: E402
+from envs.bank import find_recorder  # noqa: E402
 from recipes import _faults as faults  # noqa: E402
 from recipes._plots import plot_run  # noqa: E402
 from recipes._progress import USER_ERRORS, Display, print_summary, user_errors, warmstart_progress  # noqa: E402
@@ -114,6 +115,9 @@ class Run:
             self.controller.load_state_dict(resume["controller"])
             if resume["env"] is not None:
                 self.env.unwrapped.load_state_dict(resume["env"])
+            recorder = find_recorder(self.env)
+            if recorder is not None and resume.get("bank") is not None:
+                recorder.load_state_dict(resume["bank"])
             self.loop = resume["loop"]
             mine = ranks[self.dist.rank]  # each rank's own problem stream, sampler and global RNGs
             if mine.get("engine") is not None:
@@ -258,6 +262,7 @@ class Run:
             "env": env_state,
             "loop": loop,
             "offsets": self.log.offsets(),
+            "bank": recorder.state_dict() if (recorder := find_recorder(self.env)) is not None else None,
             "ranks": ranks,  # per rank: global RNGs, and on the real env its problem stream and sampler
         }
         save_checkpoint(self.run_dir, state, self.cfg.keep_checkpoints, faults.before_seal)

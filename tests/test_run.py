@@ -211,6 +211,25 @@ def test_a_refused_resume_leaves_a_live_runs_logs_alone(tmp_path, monkeypatch, c
     assert len([m for m in read_jsonl(cut / "metrics.jsonl") if m["kind"] == "window"]) == 10
 
 
+def test_a_resumed_run_records_its_bank_as_an_uncut_one(tmp_path, monkeypatch):
+    """bank_dir: the resumed run cuts its bank file back to the checkpoint and records on in it."""
+    from envs.bank import read_bank
+
+    args = ["--controller", "bandit", *MOCK, "episodes=2", "checkpoint_every=7"]
+    run.main([*args, f"out_dir={tmp_path / 'full'}", f"bank_dir={tmp_path / 'bank_full'}"])
+    cut = [*args, f"out_dir={tmp_path / 'cut'}", f"bank_dir={tmp_path / 'bank_cut'}"]
+    _crash_at(monkeypatch, 9)  # in episode 0, 2 windows after the checkpoint at window 7
+    with pytest.raises(SystemExit):
+        run.main(cut)
+    monkeypatch.undo()
+    run.main([*cut, "--resume", "auto"])
+    banks = [read_bank(tmp_path / name) for name in ("bank_full", "bank_cut")]
+    assert [b.files for b in banks] == [1, 1]
+    windows = [[(w["episode"], w["window"], w["action"], w["reward"]) for r in b.runs for w in r["windows"]]
+               for b in banks]  # fmt: skip
+    assert len(windows[0]) == 20 and windows[1] == windows[0]
+
+
 def test_a_name_that_looks_like_a_number_is_a_name(tmp_path):
     run_dir = run.main(["--controller", "fixed", *MOCK, "--name", "2024", f"out_dir={tmp_path}"])
     assert run_dir.name.startswith("fixed__2024__0__")
