@@ -45,6 +45,14 @@ def test_bad_values_name_the_field():
         cfglib.load(ChainBagConfig, None, ["bands=[[3,0,7],[0,2,5]]"])
 
 
+def test_values_read_as_yaml_1_2():
+    """yes/no/on/off are text, a leading zero is decimal, a date is text (PyYAML reads YAML 1.1)."""
+    parsed = cfglib.parse_overrides(["a=010", "b=yes", "c=off", "d=true", "e=0x1F", "f=2024-01-05", "g=-7"])
+    assert parsed == {"a": 10, "b": "yes", "c": "off", "d": True, "e": 31, "f": "2024-01-05", "g": -7}
+    with pytest.raises(cfglib.ConfigError, match="must be true or false, got 'yes'"):
+        cfglib.load(EngineConfig, None, ["grounded=yes"])
+
+
 def test_yaml_file(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("lr: 0.001\nteacher:\n  kind: ema\n")
