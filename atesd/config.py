@@ -108,8 +108,14 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         value = parse_value(raw, item) if raw else ""
         node = out
         parts = key.split(".")
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(
+                    f"override '{item}': {'.'.join(parts[: i + 1])} was given a value, not keys"
+                )
+        if isinstance(node.get(parts[-1]), dict) and not isinstance(value, dict):
+            raise ConfigError(f"override '{item}': {key} was given keys, not a value")
         node[parts[-1]] = value
     return out
 

@@ -37,6 +37,10 @@ def test_bad_values_name_the_field():
         cfglib.load(EngineConfig, None, ["batch_size=many"])
     with pytest.raises(cfglib.ConfigError, match="key.path=value"):
         cfglib.parse_overrides(["lr"])
+    with pytest.raises(cfglib.ConfigError, match="seed was given a value, not keys"):
+        cfglib.parse_overrides(["seed=1", "seed.x=2"])
+    with pytest.raises(cfglib.ConfigError, match="loss was given keys, not a value"):
+        cfglib.parse_overrides(["loss.kind=l2", "loss=3"])
     from atesd.tasks.synthetic import ChainBagConfig  # fixed-length pairs: no value dropped unsaid
 
     with pytest.raises(cfglib.ConfigError, match=r"chain_lengths must hold 2 values, got \[1, 5, 9\]"):
