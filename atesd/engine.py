@@ -233,6 +233,11 @@ class DistillEngine:
         dist: Dist | None = None,
     ) -> None:
         self.cfg = cfg or EngineConfig()
+        if self.cfg.exposure.reference == "other" and self.cfg.batch_size < 2:
+            raise ValueError(  # the control would silently be the problem's own reference
+                "exposure.reference=other shows each problem another problem's reference from its batch: "
+                f"it needs batch_size >= 2 (per process), got {self.cfg.batch_size}"
+            )
         self.dist = dist or Dist.single()  # under torchrun: shards, averaged gradients and statistics
         self.student, self.tokenizer, self.task = model, tokenizer, task
         self.teacher = Teacher(model, self.cfg.teacher)  # a frozen or EMA copy is taken before sharding
@@ -484,7 +489,10 @@ class DistillEngine:
         probe after each update but the last is measured while the next update's rollout samples."""
         if hold_steps < 1:
             raise ValueError(f"hold_steps must be >= 1, got {hold_steps}")
-        start = self.last_probe_nll if self.last_probe_nll is not None else self.probe_nll()
+        if not self.cfg.probe_every:  # never measured (then every step's probe is NaN too)
+            start = math.nan
+        else:
+            start = self.last_probe_nll if self.last_probe_nll is not None else self.probe_nll()
         if not self.overlaps_probe():
             steps = [self.step(alpha) for _ in range(hold_steps)]
         else:  # the probe after update t runs beside the rollout of update t + 1 (same weights)
@@ -507,7 +515,7 @@ class DistillEngine:
         if mode == "own":
             refs = problems
         elif mode == "other":  # a derangement: each problem gets its neighbour's reference
-            refs = problems[1:] + problems[:1] if len(problems) > 1 else problems
+            refs = problems[1:] + problems[:1]
         else:
             refs = [self.task.path_matched(p, t) for p, t in zip(problems, texts)]
         solved = self.cfg.exposure.solved_alpha if per_outcome else None

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from atesd.tasks.base import Problem, PromptFormat
@@ -55,9 +56,16 @@ class ExposureConfig:
 
 
 def num_revealed(alpha: float, num_segments: int) -> int:
-    """floor(alpha * m), robust to float noise (alpha=0.7, m=10 reveals 7)."""
+    """floor(alpha * m), robust to float noise (alpha=0.7, m=10 reveals 7), a float32 alpha too.
+
+    Env actions are float32, and np.float32(0.7) is 0.699999988 as a double: an alpha that a float32
+    holds exactly is read as the shortest decimal that float32 prints (0.7), so it reveals 7 of 10
+    steps, not 6. An alpha of a double's precision is taken as it is."""
     if not 0.0 <= alpha <= 1.0 or math.isnan(alpha):
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    single = np.float32(alpha)
+    if float(single) == alpha:
+        alpha = float(str(single))
     return min(num_segments, math.floor(alpha * num_segments + 1e-9))
 
 

@@ -50,12 +50,17 @@ def discounted_progress(losses: Sequence[float], gamma: float, signed: bool = Fa
 
 
 def discounted_mean(values: Sequence[float], gamma: float) -> float:
-    """sum gamma^(i-1) v_i / sum gamma^(i-1): the discount-weighted mean used for the grounded term."""
+    """sum gamma^(i-1) v_i / sum gamma^(i-1): the discount-weighted mean used for the grounded term,
+    over the finite values only, each at its own weight (an update skipped as non-finite measured
+    no score); NaN when none is finite."""
     arr = np.asarray(values, dtype=np.float64)
     if arr.size == 0:
         raise ValueError("values must be non-empty")
     w = gamma ** np.arange(arr.size)
-    return float(np.sum(w * arr) / np.sum(w))
+    finite = np.isfinite(arr)
+    if not finite.any():
+        return math.nan
+    return float(np.sum(w[finite] * arr[finite]) / np.sum(w[finite]))
 
 
 def window_reward(
@@ -67,7 +72,7 @@ def window_reward(
         raise ValueError(f"need H+1 losses for H grounded scores, got {len(losses)} and {len(grounded)}")
     progress = discounted_progress(losses, gamma, signed)
     g = discounted_mean(grounded, gamma) if len(grounded) else 0.0
-    return {"progress": progress, "grounded": g, "reward": progress + lambda_gt * g}
+    return {"progress": progress, "grounded": g, "reward": progress + (lambda_gt * g if lambda_gt else 0.0)}
 
 
 def window_reward_floats(
@@ -90,9 +95,11 @@ def grounded_change(terms: dict[str, float], previous: float | None, lambda_gt: 
     """`window_reward`'s terms with the grounded term as a change: this window's discount-weighted
     mean grounded score minus the previous window's (0 in an episode's first window, `previous` None).
 
-    Summed over a decision's lookahead the changes telescope to how much the grounded score rose over
-    it, so a controller is paid for a student that got better, not for a state that was already good
-    (the level form pays every window for the competence reached before the decision). Returns the
+    A decision's credit is the discount-weighted mean of these changes over its lookahead (with
+    gamma = 1, the total rise over it divided by the windows), so a controller is paid for a student
+    that got better, not for a state that was already good (the level form pays every window for the
+    competence reached before the decision). `previous` should be the last finite level: a window
+    whose level is NaN (no score measured) has a NaN change and leaves the level to compare with. Returns the
     terms (`grounded` now the change, `reward` = progress + lambda_gt * change) plus `grounded_level`,
     the window's mean, for the next window's `previous`.
     """
@@ -104,7 +111,7 @@ def grounded_change(terms: dict[str, float], previous: float | None, lambda_gt: 
     return {
         "progress": terms["progress"],
         "grounded": change,
-        "reward": terms["progress"] + lambda_gt * change,
+        "reward": terms["progress"] + (lambda_gt * change if lambda_gt else 0.0),
         "grounded_level": level,
     }
 

@@ -183,6 +183,11 @@ class TeacherExposureEnv(gym.Env):
             raise ValueError(
                 "the env's reward needs the probe NLL every update: engine.probe_every must be 1"
             )
+        if not engine.cfg.grounded and self.cfg.lambda_gt > 0:
+            raise ValueError(
+                f"the reward's grounded term (lambda_gt={self.cfg.lambda_gt}) needs the grounded score: set "
+                "engine.grounded=true, or lambda_gt=0 for a reward of the learning progress alone"
+            )
         self.engine = engine
         self.per_band = self.cfg.action == "per_band"
         self.bands: tuple[str, ...] = action_bands(engine.task) if self.per_band else ()
@@ -239,7 +244,9 @@ class TeacherExposureEnv(gym.Env):
         )
         if self.cfg.grounded_change:
             terms = grounded_change(terms, self.grounded_prev, self.cfg.lambda_gt)
-            self.grounded_prev = terms.pop("grounded_level")
+            level = terms.pop("grounded_level")
+            if math.isfinite(level):  # a window that measured no score leaves the level to compare with
+                self.grounded_prev = level
         terminated = self.steps_done >= self.cfg.total_steps
         metrics = [s.metrics() for s in window.steps]
         info = {

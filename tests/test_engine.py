@@ -101,6 +101,22 @@ def test_reference_controls(tiny_model, tokenizer, small_task):
         assert problems[i].question in text and problems[(i + 1) % 3].solution.rsplit("A", 1)[0] in text
 
 
+def test_the_other_reference_control_needs_two_problems_a_batch(tiny_model, tokenizer, small_task):
+    with pytest.raises(ValueError, match="reference=other.*batch_size >= 2"):
+        DistillEngine(
+            tiny_model,
+            tokenizer,
+            small_task,
+            EngineConfig(batch_size=1, exposure=ExposureConfig(reference="other")),
+        )
+
+
+def test_a_window_without_the_probe_measures_none(tiny_model, tokenizer, small_task):
+    cfg = EngineConfig(batch_size=2, probe_every=0, sampling=SamplingConfig(max_new_tokens=8))
+    window = DistillEngine(tiny_model, tokenizer, small_task, cfg, probe=[]).run_window(0.5, 2)
+    assert math.isnan(window.probe_before) and all(math.isnan(s.probe_nll) for s in window.steps)
+
+
 def test_nonfinite_losses_skip_updates_then_stop(tiny_model, tokenizer, small_task):
     engine = make_engine(tiny_model, tokenizer, small_task, max_nonfinite_steps=2)
 

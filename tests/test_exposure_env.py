@@ -1,3 +1,4 @@
+import math
 import warnings
 
 import gymnasium as gym
@@ -99,6 +100,47 @@ def test_a_task_without_reference_solutions_is_refused(tiny_model, tokenizer, sm
     engine = DistillEngine(tiny_model, tokenizer, small_task, EngineConfig(batch_size=2), probe=[])
     with pytest.raises(ValueError, match="probe set of reference solutions"):
         TeacherExposureEnv(engine=engine)
+
+
+def test_without_the_grounded_score_the_reward_is_the_progress_alone(tiny_model, tokenizer, small_task):
+    cfg = EngineConfig(batch_size=2, grounded=False, sampling=SamplingConfig(max_new_tokens=8))
+    engine = DistillEngine(tiny_model, tokenizer, small_task, cfg)
+    with pytest.raises(ValueError, match="needs the grounded score"):
+        TeacherExposureEnv(engine=engine, cfg=ExposureEnvConfig(hold_steps=2, total_steps=4))
+    env = TeacherExposureEnv(engine=engine, cfg=ExposureEnvConfig(hold_steps=2, total_steps=4, lambda_gt=0.0))
+    env.reset(seed=0)
+    _, reward, *_, info = env.step(np.array([0.5], dtype=np.float32))
+    assert math.isfinite(reward) and reward == info["reward/progress"]
+
+
+def test_a_skipped_update_leaves_the_window_reward_finite(engine):
+    """A non-finite update is skipped (up to max_nonfinite_steps in a row) and measures no grounded
+    score: the window's grounded mean is over the updates that did, and the next change compares
+    with the last level measured."""
+    env = TeacherExposureEnv(engine=engine, cfg=ExposureEnvConfig(hold_steps=2, total_steps=6))
+    env.reset(seed=0)
+    calls = {"n": 0}
+
+    def poison(module, args, output):  # NaN in the second training forward only
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == 2:
+                return output * float("nan")
+        return output
+
+    engine.student.model.norm.register_forward_hook(poison)
+    rewards = [env.step(np.array([0.5], dtype=np.float32))[1] for _ in range(3)]
+    assert engine.nonfinite_total == 1 and all(math.isfinite(r) for r in rewards), rewards
+
+
+def test_a_float32_alpha_reveals_the_steps_its_decimal_says():
+    """float(np.float32(0.7)) is 0.699999988: an env action of 0.7 must still reveal 7 of 10 steps."""
+    from atesd.exposure import num_revealed
+
+    for alpha, m, k in ((0.7, 10, 7), (0.9, 20, 18), (0.35, 20, 7), (0.95, 40, 38), (0.75, 4, 3)):
+        action = np.array([alpha], dtype=np.float32)
+        assert num_revealed(spec.check_action(action), m) == num_revealed(alpha, m) == k
+    assert num_revealed(0.6999999, 10) == 6  # a double's alpha as it is
 
 
 def test_without_an_engine_the_env_builds_one_through_the_builder(tmp_path):

@@ -55,6 +55,8 @@ def test_windowed_returns_equal_the_papers_step_level_progress():
 def test_discounted_mean():
     assert discounted_mean([1.0, 3.0], 1.0) == 2.0
     assert math.isclose(discounted_mean([1.0, 3.0], 0.5), (1 + 1.5) / 1.5)
+    assert math.isclose(discounted_mean([1.0, math.nan, 3.0], 0.5), (1 + 0.25 * 3) / 1.25)  # finite only
+    assert math.isnan(discounted_mean([math.nan], 0.5))
 
 
 def test_the_change_form_pays_the_rise_of_the_grounded_score_and_telescopes():
