@@ -8,6 +8,7 @@ a tiny `Qwen3ForCausalLM`), saves and loads both with `save_pretrained` / `from_
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -273,6 +274,9 @@ def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     tokenizer.save_pretrained(path)
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(?:/[A-Za-z0-9][\w.-]*)?")  # a hub repo id, not a path
+
+
 def load_pretrained(
     name_or_path: str | Path,
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32",
@@ -282,13 +286,19 @@ def load_pretrained(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load any HF causal LM and its tokenizer by hub id or local path (remote code off unless asked).
 
+    A name that exists on disk (`~` expanded) is a local checkpoint; one that reads as a hub id
+    (`name` or `owner/name`, dots allowed: `Qwen/Qwen3-1.7B`) goes to the hub (or its cache); any
+    other path must exist.
+
     Raises:
-        FileNotFoundError: a local-looking path that does not exist.
+        FileNotFoundError: a path that is not a hub id and does not exist.
     """
-    path = Path(name_or_path)
-    if (str(name_or_path).startswith((".", "/", "~")) or path.suffix) and not path.expanduser().exists():
+    local = Path(name_or_path).expanduser()
+    if local.exists():
+        name_or_path = str(local)
+    elif not _HUB_ID.fullmatch(str(name_or_path)):
         raise FileNotFoundError(
-            f"model path {name_or_path} does not exist; pass an existing directory or a hub id"
+            f"model path {name_or_path} does not exist; pass an existing directory or a hub id (owner/name)"
         )
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)

@@ -70,3 +70,29 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_pretrained(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_pretrained("runs/typo/final_model")  # two slashes: a path, not a hub id
+
+
+def test_hub_ids_with_dots_go_to_the_hub_and_a_home_path_is_expanded(
+    tiny_model, tokenizer, tmp_path, monkeypatch
+):
+    import pytest
+    import transformers
+
+    asked = []
+
+    def offline(name, **kw):
+        asked.append(name)
+        raise OSError("offline")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", offline)
+    for hub_id in ("Qwen/Qwen3-1.7B", "meta-llama/Llama-3.2-1B", "gpt2"):
+        with pytest.raises(OSError, match="offline"):  # reached the hub, not refused as a missing file
+            load_pretrained(hub_id)
+    assert asked == ["Qwen/Qwen3-1.7B", "meta-llama/Llama-3.2-1B", "gpt2"]
+    monkeypatch.undo()
+    monkeypatch.setenv("HOME", str(tmp_path))
+    save_pretrained(tiny_model, tokenizer, tmp_path / "ckpt")
+    model, _ = load_pretrained("~/ckpt")
+    assert model.config.num_hidden_layers == tiny_model.config.num_hidden_layers
