@@ -8,10 +8,11 @@ class FakeMachine:
     """A 2-core machine whose other processes keep `others` cores busy (monotonic clock, /proc/stat and
     this process's CPU time all simulated)."""
 
-    def __init__(self, monkeypatch, others: float, own: float = 1.0) -> None:
+    def __init__(self, monkeypatch, others: float, own: float = 1.0, cpus=(0, 1), quota=float("inf")) -> None:
         self.t, self.busy, self.own, self.others, self.own_rate = 0.0, 0.0, 0.0, others, own
-        monkeypatch.setattr(th.os, "cpu_count", lambda: 2)
-        monkeypatch.setattr(th, "_busy_seconds", lambda: self.busy)
+        monkeypatch.setattr(th, "allowed_cpus", lambda: list(cpus))
+        monkeypatch.setattr(th, "cpu_quota", lambda: quota)
+        monkeypatch.setattr(th, "_busy_seconds", lambda cpus=None: self.busy)
         monkeypatch.setattr(th, "_own_seconds", lambda: self.own)
         monkeypatch.setattr(th.time, "monotonic", lambda: self.t)
         monkeypatch.setattr(th.time, "sleep", self.advance)
@@ -44,8 +45,33 @@ def test_own_threads_do_not_count_as_others(monkeypatch):
     assert th.FreeCoreThreads().threads == 2
 
 
+def test_the_cores_are_those_the_process_may_use(monkeypatch):
+    """A cpuset (taskset, Slurm, docker --cpuset-cpus) or a cgroup quota (docker --cpus) bounds the
+    threads on an idle machine, where the machine's core count would oversubscribe them."""
+    FakeMachine(monkeypatch, others=0.0, cpus=(3,))
+    assert th.FreeCoreThreads().threads == 1
+    FakeMachine(monkeypatch, others=0.0, cpus=(0, 1), quota=0.5)
+    assert th.FreeCoreThreads().threads == 1
+
+
+def test_busy_time_is_counted_on_the_allowed_cpus(monkeypatch, tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text(
+        "cpu  30 0 10 500 5 0 0 0 0 0\ncpu0 10 0 0 250 0 0 0 0 0 0\ncpu1 20 0 10 250 5 0 0 0 0 0\n"
+    )
+    monkeypatch.setattr(th, "_PROC_STAT", str(stat))
+    tick = th.os.sysconf("SC_CLK_TCK")
+    assert th._busy_seconds() == 40 / tick and th._busy_seconds([1]) == 30 / tick
+    assert th._busy_seconds([0, 1]) == 40 / tick and th._busy_seconds([7]) is None
+    cpu_max = tmp_path / "cpu.max"
+    monkeypatch.setattr(th, "_CGROUP_CPU_MAX", str(cpu_max))
+    for text, quota in (("150000 100000", 1.5), ("max 100000", float("inf"))):
+        cpu_max.write_text(text)
+        assert th.cpu_quota() == quota
+
+
 def test_without_proc_stat_the_maximum_is_kept(monkeypatch):
-    monkeypatch.setattr(th, "_busy_seconds", lambda: None)
+    monkeypatch.setattr(th, "_busy_seconds", lambda cpus=None: None)
     follower = th.FreeCoreThreads(max_threads=3, probe_s=0)
     assert follower.update() == 3 and torch.get_num_threads() == 3
 
