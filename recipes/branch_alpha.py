@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -145,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     with user_errors(args.debug, "the branching stopped; no results were written"):
         cfg = cfglib.load(BranchConfig, args.config, args.overrides)
         seeds = seed_list(args.seeds)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after the training
+        if not os.access(out, os.W_OK):
+            raise PermissionError(f"--out {out} is not writable")
         t0 = time.perf_counter()
         runs = [run_seed(cfg, s) for s in seeds]
     alphas, stages = sorted({*cfg.alphas, cfg.base}), sorted(set(cfg.stages))
@@ -159,8 +164,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['stage']:5d}  {r['alpha']:5.2f}  {r['gain']:+.3f}   {r['vs_base']:+.3f}   "
             f"{r['sd_vs_base']:.3f}   {r['p_better']:.3g}"
         )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     result = {"config": cfglib.to_dict(cfg), "seeds": seeds, "runs": runs, "summary": rows,
               "seconds": time.perf_counter() - t0}  # fmt: skip
     (out / "branch_alpha.json").write_text(json.dumps(result, indent=1, default=str))

@@ -26,6 +26,10 @@ def test_seeds_parse_like_bench_and_bad_input_is_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert exc.value.code == 2 and message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+    (tmp_path / "afile").write_text("")  # an unusable --out fails before any training, in one line
+    with pytest.raises(SystemExit) as exc:
+        branch_alpha.main(["--seeds", "1", "--out", str(tmp_path / "afile" / "out")])
+    assert exc.value.code == 2 and "afile" in capsys.readouterr().err
 
 
 def test_the_summary_is_paired_against_the_base_branch():
