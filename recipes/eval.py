@@ -14,25 +14,36 @@ most 63 tokens at the default bands), so the default run, the 4 x 256 problems o
 samples, takes about 20 s on one CPU core. maj@n grades the voted answer alone (on the synthetic
 task the headline `correct` also needs a valid path, so maj@n can exceed pass@n there).
 
-Writes `runs/eval__<task>__<time>/` (never reused): config.json (with the resolved sampling),
+Writes `runs/eval__<task>__<time>/` (never reused): config.json (with the resolved sampling) first;
 problems.jsonl (one line per problem: its samples' text, extracted answer and correctness, c and n,
-pass@k, the majority vote, the greedy completion) and summary.json (the metrics per evaluation set
-and over all problems, pooled), and prints a table (rich on a terminal, plain text otherwise).
+pass@k, the majority vote, the greedy completion) one chunk of problems at a time, each chunk fsynced
+and followed by sampling_state.json (problems done, the generator's state; replaced atomically); at
+the end summary.json (the metrics per evaluation set and over all problems, pooled, computed from
+problems.jsonl), and prints a table (rich on a terminal, plain text otherwise). A chunk is the fewest
+whole problems whose samples fill whole sampler batches, so the samples are those of one stream.
+Stopped early (Ctrl-C, a crash, CUDA OOM), it keeps what is done and prints how to continue:
+
+    python recipes/eval.py --resume runs/eval__aime24__<time>     # the same results as never stopping
+
+A directory with no problem done is removed.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import dataclasses
 import json
 import math
+import os
+import shlex
 import shutil
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -44,13 +55,13 @@ sys.path.insert(0, str(ROOT))
 from atesd import config as cfglib  # noqa: E402
 from atesd.builder import RealConfig, build_backend, build_student, build_task  # noqa: E402
 from atesd.engine import SamplingConfig  # noqa: E402
-from atesd.eval_records import Rollout, generate, problem_record, sample_record  # noqa: E402
+from atesd.eval_records import generate, problem_record, sample_record  # noqa: E402
 from atesd.evaluation import summarize  # noqa: E402
 from atesd.exposure import ExposureConfig, PromptBuilder  # noqa: E402
 from atesd.models import HFModelConfig  # noqa: E402
-from atesd.rollout import BACKENDS, SamplingParams  # noqa: E402
+from atesd.rollout import BACKENDS, RolloutBackend, SamplingParams  # noqa: E402
 from atesd.tasks.base import Problem, Task, Verdict  # noqa: E402
-from recipes._progress import USER_ERRORS, fresh_dir, user_errors, warmstart_progress  # noqa: E402
+from recipes._progress import fresh_dir, user_errors, warmstart_progress  # noqa: E402
 
 PAPER_SAMPLES, PAPER_MAX_NEW_TOKENS = 12, 38_912  # docs/METHOD.md §4
 SYNTHETIC_SAMPLES, SYNTHETIC_MAX_NEW_TOKENS = 4, 96  # 96: the training sampler's default
@@ -201,67 +212,29 @@ def answer_key(cfg: EvalConfig) -> Callable[[str], str]:
     return normalise
 
 
-# ---- the evaluation -----------------------------------------------------------------------------
-def sample_sets(
-    cfg: EvalConfig, prompts: list[list[int]], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
-) -> tuple[list[Rollout], list[Rollout]]:
-    """n sampled completions per prompt (prompt-major: prompt i's are [i * n, (i + 1) * n)) from one
-    generator seeded by `cfg.seed`, and with `cfg.greedy` one greedy completion per prompt."""
-    from recipes._progress import progress
-
-    n, max_new_tokens = cfg.sampling.resolved(cfg.synthetic)
-    backend = build_backend(cfg.real, model, tokenizer, cfg.sampling)
-    device = next(model.parameters()).device
-    seed = int(np.random.SeedSequence(cfg.seed).generate_state(1)[0])
-    generator = torch.Generator(device=device).manual_seed(seed)
-    flat = [ids for ids in prompts for _ in range(n)]
-    batch_size = cfg.sampling.batch_size
-    with progress(f"sampling {len(flat)} completions", len(flat)) as update:
-        params = cfg.sampling.at(max_new_tokens)
-        rollouts = generate(backend, tokenizer, flat, params, batch_size, generator, update)
-    if not cfg.greedy:
-        return rollouts, []
-    params = cfg.sampling.at(max_new_tokens, greedy=True)
-    return rollouts, generate(backend, tokenizer, prompts, params, batch_size, None)
+# ---- the evaluation, one chunk of problems at a time --------------------------------------------
+PROBLEMS, SUMMARY = "problems.jsonl", "summary.json"
+STATE = "sampling_state.json"  # problems done, and the sampling generator after them: what --resume reads
 
 
-def grade_all(
-    task: Task,
-    sets: dict[str, list[Problem]],
-    rollouts: list[Rollout],
-    greedy: list[Rollout],
-    ks: list[int],
-    key: Callable[[str], str],
-    path: Path,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Grades every completion, writes one problems.jsonl line per problem, and returns the metrics
-    per set and over all problems."""
-    n = len(rollouts) // sum(len(ps) for ps in sets.values())
-    per_set: dict[str, Any] = {}
-    every: tuple[list[list[Verdict]], list[bool]] = ([], [])
-    offset = 0
-    with path.open("w", encoding="utf-8") as fh:
-        for name, problems in sets.items():
-            verdicts: list[list[Verdict]] = []
-            greedy_ok: list[bool] = []
-            for i, problem in enumerate(problems):
-                graded = [(r, task.verify(problem, r.text)) for r in rollouts[offset * n : (offset + 1) * n]]
-                record = problem_record(name, i, problem, graded, ks, key)
-                if greedy:
-                    verdict = task.verify(problem, greedy[offset].text)
-                    record["greedy"] = sample_record(greedy[offset], verdict)
-                    greedy_ok.append(verdict.correct)
-                fh.write(json.dumps(record) + "\n")
-                verdicts.append([v for _, v in graded])
-                offset += 1
-            per_set[name] = _metrics(verdicts, greedy_ok, ks, key)
-            every[0].extend(verdicts)
-            every[1].extend(greedy_ok)
-    return per_set, _metrics(*every, ks=ks, key=key)
+class Sampler(NamedTuple):
+    """What draws the completions: the backend, the tokenizer that decodes them, the one generator."""
+
+    backend: RolloutBackend
+    tokenizer: PreTrainedTokenizerBase
+    generator: torch.Generator
+
+
+def chunk_problems(n: int, batch_size: int) -> int:
+    """Problems per chunk: the fewest whole problems whose n samples each fill whole sampler batches,
+    batch_size / gcd(n, batch_size). Sampled chunk by chunk, the completions then come from the very
+    sampler calls, and so the very generator draws, of one stream over all n x P of them."""
+    return batch_size // math.gcd(n, batch_size)
 
 
 def evaluate(cfg: EvalConfig, run_dir: Path) -> dict[str, Any]:
-    """Samples, grades and writes problems.jsonl; returns the summary (main writes summary.json)."""
+    """Samples, grades and appends problems.jsonl chunk by chunk (`sample_chunks`), continuing from
+    `run_dir`'s saved state where it has one; returns the summary (main writes summary.json)."""
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.threads)
     task = load_task(cfg)
@@ -271,26 +244,99 @@ def evaluate(cfg: EvalConfig, run_dir: Path) -> dict[str, Any]:
     if len(ks) < len(set(cfg.pass_k)):
         print(f"pass@k: k > n = {n} left out ({sorted(set(cfg.pass_k) - set(ks))})", flush=True)
     sets = {name: problems[: cfg.max_problems or None] for name, problems in task.eval_sets().items()}
+    items = [(name, i, problem) for name, problems in sets.items() for i, problem in enumerate(problems)]
+    device = next(model.parameters()).device
+    seed = int(np.random.SeedSequence(cfg.seed).generate_state(1)[0])
+    generator = torch.Generator(device=device).manual_seed(seed)
+    done, seconds = 0, 0.0
+    state = read_state(run_dir)
+    if state is not None:
+        done, seconds = restore(run_dir, state, items, generator)
+        print(f"resuming {run_dir}: {done} of {len(items)} problems done", flush=True)
     exposure = ExposureConfig(student_thinking=cfg.sampling.thinking)
     builder = PromptBuilder(tokenizer, task.prompt_format, exposure)
-    prompts = [builder.encode(builder.student_prompt(p)) for ps in sets.values() for p in ps]
-    rollouts, greedy = sample_sets(cfg, prompts, model, tokenizer)
-    per_set, overall = grade_all(
-        task, sets, rollouts, greedy, ks, answer_key(cfg), run_dir / "problems.jsonl"
+    prompts = [builder.encode(builder.student_prompt(p)) for _, _, p in items]
+    backend = build_backend(cfg.real, model, tokenizer, cfg.sampling)
+    sample_chunks(
+        cfg, task, items, prompts, Sampler(backend, tokenizer, generator), run_dir, done, t0 - seconds
     )
+    records = read_records(run_dir / PROBLEMS, len(items))
     sampling = cfglib.to_dict(cfg.sampling) | {"samples": n, "max_new_tokens": max_new_tokens}
     return {
         "task": cfg.task,
         "model": cfg.real.hf.name_or_path or "embedded",
         "seed": cfg.seed,
         "sampling": sampling,
-        "sets": per_set,
-        "all": overall,
-        "completions": len(rollouts),
-        "tokens": sum(r.num_tokens for r in rollouts),
-        "truncated_rate": float(np.mean([not r.finished for r in rollouts])),
-        "seconds": time.perf_counter() - t0,
+        **summarize_records(records, list(sets), ks, answer_key(cfg)),
+        "seconds": seconds + time.perf_counter() - t0,
         "run_dir": str(run_dir),
+    }
+
+
+def sample_chunks(
+    cfg: EvalConfig,
+    task: Task,
+    items: list[tuple[str, int, Problem]],
+    prompts: list[list[int]],
+    sampler: Sampler,
+    run_dir: Path,
+    done: int,
+    t_start: float,
+) -> None:
+    """Problems `done`.. in chunks of `chunk_problems`: n samples each (prompt-major) from the one
+    generator, with `cfg.greedy` a greedy completion each; every chunk's problems.jsonl lines are
+    appended and fsynced, then the state (problems done, generator) replaces the last one atomically.
+    `t_start`: the perf_counter reading at which the evaluation's time began."""
+    from recipes._progress import progress
+
+    backend, tokenizer, generator = sampler
+    n, max_new_tokens = cfg.sampling.resolved(cfg.synthetic)
+    ks, key = sorted(k for k in set(cfg.pass_k) if k <= n), answer_key(cfg)
+    batch_size, step = cfg.sampling.batch_size, chunk_problems(n, cfg.sampling.batch_size)
+    total = len(items) * n
+    with progress(f"sampling {total} completions", total) as update, (run_dir / PROBLEMS).open("a") as fh:
+        for start in range(done, len(items), step):
+            chunk = prompts[start : start + step]
+            flat = [ids for ids in chunk for _ in range(n)]
+            params = cfg.sampling.at(max_new_tokens)
+            rollouts = generate(
+                backend, tokenizer, flat, params, batch_size, generator, lambda k, s=start: update(s * n + k)
+            )
+            params = cfg.sampling.at(max_new_tokens, greedy=True)
+            greedy = generate(backend, tokenizer, chunk, params, batch_size, None) if cfg.greedy else []
+            for j, (name, i, problem) in enumerate(items[start : start + step]):
+                graded = [(r, task.verify(problem, r.text)) for r in rollouts[j * n : (j + 1) * n]]
+                record = problem_record(name, i, problem, graded, ks, key)
+                if greedy:
+                    record["greedy"] = sample_record(greedy[j], task.verify(problem, greedy[j].text))
+                fh.write(json.dumps(record) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+            state = {"problems_done": start + len(chunk), "problems": len(items)}
+            state |= {"seconds": time.perf_counter() - t_start, "device": generator.device.type}
+            raw = generator.get_state().numpy().tobytes()
+            write_atomic(run_dir / STATE, json.dumps(state | {"generator": base64.b64encode(raw).decode()}))
+
+
+def summarize_records(
+    records: list[dict[str, Any]], names: list[str], ks: list[int], key: Callable[[str], str]
+) -> dict[str, Any]:
+    """The metrics per set and over all problems, and the completion counts, from problems.jsonl's
+    records: a resumed evaluation is summarised exactly as an uninterrupted one."""
+    groups: dict[str, tuple[list, list]] = {name: ([], []) for name in names}  # verdicts, greedy grades
+    for r in records:
+        verdicts, greedy_ok = groups[r["set"]]
+        verdicts.append([Verdict(s["correct"], s["answer_correct"], s["path_valid"], s["predicted"])
+                         for s in r["samples"]])  # fmt: skip
+        greedy_ok.extend([r["greedy"]["correct"]] if "greedy" in r else [])
+    every = ([v for vs, _ in groups.values() for v in vs], [g for _, gs in groups.values() for g in gs])
+    samples = [s for r in records for s in r["samples"]]
+    return {
+        "sets": {name: _metrics(*group, ks, key) for name, group in groups.items()},
+        "all": _metrics(*every, ks, key),
+        "completions": len(samples),
+        "tokens": sum(s["num_tokens"] for s in samples),
+        "truncated_rate": float(np.mean([not s["finished"] for s in samples])),
     }
 
 
@@ -302,6 +348,128 @@ def _metrics(
     if greedy_ok:
         out["greedy_accuracy"] = float(np.mean(greedy_ok))
     return out
+
+
+# ---- the saved state and resuming ---------------------------------------------------------------
+def write_atomic(path: Path, text: str) -> None:
+    """`path` whole or not at all: a temporary file, fsynced, renamed over it."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_state(run_dir: Path) -> dict[str, Any] | None:
+    """`run_dir`'s saved sampling state; None where it has none (no chunk finished yet)."""
+    path = run_dir / STATE
+    if not path.exists():
+        return None
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise cfglib.ConfigError(f"--resume {run_dir}: {STATE} is not readable JSON ({err})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("problems_done"), int):
+        raise cfglib.ConfigError(f"--resume {run_dir}: {STATE} holds no count of problems done")
+    return state
+
+
+def restore(
+    run_dir: Path, state: dict[str, Any], items: list[tuple[str, int, Problem]], generator: torch.Generator
+) -> tuple[int, float]:
+    """Sets `generator` to its state after the last finished chunk and cuts problems.jsonl back to
+    the problems `state` counts (a line written after it, or torn by a crash, is dropped); returns
+    (problems done, seconds spent). ConfigError where `state` cannot continue this evaluation."""
+    done, where = state["problems_done"], f"--resume {run_dir}"
+    if state.get("problems") != len(items) or not 0 < done <= len(items):
+        raise cfglib.ConfigError(
+            f"{where}: {STATE} counts {done} of {state.get('problems')} problems; this evaluation has "
+            f"{len(items)} (did the task's data change?)"
+        )
+    if state.get("device") != generator.device.type:
+        raise cfglib.ConfigError(
+            f"{where}: it was sampled on {state.get('device')}, this run samples on "
+            f"{generator.device.type}; set real.device={state.get('device')} to continue it"
+        )
+    try:
+        raw = base64.b64decode(state["generator"], validate=True)
+        generator.set_state(torch.tensor(list(raw), dtype=torch.uint8))
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise cfglib.ConfigError(f"{where}: {STATE} holds no usable generator state ({err})") from None
+    for k, (record, (name, i, problem)) in enumerate(zip(read_records(run_dir / PROBLEMS, done), items)):
+        if (record.get("set"), record.get("index"), record.get("question")) != (name, i, problem.question):
+            raise cfglib.ConfigError(
+                f"{where}: line {k + 1} of {PROBLEMS} is not problem {name}/{i} of this task (did the "
+                "task's data change?)"
+            )
+    return done, float(state.get("seconds", 0.0))
+
+
+def read_records(path: Path, count: int) -> list[dict[str, Any]]:
+    """The first `count` lines of problems.jsonl, parsed; what follows them (lines written after the
+    last saved state, a line torn by a crash) is cut off the file."""
+    data = path.read_bytes() if path.exists() else b""
+    lines = data.split(b"\n")[:-1]  # whole lines: after the last newline is nothing or a torn line
+    if len(lines) < count:
+        raise cfglib.ConfigError(f"{path} holds {len(lines)} whole lines, not the {count} problems done")
+    keep = sum(len(line) + 1 for line in lines[:count])
+    if keep < len(data):
+        with path.open("r+b") as fh:
+            fh.truncate(keep)
+            os.fsync(fh.fileno())
+    try:
+        return [json.loads(line) for line in lines[:count]]
+    except ValueError as err:
+        raise cfglib.ConfigError(f"{path} holds a line that is not JSON ({err})") from None
+
+
+def config_record(cfg: EvalConfig) -> dict[str, Any]:
+    """config.json's content: the config with the resolved sampling, as JSON reads it back."""
+    n, max_new_tokens = cfg.sampling.resolved(cfg.synthetic)
+    record = cfglib.to_dict(cfg) | {"resolved": {"samples": n, "max_new_tokens": max_new_tokens}}
+    return json.loads(json.dumps(record))
+
+
+def differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two config records, but out_dir (where a new
+    evaluation would go: it changes no result)."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += differences(va, vb, f"{prefix}{k}.")
+        elif va != vb and f"{prefix}{k}" != "out_dir":
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def resume_config(args: argparse.Namespace) -> tuple[EvalConfig, Path, bool]:
+    """The config and directory `--resume DIR` continues, and whether DIR is finished. ConfigError in
+    one line where it cannot continue: not an eval directory, no chunk done yet, or a config given on
+    the command line that differs from DIR's in a key that changes results."""
+    run_dir = Path(args.resume)
+    if not (run_dir / "config.json").is_file():
+        raise cfglib.ConfigError(f"--resume {run_dir}: not an eval.py directory (no config.json)")
+    try:
+        stored = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        cfg = cfglib.from_dict(EvalConfig, {k: v for k, v in stored.items() if k != "resolved"})
+    except (OSError, ValueError, AttributeError) as err:
+        message = " ".join(str(err).split())
+        raise cfglib.ConfigError(f"--resume {run_dir}: not an eval.py directory ({message})") from None
+    if (run_dir / SUMMARY).exists():
+        return cfg, run_dir, True
+    if not (run_dir / STATE).exists():
+        raise cfglib.ConfigError(f"--resume {run_dir}: nothing to resume (no {STATE}: no problem was done)")
+    given = (args.config, args.overrides, args.set, args.model, args.task, args.data_dir, args.pass_k)
+    if any(given) or args.seed is not None or args.greedy is not None:
+        differ = differences(stored, config_record(resolve_config(args)))
+        if differ:
+            raise cfglib.ConfigError(
+                f"--resume {run_dir}: the given config differs from the evaluation's in {', '.join(differ)}; "
+                "continue it with --resume DIR alone, or start a new evaluation"
+            )
+    return cfg, run_dir, False
 
 
 # ---- output -------------------------------------------------------------------------------------
@@ -377,6 +545,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     parser.add_argument("--pass-k", help="comma-separated pass@k budgets, e.g. 1,4,8 (config field `pass_k`)")
     parser.add_argument("--greedy", action="store_true", default=None, help="also report greedy accuracy")
+    parser.add_argument(
+        "--resume", metavar="DIR", help="continue the interrupted evaluation in DIR (with DIR's config)"
+    )
     return parser.parse_args(argv)
 
 
@@ -395,24 +566,51 @@ def resolve_config(args: argparse.Namespace) -> EvalConfig:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    """Runs one evaluation; returns its directory."""
+    """Runs one evaluation, or continues the one `--resume` names; returns its directory."""
     args = parse_args(argv)
     with user_errors(args.debug):
-        cfg = resolve_config(args)
-        run_dir = new_run_dir(Path(cfg.out_dir), cfg.task)
-        n, max_new_tokens = cfg.sampling.resolved(cfg.synthetic)
-        record = cfglib.to_dict(cfg) | {"resolved": {"samples": n, "max_new_tokens": max_new_tokens}}
-        (run_dir / "config.json").write_text(json.dumps(record, indent=1))
+        if args.resume:
+            cfg, run_dir, finished = resume_config(args)
+            if finished:
+                print(f"{run_dir} is finished ({SUMMARY} holds its results); nothing to resume", flush=True)
+                return run_dir
+        else:
+            cfg = resolve_config(args)
+            run_dir = new_run_dir(Path(cfg.out_dir), cfg.task)
+            (run_dir / "config.json").write_text(json.dumps(config_record(cfg), indent=1))
         print(f"eval directory: {run_dir}", flush=True)
         try:
             summary = evaluate(cfg, run_dir)
-        except USER_ERRORS:
-            if not (run_dir / "problems.jsonl").exists():  # nothing evaluated: no husk directory
-                shutil.rmtree(run_dir, ignore_errors=True)
+        except BaseException as err:  # Ctrl-C and CUDA OOM too: keep what is done, say how to go on
+            line = stopped(run_dir, fresh=not args.resume)
+            if isinstance(err, KeyboardInterrupt) and not args.debug:
+                line = line or "stopped by Ctrl-C before any problem was done"
+                print(f"interrupted: {line}", file=sys.stderr, flush=True)
+                raise SystemExit(130) from None
+            if line and not isinstance(err, cfglib.ConfigError):  # a refusal to resume says it all
+                print(line, file=sys.stderr, flush=True)
             raise
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_atomic(run_dir / SUMMARY, json.dumps(summary, indent=1))
+    (run_dir / STATE).unlink(missing_ok=True)
     print_table(summary)
     return run_dir
+
+
+def stopped(run_dir: Path, fresh: bool) -> str:
+    """After an evaluation stopped early: a new directory with no problem done is removed (no husk
+    directory; returns ''); else the line that says how far it got and how to continue it."""
+    try:
+        state = read_state(run_dir)
+    except cfglib.ConfigError:
+        state = None
+    if state is None:
+        if fresh:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        return ""
+    return (
+        f"{state['problems_done']} of {state.get('problems')} problems done, kept in {run_dir}; continue "
+        f"with: python recipes/eval.py --resume {shlex.quote(str(run_dir))}"
+    )
 
 
 if __name__ == "__main__":

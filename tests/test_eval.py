@@ -4,9 +4,15 @@ import itertools
 import json
 import math
 
+import numpy as np
 import pytest
+import torch
 
+import recipes.eval as ev
+from atesd.builder import build_backend
+from atesd.eval_records import generate, problem_record, sample_record
 from atesd.evaluation import Vote, average_at_k, format_rate, majority_vote, pass_at_k, summarize
+from atesd.exposure import ExposureConfig, PromptBuilder
 from atesd.models import save_pretrained
 from atesd.tasks.base import Verdict
 from recipes.eval import main
@@ -160,6 +166,181 @@ def test_eval_main_writes_its_files_and_repeats_under_a_seed(tiny_model, tokeniz
     assert _read(again) == (lines, summary)  # the same seed: the same samples, grades and metrics
     texts = [s["text"] for r in lines for s in r["samples"]]
     assert texts != [s["text"] for r in _read(other)[0] for s in r["samples"]]
+    assert sorted(p.name for p in first.iterdir()) == ["config.json", "problems.jsonl", "summary.json"]
+
+
+def _reference(argv: list[str]) -> tuple[list[dict], dict]:
+    """The evaluation as eval.py ran it before it went chunk by chunk (its sample_sets and grade_all):
+    all n x P samples in one stream of sampler batches, then every greedy completion, graded at the
+    end. Returns problems.jsonl's lines and the summary's metrics and counts."""
+    cfg = ev.resolve_config(ev.parse_args(argv))
+    task = ev.load_task(cfg)
+    model, tokenizer = ev.load_model(cfg)
+    n, max_new_tokens = cfg.sampling.resolved(cfg.synthetic)
+    ks, key, batch_size = [k for k in (1, 2, 8) if k <= n], ev.answer_key(cfg), cfg.sampling.batch_size
+    builder = PromptBuilder(tokenizer, task.prompt_format, ExposureConfig(student_thinking=True))
+    items = [(name, i, p) for name, problems in task.eval_sets().items() for i, p in enumerate(problems)]
+    prompts = [builder.encode(builder.student_prompt(p)) for _, _, p in items]
+    backend = build_backend(cfg.real, model, tokenizer, cfg.sampling)
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence(cfg.seed).generate_state(1)[0]))
+    flat = [ids for ids in prompts for _ in range(n)]
+    rollouts = generate(backend, tokenizer, flat, cfg.sampling.at(max_new_tokens), batch_size, generator)
+    greedy = generate(backend, tokenizer, prompts, cfg.sampling.at(max_new_tokens, True), batch_size, None)
+    lines, graded_sets = [], {}
+    for j, (name, i, problem) in enumerate(items):
+        graded = [(r, task.verify(problem, r.text)) for r in rollouts[j * n : (j + 1) * n]]
+        record = problem_record(name, i, problem, graded, ks, key)
+        verdict = task.verify(problem, greedy[j].text)
+        lines.append(json.loads(json.dumps(record | {"greedy": sample_record(greedy[j], verdict)})))
+        graded_sets.setdefault(name, []).append(([v for _, v in graded], verdict.correct))
+
+    def metrics(rows):
+        out = summarize([v for v, _ in rows], ks, key)
+        out["pass_at"] = {str(k): v for k, v in out["pass_at"].items()}
+        return out | {"greedy_accuracy": float(np.mean([g for _, g in rows]))}
+
+    summary = {name: metrics(rows) for name, rows in graded_sets.items()}
+    return lines, {
+        "sets": summary,
+        "all": metrics([row for rows in graded_sets.values() for row in rows]),
+        "completions": len(rollouts),
+        "tokens": sum(r.num_tokens for r in rollouts),
+        "truncated_rate": float(np.mean([not r.finished for r in rollouts])),
+    }
+
+
+@pytest.mark.parametrize("batch_size", [5, 3, 1])  # chunks of 5 + 1, 3 + 3 and 1 x 6 problems (n = 4)
+def test_eval_chunk_by_chunk_equals_one_stream_over_all_samples(tiny_model, tokenizer, tmp_path, monkeypatch,
+                                                                 batch_size):  # fmt: skip
+    save_pretrained(tiny_model, tokenizer, tmp_path / "model")
+    args = [
+        *_args(tmp_path / "model", tmp_path / "runs", seed=3),
+        "--set",
+        f"sampling.batch_size={batch_size}",
+    ]
+    want_lines, want = _reference(args)
+    lines, summary = _read(main(args))
+    assert lines == want_lines
+    assert {k: summary[k] for k in want} == want
+    # the test can tell: chunks that split a sampler batch (n = 4 samples of 1 problem per call) draw
+    # other samples from the same generator
+    monkeypatch.setattr(ev, "chunk_problems", lambda n, batch_size: 1)
+    split = _read(main(args))[0]
+    texts = [[s["text"] for s in r["samples"]] for r in lines]
+    assert (batch_size == 1) == (texts == [[s["text"] for s in r["samples"]] for r in split])
+
+
+def _our_lines(stderr: str) -> str:
+    """stderr without the progress bars of HF's weight loading and saving."""
+    return "\n".join(line for line in stderr.strip().splitlines() if "it/s]" not in line and line.strip())
+
+
+def _stop_at(monkeypatch, call: int, stop: type[BaseException]) -> None:
+    """Make eval.py's `call`-th sampler call (from 1: chunk 1's samples, its greedy completions,
+    chunk 2's samples ...) raise `stop`, as a Ctrl-C or a CUDA OOM would."""
+    calls = []
+
+    def stopping(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise stop("stopped by the test")
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "generate", stopping)
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, torch.OutOfMemoryError])
+def test_eval_resume_after_a_stop_equals_an_uninterrupted_run(tiny_model, tokenizer, tmp_path, monkeypatch,
+                                                              capsys, stop):  # fmt: skip
+    save_pretrained(tiny_model, tokenizer, tmp_path / "model")
+    args = _args(tmp_path / "model", tmp_path / "runs", seed=3)  # 6 problems, chunks of 5 + 1
+    _stop_at(monkeypatch, 3, stop)  # chunk 1 written, stopped while sampling chunk 2
+    with pytest.raises(SystemExit if stop is KeyboardInterrupt else stop) as exc:
+        main(args)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    err = _our_lines(capsys.readouterr().err)
+    line = (
+        f"5 of 6 problems done, kept in {run_dir}; continue with: python recipes/eval.py --resume {run_dir}"
+    )
+    assert err == (f"interrupted: {line}" if stop is KeyboardInterrupt else line)
+    assert stop is not KeyboardInterrupt or exc.value.code == 130
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "problems.jsonl", ev.STATE]
+    written = (run_dir / "problems.jsonl").read_text().splitlines(keepends=True)
+    assert len(written) == 5
+    with (run_dir / "problems.jsonl").open("a") as fh:  # a line past the saved state, and a torn one
+        fh.write(written[0] + '{"set": "B2", "ind')
+    monkeypatch.undo()
+
+    assert main(["--resume", str(run_dir)]) == run_dir
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "problems.jsonl", "summary.json"]
+    assert _read(run_dir) == _read(main(args))
+
+
+@pytest.mark.parametrize(
+    ("stop", "call"), [(KeyboardInterrupt, 1), (KeyboardInterrupt, 2), (RuntimeError, 1)]
+)
+def test_eval_stopped_before_any_problem_leaves_no_directory(tiny_model, tokenizer, tmp_path, monkeypatch,
+                                                              capsys, stop, call):  # fmt: skip
+    save_pretrained(tiny_model, tokenizer, tmp_path / "model")
+    _stop_at(monkeypatch, call, stop)  # call 2: chunk 1 sampled, stopped in its greedy completions
+    with pytest.raises(SystemExit if stop is KeyboardInterrupt else stop) as exc:
+        main(_args(tmp_path / "model", tmp_path / "runs", seed=3))
+    assert list((tmp_path / "runs").iterdir()) == []
+    err = _our_lines(capsys.readouterr().err)
+    if stop is KeyboardInterrupt:
+        assert exc.value.code == 130 and err == "interrupted: stopped by Ctrl-C before any problem was done"
+    else:
+        assert err == ""
+
+
+def test_eval_resume_refuses_another_config_and_what_it_cannot_continue(tiny_model, tokenizer, tmp_path,
+                                                                         monkeypatch, capsys):  # fmt: skip
+    save_pretrained(tiny_model, tokenizer, tmp_path / "model")
+    args = _args(tmp_path / "model", tmp_path / "runs", seed=3)
+    _stop_at(monkeypatch, 3, KeyboardInterrupt)
+    with pytest.raises(SystemExit):
+        main(args)
+    monkeypatch.undo()
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    kept = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+
+    def refused(argv: list[str], code: int = 2) -> str:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        err = _our_lines(capsys.readouterr().err)
+        assert exc.value.code == code and "\n" not in err, err
+        return err
+
+    seed4 = _args(tmp_path / "model", tmp_path / "runs", seed=4)
+    for argv, keys in (
+        (seed4, "seed"),
+        ([*args, "--set", "sampling.batch_size=4"], "sampling.batch_size"),
+        ([*args, "--set", "real.task.eval_size=4", "--pass-k", "1"], "pass_k, real.task.eval_size"),
+    ):
+        err = refused([*argv, "--resume", str(run_dir)])
+        assert f"the given config differs from the evaluation's in {keys};" in err, err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == kept  # a refusal touches nothing
+    husk = tmp_path / "husk"  # a directory whose evaluation finished no chunk (as a crash leaves none)
+    husk.mkdir()
+    (husk / "config.json").write_bytes(kept["config.json"])
+    assert "nothing to resume (no sampling_state.json: no problem was done)" in refused(
+        ["--resume", str(husk)]
+    )
+    assert "not an eval.py directory" in refused(["--resume", str(tmp_path / "nope")])
+
+    # the command that started it, with --resume: out_dir changes no result
+    elsewhere = tmp_path / "elsewhere"
+    assert main([*args, "--set", f"out_dir={elsewhere}", "--resume", str(run_dir)]) == run_dir
+    assert not elsewhere.exists() and (run_dir / "summary.json").exists()
+    finished = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    capsys.readouterr()
+    assert main(["--resume", str(run_dir)]) == run_dir  # exit 0
+    assert (
+        f"{run_dir} is finished (summary.json holds its results); nothing to resume"
+        in capsys.readouterr().out
+    )
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == finished
 
 
 def test_eval_rejects_bad_input_in_one_line(tmp_path, capsys):
@@ -169,14 +350,13 @@ def test_eval_rejects_bad_input_in_one_line(tmp_path, capsys):
     ):
         with pytest.raises(SystemExit) as exc:
             main([*argv, "--set", f"out_dir={tmp_path}"])
-        err = capsys.readouterr().err.strip()
+        err = _our_lines(capsys.readouterr().err)
         assert exc.value.code == 2 and message in err and "\n" not in err, err
     assert list(tmp_path.iterdir()) == []  # no husk directory
 
 
 def test_eval_reads_a_jsonl_with_the_real_data_settings(tmp_path):
     """eval.py takes `real.data.*` as run.py does: another JSONL's field names, another instruction."""
-    import recipes.eval as ev
     from atesd import config as cfglib
 
     rows = tmp_path / "qa.jsonl"
