@@ -24,14 +24,19 @@ def flatten_state(state: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Te
     tensors: dict[str, torch.Tensor] = {}
 
     def walk(node: Any, path: str) -> Any:
+        if isinstance(node, (torch.Tensor, np.ndarray)) and path in tensors:
+            raise TypeError(  # keys 1 and "1", or "a/b" beside "a" -> "b", would share one tensor name
+                f"two tensors of the state would be stored as {path}: give their keys distinct text"
+            )
         if isinstance(node, torch.Tensor):
-            tensors[path] = node.detach().cpu().clone()  # a copy: tied weights share memory
+            # a contiguous copy: tied weights share memory, and safetensors stores no strides
+            tensors[path] = node.detach().cpu().contiguous().clone()
             return {"__tensor__": path}
         if isinstance(node, np.ndarray):
             tensors[path] = torch.from_numpy(np.array(node, order="C"))  # a copy, as for tensors
             return {"__ndarray__": path}
         if isinstance(node, dict):
-            if not all(isinstance(k, (str, int)) for k in node):
+            if not all(isinstance(k, (str, int)) and not isinstance(k, bool) for k in node):
                 raise TypeError(f"state dict keys must be str or int at {path or '<root>'}")
             return {"__dict__": [[k, walk(v, f"{path}/{k}")] for k, v in node.items()]}
         if isinstance(node, (list, tuple)):

@@ -7,8 +7,8 @@ number of revealed steps) and copy examples. The result is saved with `save_pret
 <cache>/warmstart/<key>/ and reused on the next call with the same key. The embedded default's
 warm start is also shipped with the package (`atesd/weights/warmstart/<key>/`, its files' sha256 in
 `SHIPPED_MANIFEST`): a config with that key loads it at once, after checking the hashes; any other
-config trains its own (a line says why). `python -m atesd.warmstart --check` retrains the default
-and compares its sha256 with the shipped file. Knows nothing of distillation; progress is reported
+config trains its own (a line says why). `python recipes/ship_warmstart.py --check` retrains the
+default and compares its sha256 with the shipped file. Knows nothing of distillation; progress is reported
 through a callback so that recipes can draw it.
 """
 

@@ -63,7 +63,7 @@ def run_one(cfg_dict: dict, alpha: float, seed: int) -> dict:
     torch.set_num_threads(cfg.threads)
     engine = build_engine(cfg.real, seed)
     task = engine.task
-    gen = torch.Generator().manual_seed(10_000 + seed)
+    gen = torch.Generator(device=engine.student.device).manual_seed(10_000 + seed)  # where sampling runs
     bands = {b: ps[: cfg.mismatch_size] for b, ps in task.eval_sets().items()}
     t0 = time.perf_counter()
     mismatch_start = {b: engine.mismatch(alpha, ps, gen) for b, ps in bands.items()}
@@ -129,11 +129,12 @@ def _monotone_every_seed(results: list[dict], alphas: tuple[float, ...], band: s
     return True
 
 
-def _beating(row: dict, alphas: tuple[float, ...], ref: float) -> list[float]:
+def _beating(row: dict, alphas: tuple[float, ...], ref: float) -> list[float] | None:
     """Alphas whose mean accuracy beats alpha=ref by more than two seed standard deviations (the
-    larger of the two arms' sds)."""
-    if ref not in row:
-        return []
+    larger of the two arms' sds); None when the check cannot be made: alpha=ref is not swept, or an
+    arm has fewer than 2 seeds (no sd: any higher mean would pass)."""
+    if ref not in row or any(len(row[a]["acc"]) < 2 for a in alphas):
+        return None
     return [
         a
         for a in alphas
@@ -179,10 +180,17 @@ def print_report(summary: dict, start: dict, alphas: tuple[float, ...]) -> None:
             )
         console.print(t)
         ck = summary["checks"][band]
+        na = {
+            1: "n/a (needs alpha=1 in the sweep and >= 2 seeds)",
+            0: "n/a (needs alpha=0 in the sweep and >= 2 seeds)",
+        }
+        beat1, beat0 = (
+            na[r] if ck[f"alphas_beating_{r}"] is None else ck[f"alphas_beating_{r}"] for r in (1, 0)
+        )
         console.print(
             f"  (a) mismatch rises with alpha in every seed: {ck['mismatch_monotone_every_seed']}   "
-            f"(b) alphas beating alpha=1 by > 2 sd: {ck['alphas_beating_1']}   "
-            f"(c) alphas beating alpha=0 by > 2 sd: {ck['alphas_beating_0']}"
+            f"(b) alphas beating alpha=1 by > 2 sd: {beat1}   "
+            f"(c) alphas beating alpha=0 by > 2 sd: {beat0}"
         )
 
 

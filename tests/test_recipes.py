@@ -43,3 +43,19 @@ def test_sweep_rejects_an_unknown_key(tmp_path):
     cmd = [sys.executable, str(ROOT / "recipes" / "sweep.py"), "--out", str(tmp_path), "--set", "step=3"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "did you mean 'steps'" in res.stderr
+
+
+def test_the_sweeps_checks_say_when_they_cannot_be_made():
+    """(b)/(c) need alpha = 1 (or 0) in the sweep and at least two seeds: one seed has no sd, so any
+    higher mean would 'beat' it by more than 2 sd."""
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import sweep
+
+    def row(**accs):
+        sd = {a: 0.0 if len(v) < 2 else 1.0 for a, v in accs.items()}
+        return {float(a.replace("_", ".")): {"acc_mean": sum(v) / len(v), "acc_sd": sd[a], "acc": v}
+                for a, v in accs.items()}  # fmt: skip
+
+    assert sweep._beating(row(**{"0_75": [50.1], "1": [50.0]}), (0.75, 1.0), 1.0) is None
+    assert sweep._beating(row(**{"0_25": [30.0, 31.0], "0_75": [90.0, 91.0]}), (0.25, 0.75), 1.0) is None
+    assert sweep._beating(row(**{"0_75": [90.0, 91.0], "1": [50.0, 51.0]}), (0.75, 1.0), 1.0) == [0.75]
