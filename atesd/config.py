@@ -155,6 +155,25 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def differences(
+    a: dict[str, Any], b: dict[str, Any], ignore: tuple[str, ...] = (), prefix: str = ""
+) -> list[str]:
+    """The dotted keys whose values differ between two config dicts (a list equals the tuple of its
+    values), but those in `ignore`."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb, name = a.get(key), b.get(key), f"{prefix}{key}"
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += differences(va, vb, ignore, f"{name}.")
+        elif (
+            va != vb
+            and name not in ignore
+            and not (isinstance(va, (list, tuple)) and isinstance(vb, (list, tuple)) and list(va) == list(vb))
+        ):
+            out.append(name)
+    return out
+
+
 def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Defaults, then a YAML file, then dotted overrides."""
     data = read_yaml(path) if path is not None else {}

@@ -165,7 +165,7 @@ def plan_run(args: Any, cfg: RunConfig) -> Plan:
         raise cfglib.ConfigError(f"--resume {run_dir}: not a run directory (no config.json)")
     stored = stored_config(run_dir)
     if args.resume == "auto":  # the whole command line is the config: it must be the run's
-        differ = differences(resolved_dict(stored), resolved_dict(cfg))
+        differ = cfglib.differences(resolved_dict(stored), resolved_dict(cfg))
         if differ:
             raise cfglib.ConfigError(
                 f"--resume auto found {run_dir}, whose config differs from the given one in "
@@ -180,7 +180,7 @@ def plan_run(args: Any, cfg: RunConfig) -> Plan:
                 cfglib.parse_overrides(given_overrides(args)),
             ),
         )
-        differ = differences(resolved_dict(stored), resolved_dict(given))
+        differ = cfglib.differences(resolved_dict(stored), resolved_dict(given))
         if differ:
             raise cfglib.ConfigError(f"--resume {run_dir}: the given config differs from the run's: {differ}")
     missing = missing_outputs(run_dir, stored)
@@ -254,14 +254,3 @@ def checkpoint_fits(state: dict[str, Any], run_dir: Path, cfg: RunConfig) -> str
         if size < offset:
             return f"needs {offset} bytes of {name}, which holds {size}"
     return None
-
-
-def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += differences(va, vb, f"{prefix}{key}.")
-        elif va != vb and not (isinstance(va, (list, tuple)) and list(va) == list(vb or [])):
-            out.append(f"{prefix}{key}")
-    return out

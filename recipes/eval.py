@@ -31,7 +31,6 @@ A directory with no problem done is removed.
 from __future__ import annotations
 
 import argparse
-import base64
 import dataclasses
 import json
 import math
@@ -61,6 +60,16 @@ from atesd.exposure import ExposureConfig, PromptBuilder  # noqa: E402
 from atesd.models import HFModelConfig  # noqa: E402
 from atesd.rollout import BACKENDS, RolloutBackend, SamplingParams  # noqa: E402
 from atesd.tasks.base import Problem, Task, Verdict  # noqa: E402
+from recipes._evalstate import (  # noqa: E402
+    PROBLEMS,
+    STATE,
+    SUMMARY,
+    read_records,
+    read_state,
+    restore,
+    save_state,
+    write_atomic,
+)
 from recipes._progress import fresh_dir, user_errors, warmstart_progress  # noqa: E402
 
 PAPER_SAMPLES, PAPER_MAX_NEW_TOKENS = 12, 38_912  # docs/METHOD.md §4
@@ -213,8 +222,6 @@ def answer_key(cfg: EvalConfig) -> Callable[[str], str]:
 
 
 # ---- the evaluation, one chunk of problems at a time --------------------------------------------
-PROBLEMS, SUMMARY = "problems.jsonl", "summary.json"
-STATE = "sampling_state.json"  # problems done, and the sampling generator after them: what --resume reads
 
 
 class Sampler(NamedTuple):
@@ -312,10 +319,7 @@ def sample_chunks(
                 fh.write(json.dumps(record) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-            state = {"problems_done": start + len(chunk), "problems": len(items)}
-            state |= {"seconds": time.perf_counter() - t_start, "device": generator.device.type}
-            raw = generator.get_state().numpy().tobytes()
-            write_atomic(run_dir / STATE, json.dumps(state | {"generator": base64.b64encode(raw).decode()}))
+            save_state(run_dir, start + len(chunk), len(items), time.perf_counter() - t_start, generator)
 
 
 def summarize_records(
@@ -350,98 +354,12 @@ def _metrics(
     return out
 
 
-# ---- the saved state and resuming ---------------------------------------------------------------
-def write_atomic(path: Path, text: str) -> None:
-    """`path` whole or not at all: a temporary file, fsynced, renamed over it."""
-    tmp = path.with_name(f".tmp-{path.name}")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def read_state(run_dir: Path) -> dict[str, Any] | None:
-    """`run_dir`'s saved sampling state; None where it has none (no chunk finished yet)."""
-    path = run_dir / STATE
-    if not path.exists():
-        return None
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise cfglib.ConfigError(f"--resume {run_dir}: {STATE} is not readable JSON ({err})") from None
-    if not isinstance(state, dict) or not isinstance(state.get("problems_done"), int):
-        raise cfglib.ConfigError(f"--resume {run_dir}: {STATE} holds no count of problems done")
-    return state
-
-
-def restore(
-    run_dir: Path, state: dict[str, Any], items: list[tuple[str, int, Problem]], generator: torch.Generator
-) -> tuple[int, float]:
-    """Sets `generator` to its state after the last finished chunk and cuts problems.jsonl back to
-    the problems `state` counts (a line written after it, or torn by a crash, is dropped); returns
-    (problems done, seconds spent). ConfigError where `state` cannot continue this evaluation."""
-    done, where = state["problems_done"], f"--resume {run_dir}"
-    if state.get("problems") != len(items) or not 0 < done <= len(items):
-        raise cfglib.ConfigError(
-            f"{where}: {STATE} counts {done} of {state.get('problems')} problems; this evaluation has "
-            f"{len(items)} (did the task's data change?)"
-        )
-    if state.get("device") != generator.device.type:
-        raise cfglib.ConfigError(
-            f"{where}: it was sampled on {state.get('device')}, this run samples on "
-            f"{generator.device.type}; set real.device={state.get('device')} to continue it"
-        )
-    try:
-        raw = base64.b64decode(state["generator"], validate=True)
-        generator.set_state(torch.tensor(list(raw), dtype=torch.uint8))
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise cfglib.ConfigError(f"{where}: {STATE} holds no usable generator state ({err})") from None
-    for k, (record, (name, i, problem)) in enumerate(zip(read_records(run_dir / PROBLEMS, done), items)):
-        if (record.get("set"), record.get("index"), record.get("question")) != (name, i, problem.question):
-            raise cfglib.ConfigError(
-                f"{where}: line {k + 1} of {PROBLEMS} is not problem {name}/{i} of this task (did the "
-                "task's data change?)"
-            )
-    return done, float(state.get("seconds", 0.0))
-
-
-def read_records(path: Path, count: int) -> list[dict[str, Any]]:
-    """The first `count` lines of problems.jsonl, parsed; what follows them (lines written after the
-    last saved state, a line torn by a crash) is cut off the file."""
-    data = path.read_bytes() if path.exists() else b""
-    lines = data.split(b"\n")[:-1]  # whole lines: after the last newline is nothing or a torn line
-    if len(lines) < count:
-        raise cfglib.ConfigError(f"{path} holds {len(lines)} whole lines, not the {count} problems done")
-    keep = sum(len(line) + 1 for line in lines[:count])
-    if keep < len(data):
-        with path.open("r+b") as fh:
-            fh.truncate(keep)
-            os.fsync(fh.fileno())
-    try:
-        return [json.loads(line) for line in lines[:count]]
-    except ValueError as err:
-        raise cfglib.ConfigError(f"{path} holds a line that is not JSON ({err})") from None
-
-
+# ---- resuming -----------------------------------------------------------------------------------
 def config_record(cfg: EvalConfig) -> dict[str, Any]:
     """config.json's content: the config with the resolved sampling, as JSON reads it back."""
     n, max_new_tokens = cfg.sampling.resolved(cfg.synthetic)
     record = cfglib.to_dict(cfg) | {"resolved": {"samples": n, "max_new_tokens": max_new_tokens}}
     return json.loads(json.dumps(record))
-
-
-def differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    """The dotted keys whose values differ between two config records, but out_dir (where a new
-    evaluation would go: it changes no result)."""
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += differences(va, vb, f"{prefix}{k}.")
-        elif va != vb and f"{prefix}{k}" != "out_dir":
-            out.append(f"{prefix}{k}")
-    return out
 
 
 def resume_config(args: argparse.Namespace) -> tuple[EvalConfig, Path, bool]:
@@ -461,9 +379,13 @@ def resume_config(args: argparse.Namespace) -> tuple[EvalConfig, Path, bool]:
         return cfg, run_dir, True
     if not (run_dir / STATE).exists():
         raise cfglib.ConfigError(f"--resume {run_dir}: nothing to resume (no {STATE}: no problem was done)")
-    given = (args.config, args.overrides, args.set, args.model, args.task, args.data_dir, args.pass_k)
-    if any(given) or args.seed is not None or args.greedy is not None:
-        differ = differences(stored, config_record(resolve_config(args)))
+    overrides = given_overrides(args)
+    if args.config or overrides:  # what is given goes on top of DIR's own config
+        base = {k: v for k, v in stored.items() if k != "resolved"}
+        if args.config:
+            base = cfglib.merge(base, cfglib.read_yaml(args.config))
+        given = cfglib.from_dict(EvalConfig, cfglib.merge(base, cfglib.parse_overrides(overrides)))
+        differ = cfglib.differences(stored, config_record(given), ignore=("out_dir",))
         if differ:
             raise cfglib.ConfigError(
                 f"--resume {run_dir}: the given config differs from the evaluation's in {', '.join(differ)}; "
@@ -552,6 +474,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def resolve_config(args: argparse.Namespace) -> EvalConfig:
+    return cfglib.load(EvalConfig, args.config, given_overrides(args))
+
+
+def given_overrides(args: argparse.Namespace) -> list[str]:
+    """The config overrides of a command line: key=value words, --set, and the flags for fields."""
     overrides = list(args.overrides) + list(args.set)
     for key, value in (("real.hf.name_or_path", args.model), ("task", args.task), ("data_dir", args.data_dir),
                        ("seed", args.seed), ("greedy", args.greedy)):  # fmt: skip
@@ -562,7 +489,7 @@ def resolve_config(args: argparse.Namespace) -> EvalConfig:
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise cfglib.ConfigError(f"override '{bad[0]}' must look like key.path=value")
-    return cfglib.load(EvalConfig, args.config, overrides)
+    return overrides
 
 
 def main(argv: list[str] | None = None) -> Path:

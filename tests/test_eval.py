@@ -317,6 +317,7 @@ def test_eval_resume_refuses_another_config_and_what_it_cannot_continue(tiny_mod
         (seed4, "seed"),
         ([*args, "--set", "sampling.batch_size=4"], "sampling.batch_size"),
         ([*args, "--set", "real.task.eval_size=4", "--pass-k", "1"], "pass_k, real.task.eval_size"),
+        (["--seed", "4"], "seed"),  # a flag alone goes on top of DIR's config: only its key differs
     ):
         err = refused([*argv, "--resume", str(run_dir)])
         assert f"the given config differs from the evaluation's in {keys};" in err, err
