@@ -131,15 +131,17 @@ class MockExposureEnv(gym.Env):
       +0.4 buys, within its window, a dip as large as the optimum's whole window progress at the same
       competence (`trap_strength` = 1), and 75% of any dip reverts within the next window
       (`trap_revert`), inside the paper's lookahead of L = 10 updates = 2 windows. Meanwhile q < 1
-      slows real progress. A one-step reward therefore prefers overexposure, as the paper's
-      immediate-reward controller was misled (52.22 vs OPSD 57.20); the revert, charged inside the
-      lookahead, makes the discounted return prefer alpha* (its peak lies within alpha* + 0.15 from any
-      exposure history; tests/test_mock_env.py checks it). The dip's feed saturates at +0.4 (`OVER_CAP`,
-      the calibration point): the student can copy only so much of what it is shown. Without the cap
-      a far-too-high exposure bought an ever larger dip whose unseen revert outweighed the lost
-      progress, so from a history of overexposure the lookahead return peaked at alpha = 1. The
-      paper's positive-drops-only progress never charges a loss *rise*, so part of the revert goes
-      unseen (`signed_progress` charges it).
+      slows real progress. A one-step progress reward (the window's progress term, and the paper's
+      reward: lambda_gt 0.1, grounded level) therefore prefers overexposure, as the paper's
+      immediate-reward controller was misled (52.22 vs OPSD 57.20); the default reward's grounded
+      change at lambda_gt 30 does not (it peaks at alpha*), which is why it is the default. The
+      revert, charged inside the lookahead, makes the discounted return prefer alpha* (its peak lies
+      within alpha* + 0.15 from any exposure history; tests/test_mock_env.py checks it). The dip's
+      feed saturates at +0.4 (`OVER_CAP`, the calibration point): the student can copy only so much
+      of what it is shown. Without the cap a far-too-high exposure bought an ever larger dip whose
+      unseen revert outweighed the lost progress, so from a history of overexposure the lookahead
+      return peaked at alpha = 1. The paper's positive-drops-only progress never charges a loss
+      *rise*, so part of the revert goes unseen (`signed_progress` charges it).
     - The pace: `rate` is set so that following alpha* exactly reaches `target_competence` (0.9) at T.
     Student confidence tracks competence (0.45 + 0.5 c); the grounded score is -3 (1 - c) - 0.05 (how
     far the current student is from the gold answer): both are state a controller can read.

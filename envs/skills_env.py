@@ -135,7 +135,7 @@ class SkillChainEnv(gym.Env):
       prefix rehearses it and low exposure forgets.
 
     Statistics the controller reads: mismatch 0.05 + 0.5 u + 0.2 alpha (1 - c), distillation loss
-    0.1 + 0.6 alpha (1 - c) + 0.5 u, confidence 0.4 + 0.5 c (all + noise). The grounded score: with
+    0.1 + 0.6 alpha (1 - c) + 0.5 u (both + noise), confidence 0.4 + 0.5 c. The grounded score: with
     `grounded_by="teacher"` (the paper's form) -2.5 (1 - c) + 0.2 alpha, a teacher shown more is
     surer of the gold answer by itself; with "student", -2.5 (1 - c) alone.
 
@@ -217,6 +217,7 @@ class SkillChainEnv(gym.Env):
             signal = ready * (reveal + SELF_RATE * (1.0 - reveal))
             self.mastery += luck[j] * c.rate / self.hardness * signal * (1.0 - self.mastery) * slow
             self.mastery -= self.forget * (1.0 - reveal) * self.mastery
+            np.clip(self.mastery, 0.0, 1.0, out=self.mastery)  # luck * rate > 1 would overshoot 1
             self.dip = self.dip * c.memory + c.memorise * n * unreach
             losses.append(self._tracked(float(noise[j])))
             bonus = 0.2 * alpha if c.grounded_by == "teacher" else 0.0

@@ -134,3 +134,15 @@ def test_bench_runs_it_by_id_with_env_keywords(tmp_path):
         bench.plan(bench.build_parser().parse_args(["--env", "atesd/SkillChain-v0", "--env-set", "rate=-1"]))
     with pytest.raises(ConfigError, match="--env-set applies to envs given by Gymnasium id"):
         bench.plan(bench.build_parser().parse_args(["--env", "mock", "--env-set", "rate=1"]))
+
+
+def test_mastery_stays_in_the_unit_interval_under_a_fast_rate():
+    env = SkillChainEnv(rate=0.9, learn_noise=0.3, distraction=0.0)
+    env.reset(seed=1)
+    for _ in range(8):
+        _, _, terminated, _, info = env.step(np.array([1.0], dtype=np.float32))
+        assert (
+            np.all((env.unwrapped.mastery >= 0.0) & (env.unwrapped.mastery <= 1.0)) and info["score"] <= 1.0
+        )
+        if terminated:
+            break

@@ -79,3 +79,13 @@ def test_reasoning_strips_the_final_answer():
     task = ChainBagTask()
     assert task.reasoning("1+2=3;A3") == "1+2=3;"
     assert task.reasoning("1+2=3;") == "1+2=3;"
+
+
+def test_a_training_range_the_held_out_sets_cover_is_refused_not_a_hang():
+    import pytest
+
+    cfg = ChainBagConfig(
+        chain_lengths=(0, 0), bag_sizes=(1, 1), min_steps=1, bands=((0, 1),), eval_size=1000, probe_size=8
+    )  # fmt: skip  (10 x 10 questions, all held out)
+    with pytest.raises(ValueError, match="leave almost no question outside the held-out"):
+        ChainBagTask(cfg).sample(np.random.default_rng(0), 1)

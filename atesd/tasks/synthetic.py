@@ -120,13 +120,22 @@ class ChainBagTask:
         """Draw n training problems, L and E uniform in their ranges with L + E >= min_steps."""
         out: list[Problem] = []
         (c_lo, c_hi), (b_lo, b_hi) = self.cfg.chain_lengths, self.cfg.bag_sizes
+        misses = 0  # draws in a row that were held out: a space the held-out sets cover would loop forever
         while len(out) < n:
             chain, bag = int(rng.integers(c_lo, c_hi + 1)), int(rng.integers(b_lo, b_hi + 1))
             if chain + bag < self.cfg.min_steps:
                 continue
             problem = self._make(rng, chain, bag)
-            if problem.question not in self._held_out:
-                out.append(problem)
+            if problem.question in self._held_out:
+                misses += 1
+                if misses > 10_000:
+                    raise ValueError(
+                        "the training ranges (chain_lengths, bag_sizes, min_steps) leave almost no question "
+                        "outside the held-out evaluation and probe sets: widen them or lower eval_size"
+                    )
+                continue
+            misses = 0
+            out.append(problem)
         return out
 
     def eval_sets(self) -> dict[str, list[Problem]]:
