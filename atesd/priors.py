@@ -1,6 +1,6 @@
 """Shipped controller priors: a controller's state pre-trained for one env config, and its check.
 
-In the embedded default's 100 student updates a learner makes 20 decisions and 5 policy updates,
+In the embedded default's 100 student updates a learner makes 20 decisions and 4 policy updates,
 too few to move a Beta(2, 2) start (docs/BENCHMARKS.md). A prior is a controller's state after
 pre-training on a surrogate env fitted to a bank of logged real runs of one env config
 (`recipes/surrogate.py --ship`): the run starts where that learning ended and goes on learning.

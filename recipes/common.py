@@ -55,13 +55,18 @@ def _without_env_owned(resolved: dict[str, Any], given: dict[str, Any]) -> dict[
 
 
 def controller_config(
-    name: str, data: dict[str, Any] | None = None, reward: RewardSpec | None = None, env_key: str = ""
+    name: str,
+    data: dict[str, Any] | None = None,
+    reward: RewardSpec | None = None,
+    env_key: str = "",
+    warn: bool = False,
 ) -> Any:
     """The config dataclass of controller `name` from (partial) `data`; clear errors for bad keys.
 
     With `reward` (the env's `reward_spec`; `env_key` the config prefix it came from, e.g.
     `real.env.`), every env-owned field takes the env's value, and an explicit different value in
-    `data` is refused in one line naming both keys.
+    `data` is refused in one line naming both keys. With `warn` (when the controller is built), a
+    lookahead longer than the episode, under which nothing would be credited, is warned about.
     """
     if name not in CONTROLLERS:
         close = difflib.get_close_matches(name, list(CONTROLLERS), n=1)
@@ -95,6 +100,7 @@ def controller_config(
             and lookahead > reward.total_steps
             and mode in ("discounted", "discounted_grounded")
             and finish == "drop"
+            and warn
         ):
             warnings.warn(  # a smoke run may mean it; a run meant to learn never would
                 f"controllers.{name}.lookahead_steps={lookahead} is longer than an episode "
@@ -263,7 +269,7 @@ def build_controller(
     cls, cfg_cls = CONTROLLERS[name]
     reward = getattr(env.unwrapped, "reward_spec", None)
     env_key = cfg.env_key if reward is not None else "the env's "
-    ctl_cfg = controller_config(name, cfg.controllers.get(name), reward, env_key)
+    ctl_cfg = controller_config(name, cfg.controllers.get(name), reward, env_key, warn=True)
     if "seed" in {f.name for f in dataclasses.fields(cfg_cls)}:
         try:
             ctl_cfg = dataclasses.replace(ctl_cfg, seed=cfg.seed)

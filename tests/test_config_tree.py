@@ -111,13 +111,20 @@ def test_a_stored_config_reloads_though_other_controllers_defaults_do_not_fit_it
 
 def test_a_lookahead_longer_than_the_episode_is_flagged_where_nothing_would_be_credited():
     long = ["env=mock", "mock.total_steps=10", "controllers.beta_reinforce.lookahead_steps=20"]
+
+    def build(overrides):
+        cfg = cfglib.load(RunConfig, None, overrides)
+        return build_controller(cfg, MockExposureEnv(cfg.mock))
+
     with pytest.warns(UserWarning, match=r"lookahead_steps=20 is longer than an episode.*will not learn"):
-        cfglib.load(RunConfig, None, long)
-    # credited at the episode end instead, or a mode that looks one window ahead: no warning
+        build(long)
+    # credited at the episode end instead, a mode that looks one window ahead, or another controller
+    # selected (a bench of fixed on the same settings): no warning
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert cfglib.load(RunConfig, None, [*long, "controllers.beta_reinforce.finish_truncated=truncate"])
-        assert cfglib.load(RunConfig, None, [*long, "controllers.beta_reinforce.reward_mode=immediate"])
+        build([*long, "controllers.beta_reinforce.finish_truncated=truncate"])
+        build([*long, "controllers.beta_reinforce.reward_mode=immediate"])
+        build([*long, "controller=fixed"])
 
 
 def test_resolved_config_round_trips_and_switching_env_rebinds():
