@@ -476,7 +476,7 @@ class DistillEngine:
         if ride_student:
             grounded = self._grounded(self.student, batch.prompts, batch, reasoning, riding, s_ridden)
         s_head = self.student.get_output_embeddings().weight
-        mask = torch.ones(targets.shape[0], dtype=torch.bool)
+        mask = torch.ones(targets.shape[0], dtype=torch.bool, device=targets.device)
         out = chunked_distill_loss(
             s_hidden, t_hidden, s_head, t_head, mask, self.cfg.loss, target_ids=targets
         )
@@ -737,7 +737,7 @@ class DistillEngine:
         self.student.eval()
         s_hidden, _ = completion_hidden(self.student, batch.prompts, batch.completions, pad)
         self.student.train(was_training)
-        mask = torch.ones(targets.shape[0], dtype=torch.bool)
+        mask = torch.ones(targets.shape[0], dtype=torch.bool, device=targets.device)
         s_head = self.student.get_output_embeddings().weight
         out = chunked_distill_loss(
             s_hidden, t_hidden, s_head, t_head, mask, LossConfig(kind="reverse_kl"), targets

@@ -205,7 +205,7 @@ def _select_valid(
             f"mask must be bool of shape {tuple(student_hidden.shape[:1])}, got {mask.dtype} "
             f"{tuple(mask.shape)}"
         )
-    idx = mask.nonzero().squeeze(1)  # (n_valid,)
+    idx = mask.nonzero().squeeze(1).to(student_hidden.device)  # (n_valid,), where the rows are
     tgt = None if target_ids is None else target_ids.index_select(0, idx)
     return student_hidden.index_select(0, idx), teacher_hidden.detach().index_select(0, idx), tgt
 
