@@ -195,9 +195,10 @@ class StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-# YAML 1.2's core schema for booleans and integers, not PyYAML's YAML 1.1: `yes`, `no`, `on`, `off`
-# stay text (a run named "no" is a name; a bool field given "yes" is refused by name), `010` is ten,
-# not the octal eight (0x1F and 0o17 stay hex and octal), and `2024-01-05` is text, not a date.
+# Booleans as YAML 1.2's core schema reads them, not PyYAML's YAML 1.1: `yes`, `no`, `on`, `off` stay
+# text (a run named "no" is a name; a bool field given "yes" is refused by name). A number with a
+# leading zero stays text (`0801` is a name; an int field still reads `010` as ten, never YAML 1.1's
+# octal eight), 0x1F stays hex, and `2024-01-05` is text, not a date.
 _YAML11 = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:timestamp")
 StrictLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag not in _YAML11]
@@ -208,16 +209,14 @@ StrictLoader.add_implicit_resolver(
 )
 StrictLoader.add_implicit_resolver(
     "tag:yaml.org,2002:int",
-    re.compile(r"^(?:[-+]?[0-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+)$"),
+    re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F_]+)$"),
     list("-+0123456789"),
 )
 
 
 def _construct_int(loader: yaml.SafeLoader, node: yaml.Node) -> int:
     text = loader.construct_scalar(node).replace("_", "")
-    if text.startswith(("0x", "0o")):
-        return int(text, 0)
-    return int(text, 10)  # leading zeros are decimal
+    return int(text, 16) if text.startswith("0x") else int(text, 10)
 
 
 StrictLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)

@@ -36,7 +36,7 @@ def flatten_state(state: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Te
             tensors[path] = torch.from_numpy(np.array(node, order="C"))  # a copy, as for tensors
             return {"__ndarray__": path}
         if isinstance(node, dict):
-            if not all(isinstance(k, (str, int)) and not isinstance(k, bool) for k in node):
+            if not all(isinstance(k, (str, int)) for k in node):
                 raise TypeError(f"state dict keys must be str or int at {path or '<root>'}")
             return {"__dict__": [[k, walk(v, f"{path}/{k}")] for k, v in node.items()]}
         if isinstance(node, (list, tuple)):

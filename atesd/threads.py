@@ -50,6 +50,8 @@ def _busy_seconds(cpus: list[int] | None = None) -> float | None:
         return None
     wanted = {"cpu"} if cpus is None else {f"cpu{i}" for i in cpus}
     rows = [fields for fields in lines if fields and fields[0] in wanted]
+    if not rows and cpus is not None:  # CPUs numbered otherwise here (a container's view): the whole machine
+        rows = [fields for fields in lines if fields and fields[0] == "cpu"]
     if not rows:
         return None
     # user nice system idle iowait irq softirq steal ...: busy is everything but idle and iowait

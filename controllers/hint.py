@@ -31,7 +31,7 @@ import numpy as np
 from controllers.base import OpenLoop, PerBand, action_size, as_action, check_transition
 
 HintKind = Literal["ghpo", "paint"]
-SUCCESS_KEYS = ("stats/rollout_accuracy", "score")  # first finite one wins
+SUCCESS_KEYS = ("stats/rollout_accuracy", "score")  # the first the info has is the signal
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,7 @@ class BankRecorder(gym.Wrapper):
         """Where the recording stands (its file, the bytes written, the episode and window), for a
         checkpoint: a resumed run cuts the file back to it and goes on recording into it."""
         self._file.flush()
-        return {"path": str(self.path), "offset": self._file.tell(), "episode": self.episode,
+        return {"path": str(self.path.resolve()), "offset": self._file.tell(), "episode": self.episode,
                 "window": self.window, "obs": self._obs}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -118,10 +119,13 @@ class BankRecorder(gym.Wrapper):
         after it are recorded again as the resumed run replays them)."""
         path = Path(state["path"])
         if not path.is_file() or path.stat().st_size < int(state["offset"]):
-            raise ValueError(
-                f"the bank file {path} this run recorded into is missing or shorter than its checkpoint"
+            warnings.warn(  # moved or removed since: the resumed run records on into a new file
+                f"the bank file {path} this run recorded into is missing or shorter than its checkpoint: "
+                f"recording goes on in {self.path} from the next episode (read_bank keeps whole episodes)",
+                stacklevel=2,
             )
-        if path != self.path:
+            return
+        if path.resolve() != self.path.resolve():
             self._file.close()
             self.path.unlink(missing_ok=True)
         else:

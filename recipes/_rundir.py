@@ -145,16 +145,20 @@ def given_overrides(args: Any) -> list[str]:
     for key in SHORTCUTS:
         value = getattr(args, key)
         if value is not None:
-            overrides.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")
+            overrides.append(
+                f"{key}={json.dumps(value, ensure_ascii=False) if isinstance(value, str) else value}"
+            )
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise cfglib.ConfigError(f"override '{bad[0]}' must look like key.path=value")
     return overrides
 
 
-def plan_run(args: Any, cfg: RunConfig) -> Plan:
+def plan_run(args: Any, cfg: RunConfig | None) -> Plan:
     """This invocation's plan: a new run, or the run `--resume` names with its stored config and
-    newest intact checkpoint. Reads only: what a restart removes is removed under the run's lock."""
+    newest intact checkpoint. Reads only: what a restart removes is removed under the run's lock.
+    `cfg`: the command line's config (None with `--resume DIR`, whose given keys go on top of the
+    stored config instead)."""
     if not args.resume:
         return Plan(cfg)
     run_dir = latest_run_dir(cfg) if args.resume == "auto" else Path(args.resume)
@@ -187,7 +191,7 @@ def plan_run(args: Any, cfg: RunConfig) -> Plan:
     if not missing:
         print(f"{run_dir} already finished; nothing to resume")
         print_summary(json.loads((run_dir / SUMMARY).read_text()))
-        return Plan(cfg, run_dir, finished=True)
+        return Plan(stored, run_dir, finished=True)
     if (run_dir / SUMMARY).exists() or SUMMARY not in missing:
         print(f"{run_dir} lacks {', '.join(missing)}; completing it from its last checkpoint")
     found = checkpoint.load_latest(

@@ -531,8 +531,9 @@ def _main(args: argparse.Namespace, argv: list[str]) -> Path:
     run_dir = new_run_dir(args.out if args.out is not None else Path(cfg.out_dir), cfg.name)
     try:
         return _bench(args, argv, cfg, cfg_dict, envs, controllers, seeds, units, run_dir, t0)
-    except BaseException:  # Ctrl-C or a failure: no results, so no directory that looks like some
-        shutil.rmtree(run_dir, ignore_errors=True)
+    except BaseException:  # Ctrl-C or a failure before the results: no directory that looks like some
+        if not (run_dir / "results.json").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
 

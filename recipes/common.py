@@ -186,10 +186,15 @@ class RunConfig:
         for name in dict.fromkeys([self.controller, *given]):
             data = given.get(name) or {}
             # every configured controller's fields are checked; the selected one's also against the env
-            # (H, gamma, lookahead): another's defaults may not fit this env and need not (a stored
-            # config.json, a bench's shared settings hold them all); a bench unit selects its own
-            reward = self.reward_spec if name == self.controller else None
-            built = controller_config(name, data, reward, self.env_key)
+            # (H, gamma, lookahead); another's settings may not fit this env and need not (a stored
+            # config.json, a bench's shared settings hold them all): a bench unit selects its own
+            if name == self.controller:
+                built = controller_config(name, data, self.reward_spec, self.env_key)
+            else:
+                try:  # as this env would build it, where its settings fit the env
+                    built = controller_config(name, data, self.reward_spec, self.env_key)
+                except (cfglib.ConfigError, ValueError):  # else as a config of its own
+                    built = controller_config(name, data, None, self.env_key)
             resolved[name] = _without_env_owned(cfglib.to_dict(built), data)
         object.__setattr__(self, "controllers", resolved)
 

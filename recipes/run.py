@@ -351,7 +351,8 @@ def main(argv: list[str] | None = None) -> Path | None:
 
 
 def _main(args: argparse.Namespace) -> Path | None:
-    cfg = resolve_config(args)
+    # --resume DIR: what is given goes on top of DIR's config (plan_run), never judged on its own
+    cfg = resolve_config(args) if args.resume in (None, "auto") else None
     dist = Dist.from_env()  # torchrun: rank 0 decides, logs and saves; every rank trains on its shard
     if not dist.active:
         return _run(dist, plan_run(args, cfg))

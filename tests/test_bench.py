@@ -251,6 +251,19 @@ def test_an_unusable_out_fails_before_any_unit_runs(tmp_path, monkeypatch, capsy
     assert exc.value.code == 2 and "afile" in capsys.readouterr().err
 
 
+def test_a_failure_after_the_results_are_written_keeps_them(tmp_path, monkeypatch):
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bench, "plot_curves", full_disk)
+    with pytest.raises(SystemExit):
+        bench.main(
+            ["--controllers", "fixed", "--seeds", "1", "--set", "mock.total_steps=50", "--out", str(tmp_path)]
+        )
+    (run_dir,) = tmp_path.iterdir()
+    assert {"results.csv", "results.json"} <= {p.name for p in run_dir.iterdir()}
+
+
 def test_an_interrupted_bench_leaves_no_directory(tmp_path, monkeypatch, capsys):
     def interrupted(*args):
         raise KeyboardInterrupt

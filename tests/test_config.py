@@ -50,9 +50,11 @@ def test_bad_values_name_the_field():
 
 
 def test_values_read_as_yaml_1_2():
-    """yes/no/on/off are text, a leading zero is decimal, a date is text (PyYAML reads YAML 1.1)."""
+    """yes/no/on/off are text, a leading zero is text (a name) or ten in an int field (never YAML 1.1's
+    octal eight), a date is text."""
     parsed = cfglib.parse_overrides(["a=010", "b=yes", "c=off", "d=true", "e=0x1F", "f=2024-01-05", "g=-7"])
-    assert parsed == {"a": 10, "b": "yes", "c": "off", "d": True, "e": 31, "f": "2024-01-05", "g": -7}
+    assert parsed == {"a": "010", "b": "yes", "c": "off", "d": True, "e": 31, "f": "2024-01-05", "g": -7}
+    assert cfglib.load(EngineConfig, None, ["seed=010"]).seed == 10
     with pytest.raises(cfglib.ConfigError, match="must be true or false, got 'yes'"):
         cfglib.load(EngineConfig, None, ["grounded=yes"])
 

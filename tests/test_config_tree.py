@@ -109,6 +109,17 @@ def test_a_stored_config_reloads_though_other_controllers_defaults_do_not_fit_it
         cfglib.from_dict(RunConfig, {**stored, "controller": "bandit"})  # selected: it must fit
 
 
+def test_another_controllers_settings_that_fit_the_env_but_not_its_own_defaults_are_kept():
+    """bandit's lookahead 6 fits the env's H = 2, not bandit's default H of 5: a run of fixed (or a
+    bench of fixed and bandit) on these settings is accepted and keeps it."""
+    overrides = ["env=mock", "controller=fixed", "mock.hold_steps=2", "mock.total_steps=20",
+                 "controllers.bandit.lookahead_steps=6"]  # fmt: skip
+    cfg = cfglib.load(RunConfig, None, overrides)
+    assert cfg.controllers["bandit"]["lookahead_steps"] == 6
+    bandit = cfglib.from_dict(RunConfig, {**resolved_dict(cfg), "controller": "bandit"})
+    assert build_controller(bandit, MockExposureEnv(bandit.mock)).cfg.lookahead_steps == 6
+
+
 def test_a_lookahead_longer_than_the_episode_is_flagged_where_nothing_would_be_credited():
     long = ["env=mock", "mock.total_steps=10", "controllers.beta_reinforce.lookahead_steps=20"]
 

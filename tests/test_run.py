@@ -192,6 +192,19 @@ def test_resume_compares_what_is_given_with_the_runs_own_config(tmp_path, monkey
     assert code == 2 and "differs from the run's: ['episodes']" in err, err
 
 
+def test_resume_dir_judges_the_given_keys_on_top_of_the_runs_config(tmp_path, monkeypatch):
+    """H = 4 does not fit beta_reinforce's lookahead of 10, the default controller's: a fixed run's
+    resume that repeats --env mock mock.hold_steps=4 is not judged as a beta_reinforce run."""
+    args = ["--controller", "fixed", "--env", "mock", "mock.hold_steps=4", "mock.total_steps=40",
+            "plots=false", f"out_dir={tmp_path}"]  # fmt: skip
+    _crash_at(monkeypatch, 3)
+    with pytest.raises(SystemExit):
+        run.main(args)
+    monkeypatch.undo()
+    (cut,) = tmp_path.iterdir()
+    assert run.main(["--resume", str(cut), "--env", "mock", "mock.hold_steps=4"]) == cut
+
+
 def test_a_refused_resume_leaves_a_live_runs_logs_alone(tmp_path, monkeypatch, capsys):
     """A run cut before its first checkpoint restarts on resume, but only under the run's lock: a
     resume refused because another process trains the directory deletes nothing."""
@@ -230,9 +243,24 @@ def test_a_resumed_run_records_its_bank_as_an_uncut_one(tmp_path, monkeypatch):
     assert len(windows[0]) == 20 and windows[1] == windows[0]
 
 
+def test_a_run_whose_bank_file_is_gone_still_resumes(tmp_path, monkeypatch):
+    args = ["--controller", "bandit", *MOCK, "checkpoint_every=7", f"out_dir={tmp_path / 'runs'}",
+            f"bank_dir={tmp_path / 'bank'}"]  # fmt: skip
+    _crash_at(monkeypatch, 9)
+    with pytest.raises(SystemExit):
+        run.main(args)
+    monkeypatch.undo()
+    for path in (tmp_path / "bank").iterdir():
+        path.unlink()
+    with pytest.warns(UserWarning, match="missing or shorter than its checkpoint"):
+        resumed = run.main([*args, "--resume", "auto"])
+    assert (resumed / "summary.json").exists()
+
+
 def test_a_name_that_looks_like_a_number_is_a_name(tmp_path):
-    run_dir = run.main(["--controller", "fixed", *MOCK, "--name", "2024", f"out_dir={tmp_path}"])
-    assert run_dir.name.startswith("fixed__2024__0__")
+    for name in ("2024", "0801", "no", "bücher😀"):
+        run_dir = run.main(["--controller", "fixed", *MOCK, "--name", name, f"out_dir={tmp_path}"])
+        assert run_dir.name.startswith(f"fixed__{name}__0__")
 
 
 def test_a_run_directory_is_never_reused(tmp_path):
