@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -159,6 +160,7 @@ def build_engine(
     """Task, student, backend and `DistillEngine` (seeded with `seed`; `engine_overrides` replace
     fields of `cfg.engine`) in one call."""
     engine_cfg = dataclasses.replace(cfg.engine, seed=seed, **(engine_overrides or {}))
+    check_precision(cfg)
     task = build_task(cfg)
     if cfg.embedded:  # before the warm start trains a model that cannot hold the prompts
         check_lengths(build_synthetic_tokenizer(), task, engine_cfg, cfg.model.max_position)
@@ -168,6 +170,19 @@ def build_engine(
         check_lengths(tokenizer, task, engine_cfg, limit)
     sampler = build_backend(dataclasses.replace(cfg, engine=engine_cfg), model, tokenizer)
     return DistillEngine(model, tokenizer, task, engine_cfg, sampler=sampler, dist=dist)
+
+
+def check_precision(cfg: RealConfig) -> None:
+    """Warn before training a full fine-tune in 16-bit weights: no float32 master copy is kept, so an
+    update below half a unit of a weight's last place rounds away (LoRA keeps its adapters in
+    float32)."""
+    if not cfg.embedded and cfg.lora.rank == 0 and cfg.hf.dtype in ("bfloat16", "float16"):
+        warnings.warn(
+            f"a full fine-tune (real.lora.rank=0) in {cfg.hf.dtype} keeps no float32 master weights: an "
+            "update below half a unit of a weight's last place rounds away (at lr 5e-6 most do); train "
+            "in real.hf.dtype=float32, or with LoRA",
+            stacklevel=3,
+        )
 
 
 def check_lengths(

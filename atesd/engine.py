@@ -219,6 +219,25 @@ class NonFiniteLossError(RuntimeError):
     """Raised after `max_nonfinite_steps` non-finite losses in a row."""
 
 
+LOGIT_FLOATS = 1 << 26  # float32 logits a probe chunk may hold at once (256 MiB)
+
+
+def mean_nll(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean cross-entropy of `targets` under the logits `hidden @ head.T`, in chunks of rows that hold
+    at most LOGIT_FLOATS logits (a real vocabulary over a probe of long solutions would otherwise
+    build tens of GB at once); one chunk computes exactly the one-call mean."""
+    rows = max(1, LOGIT_FLOATS // head.shape[0])
+    if hidden.shape[0] <= rows:
+        return float(torch.nn.functional.cross_entropy((hidden @ head.T).float(), targets))
+    total = 0.0
+    for start in range(0, hidden.shape[0], rows):
+        logits = (hidden[start : start + rows] @ head.T).float()
+        total += float(
+            torch.nn.functional.cross_entropy(logits, targets[start : start + rows], reduction="sum")
+        )
+    return total / hidden.shape[0]
+
+
 class DistillEngine:
     """Student, teacher, optimiser, sampler and statistics of one distillation run."""
 
@@ -675,8 +694,7 @@ class DistillEngine:
         was_training = self.student.training
         self.student.eval()
         hidden, targets = completion_hidden(self.student, prompts, solutions, self.tokenizer.pad_token_id)
-        logits = hidden @ self.student.get_output_embeddings().weight.T
-        nll = float(torch.nn.functional.cross_entropy(logits.float(), targets))
+        nll = mean_nll(hidden, self.student.get_output_embeddings().weight, targets)
         self.student.train(was_training)
         self.last_probe_nll = nll
         return nll

@@ -135,8 +135,10 @@ class LoraSettings:
 
 
 def is_peft(model: torch.nn.Module) -> bool:
-    """A peft-wrapped model (LoRA adapters): its frozen base is reached by `base_model`."""
-    return hasattr(model, "peft_config")  # the one PEFT test of the project
+    """A peft-wrapped model (LoRA adapters): its frozen base is reached by `base_model`. Not a
+    transformers model that loaded an adapter directory itself (it has `peft_config` too, but is its
+    own base: a LoRA run's final_model loaded for evaluation)."""
+    return type(model).__module__.startswith("peft")  # the one PEFT test of the project
 
 
 def base_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -18,6 +18,8 @@ from typing import Literal
 import torch
 from transformers import PreTrainedModel
 
+from atesd.models import is_peft
+
 
 @dataclass(frozen=True)
 class TeacherConfig:
@@ -35,17 +37,13 @@ class TeacherConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
 
-def _is_peft(model: torch.nn.Module) -> bool:
-    return type(model).__module__.startswith("peft")
-
-
 class Teacher:
     """Gives the teacher's final hidden states and output head for a batch; never tracks gradients."""
 
     def __init__(self, student: PreTrainedModel, cfg: TeacherConfig | None = None) -> None:
         self.cfg = cfg or TeacherConfig()
         self.student = student
-        self.uses_adapters = self.cfg.kind == "base" and _is_peft(student)
+        self.uses_adapters = self.cfg.kind == "base" and is_peft(student)
         self.copy: PreTrainedModel | None = None
         if self.cfg.kind == "ema" or (self.cfg.kind == "base" and not self.uses_adapters):
             self.copy = copy.deepcopy(student).eval()

@@ -186,3 +186,13 @@ def test_per_outcome_exposure_scores_solved_rollouts_at_their_own_alpha(tiny_mod
     assert plain == [engine.builder.encode(engine.builder.teacher_prompt(p, 1.0)) for p in problems]
     with pytest.raises(ValueError, match="solved_alpha"):
         ExposureConfig(solved_alpha=1.5)
+
+
+def test_the_probe_nll_in_chunks_equals_one_pass(tiny_model, tokenizer, small_task, monkeypatch):
+    """A real vocabulary over long probe solutions is scored in chunks of rows; the same mean."""
+    import atesd.engine as engine_module
+
+    engine = make_engine(tiny_model, tokenizer, small_task)
+    whole = engine.probe_nll()
+    monkeypatch.setattr(engine_module, "LOGIT_FLOATS", 7 * tiny_model.config.vocab_size)  # 7 rows a chunk
+    assert engine.probe_nll() == pytest.approx(whole, rel=1e-6)

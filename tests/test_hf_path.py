@@ -47,6 +47,26 @@ def test_a_lora_window_from_the_saved_path_trains_only_adapters_then_evaluates(c
     assert set(result) == {f"accuracy/{b}" for b in small_task.eval_sets()}
 
 
+def test_a_16_bit_full_fine_tune_is_warned_about():
+    import warnings
+
+    from atesd.builder import RealConfig, check_precision
+    from atesd.models import HFModelConfig, LoraSettings
+
+    with pytest.warns(UserWarning, match="keeps no float32 master weights"):
+        check_precision(
+            RealConfig(hf=HFModelConfig(name_or_path="m", dtype="bfloat16"), lora=LoraSettings(rank=0))
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_precision(
+            RealConfig(hf=HFModelConfig(name_or_path="m", dtype="bfloat16"), lora=LoraSettings(rank=8))
+        )
+        check_precision(
+            RealConfig(hf=HFModelConfig(name_or_path="m", dtype="float32"), lora=LoraSettings(rank=0))
+        )
+
+
 def test_hf_options_are_checked():
     with pytest.raises(ValueError, match="name_or_path is empty"):
         load_hf_model(HFModelConfig())
@@ -83,6 +103,14 @@ def test_run_py_distils_a_saved_checkpoint_on_math_data_with_lora(checkpoint, tm
     assert list(summary["final_eval"]) == ["accuracy/opsd"]
     config = json.loads((run_dir / "config.json").read_text())
     assert config["real"]["lora"]["rank"] == 4 and config["real"]["hf"]["name_or_path"] == str(checkpoint)
+    # a LoRA run's final_model (the adapter over its base) evaluates with eval.py
+    from recipes.eval import main as evaluate
+
+    argv = ["--model", str(run_dir / "final_model"), "--task", str(data), "max_problems=2",
+            "sampling.samples=2", "sampling.max_new_tokens=8", f"out_dir={tmp_path / 'eval'}",
+            "real.device=cpu"]  # fmt: skip
+    eval_dir = evaluate(argv)
+    assert json.loads((eval_dir / "summary.json").read_text())["completions"] == 4
 
 
 def test_a_pickle_only_checkpoint_is_refused_in_one_line(checkpoint, tmp_path, capsys):
