@@ -219,6 +219,26 @@ class NonFiniteLossError(RuntimeError):
     """Raised after `max_nonfinite_steps` non-finite losses in a row."""
 
 
+def cpu_copy(state: Any, memo: dict[int, torch.Tensor] | None = None) -> Any:
+    """A deep copy of a nested state with every tensor copied to the CPU (a tensor met twice, as tied
+    weights are, copied once). Loading it back copies into the live tensors wherever they are."""
+    memo = {} if memo is None else memo
+    if isinstance(state, torch.Tensor):
+        if id(state) not in memo:
+            memo[id(state)] = state.detach().to("cpu", copy=True)
+        return memo[id(state)]
+    if isinstance(state, dict):
+        out = type(state)((k, cpu_copy(v, memo)) for k, v in state.items())
+        if hasattr(state, "_metadata"):  # a module's state dict carries its version metadata
+            out._metadata = copy.deepcopy(state._metadata)
+        return out
+    if isinstance(state, tuple) and hasattr(state, "_fields"):  # a named tuple
+        return type(state)(*(cpu_copy(v, memo) for v in state))
+    if isinstance(state, (list, tuple)):
+        return type(state)(cpu_copy(v, memo) for v in state)
+    return copy.deepcopy(state)
+
+
 LOGIT_FLOATS = 1 << 26  # float32 logits a probe chunk may hold at once (256 MiB)
 
 
@@ -587,7 +607,7 @@ class DistillEngine:
         else:
             weights = {"student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
                        "optimizer": self.optimizer.state_dict()}  # fmt: skip
-        return copy.deepcopy(
+        return cpu_copy(  # a snapshot (the env's reset state, a checkpoint) holds no GPU memory
             weights
             | {
                 "rng": self.rng.bit_generator.state,

@@ -196,3 +196,16 @@ def test_the_probe_nll_in_chunks_equals_one_pass(tiny_model, tokenizer, small_ta
     whole = engine.probe_nll()
     monkeypatch.setattr(engine_module, "LOGIT_FLOATS", 7 * tiny_model.config.vocab_size)  # 7 rows a chunk
     assert engine.probe_nll() == pytest.approx(whole, rel=1e-6)
+
+
+def test_a_snapshot_is_a_cpu_copy_that_keeps_tied_weights_shared(tiny_model, tokenizer, small_task):
+    from atesd.engine import cpu_copy
+
+    engine = make_engine(tiny_model, tokenizer, small_task)
+    state = engine.state_dict()
+    tensors = [t for t in state["student"].values()]
+    assert all(t.device.type == "cpu" for t in tensors)
+    assert hasattr(state["student"], "_metadata")  # what load_state_dict reads for versions
+    shared = torch.ones(2)
+    copied = cpu_copy({"a": shared, "b": [shared, (1, "x")]})
+    assert copied["a"] is copied["b"][0] and copied["a"] is not shared and copied["b"][1] == (1, "x")
