@@ -605,7 +605,7 @@ class DistillEngine:
             teacher = gather_state(self.teacher.copy)[0] if self.teacher.copy is not None else {}
             weights = {"student": student, "teacher": teacher, "optimizer": optimizer}
         else:
-            weights = {"student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
+            weights = {"student": self._student_state(), "teacher": self.teacher.state_dict(),
                        "optimizer": self.optimizer.state_dict()}  # fmt: skip
         return cpu_copy(  # a snapshot (the env's reset state, a checkpoint) holds no GPU memory
             weights
@@ -619,6 +619,29 @@ class DistillEngine:
             }
         )
 
+    def _student_state(self) -> dict[str, torch.Tensor]:
+        """The student's weights; under LoRA only what trains (the adapters): the frozen base is the
+        checkpoint it was loaded from, so snapshots and checkpoints need not hold a copy of it."""
+        state = self.student.state_dict()
+        if not is_peft(self.student):
+            return state
+        trainable = {name for name, p in self.student.named_parameters() if p.requires_grad}
+        return type(state)((k, v) for k, v in state.items() if k in trainable)
+
+    def _load_student(self, weights: dict[str, torch.Tensor]) -> None:
+        if not is_peft(self.student):
+            self.student.load_state_dict(weights)
+            return
+        trainable = {name for name, p in self.student.named_parameters() if p.requires_grad}
+        if set(weights) - set(self.student.state_dict()):
+            raise ValueError(
+                f"the state holds weights this student has not: {sorted(set(weights) - trainable)[:3]}"
+            )
+        missing = trainable - set(weights)
+        if missing:
+            raise ValueError(f"the state lacks adapter weights of this student: {sorted(missing)[:3]}")
+        self.student.load_state_dict(weights, strict=False)  # a state with the base too loads it as well
+
     def load_state_dict(self, state: dict) -> None:
         state = copy.deepcopy(state)
         if self.sharded:  # rank 0's whole tensors in; every rank keeps its shard
@@ -626,7 +649,7 @@ class DistillEngine:
             if self.teacher.copy is not None:
                 scatter_state(self.teacher.copy, state["teacher"])
         else:
-            self.student.load_state_dict(state["student"])
+            self._load_student(state["student"])
             self.teacher.load_state_dict(state["teacher"])
             self.optimizer.load_state_dict(state["optimizer"])
         self.rng.bit_generator.state = state["rng"]

@@ -45,6 +45,13 @@ def test_a_lora_window_from_the_saved_path_trains_only_adapters_then_evaluates(c
     assert any(not torch.equal(params[n], p) for n, p in lora_before.items())  # the adapters do
     result = engine.evaluate()
     assert set(result) == {f"accuracy/{b}" for b in small_task.eval_sets()}
+    # a snapshot holds the adapters, not the frozen base (a checkpoint need not rewrite it), and
+    # loading it restores the adapters and what the window then computes
+    state = engine.state_dict()
+    assert set(state["student"]) == trainable
+    again = engine.run_window(0.5, 1)
+    engine.load_state_dict(state)
+    assert engine.run_window(0.5, 1).losses == again.losses
 
 
 def test_a_16_bit_full_fine_tune_is_warned_about():
