@@ -633,10 +633,9 @@ class DistillEngine:
             self.student.load_state_dict(weights)
             return
         trainable = {name for name, p in self.student.named_parameters() if p.requires_grad}
-        if set(weights) - set(self.student.state_dict()):
-            raise ValueError(
-                f"the state holds weights this student has not: {sorted(set(weights) - trainable)[:3]}"
-            )
+        unknown = set(weights) - set(self.student.state_dict())
+        if unknown:
+            raise ValueError(f"the state holds weights this student has not: {sorted(unknown)[:3]}")
         missing = trainable - set(weights)
         if missing:
             raise ValueError(f"the state lacks adapter weights of this student: {sorted(missing)[:3]}")

@@ -136,3 +136,15 @@ def test_a_pickle_only_checkpoint_is_refused_in_one_line(checkpoint, tmp_path, c
         run.main(["--controller", "fixed", f"real.hf.name_or_path={pickled}", f"out_dir={tmp_path / 'runs'}"])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and "loads safetensors only" in err and "\n" not in err, err
+
+
+def test_a_lora_state_of_another_student_is_refused_by_name(checkpoint, small_task):
+    cfg = HFModelConfig(name_or_path=str(checkpoint), dtype="float32")
+    model, tokenizer = load_hf_model(cfg, LoraSettings(rank=4))
+    engine = DistillEngine(model, tokenizer, small_task, EngineConfig(batch_size=2))
+    state = engine.state_dict()
+    extra = {**state["student"], "nope.weight": torch.zeros(1)}
+    fewer = dict(list(state["student"].items())[1:])
+    for student, message in ((extra, r"has not: \['nope.weight'\]"), (fewer, "lacks adapter weights")):
+        with pytest.raises(ValueError, match=message):
+            engine.load_state_dict({**state, "student": student})
