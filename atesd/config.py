@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import re
 import types
@@ -128,6 +129,24 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
             merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
         )
     return out
+
+
+def command_overrides(words: list[str], flags: dict[str, Any]) -> list[str]:
+    """A recipe's overrides: its `key=value` words, then one per flag given (None: not given). A text
+    flag is quoted, so `--name 2024` is the name "2024", not a number; a bool is `true`/`false`."""
+    overrides = list(words)
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if isinstance(value, str):
+            value = json.dumps(value, ensure_ascii=False)
+        elif isinstance(value, bool):
+            value = str(value).lower()
+        overrides.append(f"{key}={value}")
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"override '{bad[0]}' must look like key.path=value")
+    return overrides
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,6 +62,17 @@ def unflatten_state(meta: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(meta, list):
         return [unflatten_state(v, tensors) for v in meta]
     return meta
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """`path` whole or not at all: a temporary file, fsynced, renamed over it (a crash leaves the old
+    file or the new one)."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 class DiskFull(OSError):

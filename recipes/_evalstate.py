@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from atesd import config as cfglib
+from atesd.state import write_atomic
 from atesd.tasks.base import Problem
 
 PROBLEMS, SUMMARY = "problems.jsonl", "summary.json"
@@ -29,16 +30,6 @@ def save_state(run_dir: Path, done: int, total: int, seconds: float, generator: 
     state = {"problems_done": done, "problems": total, "seconds": seconds, "device": generator.device.type,
              "generator": base64.b64encode(raw).decode()}  # fmt: skip
     write_atomic(run_dir / STATE, json.dumps(state))
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """`path` whole or not at all: a temporary file, fsynced, renamed over it."""
-    tmp = path.with_name(f".tmp-{path.name}")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def read_state(run_dir: Path) -> dict[str, Any] | None:

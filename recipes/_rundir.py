@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 from atesd import checkpoint
 from atesd import config as cfglib
+from atesd.state import write_atomic
 from recipes._progress import fresh_dir, print_summary
 from recipes.common import RunConfig, resolved_dict
 
@@ -92,9 +93,7 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     """summary.json, whole or not at all (a temporary file renamed): it marks the run finished."""
     from atesd.logging import jsonable
 
-    tmp = run_dir / f".tmp-{SUMMARY}"
-    tmp.write_text(json.dumps(summary, indent=1, default=jsonable))
-    os.replace(tmp, run_dir / SUMMARY)
+    write_atomic(run_dir / SUMMARY, json.dumps(summary, indent=1, default=jsonable))
 
 
 def missing_outputs(run_dir: Path, cfg: RunConfig) -> list[str]:
@@ -139,19 +138,8 @@ SHORTCUTS = ("controller", "env", "name", "seed")  # run.py's flags for config f
 
 
 def given_overrides(args: Any) -> list[str]:
-    """The config overrides of a command line: key=value words, --set, and the shortcut flags (a
-    string flag quoted, so `--name 2024` is the name "2024", not a number)."""
-    overrides = list(args.overrides) + list(args.set)
-    for key in SHORTCUTS:
-        value = getattr(args, key)
-        if value is not None:
-            overrides.append(
-                f"{key}={json.dumps(value, ensure_ascii=False) if isinstance(value, str) else value}"
-            )
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise cfglib.ConfigError(f"override '{bad[0]}' must look like key.path=value")
-    return overrides
+    """The config overrides of run.py's command line: key=value words, --set, and the shortcut flags."""
+    return cfglib.command_overrides([*args.overrides, *args.set], {k: getattr(args, k) for k in SHORTCUTS})
 
 
 def plan_run(args: Any, cfg: RunConfig | None) -> Plan:
@@ -176,14 +164,9 @@ def plan_run(args: Any, cfg: RunConfig | None) -> Plan:
                 f"{differ}; resume it with --resume DIR and no overrides, or start a new run with "
                 "another name"
             )
-    elif args.config or given_overrides(args):  # what is given goes on top of the run's own config
-        given = cfglib.from_dict(
-            RunConfig,
-            cfglib.merge(
-                cfglib.merge(resolved_dict(stored), cfglib.read_yaml(args.config) if args.config else {}),
-                cfglib.parse_overrides(given_overrides(args)),
-            ),
-        )
+    elif args.config or (overrides := given_overrides(args)):  # on top of the run's own config
+        base = cfglib.merge(resolved_dict(stored), cfglib.read_yaml(args.config) if args.config else {})
+        given = cfglib.from_dict(RunConfig, cfglib.merge(base, cfglib.parse_overrides(overrides)))
         differ = cfglib.differences(resolved_dict(stored), resolved_dict(given))
         if differ:
             raise cfglib.ConfigError(f"--resume {run_dir}: the given config differs from the run's: {differ}")

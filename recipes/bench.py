@@ -405,7 +405,7 @@ def _split(text: str) -> list[str]:
 
 def plan(args: argparse.Namespace) -> tuple[RunConfig, list[str], list[str], list[str]]:
     """(config, envs, controller specs, notes) from the command line; ConfigError on anything unusable."""
-    overrides = list(args.overrides) + ([f"name={args.name}"] if args.name is not None else [])
+    overrides = cfglib.command_overrides(list(args.overrides), {"name": args.name})
     cfg = cfglib.load(RunConfig, args.config, overrides)
     if args.workers > 1:
         cfg = dataclasses.replace(cfg, threads=1)

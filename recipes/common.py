@@ -96,18 +96,18 @@ def controller_config(
         mode = data.get("reward_mode", getattr(defaults, "reward_mode", None))
         finish = data.get("finish_truncated", getattr(defaults, "finish_truncated", None))
         if (
-            isinstance(lookahead, int)
+            warn
+            and isinstance(lookahead, int)
             and lookahead > reward.total_steps
             and mode in ("discounted", "discounted_grounded")
             and finish == "drop"
-            and warn
         ):
             warnings.warn(  # a smoke run may mean it; a run meant to learn never would
                 f"controllers.{name}.lookahead_steps={lookahead} is longer than an episode "
                 f"({env_key}total_steps={reward.total_steps}): with finish_truncated=drop no decision will "
                 f"be credited and the controller will not learn; shorten the lookahead or set "
                 f"controllers.{name}.finish_truncated=truncate",
-                stacklevel=1,  # said once: the config is checked at parse time and again at build
+                stacklevel=1,  # one location: said once per process
             )
     return cfglib.from_dict(cfg_cls, data, f"controllers.{name}.")
 
@@ -188,13 +188,12 @@ class RunConfig:
             # every configured controller's fields are checked; the selected one's also against the env
             # (H, gamma, lookahead); another's settings may not fit this env and need not (a stored
             # config.json, a bench's shared settings hold them all): a bench unit selects its own
-            if name == self.controller:
+            try:  # as this env would build it
                 built = controller_config(name, data, self.reward_spec, self.env_key)
-            else:
-                try:  # as this env would build it, where its settings fit the env
-                    built = controller_config(name, data, self.reward_spec, self.env_key)
-                except (cfglib.ConfigError, ValueError):  # else as a config of its own
-                    built = controller_config(name, data, None, self.env_key)
+            except (cfglib.ConfigError, ValueError):
+                if name == self.controller:
+                    raise
+                built = controller_config(name, data, None, self.env_key)  # another's: as its own
             resolved[name] = _without_env_owned(cfglib.to_dict(built), data)
         object.__setattr__(self, "controllers", resolved)
 

@@ -59,6 +59,7 @@ from atesd.evaluation import summarize  # noqa: E402
 from atesd.exposure import ExposureConfig, PromptBuilder  # noqa: E402
 from atesd.models import HFModelConfig  # noqa: E402
 from atesd.rollout import BACKENDS, RolloutBackend, SamplingParams  # noqa: E402
+from atesd.state import write_atomic  # noqa: E402
 from atesd.tasks.base import Problem, Task, Verdict  # noqa: E402
 from recipes._evalstate import (  # noqa: E402
     PROBLEMS,
@@ -68,7 +69,6 @@ from recipes._evalstate import (  # noqa: E402
     read_state,
     restore,
     save_state,
-    write_atomic,
 )
 from recipes._progress import fresh_dir, user_errors, warmstart_progress  # noqa: E402
 
@@ -478,18 +478,11 @@ def resolve_config(args: argparse.Namespace) -> EvalConfig:
 
 
 def given_overrides(args: argparse.Namespace) -> list[str]:
-    """The config overrides of a command line: key=value words, --set, and the flags for fields."""
-    overrides = list(args.overrides) + list(args.set)
-    for key, value in (("real.hf.name_or_path", args.model), ("task", args.task), ("data_dir", args.data_dir),
-                       ("seed", args.seed), ("greedy", args.greedy)):  # fmt: skip
-        if value is not None:
-            overrides.append(f"{key}={json.dumps(value) if isinstance(value, str) else str(value).lower()}")
-    if args.pass_k is not None:
-        overrides.append(f"pass_k=[{args.pass_k}]")
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise cfglib.ConfigError(f"override '{bad[0]}' must look like key.path=value")
-    return overrides
+    """The config overrides of eval.py's command line: key=value words, --set, and the field flags."""
+    pass_k = [] if args.pass_k is None else [f"pass_k=[{args.pass_k}]"]
+    flags = {"real.hf.name_or_path": args.model, "task": args.task, "data_dir": args.data_dir,
+             "seed": args.seed, "greedy": args.greedy}  # fmt: skip
+    return cfglib.command_overrides([*args.overrides, *args.set, *pass_k], flags)
 
 
 def main(argv: list[str] | None = None) -> Path:
