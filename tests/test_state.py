@@ -20,3 +20,29 @@ def test_two_tensors_that_would_share_a_name_are_refused(tmp_path):
         save_state({1: torch.ones(1), "1": torch.zeros(1)}, tmp_path / "s")
     with pytest.raises(TypeError, match="would be stored as /a/b"):
         save_state({"a/b": torch.ones(1), "a": {"b": torch.zeros(1)}}, tmp_path / "t")
+
+
+def test_a_save_hashes_only_the_new_checkpoint_and_keeps_the_newest(tmp_path, monkeypatch):
+    """Pruning judges the kept checkpoints by manifest and size: a save reads back only what it wrote
+    (it used to re-hash every kept checkpoint, GBs a window for a real model); a truncated older one
+    still does not count as complete, and load_latest verifies every checksum."""
+    from atesd import checkpoint
+
+    for i in range(3):
+        checkpoint.save(tmp_path, i, {"w": torch.full((4,), float(i))}, keep=2)
+    hashed = []
+    real = checkpoint._sha256
+    monkeypatch.setattr(checkpoint, "_sha256", lambda p: hashed.append(p.parent.name) or real(p))
+    checkpoint.save(tmp_path, 3, {"w": torch.full((4,), 3.0)}, keep=2)
+    assert set(hashed) == {".tmp-ckpt-000003"}
+    assert [p.name for p in sorted(tmp_path.glob("ckpt-*"))] == ["ckpt-000002", "ckpt-000003"]
+    with (tmp_path / "ckpt-000003" / "state.safetensors").open("r+b") as f:  # same size, other bytes
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(b"\xff" if last != b"\xff" else b"\x00")
+    state, ckpt = checkpoint.load_latest(tmp_path, warn=lambda m: None)
+    assert ckpt.name == "ckpt-000002" and float(state["w"][0]) == 2.0
+    assert checkpoint.problem(tmp_path / "ckpt-000003", verify=False) is None  # the size check alone
+    (tmp_path / "ckpt-000002" / "state.json").write_text("{}")  # truncated
+    assert "bytes, the manifest says" in checkpoint.problem(tmp_path / "ckpt-000002", verify=False)
