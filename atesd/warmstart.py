@@ -117,7 +117,7 @@ def cache_key(task_cfg: ChainBagConfig, model_cfg: TinyModelConfig, ws_cfg: Warm
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("ATESD_CACHE", Path.home() / ".cache" / "atesd"))
+    return Path(os.environ.get("ATESD_CACHE", Path.home() / ".cache" / "atesd")).expanduser()
 
 
 def sha256_file(path: Path) -> str:
@@ -160,11 +160,51 @@ def locate(
     """Where the warm start of this config already is: (the cache entry or the verified shipped
     checkpoint, ""), or (None, why it must be trained)."""
     key = cache_key(task_cfg, model_cfg, cfg)
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    cached = root / "warmstart" / key
-    if (cached / "warmstart.json").exists():
-        return cached, ""
+    cached = cache_root(cache_dir) / "warmstart" / key
+    if cached.exists():
+        broken = cache_problem(cached)
+        if broken is None:
+            return cached, ""
+        log.warning("warm start: the cache entry %s is not used: %s", cached, broken)
+        shipped, why = shipped_path(key)
+        return shipped, why and f"{why}; the cache entry {broken}"
     return shipped_path(key)
+
+
+def _discard(entry: Path) -> None:
+    """Remove a broken cache entry: renamed aside first, so no reader sees it half removed."""
+    aside = entry.with_name(f"{entry.name}.broken-{os.getpid()}")
+    try:
+        os.replace(entry, aside)
+    except OSError:  # another process removed or replaced it first
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """The cache directory: `cache_dir`, else $ATESD_CACHE, else ~/.cache/atesd (`~` expanded)."""
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+
+def cache_problem(entry: Path) -> str | None:
+    """Why the cache entry `entry` is not a whole warm start, or None: its warmstart.json (written
+    last) must read and every file it lists must match its sha256 (entries from before the list was
+    kept are judged when they load)."""
+    try:
+        record = json.loads((entry / "warmstart.json").read_text())
+    except FileNotFoundError:
+        return "it has no warmstart.json (its write did not finish)"
+    except (OSError, ValueError) as err:
+        return f"its warmstart.json does not read ({type(err).__name__}: {err})"
+    files = record.get("files", {}) if isinstance(record, dict) else None
+    if not isinstance(files, dict):
+        return "its warmstart.json is not one this package wrote"
+    for name, want in files.items():
+        if not (entry / name).is_file():
+            return f"it lacks {name}"
+        if sha256_file(entry / name) != want:
+            return f"its {name} does not match the sha256 recorded when it was written"
+    return None
 
 
 def warm_start(
@@ -177,14 +217,27 @@ def warm_start(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Path, bool]:
     """Return the warm-started (model, tokenizer, checkpoint dir, found), training on a miss: found
     is True when it came from the cache or (unless `use_shipped` is False) the shipped weights."""
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = root / "warmstart" / cache_key(task.cfg, model_cfg, cfg)
-    if use_shipped:
-        found, why = locate(task.cfg, model_cfg, cfg, cache_dir)
-    else:
-        found, why = (
-            (path, "") if (path / "warmstart.json").exists() else (None, "the shipped one is not used")
-        )
+    key = cache_key(task.cfg, model_cfg, cfg)
+    path = cache_root(cache_dir) / "warmstart" / key
+    broken = cache_problem(path) if path.exists() else None
+    if broken is not None:  # entries are renamed into place whole: this one broke since
+        log.warning("warm start: the cache entry %s is not used (%s); it is removed", path, broken)
+        _discard(path)
+    found, why = (
+        locate(task.cfg, model_cfg, cfg, cache_dir) if use_shipped else (None, "the shipped one is not used")
+    )
+    if not use_shipped and path.exists():
+        found = path
+    if found == path:
+        try:
+            model, tokenizer = load_pretrained(path)
+            log.info("warm start found: %s", path)
+            return model, tokenizer, path, True
+        except Exception as err:  # an entry from before checksums were kept, damaged since
+            log.warning("warm start: the cache entry %s does not load (%s: %s); it is removed", path,
+                        type(err).__name__, err)  # fmt: skip
+            _discard(path)
+            found, why = shipped_path(key) if use_shipped else (None, "the shipped one is not used")
     if found is not None:
         log.info("warm start found: %s", found)
         model, tokenizer = load_pretrained(found)
@@ -212,6 +265,7 @@ def warm_start(
             "final_loss": losses[-1],
             "train_s": time.perf_counter() - t0,
             "loss_curve": losses,
+            "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
         }
         (tmp / "warmstart.json").write_text(json.dumps(record, indent=1))
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -113,3 +115,52 @@ def test_a_diverged_warm_start_is_refused_and_never_cached(tmp_path, small_task)
     with pytest.raises(ValueError, match="the warm start diverged"):
         warm_start(small_task, TINY, blown, tmp_path)
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_a_broken_cache_entry_is_removed_and_trained_again(tmp_path, small_task, caplog):
+    """A cache entry whose weights were cut (a full disk, a copy that stopped) is not loaded: the
+    checksums written with it catch it, it is removed, and the warm start is trained again; an entry
+    from before checksums were kept is judged by loading it."""
+    import json
+
+    import atesd.warmstart as ws
+
+    _, _, path, _ = warm_start(small_task, TINY, QUICK, tmp_path)
+    good = (path / "model.safetensors").read_bytes()
+    assert set(json.loads((path / "warmstart.json").read_text())["files"]) >= {"model.safetensors"}
+    (path / "model.safetensors").write_bytes(good[:100])
+    assert "model.safetensors does not match the sha256" in ws.cache_problem(path)
+    with caplog.at_level("WARNING", logger="atesd.warmstart"):
+        _, _, again, found = warm_start(small_task, TINY, QUICK, tmp_path)
+    assert again == path and not found and "does not match the sha256" in caplog.text
+    assert (path / "model.safetensors").read_bytes() == good and ws.cache_problem(path) is None
+    assert [p.name for p in (tmp_path / "warmstart").iterdir()] == [path.name]
+
+    record = json.loads((path / "warmstart.json").read_text())
+    del record["files"]  # an entry written before the checksums
+    (path / "warmstart.json").write_text(json.dumps(record))
+    (path / "model.safetensors").write_bytes(good[:100])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="atesd.warmstart"):
+        _, _, again, found = warm_start(small_task, TINY, QUICK, tmp_path)
+    assert not found and "does not load" in caplog.text and (path / "model.safetensors").read_bytes() == good
+    (path / "warmstart.json").unlink()  # the write did not finish: trained again, not a stale load
+    assert not warm_start(small_task, TINY, QUICK, tmp_path)[3] and ws.cache_problem(path) is None
+
+
+def test_a_broken_cache_copy_of_the_shipped_key_falls_back_to_the_shipped_weights(tmp_path, monkeypatch):
+    import shutil
+
+    import atesd.warmstart as ws
+    from atesd.tasks.synthetic import ChainBagTask
+
+    task = ChainBagTask()
+    key = cache_key(task.cfg, TinyModelConfig(), WarmStartConfig())
+    shutil.copytree(ws.SHIPPED_DIR / key, tmp_path / "warmstart" / key)
+    (tmp_path / "warmstart" / key / "model.safetensors").write_bytes(b"cut")  # its record lists no sums
+    _, _, path, found = warm_start(
+        task, TinyModelConfig(), WarmStartConfig(), tmp_path, progress=lambda *a: pytest.fail("trained")
+    )
+    assert found and path == ws.SHIPPED_DIR / key and not (tmp_path / "warmstart" / key).exists()
+    monkeypatch.setenv("ATESD_CACHE", "~/atesd-cache")
+    assert ws.default_cache_dir().is_absolute() and ws.cache_root("~/x") == Path.home() / "x"
