@@ -64,9 +64,10 @@ LOCK = ".lock"
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
+def run_lock(run_dir: Path, doing: str = "trained") -> Iterator[None]:
     """Hold the run directory for this process (an advisory lock on `<run_dir>/.lock` holding its
-    pid); another process training the same run directory refuses in one line, naming the holder."""
+    pid); another process working in the same run directory refuses in one line, naming the holder
+    (`doing`: what the holder does there, for the message)."""
     path = run_dir / LOCK
     with path.open("a+") as handle:
         try:
@@ -77,7 +78,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             raise cfglib.ConfigError(
-                f"{run_dir} is being trained by another process (pid {holder}); wait for it to end"
+                f"{run_dir} is being {doing} by another process (pid {holder}); wait for it to end"
             ) from None
         handle.seek(0)
         handle.truncate()

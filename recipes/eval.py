@@ -71,6 +71,7 @@ from recipes._evalstate import (  # noqa: E402
     save_state,
 )
 from recipes._progress import fresh_dir, user_errors, warmstart_progress  # noqa: E402
+from recipes._rundir import run_lock  # noqa: E402
 
 PAPER_SAMPLES, PAPER_MAX_NEW_TOKENS = 12, 38_912  # docs/METHOD.md §4
 SYNTHETIC_SAMPLES, SYNTHETIC_MAX_NEW_TOKENS = 4, 96  # 96: the training sampler's default
@@ -490,28 +491,32 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     with user_errors(args.debug):
         if args.resume:
-            cfg, run_dir, finished = resume_config(args)
-            if finished:
-                print(f"{run_dir} is finished ({SUMMARY} holds its results); nothing to resume", flush=True)
-                return run_dir
+            resume_config(args)  # refuses what is not an eval directory before a lock file is made there
+            run_dir = Path(args.resume)
         else:
             cfg = resolve_config(args)
             run_dir = new_run_dir(Path(cfg.out_dir), cfg.task)
             (run_dir / "config.json").write_text(json.dumps(config_record(cfg), indent=1))
-        print(f"eval directory: {run_dir}", flush=True)
-        try:
-            summary = evaluate(cfg, run_dir)
-        except BaseException as err:  # Ctrl-C and CUDA OOM too: keep what is done, say how to go on
-            line = stopped(run_dir, fresh=not args.resume)
-            if isinstance(err, KeyboardInterrupt) and not args.debug:
-                line = line or "stopped by Ctrl-C before any problem was done"
-                print(f"interrupted: {line}", file=sys.stderr, flush=True)
-                raise SystemExit(130) from None
-            if line and not isinstance(err, cfglib.ConfigError):  # a refusal to resume says it all
-                print(line, file=sys.stderr, flush=True)
-            raise
-    write_atomic(run_dir / SUMMARY, json.dumps(summary, indent=1))
-    (run_dir / STATE).unlink(missing_ok=True)
+        with run_lock(run_dir, doing="evaluated"):  # two processes never append to one directory
+            if args.resume:  # judged again under the lock: another process may have gone on meanwhile
+                cfg, run_dir, finished = resume_config(args)
+                if finished:
+                    print(f"{run_dir} is finished ({SUMMARY} holds its results); nothing to resume")
+                    return run_dir
+            print(f"eval directory: {run_dir}", flush=True)
+            try:
+                summary = evaluate(cfg, run_dir)
+            except BaseException as err:  # Ctrl-C and CUDA OOM too: keep what is done, say how to go on
+                line = stopped(run_dir, fresh=not args.resume)
+                if isinstance(err, KeyboardInterrupt) and not args.debug:
+                    line = line or "stopped by Ctrl-C before any problem was done"
+                    print(f"interrupted: {line}", file=sys.stderr, flush=True)
+                    raise SystemExit(130) from None
+                if line and not isinstance(err, cfglib.ConfigError):  # a refusal to resume says it all
+                    print(line, file=sys.stderr, flush=True)
+                raise
+            write_atomic(run_dir / SUMMARY, json.dumps(summary, indent=1))
+            (run_dir / STATE).unlink(missing_ok=True)
     print_table(summary)
     return run_dir
 

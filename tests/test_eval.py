@@ -166,7 +166,7 @@ def test_eval_main_writes_its_files_and_repeats_under_a_seed(tiny_model, tokeniz
     assert _read(again) == (lines, summary)  # the same seed: the same samples, grades and metrics
     texts = [s["text"] for r in lines for s in r["samples"]]
     assert texts != [s["text"] for r in _read(other)[0] for s in r["samples"]]
-    assert sorted(p.name for p in first.iterdir()) == ["config.json", "problems.jsonl", "summary.json"]
+    assert sorted(p.name for p in first.iterdir()) == [".lock", "config.json", "problems.jsonl", ev.SUMMARY]
 
 
 def _reference(argv: list[str]) -> tuple[list[dict], dict]:
@@ -264,7 +264,7 @@ def test_eval_resume_after_a_stop_equals_an_uninterrupted_run(tiny_model, tokeni
     )
     assert err == (f"interrupted: {line}" if stop is KeyboardInterrupt else line)
     assert stop is not KeyboardInterrupt or exc.value.code == 130
-    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "problems.jsonl", ev.STATE]
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "config.json", "problems.jsonl", ev.STATE]
     written = (run_dir / "problems.jsonl").read_text().splitlines(keepends=True)
     assert len(written) == 5
     with (run_dir / "problems.jsonl").open("a") as fh:  # a line past the saved state, and a torn one
@@ -272,7 +272,8 @@ def test_eval_resume_after_a_stop_equals_an_uninterrupted_run(tiny_model, tokeni
     monkeypatch.undo()
 
     assert main(["--resume", str(run_dir)]) == run_dir
-    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "problems.jsonl", "summary.json"]
+    listed = sorted(p.name for p in run_dir.iterdir())
+    assert listed == [".lock", "config.json", "problems.jsonl", "summary.json"]
     assert _read(run_dir) == _read(main(args))
 
 
@@ -329,6 +330,12 @@ def test_eval_resume_refuses_another_config_and_what_it_cannot_continue(tiny_mod
         ["--resume", str(husk)]
     )
     assert "not an eval.py directory" in refused(["--resume", str(tmp_path / "nope")])
+    assert not (tmp_path / "nope").exists()
+    from recipes._rundir import run_lock
+
+    with run_lock(run_dir):  # as a live evaluation holds it: a second one would append to its files
+        assert "is being evaluated by another process (pid " in refused(["--resume", str(run_dir)])
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == kept
 
     # the command that started it, with --resume: out_dir changes no result
     elsewhere = tmp_path / "elsewhere"
