@@ -16,12 +16,15 @@ against their sha256 in the manifest before they load, as the shipped warm start
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from atesd.state import write_atomic
 
 PRIORS_DIR = Path(__file__).resolve().parent / "weights" / "priors"
 # {controller name: {"env", "controller", "files", "made_with", "provenance"}}
@@ -79,7 +82,19 @@ def first_difference(
 
 
 def manifest() -> dict[str, dict[str, Any]]:
-    return json.loads(MANIFEST.read_text()) if MANIFEST.is_file() else {}
+    """The shipped priors by controller name ({} if none); ValueError naming the file when it does not
+    read (a damaged install)."""
+    if not MANIFEST.is_file():
+        return {}
+    try:
+        entries = json.loads(MANIFEST.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"the priors' manifest {MANIFEST} does not read ({type(err).__name__}: {err})"
+        ) from None
+    if not isinstance(entries, dict):
+        raise ValueError(f"the priors' manifest {MANIFEST} is not a JSON object")
+    return entries
 
 
 def _sha256(path: Path) -> str:
@@ -91,7 +106,10 @@ def _sha256(path: Path) -> str:
 def find(name: str, env_cfg: dict[str, Any], controller_cfg: dict[str, Any]) -> tuple[Path | None, str]:
     """(the base path of `name`'s shipped prior, '') when one is shipped for this env and controller
     config and its files match their sha256; (None, why) otherwise, why '' when none is shipped."""
-    entry = manifest().get(name)
+    try:
+        entry = manifest().get(name)
+    except ValueError as err:  # every controller starts from its own config, and the line says why
+        return None, str(err)
     if entry is None:
         return None, ""
     for where, want, have, ignored in (
@@ -127,9 +145,11 @@ def ship(
     these configs, and record it in the manifest with each file's sha256."""
     base = PRIORS_DIR / name
     base.mkdir(parents=True, exist_ok=True)
-    for file in FILES:
-        shutil.copyfile(state.with_suffix(Path(file).suffix), base / file)
-    entries = manifest()
+    entries = manifest()  # refused before anything is replaced when it does not read
+    for file in FILES:  # each file whole or not at all (a crash between them: the sha256 check catches it)
+        tmp = base / f".tmp-{file}"
+        shutil.copyfile(state.with_suffix(Path(file).suffix), tmp)
+        os.replace(tmp, base / file)
     entries[name] = {
         "env": env_cfg,
         "controller": controller_cfg,
@@ -137,7 +157,7 @@ def ship(
         "made_with": {"torch": torch.__version__, "python": platform.python_version()},
         "provenance": provenance,
     }
-    MANIFEST.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
+    write_atomic(MANIFEST, json.dumps(entries, indent=1, sort_keys=True) + "\n")
     return base / "controller"
 
 

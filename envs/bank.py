@@ -158,22 +158,37 @@ class Bank:
     meta: dict[str, Any]
     runs: list[dict[str, Any]] = field(default_factory=list)  # {"name", "start", "windows": [...]}
     files: int = 0
+    config: dict[str, Any] | None = None  # the env config every file that records one agrees on
+    unconfigured: int = 0  # files that record no env config (recorded without one: not checkable)
+    dropped: list[str] = field(default_factory=list)  # "file:line" of windows left out (non-finite)
 
     @property
     def windows(self) -> int:
         return sum(len(r["windows"]) for r in self.runs)
 
 
+def _finite_window(record: dict[str, Any]) -> bool:
+    try:
+        values = [*record["obs"], *record["action"], *record["next_obs"], record["reward"]]
+        return all(math.isfinite(float(v)) for v in values)
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
 def read_bank(directory: str | Path) -> Bank:
-    """Every run of the bank at `directory`; ValueError when it has none or mixes envs that differ
-    in observation layout, action size or reward."""
+    """Every run of the bank at `directory`; ValueError when it has none, or mixes envs of other
+    classes, observation layouts, action sizes or rewards, or files whose env configs differ (every
+    file that records one is compared). Windows with a non-finite observation, action or reward (a
+    window whose updates were all skipped pays NaN) are left out, each named in `Bank.dropped`."""
     directory = Path(directory)
     paths = sorted(directory.glob("*.jsonl")) if directory.is_dir() else []
     if not paths:
         raise ValueError(f"no bank at {directory}: no .jsonl files (record one with bank_dir={directory})")
     meta: dict[str, Any] | None = None
+    config: tuple[Path, dict[str, Any]] | None = None  # the first recorded env config and its file
     runs: list[dict[str, Any]] = []
-    keys = ("observation_names", "action_size", "reward_spec")
+    unconfigured, dropped = 0, []
+    keys = ("env", "observation_names", "action_size", "reward_spec")
     for path in paths:
         current: dict[int, dict[str, Any]] = {}
         with path.open(encoding="utf-8") as fh:
@@ -190,21 +205,33 @@ def read_bank(directory: str | Path) -> Bank:
                 if kind == "meta":
                     if meta is None:
                         meta = record
-                    elif any(record.get(k) != meta.get(k) for k in keys):
-                        raise ValueError(f"{path}: its env differs from the bank's first ({', '.join(keys)})")
-                    elif record.get("config") and meta.get("config"):
-                        diff = first_difference(meta["config"], record["config"], IGNORED)
+                    differ = [k for k in keys if record.get(k) != meta.get(k)]
+                    if differ:
+                        raise ValueError(
+                            f"{path}: its env differs from the one of {paths[0].name} in {', '.join(differ)} "
+                            f"({record.get('env')} against {meta.get('env')})"
+                        )
+                    if not record.get("config"):
+                        unconfigured += 1
+                    elif config is None:
+                        config = (path, record["config"])
+                    else:
+                        diff = first_difference(config[1], record["config"], IGNORED)
                         if diff is not None:
                             key, mine, first = diff
                             raise ValueError(
-                                f"{path}: its env config has {key}={mine}, the bank's first {first}"
+                                f"{path}: its env config has {key}={mine}, {config[0].name}'s {first}"
                             )
                 elif kind == "reset":
                     current[record["episode"]] = {"name": f"{path.stem}#{record['episode']}", "start": record,
                                                   "windows": []}  # fmt: skip
                 elif kind == "window" and record["episode"] in current:
-                    current[record["episode"]]["windows"].append(record)
+                    if _finite_window(record):
+                        current[record["episode"]]["windows"].append(record)
+                    else:
+                        dropped.append(f"{path.name}:{number}")
         runs += [run for run in current.values() if run["windows"]]
     if meta is None or not runs:
         raise ValueError(f"the bank at {directory} holds no recorded window")
-    return Bank(meta=meta, runs=runs, files=len(paths))
+    return Bank(meta=meta, runs=runs, files=len(paths), config=config and config[1],
+                unconfigured=unconfigured, dropped=dropped)  # fmt: skip

@@ -52,7 +52,10 @@ def ridge(x: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
     """argmin |x w - y|^2 + l2 |w[1:]|^2 (the intercept unpenalised)."""
     penalty = l2 * np.eye(x.shape[1])
     penalty[0, 0] = 0.0
-    return np.linalg.solve(x.T @ x + penalty, x.T @ y)
+    try:
+        return np.linalg.solve(x.T @ x + penalty, x.T @ y)
+    except np.linalg.LinAlgError:  # collinear features (one exposure only, l2 = 0): the least-norm fit
+        return np.linalg.lstsq(x.T @ x + penalty, x.T @ y, rcond=None)[0]
 
 
 def _arrays(runs: list[dict]) -> dict[str, np.ndarray]:
@@ -125,7 +128,8 @@ def fit_surrogate(bank: Bank, l2: float = 1e-3, runs: list[dict] | None = None) 
     runs = bank.runs if runs is None else runs
     a = _arrays(runs)
     if len(a["obs"]) < 2:
-        raise ValueError("the bank holds fewer than 2 windows: record more runs before fitting")
+        which = "the bank holds" if runs is bank.runs else f"the {len(runs)} run(s) fitted hold"
+        raise ValueError(f"{which} fewer than 2 windows: record more or longer runs before fitting")
     x = features(a["obs"], a["action"])
     y = np.concatenate([a["next_obs"] - a["obs"], a["reward"][:, None]], axis=1)
     w_step = ridge(x, y, l2)

@@ -31,6 +31,7 @@ import dataclasses
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -112,13 +113,23 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     if args.episodes < 0 or args.folds < 2 or args.l2 < 0:
         parser.error("--episodes must be >= 0, --folds >= 2, --l2 >= 0")
-    with user_errors(args.debug, "pre-training stopped; nothing was saved"):
-        return _main(args, sys.argv[1:] if argv is None else argv)
+    written: list[Path] = []  # the output directory once it holds the surrogate and the controller
+    with user_errors(args.debug, lambda: stopped_line(written)):
+        return _main(args, sys.argv[1:] if argv is None else argv, written)
 
 
-def _main(args: argparse.Namespace, argv: list[str]) -> Path:
+def stopped_line(written: list[Path]) -> str:
+    if not written:
+        return "pre-training stopped; nothing was saved"
+    return f"stopped after the pre-trained controller was saved in {written[0]}; nothing was shipped"
+
+
+def _main(args: argparse.Namespace, argv: list[str], written: list[Path]) -> Path:
     cfg = cfglib.load(RunConfig, args.config, [*args.overrides, f"controller={args.controller}"])
     bank = read_bank(args.bank)
+    if bank.dropped:
+        print(f"left out {len(bank.dropped)} window(s) with a non-finite observation, action or reward: "
+              f"{', '.join(bank.dropped[:3])}{' ...' if len(bank.dropped) > 3 else ''}")  # fmt: skip
     if args.ship:
         check_shippable(bank, cfg)
     t0 = time.perf_counter()
@@ -156,6 +167,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> Path:
     out = fresh_dir(args.out, f"surrogate__{time.strftime('%Y%m%d-%H%M%S')}")
     model.save(out / "surrogate.json")
     save_state(controller.state_dict(), out / "controller")
+    written.append(out)
     learned = float(
         np.mean([run_episode(env, controller, seed=10**6 + e).final_info["score"] for e in range(50)])
     )  # the pre-trained controller over 50 more episodes (still learning, after its state was saved)
@@ -174,8 +186,8 @@ def _main(args: argparse.Namespace, argv: list[str]) -> Path:
             np.mean(returns[-max(1, len(returns) // 10) :]),
         )
         print(f"pre-trained {args.controller} for {args.episodes} episodes in {seconds:.1f} s: return "
-              f"{first:.4f} -> {last:.4f} (first and last tenth), mean alpha {alphas[0]:.3f} -> "
-              f"{np.mean(alphas[-max(1, len(alphas) // 10):]):.3f}")  # fmt: skip
+              f"{first:.4f} -> {last:.4f} (first and last tenth), mean alpha {alphas[0]:.3f} (first "
+              f"episode) -> {np.mean(alphas[-max(1, len(alphas) // 10):]):.3f} (last tenth)")  # fmt: skip
     init = out / "controller"
     print(f"wrote {out}; go on learning on the real env with "
           f"python recipes/run.py --controller {args.controller} controller_init={init}")  # fmt: skip
@@ -206,7 +218,13 @@ def check_shippable(bank, cfg: RunConfig) -> None:
             f"--ship: the bank is of {bank.meta.get('env')} with reward {bank.meta.get('reward_spec')}, not "
             f"of this run config's real env (reward {want}); pass the config it was recorded with"
         )
-    recorded = bank.meta.get("config")
+    if bank.unconfigured:  # recorded without its config (a bank from before configs were kept)
+        warnings.warn(
+            f"--ship: {bank.unconfigured} of the bank's {bank.files} files record no env config, so they "
+            "cannot be checked against this run config: the prior is shipped for this config on trust",
+            stacklevel=2,
+        )
+    recorded = bank.config
     diff = priors.first_difference(recorded, cfglib.to_dict(cfg.real), priors.IGNORED) if recorded else None
     if diff is not None:
         key, mine, theirs = diff

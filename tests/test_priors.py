@@ -141,3 +141,21 @@ def test_the_shipped_prior_fits_the_embedded_default_and_loads():
         dist = controller.policy(torch.zeros(1, controller.policy.net[0].in_features))
     a, b = float(dist.concentration1[0, 0]), float(dist.concentration0[0, 0])
     assert a + b > 10 and 0.5 < a / (a + b) < 0.95
+
+
+def test_a_damaged_manifest_starts_controllers_from_their_own_config_and_ship_refuses(priors_dir, tmp_path):
+    """A manifest cut by a crash (it used to be rewritten in place) made every default real run fail
+    on a JSON error, controllers without a prior too; now find says why, and ship replaces nothing."""
+    cfg = RunConfig()
+    ctl_cfg, _ = built(cfg)
+    _, path = ship_for(cfg, tmp_path)
+    text = priors.MANIFEST.read_text()
+    assert not list(priors_dir.rglob(".tmp-*"))
+    priors.MANIFEST.write_text(text[: len(text) // 2])
+    for name in ("beta_reinforce", "ppo"):
+        found, why = priors.find(name, cfglib.to_dict(cfg.real), cfglib.to_dict(ctl_cfg))
+        assert found is None and f"the priors' manifest {priors.MANIFEST} does not read" in why
+    kept = (path.with_suffix(".safetensors")).read_bytes()
+    with pytest.raises(ValueError, match="does not read"):
+        ship_for(cfg, tmp_path, concentration=5.0)
+    assert path.with_suffix(".safetensors").read_bytes() == kept

@@ -63,7 +63,7 @@ def test_a_run_cut_by_a_crash_keeps_its_windows_and_bad_banks_say_why(tmp_path):
     other.reset(seed=0)
     other.step(np.array([0.4], dtype=np.float32))
     other.close()
-    with pytest.raises(ValueError, match="differs from the bank's first"):
+    with pytest.raises(ValueError, match="its env differs from the one of .* in reward_spec"):
         read_bank(tmp_path)
 
 
@@ -178,3 +178,51 @@ def test_a_bank_refuses_runs_of_another_env_config(tmp_path):
     record(3e-4, 1, 4)
     with pytest.raises(ValueError, match=r"its env config has engine\.lr="):
         read_bank(tmp_path)
+
+
+def _record(directory, tag: str, config=None, steps: int = 20):
+    env = BankRecorder(MockExposureEnv(MockConfig(total_steps=steps)), directory, tag=tag, config=config)
+    env.reset(seed=0)
+    done = False
+    while not done:
+        done = env.step(np.array([0.4], dtype=np.float32))[2]
+    env.close()
+    return env.path
+
+
+def test_every_file_of_a_bank_is_checked_not_only_the_first(tmp_path):
+    """A file that records no config (sorted first) no longer turns the config check off, and a file
+    of another env class is refused even where its layout and reward match."""
+    _record(tmp_path, "a")  # no config
+    _record(tmp_path, "b", {"engine": {"lr": 1e-4}})
+    bank = read_bank(tmp_path)
+    assert bank.config == {"engine": {"lr": 1e-4}} and bank.unconfigured == 1 and bank.files == 2
+    _record(tmp_path, "c", {"engine": {"lr": 1.0}})
+    with pytest.raises(ValueError, match=r"c__.*its env config has engine\.lr=1\.0, b__.*'s 0\.0001"):
+        read_bank(tmp_path)
+    other = tmp_path / "other"
+    _record(other, "a")
+    path = _record(other, "b")
+    lines = path.read_text().splitlines(keepends=True)
+    lines[0] = json.dumps({**json.loads(lines[0]), "env": "SkillChainEnv"}) + "\n"
+    path.write_text("".join(lines))
+    with pytest.raises(ValueError, match="in env \\(SkillChainEnv against MockExposureEnv\\)"):
+        read_bank(other)
+
+
+def test_a_window_with_a_nan_reward_is_left_out_and_named(tmp_path, capsys):
+    """The real env pays NaN for a window whose updates were all skipped; the recorder has written it
+    before the run stops. The fit leaves it out (one NaN made every reward weight and sd NaN)."""
+    path = _record(tmp_path, "a", steps=40)
+    _record(tmp_path, "b", steps=40)
+    lines = path.read_text().splitlines(keepends=True)
+    lines[3] = json.dumps({**json.loads(lines[3]), "reward": float("nan")}) + "\n"
+    path.write_text("".join(lines))
+    bank = read_bank(tmp_path)
+    assert bank.dropped == [f"{path.name}:4"] and bank.windows == 15
+    model = fit_surrogate(bank)
+    assert np.isfinite(model.w_step).all() and np.isfinite(model.sd_step).all()
+    assert all(np.isfinite(t["rmse"]) for t in fit_report(bank, folds=2)["targets"].values())
+    fit_surrogate(bank, l2=0.0)  # one exposure: collinear features, least-norm (was "Singular matrix")
+    with pytest.raises(ValueError, match="the 1 run\\(s\\) fitted hold fewer than 2 windows"):
+        fit_surrogate(bank, runs=[{"start": bank.runs[0]["start"], "windows": bank.runs[0]["windows"][:1]}])
