@@ -181,6 +181,13 @@ def _discard(entry: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+def _has_sums(entry: Path) -> bool:
+    try:
+        return bool(json.loads((entry / "warmstart.json").read_text()).get("files"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def cache_root(cache_dir: str | Path | None = None) -> Path:
     """The cache directory: `cache_dir`, else $ATESD_CACHE, else ~/.cache/atesd (`~` expanded)."""
     return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -234,6 +241,8 @@ def warm_start(
             log.info("warm start found: %s", path)
             return model, tokenizer, path, True
         except Exception as err:  # an entry from before checksums were kept, damaged since
+            if _has_sums(path):  # its files are the ones written: the fault is not the entry's
+                raise
             log.warning("warm start: the cache entry %s does not load (%s: %s); it is removed", path,
                         type(err).__name__, err)  # fmt: skip
             _discard(path)
