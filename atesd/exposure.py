@@ -58,15 +58,17 @@ class ExposureConfig:
 def num_revealed(alpha: float, num_segments: int) -> int:
     """floor(alpha * m), robust to float noise (alpha=0.7, m=10 reveals 7), a float32 alpha too.
 
-    Env actions are float32, and np.float32(0.7) is 0.699999988 as a double: an alpha that a float32
-    holds exactly is read as the shortest decimal that float32 prints (0.7), so it reveals 7 of 10
-    steps, not 6. An alpha of a double's precision is taken as it is."""
+    Env actions are float32, and np.float32(0.7) is 0.699999988 as a double: an alpha that is the
+    float32 nearest k/m reveals k of m segments (0.7 reveals 7 of 10 steps, float32(5/6) 5 of 6, not
+    one fewer); any other alpha is taken as it is (alpha * m within 1e-9 of a whole number is it)."""
+    alpha = float(alpha)
     if not 0.0 <= alpha <= 1.0 or math.isnan(alpha):
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    single = np.float32(alpha)
-    if float(single) == alpha:
-        alpha = float(str(single))
-    return min(num_segments, math.floor(alpha * num_segments + 1e-9))
+    scaled = alpha * num_segments
+    nearest = round(scaled)
+    if abs(scaled - nearest) < 1e-9 or float(np.float32(nearest / num_segments)) == alpha:
+        return nearest
+    return math.floor(scaled)
 
 
 class PromptBuilder:
@@ -78,11 +80,19 @@ class PromptBuilder:
         self.tokenizer, self.fmt, self.cfg = tokenizer, fmt, cfg or ExposureConfig()
 
     def reveal(self, reference: Problem, alpha: float) -> str:
-        """The revealed part of the reference's reasoning (the answer is added separately)."""
+        """The revealed part of the reference's reasoning (the answer is added separately). In token
+        units the cut steps back to a whole character: a byte-level tokenizer splits a multi-byte
+        character over tokens, and half of one decodes to U+FFFD."""
         if self.cfg.unit == "step":
             return "".join(reference.steps[: num_revealed(alpha, len(reference.steps))])
-        ids = self.tokenizer("".join(reference.steps), add_special_tokens=False)["input_ids"]
-        return self.tokenizer.decode(ids[: num_revealed(alpha, len(ids))])
+        text = "".join(reference.steps)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        n = num_revealed(alpha, len(ids))
+        revealed = self.tokenizer.decode(ids[:n])
+        while n and revealed.endswith("\ufffd") and not text.startswith(revealed):
+            n -= 1
+            revealed = self.tokenizer.decode(ids[:n])
+        return revealed
 
     def teacher_content(self, problem: Problem, alpha: float, reference: Problem | None = None) -> str:
         """The teacher's user message; `reference` defaults to the problem itself."""

@@ -239,3 +239,109 @@ def test_a_row_json_accepts_silently_is_refused_with_its_line(tmp_path, row, mes
         load_problems(MathDataConfig(source=str(path)))
     problems, skipped = load_problems(MathDataConfig(source=str(path), skip_bad_rows=True))
     assert len(problems) == 1 and skipped == 1
+
+
+def test_auto_format_takes_each_rows_answer_field_else_its_box(tmp_path):
+    boxed = {"problem": "Box?", "solution": "Two and one.\n\nSo $\\boxed{3}$."}
+    both = {"problem": "Both?", "solution": "Four and four.\n\nSo $\\boxed{8}$.", "answer": "7"}
+    bare = {"problem": "Bare?", "answer": "9"}
+    blank = {"problem": "Blank?", "solution": "One.\n\n$\\boxed{1}$", "answer": " "}
+    for order in ([boxed, both, bare, blank], [both, boxed, blank, bare], [bare, blank, both, boxed]):
+        path = write_jsonl(tmp_path / "mixed.jsonl", order)
+        problems, _ = load_problems(MathDataConfig(source=str(path)))
+        answers = {p.question.removesuffix(INSTR): p.answer for p in problems}
+        assert answers == {"Box?": "3", "Both?": "7", "Bare?": "9", "Blank?": "1"}, order
+        steps = {p.question.removesuffix(INSTR): p.steps for p in problems}
+        assert steps["Bare?"] == () and steps["Both?"] == ("Four and four.\n\n", "So $")
+    neither = write_jsonl(tmp_path / "neither.jsonl", [boxed, {"problem": "x?", "solution": ""}])
+    with pytest.raises(ValueError, match=r"line 2: no 'solution' or 'answer' field with text"):
+        load_problems(MathDataConfig(source=str(neither)))
+    with pytest.raises(ValueError, match=r"line 1: missing field 'answer'"):  # a named field is needed
+        load_problems(MathDataConfig(source=str(neither), answer_field="answer"))
+
+
+def test_split_picks_the_data_dir_file_of_that_split(tmp_path):
+    row = {"question": "What is 1 + 1?", "answer": "1 + 1 = 2.\n#### 2"}
+    write_jsonl(tmp_path / "gsm8k_train.jsonl", [row, row])
+    write_jsonl(tmp_path / "gsm8k_test.jsonl", [row])
+    write_jsonl(tmp_path / "aime24.jsonl", [{"problem": "x?", "answer": "1"}])
+
+    def read(source, split):
+        problems, _ = load_problems(MathDataConfig(source=source, data_dir=str(tmp_path), split=split))
+        return Path(problems[0].meta["source"]).name, len(problems)
+
+    assert (
+        read("gsm8k", None)
+        == read("gsm8k", "train")
+        == read("gsm8k_test", "train")
+        == ("gsm8k_train.jsonl", 2)
+    )
+    assert read("gsm8k", "test") == read("gsm8k_test", None) == ("gsm8k_test.jsonl", 1)
+    assert read("aime24", "train") == ("aime24.jsonl", 1)
+    with pytest.raises(
+        ValueError, match=r"aime24: split 'test' is in no data_dir file .*HuggingFaceH4/aime_2024"
+    ):
+        read("aime24", "test")
+
+
+def test_windows_line_ends_segment_like_unix_ones(tmp_path):
+    solution = "Add them.\n\nSo 2 + 3 = 5.\n\nThe answer is $\\boxed{5}$."
+    gsm8k = "Two and three.\nMake 5.\n#### 5"
+    rows = [{"problem": "2 + 3?", "solution": solution}, {"question": "2 + 3?", "answer": gsm8k}]
+    for row, fmt in zip(rows, ("opsd", "gsm8k")):
+        unix = write_jsonl(tmp_path / "unix.jsonl", [row])
+        crlf = {k: v.replace("\n", "\r\n") for k, v in row.items()}
+        windows = write_jsonl(tmp_path / "windows.jsonl", [crlf])
+        (u,), _ = load_problems(MathDataConfig(source=str(unix), format=fmt))
+        (w,), _ = load_problems(MathDataConfig(source=str(windows), format=fmt))
+        assert w.steps == u.steps and len(w.steps) >= 2 and (w.answer, w.final) == (u.answer, u.final)
+
+
+def test_a_reference_of_whitespace_has_no_steps(tmp_path):
+    assert segment("  \n", "paragraph") == segment(" \t", "line") == segment("\n\n", "sentence") == ()
+    path = write_jsonl(tmp_path / "blank.jsonl", [{"problem": "x?", "solution": "  \n\\boxed{3}"}])
+    (p,), _ = load_problems(MathDataConfig(source=str(path)))
+    assert p.steps == () and p.answer == "3" and p.final == "\\boxed{3}"
+
+
+def test_held_out_sets_that_leave_no_training_rows_are_refused(tmp_path, caplog):
+    def toy(n):
+        rows = [{"problem": f"{i} + 1?", "solution": f"Add one.\n\n$\\boxed{{{i + 1}}}$"} for i in range(n)]
+        return str(write_jsonl(tmp_path / f"toy{n}.jsonl", rows))
+
+    with pytest.raises(ValueError, match=r"eval_size=0 and probe_size=64 hold out 0 and 10 of the 10 usable "
+                       r"rows of toy10, leaving none for training"):  # fmt: skip
+        MathTask.from_config(MathDataConfig(source=toy(10)))
+    with pytest.raises(ValueError, match=r"eval_size=8 and probe_size=64 hold out 8 and 2 of the 10 .* none"):
+        MathTask.from_config(MathDataConfig(source=toy(10), eval_size=8))
+    assert len(MathTask.from_config(MathDataConfig(source=toy(10), eval_size=-1)).eval_sets()["toy10"]) == 10
+    with caplog.at_level("WARNING", logger="atesd.tasks.math"):
+        task = MathTask.from_config(MathDataConfig(source=toy(100)))
+    assert len(task.train) == 36 and len(task.probe_set()) == 64
+    assert any(
+        "hold out 0 and 64 of the 100 usable rows of toy100, leaving 36" in r.getMessage()
+        for r in caplog.records
+    )
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="atesd.tasks.math"):
+        task = MathTask.from_config(MathDataConfig(source=toy(200)))  # 64 of 200: no warning
+    assert len(task.train) == 136 and not caplog.records
+
+
+def test_files_that_are_not_json_lines_are_refused_in_one_line(tmp_path, monkeypatch):
+    rows = [{"problem": "1 + 1?", "answer": "2"}, {"problem": "2 + 2?", "answer": "4"}]
+    (tmp_path / "rows.parquet").write_bytes(b"PAR1\x00\x01PAR1")
+    (tmp_path / "rows.csv").write_text("problem,answer\n1 + 1?,2\n")
+    (tmp_path / "array.json").write_text(json.dumps(rows))
+    (tmp_path / "indented.json").write_text(json.dumps(rows, indent=2))
+    for name, what in (("rows.parquet", "a .parquet file"), ("rows.csv", "a .csv file"),
+                       ("array.json", "a JSON array"), ("indented.json", "a JSON array")):  # fmt: skip
+        with pytest.raises(ValueError, match=rf"{name}: {what}; only JSON Lines .* is read") as err:
+            load_problems(MathDataConfig(source=str(tmp_path / name)))
+        assert "\n" not in str(err.value)
+    lines = write_jsonl(tmp_path / "lines.json", rows)  # JSON Lines named .json still reads
+    assert [p.answer for p in load_problems(MathDataConfig(source=str(lines)))[0]] == ["2", "4"]
+    monkeypatch.chdir(tmp_path)  # a missing relative path is a missing file, not an HF dataset id
+    for name in ("data/train.json", "data/train.jsonl", "data/train.parquet", "data/train.csv"):
+        with pytest.raises(FileNotFoundError, match=f"no such data file: {name}"):
+            load_problems(MathDataConfig(source=name))

@@ -89,3 +89,15 @@ def test_a_training_range_the_held_out_sets_cover_is_refused_not_a_hang():
     )  # fmt: skip  (10 x 10 questions, all held out)
     with pytest.raises(ValueError, match="leave almost no question outside the held-out"):
         ChainBagTask(cfg).sample(np.random.default_rng(0), 1)
+
+
+def test_bands_that_share_a_name_are_refused():
+    import pytest
+
+    for bands, message in (
+        (((1, 12), (11, 2)), r"bands \(1, 12\) and \(11, 2\) share the evaluation band name M112"),
+        (((4, 4), (0, 4), (4, 4)), r"bands \(4, 4\) and \(4, 4\) share the evaluation band name M44"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            ChainBagConfig(bands=bands)
+    assert list(ChainBagTask().eval_sets()) == ["C6", "B4", "M44", "M64"]

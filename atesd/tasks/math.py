@@ -56,6 +56,8 @@ _SEPARATORS = {
     "sentence": re.compile(r"(?<=[.!?])\s+|\n\s*"),
 }
 _CALC = re.compile(r"<<[^<>]*>>")
+_DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".tsv", ".arrow")  # a source named so is a path
+_NOT_JSONL = (".parquet", ".csv", ".tsv", ".arrow")
 _GSM8K_FINAL = re.compile(r"^####\s*(.+?)\s*$")
 _DEFAULT_FIELDS = {  # (question, solution, answer) fields; no answer field: the solution's last box
     "opsd": ("problem", "solution", None),
@@ -143,12 +145,13 @@ class _Fields(NamedTuple):
     solution: str | None
     answer: str | None
     gsm8k: bool
+    per_row: bool = False  # auto: each row's own solution / answer fields (not the *_field overrides)
 
 
 # ---- text ---------------------------------------------------------------------------------------
 def segment(text: str, unit: Literal["paragraph", "line", "sentence"]) -> tuple[str, ...]:
-    """`text` split into steps that keep their trailing separators ("".join(steps) == text); runs
-    of whitespace never form a step of their own."""
+    """`text` split into steps that keep their trailing separators ("".join(steps) == text, except
+    that a text of whitespace alone has no steps); runs of whitespace never form a step of their own."""
     steps: list[str] = []
     start = 0
     for match in _SEPARATORS[unit].finditer(text):
@@ -158,7 +161,7 @@ def segment(text: str, unit: Literal["paragraph", "line", "sentence"]) -> tuple[
     tail = text[start:]
     if steps and not tail.strip():
         steps[-1] += tail
-    elif tail:
+    elif tail.strip():
         steps.append(tail)
     return tuple(steps)
 
@@ -174,22 +177,48 @@ def _text(row: Mapping[str, Any], key: str) -> str:
     return str(value)
 
 
+def _reference_text(row: Mapping[str, Any], key: str) -> str:
+    """A reference solution's text with Windows line ends (\\r\\n) made \\n, so that its paragraphs
+    and lines segment as they do in any other file."""
+    return _text(row, key).replace("\r\n", "\n")
+
+
 def _resolve_fields(cfg: MathDataConfig, row: Mapping[str, Any]) -> _Fields:
-    """The fields to read, from the format (auto: from this first row's keys, reading whichever of
-    solution and answer a problem row has) and the *_field overrides."""
+    """The fields to read, from the format (auto: from this first row's keys; a problem row's
+    solution and answer are then read from whichever of them each row has, see _row_fields) and
+    the *_field overrides."""
     fmt = cfg.format if cfg.format != "auto" else _detect_format(row)
     question, solution, answer = _DEFAULT_FIELDS[fmt]
-    if cfg.format == "auto" and fmt != "gsm8k":
-        solution, answer = (
-            ("solution" if "solution" in row else None),
-            ("answer" if "answer" in row else None),
-        )
+    per_row = cfg.format == "auto" and fmt != "gsm8k"
+    if per_row:
+        solution, answer = "solution", "answer"
     return _Fields(
         cfg.question_field or question,
         cfg.solution_field or solution,
         cfg.answer_field or answer,
         fmt == "gsm8k",
+        per_row,
     )
+
+
+def _row_fields(
+    fields: _Fields, cfg: MathDataConfig, row: Mapping[str, Any]
+) -> tuple[str | None, str | None]:
+    """(solution field, answer field) of this row: the format's, or in auto format whichever of
+    `solution` and `answer` the row has (an absent, null or blank field is not had; an answer field
+    that is had gives the gold answer, else the solution's last \\boxed{} does)."""
+    if not fields.per_row:
+        return fields.solution, fields.answer
+
+    def has(key: str) -> bool:
+        value = row.get(key)
+        return value is not None and not (isinstance(value, str) and not value.strip())
+
+    solution = fields.solution if cfg.solution_field or has("solution") else None
+    answer = fields.answer if cfg.answer_field or has("answer") else None
+    if not (solution or answer):
+        raise ValueError(f"no 'solution' or 'answer' field with text (fields: {', '.join(map(str, row))})")
+    return solution, answer
 
 
 def _detect_format(row: Mapping[str, Any]) -> str:
@@ -207,15 +236,16 @@ def _problem(row: Mapping[str, Any], fields: _Fields, cfg: MathDataConfig, meta:
         question += "\n\n" + cfg.instruction
     unit = cfg.segment if cfg.segment != "auto" else ("line" if fields.gsm8k else "paragraph")
     if fields.gsm8k:
-        body, answer = _gsm8k_solution(_text(row, fields.answer or "answer"))
+        body, answer = _gsm8k_solution(_reference_text(row, fields.answer or "answer"))
         return Problem(question, segment(body, unit), answer, f"\\boxed{{{answer}}}", cfg.band_name, meta)
-    solution = _text(row, fields.solution) if fields.solution else ""
-    if fields.answer:
-        answer = _text(row, fields.answer).strip()
+    solution_field, answer_field = _row_fields(fields, cfg, row)
+    solution = _reference_text(row, solution_field) if solution_field else ""
+    if answer_field:
+        answer = _text(row, answer_field).strip()
     else:
         answer = (last_boxed(solution) or "").strip()
         if not answer:
-            raise ValueError(f"no \\boxed{{}} answer in the solution field {fields.solution!r}")
+            raise ValueError(f"no \\boxed{{}} answer in the solution field {solution_field!r}")
     span = last_boxed_span(solution)
     if not solution:
         body, final = "", f"\\boxed{{{answer}}}"
@@ -240,23 +270,40 @@ def _gsm8k_solution(text: str) -> tuple[str, str]:
 
 
 # ---- reading --------------------------------------------------------------------------------
+def _local_file(source: str, known: DataSource, split: str | None) -> str:
+    """The file in a data folder that holds `split` of a named source: its own, or the file of the
+    named source with the same HF id and that split (gsm8k with split 'test': gsm8k_test.jsonl)."""
+    if split is None or split == known.split:
+        return known.file
+    for other in DATASETS.values():
+        if other.hf_id == known.hf_id and other.split == split:
+            return other.file
+    splits = sorted({d.split for d in DATASETS.values() if d.hf_id == known.hf_id})
+    raise ValueError(
+        f"{source}: split {split!r} is in no data_dir file (they hold split {', '.join(splits)}); leave "
+        f"data_dir unset to read it from the Hugging Face hub, {known.hf_id}"
+    )
+
+
 def _resolve_source(cfg: MathDataConfig) -> Path | tuple[str, str | None, str]:
-    """A local file, or (HF id, HF config name, split): a named source's file in data_dir (which must
-    hold it when given: a mistyped folder never turns into a download), else a path, else the named
-    source's or the given HF id."""
+    """A local file, or (HF id, HF config name, split): a named source's file of cfg.split in
+    data_dir (which must hold it when given: a mistyped folder never turns into a download), else a
+    path (a name ending in a data file's extension is always one), else the named source's or the
+    given HF id."""
     known = DATASETS.get(cfg.source)
     if known and cfg.data_dir:
-        local = Path(cfg.data_dir).expanduser() / known.file
+        file = _local_file(cfg.source, known, cfg.split)
+        local = Path(cfg.data_dir).expanduser() / file
         if not local.is_file():
             raise FileNotFoundError(
-                f"{cfg.source}: no {known.file} in data_dir {cfg.data_dir} (leave data_dir unset to read "
+                f"{cfg.source}: no {file} in data_dir {cfg.data_dir} (leave data_dir unset to read "
                 f"it from the Hugging Face hub, {known.hf_id})"
             )
         return local
     path = Path(cfg.source).expanduser()
     if path.is_file():
         return path
-    if cfg.source.endswith(".jsonl"):
+    if path.suffix.lower() in _DATA_SUFFIXES:
         raise FileNotFoundError(f"no such data file: {path}")
     hf_id, split = (known.hf_id, known.split) if known else (cfg.source, "train")
     if known or re.fullmatch(r"[\w.-]+/[\w.-]+", cfg.source):
@@ -280,7 +327,18 @@ def _hf_rows(hf_id: str, name: str | None, split: str) -> Iterator[tuple[int, An
 
 def _file_rows(path: Path) -> Iterator[tuple[int, Any]]:
     """Non-blank lines as bytes: each is decoded (UTF-8) with its JSON, so an undecodable line is a bad
-    row named by its line number, like any other."""
+    row named by its line number, like any other. A file that is not JSON Lines (a .parquet or .csv
+    file, a JSON array) is refused in one line."""
+    only = "only JSON Lines (one JSON object a line, .jsonl) is read from a local file: convert it"
+    if path.suffix.lower() in _NOT_JSONL:
+        raise ValueError(f"{path}: a {path.suffix} file; {only}")
+    with path.open("rb") as f:
+        if f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
+            raise ValueError(f"{path}: a JSON array; {only}")
+    return _lines(path)
+
+
+def _lines(path: Path) -> Iterator[tuple[int, Any]]:
     with path.open("rb") as f:
         for lineno, line in enumerate(f, start=1):
             if line.strip():
@@ -391,7 +449,8 @@ class MathTask:
     def from_config(cls, cfg: MathDataConfig, grade_cfg: GradeConfig | None = None) -> MathTask:
         """cfg's rows: eval_size of them (chosen by a seeded shuffle, kept in file order) form the
         evaluation band, then probe_size rows with a reference the probe set, the rest the training
-        pool."""
+        pool. Unless eval_size is -1 (every row evaluated, no training), held-out sets that leave no
+        row for training are refused, and ones that take more than half the rows are warned of."""
         problems, skipped = load_problems(cfg)
         order = np.random.default_rng(cfg.seed).permutation(len(problems))
         n_eval = len(problems) if cfg.eval_size == -1 else min(cfg.eval_size, len(problems))
@@ -400,6 +459,14 @@ class MathTask:
         held_out = held | set(probe)
         evals = {cfg.band_name: [problems[i] for i in sorted(held)]} if held else {}
         train = [p for i, p in enumerate(problems) if i not in held_out]
+        if cfg.eval_size != -1 and len(held_out) * 2 > len(problems):
+            counts = (
+                f"eval_size={cfg.eval_size} and probe_size={cfg.probe_size} hold out {n_eval} and "
+                f"{len(probe)} of the {len(problems)} usable rows of {cfg.band_name}"
+            )
+            if not train:
+                raise ValueError(f"{counts}, leaving none for training: lower eval_size or probe_size")
+            logger.warning("%s, leaving %d for training", counts, len(train))
         return cls(train, evals, [problems[i] for i in probe], grade_cfg, skipped)
 
     def sample(self, rng: np.random.Generator, n: int) -> list[Problem]:

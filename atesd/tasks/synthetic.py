@@ -66,9 +66,16 @@ class ChainBagConfig:
             raise ValueError(f"ops must be a non-empty subset of '+-*', got {self.ops!r}")
         if not self.bands:
             raise ValueError("bands must name at least one (L, E) evaluation band")
+        named: dict[str, tuple[int, int]] = {}
         for chain, bag in self.bands:
             if chain < 0 or bag < 0 or chain + bag < 1:
                 raise ValueError(f"bands entries need L, E >= 0 and L + E >= 1, got {(chain, bag)}")
+            name = band_name(chain, bag)
+            if name in named:  # one would replace the other's problems in the evaluation sets
+                raise ValueError(
+                    f"bands {named[name]} and {(chain, bag)} share the evaluation band name {name}: drop one"
+                )
+            named[name] = (chain, bag)
         if self.eval_size < 1 or self.probe_size < 1:
             raise ValueError("eval_size and probe_size must be >= 1")
 
