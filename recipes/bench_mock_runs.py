@@ -4,8 +4,9 @@
     python recipes/bench_mock_runs.py --runs 1 2 5 10 20 --seeds 8
 
 Every arm trains for max(--runs) runs of the default (rising) mock env, 100 windows each, its learned
-state carried from run to run; printed: the mean and std over seeds of the competence at the end of
-each listed run. `tests/test_controllers_mock.py` checks the issue's ranking on the same protocol.
+state carried from run to run; printed: the mean and the sample sd (ddof = 1, as bench.py's) over
+seeds of the competence at the end of each listed run. `tests/test_controllers_mock.py` checks the
+issue's ranking on the same protocol.
 """
 
 from __future__ import annotations
@@ -53,20 +54,34 @@ def competence_after_runs(name: str, cfg, seed: int, runs: int, **env_kwargs) ->
     ]
 
 
-def main() -> None:
+def run_stats(scores: np.ndarray, runs: list[int]) -> list[tuple[float, float]]:
+    """(mean, sample sd with ddof = 1, as bench.py and sweep.py report it; NaN for one seed) over
+    seeds of the end-of-run competence, for each listed run (1-based) of `scores` (seeds, runs)."""
+    out = []
+    for r in runs:
+        column = scores[:, r - 1]
+        out.append((float(column.mean()), float(column.std(ddof=1)) if len(column) > 1 else float("nan")))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--runs", type=int, nargs="+", default=[1, 2, 5, 10, 20], help="runs to report")
-    parser.add_argument("--seeds", type=int, default=8, help="seeds 0..N-1")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--runs", type=int, nargs="+", default=[1, 2, 5, 10, 20], help="runs to report (1-based, >= 1)"
+    )
+    parser.add_argument("--seeds", type=int, default=8, help="seeds 0..N-1 (>= 1)")
+    args = parser.parse_args(argv)
+    if min(args.runs) < 1:
+        parser.error(f"--runs must be >= 1 (run 1 is the first), got {min(args.runs)}")
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
     torch.set_num_threads(1)
     print(f"{'arm':26s}" + "".join(f"  run {r:>2d}        " for r in args.runs))
     for arm, (name, cfg) in ARMS.items():
         scores = np.array([competence_after_runs(name, cfg, s, max(args.runs)) for s in range(args.seeds)])
-        cells = "".join(
-            f"  {scores[:, r - 1].mean():.3f} ± {scores[:, r - 1].std():.3f}   " for r in args.runs
-        )
+        cells = "".join(f"  {mean:.3f} ± {sd:.3f}   " for mean, sd in run_stats(scores, args.runs))
         print(f"{arm:26s}{cells}", flush=True)
 
 

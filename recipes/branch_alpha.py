@@ -15,8 +15,14 @@ stream (common random numbers), and the greedy accuracy over the evaluation band
 branch's end. Every field can be set with `--set key=value` or a YAML file (`--config`).
 The table gives, per stage, each alpha's accuracy gain over the stage's start and its paired
 difference to the base alpha's branch (mean over seeds, one-sided paired t-test p for "better than
-the base"). Writes <out>/branch_alpha.json with the resolved config. The probe and the grounded score
-are off by default (they feed controllers and change no update).
+the base"). The probe and the grounded score are off by default (they feed controllers and change
+no update).
+
+Each experiment gets its own directory: --out DIR (default runs/branch_alpha), or DIR-1, DIR-2,
+... when DIR exists. It holds config.json (written first), runs.jsonl (a line per finished seed,
+written as each seed finishes, so Ctrl-C or a crash keeps them) and, at the end, branch_alpha.json
+(the config, the seeds, every seed's run and the table). `--resume DIR` goes on with the experiment
+in DIR: its config, only the seeds runs.jsonl lacks.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,7 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from atesd import config as cfglib  # noqa: E402
 from atesd.builder import RealConfig, build_engine  # noqa: E402
 from atesd.engine import EngineConfig  # noqa: E402
-from recipes._progress import user_errors  # noqa: E402
+from atesd.state import write_atomic  # noqa: E402
+from recipes._progress import fresh_dir, user_errors  # noqa: E402
+from recipes._tables import json_safe  # noqa: E402
+from recipes.sweep import RUNS, append_record, read_records, resume_config  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -140,18 +150,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], help="override, e.g. base=0.5"
     )
-    parser.add_argument("--out", default="runs/branch_alpha")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the experiment's directory, or DIR-1, DIR-2, ... if DIR exists (default: runs/branch_alpha)",
+    )
+    parser.add_argument("--resume", type=Path, metavar="DIR", help="go on with the experiment in DIR")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
-    with user_errors(args.debug, "the branching stopped; no results were written"):
-        cfg = cfglib.load(BranchConfig, args.config, args.overrides)
+    if args.resume is not None and args.out is not None:
+        parser.error("--resume DIR goes on in DIR: give no --out")
+    with user_errors(args.debug, "the branching stopped before its first seed started"):
         seeds = seed_list(args.seeds)
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after the training
+        if args.resume is not None:
+            cfg, out = resume_config(BranchConfig, args.resume, args.config, args.overrides), args.resume
+        else:
+            cfg = cfglib.load(BranchConfig, args.config, args.overrides)
+            out = args.out if args.out is not None else Path("runs/branch_alpha")
+            out = fresh_dir(out.parent, out.name)  # a bad --out fails now, not after the training
+            (out / "config.json").write_text(json.dumps(cfglib.to_dict(cfg), indent=1))
         if not os.access(out, os.W_OK):
-            raise PermissionError(f"--out {out} is not writable")
+            raise PermissionError(f"{out} is not writable")
         t0 = time.perf_counter()
-        runs = [run_seed(cfg, s) for s in seeds]
+        runs = run_seeds(cfg, seeds, args.seeds, out, fresh=args.resume is None, debug=args.debug)
+    if runs is None:
+        return 0
     alphas, stages = sorted({*cfg.alphas, cfg.base}), sorted(set(cfg.stages))
     rows = summarise(runs, cfg.base, alphas, stages)
     print(
@@ -166,9 +191,64 @@ def main(argv: list[str] | None = None) -> int:
         )
     result = {"config": cfglib.to_dict(cfg), "seeds": seeds, "runs": runs, "summary": rows,
               "seconds": time.perf_counter() - t0}  # fmt: skip
-    (out / "branch_alpha.json").write_text(json.dumps(result, indent=1, default=str))
+    write_atomic(out / "branch_alpha.json", json.dumps(json_safe(result), indent=1))
     print(f"wrote {out / 'branch_alpha.json'} ({result['seconds']:.0f} s)")
     return 0
+
+
+def run_seeds(
+    cfg: BranchConfig, seeds: list[int], seeds_text: str, out: Path, fresh: bool, debug: bool = False
+) -> list[dict] | None:
+    """Every seed's run, in seed order: those `out`/runs.jsonl holds read back, the others run and
+    appended as each finishes; None when a resumed experiment is finished already. Ctrl-C or a
+    failure keeps the finished seeds and says how to go on (a fresh experiment with none finished
+    leaves no directory)."""
+    recorded = {r["seed"]: from_record(r) for r in read_records(out / RUNS)}
+    others = sorted(set(recorded) - set(seeds))
+    if others:
+        raise cfglib.ConfigError(
+            f"--resume {out}: it holds seed {others[0]}, which --seeds {seeds_text} leaves out; "
+            "give the seeds it was started with"
+        )
+    runs = [recorded[s] for s in seeds if s in recorded]
+    if not fresh:
+        if len(runs) == len(seeds) and (out / "branch_alpha.json").exists():
+            print(f"{out} is finished (branch_alpha.json holds its results); nothing to resume")
+            return None
+        print(f"resuming {out}: {len(runs)} of {len(seeds)} seeds recorded", flush=True)
+    else:
+        print(f"branching directory: {out}", flush=True)
+    try:
+        for seed in seeds:
+            if seed not in recorded:
+                run = run_seed(cfg, seed)
+                append_record(out / RUNS, run)
+                runs.append(run)
+    except BaseException as err:  # Ctrl-C and crashes too: keep the finished seeds, say how to go on
+        if fresh and not runs:
+            shutil.rmtree(out, ignore_errors=True)
+            line = f"no seed had finished; removed {out}"
+        else:
+            line = (
+                f"kept {len(runs)} of {len(seeds)} seeds in {out / RUNS}; go on with: "
+                f"python recipes/branch_alpha.py --resume {out} --seeds {seeds_text}"
+            )
+        if isinstance(err, KeyboardInterrupt) and not debug:
+            print(f"interrupted: {line}", file=sys.stderr, flush=True)
+            raise SystemExit(130) from None
+        print(line, file=sys.stderr, flush=True)
+        raise
+    return sorted(runs, key=lambda r: r["seed"])
+
+
+def from_record(record: dict) -> dict:
+    """A seed's run as `run_seed` returns it from its runs.jsonl line (JSON made its stage and alpha
+    keys text)."""
+    stages = {
+        int(stage): {"start": row["start"], "after": {float(a): acc for a, acc in row["after"].items()}}
+        for stage, row in record["stages"].items()
+    }
+    return {"seed": record["seed"], "stages": stages}
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@
     python recipes/grounded_vs_alpha.py --batches 4
 
 The paper's grounded score (`real.engine.grounded_by=teacher`) is the teacher's log-prob of the gold
-answer after the student's reasoning, with the reference revealed at the window's alpha: a teacher
-shown more of the reference is surer of the answer, so the score rises with alpha whatever the
-student learns, and a reward that weights it pays for exposure by itself. `teacher_fixed` (the
-teacher at `grounded_alpha`) and `student` (the student on its own prompt) read the same rollouts
-without the window's alpha, so at fixed weights they cannot move with it. Prints one row per alpha.
+answer after the student's reasoning, with the reference revealed at the window's alpha, so it moves
+with alpha whatever the student learns. On the embedded default it falls as alpha rises (by about
+0.15 nats from alpha 0 to 1, docs/BENCHMARKS.md): a teacher shown more of the reference is less sure
+of the gold answer after the student's own reasoning, whose chain is not the reference's. A reward
+that weights it therefore charges for exposure by itself. `teacher_fixed` (the teacher at
+`grounded_alpha`) and `student` (the student on its own prompt) read the same rollouts without the
+window's alpha, so at fixed weights they cannot move with it. Prints one row per alpha.
 """
 
 from __future__ import annotations
@@ -33,9 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--batches", type=int, default=1, help="batches of 32 rollouts (each its own seed)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--batches", type=int, default=1, help="batches of 32 rollouts (each its own seed; >= 1)"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (>= 1)")
     args = parser.parse_args(argv)
+    if args.batches < 1:
+        parser.error(f"--batches must be >= 1, got {args.batches}")
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
     engine, source = embedded_engine(args.threads)
     print(f"{source}; {args.batches} x {engine.cfg.batch_size} rollouts, weights fixed")
     scores = {m: {a: [] for a in ALPHAS} for m in MODES}

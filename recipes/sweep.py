@@ -5,8 +5,14 @@
 
 Warm-starts (or loads the cached) tiny model, trains one run per (alpha, seed) in worker processes,
 and reports per band: greedy accuracy before/after, mismatch (mean KL(student||teacher) and top-1
-disagreement at the run's alpha), and the three checks of the engine issue. Writes sweep.json,
-a PNG and prints a rich table. Every config field can be overridden with --set key.path=value.
+disagreement at the run's alpha), and the three checks of the engine issue. Every config field can be
+overridden with --set key.path=value.
+
+Each sweep gets its own directory: --out DIR (default runs/sweep), or DIR-1, DIR-2, ... when
+DIR exists. It holds config.json (written first), runs.jsonl (a line per finished run, written as each
+run finishes, so Ctrl-C or a crash keeps them) and, at the end, sweep.json (the config, the seed
+count, the summary and every run in (seed, alpha) order) and sweep.png. `--resume DIR` goes on with
+the sweep in DIR: its config, only the runs runs.jsonl lacks.
 """
 
 from __future__ import annotations
@@ -14,10 +20,14 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import json
+import os
+import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -26,8 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from atesd import config as cfglib  # noqa: E402
 from atesd.builder import RealConfig, build_engine  # noqa: E402
 from atesd.engine import EngineConfig  # noqa: E402
-from recipes._progress import progress  # noqa: E402
+from atesd.state import write_atomic  # noqa: E402
+from recipes._progress import fresh_dir, progress, user_errors  # noqa: E402
+from recipes._tables import json_safe  # noqa: E402
 from recipes._workers import worker_pool  # noqa: E402
+
+RUNS = "runs.jsonl"  # a line per finished run, appended as it finishes
+C = TypeVar("C")
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,8 @@ class SweepConfig:
             raise ValueError("steps, mismatch_size and threads must be >= 1")
         if not self.alphas or any(not 0 <= a <= 1 for a in self.alphas):
             raise ValueError(f"alphas must be non-empty and in [0, 1], got {self.alphas}")
+        if len(set(self.alphas)) != len(self.alphas):
+            raise ValueError(f"alphas must not repeat, got {self.alphas}")
 
 
 def run_one(cfg_dict: dict, alpha: float, seed: int) -> dict:
@@ -92,7 +109,9 @@ def run_one(cfg_dict: dict, alpha: float, seed: int) -> dict:
 
 
 def summarise(results: list[dict], alphas: tuple[float, ...], bands: list[str]) -> dict:
-    """Mean/sd per (band, alpha) and the three checks of the sweep."""
+    """Mean/sd per (band, alpha) and the three checks of the sweep; the per-seed accuracies (`acc`)
+    are in seed order, whatever the order of `results`."""
+    results = sorted(results, key=lambda r: (r["seed"], r["alpha"]))
     table: dict = {}
     for band in bands:
         row = {}
@@ -235,29 +254,131 @@ def main(argv: list[str] | None = None) -> int:
         epilog=f"config fields (set any with --set key=value):\n{fields}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--seeds", type=int, default=5, help="seeds per alpha")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per alpha (0..N-1)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (1 = in process)")
     parser.add_argument("--config", type=Path, default=None, help="YAML file of SweepConfig fields")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], help="override, e.g. steps=50"
     )
-    parser.add_argument("--out", type=Path, default=Path("runs/sweep"), help="output directory")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the sweep's directory, or DIR-1, DIR-2, ... if DIR exists (default: runs/sweep)",
+    )
+    parser.add_argument("--resume", type=Path, metavar="DIR", help="go on with the sweep in DIR (its config)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.workers < 1:
         parser.error("--seeds and --workers must be >= 1")
+    if args.resume is not None and args.out is not None:
+        parser.error("--resume DIR goes on in DIR: give no --out")
+    with user_errors(args.debug, "the sweep stopped before its runs started"):
+        if args.resume is not None:
+            cfg, out = resume_config(SweepConfig, args.resume, args.config, args.overrides), args.resume
+        else:
+            cfg = cfglib.load(SweepConfig, args.config, args.overrides)
+            out = args.out if args.out is not None else Path("runs/sweep")
+            out = fresh_dir(out.parent, out.name)  # a bad --out fails now; an existing one is never reused
+            (out / "config.json").write_text(json.dumps(cfglib.to_dict(cfg), indent=1))
+        return run_sweep(cfg, args.seeds, args.workers, out, fresh=args.resume is None, debug=args.debug)
+
+
+def resume_config(cls: type[C], run_dir: Path, config: Path | None, overrides: list[str]) -> C:
+    """The config (a `cls`) that `run_dir` was started with, from its config.json; ConfigError in one
+    line where there is none, or where a config given on the command line differs from it (the keys
+    named). Also used by branch_alpha.py."""
     try:
-        cfg = cfglib.load(SweepConfig, args.config, args.overrides)
-    except cfglib.ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return run_sweep(cfg, args.seeds, args.workers, args.out)
+        stored = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        cfg = cfglib.from_dict(cls, stored)
+    except (OSError, ValueError) as err:
+        message = " ".join(str(err).split())
+        raise cfglib.ConfigError(f"--resume {run_dir}: no usable config.json ({message})") from None
+    if config is not None or overrides:  # what is given goes on top of the directory's own config
+        base = cfglib.merge(stored, cfglib.read_yaml(config)) if config is not None else stored
+        given = cfglib.from_dict(cls, cfglib.merge(base, cfglib.parse_overrides(overrides)))
+        differ = cfglib.differences(stored, cfglib.to_dict(given))
+        if differ:
+            raise cfglib.ConfigError(
+                f"--resume {run_dir}: the given config differs from the one it was started with in "
+                f"{', '.join(differ)}; go on with --resume DIR alone, or start anew"
+            )
+    return cfg
 
 
-def run_sweep(cfg: SweepConfig, seeds: int, workers: int, out: Path) -> int:
+def append_record(path: Path, record: dict) -> None:
+    """Append `record` to the JSON-lines file `path` as one strict-JSON line, flushed and fsynced
+    (NaN and infinities written as null). Also used by branch_alpha.py."""
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(json_safe(record)) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_records(path: Path) -> list[dict]:
+    """The records of the JSON-lines file `path` ([] when it does not exist). A last line cut short
+    by a crash is dropped, and the file rewritten without it, so that the next append starts a line.
+    Also used by branch_alpha.py."""
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if i < len(lines) - 1:
+                raise cfglib.ConfigError(f"{path}: line {i + 1} is not JSON") from None
+    if len(records) < len(lines) or (text and not text.endswith("\n")):
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+def run_sweep(cfg: SweepConfig, seeds: int, workers: int, out: Path, fresh: bool, debug: bool = False) -> int:
+    """Every (alpha, seed) run that `out`/runs.jsonl lacks, then the report, sweep.json and sweep.png.
+    Ctrl-C or a failure keeps the finished runs and says how to go on (a fresh sweep with none
+    finished leaves no directory)."""
+    jobs = [(a, s) for s in range(seeds) for a in cfg.alphas]
+    recorded = {(r["alpha"], r["seed"]): r for r in read_records(out / RUNS)}
+    beyond = sorted({s for _, s in recorded if s >= seeds})
+    if beyond:
+        raise cfglib.ConfigError(
+            f"--resume {out}: it holds runs of seed {beyond[-1]}; give --seeds {beyond[-1] + 1} or more"
+        )
+    results = [recorded[j] for j in jobs if j in recorded]
+    if not fresh:
+        if len(results) == len(jobs) and (out / "sweep.json").exists():
+            print(f"{out} is finished (sweep.json holds its results); nothing to resume")
+            return 0
+        print(f"resuming {out}: {len(results)} of {len(jobs)} runs recorded")
+    else:
+        print(f"sweep directory: {out}", flush=True)
+    try:
+        return _sweep(cfg, seeds, workers, out, jobs, results)
+    except BaseException as err:  # Ctrl-C and crashes too: keep the finished runs, say how to go on
+        if fresh and not results:
+            shutil.rmtree(out, ignore_errors=True)
+            line = f"no run had finished; removed {out}"
+        else:
+            line = (
+                f"kept {len(results)} of {len(jobs)} runs in {out / RUNS}; go on with: "
+                f"python recipes/sweep.py --resume {out} --seeds {seeds}"
+            )
+        if isinstance(err, KeyboardInterrupt) and not debug:
+            print(f"interrupted: {line}", file=sys.stderr, flush=True)
+            raise SystemExit(130) from None
+        print(line, file=sys.stderr, flush=True)
+        raise
+
+
+def _sweep(
+    cfg: SweepConfig, seeds: int, workers: int, out: Path, jobs: list[tuple[float, int]], results: list[dict]
+) -> int:
+    """The sweep proper: `results` (the runs recorded already) grows as each run finishes."""
     import torch
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfglib.to_dict(cfg), indent=1))
     torch.set_num_threads(max(1, workers * cfg.threads))
     t0 = time.perf_counter()
     with progress("warm start", cfg.real.warmstart.steps) as update:  # once here; the workers read the cache
@@ -269,39 +390,52 @@ def run_sweep(cfg: SweepConfig, seeds: int, workers: int, out: Path) -> int:
     start = engine.evaluate()
     teacher_start = {a: engine.evaluate(teacher_alpha=a) for a in cfg.alphas}
     print_start(start, teacher_start)
-    jobs = [(a, s) for s in range(seeds) for a in cfg.alphas]
-    results = run_jobs(cfglib.to_dict(cfg), jobs, workers)
+    done = {(r["alpha"], r["seed"]) for r in results}
+
+    def keep(run: dict) -> None:
+        append_record(out / RUNS, run)
+        results.append(run)
+
+    run_jobs(cfglib.to_dict(cfg), [j for j in jobs if j not in done], workers, keep)
+    results.sort(key=lambda r: (r["seed"], r["alpha"]))
     bands = list(task.eval_sets())
     summary = summarise(results, cfg.alphas, bands)
     print_report(summary, start, cfg.alphas)
     record = {
+        "config": cfglib.to_dict(cfg),
+        "seeds": seeds,
         "start": start,
         "teacher_start": teacher_start,
         "summary": summary,
         "runs": results,
-        "wall_s": time.perf_counter() - t0,
+        "wall_s": time.perf_counter() - t0,  # this invocation's (a resumed sweep: the part it ran)
     }
-    (out / "sweep.json").write_text(json.dumps(record, indent=1, default=float))
+    write_atomic(out / "sweep.json", json.dumps(json_safe(record), indent=1))
     plot(summary, start, cfg.alphas, out / "sweep.png")
     print(f"wrote {out / 'sweep.json'} and {out / 'sweep.png'} in {record['wall_s'] / 60:.1f} min")
     return 0
 
 
-def run_jobs(cfg_dict: dict, jobs: list[tuple[float, int]], workers: int) -> list[dict]:
-    """Every (alpha, seed) run, in worker processes (spawned: each loads the cached warm start itself)."""
-    results: list[dict] = []
+def run_jobs(
+    cfg_dict: dict, jobs: list[tuple[float, int]], workers: int, keep: Callable[[dict], None]
+) -> None:
+    """Every (alpha, seed) run, in worker processes (spawned: each loads the cached warm start itself);
+    `keep` gets each run's result as soon as it finishes."""
+    finished = 0
     with progress("sweep runs", len(jobs)) as update:
         if workers <= 1:
             for a, s in jobs:
-                results.append(run_one(cfg_dict, a, s))
-                update(len(results), f"alpha={a:g} seed={s}")
-            return results
+                keep(run_one(cfg_dict, a, s))
+                finished += 1
+                update(finished, f"alpha={a:g} seed={s}")
+            return
         with worker_pool(workers) as pool:  # workers die with this process; Ctrl-C stops them at once
             futures = [pool.submit(run_one, cfg_dict, a, s) for a, s in jobs]
             for fut in cf.as_completed(futures):
-                results.append(fut.result())
-                update(len(results), f"alpha={results[-1]['alpha']:g} seed={results[-1]['seed']}")
-    return results
+                run = fut.result()
+                keep(run)
+                finished += 1
+                update(finished, f"alpha={run['alpha']:g} seed={run['seed']}")
 
 
 if __name__ == "__main__":

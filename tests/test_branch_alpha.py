@@ -57,11 +57,57 @@ def test_a_tiny_branching_run_writes_its_paired_table(tmp_path, capsys):
     ]  # fmt: skip
     argv = ["--seeds", "100-101", "--out", str(tmp_path / "out")]
     assert branch_alpha.main([*argv, *(a for kv in tiny for a in ("--set", kv))]) == 0
-    record = json.loads((tmp_path / "out" / "branch_alpha.json").read_text())
+    record = strict_json((tmp_path / "out" / "branch_alpha.json").read_text())
     assert record["seeds"] == [100, 101] and record["config"]["base"] == 0.75
+    assert len((tmp_path / "out" / "runs.jsonl").read_text().splitlines()) == 2
     assert [(r["stage"], r["alpha"]) for r in record["summary"]] == [
         (s, a) for s in (0, 1) for a in (0.5, 0.75, 1.0)
     ]  # the base is branched too
     assert all(r["n"] == 2 for r in record["summary"])
     assert all(r["vs_base"] == 0 for r in record["summary"] if r["alpha"] == 0.75)
     assert "stage" in capsys.readouterr().out
+
+
+def strict_json(text: str):
+    """json.loads that refuses NaN and infinities (what strict JSON readers do)."""
+    return json.loads(text, parse_constant=lambda token: pytest.fail(f"{token} in JSON"))
+
+
+def test_an_interrupted_branching_keeps_its_seeds_and_resumes_to_the_uninterrupted_record(
+    monkeypatch, tmp_path, capsys
+):
+    state = {"calls": [], "stop_at": None}
+
+    def run_seed(cfg, seed):  # a stand-in for the training: the same numbers for the same seed
+        if len(state["calls"]) == state["stop_at"]:
+            raise KeyboardInterrupt
+        state["calls"].append(seed)
+        after = {a: 0.5 + a / 10 + seed / 100 for a in sorted({*cfg.alphas, cfg.base})}
+        return {"seed": seed, "stages": {s: {"start": 0.4 + s / 100, "after": after} for s in cfg.stages}}
+
+    monkeypatch.setattr(branch_alpha, "run_seed", run_seed)
+    argv = ["--seeds", "0-2", "--set", "stages=[0,3]", "--set", "alphas=[0.5,1]"]
+    assert branch_alpha.main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    whole = strict_json((tmp_path / "whole" / "branch_alpha.json").read_text())
+    part = tmp_path / "part"
+    state.update(calls=[], stop_at=1)
+    with pytest.raises(SystemExit) as exc:
+        branch_alpha.main([*argv, "--out", str(part)])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 130 and len(err.splitlines()) == 1, err
+    assert f"kept 1 of 3 seeds in {part / 'runs.jsonl'}" in err and f"--resume {part} --seeds 0-2" in err
+    with pytest.raises(SystemExit) as exc:  # a differing config is refused, naming the key
+        branch_alpha.main(["--resume", str(part), "--seeds", "0-2", "--set", "base=0.5"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "differs" in err and "base" in err and len(err.splitlines()) == 1, err
+    state.update(calls=[], stop_at=None)
+    assert branch_alpha.main(["--resume", str(part), "--seeds", "0-2"]) == 0
+    assert state["calls"] == [1, 2]  # only the seeds it lacked
+    resumed = strict_json((part / "branch_alpha.json").read_text())
+    assert {k: v for k, v in resumed.items() if k != "seconds"} == {
+        k: v for k, v in whole.items() if k != "seconds"
+    }
+    assert all(r["p_better"] is None for r in resumed["summary"] if r["alpha"] == 0.75)  # NaN as null
+    assert branch_alpha.main([*argv, "--out", str(part)]) == 0  # a new experiment: part-1, part untouched
+    assert (tmp_path / "part-1" / "branch_alpha.json").exists()
+    assert strict_json((part / "branch_alpha.json").read_text()) == resumed

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,8 +35,9 @@ def test_sweep_smoke(tmp_path):
     res = subprocess.run(cmd + TINY, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (tmp_path / "out" / "sweep.png").stat().st_size > 0
-    record = json.loads((tmp_path / "out" / "sweep.json").read_text())
-    assert len(record["runs"]) == 6
+    record = strict_json((tmp_path / "out" / "sweep.json").read_text())
+    assert len(record["runs"]) == 6 and record["seeds"] == 2 and record["config"]["steps"] == 2
+    assert len((tmp_path / "out" / "runs.jsonl").read_text().splitlines()) == 6
 
 
 @pytest.mark.slow
@@ -59,3 +61,185 @@ def test_the_sweeps_checks_say_when_they_cannot_be_made():
     assert sweep._beating(row(**{"0_75": [50.1], "1": [50.0]}), (0.75, 1.0), 1.0) is None
     assert sweep._beating(row(**{"0_25": [30.0, 31.0], "0_75": [90.0, 91.0]}), (0.25, 0.75), 1.0) is None
     assert sweep._beating(row(**{"0_75": [90.0, 91.0], "1": [50.0, 51.0]}), (0.75, 1.0), 1.0) == [0.75]
+
+
+def strict_json(text: str):
+    """json.loads that refuses NaN and infinities (what strict JSON readers do)."""
+    return json.loads(text, parse_constant=lambda token: pytest.fail(f"{token} in JSON"))
+
+
+@pytest.fixture
+def fake_sweep(monkeypatch):
+    """recipes/sweep.py with the engine and the runs replaced by cheap stand-ins (in process): `calls`
+    lists the (alpha, seed) runs made; `stop_at` makes the call with that index raise Ctrl-C."""
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import sweep
+
+    class Task:
+        def eval_sets(self):
+            return {"b1": [1, 2], "b2": [3]}
+
+    class Engine:
+        task = Task()
+
+        def evaluate(self, teacher_alpha=None):
+            return {"accuracy/b1": 0.5 + (teacher_alpha or 0) / 4, "accuracy/b2": 0.25}
+
+    state = {"calls": [], "stop_at": None}
+
+    def run_one(cfg_dict, alpha, seed):
+        if len(state["calls"]) == state["stop_at"]:
+            raise KeyboardInterrupt
+        state["calls"].append((alpha, seed))
+        mismatch = {b: {"kl": alpha + seed / 100 + 0.01, "top1": alpha / 2 + 0.01} for b in ("b1", "b2")}
+        return {"alpha": alpha, "seed": seed, "final": {"accuracy/b1": (alpha + seed) / 10,
+                "accuracy/b2": alpha / (seed + 2)}, "mismatch_start": mismatch, "mismatch_end": mismatch,
+                "trace": [{"loss": 1.0, "probe_nll": float("nan")}], "seconds": 1.0}  # fmt: skip
+
+    monkeypatch.setattr(sweep, "build_engine", lambda *args: Engine())
+    monkeypatch.setattr(sweep, "run_one", run_one)
+    monkeypatch.setattr(sweep, "plot", lambda *args: None)
+    return sweep, state
+
+
+SMALL = ["--seeds", "2", "--workers", "1", "--set", "alphas=[0,0.5,1]"]
+
+
+def test_an_interrupted_sweep_keeps_its_runs_and_resumes_to_the_uninterrupted_record(
+    fake_sweep, tmp_path, capsys
+):
+    sweep, state = fake_sweep
+    assert sweep.main([*SMALL, "--out", str(tmp_path / "whole")]) == 0
+    whole = strict_json((tmp_path / "whole" / "sweep.json").read_text())
+    part = tmp_path / "part"
+    state.update(calls=[], stop_at=3)
+    with pytest.raises(SystemExit) as exc:
+        sweep.main([*SMALL, "--out", str(part)])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 130 and len(err.splitlines()) == 1, err
+    assert f"kept 3 of 6 runs in {part / 'runs.jsonl'}" in err and f"--resume {part} --seeds 2" in err
+    lines = (part / "runs.jsonl").read_text().splitlines()
+    assert [strict_json(line)["seed"] for line in lines] == [0, 0, 0] and not (part / "sweep.json").exists()
+    with pytest.raises(SystemExit) as exc:  # a differing config is refused, naming the key
+        sweep.main(["--resume", str(part), "--seeds", "2", "--set", "steps=3"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "differs" in err and "steps" in err and len(err.splitlines()) == 1, err
+    state.update(calls=[], stop_at=None)
+    assert sweep.main(["--resume", str(part), "--seeds", "2", "--workers", "1"]) == 0
+    assert state["calls"] == [(0.0, 1), (0.5, 1), (1.0, 1)]  # only the runs it lacked
+    resumed = strict_json((part / "sweep.json").read_text())
+    assert {k: v for k, v in resumed.items() if k != "wall_s"} == {
+        k: v for k, v in whole.items() if k != "wall_s"
+    }
+    assert resumed["config"]["alphas"] == [0, 0.5, 1] and resumed["seeds"] == 2
+    assert [(r["seed"], r["alpha"]) for r in resumed["runs"]] == [(s, a) for s in (0, 1) for a in (0, 0.5, 1)]
+    assert resumed["runs"][0]["trace"][0]["probe_nll"] is None  # NaN written as null
+    capsys.readouterr()
+    assert sweep.main(["--resume", str(part), "--seeds", "2"]) == 0 and state["calls"] == [
+        (0.0, 1),
+        (0.5, 1),
+        (1.0, 1),
+    ]
+    assert "nothing to resume" in capsys.readouterr().out
+
+
+def test_a_sweep_never_reuses_a_directory_and_a_run_cut_short_is_dropped(fake_sweep, tmp_path):
+    sweep, state = fake_sweep
+    out = tmp_path / "sweep"
+    assert sweep.main([*SMALL, "--out", str(out)]) == 0
+    config = (out / "config.json").read_text()
+    assert sweep.main([*SMALL, "--set", "steps=7", "--out", str(out)]) == 0
+    assert (out / "config.json").read_text() == config  # the second sweep went to sweep-1
+    assert strict_json((tmp_path / "sweep-1" / "sweep.json").read_text())["config"]["steps"] == 7
+    runs = out / "runs.jsonl"
+    lines = runs.read_text().splitlines()
+    runs.write_text("\n".join(lines[:2]) + "\n" + lines[2][:20])  # a crash in the middle of a line
+    (out / "sweep.json").unlink()
+    state["calls"] = []
+    assert sweep.main(["--resume", str(out), "--seeds", "2", "--workers", "1"]) == 0
+    assert state["calls"] == [(1.0, 0), (0.0, 1), (0.5, 1), (1.0, 1)]
+    assert [strict_json(line)["alpha"] for line in runs.read_text().splitlines()] == [0, 0.5, 1, 0, 0.5, 1]
+
+
+def test_the_sweep_refuses_repeated_alphas_and_an_unusable_out_in_one_line(fake_sweep, tmp_path, capsys):
+    sweep, _ = fake_sweep
+    with pytest.raises(ValueError, match="must not repeat"):
+        sweep.SweepConfig(alphas=(0.5, 1.0, 0.5))
+    (tmp_path / "afile").write_text("")
+    for argv, message in (
+        (["--set", "alphas=[0,0.5,0.5]", "--out", str(tmp_path / "out")], "must not repeat"),
+        (["--out", str(tmp_path / "afile" / "out")], "afile"),
+        (["--resume", str(tmp_path)], "no usable config.json"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            sweep.main(argv)
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_sweeps_per_seed_accuracies_are_in_seed_order():
+    """Runs finish in any order (worker processes); `acc` lists one value per seed, in seed order."""
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import sweep
+
+    def run(alpha, seed):
+        mismatch = {"b": {"kl": alpha + 0.1, "top1": alpha + 0.1}}
+        return {"alpha": alpha, "seed": seed, "final": {"accuracy/b": seed / 10}, "mismatch_start": mismatch}
+
+    results = [run(1.0, 2), run(0.5, 0), run(1.0, 0), run(0.5, 2), run(0.5, 1), run(1.0, 1)]
+    table = sweep.summarise(results, (0.5, 1.0), ["b"])["table"]["b"]
+    assert table[0.5]["acc"] == pytest.approx([0.0, 10.0, 20.0])
+    assert table[1.0]["acc"] == pytest.approx([0.0, 10.0, 20.0])
+
+
+def test_bench_mock_runs_refuses_runs_below_1_and_no_seeds_and_reports_the_sample_sd(capsys):
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import bench_mock_runs
+
+    for argv, message in (
+        (["--runs", "0", "2"], "--runs must be >= 1"),
+        (["--seeds", "0"], "--seeds must be >= 1"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            bench_mock_runs.main(argv)
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+    scores = np.array([[0.2, 0.0], [0.4, 1.0]])  # (seeds, runs)
+    (mean1, sd1), (mean2, sd2) = bench_mock_runs.run_stats(scores, [1, 2])
+    assert (mean1, mean2) == pytest.approx((0.3, 0.5))
+    assert (sd1, sd2) == pytest.approx((0.2 / 2**0.5, 1 / 2**0.5))  # ddof = 1, as bench.py's sd
+    assert np.isnan(bench_mock_runs.run_stats(scores[:1], [1])[0][1])  # one seed: no sd
+
+
+def test_bench_controllers_parses_its_arguments(capsys):
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import bench_controllers
+
+    with pytest.raises(SystemExit) as exc:  # --help prints the usage and runs nothing
+        bench_controllers.main(["--help"])
+    assert exc.value.code == 0 and "--probe-noise" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:  # a typo is refused, not ignored
+        bench_controllers.main(["--probe_noise"])
+    assert exc.value.code == 2 and "unrecognized arguments: --probe_noise" in capsys.readouterr().err
+
+
+def test_ship_warmstart_check_refuses_from_cache(capsys):
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import ship_warmstart
+
+    with pytest.raises(SystemExit) as exc:
+        ship_warmstart.main(["--check", "--from-cache"])
+    assert exc.value.code == 2 and "--from-cache needs --write" in capsys.readouterr().err
+
+
+def test_grounded_vs_alpha_refuses_no_batches_and_no_threads(capsys):
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import grounded_vs_alpha
+
+    for argv, message in (
+        (["--batches", "0"], "--batches must be >= 1"),
+        (["--threads", "0"], "--threads must be >= 1"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            grounded_vs_alpha.main(argv)
+        assert exc.value.code == 2 and message in capsys.readouterr().err
