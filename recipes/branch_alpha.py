@@ -46,6 +46,7 @@ from atesd.builder import RealConfig, build_engine  # noqa: E402
 from atesd.engine import EngineConfig  # noqa: E402
 from atesd.state import write_atomic  # noqa: E402
 from recipes._progress import fresh_dir, user_errors  # noqa: E402
+from recipes._rundir import run_lock  # noqa: E402
 from recipes._tables import json_safe  # noqa: E402
 from recipes.sweep import RUNS, append_record, read_records, resume_config  # noqa: E402
 
@@ -174,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         if not os.access(out, os.W_OK):
             raise PermissionError(f"{out} is not writable")
         t0 = time.perf_counter()
-        runs = run_seeds(cfg, seeds, args.seeds, out, fresh=args.resume is None, debug=args.debug)
+        with run_lock(out, doing="branched"):  # a second --resume of a running one would run its seeds again
+            runs = run_seeds(cfg, seeds, args.seeds, out, fresh=args.resume is None, debug=args.debug)
     if runs is None:
         return 0
     alphas, stages = sorted({*cfg.alphas, cfg.base}), sorted(set(cfg.stages))

@@ -38,6 +38,7 @@ from atesd.builder import RealConfig, build_engine  # noqa: E402
 from atesd.engine import EngineConfig  # noqa: E402
 from atesd.state import write_atomic  # noqa: E402
 from recipes._progress import fresh_dir, progress, user_errors  # noqa: E402
+from recipes._rundir import run_lock  # noqa: E402
 from recipes._tables import json_safe  # noqa: E402
 from recipes._workers import worker_pool  # noqa: E402
 
@@ -282,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
             out = args.out if args.out is not None else Path("runs/sweep")
             out = fresh_dir(out.parent, out.name)  # a bad --out fails now; an existing one is never reused
             (out / "config.json").write_text(json.dumps(cfglib.to_dict(cfg), indent=1))
-        return run_sweep(cfg, args.seeds, args.workers, out, fresh=args.resume is None, debug=args.debug)
+        with run_lock(out, doing="swept"):  # a second --resume of a running sweep would run its runs again
+            return run_sweep(cfg, args.seeds, args.workers, out, fresh=args.resume is None, debug=args.debug)
 
 
 def resume_config(cls: type[C], run_dir: Path, config: Path | None, overrides: list[str]) -> C:

@@ -124,6 +124,11 @@ def test_an_interrupted_sweep_keeps_its_runs_and_resumes_to_the_uninterrupted_re
         sweep.main(["--resume", str(part), "--seeds", "2", "--set", "steps=3"])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and "differs" in err and "steps" in err and len(err.splitlines()) == 1, err
+    from recipes._rundir import run_lock
+
+    with run_lock(part), pytest.raises(SystemExit) as exc:  # as a live sweep holds it
+        sweep.main(["--resume", str(part), "--seeds", "2", "--workers", "1"])
+    assert exc.value.code == 2 and "is being swept by another process" in capsys.readouterr().err
     state.update(calls=[], stop_at=None)
     assert sweep.main(["--resume", str(part), "--seeds", "2", "--workers", "1"]) == 0
     assert state["calls"] == [(0.0, 1), (0.5, 1), (1.0, 1)]  # only the runs it lacked
