@@ -71,14 +71,16 @@ def fresh_dir(root: Path, stem: str) -> Path:
     raise RuntimeError(f"could not create a fresh directory {root / stem}-*")
 
 
-def warmstart_progress() -> Callable[[int, int, float], None]:
+def warmstart_progress(
+    first: str = "warm start: not cached yet, training it once (later runs load it)",
+) -> Callable[[int, int, float], None]:
     """A progress callback for `atesd.warmstart.warm_start`: silent on a cache hit (never called), a bar
-    or plain lines while a warm start that is not cached yet trains (minutes)."""
+    or plain lines while a warm start that is not cached yet trains (minutes), after the line `first`."""
     state: dict[str, Any] = {}
 
     def update(step: int, total: int, loss: float) -> None:
         if "ctx" not in state:
-            print("warm start: not cached yet, training it once (later runs load it)", flush=True)
+            print(first, flush=True)
             state["ctx"] = progress("warm start", total)
             state["update"] = state["ctx"].__enter__()
         state["update"](step, f"loss {loss:.3f}")

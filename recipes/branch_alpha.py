@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -48,7 +47,7 @@ from atesd.state import write_atomic  # noqa: E402
 from recipes._progress import fresh_dir, user_errors  # noqa: E402
 from recipes._rundir import run_lock  # noqa: E402
 from recipes._tables import json_safe  # noqa: E402
-from recipes.sweep import RUNS, append_record, read_records, resume_config  # noqa: E402
+from recipes.sweep import RUNS, append_record, read_records, resume_config, stopped  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -227,18 +226,8 @@ def run_seeds(
                 append_record(out / RUNS, run)
                 runs.append(run)
     except BaseException as err:  # Ctrl-C and crashes too: keep the finished seeds, say how to go on
-        if fresh and not runs:
-            shutil.rmtree(out, ignore_errors=True)
-            line = f"no seed had finished; removed {out}"
-        else:
-            line = (
-                f"kept {len(runs)} of {len(seeds)} seeds in {out / RUNS}; go on with: "
-                f"python recipes/branch_alpha.py --resume {out} --seeds {seeds_text}"
-            )
-        if isinstance(err, KeyboardInterrupt) and not debug:
-            print(f"interrupted: {line}", file=sys.stderr, flush=True)
-            raise SystemExit(130) from None
-        print(line, file=sys.stderr, flush=True)
+        command = f"branch_alpha.py --resume {out} --seeds {seeds_text}"
+        stopped(err, out, fresh, (len(runs), len(seeds), "seeds"), command, debug)
         raise
     return sorted(runs, key=lambda r: r["seed"])
 

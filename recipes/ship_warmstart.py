@@ -22,9 +22,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -42,7 +40,7 @@ from atesd.warmstart import (  # noqa: E402
     shipped_manifest,
     warm_start,
 )
-from recipes._progress import progress  # noqa: E402
+from recipes._progress import warmstart_progress  # noqa: E402
 
 WEIGHTS = "model.safetensors"  # what --check compares: the other files carry library versions
 
@@ -53,28 +51,17 @@ def train_default(out: Path, threads: int) -> float:
     task = ChainBagTask()
     t0 = time.perf_counter()
     model, tokenizer, path, found = warm_start(
-        task, TinyModelConfig(), WarmStartConfig(), out, progress=scratch_progress(), use_shipped=False
+        task,
+        TinyModelConfig(),
+        WarmStartConfig(),
+        out,
+        use_shipped=False,
+        progress=warmstart_progress(
+            "warm start: training it from scratch in a temporary directory (minutes)"
+        ),
     )
     assert not found, "a scratch cache cannot hold the warm start already"
     return time.perf_counter() - t0
-
-
-def scratch_progress() -> Callable[[int, int, float], None]:
-    """A progress callback for `warm_start` training into a scratch directory: a bar or plain lines,
-    after a first line that says where it goes (recipes._progress.warmstart_progress promises a cache
-    for later runs, which a scratch directory is not)."""
-    state: dict[str, Any] = {}
-
-    def update(step: int, total: int, loss: float) -> None:
-        if "ctx" not in state:
-            print("warm start: training it from scratch in a temporary directory (minutes)", flush=True)
-            state["ctx"] = progress("warm start", total)
-            state["update"] = state["ctx"].__enter__()
-        state["update"](step, f"loss {loss:.3f}")
-        if step >= total:
-            state["ctx"].__exit__(None, None, None)
-
-    return update
 
 
 def write(source: Path, key: str, threads: int, from_cache: bool) -> None:

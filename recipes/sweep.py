@@ -360,19 +360,34 @@ def run_sweep(cfg: SweepConfig, seeds: int, workers: int, out: Path, fresh: bool
     try:
         return _sweep(cfg, seeds, workers, out, jobs, results)
     except BaseException as err:  # Ctrl-C and crashes too: keep the finished runs, say how to go on
-        if fresh and not results:
-            shutil.rmtree(out, ignore_errors=True)
-            line = f"no run had finished; removed {out}"
-        else:
-            line = (
-                f"kept {len(results)} of {len(jobs)} runs in {out / RUNS}; go on with: "
-                f"python recipes/sweep.py --resume {out} --seeds {seeds}"
-            )
-        if isinstance(err, KeyboardInterrupt) and not debug:
-            print(f"interrupted: {line}", file=sys.stderr, flush=True)
-            raise SystemExit(130) from None
-        print(line, file=sys.stderr, flush=True)
+        stopped(
+            err,
+            out,
+            fresh,
+            (len(results), len(jobs), "runs"),
+            f"sweep.py --resume {out} --seeds {seeds}",
+            debug,
+        )
         raise
+
+
+def stopped(
+    err: BaseException, out: Path, fresh: bool, kept: tuple[int, int, str], command: str, debug: bool
+) -> None:
+    """After Ctrl-C or a failure while `out` filled its runs.jsonl: a fresh directory with nothing
+    kept is removed; else one line says what was kept ((done, total, "runs")) and the `command` that
+    goes on (recipes/<command>). Ctrl-C exits 130 (without `debug`); a failure returns, for the
+    caller to re-raise. Also used by branch_alpha.py."""
+    done, total, noun = kept
+    if fresh and not done:
+        shutil.rmtree(out, ignore_errors=True)
+        line = f"no {noun[:-1]} had finished; removed {out}"
+    else:
+        line = f"kept {done} of {total} {noun} in {out / RUNS}; go on with: python recipes/{command}"
+    if isinstance(err, KeyboardInterrupt) and not debug:
+        print(f"interrupted: {line}", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+    print(line, file=sys.stderr, flush=True)
 
 
 def _sweep(
