@@ -189,13 +189,20 @@ def load_task(cfg: EvalConfig) -> Task:
     ../shared/data where that holds its file, else from the Hugging Face hub."""
     if cfg.synthetic:
         return build_task(dataclasses.replace(cfg.real, task_kind="synthetic"))
-    from atesd.tasks.math import DATASETS, MathTask
+    from atesd.tasks.math import DATASETS, MathTask, local_file
 
-    data_dir = cfg.data_dir or cfg.real.data.data_dir
+    data = cfg.real.data
+    if cfg.task != data.source:  # the training data's split and HF config name are not the benchmark's
+        data = dataclasses.replace(data, split=None, hf_name=None)
+    data_dir = cfg.data_dir or data.data_dir
     known, default = DATASETS.get(cfg.task), ROOT.parent / "shared" / "data"
-    if not data_dir and known and (default / known.file).is_file():
-        data_dir = str(default)
-    data = dataclasses.replace(cfg.real.data, source=cfg.task, data_dir=data_dir or None, eval_size=-1)
+    if not data_dir and known:
+        try:
+            if (default / local_file(cfg.task, known, data.split)).is_file():
+                data_dir = str(default)
+        except ValueError:  # a split no local file holds: from the hub
+            pass
+    data = dataclasses.replace(data, source=cfg.task, data_dir=data_dir or None, eval_size=-1)
     return MathTask.from_config(data)
 
 

@@ -377,3 +377,19 @@ def test_eval_reads_a_jsonl_with_the_real_data_settings(tmp_path):
     (problems,) = task.eval_sets().values()
     assert [p.answer for p in problems] == ["4", "2"]
     assert all(p.question.endswith("Answer in a box.") for p in problems)
+
+
+def test_eval_reads_the_benchmarks_own_split_not_the_training_datas(tmp_path):
+    """A training config that says split train evaluating --task gsm8k_test reads gsm8k_test.jsonl
+    (the split picks the data_dir file: the training split would have scored the training file)."""
+    from atesd import config as cfglib
+
+    row = {"question": "What is 1 + 1?", "answer": "1 + 1 = 2.\n#### 2"}
+    (tmp_path / "gsm8k_train.jsonl").write_text((json.dumps(row) + "\n") * 3)
+    (tmp_path / "gsm8k_test.jsonl").write_text(json.dumps(row) + "\n")
+    overrides = ["task=gsm8k_test", f"data_dir={tmp_path}", "real.data.source=gsm8k", "real.data.split=train"]
+    (problems,) = ev.load_task(cfglib.load(ev.EvalConfig, None, overrides)).eval_sets().values()
+    assert len(problems) == 1 and problems[0].meta["source"].endswith("gsm8k_test.jsonl")
+    same = ["task=gsm8k", f"data_dir={tmp_path}", "real.data.source=gsm8k", "real.data.split=test"]
+    (problems,) = ev.load_task(cfglib.load(ev.EvalConfig, None, same)).eval_sets().values()
+    assert len(problems) == 1  # the training source itself keeps the split it was given

@@ -270,7 +270,7 @@ def _gsm8k_solution(text: str) -> tuple[str, str]:
 
 
 # ---- reading --------------------------------------------------------------------------------
-def _local_file(source: str, known: DataSource, split: str | None) -> str:
+def local_file(source: str, known: DataSource, split: str | None) -> str:
     """The file in a data folder that holds `split` of a named source: its own, or the file of the
     named source with the same HF id and that split (gsm8k with split 'test': gsm8k_test.jsonl)."""
     if split is None or split == known.split:
@@ -292,7 +292,7 @@ def _resolve_source(cfg: MathDataConfig) -> Path | tuple[str, str | None, str]:
     given HF id."""
     known = DATASETS.get(cfg.source)
     if known and cfg.data_dir:
-        file = _local_file(cfg.source, known, cfg.split)
+        file = local_file(cfg.source, known, cfg.split)
         local = Path(cfg.data_dir).expanduser() / file
         if not local.is_file():
             raise FileNotFoundError(
