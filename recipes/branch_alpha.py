@@ -47,7 +47,7 @@ from atesd.state import write_atomic  # noqa: E402
 from recipes._progress import fresh_dir, user_errors  # noqa: E402
 from recipes._rundir import run_lock  # noqa: E402
 from recipes._tables import json_safe  # noqa: E402
-from recipes.sweep import RUNS, append_record, read_records, resume_config, stopped  # noqa: E402
+from recipes.sweep import RUNS, append_record, read_records, resume_config, seeds_for, stopped  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"config fields (set any with --set key=value):\n{fields}",
     )
-    parser.add_argument("--seeds", default="100-103", help='"A-B" inclusive, or N for 0..N-1')
+    parser.add_argument(
+        "--seeds", default=None, help='"A-B" inclusive, or N for 0..N-1 (default 100-103; a resume: its own)'
+    )
     parser.add_argument("--config", type=Path, default=None, help="YAML file of BranchConfig fields")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], help="override, e.g. base=0.5"
@@ -163,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume is not None and args.out is not None:
         parser.error("--resume DIR goes on in DIR: give no --out")
     with user_errors(args.debug, "the branching stopped before its first seed started"):
-        seeds = seed_list(args.seeds)
+        if args.seeds is not None:
+            seed_list(args.seeds)  # a bad --seeds fails before a directory is made
         if args.resume is not None:
             cfg, out = resume_config(BranchConfig, args.resume, args.config, args.overrides), args.resume
         else:
@@ -173,9 +176,13 @@ def main(argv: list[str] | None = None) -> int:
             (out / "config.json").write_text(json.dumps(cfglib.to_dict(cfg), indent=1))
         if not os.access(out, os.W_OK):
             raise PermissionError(f"{out} is not writable")
+        seeds_text = seeds_for(
+            out, args.seeds, "100-103", args.resume is None, same=lambda a, b: seed_list(a) == seed_list(b)
+        )
+        seeds = seed_list(seeds_text)
         t0 = time.perf_counter()
         with run_lock(out, doing="branched"):  # a second --resume of a running one would run its seeds again
-            runs = run_seeds(cfg, seeds, args.seeds, out, fresh=args.resume is None, debug=args.debug)
+            runs = run_seeds(cfg, seeds, seeds_text, out, fresh=args.resume is None, debug=args.debug)
     if runs is None:
         return 0
     alphas, stages = sorted({*cfg.alphas, cfg.base}), sorted(set(cfg.stages))

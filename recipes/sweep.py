@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import eq
 from pathlib import Path
 from typing import TypeVar
 
@@ -255,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         epilog=f"config fields (set any with --set key=value):\n{fields}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--seeds", type=int, default=5, help="seeds per alpha (0..N-1)")
+    parser.add_argument(
+        "--seeds", type=int, default=None, help="seeds per alpha (0..N-1; default 5, a resume: the sweep's)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="worker processes (1 = in process)")
     parser.add_argument("--config", type=Path, default=None, help="YAML file of SweepConfig fields")
     parser.add_argument(
@@ -271,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", type=Path, metavar="DIR", help="go on with the sweep in DIR (its config)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     args = parser.parse_args(argv)
-    if args.seeds < 1 or args.workers < 1:
+    if (args.seeds is not None and args.seeds < 1) or args.workers < 1:
         parser.error("--seeds and --workers must be >= 1")
     if args.resume is not None and args.out is not None:
         parser.error("--resume DIR goes on in DIR: give no --out")
@@ -283,8 +286,32 @@ def main(argv: list[str] | None = None) -> int:
             out = args.out if args.out is not None else Path("runs/sweep")
             out = fresh_dir(out.parent, out.name)  # a bad --out fails now; an existing one is never reused
             (out / "config.json").write_text(json.dumps(cfglib.to_dict(cfg), indent=1))
+        seeds = seeds_for(out, args.seeds, 5, fresh=args.resume is None)
         with run_lock(out, doing="swept"):  # a second --resume of a running sweep would run its runs again
-            return run_sweep(cfg, args.seeds, args.workers, out, fresh=args.resume is None, debug=args.debug)
+            return run_sweep(cfg, seeds, args.workers, out, fresh=args.resume is None, debug=args.debug)
+
+
+def seeds_for(out: Path, given: C | None, default: C, fresh: bool, same: Callable[[C, C], bool] = eq) -> C:
+    """The --seeds of the experiment in `out`: when fresh, `given` (else `default`), recorded in
+    out/seeds.json; on a resume the recorded value, which a given --seeds must equal (`same`):
+    ConfigError in one line otherwise. Also used by branch_alpha.py."""
+    path = out / "seeds.json"
+    if fresh:
+        seeds = default if given is None else given
+        path.write_text(json.dumps({"seeds": seeds}))
+        return seeds
+    try:
+        recorded = json.loads(path.read_text())["seeds"]
+    except FileNotFoundError:  # a directory from before the seeds were recorded
+        return default if given is None else given
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise cfglib.ConfigError(f"--resume {out}: {path.name} does not read ({err})") from None
+    if given is not None and not same(given, recorded):
+        raise cfglib.ConfigError(
+            f"--resume {out}: it was started with --seeds {recorded}, not {given}; go on with --resume "
+            "DIR alone, or start anew"
+        )
+    return recorded
 
 
 def resume_config(cls: type[C], run_dir: Path, config: Path | None, overrides: list[str]) -> C:

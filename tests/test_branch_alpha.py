@@ -100,9 +100,14 @@ def test_an_interrupted_branching_keeps_its_seeds_and_resumes_to_the_uninterrupt
         branch_alpha.main(["--resume", str(part), "--seeds", "0-2", "--set", "base=0.5"])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and "differs" in err and "base" in err and len(err.splitlines()) == 1, err
+    with pytest.raises(SystemExit) as exc:  # other seeds than it was started with
+        branch_alpha.main(["--resume", str(part), "--seeds", "0-3"])
+    assert exc.value.code == 2 and "it was started with --seeds 0-2, not 0-3" in capsys.readouterr().err
     state.update(calls=[], stop_at=None)
-    assert branch_alpha.main(["--resume", str(part), "--seeds", "0-2"]) == 0
+    assert branch_alpha.main(["--resume", str(part), "--seeds", "3"]) == 0  # the same seeds, 0-2
     assert state["calls"] == [1, 2]  # only the seeds it lacked
+    (part / "branch_alpha.json").unlink()
+    assert branch_alpha.main(["--resume", str(part)]) == 0 and state["calls"] == [1, 2]  # its own seeds
     resumed = strict_json((part / "branch_alpha.json").read_text())
     assert {k: v for k, v in resumed.items() if k != "seconds"} == {
         k: v for k, v in whole.items() if k != "seconds"

@@ -129,8 +129,11 @@ def test_an_interrupted_sweep_keeps_its_runs_and_resumes_to_the_uninterrupted_re
     with run_lock(part), pytest.raises(SystemExit) as exc:  # as a live sweep holds it
         sweep.main(["--resume", str(part), "--seeds", "2", "--workers", "1"])
     assert exc.value.code == 2 and "is being swept by another process" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # another seed count than it was started with
+        sweep.main(["--resume", str(part), "--seeds", "3"])
+    assert exc.value.code == 2 and "it was started with --seeds 2, not 3" in capsys.readouterr().err
     state.update(calls=[], stop_at=None)
-    assert sweep.main(["--resume", str(part), "--seeds", "2", "--workers", "1"]) == 0
+    assert sweep.main(["--resume", str(part), "--workers", "1"]) == 0  # its own --seeds 2, not the default 5
     assert state["calls"] == [(0.0, 1), (0.5, 1), (1.0, 1)]  # only the runs it lacked
     resumed = strict_json((part / "sweep.json").read_text())
     assert {k: v for k, v in resumed.items() if k != "wall_s"} == {
