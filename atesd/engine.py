@@ -135,7 +135,7 @@ class EngineConfig:
     grounded_by: GroundedBy = field(
         default="student",
         metadata={"help": "who scores the gold answer after the student's reasoning: teacher (the paper: "
-                  "the teacher at the window's alpha, which rises with alpha by itself), teacher_fixed "
+                  "the teacher at the window's alpha, which moves with alpha by itself), teacher_fixed "
                   "(the teacher at grounded_alpha every window: exposure-neutral) or student (the "
                   "student before the update, on its own prompt: exposure-neutral)"},
     )  # fmt: skip

@@ -242,7 +242,10 @@ def warm_start(
             return model, tokenizer, path, True
         except Exception as err:  # an entry from before checksums were kept, damaged since
             if _has_sums(path):  # its files are the ones written: the fault is not the entry's
-                raise
+                raise RuntimeError(
+                    f"the warm start cached at {path} matches its checksums but does not load "
+                    f"({type(err).__name__}: {err}); remove the directory to train it again"
+                ) from err
             log.warning("warm start: the cache entry %s does not load (%s: %s); it is removed", path,
                         type(err).__name__, err)  # fmt: skip
             _discard(path)

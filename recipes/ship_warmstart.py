@@ -35,6 +35,7 @@ from atesd.warmstart import (  # noqa: E402
     SHIPPED_MANIFEST,
     WarmStartConfig,
     cache_key,
+    cache_problem,
     default_cache_dir,
     sha256_file,
     shipped_manifest,
@@ -111,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         source = default_cache_dir() / "warmstart" / key
         if not (source / "warmstart.json").exists():
             parser.error(f"no cached warm start at {source}: run without --from-cache to train it")
+        broken = cache_problem(source)
+        if broken is not None:  # shipping it would record the damaged bytes' sha256 as the good ones
+            parser.error(
+                f"the cached warm start at {source} is damaged ({broken}): train it without --from-cache"
+            )
         write(source, key, args.threads, True)
         return 0
     with tempfile.TemporaryDirectory(prefix="atesd-warmstart-") as scratch:

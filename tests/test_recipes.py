@@ -240,6 +240,31 @@ def test_ship_warmstart_check_refuses_from_cache(capsys):
     assert exc.value.code == 2 and "--from-cache needs --write" in capsys.readouterr().err
 
 
+def test_ship_warmstart_refuses_a_damaged_cache_entry(tmp_path, monkeypatch, capsys):
+    """Shipping a cached entry whose weights were cut would record the damaged bytes' sha256 in the
+    shipped manifest, so every user's check would pass on them: refused, nothing shipped."""
+    import shutil
+
+    import atesd.warmstart as ws
+
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import ship_warmstart
+
+    (key,) = ws.shipped_manifest()
+    entry = tmp_path / "warmstart" / key
+    shutil.copytree(ws.SHIPPED_DIR / key, entry)
+    record = json.loads((entry / "warmstart.json").read_text())
+    record["files"] = {"model.safetensors": ws.sha256_file(entry / "model.safetensors")}
+    (entry / "warmstart.json").write_text(json.dumps(record))
+    (entry / "model.safetensors").write_bytes(b"cut")
+    monkeypatch.setenv("ATESD_CACHE", str(tmp_path))
+    monkeypatch.setattr(ship_warmstart, "write", lambda *a: pytest.fail("shipped"))
+    with pytest.raises(SystemExit) as exc:
+        ship_warmstart.main(["--write", "--from-cache"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "is damaged (its model.safetensors does not match the sha256" in err
+
+
 def test_grounded_vs_alpha_refuses_no_batches_and_no_threads(capsys):
     sys.path.insert(0, str(ROOT / "recipes"))
     import grounded_vs_alpha
