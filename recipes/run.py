@@ -95,6 +95,9 @@ class Run:
             self.controller_start = resume.get("controller_start", OWN_CONFIG)
         for line in lines if self.main else ():
             print(f"controller: {line}")
+        # a started state (a prior, a saved controller) has numbered decisions of its own: credit
+        # lines are numbered from this run's first decision, the state's own below 0
+        decision_offset = int(getattr(self.controller, "decisions", 0))
         if cfg.env == "real":
             faults.install(self.env.unwrapped.engine)
         if self.dist.active:
@@ -107,7 +110,8 @@ class Run:
         self.windows_per_episode = math.ceil(cfg.total_steps / cfg.hold_steps)
         self.total_windows = self.windows_per_episode * cfg.episodes
         self.log = MetricsLogger(run_dir if self.main else None, cfg.tensorboard)
-        self.loop = {"episode": 0, "window": 0, "global_window": 0, "updates": 0, "obs": None, "seconds": 0.0}
+        self.loop = {"episode": 0, "window": 0, "global_window": 0, "updates": 0, "obs": None, "seconds": 0.0,
+                     "decision_offset": decision_offset}  # fmt: skip
         if resume is not None:
             ranks = resume["ranks"] if "ranks" in resume else [{"rng": resume["rng"], "engine": None}]
             if len(ranks) != self.dist.world_size:  # (under torchrun `_main` has checked it on every rank)
@@ -221,7 +225,8 @@ class Run:
             decision["oracle_alpha_after"] = _alpha_record(oracle)
         self.log.decision(decision)
         for credit in self.controller.pop_credits():
-            credit = {k: int(v) if k == "decision" else finite(v) for k, v in credit.items()}
+            offset = loop.get("decision_offset", 0)  # 0 in a checkpoint from before the offset was kept
+            credit = {k: int(v) - offset if k == "decision" else finite(v) for k, v in credit.items()}
             self.log.decision({"kind": "credit"} | credit)
         loop["seconds"] = time.perf_counter() - self.t_start
         done = tr.terminated or tr.truncated

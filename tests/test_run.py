@@ -369,3 +369,20 @@ def test_a_run_writes_only_under_its_run_dir_and_the_cache(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert not (tmp_path / "home").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "runs"]
+
+
+def test_credit_lines_name_this_runs_decisions_when_it_starts_from_a_saved_state(tmp_path):
+    """A saved controller has numbered decisions of its own (a prior: 200,000): credit lines used
+    its lifetime count and joined no decision line of the run. Now they count from the run's first
+    decision, and the credits of decisions the saved state made before the run are below 0."""
+    first = run.main(
+        ["--controller", "beta_reinforce", *MOCK, "mock.total_steps=110", f"out_dir={tmp_path / 'first'}"]
+    )  # fmt: skip  (22 windows: one finished decision left unbatched)
+    saved = json.loads((first / "summary.json").read_text())["controller_state"]
+    second = run.main(["--controller", "beta_reinforce", *MOCK, f"controller_init={saved}",
+                       f"out_dir={tmp_path / 'second'}"])  # fmt: skip
+    lines = read_jsonl(second / "decisions.jsonl")
+    decisions = {d["decision"] for d in lines if d["kind"] == "decision"}
+    credited = [d["decision"] for d in lines if d["kind"] == "credit"]
+    assert decisions == set(range(10)) and credited
+    assert {c for c in credited if c >= 0} <= decisions and min(credited) < 0  # one from the first run
