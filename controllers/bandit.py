@@ -8,9 +8,10 @@ An arm is credited with the decision's delayed return (`controllers.credit`, the
 as beta_reinforce; by default the discounted, grounded return over the next L / H windows), once its
 lookahead has passed; with `lookahead_steps = hold_steps` it is the env's step reward. Learning
 progress shrinks as the student saturates, so an arm last pulled early would look better than one
-pulled late for no reason of its own: each return is therefore detrended, minus an EMA of the returns
-before it in the same run (`trend_decay`; 1 keeps the run's first return as a constant baseline,
-which changes nothing; `reset` starts a new trend, as progress is large again early in a new run).
+pulled late for no reason of its own: each return is therefore detrended, minus an EMA of the run's
+returns known when the arm was pulled (its own window's return never in it; `trend_decay`; 1 keeps
+the run's first return as a constant baseline, which changes nothing; `reset` starts a new trend, as
+progress is large again early in a new run).
 The baseline follows the arms pulled, so detrending needs a memory that forgets (discount < 1, a
 window shorter than the run): with an endless memory the arm pulled most drifts to 0 while the rest
 keep old negative means, and the bandit locks in; set trend_decay = 1 there.
@@ -182,10 +183,14 @@ class BanditController:
     """Discounted Thompson sampling or sliding-window UCB over `cfg.arms`."""
 
     def __new__(
-        cls, observation_space: gym.spaces.Box, action_space: gym.spaces.Box, cfg: BanditConfig | None = None
+        cls,
+        observation_space: gym.spaces.Box | None = None,
+        action_space: gym.spaces.Box | None = None,
+        cfg: BanditConfig | None = None,
     ):
-        """Under a per-band action (K alphas): K independent copies, one per band (`PerBand`)."""
-        if action_size(action_space) > 1:
+        """Under a per-band action (K alphas): K independent copies, one per band (`PerBand`). (The
+        spaces default to None for copy and pickle, which call `__new__(cls)` alone.)"""
+        if action_space is not None and action_size(action_space) > 1:
             return PerBand(cls, observation_space, action_space, cfg or BanditConfig())
         return super().__new__(cls)
 
@@ -255,8 +260,12 @@ class BanditController:
         check_transition(obs, reward, next_obs)
         arm = int(np.argmin(np.abs(self.arms - float(np.asarray(action).reshape(-1)[0]))))
         self.pulls[arm] += 1
-        for pull, ret in self.credit.push({"arm": arm}, info, terminated or truncated, reward):
-            self._credit(int(pull["arm"]), ret)
+        # the baseline is the trend when the pull was made: credited later, the trend would already
+        # hold returns that its own window moved (a baseline that depends on the action)
+        for pull, ret in self.credit.push(
+            {"arm": arm, "baseline": self.trend}, info, terminated or truncated, reward
+        ):
+            self._credit(int(pull["arm"]), ret, pull.get("baseline"))
         if self.cfg.kind == "thompson":
             means, _, sigma = thompson_posterior(
                 self.counts, self.sums, self.sq_sums, self.cfg.prior_mean, self.cfg.prior_var
@@ -268,9 +277,11 @@ class BanditController:
         known = {f"controller/arm_mean_{i}": float(m) for i, m in enumerate(means) if math.isfinite(m)}
         return metrics | known
 
-    def _credit(self, arm: int, ret: float) -> None:
-        """Credit one detrended return to `arm` (thompson: decay all statistics; ucb: slide the window)."""
-        reward = ret - (ret if self.trend is None else self.trend)
+    def _credit(self, arm: int, ret: float, baseline: float | None) -> None:
+        """Credit one return to `arm`, less the `baseline` (the return trend when the pull was made; a
+        run's first pulls, made before any return was known, are credited 0), then move the trend
+        (thompson: decay all statistics; ucb: slide the window)."""
+        reward = ret - (ret if baseline is None else baseline)
         d = self.cfg.trend_decay
         self.trend = ret if self.trend is None else d * self.trend + (1.0 - d) * ret
         self.counts *= self.cfg.discount

@@ -97,19 +97,20 @@ class BetaReinforceConfig:
             ("batch_decisions", self.batch_decisions >= 2, ">= 2"),
             ("seed", self.seed >= 0, ">= 0"),
             ("entropy_target", self.entropy_target <= 0, "<= 0 (a Beta with a, b >= 1 has entropy <= 0)"),
-            ("entropy_coef", self.entropy_coef >= 0, ">= 0"),
-            ("lr", self.lr > 0, "> 0"),
+            ("entropy_coef", 0 <= self.entropy_coef < math.inf, ">= 0 and finite"),
+            ("lr", 0 < self.lr < math.inf, "> 0 and finite"),
             ("max_grad_norm", self.max_grad_norm > 0, "> 0"),
             ("hidden", len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "non-empty, widths >= 1"),
             ("activation", self.activation in ("tanh", "relu"), "tanh or relu"),
             ("alpha_min", 0 <= self.alpha_min < 1, "in [0, 1)"),
             ("alpha_max", self.alpha_min < self.alpha_max <= 1, "in (alpha_min, 1]"),
-            ("adv_eps", self.adv_eps > 0, "> 0"),
+            ("adv_eps", 0 < self.adv_eps < math.inf, "> 0 and finite"),
             ("baseline", self.baseline in ("batch", "trend"), "batch or trend"),
             ("trend_decay", 0 < self.trend_decay < 1, "in (0, 1)"),
             ("init_mean", 0 < self.init_mean < 1, "in (0, 1)"),
-            ("init_concentration", min(self.init_mean, 1 - self.init_mean) * self.init_concentration > 1,
-             "such that init_mean * it and (1 - init_mean) * it are > 1"),
+            ("init_concentration",
+             1 < min(self.init_mean, 1 - self.init_mean) * self.init_concentration < math.inf,
+             "finite, such that init_mean * it and (1 - init_mean) * it are > 1"),
         )  # fmt: skip
         for name, ok, rule in checks:
             if not ok:
@@ -216,8 +217,9 @@ def reinforce_loss(
 
 
 def _softplus_inverse(y: float) -> float:
-    """x with softplus(x) = y (> 0): log(e^y - 1), exactly log(e - 1) for y = 1."""
-    return math.log(math.expm1(y))
+    """x with softplus(x) = y (> 0): log(e^y - 1), exactly log(e - 1) for y = 1 (past y = 700, where
+    e^y overflows, as y + log(1 - e^-y))."""
+    return math.log(math.expm1(y)) if y <= 700 else y + math.log(-math.expm1(-y))
 
 
 class BetaPolicy(nn.Module):

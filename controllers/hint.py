@@ -83,10 +83,14 @@ class HintController(OpenLoop):
     """Moves alpha against the student's success (see the module docstring)."""
 
     def __new__(
-        cls, observation_space: gym.spaces.Box, action_space: gym.spaces.Box, cfg: HintConfig | None = None
+        cls,
+        observation_space: gym.spaces.Box | None = None,
+        action_space: gym.spaces.Box | None = None,
+        cfg: HintConfig | None = None,
     ):
-        """Under a per-band action (K alphas): K independent copies, one per band (`PerBand`)."""
-        if action_size(action_space) > 1:
+        """Under a per-band action (K alphas): K independent copies, one per band (`PerBand`). (The
+        spaces default to None for copy and pickle, which call `__new__(cls)` alone.)"""
+        if action_space is not None and action_size(action_space) > 1:
             return PerBand(cls, observation_space, action_space, cfg or HintConfig())
         return super().__new__(cls)
 

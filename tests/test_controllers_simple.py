@@ -10,8 +10,10 @@ import torch
 from atesd.state import load_state, save_state
 from controllers.bandit import BanditConfig, BanditController, reward_scale, thompson_posterior, window_ucb
 from controllers.base import run_episode
+from controllers.beta_reinforce import BetaReinforceConfig, BetaReinforceController
 from controllers.fixed import FixedConfig, FixedController
 from controllers.oracle import OracleConfig, OracleController
+from controllers.ppo import PPOConfig
 from controllers.random import RandomConfig, RandomController
 from controllers.schedule import ScheduleConfig, ScheduleController
 from envs import spec
@@ -290,6 +292,13 @@ def test_non_finite_transitions_raise(name):
         (lambda: BanditConfig(ucb_c=-1.0), "ucb_c"),
         (lambda: BanditConfig(prior_var=0.0), "prior_var"),
         (lambda: BanditConfig(prior_mean=math.nan), "prior_mean"),
+        (lambda: BetaReinforceConfig(lr=math.inf), "lr"),
+        (lambda: BetaReinforceConfig(adv_eps=math.inf), "adv_eps"),  # every advantage 0: never learns
+        (lambda: BetaReinforceConfig(entropy_coef=math.inf), "entropy_coef"),
+        (lambda: BetaReinforceConfig(init_concentration=math.inf), "init_concentration"),
+        (lambda: PPOConfig(lr=math.inf), "lr"),
+        (lambda: PPOConfig(vf_coef=math.inf), "vf_coef"),
+        (lambda: PPOConfig(ent_coef=math.inf), "ent_coef"),
     ],
 )
 def test_config_validation_names_the_field(build, field):
@@ -336,9 +345,11 @@ def test_bandit_credits_each_pull_with_its_detrended_lookahead_return():
     result = run_episode(WindowEnv([1.0, 2.0, 4.0, 8.0]), bandit, seed=0)
     assert result.alphas == [0.0, 0.25, 0.5, 0.75]  # untried arms first, in grid order
     returns = [1.0 + d * 2.0, 2.0 + d * 4.0, 4.0 + d * 8.0]  # the last pull is cut by the episode end
-    trend, expected = returns[0], [0.0]
+    # each pull less the trend when it was made (its own window's return never in it): pulls 0 and 1
+    # were made before any return was known (credited 0), pull 2 after pull 0's
+    expected = [0.0, 0.0, returns[2] - returns[0]]
+    trend = returns[0]
     for r in returns[1:]:
-        expected.append(r - trend)
         trend = 0.5 * trend + 0.5 * r
     assert [arm for arm, _ in bandit.window] == [0, 1, 2]
     assert [r for _, r in bandit.window] == pytest.approx(expected)
@@ -357,3 +368,29 @@ def test_credit_from_the_step_reward_alone_and_agreement_with_the_info_keys():
         window_terms({"losses": [1.0, 0.9, 0.8]}, 2, reward=0.3)
     with pytest.raises(ValueError, match="must be finite"):
         window_terms({}, 2, reward=float("nan"))
+
+
+def test_bandit_and_hint_copy_and_pickle():
+    """Their __new__ picks the per-band wrapper from the spaces; copy and pickle call __new__(cls)
+    alone, which raised TypeError (a controller could not be snapshotted or sent to a worker)."""
+    import copy
+    import pickle
+
+    from controllers.hint import HintController
+
+    for cls in (BanditController, HintController):
+        for bands in ((), ("B1", "B2", "B3")):
+            obs_space = spec.observation_space(bands)
+            controller = cls(obs_space, spec.action_space(max(1, len(bands))))
+            obs = obs_space.sample()
+            for twin in (copy.deepcopy(controller), pickle.loads(pickle.dumps(controller))):
+                assert type(twin) is type(controller) and np.array_equal(twin.act(obs), controller.act(obs))
+
+
+def test_a_very_sure_starting_beta_builds():
+    """init_concentration past about 1420 overflowed math.expm1 when the controller was built."""
+    for concentration in (1000.0, 1500.0, 1e6):
+        controller = make(BetaReinforceController, BetaReinforceConfig(init_concentration=concentration))
+        beta = controller.policy(torch.as_tensor(progress_obs(0.0)).unsqueeze(0))
+        total = float(beta.concentration1 + beta.concentration0)
+        assert total == pytest.approx(concentration, rel=1e-6)
