@@ -99,9 +99,11 @@ def grounded_change(terms: dict[str, float], previous: float | None, lambda_gt: 
     gamma = 1, the total rise over it divided by the windows), so a controller is paid for a student
     that got better, not for a state that was already good (the level form pays every window for the
     competence reached before the decision). `previous` should be the last finite level: a window
-    whose level is NaN (no score measured) has a NaN change and leaves the level to compare with. Returns the
-    terms (`grounded` now the change, `reward` = progress + lambda_gt * change) plus `grounded_level`,
-    the window's mean, for the next window's `previous`.
+    whose level is NaN (no score measured) has a NaN change, and so a NaN `reward` here, and leaves
+    the level to compare with; the exposure env then credits no grounded term (its reward is the
+    progress alone), as it does for a NaN level in the level form. Returns the terms (`grounded` now
+    the change, `reward` = progress + lambda_gt * change) plus `grounded_level`, the window's mean,
+    for the next window's `previous`.
     """
     level = terms["grounded"]
     if previous is None:  # the first window: no change yet (NaN stays NaN: no score was measured)

@@ -59,8 +59,9 @@ class ExposureEnvConfig:
     eval_at_reset: bool = field(
         default=True,
         metadata={
-            "help": "evaluate the warm-started student at reset too (the start of the accuracy curve; "
-            "greedy only: once per env, every reset restores the same student)"
+            "help": "evaluate the warm-started student at reset too (the start of the accuracy curve): "
+            "greedy, computed once per env (every reset restores the same student); with eval_k > 0 "
+            "also Average@k, sampled again at every reset"
         },
     )
 
@@ -74,7 +75,7 @@ class ExposureEnvConfig:
                 f"a multiple of hold_steps={self.hold_steps} (every window holds H updates)",
             ),
             ("gamma", 0 < self.gamma <= 1, "in (0, 1]"),
-            ("lambda_gt", self.lambda_gt >= 0, ">= 0"),
+            ("lambda_gt", math.isfinite(self.lambda_gt) and self.lambda_gt >= 0, "finite and >= 0"),
             ("eval_every", self.eval_every >= 0, ">= 0"),
             ("eval_k", self.eval_k >= 0, ">= 0"),
         )
@@ -128,7 +129,10 @@ class TeacherExposureEnv(gym.Env):
     discount-weighted mean over the previous window's (`grounded_change`; 0 in the first window),
     else that mean itself (the paper's form, with lambda_gt 0.1). Agents that discount windows by
     gamma^H over L/H windows receive the paper's lookahead return; the delayed credit lives in the
-    agent.
+    agent. A window whose every update was skipped as non-finite (the engine tolerates
+    `max_nonfinite_steps` in a row) measures no grounded score: its grounded term is NaN in
+    `info["reward/grounded"]` and credits nothing (the reward is the progress term alone), and the
+    next window's change compares with the last window that measured one (0 when none has yet).
 
     ## Starting State
     The warm-started student (weights, optimiser, teacher, statistics as at construction); `reset(seed)`
@@ -140,12 +144,17 @@ class TeacherExposureEnv(gym.Env):
     An evaluation (greedy accuracy per band, Average@k if `eval_k`) runs every `eval_every` steps
     and always at the end: `info["eval"]`, and `info["score"]` = its mean accuracy over bands. With
     `eval_at_reset` (default) the reset info carries the warm-started student's evaluation and score
-    too (where the run started).
+    too (where the run started): greedy, computed once per env; with `eval_k`, Average@k too, sampled
+    again at every reset.
 
     ## Arguments
     `TeacherExposureEnv(cfg=ExposureEnvConfig(...), engine=None, engine_cfg=EngineConfig(...),
-    task_cfg=..., model_cfg=..., warmstart_cfg=..., cache_dir=None)`, or the same keywords through
-    `gymnasium.make("atesd/TeacherExposure-v0", ...)`.
+    task_cfg=..., model_cfg=..., warmstart_cfg=..., cache_dir=None, real=None)`, or the same keywords
+    through `gymnasium.make("atesd/TeacherExposure-v0", ...)`. The engine comes from one of: `engine`
+    (a built DistillEngine), `real` (an `atesd.builder.RealConfig`, built with its `engine.seed`), or
+    the `*_cfg` and `cache_dir` keywords (the embedded default where none is given); mixing them is a
+    ValueError. A `real` with an `env` field (recipes' `RealEnvConfig`) gives the episode config
+    too: `cfg` may then be left out (or must equal it).
     """
 
     metadata = {"render_modes": []}
@@ -166,6 +175,25 @@ class TeacherExposureEnv(gym.Env):
         cache_dir: str | None = None,
         real: RealConfig | None = None,
     ) -> None:
+        named = {"engine_cfg": engine_cfg, "task_cfg": task_cfg, "model_cfg": model_cfg,
+                 "warmstart_cfg": warmstart_cfg, "cache_dir": cache_dir}  # fmt: skip
+        given = [name for name, value in named.items() if value is not None]
+        if engine is not None and real is not None:
+            given.insert(0, "real")
+        if given and (engine is not None or real is not None):
+            source = "engine" if engine is not None else "real"
+            raise ValueError(
+                f"{', '.join(given)} would be ignored beside {source}=, which fixes the engine already: "
+                "give only one of engine, real, or the *_cfg and cache_dir keywords"
+            )
+        episode = getattr(real, "env", None)  # recipes' RealEnvConfig carries the episode's config
+        if isinstance(episode, ExposureEnvConfig):
+            if cfg is not None and cfg != episode:
+                raise ValueError(
+                    "cfg and real.env are two different episode configs: give one (real.env is used "
+                    "when cfg is None)"
+                )
+            cfg = episode
         self.cfg = cfg or ExposureEnvConfig()
         if engine is None:  # the embedded default (or `real`), through the one builder
             real = real or RealConfig(
@@ -247,6 +275,9 @@ class TeacherExposureEnv(gym.Env):
             level = terms.pop("grounded_level")
             if math.isfinite(level):  # a window that measured no score leaves the level to compare with
                 self.grounded_prev = level
+        if self.cfg.lambda_gt and not math.isfinite(terms["grounded"]):
+            # every update skipped as non-finite measured no g: no grounded credit (NaN stays in info)
+            terms["reward"] = terms["progress"]
         terminated = self.steps_done >= self.cfg.total_steps
         metrics = [s.metrics() for s in window.steps]
         info = {

@@ -76,12 +76,16 @@ class MockConfig:
                 f"a multiple of hold_steps={self.hold_steps} (every window holds H updates)",
             ),
             ("gamma", 0 < self.gamma <= 1, "in (0, 1]"),
-            ("lambda_gt", self.lambda_gt >= 0, ">= 0"),
+            ("lambda_gt", math.isfinite(self.lambda_gt) and self.lambda_gt >= 0, "finite and >= 0"),
             ("target_competence", 0 < self.target_competence < 1, "in (0, 1)"),
-            ("width", self.width > 0, "> 0"),
-            ("trap_strength", self.trap_strength >= 0, ">= 0"),
+            ("width", math.isfinite(self.width) and self.width > 0, "finite and > 0"),
+            (
+                "trap_strength",
+                math.isfinite(self.trap_strength) and self.trap_strength >= 0,
+                "finite and >= 0",
+            ),
             ("trap_revert", 0 <= self.trap_revert < 1, "in [0, 1)"),
-            ("noise", self.noise >= 0, ">= 0"),
+            ("noise", math.isfinite(self.noise) and self.noise >= 0, "finite and >= 0"),
         )
         for name, ok, rule in checks:
             if not ok:
@@ -176,8 +180,11 @@ class MockExposureEnv(gym.Env):
     `atesd.progress.window_reward` and `grounded_change` over the window's losses and scores.
 
     ## Starting State
-    c = 0 (mix: both groups 0), no dip, EMAs at their first values; `info` already holds
-    `oracle_alpha` for the first decision.
+    c = 0 (mix: both groups 0), no dip; `info` already holds `oracle_alpha` for the first decision.
+    The EMAs start at fixed values, not at their first measurements: alpha, loss and mismatch at 0,
+    the probe ratio at 1, confidence at 0.45 (its value at c = 0), the per-band competences at 0; so
+    one window at alpha 1 gives ema_alpha 1 - 0.9^H (0.40951 at H = 5). The real env instead takes
+    each statistic's first value as is (`atesd.stats.EMAStats`).
 
     ## Episode End
     `terminated` once T updates are done (T / H steps); never truncated.

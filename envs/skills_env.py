@@ -9,6 +9,7 @@ in the paper's form, pays for exposure by itself.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -78,14 +79,14 @@ class SkillChainConfig:
             ("total_steps", self.total_steps >= self.hold_steps, ">= hold_steps"),
             ("total_steps", self.total_steps % max(self.hold_steps, 1) == 0, "a multiple of hold_steps"),
             ("gamma", 0 < self.gamma <= 1, "in (0, 1]"),
-            ("lambda_gt", self.lambda_gt >= 0, ">= 0"),
+            ("lambda_gt", math.isfinite(self.lambda_gt) and self.lambda_gt >= 0, "finite and >= 0"),
             ("grounded_by", self.grounded_by in ("teacher", "student"), "teacher or student"),
-            ("rate", self.rate > 0, "> 0"),
-            ("distraction", self.distraction >= 0, ">= 0"),
-            ("memorise", self.memorise >= 0, ">= 0"),
+            ("rate", math.isfinite(self.rate) and self.rate > 0, "finite and > 0"),
+            ("distraction", math.isfinite(self.distraction) and self.distraction >= 0, "finite and >= 0"),
+            ("memorise", math.isfinite(self.memorise) and self.memorise >= 0, "finite and >= 0"),
             ("memory", 0 <= self.memory < 1, "in [0, 1)"),
-            ("noise", self.noise >= 0, ">= 0"),
-            ("learn_noise", self.learn_noise >= 0, ">= 0"),
+            ("noise", math.isfinite(self.noise) and self.noise >= 0, "finite and >= 0"),
+            ("learn_noise", math.isfinite(self.learn_noise) and self.learn_noise >= 0, "finite and >= 0"),
         )
         for name, ok, rule in checks:
             if not ok:
@@ -155,7 +156,10 @@ class SkillChainEnv(gym.Env):
     grounded_change=False`. `atesd.progress.window_reward` and `grounded_change`, as in the other envs.
 
     ## Starting State
-    m = (0.9, 0.5, 0, ...), no dip, EMAs at their first values.
+    m = (0.9, 0.5, 0, ...), no dip. The EMAs start at fixed values, not at their first measurements:
+    alpha, loss and mismatch at 0, the probe ratio at 1, confidence at 0.4; so one window at alpha 1
+    gives ema_alpha 1 - 0.9^H (0.40951 at H = 5). The real env instead takes each statistic's first
+    value as is (`atesd.stats.EMAStats`).
 
     ## Episode End
     `terminated` once T updates are done (T / H steps); never truncated. `info["score"]` is the

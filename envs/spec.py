@@ -34,7 +34,7 @@ INFO_KEYS = (
     "alpha",  # the exposure used in this window
     "reward/progress",  # discounted learning progress of the window (paper's G_lp over H steps)
     "reward/grounded",  # the grounded term: the rise of the window's mean grounded score (default), or it
-    "reward/total",  # progress + lambda_gt * grounded = the step's reward
+    "reward/total",  # progress + lambda_gt * grounded = the step's reward (a NaN grounded term adds 0)
     "stats/loss",  # raw window means of the training statistics
     "stats/mismatch",
     "stats/probe_nll",

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 import warnings
 
@@ -10,6 +11,7 @@ from gymnasium.utils.env_checker import check_env
 import envs  # noqa: F401  (registers the envs)
 from atesd.engine import DistillEngine, EngineConfig, SamplingConfig
 from atesd.progress import discounted_progress
+from atesd.tasks.synthetic import ChainBagConfig
 from envs import spec
 from envs.exposure_env import ExposureEnvConfig, TeacherExposureEnv
 
@@ -84,6 +86,11 @@ def test_reset_restores_the_warm_started_student_and_seeds_reproduce(engine):
     assert runs[0] == runs[1]
 
 
+def test_an_infinite_grounded_weight_is_refused():
+    with pytest.raises(ValueError, match="lambda_gt must be finite and >= 0, got inf"):
+        ExposureEnvConfig(lambda_gt=math.inf)
+
+
 def test_gymnasium_make_and_invalid_input(engine):
     env = gym.make(
         "atesd/TeacherExposure-v0", engine=engine, cfg=ExposureEnvConfig(hold_steps=1, total_steps=2)
@@ -133,6 +140,58 @@ def test_a_skipped_update_leaves_the_window_reward_finite(engine):
     assert engine.nonfinite_total == 1 and all(math.isfinite(r) for r in rewards), rewards
 
 
+@pytest.mark.parametrize("change", [True, False])
+@pytest.mark.parametrize("bad_window", [0, 1])
+def test_a_window_of_skipped_updates_credits_no_grounded_term(engine, change, bad_window):
+    """Every update of a window skipped as non-finite (2 in a row, under max_nonfinite_steps) measures
+    no grounded score: the info keeps the NaN, the reward is the progress alone (it was NaN, which
+    the run loop refuses), and the next change compares with the last window that measured one."""
+    cfg = ExposureEnvConfig(hold_steps=2, total_steps=6, grounded_change=change)
+    env = TeacherExposureEnv(engine=engine, cfg=cfg)
+    env.reset(seed=0)
+    batch_loss, bad = engine.batch_loss, {"on": False}
+
+    def overflowing(batch, alpha):  # as an fp16 overflow: a NaN loss, and no grounded score
+        out, grounded, t_teacher = batch_loss(batch, alpha)
+        if bad["on"]:
+            return dataclasses.replace(out, loss=out.loss * float("nan")), math.nan, t_teacher
+        return out, grounded, t_teacher
+
+    engine.batch_loss = overflowing
+    levels, infos = [], []
+    for w in range(3):
+        bad["on"] = w == bad_window
+        _, reward, *_, info = env.step(np.array([0.5], dtype=np.float32))
+        assert math.isfinite(reward) and reward == info["reward/total"]
+        infos.append(info)
+        levels.append(env.grounded_prev)
+    assert engine.nonfinite_total == 2
+    bad = infos[bad_window]
+    assert math.isnan(bad["reward/grounded"]) and bad["reward/total"] == bad["reward/progress"]
+    after = infos[bad_window + 1]
+    assert math.isfinite(after["reward/grounded"])
+    if change:
+        assert levels[bad_window] == (None if bad_window == 0 else levels[0])  # the level is kept
+        expected = 0.0 if bad_window == 0 else levels[bad_window + 1] - levels[0]
+        assert after["reward/grounded"] == pytest.approx(expected)
+
+
+def test_the_engine_source_keywords_are_exclusive(engine):
+    """engine=, real= and the *_cfg / cache_dir keywords each fix the engine: mixing them would drop
+    some silently, so it is refused; a `real` that carries the episode (`real.env`) gives the cfg."""
+    from recipes.common import RealEnvConfig
+
+    with pytest.raises(ValueError, match=r"engine_cfg, cache_dir would be ignored beside engine="):
+        TeacherExposureEnv(engine=engine, engine_cfg=EngineConfig(lr=0.5), cache_dir="/nonexistent")
+    with pytest.raises(ValueError, match=r"real would be ignored beside engine="):
+        TeacherExposureEnv(engine=engine, real=RealEnvConfig())
+    with pytest.raises(ValueError, match=r"engine_cfg, task_cfg would be ignored beside real="):
+        gym.make("atesd/TeacherExposure-v0", real=RealEnvConfig(), engine_cfg=EngineConfig(batch_size=2),
+                 task_cfg=ChainBagConfig(eval_size=3))  # fmt: skip
+    with pytest.raises(ValueError, match="cfg and real.env are two different episode configs"):
+        TeacherExposureEnv(ExposureEnvConfig(hold_steps=1, total_steps=2), real=RealEnvConfig())
+
+
 def test_a_float32_alpha_reveals_the_steps_its_decimal_says():
     """float(np.float32(0.7)) is 0.699999988: an env action of 0.7 must still reveal 7 of 10 steps."""
     from atesd.exposure import num_revealed
@@ -162,6 +221,13 @@ def test_without_an_engine_the_env_builds_one_through_the_builder(tmp_path):
     obs, _ = env.reset(seed=0)
     _, reward, terminated, _, _ = env.step(np.array([0.5], dtype=np.float32))
     assert env.observation_space.contains(obs) and np.isfinite(reward) and terminated
+    # recipes' RealEnvConfig carries the episode too (`env`): gym.make takes it from there (it ran the
+    # defaults H = 5, T = 100 before)
+    from recipes.common import RealEnvConfig
+
+    episode = ExposureEnvConfig(hold_steps=1, total_steps=2, eval_at_reset=False)
+    made = gym.make("atesd/TeacherExposure-v0", real=RealEnvConfig(**vars(real), env=episode))
+    assert made.unwrapped.cfg == episode and made.unwrapped.engine.cfg.batch_size == 2
 
 
 def test_the_real_env_refuses_steps_before_reset_and_after_the_end(engine):

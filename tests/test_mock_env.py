@@ -1,4 +1,5 @@
 import copy
+import math
 import re
 import warnings
 
@@ -158,6 +159,22 @@ def test_config_validation():
         MockConfig(trap_revert=1.0)
     with pytest.raises(ValueError, match="variant"):
         MockConfig(variant="zigzag")
+
+
+@pytest.mark.parametrize("name", ["lambda_gt", "width", "trap_strength", "noise"])
+def test_an_infinite_constant_is_refused(name):
+    """inf passed the >= 0 checks and gave infinite rewards or zeroed observations."""
+    with pytest.raises(ValueError, match=f"{name} must be finite and "):
+        MockConfig(**{name: math.inf})
+
+
+def test_the_emas_start_at_fixed_values_not_at_their_first_measurements():
+    """As the Starting State section says: one window at alpha 1 gives ema_alpha 1 - 0.9^H."""
+    env = MockExposureEnv()
+    obs, _ = env.reset(seed=0)
+    assert obs[1] == 0.0 and obs[4] == 1.0 and obs[5] == np.float32(0.45)
+    obs, *_ = env.step(act(1.0))
+    assert obs[1] == pytest.approx(1 - 0.9**5) == pytest.approx(0.40951)
 
 
 def lookahead_return(env, alphas, mode):

@@ -4,6 +4,7 @@ optimum; an exposure-neutral grounded score is not)."""
 
 import copy
 import json
+import math
 import warnings
 
 import gymnasium as gym
@@ -66,6 +67,21 @@ def test_bad_config_and_actions_raise():
     env.reset(seed=0)
     with pytest.raises(ValueError):
         env.step(act(1.5))
+
+
+@pytest.mark.parametrize("name", ["lambda_gt", "rate", "distraction", "memorise", "noise", "learn_noise"])
+def test_an_infinite_constant_is_refused(name):
+    with pytest.raises(ValueError, match=f"{name} must be finite and "):
+        SkillChainConfig(**{name: math.inf})
+
+
+def test_the_emas_start_at_fixed_values_not_at_their_first_measurements():
+    """As the Starting State section says: one window at alpha 1 gives ema_alpha 1 - 0.9^H."""
+    env = SkillChainEnv()
+    obs, _ = env.reset(seed=0)
+    assert obs[1] == 0.0 and obs[4] == 1.0 and obs[5] == np.float32(0.4)
+    obs, *_ = env.step(act(1.0))
+    assert obs[1] == pytest.approx(1 - 0.9**5) == pytest.approx(0.40951)
 
 
 def greedy(env: SkillChainEnv) -> float:
