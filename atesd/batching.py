@@ -15,7 +15,7 @@ import torch
 from transformers import PreTrainedModel
 
 from atesd.distributed import is_sharded
-from atesd.rollout.hf import _MASK_4D_KINDS, left_pad
+from atesd.rollout.hf import _MASK_4D_KINDS, full_attention_cache, left_pad
 
 # One extra forward costs about this many padded positions of work: CPU forwards are compute-bound
 # and cheap to launch; a GPU forward has a higher fixed cost and padding is nearly free
@@ -155,8 +155,10 @@ def _keeps_cache(model: PreTrainedModel) -> bool:
 
 
 def _mask_kind(model: PreTrainedModel) -> str | None:
+    """The attention kind a hand-built 4D mask is given to (as the sampler does), or None: another
+    kind, or a cache with sliding-window layers (their cache is cropped and masked otherwise)."""
     attn = model.config.get_text_config(decoder=True)._attn_implementation
-    return attn if attn in _MASK_4D_KINDS else None  # the kinds the sampler hands a 4D mask too
+    return attn if attn in _MASK_4D_KINDS and full_attention_cache(model) else None
 
 
 def _cache_kwarg(decoder: torch.nn.Module) -> str:

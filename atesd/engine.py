@@ -342,6 +342,8 @@ class DistillEngine:
             grad_norm = math.nan
             self._count_nonfinite()
         skipped = not math.isfinite(grad_norm)
+        if skipped:  # measures no g (METHOD §3), also where only the gradient was not finite: a window
+            grounded = math.nan  # of skipped updates is credited no grounded term, not noise on one state
         t_update = time.perf_counter()
         self.num_steps += 1
         per_token = out.per_token.float()

@@ -82,6 +82,28 @@ def test_continuations_equal_a_forward_of_their_own(tiny_model, attn, grad):
     torch.testing.assert_close(c_hidden, ref_c, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("width", [7, 20])  # the whole sequence within the window, and past it
+def test_a_sliding_window_model_gets_continuations_right(width):
+    """A sliding-window layer crops its cache and masks by the window: the 4D mask built for the
+    continuations was wrong there (a crash past the window, silently other values within it), so
+    such a model gets the continuations' own forward, as the sampler gets the HF decode."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    cfg = Qwen3Config(vocab_size=40, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
+                      pad_token_id=0, use_sliding_window=True, sliding_window=8, max_window_layers=0,
+                      layer_types=["sliding_attention", "full_attention"],
+                      attn_implementation="sdpa")  # fmt: skip
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(cfg).eval()
+    prompts, completions = [[9, 10, 11]], [list(range(12, 12 + width - 3))]
+    conts = [(len(completions[0]), [20, 21, 22, 23, 24, 25])]
+    with torch.no_grad():
+        _, _, (c_hidden, _) = completion_hidden_with_continuations(model, prompts, completions, 0, conts)
+        ref, _ = completion_hidden(model, [prompts[0] + completions[0]], [conts[0][1]], 0)
+    torch.testing.assert_close(c_hidden, ref, atol=1e-5, rtol=1e-5)
+
+
 def test_a_bad_continuation_is_refused(tiny_model):
     with pytest.raises(ValueError, match="continuation"):
         completion_hidden_with_continuations(tiny_model, [[1, 2]], [[3]], 0, [(2, [4])])

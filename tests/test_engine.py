@@ -133,6 +133,18 @@ def test_nonfinite_losses_skip_updates_then_stop(tiny_model, tokenizer, small_ta
         engine.step(0.5)
 
 
+def test_an_update_skipped_for_its_gradient_measures_no_grounded_score(tiny_model, tokenizer, small_task):
+    """A finite loss whose gradient is not finite skips the update too, and measures no g (METHOD
+    §3): a window of such updates is credited no grounded term, not the noise between two
+    measurements of one state."""
+    engine = make_engine(tiny_model, tokenizer, small_task, max_nonfinite_steps=5)
+    hook = next(tiny_model.parameters()).register_hook(lambda grad: grad * float("nan"))
+    steps = engine.run_window(0.5, 2).steps
+    hook.remove()
+    assert all(s.skipped and math.isfinite(s.loss) and math.isnan(s.grounded) for s in steps)
+    assert math.isfinite(engine.step(0.5).grounded)
+
+
 def test_evaluate_and_mismatch(tiny_model, tokenizer, small_task):
     engine = make_engine(tiny_model, tokenizer, small_task)
     ev = engine.evaluate(k=2)

@@ -93,6 +93,13 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def full_attention_cache(model: PreTrainedModel) -> bool:
+    """True when every layer of the model's cache is a plain full-attention one (a sliding-window
+    layer crops its cache and needs a mask of its own: a hand-built 4D mask would be wrong there)."""
+    layers = DynamicCache(config=model.config).layers
+    return len(layers) > 0 and all(type(layer) is DynamicLayer for layer in layers)
+
+
 class _PreallocatedLayer(DynamicLayer):
     """A `DynamicLayer` whose keys/values live in one buffer sized for the whole rollout.
 
@@ -193,11 +200,9 @@ class HFSampler:
         # transformers >= 5.2x renamed `past_key_values` to `cache` (the old name warns on every call).
         self._cache_kwarg = "cache" if "cache" in forward_args else "past_key_values"
         self._extra_kwargs = {"logits_to_keep": 1} if "logits_to_keep" in forward_args else {}
-        probe = DynamicCache(config=model.config)
-        self._num_layers = len(probe.layers)
+        self._num_layers = len(DynamicCache(config=model.config).layers)
         attn = model.config.get_text_config(decoder=True)._attn_implementation  # what HF itself dispatches on
-        plain = self._num_layers > 0 and all(type(layer) is DynamicLayer for layer in probe.layers)
-        self.mask_kind = attn if plain and attn in _MASK_4D_KINDS else None
+        self.mask_kind = attn if full_attention_cache(model) and attn in _MASK_4D_KINDS else None
         self.lean: LeanDecoder | None = None
         if not lean:
             self.lean_reason: str | None = "turned off (lean=False)"
