@@ -36,7 +36,7 @@ from atesd.distributed import (
 )
 from atesd.exposure import ExposureConfig, PromptBuilder
 from atesd.losses import LossConfig, LossOutput, chunked_distill_loss
-from atesd.models import eos_token_ids, is_peft
+from atesd.models import eos_token_ids, head_problem, is_peft
 from atesd.rollout import BACKENDS, BackendName, RolloutBackend, SamplingParams, make_backend
 from atesd.rollout.vllm import VLLMConfig
 from atesd.stats import EMAStats, StepStats, WindowStats
@@ -272,6 +272,12 @@ class DistillEngine:
         dist: Dist | None = None,
     ) -> None:
         self.cfg = cfg or EngineConfig()
+        why = head_problem(model)
+        if why is not None:  # the sampler uses the model's own forward: training would be off-policy
+            raise ValueError(
+                f"the engine computes the student's and teacher's logits as hidden @ lm_head.weight.T, "
+                f"which this model's are not: {why}"
+            )
         if self.cfg.exposure.reference == "other" and self.cfg.batch_size < 2:
             raise ValueError(  # the control would silently be the problem's own reference
                 "exposure.reference=other shows each problem another problem's reference from its batch: "
@@ -615,6 +621,9 @@ class DistillEngine:
                 "rng": self.rng.bit_generator.state,
                 "sample_gen": self.sample_gen.get_state(),
                 "eval_gen": self.eval_gen.get_state(),
+                # dropout (LoRA's, a model's own) draws from torch's global generators
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
                 "stats": self.stats.state_dict(),
                 "counters": [self.num_steps, self.nonfinite_in_row, self.nonfinite_total],
                 "last_probe_nll": self.last_probe_nll,
@@ -656,6 +665,10 @@ class DistillEngine:
         self.rng.bit_generator.state = state["rng"]
         self.sample_gen.set_state(state["sample_gen"])
         self.eval_gen.set_state(state["eval_gen"])
+        if "torch_rng" in state:  # (a state from before the global generators were kept: as it was)
+            torch.set_rng_state(state["torch_rng"])
+            if state["cuda_rng"] and torch.cuda.is_initialized():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.stats.load_state_dict(state["stats"])
         self.num_steps, self.nonfinite_in_row, self.nonfinite_total = state["counters"]
         self.last_probe_nll = state["last_probe_nll"]

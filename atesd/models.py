@@ -146,6 +146,25 @@ def base_model(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if is_peft(model) else model
 
 
+def head_problem(model: torch.nn.Module) -> str | None:
+    """Why the model's logits are not `hidden @ lm_head.weight.T` (how the engine scores tokens: the
+    loss, probe, grounded score and mismatch), or None: a head with a bias or adapters, or a config
+    that softcaps or scales the logits (Gemma 2, Cohere, Granite)."""
+    head = model.get_output_embeddings()
+    if head is None or not isinstance(getattr(head, "weight", None), torch.Tensor):
+        return "it has no output head with a weight (get_output_embeddings())"
+    if hasattr(head, "lora_A") or hasattr(head, "base_layer"):
+        return "its output head carries adapters (LoRA on lm_head: leave it out of the target modules)"
+    if getattr(head, "bias", None) is not None:
+        return "its output head has a bias"
+    text = model.config.get_text_config(decoder=True)
+    for key, plain in (("final_logit_softcapping", None), ("logit_scale", None), ("logits_scaling", 1.0)):
+        value = getattr(text, key, plain)
+        if value is not None and value != plain:
+            return f"its config sets {key}={value}"
+    return None
+
+
 def eos_token_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Every id that ends a completion, in training, evaluation and on any backend: the tokenizer's
     EOS and the model's generation-config EOS ids (Qwen3 ends a turn at <|im_end|> and its generation

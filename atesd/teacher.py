@@ -42,6 +42,16 @@ class Teacher:
 
     def __init__(self, student: PreTrainedModel, cfg: TeacherConfig | None = None) -> None:
         self.cfg = cfg or TeacherConfig()
+        if self.cfg.kind == "ema":
+            low = [n for n, p in student.named_parameters()
+                   if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16)]  # fmt: skip
+            if low:
+                raise ValueError(
+                    f"teacher kind ema averages the trained weights, which are 16-bit here ({low[0]}: "
+                    f"{dict(student.named_parameters())[low[0]].dtype}): each update's (1 - ema_decay) "
+                    "share of the difference rounds away below a 16-bit step, so the teacher hardly "
+                    "moves; train in float32 (real.hf.dtype=float32), or with LoRA (float32 adapters)"
+                )
         self.student = student
         self.uses_adapters = self.cfg.kind == "base" and is_peft(student)
         self.copy: PreTrainedModel | None = None

@@ -221,3 +221,49 @@ def test_a_snapshot_is_a_cpu_copy_that_keeps_tied_weights_shared(tiny_model, tok
     shared = torch.ones(2)
     copied = cpu_copy({"a": shared, "b": [shared, (1, "x")]})
     assert copied["a"] is copied["b"][0] and copied["a"] is not shared and copied["b"][1] == (1, "x")
+
+
+def test_a_model_whose_logits_are_not_a_plain_head_is_refused(tokenizer, small_task):
+    """The engine scores tokens as hidden @ lm_head.weight.T while the sampler runs the model's own
+    forward: a head bias (Phi), softcapped or scaled logits (Gemma 2, Cohere) or LoRA on lm_head
+    (whose adapters got no gradient) would silently train off-policy."""
+    from atesd.models import LoraSettings, TinyModelConfig, apply_lora, build_tiny_qwen3
+
+    def fresh():
+        return build_tiny_qwen3(tokenizer, TinyModelConfig(num_layers=1, hidden_size=32, num_heads=2,
+                                                           num_kv_heads=1, intermediate_size=64))  # fmt: skip
+
+    biased = fresh()
+    old = biased.lm_head
+    biased.lm_head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+    capped = fresh()
+    capped.config.final_logit_softcapping = 30.0
+    adapted = apply_lora(fresh(), LoraSettings(rank=4, target_modules=("q_proj", "lm_head")))
+    cases = ((biased, "has a bias"), (capped, "final_logit_softcapping=30.0"), (adapted, "adapters"))
+    for model, why in cases:
+        with pytest.raises(ValueError, match=f"lm_head.weight.T, which this model's are not: .*{why}"):
+            make_engine(model, tokenizer, small_task)
+    make_engine(apply_lora(fresh(), LoraSettings(rank=4)), tokenizer, small_task)  # the default targets
+
+
+def test_an_ema_teacher_of_16_bit_weights_is_refused(tiny_model):
+    """(1 - decay) x the difference rounds away below a bf16 step: the teacher hardly moved (4,595
+    of 77,440 entries after 10 updates at lr 1e-4), while the student trained."""
+    from atesd.teacher import Teacher, TeacherConfig
+
+    with pytest.raises(ValueError, match="teacher kind ema averages the trained weights, which are 16-bit"):
+        Teacher(tiny_model.to(torch.bfloat16), TeacherConfig(kind="ema"))
+    Teacher(tiny_model.to(torch.bfloat16), TeacherConfig(kind="base"))
+    Teacher(tiny_model.to(torch.float32), TeacherConfig(kind="ema"))
+
+
+def test_a_snapshot_replays_dropout(tiny_model, tokenizer, small_task):
+    """Dropout (here LoRA's) draws from torch's global generator, which the engine's state now holds:
+    a window run again from a snapshot repeats itself (as the env's reset and a resume need)."""
+    from atesd.models import LoraSettings, apply_lora
+
+    engine = make_engine(apply_lora(tiny_model, LoraSettings(rank=4, dropout=0.1)), tokenizer, small_task)
+    snapshot = engine.state_dict()
+    first = [s.loss for s in engine.run_window(0.5, 2).steps]
+    engine.load_state_dict(snapshot)
+    assert [s.loss for s in engine.run_window(0.5, 2).steps] == first
