@@ -15,7 +15,7 @@ import torch
 from transformers import PreTrainedModel
 
 from atesd.distributed import is_sharded
-from atesd.rollout.hf import _MASK_4D_KINDS, full_attention_cache, left_pad
+from atesd.rollout.hf import left_pad, mask_kind
 
 # One extra forward costs about this many padded positions of work: CPU forwards are compute-bound
 # and cheap to launch; a GPU forward has a higher fixed cost and padding is nearly free
@@ -155,10 +155,7 @@ def _keeps_cache(model: PreTrainedModel) -> bool:
 
 
 def _mask_kind(model: PreTrainedModel) -> str | None:
-    """The attention kind a hand-built 4D mask is given to (as the sampler does), or None: another
-    kind, or a cache with sliding-window layers (their cache is cropped and masked otherwise)."""
-    attn = model.config.get_text_config(decoder=True)._attn_implementation
-    return attn if attn in _MASK_4D_KINDS and full_attention_cache(model) else None
+    return mask_kind(model)  # the sampler's rule: which models a hand-built 4D mask is given to
 
 
 def _cache_kwarg(decoder: torch.nn.Module) -> str:

@@ -189,14 +189,18 @@ def check_lengths(
     tokenizer: PreTrainedTokenizerBase, task: Task, engine_cfg: EngineConfig, limit: int | None
 ) -> None:
     """ValueError, before any training, when the longest teacher prompt (the whole reference shown)
-    plus a full rollout does not fit the model's `limit` positions."""
+    plus a full rollout does not fit the model's `limit` positions: over the training pool (a task's
+    `train` list, where it keeps one), the evaluation sets and the probe set, the longest in tokens
+    among the 32 longest in characters."""
     problems = [p for ps in task.eval_sets().values() for p in ps] + list(task.probe_set())
+    problems += list(getattr(task, "train", None) or ())
     if not limit or not problems:
         return
     builder = PromptBuilder(tokenizer, task.prompt_format, engine_cfg.exposure)
-    longest = max(problems, key=lambda p: len(p.question) + len(p.solution))
+    candidates = sorted(problems, key=lambda p: len(p.question) + len(p.solution))[-32:]
+    longest = max(len(builder.encode(builder.teacher_prompt(p, 1.0))) for p in candidates)
     max_new = max(engine_cfg.sampling.max_new_tokens, engine_cfg.eval.max_new_tokens)
-    need = len(builder.encode(builder.teacher_prompt(longest, 1.0))) + max_new
+    need = longest + max_new
     if need > limit:
         raise ValueError(
             f"the model holds {limit} positions, but a teacher prompt with the whole reference plus "

@@ -328,6 +328,7 @@ def load_pretrained(
         dtype=torch_dtype,
         attn_implementation=attn_implementation,
         trust_remote_code=trust_remote_code,
+        use_safetensors=True,  # never a pickle file, beside safetensors ones or from the hub
     ).to(device)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

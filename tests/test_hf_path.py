@@ -136,6 +136,11 @@ def test_a_pickle_only_checkpoint_is_refused_in_one_line(checkpoint, tmp_path, c
         run.main(["--controller", "fixed", f"real.hf.name_or_path={pickled}", f"out_dir={tmp_path / 'runs'}"])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and "loads safetensors only" in err and "\n" not in err, err
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, pickled / "adapter_model.safetensors")  # a stray safetensors file
+    with pytest.raises(OSError, match="no file named model.safetensors"):  # the pickle is never loaded
+        load_hf_model(HFModelConfig(name_or_path=str(pickled), dtype="float32"))
 
 
 def test_a_lora_state_of_another_student_is_refused_by_name(checkpoint, small_task):

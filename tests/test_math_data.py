@@ -345,3 +345,23 @@ def test_files_that_are_not_json_lines_are_refused_in_one_line(tmp_path, monkeyp
     for name in ("data/train.json", "data/train.jsonl", "data/train.parquet", "data/train.csv"):
         with pytest.raises(FileNotFoundError, match=f"no such data file: {name}"):
             load_problems(MathDataConfig(source=name))
+
+
+def test_the_length_check_reads_the_training_pool_in_tokens():
+    """Training problems are most of the data and the ones sampled: a long one past the model's
+    positions was not checked (only the eval and probe sets were)."""
+    from atesd.builder import check_lengths
+    from atesd.engine import EngineConfig
+    from atesd.models import build_qwen3_style_tokenizer
+    from atesd.tasks.base import Problem
+    from atesd.tasks.math import MathTask
+
+    def problem(steps: int) -> Problem:
+        body = tuple(f"Step {i}: add {i} to the sum.\n\n" for i in range(steps))
+        return Problem("What is the sum?", body, "1", "\\boxed{1}", "x", {})
+
+    short, long = problem(1), problem(400)
+    tokenizer, cfg = build_qwen3_style_tokenizer(), EngineConfig()
+    check_lengths(tokenizer, MathTask([short], {"x": [short]}, [short]), cfg, 1024)
+    with pytest.raises(ValueError, match="the model holds 1024 positions"):
+        check_lengths(tokenizer, MathTask([short, long], {"x": [short]}, [short]), cfg, 1024)

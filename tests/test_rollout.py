@@ -103,6 +103,23 @@ def test_greedy_equals_hf_on_other_attention_paths(attn):
     assert _greedy(m, PROMPTS, 12, eos).completion_ids == _hf_greedy(m, PROMPTS, 12, eos)
 
 
+@pytest.mark.parametrize("family", ["bloom", "falcon-alibi"])
+def test_alibi_models_keep_their_2d_mask_and_equal_hf(family):
+    """Bloom and ALiBi Falcon build ALiBi from the mask's (batch, length) shape: a 4D mask crashed
+    every padded batch."""
+    from transformers import BloomConfig, BloomForCausalLM, FalconConfig, FalconForCausalLM
+
+    torch.manual_seed(0)
+    if family == "bloom":
+        m = BloomForCausalLM(BloomConfig(vocab_size=VOCAB, hidden_size=64, n_layer=2, n_head=4)).eval()
+    else:
+        config = FalconConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              alibi=True)  # fmt: skip
+        m = FalconForCausalLM(config).eval()
+    assert HFSampler(m, eos_token_ids=[NEVER], pad_token_id=PAD).mask_kind is None
+    assert _greedy(m, PROMPTS, 8, [NEVER]).completion_ids == _hf_greedy(m, PROMPTS, 8, [NEVER])
+
+
 def test_greedy_equals_hf_on_llama_without_padding():
     torch.manual_seed(1)
     config = LlamaConfig(

@@ -93,11 +93,17 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def full_attention_cache(model: PreTrainedModel) -> bool:
-    """True when every layer of the model's cache is a plain full-attention one (a sliding-window
-    layer crops its cache and needs a mask of its own: a hand-built 4D mask would be wrong there)."""
+def mask_kind(model: PreTrainedModel) -> str | None:
+    """The attention kind a hand-built 4D mask is handed to (sdpa or eager), or None for the model's
+    own 2D mask: also where a layer's cache is not plain full attention (a sliding-window layer crops
+    its cache and masks by the window) or where ALiBi is built from the mask's shape (Bloom, Falcon
+    with alibi: a 4D mask crashed every padded batch)."""
+    cfg = model.config.get_text_config(decoder=True)
+    attn = cfg._attn_implementation
+    if attn not in _MASK_4D_KINDS or cfg.model_type == "bloom" or getattr(cfg, "alibi", False):
+        return None
     layers = DynamicCache(config=model.config).layers
-    return len(layers) > 0 and all(type(layer) is DynamicLayer for layer in layers)
+    return attn if layers and all(type(layer) is DynamicLayer for layer in layers) else None
 
 
 class _PreallocatedLayer(DynamicLayer):
@@ -201,15 +207,15 @@ class HFSampler:
         self._cache_kwarg = "cache" if "cache" in forward_args else "past_key_values"
         self._extra_kwargs = {"logits_to_keep": 1} if "logits_to_keep" in forward_args else {}
         self._num_layers = len(DynamicCache(config=model.config).layers)
-        attn = model.config.get_text_config(decoder=True)._attn_implementation  # what HF itself dispatches on
-        self.mask_kind = attn if full_attention_cache(model) and attn in _MASK_4D_KINDS else None
+        self.mask_kind = mask_kind(model)
         self.lean: LeanDecoder | None = None
         if not lean:
             self.lean_reason: str | None = "turned off (lean=False)"
         elif compile:
             self.lean_reason = "compile=True compiles the HF forward instead"
         elif self.mask_kind != "sdpa":
-            self.lean_reason = f"no preallocated sdpa cache (attention {attn!r})"
+            attn = model.config.get_text_config(decoder=True)._attn_implementation
+            self.lean_reason = f"no preallocated sdpa cache with a 4D mask (attention {attn!r})"
         else:
             self.lean_reason = lean_unsupported(model)
             self.lean = LeanDecoder(model) if self.lean_reason is None else None

@@ -41,6 +41,10 @@ def lean_unsupported(model: nn.Module) -> str | None:
         return f"{type(model).__name__} is not a plain causal LM (a LoRA or other wrapper)"
     if cfg._attn_implementation != "sdpa":
         return f"attention implementation {cfg._attn_implementation!r} (lean decoding mirrors sdpa)"
+    from transformers.integrations import sdpa_attention
+
+    if not all(hasattr(sdpa_attention, name) for name in ("pack_gqa", "use_gqa_in_sdpa")):
+        return "this transformers' sdpa attention is not the one the lean step mirrors (no pack_gqa)"
     if any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or ["full_attention"]):
         return "sliding-window layers"
     rope = getattr(cfg, "rope_parameters", None) or {}
