@@ -32,7 +32,10 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
-    """Build `cls` from a (nested) dict; unknown keys are rejected with the closest valid name."""
+    """Build `cls` from a (nested) dict; unknown keys are rejected with the closest valid name. A
+    section given in part goes on top of the field's own default (a parent may default a section
+    otherwise than the section's class does: `real.env.total_steps=20` keeps RealEnvConfig's
+    eval_every, `real.engine.loss.chunk_size=512` EngineConfig's reverse KL)."""
     data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
@@ -45,6 +48,9 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
             close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f"; did you mean '{path}{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}"
             raise ConfigError(f"unknown config key '{name}'{hint}")
+        default = _default(fields[key])
+        if isinstance(value, dict) and dataclasses.is_dataclass(default):
+            value = merge(to_dict(default), value)
         kwargs[key] = coerce(hints[key], value, name)
     try:
         return cls(**kwargs)
@@ -52,6 +58,15 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
         raise  # already names its keys
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{path.rstrip('.') or cls.__name__}: {err}") from err
+
+
+def _default(f: dataclasses.Field) -> Any:
+    """A field's default value (its factory's product), or None where it has none."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 def coerce(tp: Any, value: Any, name: str) -> Any:

@@ -160,3 +160,19 @@ def test_the_same_real_key_means_the_same_in_every_recipe():
         assert (cfg.real.engine.lr, cfg.real.task.eval_size) == (3e-4, 32), cls
     # eval's sampling section has the training sampler's keys
     assert cfglib.load(EvalConfig, None, ["sampling.backend=hf", "sampling.top_k=5"]).sampling.top_k == 5
+
+
+def test_a_section_given_in_part_keeps_its_parents_defaults():
+    """A parent may default a section otherwise than the section's class: one key given inside it
+    used to rebuild it from the class, silently (real.env.total_steps=20 turned evaluations off,
+    real.engine.loss.chunk_size=512 trained forward KL, any real.* key turned the sweep's probe on)."""
+    from recipes.branch_alpha import BranchConfig
+    from recipes.eval import EvalConfig
+    from recipes.sweep import SweepConfig
+
+    for cls, key in ((RunConfig, "real.env.total_steps=20"), (RunConfig, "real.engine.loss.chunk_size=512"),
+                     (SweepConfig, "real.engine.lr=0.01"), (BranchConfig, "real.engine.lr=0.01"),
+                     (EvalConfig, "real.hf.name_or_path=x")):  # fmt: skip
+        given = cfglib.to_dict(cfglib.load(cls, None, [key]))
+        default = cfglib.to_dict(cls())
+        assert cfglib.differences(default, given) == [key.split("=")[0]], (cls, key)
