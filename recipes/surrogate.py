@@ -1,15 +1,16 @@
 r"""Fit a surrogate env to a bank of logged runs, report its error on held-out runs, and pre-train a
 controller on it for many episodes; the saved controller then goes on learning on the real env.
 
-    # 1. record a bank: any run.py or bench.py run with bank_dir set records every window
-    python recipes/bench.py --env real --seeds 100-103 --workers 2 --set bank_dir=banks/embedded \
+    # 1. record a bank of your own (banks/embedded is the shipped one, seeds 110-113): any run.py or
+    #    bench.py run with bank_dir set records every window
+    python recipes/bench.py --env real --seeds 110-113 --workers 2 --set bank_dir=banks/mine \
         --controllers fixed:alpha=0.25,fixed:alpha=0.5,fixed:alpha=0.75,fixed:alpha=1,random
     # 2. fit, report the fit error, pre-train (a few CPU minutes)
-    python recipes/surrogate.py --bank banks/embedded --controller beta_reinforce --episodes 2000
+    python recipes/surrogate.py --bank banks/mine --controller beta_reinforce --episodes 2000
     # 3. continue on the real env from the pre-trained state
     python recipes/run.py --controller beta_reinforce controller_init=<out>/controller
     # or ship it as the controller's prior for the run config's env (controller_init=auto loads it)
-    python recipes/surrogate.py --bank banks/embedded --controller beta_reinforce --episodes 10000 --ship
+    python recipes/surrogate.py --bank banks/mine --controller beta_reinforce --episodes 10000 --ship
 
 The surrogate (envs/surrogate_env.py) is a ridge model of each window's observation change and
 reward given the observation and the exposure, with the residual noise of the fit; the fit error is
