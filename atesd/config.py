@@ -46,7 +46,12 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
         name = f"{path}{key}"
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=1)
-            hint = f"; did you mean '{path}{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}"
+            inner = _inner_paths(cls, key)
+            hint = (
+                f"; did you mean '{path}{close[0]}'?" if close
+                else f"; did you mean {' or '.join(repr(path + p) for p in inner[:3])}?" if inner
+                else f"; valid keys: {', '.join(fields)}"
+            )  # fmt: skip
             raise ConfigError(f"unknown config key '{name}'{hint}")
         default = _default(fields[key])
         if isinstance(value, dict) and dataclasses.is_dataclass(default):
@@ -58,6 +63,32 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
         raise  # already names its keys
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{path.rstrip('.') or cls.__name__}: {err}") from err
+
+
+def _inner_paths(cls: type, key: str, depth: int = 2) -> list[str]:
+    """Dotted paths below `cls` whose last part is `key` (`engine` under RunConfig: `real.engine`),
+    nearest first: the full key a user who left out the leading sections meant."""
+    found, level = [], [("", cls)]
+    for _ in range(depth):
+        below = []
+        for prefix, tp in level:
+            hints = typing.get_type_hints(tp)
+            for f in dataclasses.fields(tp):
+                inner = _dataclass_of(hints[f.name])
+                if inner is not None:
+                    if key in {g.name for g in dataclasses.fields(inner)}:
+                        found.append(f"{prefix}{f.name}.{key}")
+                    below.append((f"{prefix}{f.name}.", inner))
+        level = below
+    return found
+
+
+def _dataclass_of(tp: Any) -> type | None:
+    """The dataclass a field's annotation holds (`X` or `X | None`), or None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if len(args) == 1 and dataclasses.is_dataclass(args[0]) else None
 
 
 def _default(f: dataclasses.Field) -> Any:

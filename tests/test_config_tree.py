@@ -176,3 +176,10 @@ def test_a_section_given_in_part_keeps_its_parents_defaults():
         given = cfglib.to_dict(cfglib.load(cls, None, [key]))
         default = cfglib.to_dict(cls())
         assert cfglib.differences(default, given) == [key.split("=")[0]], (cls, key)
+
+
+def test_a_key_without_its_leading_sections_is_pointed_to_its_full_name():
+    for given, meant in (("engine.lr=1", "'real.engine'"),
+                         ("lambda_gt=0.1", "'mock.lambda_gt' or 'real.env.lambda_gt'")):  # fmt: skip
+        with pytest.raises(cfglib.ConfigError, match=f"did you mean {meant}\\?"):
+            cfglib.load(RunConfig, None, [given])
