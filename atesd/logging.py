@@ -74,6 +74,7 @@ class MetricsLogger:
 
     def __init__(self, run_dir: Path | None, tensorboard: bool = False) -> None:
         on = run_dir is not None
+        self.run_dir = run_dir
         self.metrics = JsonLines(run_dir / "metrics.jsonl") if on else NullLines()
         self.decisions = JsonLines(run_dir / "decisions.jsonl") if on else NullLines()
         self.tb = tensorboard_writer(run_dir) if tensorboard and on else None
@@ -94,10 +95,14 @@ class MetricsLogger:
     def offsets(self) -> dict[str, int]:
         return {"metrics": self.metrics.offset(), "decisions": self.decisions.offset()}
 
-    def truncate(self, offsets: dict[str, Any]) -> None:
-        """Back to a checkpoint's offsets (what was logged after it is dropped)."""
+    def truncate(self, offsets: dict[str, Any], step: int | None = None) -> None:
+        """Back to a checkpoint's offsets (what was logged after it is dropped); TensorBoard drops its
+        events from `step` on (the first window logged again)."""
         self.metrics.truncate(int(offsets["metrics"]))
         self.decisions.truncate(int(offsets["decisions"]))
+        if self.tb is not None and step is not None:
+            self.tb.close()
+            self.tb = tensorboard_writer(self.run_dir, purge_step=step)
 
     def close(self) -> None:
         self.metrics.close()
@@ -106,15 +111,16 @@ class MetricsLogger:
             self.tb.close()
 
 
-def tensorboard_writer(run_dir: Path):
-    """A TensorBoard SummaryWriter under run_dir/tensorboard (the optional extra)."""
+def tensorboard_writer(run_dir: Path, purge_step: int | None = None):
+    """A TensorBoard SummaryWriter under run_dir/tensorboard (the optional extra); `purge_step` drops
+    the events already written from that step on (a resumed run logs them again)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as err:
         raise ImportError(
             "tensorboard=true needs the optional extra: pip install -e '.[tensorboard]'"
         ) from err
-    return SummaryWriter(str(run_dir / "tensorboard"))
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -54,7 +54,7 @@ def table_rows(summary: dict, baseline: str) -> list[list[str]]:
             ci = f"[{_fmt(s['ci_low'], '.4f')}, {_fmt(s['ci_high'], '.4f')}]"
             name = f"{ctl} (baseline)" if ctl == baseline else ctl
             rows.append([env, name, str(s["n"]), _fmt(s["mean"], ".4f"), ci, _fmt(s["sd"], ".4f"),
-                         _fmt(s["p_value"], ".2g"), _fmt(s["p_greater"], ".2g"), _fmt(s["regret"], ".4f"),
+                         *_p_cells(s), _fmt(s["regret"], ".4f"),
                          _fmt(s["alpha_mean"], ".3f"),
                          _fmt(s["seconds"], ".3f")])  # fmt: skip
             if runs:
@@ -63,6 +63,13 @@ def table_rows(summary: dict, baseline: str) -> list[list[str]]:
                     _fmt(s.get("p_worse", math.nan), ".2g"),
                 ]
     return rows
+
+
+def _p_cells(s: dict) -> list[str]:
+    """The two p cells: "sd 0" where both samples are constant (no test: the means differ exactly)."""
+    if s.get("p_note") == "both constant":
+        return ["sd 0", "sd 0"]
+    return [_fmt(s["p_value"], ".2g"), _fmt(s["p_greater"], ".2g")]
 
 
 COLUMNS = (
@@ -83,6 +90,8 @@ def print_table(summary: dict, baseline: str, console: Any = None, score: str = 
         "mean above the baseline's); "
         "regret: oracle mean - mean (mock env)"
     )
+    if any(s.get("p_note") for by_ctl in summary.values() for s in by_ctl.values()):
+        caption += "; sd 0: both constant over the seeds, no test (the means differ exactly)"
     cols = columns(summary)
     if len(cols) > len(COLUMNS):
         caption += "; run 1: mean final score of the first episode; p (worse): paired one-sided, last < run 1"

@@ -106,18 +106,16 @@ def run_unit(
         for episode in range(cfg.episodes):
             evals.clear(), evaluated.clear()
             result = run_episode(gym_env, agent, seed=1000 * seed + episode, on_step=on_step)
-            score = float(result.final_info.get("score", math.nan))
-            runs.append(score if math.isfinite(score) else float(np.sum(result.rewards)))
+            runs.append(episode_score(result))
         gym_env.close()
-        final = float(result.final_info.get("score", math.nan))
+        final = episode_score(result)
         return {
             "env": env,
             "controller": controller,  # the spec string
             "seed": seed,
             "controller_start": starts[-1] if starts else OWN_CONFIG,
             "start": result.start_score,
-            # an env of others without `score`: the last episode's undiscounted return
-            "final": final if math.isfinite(final) else float(np.sum(result.rewards)),
+            "final": final,
             # window 0: the start; an env that evaluates now and then (the real env, which carries
             # its last evaluation forward) has NaN between its evaluations
             "curve": [result.start_score]
@@ -270,6 +268,15 @@ def unit_score(unit: dict, score: str) -> float:
     return float(max(evals)) if kind == "best" else float(np.mean(evals[-k:]))
 
 
+def episode_score(result: Any) -> float:
+    """An episode's final `info["score"]`; for an env of others that reports none, its undiscounted
+    return. A score reported as NaN stays NaN (dropped from the statistics, and `n` shows it), never
+    a return averaged in with other seeds' scores."""
+    if "score" not in result.final_info:
+        return float(np.sum(result.rewards))
+    return float(result.final_info["score"])
+
+
 def summarise(
     results: list[dict], baseline: str, score: str = "final"
 ) -> dict[str, dict[str, dict[str, Any]]]:
@@ -296,6 +303,8 @@ def summarise(
             first = [r["runs"][0] if len(r.get("runs") or []) > 1 else math.nan for r in ordered]
             last = [r["runs"][-1] if len(r.get("runs") or []) > 1 else math.nan for r in ordered]
             tested = ctl != baseline and baseline in finals
+            base = finite_values(finals[baseline]) if tested else np.array([])
+            constant = tested and len(x) > 1 and len(base) > 1 and np.ptp(x) == 0 and np.ptp(base) == 0
             summary[env][ctl] = {
                 "n": len(x),
                 "mean": mean,
@@ -304,6 +313,9 @@ def summarise(
                 "ci_high": high,
                 "p_value": welch_p(x, finals[baseline]) if tested else math.nan,
                 "p_greater": welch_p(x, finals[baseline], "greater") if tested else math.nan,
+                # both constant over seeds (fixed exposures, the oracle on the mock): no test, and the
+                # difference of the means is exact
+                "p_note": "both constant" if constant else "",
                 "regret": oracle - mean,
                 # several episodes a unit (learned state kept): the first's final score, and the
                 # paired one-sided p that the last episode ends below the first (the learner degrades)
@@ -439,8 +451,8 @@ def plan(args: argparse.Namespace) -> tuple[RunConfig, list[str], list[str], lis
     cfg_dict = cfglib.to_dict(cfg)
     for env in envs:
         for spec in controllers:
-            if env == "real" and parse_spec(spec)[0] in MOCK_ONLY:
-                notes.append(f"note: '{spec}' runs on the mock env only; skipped on real")
+            if env != "mock" and parse_spec(spec)[0] in MOCK_ONLY:
+                notes.append(f"note: '{spec}' runs on the mock env only; skipped on {env}")
                 continue
             try:  # fail now, not after the warm start: unknown names and keys, bad values
                 unit_cfg = spec_config(cfg_dict, env if env in ENVS else "mock", spec, cfg.seed)
@@ -523,7 +535,7 @@ def _main(args: argparse.Namespace, argv: list[str]) -> Path:
         (env, name, seed)
         for env in envs
         for name in controllers
-        if not (env == "real" and parse_spec(name)[0] in MOCK_ONLY)
+        if not (env != "mock" and parse_spec(name)[0] in MOCK_ONLY)
         for seed in seeds
     ]
     cfg_dict = cfglib.to_dict(cfg)

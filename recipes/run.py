@@ -127,7 +127,7 @@ class Run:
             if mine.get("engine") is not None:
                 self.env.unwrapped.engine.load_rank_state(mine["engine"])
             set_rng_state(mine["rng"])
-            self.log.truncate(resume["offsets"])
+            self.log.truncate(resume["offsets"], step=self.loop["global_window"] + 1)
 
     def train(self) -> dict[str, Any]:
         cfg, loop = self.cfg, self.loop

@@ -85,6 +85,11 @@ def test_summarise_regret_p_values_and_curves():
     assert math.isnan(mock["fixed"]["p_value"]) and math.isnan(
         mock["oracle"]["p_value"]
     )  # self; both constant
+    assert mock["oracle"]["p_note"] == "both constant" and mock["bandit"]["p_note"] == ""
+    from recipes._tables import table_rows
+
+    oracle_row = next(r for r in table_rows(summary, "fixed") if r[:2] == ["mock", "oracle"])
+    assert oracle_row[6:8] == ["sd 0", "sd 0"]  # not the "-" of a row that is not tested
     assert mock["bandit"]["p_value"] == pytest.approx(scipy_welch(finals["bandit"], finals["fixed"]))
     assert real["bandit"]["p_value"] == pytest.approx(scipy_welch([0.40, 0.44, 0.47], [0.30, 0.34, 0.31]))
     # one-sided: half the two-sided p when the mean is above the baseline's, 1 - half when below
@@ -328,6 +333,27 @@ def test_any_registered_gymnasium_id_with_the_exposure_action_space(tmp_path):
     assert (
         both["atesd/MockExposure-v0"]["beta_reinforce"]["finals"] == both["mock"]["beta_reinforce"]["finals"]
     )
+
+
+def test_a_nan_score_stays_nan_and_the_oracle_runs_on_the_mock_only(tmp_path):
+    """A reported NaN score was replaced by the episode's return and averaged in with other seeds'
+    scores (0.84, 76.18, ...); only an env that reports no score is scored by its return. The oracle
+    (which needs the mock's oracle_alpha) is skipped on any other env, not a crash after every mock
+    unit ran."""
+
+    class Result:
+        def __init__(self, info):
+            self.final_info, self.rewards = info, [1.0, 2.0]
+
+    assert math.isnan(bench.episode_score(Result({"score": math.nan})))
+    assert bench.episode_score(Result({})) == 3.0 and bench.episode_score(Result({"score": 0.5})) == 0.5
+    if "test/Quadratic-v0" not in gym.registry:
+        gym.register("test/Quadratic-v0", entry_point=QuadraticEnv)
+    argv = ["--env", "mock,test/Quadratic-v0", "--controllers", "oracle,random", "--baseline", "random",
+            "--seeds", "2", "--set", "plots=false", "--set", "mock.total_steps=50",
+            "--out", str(tmp_path)]  # fmt: skip
+    summary = read_json(bench.main(argv) / "results.json")["summary"]
+    assert "oracle" in summary["mock"] and list(summary["test/Quadratic-v0"]) == ["random"]
 
 
 def test_an_env_without_the_exposure_action_space_is_refused(tmp_path, capsys):

@@ -50,3 +50,29 @@ def test_truncating_to_offsets_drops_what_came_after(tmp_path):
     quiet = MetricsLogger(None)  # a non-zero torchrun rank writes nothing
     quiet.metric({"kind": "step"})
     assert quiet.offsets() == {"metrics": 0, "decisions": 0}
+
+
+def test_a_resume_purges_the_tensorboard_events_it_logs_again(tmp_path, monkeypatch):
+    """TensorBoard is rewound too: the windows after the checkpoint are logged again, and without a
+    purge step they showed twice."""
+    import atesd.logging as logging_module
+
+    opened = []
+
+    class Writer:
+        def __init__(self, purge_step=None):
+            opened.append(purge_step)
+
+        def add_scalar(self, *args):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(
+        logging_module, "tensorboard_writer", lambda run_dir, purge_step=None: Writer(purge_step)
+    )
+    log = MetricsLogger(tmp_path, tensorboard=True)
+    log.metric({"kind": "window", "window": 1})
+    log.truncate({"metrics": 0, "decisions": 0}, step=1)
+    assert opened == [None, 1] and read_jsonl(tmp_path / "metrics.jsonl") == []
