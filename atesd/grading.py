@@ -46,7 +46,8 @@ class GradeConfig:
     """How a prediction is graded."""
 
     timeout_s: float = field(
-        default=5.0, metadata={"help": "give up on one math-verify check after this long (counts as wrong)"}
+        default=5.0,
+        metadata={"help": "give up on one math-verify check after this long (the string compare decides)"},
     )
     math_verify: Literal["auto", "require", "off"] = field(
         default="auto",
@@ -90,7 +91,7 @@ class Grade:
 
     method: "math_verify" when math-verify ran and decided (the string compare did not overturn a
     no), "string" when the normalised string compare decided, "timeout" when math-verify ran past
-    timeout_s (counted wrong), "no_answer" when nothing could be extracted.
+    timeout_s (the string compare decides), "no_answer" when nothing could be extracted.
     """
 
     correct: bool
@@ -101,7 +102,8 @@ class Grade:
 # ---- extraction -----------------------------------------------------------------------------
 def last_boxed_span(text: str) -> tuple[int, int, int, int] | None:
     """(start of `\\boxed{`, start of content, end of content, end after `}`) of the last box whose
-    braces close, or None. `\\fbox{}` counts as a box; nested braces are matched."""
+    braces close and that holds something, or None. `\\fbox{}` counts as a box; nested braces are
+    matched; an empty box (a model repeating "put your answer in \\boxed{}") is passed over."""
     openers = list(_BOX_OPEN.finditer(text))
     if not openers:
         return None
@@ -114,7 +116,7 @@ def last_boxed_span(text: str) -> tuple[int, int, int, int] | None:
             closing[stack.pop()] = brace.start()
     for opener in reversed(openers):
         end = closing.get(opener.end() - 1)
-        if end is not None:
+        if end is not None and text[opener.end() : end].strip():
             return opener.start(), opener.end(), end, end + 1
     return None
 
@@ -134,6 +136,8 @@ def extract_answer(prediction: str, bare_answer_chars: int = 64) -> str | None:
     boxed = last_boxed(prediction)
     if boxed is not None:
         return boxed.strip()
+    if _BOX_OPEN.search(prediction):  # only empty or unclosed boxes: no answer, not a bare one
+        return None
     bare = prediction.strip()
     if bare and "\n" not in bare and len(bare) <= bare_answer_chars:
         return bare
@@ -143,8 +147,9 @@ def extract_answer(prediction: str, bare_answer_chars: int = 64) -> str | None:
 # ---- the string fallback --------------------------------------------------------------------
 _REMOVE = re.compile(
     r"\\?\$|\\[()\[\]]|\\left(?![a-zA-Z])|\\right(?![a-zA-Z])|\\displaystyle|\\[!,;: ]|\\q?quad"
-    r"|\^\s*\{?\s*\\circ\s*\}?|°|\\?%"
+    r"|\^\s*\{?\s*\\circ\s*\}?|°"
 )
+_PERCENT = re.compile(r"\\?%")
 _UNIT_SUFFIX = re.compile(r"^(.*[\d}])\s*\\(?:text|mbox|mathrm)\s*\{[^{}]*\}$")
 _TEXT_WRAP = re.compile(r"\\(?:text|textbf|textrm|mathrm|mbox|operatorname)\s*\{([^{}]*)\}")
 _LEADING_VAR = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?=(?=.)")
@@ -152,7 +157,7 @@ _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _DECIMAL = re.compile(r"(-?)(\d*)\.(\d+)")
 
 
-def normalise(answer: str, drop_variable: bool = True) -> str:
+def normalise(answer: str, drop_variable: bool = True, keep_percent: bool = False) -> str:
     """A canonical string form of a final answer, for the string compare.
 
     Takes a whole-string box's content; drops $ (escaped or not) and math delimiters, \\left/\\right,
@@ -168,7 +173,8 @@ def normalise(answer: str, drop_variable: bool = True) -> str:
     if span is not None and span[0] == 0 and span[3] == len(s):
         s = s[span[1] : span[2]]
     s = s.replace("\u2212", "-").replace("{,}", ",")
-    s = re.sub(r"\\[dt]frac", r"\\frac", _REMOVE.sub("", s)).strip()
+    s = _REMOVE.sub("", s) if keep_percent else _PERCENT.sub("", _REMOVE.sub("", s))
+    s = re.sub(r"\\[dt]frac", r"\\frac", s).strip()
     s = _UNIT_SUFFIX.sub(r"\1", s)
     s = _TEXT_WRAP.sub(r"\1", s)
     list_like = re.search(r",\s", s) is not None  # "1, 200" is two items, "1,200" one number
@@ -181,7 +187,7 @@ def normalise(answer: str, drop_variable: bool = True) -> str:
         s = s.replace(",", "")
     s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
-    s = re.sub(r"\\sqrt(\d+)", r"\\sqrt{\1}", s)
+    s = re.sub(r"\\sqrt(\d)", r"\\sqrt{\1}", s)  # \sqrt23 is \sqrt{2}3, as LaTeX reads it
     s = re.sub(r"^(-?\d+)/(\d+)$", r"\\frac{\1}{\2}", s)
     decimal = _DECIMAL.fullmatch(s)
     if decimal:
@@ -191,15 +197,17 @@ def normalise(answer: str, drop_variable: bool = True) -> str:
     return s
 
 
-def strings_equal(predicted: str, gold: str) -> bool:
+def strings_equal(predicted: str, gold: str, keep_percent: bool = False) -> bool:
     """The string compare: equal normal forms; a leading `x=` is dropped only when the other side has
-    no equation (`x=2` against `2`), so `x=2x+3` never equals `y=2x+3`."""
-    a, b = normalise(predicted, drop_variable=False), normalise(gold, drop_variable=False)
+    no equation (`x=2` against `2`), so `x=2x+3` never equals `y=2x+3`. `keep_percent`: a percent sign
+    is not dropped (`0.5\\%` is not 0.5)."""
+    a = normalise(predicted, drop_variable=False, keep_percent=keep_percent)
+    b = normalise(gold, drop_variable=False, keep_percent=keep_percent)
     if a == b:
         return True
     if ("=" in a) == ("=" in b):
         return False
-    return normalise(predicted) == normalise(gold)
+    return normalise(predicted, keep_percent=keep_percent) == normalise(gold, keep_percent=keep_percent)
 
 
 def _balanced(s: str) -> bool:
@@ -369,4 +377,6 @@ def grade(prediction: str, gold: str, cfg: GradeConfig | None = None) -> Grade:
         verdict = None
     if verdict:
         return Grade(True, "math_verify", predicted)
+    if verdict is not None and string_equal:  # a definite no is overturned only with the percent sign
+        string_equal = strings_equal(predicted, gold_answer, keep_percent=True)  # kept: 0.5\% is not 0.5
     return Grade(string_equal, "string" if string_equal or verdict is None else "math_verify", predicted)

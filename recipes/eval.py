@@ -247,12 +247,13 @@ def chunk_problems(n: int, batch_size: int) -> int:
     return batch_size // math.gcd(n, batch_size)
 
 
-def evaluate(cfg: EvalConfig, run_dir: Path) -> dict[str, Any]:
+def evaluate(cfg: EvalConfig, run_dir: Path, task: Task | None = None) -> dict[str, Any]:
     """Samples, grades and appends problems.jsonl chunk by chunk (`sample_chunks`), continuing from
-    `run_dir`'s saved state where it has one; returns the summary (main writes summary.json)."""
+    `run_dir`'s saved state where it has one; returns the summary (main writes summary.json). `task`:
+    cfg's task, when the caller has loaded it already."""
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.threads)
-    task = load_task(cfg)
+    task = task if task is not None else load_task(cfg)
     model, tokenizer = load_model(cfg)
     n, max_new_tokens = cfg.sampling.resolved(cfg.synthetic)
     ks = sorted(k for k in set(cfg.pass_k) if k <= n)
@@ -497,11 +498,13 @@ def main(argv: list[str] | None = None) -> Path:
     """Runs one evaluation, or continues the one `--resume` names; returns its directory."""
     args = parse_args(argv)
     with user_errors(args.debug):
+        task = None  # a resume loads its task once it holds the directory
         if args.resume:
             resume_config(args)  # refuses what is not an eval directory before a lock file is made there
             run_dir = Path(args.resume)
         else:
             cfg = resolve_config(args)
+            task = load_task(cfg)  # a bad task or data file is one line, before a directory is made
             run_dir = new_run_dir(Path(cfg.out_dir), cfg.task)
             (run_dir / "config.json").write_text(json.dumps(config_record(cfg), indent=1))
         with run_lock(run_dir, doing="evaluated"):  # two processes never append to one directory
@@ -512,7 +515,7 @@ def main(argv: list[str] | None = None) -> Path:
                     return run_dir
             print(f"eval directory: {run_dir}", flush=True)
             try:
-                summary = evaluate(cfg, run_dir)
+                summary = evaluate(cfg, run_dir, task)
             except BaseException as err:  # Ctrl-C and CUDA OOM too: keep what is done, say how to go on
                 line = stopped(run_dir, fresh=not args.resume)
                 if isinstance(err, KeyboardInterrupt) and not args.debug:

@@ -358,8 +358,10 @@ def test_eval_rejects_bad_input_in_one_line(tmp_path, capsys):
     ):
         with pytest.raises(SystemExit) as exc:
             main([*argv, "--set", f"out_dir={tmp_path}"])
-        err = _our_lines(capsys.readouterr().err)
+        out, err = capsys.readouterr()
+        err = _our_lines(err)
         assert exc.value.code == 2 and message in err and "\n" not in err, err
+        assert "eval directory" not in out  # no directory named that is then removed
     assert list(tmp_path.iterdir()) == []  # no husk directory
 
 

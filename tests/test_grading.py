@@ -238,3 +238,25 @@ def test_a_different_left_hand_side_is_wrong_and_a_bare_value_still_matches(math
     assert not grade("\\boxed{a = 5}", "b = 5", cfg).correct
     for predicted, gold in (("x=2", "2"), ("2", "x = 2"), ("y=2x+3", "y = 2x + 3"), ("k = \\frac12", "1/2")):
         assert grade(f"\\boxed{{{predicted}}}", gold, cfg).correct, (predicted, gold)
+
+
+def test_an_empty_box_is_no_answer_and_hides_no_real_one():
+    """A model that repeats the instruction ("put your final answer in \\boxed{}") after answering:
+    its empty box was the answer (wrong, counted well-formatted, and a maj@n vote)."""
+    said = "So the answer is \\boxed{42}. (I put my final answer inside \\boxed{} as asked.)"
+    assert grade(said, "42") == grading.Grade(True, "math_verify", "42")
+    for text in ("Final answer: \\boxed{}", "\\boxed{ }", "\\boxed{4"):  # empty or unclosed: no answer
+        assert grade(text, "4") == grading.Grade(False, "no_answer", None)
+    assert last_boxed("\\boxed{3} and \\fbox{}") == "3"
+
+
+def test_the_string_compare_overturns_no_definite_no_by_a_dropped_percent_or_a_misread_root():
+    """\\sqrt23 is \\sqrt{2}3 in LaTeX (it matched \\sqrt{23} and 3\\sqrt{2} both); 0.5\\% is not 0.5,
+    though without math-verify the string compare still drops percent signs."""
+    assert normalise("\\sqrt23") == "\\sqrt{2}3" and normalise("\\sqrt{23}") == "\\sqrt{23}"
+    assert (
+        not grade("\\boxed{\\sqrt23}", "\\sqrt{23}").correct
+        and grade("\\boxed{\\sqrt23}", "3\\sqrt{2}").correct
+    )
+    assert not grade("\\boxed{0.5\\%}", "0.5").correct and grade("\\boxed{0.5\\%}", "0.005").correct
+    assert grade("\\boxed{50\\%}", "50").correct
