@@ -83,8 +83,12 @@ def save(root: Path, index: int, state: dict[str, Any], keep: int = 2, before_se
     # re-hashed (a kept 16 GB checkpoint read back in full at every save). load_latest still verifies
     # every checksum before it resumes from one.
     complete = [p for p in sorted(root.glob("ckpt-*")) if p == final or problem(p, verify=False) is None]
-    for old in complete[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    # older incomplete ones too (a removal cut short before this change left them: never resumed from)
+    broken = [p for p in sorted(root.glob("ckpt-*")) if p not in complete and p.name < final.name]
+    for old in (complete[:-keep] if keep > 0 else []) + broken:
+        doomed = root / f".tmp-{old.name}"  # renamed first: a removal cut short leaves a .tmp- name,
+        os.replace(old, doomed)  # which the sweep below (or the next save) clears
+        shutil.rmtree(doomed, ignore_errors=True)
     for stale in root.glob(".tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     return final

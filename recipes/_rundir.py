@@ -9,6 +9,7 @@ import fcntl
 import glob
 import json
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -165,7 +166,8 @@ def plan_run(args: Any, cfg: RunConfig | None) -> Plan:
                 f"{differ}; resume it with --resume DIR and no overrides, or start a new run with "
                 "another name"
             )
-    elif args.config or (overrides := given_overrides(args)):  # on top of the run's own config
+    elif args.config or given_overrides(args):  # on top of the run's own config
+        overrides = given_overrides(args)
         base = cfglib.merge(resolved_dict(stored), cfglib.read_yaml(args.config) if args.config else {})
         given = cfglib.from_dict(RunConfig, cfglib.merge(base, cfglib.parse_overrides(overrides)))
         differ = cfglib.differences(resolved_dict(stored), resolved_dict(given))
@@ -190,10 +192,25 @@ def plan_run(args: Any, cfg: RunConfig | None) -> Plan:
     return Plan(stored, run_dir, resume_state, ckpt)
 
 
+BANK_FILE = "bank_file.txt"  # where the run records its bank (bank_dir), for a restart to remove
+
+
 def restart_logs(run_dir: Path) -> None:
-    """A resumed run without a checkpoint starts again: its logs go (call it holding `run_lock`)."""
+    """A resumed run without a checkpoint starts again: its logs go, TensorBoard's events and the
+    bank file it recorded too (their windows would be in the bank twice; call it holding `run_lock`)."""
     for name in ("metrics.jsonl", "decisions.jsonl"):
         (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+    noted = run_dir / BANK_FILE
+    if noted.is_file():
+        Path(noted.read_text(encoding="utf-8").strip()).unlink(missing_ok=True)
+        noted.unlink()
+
+
+def note_bank_file(run_dir: Path, path: Path | None) -> None:
+    """Note the bank file this run records into (`restart_logs` removes it)."""
+    if path is not None:
+        write_atomic(run_dir / BANK_FILE, str(Path(path).resolve()))
 
 
 def stored_config(run_dir: Path) -> RunConfig:

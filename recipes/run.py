@@ -12,7 +12,8 @@ student update and every window, namespaced keys), decisions.jsonl (every decisi
 reward terms; and each decision's return and advantage once the controller used it), checkpoints/,
 plots/*.png, controller.{json,safetensors} (the learned controller: `controller_init=<run_dir>/controller`
 starts another run from it) and summary.json. A run directory is never overwritten; `--resume auto`
-continues the latest unfinished run with the same controller, name and seed from its last checkpoint.
+continues the newest run with the same controller, name and seed from its last checkpoint (one that
+finished says so: `--resume DIR` names an older one).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from recipes._rundir import (  # noqa: E402
     config_fingerprint,
     given_overrides,
     new_run_dir,
+    note_bank_file,
     plan_run,
     restart_logs,
     run_lock,
@@ -331,9 +333,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
     parser.add_argument("--name", help="run name (config field `name`)")
     parser.add_argument("--seed", type=int, help="seed (config field `seed`)")
-    parser.add_argument("--resume", metavar="auto|DIR", help="continue the latest matching run, or DIR")
+    parser.add_argument("--resume", metavar="auto|DIR", help="continue the newest matching run, or DIR")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    return parser.parse_intermixed_args(argv)  # key=value words may come between the flags
+    args = parser.parse_intermixed_args(argv)  # key=value words may come between the flags
+    if args.resume is not None and not args.resume.strip():
+        parser.error("--resume takes auto or a run directory, not an empty value")
+    return args
 
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:
@@ -417,6 +422,8 @@ def _run(dist: Dist, plan: Plan) -> Path | None:
         if not fresh and resume_state is None:  # resumed before its first checkpoint: from the start
             restart_logs(run_dir)
         runner = _build(cfg, run_dir, resume_state, dist, fresh)
+        recorder = find_recorder(runner.env)
+        note_bank_file(run_dir, recorder.path if recorder is not None else None)
         summary = runner.train()
         del runner  # unreachable before close() collects the garbage and leaves the group
         dist.close()

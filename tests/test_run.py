@@ -386,3 +386,40 @@ def test_credit_lines_name_this_runs_decisions_when_it_starts_from_a_saved_state
     credited = [d["decision"] for d in lines if d["kind"] == "credit"]
     assert decisions == set(range(10)) and credited
     assert {c for c in credited if c >= 0} <= decisions and min(credited) < 0  # one from the first run
+
+
+def test_resume_with_a_config_file_and_an_empty_resume_are_one_line_errors(tmp_path, capsys):
+    """--resume DIR --config FILE raised UnboundLocalError; --resume= an AttributeError."""
+    first = run.main(["--controller", "fixed", *MOCK, f"out_dir={tmp_path}"])
+    config = tmp_path / "other.yaml"
+    config.write_text("mock:\n  total_steps: 60\n")
+    for argv, said in ((["--resume", str(first), "--config", str(config)], "differs from the run's"),
+                       (["--resume="], "--resume takes auto or a run directory")):  # fmt: skip
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            run.main(argv)
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and said in err and "Traceback" not in err, err
+
+
+def test_a_restart_from_the_beginning_records_its_bank_once(tmp_path, monkeypatch):
+    """A run resumed before its first checkpoint starts again; the bank file of its first attempt
+    stayed, so the bank held those windows twice (the surrogate fitted on duplicates)."""
+    bank = tmp_path / "bank"
+    args = [
+        "--controller",
+        "fixed",
+        *MOCK,
+        "checkpoint_every=4",
+        f"bank_dir={bank}",
+        f"out_dir={tmp_path / 'r'}",
+    ]
+    _crash_at(monkeypatch, 2)  # before the first checkpoint (window 4)
+    with pytest.raises(SystemExit):
+        run.main(args)
+    monkeypatch.undo()
+    assert len(list(bank.glob("*.jsonl"))) == 1
+    run.main([*args, "--resume", "auto"])
+    (only,) = bank.glob("*.jsonl")
+    windows = [r for r in read_jsonl(only) if r["kind"] == "window"]
+    assert [w["window"] for w in windows] == list(range(10))  # 50 updates in windows of 5, once each

@@ -46,3 +46,16 @@ def test_a_save_hashes_only_the_new_checkpoint_and_keeps_the_newest(tmp_path, mo
     assert checkpoint.problem(tmp_path / "ckpt-000003", verify=False) is None  # the size check alone
     (tmp_path / "ckpt-000002" / "state.json").write_text("{}")  # truncated
     assert "bytes, the manifest says" in checkpoint.problem(tmp_path / "ckpt-000002", verify=False)
+
+
+def test_a_checkpoint_whose_removal_was_cut_short_is_cleared_by_the_next_save(tmp_path):
+    """Ctrl-C while an old checkpoint was pruned left it half deleted, and pruning (complete ones
+    only) never removed it: model-sized disk space that never came back."""
+    from atesd import checkpoint
+
+    for i in range(2):
+        checkpoint.save(tmp_path, i, {"w": torch.full((4,), float(i))}, keep=2)
+    (tmp_path / "ckpt-000000" / "state.json").unlink()  # as a cut rmtree leaves it
+    (tmp_path / ".tmp-ckpt-000001x").mkdir()  # a renamed one a cut removal left
+    checkpoint.save(tmp_path, 2, {"w": torch.full((4,), 2.0)}, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-000001", "ckpt-000002"]
