@@ -107,7 +107,7 @@ def completion_hidden_with_continuations(
     if any(c is not None and not (0 <= c[0] <= len(s) and c[1]) for c, s in zip(conts, completions)):
         raise ValueError("a continuation needs 0 <= k <= len(completion) and at least one token")
     has_conts = any(c is not None for c in conts)
-    shared = has_conts and _mask_kind(model) is not None and not _collective(model) and _keeps_cache(model)
+    shared = has_conts and mask_kind(model) is not None and not _collective(model) and _keeps_cache(model)
     lengths = [len(p) + len(c) for p, c in zip(prompts, completions)]
     per_row: dict[int, torch.Tensor] = {}
     per_cont: dict[int, torch.Tensor] = {}
@@ -152,10 +152,6 @@ def _keeps_cache(model: PreTrainedModel) -> bool:
         else "is_gradient_checkpointing"
     )
     return not getattr(model, name, False)
-
-
-def _mask_kind(model: PreTrainedModel) -> str | None:
-    return mask_kind(model)  # the sampler's rule: which models a hand-built 4D mask is given to
 
 
 def _cache_kwarg(decoder: torch.nn.Module) -> str:
@@ -223,7 +219,7 @@ def _continue(model, decoder, out, prompts, completions, conts, pad_id) -> torch
     old = (keys >= start[:, None]) & (keys < end[:, None])  # (B, 1, W + F)
     new = (keys >= width) & (keys <= width + query)  # (F, W + F): causal among the new tokens
     allowed = (old | new)[:, None]  # (B, 1, F, W + F)
-    if _mask_kind(model) == "eager":
+    if mask_kind(model) == "eager":
         dtype = model.dtype
         allowed = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
             ~allowed, torch.finfo(dtype).min

@@ -298,7 +298,7 @@ def seeds_for(out: Path, given: C | None, default: C, fresh: bool, same: Callabl
     path = out / "seeds.json"
     if fresh:
         seeds = default if given is None else given
-        path.write_text(json.dumps({"seeds": seeds}))
+        write_atomic(path, json.dumps({"seeds": seeds}))
         return seeds
     try:
         recorded = json.loads(path.read_text())["seeds"]

@@ -102,8 +102,15 @@ def mask_kind(model: PreTrainedModel) -> str | None:
     attn = cfg._attn_implementation
     if attn not in _MASK_4D_KINDS or cfg.model_type == "bloom" or getattr(cfg, "alibi", False):
         return None
-    layers = DynamicCache(config=model.config).layers
-    return attn if layers and all(type(layer) is DynamicLayer for layer in layers) else None
+    key = (id(model.config), cfg.model_type, cfg.num_hidden_layers, repr(getattr(cfg, "layer_types", None)),
+           getattr(cfg, "sliding_window", None), getattr(cfg, "use_sliding_window", None))  # fmt: skip
+    if key not in _FULL_ATTENTION:  # asked every forward (batching): build a cache once per model
+        layers = DynamicCache(config=model.config).layers
+        _FULL_ATTENTION[key] = bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+    return attn if _FULL_ATTENTION[key] else None
+
+
+_FULL_ATTENTION: dict[tuple, bool] = {}  # whether a config's cache layers are all full attention
 
 
 class _PreallocatedLayer(DynamicLayer):
