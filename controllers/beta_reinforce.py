@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from atesd.threads import one_thread
 from controllers.base import action_size, as_action, check_transition
 from controllers.credit import PendingDecisions, RewardMode, credit_checks, lookahead_windows
 
@@ -265,6 +266,7 @@ class BetaReinforceController:
     weights), as in the paper's plain REINFORCE.
     """
 
+    @one_thread  # the same numbers at any torch thread count (atesd/threads.py)
     def __init__(
         self,
         observation_space: gym.spaces.Box,
@@ -303,6 +305,7 @@ class BetaReinforceController:
         """Decisions still waiting for their lookahead windows."""
         return self.credit.pending
 
+    @one_thread  # the same numbers at any torch thread count (atesd/threads.py)
     def act(self, obs: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             dist = self.policy(torch.as_tensor(obs, dtype=torch.float32)[None])  # batch of 1
@@ -311,6 +314,7 @@ class BetaReinforceController:
                      "entropy": float(dist.entropy()[0].mean())}  # fmt: skip
         return as_action(alpha, self.action_space)
 
+    @one_thread  # the same numbers at any torch thread count (atesd/threads.py)
     def observe(
         self,
         obs: np.ndarray,

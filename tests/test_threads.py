@@ -89,3 +89,42 @@ def test_set_threads():
     with pytest.raises(ValueError, match="threads must be >= 0"):
         th.set_threads(-1)
     assert isinstance(th.set_threads(0), th.FreeCoreThreads)
+
+
+@pytest.mark.parametrize("name", ["beta_reinforce", "ppo"])
+def test_a_controller_computes_the_same_whatever_the_thread_count_and_gives_it_back(name):
+    """Under threads=0 the count follows the machine's load from window to window. A controller built
+    and run at 2 threads (switching to 1 and back between episodes) ends with the weights and alphas of
+    one run at 1 thread; before, its orthogonal init (a QR) and its updates moved in the last bits, and
+    a resumed mock run differed from the uncut one when the load differed."""
+    from controllers import CONTROLLERS
+    from controllers.base import run_episode
+    from envs.mock_env import MockExposureEnv
+
+    cls, cfg_cls = CONTROLLERS[name]
+    runs = []
+    for counts in ([1, 1, 1, 1], [2, 1, 2, 2]):
+        torch.set_num_threads(counts[0])
+        env = MockExposureEnv(total_steps=50)
+        controller = cls(env.observation_space, env.action_space, cfg_cls())
+        alphas = []
+        for episode, threads in enumerate(counts):
+            torch.set_num_threads(threads)
+            alphas += run_episode(env, controller, seed=episode).alphas
+            assert torch.get_num_threads() == threads  # the caller's count is given back
+        runs.append((alphas, controller.state_dict()))
+    (alphas_1, state_1), (alphas_2, state_2) = runs
+    assert alphas_1 == alphas_2
+    tensors_1, tensors_2 = _tensors(state_1), _tensors(state_2)
+    assert len(tensors_1) > 4 and all(torch.equal(a, b) for a, b in zip(tensors_1, tensors_2, strict=True))
+
+
+def _tensors(state) -> list[torch.Tensor]:
+    """Every tensor of a nested state dict, in order (weights, optimiser moments)."""
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, dict):
+        return [t for v in state.values() for t in _tensors(v)]
+    if isinstance(state, list | tuple):
+        return [t for v in state for t in _tensors(v)]
+    return []
