@@ -42,6 +42,7 @@ IGNORED = (
     "engine.sampling.backend",
     "engine.sampling.vllm.",
     "engine.overlap_probe",
+    "engine.loss.chunk_size",  # the loss in chunks of positions: the same sums, in other shapes
     "engine.max_nonfinite_steps",
     "engine.fsdp",
     "device",

@@ -75,7 +75,11 @@ def test_find_loads_only_for_the_config_it_was_trained_for_and_checks_its_files(
     pre, path = ship_for(cfg, tmp_path)
     env_cfg, ctl = cfglib.to_dict(cfg.real), cfglib.to_dict(ctl_cfg)
     assert priors.find("beta_reinforce", env_cfg, ctl) == (path, "")
-    seeded = cfglib.load(RunConfig, None, ["seed=5", "real.env.eval_every=0", "real.engine.seed=3"])
+    seeded = cfglib.load(
+        RunConfig,
+        None,
+        ["seed=5", "real.env.eval_every=0", "real.engine.seed=3", "real.engine.loss.chunk_size=256"],
+    )
     ctl_seeded, _ = built(seeded)
     assert priors.find("beta_reinforce", cfglib.to_dict(seeded.real), cfglib.to_dict(ctl_seeded))[0] == path
     longer = cfglib.load(RunConfig, None, ["real.env.total_steps=500"])
