@@ -245,13 +245,16 @@ LOGIT_FLOATS = 1 << 26  # float32 logits a probe chunk may hold at once (256 MiB
 def mean_nll(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor) -> float:
     """Mean cross-entropy of `targets` under the logits `hidden @ head.T`, in chunks of rows that hold
     at most LOGIT_FLOATS logits (a real vocabulary over a probe of long solutions would otherwise
-    build tens of GB at once); one chunk computes exactly the one-call mean."""
+    build tens of GB at once); one chunk computes exactly the one-call mean. The product is taken in
+    float32, as the loss takes it: in bfloat16 the NLL moved by 5e-4 where float32 moved by 8e-5, noise
+    larger than a window's progress."""
     rows = max(1, LOGIT_FLOATS // head.shape[0])
+    head = head.float()  # the same tensor in a float32 model; one copy per call in a 16-bit one
     if hidden.shape[0] <= rows:
-        return float(torch.nn.functional.cross_entropy((hidden @ head.T).float(), targets))
+        return float(torch.nn.functional.cross_entropy(hidden.float() @ head.T, targets))
     total = 0.0
     for start in range(0, hidden.shape[0], rows):
-        logits = (hidden[start : start + rows] @ head.T).float()
+        logits = hidden[start : start + rows].float() @ head.T
         total += float(
             torch.nn.functional.cross_entropy(logits, targets[start : start + rows], reduction="sum")
         )
@@ -736,7 +739,8 @@ class DistillEngine:
             parts.append(completion_hidden(model, seqs, finals, self.tokenizer.pad_token_id))
         hidden = torch.cat([h for h, _ in parts])
         targets = torch.cat([t for _, t in parts])
-        logp = torch.log_softmax((hidden @ model.get_output_embeddings().weight.T).float(), dim=-1)
+        head = model.get_output_embeddings().weight.float()  # float32 logits, as the loss's and the probe's
+        logp = torch.log_softmax(hidden.float() @ head.T, dim=-1)
         return float(logp.gather(1, targets[:, None]).mean())
 
     @torch.no_grad()
