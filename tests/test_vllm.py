@@ -26,7 +26,7 @@ from atesd.models import (
     load_hf_model,
 )
 from atesd.rollout import HFSampler, SamplingParams, make_backend
-from atesd.rollout.vllm import VLLMConfig, VLLMSampler, sampling_kwargs
+from atesd.rollout.vllm import VLLMConfig, VLLMSampler, lora_layers, sampling_kwargs, vllm_weights
 
 SAMPLING_KEYS = {"n", "temperature", "top_k", "top_p", "max_tokens", "stop_token_ids", "ignore_eos", "seed",
                  "detokenize"}  # fmt: skip
@@ -205,6 +205,26 @@ def test_every_optimiser_step_pushes_the_merged_lora_weights(fake_vllm, checkpoi
     hf = HFSampler(engine.student, [tokenizer.eos_token_id], tokenizer.pad_token_id).generate(prompts, greedy)
     ours = engine.sampler.generate(prompts, greedy)
     assert ours.completion_ids == hf.completion_ids and ours.finished == hf.finished
+
+
+def test_a_push_builds_one_lora_delta_at_a_time(checkpoint, monkeypatch):
+    """The push built every adapted layer's delta before the first tensor went out: in the adapters'
+    float32 that held twice the adapted base weights at once (28 GB for Qwen3-8B at rank 64)."""
+    pytest.importorskip("peft", reason="LoRA needs the optional extra [lora] (peft)")
+    from peft.tuners.lora.layer import Linear
+
+    model, _ = load_hf_model(
+        HFModelConfig(name_or_path=str(checkpoint), dtype="float32"), LoraSettings(rank=4, alpha=8.0)
+    )
+    adapted = {n.removeprefix("base_model.model.").replace(".base_layer", "") for n in lora_layers(model)}
+    built = []
+    delta = Linear.get_delta_weight
+    monkeypatch.setattr(Linear, "get_delta_weight", lambda self, a: built.append(a) or delta(self, a))
+    pushed = 0
+    for name, _ in vllm_weights(model):
+        pushed += name in adapted
+        assert len(built) == pushed  # no delta is built ahead of its own layer's push
+    assert pushed == len(adapted) > 1
 
 
 def test_a_bf16_lora_base_is_never_written_by_pushes(fake_vllm, checkpoint):
