@@ -47,7 +47,10 @@ class GradeConfig:
 
     timeout_s: float = field(
         default=5.0,
-        metadata={"help": "give up on one math-verify check after this long (the string compare decides)"},
+        metadata={
+            "help": "give up on one math-verify check after this much of its own CPU time, or ten times "
+            "as long on the clock (the string compare decides)"
+        },
     )
     math_verify: Literal["auto", "require", "off"] = field(
         default="auto",
@@ -278,8 +281,29 @@ def _pow10(x: float) -> float:
     return math.inf if x > 300 else 10.0**x
 
 
+_WALL_FACTOR = 10.0  # a check gets timeout_s of its own CPU time, and at most this many times it on the clock
+_POLL_S = 0.02
+
+
+def _own_cpu_clock() -> int | None:
+    """The calling thread's CPU-time clock id, where the platform keeps one. Asked by the thread itself:
+    pthread_getcpuclockid on another thread's id reads that thread's record, freed once it ends (a
+    segfault when the check ended first); the clock id itself names the thread's kernel id, so reading
+    it after the thread ended is an error, not a crash."""
+    try:
+        clock = time.pthread_getcpuclockid(threading.get_ident())
+        time.clock_gettime(clock)
+    except (AttributeError, OSError):  # no per-thread clocks here (Windows, macOS)
+        return None
+    return clock
+
+
 def _run_with_timeout(fn: Callable[[], T], timeout_s: float) -> T:
-    """fn() in a fresh daemon thread; concurrent.futures.TimeoutError after timeout_s.
+    """fn() in a fresh daemon thread; concurrent.futures.TimeoutError once the thread has used
+    timeout_s of CPU time (or _WALL_FACTOR x timeout_s has passed on the clock; where no per-thread
+    clock exists, timeout_s on the clock). A wall-clock limit alone made the verdict follow the
+    machine's load: a check of 0.35 s on an idle core timed out at 1 s on a core shared with four busy
+    processes, and the string compare then decided.
 
     On timeout the thread is abandoned, not joined: the caller returns at once, and an exception is
     raised inside the thread to stop it at its next Python bytecode. That exception can land where
@@ -293,7 +317,11 @@ def _run_with_timeout(fn: Callable[[], T], timeout_s: float) -> T:
     finished = threading.Lock()  # held by whoever decides the check is over: no exception after it
     stopped = threading.Event()
 
+    clock: list[int | None] = []
+
     def target() -> None:
+        clock.append(_own_cpu_clock())
+        clocked.set()
         try:
             try:
                 result = fn()
@@ -314,10 +342,24 @@ def _run_with_timeout(fn: Callable[[], T], timeout_s: float) -> T:
                 except _Abandoned:
                     continue
 
+    clocked = threading.Event()
     thread = threading.Thread(target=target, name="atesd-grade", daemon=True)
     thread.start()
+    clocked.wait()
     try:
-        return future.result(timeout=timeout_s)
+        if clock[0] is None:
+            return future.result(timeout=timeout_s)
+        wall_deadline = time.monotonic() + _WALL_FACTOR * timeout_s
+        while True:
+            try:
+                return future.result(timeout=_POLL_S)
+            except concurrent.futures.TimeoutError:
+                try:
+                    spent = time.clock_gettime(clock[0])
+                except OSError:  # the thread ended: its result is set, or about to be
+                    return future.result(timeout=timeout_s)
+                if spent >= timeout_s or time.monotonic() >= wall_deadline:
+                    raise
     except concurrent.futures.TimeoutError:
         threading.Thread(
             target=_reap, args=(thread, stopped, finished), name="atesd-grade-reaper", daemon=True
@@ -348,9 +390,9 @@ def grade(prediction: str, gold: str, cfg: GradeConfig | None = None) -> Grade:
 
     The predicted answer is the last `\\boxed{}` of `prediction` (or a short bare answer, see
     GradeConfig.bare_answer_chars). `gold` may be bare or boxed. math-verify checks
-    verify(parse(gold), parse(pred)) in a worker thread, given up after cfg.timeout_s (method
-    "timeout"; the abandoned thread is stopped at its next bytecode but may run on briefly); when it
-    says no, times out, is unavailable or is skipped, the normalised strings are compared. Safe to
+    verify(parse(gold), parse(pred)) in a worker thread, given up after cfg.timeout_s of its CPU time
+    (method "timeout"; the abandoned thread is stopped at its next bytecode but may run on briefly);
+    when it says no, times out, is unavailable or is skipped, the normalised strings are compared. Safe to
     call from any thread. (math-verify logs once that its own signal timeouts are off: this timeout
     replaces them.)
     """

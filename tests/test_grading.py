@@ -143,9 +143,16 @@ def test_grading_from_several_threads_matches_serial():
     assert threaded == [True] * len(golds) + [False] * len(golds)
 
 
+def burn(seconds: float) -> None:
+    """Keep a core busy for `seconds` of this thread's CPU time (a check that computes)."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
 def test_a_timeout_leaves_the_string_compare_standing(monkeypatch):
     needs_math_verify()
-    monkeypatch.setattr(grading, "_math_verify_equal", lambda *args: time.sleep(0.3))
+    monkeypatch.setattr(grading, "_math_verify_equal", lambda *args: burn(0.3))
     cfg = GradeConfig(timeout_s=0.05)
     assert grade("\\boxed{\\$42}", "42", cfg) == grading.Grade(True, "timeout", "\\$42")
     assert grade("\\boxed{41}", "42", cfg) == grading.Grade(False, "timeout", "41")
@@ -208,7 +215,7 @@ def test_an_abandoned_check_that_swallows_the_stop_is_stopped_by_the_resend():
     def stubborn():
         while True:
             try:
-                time.sleep(0.01)
+                burn(0.01)
             except BaseException:
                 if len(swallowed) < 3:  # swallowed three times, as a callback would
                     swallowed.append(1)
@@ -225,6 +232,31 @@ def test_an_abandoned_check_that_swallows_the_stop_is_stopped_by_the_resend():
         time.sleep(0.02)  # the check, then its reaper, which ends a moment after it
     assert len(swallowed) == 3
     assert not any(t.name.startswith("atesd-grade") for t in threading.enumerate())
+
+
+def test_the_limit_is_the_checks_own_cpu_time_not_the_clock():
+    """On the clock, a check's verdict followed the machine's load: one that took 0.35 s on an idle
+    core timed out at 1 s on a core shared with four busy processes. A check kept off the CPU for
+    3x its limit (here asleep, as a thread waiting for a core) now finishes; one that computes is still
+    stopped near its limit, and one that never ends on the clock is stopped at 10x."""
+    from atesd.grading import _run_with_timeout
+
+    if grading._own_cpu_clock() is None:
+        pytest.skip("no per-thread CPU clock here: the limit is on the clock")
+
+    def waits() -> str:
+        time.sleep(0.3)
+        return "done"
+
+    assert _run_with_timeout(waits, 0.1) == "done"
+    start = time.perf_counter()
+    with pytest.raises(concurrent.futures.TimeoutError):
+        _run_with_timeout(lambda: burn(5.0), 0.1)
+    assert time.perf_counter() - start < 0.1 * grading._WALL_FACTOR + 0.5
+    start = time.perf_counter()
+    with pytest.raises(concurrent.futures.TimeoutError):
+        _run_with_timeout(lambda: time.sleep(1.5), 0.1)
+    assert 0.1 * grading._WALL_FACTOR <= time.perf_counter() - start < 0.1 * grading._WALL_FACTOR + 0.5
 
 
 @pytest.mark.parametrize("math_verify", ["auto", "off"])
