@@ -116,7 +116,7 @@ def build_student(
     if not cfg.embedded:
         from atesd.models import load_hf_model
 
-        return load_hf_model(cfg.hf, cfg.lora, resolve_device(cfg.device, dist))
+        return load_hf_model(cfg.hf, cfg.lora, resolve_device(cfg.device, dist), cfg.engine.seed)
     if cfg.task_kind != "synthetic":
         raise ValueError("the embedded tiny model only knows the synthetic task: set real.hf.name_or_path")
     waits = dist is not None and dist.active
@@ -126,7 +126,7 @@ def build_student(
     if waits and dist.is_main:
         torch.distributed.barrier()
     model = model.to(resolve_device(cfg.device, dist))
-    return apply_lora(model, cfg.lora), tokenizer
+    return apply_lora(model, cfg.lora, cfg.engine.seed), tokenizer
 
 
 def build_backend(

@@ -687,10 +687,13 @@ class DistillEngine:
         self.sample_gen.set_state(torch.as_tensor(state["sample_gen"], dtype=torch.uint8))
 
     def reseed(self, seed: int) -> None:
-        """Fresh problem stream and sampling generators from `seed` (weights untouched)."""
-        data_seq, sample_seq, eval_seq = np.random.SeedSequence(seed).spawn(3)
+        """Fresh problem stream and sampling generators from `seed` (weights untouched), and torch's
+        global generators (dropout draws from them: LoRA's, a model's own) seeded from it too, so that
+        a run does not depend on what the process ran before it."""
+        data_seq, sample_seq, eval_seq, global_seq = np.random.SeedSequence(seed).spawn(4)
         if self.dist.active:  # each rank its own shard of problems and samples; evaluation shared
-            data_seq, sample_seq = np.random.SeedSequence([seed, self.dist.rank]).spawn(2)
+            data_seq, sample_seq, global_seq = np.random.SeedSequence([seed, self.dist.rank]).spawn(3)
+        torch.manual_seed(int(global_seq.generate_state(1)[0]))  # the CPU's and every CUDA device's
         self.rng = np.random.default_rng(data_seq)
         device = next(self.student.parameters()).device  # samplers draw on the model's device
         self.sample_gen = torch.Generator(device=device).manual_seed(int(sample_seq.generate_state(1)[0]))

@@ -175,9 +175,12 @@ def eos_token_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) ->
     return sorted(i for i in ids if i is not None)
 
 
-def apply_lora(model: PreTrainedModel, cfg: LoraSettings) -> PreTrainedModel:
+def apply_lora(model: PreTrainedModel, cfg: LoraSettings, seed: int = 0) -> PreTrainedModel:
     """Wrap `model` with LoRA adapters (only they train); unchanged when cfg.rank == 0. The engine's
-    `base` teacher is then the same model with its adapters disabled (atesd/teacher.py)."""
+    `base` teacher is then the same model with its adapters disabled (atesd/teacher.py). The adapters'
+    random init draws from a generator seeded by `seed` (the engine's), not from the process's global
+    one, whose state depends on whatever ran before (a second engine in one process, a bench worker's
+    previous unit); the global generators are left as they were."""
     if cfg.rank == 0:
         return model
     try:
@@ -191,14 +194,17 @@ def apply_lora(model: PreTrainedModel, cfg: LoraSettings) -> PreTrainedModel:
         target_modules=list(cfg.target_modules),
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    devices = sorted({p.device for p in model.parameters() if p.device.type == "cuda"}, key=str)
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return get_peft_model(model, lora)
 
 
 def load_hf_model(
-    cfg: HFModelConfig, lora: LoraSettings | None = None, device: str | torch.device = "cpu"
+    cfg: HFModelConfig, lora: LoraSettings | None = None, device: str | torch.device = "cpu", seed: int = 0
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """`load_pretrained` with the config's dtype, attention and remote-code settings, then gradient
-    checkpointing and LoRA as asked."""
+    checkpointing and LoRA as asked (its init seeded by `seed`)."""
     if not cfg.name_or_path:
         raise ValueError("HFModelConfig.name_or_path is empty: give a hub id or a local checkpoint path")
     local = Path(cfg.name_or_path).expanduser()
@@ -213,7 +219,7 @@ def load_hf_model(
     )
     if cfg.gradient_checkpointing:
         enable_checkpointing(model)
-    return apply_lora(model, lora or LoraSettings()), tokenizer
+    return apply_lora(model, lora or LoraSettings(), seed), tokenizer
 
 
 def enable_checkpointing(model: PreTrainedModel) -> None:

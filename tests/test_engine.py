@@ -270,6 +270,28 @@ def test_a_snapshot_replays_dropout(tiny_model, tokenizer, small_task):
     assert [s.loss for s in engine.run_window(0.5, 2).steps] == first
 
 
+def test_lora_init_and_dropout_do_not_depend_on_what_the_process_ran_before(tokenizer, small_task):
+    """Two engines built in one process (a bench worker's units, branch_alpha's seeds) drew LoRA's
+    init and its dropout from torch's global generator in whatever state earlier work had left it, so
+    the same config trained otherwise. Both now come from the seed (apply_lora's, the engine's)."""
+    from atesd.models import LoraSettings, TinyModelConfig, apply_lora, build_tiny_qwen3
+
+    cfg = TinyModelConfig(num_layers=1, hidden_size=32, num_heads=2, num_kv_heads=1, intermediate_size=64)
+    adapters, losses = [], []
+    for noise in (1, 5):
+        torch.rand(noise)  # other work in the process
+        model = build_tiny_qwen3(tokenizer, cfg)
+        before = torch.get_rng_state()
+        model = apply_lora(model, LoraSettings(rank=4, dropout=0.1))
+        assert torch.equal(torch.get_rng_state(), before)  # the global generator is left as it was
+        adapters.append({n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n})
+        torch.rand(noise)
+        losses.append([s.loss for s in make_engine(model, tokenizer, small_task).run_window(0.5, 2).steps])
+    assert adapters[0] and adapters[0].keys() == adapters[1].keys()
+    assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
+    assert losses[0] == losses[1]
+
+
 @pytest.mark.parametrize("chunked", [False, True])
 def test_the_probe_nll_of_a_16_bit_model_takes_its_logits_in_float32(chunked, monkeypatch):
     """The probe NLL (the tracked loss of the progress reward) took the head product in bfloat16 and
