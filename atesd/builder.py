@@ -95,7 +95,19 @@ def build_task(cfg: RealConfig) -> Task:
 
 def resolve_device(device: str, dist: Dist | None = None) -> str:
     """The torch device of this process: `auto` is cuda when available (under torchrun,
-    cuda:<local rank>)."""
+    cuda:<local rank>). ValueError (one line, before any model loads) for a device this machine lacks:
+    torch's own error came as a traceback from deep in the model's loading."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"real.device={device}, but torch sees no CUDA device here (torch {torch.__version__}, "
+            f"CUDA build {torch.version.cuda or 'none'}): use real.device=cpu, or auto"
+        )
+    if device.startswith("cuda:") and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise ValueError(
+            f"real.device={device}, but this machine has {torch.cuda.device_count()} CUDA devices"
+        )
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("real.device=mps, but torch finds no usable MPS device here: use real.device=cpu")
     if device != "auto":
         return device
     if not torch.cuda.is_available():
@@ -160,6 +172,8 @@ def build_engine(
     """Task, student, backend and `DistillEngine` (seeded with `seed`; `engine_overrides` replace
     fields of `cfg.engine`) in one call."""
     engine_cfg = dataclasses.replace(cfg.engine, seed=seed, **(engine_overrides or {}))
+    cfg = dataclasses.replace(cfg, engine=engine_cfg)  # LoRA's init follows the engine's seed too
+    resolve_device(cfg.device, dist)  # a device this machine lacks fails before a warm start trains
     check_precision(cfg)
     task = build_task(cfg)
     if cfg.embedded:  # before the warm start trains a model that cannot hold the prompts
@@ -168,7 +182,7 @@ def build_engine(
     if not cfg.embedded:
         limit = getattr(base_model(model).config, "max_position_embeddings", None)
         check_lengths(tokenizer, task, engine_cfg, limit)
-    sampler = build_backend(dataclasses.replace(cfg, engine=engine_cfg), model, tokenizer)
+    sampler = build_backend(cfg, model, tokenizer)
     return DistillEngine(model, tokenizer, task, engine_cfg, sampler=sampler, dist=dist)
 
 

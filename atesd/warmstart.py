@@ -117,7 +117,9 @@ def cache_key(task_cfg: ChainBagConfig, model_cfg: TinyModelConfig, ws_cfg: Warm
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("ATESD_CACHE", Path.home() / ".cache" / "atesd")).expanduser()
+    """$ATESD_CACHE, or ~/.cache/atesd where it is unset or empty (an empty one was the current
+    directory: a run from the checkout's root wrote warmstart/ and matplotlib/ into it)."""
+    return Path(os.environ.get("ATESD_CACHE") or Path.home() / ".cache" / "atesd").expanduser()
 
 
 def sha256_file(path: Path) -> str:

@@ -153,3 +153,24 @@ def test_a_lora_state_of_another_student_is_refused_by_name(checkpoint, small_ta
     for student, message in ((extra, r"has not: \['nope.weight'\]"), (fewer, "lacks adapter weights")):
         with pytest.raises(ValueError, match=message):
             engine.load_state_dict({**state, "student": student})
+
+
+def test_lora_is_seeded_by_the_runs_seed(monkeypatch):
+    """build_engine seeds the engine with the run's seed; LoRA's init read the config's unused
+    engine.seed (0 whatever the run's seed), so every seed of a bench started from the same adapters."""
+    import atesd.builder as builder
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def student(cfg, *args, **kwargs):
+        seen.append(cfg.engine.seed)
+        raise Stop
+
+    monkeypatch.setattr(builder, "build_student", student)
+    for seed in (0, 7):
+        with pytest.raises(Stop):
+            builder.build_engine(builder.RealConfig(), seed)
+    assert seen == [0, 7]

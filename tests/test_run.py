@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import recipes.run as run
 from atesd.logging import read_jsonl
@@ -424,3 +425,18 @@ def test_a_restart_from_the_beginning_records_its_bank_once(tmp_path, monkeypatc
     (only,) = bank.glob("*.jsonl")
     windows = [r for r in read_jsonl(only) if r["kind"] == "window"]
     assert [w["window"] for w in windows] == list(range(10))  # 50 updates in windows of 5, once each
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_this_machine_lacks_is_one_line_and_leaves_no_run_directory(tmp_path, capsys):
+    """real.device=cuda without CUDA was a traceback from deep in the model's loading, after the warm
+    start, and left a run directory holding only config.json."""
+    runs = tmp_path / "runs"
+    for device in ("cuda", "cuda:3"):
+        argv = [*CI, "--controller", "fixed", f"out_dir={runs}", f"real.device={device}",
+                f"real.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+        code, err = failure(capsys, argv)
+        assert code == 2 and f"real.device={device}, but torch sees no CUDA device" in err, err
+        assert "\n" not in err and "Traceback" not in err
+    assert not runs.exists() or not any(runs.iterdir())
+    assert not (tmp_path / "cache").exists()  # refused before any warm start was trained
