@@ -315,10 +315,14 @@ def load_pretrained(
 
     A name that exists on disk (`~` expanded) is a local checkpoint; one that reads as a hub id
     (`name` or `owner/name`, dots allowed: `Qwen/Qwen3-1.7B`) goes to the hub (or its cache); any
-    other path must exist.
+    other path must exist. A LoRA adapter directory (a LoRA run's final_model) loads as its base with
+    the adapter merged in: a plain model, so that every backend sees the trained weights (vLLM takes a
+    plain model's weights by name; the adapter layers transformers would otherwise inject are names
+    it does not know) and a new LoRA trains on top of them.
 
     Raises:
         FileNotFoundError: a path that is not a hub id and does not exist.
+        ImportError: an adapter directory without peft installed.
     """
     local = Path(name_or_path).expanduser()
     if local.exists():
@@ -329,13 +333,23 @@ def load_pretrained(
         )
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        name_or_path,
-        dtype=torch_dtype,
-        attn_implementation=attn_implementation,
-        trust_remote_code=trust_remote_code,
-        use_safetensors=True,  # never a pickle file, beside safetensors ones or from the hub
-    ).to(device)
+    kwargs = {
+        "dtype": torch_dtype,
+        "attn_implementation": attn_implementation,
+        "trust_remote_code": trust_remote_code,
+        "use_safetensors": True,  # never a pickle file, beside safetensors ones or from the hub
+    }
+    if (local / "adapter_config.json").is_file():
+        try:
+            from peft import AutoPeftModelForCausalLM
+        except ImportError as err:
+            raise ImportError(
+                f"{local} is a LoRA adapter: loading it needs the optional extra: "
+                "pip install -e '.[lora]' (peft)"
+            ) from err
+        model = AutoPeftModelForCausalLM.from_pretrained(name_or_path, **kwargs).merge_and_unload().to(device)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs).to(device)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"

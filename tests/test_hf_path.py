@@ -174,3 +174,31 @@ def test_lora_is_seeded_by_the_runs_seed(monkeypatch):
         with pytest.raises(Stop):
             builder.build_engine(builder.RealConfig(), seed)
     assert seen == [0, 7]
+
+
+def test_a_lora_adapter_directory_loads_merged_as_a_plain_model(checkpoint, tmp_path):
+    """A LoRA run's final_model is an adapter directory. transformers loaded it with adapter layers
+    injected under names vLLM does not know (its weight push raised KeyError, so eval.py with the vllm
+    backend could not run on it); it now loads as its base with the adapter merged in."""
+    pytest.importorskip("peft", reason="LoRA needs the optional extra [lora] (peft)")
+    from atesd.models import load_pretrained
+    from atesd.rollout.vllm import vllm_weights
+
+    model, tokenizer = load_hf_model(
+        HFModelConfig(name_or_path=str(checkpoint), dtype="float32"), LoraSettings(rank=4, alpha=8.0)
+    )
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # trained adapters: B is zero at init, which would merge nothing
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    ids = torch.tensor([[5, 9, 14, 3, 7]])
+    with torch.no_grad():
+        expected = model(ids).logits
+    model.save_pretrained(tmp_path / "adapter")
+    tokenizer.save_pretrained(tmp_path / "adapter")
+    loaded, _ = load_pretrained(tmp_path / "adapter")
+    assert not any("lora_" in n or "base_layer" in n for n in loaded.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids).logits, expected, atol=1e-5)
+    assert {n for n, _ in vllm_weights(loaded)} == set(loaded.state_dict())
