@@ -211,6 +211,13 @@ class TeacherExposureEnv(gym.Env):
             raise ValueError(
                 "the env's reward needs the probe NLL every update: engine.probe_every must be 1"
             )
+        evaluates = self.cfg.eval_every > 0 or self.cfg.eval_at_reset
+        if evaluates and not any(engine.task.eval_sets().values()):  # the score would be a mean of nothing
+            raise ValueError(
+                "the env evaluates (real.env.eval_every, eval_at_reset) but this task has no evaluation "
+                "set: hold rows out of the data (real.data.eval_size=N), or set real.env.eval_every=0 "
+                "real.env.eval_at_reset=false (the run then reports no score)"
+            )
         if not engine.cfg.grounded and self.cfg.lambda_gt > 0:
             raise ValueError(
                 f"the reward's grounded term (lambda_gt={self.cfg.lambda_gt}) needs the grounded score: set "

@@ -202,3 +202,26 @@ def test_a_lora_adapter_directory_loads_merged_as_a_plain_model(checkpoint, tmp_
     with torch.no_grad():
         assert torch.allclose(loaded(ids).logits, expected, atol=1e-5)
     assert {n for n, _ in vllm_weights(loaded)} == set(loaded.state_dict())
+
+
+def test_an_env_that_evaluates_a_task_without_an_evaluation_set_is_refused(checkpoint, tmp_path, capsys):
+    """Math data holds no evaluation rows unless real.data.eval_size says so: the shipped Qwen3 configs
+    evaluated every 4 windows and scored a mean of nothing ("Mean of empty slice", final score "-")."""
+    import json
+
+    import recipes.run as run
+
+    data = tmp_path / "opsd.jsonl"
+    rows = [
+        {"problem": f"What is {a} + 1?", "solution": f"So.\n\nIt is $\\boxed{{{a + 1}}}$."} for a in range(8)
+    ]
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    argv = ["--controller", "fixed", "threads=1", "plots=false", f"out_dir={tmp_path / 'runs'}",
+            f"real.hf.name_or_path={checkpoint}", "real.hf.dtype=float32", "real.task_kind=math",
+            f"real.data.source={data}", "real.data.probe_size=2", "real.env.total_steps=2",
+            "real.env.hold_steps=1"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_:
+        run.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "no evaluation set" in err and "real.data.eval_size=N" in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
