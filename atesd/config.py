@@ -12,6 +12,7 @@ import difflib
 import json
 import math
 import re
+import shlex
 import types
 import typing
 from pathlib import Path
@@ -39,6 +40,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
     data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
+    _refuse_keys_not_text(data, path)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -63,6 +65,21 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
         raise  # already names its keys
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{path.rstrip('.') or cls.__name__}: {err}") from err
+
+
+def _refuse_keys_not_text(value: Any, path: str) -> None:
+    """Refuse a key that is not text, at any depth of `value`, naming it and where it is: YAML reads
+    `1:`, `true:` or `null:` as a number, a bool or None, which no field name matches (difflib's
+    suggestion then fails on it), and a mapping-typed field (`controllers`) would pass it on unchecked."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if not isinstance(key, str):
+                where = f"in '{path.rstrip('.')}'" if path else "at the top level"
+                raise ConfigError(f"config key {key!r} {where} must be text, got {type(key).__name__}")
+            _refuse_keys_not_text(inner, f"{path}{key}.")
+    elif isinstance(value, (list, tuple)):
+        for inner in value:
+            _refuse_keys_not_text(inner, path)
 
 
 def _inner_paths(cls: type, key: str, depth: int = 2) -> list[str]:
@@ -161,10 +178,24 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
                 raise ConfigError(
                     f"override '{item}': {'.'.join(parts[: i + 1])} was given a value, not keys"
                 )
-        if isinstance(node.get(parts[-1]), dict) and not isinstance(value, dict):
-            raise ConfigError(f"override '{item}': {key} was given keys, not a value")
-        node[parts[-1]] = value
+        _set_override(node, parts[-1], value, key, item)
     return out
+
+
+def _set_override(node: dict[str, Any], part: str, value: Any, key: str, item: str) -> None:
+    """`node[part] = value`, a mapping merged key by key into the keys given before (`real.engine.lr=0.5`
+    then `real.engine={batch_size: 2}` keeps the lr; the later value wins where both give one); a value
+    where keys were given, or keys where a value was, is refused as for dotted keys."""
+    old = node.get(part)
+    if isinstance(old, dict) and isinstance(value, dict):
+        for inner, inner_value in value.items():
+            _set_override(old, inner, inner_value, f"{key}.{inner}", item)
+    elif isinstance(old, dict):
+        raise ConfigError(f"override '{item}': {key} was given keys, not a value")
+    elif part in node and isinstance(value, dict):
+        raise ConfigError(f"override '{item}': {key} was given a value, not keys")
+    else:
+        node[part] = value
 
 
 def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -224,19 +255,24 @@ def differences(
     a: dict[str, Any], b: dict[str, Any], ignore: tuple[str, ...] = (), prefix: str = ""
 ) -> list[str]:
     """The dotted keys whose values differ between two config dicts (a list equals the tuple of its
-    values), but those in `ignore`."""
+    values, at any depth: a stored JSON config's [[3, 0]] is to_dict's ((3, 0),)), but those in `ignore`."""
     out = []
     for key in sorted(set(a) | set(b)):
         va, vb, name = a.get(key), b.get(key), f"{prefix}{key}"
         if isinstance(va, dict) and isinstance(vb, dict):
             out += differences(va, vb, ignore, f"{name}.")
-        elif (
-            va != vb
-            and name not in ignore
-            and not (isinstance(va, (list, tuple)) and isinstance(vb, (list, tuple)) and list(va) == list(vb))
-        ):
+        elif _as_lists(va) != _as_lists(vb) and name not in ignore:
             out.append(name)
     return out
+
+
+def _as_lists(value: Any) -> Any:
+    """`value` with every tuple, at any depth, a list: what it reads as once stored as JSON."""
+    if isinstance(value, (list, tuple)):
+        return [_as_lists(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_lists(v) for k, v in value.items()}
+    return value
 
 
 def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
@@ -297,9 +333,37 @@ def parse_value(raw: str, item: str) -> Any:
     if any(isinstance(t, (yaml.AliasToken, yaml.AnchorToken, yaml.TagToken)) for t in tokens):
         raise ConfigError(f"override '{item}': YAML anchors, aliases and tags are not allowed in a value")
     try:
-        return yaml.load(raw, Loader=StrictLoader)
+        value = yaml.load(raw, Loader=StrictLoader)
     except yaml.YAMLError as err:
         raise ConfigError(f"override '{item}': not a valid value ({' '.join(str(err).split())})") from None
+    _refuse_comment(raw, item, tokens, value)
+    return value
+
+
+def _refuse_comment(raw: str, item: str, tokens: list[yaml.Token], value: Any) -> None:
+    """Refuse a value holding a YAML comment (a '#' first or after a space, outside quotes). YAML would
+    drop it unsaid (`name=trial #2` is the name 'trial'), yet nobody writes a comment inside one
+    command-line word: the '#' is meant as text. Keeping the raw text instead would make a value YAML
+    except when it holds ' #' (`bands=[[3, 0]] #x` a string, `name="a" #b` a name with quotes), so it is
+    refused, with the quoted value that says it; a '#' inside a word (`name=a#b`) is no comment."""
+    end = 0
+    for token in tokens:  # the scanner skips only blanks and comments between tokens
+        at = raw.find("#", end, token.start_mark.index)
+        if at >= 0:
+            dropped = raw[at:].splitlines()[0].rstrip()
+            words = [t for t in tokens if not isinstance(t, (yaml.StreamStartToken, yaml.StreamEndToken))]
+            # plain text on one line (not a number, list or quoted text): quoted whole, it is the text given
+            plain = all(isinstance(t, yaml.ScalarToken) and t.plain for t in words) and "\n" not in raw
+            fix = (
+                "quote the value to keep it: "
+                f"{item.partition('=')[0]}={shlex.quote(json.dumps(raw, ensure_ascii=False))}"
+                if plain and (value is None or isinstance(value, str))
+                else "quote the text that holds the '#', or leave the comment out"
+            )
+            raise ConfigError(
+                f"override '{item}': '{dropped}' would be read as a YAML comment and dropped; {fix}"
+            )
+        end = max(end, token.end_mark.index)
 
 
 def describe(cls: type, prefix: str = "", defaults: Any = None) -> list[tuple[str, str, str]]:

@@ -139,3 +139,78 @@ def test_a_malformed_override_is_refused(override, message):
 
     with pytest.raises(cfglib.ConfigError, match=re.escape(message)):
         cfglib.load(RunConfig, None, [override])
+
+
+def test_a_list_equals_the_tuple_of_its_values_at_any_depth():
+    """A stored JSON config holds lists of lists where to_dict holds tuples of tuples (RealConfig's task
+    bands); the resume check once found every stored config different from itself in real.task.bands."""
+    import json
+
+    from atesd.builder import RealConfig
+
+    given = cfglib.to_dict(RealConfig())
+    stored = json.loads(json.dumps(given))
+    assert isinstance(given["task"]["bands"][0], tuple) and isinstance(stored["task"]["bands"][0], list)
+    assert cfglib.differences(stored, given) == []
+    assert cfglib.differences({"a": [[1, [2, 3]], {"b": [4]}]}, {"a": ((1, (2, 3)), {"b": (4,)})}) == []
+    changed = cfglib.to_dict(cfglib.load(RealConfig, None, ["task.bands=[[3, 0], [0, 3]]"]))
+    assert cfglib.differences(stored, changed) == ["task.bands"]  # a value inside still counts
+    assert cfglib.differences({"a": [[1, 2]]}, {"a": ((1, 2, 3),)}) == ["a"]
+
+
+KEYS_NOT_TEXT = [  # (YAML file, the message)
+    ("1: x\n", "config key 1 at the top level must be text, got int"),
+    ("real: {engine: {true: 1}}\n", "config key True in 'real.engine' must be text, got bool"),
+    ("controllers: {1: {}}\n", "config key 1 in 'controllers' must be text, got int"),
+    (
+        "controllers: {fixed: {null: 1}}\n",
+        "config key None in 'controllers.fixed' must be text, got NoneType",
+    ),
+]
+
+
+@pytest.mark.parametrize("text,message", KEYS_NOT_TEXT, ids=[t.strip() for t, _ in KEYS_NOT_TEXT])
+def test_a_key_that_is_not_text_is_refused_naming_it_and_where(tmp_path, text, message):
+    """YAML reads `1:` or `true:` as a number or a bool: once a TypeError from the closest-name
+    suggestion, or "RunConfig: 'int' object is not iterable" under controllers."""
+    from recipes.common import RunConfig
+
+    path = tmp_path / "k.yaml"
+    path.write_text(text)
+    with pytest.raises(cfglib.ConfigError, match=re.escape(message)):
+        cfglib.load(RunConfig, path)
+    with pytest.raises(cfglib.ConfigError, match=re.escape("config key 1 in 'real' must be text, got int")):
+        cfglib.load(RunConfig, None, ["real={1: 2}"])
+
+
+def test_a_later_mapping_override_merges_into_the_keys_given_before():
+    """`real.engine={batch_size: 2}` after `real.engine.lr=0.5` once erased the lr (back to its default)."""
+    from recipes.common import RunConfig
+
+    given = ["real.engine.lr=0.5", "real.engine={batch_size: 2, loss: {kind: forward_kl}}"]
+    engine = cfglib.load(RunConfig, None, given).real.engine
+    assert (engine.lr, engine.batch_size, engine.loss.kind) == (0.5, 2, "forward_kl")
+    parsed = cfglib.parse_overrides(["a.b=1", "a.c.d=2", "a={b: 3, c: {e: 4}}", "a.c={d: 5}"])
+    assert parsed == {"a": {"b": 3, "c": {"d": 5, "e": 4}}}  # in order, the later value winning key by key
+    with pytest.raises(cfglib.ConfigError, match="a.c was given keys, not a value"):
+        cfglib.parse_overrides(["a.c.d=2", "a={c: 1}"])
+    with pytest.raises(cfglib.ConfigError, match="a.b was given a value, not keys"):
+        cfglib.parse_overrides(["a.b=1", "a={b: {c: 2}}"])
+
+
+def test_a_value_whose_hash_would_start_a_comment_is_refused_with_the_quoted_form():
+    """YAML reads ` #` as a comment: `name=trial #2` was silently the name 'trial'. A '#' inside a word or
+    inside quotes is text, as before."""
+    message = (
+        "'#2' would be read as a YAML comment and dropped; quote the value to keep it: name='\"trial #2\"'"
+    )
+    with pytest.raises(cfglib.ConfigError, match=re.escape(message)) as exc:
+        cfglib.parse_overrides(["name=trial #2"])
+    assert "\n" not in str(exc.value)
+    for item in ("name=#2", "bands=[[3, 0]] #x", "lr=0.5 # rate", 'name="a" #b'):
+        with pytest.raises(cfglib.ConfigError, match="would be read as a YAML comment and dropped"):
+            cfglib.parse_overrides([item])
+    given = ["name=a#b", 'n="trial #2"', "m='x #y'", 'l=[a#b, "c #d"]']
+    expected = {"name": "a#b", "n": "trial #2", "m": "x #y", "l": ["a#b", "c #d"]}
+    assert cfglib.parse_overrides(given) == expected
+    assert cfglib.parse_overrides(cfglib.command_overrides([], {"name": "trial #2"})) == {"name": "trial #2"}

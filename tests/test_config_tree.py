@@ -183,3 +183,21 @@ def test_a_key_without_its_leading_sections_is_pointed_to_its_full_name():
                          ("lambda_gt=0.1", "'mock.lambda_gt' or 'real.env.lambda_gt'")):  # fmt: skip
         with pytest.raises(cfglib.ConfigError, match=f"did you mean {meant}\\?"):
             cfglib.load(RunConfig, None, [given])
+
+
+@pytest.mark.parametrize("recipe,given", [("sweep", "steps=150"), ("branch_alpha", "base=0.75")])
+def test_resume_accepts_the_config_a_directory_was_started_with(tmp_path, recipe, given):
+    """config.json holds real.task.bands as lists of lists, the config given as tuples of tuples: every
+    `--resume DIR --set <its own value>` and `--config <its own file>` was refused as differing."""
+    import importlib
+
+    module = importlib.import_module(f"recipes.{recipe}")
+    cls = module.SweepConfig if recipe == "sweep" else module.BranchConfig
+    stored = cfglib.to_dict(cls())
+    (tmp_path / "config.json").write_text(json.dumps(stored, indent=1))  # as the recipe writes it
+    (tmp_path / "same.yaml").write_text(json.dumps(stored))  # JSON is YAML: the very file it started from
+    assert module.resume_config(cls, tmp_path, tmp_path / "same.yaml", [given]) == cls()
+    with pytest.raises(
+        cfglib.ConfigError, match=r"differs from the one it was started with in real\.task\.bands;"
+    ):
+        module.resume_config(cls, tmp_path, None, [given, "real.task.bands=[[3, 0], [0, 3]]"])
