@@ -219,14 +219,21 @@ class NonFiniteLossError(RuntimeError):
     """Raised after `max_nonfinite_steps` non-finite losses in a row."""
 
 
-def cpu_copy(state: Any, memo: dict[int, torch.Tensor] | None = None) -> Any:
-    """A deep copy of a nested state with every tensor copied to the CPU (a tensor met twice, as tied
-    weights are, copied once). Loading it back copies into the live tensors wherever they are."""
+def cpu_copy(state: Any, memo: dict[Any, torch.Tensor] | None = None) -> Any:
+    """A deep copy of a nested state with every tensor copied to the CPU (the same values in memory met
+    twice, as tied weights are, copied once: one tensor in the copy). Loading it back copies into the
+    live tensors wherever they are. `memo` maps `atesd.state.view_key` (or `id` where it has none) to
+    the copy: a caller may seed it with tensors it made for this snapshot alone, kept as they are."""
+    from atesd.state import view_key
+
     memo = {} if memo is None else memo
     if isinstance(state, torch.Tensor):
-        if id(state) not in memo:
-            memo[id(state)] = state.detach().to("cpu", copy=True)
-        return memo[id(state)]
+        # by storage and view, not id: module.state_dict() gives a tied embed_tokens / lm_head as two
+        # tensor objects over one storage, and the copy held (and a checkpoint wrote) the head twice
+        key = view_key(state) or id(state)
+        if key not in memo:
+            memo[key] = state.detach().to("cpu", copy=True)
+        return memo[key]
     if isinstance(state, dict):
         out = type(state)((k, cpu_copy(v, memo)) for k, v in state.items())
         if hasattr(state, "_metadata"):  # a module's state dict carries its version metadata

@@ -20,35 +20,92 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
+def view_key(tensor: torch.Tensor) -> tuple | None:
+    """What makes two tensors the same values in memory: device, storage, offset, shape, strides and
+    dtype. `module.state_dict()` gives a tied pair (embed_tokens / lm_head) as two tensor objects over
+    one storage, so identity (`id`) misses them. None where no such key is sound: an empty tensor (its
+    storage pointer may be 0 for many) or a tensor subclass (a DTensor's storage is its local shard)."""
+    if type(tensor) not in (torch.Tensor, torch.nn.Parameter) or tensor.numel() == 0:
+        return None
+    ptr = tensor.untyped_storage().data_ptr()
+    if ptr == 0:
+        return None
+    shape, stride = tuple(tensor.shape), tensor.stride()
+    return (str(tensor.device), ptr, tensor.storage_offset(), shape, stride, tensor.dtype)
+
+
 def flatten_state(state: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
-    """Replace every tensor / numpy array in a nested structure by a reference into a flat dict."""
+    """Replace every tensor / numpy array in a nested structure by a reference into a flat dict.
+
+    The flat dict is for writing at once, not for keeping: a CPU tensor that is contiguous and overlaps
+    no other goes in as it is, without a copy (a checkpoint of a full fine-tune is the size of the
+    model and its optimiser, and a copy here doubled the host memory a save needs). A tensor met again
+    as the same view (tied weights) is stored once and referenced from both places, so it loads as one
+    tensor for both names; one that overlaps another otherwise is copied (safetensors refuses tensors
+    that share memory, and stores no strides)."""
     tensors: dict[str, torch.Tensor] = {}
+    return _flatten(state, prefix, tensors, {}, {}), tensors
 
-    def walk(node: Any, path: str) -> Any:
-        if isinstance(node, (torch.Tensor, np.ndarray)) and path in tensors:
-            raise TypeError(  # keys 1 and "1", or "a/b" beside "a" -> "b", would share one tensor name
-                f"two tensors of the state would be stored as {path}: give their keys distinct text"
-            )
-        if isinstance(node, torch.Tensor):
-            # a contiguous copy: tied weights share memory, and safetensors stores no strides
-            tensors[path] = node.detach().cpu().contiguous().clone()
-            return {"__tensor__": path}
-        if isinstance(node, np.ndarray):
-            tensors[path] = torch.from_numpy(np.array(node, order="C"))  # a copy, as for tensors
-            return {"__ndarray__": path}
-        if isinstance(node, dict):
-            if not all(isinstance(k, (str, int)) for k in node):
-                raise TypeError(f"state dict keys must be str or int at {path or '<root>'}")
-            return {"__dict__": [[k, walk(v, f"{path}/{k}")] for k, v in node.items()]}
-        if isinstance(node, (list, tuple)):
-            return [walk(v, f"{path}/{i}") for i, v in enumerate(node)]
-        if isinstance(node, (np.floating, np.integer)):
-            return node.item()
-        if node is None or isinstance(node, (str, int, float, bool)):
-            return node
-        raise TypeError(f"cannot serialise {type(node).__name__} at {path or '<root>'}")
 
-    return walk(state, prefix), tensors
+def _flatten(node: Any, path: str, tensors: dict, seen: dict, spans: dict) -> Any:
+    """`flatten_state`'s walk (a module function, not a closure: a recursive closure is a reference
+    cycle that kept the flat dict, and any copies in it, alive until the garbage collector ran).
+    `seen`: view key -> stored name; `spans`: CPU storage pointer -> byte ranges already stored."""
+    if isinstance(node, (torch.Tensor, np.ndarray)) and path in tensors:
+        raise TypeError(  # keys 1 and "1", or "a/b" beside "a" -> "b", would share one tensor name
+            f"two tensors of the state would be stored as {path}: give their keys distinct text"
+        )
+    if isinstance(node, torch.Tensor):
+        key = view_key(node)
+        if key is not None and key in seen:
+            return {"__tensor__": seen[key]}
+        tensor = node.detach().cpu().contiguous()  # copies only what is elsewhere or strided
+        if _overlaps(tensor, spans):
+            tensor = tensor.clone()  # e.g. a tensor beside a slice of it: values of their own
+            _overlaps(tensor, spans)
+        tensors[path] = tensor
+        if key is not None:
+            seen[key] = path
+        return {"__tensor__": path}
+    if isinstance(node, np.ndarray):
+        tensors[path] = torch.from_numpy(np.array(node, order="C"))  # a copy (arrays are small here)
+        return {"__ndarray__": path}
+    if isinstance(node, dict):
+        if not all(isinstance(k, (str, int)) for k in node):
+            raise TypeError(f"state dict keys must be str or int at {path or '<root>'}")
+        return {"__dict__": [[k, _flatten(v, f"{path}/{k}", tensors, seen, spans)] for k, v in node.items()]}
+    if isinstance(node, (list, tuple)):
+        return [_flatten(v, f"{path}/{i}", tensors, seen, spans) for i, v in enumerate(node)]
+    if isinstance(node, (np.floating, np.integer)):
+        return node.item()
+    if node is None or isinstance(node, (str, int, float, bool)):
+        return node
+    raise TypeError(f"cannot serialise {type(node).__name__} at {path or '<root>'}")
+
+
+def _overlaps(tensor: torch.Tensor, spans: dict[int, list[tuple[int, int]]]) -> bool:
+    """Whether a CPU tensor's bytes overlap any recorded in `spans` (by storage); records them."""
+    if tensor.numel() == 0 or tensor.untyped_storage().data_ptr() == 0:
+        return False
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    ranges = spans.setdefault(tensor.untyped_storage().data_ptr(), [])
+    if any(start < e and s < end for s, e in ranges):
+        return True
+    ranges.append((start, end))
+    return False
+
+
+def _arrays(node: Any) -> Iterator[torch.Tensor | np.ndarray]:
+    """Every tensor and numpy array of a nested state, in `flatten_state`'s order."""
+    if isinstance(node, (torch.Tensor, np.ndarray)):
+        yield node
+    elif isinstance(node, dict):
+        for v in node.values():
+            yield from _arrays(v)
+    elif isinstance(node, (list, tuple)):
+        for v in node:
+            yield from _arrays(v)
 
 
 def unflatten_state(meta: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -123,9 +180,18 @@ def model_bytes(model: torch.nn.Module) -> int:
 
 
 def state_bytes(state: dict[str, Any]) -> int:
-    """Roughly what `save_state` writes: the arrays' bytes."""
-    _, tensors = flatten_state(state)
-    return sum(t.numel() * t.element_size() for t in tensors.values())
+    """Roughly what `save_state` writes: the arrays' bytes (a tied tensor once, as it is stored),
+    counted from their sizes: it used to flatten the state, a copy of every tensor to count them."""
+    total, seen = 0, set()
+    for array in _arrays(state):
+        if isinstance(array, np.ndarray):
+            total += array.nbytes
+            continue
+        key = view_key(array)
+        if key is None or key not in seen:
+            total += array.numel() * array.element_size()
+            seen.add(key)
+    return total
 
 
 def save_state(state: dict[str, Any], path: str | Path) -> None:
