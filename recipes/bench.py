@@ -60,7 +60,16 @@ from recipes._progress import fresh_dir, progress, user_errors  # noqa: E402
 from recipes._rundir import git_commit  # noqa: E402
 from recipes._tables import json_safe, print_table, write_csv  # noqa: E402
 from recipes._workers import worker_pool  # noqa: E402
-from recipes.common import OWN_CONFIG, RunConfig, build_controller, controller_config, describe  # noqa: E402
+from recipes.common import (  # noqa: E402
+    OWN_CONFIG,
+    EnvFreeRunConfig,
+    EnvKey,
+    Once,
+    RunConfig,
+    build_controller,
+    controller_config,
+    describe,
+)
 
 ENVS = ("mock", "real")
 MOCK_ONLY = ("oracle",)  # controllers that need the mock env's `oracle_alpha`
@@ -82,7 +91,7 @@ def run_unit(
     from controllers.base import run_episode
     from recipes.common import build_env
 
-    cfg = spec_config(cfg_dict, env if env in ENVS else "mock", controller, seed)
+    cfg = spec_config(cfg_dict, env, controller, seed)
     if env == "real":
         quiet_hf()
     previous = torch.get_num_threads()
@@ -101,7 +110,7 @@ def run_unit(
         t0 = time.perf_counter()
         gym_env = build_env(cfg) if env in ENVS else make_env(env, env_kwargs)
         starts: list[str] = []  # where the controller started, when not from its own config
-        agent = build_controller(cfg, gym_env, announce=starts.append)
+        agent = build_controller(cfg, gym_env, announce=starts.append, env_key=unit_env_key(env, env_kwargs))
         runs = []  # each episode's final score (its return where the env has no score)
         for episode in range(cfg.episodes):
             evals.clear(), evaluated.clear()
@@ -192,15 +201,25 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
 
 
 def spec_config(cfg_dict: dict[str, Any], env: str, spec: str, seed: int) -> RunConfig:
-    """The run config of one unit: `cfg_dict` with the spec's controller and overrides, env and seed."""
+    """The run config of one unit: `cfg_dict` with the spec's controller and overrides, env (mock,
+    real, or a Gymnasium id: an `EnvFreeRunConfig`, its controller checked on the env) and seed."""
     name, overrides = parse_spec(spec)
     controller_config(name)  # unknown name: ConfigError with the closest registered one
     cfg_cls = CONTROLLERS[name][1]
     if dataclasses.is_dataclass(cfg_cls) and SPEC_INIT in {f.name for f in dataclasses.fields(cfg_cls)}:
         raise cfglib.ConfigError(f"controller {name} has a config field '{SPEC_INIT}', which specs reserve")
     data = cfglib.merge(cfg_dict, cfglib.parse_overrides(overrides))
-    data |= {"env": env, "controller": name, "seed": seed}
-    return cfglib.from_dict(RunConfig, data)
+    data |= {"env": env if env in ENVS else "mock", "controller": name, "seed": seed}
+    return cfglib.from_dict(RunConfig if env in ENVS else EnvFreeRunConfig, data)
+
+
+def unit_env_key(env: str, env_kwargs: dict[str, Any] | None) -> EnvKey | None:
+    """How a controller's errors name the env's H and gamma: by their config keys on mock and real
+    (None: `cfg.env_key`); on an env given by id, as the `--env-set` that gave them, else the env's."""
+    if env in ENVS:
+        return None
+    given = dict(env_kwargs or {})
+    return lambda key: f"--env-set {key}" if key in given else f"the env's {key}"
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -382,7 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="key=value for gymnasium.make of every env given by id, e.g. --env-set lambda_gt=1",
     )
     parser.add_argument("--seeds", default="5", help="N: seeds 0..N-1; A-B: seeds A..B inclusive (default 5)")
-    parser.add_argument("--workers", type=int, default=0, help="worker processes (0 = in this process)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="worker processes (0 = in this process); with 2 or more, each runs torch on one thread on the "
+        "real env unless threads is set (--set threads=N or in --config), which each worker then uses",
+    )
     parser.add_argument("--baseline", default="fixed", help="controller spec the p-values test against")
     parser.add_argument(
         "--score",
@@ -391,7 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
         "episode: OPSD's best checkpoint) or tail:K (the mean of its last K evaluations; on the real env "
         "evaluations come every real.env.eval_every windows and at the end)",
     )
-    parser.add_argument("--config", type=Path, default=None, help="YAML file of RunConfig fields")
+    parser.add_argument(
+        "--config", type=Path, default=None, action=Once, help="YAML file of RunConfig fields (once)"
+    )
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], help="override, e.g. episodes=5"
     )
@@ -415,11 +442,26 @@ def _split(text: str) -> list[str]:
     return list(dict.fromkeys(part.strip() for part in parts if part.strip()))
 
 
+# run config keys a bench sets per unit from its options: a --set of one would be overwritten unread
+UNIT_KEYS = {"env": "--env", "controller": "--controllers", "seed": "--seeds"}
+
+
 def plan(args: argparse.Namespace) -> tuple[RunConfig, list[str], list[str], list[str]]:
     """(config, envs, controller specs, notes) from the command line; ConfigError on anything unusable."""
+    given = cfglib.parse_overrides(list(args.overrides))
+    for key, option in UNIT_KEYS.items():
+        if key in given:
+            raise cfglib.ConfigError(
+                f"--set {key}={given[key]}: bench.py sets {key} for each unit from {option}; give it there"
+            )
     overrides = cfglib.command_overrides(list(args.overrides), {"name": args.name})
-    cfg = cfglib.load(RunConfig, args.config, overrides)
-    if args.workers > 1:
+    # the shared settings: each unit is checked against its own env below, not the default env (real)
+    cfg = cfglib.load(EnvFreeRunConfig, args.config, overrides)
+    # parallel workers share the cores: one torch thread each, unless threads was asked for (--set or
+    # --config), which each worker then uses (a 0 follows the free cores in each)
+    if args.workers > 1 and "threads" not in cfglib.merge(
+        cfglib.read_yaml(args.config) if args.config else {}, given
+    ):
         cfg = dataclasses.replace(cfg, threads=1)
     envs = _split(args.env)
     if not envs:
@@ -455,8 +497,10 @@ def plan(args: argparse.Namespace) -> tuple[RunConfig, list[str], list[str], lis
                 notes.append(f"note: '{spec}' runs on the mock env only; skipped on {env}")
                 continue
             try:  # fail now, not after the warm start: unknown names and keys, bad values
-                unit_cfg = spec_config(cfg_dict, env if env in ENVS else "mock", spec, cfg.seed)
-                build_controller(unit_cfg, probes.get(env) or _spaces(unit_cfg))
+                unit_cfg = spec_config(cfg_dict, env, spec, cfg.seed)  # an id env's: against the env itself
+                build_controller(
+                    unit_cfg, probes.get(env) or _spaces(unit_cfg), env_key=unit_env_key(env, args.env_kwargs)
+                )
             except ValueError as err:
                 raise cfglib.ConfigError(f"controller spec '{spec}': {err}") from err
     for probe in probes.values():
@@ -529,8 +573,6 @@ def _main(args: argparse.Namespace, argv: list[str]) -> Path:
     for note in notes:
         print(note)
     t0 = time.perf_counter()
-    if "real" in envs:
-        warm_start_real(cfg)
     units = [
         (env, name, seed)
         for env in envs
@@ -539,9 +581,12 @@ def _main(args: argparse.Namespace, argv: list[str]) -> Path:
         for seed in seeds
     ]
     cfg_dict = cfglib.to_dict(cfg)
-    # the directory first: an unusable --out fails now, not after hours of units
+    # the directory first: an unusable --out fails now, not after the warm start (minutes when it is
+    # not cached) or hours of units
     run_dir = new_run_dir(args.out if args.out is not None else Path(cfg.out_dir), cfg.name)
     try:
+        if "real" in envs:
+            warm_start_real(cfg)
         return _bench(args, argv, cfg, cfg_dict, envs, controllers, seeds, units, run_dir, t0)
     except BaseException:  # Ctrl-C or a failure before the results: no directory that looks like some
         if not (run_dir / "results.json").exists():

@@ -47,6 +47,7 @@ from atesd.state import write_atomic  # noqa: E402
 from recipes._progress import fresh_dir, user_errors  # noqa: E402
 from recipes._rundir import run_lock  # noqa: E402
 from recipes._tables import json_safe  # noqa: E402
+from recipes.common import Once  # noqa: E402
 from recipes.sweep import RUNS, append_record, read_records, resume_config, seeds_for, stopped  # noqa: E402
 
 
@@ -148,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seeds", default=None, help='"A-B" inclusive, or N for 0..N-1 (default 100-103; a resume: its own)'
     )
-    parser.add_argument("--config", type=Path, default=None, help="YAML file of BranchConfig fields")
+    parser.add_argument(
+        "--config", type=Path, default=None, action=Once, help="YAML file of BranchConfig fields (once)"
+    )
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], help="override, e.g. base=0.5"
     )

@@ -9,6 +9,7 @@ config is reachable by a dotted key (`real.engine.lr`, `mock.variant`, `controll
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import typing
@@ -54,19 +55,35 @@ def _without_env_owned(resolved: dict[str, Any], given: dict[str, Any]) -> dict[
     return {k: v for k, v in resolved.items() if k not in ENV_OWNED or k in given}
 
 
+# How an error names one of the env's own keys: a config prefix (`real.env.`, `mock.`) or, for an env
+# whose keys are not this run config's (one given by Gymnasium id, a surrogate's bank), key -> label.
+EnvKey = str | typing.Callable[[str], str]
+
+
+def env_label(env_key: EnvKey, key: str) -> str:
+    """The name of the env's `key` in an error: `real.env.hold_steps`, `--env-set hold_steps`, ..."""
+    return env_key(key) if callable(env_key) else f"{env_key}{key}"
+
+
+def _has_hold(name: str) -> bool:
+    """Whether registered controller `name`'s config has a `hold_steps` field (False: unknown name)."""
+    return name in CONTROLLERS and "hold_steps" in {f.name for f in dataclasses.fields(CONTROLLERS[name][1])}
+
+
 def controller_config(
     name: str,
     data: dict[str, Any] | None = None,
     reward: RewardSpec | None = None,
-    env_key: str = "",
+    env_key: EnvKey = "",
     warn: bool = False,
 ) -> Any:
     """The config dataclass of controller `name` from (partial) `data`; clear errors for bad keys.
 
     With `reward` (the env's `reward_spec`; `env_key` the config prefix it came from, e.g.
-    `real.env.`), every env-owned field takes the env's value, and an explicit different value in
-    `data` is refused in one line naming both keys. With `warn` (when the controller is built), a
-    lookahead longer than the episode, under which nothing would be credited, is warned about.
+    `real.env.`, or a function naming each key where it did not come from this run config),
+    every env-owned field takes the env's value, and an explicit different value in `data` is
+    refused in one line naming both keys. With `warn` (when the controller is built), a lookahead
+    longer than the episode, under which nothing would be credited, is warned about.
     """
     if name not in CONTROLLERS:
         close = difflib.get_close_matches(name, list(CONTROLLERS), n=1)
@@ -81,16 +98,17 @@ def controller_config(
             if data.get(key) is not None:
                 given = cfglib.coerce(hints[key], data[key], f"controllers.{name}.{key}")
                 if given != env_value:
+                    owner = env_label(env_key, key)
                     raise cfglib.ConfigError(
-                        f"controllers.{name}.{key}={given} contradicts {env_key}{key}={env_value}: the env "
-                        f"owns {key} and every controller takes it from there; drop controllers.{name}.{key}"
+                        f"controllers.{name}.{key}={given} contradicts {owner}={env_value}: the env owns "
+                        f"{key} and every controller takes it from there; drop controllers.{name}.{key}"
                     )
             data[key] = env_value
         lookahead = data.get("lookahead_steps", getattr(cfg_cls(), "lookahead_steps", None))
         if isinstance(lookahead, int) and lookahead % reward.hold_steps:
             raise cfglib.ConfigError(
                 f"controllers.{name}.lookahead_steps={lookahead} must be a multiple of the env's "
-                f"hold_steps ({env_key}hold_steps={reward.hold_steps})"
+                f"hold_steps ({env_label(env_key, 'hold_steps')}={reward.hold_steps})"
             )
         defaults = cfg_cls()
         mode = data.get("reward_mode", getattr(defaults, "reward_mode", None))
@@ -104,8 +122,8 @@ def controller_config(
         ):
             warnings.warn(  # a smoke run may mean it; a run meant to learn never would
                 f"controllers.{name}.lookahead_steps={lookahead} is longer than an episode "
-                f"({env_key}total_steps={reward.total_steps}): with finish_truncated=drop no decision will "
-                f"be credited and the controller will not learn; shorten the lookahead or set "
+                f"({env_label(env_key, 'total_steps')}={reward.total_steps}): with finish_truncated=drop no "
+                f"decision will be credited and the controller will not learn; shorten the lookahead or set "
                 f"controllers.{name}.finish_truncated=truncate",
                 stacklevel=1,  # one location: said once per process
             )
@@ -183,13 +201,20 @@ class RunConfig:
             if data is not None and not isinstance(data, dict):
                 raise ValueError(f"controllers.{name} must be a mapping of its config keys, got {data!r}")
         resolved = default_controller_configs()
+        reward = self.reward_spec
         for name in dict.fromkeys([self.controller, *given]):
             data = given.get(name) or {}
+            if reward is None:  # no env of its own (EnvFreeRunConfig): H is the env's, known once built
+                # every field is checked but the lookahead's fit to H, at an H any lookahead fits (1);
+                # build_controller checks it on the env. The 1 is not kept (an env-owned key not given)
+                built = controller_config(name, {"hold_steps": 1, **data} if _has_hold(name) else data)
+                resolved[name] = _without_env_owned(cfglib.to_dict(built), data)
+                continue
             # every configured controller's fields are checked; the selected one's also against the env
             # (H, gamma, lookahead); another's settings may not fit this env and need not (a stored
             # config.json, a bench's shared settings hold them all): a bench unit selects its own
             try:  # as this env would build it
-                built = controller_config(name, data, self.reward_spec, self.env_key)
+                built = controller_config(name, data, reward, self.env_key)
             except (cfglib.ConfigError, ValueError):
                 if name == self.controller:
                     raise
@@ -198,8 +223,9 @@ class RunConfig:
         object.__setattr__(self, "controllers", resolved)
 
     @property
-    def reward_spec(self) -> RewardSpec:
-        """The selected env's reward facts (H, gamma, ...): the one source of the controllers' copies."""
+    def reward_spec(self) -> RewardSpec | None:
+        """The selected env's reward facts (H, gamma, ...): the one source of the controllers' copies
+        (None in `EnvFreeRunConfig`)."""
         return self.real.env.reward_spec if self.env == "real" else self.mock.reward_spec
 
     @property
@@ -214,6 +240,20 @@ class RunConfig:
     @property
     def total_steps(self) -> int:
         return self.reward_spec.total_steps
+
+
+@dataclass(frozen=True)
+class EnvFreeRunConfig(RunConfig):
+    """A run config that holds no env of its own: bench.py's shared settings (each unit takes its env
+    and controller from the options) and a bench unit on an env given by Gymnasium id (made by
+    `gymnasium.make` with --env-set, not from `mock.*` or `real.*`). Its controllers' H and gamma are
+    those of the env they are built for, known once it is built, so `build_controller` checks them
+    there (checked here against `env`'s section instead, a lookahead that fitted the env was refused
+    for not fitting mock.hold_steps or real.env.hold_steps, and the error named that key)."""
+
+    @property
+    def reward_spec(self) -> None:
+        return None
 
 
 def resolved_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -264,15 +304,18 @@ def build_controller(
     env: gym.Env,
     name: str | None = None,
     announce: typing.Callable[[str], None] | None = None,
+    env_key: EnvKey | None = None,
 ):
     """Controller `name` (default: cfg.controller) for `env`: its config from cfg.controllers with the
     run's seed, and H and gamma from the env itself (`env.unwrapped.reward_spec`; an env of others
     without one leaves the controller's own values), started as `cfg.controller_init` says
-    (`controller_start`); `announce(line)` hears where it starts when that is not `OWN_CONFIG`."""
+    (`controller_start`); `announce(line)` hears where it starts when that is not `OWN_CONFIG`.
+    `env_key` names the env's keys in errors (`env_label`) where `env` was not built from
+    `cfg.env`'s section (default: `cfg.env_key`)."""
     name = name or cfg.controller
     cls, cfg_cls = CONTROLLERS[name]
     reward = getattr(env.unwrapped, "reward_spec", None)
-    env_key = cfg.env_key if reward is not None else "the env's "
+    env_key = env_key if env_key is not None else cfg.env_key
     ctl_cfg = controller_config(name, cfg.controllers.get(name), reward, env_key, warn=True)
     if "seed" in {f.name for f in dataclasses.fields(cfg_cls)}:
         try:
@@ -350,3 +393,18 @@ def load_controller_init(controller: Any, path: str, name: str) -> None:
             f"controller_init: the state at {base} does not fit a {name} controller on this env "
             f"({type(err).__name__}: {first[:200]})"
         ) from None
+
+
+class Once(argparse.Action):
+    """An option that may be given once (`--config`): argparse keeps the last of a repeated option, so
+    `--config a.yaml --config b.yaml` silently read b.yaml alone; a second one is refused."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        before = getattr(namespace, self.dest, self.default)
+        if before is not self.default:  # argparse sets the default first; a value given is a new object
+            raise argparse.ArgumentError(
+                self,
+                f"given twice ({before}, then {values}): one file is read; merge them into one, or give "
+                "the second file's keys with --set",
+            )
+        setattr(namespace, self.dest, values)

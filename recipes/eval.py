@@ -72,6 +72,7 @@ from recipes._evalstate import (  # noqa: E402
 )
 from recipes._progress import fresh_dir, user_errors, warmstart_progress  # noqa: E402
 from recipes._rundir import run_lock  # noqa: E402
+from recipes.common import Once  # noqa: E402
 
 PAPER_SAMPLES, PAPER_MAX_NEW_TOKENS = 12, 38_912  # docs/METHOD.md §4
 SYNTHETIC_SAMPLES, SYNTHETIC_MAX_NEW_TOKENS = 4, 96  # 96: the training sampler's default
@@ -162,7 +163,8 @@ class EvalConfig:
     out_dir: str = field(default="runs", metadata={"help": "where the eval directory is created"})
     sampling: EvalSamplingConfig = field(default_factory=EvalSamplingConfig)
     # the model: real.hf.name_or_path (--model), else the embedded model of real.model / real.task /
-    # real.warmstart, the same keys as in run.py, sweep.py and bench.py
+    # real.warmstart, the same keys as in run.py, sweep.py and bench.py; real.engine.* (training) is
+    # refused (`refuse_engine_keys`): completions are sampled with `sampling`
     real: RealConfig = field(default_factory=_eval_real)
 
     def __post_init__(self) -> None:
@@ -371,6 +373,36 @@ def config_record(cfg: EvalConfig) -> dict[str, Any]:
     return json.loads(json.dumps(record))
 
 
+ENGINE = ("real", "engine")  # the training engine's section: nothing in an evaluation reads it
+
+
+def refuse_engine_keys(given: dict[str, Any]) -> None:
+    """ConfigError in one line for a `real.engine.*` key among `given` (a config file's and the
+    command line's keys): eval.py trains nothing and samples with `sampling.*`, so such a key was
+    accepted and changed nothing (`real.engine.sampling.max_new_tokens=8` still sampled 96 tokens)."""
+    real = given.get(ENGINE[0])
+    if not isinstance(real, dict) or ENGINE[1] not in real:
+        return
+    key, value = ".".join(ENGINE), real[ENGINE[1]]
+    while isinstance(value, dict) and value:
+        inner = next(iter(value))
+        key, value = f"{key}.{inner}", value[inner]
+    sampling = key.removeprefix("real.engine.sampling.")
+    hint = f"sampling.{sampling}" if sampling != key else "its sampling.* keys (--help lists them)"
+    raise cfglib.ConfigError(
+        f"{key}: eval.py does not read real.engine.* (the training engine's settings); it samples with {hint}"
+    )
+
+
+def given_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The keys given on the command line, --config's below the overrides; real.engine.* refused."""
+    given = cfglib.merge(
+        cfglib.read_yaml(args.config) if args.config else {}, cfglib.parse_overrides(given_overrides(args))
+    )
+    refuse_engine_keys(given)
+    return given
+
+
 def resume_config(args: argparse.Namespace) -> tuple[EvalConfig, Path, bool]:
     """The config and directory `--resume DIR` continues, and whether DIR is finished. ConfigError in
     one line where it cannot continue: not an eval directory, no chunk done yet, or a config given on
@@ -388,12 +420,10 @@ def resume_config(args: argparse.Namespace) -> tuple[EvalConfig, Path, bool]:
         return cfg, run_dir, True
     if not (run_dir / STATE).exists():
         raise cfglib.ConfigError(f"--resume {run_dir}: nothing to resume (no {STATE}: no problem was done)")
-    overrides = given_overrides(args)
-    if args.config or overrides:  # what is given goes on top of DIR's own config
+    given_keys = given_config(args)
+    if given_keys:  # what is given goes on top of DIR's own config
         base = {k: v for k, v in stored.items() if k != "resolved"}
-        if args.config:
-            base = cfglib.merge(base, cfglib.read_yaml(args.config))
-        given = cfglib.from_dict(EvalConfig, cfglib.merge(base, cfglib.parse_overrides(overrides)))
+        given = cfglib.from_dict(EvalConfig, cfglib.merge(base, given_keys))
         differ = cfglib.differences(stored, config_record(given), ignore=("out_dir",))
         if differ:
             raise cfglib.ConfigError(
@@ -459,7 +489,9 @@ def print_table(summary: dict[str, Any]) -> None:
 # ---- command line -------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     fields = "\n".join(
-        f"  {key} = {default}    {help_}" for key, default, help_ in cfglib.describe(EvalConfig)
+        f"  {key} = {default}    {help_}"
+        for key, default, help_ in cfglib.describe(EvalConfig)
+        if not key.startswith("real.engine.")  # refused: eval.py samples with sampling.*
     )
     parser = argparse.ArgumentParser(
         description=__doc__,
@@ -467,7 +499,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides by dotted key")
-    parser.add_argument("--config", help="a YAML config file; overrides apply on top")
+    parser.add_argument("--config", action=Once, help="a YAML config file; overrides apply on top (once)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
     parser.add_argument("--model", help="local path or HF id (config field `real.hf.name_or_path`)")
     parser.add_argument("--task", help="synthetic, aime24, aime25, hmmt25 or a .jsonl (config field `task`)")
@@ -483,7 +515,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def resolve_config(args: argparse.Namespace) -> EvalConfig:
-    return cfglib.load(EvalConfig, args.config, given_overrides(args))
+    return cfglib.from_dict(EvalConfig, given_config(args))
 
 
 def given_overrides(args: argparse.Namespace) -> list[str]:

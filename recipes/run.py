@@ -61,6 +61,7 @@ from recipes._rundir import (  # noqa: E402
 )
 from recipes.common import (  # noqa: E402
     OWN_CONFIG,
+    Once,
     RunConfig,
     build_controller,
     build_env,
@@ -329,7 +330,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides by dotted key")
     parser.add_argument("--controller", help="controller name (config field `controller`)")
     parser.add_argument("--env", help="real (embedded default) or mock (config field `env`)")
-    parser.add_argument("--config", help="a YAML config file; overrides apply on top")
+    parser.add_argument("--config", action=Once, help="a YAML config file; overrides apply on top (once)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
     parser.add_argument("--name", help="run name (config field `name`)")
     parser.add_argument("--seed", type=int, help="seed (config field `seed`)")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 import time
 import warnings
@@ -49,7 +50,7 @@ from envs.surrogate_env import REWARDS, SurrogateExposureEnv, fit_report, fit_su
 from recipes._progress import fresh_dir, progress, user_errors  # noqa: E402
 from recipes._rundir import git_commit  # noqa: E402
 from recipes._tables import json_safe  # noqa: E402
-from recipes.common import RunConfig, build_controller  # noqa: E402
+from recipes.common import Once, RunConfig, build_controller  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--bank", type=Path, required=True, help="bank directory (recorded with bank_dir=DIR)"
     )
-    parser.add_argument("--controller", default="beta_reinforce", help="registered controller to pre-train")
+    parser.add_argument(
+        "--controller",
+        default=None,
+        help="registered controller to pre-train (config field `controller`; default beta_reinforce)",
+    )
     parser.add_argument(
         "--episodes", type=int, default=2000, help="pre-training episodes on the surrogate (>= 0)"
     )
@@ -77,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="0,0.25,0.5,0.75,1",
         help="fixed exposures replayed in the surrogate before and beside the controller (comma list)",
     )
-    parser.add_argument("--config", type=Path, default=None, help="YAML file of RunConfig fields")
+    parser.add_argument(
+        "--config", type=Path, default=None, action=Once, help="YAML file of RunConfig fields (once)"
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="RunConfig override")
     parser.add_argument("--out", type=Path, default=Path("runs"), help="parent of the output directory")
     parser.add_argument(
@@ -125,8 +132,56 @@ def stopped_line(written: list[Path]) -> str:
     return f"stopped after the pre-trained controller was saved in {written[0]}; nothing was shipped"
 
 
+def parse_alphas(text: str) -> list[float]:
+    """--alphas: a comma list of exposures in [0, 1]; ConfigError in one line naming --alphas."""
+    try:
+        alphas = [float(a) for a in text.split(",") if a.strip()]
+    except ValueError:
+        raise cfglib.ConfigError(
+            f"--alphas must be a comma list of numbers in [0, 1], got '{text}'"
+        ) from None
+    bad = [a for a in alphas if not 0.0 <= a <= 1.0]  # NaN too
+    if bad:
+        raise cfglib.ConfigError(
+            f"--alphas must be a comma list of numbers in [0, 1], got {bad[0]:g} in '{text}'"
+        )
+    return alphas
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """The run config of the command line: --config, then --set, then --controller; a --controller
+    that a --set controller=... contradicts is refused (appended last, it silently won over it)."""
+    given = cfglib.parse_overrides(list(args.overrides)).get("controller")
+    if args.controller is not None and given is not None and given != args.controller:
+        raise cfglib.ConfigError(
+            f"--controller {args.controller} contradicts --set controller={given}: give the controller once"
+        )
+    overrides = cfglib.command_overrides(list(args.overrides), {"controller": args.controller})
+    return cfglib.load(RunConfig, args.config, overrides)
+
+
 def _main(args: argparse.Namespace, argv: list[str], written: list[Path]) -> Path:
-    cfg = cfglib.load(RunConfig, args.config, [*args.overrides, f"controller={args.controller}"])
+    # everything given is checked, and the output directory made, before the bank is read and fitted
+    # and the controller pre-trained (minutes): a bad --alphas or --out fails now, not after them
+    alphas = parse_alphas(args.alphas)
+    cfg = run_config(args)
+    out = fresh_dir(args.out, f"surrogate__{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        return _pretrain(args, argv, written, cfg, alphas, out)
+    except BaseException:  # before the controller was saved: no directory that looks like a result
+        if not written:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _pretrain(
+    args: argparse.Namespace,
+    argv: list[str],
+    written: list[Path],
+    cfg: RunConfig,
+    fixed_alphas: list[float],
+    out: Path,
+) -> Path:
     bank = read_bank(args.bank)
     if bank.dropped:
         print(f"left out {len(bank.dropped)} window(s) with a non-finite observation, action or reward: "
@@ -138,20 +193,17 @@ def _main(args: argparse.Namespace, argv: list[str], written: list[Path]) -> Pat
     print_fit(report)
     model = fit_surrogate(bank, args.l2)
     env = SurrogateExposureEnv(model, reward=args.reward)
-    try:
-        alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
-    except ValueError:
-        raise cfglib.ConfigError(
-            f"--alphas must be a comma list of numbers in [0, 1], got '{args.alphas}'"
-        ) from None
     size = model.action_size
-    fixed = {a: replay(env, lambda obs, a=a: np.full(size, a, dtype=np.float32), 50, 10**6) for a in alphas}
+    fixed = {
+        a: replay(env, lambda obs, a=a: np.full(size, a, dtype=np.float32), 50, 10**6) for a in fixed_alphas
+    }
     print("fixed exposures in the surrogate (predicted final score, 50 episodes): "
           + ", ".join(f"{a:g}: {v:.3f}" for a, v in fixed.items()))  # fmt: skip
-    controller = build_controller(cfg, env)
+    # H and gamma are the bank's (the surrogate carries them), whatever real.env.* or mock.* say
+    controller = build_controller(cfg, env, env_key="the bank's ")
     if args.ship and not dataclasses.is_dataclass(getattr(controller, "cfg", None)):
         raise cfglib.ConfigError(
-            f"--ship: a {args.controller} controller keeps no config dataclass as its `cfg`, so no run "
+            f"--ship: a {cfg.controller} controller keeps no config dataclass as its `cfg`, so no run "
             "could tell whether the prior fits its config"
         )
     returns, alphas = [], []
@@ -165,18 +217,17 @@ def _main(args: argparse.Namespace, argv: list[str], written: list[Path]) -> Pat
                     episode + 1, f"return {np.mean(returns[-100:]):.4f} alpha {np.mean(alphas[-100:]):.3f}"
                 )
     seconds = time.perf_counter() - t0
-    out = fresh_dir(args.out, f"surrogate__{time.strftime('%Y%m%d-%H%M%S')}")
     model.save(out / "surrogate.json")
     save_state(controller.state_dict(), out / "controller")
     written.append(out)
     learned = float(
         np.mean([run_episode(env, controller, seed=10**6 + e).final_info["score"] for e in range(50)])
     )  # the pre-trained controller over 50 more episodes (still learning, after its state was saved)
-    print(f"{args.controller} after pre-training, in the surrogate: predicted final score {learned:.3f}")
+    print(f"{cfg.controller} after pre-training, in the surrogate: predicted final score {learned:.3f}")
     report |= {"bank": str(args.bank), "fixed_in_surrogate": fixed, "controller_in_surrogate": learned}
     (out / "fit.json").write_text(json.dumps(json_safe(report), indent=1))
     curve = {
-        "command": ["recipes/surrogate.py", *argv], "controller": args.controller, "episodes": args.episodes,
+        "command": ["recipes/surrogate.py", *argv], "controller": cfg.controller, "episodes": args.episodes,
         "reward": args.reward,
         "seconds": seconds, "returns": returns, "alpha_mean": alphas, "config": cfglib.to_dict(cfg),
     }  # fmt: skip
@@ -186,12 +237,12 @@ def _main(args: argparse.Namespace, argv: list[str], written: list[Path]) -> Pat
             np.mean(returns[: max(1, len(returns) // 10)]),
             np.mean(returns[-max(1, len(returns) // 10) :]),
         )
-        print(f"pre-trained {args.controller} for {args.episodes} episodes in {seconds:.1f} s: return "
+        print(f"pre-trained {cfg.controller} for {args.episodes} episodes in {seconds:.1f} s: return "
               f"{first:.4f} -> {last:.4f} (first and last tenth), mean alpha {alphas[0]:.3f} (first "
               f"episode) -> {np.mean(alphas[-max(1, len(alphas) // 10):]):.3f} (last tenth)")  # fmt: skip
     init = out / "controller"
     print(f"wrote {out}; go on learning on the real env with "
-          f"python recipes/run.py --controller {args.controller} controller_init={init}")  # fmt: skip
+          f"python recipes/run.py --controller {cfg.controller} controller_init={init}")  # fmt: skip
     if args.ship:
         provenance = {
             "command": ["recipes/surrogate.py", *argv], "commit": git_commit(dirty=True),
@@ -201,13 +252,13 @@ def _main(args: argparse.Namespace, argv: list[str], written: list[Path]) -> Pat
             "fixed_in_surrogate": fixed, "controller_in_surrogate": learned,
         }  # fmt: skip
         shipped = priors.ship(
-            args.controller,
+            cfg.controller,
             init,
             cfglib.to_dict(cfg.real),
             cfglib.to_dict(controller.cfg),
             json_safe(provenance),
         )
-        print(f"shipped as {args.controller}'s prior: {shipped} (controller_init=auto loads it for this env)")
+        print(f"shipped as {cfg.controller}'s prior: {shipped} (controller_init=auto loads it for this env)")
     return out
 
 

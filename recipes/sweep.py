@@ -42,6 +42,7 @@ from recipes._progress import fresh_dir, progress, user_errors  # noqa: E402
 from recipes._rundir import run_lock  # noqa: E402
 from recipes._tables import json_safe  # noqa: E402
 from recipes._workers import worker_pool  # noqa: E402
+from recipes.common import Once  # noqa: E402
 
 RUNS = "runs.jsonl"  # a line per finished run, appended as it finishes
 C = TypeVar("C")
@@ -260,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         "--seeds", type=int, default=None, help="seeds per alpha (0..N-1; default 5, a resume: the sweep's)"
     )
     parser.add_argument("--workers", type=int, default=2, help="worker processes (1 = in process)")
-    parser.add_argument("--config", type=Path, default=None, help="YAML file of SweepConfig fields")
+    parser.add_argument(
+        "--config", type=Path, default=None, action=Once, help="YAML file of SweepConfig fields (once)"
+    )
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], help="override, e.g. steps=50"
     )

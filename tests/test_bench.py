@@ -238,6 +238,10 @@ def test_a_spec_sets_its_own_controller_start(tmp_path):
         (["--score", "last"], "--score must be final, best or tail:K"),
         (["--score", "tail:0"], "--score must be final, best or tail:K"),
         (["--score", "tail"], "--score must be final, best or tail:K"),
+        # set per unit from the options: a --set of them was overwritten unread
+        (["--set", "env=real"], "--set env=real: bench.py sets env for each unit from --env"),
+        (["--set", "seed=7"], "--set seed=7: bench.py sets seed for each unit from --seeds"),
+        (["--set", "controller=bandit"], "bench.py sets controller for each unit from --controllers"),
     ],
 )
 def test_bad_seeds_and_specs_exit_2_in_one_line(argv, message, tmp_path, capsys):
@@ -254,6 +258,74 @@ def test_an_unusable_out_fails_before_any_unit_runs(tmp_path, monkeypatch, capsy
     with pytest.raises(SystemExit) as exc:
         bench.main(["--controllers", "fixed", "--seeds", "1", "--out", str(tmp_path / "afile" / "sub")])
     assert exc.value.code == 2 and "afile" in capsys.readouterr().err
+
+
+def test_the_directory_is_made_before_the_warm_start_and_removed_when_it_fails(tmp_path, monkeypatch, capsys):
+    """The warm start (minutes when not cached) ran before --out was tried, and its failure must not
+    leave a directory behind."""
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setattr(bench, "warm_start_real", lambda cfg: pytest.fail("warmed up before --out was made"))
+    argv = ["--env", "real", "--controllers", "fixed", "--seeds", "1"]
+    with pytest.raises(SystemExit) as exc:
+        bench.main([*argv, "--out", str(tmp_path / "afile" / "sub")])
+    assert exc.value.code == 2 and "afile" in capsys.readouterr().err
+    made = []
+
+    def failing_warm_start(cfg):
+        made.extend((tmp_path / "out").iterdir())
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bench, "warm_start_real", failing_warm_start)
+    with pytest.raises(SystemExit) as exc:
+        bench.main([*argv, "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2 and len(made) == 1 and list((tmp_path / "out").iterdir()) == []
+
+
+def test_parallel_workers_keep_a_threads_that_was_given(tmp_path):
+    """--workers 2 ran one torch thread per worker whatever threads said; now only when it says nothing."""
+
+    def threads(*argv: str) -> int:
+        return bench.plan(bench.build_parser().parse_args(["--controllers", "fixed", *argv]))[0].threads
+
+    assert threads("--workers", "2") == 1 and threads() == 0  # the default, 0: follow the free cores
+    assert threads("--workers", "2", "--set", "threads=4") == 4
+    (tmp_path / "c.yaml").write_text("threads: 3\n")
+    assert threads("--workers", "2", "--config", str(tmp_path / "c.yaml")) == 3
+    assert threads("--workers", "2", "--config", str(tmp_path / "c.yaml"), "--set", "threads=0") == 0
+
+
+def test_an_env_given_by_id_checks_controllers_against_its_own_h_and_gamma(tmp_path, capsys):
+    """A controller on an env given by id takes H and gamma from that env: it was checked against the
+    mock's (mock.hold_steps=5, mock.gamma=0.9) and errors named mock.* keys, so beta_reinforce could not
+    run at all on an env of H = 4. Errors name the --env-set key, or the env's own value."""
+    short = ["--seeds", "1", "--set", "plots=false", "--out", str(tmp_path)]
+    env = ["--env", "atesd/SkillChain-ramp-v0", *short]
+    h4 = ["--env-set", "hold_steps=4", "--env-set", "total_steps=40"]
+    for spec, argv in (
+        ("beta_reinforce:lookahead_steps=8", h4),
+        ("beta_reinforce", [*h4, "--set", "controllers.beta_reinforce.lookahead_steps=8"]),
+        ("beta_reinforce:gamma=0.5", ["--env-set", "gamma=0.5"]),
+    ):
+        run_dir = bench.main([*env, *argv, "--controllers", spec, "--baseline", spec])
+        assert read_json(run_dir / "results.json")["summary"]["atesd/SkillChain-ramp-v0"][spec]["n"] == 1
+    for argv, message in (
+        ([*h4, "--controllers", "beta_reinforce"], "lookahead_steps=10 must be a multiple of the env's "
+         "hold_steps (--env-set hold_steps=4)"),
+        (["--controllers", "beta_reinforce:gamma=0.5"], "gamma=0.5 contradicts the env's gamma=0.9:"),
+        (["--env-set", "gamma=0.5", "--controllers", "beta_reinforce:gamma=0.6"],
+         "gamma=0.6 contradicts --env-set gamma=0.5:"),
+    ):  # fmt: skip
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            bench.main([*env, *argv])
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and message in err and "mock." not in err, err
+        assert len(err.splitlines()) == 1
+    # the shared settings are checked on each unit's env, not on the config's default one (real, H = 5)
+    mock = ["--env", "mock", "--set", "mock.hold_steps=4", "--set", "mock.total_steps=40",
+            "--set", "controllers.beta_reinforce.lookahead_steps=8"]  # fmt: skip
+    run_dir = bench.main([*mock, "--controllers", "beta_reinforce", "--baseline", "beta_reinforce", *short])
+    assert read_json(run_dir / "results.json")["summary"]["mock"]["beta_reinforce"]["n"] == 1
 
 
 def test_a_failure_after_the_results_are_written_keeps_them(tmp_path, monkeypatch):

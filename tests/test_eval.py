@@ -322,6 +322,8 @@ def test_eval_resume_refuses_another_config_and_what_it_cannot_continue(tiny_mod
     ):
         err = refused([*argv, "--resume", str(run_dir)])
         assert f"the given config differs from the evaluation's in {keys};" in err, err
+    err = refused(["real.engine.lr=3e-4", "--resume", str(run_dir)])  # read by no evaluation, resumed too
+    assert "real.engine.lr: eval.py does not read real.engine.*" in err, err
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == kept  # a refusal touches nothing
     husk = tmp_path / "husk"  # a directory whose evaluation finished no chunk (as a crash leaves none)
     husk.mkdir()
@@ -363,6 +365,29 @@ def test_eval_rejects_bad_input_in_one_line(tmp_path, capsys):
         assert exc.value.code == 2 and message in err and "\n" not in err, err
         assert "eval directory" not in out  # no directory named that is then removed
     assert list(tmp_path.iterdir()) == []  # no husk directory
+
+
+def test_eval_refuses_the_training_engines_keys_it_never_read(tmp_path, capsys):
+    """eval.py samples with sampling.*: a real.engine.* key (`real.engine.sampling.max_new_tokens=8`)
+    was accepted and changed nothing, and --help listed them all."""
+    (tmp_path / "engine.yaml").write_text("real:\n  engine:\n    batch_size: 2\n")
+    for argv, message in (
+        (["--set", "real.engine.sampling.max_new_tokens=8"], "real.engine.sampling.max_new_tokens: eval.py "
+         "does not read real.engine.* (the training engine's settings); it samples with "
+         "sampling.max_new_tokens"),
+        (["real.engine.lr=3e-4"], "real.engine.lr: eval.py does not read real.engine.*"),
+        (["--config", str(tmp_path / "engine.yaml")], "real.engine.batch_size: eval.py does not read"),
+    ):  # fmt: skip
+        with pytest.raises(SystemExit) as exc:
+            main([*argv, "--set", f"out_dir={tmp_path / 'out'}"])
+        err = _our_lines(capsys.readouterr().err)
+        assert exc.value.code == 2 and message in err and "\n" not in err, err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    shown = capsys.readouterr().out
+    assert exc.value.code == 0 and "real.engine." not in shown
+    assert "sampling.max_new_tokens = 0" in shown and "real.task.eval_size = " in shown
 
 
 def test_eval_reads_a_jsonl_with_the_real_data_settings(tmp_path):

@@ -276,3 +276,17 @@ def test_grounded_vs_alpha_refuses_no_batches_and_no_threads(capsys):
         with pytest.raises(SystemExit) as exc:
             grounded_vs_alpha.main(argv)
         assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe", ["run", "bench", "eval", "sweep", "surrogate", "branch_alpha"])
+def test_a_second_config_file_is_refused(recipe, tmp_path, capsys):
+    """argparse kept the last of two --config options: the first file was dropped without a word."""
+    import importlib
+
+    module = importlib.import_module(f"recipes.{recipe}")
+    needs = ["--bank", str(tmp_path)] if recipe == "surrogate" else []
+    with pytest.raises(SystemExit) as exc:
+        module.main([*needs, "--config", "a.yaml", "--config", "b.yaml"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and "argument --config: given twice (a.yaml, then b.yaml)" in err[-1], err
+    assert list(tmp_path.iterdir()) == []

@@ -229,3 +229,51 @@ def test_a_window_with_a_nan_reward_is_left_out_and_named(tmp_path, capsys):
     fit_surrogate(bank, l2=0.0)  # one exposure: collinear features, least-norm (was "Singular matrix")
     with pytest.raises(ValueError, match="the 1 run\\(s\\) fitted hold fewer than 2 windows"):
         fit_surrogate(bank, runs=[{"start": bank.runs[0]["start"], "windows": bank.runs[0]["windows"][:1]}])
+
+
+def _refused(argv: list[str], capsys) -> str:
+    """surrogate.py's one error line for `argv` (exit code 2)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        surrogate.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_the_command_line_is_checked_before_the_bank_is_read(bank_dir, tmp_path, monkeypatch, capsys):
+    """--alphas and --out were checked after the fit (--out after the pre-training too: a bad one cost
+    the whole run), and --alphas 0,2 failed without naming --alphas. The directory is made first and a
+    later failure removes it."""
+    bank, out = ["--bank", str(bank_dir), "--episodes", "1", "--folds", "3"], ["--out", str(tmp_path / "out")]
+    (tmp_path / "afile").write_text("")
+    with monkeypatch.context() as patched:
+        patched.setattr(surrogate, "read_bank", lambda *a: pytest.fail("the bank was read"))
+        err = _refused([*bank, *out, "--alphas", "0,2"], capsys)
+        assert "--alphas must be a comma list of numbers in [0, 1], got 2 in '0,2'" in err
+        assert "afile" in _refused([*bank, "--out", str(tmp_path / "afile" / "sub")], capsys)
+    assert "no bank at" in _refused(["--bank", str(tmp_path / "none"), *out], capsys)
+    assert list((tmp_path / "out").iterdir()) == []  # made before the bank was read, then removed
+
+
+def test_set_controller_is_the_controller_pretrained(bank_dir, tmp_path, capsys):
+    """`--set controller=ppo` pre-trained beta_reinforce: --controller's default was appended after it.
+    A --controller that contradicts it is refused."""
+    argv = ["--bank", str(bank_dir), "--episodes", "2", "--folds", "3", "--out", str(tmp_path)]
+    out = surrogate.main([*argv, "--set", "controller=ppo"])
+    curve = json.loads((out / "pretrain.json").read_text())
+    assert curve["controller"] == "ppo" and curve["config"]["controller"] == "ppo"
+    err = _refused([*argv, "--controller", "ppo", "--set", "controller=bandit"], capsys)
+    assert "--controller ppo contradicts --set controller=bandit" in err
+    assert list(tmp_path.iterdir()) == [out]
+
+
+def test_the_controller_is_checked_against_the_banks_h_and_named_so(bank_dir, tmp_path, capsys):
+    """The surrogate carries the bank's H (5 on this mock bank), which the error named real.env.hold_steps
+    though real.env.hold_steps was set to 4."""
+    h4 = ["--set", "real.env.hold_steps=4", "--set", "controllers.beta_reinforce.lookahead_steps=8"]
+    err = _refused(
+        ["--bank", str(bank_dir), "--episodes", "1", "--folds", "3", "--out", str(tmp_path), *h4], capsys
+    )
+    assert "lookahead_steps=8 must be a multiple of the env's hold_steps (the bank's hold_steps=5)" in err
+    assert "real.env" not in err and list(tmp_path.iterdir()) == []
