@@ -57,7 +57,9 @@ def latest_run_dir(cfg: RunConfig) -> Path | None:
         for p in root.glob(f"{glob.escape(f'{cfg.controller}__{cfg.name}__{cfg.seed}__')}*")
         if (p / "config.json").exists()
     ]
-    return max(runs, key=lambda p: (p / "config.json").stat().st_mtime) if runs else None
+    # by mtime, then by name (a stamp): a tie of mtimes (a coarse filesystem clock) took the first in
+    # the directory's listing order
+    return max(runs, key=lambda p: ((p / "config.json").stat().st_mtime, p.name)) if runs else None
 
 
 # ---- one process per run directory, and when a run is finished ----------------------------------

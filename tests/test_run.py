@@ -440,3 +440,25 @@ def test_a_device_this_machine_lacks_is_one_line_and_leaves_no_run_directory(tmp
         assert "\n" not in err and "Traceback" not in err
     assert not runs.exists() or not any(runs.iterdir())
     assert not (tmp_path / "cache").exists()  # refused before any warm start was trained
+
+
+def test_resume_auto_breaks_a_tie_of_mtimes_by_the_stamp_in_the_name(tmp_path, monkeypatch):
+    """Two runs whose config.json share an mtime (a coarse filesystem clock): --resume auto took the
+    first in the directory's listing order; it now takes the later stamp."""
+    from pathlib import Path
+
+    from recipes._rundir import latest_run_dir
+    from recipes.common import RunConfig
+
+    cfg = RunConfig(env="mock", out_dir=str(tmp_path))
+    names = [f"{cfg.controller}__{cfg.name}__{cfg.seed}__20261206-10000{i}" for i in (0, 1)]
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+        os.utime(tmp_path / name / "config.json", (1_000_000_000, 1_000_000_000))
+    listed = Path.glob
+    for order in (sorted, lambda paths: sorted(paths, reverse=True)):  # either listing order
+        monkeypatch.setattr(
+            Path, "glob", lambda self, pattern, order=order: iter(order(listed(self, pattern)))
+        )
+        assert latest_run_dir(cfg).name == names[1]
