@@ -13,18 +13,16 @@ What the thread count changes: the main job prints the same figures at 1 and 2 t
 (docs/BENCHMARKS.md), but some reductions round otherwise (on the CI config the student's grounded
 score differs in its last bit), so under `threads=0` a run whose count moved with the load can
 differ in the last bits from one whose count did not; a fixed `threads=N` makes a run repeatable bit
-for bit on one machine. Controllers compute on one thread always (`one_thread`): their orthogonal
-init (a QR) and their updates moved in the last bits with the count, and grew from there.
+for bit on one machine. Controllers compute on one thread always (`controllers.base.one_thread`):
+their orthogonal init (a QR) and their updates moved in the last bits with the count, and grew from
+there.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import time
-from collections.abc import Callable
-from typing import TypeVar
 
 import torch
 
@@ -118,29 +116,6 @@ class FreeCoreThreads:
         if torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
         return self.threads
-
-
-F = TypeVar("F", bound=Callable)
-
-
-def one_thread(fn: F) -> F:
-    """Run `fn` on one torch thread and give the caller its thread count back. For small networks
-    (the controllers'): MKL splits even a 64-wide matmul differently on one and two threads, so their
-    results moved in the last bits with the thread count, which `FreeCoreThreads` takes from the
-    machine's load; on one thread they are the same on any machine state (and no slower at this size)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        previous = torch.get_num_threads()
-        if previous == 1:
-            return fn(*args, **kwargs)
-        torch.set_num_threads(1)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_num_threads(previous)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def set_threads(threads: int) -> FreeCoreThreads | None:

@@ -10,10 +10,11 @@ safetensors + JSON (no pickle).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import gymnasium as gym
 import numpy as np
@@ -183,6 +184,33 @@ def check_transition(obs: np.ndarray, reward: float, next_obs: np.ndarray) -> No
     for name, value in (("obs", obs), ("next_obs", next_obs)):
         if not np.all(np.isfinite(value)):
             raise ValueError(f"{name} must be finite, got {np.asarray(value).tolist()}")
+
+
+F = TypeVar("F", bound=Callable)
+
+
+def one_thread(fn: F) -> F:
+    """Run `fn` on one torch thread and give the caller its thread count back: for a controller's
+    `__init__`, `act` and `observe` when they run a torch network. run.py's thread count follows the
+    machine's load (atesd/threads.py), and a small network's results moved in the last bits with it
+    (an orthogonal init is a QR, which MKL splits otherwise on one and two threads; updates too), so a
+    run's decisions depended on what else was running; on one thread they do not (and are no slower
+    at this size)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        previous = torch.get_num_threads()
+        if previous == 1:
+            return fn(*args, **kwargs)
+        torch.set_num_threads(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(previous)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def as_action(alpha: float | Sequence[float] | np.ndarray, action_space: gym.spaces.Box) -> np.ndarray:

@@ -26,8 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from atesd.threads import one_thread
-from controllers.base import action_size, as_action, check_transition
+from controllers.base import action_size, as_action, check_transition, one_thread
 from controllers.credit import PendingDecisions, RewardMode, credit_checks, lookahead_windows
 
 BETA22_ENTROPY = 5.0 / 3.0 - math.log(6.0)  # differential entropy of Beta(2, 2): -ln 6 - 2psi(2) + 2psi(4)
@@ -266,7 +265,7 @@ class BetaReinforceController:
     weights), as in the paper's plain REINFORCE.
     """
 
-    @one_thread  # the same numbers at any torch thread count (atesd/threads.py)
+    @one_thread  # the same numbers at any torch thread count
     def __init__(
         self,
         observation_space: gym.spaces.Box,
@@ -305,7 +304,7 @@ class BetaReinforceController:
         """Decisions still waiting for their lookahead windows."""
         return self.credit.pending
 
-    @one_thread  # the same numbers at any torch thread count (atesd/threads.py)
+    @one_thread  # the same numbers at any torch thread count
     def act(self, obs: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             dist = self.policy(torch.as_tensor(obs, dtype=torch.float32)[None])  # batch of 1
@@ -314,7 +313,7 @@ class BetaReinforceController:
                      "entropy": float(dist.entropy()[0].mean())}  # fmt: skip
         return as_action(alpha, self.action_space)
 
-    @one_thread  # the same numbers at any torch thread count (atesd/threads.py)
+    @one_thread  # the same numbers at any torch thread count
     def observe(
         self,
         obs: np.ndarray,

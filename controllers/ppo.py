@@ -18,8 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from atesd.threads import one_thread
-from controllers.base import action_size, as_action, check_transition
+from controllers.base import action_size, as_action, check_transition, one_thread
 from controllers.beta_reinforce import beta_metrics, sample_betas
 
 
@@ -144,7 +143,7 @@ class PPOController:
     Values are recomputed at update time (the critic only changes there), from s and s' of each step.
     """
 
-    @one_thread  # the same numbers at any torch thread count (atesd/threads.py)
+    @one_thread  # the same numbers at any torch thread count
     def __init__(
         self, observation_space: gym.spaces.Box, action_space: gym.spaces.Box, cfg: PPOConfig | None = None
     ) -> None:
@@ -169,7 +168,7 @@ class PPOController:
             self.buffer[-1]["done"] = True  # abandoned episode: cut GAE there, bootstrap from V(s')
         self.last = None
 
-    @one_thread  # the same numbers at any torch thread count (atesd/threads.py)
+    @one_thread  # the same numbers at any torch thread count
     def act(self, obs: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             dist = self.agent.dist(torch.as_tensor(obs, dtype=torch.float32)[None])  # batch of 1
@@ -179,7 +178,7 @@ class PPOController:
                      "a": a, "b": b, "entropy": float(dist.entropy()[0].mean())}  # fmt: skip
         return as_action(alpha, self.action_space)
 
-    @one_thread  # the same numbers at any torch thread count (atesd/threads.py)
+    @one_thread  # the same numbers at any torch thread count
     def observe(
         self,
         obs: np.ndarray,
