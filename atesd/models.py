@@ -214,6 +214,13 @@ def load_hf_model(
             "(no pickle is ever unpickled): convert the checkpoint with save_pretrained(..., "
             "safe_serialization=True)"
         )
+    if lora is not None and lora.rank > 0 and (local / "adapter_config.json").is_file():
+        raise ValueError(  # it loads merged; the new adapter would be saved over the first one's base
+            f"{local} is a LoRA adapter: a new LoRA over it would save a final_model whose adapter "
+            "names the first one's base, and reload without the first adapter; train it with "
+            "real.lora.rank=0 (a full fine-tune of the merged model), or save the merged model first "
+            "(peft's merge_and_unload, then save_pretrained) and start from that"
+        )
     model, tokenizer = load_pretrained(
         cfg.name_or_path, cfg.dtype, cfg.attn_implementation, cfg.trust_remote_code, device
     )
@@ -318,7 +325,7 @@ def load_pretrained(
     other path must exist. A LoRA adapter directory (a LoRA run's final_model) loads as its base with
     the adapter merged in: a plain model, so that every backend sees the trained weights (vLLM takes a
     plain model's weights by name; the adapter layers transformers would otherwise inject are names
-    it does not know) and a new LoRA trains on top of them.
+    it does not know); `load_hf_model` refuses a new LoRA over one.
 
     Raises:
         FileNotFoundError: a path that is not a hub id and does not exist.

@@ -202,6 +202,14 @@ def test_a_lora_adapter_directory_loads_merged_as_a_plain_model(checkpoint, tmp_
     with torch.no_grad():
         assert torch.allclose(loaded(ids).logits, expected, atol=1e-5)
     assert {n for n, _ in vllm_weights(loaded)} == set(loaded.state_dict())
+    # a new LoRA over it would save an adapter naming the first one's base (reloading without it)
+    with pytest.raises(ValueError, match="is a LoRA adapter: a new LoRA over it"):
+        load_hf_model(HFModelConfig(name_or_path=str(tmp_path / "adapter")), LoraSettings(rank=4))
+    full, _ = load_hf_model(
+        HFModelConfig(name_or_path=str(tmp_path / "adapter"), dtype="float32"), LoraSettings()
+    )
+    with torch.no_grad():
+        assert torch.allclose(full(ids).logits, expected, atol=1e-5)
 
 
 def test_an_env_that_evaluates_a_task_without_an_evaluation_set_is_refused(checkpoint, tmp_path, capsys):
