@@ -50,7 +50,7 @@ from envs.surrogate_env import REWARDS, SurrogateExposureEnv, fit_report, fit_su
 from recipes._progress import fresh_dir, progress, user_errors  # noqa: E402
 from recipes._rundir import git_commit  # noqa: E402
 from recipes._tables import json_safe  # noqa: E402
-from recipes.common import Once, RunConfig, build_controller  # noqa: E402
+from recipes.common import EnvFreeRunConfig, Once, RunConfig, build_controller  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,7 +157,9 @@ def run_config(args: argparse.Namespace) -> RunConfig:
             f"--controller {args.controller} contradicts --set controller={given}: give the controller once"
         )
     overrides = cfglib.command_overrides(list(args.overrides), {"controller": args.controller})
-    return cfglib.load(RunConfig, args.config, overrides)
+    # the controller's H and gamma are the bank's, checked once it is read (against real.env's, a
+    # lookahead that fitted the bank was refused naming real.env.hold_steps)
+    return cfglib.load(EnvFreeRunConfig, args.config, overrides)
 
 
 def _main(args: argparse.Namespace, argv: list[str], written: list[Path]) -> Path:

@@ -277,3 +277,12 @@ def test_the_controller_is_checked_against_the_banks_h_and_named_so(bank_dir, tm
     )
     assert "lookahead_steps=8 must be a multiple of the env's hold_steps (the bank's hold_steps=5)" in err
     assert "real.env" not in err and list(tmp_path.iterdir()) == []
+
+
+def test_a_lookahead_that_fits_the_banks_h_is_not_checked_against_real_env(bank_dir, tmp_path):
+    """The run config checked the controller against real.env's H before the bank's was known: a
+    lookahead that fitted the bank (H 5 here) was refused for not fitting real.env.hold_steps."""
+    argv = ["--bank", str(bank_dir), "--episodes", "2", "--folds", "3", "--out", str(tmp_path), "--set",
+            "real.env.hold_steps=4", "--set", "controllers.beta_reinforce.lookahead_steps=10"]  # fmt: skip
+    out = surrogate.main(argv)
+    assert json.loads((out / "pretrain.json").read_text())["controller"] == "beta_reinforce"
