@@ -320,8 +320,12 @@ def _run_with_timeout(fn: Callable[[], T], timeout_s: float) -> T:
     clock: list[int | None] = []
 
     def target() -> None:
-        clock.append(_own_cpu_clock())
-        clocked.set()
+        try:
+            clock.append(_own_cpu_clock())
+        finally:  # the caller waits for it: set even if asking for the clock failed otherwise
+            if not clock:
+                clock.append(None)
+            clocked.set()
         try:
             try:
                 result = fn()

@@ -57,9 +57,15 @@ def latest_run_dir(cfg: RunConfig) -> Path | None:
         for p in root.glob(f"{glob.escape(f'{cfg.controller}__{cfg.name}__{cfg.seed}__')}*")
         if (p / "config.json").exists()
     ]
-    # by mtime, then by name (a stamp): a tie of mtimes (a coarse filesystem clock) took the first in
-    # the directory's listing order
-    return max(runs, key=lambda p: ((p / "config.json").stat().st_mtime, p.name)) if runs else None
+
+    # by mtime, then by the name's stamp and its numeric suffix (fresh_dir's -2, -3, ..., compared as
+    # numbers: -10 after -9): a tie of mtimes (a coarse filesystem clock) took the first listed
+    def newest(p: Path) -> tuple:
+        parts = p.name.rpartition("__")[2].split("-")  # date, time[, suffix]
+        suffix = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else 0
+        return (p / "config.json").stat().st_mtime, "-".join(parts[:2]), suffix
+
+    return max(runs, key=newest) if runs else None
 
 
 # ---- one process per run directory, and when a run is finished ----------------------------------

@@ -443,15 +443,16 @@ def test_a_device_this_machine_lacks_is_one_line_and_leaves_no_run_directory(tmp
 
 
 def test_resume_auto_breaks_a_tie_of_mtimes_by_the_stamp_in_the_name(tmp_path, monkeypatch):
-    """Two runs whose config.json share an mtime (a coarse filesystem clock): --resume auto took the
-    first in the directory's listing order; it now takes the later stamp."""
+    """Runs whose config.json share an mtime (a coarse filesystem clock): --resume auto took the first
+    in the directory's listing order; it now takes the later stamp, and of one stamp the higher suffix."""
     from pathlib import Path
 
     from recipes._rundir import latest_run_dir
     from recipes.common import RunConfig
 
     cfg = RunConfig(env="mock", out_dir=str(tmp_path))
-    names = [f"{cfg.controller}__{cfg.name}__{cfg.seed}__20261206-10000{i}" for i in (0, 1)]
+    stem = f"{cfg.controller}__{cfg.name}__{cfg.seed}__20261206-1000"
+    names = [f"{stem}00", f"{stem}01", f"{stem}01-9", f"{stem}01-10"]  # fresh_dir's -9, then -10
     for name in names:
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_text("{}")
@@ -461,4 +462,4 @@ def test_resume_auto_breaks_a_tie_of_mtimes_by_the_stamp_in_the_name(tmp_path, m
         monkeypatch.setattr(
             Path, "glob", lambda self, pattern, order=order: iter(order(listed(self, pattern)))
         )
-        assert latest_run_dir(cfg).name == names[1]
+        assert latest_run_dir(cfg).name == names[-1]
