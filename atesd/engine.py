@@ -663,7 +663,14 @@ class DistillEngine:
         self.student.load_state_dict(weights, strict=False)  # a state with the base too loads it as well
 
     def load_state_dict(self, state: dict) -> None:
-        state = copy.deepcopy(state)
+        # `state` must stay as it is (the env's reset snapshot is loaded again at every reset). The
+        # weights are copied into the live tensors; the optimiser adopts tensors already of its
+        # parameters' device and dtype, so its part is copied first (the whole state was: one more copy
+        # of the student and teacher, 66 GB of host memory at every reset of an 8B full fine-tune)
+        if self.sharded:  # the distributed loaders' handling of their input is theirs: a whole copy
+            state = copy.deepcopy(state)
+        else:
+            state = {**state, "optimizer": copy.deepcopy(state["optimizer"])}
         if self.sharded:  # rank 0's whole tensors in; every rank keeps its shard
             scatter_state(self.student, state["student"], self.optimizer, state["optimizer"])
             if self.teacher.copy is not None:

@@ -1,3 +1,4 @@
+import copy
 import math
 
 import numpy as np
@@ -305,3 +306,28 @@ def test_the_probe_nll_of_a_16_bit_model_takes_its_logits_in_float32(chunked, mo
     targets = torch.randint(0, 1000, (384,), generator=g)
     exact = float(torch.nn.functional.cross_entropy(hidden.double() @ head.double().T, targets))
     assert mean_nll(hidden, head, targets) == pytest.approx(exact, abs=1e-5)
+
+
+def test_loading_a_snapshot_never_lets_training_write_into_it(tiny_model, tokenizer, small_task):
+    """The env loads its reset snapshot at every reset: training after a load must leave every tensor
+    of the snapshot as it was (the optimiser adopts the tensors it is given, so its part is copied)."""
+    engine = make_engine(tiny_model, tokenizer, small_task)
+    engine.run_window(0.5, 2)  # moments in the optimiser
+    snapshot = engine.state_dict()
+    kept = copy.deepcopy(snapshot)
+    engine.load_state_dict(snapshot)
+    engine.run_window(0.5, 2)
+    engine.load_state_dict(snapshot)
+    engine.run_window(1.0, 1)
+
+    def tensors(tree):
+        if isinstance(tree, torch.Tensor):
+            return [tree]
+        if isinstance(tree, dict):
+            return [t for v in tree.values() for t in tensors(v)]
+        if isinstance(tree, (list, tuple)):
+            return [t for v in tree for t in tensors(v)]
+        return []
+
+    pairs = list(zip(tensors(snapshot), tensors(kept), strict=True))
+    assert len(pairs) > 10 and all(torch.equal(a, b) for a, b in pairs)
