@@ -1,6 +1,6 @@
 """The controller family on the mock env over repeated runs (numbers go to docs/BENCHMARKS.md).
 
-    python recipes/bench_mock_runs.py                 # ~40 s on one core
+    python recipes/bench_mock_runs.py                 # ~95 s on one core (2026-12-06, ppo half of it)
     python recipes/bench_mock_runs.py --runs 1 2 5 10 20 --seeds 8
 
 Every arm trains for max(--runs) runs of the default (rising) mock env, 100 windows each, its learned
