@@ -667,18 +667,15 @@ class DistillEngine:
         # weights are copied into the live tensors; the optimiser adopts tensors already of its
         # parameters' device and dtype, so its part is copied first (the whole state was: one more copy
         # of the student and teacher, 66 GB of host memory at every reset of an 8B full fine-tune)
-        if self.sharded:  # the distributed loaders' handling of their input is theirs: a whole copy
-            state = copy.deepcopy(state)
-        else:
-            state = {**state, "optimizer": copy.deepcopy(state["optimizer"])}
         if self.sharded:  # rank 0's whole tensors in; every rank keeps its shard
+            state = copy.deepcopy(state)  # the distributed loaders' handling of their input is theirs
             scatter_state(self.student, state["student"], self.optimizer, state["optimizer"])
             if self.teacher.copy is not None:
                 scatter_state(self.teacher.copy, state["teacher"])
         else:
             self._load_student(state["student"])
             self.teacher.load_state_dict(state["teacher"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self.rng.bit_generator.state = state["rng"]
         self.sample_gen.set_state(state["sample_gen"])
         self.eval_gen.set_state(state["eval_gen"])
