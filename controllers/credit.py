@@ -82,6 +82,10 @@ def window_terms(info: dict, hold_steps: int, reward: float) -> list[float]:
             f"the env's info['reward/total'] = {total} disagrees with its step reward {reward} (a reward "
             "wrapper?): the credit would learn from another reward than the env's"
         )
+    grounded = info.get("reward/grounded")
+    if grounded is not None and not math.isfinite(float(grounded)):
+        # a window that measured no grounded score (every update skipped): no g to average, not g = 0
+        return [max(0.0, float(losses[0] - losses[1])), progress, math.nan]
     return [max(0.0, float(losses[0] - losses[1])), progress, total - progress]
 
 
@@ -93,6 +97,8 @@ def decision_return(windows: list[list[float]], reward_mode: str, window_discoun
     where lambda_gt * g_k = total_k - progress_k is read from the env (no lambda_gt here) and
     G_gt = sum_k d^k g_k / sum_k d^k is the discount-weighted mean over the windows, which equals the
     paper's mean over the L updates because each window's g is the env's discount-weighted mean.
+    A window without a grounded score (NaN: its `reward/grounded` was not finite) is left out of that
+    mean, as `atesd.progress.discounted_mean` leaves out an update without one; none: G_gt = 0.
     """
     arr = np.asarray(windows, dtype=np.float64)  # (n_windows, 3)
     if reward_mode == "immediate":
@@ -103,7 +109,14 @@ def decision_return(windows: list[list[float]], reward_mode: str, window_discoun
     g_lp = float(lookahead_returns(arr[:, 1], d, n)[0][0])
     if reward_mode == "discounted":
         return g_lp
-    return g_lp + float(lookahead_returns(arr[:, 2], d, n)[0][0]) / float(np.sum(d ** np.arange(n)))
+    g = arr[:, 2]
+    finite = np.isfinite(g)
+    if finite.all():
+        return g_lp + float(lookahead_returns(g, d, n)[0][0]) / float(np.sum(d ** np.arange(n)))
+    if not finite.any():
+        return g_lp
+    w = d ** np.arange(n)
+    return g_lp + float(np.sum(w[finite] * g[finite]) / np.sum(w[finite]))
 
 
 class PendingDecisions:

@@ -268,6 +268,8 @@ class PPOController:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.agent.load_state_dict(state["agent"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # the config owns the rate (a prior trained at
+            group["lr"] = self.cfg.lr  # another keeps its moments, not its rate)
         self.rng = np.random.default_rng(0)  # state overwritten next
         self.rng.bit_generator.state = state["rng"]
         self.last, self.buffer = copy.deepcopy(state["last"]), copy.deepcopy(state["buffer"])

@@ -129,6 +129,20 @@ def test_saved_state_loads_into_a_fresh_instance_that_acts_identically(name, tmp
         assert runs[0].alphas == runs[1].alphas and runs[0].rewards == runs[1].rewards
 
 
+@pytest.mark.parametrize("name", ["beta_reinforce", "ppo"])
+def test_a_loaded_state_learns_at_the_configured_rate(name, tmp_path):
+    """A saved state brings weights and moments; the rate is the config's (`controller_init` from a
+    prior trained at another rate): the optimiser's load had put the saved rate back."""
+    cls, cfg_cls = CONTROLLERS[name]
+    env = MockExposureEnv(total_steps=100)
+    trained = cls(env.observation_space, env.action_space, cfg_cls(lr=1e-3))
+    run_episode(env, trained, seed=0)
+    save_state(trained.state_dict(), tmp_path / "ctl")
+    slower = cls(env.observation_space, env.action_space, cfg_cls(lr=1e-5))
+    slower.load_state_dict(load_state(tmp_path / "ctl"))
+    assert [g["lr"] for g in slower.optimizer.param_groups] == [1e-5] * len(slower.optimizer.param_groups)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_repeatable_under_a_seed(name):
     runs = []

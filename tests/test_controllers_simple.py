@@ -370,6 +370,34 @@ def test_credit_from_the_step_reward_alone_and_agreement_with_the_info_keys():
         window_terms({}, 2, reward=float("nan"))
 
 
+def test_a_window_without_a_grounded_score_is_left_out_of_the_grounded_mean():
+    """Every update of a window skipped: the env's g is NaN and its reward the progress alone. The
+    credit's G_gt averages the windows that measured one, as the paper's step-level return does
+    (`discounted_mean` skips an update without a score); it counted the window as g = 0, which in the
+    level form (log-probs < 0) raised every return whose lookahead spanned it."""
+    from atesd.progress import paper_return
+    from controllers.credit import decision_return, window_terms
+
+    gamma, lambda_gt, hold = 0.9, 0.1, 2
+    losses, grounded = [1.0, 0.9, 0.8, 0.8, 0.8], [-2.0, -2.0, math.nan, math.nan]
+    windows = []
+    for w in range(2):
+        seg = losses[2 * w : 2 * w + 3]
+        progress = (seg[0] - seg[1]) + gamma * (seg[1] - seg[2])
+        g = grounded[2 * w : 2 * w + 2]
+        g_mean = (g[0] + gamma * g[1]) / (1 + gamma)
+        total = progress + (lambda_gt * g_mean if math.isfinite(g_mean) else 0.0)
+        info = {"losses": seg, "reward/progress": progress, "reward/total": total, "reward/grounded": g_mean}
+        windows.append(window_terms(info, hold, reward=total))
+    assert math.isnan(windows[1][2])
+    got = decision_return(windows, "discounted_grounded", gamma**hold)
+    assert got == pytest.approx(paper_return(losses, grounded, 0, 4, gamma, lambda_gt))
+    no_score = [[w[0], w[1], math.nan] for w in windows]  # no window measured one: G_lp alone
+    assert decision_return(no_score, "discounted_grounded", gamma**hold) == pytest.approx(
+        decision_return(windows, "discounted", gamma**hold)
+    )
+
+
 def test_bandit_and_hint_copy_and_pickle():
     """Their __new__ picks the per-band wrapper from the spaces; copy and pickle call __new__(cls)
     alone, which raised TypeError (a controller could not be snapshotted or sent to a worker)."""
