@@ -108,7 +108,10 @@ def run_unit(
 
     try:
         t0 = time.perf_counter()
-        gym_env = build_env(cfg) if env in ENVS else make_env(env, env_kwargs)
+        if env in ENVS:
+            gym_env = build_env(cfg)
+        else:
+            gym_env = make_env(env, env_kwargs, cfg.bank_dir, cfg.controller, seed)
         starts: list[str] = []  # where the controller started, when not from its own config
         agent = build_controller(cfg, gym_env, announce=starts.append, env_key=unit_env_key(env, env_kwargs))
         runs = []  # each episode's final score (its return where the env has no score)
@@ -144,14 +147,24 @@ def run_unit(
         torch.set_num_threads(previous)
 
 
-def make_env(env_id: str, kwargs: dict[str, Any] | None = None) -> Any:
+def make_env(
+    env_id: str, kwargs: dict[str, Any] | None = None, bank_dir: str = "", controller: str = "", seed: int = 0
+) -> Any:
     """A registered Gymnasium env by id, built with `kwargs` (this package's ids are registered by
-    importing `envs`: atesd/MockExposure-v0, atesd/TeacherExposure-v0, atesd/SkillChain-v0, ...)."""
+    importing `envs`: atesd/MockExposure-v0, atesd/TeacherExposure-v0, atesd/SkillChain-v0, ...);
+    with `bank_dir`, recording every window there as `build_env` does for mock and real (the bank's
+    config: the id and `kwargs`, so runs of two ids or settings do not mix in one fit)."""
     import gymnasium as gym
 
     import envs  # noqa: F401  (registers this package's envs)
 
-    return gym.make(env_id, **(kwargs or {}))
+    env = gym.make(env_id, **(kwargs or {}))
+    if bank_dir:
+        from envs.bank import BankRecorder
+
+        config = {"id": env_id, **(kwargs or {})}
+        env = BankRecorder(env, bank_dir, tag=f"{env_id}__{controller}__{seed}", config=config)
+    return env
 
 
 def check_exposure_env(env_id: str, kwargs: dict[str, Any] | None = None) -> Any:
@@ -280,8 +293,9 @@ def unit_score(unit: dict, score: str) -> float:
     if kind == "final":
         return unit["final"]
     evals = unit.get("evals")
-    if evals is None:  # a unit recorded before `evals` existed: its curve's finite windows
-        evals = [v for v in unit["curve"][1:] if v is not None and math.isfinite(v)]
+    if evals is None:  # a unit recorded before `evals` existed: its curve's windows
+        evals = unit["curve"][1:]
+    evals = [v for v in evals if v is not None and math.isfinite(v)]  # an evaluation without a score
     if not evals:
         return unit["final"]
     return float(max(evals)) if kind == "best" else float(np.mean(evals[-k:]))

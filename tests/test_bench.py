@@ -294,6 +294,26 @@ def test_parallel_workers_keep_a_threads_that_was_given(tmp_path):
     assert threads("--workers", "2", "--config", str(tmp_path / "c.yaml"), "--set", "threads=0") == 0
 
 
+def test_bank_dir_records_an_env_given_by_id(tmp_path):
+    """bank_dir recorded the mock and the real env only: on an env given by id it wrote nothing and
+    said nothing. Every unit now records its file, with the id and --env-set in the bank's config,
+    so two settings of one id are refused as one bank."""
+    from envs.bank import read_bank
+
+    def record(bank: Path, *env_set: str) -> None:
+        bench.main(["--env", "atesd/SkillChain-ramp-v0", "--controllers", "fixed,random", "--seeds", "2",
+                    "--set", f"bank_dir={bank}", "--set", "plots=false", "--out", str(tmp_path / "out"),
+                    *env_set])  # fmt: skip
+
+    record(tmp_path / "bank")
+    files = sorted(p.name for p in (tmp_path / "bank").iterdir())
+    assert len(files) == 4 and all(f.startswith("atesd-SkillChain-ramp-v0__") for f in files)
+    assert len(read_bank(tmp_path / "bank").runs) == 4
+    record(tmp_path / "bank", "--env-set", "noise=0.05")
+    with pytest.raises(ValueError, match="config"):
+        read_bank(tmp_path / "bank")
+
+
 def test_an_env_given_by_id_checks_controllers_against_its_own_h_and_gamma(tmp_path, capsys):
     """A controller on an env given by id takes H and gamma from that env: it was checked against the
     mock's (mock.hold_steps=5, mock.gamma=0.9) and errors named mock.* keys, so beta_reinforce could not
@@ -365,6 +385,11 @@ def test_scores_final_best_and_tail_read_the_evaluations():
         "evals": [0.5, 0.7, 0.4]
     }
     assert bench.unit_score(repeated, "tail:3") == pytest.approx((0.5 + 0.7 + 0.4) / 3)
+    # an evaluation that reported no score (NaN) is skipped wherever it falls, not a NaN unit
+    for evals in ([math.nan, 0.5, 0.7], [0.5, math.nan, 0.7], [0.5, 0.7, math.nan]):
+        gappy = unit("real", "fixed", 0, 0.4, curve) | {"evals": evals}
+        assert bench.unit_score(gappy, "best") == 0.7
+        assert bench.unit_score(gappy, "tail:2") == pytest.approx(0.6)
     results = [unit("real", c, s, 0.4, [0.1, 0.6 + s / 10, 0.4]) for c in ("fixed", "random") for s in (0, 1)]
     best = bench.summarise(results, "fixed", "best")["real"]["random"]
     assert best["finals"] == [0.6, 0.7] and best["mean"] == pytest.approx(0.65)
