@@ -203,7 +203,9 @@ def _read_file(path: Path) -> tuple[list[dict], list[dict], list[str]]:
                 if fh.readline() == "":  # a last line cut by a crash: the windows before it stand
                     break
                 raise ValueError(f"{path}:{number}: not a JSON line") from None
-            kind = record.get("kind")
+            kind = record.get("kind") if isinstance(record, dict) else None
+            if kind not in ("meta", "reset", "window") or (kind != "meta" and "episode" not in record):
+                raise ValueError(f"{path}:{number}: not a bank record (a meta, reset or window line)")
             if kind == "meta":
                 metas.append(record)
             elif kind == "reset":
@@ -254,9 +256,13 @@ def read_bank(directory: str | Path) -> Bank:
                 meta = (path, record)
             differ = [k for k in keys if record.get(k) != meta[1].get(k)]
             if differ:
+                key, mine, first = differ[0], record.get(differ[0]), meta[1].get(differ[0])
+                if isinstance(mine, dict) and isinstance(first, dict):  # reward_spec: name its field
+                    sub = first_difference(first, mine, ())
+                    key, mine, first = (f"{key}.{sub[0]}", sub[1], sub[2]) if sub else (key, mine, first)
                 raise ValueError(
                     f"{path}: its env differs from the one of {meta[0].name} in {', '.join(differ)} "
-                    f"({record.get('env')} against {meta[1].get('env')})"
+                    f"({key}={mine}, {meta[0].name}'s {first})"
                 )
             if not record.get("config"):
                 unconfigured += 1

@@ -67,13 +67,7 @@ class ExposureEnvConfig:
 
     def __post_init__(self) -> None:
         checks = (
-            ("hold_steps", self.hold_steps >= 1, ">= 1"),
-            ("total_steps", self.total_steps >= self.hold_steps, ">= hold_steps"),
-            (
-                "total_steps",
-                self.total_steps % max(self.hold_steps, 1) == 0,
-                f"a multiple of hold_steps={self.hold_steps} (every window holds H updates)",
-            ),
+            *spec.window_checks(self.hold_steps, self.total_steps),
             ("gamma", 0 < self.gamma <= 1, "in (0, 1]"),
             ("lambda_gt", math.isfinite(self.lambda_gt) and self.lambda_gt >= 0, "finite and >= 0"),
             ("eval_every", self.eval_every >= 0, ">= 0"),
@@ -142,7 +136,8 @@ class TeacherExposureEnv(gym.Env):
     `terminated` when T student updates are done (T is a multiple of H: every window holds H
     updates); never truncated.
     An evaluation (greedy accuracy per band, Average@k if `eval_k`) runs every `eval_every` steps
-    and always at the end: `info["eval"]`, and `info["score"]` = its mean accuracy over bands. With
+    and always at the end: `info["eval"]`, and `info["score"]` = its mean accuracy over bands (a task
+    without evaluation sets, allowed with eval_every=0 and eval_at_reset=false: none, score NaN). With
     `eval_at_reset` (default) the reset info carries the warm-started student's evaluation and score
     too (where the run started): greedy, computed once per env; with `eval_k`, Average@k too, sampled
     again at every reset.
@@ -212,7 +207,8 @@ class TeacherExposureEnv(gym.Env):
                 "the env's reward needs the probe NLL every update: engine.probe_every must be 1"
             )
         evaluates = self.cfg.eval_every > 0 or self.cfg.eval_at_reset
-        if evaluates and not any(engine.task.eval_sets().values()):  # the score would be a mean of nothing
+        self.has_eval = any(engine.task.eval_sets().values())  # none: no evaluation, not even the last
+        if evaluates and not self.has_eval:  # the score would be a mean of nothing
             raise ValueError(
                 "the env evaluates (real.env.eval_every, eval_at_reset) but this task has no evaluation "
                 "set: hold rows out of the data (real.data.eval_size=N), or set real.env.eval_every=0 "
@@ -309,7 +305,7 @@ class TeacherExposureEnv(gym.Env):
             info["band_accuracy"] = [by_band.get(b, math.nan) for b in self.bands]
             info |= {f"stats/rollout_accuracy/{b}": v for b, v in by_band.items()}
         steps_taken = self.steps_done // self.cfg.hold_steps
-        if terminated or (self.cfg.eval_every and steps_taken % self.cfg.eval_every == 0):
+        if self.has_eval and (terminated or (self.cfg.eval_every and steps_taken % self.cfg.eval_every == 0)):
             info["eval"] = self.engine.evaluate(k=self.cfg.eval_k)
             self.score = _mean_accuracy(info["eval"])
         info["score"] = self.score
@@ -377,5 +373,6 @@ def _untimed(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def _mean_accuracy(evaluation: dict[str, float]) -> float:
-    """The env's score: the mean greedy accuracy over the bands."""
-    return float(np.mean([v for k, v in evaluation.items() if k.startswith("accuracy/")]))
+    """The env's score: the mean greedy accuracy over the bands (NaN for none)."""
+    accuracies = [v for k, v in evaluation.items() if k.startswith("accuracy/")]
+    return float(np.mean(accuracies)) if accuracies else math.nan

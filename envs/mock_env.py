@@ -68,13 +68,7 @@ class MockConfig:
 
     def __post_init__(self) -> None:
         checks = (
-            ("hold_steps", self.hold_steps >= 1, ">= 1"),
-            ("total_steps", self.total_steps >= self.hold_steps, ">= hold_steps"),
-            (
-                "total_steps",
-                self.total_steps % max(self.hold_steps, 1) == 0,
-                f"a multiple of hold_steps={self.hold_steps} (every window holds H updates)",
-            ),
+            *spec.window_checks(self.hold_steps, self.total_steps),
             ("gamma", 0 < self.gamma <= 1, "in (0, 1]"),
             ("lambda_gt", math.isfinite(self.lambda_gt) and self.lambda_gt >= 0, "finite and >= 0"),
             ("target_competence", 0 < self.target_competence < 1, "in (0, 1)"),

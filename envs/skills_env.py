@@ -74,10 +74,8 @@ class SkillChainConfig:
     def __post_init__(self) -> None:
         checks = (
             ("profile", self.profile in PROFILES, f"one of {PROFILES}"),
-            ("skills", self.skills >= 2, ">= 2"),
-            ("hold_steps", self.hold_steps >= 1, ">= 1"),
-            ("total_steps", self.total_steps >= self.hold_steps, ">= hold_steps"),
-            ("total_steps", self.total_steps % max(self.hold_steps, 1) == 0, "a multiple of hold_steps"),
+            ("skills", spec.is_whole(self.skills) and self.skills >= 2, "a whole number >= 2"),
+            *spec.window_checks(self.hold_steps, self.total_steps),
             ("gamma", 0 < self.gamma <= 1, "in (0, 1]"),
             ("lambda_gt", math.isfinite(self.lambda_gt) and self.lambda_gt >= 0, "finite and >= 0"),
             ("grounded_by", self.grounded_by in ("teacher", "student"), "teacher or student"),

@@ -8,6 +8,7 @@ exposure env fills. Knows nothing of engines or learning dynamics.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -70,6 +71,26 @@ def action_space(size: int = 1) -> spaces.Box:
     if size < 1:
         raise ValueError(f"the action needs at least one alpha, got size {size}")
     return spaces.Box(0.0, 1.0, (size,), dtype=np.float32)
+
+
+def is_whole(n: object) -> bool:
+    """An int (numpy's too), not a bool: a count of steps or skills."""
+    return isinstance(n, numbers.Integral) and not isinstance(n, bool)
+
+
+def window_checks(hold_steps, total_steps) -> tuple[tuple[str, bool, str], ...]:
+    """(field, ok, rule) checks of an env config's H and T, for its `__post_init__`: whole numbers
+    (a float H passed every range check and failed at the first step), T a multiple of H >= 1."""
+    whole = is_whole(hold_steps) and is_whole(total_steps)
+    return (
+        ("hold_steps", is_whole(hold_steps) and hold_steps >= 1, "a whole number >= 1"),
+        ("total_steps", is_whole(total_steps) and total_steps >= hold_steps, "a whole number >= hold_steps"),
+        (
+            "total_steps",
+            whole and total_steps % max(hold_steps, 1) == 0,
+            f"a multiple of hold_steps={hold_steps} (every window holds H updates)",
+        ),
+    )
 
 
 def check_action_kind(action: str) -> str:

@@ -260,7 +260,7 @@ class SurrogateExposureEnv(gym.Env):
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
         started = hasattr(self, "windows_done")
         spec.check_stepping(started, started and self.windows_done >= self.model.windows_per_episode)
-        if self.model.action_size == 1:
+        if not self.bands:  # the global action (a bank of per-band runs holds K alphas, K = 1 too)
             alphas = np.array([spec.check_action(action)])
         else:
             alphas = np.asarray(spec.check_alphas(action, self.model.action_size), dtype=np.float64)
@@ -276,7 +276,7 @@ class SurrogateExposureEnv(gym.Env):
         reward = float(draw[-1]) if self.reward == "bank" else score - before
         done = self.windows_done >= self.model.windows_per_episode
         info = {
-            "alpha": float(alphas[0]) if self.model.action_size == 1 else alphas.tolist(),
+            "alpha": alphas.tolist() if self.bands else float(alphas[0]),
             "steps_done": self.windows_done * self.model.reward_spec.hold_steps,
             "score": score,
         }

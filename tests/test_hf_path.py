@@ -1,6 +1,9 @@
 """The real-model path on a tiny checkpoint saved to disk: a Qwen3-style tokenizer whose chat template
 honours enable_thinking, LoRA through peft with the base teacher = adapters off, and the HF options."""
 
+import math
+import warnings
+
 import pytest
 import torch
 
@@ -233,3 +236,11 @@ def test_an_env_that_evaluates_a_task_without_an_evaluation_set_is_refused(check
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "no evaluation set" in err and "real.data.eval_size=N" in err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    # as the error says: without evaluations it runs and reports no score (it evaluated nothing at
+    # the end: "Mean of empty slice" and an empty evaluation in the last window's info)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        run.main([*argv, "real.env.eval_every=0", "real.env.eval_at_reset=false"])
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final_score"] is None or math.isnan(summary["final_score"])

@@ -162,3 +162,20 @@ def test_mastery_stays_in_the_unit_interval_under_a_fast_rate():
         )
         if terminated:
             break
+
+
+def test_sizes_must_be_whole_numbers():
+    """A float H or skill count (`--env-set hold_steps=2.5`) passed every range check and failed at
+    the first step with numpy's TypeError, after bench's up-front check had let it through."""
+    from envs.mock_env import MockExposureEnv
+
+    for make, kwargs, name in (
+        (SkillChainEnv, {"hold_steps": 2.5, "total_steps": 5}, "hold_steps"),
+        (SkillChainEnv, {"total_steps": 200.0}, "total_steps"),
+        (SkillChainEnv, {"skills": 3.5}, "skills"),
+        (MockExposureEnv, {"hold_steps": 2.5, "total_steps": 5}, "hold_steps"),
+        (MockExposureEnv, {"hold_steps": True, "total_steps": 5}, "hold_steps"),
+    ):
+        with pytest.raises(ValueError, match=f"{name} must be a whole number"):
+            make(**kwargs)
+    assert SkillChainEnv(hold_steps=np.int64(5), total_steps=np.int64(200)).reward_spec.hold_steps == 5

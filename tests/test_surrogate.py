@@ -63,8 +63,15 @@ def test_a_run_cut_by_a_crash_keeps_its_windows_and_bad_banks_say_why(tmp_path):
     other.reset(seed=0)
     other.step(np.array([0.4], dtype=np.float32))
     other.close()
-    with pytest.raises(ValueError, match="its env differs from the one of .* in reward_spec"):
+    with pytest.raises(ValueError, match=r"its env differs from the one of .* in reward_spec \(reward_spec\."
+                       r"hold_steps=[45], .*'s [45]\)"):  # fmt: skip
         read_bank(tmp_path)
+    for line in ("null", "[1]", '{"kind": "window", "obs": [0.1]}', '{"kind": "other", "episode": 0}'):
+        bad = tmp_path / "bad"
+        bad.mkdir(exist_ok=True)
+        (bad / "run.jsonl").write_text(line + "\n" + '{"kind": "meta"}\n')  # not cut at the end: refused
+        with pytest.raises(ValueError, match=r"run\.jsonl:1: not a bank record"):
+            read_bank(bad)
 
 
 def test_the_surrogate_passes_gymnasiums_checker_and_replays_the_bank(bank_dir):
@@ -209,7 +216,7 @@ def test_every_file_of_a_bank_is_checked_not_only_the_first(tmp_path):
     lines = path.read_text().splitlines(keepends=True)
     lines[0] = json.dumps({**json.loads(lines[0]), "env": "SkillChainEnv"}) + "\n"
     path.write_text("".join(lines))
-    with pytest.raises(ValueError, match="in env \\(SkillChainEnv against MockExposureEnv\\)"):
+    with pytest.raises(ValueError, match=r"in env \(env=SkillChainEnv, a__.*'s MockExposureEnv\)"):
         read_bank(other)
 
 
@@ -286,3 +293,31 @@ def test_a_lookahead_that_fits_the_banks_h_is_not_checked_against_real_env(bank_
             "real.env.hold_steps=4", "--set", "controllers.beta_reinforce.lookahead_steps=10"]  # fmt: skip
     out = surrogate.main(argv)
     assert json.loads((out / "pretrain.json").read_text())["controller"] == "beta_reinforce"
+
+
+@pytest.mark.parametrize("variant", ["mix", "rising"])  # two bands, and one band
+def test_a_bank_of_per_band_runs_gives_a_per_band_surrogate(variant, tmp_path):
+    """A per-band bank (K alphas a window) fits a surrogate with the same spaces: the checker passes,
+    a bare scalar is refused and info['alpha'] is the list of K, as the per-band mock does, with one
+    band too (it took a bank of one band for the global action)."""
+    mock = MockExposureEnv(MockConfig(total_steps=50, variant=variant, action="per_band"))
+    env = BankRecorder(mock, tmp_path)
+    rng = np.random.default_rng(0)
+    for episode in range(4):
+        env.reset(seed=episode)
+        done = False
+        while not done:
+            done = env.step(rng.random(env.action_space.shape).astype(np.float32))[2]
+    env.close()
+    surrogate = SurrogateExposureEnv(bank=tmp_path)
+    assert surrogate.action_space.shape == env.action_space.shape
+    assert surrogate.observation_names == env.unwrapped.observation_names
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(surrogate, skip_render_check=True)
+    for e in (env.unwrapped, surrogate):
+        e.reset(seed=0)
+        with pytest.raises(ValueError, match="one alpha per band"):
+            e.step(0.5)
+        info = e.step(np.full(e.action_space.shape, 0.5, np.float32))[-1]
+        assert info["alpha"] == [0.5] * e.action_space.shape[0]
