@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,12 @@ USER_ERRORS = (ConfigError, ValueError, OSError, ImportError)
 def user_errors(debug: bool = False, interrupted: str | Callable[[], str] = "") -> Iterator[None]:
     """Turn a user error raised inside into `error: <one line> (--debug shows the traceback)` on stderr
     and exit code 2, and Ctrl-C into `interrupted: <interrupted>` (a text, or a function giving it
-    when it happens) and exit code 130; with `debug`, let them propagate."""
+    when it happens) and exit code 130; with `debug`, let them propagate. Warnings print as one line,
+    `warning: <message> (<category>, <file>:<line>)`, not Python's two (the second the source line of
+    the `warnings.warn` call, which read like a crash); with `debug` as Python prints them."""
+    formatwarning = warnings.formatwarning
+    if not debug:
+        warnings.formatwarning = _one_line_warning
     try:
         yield
     except KeyboardInterrupt:
@@ -113,6 +119,13 @@ def user_errors(debug: bool = False, interrupted: str | Callable[[], str] = "") 
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"error: {message} (--debug shows the traceback)", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    finally:
+        warnings.formatwarning = formatwarning
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    text = " ".join(str(message).split())
+    return f"warning: {text} ({category.__name__}, {Path(filename).name}:{lineno})\n"
 
 
 class Display:

@@ -61,6 +61,7 @@ from recipes._rundir import git_commit  # noqa: E402
 from recipes._tables import json_safe, print_table, write_csv  # noqa: E402
 from recipes._workers import worker_pool  # noqa: E402
 from recipes.common import (  # noqa: E402
+    MOCK_ONLY,
     OWN_CONFIG,
     EnvFreeRunConfig,
     EnvKey,
@@ -72,7 +73,6 @@ from recipes.common import (  # noqa: E402
 )
 
 ENVS = ("mock", "real")
-MOCK_ONLY = ("oracle",)  # controllers that need the mock env's `oracle_alpha`
 
 
 # ---- one unit of work -----------------------------------------------------------------------------

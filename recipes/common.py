@@ -130,6 +130,9 @@ def controller_config(
     return cfglib.from_dict(cfg_cls, data, f"controllers.{name}.")
 
 
+MOCK_ONLY = ("oracle",)  # controllers that need the mock env's `oracle_alpha`
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One training run of one controller against one env."""
@@ -196,6 +199,12 @@ class RunConfig:
         for name, ok, rule in checks:
             if not ok:
                 raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+        if self.controller in MOCK_ONLY and self.env != "mock" and self.reward_spec is not None:
+            # refused before a run directory or a warm start: it failed at the first window
+            raise ValueError(
+                f"controller {self.controller} runs on the mock env only (env=mock): the {self.env} env "
+                "reports no optimal alpha"
+            )
         given = dict(self.controllers or {})
         for name, data in given.items():
             if data is not None and not isinstance(data, dict):

@@ -276,9 +276,13 @@ def test_bad_keys_name_the_closest_field(tmp_path, capsys):
         (["--env", "mock", "real.engine.lrr=1"], "did you mean 'real.engine.lr'"),
         (["--controller", "beta_reinforc"], "did you mean 'beta_reinforce'"),
         (["--env", "mock", "episodes"], "must look like key.path=value"),
+        # before any warm start or run directory (it failed at the first window, leaving a directory
+        # that --resume auto then picked up)
+        (["--controller", "oracle"], "controller oracle runs on the mock env only (env=mock)"),
     ):
         code, err = failure(capsys, [*argv, f"out_dir={tmp_path}"])
         assert code == 2 and message in err and one_line(err), err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_help_lists_every_field_with_its_help(capsys):
@@ -463,3 +467,19 @@ def test_resume_auto_breaks_a_tie_of_mtimes_by_the_stamp_in_the_name(tmp_path, m
             Path, "glob", lambda self, pattern, order=order: iter(order(listed(self, pattern)))
         )
         assert latest_run_dir(cfg).name == names[-1]
+
+
+def test_recipes_print_a_warning_as_one_line():
+    """A recipe's warning printed Python's two lines, the second the source of the `warnings.warn`
+    call (`warnings.warn(  # a smoke run may mean it; ...`), which read like a crash to a new user."""
+    import warnings
+
+    from recipes._progress import user_errors
+
+    before = warnings.formatwarning
+    with user_errors():
+        text = warnings.formatwarning("lookahead\n  too long", UserWarning, "/x/common.py", 123, "src")
+    assert text == "warning: lookahead too long (UserWarning, common.py:123)\n"
+    assert warnings.formatwarning is before  # restored
+    with user_errors(debug=True):
+        assert warnings.formatwarning is before  # --debug: as Python prints them
