@@ -9,10 +9,11 @@ disagreement at the run's alpha), and the three checks of the engine issue. Ever
 overridden with --set key.path=value.
 
 Each sweep gets its own directory: --out DIR (default runs/sweep), or DIR-1, DIR-2, ... when
-DIR exists. It holds config.json (written first), runs.jsonl (a line per finished run, written as each
-run finishes, so Ctrl-C or a crash keeps them) and, at the end, sweep.json (the config, the seed
-count, the summary and every run in (seed, alpha) order) and sweep.png. `--resume DIR` goes on with
-the sweep in DIR: its config, only the runs runs.jsonl lacks.
+DIR exists. It holds config.json and seeds.json (written first: the config and the seed count a
+resume keeps), runs.jsonl (a line per finished run, written as each run finishes, so Ctrl-C or a
+crash keeps them) and, at the end, sweep.json (the config, the seed count, the summary and every run
+in (seed, alpha) order) and sweep.png. `--resume DIR` goes on with the sweep in DIR: its config, only
+the runs runs.jsonl lacks.
 """
 
 from __future__ import annotations
