@@ -170,7 +170,26 @@ def locate(
         log.warning("warm start: the cache entry %s is not used: %s", cached, broken)
         shipped, why = shipped_path(key)
         return shipped, why and f"{why}; the cache entry {broken}"
-    return shipped_path(key)
+    shipped, why = shipped_path(key)
+    if shipped is None and key not in shipped_manifest():
+        change = _first_change(task_cfg, model_cfg, cfg)
+        why = f"{why}; this config has {change}" if change else why
+    return shipped, why
+
+
+def _first_change(task_cfg: ChainBagConfig, model_cfg: TinyModelConfig, cfg: WarmStartConfig) -> str:
+    """The first field where the warm start's configs differ from the embedded default's (the config
+    the shipped warm start was made from), as `real.<part>.<field>=value, the default's value`."""
+    for part, have, default in (
+        ("task", task_cfg, ChainBagConfig()),
+        ("model", model_cfg, TinyModelConfig()),
+        ("warmstart", cfg, WarmStartConfig()),
+    ):
+        mine, theirs = asdict(have), asdict(default)
+        for name, value in mine.items():
+            if value != theirs.get(name):
+                return f"real.{part}.{name}={value!r}, the embedded default's {theirs.get(name)!r}"
+    return ""
 
 
 def _discard(entry: Path) -> None:

@@ -81,6 +81,12 @@ def test_another_config_trains_its_own_and_says_why(tmp_path, small_task, caplog
         _, _, path, found = warm_start(small_task, TINY, QUICK, tmp_path)
     assert not found and path.parent == tmp_path / "warmstart"
     assert "no shipped warm start has key" in caplog.text and str(path) in caplog.text
+    # and which setting made it another config (README: "a line says why")
+    import atesd.warmstart as ws
+    from atesd.tasks.synthetic import ChainBagConfig
+
+    _, why = ws.locate(ChainBagConfig(), TinyModelConfig(), WarmStartConfig(steps=900), tmp_path / "none")
+    assert why.endswith("this config has real.warmstart.steps=900, the embedded default's 800"), why
 
 
 def test_a_shipped_file_that_fails_its_sha256_is_not_loaded(tmp_path, monkeypatch):
