@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import shutil
 import sys
 import time
@@ -101,7 +102,8 @@ def print_fit(report: dict) -> None:
     print(f"fit error on held-out runs ({report['runs']} runs, {report['windows']} windows, "
           f"{report['folds']} folds): RMSE of the surrogate / of the mean, R^2")  # fmt: skip
     for name, t in report["targets"].items():
-        print(f"  {name:<28} {t['rmse']:.4g} / {t['rmse_mean']:.4g}   R^2 {t['r2']:+.3f}   (n {t['n']})")
+        r2 = f"{t['r2']:+.3f}" if math.isfinite(t["r2"]) else "n/a (a constant target)"
+        print(f"  {name:<28} {t['rmse']:.4g} / {t['rmse_mean']:.4g}   R^2 {r2}   (n {t['n']})")
 
 
 def replay(env: SurrogateExposureEnv, act, episodes: int, seed: int) -> float:

@@ -128,12 +128,14 @@ def test_the_model_round_trips_and_the_env_refuses_bad_arguments(bank_dir, tmp_p
         SurrogateExposureEnv()
 
 
-def test_pretraining_saves_a_controller_that_run_py_continues_from(bank_dir, tmp_path):
+def test_pretraining_saves_a_controller_that_run_py_continues_from(bank_dir, tmp_path, capsys):
     out = surrogate.main(
         ["--bank", str(bank_dir), "--episodes", "20", "--folds", "3", "--out", str(tmp_path)]
     )
     fit = json.loads((out / "fit.json").read_text())
     assert set(fit["targets"]) >= {"reward", "score", "d_ema_alpha"} and fit["runs"] == 12
+    # the progress entry is known, not predicted (a constant change): said so, not "R^2 +nan"
+    assert "R^2 n/a (a constant target)" in capsys.readouterr().out
     curve = json.loads((out / "pretrain.json").read_text())
     assert len(curve["returns"]) == 20 and curve["controller"] == "beta_reinforce"
     run_dir = run.main(["--controller", "beta_reinforce", "--env", "mock", "mock.total_steps=100",
