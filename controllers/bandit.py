@@ -84,7 +84,7 @@ class BanditConfig:
         metadata={"help": "decay of the EMA of returns subtracted from each return, in (0, 1] (1 = off)"},
     )
     seed: int = field(
-        default=0, metadata={"help": "seed of the controller's generator (reset(seed) reseeds)"}
+        default=0, metadata={"help": "seed of the controller's generator (reset(seed) reseeds from both)"}
     )
 
     def __post_init__(self) -> None:
@@ -220,11 +220,12 @@ class BanditController:
 
     def reset(self, seed: int | None = None, info: dict | None = None) -> None:
         """A new run: drops pending pulls and the return trend (a run's learning curve starts afresh),
-        reseeds the generator when `seed` is given; arm statistics persist (they are learned)."""
+        reseeds the generator from (cfg.seed, seed) when `seed` is given (from `seed` alone it drew the
+        env's own stream); arm statistics persist (they are learned)."""
         self.credit.clear()
         self.trend = None
         if seed is not None:
-            self.rng = np.random.default_rng(seed)
+            self.rng = np.random.default_rng(np.random.SeedSequence([self.cfg.seed, seed]))
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """The alpha of the chosen arm (the observation is ignored)."""

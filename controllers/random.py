@@ -21,7 +21,7 @@ class RandomConfig:
     low: float = field(default=0.0, metadata={"help": "lowest alpha drawn, in [0, 1]"})
     high: float = field(default=1.0, metadata={"help": "highest alpha drawn, in [low, 1]"})
     seed: int = field(
-        default=0, metadata={"help": "seed of the controller's generator (reset(seed) reseeds)"}
+        default=0, metadata={"help": "seed of the controller's generator (reset(seed) reseeds from both)"}
     )
 
     def __post_init__(self) -> None:
@@ -51,9 +51,11 @@ class RandomController(OpenLoop):
         self.rng = np.random.default_rng(self.cfg.seed)
 
     def reset(self, seed: int | None = None, info: dict | None = None) -> None:
-        """Reseeds the generator when `seed` is given; otherwise the stream continues."""
+        """Reseeds the generator from (cfg.seed, seed) when `seed` is given; otherwise the stream
+        continues. From `seed` alone its draws were the env's own (Gymnasium seeds `np_random` from the
+        same number the same way): the mock's noise, the real env's engine seed."""
         if seed is not None:
-            self.rng = np.random.default_rng(seed)
+            self.rng = np.random.default_rng(np.random.SeedSequence([self.cfg.seed, seed]))
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """A fresh uniform alpha in [low, high] (per band: one independent draw per band)."""

@@ -143,6 +143,27 @@ def test_a_loaded_state_learns_at_the_configured_rate(name, tmp_path):
     assert [g["lr"] for g in slower.optimizer.param_groups] == [1e-5] * len(slower.optimizer.param_groups)
 
 
+STOCHASTIC = [n for n in NAMES if hasattr(build(n), "rng")]  # a controller with a generator of its own
+
+
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_the_config_seed_and_the_episode_seed_both_matter(name):
+    """docs/CONTROLLERS.md: reset(seed) reseeds from (cfg.seed, seed). random and bandit reseeded from
+    the episode seed alone: their cfg.seed did nothing, and their draws were the env's own stream
+    (Gymnasium seeds np_random from the same number the same way)."""
+
+    def alphas(cfg_seed: int, seed: int) -> list[float]:
+        return run_episode(MockExposureEnv(total_steps=100), build(name, seed=cfg_seed), seed=seed).alphas
+
+    assert alphas(0, 3) == alphas(0, 3)
+    assert alphas(0, 3) != alphas(7, 3) and alphas(0, 3) != alphas(0, 4)
+    env = MockExposureEnv(total_steps=100)
+    env.reset(seed=3)
+    controller = build(name)
+    controller.reset(seed=3)
+    assert controller.rng.random(4).tolist() != env.np_random.random(4).tolist()
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_repeatable_under_a_seed(name):
     runs = []
