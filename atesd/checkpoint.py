@@ -82,10 +82,17 @@ def save(root: Path, index: int, state: dict[str, Any], keep: int = 2, before_se
     # The new checkpoint was just hashed; the older ones are judged by their manifests and sizes, not
     # re-hashed (a kept 16 GB checkpoint read back in full at every save). load_latest still verifies
     # every checksum before it resumes from one.
-    complete = [p for p in sorted(root.glob("ckpt-*")) if p == final or problem(p, verify=False) is None]
+    # Checkpoints numbered past this one belong to a timeline the run left: it resumed from an older
+    # one (those were refused: corrupted, past the logs, of another config). Counted as complete,
+    # they made `keep` prune the checkpoint just written, so every later kill restarted the run.
+    abandoned = [p for p in sorted(root.glob("ckpt-*")) if p.name > final.name]
+    for old in abandoned:
+        log.warning("removing checkpoint %s: the run went on from the older %s", old, final.name)
+    earlier = [p for p in sorted(root.glob("ckpt-*")) if p.name <= final.name]
+    complete = [p for p in earlier if p == final or problem(p, verify=False) is None]
     # older incomplete ones too (a removal cut short before this change left them: never resumed from)
-    broken = [p for p in sorted(root.glob("ckpt-*")) if p not in complete and p.name < final.name]
-    for old in (complete[:-keep] if keep > 0 else []) + broken:
+    broken = [p for p in earlier if p not in complete]
+    for old in (complete[:-keep] if keep > 0 else []) + broken + abandoned:
         doomed = root / f".tmp-{old.name}"  # renamed first: a removal cut short leaves a .tmp- name,
         os.replace(old, doomed)  # which the sweep below (or the next save) clears
         shutil.rmtree(doomed, ignore_errors=True)

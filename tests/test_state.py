@@ -59,3 +59,17 @@ def test_a_checkpoint_whose_removal_was_cut_short_is_cleared_by_the_next_save(tm
     (tmp_path / ".tmp-ckpt-000001x").mkdir()  # a renamed one a cut removal left
     checkpoint.save(tmp_path, 2, {"w": torch.full((4,), 2.0)}, keep=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-000001", "ckpt-000002"]
+
+
+def test_a_save_after_resuming_from_an_older_checkpoint_keeps_what_it_wrote(tmp_path):
+    """Resumed from checkpoint 1 (the newer 3 refused: corrupted, or past the logs), the run's next
+    save (2) counted 3 as complete and, keeping 1, pruned the checkpoint it had just written: the
+    run held no usable checkpoint until it passed 3, and every kill restarted it from window 0."""
+    from atesd import checkpoint
+
+    for i in (1, 3):
+        checkpoint.save(tmp_path, i, {"w": torch.full((4,), float(i))}, keep=2)
+    checkpoint.save(tmp_path, 2, {"w": torch.full((4,), 2.0)}, keep=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-000002"]
+    state, ckpt = checkpoint.load_latest(tmp_path, warn=lambda m: None)
+    assert ckpt.name == "ckpt-000002" and float(state["w"][0]) == 2.0
