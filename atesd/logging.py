@@ -124,5 +124,13 @@ def tensorboard_writer(run_dir: Path, purge_step: int | None = None):
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every record of a JSON-lines log."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """Every record of a JSON-lines log; ValueError naming the file and line of one that does not read."""
+    records = []
+    for number, line in enumerate(Path(path).read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError as err:
+            raise ValueError(f"{path}:{number}: not a JSON line ({err})") from None
+    return records

@@ -137,6 +137,7 @@ class Plan(NamedTuple):
     state: dict | None = None  # the checkpoint's state to resume from
     checkpoint: Path | None = None  # its directory
     finished: bool = False  # the run named had finished: nothing to do
+    seen: tuple[str, ...] = ()  # its checkpoints and summary when planned (`moved_since` compares)
 
 
 def world_mismatch(written: int, world: int) -> str:
@@ -188,6 +189,7 @@ def plan_run(args: Any, cfg: RunConfig | None) -> Plan:
         return Plan(stored, run_dir, finished=True)
     if (run_dir / SUMMARY).exists() or SUMMARY not in missing:
         print(f"{run_dir} lacks {', '.join(missing)}; completing it from its last checkpoint")
+    seen = progress_marks(run_dir)  # before the checkpoint loads (minutes for a large model)
     found = checkpoint.load_latest(
         run_dir / "checkpoints", warn=lambda msg: print(f"warning: {msg}"),
         accept=lambda state: checkpoint_fits(state, run_dir, stored),
@@ -197,7 +199,27 @@ def plan_run(args: Any, cfg: RunConfig | None) -> Plan:
         print(f"{run_dir} has no checkpoint yet; restarting it from the beginning")
     else:
         print(f"resuming {run_dir} at window {resume_state['loop']['global_window']}")
-    return Plan(stored, run_dir, resume_state, ckpt)
+    return Plan(stored, run_dir, resume_state, ckpt, seen=seen)
+
+
+def progress_marks(run_dir: Path) -> tuple[str, ...]:
+    """What says how far a run got: its checkpoints' names and whether its summary exists."""
+    names = sorted(p.name for p in (run_dir / "checkpoints").glob("ckpt-*"))
+    return (*names, SUMMARY) if (run_dir / SUMMARY).exists() else tuple(names)
+
+
+def moved_since(plan: Plan) -> str | None:
+    """Why a resume planned before this process held the run's lock no longer holds (None: it does):
+    another process trained the run on, or finished it, between the plan and the lock; training from
+    the plan would redo those windows over its logs, or restart a finished run."""
+    now = progress_marks(plan.run_dir)
+    if now == plan.seen:
+        return None
+    return (
+        f"{plan.run_dir} moved on while this process read its checkpoint (another process trained it: "
+        f"{', '.join(now) or 'nothing'} now, {', '.join(plan.seen) or 'nothing'} then); run the command "
+        "again to resume it from where it is"
+    )
 
 
 BANK_FILE = "bank_file.txt"  # where the run records its bank (bank_dir), for a restart to remove
@@ -266,4 +288,23 @@ def checkpoint_fits(state: dict[str, Any], run_dir: Path, cfg: RunConfig) -> str
         size = path.stat().st_size if path.exists() else 0
         if size < offset:
             return f"needs {offset} bytes of {name}, which holds {size}"
+        damaged = _damaged_line(path, offset) if offset else None
+        if damaged is not None:  # a power loss can leave blocks of NULs where unsynced lines were
+            return f"{name} is damaged before its offset ({damaged})"
+    return None
+
+
+def _damaged_line(path: Path, offset: int) -> str | None:
+    """Why the first `offset` bytes of a JSON-lines log are not whole records, or None."""
+    with path.open("rb") as f:
+        head = f.read(offset)
+    if not head.endswith(b"\n"):
+        return f"byte {offset} is not the end of a line"
+    for number, line in enumerate(head.splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            return f"line {number} is not a JSON record"
+        if not isinstance(record, dict):
+            return f"line {number} is not a JSON record"
     return None

@@ -38,7 +38,7 @@ from atesd import config as cfglib  # noqa: E402
 from atesd.checkpoint import rng_state, set_rng_state  # noqa: E402
 from atesd.distributed import Dist, gather_state  # noqa: E402
 from atesd.logging import MetricsLogger, finite  # noqa: E402
-from atesd.state import model_bytes, save_state, writing  # noqa: E402
+from atesd.state import model_bytes, save_state, write_atomic, writing  # noqa: E402
 from atesd.threads import set_threads  # noqa: E402
 from controllers.base import Transition, action_size, mean_alpha, run_episode  # noqa: E402
 from controllers.shared import SharedDecisions  # noqa: E402
@@ -50,6 +50,7 @@ from recipes._rundir import (  # noqa: E402
     Plan,
     config_fingerprint,
     given_overrides,
+    moved_since,
     new_run_dir,
     note_bank_file,
     plan_run,
@@ -416,10 +417,13 @@ def _run(dist: Dist, plan: Plan) -> Path | None:
     fresh = run_dir is None
     if fresh:
         run_dir = new_run_dir(cfg)
-        (run_dir / "config.json").write_text(json.dumps(resolved_dict(cfg), indent=1))
+        write_atomic(run_dir / "config.json", json.dumps(resolved_dict(cfg), indent=1))
     print(f"run directory: {run_dir}", flush=True)
     RUN_DIR.append(run_dir)
     with run_lock(run_dir):
+        moved = None if fresh else moved_since(plan)
+        if moved is not None:
+            raise cfglib.ConfigError(moved)
         if not fresh and resume_state is None:  # resumed before its first checkpoint: from the start
             restart_logs(run_dir)
         runner = _build(cfg, run_dir, resume_state, dist, fresh)

@@ -483,3 +483,62 @@ def test_recipes_print_a_warning_as_one_line():
     assert warnings.formatwarning is before  # restored
     with user_errors(debug=True):
         assert warnings.formatwarning is before  # --debug: as Python prints them
+
+
+def test_a_damaged_log_is_refused_and_the_restart_keeps_its_new_checkpoints(tmp_path, monkeypatch, capsys):
+    """A power loss can leave NULs where unsynced log lines were: the checkpoints past the damage were
+    resumed (the size check passed) and the run failed at its end on the log, every time. Now they are
+    skipped; and the restart's first checkpoint is no longer pruned in favour of the refused, newer
+    ones (a second kill then restarted the run from window 0 again)."""
+    args = ["--controller", "beta_reinforce", *MOCK, "checkpoint_every=2"]
+    full = run.main(args + [f"out_dir={tmp_path / 'full'}"])
+    _crash_at(monkeypatch, 7)  # checkpoints 4 and 6 kept
+    with pytest.raises(SystemExit):
+        run.main(args + [f"out_dir={tmp_path / 'cut'}"])
+    (run_dir,) = (tmp_path / "cut").iterdir()
+    metrics = run_dir / "metrics.jsonl"
+    first, rest = metrics.read_bytes().split(b"\n", 1)
+    metrics.write_bytes(first[: len(first) // 2] + b"\0" * (len(first) - len(first) // 2) + b"\n" + rest)
+    monkeypatch.undo()
+    _crash_at(monkeypatch, 3)  # after the restart's first checkpoint
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        run.main(args + [f"out_dir={tmp_path / 'cut'}", "--resume", "auto"])
+    out = capsys.readouterr().out
+    assert "metrics.jsonl is damaged before its offset (line 1 is not a JSON record)" in out
+    assert "restarting it from the beginning" in out
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("ckpt-*")) == ["ckpt-000002"]
+    monkeypatch.undo()
+    resumed = run.main(args + [f"out_dir={tmp_path / 'cut'}", "--resume", "auto"])
+    assert f"resuming {run_dir} at window 2" in capsys.readouterr().out
+
+    def lines(path):
+        return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in read_jsonl(path)]
+
+    for name in ("metrics.jsonl", "decisions.jsonl"):
+        assert lines(resumed / name) == lines(full / name)
+
+
+def test_a_run_that_moved_on_between_plan_and_lock_is_not_trained_again(tmp_path, monkeypatch, capsys):
+    """The resume was planned before the run's lock was held: a process that read its checkpoint
+    while another trained the run on (minutes for a large model) then retrained those windows over
+    the other's logs, or restarted a run that had finished meanwhile. It is refused in one line."""
+    args = ["--controller", "beta_reinforce", *MOCK, "checkpoint_every=2", f"out_dir={tmp_path}"]
+    _crash_at(monkeypatch, 5)
+    with pytest.raises(SystemExit):
+        run.main(args)
+    monkeypatch.undo()
+    (run_dir,) = tmp_path.iterdir()
+    logs = (run_dir / "metrics.jsonl").read_bytes()
+    planned = run.plan_run
+
+    def plan_while_another_saves(*a):
+        plan = planned(*a)  # then the other process seals its next checkpoint
+        shutil.copytree(run_dir / "checkpoints" / "ckpt-000004", run_dir / "checkpoints" / "ckpt-000006")
+        return plan
+
+    monkeypatch.setattr(run, "plan_run", plan_while_another_saves)
+    capsys.readouterr()
+    code, err = failure(capsys, [*args, "--resume", "auto"])
+    assert code == 2 and "moved on while this process read its checkpoint" in err and one_line(err), err
+    assert (run_dir / "metrics.jsonl").read_bytes() == logs
