@@ -275,6 +275,8 @@ def warm_start(
         log.info("warm start found: %s", found)
         model, tokenizer = load_pretrained(found)
         return model, tokenizer, found, True
+    _check_writable(path.parent)  # before minutes of training, not after
+    _clear_orphans(path)
     log.warning("warm start: training it (%s); it is cached under %s for later runs", why, path)
     tokenizer = build_synthetic_tokenizer()
     model = build_tiny_qwen3(tokenizer, model_cfg)
@@ -311,6 +313,39 @@ def warm_start(
     # state training left behind are not what a cache hit sees)
     model, tokenizer = load_pretrained(path)
     return model, tokenizer, path, False
+
+
+def _check_writable(directory: Path) -> None:
+    """OSError naming the cache and the setting to change when `directory` cannot take an entry."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise OSError(
+            f"the warm-start cache {directory} is not writable ({err.strerror or err}); the warm start "
+            "would train and then fail to be kept: set real.cache_dir or ATESD_CACHE to a writable directory"
+        ) from None
+
+
+def _clear_orphans(path: Path) -> None:
+    """Remove `<key>.tmp-<pid>` directories of this entry whose process is gone (killed while it
+    wrote the entry: a model-sized copy each, never used)."""
+    for tmp in path.parent.glob(f"{path.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def sft_examples(

@@ -4,6 +4,7 @@ from its logs, the benchmark's per-window curves, the fixed-exposure sweep."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ def plot_run(run_dir: Path) -> list[Path]:
 
     def save(fig, name: str) -> None:
         fig.tight_layout()
-        fig.savefig(out / name, dpi=120)
+        savefig_whole(fig, out / name, dpi=120)
         plt.close(fig)
         paths.append(out / name)
         faults.hit("plot")
@@ -149,8 +150,19 @@ def plot_curves(bands: dict, hold_steps: dict[str, int], seeds: int, path: Path)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    savefig_whole(fig, path, dpi=110)
     plt.close(fig)
+
+
+def savefig_whole(fig, path: Path, dpi: int) -> None:
+    """`fig` saved as `path` whole or not at all (a temporary file renamed: a kill or a full disk
+    while it draws leaves no half-written PNG; a full disk is one line naming the path)."""
+    from atesd.state import writing
+
+    tmp = path.with_name(f".tmp-{path.name}")
+    with writing(path, cleanup=tmp):
+        fig.savefig(tmp, dpi=dpi)
+    os.replace(tmp, path)
 
 
 def _band_names(windows: list[dict], size: int) -> list[str]:

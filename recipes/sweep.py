@@ -39,6 +39,7 @@ from atesd import config as cfglib  # noqa: E402
 from atesd.builder import RealConfig, build_engine  # noqa: E402
 from atesd.engine import EngineConfig  # noqa: E402
 from atesd.state import write_atomic  # noqa: E402
+from recipes._plots import savefig_whole  # noqa: E402
 from recipes._progress import fresh_dir, progress, user_errors  # noqa: E402
 from recipes._rundir import run_lock  # noqa: E402
 from recipes._tables import json_safe  # noqa: E402
@@ -247,7 +248,7 @@ def plot(summary: dict, start: dict, alphas: tuple[float, ...], path: Path) -> N
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    savefig_whole(fig, path, dpi=110)  # a kill while it draws leaves no half-written PNG
     plt.close(fig)
 
 
@@ -458,8 +459,8 @@ def _sweep(
         "runs": results,
         "wall_s": time.perf_counter() - t0,  # this invocation's (a resumed sweep: the part it ran)
     }
+    plot(summary, start, cfg.alphas, out / "sweep.png")  # first: sweep.json marks the sweep finished
     write_atomic(out / "sweep.json", json.dumps(json_safe(record), indent=1))
-    plot(summary, start, cfg.alphas, out / "sweep.png")
     print(f"wrote {out / 'sweep.json'} and {out / 'sweep.png'} in {record['wall_s'] / 60:.1f} min")
     return 0
 

@@ -290,3 +290,31 @@ def test_a_second_config_file_is_refused(recipe, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and "argument --config: given twice (a.yaml, then b.yaml)" in err[-1], err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_plot_is_written_whole_or_not_at_all(tmp_path):
+    """A full disk (or a kill) while a plot was drawn left a half-written PNG, which made a run or a
+    sweep look finished (the sweep now also draws its plot before sweep.json, its mark of the end)."""
+    import errno
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from atesd.state import DiskFull
+    from recipes._plots import savefig_whole
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    savefig_whole(fig, tmp_path / "ok.png", dpi=50)
+    assert (tmp_path / "ok.png").read_bytes()[:4] == b"\x89PNG"
+
+    def full(path, **kwargs):
+        Path(path).write_bytes(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    fig.savefig = full
+    with pytest.raises(DiskFull, match="no space left on the device writing .*bad.png"):
+        savefig_whole(fig, tmp_path / "bad.png", dpi=50)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.png"]

@@ -301,6 +301,33 @@ def test_a_full_cache_disk_leaves_no_half_written_warm_start(tmp_path, small_tas
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
 
 
+def test_an_unwritable_cache_is_refused_before_training_and_orphans_are_cleared(tmp_path, small_task):
+    """The cache was found unwritable only after the warm start had trained (8 minutes at the default
+    config, lost on every retry); a kill while an entry was written left its `.tmp-<pid>` copy for
+    good."""
+    import atesd.warmstart as ws
+
+    tiny = ws.TinyModelConfig(num_layers=1, hidden_size=32, num_heads=2, num_kv_heads=1, intermediate_size=64)
+    quick = ws.WarmStartConfig(steps=2, copy_steps=1, batch_size=4, warmup_steps=1)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")  # a cache "directory" that is a file: unwritable even for root
+
+    def trained(*args):
+        pytest.fail("trained before finding the cache unwritable")
+
+    with pytest.raises(
+        OSError, match="warm-start cache .* is not writable .* set real.cache_dir or ATESD_CACHE"
+    ):
+        ws.warm_start(small_task, tiny, quick, blocked, progress=trained)
+    key = ws.cache_key(small_task.cfg, tiny, quick)
+    orphan = tmp_path / "cache" / "warmstart" / f"{key}.tmp-{2**22 + 7}"  # a pid above Linux's limit: gone
+    live = orphan.with_name(f"{key}.tmp-1")  # pid 1 lives: another process still writing
+    for d in (orphan, live):
+        d.mkdir(parents=True)
+    ws.warm_start(small_task, tiny, quick, tmp_path / "cache")
+    assert not orphan.exists() and live.exists()
+
+
 MANIFESTS = ['{"files": []}', "[]", '{"files": {"state.json": 5}}',
              '{"files": {"x": {"bytes": 1, "sha256": "a"}}}', "not json", ""]  # fmt: skip
 
