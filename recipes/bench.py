@@ -31,6 +31,10 @@ Per (env, controller): mean, 95% t confidence interval, Welch t-test p-values ag
 baseline's"), and on the mock env the regret against the oracle
 when it is in the run (`oracle` runs on the mock only). Prints a table and writes results.csv,
 results.json and curves.png into a new directory <out>/bench__<name>__<YYYYmmdd-HHMMSS>/.
+
+That directory holds plan.json (the units and settings, written first) and units.jsonl (a line per
+finished unit, fsynced as each finishes): after Ctrl-C or a crash, `--resume DIR` runs only the units
+units.jsonl lacks (with `--workers` as given now), then writes the results as an uncut bench would.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import concurrent.futures as cf
 import dataclasses
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -53,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atesd import config as cfglib  # noqa: E402
 from atesd.significance import finite_values, mean_ci, paired_p, welch_p  # noqa: E402
+from atesd.state import write_atomic  # noqa: E402
 from atesd.threads import set_threads  # noqa: E402
 from controllers import CONTROLLERS  # noqa: E402
 from recipes._plots import plot_curves  # noqa: E402
@@ -255,23 +261,62 @@ def quiet_hf() -> None:
 
 
 def run_units(
-    cfg_dict: dict[str, Any], units: list[tuple[str, str, int]], workers: int, env_kwargs: dict | None = None
+    cfg_dict: dict[str, Any],
+    units: list[tuple[str, str, int]],
+    workers: int,
+    env_kwargs: dict | None = None,
+    keep: Any = None,
 ) -> list[dict]:
     """Every (env, controller, seed) unit, in this process (workers = 0) or a spawned process pool;
-    results come back in the order of `units`."""
+    results come back in the order of `units`, and `keep(result)` hears each as it finishes."""
     results: list[dict | None] = [None] * len(units)
+    keep = keep or (lambda result: None)
     with progress("bench units", len(units)) as update:
         if workers == 0:
             for i, unit in enumerate(units):
                 results[i] = run_unit(cfg_dict, *unit, env_kwargs)
+                keep(results[i])
                 update(i + 1, "/".join(map(str, unit)))
             return results  # type: ignore[return-value]
         with worker_pool(workers) as pool:  # workers die with this process; Ctrl-C stops them at once
             futures = {pool.submit(run_unit, cfg_dict, *unit, env_kwargs): i for i, unit in enumerate(units)}
             for done, fut in enumerate(cf.as_completed(futures), start=1):
                 results[futures[fut]] = fut.result()
+                keep(results[futures[fut]])
                 update(done, "/".join(map(str, units[futures[fut]])))
     return results  # type: ignore[return-value]
+
+
+PLAN, UNITS = "plan.json", "units.jsonl"
+
+
+def append_unit(run_dir: Path, result: dict) -> None:
+    """One finished unit as a line of units.jsonl, flushed and fsynced (NaN kept as Python's JSON
+    writes it: the file is bench's own, read back by `read_units`)."""
+    with (run_dir / UNITS).open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(result) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_units(run_dir: Path) -> list[dict]:
+    """The units recorded in units.jsonl; a last line cut by a crash is dropped and cut off the file
+    (the next append starts a line)."""
+    path = run_dir / UNITS
+    data = path.read_bytes() if path.exists() else b""
+    whole = data[: data.rfind(b"\n") + 1]
+    if len(whole) < len(data):
+        with path.open("r+b") as fh:
+            fh.truncate(len(whole))
+    units = []
+    for number, line in enumerate(whole.decode("utf-8").splitlines(), start=1):
+        try:
+            units.append(json.loads(line))
+        except ValueError:
+            raise cfglib.ConfigError(
+                f"{path}:{number}: not a unit record (remove the line to run that unit again)"
+            ) from None
+    return units
 
 
 # ---- statistics ------------------------------------------------------------------------------------
@@ -438,6 +483,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", type=Path, default=None, help="parent of the run directory (default: runs)")
     parser.add_argument("--name", default=None, help="run name (default: the config's name)")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        help="a bench directory stopped before its results: run only the units its units.jsonl lacks",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return parser
 
@@ -577,8 +628,13 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     if args.workers < 0:
         parser.error("--workers must be >= 0")
-    with user_errors(args.debug, "the bench stopped (its workers too); no results were written"):
-        return _main(args, sys.argv[1:] if argv is None else argv)
+    STOPPED[:] = ["the bench stopped (its workers too); no results were written"]
+    with user_errors(args.debug, lambda: STOPPED[-1]):
+        argv = sys.argv[1:] if argv is None else argv
+        return _resume(args, argv, parser) if args.resume is not None else _main(args, argv)
+
+
+STOPPED = [""]  # what Ctrl-C says: what was kept, and how to go on
 
 
 def _main(args: argparse.Namespace, argv: list[str]) -> Path:
@@ -598,18 +654,72 @@ def _main(args: argparse.Namespace, argv: list[str]) -> Path:
     # the directory first: an unusable --out fails now, not after the warm start (minutes when it is
     # not cached) or hours of units
     run_dir = new_run_dir(args.out if args.out is not None else Path(cfg.out_dir), cfg.name)
+    plan_record = {"command": ["recipes/bench.py", *argv], "envs": envs, "env_kwargs": args.env_kwargs,
+                   "controllers": controllers, "seeds": seeds, "baseline": args.baseline, "score": args.score,
+                   "config": cfg_dict, "units": units}  # fmt: skip
+    write_atomic(run_dir / PLAN, json.dumps(json_safe(plan_record), indent=1))
+    return _guarded(run_dir, units, cfg, lambda: _bench(args, plan_record, cfg, units, {}, run_dir, t0))
+
+
+def _guarded(run_dir: Path, units: list, cfg: RunConfig, bench: Any) -> Path:
+    """Run `bench()`; on Ctrl-C or a failure before the results, keep the units that finished and
+    say how to go on, or remove a directory that holds none (none that looks like some)."""
     try:
-        if "real" in envs:
+        if any(env == "real" for env, _, _ in units):
             warm_start_real(cfg)
-        return _bench(args, argv, cfg, cfg_dict, envs, controllers, seeds, units, run_dir, t0)
-    except BaseException:  # Ctrl-C or a failure before the results: no directory that looks like some
+        return bench()
+    except BaseException:
         if not (run_dir / "results.json").exists():
-            shutil.rmtree(run_dir, ignore_errors=True)
+            kept = len(read_units(run_dir)) if (run_dir / UNITS).exists() else 0
+            if kept:
+                STOPPED.append(
+                    f"the bench stopped (its workers too); kept {kept} of {len(units)} units in "
+                    f"{run_dir / UNITS}; go on with: python recipes/bench.py --resume {run_dir}"
+                )
+            else:
+                shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
 
-def _bench(args, argv, cfg, cfg_dict, envs, controllers, seeds, units, run_dir, t0) -> Path:
-    results = run_units(cfg_dict, units, args.workers, args.env_kwargs)
+def _resume(args: argparse.Namespace, argv: list[str], parser: argparse.ArgumentParser) -> Path:
+    """--resume DIR: the units of DIR's plan that units.jsonl lacks, then the results."""
+    run_dir = args.resume
+    flags = {"controllers": "--controllers", "env": "--env", "env_overrides": "--env-set", "seeds": "--seeds",
+             "baseline": "--baseline", "score": "--score", "config": "--config", "overrides": "--set",
+             "out": "--out", "name": "--name"}  # fmt: skip
+    given = [flag for key, flag in flags.items() if getattr(args, key) != parser.get_default(key)]
+    if given:
+        raise cfglib.ConfigError(
+            f"--resume {run_dir} goes on with the bench's own settings; drop {', '.join(given)} (only "
+            "--workers may change)"
+        )
+    if not (run_dir / PLAN).is_file():
+        raise cfglib.ConfigError(f"--resume {run_dir}: not a bench directory (no {PLAN})")
+    if (run_dir / "results.json").exists():
+        print(f"{run_dir} is finished (results.json holds its results); nothing to resume")
+        return run_dir
+    plan_record = json.loads((run_dir / PLAN).read_text())
+    units = [tuple(u) for u in plan_record["units"]]
+    done = {(r["env"], r["controller"], r["seed"]): r for r in read_units(run_dir)}
+    print(f"resuming {run_dir}: {len(done)} of {len(units)} units recorded")
+    cfg = cfglib.from_dict(EnvFreeRunConfig, plan_record["config"])
+    args.baseline, args.score, args.env_kwargs = (
+        plan_record["baseline"],
+        plan_record["score"],
+        plan_record["env_kwargs"],
+    )
+    plan_record["resumed"] = ["recipes/bench.py", *argv]
+    t0 = time.perf_counter()
+    return _guarded(run_dir, units, cfg, lambda: _bench(args, plan_record, cfg, units, done, run_dir, t0))
+
+
+def _bench(args, plan_record, cfg, units, done, run_dir, t0) -> Path:
+    """The units not `done` (recorded: (env, spec, seed) -> result), then the table and the files."""
+    cfg_dict, envs = plan_record["config"], plan_record["envs"]
+    todo = [u for u in units if u not in done]
+    fresh = run_units(cfg_dict, todo, args.workers, args.env_kwargs, keep=lambda r: append_unit(run_dir, r))
+    done = done | dict(zip(todo, fresh))
+    results = [done[u] for u in units]
     summary = summarise(results, args.baseline, args.score)
     wall = time.perf_counter() - t0
     print_table(summary, args.baseline, score=args.score)
@@ -619,28 +729,29 @@ def _bench(args, argv, cfg, cfg_dict, envs, controllers, seeds, units, run_dir, 
     write_csv(summary, run_dir / "results.csv")
     bands = curve_bands(results)
     record = {
-        "command": ["recipes/bench.py", *argv],
+        "command": plan_record["command"],
+        **({"resumed": plan_record["resumed"]} if "resumed" in plan_record else {}),
         "commit": git_commit(),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "envs": envs,
         "env_kwargs": args.env_kwargs,
-        "controllers": controllers,
-        "seeds": seeds,
+        "controllers": plan_record["controllers"],
+        "seeds": plan_record["seeds"],
         "baseline": args.baseline,
         "score": args.score,
         "workers": args.workers,
-        "wall_s": wall,
+        "wall_s": wall,  # this invocation's (a resumed bench: the units it ran)
         "config": cfg_dict,
         "summary": summary,
         "curves": bands,
         "units": results,
     }
-    (run_dir / "results.json").write_text(json.dumps(json_safe(record), indent=1))
-    if cfg.plots:
+    write_atomic(run_dir / "results.json", json.dumps(json_safe(record), indent=1))
+    if cfg.plots:  # written whole or not at all; the results are kept if it fails
         hold = {"mock": cfg.mock.hold_steps, "real": cfg.real.env.hold_steps}
         hold |= {env: 0 for env in envs if env not in ENVS}  # an env of others: its own step
-        plot_curves(bands, hold, len(seeds), run_dir / "curves.png")
-    print(f"{len(units)} units in {wall:.1f} s; wrote {run_dir}")
+        plot_curves(bands, hold, len(plan_record["seeds"]), run_dir / "curves.png")
+    print(f"{len(todo)} units in {wall:.1f} s; wrote {run_dir}")
     return run_dir
 
 

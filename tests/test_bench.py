@@ -362,7 +362,7 @@ def test_a_failure_after_the_results_are_written_keeps_them(tmp_path, monkeypatc
 
 
 def test_an_interrupted_bench_leaves_no_directory(tmp_path, monkeypatch, capsys):
-    def interrupted(*args):
+    def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(bench, "run_units", interrupted)
@@ -479,3 +479,53 @@ def test_a_controller_that_reads_an_entry_by_position_is_checked_by_name():
     build_controller(RunConfig(controller="schedule"), env(("progress", "a", "b", "c", "d", "e")))
     with pytest.raises(Exception, match="reads observation entry 0 as 'progress', but this env has 'loss'"):
         build_controller(RunConfig(controller="schedule"), env(("loss", "progress", "b", "c", "d", "e")))
+
+
+def test_a_stopped_bench_keeps_its_finished_units_and_resumes_the_rest(tmp_path, monkeypatch, capsys):
+    """Ctrl-C (or a crash) dropped every finished unit: hours of real-env units run again. Each unit
+    is now kept in units.jsonl as it finishes; --resume DIR runs only the rest and writes the results
+    an uncut bench writes."""
+    argv = ["--controllers", "fixed:alpha=0.5,random", "--baseline", "random", "--seeds", "3",
+            "--set", "mock.total_steps=50", "--set", "plots=false"]  # fmt: skip
+    uncut = bench.main([*argv, "--out", str(tmp_path / "uncut")])
+    real_unit, calls = bench.run_unit, []
+
+    def stop_at_the_fourth(*args):
+        calls.append(args[1:4])
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_unit(*args)
+
+    monkeypatch.setattr(bench, "run_unit", stop_at_the_fourth)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        bench.main([*argv, "--out", str(tmp_path / "cut")])
+    (run_dir,) = (tmp_path / "cut").iterdir()
+    err = capsys.readouterr().err
+    assert exc.value.code == 130 and f"kept 3 of 6 units in {run_dir / 'units.jsonl'}" in err
+    assert f"--resume {run_dir}" in err and not (run_dir / "results.json").exists()
+    with (run_dir / "units.jsonl").open("a") as fh:
+        fh.write('{"env": "mock", "contr')  # a line torn by a crash: dropped, that unit runs again
+    calls.clear()
+    with pytest.raises(SystemExit) as exc:  # the bench's own settings only
+        bench.main(["--resume", str(run_dir), "--seeds", "4"])
+    assert exc.value.code == 2 and "drop --seeds" in capsys.readouterr().err
+    assert bench.main(["--resume", str(run_dir)]) == run_dir
+    assert calls == [("mock", "random", 0), ("mock", "random", 1), ("mock", "random", 2)]
+
+    def units(path):
+        return [
+            {k: v for k, v in u.items() if k != "seconds"} for u in read_json(path / "results.json")["units"]
+        ]
+
+    assert units(run_dir) == units(uncut)
+
+    def summary(path):  # timings aside
+        rows = read_json(path / "results.json")["summary"]["mock"]
+        return {c: {k: v for k, v in row.items() if k != "seconds"} for c, row in rows.items()}
+
+    assert summary(run_dir) == summary(uncut)
+    assert (
+        "is finished"
+        in (capsys.readouterr(), bench.main(["--resume", str(run_dir)]), capsys.readouterr())[2].out
+    )
