@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 
@@ -27,10 +28,19 @@ def test_the_trl_pieces_step_computes_our_loss(tiny_model, tokenizer, small_task
     pytest.importorskip("trl", reason="the step-vs-trl benchmark's extra: pip install -e '.[bench]'")
     cfg = EngineConfig(batch_size=6, loss=LossConfig(kind=kind, beta=0.3))
     engine = DistillEngine(tiny_model, tokenizer, small_task, cfg)
+    other_kind = "forward_kl" if kind == "reverse_kl" else "reverse_kl"
+    other_cfg = EngineConfig(batch_size=6, loss=LossConfig(kind=other_kind))
+    other = DistillEngine(tiny_model, tokenizer, small_task, other_cfg)
+    with torch.no_grad():  # move the student away from the frozen base teachers: a loss far from 0
+        for p in tiny_model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
     trl_step = bench_trl_step.TRLPiecesStep(engine)
     assert trl_step.beta == beta
     ours, theirs = bench_trl_step.check_same_loss(engine, trl_step, 0.5)
-    assert ours == pytest.approx(theirs, abs=1e-5)
+    assert ours > 0.05 and ours == pytest.approx(theirs, rel=1e-5)
+    other_ours, other_theirs = bench_trl_step.check_same_loss(other, bench_trl_step.TRLPiecesStep(other), 0.5)
+    assert other_ours == pytest.approx(other_theirs, rel=1e-5)
+    assert ours != pytest.approx(other_ours, rel=5e-3)  # the kinds are told apart on this batch
     before = [p.detach().clone() for p in trl_step.student.parameters()]
     loss = trl_step.step(0.5)
     assert np.isfinite(loss)

@@ -19,8 +19,25 @@ def test_overrides_reach_nested_fields_with_types():
 
 
 def test_round_trip_through_dict():
-    cfg = EngineConfig()
-    assert cfglib.from_dict(EngineConfig, cfglib.to_dict(cfg)) == cfg
+    from atesd.engine import SamplingConfig
+    from atesd.losses import LossConfig
+    from atesd.teacher import TeacherConfig
+
+    cfg = EngineConfig(
+        lr=3e-4,
+        batch_size=5,
+        loss=LossConfig(kind="forward_kl", clip_tau=0.05),
+        teacher=TeacherConfig(kind="ema", ema_decay=0.9),
+        sampling=SamplingConfig(max_new_tokens=17),
+    )
+    assert cfg != EngineConfig()
+    data = cfglib.to_dict(cfg)
+    assert data["lr"] == 3e-4 and data["batch_size"] == 5
+    assert data["loss"]["kind"] == "forward_kl" and data["loss"]["clip_tau"] == 0.05
+    assert data["teacher"] == {"kind": "ema", "ema_decay": 0.9}
+    assert data["sampling"]["max_new_tokens"] == 17
+    assert isinstance(data["loss"], dict)  # plain nested dicts, ready for JSON/YAML
+    assert cfglib.from_dict(EngineConfig, data) == cfg
 
 
 def test_unknown_key_suggests_the_closest_name():

@@ -9,6 +9,7 @@ import atesd.engine as engine_mod
 from atesd.engine import DistillEngine, EngineConfig, NonFiniteLossError, SamplingConfig, mean_nll
 from atesd.exposure import ExposureConfig
 from atesd.losses import LossConfig
+from atesd.rollout.base import RolloutBatch
 from atesd.teacher import TeacherConfig
 
 
@@ -147,21 +148,110 @@ def test_an_update_skipped_for_its_gradient_measures_no_grounded_score(tiny_mode
     assert math.isfinite(engine.step(0.5).grounded)
 
 
+def _perturb(model, scale=0.05):
+    """Move the student away from the frozen base teacher (seeded), so there is a gap to measure."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+
+
+def _reference_mismatch(engine, alpha, problems, seed):
+    """Mean per-token KL(student || teacher) and top-1 disagreement, from the two models' own logits."""
+    from atesd.batching import completion_hidden
+
+    batch = engine.rollout(problems, torch.Generator().manual_seed(seed))  # the rollout mismatch draws
+    pad = engine.tokenizer.pad_token_id
+    teacher_prompts = engine.teacher_prompts(problems, alpha, batch.texts)
+    with torch.no_grad():
+        engine.student.eval()
+        s_hidden, _ = completion_hidden(engine.student, batch.prompts, batch.completions, pad)
+        engine.student.train()
+        t_hidden, _ = completion_hidden(engine.teacher.model, teacher_prompts, batch.completions, pad)
+        s_logp = torch.log_softmax(s_hidden @ engine.student.lm_head.weight.T, -1)
+        t_logp = torch.log_softmax(t_hidden @ engine.teacher.model.lm_head.weight.T, -1)
+    kl = float((s_logp.exp() * (s_logp - t_logp)).sum(-1).mean())
+    top1 = float((s_logp.argmax(-1) != t_logp.argmax(-1)).float().mean())
+    return kl, top1
+
+
 def test_evaluate_and_mismatch(tiny_model, tokenizer, small_task):
     engine = make_engine(tiny_model, tokenizer, small_task)
     ev = engine.evaluate(k=2)
     assert set(ev) == {f"{m}/{b}" for m in ("accuracy", "avg_at_2") for b in small_task.eval_sets()}
     assert all(0 <= v <= 1 for v in ev.values())
+
+    # evaluate grades what the sampler answers: every reference solution, half of them, or garbage
+    eos = tokenizer.eos_token_id
+    solutions = {}
+    for problems in small_task.eval_sets().values():
+        for i, p in enumerate(problems):
+            prompt = tuple(engine.builder.encode(engine.builder.student_prompt(p)))
+            solutions[prompt] = (i, engine.builder.encode(p.solution) + [eos])
+    garbage = engine.builder.encode("garbage") + [eos]
+    answer = {
+        "all": lambda i, ids: ids,
+        "even": lambda i, ids: ids if i % 2 == 0 else garbage,
+        "none": lambda i, ids: garbage,
+    }
+    for mode, want in (("all", 1.0), ("even", 0.5), ("none", 0.0)):
+        engine.sampler.generate = lambda prompts, params, gen, mode=mode: RolloutBatch(
+            prompts, [answer[mode](*solutions[tuple(p)]) for p in prompts], [True] * len(prompts)
+        )
+        ev = engine.evaluate(k=2)
+        assert len(ev) == 2 * len(small_task.eval_sets())
+        assert ev == {key: want for key in ev}, mode
+    del engine.sampler.generate  # the real sampler again
+
     problems = small_task.eval_sets()["M22"]
     m0 = engine.mismatch(0.0, problems, torch.Generator().manual_seed(0))
     m1 = engine.mismatch(0.0, problems, torch.Generator().manual_seed(0))
     assert m0 == m1 and m0["kl"] >= 0 and 0 <= m0["top1"] <= 1
+    _perturb(tiny_model)  # the student now differs from the frozen base teacher
+    for alpha in (0.0, 1.0):
+        m = engine.mismatch(alpha, problems, torch.Generator().manual_seed(0))
+        kl, top1 = _reference_mismatch(engine, alpha, problems, seed=0)
+        assert m["kl"] == pytest.approx(kl, rel=1e-4) and m["kl"] > 1e-3
+        assert m["top1"] == pytest.approx(top1, abs=1e-6) and m["top1"] > 0
+    shown = engine.mismatch(1.0, problems, torch.Generator().manual_seed(0))
+    hidden = engine.mismatch(0.0, problems, torch.Generator().manual_seed(0))
+    assert shown["kl"] != pytest.approx(hidden["kl"], rel=1e-3)  # the teacher's exposure moves it
 
 
 def test_loss_kind_is_configurable(tiny_model, tokenizer, small_task):
-    engine = make_engine(tiny_model, tokenizer, small_task, loss=LossConfig(kind="forward_kl", clip_tau=0.05))
-    s = engine.step(1.0)
-    assert math.isfinite(s.loss)
+    """The update's loss is the configured divergence (kind and clip): on one fixed batch the engine's
+    loss equals the reference loss of that config, and forward and reverse KL engines differ."""
+    from atesd.batching import completion_hidden
+    from atesd.losses import naive_distill_loss
+
+    configs = {
+        "forward_clipped": LossConfig(kind="forward_kl", clip_tau=0.05),
+        "forward": LossConfig(kind="forward_kl"),
+        "reverse": LossConfig(kind="reverse_kl"),
+    }
+    # every engine's frozen base teacher is the starting weights; the student then moves away from them
+    engines = {name: make_engine(tiny_model, tokenizer, small_task, loss=c) for name, c in configs.items()}
+    _perturb(tiny_model)
+    engine = engines["forward_clipped"]
+    fixed = engine.rollout(small_task.sample(np.random.default_rng(99), 8), torch.Generator().manual_seed(5))
+    pad = tokenizer.pad_token_id
+    with torch.no_grad():
+        losses = {name: float(e.batch_loss(fixed, 1.0)[0].loss) for name, e in engines.items()}
+        teacher_prompts = engine.teacher_prompts(fixed.problems, 1.0, fixed.texts)
+        t_hidden, targets = completion_hidden(engine.teacher.model, teacher_prompts, fixed.completions, pad)
+        s_hidden, _ = completion_hidden(tiny_model, fixed.prompts, fixed.completions, pad)
+        mask = torch.ones(targets.shape[0], dtype=torch.bool)
+        heads = (tiny_model.lm_head.weight, engine.teacher.model.lm_head.weight)
+        reference = {
+            name: float(naive_distill_loss(s_hidden, t_hidden, *heads, mask, c, targets).loss)
+            for name, c in configs.items()
+        }
+    for name in configs:
+        assert losses[name] == pytest.approx(reference[name], rel=1e-5), name
+    # the three references are far apart: a loss that ignored the kind or the clip would not match
+    assert reference["forward"] != pytest.approx(reference["reverse"], rel=1e-2)
+    assert reference["forward_clipped"] < reference["forward"] * 0.99
+    assert losses["forward"] != pytest.approx(losses["reverse"], rel=1e-2)
+    assert math.isfinite(engine.step(1.0).loss)
 
 
 def test_the_in_training_evaluation_decodes_as_configured(tiny_model, tokenizer, small_task):

@@ -1,5 +1,6 @@
 """The evaluation metrics against hand-computed values and brute force, and recipes/eval.py end to end."""
 
+import dataclasses
 import itertools
 import json
 import math
@@ -137,7 +138,7 @@ def _read(run_dir):
     return lines, summary
 
 
-def test_eval_main_writes_its_files_and_repeats_under_a_seed(tiny_model, tokenizer, tmp_path):
+def test_eval_main_writes_its_files_and_repeats_under_a_seed(tiny_model, tokenizer, tmp_path, monkeypatch):
     save_pretrained(tiny_model, tokenizer, tmp_path / "model")
     first = main(_args(tmp_path / "model", tmp_path / "runs", seed=3))
     again = main(_args(tmp_path / "model", tmp_path / "runs", seed=3))
@@ -167,6 +168,32 @@ def test_eval_main_writes_its_files_and_repeats_under_a_seed(tiny_model, tokeniz
     texts = [s["text"] for r in lines for s in r["samples"]]
     assert texts != [s["text"] for r in _read(other)[0] for s in r["samples"]]
     assert sorted(p.name for p in first.iterdir()) == [".lock", "config.json", "problems.jsonl", ev.SUMMARY]
+
+    # the random model solves nothing (every metric 0): a sampler that answers every third prompt with
+    # its reference solution makes the summary's agreement with the lines' counts tell
+    eval_cfg = ev.resolve_config(ev.parse_args(_args(tmp_path / "model", tmp_path / "runs", seed=3)))
+    task = ev.load_task(eval_cfg)
+    builder = PromptBuilder(tokenizer, task.prompt_format, ExposureConfig(student_thinking=True))
+    gold = {tuple(builder.encode(builder.student_prompt(p))): p.solution
+            for problems in task.eval_sets().values() for p in problems}  # fmt: skip
+
+    def some_solved(backend, tok, prompts, params, batch_size, generator, on_batch=None):
+        out = generate(backend, tok, prompts, params, batch_size, generator, on_batch)
+        return [dataclasses.replace(r, text=gold[tuple(p)]) if k % 3 == 0 else r
+                for k, (p, r) in enumerate(zip(prompts, out, strict=True))]  # fmt: skip
+
+    monkeypatch.setattr(ev, "generate", some_solved)
+    lines, summary = _read(main(_args(tmp_path / "model", tmp_path / "runs", seed=5)))
+    counts = [r["c"] for r in lines]
+    assert counts == [sum(s["correct"] for s in r["samples"]) for r in lines]
+    assert 0 < sum(counts) < 4 * len(lines) and len(set(counts)) > 1  # some solved, not all, unevenly
+    avg = sum(r["c"] / r["n"] for r in lines) / len(lines)
+    assert summary["all"]["avg_at_n"] == pytest.approx(avg) == pytest.approx(summary["all"]["pass_at"]["1"])
+    for name, metrics in summary["sets"].items():
+        mine = [r for r in lines if r["set"] == name]
+        assert metrics["avg_at_n"] == pytest.approx(np.mean([r["c"] / r["n"] for r in mine]))
+        assert metrics["greedy_accuracy"] == pytest.approx(np.mean([r["greedy"]["correct"] for r in mine]))
+    assert 0 < summary["all"]["greedy_accuracy"] < 1
 
 
 def _reference(argv: list[str]) -> tuple[list[dict], dict]:

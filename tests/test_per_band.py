@@ -1,10 +1,14 @@
 """The per-band action: one alpha per difficulty band, in the mock env, the real env, every
 controller, run.py's logs and bench.py's specs."""
 
+import copy
+import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env
 
 import recipes.bench as bench
@@ -84,25 +88,54 @@ def test_a_wrong_per_band_action_is_refused():
 
 
 # ---- every controller ---------------------------------------------------------------------
+def assert_same_state(a, b, path="<root>"):
+    """Two nested controller states hold the same structure, scalars, arrays and tensors (as in
+    tests/test_controller_registry.py)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
+    elif isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b), path
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), path
+        for k in a:
+            assert_same_state(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{path}/{i}")
+    else:
+        assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), path
+
+
 @pytest.mark.parametrize("name", list(CONTROLLERS))
 def test_every_controller_acts_per_band_and_its_state_round_trips(name, tmp_path):
+    """A state saved mid-episode and loaded into a controller built with another seed is the same
+    state, and that twin continues the episode (no reset between) with the same per-band actions."""
     env = mix()
     cls, cfg_cls = CONTROLLERS[name]
-    controller = cls(env.observation_space, env.action_space, cfg_cls())
+    cfg = cfg_cls()
+    controller = cls(env.observation_space, env.action_space, cfg)
     result = run_episode(env, controller, seed=1)
     assert result.steps == 20 and len(result.final_info["alpha"]) == 2
-    save_state(controller.state_dict(), tmp_path / "state")
-    twin = cls(env.observation_space, env.action_space, cfg_cls())
-    twin.load_state_dict(load_state(tmp_path / "state"))
-    env.reset(seed=2)
-    controller.reset(seed=2, info=env.reset(seed=2)[1]), twin.reset(seed=2, info=env.reset(seed=2)[1])
-    obs = env.reset(seed=2)[0]
-    for _ in range(3):  # the same next decisions from the restored state
-        a, b = controller.act(obs), twin.act(obs)
-        assert a.shape == (2,) and env.action_space.contains(a) and np.array_equal(a, b)
-        obs, reward, _, _, info = env.step(a)
-        for c in (controller, twin):
-            c.observe(obs, a, reward, obs, False, False, info)
+    cut, actions = {}, []
+
+    def on_step(step, t):  # a second episode, cut after 8 steps: the state and the env kept there
+        actions.append(t.action)
+        if step == 8:
+            save_state(controller.state_dict(), tmp_path / "state")
+            cut.update(env=copy.deepcopy(env), obs=t.next_obs.copy())
+
+    run_episode(env, controller, seed=2, on_step=on_step)
+    assert len(actions) == 20 and all(a.shape == (2,) and env.action_space.contains(a) for a in actions)
+    other_cfg = dataclasses.replace(cfg, seed=cfg.seed + 1) if hasattr(cfg, "seed") else cfg
+    twin = cls(env.observation_space, env.action_space, other_cfg)
+    saved = load_state(tmp_path / "state")
+    twin.load_state_dict(saved)
+    assert_same_state(load_state(tmp_path / "state"), twin.state_dict())
+    twin_actions = []
+    run_episode(cut["env"], twin, start=(cut["obs"], 8), on_step=lambda _, t: twin_actions.append(t.action))
+    assert len(twin_actions) == 12
+    assert all(np.array_equal(a, b) for a, b in zip(actions[8:], twin_actions, strict=True))
 
 
 def test_learners_move_each_band_on_its_own():

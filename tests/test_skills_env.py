@@ -135,12 +135,21 @@ def test_the_papers_reward_is_lured_past_the_optimum_and_a_neutral_grounded_scor
 
 def test_bench_runs_it_by_id_with_env_keywords(tmp_path):
     out = bench.main(["--env", "atesd/SkillChain-wall-v0", "--env-set", "lambda_gt=1", "--env-set",
-                      "grounded_by=student", "--controllers", "fixed:alpha=0.5,random", "--baseline",
-                      "random", "--seeds", "2", "--set", "plots=false", "--set", "episodes=2",
-                      "--out", str(tmp_path)])  # fmt: skip
+                      "grounded_by=student", "--env-set", "learn_noise=0", "--controllers",
+                      "fixed:alpha=0.5,random", "--baseline", "random", "--seeds", "2", "--set",
+                      "plots=false", "--set", "episodes=2", "--out", str(tmp_path)])  # fmt: skip
 
     record = json.loads((out / "results.json").read_text())
-    assert record["env_kwargs"] == {"lambda_gt": 1, "grounded_by": "student"}
+    assert record["env_kwargs"] == {"lambda_gt": 1, "grounded_by": "student", "learn_noise": 0}
+    # the keywords reached each unit's env: without learning noise a fixed alpha learns the same
+    # whatever the seed, to what the env built with them reaches (the default env's noise does not)
+    kw = {"profile": "wall", "lambda_gt": 1.0, "grounded_by": "student"}
+    fixed_final = final_competence(SkillChainEnv(**kw, learn_noise=0.0), lambda env: 0.5)
+    noisy_finals = [final_competence(SkillChainEnv(**kw), lambda env: 0.5, seed=s) for s in range(4)]
+    assert all(abs(f - fixed_final) > 1e-6 for f in noisy_finals)
+    fixed_units = [u for u in record["units"] if u["controller"] == "fixed:alpha=0.5"]
+    assert len(fixed_units) == 2
+    assert all(u["final"] == pytest.approx(fixed_final, abs=1e-12) for u in fixed_units)
     summary = record["summary"]["atesd/SkillChain-wall-v0"]
     assert set(summary) == {"fixed:alpha=0.5", "random"}
     assert all(len(u["runs"]) == 2 and u["runs"][-1] == u["final"] for u in record["units"])

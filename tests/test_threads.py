@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 import torch
 
@@ -79,9 +81,13 @@ def test_without_proc_stat_the_maximum_is_kept(monkeypatch):
     assert follower.update() == 3 and torch.get_num_threads() == 3
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/stat is Linux's")
 def test_proc_stat_is_read_on_linux():
+    cpus = th.allowed_cpus()
+    one, allowed = th._busy_seconds(cpus[:1]), th._busy_seconds(cpus)  # read before the total: never above it
     busy = th._busy_seconds()
-    assert busy is None or busy > 0
+    assert busy is not None and busy > 0
+    assert one is not None and allowed is not None and 0 < one <= allowed <= busy
 
 
 def test_set_threads():

@@ -30,13 +30,38 @@ def test_cache_is_hit_on_the_second_call(tmp_path, small_task):
 
 
 def test_cache_key_changes_with_any_config(small_task):
-    base = cache_key(small_task.cfg, TINY, QUICK)
-    assert (
-        cache_key(small_task.cfg, TINY, WarmStartConfig(steps=4, copy_steps=1, batch_size=4, warmup_steps=1))
-        != base
-    )
-    assert cache_key(small_task.cfg, TinyModelConfig(), QUICK) != base
+    """Every field of the task, model and warm-start configs keys the cache: a valid change to any one
+    of them gives a key of its own (and a field added later must be listed here)."""
+    import dataclasses
+
+    changes = {
+        "task": {
+            "chain_lengths": (0, 4), "bag_sizes": (0, 3), "min_steps": 3, "ops": "+-*",
+            "bands": ((3, 0), (0, 2)), "eval_size": 17, "probe_size": 9, "eval_seed": 1235,
+        },
+        "model": {
+            "num_layers": 2, "hidden_size": 64, "num_heads": 4, "num_kv_heads": 2,
+            "intermediate_size": 65, "max_position": 256, "init_seed": 1,
+        },
+        "warmstart": {
+            "steps": 4, "copy_steps": 2, "batch_size": 5, "lr": 2e-3, "warmup_steps": 2,
+            "min_lr_ratio": 0.2, "weight_decay": 0.02, "student_frac": 0.3, "teacher_frac": 0.4,
+            "student_max_chain": 4, "long_chain_keep": 0.2, "seed": 1,
+        },
+    }  # fmt: skip
+    base_cfgs = {"task": small_task.cfg, "model": TINY, "warmstart": QUICK}
+    base = cache_key(*base_cfgs.values())
     assert cache_key(small_task.cfg, TINY, QUICK) == base
+    keys = {base}
+    for part, cfg in base_cfgs.items():
+        assert set(changes[part]) == {f.name for f in dataclasses.fields(cfg)}, part  # every field
+        for name, value in changes[part].items():
+            changed = dataclasses.replace(cfg, **{name: value})
+            assert getattr(changed, name) != getattr(cfg, name), (part, name)
+            key = cache_key(*(changed if p == part else c for p, c in base_cfgs.items()))
+            assert key not in keys, (part, name)  # differs from the base and from every other change
+            keys.add(key)
+    assert len(keys) == 1 + sum(map(len, changes.values()))
 
 
 def test_long_chains_are_only_copied_in_teacher_format(tokenizer):
