@@ -228,7 +228,8 @@ class SurrogateExposureEnv(gym.Env):
     ) -> None:
         if (model is None) == (bank is None):
             raise ValueError(
-                "give the surrogate a fitted model (or its JSON path) or a bank directory, one of them"
+                "give the surrogate a fitted model (model=: the model or its JSON path) or a bank directory "
+                "(bank=DIR), one of them"
             )
         if reward not in REWARDS:
             raise ValueError(f"reward must be one of {', '.join(REWARDS)}, got {reward!r}")

@@ -186,7 +186,8 @@ def check_exposure_env(env_id: str, kwargs: dict[str, Any] | None = None) -> Any
             f"unknown env '{env_id}' in --env: not mock, real or a registered Gymnasium id ({err})"
         ) from None
     except (TypeError, ValueError) as err:
-        raise cfglib.ConfigError(f"env '{env_id}' refuses --env-set {kwargs}: {err}") from None
+        given = " ".join(f"{k}={v}" for k, v in (kwargs or {}).items()) or "nothing"
+        raise cfglib.ConfigError(f"env '{env_id}' could not be built from --env-set {given}: {err}") from None
     space = env.action_space
     if not (isinstance(space, gym.spaces.Box) and len(space.shape) == 1 and space.shape[0] >= 1
             and float(space.low.min()) >= 0.0 and float(space.high.max()) <= 1.0):  # fmt: skip
