@@ -114,13 +114,21 @@ def missing_outputs(run_dir: Path, cfg: RunConfig) -> list[str]:
     wanted = [SUMMARY, "controller.json", "controller.safetensors"]
     wanted += ["final_model"] if cfg.env == "real" else []
     wanted += [f"plots/{name}" for name in PLOTS] if cfg.plots else []
-    missing = [name for name in wanted if not (run_dir / name).exists()]
+    # an empty file is as good as none (a power loss before its data reached the disk)
+    missing = [name for name in wanted if not _written(run_dir / name)]
     if SUMMARY not in missing:
         try:
             json.loads((run_dir / SUMMARY).read_text())
         except (OSError, ValueError):
             missing.insert(0, SUMMARY)
     return missing
+
+
+def _written(path: Path) -> bool:
+    """A file with content, or a directory holding at least one such file."""
+    if path.is_dir():
+        return any(p.is_file() and p.stat().st_size > 0 for p in path.iterdir())
+    return path.is_file() and path.stat().st_size > 0
 
 
 # ---- checkpoints --------------------------------------------------------------------------------

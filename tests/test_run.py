@@ -542,3 +542,16 @@ def test_a_run_that_moved_on_between_plan_and_lock_is_not_trained_again(tmp_path
     code, err = failure(capsys, [*args, "--resume", "auto"])
     assert code == 2 and "moved on while this process read its checkpoint" in err and one_line(err), err
     assert (run_dir / "metrics.jsonl").read_bytes() == logs
+
+
+def test_a_finished_run_with_an_empty_output_is_completed(tmp_path, capsys):
+    """A power loss can leave a file created but empty: the run counted as finished (the file existed),
+    while controller_init=<run>/controller then failed on it ('header too small')."""
+    args = ["--controller", "beta_reinforce", *MOCK, "checkpoint_every=2", f"out_dir={tmp_path}"]
+    run_dir = run.main(args)
+    state = (run_dir / "controller.safetensors").read_bytes()
+    (run_dir / "controller.safetensors").write_bytes(b"")
+    capsys.readouterr()
+    assert run.main([*args, "--resume", "auto"]) == run_dir
+    assert "lacks controller.safetensors; completing it from its last checkpoint" in capsys.readouterr().out
+    assert (run_dir / "controller.safetensors").read_bytes() == state
