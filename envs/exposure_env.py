@@ -33,7 +33,10 @@ class ExposureEnvConfig:
     total_steps: int = field(default=100, metadata={"help": "student updates per episode, T (>= hold_steps)"})
     gamma: float = field(default=0.9, metadata={"help": "per-update discount inside a window, in (0, 1]"})
     lambda_gt: float = field(
-        default=30.0, metadata={"help": "weight of the grounded score (>= 0; the paper's form: 0.1)"}
+        default=30.0,
+        metadata={
+            "help": "weight of the grounded score (>= 0; our 0.1 for the paper's form, which gives none)"
+        },
     )
     signed_progress: bool = field(default=False, metadata={"help": "charge rises of the tracked loss too"})
     grounded_change: bool = field(
@@ -121,10 +124,10 @@ class TeacherExposureEnv(gym.Env):
     by the student before its update (`engine.grounded_by`, default `student`; the paper's `teacher`
     reads it from the teacher at the window's alpha), by default as the rise of the window's
     discount-weighted mean over the previous window's (`grounded_change`; 0 in the first window),
-    else that mean itself (the paper's form, with lambda_gt 0.1). Agents that discount windows by
-    gamma^H over L/H windows receive the paper's lookahead return; the delayed credit lives in the
-    agent. A window whose every update was skipped as non-finite (the engine tolerates
-    `max_nonfinite_steps` in a row) measures no grounded score: its grounded term is NaN in
+    else that mean itself (the paper's form; lambda_gt 0.1 is our choice for it). Agents that
+    discount windows by gamma^H over L/H windows receive the paper's lookahead return; the delayed
+    credit lives in the agent. A window whose every update was skipped as non-finite (the engine
+    tolerates `max_nonfinite_steps` in a row) measures no grounded score: its grounded term is NaN in
     `info["reward/grounded"]` and credits nothing (the reward is the progress term alone), and the
     next window's change compares with the last window that measured one (0 when none has yet).
 

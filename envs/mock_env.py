@@ -32,7 +32,9 @@ class MockConfig:
     )
     lambda_gt: float = field(
         default=30.0,
-        metadata={"help": "weight of the grounded score in the reward (>= 0; the paper's form: 0.1)"},
+        metadata={
+            "help": "weight of the grounded score (>= 0; 0.1 for the paper's form: ours, it gives none)"
+        },
     )
     signed_progress: bool = field(
         default=False, metadata={"help": "charge loss rises too (net-drop variant)"}
