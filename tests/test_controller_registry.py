@@ -12,6 +12,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from _helpers import assert_same_state
 
 import envs  # noqa: F401  (registers the atesd/ envs)
 from atesd.state import load_state, save_state
@@ -32,24 +33,6 @@ def build(name: str, seed: int = 0, env: gym.Env | None = None):
 
 NAMES = list(CONTROLLERS)
 PROTOCOL = ("reset", "act", "observe", "state_dict", "load_state_dict")
-
-
-def assert_same_state(a, b, path="<root>"):
-    """Two nested controller states hold the same structure, scalars, arrays and tensors."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
-    elif isinstance(a, np.ndarray):
-        assert isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b), path
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and list(a) == list(b), path
-        for k in a:
-            assert_same_state(a[k], b[k], f"{path}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_state(x, y, f"{path}/{i}")
-    else:
-        assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), path
 
 
 def test_registry_maps_names_to_controller_and_config_classes():

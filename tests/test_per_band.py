@@ -4,11 +4,10 @@ controller, run.py's logs and bench.py's specs."""
 import copy
 import dataclasses
 import json
-import math
 
 import numpy as np
 import pytest
-import torch
+from _helpers import assert_same_state
 from gymnasium.utils.env_checker import check_env
 
 import recipes.bench as bench
@@ -88,25 +87,6 @@ def test_a_wrong_per_band_action_is_refused():
 
 
 # ---- every controller ---------------------------------------------------------------------
-def assert_same_state(a, b, path="<root>"):
-    """Two nested controller states hold the same structure, scalars, arrays and tensors (as in
-    tests/test_controller_registry.py)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
-    elif isinstance(a, np.ndarray):
-        assert isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b), path
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and list(a) == list(b), path
-        for k in a:
-            assert_same_state(a[k], b[k], f"{path}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_state(x, y, f"{path}/{i}")
-    else:
-        assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), path
-
-
 @pytest.mark.parametrize("name", list(CONTROLLERS))
 def test_every_controller_acts_per_band_and_its_state_round_trips(name, tmp_path):
     """A state saved mid-episode and loaded into a controller built with another seed is the same

@@ -1,0 +1,24 @@
+"""Helpers shared by test modules (imported as `_helpers`: pytest puts tests/ on the path)."""
+
+import math
+
+import numpy as np
+import torch
+
+
+def assert_same_state(a, b, path="<root>"):
+    """Two nested controller states hold the same structure, scalars, arrays and tensors."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
+    elif isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b), path
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), path
+        for k in a:
+            assert_same_state(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{path}/{i}")
+    else:
+        assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), path
