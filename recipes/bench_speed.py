@@ -11,10 +11,12 @@
 3. loss:    peak memory of the distillation loss (forward + backward) chunked vs naive at
             V = 151,936 (Qwen3's vocabulary), B*T = 4096, each in a fresh process (peak RSS delta).
 4. step-vs-trl: our student update at the default config, as the env runs it (a hold window of 5
-            `DistillEngine.step`s, `run_window`), and as bare `step` calls, against the same step built
-            from TRL's pieces (recipes/bench_trl_step.py), same process, model, prompts and alpha,
-            interleaved; first both losses on one shared batch (equal to 1e-5). The last line's "ours"
-            is the window's seconds per update. Not part of the default run.
+            `DistillEngine.step`s, `run_window`), as bare `step` calls, and at equal compute (no probe,
+            no grounded score), against the same step built from TRL's pieces
+            (recipes/bench_trl_step.py), same process, model, problems and alpha, interleaved in rounds,
+            each kind on its own copy of the starting weights; first both losses on one shared batch
+            (equal to 1e-5). The last line's "ours" is the window's seconds per update. Not part of
+            the default run.
 """
 
 from __future__ import annotations
@@ -205,17 +207,35 @@ def main() -> int:
         console.print(
             f"[bold]step vs TRL pieces[/] (batch {engine.cfg.batch_size}, alpha 0.5, {args.threads} threads, "
             f"sampler compile={args.compile}, lean decode={r['lean_decode']}, probe overlapped="
-            f"{r['overlapped']}; {r['steps']} updates each, interleaved in windows of {r['hold']}; {source})"
+            f"{r['overlapped']}; {r['steps']} updates of each kind, interleaved in {r['rounds']} rounds of "
+            f"{r['hold']}, each on its own copy of the starting weights and one problem stream; {source})"
         )
         console.print(
             f"  loss on one shared batch: ours {r['ours_loss']:.7f}, trl generalized_jsd_loss "
             f"(beta {r['beta']:g}) {r['trl_loss']:.7f}, equal to 1e-5: {r['same_loss']}"
         )
-        console.print("  ours by phase: " + ", ".join(f"{k} {v:.3f}" for k, v in r["ours_phases"].items()))
-        console.print(f"  medians: ours {r['ours_median_s']:.3f} s, trl-pieces {r['trl_median_s']:.3f} s")
+        console.print(
+            "  ours by phase, per update of the windows (rollout_s includes waiting for the probe beside "
+            "it; probe_s of an overlapped update is not extra wall time): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in r["ours_phases"].items())
+        )
+        console.print(
+            "  rollout tokens per update: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in r["tokens_per_update"].items())
+        )
+
+        def ci(key: str) -> str:
+            mean, low, high = r[key]
+            return f"per-round ratio {mean:.2f}x [{low:.2f}, {high:.2f}] (95% t, {r['rounds']} rounds)"
+
+        console.print(f"  ours as the env runs it (hold windows): {r['ours_s']:.3f} s, {ci('ratio_ci')}")
         console.print(
             f"  ours as bare DistillEngine.step calls (every probe in line): {r['step_s']:.3f} s, "
-            f"ratio {r['step_ratio']:.2f}x"
+            f"ratio {r['step_ratio']:.2f}x, {ci('step_ratio_ci')}"
+        )
+        console.print(
+            f"  ours at equal compute (no probe NLL, no grounded score: what TRL's pieces compute): "
+            f"{r['equal_s']:.3f} s, ratio {r['equal_ratio']:.2f}x, {ci('equal_ratio_ci')}"
         )
         print(
             f"step-vs-trl: ours {r['ours_s']:.3f} s, trl-pieces {r['trl_s']:.3f} s, ratio {r['ratio']:.2f}x"

@@ -13,6 +13,7 @@ so both sides compute the same thing from the same inputs; `check_same_loss` sho
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import time
 
@@ -64,7 +65,10 @@ class TRLPiecesStep:
         self.optimizer = torch.optim.AdamW(
             self.student.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
         )
+        # the engine's own problem stream, from where it stands: both sides see the same problems
         self.rng = np.random.default_rng(seed)
+        self.rng.bit_generator.state = copy.deepcopy(engine.rng.bit_generator.state)
+        self.tokens = 0  # rollout tokens sampled so far (the work a step's cost scales with)
 
     def rollout(self, prompts: list[list[int]]) -> list[list[int]]:
         s = self.cfg.sampling
@@ -102,6 +106,7 @@ class TRLPiecesStep:
         problems = self.task.sample(self.rng, self.cfg.batch_size)
         prompts = [self.builder.encode(self.builder.student_prompt(p)) for p in problems]
         completions = self.rollout(prompts)
+        self.tokens += sum(map(len, completions))
         teacher_prompts = [self.builder.encode(self.builder.teacher_prompt(p, alpha, p)) for p in problems]
         loss = self.loss(prompts, teacher_prompts, completions)
         self.optimizer.zero_grad(set_to_none=True)
@@ -122,35 +127,79 @@ def check_same_loss(engine: DistillEngine, trl_step: TRLPiecesStep, alpha: float
 
 
 def step_vs_trl(engine: DistillEngine, alpha: float, steps: int, hold: int = 5) -> dict:
-    """Interleaved timings, per student update: our env's hold window (`run_window(alpha, hold)`, the
-    probe after each update but the last measured beside the next rollout), `hold` TRL-pieces steps,
-    and `hold` bare `DistillEngine.step` calls (every probe in line), in rounds until `steps` of each."""
+    """Interleaved timings per student update, in rounds until `steps` updates of each kind, each kind
+    on its own copy of the starting weights and the same problem stream:
+
+    - `window`: ours as the env runs it, a hold window (`run_window(alpha, hold)`: the probe after
+      each update but the last measured beside the next rollout);
+    - `trl`: `hold` TRL-pieces steps;
+    - `step`: `hold` bare `DistillEngine.step` calls (every probe in line);
+    - `equal`: ours computing what TRL's pieces compute, no probe NLL and no grounded score
+      (`probe_every=0, grounded=False`), in a window of `hold`.
+
+    Each round gives paired ratios (TRL's seconds per update over a kind's), reported as their mean
+    with a 95% t interval over rounds, beside the means of the seconds; the rollout tokens each side
+    sampled say whether the two students still write rollouts of one length."""
+    from atesd.significance import mean_ci
+
+    start = copy.deepcopy(engine.student)
+    rng_state = copy.deepcopy(engine.rng.bit_generator.state)
+
+    def twin(**changes) -> DistillEngine:
+        cfg = dataclasses.replace(engine.cfg, **changes)
+        other = DistillEngine(copy.deepcopy(start), engine.tokenizer, engine.task, cfg)
+        other.rng.bit_generator.state = copy.deepcopy(rng_state)  # the window's problem stream
+        return other
+
+    engines = {"window": engine, "step": twin(), "equal": twin(probe_every=0, grounded=False)}
     trl_step = TRLPiecesStep(engine, seed=engine.cfg.seed)
     ours_loss, trl_loss = check_same_loss(engine, trl_step, alpha)
-    engine.run_window(alpha, hold), trl_step.step(alpha), engine.step(alpha)  # warm-up
-    times: dict[str, list[float]] = {"window": [], "trl": [], "step": []}
-    phases = []
-    for _ in range(max(1, -(-steps // hold))):
+    tokens = {"window": 0, "step": 0, "equal": 0}
+
+    def ours(kind: str) -> list:
+        e = engines[kind]
+        done = [e.step(alpha) for _ in range(hold)] if kind == "step" else e.run_window(alpha, hold).steps
+        tokens[kind] += sum(r.num_tokens for r in done)
+        return done
+
+    def timed(run) -> float:
         t0 = time.perf_counter()
-        phases += engine.run_window(alpha, hold).steps
-        times["window"].append((time.perf_counter() - t0) / hold)
+        run()
+        return (time.perf_counter() - t0) / hold
+
+    def trl_round() -> None:
         for _ in range(hold):
-            t0 = time.perf_counter()
             trl_step.step(alpha)
-            times["trl"].append(time.perf_counter() - t0)
-        for _ in range(hold):
-            t0 = time.perf_counter()
-            engine.step(alpha)
-            times["step"].append(time.perf_counter() - t0)
-    window, trl, step = (float(np.mean(times[k])) for k in ("window", "trl", "step"))
+
+    for kind in engines:  # warm-up: untimed, every kind
+        ours(kind)
+    trl_step.step(alpha)
+    tokens = dict.fromkeys(tokens, 0)
+    trl_step.tokens = 0
+    times: dict[str, list[float]] = {"window": [], "trl": [], "step": [], "equal": []}
+    phases = []
+    for _ in range(max(2, -(-steps // hold))):
+        t0 = time.perf_counter()
+        phases += ours("window")
+        times["window"].append((time.perf_counter() - t0) / hold)
+        times["trl"].append(timed(trl_round))
+        times["step"].append(timed(lambda: ours("step")))
+        times["equal"].append(timed(lambda: ours("equal")))
+    mean = {k: float(np.mean(v)) for k, v in times.items()}
+    ratios = {k: mean_ci(np.array(times["trl"]) / np.array(times[k])) for k in ("window", "step", "equal")}
     split = {
         k: float(np.mean([getattr(s, k) for s in phases]))
         for k in ("rollout_s", "teacher_s", "update_s", "probe_s")
     }
+    updates = len(times["trl"]) * hold
     return {
-        "ours_s": window, "trl_s": trl, "ratio": trl / window, "steps": len(times["trl"]), "hold": hold,
-        "step_s": step, "step_ratio": trl / step, "overlapped": engine.overlaps_probe(),
-        "ours_median_s": float(np.median(times["window"])), "trl_median_s": float(np.median(times["trl"])),
+        "ours_s": mean["window"], "trl_s": mean["trl"], "ratio": mean["trl"] / mean["window"],
+        "ratio_ci": ratios["window"], "steps": updates, "hold": hold, "rounds": len(times["trl"]),
+        "step_s": mean["step"], "step_ratio": mean["trl"] / mean["step"], "step_ratio_ci": ratios["step"],
+        "equal_s": mean["equal"], "equal_ratio": mean["trl"] / mean["equal"],
+        "equal_ratio_ci": ratios["equal"],
+        "overlapped": engine.overlaps_probe(),
+        "tokens_per_update": {k: v / updates for k, v in tokens.items()} | {"trl": trl_step.tokens / updates},
         "ours_loss": ours_loss, "trl_loss": trl_loss, "same_loss": abs(ours_loss - trl_loss) <= 1e-5,
         "beta": trl_step.beta, "ours_phases": split,
         "lean_decode": getattr(engine.sampler, "lean", None) is not None,

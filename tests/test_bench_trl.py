@@ -62,6 +62,23 @@ def test_step_vs_trl_times_windows_steps_and_trl_on_equal_counts(tiny_model, tok
     cfg = EngineConfig(batch_size=4, sampling=SamplingConfig(max_new_tokens=8))
     engine = DistillEngine(tiny_model, tokenizer, small_task, cfg)
     r = bench_trl_step.step_vs_trl(engine, 0.5, steps=3, hold=2)
-    assert r["steps"] == 4 and r["hold"] == 2 and r["same_loss"]  # rounds of 2 until at least 3
+    assert r["steps"] == 4 and r["hold"] == 2 and r["rounds"] == 2 and r["same_loss"]  # rounds of 2
     assert r["ratio"] == pytest.approx(r["trl_s"] / r["ours_s"]) and r["step_s"] > 0 and r["lean_decode"]
-    assert engine.num_steps == 2 + 1 + 2 * 2 * 2  # warm-up window and step, then 2 rounds of window + steps
+    assert r["equal_ratio"] == pytest.approx(r["trl_s"] / r["equal_s"])
+    low, high = r["ratio_ci"][1:]
+    assert low <= r["ratio_ci"][0] <= high  # the per-round ratios' interval
+    assert engine.num_steps == 2 + 2 * 2  # the window kind alone: a warm-up window, then 2 rounds
+    assert set(r["tokens_per_update"]) == {"window", "step", "equal", "trl"}
+    assert all(4 <= t <= 4 * 8 for t in r["tokens_per_update"].values())  # 4 rows of 1-8 tokens
+
+
+def test_the_trl_pieces_draw_the_engines_problems(tiny_model, tokenizer, small_task):
+    """TRL's side drew its own problem stream (and the bare steps ran on the window's engine, 46
+    updates against TRL's 21): every kind now trains its own copy of one start on one stream."""
+    pytest.importorskip("trl", reason="the step-vs-trl benchmark's extra: pip install -e '.[bench]'")
+    from atesd.engine import SamplingConfig
+
+    cfg = EngineConfig(batch_size=4, sampling=SamplingConfig(max_new_tokens=8))
+    engine = DistillEngine(tiny_model, tokenizer, small_task, cfg)
+    trl_step = bench_trl_step.TRLPiecesStep(engine, seed=99)
+    assert engine.task.sample(engine.rng, 4) == trl_step.task.sample(trl_step.rng, 4)
