@@ -35,7 +35,7 @@ class ExposureEnvConfig:
     lambda_gt: float = field(
         default=30.0,
         metadata={
-            "help": "weight of the grounded score (>= 0; our 0.1 for the paper's form, which gives none)"
+            "help": "weight of the grounded score (>= 0; 0.1 for the paper's form: ours, it gives none)"
         },
     )
     signed_progress: bool = field(default=False, metadata={"help": "charge rises of the tracked loss too"})
