@@ -80,7 +80,9 @@ class LossOutput:
     """The loss and detached per-valid-token diagnostics (all (n_valid,), in mask order).
 
     `per_token` is the divergence value (for sampled_token: log p_S(y) - log p_T(y), the sampled estimate
-    of reverse KL). Stats use the full-vocabulary temperature-scaled distributions, whatever top_k is.
+    of reverse KL), over the full-vocabulary temperature-scaled distributions and unclipped whatever
+    top_k and clip_tau are (the loss uses the restricted, clipped terms; with clip_tau the statistics
+    were those terms, which can be negative). The other stats use the same full distributions.
     The token log-probs are None when no target_ids are given.
     """
 
@@ -134,10 +136,13 @@ def _scaled_terms(s: Tensor, t: Tensor, cfg: LossConfig, target_ids: Tensor | No
         idx = t.topk(min(cfg.top_k, t.shape[-1]), dim=-1).indices  # (N, k) teacher's support
         s, t = s.gather(-1, idx), t.gather(-1, idx)  # renormalised below by log_softmax
     summands = _summands(F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1), cfg)  # (N, V) or (N, k)
+    value = None
     if cfg.clip_tau is not None:
+        if not cfg.top_k:  # the unclipped divergence, for the statistics (top_k: `_chunk` computes it)
+            value = summands.detach().sum(-1)
         summands = summands.clamp(max=cfg.clip_tau)  # capped entries get zero gradient
     terms = summands.sum(-1)  # (N,)
-    return terms, terms.detach()
+    return terms, terms.detach() if value is None else value
 
 
 def per_token_divergence(
@@ -189,11 +194,23 @@ def _chunk(
     terms, div = _scaled_terms(s, t, cfg, target_ids)
     with torch.no_grad():  # after the terms, so checkpoint's early-stopping recompute skips it
         s = s.detach()
+        if cfg.kind != "sampled_token" and cfg.top_k > 0:  # the statistic: the full divergence
+            div = _full_divergence(s, t, cfg)
         disagree = s.argmax(-1) != t.argmax(-1)  # (c,)
         max_prob = (s.amax(-1) - s.logsumexp(-1)).exp()  # (c,)
         s_lp = None if target_ids is None else _token_logprob(s, target_ids)
         t_lp = None if target_ids is None else _token_logprob(t, target_ids)
     return terms, div, disagree, max_prob, s_lp, t_lp
+
+
+def _full_divergence(s: Tensor, t: Tensor, cfg: LossConfig, rows: int = 64) -> Tensor:
+    """(c,) full-vocabulary, unclipped divergence of scaled logits (c, V), a few rows at a time (the
+    temporaries stay small beside the chunk's own at a 152k vocabulary)."""
+    parts = [
+        _summands(F.log_softmax(s[i : i + rows], -1), F.log_softmax(t[i : i + rows], -1), cfg).sum(-1)
+        for i in range(0, s.shape[0], rows)
+    ]
+    return torch.cat(parts) if parts else s.new_zeros(0)
 
 
 def _select_valid(

@@ -267,3 +267,20 @@ def test_a_teacher_zero_under_student_mass_is_capped_with_a_finite_gradient(kind
     assert torch.isfinite(terms).all() and torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
     unclipped = per_token_divergence(s.detach(), t, LossConfig(kind=kind, beta=beta))
     assert unclipped[0] == math.inf if kind != "forward_kl" else math.isfinite(float(unclipped[0]))
+
+
+@pytest.mark.parametrize("kw", [{"clip_tau": 0.01}, {"top_k": 2}, {"clip_tau": 0.05, "top_k": 3}])
+def test_the_divergence_statistic_is_the_full_unclipped_divergence(kw):
+    """With clip_tau or top_k the per-token statistic (divergence_mean/p90/p99) was the loss's clipped or
+    restricted terms, which can be negative; the loss keeps them, the statistic is the divergence."""
+    gen = torch.Generator().manual_seed(0)
+    s_h, t_h = torch.randn(7, 4, generator=gen), torch.randn(7, 4, generator=gen)
+    head = torch.randn(9, 4, generator=gen)
+    mask = torch.ones(7, dtype=torch.bool)
+    cfg = LossConfig(kind="reverse_kl", chunk_size=3, **kw)
+    out = chunked_distill_loss(s_h.requires_grad_(), t_h, head, head, mask, cfg)
+    logp_s, logp_t = torch.log_softmax(s_h @ head.T, -1), torch.log_softmax(t_h @ head.T, -1)
+    full = (logp_s.exp() * (logp_s - logp_t)).sum(-1)  # KL(p_S || p_T) per position, by hand
+    assert torch.allclose(out.per_token, full.detach(), atol=1e-6) and bool((out.per_token >= 0).all())
+    plain = chunked_distill_loss(s_h, t_h, head, head, mask, LossConfig(kind="reverse_kl", chunk_size=3))
+    assert float(out.loss.detach()) < float(plain.loss.detach()) - 1e-3  # the loss: clipped / top-k terms
