@@ -405,7 +405,10 @@ class DistillEngine:
         then not part of `total_s`); otherwise it runs now (every `probe_every` steps, else NaN)."""
         if measured is None:
             every = self.cfg.probe_every
-            measured = self._timed_probe() if every and stats.step % every == 0 else (math.nan, 0.0)
+            if every and stats.step % every == 0:
+                measured = self._timed_probe()
+            else:  # not measured after this update: the last probe is of older weights
+                measured, self.last_probe_nll = (math.nan, 0.0), None
             total = stats.total_s + measured[1]
         else:
             total = stats.total_s
@@ -821,7 +824,8 @@ class DistillEngine:
         """Student-teacher mismatch at alpha on sampled student rollouts of `problems`: mean
         per-token KL(student || teacher) and top-1 disagreement. Changes no weights."""
         batch = self.rollout(problems, generator)
-        teacher_prompts = self.teacher_prompts(problems, alpha, batch.texts)
+        # at alpha itself: a solved rollout's `solved_alpha` is training's exposure, not this measure's
+        teacher_prompts = self.teacher_prompts(problems, alpha, batch.texts, per_outcome=False)
         pad = self.tokenizer.pad_token_id
         with self.teacher.scoring() as teacher_model:
             t_hidden, targets = completion_hidden(teacher_model, teacher_prompts, batch.completions, pad)

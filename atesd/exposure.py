@@ -9,6 +9,7 @@ rendered with the tokenizer's own chat template. This module knows nothing of mo
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -50,8 +51,9 @@ class ExposureConfig:
     teacher_thinking: bool = field(default=True, metadata={"help": "enable_thinking for the teacher prompt"})
 
     def __post_init__(self) -> None:
-        a = self.solved_alpha
-        if a is not None and not (isinstance(a, (int, float)) and 0.0 <= a <= 1.0):
+        a = self.solved_alpha  # a number (numpy's float32 too, as num_revealed takes), not a bool
+        number = isinstance(a, numbers.Real) and not isinstance(a, bool)
+        if a is not None and not (number and 0.0 <= a <= 1.0):
             raise ValueError(f"ExposureConfig.solved_alpha must be None or in [0, 1], got {a!r}")
 
 

@@ -290,6 +290,37 @@ def test_per_outcome_exposure_scores_solved_rollouts_at_their_own_alpha(tiny_mod
     assert plain == [engine.builder.encode(engine.builder.teacher_prompt(p, 1.0)) for p in problems]
     with pytest.raises(ValueError, match="solved_alpha"):
         ExposureConfig(solved_alpha=1.5)
+    with pytest.raises(ValueError, match="solved_alpha"):
+        ExposureConfig(solved_alpha=True)  # a bool is not an exposure
+    assert ExposureConfig(solved_alpha=np.float32(0.5)).solved_alpha == 0.5  # numpy's float32 is one
+
+
+def test_mismatch_measures_the_alpha_asked_for_under_per_outcome_exposure(
+    tiny_model, tokenizer, small_task, monkeypatch
+):
+    """mismatch(alpha) took a solved rollout's teacher prompt at solved_alpha: with every rollout
+    solved, alpha 0 and alpha 1 measured the same teacher."""
+    from atesd.tasks.base import Verdict
+
+    engine = make_engine(tiny_model, tokenizer, small_task, exposure=ExposureConfig(solved_alpha=0.0))
+    plain = make_engine(tiny_model, tokenizer, small_task)
+    monkeypatch.setattr(small_task, "verify", lambda p, t: Verdict(True, True, True, "0"))  # all solved
+    problems = small_task.eval_sets()["M22"]
+    for alpha in (0.0, 1.0):
+        got = engine.mismatch(alpha, problems, torch.Generator().manual_seed(0))
+        assert got == plain.mismatch(alpha, problems, torch.Generator().manual_seed(0)), alpha
+    zero, one = (engine.mismatch(a, problems, torch.Generator().manual_seed(0)) for a in (0.0, 1.0))
+    assert zero != one
+
+
+def test_a_window_after_an_unprobed_update_measures_its_start_again(tiny_model, tokenizer, small_task):
+    """With probe_every > 1 the last probe can be of older weights: a window then took it as its l_0."""
+    engine = make_engine(tiny_model, tokenizer, small_task, probe_every=2)
+    engine.run_window(0.5, 3)  # updates 1-3: probed after 2, not after 3
+    kept = engine.last_probe_nll
+    start = engine.probe_nll()  # the weights the next window starts from (this call records it: undone)
+    engine.last_probe_nll = kept
+    assert engine.run_window(0.5, 1).losses[0] == pytest.approx(start, abs=1e-6)
 
 
 def test_the_probe_nll_in_chunks_equals_one_pass(tiny_model, tokenizer, small_task, monkeypatch):
