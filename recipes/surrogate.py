@@ -275,9 +275,21 @@ def check_shippable(bank, cfg: RunConfig) -> None:
             f"of this run config's real env (reward {want}); pass the config it was recorded with"
         )
     if bank.unconfigured:  # recorded without its config (a bank from before configs were kept)
+        # trusted for the embedded default only, the config banks/embedded was recorded at: a prior
+        # shipped for another config from it was loaded by controller_init=auto for runs it never saw
+        default = priors.first_difference(
+            cfglib.to_dict(RunConfig().real), cfglib.to_dict(cfg.real), priors.IGNORED
+        )
+        if default is not None:
+            key, mine, theirs = default
+            raise cfglib.ConfigError(
+                f"--ship: {bank.unconfigured} of the bank's {bank.files} files record no env config, and "
+                f"this run config is not the embedded default (real.{key}={mine}, the default's {theirs}): "
+                "record a bank at this config (bank_dir=DIR keeps it) to ship a prior for it"
+            )
         warnings.warn(
-            f"--ship: {bank.unconfigured} of the bank's {bank.files} files record no env config, so they "
-            "cannot be checked against this run config: the prior is shipped for this config on trust",
+            f"--ship: {bank.unconfigured} of the bank's {bank.files} files record no env config: the prior "
+            "is shipped for the embedded default, the config they are taken to be recorded at",
             stacklevel=2,
         )
     recorded = bank.config

@@ -163,3 +163,24 @@ def test_a_damaged_manifest_starts_controllers_from_their_own_config_and_ship_re
     with pytest.raises(ValueError, match="does not read"):
         ship_for(cfg, tmp_path, concentration=5.0)
     assert path.with_suffix(".safetensors").read_bytes() == kept
+
+
+def test_a_bank_without_configs_ships_a_prior_for_the_embedded_default_only():
+    """banks/embedded records no env config; --ship trusted it for any run config, so `--set
+    real.engine.lr=0.001 --ship` labelled a prior trained on lr 1e-4 runs as one for lr 1e-3, and
+    controller_init=auto then loaded it for those runs."""
+    import warnings
+    from pathlib import Path
+
+    import recipes.surrogate as surrogate
+    from envs.bank import read_bank
+
+    bank = read_bank(Path(__file__).resolve().parents[1] / "banks" / "embedded")
+    assert bank.unconfigured == bank.files > 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        surrogate.check_shippable(bank, RunConfig())  # the default: on trust, said
+    assert any("shipped for the embedded default" in str(w.message) for w in caught)
+    other = cfglib.load(RunConfig, None, ["real.engine.lr=0.001"])
+    with pytest.raises(cfglib.ConfigError, match=r"not the embedded default \(real.engine.lr=0.001"):
+        surrogate.check_shippable(bank, other)
