@@ -131,10 +131,19 @@ def sha256_file(path: Path) -> str:
 
 
 def shipped_manifest() -> dict[str, dict]:
-    """The shipped warm starts: key -> {"files": {name: sha256}, "made_with": ...} ({} if none)."""
+    """The shipped warm starts: key -> {"files": {name: sha256}, "made_with": ...} ({} if none);
+    ValueError naming the file when it does not read (a damaged install)."""
     if not SHIPPED_MANIFEST.exists():
         return {}
-    return json.loads(SHIPPED_MANIFEST.read_text())
+    try:
+        manifest = json.loads(SHIPPED_MANIFEST.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"the shipped warm starts' manifest {SHIPPED_MANIFEST} does not read ({err})"
+        ) from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"the shipped warm starts' manifest {SHIPPED_MANIFEST} is not a JSON object")
+    return manifest
 
 
 def shipped_path(key: str) -> tuple[Path | None, str]:

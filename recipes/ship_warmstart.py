@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from atesd.models import TinyModelConfig  # noqa: E402
+from atesd.state import write_atomic  # noqa: E402
 from atesd.tasks.synthetic import ChainBagTask  # noqa: E402
 from atesd.warmstart import (  # noqa: E402
     SHIPPED_DIR,
@@ -73,9 +74,9 @@ def write(source: Path, key: str, threads: int, from_cache: bool) -> None:
     for item in sorted(source.iterdir()):
         if item.is_file():
             shutil.copy2(item, target / item.name)
-    manifest = {k: v for k, v in shipped_manifest().items() if (SHIPPED_DIR / k).is_dir() and k != key}
-    for stale in SHIPPED_DIR.iterdir():  # one shipped warm start: the default's
-        if stale.is_dir() and stale.name not in manifest and stale.name != key:
+    manifest = {}  # one shipped warm start, the default's: an older default's is dead weight
+    for stale in SHIPPED_DIR.iterdir():
+        if stale.is_dir() and stale.name != key:
             shutil.rmtree(stale)
     manifest[key] = {
         "files": {f.name: sha256_file(f) for f in sorted(target.iterdir()) if f.is_file()},
@@ -86,7 +87,7 @@ def write(source: Path, key: str, threads: int, from_cache: bool) -> None:
             "command": "python recipes/ship_warmstart.py --write" + (" --from-cache" if from_cache else ""),
         },
     }
-    SHIPPED_MANIFEST.write_text(json.dumps(manifest, indent=1) + "\n")
+    write_atomic(SHIPPED_MANIFEST, json.dumps(manifest, indent=1) + "\n")  # every run reads it
     size = sum(f.stat().st_size for f in target.iterdir()) / 2**20
     print(f"shipped {target} ({size:.1f} MiB); manifest {SHIPPED_MANIFEST}")
 

@@ -265,6 +265,31 @@ def test_ship_warmstart_refuses_a_damaged_cache_entry(tmp_path, monkeypatch, cap
     assert exc.value.code == 2 and "is damaged (its model.safetensors does not match the sha256" in err
 
 
+def test_ship_warmstart_keeps_one_warm_start_and_a_damaged_manifest_names_itself(tmp_path, monkeypatch):
+    """--write kept every older key's weights in the package (its comment: "one shipped warm start");
+    a manifest cut short made every run fail on a JSON error that named no file."""
+    import atesd.warmstart as ws
+
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import ship_warmstart
+
+    shipped = tmp_path / "shipped"
+    (shipped / "oldkey").mkdir(parents=True)
+    (shipped / "manifest.json").write_text(json.dumps({"oldkey": {"files": {}}}))
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "model.safetensors").write_bytes(b"weights")
+    for module in (ws, ship_warmstart):
+        monkeypatch.setattr(module, "SHIPPED_DIR", shipped, raising=False)
+        monkeypatch.setattr(module, "SHIPPED_MANIFEST", shipped / "manifest.json", raising=False)
+    ship_warmstart.write(source, "newkey", 2, True)
+    assert sorted(p.name for p in shipped.iterdir()) == ["manifest.json", "newkey"]
+    assert list(ws.shipped_manifest()) == ["newkey"]
+    (shipped / "manifest.json").write_text('{"newkey": {"fi')
+    with pytest.raises(ValueError, match="shipped warm starts' manifest .*manifest.json does not read"):
+        ws.shipped_manifest()
+
+
 def test_grounded_vs_alpha_refuses_no_batches_and_no_threads(capsys):
     sys.path.insert(0, str(ROOT / "recipes"))
     import grounded_vs_alpha
