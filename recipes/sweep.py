@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import json
+import math
 import os
 import shutil
 import sys
@@ -122,12 +123,13 @@ def summarise(results: list[dict], alphas: tuple[float, ...], bands: list[str]) 
         row = {}
         for a in alphas:
             rs = [r for r in results if r["alpha"] == a]
-            acc = np.array([r["final"][f"accuracy/{band}"] for r in rs]) * 100
+            # dtype float: a NaN recorded as null in runs.jsonl reads back as NaN, as a fresh run has it
+            acc = np.array([r["final"][f"accuracy/{band}"] for r in rs], dtype=float) * 100
             row[a] = {
                 "acc_mean": acc.mean(),
-                "acc_sd": acc.std(ddof=1) if len(acc) > 1 else 0.0,
-                "kl": np.mean([r["mismatch_start"][band]["kl"] for r in rs]),
-                "top1": np.mean([r["mismatch_start"][band]["top1"] for r in rs]),
+                "acc_sd": acc.std(ddof=1) if len(acc) > 1 else math.nan,  # one seed: no sd
+                "kl": np.mean(np.array([r["mismatch_start"][band]["kl"] for r in rs], dtype=float)),
+                "top1": np.mean(np.array([r["mismatch_start"][band]["top1"] for r in rs], dtype=float)),
                 "acc": acc.tolist(),
             }
         table[band] = row
@@ -142,12 +144,17 @@ def summarise(results: list[dict], alphas: tuple[float, ...], bands: list[str]) 
     return {"table": table, "checks": checks}
 
 
-def _monotone_every_seed(results: list[dict], alphas: tuple[float, ...], band: str) -> bool:
-    """Both mismatch measures strictly increase with alpha within every seed."""
+def _monotone_every_seed(results: list[dict], alphas: tuple[float, ...], band: str) -> bool | None:
+    """Both mismatch measures strictly increase with alpha within every seed (None: nothing to compare,
+    one alpha or a measure that came out NaN)."""
+    if len(alphas) < 2:
+        return None
     by_key = {(r["seed"], r["alpha"]): r["mismatch_start"][band] for r in results}
     for seed in {r["seed"] for r in results}:
         for measure in ("kl", "top1"):
-            values = [by_key[(seed, a)][measure] for a in sorted(alphas)]
+            values = np.array([by_key[(seed, a)][measure] for a in sorted(alphas)], dtype=float)
+            if np.isnan(values).any():
+                return None
             if np.any(np.diff(values) <= 0):
                 return False
     return True
@@ -165,6 +172,10 @@ def _beating(row: dict, alphas: tuple[float, ...], ref: float) -> list[float] | 
         if a != ref
         and row[a]["acc_mean"] - row[ref]["acc_mean"] > 2 * max(row[a]["acc_sd"], row[ref]["acc_sd"])
     ]
+
+
+def _sd(sd: float) -> str:
+    return "n/a" if math.isnan(sd) else f"{sd:.1f}"
 
 
 def print_start(start: dict, teacher_start: dict) -> None:
@@ -200,7 +211,7 @@ def print_report(summary: dict, start: dict, alphas: tuple[float, ...]) -> None:
         for a in alphas:
             c = row[a]
             t.add_row(
-                f"{a:g}", f"{c['acc_mean']:.1f} +- {c['acc_sd']:.1f}", f"{c['kl']:.3f}", f"{c['top1']:.3f}"
+                f"{a:g}", f"{c['acc_mean']:.1f} +- {_sd(c['acc_sd'])}", f"{c['kl']:.3f}", f"{c['top1']:.3f}"
             )
         console.print(t)
         ck = summary["checks"][band]
@@ -211,8 +222,10 @@ def print_report(summary: dict, start: dict, alphas: tuple[float, ...]) -> None:
         beat1, beat0 = (
             na[r] if ck[f"alphas_beating_{r}"] is None else ck[f"alphas_beating_{r}"] for r in (1, 0)
         )
+        rises = ck["mismatch_monotone_every_seed"]
+        rises = "n/a (one alpha, or a NaN measure)" if rises is None else rises
         console.print(
-            f"  (a) mismatch rises with alpha in every seed: {ck['mismatch_monotone_every_seed']}   "
+            f"  (a) mismatch rises with alpha in every seed: {rises}   "
             f"(b) alphas beating alpha=1 by > 2 sd: {beat1}   "
             f"(c) alphas beating alpha=0 by > 2 sd: {beat0}"
         )
@@ -226,7 +239,8 @@ def plot(summary: dict, start: dict, alphas: tuple[float, ...], path: Path) -> N
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
     for i, (band, row) in enumerate(summary["table"].items()):
         color = f"C{i}"
-        means, sds = [row[a]["acc_mean"] for a in alphas], [row[a]["acc_sd"] for a in alphas]
+        means = [row[a]["acc_mean"] for a in alphas]
+        sds = [0.0 if math.isnan(row[a]["acc_sd"]) else row[a]["acc_sd"] for a in alphas]  # one seed: none
         axes[0].errorbar(alphas, means, yerr=sds, marker="o", capsize=3, color=color, label=band)
         axes[0].axhline(100 * start[f"accuracy/{band}"], color=color, ls=":", lw=1)
         axes[1].plot(alphas, [row[a]["kl"] for a in alphas], marker="o", color=color, label=band)
@@ -311,6 +325,11 @@ def seeds_for(out: Path, given: C | None, default: C, fresh: bool, same: Callabl
         return default if given is None else given
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise cfglib.ConfigError(f"--resume {out}: {path.name} does not read ({err})") from None
+    valid = type(recorded) is type(default) and (not isinstance(recorded, int) or recorded >= 1)
+    if not valid:  # a hand-edited or damaged file: it failed later in range() or `in`
+        raise cfglib.ConfigError(
+            f"--resume {out}: {path.name} holds seeds {recorded!r}, which this recipe never writes"
+        )
     if given is not None and not same(given, recorded):
         raise cfglib.ConfigError(
             f"--resume {out}: it was started with --seeds {recorded}, not {given}; go on with --resume "

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -61,6 +62,25 @@ def test_the_sweeps_checks_say_when_they_cannot_be_made():
     assert sweep._beating(row(**{"0_75": [50.1], "1": [50.0]}), (0.75, 1.0), 1.0) is None
     assert sweep._beating(row(**{"0_25": [30.0, 31.0], "0_75": [90.0, 91.0]}), (0.25, 0.75), 1.0) is None
     assert sweep._beating(row(**{"0_75": [90.0, 91.0], "1": [50.0, 51.0]}), (0.75, 1.0), 1.0) == [0.75]
+
+
+def test_the_sweep_summary_of_one_seed_or_one_alpha_or_a_null_says_so():
+    """One seed reported sd 0.0 ("+- 0.0", zero error bars); one alpha 'passed' check (a) with nothing
+    to compare; a NaN written as null in runs.jsonl crashed a resume (None + float)."""
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import sweep
+
+    def run(alpha, seed, kl):
+        return {"alpha": alpha, "seed": seed, "final": {"accuracy/B": 0.5},
+                "mismatch_start": {"B": {"kl": kl, "top1": 0.1}}}  # fmt: skip
+
+    one = sweep.summarise([run(0.5, 0, None), run(1.0, 0, 0.3)], (0.5, 1.0), ["B"])
+    assert math.isnan(one["table"]["B"][0.5]["acc_sd"]) and math.isnan(one["table"]["B"][0.5]["kl"])
+    assert one["table"]["B"][1.0]["kl"] == pytest.approx(0.3)
+    assert sweep._sd(one["table"]["B"][0.5]["acc_sd"]) == "n/a"
+    only = sweep.summarise([run(0.5, 0, 0.2), run(0.5, 1, 0.2)], (0.5,), ["B"])
+    assert only["checks"]["B"]["mismatch_monotone_every_seed"] is None
+    assert only["table"]["B"][0.5]["acc_sd"] == 0.0  # two seeds: a real sd
 
 
 def strict_json(text: str):
