@@ -69,9 +69,11 @@ class Teacher:
         model = self.model
         was_training = model.training
         model.eval()
-        with torch.no_grad(), model.disable_adapter() if self.uses_adapters else contextlib.nullcontext():
-            yield model
-        model.train(was_training)
+        try:  # the mode comes back on an error too (a live or LoRA-base teacher is the student itself)
+            with torch.no_grad(), model.disable_adapter() if self.uses_adapters else contextlib.nullcontext():
+                yield model
+        finally:
+            model.train(was_training)
 
     @torch.no_grad()
     def update(self) -> None:

@@ -88,6 +88,10 @@ def test_teacher_kinds(tiny_model, tokenizer, small_task, kind):
         assert engine.teacher.model is tiny_model
     else:  # halfway between the initial and the updated student
         assert torch.allclose(t_state[key], 0.5 * initial[key] + 0.5 * s_state[key], atol=1e-6)
+    tiny_model.train()
+    with pytest.raises(RuntimeError, match="scoring failed"), engine.teacher.scoring():
+        raise RuntimeError("scoring failed")
+    assert tiny_model.training  # a live teacher is the student: its mode comes back on an error too
 
 
 def test_reference_controls(tiny_model, tokenizer, small_task):
