@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from atesd.state import write_atomic
+from atesd.state import read_json_object, write_atomic
 
 PRIORS_DIR = Path(__file__).resolve().parent / "weights" / "priors"
 # {controller name: {"env", "controller", "files", "made_with", "provenance"}}
@@ -85,17 +85,7 @@ def first_difference(
 def manifest() -> dict[str, dict[str, Any]]:
     """The shipped priors by controller name ({} if none); ValueError naming the file when it does not
     read (a damaged install)."""
-    if not MANIFEST.is_file():
-        return {}
-    try:
-        entries = json.loads(MANIFEST.read_text())
-    except (OSError, ValueError) as err:
-        raise ValueError(
-            f"the priors' manifest {MANIFEST} does not read ({type(err).__name__}: {err})"
-        ) from None
-    if not isinstance(entries, dict):
-        raise ValueError(f"the priors' manifest {MANIFEST} is not a JSON object")
-    return entries
+    return read_json_object(MANIFEST, "the priors' manifest")
 
 
 def _sha256(path: Path) -> str:

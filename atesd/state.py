@@ -121,6 +121,20 @@ def unflatten_state(meta: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return meta
 
 
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """The JSON object in `path` ({} when there is no file); ValueError naming `what` and the path
+    when it does not read or holds another JSON value (a damaged install)."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{what} {path} does not read ({type(err).__name__}: {err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {path} is not a JSON object")
+    return data
+
+
 def write_atomic(path: Path, text: str) -> None:
     """`path` whole or not at all: a temporary file, fsynced, renamed over it (a crash leaves the old
     file or the new one)."""

@@ -37,7 +37,7 @@ from atesd.models import (
     load_pretrained,
     save_pretrained,
 )
-from atesd.state import model_bytes, writing
+from atesd.state import model_bytes, read_json_object, writing
 from atesd.tasks.synthetic import ChainBagConfig, ChainBagTask
 
 log = logging.getLogger(__name__)
@@ -133,17 +133,7 @@ def sha256_file(path: Path) -> str:
 def shipped_manifest() -> dict[str, dict]:
     """The shipped warm starts: key -> {"files": {name: sha256}, "made_with": ...} ({} if none);
     ValueError naming the file when it does not read (a damaged install)."""
-    if not SHIPPED_MANIFEST.exists():
-        return {}
-    try:
-        manifest = json.loads(SHIPPED_MANIFEST.read_text())
-    except (OSError, ValueError) as err:
-        raise ValueError(
-            f"the shipped warm starts' manifest {SHIPPED_MANIFEST} does not read ({err})"
-        ) from None
-    if not isinstance(manifest, dict):
-        raise ValueError(f"the shipped warm starts' manifest {SHIPPED_MANIFEST} is not a JSON object")
-    return manifest
+    return read_json_object(SHIPPED_MANIFEST, "the shipped warm starts' manifest")
 
 
 def shipped_path(key: str) -> tuple[Path | None, str]:
