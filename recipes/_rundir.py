@@ -20,6 +20,7 @@ from atesd import checkpoint
 from atesd import config as cfglib
 from atesd.state import write_atomic
 from recipes._progress import fresh_dir, print_summary
+from recipes._tables import json_safe
 from recipes.common import RunConfig, resolved_dict
 
 SUMMARY = "summary.json"
@@ -129,6 +130,35 @@ def _written(path: Path) -> bool:
     if path.is_dir():
         return any(p.is_file() and p.stat().st_size > 0 for p in path.iterdir())
     return path.is_file() and path.stat().st_size > 0
+
+
+def append_record(path: Path, record: dict, strict: bool = True) -> None:
+    """Append `record` to the JSON-lines file `path` as one line, flushed and fsynced: strict JSON
+    (NaN and infinities written as null) unless `strict=False` (Python's NaN tokens, for a file only
+    `read_records` reads back, where a NaN must stay one). Used by sweep, branch_alpha and bench."""
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(json_safe(record) if strict else record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_records(path: Path) -> list[dict]:
+    """The records of the JSON-lines file `path` ([] when it does not exist). A last line cut short
+    by a crash is dropped, and the file rewritten without it, so that the next append starts a line."""
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if i < len(lines) - 1:
+                raise cfglib.ConfigError(f"{path}: line {i + 1} is not JSON") from None
+    if len(records) < len(lines) or (text and not text.endswith("\n")):
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
+    return records
 
 
 # ---- checkpoints --------------------------------------------------------------------------------

@@ -44,7 +44,6 @@ import concurrent.futures as cf
 import dataclasses
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -63,7 +62,7 @@ from atesd.threads import set_threads  # noqa: E402
 from controllers import CONTROLLERS  # noqa: E402
 from recipes._plots import plot_curves  # noqa: E402
 from recipes._progress import fresh_dir, progress, user_errors  # noqa: E402
-from recipes._rundir import git_commit  # noqa: E402
+from recipes._rundir import append_record, git_commit, read_records  # noqa: E402
 from recipes._tables import json_safe, print_table, write_csv  # noqa: E402
 from recipes._workers import worker_pool  # noqa: E402
 from recipes.common import (  # noqa: E402
@@ -289,35 +288,6 @@ def run_units(
 
 
 PLAN, UNITS = "plan.json", "units.jsonl"
-
-
-def append_unit(run_dir: Path, result: dict) -> None:
-    """One finished unit as a line of units.jsonl, flushed and fsynced (NaN kept as Python's JSON
-    writes it: the file is bench's own, read back by `read_units`)."""
-    with (run_dir / UNITS).open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(result) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def read_units(run_dir: Path) -> list[dict]:
-    """The units recorded in units.jsonl; a last line cut by a crash is dropped and cut off the file
-    (the next append starts a line)."""
-    path = run_dir / UNITS
-    data = path.read_bytes() if path.exists() else b""
-    whole = data[: data.rfind(b"\n") + 1]
-    if len(whole) < len(data):
-        with path.open("r+b") as fh:
-            fh.truncate(len(whole))
-    units = []
-    for number, line in enumerate(whole.decode("utf-8").splitlines(), start=1):
-        try:
-            units.append(json.loads(line))
-        except ValueError:
-            raise cfglib.ConfigError(
-                f"{path}:{number}: not a unit record (remove the line to run that unit again)"
-            ) from None
-    return units
 
 
 # ---- statistics ------------------------------------------------------------------------------------
@@ -671,7 +641,7 @@ def _guarded(run_dir: Path, units: list, cfg: RunConfig, bench: Any) -> Path:
         return bench()
     except BaseException:
         if not (run_dir / "results.json").exists():
-            kept = len(read_units(run_dir)) if (run_dir / UNITS).exists() else 0
+            kept = len(read_records(run_dir / UNITS))
             if kept:
                 STOPPED.append(
                     f"the bench stopped (its workers too); kept {kept} of {len(units)} units in "
@@ -701,7 +671,7 @@ def _resume(args: argparse.Namespace, argv: list[str], parser: argparse.Argument
         return run_dir
     plan_record = json.loads((run_dir / PLAN).read_text())
     units = [tuple(u) for u in plan_record["units"]]
-    done = {(r["env"], r["controller"], r["seed"]): r for r in read_units(run_dir)}
+    done = {(r["env"], r["controller"], r["seed"]): r for r in read_records(run_dir / UNITS)}
     print(f"resuming {run_dir}: {len(done)} of {len(units)} units recorded")
     cfg = cfglib.from_dict(EnvFreeRunConfig, plan_record["config"])
     args.baseline, args.score, args.env_kwargs = (
@@ -718,7 +688,13 @@ def _bench(args, plan_record, cfg, units, done, run_dir, t0) -> Path:
     """The units not `done` (recorded: (env, spec, seed) -> result), then the table and the files."""
     cfg_dict, envs = plan_record["config"], plan_record["envs"]
     todo = [u for u in units if u not in done]
-    fresh = run_units(cfg_dict, todo, args.workers, args.env_kwargs, keep=lambda r: append_unit(run_dir, r))
+    fresh = run_units(
+        cfg_dict,
+        todo,
+        args.workers,
+        args.env_kwargs,
+        keep=lambda r: append_record(run_dir / UNITS, r, strict=False),
+    )
     done = done | dict(zip(todo, fresh))
     results = [done[u] for u in units]
     summary = summarise(results, args.baseline, args.score)

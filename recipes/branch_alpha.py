@@ -45,10 +45,10 @@ from atesd.builder import RealConfig, build_engine  # noqa: E402
 from atesd.engine import EngineConfig  # noqa: E402
 from atesd.state import write_atomic  # noqa: E402
 from recipes._progress import fresh_dir, user_errors  # noqa: E402
-from recipes._rundir import run_lock  # noqa: E402
+from recipes._rundir import append_record, read_records, run_lock  # noqa: E402
 from recipes._tables import json_safe  # noqa: E402
 from recipes.common import Once  # noqa: E402
-from recipes.sweep import RUNS, append_record, read_records, resume_config, seeds_for, stopped  # noqa: E402
+from recipes.sweep import RUNS, resume_config, seeds_for, stopped  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ import argparse
 import concurrent.futures as cf
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -42,7 +41,7 @@ from atesd.engine import EngineConfig  # noqa: E402
 from atesd.state import write_atomic  # noqa: E402
 from recipes._plots import savefig_whole  # noqa: E402
 from recipes._progress import fresh_dir, progress, user_errors  # noqa: E402
-from recipes._rundir import run_lock  # noqa: E402
+from recipes._rundir import append_record, read_records, run_lock  # noqa: E402
 from recipes._tables import json_safe  # noqa: E402
 from recipes._workers import worker_pool  # noqa: E402
 from recipes.common import Once  # noqa: E402
@@ -358,35 +357,6 @@ def resume_config(cls: type[C], run_dir: Path, config: Path | None, overrides: l
                 f"{', '.join(differ)}; go on with --resume DIR alone, or start anew"
             )
     return cfg
-
-
-def append_record(path: Path, record: dict) -> None:
-    """Append `record` to the JSON-lines file `path` as one strict-JSON line, flushed and fsynced
-    (NaN and infinities written as null). Also used by branch_alpha.py."""
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(json_safe(record)) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def read_records(path: Path) -> list[dict]:
-    """The records of the JSON-lines file `path` ([] when it does not exist). A last line cut short
-    by a crash is dropped, and the file rewritten without it, so that the next append starts a line.
-    Also used by branch_alpha.py."""
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines()
-    records = []
-    for i, line in enumerate(lines):
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            if i < len(lines) - 1:
-                raise cfglib.ConfigError(f"{path}: line {i + 1} is not JSON") from None
-    if len(records) < len(lines) or (text and not text.endswith("\n")):
-        write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
-    return records
 
 
 def run_sweep(cfg: SweepConfig, seeds: int, workers: int, out: Path, fresh: bool, debug: bool = False) -> int:
