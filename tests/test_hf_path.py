@@ -244,3 +244,54 @@ def test_an_env_that_evaluates_a_task_without_an_evaluation_set_is_refused(check
     (run_dir,) = (tmp_path / "runs").iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["final_score"] is None or math.isnan(summary["final_score"])
+
+
+def test_a_lora_ema_teacher_averages_the_adapters_alone(checkpoint, small_task):
+    """Under LoRA the EMA teacher keeps no copy of the frozen base: the averaged adapters are swapped
+    into the student while it scores, and its own come back after (on an error too)."""
+    import copy
+
+    from atesd.teacher import TeacherConfig
+
+    torch.manual_seed(0)
+    cfg = HFModelConfig(name_or_path=str(checkpoint), dtype="float32")
+    model, tokenizer = load_hf_model(cfg, LoraSettings(rank=4, alpha=8.0))
+    engine = DistillEngine(
+        model, tokenizer, small_task,
+        EngineConfig(batch_size=4, lr=1e-2, sampling=SamplingConfig(max_new_tokens=12),
+                     teacher=TeacherConfig(kind="ema", ema_decay=0.5)),
+    )  # fmt: skip
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert engine.teacher.copy is None and set(engine.teacher.state_dict()) == trainable
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if n in trainable}
+    engine.step(0.5)
+    after = {n: p.detach().clone() for n, p in model.named_parameters() if n in trainable}
+    assert any(not torch.equal(before[n], after[n]) for n in trainable)
+    expected = {n: torch.lerp(before[n], after[n], 0.5) for n in trainable}
+    reference = copy.deepcopy(model).eval()  # the whole-model teacher the averages stand for
+    with torch.no_grad():
+        for n, p in reference.named_parameters():
+            if n in expected:
+                p.copy_(expected[n])
+    ids = torch.tensor([tokenizer.encode("The answer is 12")])
+    with torch.no_grad():
+        want = reference(input_ids=ids).logits
+    with engine.teacher.scoring() as teacher:
+        assert teacher is model and not teacher.training
+        assert torch.equal(teacher(input_ids=ids).logits, want)
+    params = dict(model.named_parameters())
+    assert all(torch.equal(params[n], after[n]) for n in trainable)  # the student's own are back
+    assert model.training
+    with pytest.raises(RuntimeError, match="scoring failed"), engine.teacher.scoring():
+        raise RuntimeError("scoring failed")
+    assert all(torch.equal(params[n], after[n]) for n in trainable)
+    # a snapshot restores the averages; a whole-model teacher state (older checkpoints) loads too
+    state = engine.state_dict()
+    assert all(torch.equal(state["teacher"][n], expected[n]) for n in trainable)
+    again = engine.run_window(0.5, 2)
+    engine.load_state_dict(state)
+    assert engine.run_window(0.5, 2).losses == again.losses
+    engine.teacher.load_state_dict(reference.state_dict())
+    assert all(torch.equal(engine.teacher.state_dict()[n], expected[n]) for n in trainable)
+    with pytest.raises(ValueError, match="lacks averaged adapter weights"):
+        engine.teacher.load_state_dict({})
