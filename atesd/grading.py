@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 INSTALL_HINT = "pip install -e '.[eval]'  (or: pip install math-verify)"
 _BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_BRACE = re.compile(r"[{}]")
+_BRACE = re.compile(r"\\\\|\\[{}]|[{}]")  # a line break `\\`, an escaped brace `\{` (not a group), a brace
 
 
 class MathVerifyMissing(ImportError):
@@ -113,6 +113,8 @@ def last_boxed_span(text: str) -> tuple[int, int, int, int] | None:
     closing: dict[int, int] = {}  # position of each "{" that closes -> position of its "}"
     stack: list[int] = []
     for brace in _BRACE.finditer(text, openers[0].end() - 1):
+        if brace.group().startswith("\\"):  # `\left\{` of a piecewise answer, `\\{`: no group
+            continue
         if brace.group() == "{":
             stack.append(brace.start())
         elif stack:
@@ -167,9 +169,11 @@ def normalise(answer: str, drop_variable: bool = True, keep_percent: bool = Fals
     spacing commands (\\! \\, \\; \\quad), \\displaystyle, degrees (^\\circ), percent signs, a trailing
     unit `\\text{...}` after a number, a trailing period and all whitespace; unwraps
     \\text{}/\\mathrm{}; drops a leading `x=` (unless `drop_variable` is false); \\dfrac/\\tfrac ->
-    \\frac, \\frac12 -> \\frac{1}{2}, \\sqrt2 -> \\sqrt{2}, an integer a/b -> \\frac{a}{b}; removes
-    thousands separators of plain numbers (1,200; not a list written `1, 200`) and trailing decimal
-    zeros (2.50 -> 2.5, 3.0 -> 3); strips braces around the whole answer.
+    \\frac, \\frac12 and \\frac1{2} -> \\frac{1}{2}, \\sqrt2 -> \\sqrt{2}, an integer a/b -> \\frac{a}{b},
+    a numerator's minus sign out front (-1/2 and \\frac{-1}{2} -> -\\frac{1}{2}); removes thousands
+    separators of plain numbers (1,200; not a list written `1, 200`), a number's leading + and leading
+    zeros (+5, 05 -> 5) and trailing decimal zeros (2.50 -> 2.5, 3.0 -> 3); strips braces around the
+    whole answer (escaped braces `\\{ \\}` are characters, not groups).
     """
     s = answer.strip()
     span = last_boxed_span(s)
@@ -189,13 +193,18 @@ def normalise(answer: str, drop_variable: bool = True, keep_percent: bool = Fals
     if _THOUSANDS.fullmatch(s) and not list_like:
         s = s.replace(",", "")
     s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\frac(\d)\{", r"\\frac{\1}{", s)  # \frac1{576}
     s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\sqrt(\d)", r"\\sqrt{\1}", s)  # \sqrt23 is \sqrt{2}3, as LaTeX reads it
-    s = re.sub(r"^(-?\d+)/(\d+)$", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"^(-?)(\d+)/(\d+)$", r"\1\\frac{\2}{\3}", s)  # -1/576 -> -\frac{1}{576}
+    s = re.sub(r"^\\frac\{-([^{}]*)\}", r"-\\frac{\1}", s)  # \frac{-1}{576} -> -\frac{1}{576}
+    s = re.sub(r"^\+(?=[\d.])", "", s)  # +5 -> 5
+    if re.fullmatch(r"-?0+\d+", s):  # 05 -> 5 (AIME's 033 -> 33)
+        s = re.sub(r"^(-?)0+(?=\d)", r"\1", s)
     decimal = _DECIMAL.fullmatch(s)
     if decimal:
         sign, whole, frac = decimal.groups()
-        frac = frac.rstrip("0")
+        frac, whole = frac.rstrip("0"), whole.lstrip("0")
         s = f"{sign}{whole or '0'}" + (f".{frac}" if frac else "")
     return s
 
@@ -215,8 +224,8 @@ def strings_equal(predicted: str, gold: str, keep_percent: bool = False) -> bool
 
 def _balanced(s: str) -> bool:
     depth = 0
-    for ch in s:
-        depth += {"{": 1, "}": -1}.get(ch, 0)
+    for brace in _BRACE.finditer(s):
+        depth += {"{": 1, "}": -1}.get(brace.group(), 0)  # escaped braces and `\\` count 0
         if depth < 0:
             return False
     return depth == 0

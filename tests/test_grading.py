@@ -49,6 +49,12 @@ def test_last_boxed_by_hand():
     assert last_boxed("no box here, 42") is None
     assert last_boxed("\\boxed{5} and a truncated \\boxed{\\frac{1}{") == "5"  # the last box that closes
     assert last_boxed("\\boxed {12}") == "12"
+    # escaped braces are characters, not groups: a piecewise answer's `\left\{` does not leave it open
+    piecewise = "\\left\\{\\begin{array}{ll} 1 & x>0 \\\\ 0 & x \\le 0\\end{array}\\right."
+    assert last_boxed(f"$f(x)=\\boxed{{{piecewise}}}$") == piecewise
+    assert last_boxed("\\boxed{\\text{\\{}7}") == "\\text{\\{}7"
+    assert last_boxed("\\boxed{\\{1,2\\}}") == "\\{1,2\\}"
+    assert last_boxed("\\boxed{a\\\\{b}}") == "a\\\\{b}"  # `\\` is a line break, then a group
 
 
 def test_normalise_by_hand():
@@ -63,6 +69,11 @@ def test_normalise_by_hand():
     assert normalise("50\\%") == "50" and normalise("\\!1\\,000") == "1000"
     assert normalise("\\$18") == normalise("$18$") == "18"  # GSM8K's money answers
     assert normalise("1, 200") == "1,200" != normalise("1,200")  # a list of two, not a thousand
+    assert normalise("\\dfrac1{576}") == normalise("1/576") == "\\frac{1}{576}"
+    assert normalise("-1/576") == normalise("\\frac{-1}{576}") == normalise("-\\frac{1}{576}")
+    assert normalise("+5") == normalise("05") == "5" and normalise("033") == "33" != normalise("3")
+    assert normalise("0") == "0" and normalise("-007") == "-7" and normalise("00.50") == "0.5"
+    assert normalise("{\\{x}") == "\\{x"  # the outer braces go, the escaped one stays
 
 
 def test_extraction_rules():
@@ -191,6 +202,8 @@ def test_without_math_verify_the_string_compare_decides(no_math_verify, caplog):
         assert grade("so \\boxed{1/576}.", "\\frac{1}{576}") == grading.Grade(True, "string", "1/576")
         assert grade("\\boxed{9 \\sqrt{15}}", "9\\sqrt{15}").correct
         assert not grade("\\boxed{0.5}", "\\frac{1}{2}").correct  # what only math-verify would see
+        assert grade("\\boxed{\\dfrac1{2}}", "\\frac{1}{2}").correct
+        assert grade("\\boxed{-1/576}", "-\\frac{1}{576}").correct
     warnings = [r.getMessage() for r in caplog.records if "math-verify is not installed" in r.getMessage()]
     assert len(warnings) == 1 and "[eval]" in warnings[0]  # said once, naming the extra
     with pytest.raises(MathVerifyMissing, match=r"\[eval\]"):
