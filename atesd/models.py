@@ -332,7 +332,8 @@ def load_pretrained(
         ImportError: an adapter directory without peft installed.
     """
     local = Path(name_or_path).expanduser()
-    if local.exists():
+    if local.exists():  # absolute: a LoRA adapter saved from this model names it as its base
+        local = local.resolve()
         name_or_path = str(local)
     elif not _HUB_ID.fullmatch(str(name_or_path)):
         raise FileNotFoundError(
@@ -347,6 +348,12 @@ def load_pretrained(
         "use_safetensors": True,  # never a pickle file, beside safetensors ones or from the hub
     }
     if (local / "adapter_config.json").is_file():
+        if not (local / "adapter_model.safetensors").is_file() and (local / "adapter_model.bin").is_file():
+            raise ValueError(  # peft would torch.load it: use_safetensors is not passed on to adapters
+                f"{local} holds only pickle adapter weights (adapter_model.bin); atesd loads safetensors "
+                "only (no pickle is ever unpickled): save the adapter with save_pretrained(..., "
+                "safe_serialization=True)"
+            )
         try:
             from peft import AutoPeftModelForCausalLM
         except ImportError as err:

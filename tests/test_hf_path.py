@@ -295,3 +295,31 @@ def test_a_lora_ema_teacher_averages_the_adapters_alone(checkpoint, small_task):
     assert all(torch.equal(engine.teacher.state_dict()[n], expected[n]) for n in trainable)
     with pytest.raises(ValueError, match="lacks averaged adapter weights"):
         engine.teacher.load_state_dict({})
+
+
+def test_an_adapter_of_a_relative_base_path_loads_from_anywhere_and_a_pickled_one_is_refused(
+    checkpoint, tmp_path, monkeypatch
+):
+    """A LoRA final_model names its base as loaded: a relative path (as typed on the command line)
+    read as a hub id from another directory; it is now absolute. An adapter saved as a pickle is
+    refused like a pickled model (peft would torch.load it)."""
+    import json
+
+    from atesd.models import load_pretrained
+
+    monkeypatch.chdir(checkpoint.parent)
+    model, tokenizer = load_hf_model(
+        HFModelConfig(name_or_path=checkpoint.name, dtype="float32"), LoraSettings(rank=4, alpha=8.0)
+    )
+    model.save_pretrained(tmp_path / "adapter")
+    tokenizer.save_pretrained(tmp_path / "adapter")
+    base = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base == str(checkpoint.resolve())
+    monkeypatch.chdir(tmp_path)
+    loaded, _ = load_pretrained(tmp_path / "adapter")
+    assert not any("lora_" in n for n in loaded.state_dict())
+    model.save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    tokenizer.save_pretrained(tmp_path / "pickled")
+    assert (tmp_path / "pickled" / "adapter_model.bin").is_file()
+    with pytest.raises(ValueError, match="only pickle adapter weights"):
+        load_pretrained(tmp_path / "pickled")
