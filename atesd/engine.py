@@ -762,7 +762,11 @@ class DistillEngine:
 
     @torch.no_grad()
     def probe_nll(self) -> float:
-        """Student NLL per token of the held-out reference solutions (the tracked loss l)."""
+        """Student NLL per token of the held-out reference solutions (the tracked loss l); NaN for a
+        task without a probe set (no references, or `probe_size=0`)."""
+        if not self.probe:
+            self.last_probe_nll = math.nan
+            return math.nan
         if self._probe_ids is None:  # the probe set is fixed: encode it once
             self._probe_ids = (
                 [self.builder.encode(self.builder.student_prompt(p)) for p in self.probe],

@@ -122,6 +122,13 @@ def test_a_window_without_the_probe_measures_none(tiny_model, tokenizer, small_t
     cfg = EngineConfig(batch_size=2, probe_every=0, sampling=SamplingConfig(max_new_tokens=8))
     window = DistillEngine(tiny_model, tokenizer, small_task, cfg, probe=[]).run_window(0.5, 2)
     assert math.isnan(window.probe_before) and all(math.isnan(s.probe_nll) for s in window.steps)
+    # a task without a probe set (no references) measures NaN too, also at the default probe_every=1,
+    # whether the probe runs in line or beside the rollout (it raised torch.cat's empty-list error)
+    for overlap in (True, False):
+        cfg = EngineConfig(batch_size=2, sampling=SamplingConfig(max_new_tokens=8), overlap_probe=overlap)
+        window = DistillEngine(tiny_model, tokenizer, small_task, cfg, probe=[]).run_window(0.5, 2)
+        assert math.isnan(window.probe_before) and all(math.isnan(s.probe_nll) for s in window.steps)
+        assert all(math.isfinite(s.loss) for s in window.steps)
 
 
 def test_nonfinite_losses_skip_updates_then_stop(tiny_model, tokenizer, small_task):
