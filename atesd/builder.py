@@ -177,8 +177,10 @@ def build_engine(
     check_precision(cfg)
     task = build_task(cfg)
     if cfg.embedded:  # before the warm start trains a model that cannot hold the prompts
-        check_lengths(build_synthetic_tokenizer(), task, engine_cfg, cfg.model.max_position)
+        check_lengths(build_synthetic_tokenizer(), task, engine_cfg, cfg.model.max_position, embedded=True)
     model, tokenizer = build_student(cfg, task, progress, dist)
+    if cfg.hf.dtype == "auto":  # the checkpoint's own dtype: known once loaded (hub Qwen3 is bfloat16)
+        check_precision(cfg, model)
     if not cfg.embedded:
         limit = getattr(base_model(model).config, "max_position_embeddings", None)
         check_lengths(tokenizer, task, engine_cfg, limit)
@@ -186,26 +188,40 @@ def build_engine(
     return DistillEngine(model, tokenizer, task, engine_cfg, sampler=sampler, dist=dist)
 
 
-def check_precision(cfg: RealConfig) -> None:
+def check_precision(cfg: RealConfig, model: torch.nn.Module | None = None) -> None:
     """Warn before training a full fine-tune in 16-bit weights: no float32 master copy is kept, so an
     update below half a unit of a weight's last place rounds away (LoRA keeps its adapters in
-    float32)."""
-    if not cfg.embedded and cfg.lora.rank == 0 and cfg.hf.dtype in ("bfloat16", "float16"):
+    float32). By the config's dtype, or with `model` (real.hf.dtype=auto) by its trained weights'."""
+    if cfg.embedded or cfg.lora.rank != 0:
+        return
+    dtype = cfg.hf.dtype
+    if model is not None:
+        low = {str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad}
+        dtype = next((d for d in ("bfloat16", "float16") if d in low), dtype)
+    if dtype in ("bfloat16", "float16"):
+        loaded = " (the checkpoint's own dtype, real.hf.dtype=auto)" if cfg.hf.dtype == "auto" else ""
         warnings.warn(
-            f"a full fine-tune (real.lora.rank=0) in {cfg.hf.dtype} keeps no float32 master weights: an "
-            "update below half a unit of a weight's last place rounds away (at lr 5e-6 most do); train "
-            "in real.hf.dtype=float32, or with LoRA",
+            f"a full fine-tune (real.lora.rank=0) in {dtype}{loaded} keeps no float32 master weights: "
+            "an update below half a unit of a weight's last place rounds away (at lr 5e-6 most do); "
+            "train in real.hf.dtype=float32, or with LoRA",
             stacklevel=3,
         )
 
 
 def check_lengths(
-    tokenizer: PreTrainedTokenizerBase, task: Task, engine_cfg: EngineConfig, limit: int | None
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    engine_cfg: EngineConfig,
+    limit: int | None,
+    *,
+    embedded: bool = False,
+    new_tokens: dict[str, int] | None = None,
 ) -> None:
     """ValueError, before any training, when the longest teacher prompt (the whole reference shown)
     plus a full rollout does not fit the model's `limit` positions: over the training pool (a task's
     `train` list, where it keeps one), the evaluation sets and the probe set, the longest in tokens
-    among the 32 longest in characters."""
+    among the 32 longest in characters. `new_tokens` (config key -> tokens) replaces the engine's two
+    rollout lengths (training and evaluation); `embedded` words the advice for the embedded model."""
     problems = [p for ps in task.eval_sets().values() for p in ps] + list(task.probe_set())
     problems += list(getattr(task, "train", None) or ())
     if not limit or not problems:
@@ -213,11 +229,20 @@ def check_lengths(
     builder = PromptBuilder(tokenizer, task.prompt_format, engine_cfg.exposure)
     candidates = sorted(problems, key=lambda p: len(p.question) + len(p.solution))[-32:]
     longest = max(len(builder.encode(builder.teacher_prompt(p, 1.0))) for p in candidates)
-    max_new = max(engine_cfg.sampling.max_new_tokens, engine_cfg.eval.max_new_tokens)
-    need = longest + max_new
-    if need > limit:
-        raise ValueError(
-            f"the model holds {limit} positions, but a teacher prompt with the whole reference plus "
-            f"{max_new} rollout tokens needs {need}: raise the model's positions "
-            "(real.model.max_position) or lower real.engine.sampling.max_new_tokens"
-        )
+    new_tokens = new_tokens or {
+        "real.engine.sampling.max_new_tokens": engine_cfg.sampling.max_new_tokens,
+        "real.engine.eval.max_new_tokens": engine_cfg.eval.max_new_tokens,
+    }
+    max_new = max(new_tokens.values())
+    if longest + max_new <= limit:
+        return
+    more = "raise real.model.max_position" if embedded else "use a model with more positions"
+    if longest >= limit:
+        advice = f"the prompt alone does not fit: {more}, or data with shorter problems and references"
+    else:
+        over = " and ".join(key for key, n in new_tokens.items() if n > limit - longest)
+        advice = f"lower {over} to at most {limit - longest}, or {more}"
+    raise ValueError(
+        f"the model holds {limit} positions, but the longest teacher prompt (the whole reference shown) "
+        f"takes {longest} tokens and a rollout up to {max_new} more: {advice}"
+    )

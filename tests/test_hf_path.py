@@ -75,6 +75,15 @@ def test_a_16_bit_full_fine_tune_is_warned_about():
         check_precision(
             RealConfig(hf=HFModelConfig(name_or_path="m", dtype="float32"), lora=LoraSettings(rank=0))
         )
+    # real.hf.dtype=auto: the checkpoint's dtype, known once loaded (hub Qwen3 checkpoints are bf16)
+    auto = RealConfig(hf=HFModelConfig(name_or_path="m", dtype="auto"), lora=LoraSettings(rank=0))
+    model = torch.nn.Linear(2, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_precision(auto)
+        check_precision(auto, model)
+    with pytest.warns(UserWarning, match=r"in bfloat16 \(the checkpoint's own dtype"):
+        check_precision(auto, model.to(torch.bfloat16))
 
 
 def test_hf_options_are_checked():

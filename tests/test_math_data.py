@@ -365,3 +365,27 @@ def test_the_length_check_reads_the_training_pool_in_tokens():
     check_lengths(tokenizer, MathTask([short], {"x": [short]}, [short]), cfg, 1024)
     with pytest.raises(ValueError, match="the model holds 1024 positions"):
         check_lengths(tokenizer, MathTask([short, long], {"x": [short]}, [short]), cfg, 1024)
+
+
+def test_the_length_error_names_what_to_change():
+    """It said to raise real.model.max_position (the embedded model's, nothing to an HF checkpoint) and
+    to lower the training length even when the prompt alone overflowed or the eval length set it."""
+    from atesd.builder import check_lengths
+    from atesd.engine import EngineConfig, EvalSettings, SamplingConfig
+    from atesd.models import build_qwen3_style_tokenizer
+    from atesd.tasks.base import Problem
+    from atesd.tasks.math import MathTask
+
+    p = Problem("What is the sum?", ("Add them.",), "1", "\\boxed{1}", "x", {})
+    task, tokenizer = MathTask([p], {"x": [p]}, [p]), build_qwen3_style_tokenizer()
+    cfg = EngineConfig(sampling=SamplingConfig(max_new_tokens=64), eval=EvalSettings(max_new_tokens=512))
+    with pytest.raises(ValueError) as err:
+        check_lengths(tokenizer, task, cfg, 400)  # the prompt: about 200 tokens
+    message = str(err.value)
+    assert "lower real.engine.eval.max_new_tokens to at most" in message
+    assert "sampling.max_new_tokens" not in message and "real.model.max_position" not in message
+    assert "use a model with more positions" in message
+    with pytest.raises(ValueError, match="the prompt alone does not fit: raise real.model.max_position"):
+        check_lengths(tokenizer, task, cfg, 8, embedded=True)
+    with pytest.raises(ValueError, match=r"lower sampling.max_new_tokens to at most"):
+        check_lengths(tokenizer, task, cfg, 400, new_tokens={"sampling.max_new_tokens": 1000})
