@@ -157,8 +157,11 @@ def coerce(tp: Any, value: Any, name: str) -> Any:
         return out
     if tp is dict and not isinstance(value, dict):
         raise ConfigError(f"{name} must be a mapping (key: value), got {value!r}")
-    if tp is str and not isinstance(value, str):
-        raise ConfigError(f"{name} must be a string, got {value!r}")
+    if tp is str and not isinstance(value, str):  # YAML read `2024`, `~`, `a: b` or `- a` as another type
+        raise ConfigError(
+            f"{name} must be a string, got {value!r}; text that YAML reads as a number, null, mapping or "
+            f'list must be quoted: {name}=\'"..."\' on the command line, "..." in a config file'
+        )
     return value
 
 
@@ -335,7 +338,10 @@ def parse_value(raw: str, item: str) -> Any:
     try:
         value = yaml.load(raw, Loader=StrictLoader)
     except yaml.YAMLError as err:
-        raise ConfigError(f"override '{item}': not a valid value ({' '.join(str(err).split())})") from None
+        raise ConfigError(
+            f"override '{item}': not a valid value ({' '.join(str(err).split())}); if it is text, quote "
+            f"it: {item.partition('=')[0]}={shlex.quote(json.dumps(raw, ensure_ascii=False))}"
+        ) from None
     _refuse_comment(raw, item, tokens, value)
     return value
 

@@ -231,3 +231,20 @@ def test_a_value_whose_hash_would_start_a_comment_is_refused_with_the_quoted_for
     expected = {"name": "a#b", "n": "trial #2", "m": "x #y", "l": ["a#b", "c #d"]}
     assert cfglib.parse_overrides(given) == expected
     assert cfglib.parse_overrides(cfglib.command_overrides([], {"name": "trial #2"})) == {"name": "trial #2"}
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["name=2024", "out_dir=~", "name=Note: a box", "name=- a", "name={answer} in a box", "name=[a"],
+)
+def test_text_that_yaml_reads_otherwise_is_refused_with_how_to_quote_it(override):
+    """`name=2024` said only "must be a string, got 2024" and `{answer} in a box` dumped the YAML
+    parser's error: both now say to quote the text."""
+    from recipes.common import RunConfig
+
+    with pytest.raises(cfglib.ConfigError, match="quote") as err:
+        cfglib.load(RunConfig, None, [override])
+    assert "\n" not in str(err.value)
+    key = override.partition("=")[0]
+    quoted = cfglib.load(RunConfig, None, [f'{key}="{override.partition("=")[2]}"'])
+    assert getattr(quoted, key) == override.partition("=")[2]
