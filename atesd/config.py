@@ -211,22 +211,34 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def command_overrides(words: list[str], flags: dict[str, Any]) -> list[str]:
+def command_overrides(
+    words: list[str], flags: dict[str, Any], names: dict[str, str] | None = None
+) -> list[str]:
     """A recipe's overrides: its `key=value` words, then one per flag given (None: not given). A text
-    flag is quoted, so `--name 2024` is the name "2024", not a number; a bool is `true`/`false`."""
+    flag is quoted, so `--name 2024` is the name "2024", not a number; a bool is `true`/`false`. A flag
+    whose key a word gives another value is refused (appended last, it silently won); `names` maps a
+    key to its flag where that is not `--key` (for the message)."""
+    given = parse_overrides(list(words))
     overrides = list(words)
     for key, value in flags.items():
         if value is None:
             continue
+        raw = value
         if isinstance(value, str):
             value = json.dumps(value, ensure_ascii=False)
         elif isinstance(value, bool):
             value = str(value).lower()
+        node: Any = given
+        for part in key.split("."):
+            node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+        if node is not _MISSING and node != parse_value(str(value), f"{key}={value}"):
+            flag = (names or {}).get(key, f"--{key}")
+            raise ConfigError(f"{flag} {raw} contradicts --set {key}={node}: give it once")
         overrides.append(f"{key}={value}")
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise ConfigError(f"override '{bad[0]}' must look like key.path=value")
     return overrides
+
+
+_MISSING = object()
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

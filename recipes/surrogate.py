@@ -151,13 +151,8 @@ def parse_alphas(text: str) -> list[float]:
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:
-    """The run config of the command line: --config, then --set, then --controller; a --controller
-    that a --set controller=... contradicts is refused (appended last, it silently won over it)."""
-    given = cfglib.parse_overrides(list(args.overrides)).get("controller")
-    if args.controller is not None and given is not None and given != args.controller:
-        raise cfglib.ConfigError(
-            f"--controller {args.controller} contradicts --set controller={given}: give the controller once"
-        )
+    """The run config of the command line: --config, then --set, then --controller (a --controller
+    that a --set controller=... contradicts is refused)."""
     overrides = cfglib.command_overrides(list(args.overrides), {"controller": args.controller})
     # the controller's H and gamma are the bank's, checked once it is read (against real.env's, a
     # lookahead that fitted the bank was refused naming real.env.hold_steps)

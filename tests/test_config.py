@@ -248,3 +248,20 @@ def test_text_that_yaml_reads_otherwise_is_refused_with_how_to_quote_it(override
     key = override.partition("=")[0]
     quoted = cfglib.load(RunConfig, None, [f'{key}="{override.partition("=")[2]}"'])
     assert getattr(quoted, key) == override.partition("=")[2]
+
+
+def test_a_flag_that_an_override_contradicts_is_refused(tmp_path, capsys):
+    """run.py's `--controller bandit --set controller=fixed` ran bandit: the flag, appended last, won."""
+    from recipes import run
+
+    assert cfglib.command_overrides(["seed=3", "name=a"], {"seed": 3, "name": "a", "env": None}) == [
+        "seed=3", "name=a", "seed=3", 'name="a"',
+    ]  # fmt: skip
+    with pytest.raises(cfglib.ConfigError, match=r"--model m contradicts --set real.hf.name_or_path=n"):
+        cfglib.command_overrides(["real.hf={name_or_path: n}"], {"real.hf.name_or_path": "m"},
+                                 {"real.hf.name_or_path": "--model"})  # fmt: skip
+    with pytest.raises(SystemExit) as exc:
+        run.main(["--controller", "bandit", "--set", "controller=fixed", f"out_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--controller bandit contradicts --set controller=fixed" in err
+    assert list(tmp_path.iterdir()) == []
