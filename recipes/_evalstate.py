@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +60,11 @@ def restore(
             f"{len(items)} (did the task's data change?)"
         )
     if state.get("device") != generator.device.type:
+        device = state.get("device")
         raise cfglib.ConfigError(
-            f"{where}: it was sampled on {state.get('device')}, this run samples on "
-            f"{generator.device.type}; set real.device={state.get('device')} to continue it"
+            f"{where}: it was sampled on {device}, this run samples on {generator.device.type}; continue it "
+            f"on {device} with: python recipes/eval.py --resume {shlex.quote(str(run_dir))} "
+            f"real.device={device}"
         )
     try:
         raw = base64.b64decode(state["generator"], validate=True)

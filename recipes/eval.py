@@ -14,7 +14,8 @@ most 63 tokens at the default bands), so the default run, the 4 x 256 problems o
 samples, takes about 20 s on one CPU core. maj@n grades the voted answer alone (on the synthetic
 task the headline `correct` also needs a valid path, so maj@n can exceed pass@n there).
 
-Writes `runs/eval__<task>__<time>/` (never reused): config.json (with the resolved sampling) first;
+Writes `runs/eval__<task>__<time>/` (never reused): config.json (with the resolved sampling; `--config`
+reads it back to repeat the evaluation) first;
 problems.jsonl (one line per problem: its samples' text, extracted answer and correctness, c and n,
 pass@k, the majority vote, the greedy completion) one chunk of problems at a time, each chunk fsynced
 and followed by sampling_state.json (problems done, the generator's state; replaced atomically); at
@@ -75,6 +76,10 @@ from recipes._rundir import run_lock  # noqa: E402
 from recipes.common import Once  # noqa: E402
 
 PAPER_SAMPLES, PAPER_MAX_NEW_TOKENS = 12, 38_912  # docs/METHOD.md §4
+TASKS_HELP = (
+    "synthetic, a benchmark (aime24, aime25, hmmt25), gsm8k (its train split), gsm8k_test, opsd, "
+    "an HF dataset id (owner/name) or a .jsonl path"
+)
 SYNTHETIC_SAMPLES, SYNTHETIC_MAX_NEW_TOKENS = 4, 96  # 96: the training sampler's default
 
 
@@ -142,9 +147,7 @@ def _eval_real() -> RealConfig:
 class EvalConfig:
     """One evaluation of one model on one task."""
 
-    task: str = field(
-        default="synthetic", metadata={"help": "synthetic, a benchmark (aime24, aime25, hmmt25) or a .jsonl"}
-    )
+    task: str = field(default="synthetic", metadata={"help": TASKS_HELP})
     data_dir: str = field(
         default="",
         metadata={
@@ -188,13 +191,15 @@ def load_task(cfg: EvalConfig) -> Task:
     """The embedded synthetic task (`real.task`), or a math benchmark / JSONL (`atesd.tasks.math`)
     read with the `real.data.*` settings (format, field names, instruction, ...), every row evaluated.
     A named benchmark comes from `data_dir` (or `real.data.data_dir`) when given, else from
-    ../shared/data where that holds its file, else from the Hugging Face hub."""
+    ../shared/data where that holds its file, else from the Hugging Face hub. `real.data.split` and
+    `hf_name` are the task's only where `real.data.source` is the task (`given_config` makes it so
+    where they are given without a source); with another source they are its and left out."""
     if cfg.synthetic:
         return build_task(dataclasses.replace(cfg.real, task_kind="synthetic"))
     from atesd.tasks.math import DATASETS, MathTask, local_file
 
     data = cfg.real.data
-    if cfg.task != data.source:  # the training data's split and HF config name are not the benchmark's
+    if cfg.task != data.source:  # another source's split and HF config name (a training config's)
         data = dataclasses.replace(data, split=None, hf_name=None)
     data_dir = cfg.data_dir or data.data_dir
     known, default = DATASETS.get(cfg.task), ROOT.parent / "shared" / "data"
@@ -367,13 +372,23 @@ def _metrics(
 
 # ---- resuming -----------------------------------------------------------------------------------
 def config_record(cfg: EvalConfig) -> dict[str, Any]:
-    """config.json's content: the config with the resolved sampling, as JSON reads it back."""
+    """config.json's content: the config with the resolved sampling, as JSON reads it back, without
+    `real.engine` (nothing here reads it; `--config` refuses it)."""
     n, max_new_tokens = cfg.sampling.resolved(cfg.synthetic)
-    record = cfglib.to_dict(cfg) | {"resolved": {"samples": n, "max_new_tokens": max_new_tokens}}
+    record = own_config(cfglib.to_dict(cfg)) | {"resolved": {"samples": n, "max_new_tokens": max_new_tokens}}
     return json.loads(json.dumps(record))
 
 
 ENGINE = ("real", "engine")  # the training engine's section: nothing in an evaluation reads it
+
+
+def own_config(record: dict[str, Any]) -> dict[str, Any]:
+    """An eval.py config.json read as a config: without its `resolved` sampling (derived) and the
+    `real.engine` section older versions wrote (the training engine's defaults, read by nothing)."""
+    out = {k: v for k, v in record.items() if k != "resolved"}
+    if isinstance(out.get(ENGINE[0]), dict):
+        out[ENGINE[0]] = {k: v for k, v in out[ENGINE[0]].items() if k != ENGINE[1]}
+    return out
 
 
 def refuse_engine_keys(given: dict[str, Any]) -> None:
@@ -395,24 +410,44 @@ def refuse_engine_keys(given: dict[str, Any]) -> None:
 
 
 def given_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The keys given on the command line, --config's below the overrides; real.engine.* refused."""
-    given = cfglib.merge(
-        cfglib.read_yaml(args.config) if args.config else {}, cfglib.parse_overrides(given_overrides(args))
-    )
+    """The keys given on the command line, --config's below the overrides (an eval directory's
+    config.json read as `own_config`); real.engine.* refused. real.data.split or hf_name given
+    without real.data.source are the task's: the source is then the task (`task_data`)."""
+    config = cfglib.read_yaml(args.config) if args.config else {}
+    if "resolved" in config:  # eval.py's own config.json
+        config = own_config(config)
+    given = cfglib.merge(config, cfglib.parse_overrides(given_overrides(args)))
     refuse_engine_keys(given)
-    return given
+    return task_data(given)
+
+
+def task_data(given: dict[str, Any]) -> dict[str, Any]:
+    """`given` with real.data.source the task where real.data.split or hf_name is given without a
+    source, so that load_task keeps them (`--task gsm8k real.data.split=test` reads the test split);
+    given with another source (a training config's), they are that source's and left out."""
+    real, task = given.get("real"), given.get("task")
+    data = real.get("data") if isinstance(real, dict) else None
+    if not isinstance(data, dict) or "source" in data or not {"split", "hf_name"} & data.keys():
+        return given
+    if not isinstance(task, str) or task == "synthetic":
+        return given
+    return cfglib.merge(given, {"real": {"data": {"source": task}}})
+
+
+RESUME_MAY_CHANGE = ("out_dir", "real.device")  # no result changes with them (restore checks the device)
 
 
 def resume_config(args: argparse.Namespace) -> tuple[EvalConfig, Path, bool]:
     """The config and directory `--resume DIR` continues, and whether DIR is finished. ConfigError in
     one line where it cannot continue: not an eval directory, no chunk done yet, or a config given on
-    the command line that differs from DIR's in a key that changes results."""
+    the command line that differs from DIR's in a key that changes results (`real.device` may differ:
+    the saved generator state is restored on the same device type alone, and that is checked)."""
     run_dir = Path(args.resume)
     if not (run_dir / "config.json").is_file():
         raise cfglib.ConfigError(f"--resume {run_dir}: not an eval.py directory (no config.json)")
     try:
-        stored = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-        cfg = cfglib.from_dict(EvalConfig, {k: v for k, v in stored.items() if k != "resolved"})
+        stored = own_config(json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
+        cfg = cfglib.from_dict(EvalConfig, stored)
     except (OSError, ValueError, AttributeError) as err:
         message = " ".join(str(err).split())
         raise cfglib.ConfigError(f"--resume {run_dir}: not an eval.py directory ({message})") from None
@@ -422,14 +457,14 @@ def resume_config(args: argparse.Namespace) -> tuple[EvalConfig, Path, bool]:
         raise cfglib.ConfigError(f"--resume {run_dir}: nothing to resume (no {STATE}: no problem was done)")
     given_keys = given_config(args)
     if given_keys:  # what is given goes on top of DIR's own config
-        base = {k: v for k, v in stored.items() if k != "resolved"}
-        given = cfglib.from_dict(EvalConfig, cfglib.merge(base, given_keys))
-        differ = cfglib.differences(stored, config_record(given), ignore=("out_dir",))
+        given = cfglib.from_dict(EvalConfig, cfglib.merge(stored, given_keys))
+        differ = cfglib.differences(stored, own_config(config_record(given)), ignore=RESUME_MAY_CHANGE)
         if differ:
             raise cfglib.ConfigError(
                 f"--resume {run_dir}: the given config differs from the evaluation's in {', '.join(differ)}; "
                 "continue it with --resume DIR alone, or start a new evaluation"
             )
+        cfg = dataclasses.replace(cfg, real=dataclasses.replace(cfg.real, device=given.real.device))
     return cfg, run_dir, False
 
 
@@ -437,7 +472,13 @@ def resume_config(args: argparse.Namespace) -> tuple[EvalConfig, Path, bool]:
 def new_run_dir(out: Path, task: str) -> Path:
     """A new <out>/eval__<task>__<YYYYmmdd-HHMMSS>[-k]; an existing directory is never reused."""
     name = Path(task).stem if task.endswith(".jsonl") else task.replace("/", "_")
-    return fresh_dir(out, f"eval__{name}__{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        return fresh_dir(out, f"eval__{name}__{time.strftime('%Y%m%d-%H%M%S')}")
+    except OSError as err:  # out_dir, or a folder above it, is a file; no permission
+        raise cfglib.ConfigError(
+            f"out_dir={out}: the eval directory cannot be made there ({err.strerror}: {err.filename}); "
+            "give out_dir a folder, or a path where one can be made"
+        ) from None
 
 
 def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -464,6 +505,7 @@ def _pct(value: float) -> str:
 def print_table(summary: dict[str, Any]) -> None:
     """A rich table on a terminal; plain aligned lines otherwise (logs, CI, files)."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -473,11 +515,11 @@ def print_table(summary: dict[str, Any]) -> None:
         f"{summary['seconds']:.0f} s; maj@n grades the voted answer alone; {summary['run_dir']}"
     )
     if console.is_terminal:
-        table = Table(title="evaluation", caption=caption)
+        table = Table(title="evaluation", caption=escape(caption))  # a path's [x] is text, not markup
         for i, col in enumerate(cols):
-            table.add_column(col, justify="left" if i == 0 else "right")
+            table.add_column(escape(col), justify="left" if i == 0 else "right")
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*map(escape, row))
         console.print(table)
         return
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
@@ -502,7 +544,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", action=Once, help="a YAML config file; overrides apply on top (once)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
     parser.add_argument("--model", help="local path or HF id (config field `real.hf.name_or_path`)")
-    parser.add_argument("--task", help="synthetic, aime24, aime25, hmmt25 or a .jsonl (config field `task`)")
+    parser.add_argument("--task", help=f"{TASKS_HELP} (config field `task`)")
     parser.add_argument("--data-dir", help="benchmark data folder (config field `data_dir`)")
     parser.add_argument("--seed", type=int, help="seed (config field `seed`)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -511,7 +553,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--resume", metavar="DIR", help="continue the interrupted evaluation in DIR (with DIR's config)"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value words may come between the flags
+    if args.resume is not None and not args.resume.strip():
+        parser.error("--resume takes an eval directory, not an empty value")
+    return args
 
 
 def resolve_config(args: argparse.Namespace) -> EvalConfig:
@@ -523,7 +568,8 @@ def given_overrides(args: argparse.Namespace) -> list[str]:
     pass_k = [] if args.pass_k is None else [f"pass_k=[{args.pass_k}]"]
     flags = {"real.hf.name_or_path": args.model, "task": args.task, "data_dir": args.data_dir,
              "seed": args.seed, "greedy": args.greedy}  # fmt: skip
-    return cfglib.command_overrides([*args.overrides, *args.set, *pass_k], flags)
+    names = {"real.hf.name_or_path": "--model", "data_dir": "--data-dir"}
+    return cfglib.command_overrides([*args.overrides, *args.set, *pass_k], flags, names)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -538,7 +584,7 @@ def main(argv: list[str] | None = None) -> Path:
             cfg = resolve_config(args)
             task = load_task(cfg)  # a bad task or data file is one line, before a directory is made
             run_dir = new_run_dir(Path(cfg.out_dir), cfg.task)
-            (run_dir / "config.json").write_text(json.dumps(config_record(cfg), indent=1))
+            write_atomic(run_dir / "config.json", json.dumps(config_record(cfg), indent=1))
         with run_lock(run_dir, doing="evaluated"):  # two processes never append to one directory
             if args.resume:  # judged again under the lock: another process may have gone on meanwhile
                 cfg, run_dir, finished = resume_config(args)

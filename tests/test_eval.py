@@ -4,6 +4,7 @@ import dataclasses
 import itertools
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -447,3 +448,135 @@ def test_eval_reads_the_benchmarks_own_split_not_the_training_datas(tmp_path):
     same = ["task=gsm8k", f"data_dir={tmp_path}", "real.data.source=gsm8k", "real.data.split=test"]
     (problems,) = ev.load_task(cfglib.load(ev.EvalConfig, None, same)).eval_sets().values()
     assert len(problems) == 1  # the training source itself keeps the split it was given
+
+
+def test_eval_keeps_the_split_given_for_the_task(tmp_path, monkeypatch, capsys):
+    """real.data.split / hf_name given without a source are the task's: `--task gsm8k --set
+    real.data.split=test` read gsm8k_train.jsonl, `--task openai/gsm8k` with split test and hf_name
+    main resolved to split train and no config name."""
+    from atesd.tasks import math as mathlib
+
+    row = {"question": "What is 1 + 1?", "answer": "1 + 1 = 2.\n#### 2"}
+    (tmp_path / "gsm8k_train.jsonl").write_text((json.dumps(row) + "\n") * 3)
+    (tmp_path / "gsm8k_test.jsonl").write_text(json.dumps(row) + "\n")
+    (tmp_path / "test.yaml").write_text("task: gsm8k\nreal:\n  data:\n    split: test\n")
+    for argv in (
+        ["--task", "gsm8k", "--set", "real.data.split=test", "--data-dir", str(tmp_path)],
+        ["--config", str(tmp_path / "test.yaml"), "--data-dir", str(tmp_path)],
+    ):
+        (problems,) = ev.load_task(ev.resolve_config(ev.parse_args(argv))).eval_sets().values()
+        assert len(problems) == 1 and problems[0].meta["source"].endswith("gsm8k_test.jsonl"), argv
+    monkeypatch.setattr(mathlib.MathTask, "from_config", lambda data: data)  # the data it would read
+    argv = ["--task", "openai/gsm8k", "--set", "real.data.split=test", "--set", "real.data.hf_name=main"]
+    data = ev.load_task(ev.resolve_config(ev.parse_args(argv)))
+    assert (data.source, data.split, data.hf_name) == ("openai/gsm8k", "test", "main")
+    with pytest.raises(SystemExit):
+        ev.parse_args(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "gsm8k (its train split), gsm8k_test, opsd, an HF dataset id (owner/name) or a .jsonl" in shown
+
+
+def test_eval_refuses_an_empty_resume(tmp_path, capsys):
+    """`--resume ""` started a new evaluation (here: a bad task's error) instead of refusing."""
+    with pytest.raises(SystemExit) as exc:
+        main(["--resume", "", "--task", "nope", "--set", f"out_dir={tmp_path / 'out'}"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--resume takes an eval directory, not an empty value" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_resume_follows_its_device_advice(tiny_model, tokenizer, tmp_path, monkeypatch, capsys):
+    """The device-mismatch refusal advised real.device=X, which resume_config then refused as a
+    changed key; real.device given on --resume is now used (restore checks the device type)."""
+    save_pretrained(tiny_model, tokenizer, tmp_path / "model")
+    args = _args(tmp_path / "model", tmp_path / "runs", seed=3)
+    _stop_at(monkeypatch, 3, KeyboardInterrupt)
+    with pytest.raises(SystemExit):
+        main(args)
+    monkeypatch.undo()
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    state, config = run_dir / ev.STATE, run_dir / "config.json"
+    kept = state.read_text()
+    state.write_text(kept.replace('"device": "cpu"', '"device": "cuda"'))  # as if sampled on a GPU
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["--resume", str(run_dir)])
+    err = _our_lines(capsys.readouterr().err)
+    assert (
+        f"it was sampled on cuda, this run samples on cpu; continue it on cuda with: python "
+        f"recipes/eval.py --resume {run_dir} real.device=cuda" in err
+    ), err
+    state.write_text(kept)
+    # the evaluation's config names a device this machine lacks; the one given on --resume is used
+    stored = json.loads(config.read_text())
+    assert stored["real"]["device"] == "auto"
+    stored["real"]["device"] = "cuda"
+    config.write_text(json.dumps(stored))
+    assert main(["--resume", str(run_dir), "real.device=cpu"]) == run_dir
+    assert _read(run_dir) == _read(main(args))
+
+
+def test_eval_reads_its_own_config_json_as_a_config(tiny_model, tokenizer, tmp_path):
+    """config.json held real.engine.* and `resolved`, which --config refused: it now repeats the
+    evaluation, as does an older one that holds the training engine's defaults."""
+    from atesd import config as cfglib
+    from atesd.builder import RealConfig
+
+    save_pretrained(tiny_model, tokenizer, tmp_path / "model")
+    first = main(_args(tmp_path / "model", tmp_path / "runs", seed=3))
+    record = json.loads((first / "config.json").read_text())
+    assert "engine" not in record["real"] and "resolved" in record
+    again = main(["--config", str(first / "config.json")])
+    assert again != first and _read(again) == _read(first)
+    record["real"]["engine"] = cfglib.to_dict(RealConfig().engine)  # as older versions wrote it
+    (tmp_path / "older.json").write_text(json.dumps(record))
+    assert _read(main(["--config", str(tmp_path / "older.json")])) == _read(first)
+
+
+def test_eval_takes_overrides_between_the_flags():
+    """`--task synthetic seed=1 --greedy sampling.samples=2` was 'unrecognized arguments'."""
+    cfg = ev.resolve_config(
+        ev.parse_args(["--task", "synthetic", "seed=1", "--greedy", "sampling.samples=2"])
+    )
+    assert (cfg.task, cfg.seed, cfg.greedy, cfg.sampling.samples) == ("synthetic", 1, True, 2)
+
+
+def test_eval_table_prints_brackets_as_text(monkeypatch, capsys):
+    """On a terminal the caption and set names were rich markup: runs/[ablation]/final_model printed
+    as runs//final_model, and a [/x] raised MarkupError."""
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    monkeypatch.setenv("COLUMNS", "200")
+    metrics = {"problems": 2, "avg_at_n": 0.5, "pass_at": {"1": 0.5}, "maj_at_n": 0.5, "format_rate": 1.0}
+    summary = {"sampling": {"samples": 4}, "sets": {"[b]set": metrics}, "all": metrics, "completions": 8,
+               "model": "runs/[ablation]/final_model", "task": "[/x]", "seconds": 1.0,
+               "run_dir": "r"}  # fmt: skip
+    ev.print_table(summary)
+    shown = "".join(re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out).split())
+    assert "runs/[ablation]/final_modelon[/x]:8completions" in shown and "[b]set" in shown, shown
+
+
+def test_eval_names_out_dir_when_it_cannot_make_its_directory(tmp_path, capsys):
+    """out_dir=<a file> said `error: [Errno 17] File exists: '<file>'`, naming no setting."""
+    (tmp_path / "afile").write_text("")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "below"):
+        with pytest.raises(SystemExit) as exc:
+            main(["--set", f"out_dir={out}"])
+        err = _our_lines(capsys.readouterr().err)
+        assert exc.value.code == 2 and f"out_dir={out}: the eval directory cannot be made there" in err, err
+        assert "give out_dir a folder" in err and "\n" not in err
+
+
+def test_eval_writes_config_json_whole(tiny_model, tokenizer, tmp_path, monkeypatch):
+    """config.json goes through the atomic writer (a crash leaves none or all of it), as the state
+    and summary do; it was written in place with write_text."""
+    save_pretrained(tiny_model, tokenizer, tmp_path / "model")
+    written, write_atomic = [], ev.write_atomic
+
+    def recording(path, text):
+        written.append(path.name)
+        write_atomic(path, text)
+
+    monkeypatch.setattr(ev, "write_atomic", recording)
+    run_dir = main(_args(tmp_path / "model", tmp_path / "runs", seed=3))
+    assert written == ["config.json", ev.SUMMARY]
+    assert json.loads((run_dir / "config.json").read_text())["seed"] == 3
