@@ -58,7 +58,7 @@ from atesd.engine import SamplingConfig  # noqa: E402
 from atesd.eval_records import generate, problem_record, sample_record  # noqa: E402
 from atesd.evaluation import summarize  # noqa: E402
 from atesd.exposure import ExposureConfig, PromptBuilder  # noqa: E402
-from atesd.models import HFModelConfig  # noqa: E402
+from atesd.models import HFModelConfig, base_model  # noqa: E402
 from atesd.rollout import BACKENDS, RolloutBackend, SamplingParams  # noqa: E402
 from atesd.state import write_atomic  # noqa: E402
 from atesd.tasks.base import Problem, Task, Verdict  # noqa: E402
@@ -226,6 +226,25 @@ def load_model(cfg: EvalConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
     return build_student(real, None)
 
 
+def check_positions(model: PreTrainedModel, prompts: list[list[int]], max_new: int, embedded: bool) -> None:
+    """ConfigError when the longest prompt plus `max_new` sampled tokens passes the model's positions:
+    the sampler would decode on past them, and the tokens there (positions never trained) be graded."""
+    limit = getattr(base_model(model).config, "max_position_embeddings", None)
+    longest = max(map(len, prompts), default=0)
+    if not limit or longest + max_new <= limit:
+        return
+    more = "real.model.max_position" if embedded else "a model with more positions"
+    fix = (
+        f"lower sampling.max_new_tokens to at most {limit - longest}"
+        if longest < limit
+        else "the prompt alone does not fit"
+    )
+    raise cfglib.ConfigError(
+        f"the model holds {limit} positions, but the longest prompt takes {longest} tokens and "
+        f"sampling.max_new_tokens={max_new} more: {fix}, or use {more}"
+    )
+
+
 def answer_key(cfg: EvalConfig) -> Callable[[str], str]:
     """How the majority vote compares answers: stripped strings on the synthetic task, the grader's
     normal form on math (`atesd.grading.normalise`: \\dfrac12 and 1/2 meet, 0.5 stays apart)."""
@@ -279,6 +298,7 @@ def evaluate(cfg: EvalConfig, run_dir: Path, task: Task | None = None) -> dict[s
     exposure = ExposureConfig(student_thinking=cfg.sampling.thinking)
     builder = PromptBuilder(tokenizer, task.prompt_format, exposure)
     prompts = [builder.encode(builder.student_prompt(p)) for _, _, p in items]
+    check_positions(model, prompts, max_new_tokens, cfg.real.embedded)
     backend = build_backend(cfg.real, model, tokenizer, cfg.sampling)
     sample_chunks(
         cfg, task, items, prompts, Sampler(backend, tokenizer, generator), run_dir, done, t0 - seconds

@@ -332,3 +332,23 @@ def test_an_adapter_of_a_relative_base_path_loads_from_anywhere_and_a_pickled_on
     assert (tmp_path / "pickled" / "adapter_model.bin").is_file()
     with pytest.raises(ValueError, match="only pickle adapter weights"):
         load_pretrained(tmp_path / "pickled")
+
+
+def test_eval_refuses_a_rollout_past_the_models_positions(checkpoint, tmp_path, capsys):
+    """eval.py decoded past the model's positions (its default is 38,912 new tokens; Qwen2.5-Math holds
+    4,096) and graded what came out there, saying nothing."""
+    import json
+
+    from recipes.eval import main as evaluate
+
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"problem": "What is 1 + 2?", "solution": "So $\\boxed{3}$."}))
+    argv = ["--model", str(checkpoint), "--task", str(data), "sampling.samples=1", "real.device=cpu",
+            f"out_dir={tmp_path / 'eval'}"]  # fmt: skip
+    with pytest.raises(SystemExit) as exc:
+        evaluate([*argv, "sampling.max_new_tokens=1000"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "the model holds 512 positions" in err, err
+    assert "lower sampling.max_new_tokens to at most" in err and "a model with more positions" in err
+    assert not any((tmp_path / "eval").iterdir())  # no directory left for an evaluation never begun
+    evaluate([*argv, "sampling.max_new_tokens=8"])
