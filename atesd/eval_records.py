@@ -49,7 +49,9 @@ def generate(
 
 
 def sample_record(rollout: Rollout, verdict: Verdict) -> dict[str, Any]:
-    """One sample's entry in problems.jsonl: its text, what was extracted and how it graded."""
+    """One sample's entry in problems.jsonl: its text, what was extracted and how it graded (with the
+    grading method where the task gives one: math-verify, the string compare, a timeout, no answer)."""
+    method = {} if verdict.method is None else {"method": verdict.method}
     return {
         "text": rollout.text,
         "predicted": verdict.predicted,
@@ -57,6 +59,7 @@ def sample_record(rollout: Rollout, verdict: Verdict) -> dict[str, Any]:
         "answer_correct": verdict.answer_correct,
         "path_valid": verdict.path_valid,
         "has_answer": has_answer(verdict),
+        **method,
         "num_tokens": rollout.num_tokens,
         "finished": rollout.finished,
     }

@@ -32,6 +32,7 @@ A directory with no problem done is removed.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import math
@@ -58,6 +59,7 @@ from atesd.engine import SamplingConfig  # noqa: E402
 from atesd.eval_records import generate, problem_record, sample_record  # noqa: E402
 from atesd.evaluation import summarize  # noqa: E402
 from atesd.exposure import ExposureConfig, PromptBuilder  # noqa: E402
+from atesd.grading import GradeConfig, require_math_verify  # noqa: E402
 from atesd.models import HFModelConfig, base_model  # noqa: E402
 from atesd.rollout import BACKENDS, RolloutBackend, SamplingParams  # noqa: E402
 from atesd.state import write_atomic  # noqa: E402
@@ -165,6 +167,8 @@ class EvalConfig:
     )
     out_dir: str = field(default="runs", metadata={"help": "where the eval directory is created"})
     sampling: EvalSamplingConfig = field(default_factory=EvalSamplingConfig)
+    # math tasks: a completion's answer is its last box (no bare one-line answers, as in training)
+    grading: GradeConfig = field(default_factory=lambda: GradeConfig(bare_answer_chars=0))
     # the model: real.hf.name_or_path (--model), else the embedded model of real.model / real.task /
     # real.warmstart, the same keys as in run.py, sweep.py and bench.py; real.engine.* (training) is
     # refused (`refuse_engine_keys`): completions are sampled with `sampling`
@@ -210,7 +214,9 @@ def load_task(cfg: EvalConfig) -> Task:
         except ValueError:  # a split no local file holds: from the hub
             pass
     data = dataclasses.replace(data, source=cfg.task, data_dir=data_dir or None, eval_size=-1)
-    return MathTask.from_config(data)
+    if cfg.grading.math_verify == "require":  # before sampling, not at the first grade
+        require_math_verify()
+    return MathTask.from_config(data, cfg.grading)
 
 
 def load_model(cfg: EvalConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -371,12 +377,15 @@ def summarize_records(
         greedy_ok.extend([r["greedy"]["correct"]] if "greedy" in r else [])
     every = ([v for vs, _ in groups.values() for v in vs], [g for _, gs in groups.values() for g in gs])
     samples = [s for r in records for s in r["samples"]]
+    methods = collections.Counter(s["method"] for s in samples if "method" in s)
     return {
         "sets": {name: _metrics(*group, ks, key) for name, group in groups.items()},
         "all": _metrics(*every, ks, key),
         "completions": len(samples),
         "tokens": sum(s["num_tokens"] for s in samples),
         "truncated_rate": float(np.mean([not s["finished"] for s in samples])),
+        # math: how many samples each grading method decided (math_verify, string, timeout, no_answer)
+        **({"graded_by": dict(sorted(methods.items()))} if methods else {}),
     }
 
 
@@ -478,7 +487,8 @@ def resume_config(args: argparse.Namespace) -> tuple[EvalConfig, Path, bool]:
     given_keys = given_config(args)
     if given_keys:  # what is given goes on top of DIR's own config
         given = cfglib.from_dict(EvalConfig, cfglib.merge(stored, given_keys))
-        differ = cfglib.differences(stored, own_config(config_record(given)), ignore=RESUME_MAY_CHANGE)
+        mine = own_config(config_record(cfg))  # DIR's config with the fields it predates at their defaults
+        differ = cfglib.differences(mine, own_config(config_record(given)), ignore=RESUME_MAY_CHANGE)
         if differ:
             raise cfglib.ConfigError(
                 f"--resume {run_dir}: the given config differs from the evaluation's in {', '.join(differ)}; "

@@ -466,7 +466,9 @@ def test_eval_keeps_the_split_given_for_the_task(tmp_path, monkeypatch, capsys):
     ):
         (problems,) = ev.load_task(ev.resolve_config(ev.parse_args(argv))).eval_sets().values()
         assert len(problems) == 1 and problems[0].meta["source"].endswith("gsm8k_test.jsonl"), argv
-    monkeypatch.setattr(mathlib.MathTask, "from_config", lambda data: data)  # the data it would read
+    monkeypatch.setattr(
+        mathlib.MathTask, "from_config", lambda data, grade_cfg=None: data
+    )  # the data it would read
     argv = ["--task", "openai/gsm8k", "--set", "real.data.split=test", "--set", "real.data.hf_name=main"]
     data = ev.load_task(ev.resolve_config(ev.parse_args(argv)))
     assert (data.source, data.split, data.hf_name) == ("openai/gsm8k", "test", "main")
@@ -580,3 +582,37 @@ def test_eval_writes_config_json_whole(tiny_model, tokenizer, tmp_path, monkeypa
     run_dir = main(_args(tmp_path / "model", tmp_path / "runs", seed=3))
     assert written == ["config.json", ev.SUMMARY]
     assert json.loads((run_dir / "config.json").read_text())["seed"] == 3
+
+
+def test_eval_grading_is_configured_and_each_samples_method_recorded(tmp_path, monkeypatch):
+    """The grading settings were in no config (math-verify could not be required, so without the
+    [eval] extra paper numbers were string-graded, said once in the log) and problems.jsonl and
+    summary.json did not say how each sample was decided (math-verify, string, timeout)."""
+    import sys
+
+    from atesd import config as cfglib
+    from atesd import grading
+    from atesd.eval_records import Rollout
+
+    rows = tmp_path / "qa.jsonl"
+    rows.write_text(json.dumps({"problem": "What is 1/2 + 0?", "answer": "\\frac{1}{2}"}) + "\n")
+    cfg = cfglib.load(ev.EvalConfig, None, [f"task={rows}", "grading.math_verify=off", "grading.timeout_s=2"])
+    task = ev.load_task(cfg)
+    assert task.grade_cfg == grading.GradeConfig(timeout_s=2, math_verify="off", bare_answer_chars=0)
+    (problem,) = task.eval_sets()[next(iter(task.eval_sets()))]
+    right, wrong = task.verify(problem, "so \\boxed{1/2}"), task.verify(problem, "no box")
+    assert (right.correct, right.method, wrong.method) == (True, "string", "no_answer")
+    samples = [(Rollout("so \\boxed{1/2}", 5, True), right), (Rollout("no box", 2, True), wrong)]
+    record = problem_record("qa", 0, problem, samples, [1], str.strip)
+    assert [s["method"] for s in record["samples"]] == ["string", "no_answer"]
+    summary = ev.summarize_records([record], ["qa"], [1], str.strip)
+    assert summary["graded_by"] == {"no_answer": 1, "string": 1}
+    assert "method" not in sample_record(Rollout("x", 1, True), _verdict(True, "x"))  # a task without one
+    # require: refused before any sampling where math-verify is not installed
+    grading._math_verify_module.cache_clear()
+    monkeypatch.setitem(sys.modules, "math_verify", None)
+    try:
+        with pytest.raises(grading.MathVerifyMissing, match=r"\[eval\]"):
+            ev.load_task(cfglib.load(ev.EvalConfig, None, [f"task={rows}", "grading.math_verify=require"]))
+    finally:
+        grading._math_verify_module.cache_clear()

@@ -129,7 +129,8 @@ def test_run_py_distils_a_saved_checkpoint_on_math_data_with_lora(checkpoint, tm
             "sampling.samples=2", "sampling.max_new_tokens=8", f"out_dir={tmp_path / 'eval'}",
             "real.device=cpu"]  # fmt: skip
     eval_dir = evaluate(argv)
-    assert json.loads((eval_dir / "summary.json").read_text())["completions"] == 4
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    assert summary["completions"] == 4 and sum(summary["graded_by"].values()) == 4
 
 
 def test_a_pickle_only_checkpoint_is_refused_in_one_line(checkpoint, tmp_path, capsys):

@@ -46,6 +46,7 @@ class Verdict:
     answer_correct: bool
     path_valid: bool
     predicted: str | None
+    method: str | None = None  # how it was decided, where the task says (math: `atesd.grading.Grade`)
 
 
 @dataclass(frozen=True)

@@ -492,6 +492,7 @@ class MathTask:
             answer_correct=g.correct,
             path_valid=g.predicted is not None,
             predicted=g.predicted,
+            method=g.method,
         )
 
     def reasoning(self, completion: str) -> str:
