@@ -412,12 +412,29 @@ ENGINE = ("real", "engine")  # the training engine's section: nothing in an eval
 
 
 def own_config(record: dict[str, Any]) -> dict[str, Any]:
-    """An eval.py config.json read as a config: without its `resolved` sampling (derived) and the
-    `real.engine` section older versions wrote (the training engine's defaults, read by nothing)."""
+    """An eval.py config.json read as a config: without its `resolved` sampling (derived), the
+    `real.engine` section older versions wrote and the `UNREAD` keys (read by nothing here)."""
     out = {k: v for k, v in record.items() if k != "resolved"}
-    if isinstance(out.get(ENGINE[0]), dict):
-        out[ENGINE[0]] = {k: v for k, v in out[ENGINE[0]].items() if k != ENGINE[1]}
+    for path in (".".join(ENGINE), *UNREAD):
+        *parents, last = path.split(".")
+        node: Any = out
+        for part in parents:  # copied on the way down: `record` stays as it is
+            if not isinstance(node.get(part), dict):
+                break
+            node[part] = dict(node[part])
+            node = node[part]
+        else:
+            node.pop(last, None)
     return out
+
+
+UNREAD = {  # keys of the training config that an evaluation sets itself
+    "real.task_kind": "the task kind follows `task`",
+    "real.data.eval_size": (
+        "every row of a math task is evaluated; max_problems=N takes the first N of each set"
+    ),
+    "real.data.probe_size": "an evaluation probes nothing",
+}
 
 
 def refuse_engine_keys(given: dict[str, Any]) -> None:
@@ -425,6 +442,12 @@ def refuse_engine_keys(given: dict[str, Any]) -> None:
     command line's keys): eval.py trains nothing and samples with `sampling.*`, so such a key was
     accepted and changed nothing (`real.engine.sampling.max_new_tokens=8` still sampled 96 tokens)."""
     real = given.get(ENGINE[0])
+    for path, why in UNREAD.items():
+        node: Any = given
+        for part in path.split("."):
+            node = node.get(part, UNREAD) if isinstance(node, dict) else UNREAD
+        if node is not UNREAD:
+            raise cfglib.ConfigError(f"{path}: eval.py does not read it ({why})")
     if not isinstance(real, dict) or ENGINE[1] not in real:
         return
     key, value = ".".join(ENGINE), real[ENGINE[1]]
@@ -563,7 +586,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     fields = "\n".join(
         f"  {key} = {default}    {help_}"
         for key, default, help_ in cfglib.describe(EvalConfig)
-        if not key.startswith("real.engine.")  # refused: eval.py samples with sampling.*
+        if not key.startswith("real.engine.") and key not in UNREAD  # refused: not read here
     )
     parser = argparse.ArgumentParser(
         description=__doc__,

@@ -405,6 +405,9 @@ def test_eval_refuses_the_training_engines_keys_it_never_read(tmp_path, capsys):
          "sampling.max_new_tokens"),
         (["real.engine.lr=3e-4"], "real.engine.lr: eval.py does not read real.engine.*"),
         (["--config", str(tmp_path / "engine.yaml")], "real.engine.batch_size: eval.py does not read"),
+        (["real.data.eval_size=50"], "real.data.eval_size: eval.py does not read it (every row of a math "
+         "task is evaluated; max_problems=N takes the first N of each set)"),
+        (["real.task_kind=math"], "real.task_kind: eval.py does not read it"),
     ):  # fmt: skip
         with pytest.raises(SystemExit) as exc:
             main([*argv, "--set", f"out_dir={tmp_path / 'out'}"])
@@ -414,7 +417,7 @@ def test_eval_refuses_the_training_engines_keys_it_never_read(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
     shown = capsys.readouterr().out
-    assert exc.value.code == 0 and "real.engine." not in shown
+    assert exc.value.code == 0 and "real.engine." not in shown and "real.data.eval_size" not in shown
     assert "sampling.max_new_tokens = 0" in shown and "real.task.eval_size = " in shown
 
 
