@@ -84,11 +84,16 @@ def window_reward_floats(
     for prev, nxt, g in zip(losses, losses[1:], grounded):
         drop = prev - nxt
         progress += weight * (drop if signed else max(0.0, drop))
-        g_sum += weight * g
-        total_w += weight
+        if math.isfinite(g):  # as discounted_mean: an update that measured no score is left out
+            g_sum += weight * g
+            total_w += weight
         weight *= gamma
-    g_mean = g_sum / total_w
-    return {"progress": progress, "grounded": g_mean, "reward": progress + lambda_gt * g_mean}
+    g_mean = g_sum / total_w if total_w else math.nan
+    return {
+        "progress": progress,
+        "grounded": g_mean,
+        "reward": progress + (lambda_gt * g_mean if lambda_gt else 0.0),
+    }
 
 
 def grounded_change(terms: dict[str, float], previous: float | None, lambda_gt: float) -> dict[str, float]:
@@ -147,9 +152,12 @@ def paper_return(
     lambda_gt: float,
 ) -> float:
     """The paper's step-level return of the decision made at step t0:
-    G_lp over l_{t0}..l_{t0+L} plus lambda_gt times the discount-weighted mean of g_{t0+1..t0+L}."""
+    G_lp over l_{t0}..l_{t0+L} plus lambda_gt times the discount-weighted mean of g_{t0+1..t0+L}
+    (the progress alone where no update measured g, as the env rewards such a window)."""
     seg = losses[t0 : t0 + lookahead_steps + 1]
     g = grounded[t0 : t0 + lookahead_steps]
     if len(seg) != lookahead_steps + 1 or len(g) != lookahead_steps:
         raise ValueError("the lookahead runs past the recorded steps")
-    return discounted_progress(seg, gamma) + lambda_gt * discounted_mean(g, gamma)
+    progress = discounted_progress(seg, gamma)
+    g_mean = discounted_mean(g, gamma) if lambda_gt else math.nan
+    return progress + lambda_gt * g_mean if math.isfinite(g_mean) else progress

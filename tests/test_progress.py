@@ -50,6 +50,11 @@ def test_windowed_returns_equal_the_papers_step_level_progress():
     g, _ = lookahead_returns(windows, gamma**hold, lookahead // hold)
     for w in range(3):
         assert g[w] == pytest.approx(paper_return(losses, [0.0] * 20, w * hold, lookahead, gamma, 0.0))
+    # no update measured g: the progress alone, as the env rewards such a window (it was NaN)
+    for lam in (0.0, 0.3):
+        assert paper_return(losses, [math.nan] * 20, 0, lookahead, gamma, lam) == pytest.approx(
+            discounted_progress(losses[: lookahead + 1], gamma)
+        )
 
 
 def test_discounted_mean():
@@ -87,3 +92,11 @@ def test_the_plain_float_window_reward_equals_the_numpy_one(signed):
         fast = window_reward_floats(losses, grounded, 0.9, 0.3, signed)
         ref = window_reward(losses, grounded, 0.9, 0.3, signed)
         assert fast == pytest.approx(ref, rel=1e-12, abs=1e-12)
+    # an update that measured no grounded score is left out by both, and lambda_gt = 0 ignores g
+    losses = [1.0, 0.9, 0.8]
+    for grounded in ([math.nan, -2.0], [math.nan, math.nan]):
+        for lam in (0.0, 0.3):
+            fast = window_reward_floats(losses, grounded, 0.9, lam, signed)
+            ref = window_reward(losses, grounded, 0.9, lam, signed)
+            assert fast == pytest.approx(ref, rel=1e-12, abs=1e-12, nan_ok=True), (grounded, lam)
+    assert window_reward_floats(losses, [math.nan, -2.0], 0.9, 0.0, signed)["reward"] == pytest.approx(0.19)
