@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -51,6 +52,13 @@ class ExposureConfig:
     teacher_thinking: bool = field(default=True, metadata={"help": "enable_thinking for the teacher prompt"})
 
     def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for name in ("unit", "reference"):  # a misspelt one took another branch (the token cut, path_matched)
+            allowed = typing.get_args(hints[name])
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"ExposureConfig.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
         a = self.solved_alpha  # a number (numpy's float32 too, as num_revealed takes), not a bool
         number = isinstance(a, numbers.Real) and not isinstance(a, bool)
         if a is not None and not (number and 0.0 <= a <= 1.0):

@@ -304,6 +304,11 @@ def test_per_outcome_exposure_scores_solved_rollouts_at_their_own_alpha(tiny_mod
     with pytest.raises(ValueError, match="solved_alpha"):
         ExposureConfig(solved_alpha=True)  # a bool is not an exposure
     assert ExposureConfig(solved_alpha=np.float32(0.5)).solved_alpha == 0.5  # numpy's float32 is one
+    # a misspelt unit or reference took another branch (a token cut mid-step; path_matched) unsaid
+    with pytest.raises(ValueError, match="unit must be one of step, token, got 'steps'"):
+        ExposureConfig(unit="steps")
+    with pytest.raises(ValueError, match="reference must be one of own, other, path_matched"):
+        ExposureConfig(reference="othre")
 
 
 def test_mismatch_measures_the_alpha_asked_for_under_per_outcome_exposure(
