@@ -26,7 +26,8 @@ OBSERVATION = (
 OBS_NAMES = tuple(name for name, *_ in OBSERVATION)
 
 # With the per-band action (`action="per_band"`), one more entry per difficulty band, after the
-# six above, in the band order of the action: the band's rollout accuracy, EMA over its windows.
+# six above, in the band order of the action: the band's rollout accuracy, an EMA decayed per update
+# (0.9^H over a window of H; the real env over the updates that drew the band).
 BAND_OBSERVATION = ("rollout_accuracy", 0.0, 1.0, "EMA of the band's rollout accuracy (the fraction solved)")
 ACTIONS = ("global", "per_band")
 
@@ -36,7 +37,7 @@ INFO_KEYS = (
     "reward/progress",  # discounted learning progress of the window (paper's G_lp over H steps)
     "reward/grounded",  # the grounded term: the rise of the window's mean grounded score (default), or it
     "reward/total",  # progress + lambda_gt * grounded = the step's reward (a NaN grounded term adds 0)
-    "stats/loss",  # raw window means of the training statistics
+    "stats/loss",  # raw window means of the training statistics (the probe NLL: its last value, l_H)
     "stats/mismatch",
     "stats/probe_nll",
     "stats/confidence",
