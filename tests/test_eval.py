@@ -5,6 +5,7 @@ import itertools
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -322,8 +323,8 @@ def test_eval_stopped_before_any_problem_leaves_no_directory(tiny_model, tokeniz
         assert err == ""
 
 
-def test_eval_resume_refuses_another_config_and_what_it_cannot_continue(tiny_model, tokenizer, tmp_path,
-                                                                         monkeypatch, capsys):  # fmt: skip
+def _stopped_after_3(tiny_model, tokenizer, tmp_path, monkeypatch) -> tuple[list[str], Path]:
+    """An evaluation (seed 3) stopped by Ctrl-C after its third chunk: its argv and directory."""
     save_pretrained(tiny_model, tokenizer, tmp_path / "model")
     args = _args(tmp_path / "model", tmp_path / "runs", seed=3)
     _stop_at(monkeypatch, 3, KeyboardInterrupt)
@@ -331,6 +332,12 @@ def test_eval_resume_refuses_another_config_and_what_it_cannot_continue(tiny_mod
         main(args)
     monkeypatch.undo()
     (run_dir,) = (tmp_path / "runs").iterdir()
+    return args, run_dir
+
+
+def test_eval_resume_refuses_another_config_and_what_it_cannot_continue(tiny_model, tokenizer, tmp_path,
+                                                                         monkeypatch, capsys):  # fmt: skip
+    args, run_dir = _stopped_after_3(tiny_model, tokenizer, tmp_path, monkeypatch)
     kept = {p.name: p.read_bytes() for p in run_dir.iterdir()}
 
     def refused(argv: list[str], code: int = 2) -> str:
@@ -493,13 +500,7 @@ def test_eval_refuses_an_empty_resume(tmp_path, capsys):
 def test_eval_resume_follows_its_device_advice(tiny_model, tokenizer, tmp_path, monkeypatch, capsys):
     """The device-mismatch refusal advised real.device=X, which resume_config then refused as a
     changed key; real.device given on --resume is now used (restore checks the device type)."""
-    save_pretrained(tiny_model, tokenizer, tmp_path / "model")
-    args = _args(tmp_path / "model", tmp_path / "runs", seed=3)
-    _stop_at(monkeypatch, 3, KeyboardInterrupt)
-    with pytest.raises(SystemExit):
-        main(args)
-    monkeypatch.undo()
-    (run_dir,) = (tmp_path / "runs").iterdir()
+    args, run_dir = _stopped_after_3(tiny_model, tokenizer, tmp_path, monkeypatch)
     state, config = run_dir / ev.STATE, run_dir / "config.json"
     kept = state.read_text()
     state.write_text(kept.replace('"device": "cpu"', '"device": "cuda"'))  # as if sampled on a GPU
