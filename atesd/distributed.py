@@ -73,20 +73,34 @@ class Dist:
         return self.rank == 0
 
     def average_gradients(self, params: list[torch.Tensor]) -> None:
-        """Replace every gradient by its mean over ranks (one flat all-reduce; missing grads count as 0).
-        Sharded (FSDP) parameters are skipped: their reduce-scatter has averaged them already."""
+        """Replace every gradient by its mean over ranks (one flat all-reduce per dtype and device;
+        missing grads count as 0). Sharded (FSDP) parameters are skipped: their reduce-scatter has
+        averaged them already."""
         params = [p for p in params if not is_sharded(p)]
         if not self.active or not params:
             return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat /= self.world_size
-        offset = 0
-        for p, g in zip(params, grads):
-            n = g.numel()
-            p.grad = flat[offset : offset + n].view_as(p).clone()
-            offset += n
+        buckets: dict[tuple, list[torch.Tensor]] = {}  # a bf16 model may train fp32 routers beside
+        for p in params:
+            buckets.setdefault((p.dtype, p.device), []).append(p)
+        for bucket in buckets.values():
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in bucket]
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat /= self.world_size
+            offset = 0
+            for p, g in zip(bucket, grads):
+                n = g.numel()
+                p.grad = flat[offset : offset + n].view_as(p).clone()
+                offset += n
+
+    def token_share(self, n: int) -> tuple[float, int]:
+        """(world * n / N, N) for this rank's n of all ranks' N tokens: a rank's token mean times its
+        share, averaged over ranks, is the mean over all N tokens (a loss so scaled has the gradient
+        of the pooled batch once gradients are averaged). (1.0, n) in one process."""
+        if not self.active:
+            return 1.0, n
+        total = round(self.mean([float(n)])[0] * self.world_size)
+        return (self.world_size * n / total if total else 1.0), total
 
     def clip_grad_norm(self, params: list[torch.Tensor], max_norm: float) -> float:
         """`torch.nn.utils.clip_grad_norm_` over parameters of which some may be sharded: the norm of the

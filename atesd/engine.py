@@ -352,8 +352,11 @@ class DistillEngine:
             batch, beside = self._beside(lambda: self.rollout(problems), beside_rollout)
         t_rollout = time.perf_counter()
         out, grounded, t_teacher = self.batch_loss(batch, alpha)
+        # under torchrun the update is the pooled batch's token mean (a rank's mean weighted by its
+        # tokens), as one process with every rank's rows would take; 1.0 in one process
+        share, num_tokens = self.dist.token_share(int(out.per_token.numel()))
         if self.dist.all_true(bool(torch.isfinite(out.loss))):  # one rank's non-finite loss skips all
-            grad_norm = self._update(out.loss)  # NaN when the gradient was not finite (step skipped)
+            grad_norm = self._update(out.loss * share if share != 1.0 else out.loss)  # NaN: skipped
         else:
             grad_norm = math.nan
             self._count_nonfinite()
@@ -366,20 +369,25 @@ class DistillEngine:
         verdicts = [self.task.verify(p, t) for p, t in zip(batch.problems, batch.texts)]
         alphas = [self.alpha_of(alpha, p) for p in batch.problems]
         band_accuracy = self._band_accuracy(alpha, batch.problems, verdicts)
-        # the batch statistics, averaged over ranks under torchrun (quantiles: the mean of the ranks')
-        loss, mismatch, div_mean, div_p90, div_p99, confidence, logprob, grounded, accuracy = self.dist.mean([
-            float(out.loss.detach()), float(out.top1_disagree.float().mean()), float(per_token.mean()),
-            float(torch.quantile(per_token, 0.9)), float(torch.quantile(per_token, 0.99)),
-            float(out.student_max_prob.mean()), float(out.student_token_logprob.mean()), grounded,
-            float(np.mean([v.correct for v in verdicts])),
+        # the batch statistics over ranks under torchrun: token means pooled (weighted by each rank's
+        # tokens), per-problem means averaged (equal batches), quantiles the mean of the ranks'
+        stats_all = self.dist.mean([
+            float(out.loss.detach()) * share, float(out.top1_disagree.float().mean()) * share,
+            float(per_token.mean()) * share, float(torch.quantile(per_token, 0.9)),
+            float(torch.quantile(per_token, 0.99)), float(out.student_max_prob.mean()) * share,
+            float(out.student_token_logprob.mean()) * share, grounded,
+            float(np.mean([v.correct for v in verdicts])), float(np.mean(alphas)),
         ])  # fmt: skip
+        loss, mismatch, div_mean, div_p90, div_p99, confidence, logprob, grounded, accuracy, mean_alpha = (
+            stats_all
+        )
         stats = StepStats(
             step=self.num_steps,
-            alpha=float(np.mean(alphas)) if isinstance(alpha, Mapping) else float(alpha),
+            alpha=mean_alpha if isinstance(alpha, Mapping) else float(alpha),
             loss=loss,
             skipped=skipped,
             grad_norm=grad_norm,
-            num_tokens=int(per_token.numel()),
+            num_tokens=num_tokens,
             mismatch_top1=mismatch,
             divergence_mean=div_mean,
             divergence_p90=div_p90,
