@@ -19,6 +19,7 @@ finished says so: `--resume DIR` names an older one).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -411,19 +412,30 @@ def _run(dist: Dist, plan: Plan) -> Path | None:
         dist.close()
         return run_dir if dist.is_main else None
     if not dist.is_main:
+        if dist.broadcast_object(None):  # rank 0 could not take the run directory (it says why)
+            dist.close()
+            return None
         Run(cfg, None, resume_state, dist).train()
         dist.close()  # the Run is unreachable now: close() collects it before leaving the group
         return None
-    fresh = run_dir is None
-    if fresh:
-        run_dir = new_run_dir(cfg)
-        write_atomic(run_dir / "config.json", json.dumps(resolved_dict(cfg), indent=1))
-    print(f"run directory: {run_dir}", flush=True)
-    RUN_DIR.append(run_dir)
-    with run_lock(run_dir):
-        moved = None if fresh else moved_since(plan)
-        if moved is not None:
-            raise cfglib.ConfigError(moved)
+    with contextlib.ExitStack() as held:
+        try:  # under torchrun the other ranks wait for this verdict before they build anything
+            fresh = run_dir is None
+            if fresh:
+                run_dir = new_run_dir(cfg)
+                write_atomic(run_dir / "config.json", json.dumps(resolved_dict(cfg), indent=1))
+            print(f"run directory: {run_dir}", flush=True)
+            RUN_DIR.append(run_dir)
+            held.enter_context(run_lock(run_dir))
+            moved = None if fresh else moved_since(plan)
+            if moved is not None:
+                raise cfglib.ConfigError(moved)
+        except BaseException:
+            if dist.active:
+                dist.broadcast_object("refused")
+                dist.close()
+            raise
+        dist.broadcast_object("")
         if not fresh and resume_state is None:  # resumed before its first checkpoint: from the start
             restart_logs(run_dir)
         runner = _build(cfg, run_dir, resume_state, dist, fresh)

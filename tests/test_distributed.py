@@ -130,6 +130,17 @@ def test_run_py_under_torchrun_resumes_a_killed_run_exactly(uncut, mode, tmp_pat
         with pytest.raises(SystemExit) as exc:
             run.main([*args[1:], "--resume", "auto"])
         assert exc.value.code == 2 and "torchrun --nproc_per_node 2" in capsys.readouterr().err
+    if mode == "ddp":
+        # a run another process holds: rank 0 refuses and tells the others, which stop cleanly (they
+        # waited on a collective until torchrun killed them)
+        from recipes._rundir import run_lock
+
+        (cut,) = (tmp_path / "cut").iterdir()
+        with run_lock(cut):
+            held = torchrun([*args, "--resume", "auto"], tmp_path)
+        assert held.returncode != 0 and held.stderr.count("is being trained by another process") == 1
+        for ours in ("recipes", "atesd", "controllers", "envs"):  # no traceback through our code
+            assert f'File "{ROOT / ours}' not in held.stderr, held.stderr[-3000:]
     resumed = torchrun([*args, "--resume", "auto"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout and "at window 2" in resumed.stdout
@@ -152,3 +163,17 @@ def test_torchrun_refuses_to_resume_a_single_process_checkpoint(uncut, tmp_path)
     assert refused.stderr.count("error: rank 0 cannot resume") == 2  # both ranks, one line each
     for ours in ("recipes", "atesd", "controllers", "envs"):  # no traceback through our code
         assert f'File "{ROOT / ours}' not in refused.stderr
+
+
+def test_two_ranks_average_as_one_pooled_batch(tmp_path):
+    """Each rank's loss was its own token mean and the gradients were averaged with equal weights, so a
+    rank that drew short rollouts weighed each of its tokens more than one process would; gradients of
+    two dtypes (a bf16 model's fp32 routers) crashed the flat all-reduce; a per-band update logged rank
+    0's own mean alpha and token count."""
+    out = torchrun([str(ROOT / "tests/_dist_grads.py"), str(tmp_path)], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for r in ranks:
+        assert r["tokens"] == 8 and r["pooled_gradient_error"] < 1e-6
+        assert r["mixed"] == ["torch.bfloat16", [1.5, 1.5], "torch.float32", [2.0, 2.0]]
+    assert ranks[0]["step"] == ranks[1]["step"]  # every statistic the whole batch's, on both ranks
