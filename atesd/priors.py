@@ -139,7 +139,7 @@ def ship(
     entries = manifest()  # refused before anything is replaced when it does not read
     for file in FILES:  # each file whole or not at all (a crash between them: the sha256 check catches it)
         tmp = base / f".tmp-{file}"
-        shutil.copyfile(state.with_suffix(Path(file).suffix), tmp)
+        shutil.copyfile(f"{state}{Path(file).suffix}", tmp)  # as atesd.state.state_files names them
         os.replace(tmp, base / file)
     entries[name] = {
         "env": env_cfg,

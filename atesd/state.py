@@ -76,7 +76,7 @@ def _flatten(node: Any, path: str, tensors: dict, seen: dict, spans: dict) -> An
         return {"__dict__": [[k, _flatten(v, f"{path}/{k}", tensors, seen, spans)] for k, v in node.items()]}
     if isinstance(node, (list, tuple)):
         return [_flatten(v, f"{path}/{i}", tensors, seen, spans) for i, v in enumerate(node)]
-    if isinstance(node, (np.floating, np.integer)):
+    if isinstance(node, (np.floating, np.integer, np.bool_)):  # numpy's scalars (a comparison's bool too)
         return node.item()
     if node is None or isinstance(node, (str, int, float, bool)):
         return node
@@ -208,16 +208,22 @@ def state_bytes(state: dict[str, Any]) -> int:
     return total
 
 
+def state_files(path: str | Path) -> tuple[Path, Path]:
+    """(`<path>.json`, `<path>.safetensors`): the suffixes appended, so `ctl_alpha0.25` and
+    `ctl_alpha0.75` are two states (a suffix replaced made both `ctl_alpha0`, the second overwriting)."""
+    return Path(f"{path}.json"), Path(f"{path}.safetensors")
+
+
 def save_state(state: dict[str, Any], path: str | Path) -> None:
     """Write `<path>.json` (structure and scalars) and `<path>.safetensors` (arrays)."""
-    path = Path(path)
+    meta_file, arrays_file = state_files(path)
     meta, tensors = flatten_state(state)
-    save_file(tensors, str(path.with_suffix(".safetensors")))
-    path.with_suffix(".json").write_text(json.dumps(meta))
+    save_file(tensors, str(arrays_file))
+    meta_file.write_text(json.dumps(meta))
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
     """Read what `save_state` wrote."""
-    path = Path(path)
-    tensors = load_file(str(path.with_suffix(".safetensors")))
-    return unflatten_state(json.loads(path.with_suffix(".json").read_text()), tensors)
+    meta_file, arrays_file = state_files(path)
+    tensors = load_file(str(arrays_file))
+    return unflatten_state(json.loads(meta_file.read_text()), tensors)

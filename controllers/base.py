@@ -279,6 +279,37 @@ class Transition(NamedTuple):
     metrics: dict[str, float]
 
 
+def check_fits(env: gym.Env, controller: Any) -> None:
+    """ValueError in one line when `controller` was built for another env than `env`: an H or gamma
+    other than the env's `reward_spec` (its returns would be windowed and discounted otherwise: PPO's
+    silently), or an observation entry it reads by position (`reads`) that the env's
+    `observation_names` put elsewhere. What the env does not declare is trusted. Build controllers
+    with `recipes.common.build_controller`, which takes H and gamma from the env."""
+    env = getattr(env, "unwrapped", env)
+    reward, cfg = getattr(env, "reward_spec", None), getattr(controller, "cfg", None)
+    for key in ("hold_steps", "gamma"):
+        mine, theirs = getattr(cfg, key, None), getattr(reward, key, None)
+        if mine is not None and theirs is not None and mine != theirs:
+            raise ValueError(
+                f"{type(controller).__name__} was built with {key}={mine}, but the env's reward_spec has "
+                f"{key}={theirs}: build it with the env's (recipes.common.build_controller does)"
+            )
+    check_reads(type(controller), getattr(env, "observation_names", None), type(controller).__name__)
+
+
+def check_reads(cls: type, names: Sequence[str] | None, name: str) -> None:
+    """A controller that reads observation entries by position (`cls.reads`, name -> index) runs only
+    on an env whose `observation_names` put those names there; an env that names no entries is
+    trusted (an outside env: its layout is the user's to match)."""
+    for entry, index in getattr(cls, "reads", {}).items():
+        if names is not None and (index >= len(names) or names[index] != entry):
+            found = names[index] if index < len(names) else "nothing"
+            raise ValueError(
+                f"controller {name} reads observation entry {index} as '{entry}', but this env has "
+                f"'{found}' there (its observation: {', '.join(names)})"
+            )
+
+
 def run_episode(
     env: gym.Env,
     controller: Controller,
@@ -298,6 +329,7 @@ def run_episode(
     `start=(obs, steps_done)` continues an episode whose env and controller states were restored
     from a checkpoint taken after `steps_done` steps at observation `obs`, instead of resetting.
     """
+    check_fits(env, controller)
     result = EpisodeResult()
     if start is None:
         obs, info = env.reset(seed=seed)

@@ -24,6 +24,7 @@ from atesd import config as cfglib
 from atesd.builder import RealConfig, build_engine
 from atesd.progress import RewardSpec
 from controllers import CONTROLLERS
+from controllers.base import check_reads as check_entries
 from envs.exposure_env import ExposureEnvConfig
 from envs.mock_env import MockConfig
 
@@ -369,27 +370,21 @@ def controller_start(cfg: RunConfig, env: gym.Env, name: str, ctl_cfg: Any) -> t
 
 
 def check_reads(cls: type, env: Any, name: str) -> None:
-    """A controller that reads observation entries by position (`cls.reads`, name -> index) runs only
-    on an env whose `observation_names` put those names there; an env that names no entries is
-    trusted (an outside env: its layout is the user's to match)."""
-    names = getattr(getattr(env, "unwrapped", env), "observation_names", None)
-    for entry, index in getattr(cls, "reads", {}).items():
-        if names is not None and (index >= len(names) or names[index] != entry):
-            found = names[index] if index < len(names) else "nothing"
-            raise cfglib.ConfigError(
-                f"controller {name} reads observation entry {index} as '{entry}', but this env has "
-                f"'{found}' there (its observation: {', '.join(names)})"
-            )
+    """`controllers.base.check_reads` for `env`'s observation names, as a ConfigError."""
+    try:
+        check_entries(cls, getattr(getattr(env, "unwrapped", env), "observation_names", None), name)
+    except ValueError as err:
+        raise cfglib.ConfigError(str(err)) from None
 
 
 def load_controller_init(controller: Any, path: str, name: str) -> None:
     """Load the state saved at `path` (`<path>.json` + `<path>.safetensors`) into `controller`;
     ConfigError in one line when it is missing or does not fit (another controller, other spaces)."""
-    from atesd.state import load_state
+    from atesd.state import load_state, state_files
 
     base = Path(path).expanduser()
     base = base.with_suffix("") if base.suffix in (".json", ".safetensors") else base
-    missing = [p for p in (base.with_suffix(".json"), base.with_suffix(".safetensors")) if not p.is_file()]
+    missing = [p for p in state_files(base) if not p.is_file()]
     if missing:
         raise cfglib.ConfigError(
             f"controller_init: no saved controller state at {base} ({missing[0]} is missing)"

@@ -268,3 +268,25 @@ def test_bench_against_fixed(registered, tmp_path):
     assert summary["hill_climb"]["mean"] > summary["fixed"]["mean"]  # alpha = 1 is the mock's worst
     assert len(record["units"][0]["curve"]) == 1 + 20  # the start, then 100 updates / H = 5
     assert math.isfinite(record["wall_s"])
+
+
+def test_run_episode_refuses_a_controller_built_for_another_env():
+    """Built directly as the README shows, a controller kept its own H and gamma (5, 0.9) on an env of
+    H 4 and gamma 0.8: PPO discounted its windows by 0.9^5 unsaid, the credit failed at the first
+    step; schedule read whatever sat at observation entry 0 as progress. Only the recipes checked."""
+    from controllers.ppo import PPOConfig, PPOController
+    from controllers.schedule import ScheduleConfig, ScheduleController
+
+    env = gym.make("atesd/MockExposure-v0", hold_steps=4, total_steps=96, gamma=0.8)
+    ppo = PPOController(env.observation_space, env.action_space, PPOConfig(seed=0))
+    with pytest.raises(ValueError, match=r"hold_steps=5, but the env's reward_spec has hold_steps=4"):
+        run_episode(env, ppo, seed=0)
+    fitted = PPOController(
+        env.observation_space, env.action_space, PPOConfig(seed=0, hold_steps=4, gamma=0.8)
+    )
+    assert run_episode(env, fitted, seed=0).steps == 24
+    env = gym.make("atesd/MockExposure-v0")
+    env.unwrapped.observation_names = tuple(reversed(env.unwrapped.observation_names))
+    schedule = ScheduleController(env.observation_space, env.action_space, ScheduleConfig())
+    with pytest.raises(ValueError, match="reads observation entry 0 as 'progress'"):
+        run_episode(env, schedule, seed=0)

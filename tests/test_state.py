@@ -15,6 +15,19 @@ def test_a_nested_state_round_trips(tmp_path):
     assert torch.equal(back[1][0], torch.ones(2)) and back[1][1:] == [0.5, None]
 
 
+def test_states_whose_names_hold_a_dot_are_two_states_and_numpy_bools_save(tmp_path):
+    """The suffix replaced the name's last dot: `ctl_alpha0.25` and `ctl_alpha0.75` were both written
+    as `ctl_alpha0.*`, the second overwriting the first. A numpy bool (a comparison of numpy floats)
+    was refused as "cannot serialise bool"."""
+    for centre in (0.25, 0.75):
+        save_state({"centre": centre, "wide": np.float64(centre) > 0.5}, tmp_path / f"ctl_alpha{centre}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ctl_alpha0.25.json", "ctl_alpha0.25.safetensors", "ctl_alpha0.75.json", "ctl_alpha0.75.safetensors",
+    ]  # fmt: skip
+    assert load_state(tmp_path / "ctl_alpha0.25") == {"centre": 0.25, "wide": False}
+    assert load_state(tmp_path / "ctl_alpha0.75") == {"centre": 0.75, "wide": True}
+
+
 def test_two_tensors_that_would_share_a_name_are_refused(tmp_path):
     with pytest.raises(TypeError, match="would be stored as /1"):
         save_state({1: torch.ones(1), "1": torch.zeros(1)}, tmp_path / "s")
