@@ -70,8 +70,14 @@ def window_terms(info: dict, hold_steps: int, reward: float) -> list[float]:
             " (then the step reward is credited)"
         )
     losses = np.asarray(info["losses"], dtype=np.float64)  # (H + 1,)
-    if losses.shape != (hold_steps + 1,) or not np.all(np.isfinite(losses)):
-        raise ValueError(f"info['losses'] must be hold_steps + 1 = {hold_steps + 1} finite values")
+    if losses.shape != (hold_steps + 1,):
+        raise ValueError(
+            f"info['losses'] has {losses.size} values (a window of {losses.size - 1} updates), but the "
+            f"controller's hold_steps is {hold_steps} (hold_steps + 1 = {hold_steps + 1} expected): give the "
+            "controller the env's H (an env without reward_spec leaves the controller's own)"
+        )
+    if not np.all(np.isfinite(losses)):
+        raise ValueError(f"info['losses'] must be finite, got {losses.tolist()}")
     progress, total = float(info["reward/progress"]), float(info["reward/total"])
     if not (math.isfinite(progress) and math.isfinite(total)):
         raise ValueError(

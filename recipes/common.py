@@ -327,6 +327,15 @@ def build_controller(
     reward = getattr(env.unwrapped, "reward_spec", None)
     env_key = env_key if env_key is not None else cfg.env_key
     ctl_cfg = controller_config(name, cfg.controllers.get(name), reward, env_key, warn=True)
+    own = [k for k in ENV_OWNED if hasattr(ctl_cfg, k) and k not in (cfg.controllers.get(name) or {})]
+    if reward is None and own:  # an outside env without reward_spec: H and gamma cannot be read from it
+        warnings.warn(
+            f"this env has no reward_spec, so controller {name} uses its own "
+            f"{', '.join(f'{k}={getattr(ctl_cfg, k)}' for k in own)}: if the env's differ, set "
+            f"{', '.join(f'controllers.{name}.{k}' for k in own)} (or give the env a reward_spec, "
+            "atesd.progress.RewardSpec)",
+            stacklevel=2,
+        )
     if "seed" in {f.name for f in dataclasses.fields(cfg_cls)}:
         try:
             ctl_cfg = dataclasses.replace(ctl_cfg, seed=cfg.seed)

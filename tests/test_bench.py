@@ -418,7 +418,9 @@ def test_any_registered_gymnasium_id_with_the_exposure_action_space(tmp_path):
     specs = "fixed:alpha=0.3,fixed:alpha=1,random,beta_reinforce,bandit"
     argv = ["--env", "test/Quadratic-v0", "--controllers", specs, "--seeds", "3", "--set", "plots=false",
             "--out", str(tmp_path)]  # fmt: skip
-    summary = read_json(bench.main(argv) / "results.json")["summary"]["test/Quadratic-v0"]
+    # no reward_spec: the learners keep their own H and gamma, and say so (they said nothing)
+    with pytest.warns(UserWarning, match=r"no reward_spec, so controller bandit uses its own hold_steps=5"):
+        summary = read_json(bench.main(argv) / "results.json")["summary"]["test/Quadratic-v0"]
     assert summary["fixed:alpha=0.3"]["mean"] == pytest.approx(0.0)  # the return: no score in its info
     assert summary["fixed:alpha=1"]["mean"] == pytest.approx(-20 * 0.49)
     assert all(-20 <= s["mean"] <= 0 for s in summary.values())  # the learners ran on its step rewards

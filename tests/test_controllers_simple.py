@@ -368,6 +368,13 @@ def test_credit_from_the_step_reward_alone_and_agreement_with_the_info_keys():
         window_terms({"losses": [1.0, 0.9, 0.8]}, 2, reward=0.3)
     with pytest.raises(ValueError, match="must be finite"):
         window_terms({}, 2, reward=float("nan"))
+    # a window of another H than the controller's: both named, and where the controller's H came from
+    with pytest.raises(
+        ValueError, match=r"has 3 values \(a window of 2 updates\), but the controller's hold"
+    ):
+        window_terms(info, 5, reward=0.3)
+    with pytest.raises(ValueError, match=r"info\['losses'\] must be finite"):
+        window_terms(info | {"losses": [1.0, float("nan"), 0.8]}, 2, reward=0.3)
 
 
 def test_a_window_without_a_grounded_score_is_left_out_of_the_grounded_mean():
