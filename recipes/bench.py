@@ -82,10 +82,17 @@ ENVS = ("mock", "real")
 
 # ---- one unit of work -----------------------------------------------------------------------------
 def run_unit(
-    cfg_dict: dict[str, Any], env: str, controller: str, seed: int, env_kwargs: dict[str, Any] | None = None
+    cfg_dict: dict[str, Any],
+    env: str,
+    controller: str,
+    seed: int,
+    env_kwargs: dict[str, Any] | None = None,
+    env_spec: Any = None,
 ) -> dict[str, Any]:
     """Train `controller` on a fresh `env` for cfg.episodes episodes under `seed` (runs in a worker too);
-    `env_kwargs` go to `gymnasium.make` of an env given by id (`--env-set`).
+    `env_kwargs` go to `gymnasium.make` of an env given by id (`--env-set`); `env_spec`, its
+    registration in the parent, registers it in a worker that lacks it (an env registered in the
+    script that called bench.main).
 
     Torch runs on cfg.threads threads on the real env (0: the free cores, checked every window) and on
     one on the mock (its controllers' networks are a few hundred parameters: a second thread only
@@ -116,6 +123,10 @@ def run_unit(
         if env in ENVS:
             gym_env = build_env(cfg)
         else:
+            if env_spec is not None:
+                import gymnasium as gym
+
+                gym.registry.setdefault(env_spec.id, env_spec)
             gym_env = make_env(env, env_kwargs, cfg.bank_dir, cfg.controller, seed)
         starts: list[str] = []  # where the controller started, when not from its own config
         agent = build_controller(cfg, gym_env, announce=starts.append, env_key=unit_env_key(env, env_kwargs))
@@ -182,7 +193,8 @@ def check_exposure_env(env_id: str, kwargs: dict[str, Any] | None = None) -> Any
         env = make_env(env_id, kwargs)
     except gym.error.Error as err:
         raise cfglib.ConfigError(
-            f"unknown env '{env_id}' in --env: not mock, real or a registered Gymnasium id ({err})"
+            f"unknown env '{env_id}' in --env: not mock, real or a registered Gymnasium id ({err}); an env "
+            "of your own: --env module:Id imports the module that registers it"
         ) from None
     except (TypeError, ValueError) as err:
         given = " ".join(f"{k}={v}" for k, v in (kwargs or {}).items()) or "nothing"
@@ -278,13 +290,41 @@ def run_units(
                 keep(results[i])
                 update(i + 1, "/".join(map(str, unit)))
             return results  # type: ignore[return-value]
+        specs = outside_specs({env for env, _, _ in units})
         with worker_pool(workers) as pool:  # workers die with this process; Ctrl-C stops them at once
-            futures = {pool.submit(run_unit, cfg_dict, *unit, env_kwargs): i for i, unit in enumerate(units)}
+            futures = {
+                pool.submit(run_unit, cfg_dict, *unit, env_kwargs, specs.get(unit[0])): i
+                for i, unit in enumerate(units)
+            }
             for done, fut in enumerate(cf.as_completed(futures), start=1):
                 results[futures[fut]] = fut.result()
                 keep(results[futures[fut]])
                 update(done, "/".join(map(str, units[futures[fut]])))
     return results  # type: ignore[return-value]
+
+
+def outside_specs(env_ids: set[str]) -> dict[str, Any]:
+    """The registrations of the envs given by id, for the workers (a spawned worker imports this
+    package's envs, not an env the calling script registered); ConfigError in one line for one whose
+    entry point cannot be sent to another process (a lambda, a local class)."""
+    import pickle
+
+    import gymnasium as gym
+
+    specs = {}
+    for env_id in sorted(env_ids - set(ENVS)):
+        if ":" in env_id:  # `module:Id`: a worker's gymnasium.make imports the module, which registers it
+            continue
+        spec = gym.spec(env_id)
+        try:
+            pickle.dumps(spec)
+        except (pickle.PicklingError, AttributeError, TypeError) as err:
+            raise cfglib.ConfigError(
+                f"--env {env_id}: its registration cannot be sent to the worker processes ({err}); register "
+                "it with an importable entry point ('module:Class'), or run with --workers 0"
+            ) from None
+        specs[env_id] = spec
+    return specs
 
 
 PLAN, UNITS = "plan.json", "units.jsonl"

@@ -324,7 +324,7 @@ def build_controller(
     `cfg.env`'s section (default: `cfg.env_key`)."""
     name = name or cfg.controller
     cls, cfg_cls = CONTROLLERS[name]
-    reward = getattr(env.unwrapped, "reward_spec", None)
+    reward = reward_spec_of(env)
     env_key = env_key if env_key is not None else cfg.env_key
     ctl_cfg = controller_config(name, cfg.controllers.get(name), reward, env_key, warn=True)
     own = [k for k in ENV_OWNED if hasattr(ctl_cfg, k) and k not in (cfg.controllers.get(name) or {})]
@@ -349,6 +349,22 @@ def build_controller(
     if announce is not None and note:
         announce(note)
     return controller
+
+
+def reward_spec_of(env: gym.Env) -> RewardSpec | None:
+    """`env.unwrapped.reward_spec` as a RewardSpec (None where the env has none); ConfigError in one
+    line for one that lacks a field (a dict, a namespace of some of them)."""
+    spec = getattr(env.unwrapped, "reward_spec", None)
+    if spec is None or isinstance(spec, RewardSpec):
+        return spec
+    missing = [name for name in RewardSpec._fields[:5] if not hasattr(spec, name)]
+    if missing:
+        raise cfglib.ConfigError(
+            f"the env's reward_spec ({type(spec).__name__}) has no {', '.join(missing)}: give it an "
+            f"atesd.progress.RewardSpec ({', '.join(RewardSpec._fields)})"
+        )
+    return RewardSpec(*(getattr(spec, name) for name in RewardSpec._fields[:5]),
+                      bool(getattr(spec, "grounded_change", False)))  # fmt: skip
 
 
 def controller_start(cfg: RunConfig, env: gym.Env, name: str, ctl_cfg: Any) -> tuple[str, str]:

@@ -531,3 +531,60 @@ def test_a_stopped_bench_keeps_its_finished_units_and_resumes_the_rest(tmp_path,
         "is finished"
         in (capsys.readouterr(), bench.main(["--resume", str(run_dir)]), capsys.readouterr())[2].out
     )
+
+
+def test_an_env_registered_by_the_calling_script_runs_in_the_workers_too(tmp_path, capsys, monkeypatch):
+    """Spawned workers import this package's envs, not one the calling script registered: every unit
+    failed there with NamespaceNotFound (a worker's traceback). Its registration now goes along; one
+    that cannot be sent (a local class) is refused in one line."""
+    if "test/Quadratic-v0" not in gym.registry:
+        gym.register("test/Quadratic-v0", entry_point=QuadraticEnv)
+    argv = ["--env", "test/Quadratic-v0", "--controllers", "fixed:alpha=0.5", "--seeds", "2",
+            "--set", "plots=false", "--out", str(tmp_path)]  # fmt: skip
+    summary = read_json(bench.main([*argv, "--workers", "2"]) / "results.json")["summary"]
+    assert summary["test/Quadratic-v0"]["fixed:alpha=0.5"]["finals"] == [pytest.approx(-20 * 0.04)] * 2
+
+    # from the shell: `module:Id` imports the module that registers the env, in the workers too
+    (tmp_path / "quadratic_envs.py").write_text(
+        "import gymnasium as gym\n"
+        "gym.register('test/QuadraticMod-v0', entry_point='test_bench:QuadraticEnv')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    by_module = [a if a != "test/Quadratic-v0" else "quadratic_envs:test/QuadraticMod-v0" for a in argv]
+    summary = read_json(bench.main([*by_module, "--workers", "2"]) / "results.json")["summary"]
+    assert summary["quadratic_envs:test/QuadraticMod-v0"]["fixed:alpha=0.5"]["n"] == 2
+
+    class Local(QuadraticEnv):
+        pass
+
+    gym.register("test/Local-v0", entry_point=Local)
+    try:
+        with pytest.raises(SystemExit):
+            bench.main(
+                ["--env", "test/Local-v0", "--seeds", "1", "--workers", "2", "--out", str(tmp_path / "x")]
+            )
+    finally:
+        del gym.registry["test/Local-v0"]
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--env test/Local-v0: its registration cannot be sent to the worker processes" in err, err
+
+
+def test_a_reward_spec_that_is_not_one_is_refused_in_one_line():
+    """A dict as reward_spec gave AttributeError tracebacks ('dict' object has no attribute
+    'hold_steps'); a namespace with H and gamma only, another one at the first credit (total_steps)."""
+    import types
+
+    from atesd import config as cfglib
+    from recipes.common import RunConfig, build_controller
+
+    env = QuadraticEnv()
+    env.reward_spec = {"hold_steps": 4, "gamma": 0.8}
+    with pytest.raises(cfglib.ConfigError, match="reward_spec .dict. has no hold_steps, gamma, total_steps"):
+        build_controller(RunConfig(controller="ppo"), env)
+    env.reward_spec = types.SimpleNamespace(hold_steps=4, gamma=0.8)
+    with pytest.raises(cfglib.ConfigError, match="has no total_steps, lambda_gt, signed_progress"):
+        build_controller(RunConfig(controller="bandit"), env)
+    env.reward_spec = types.SimpleNamespace(hold_steps=4, gamma=0.8, total_steps=20, lambda_gt=0.0,
+                                            signed_progress=False)  # fmt: skip
+    assert build_controller(RunConfig(controller="ppo"), env).cfg.hold_steps == 4
