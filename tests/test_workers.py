@@ -21,6 +21,16 @@ def children(pid: int) -> set[int]:
     return out
 
 
+def thread_names(pid: int) -> set[str]:
+    names = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            names.add((task / "comm").read_text().strip())
+        except OSError:
+            pass
+    return names
+
+
 def alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] not in ("Z", "X")
@@ -38,9 +48,11 @@ def start_bench(tmp_path: Path) -> tuple[subprocess.Popen, set[int]]:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         workers = {c for c in children(proc.pid) if alive(c)}
-        if len(workers) >= 2:
-            time.sleep(1.0)  # the workers are past their initializer
-            return proc, workers
+        # past their initializer: its watchdog thread runs (a worker still importing under load, as a
+        # fixed second's wait assumed it was not, died only once it got there: after the test's wait)
+        armed = {w for w in workers if "parent-watch" in thread_names(w)}
+        if len(armed) >= 2:
+            return proc, armed
         time.sleep(0.2)
     proc.kill()
     pytest.fail("bench.py started no workers")
