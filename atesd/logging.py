@@ -111,15 +111,25 @@ class MetricsLogger:
             self.tb.close()
 
 
+def check_tensorboard() -> None:
+    """ImportError naming the extra when TensorBoard is not installed: a run asks before it trains
+    (a warm start and a model load took minutes before the writer was first made)."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ImportError(TENSORBOARD_HINT)
+
+
+TENSORBOARD_HINT = "tensorboard=true needs the optional extra: pip install -e '.[tensorboard]'"
+
+
 def tensorboard_writer(run_dir: Path, purge_step: int | None = None):
     """A TensorBoard SummaryWriter under run_dir/tensorboard (the optional extra); `purge_step` drops
     the events already written from that step on (a resumed run logs them again)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as err:
-        raise ImportError(
-            "tensorboard=true needs the optional extra: pip install -e '.[tensorboard]'"
-        ) from err
+        raise ImportError(TENSORBOARD_HINT) from err
     return SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
 
 

@@ -38,7 +38,7 @@ from atesd import checkpoint  # noqa: E402
 from atesd import config as cfglib  # noqa: E402
 from atesd.checkpoint import rng_state, set_rng_state  # noqa: E402
 from atesd.distributed import Dist, gather_state  # noqa: E402
-from atesd.logging import MetricsLogger, finite  # noqa: E402
+from atesd.logging import MetricsLogger, check_tensorboard, finite  # noqa: E402
 from atesd.state import model_bytes, save_state, write_atomic, writing  # noqa: E402
 from atesd.threads import set_threads  # noqa: E402
 from controllers.base import Transition, action_size, mean_alpha, run_episode  # noqa: E402
@@ -87,6 +87,8 @@ class Run:
         self.cfg, self.run_dir = cfg, run_dir
         self.dist = dist or Dist.single()
         self.main = self.dist.is_main  # under torchrun only rank 0 logs, checkpoints and plots
+        if cfg.tensorboard and self.main:  # before the env is built (a warm start can take minutes)
+            check_tensorboard()
         self.threads = set_threads(cfg.threads)  # 0: follow the free cores (updated every window)
         progress = _warmstart_progress(cfg) if self.main else None
         self.env = build_env(cfg, warmstart_progress=progress, dist=self.dist)
@@ -207,6 +209,8 @@ class Run:
         if isinstance(info["alpha"], (list, tuple)):  # the per-band action: each band's alpha too
             bands = getattr(self.env.unwrapped, "bands", ()) or range(len(info["alpha"]))
             record |= {f"env/alpha/{band}": float(a) for band, a in zip(bands, info["alpha"])}
+            # TensorBoard heard the window's scalars from run_episode, which has no scalar alpha here
+            self.log(gw, {k: v for k, v in record.items() if k.startswith("env/alpha")})
         record |= {k: finite(v) for k, v in (info | timings).items() if "/" in k and _is_number(v)}
         record |= {f"eval/{k}": finite(v) for k, v in (info.get("eval") or {}).items()}
         record["env/score"] = finite(info["score"])

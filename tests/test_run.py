@@ -294,7 +294,7 @@ def test_help_lists_every_field_with_its_help(capsys):
     assert "lookahead L in updates, a multiple of H" in text
 
 
-def test_tensorboard_without_the_extra_names_it(tmp_path, capsys):
+def test_tensorboard_without_the_extra_names_it(tmp_path, capsys, monkeypatch):
     pytest.importorskip("torch")
     try:
         import tensorboard  # noqa: F401
@@ -302,8 +302,31 @@ def test_tensorboard_without_the_extra_names_it(tmp_path, capsys):
         pytest.skip("tensorboard is installed here")
     except ImportError:
         pass
+    built = []  # refused before the env is built (a warm start and a model load came first)
+    monkeypatch.setattr(run, "build_env", lambda *a, **k: built.append(1))
     code, err = failure(capsys, ["--controller", "fixed", *MOCK, "tensorboard=true", f"out_dir={tmp_path}"])
     assert code == 2 and "[tensorboard]" in err and one_line(err), err
+    assert built == [] and list(tmp_path.iterdir()) == []
+
+
+def test_tensorboard_hears_each_bands_alpha(tmp_path, monkeypatch):
+    """Under the per-band action TensorBoard got no alpha at all: run_episode's scalars skip a list."""
+    import atesd.logging as logging_module
+
+    keys: set[str] = set()
+
+    class Writer:
+        def add_scalar(self, key, value, step):
+            keys.add(key)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(run, "check_tensorboard", lambda: None)
+    monkeypatch.setattr(logging_module, "tensorboard_writer", lambda run_dir, purge_step=None: Writer())
+    run.main(["--controller", "random", *MOCK, "mock.action=per_band", "mock.variant=mix", "tensorboard=true",
+              f"out_dir={tmp_path}"])  # fmt: skip
+    assert {"env/alpha", "env/reward"} <= keys and len([k for k in keys if k.startswith("env/alpha/")]) == 2
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes/configs").glob("*.yaml")), ids=lambda p: p.name)
