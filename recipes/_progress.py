@@ -76,7 +76,8 @@ def warmstart_progress(
     first: str = "warm start: not cached yet, training it once (later runs load it)",
 ) -> Callable[[int, int, float], None]:
     """A progress callback for `atesd.warmstart.warm_start`: silent on a cache hit (never called), a bar
-    or plain lines while a warm start that is not cached yet trains (minutes), after the line `first`."""
+    or plain lines while a warm start that is not cached yet trains (minutes), after the line `first`.
+    Its `close()` ends a bar left open (the training stopped by an error or Ctrl-C: the bar redrew on)."""
     state: dict[str, Any] = {}
 
     def update(step: int, total: int, loss: float) -> None:
@@ -86,8 +87,14 @@ def warmstart_progress(
             state["update"] = state["ctx"].__enter__()
         state["update"](step, f"loss {loss:.3f}")
         if step >= total:
-            state["ctx"].__exit__(None, None, None)
+            close()
 
+    def close() -> None:
+        ctx = state.pop("ctx", None)
+        if ctx is not None:
+            ctx.__exit__(None, None, None)
+
+    update.close = close  # type: ignore[attr-defined]
     return update
 
 

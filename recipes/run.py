@@ -91,7 +91,11 @@ class Run:
             check_tensorboard()
         self.threads = set_threads(cfg.threads)  # 0: follow the free cores (updated every window)
         progress = _warmstart_progress(cfg) if self.main else None
-        self.env = build_env(cfg, warmstart_progress=progress, dist=self.dist)
+        try:
+            self.env = build_env(cfg, warmstart_progress=progress, dist=self.dist)
+        finally:
+            if progress is not None:
+                progress.close()
         lines: list[str] = []  # where the controller starts, when not from its own config
         if resume is None:
             self.controller = build_controller(cfg, self.env, announce=lines.append)
@@ -357,6 +361,11 @@ RUN_DIR: list[Path] = []  # the run directory once known, for the Ctrl-C line
 
 def _interrupted() -> str:
     where = f"--resume {RUN_DIR[-1]}" if RUN_DIR else "--resume auto (the same command)"
+    saved = RUN_DIR and any(
+        checkpoint.problem(c, verify=False) is None for c in (RUN_DIR[-1] / "checkpoints").glob("ckpt-*")
+    )
+    if RUN_DIR and not saved:  # stopped while building (a warm start training) or before a checkpoint
+        return f"the run stopped before its first checkpoint; start it again from the beginning with {where}"
     return f"the run stopped; continue it from its last checkpoint with {where}"
 
 

@@ -170,7 +170,7 @@ def test_resume_auto_refuses_a_different_config(tmp_path, monkeypatch, capsys):
     _crash_at(monkeypatch, 3)
     with pytest.raises(SystemExit):
         run.main(args)
-    assert capsys.readouterr().err.strip().startswith("interrupted: the run stopped; continue it")
+    assert capsys.readouterr().err.strip().startswith("interrupted: the run stopped before its first checkpoint")
     monkeypatch.undo()
     code, err = failure(capsys, args + ["controllers.bandit.kind=ucb", "--resume", "auto"])
     assert code == 2 and "differs" in err and one_line(err), err
@@ -578,3 +578,28 @@ def test_a_finished_run_with_an_empty_output_is_completed(tmp_path, capsys):
     assert run.main([*args, "--resume", "auto"]) == run_dir
     assert "lacks controller.safetensors; completing it from its last checkpoint" in capsys.readouterr().out
     assert (run_dir / "controller.safetensors").read_bytes() == state
+
+
+def test_ctrl_c_while_the_env_is_built_says_nothing_was_saved_and_ends_the_bar(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while a warm start trained said 'continue it from its last checkpoint' (there was none,
+    and the warm start is not cached: a resume retrains it), and the warm start's bar redrew on."""
+    closed = []
+
+    def progress(step, total, loss):
+        pass
+
+    progress.close = lambda: closed.append(1)
+
+    def build_env(cfg, warmstart_progress=None, dist=None):
+        warmstart_progress(1, 10, 0.5)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "_warmstart_progress", lambda cfg: progress)
+    monkeypatch.setattr(run, "build_env", build_env)
+    with pytest.raises(SystemExit) as exc:
+        run.main(["--controller", "fixed", f"out_dir={tmp_path}"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 130 and "before its first checkpoint" in err and "last checkpoint" not in err, (
+        err
+    )
+    assert closed == [1]
