@@ -170,7 +170,8 @@ def test_resume_auto_refuses_a_different_config(tmp_path, monkeypatch, capsys):
     _crash_at(monkeypatch, 3)
     with pytest.raises(SystemExit):
         run.main(args)
-    assert capsys.readouterr().err.strip().startswith("interrupted: the run stopped before its first checkpoint")
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("interrupted: the run stopped before its first checkpoint"), err
     monkeypatch.undo()
     code, err = failure(capsys, args + ["controllers.bandit.kind=ucb", "--resume", "auto"])
     assert code == 2 and "differs" in err and one_line(err), err
