@@ -32,19 +32,19 @@ def pyplot():
 
 
 def plot_run(run_dir: Path) -> list[Path]:
-    """plots/alpha.png, reward.png, accuracy.png, mismatch.png from the run's logs."""
+    """plots/alpha.png, reward.png, accuracy.png, mismatch.png from the run's logs: one line per episode
+    (none across a reset), a dotted rule between one episode's last window and the next one's first."""
     plt = pyplot()
-    from scipy.stats import beta as beta_dist
-
     records = read_jsonl(run_dir / "metrics.jsonl")
     windows = [r for r in records if r["kind"] == "window"]
     scored = [r for r in records if r["kind"] in ("start", "window")]  # accuracy from window 0 on
     decisions = [r for r in read_jsonl(run_dir / "decisions.jsonl") if r["kind"] == "decision"]
     cfg = json.loads((run_dir / "config.json").read_text())
     title = f"{cfg['controller']} on {cfg['env']} (seed {cfg['seed']})"
+    lambda_gt = cfg["mock"]["lambda_gt"] if cfg["env"] == "mock" else cfg["real"]["env"]["lambda_gt"]
+    rules = episode_rules(windows)
     out = run_dir / "plots"
     out.mkdir(exist_ok=True)
-    x = np.array([d["window"] for d in decisions])
     paths = []
 
     def save(fig, name: str) -> None:
@@ -54,38 +54,8 @@ def plot_run(run_dir: Path) -> list[Path]:
         paths.append(out / name)
         faults.hit("plot")
 
-    fig, ax = plt.subplots(figsize=(8, 4))
-    alphas = np.array([np.reshape(d["alpha"], -1) for d in decisions]).reshape(len(decisions), -1)
-    bands = _band_names(windows, alphas.shape[1])
-    for i, band in enumerate(bands):  # one colour per band under the per-band action
-        label = "alpha used" if len(bands) == 1 else f"alpha {band}"
-        color = f"C{0 if len(bands) == 1 else i}"
-        ax.plot(x, alphas[:, i], "." if len(bands) == 1 else ".-", color=color, label=label, zorder=3)
-        if decisions and "beta_a" in decisions[0]:
-            a = np.array([np.reshape(d["beta_a"], -1)[i] for d in decisions])
-            b = np.array([np.reshape(d["beta_b"], -1)[i] for d in decisions])
-            beta_color = "C1" if len(bands) == 1 else color
-            ax.plot(x, a / (a + b), color=beta_color, label="Beta mean" if len(bands) == 1 else None)
-            ax.fill_between(x, beta_dist.ppf(0.05, a, b), beta_dist.ppf(0.95, a, b), color=beta_color,
-                            alpha=0.2 if len(bands) == 1 else 0.1,
-                            label="Beta 90% interval" if len(bands) == 1 else None)  # fmt: skip
-    if decisions and "oracle_alpha_after" in decisions[0]:  # the optimum each decision faced
-        oracle = np.array([np.reshape(d["oracle_alpha_after"], -1) for d in decisions]).reshape(
-            len(decisions), -1
-        )
-        for i in range(oracle.shape[1]):
-            ax.plot(x + 1, oracle[:, i], "--", color="k", label="optimal alpha (mock)" if i == 0 else None)
-    ax.set(xlabel="window (hold of H student updates)", ylabel="exposure alpha", ylim=(-0.02, 1.02),
-           title=f"Exposure: {title}")  # fmt: skip
-    ax.legend(loc="best", fontsize=8)
-    save(fig, "alpha.png")
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    by_episode(ax, windows, "env/reward", color="C0", label="reward (total)")
-    by_episode(ax, windows, "reward/progress", color="C2", alpha=0.7, label="learning progress")
-    ax.set(xlabel="window", ylabel="reward per window", title=f"Reward: {title}")
-    ax.legend(loc="best", fontsize=8)
-    save(fig, "reward.png")
+    save(alpha_figure(plt, decisions, windows, rules, title), "alpha.png")
+    save(reward_figure(plt, windows, rules, title, lambda_gt), "reward.png")
 
     fig, ax = plt.subplots(figsize=(8, 4))
     bands = sorted({k for w in windows for k in w if k.startswith("eval/accuracy/")})
@@ -97,28 +67,118 @@ def plot_run(run_dir: Path) -> list[Path]:
     else:
         by_episode(ax, scored, "env/score", color="C0", label="competence (mock)")
         ax.set(ylabel="student competence")
+    draw_rules(ax, rules)
     ax.set(xlabel="window (0: the warm-started student)", title=f"Accuracy per difficulty: {title}")
     ax.legend(loc="best", fontsize=8)
     save(fig, "accuracy.png")
 
     fig, ax = plt.subplots(figsize=(8, 4))
     by_episode(ax, windows, "stats/mismatch", color="C3")
+    draw_rules(ax, rules)
     ax.set(xlabel="window", ylabel="top-1 student-teacher mismatch", title=f"Mismatch: {title}")
     save(fig, "mismatch.png")
     return paths
 
 
+def alpha_figure(plt, decisions: list[dict], windows: list[dict], rules: list[float], title: str):
+    """The alpha used at each window, the controller's Beta (mean, 90% interval) where it logs one and
+    the mock's optimum each window faced (`faced_optima`), in the alpha's colour; one panel per band
+    under the per-band action, each series per episode."""
+    from scipy.stats import beta as beta_dist
+
+    alphas = _per_band(decisions, "alpha")  # (decisions, bands)
+    bands = _band_names(windows, alphas.shape[1])
+    one = len(bands) == 1
+    fig, axes = plt.subplots(len(bands), 1, figsize=(8, 4 if one else 2.8 * len(bands)), sharex=True,
+                             squeeze=False)  # fmt: skip
+    x = np.array([d["window"] for d in decisions])
+    episodes = np.array([d["episode"] for d in decisions])
+    has_beta = bool(decisions) and "beta_a" in decisions[0]
+    beta_a, beta_b = (_per_band(decisions, k) if has_beta else None for k in ("beta_a", "beta_b"))
+    optima = faced_optima(decisions)
+    for i, (ax, band) in enumerate(zip(axes[:, 0], bands)):
+        color, name = f"C{i}", "" if one else f" {band}"
+        ax.plot(x, alphas[:, i], ".", color=color, label=f"alpha used{name}", zorder=3)
+        beta_color = "C1" if one else color
+        for j, episode in enumerate(dict.fromkeys(episodes.tolist()) if has_beta else ()):
+            at = episodes == episode
+            a, b = beta_a[at, i], beta_b[at, i]
+            ax.plot(x[at], a / (a + b), color=beta_color, label=None if j else f"Beta mean{name}")
+            low, high = beta_dist.ppf(0.05, a, b), beta_dist.ppf(0.95, a, b)
+            ax.fill_between(x[at], low, high, color=beta_color, alpha=0.2 if one else 0.15, lw=0,
+                            label=None if j else f"Beta 90% interval{name}")  # fmt: skip
+        for j, (ox, oy) in enumerate(optima):
+            ax.plot(ox, oy[:, i], "--", color=color, label=None if j else f"optimal alpha{name} (mock)")
+        draw_rules(ax, rules)
+        ax.set(ylabel="exposure alpha" if one else f"alpha {band}", ylim=(-0.02, 1.02))
+        ax.legend(loc="best", fontsize=8)
+    axes[0, 0].set_title(f"Exposure: {title}")
+    axes[-1, 0].set_xlabel("window (hold of H student updates)")
+    return fig
+
+
+def faced_optima(decisions: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The mock's optimum each window faced, one (windows, optima (n, bands)) pair per episode: window w's
+    is the `oracle_alpha_after` of the decision at window w - 1 in the same episode. An episode's first
+    window faced the reset's optimum, which the logs do not keep: it is left out, never filled in with the
+    previous episode's last value; the run's last `oracle_alpha_after` faced no window."""
+    series: dict[int, tuple[list, list]] = {}
+    for prev, decision in zip(decisions, decisions[1:]):
+        same = decision["episode"] == prev["episode"] and decision["window"] == prev["window"] + 1
+        if same and "oracle_alpha_after" in prev:
+            xs, ys = series.setdefault(decision["episode"], ([], []))
+            xs.append(decision["window"])
+            ys.append(np.reshape(prev["oracle_alpha_after"], -1))
+    return [(np.array(xs), np.array(ys)) for xs, ys in series.values()]
+
+
+def reward_figure(plt, windows: list[dict], rules: list[float], title: str, lambda_gt: float):
+    """The window's reward and its two terms, each on its own axis (the grounded term times lambda_gt
+    dwarfs the progress): the total, the learning progress, the grounded term as logged."""
+    fig, axes = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
+    total = f"reward (total) = progress + lambda_gt x grounded, lambda_gt = {lambda_gt:g}"
+    panels = (("env/reward", "C0", total, "total"),
+              ("reward/progress", "C2", "learning progress", "progress"),
+              ("reward/grounded", "C4", "grounded term (reward/grounded)", "grounded"))  # fmt: skip
+    for ax, (key, color, label, ylabel) in zip(axes, panels):
+        by_episode(ax, windows, key, color=color, label=label)
+        draw_rules(ax, rules)
+        ax.axhline(0.0, color="grey", lw=0.5)
+        ax.set(ylabel=ylabel)
+        ax.legend(loc="best", fontsize=8)
+    axes[0].set_title(f"Reward per window: {title}")
+    axes[-1].set_xlabel("window")
+    return fig
+
+
 def by_episode(ax, records: list[dict], key: str, scale: float = 1.0, color: str = "C0", **kwargs) -> None:
-    """Plot `key` against the window, one line per episode (no line across a reset), finite points only;
-    a dotted rule marks where each later episode starts."""
+    """Plot `key` against the window, one line per episode (no line across a reset), finite points only.
+    A later episode's start record carries the previous episode's last window: it is drawn half a
+    window on, on the rule between the two (`episode_rules`)."""
     episodes = sorted({r["episode"] for r in records})
     for i, episode in enumerate(episodes):
         rows = [r for r in records if r["episode"] == episode]
-        pts = [(r["window"], scale * r[key]) for r in rows if r.get(key) is not None]
+        pts = [(_x(r), scale * r[key]) for r in rows if r.get(key) is not None]
         if pts:
             ax.plot(*zip(*pts), color=color, **(kwargs if i == 0 else kwargs | {"label": None}))
-        if i > 0:
-            ax.axvline(rows[0]["window"] - 0.5, color="grey", lw=0.8, ls=":")
+
+
+def episode_rules(windows: list[dict]) -> list[float]:
+    """Where each later episode starts on the window axis: halfway between the last window of the
+    episode before and its own first window."""
+    first: dict[int, int] = {}
+    last: dict[int, int] = {}
+    for r in windows:
+        e, w = r["episode"], r["window"]
+        first[e], last[e] = min(first.get(e, w), w), max(last.get(e, w), w)
+    episodes = sorted(first)
+    return [(last[a] + first[b]) / 2 for a, b in zip(episodes, episodes[1:])]
+
+
+def draw_rules(ax, rules: list[float]) -> None:
+    """A dotted rule where each later episode starts."""
+    for x in rules:
+        ax.axvline(x, color="grey", lw=0.8, ls=":")
 
 
 def plot_curves(bands: dict, hold_steps: dict[str, int], seeds: int, path: Path) -> None:
@@ -172,3 +232,16 @@ def _band_names(windows: list[dict], size: int) -> list[str]:
         return ["alpha"]
     names = [k.split("/", 2)[2] for k in (windows[0] if windows else {}) if k.startswith("env/alpha/")]
     return names if len(names) == size else [str(i) for i in range(size)]
+
+
+def _x(record: dict) -> float:
+    """A record's place on the window axis: its window; a later episode's start half a window on."""
+    later_start = record["kind"] == "start" and record["window"] > 0
+    return record["window"] + 0.5 if later_start else record["window"]
+
+
+def _per_band(decisions: list[dict], key: str) -> np.ndarray:
+    """`key` of every decision, one column per band: (decisions, bands)."""
+    if not decisions:
+        return np.zeros((0, 1))
+    return np.array([np.reshape(d[key], -1) for d in decisions], dtype=np.float64).reshape(len(decisions), -1)
