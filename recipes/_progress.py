@@ -182,7 +182,7 @@ def print_summary(summary: dict[str, Any]) -> None:
 
     table = Table(title="run summary")
     table.add_column("field")
-    table.add_column("value")
+    table.add_column("value", overflow="fold")  # a path in full over lines, copyable (not cut with "...")
     start_eval = summary.get("start_eval") or {}
     for key, value in summary.items():
         if key in ("start_score", "start_eval"):

@@ -604,3 +604,16 @@ def test_ctrl_c_while_the_env_is_built_says_nothing_was_saved_and_ends_the_bar(t
         err
     )
     assert closed == [1]
+
+
+def test_the_summary_prints_paths_whole(monkeypatch, capsys):
+    """At 80 columns the paths were cut with an ellipsis (`.../final_m...`): not copyable from a log."""
+    from recipes import _progress
+
+    path = "/tmp/some/long/runs/beta_reinforce__default__0__20261207-015634/final_model"
+    monkeypatch.setenv("COLUMNS", "80")
+    _progress.print_summary({"controller": "fixed", "final_model": path})
+    out = capsys.readouterr().out
+    assert "…" not in out
+    cells = "".join(line.split("│")[2].strip() for line in out.splitlines() if line.count("│") == 3)
+    assert path in cells
