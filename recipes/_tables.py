@@ -66,7 +66,7 @@ def table_rows(summary: dict, baseline: str) -> list[list[str]]:
 
 
 def _p_cells(s: dict) -> list[str]:
-    """The two p cells: "sd 0" where both samples are constant (no test: the means differ exactly)."""
+    """The two p cells: "sd 0" where both samples are constant (no test: the means' difference is exact)."""
     if s.get("p_note") == "both constant":
         return ["sd 0", "sd 0"]
     return [_fmt(s["p_value"], ".2g"), _fmt(s["p_greater"], ".2g")]
@@ -91,7 +91,7 @@ def print_table(summary: dict, baseline: str, console: Any = None, score: str = 
         "regret: oracle mean - mean (mock env)"
     )
     if any(s.get("p_note") for by_ctl in summary.values() for s in by_ctl.values()):
-        caption += "; sd 0: both constant over the seeds, no test (the means differ exactly)"
+        caption += "; sd 0: both constant over the seeds, no test (the difference of the means is exact)"
     cols = columns(summary)
     if len(cols) > len(COLUMNS):
         caption += "; run 1: mean final score of the first episode; p (worse): paired one-sided, last < run 1"

@@ -205,7 +205,7 @@ def print_report(summary: dict, start: dict, alphas: tuple[float, ...]) -> None:
     console = Console()
     for band, row in summary["table"].items():
         t = Table(title=f"band {band} (start accuracy {100 * start[f'accuracy/{band}']:.1f}%)")
-        for col in ("alpha", "accuracy % (mean +- sd)", "KL(S||T)", "top-1 disagree"):
+        for col in ("alpha", "accuracy % (mean +- sd)", "KL(S||T) at start", "top-1 disagree at start"):
             t.add_column(col, justify="right")
         for a in alphas:
             c = row[a]
@@ -255,7 +255,7 @@ def plot(summary: dict, start: dict, alphas: tuple[float, ...], path: Path) -> N
         title="Mismatch at the start: KL",
     )
     axes[2].set(
-        xlabel="teacher exposure alpha", ylabel="fraction of positions", title="Mismatch: top-1 disagreement"
+        xlabel="teacher exposure alpha", ylabel="fraction of positions", title="Mismatch at the start: top-1"
     )
     for ax in axes:
         ax.grid(alpha=0.3)
