@@ -61,7 +61,7 @@ from atesd.state import write_atomic  # noqa: E402
 from atesd.threads import set_threads  # noqa: E402
 from controllers import CONTROLLERS  # noqa: E402
 from recipes._plots import plot_curves  # noqa: E402
-from recipes._progress import fresh_dir, progress, user_errors  # noqa: E402
+from recipes._progress import fresh_dir, progress, user_errors, warmstart_progress  # noqa: E402
 from recipes._rundir import append_record, git_commit, read_records  # noqa: E402
 from recipes._tables import json_safe, print_table, write_csv  # noqa: E402
 from recipes._workers import worker_pool  # noqa: E402
@@ -624,10 +624,11 @@ def warm_start_real(cfg: RunConfig) -> None:
     set_threads(cfg.threads)
     try:
         t0 = time.perf_counter()
-        with progress("warm start", cfg.real.warmstart.steps) as update:
-            build_student(
-                cfg.real, build_task(cfg.real), lambda step, total, loss: update(step, f"loss {loss:.3f}")
-            )
+        bar = warmstart_progress()  # a bar only when it trains (a cache hit showed a frozen 0/N)
+        try:
+            build_student(cfg.real, build_task(cfg.real), bar)
+        finally:
+            bar.close()
         print(f"warm start ready ({time.perf_counter() - t0:.0f} s)")
     finally:
         torch.set_num_threads(previous)

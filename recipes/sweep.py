@@ -40,7 +40,7 @@ from atesd.builder import RealConfig, build_engine  # noqa: E402
 from atesd.engine import EngineConfig  # noqa: E402
 from atesd.state import write_atomic  # noqa: E402
 from recipes._plots import savefig_whole  # noqa: E402
-from recipes._progress import fresh_dir, progress, user_errors  # noqa: E402
+from recipes._progress import fresh_dir, progress, user_errors, warmstart_progress  # noqa: E402
 from recipes._rundir import append_record, read_records, run_lock  # noqa: E402
 from recipes._tables import json_safe  # noqa: E402
 from recipes._workers import worker_pool  # noqa: E402
@@ -419,10 +419,11 @@ def _sweep(
 
     torch.set_num_threads(max(1, workers * cfg.threads))
     t0 = time.perf_counter()
-    with progress("warm start", cfg.real.warmstart.steps) as update:  # once here; the workers read the cache
-        engine = build_engine(
-            cfg.real, cfg.real.engine.seed, lambda s, n, loss: update(s, f"loss {loss:.3f}")
-        )
+    bar = warmstart_progress()  # once here, the workers read the cache; a bar only when it trains
+    try:
+        engine = build_engine(cfg.real, cfg.real.engine.seed, bar)
+    finally:
+        bar.close()
     print(f"warm start ready ({time.perf_counter() - t0:.0f} s)")
     task = engine.task
     start = engine.evaluate()

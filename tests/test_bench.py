@@ -588,3 +588,21 @@ def test_a_reward_spec_that_is_not_one_is_refused_in_one_line():
     env.reward_spec = types.SimpleNamespace(hold_steps=4, gamma=0.8, total_steps=20, lambda_gt=0.0,
                                             signed_progress=False)  # fmt: skip
     assert build_controller(RunConfig(controller="ppo"), env).cfg.hold_steps == 4
+
+
+def test_a_cached_warm_start_shows_no_bar(monkeypatch, capsys):
+    """The bench opened its warm-start bar before it knew whether anything trains: on a cache hit a
+    frozen 'warm start 0/40' stayed on a terminal. The bar now opens at the first training step."""
+    import atesd.builder as builder
+    from recipes.common import RunConfig
+
+    calls = []
+
+    def cached(cfg, task, progress=None, dist=None):  # a cache hit: the callback is never called
+        calls.append(progress)
+
+    monkeypatch.setattr(builder, "build_student", cached)
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich draws its live bar as on a terminal
+    bench.warm_start_real(RunConfig())
+    out = capsys.readouterr().out
+    assert len(calls) == 1 and "0/" not in out and "warm start ready" in out, out
