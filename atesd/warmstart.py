@@ -14,6 +14,7 @@ through a callback so that recipes can draw it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,7 +22,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -275,8 +276,54 @@ def warm_start(
         model, tokenizer = load_pretrained(found)
         return model, tokenizer, found, True
     _check_writable(path.parent)  # before minutes of training, not after
-    _clear_orphans(path)
-    log.warning("warm start: training it (%s); it is cached under %s for later runs", why, path)
+    with _training(path):  # one process trains a key; another that started it too waits, then loads
+        if path.exists() and cache_problem(path) is None:
+            log.info("warm start found: %s (trained by another process meanwhile)", path)
+            model, tokenizer = load_pretrained(path)
+            return model, tokenizer, path, True
+        _clear_orphans(path)
+        log.warning("warm start: training it (%s); it is cached under %s for later runs", why, path)
+        _train_and_cache(task, model_cfg, cfg, path, progress)
+    # hand back what a later run loads, not the objects that trained: a run right after training
+    # must equal a run from the cache (the trained model, its code-built tokenizer and the global RNG
+    # state training left behind are not what a cache hit sees)
+    model, tokenizer = load_pretrained(path)
+    return model, tokenizer, path, False
+
+
+@contextlib.contextmanager
+def _training(path: Path) -> Iterator[None]:
+    """Hold `<key>.lock` beside the entry while it trains (an flock: released when the process dies);
+    a second process waits, saying so, instead of training the same key again."""
+    try:
+        import fcntl
+    except ImportError:  # no flock on this system: two first runs may both train (one entry is kept)
+        yield
+        return
+    lock = path.with_name(f"{path.name}.lock")
+    with open(lock, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("warm start: another process is training %s; waiting for it", path.name)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:  # the cache keeps entries only (a waiter holds the file open: it finds the entry, or
+            # trains after a failure, when a third run could train beside it: one entry is kept)
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _train_and_cache(
+    task: ChainBagTask,
+    model_cfg: TinyModelConfig,
+    cfg: WarmStartConfig,
+    path: Path,
+    progress: Callable[[int, int, float], None] | None,
+) -> None:
+    """Train the warm start and rename it into the cache at `path` whole."""
     tokenizer = build_synthetic_tokenizer()
     model = build_tiny_qwen3(tokenizer, model_cfg)
     t0 = time.perf_counter()
@@ -305,13 +352,8 @@ def warm_start(
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(tmp, path)  # atomic: a reader sees no checkpoint or a whole one
-    except OSError:  # another process finished the same key first
+    except OSError:  # another process finished the same key first (no flock on this system)
         shutil.rmtree(tmp, ignore_errors=True)
-    # hand back what a later run loads, not the objects that trained: a run right after training
-    # must equal a run from the cache (the trained model, its code-built tokenizer and the global RNG
-    # state training left behind are not what a cache hit sees)
-    model, tokenizer = load_pretrained(path)
-    return model, tokenizer, path, False
 
 
 def _check_writable(directory: Path) -> None:

@@ -73,16 +73,18 @@ def fresh_dir(root: Path, stem: str) -> Path:
 
 
 def warmstart_progress(
-    first: str = "warm start: not cached yet, training it once (later runs load it)",
+    first: str = "",
 ) -> Callable[[int, int, float], None]:
     """A progress callback for `atesd.warmstart.warm_start`: silent on a cache hit (never called), a bar
-    or plain lines while a warm start that is not cached yet trains (minutes), after the line `first`.
+    or plain lines while a warm start that is not cached yet trains (minutes), after the line `first`
+    where one is given (warm_start's own warning says why it trains and where it is cached).
     Its `close()` ends a bar left open (the training stopped by an error or Ctrl-C: the bar redrew on)."""
     state: dict[str, Any] = {}
 
     def update(step: int, total: int, loss: float) -> None:
         if "ctx" not in state:
-            print(first, flush=True)
+            if first:
+                print(first, flush=True)
             state["ctx"] = progress("warm start", total)
             state["update"] = state["ctx"].__enter__()
         state["update"](step, f"loss {loss:.3f}")

@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -223,3 +224,42 @@ def test_an_empty_atesd_cache_means_the_default_not_the_current_directory(monkey
     assert default_cache_dir() == tmp_path / ".cache" / "atesd"
     monkeypatch.setenv("ATESD_CACHE", "~/elsewhere")
     assert default_cache_dir() == tmp_path / "elsewhere"
+
+
+def test_two_first_runs_of_one_config_train_it_once(tmp_path, small_task):
+    """Two runs started together on a new config both trained the warm start (minutes each); the
+    second now waits for the first (an flock beside the entry) and loads what it cached."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "first_run.py"
+    script.write_text(
+        "import sys, time\n"
+        f"sys.path[:0] = [{str(Path(__file__).parents[1])!r}, {str(Path(__file__).parent)!r}]\n"
+        "import atesd.warmstart as ws\n"
+        "from atesd.tasks.synthetic import ChainBagConfig, ChainBagTask\n"
+        "from test_warmstart import QUICK, TINY\n"
+        "train = ws.train_sft\n"
+        "def slow(*a, **k):\n"
+        "    print('trained', flush=True)\n"
+        "    time.sleep(3.0)  # the other run arrives while this one trains\n"
+        "    return train(*a, **k)\n"
+        "ws.train_sft = slow\n"
+        f"task = ChainBagTask(ChainBagConfig(**{dataclasses.asdict(small_task.cfg)!r}))\n"
+        "print('hit', ws.warm_start(task, TINY, QUICK, sys.argv[1])[3], flush=True)\n"
+    )
+    runs = []
+    for _ in range(2):
+        runs.append(subprocess.Popen([sys.executable, str(script), str(tmp_path / "cache")],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
+        time.sleep(1.0)
+    outs = [run.communicate(timeout=300) for run in runs]
+    assert all(run.returncode == 0 for run in runs), [err[-2000:] for _, err in outs]
+    printed = [line for out, _ in outs for line in out.splitlines()]
+    assert printed.count("trained") == 1 and sorted(p for p in printed if p.startswith("hit")) == [
+        "hit False", "hit True",
+    ]  # fmt: skip
+    assert "another process is training" in "".join(err for _, err in outs)
+    entries = sorted(p.name for p in (tmp_path / "cache" / "warmstart").iterdir())
+    assert entries == [cache_key(small_task.cfg, TINY, QUICK)]  # the entry alone: no lock file left
