@@ -533,6 +533,7 @@ def test_a_stopped_bench_keeps_its_finished_units_and_resumes_the_rest(tmp_path,
     )
 
 
+@pytest.mark.slow  # subprocesses
 def test_an_env_registered_by_the_calling_script_runs_in_the_workers_too(tmp_path, capsys, monkeypatch):
     """Spawned workers import this package's envs, not one the calling script registered: every unit
     failed there with NamespaceNotFound (a worker's traceback). Its registration now goes along; one

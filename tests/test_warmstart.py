@@ -226,6 +226,7 @@ def test_an_empty_atesd_cache_means_the_default_not_the_current_directory(monkey
     assert default_cache_dir() == tmp_path / "elsewhere"
 
 
+@pytest.mark.slow  # subprocesses
 def test_two_first_runs_of_one_config_train_it_once(tmp_path, small_task):
     """Two runs started together on a new config both trained the warm start (minutes each); the
     second now waits for the first (an flock beside the entry) and loads what it cached."""
