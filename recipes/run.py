@@ -87,8 +87,6 @@ class Run:
         self.cfg, self.run_dir = cfg, run_dir
         self.dist = dist or Dist.single()
         self.main = self.dist.is_main  # under torchrun only rank 0 logs, checkpoints and plots
-        if cfg.tensorboard and self.main:  # before the env is built (a warm start can take minutes)
-            check_tensorboard()
         self.threads = set_threads(cfg.threads)  # 0: follow the free cores (updated every window)
         progress = _warmstart_progress(cfg) if self.main else None
         try:
@@ -433,6 +431,8 @@ def _run(dist: Dist, plan: Plan) -> Path | None:
         return None
     with contextlib.ExitStack() as held:
         try:  # under torchrun the other ranks wait for this verdict before they build anything
+            if cfg.tensorboard:  # before the env is built (a warm start can take minutes)
+                check_tensorboard()
             fresh = run_dir is None
             if fresh:
                 run_dir = new_run_dir(cfg)
