@@ -188,8 +188,10 @@ def normalise(answer: str, drop_variable: bool = True, keep_percent: bool = Fals
     s = re.sub(r"\s+", "", s).rstrip(".")
     if drop_variable:
         s = _LEADING_VAR.sub("", s)
-    while s.startswith("{") and s.endswith("}") and _balanced(s[1:-1]):
+    while _wrapped(s):
         s = s[1:-1]
+    s = re.sub(r"^\+(?=[\d.])", "", s)  # +5 -> 5
+    s = re.sub(r"(?<![\d.,])0+(?=\d)", "", s) if re.fullmatch(r"[-\d/.,]+", s) else s  # 05, 007/8, 033
     if _THOUSANDS.fullmatch(s) and not list_like:
         s = s.replace(",", "")
     s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
@@ -198,9 +200,6 @@ def normalise(answer: str, drop_variable: bool = True, keep_percent: bool = Fals
     s = re.sub(r"\\sqrt(\d)", r"\\sqrt{\1}", s)  # \sqrt23 is \sqrt{2}3, as LaTeX reads it
     s = re.sub(r"^(-?)(\d+)/(\d+)$", r"\1\\frac{\2}{\3}", s)  # -1/576 -> -\frac{1}{576}
     s = re.sub(r"^\\frac\{-([^{}]*)\}", r"-\\frac{\1}", s)  # \frac{-1}{576} -> -\frac{1}{576}
-    s = re.sub(r"^\+(?=[\d.])", "", s)  # +5 -> 5
-    if re.fullmatch(r"-?0+\d+", s):  # 05 -> 5 (AIME's 033 -> 33)
-        s = re.sub(r"^(-?)0+(?=\d)", r"\1", s)
     decimal = _DECIMAL.fullmatch(s)
     if decimal:
         sign, whole, frac = decimal.groups()
@@ -220,6 +219,18 @@ def strings_equal(predicted: str, gold: str, keep_percent: bool = False) -> bool
     if ("=" in a) == ("=" in b):
         return False
     return normalise(predicted, keep_percent=keep_percent) == normalise(gold, keep_percent=keep_percent)
+
+
+def _wrapped(s: str) -> bool:
+    """`s` is one group in braces: `{...}` whose first brace closes at its end (`{x\\}`, whose last
+    brace is escaped, and `{a}{b}` are not)."""
+    braces = list(_BRACE.finditer(s))
+    return (
+        len(braces) >= 2
+        and braces[0].group() == "{" and braces[0].start() == 0
+        and braces[-1].group() == "}" and braces[-1].end() == len(s)
+        and _balanced(s[1:-1])
+    )  # fmt: skip
 
 
 def _balanced(s: str) -> bool:

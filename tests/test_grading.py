@@ -74,6 +74,12 @@ def test_normalise_by_hand():
     assert normalise("+5") == normalise("05") == "5" and normalise("033") == "33" != normalise("3")
     assert normalise("0") == "0" and normalise("-007") == "-7" and normalise("00.50") == "0.5"
     assert normalise("{\\{x}") == "\\{x"  # the outer braces go, the escaped one stays
+    # a leading + and leading zeros go before the fraction and thousands forms are made
+    assert normalise("+1/2") == "\\frac{1}{2}" and normalise("007/8") == "\\frac{7}{8}"
+    assert (
+        normalise("+1,200") == "1200" and normalise("1,005") == "1005" and normalise("2,000.50") == "2000.5"
+    )
+    assert normalise("{x\\}") == "{x\\}" and normalise("{a}{b}") == "{a}{b}"  # not one group in braces
 
 
 def test_extraction_rules():
