@@ -231,7 +231,8 @@ def command_overrides(
         node: Any = given
         for part in key.split("."):
             node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
-        if node is not _MISSING and node != parse_value(str(value), f"{key}={value}"):
+        same_text = str(node) == str(raw)  # `name=2024` beside `--name 2024`: one intent (YAML's int)
+        if node is not _MISSING and not same_text and node != parse_value(str(value), f"{key}={value}"):
             flag = (names or {}).get(key, f"--{key}")
             raise ConfigError(f"{flag} {raw} contradicts --set {key}={node}: give it once")
         overrides.append(f"{key}={value}")

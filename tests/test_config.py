@@ -257,6 +257,8 @@ def test_a_flag_that_an_override_contradicts_is_refused(tmp_path, capsys):
     assert cfglib.command_overrides(["seed=3", "name=a"], {"seed": 3, "name": "a", "env": None}) == [
         "seed=3", "name=a", "seed=3", 'name="a"',
     ]  # fmt: skip
+    # the same value as text (YAML reads `name=2024` as a number) is one intent, not a contradiction
+    assert cfglib.command_overrides(["name=2024"], {"name": "2024"}) == ["name=2024", 'name="2024"']
     with pytest.raises(cfglib.ConfigError, match=r"--model m contradicts --set real.hf.name_or_path=n"):
         cfglib.command_overrides(["real.hf={name_or_path: n}"], {"real.hf.name_or_path": "m"},
                                  {"real.hf.name_or_path": "--model"})  # fmt: skip
