@@ -239,15 +239,15 @@ def check_positions(model: PreTrainedModel, prompts: list[list[int]], max_new: i
     longest = max(map(len, prompts), default=0)
     if not limit or longest + max_new <= limit:
         return
-    more = "real.model.max_position" if embedded else "a model with more positions"
     fix = (
         f"lower sampling.max_new_tokens to at most {limit - longest}"
         if longest < limit
-        else "the prompt alone does not fit"
+        else ("the prompt alone does not fit")
     )
+    more = "" if embedded else ", or use a model with more positions"  # (another embedded one: another model)
     raise cfglib.ConfigError(
         f"the model holds {limit} positions, but the longest prompt takes {longest} tokens and "
-        f"sampling.max_new_tokens={max_new} more: {fix}, or use {more}"
+        f"sampling.max_new_tokens={max_new} more: {fix}{more}"
     )
 
 
@@ -377,7 +377,13 @@ def summarize_records(
         greedy_ok.extend([r["greedy"]["correct"]] if "greedy" in r else [])
     every = ([v for vs, _ in groups.values() for v in vs], [g for _, gs in groups.values() for g in gs])
     samples = [s for r in records for s in r["samples"]]
-    methods = collections.Counter(s["method"] for s in samples if "method" in s)
+    methods = (
+        collections.Counter(  # samples of an older directory, resumed, recorded none
+            s.get("method", "unrecorded") for s in samples
+        )
+        if any("method" in s for s in samples)
+        else collections.Counter()
+    )
     return {
         "sets": {name: _metrics(*group, ks, key) for name, group in groups.items()},
         "all": _metrics(*every, ks, key),

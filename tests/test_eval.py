@@ -611,6 +611,9 @@ def test_eval_grading_is_configured_and_each_samples_method_recorded(tmp_path, m
     assert [s["method"] for s in record["samples"]] == ["string", "no_answer"]
     summary = ev.summarize_records([record], ["qa"], [1], str.strip)
     assert summary["graded_by"] == {"no_answer": 1, "string": 1}
+    older = {**record, "samples": [{k: v for k, v in s.items() if k != "method"} for s in record["samples"]]}
+    summary = ev.summarize_records([record, older | {"index": 1}], ["qa"], [1], str.strip)  # resumed
+    assert summary["graded_by"] == {"no_answer": 1, "string": 1, "unrecorded": 2}
     assert "method" not in sample_record(Rollout("x", 1, True), _verdict(True, "x"))  # a task without one
     # require: refused before any sampling where math-verify is not installed
     grading._math_verify_module.cache_clear()
