@@ -215,13 +215,11 @@ def check_lengths(
     limit: int | None,
     *,
     embedded: bool = False,
-    new_tokens: dict[str, int] | None = None,
 ) -> None:
     """ValueError, before any training, when the longest teacher prompt (the whole reference shown)
     plus a full rollout does not fit the model's `limit` positions: over the training pool (a task's
     `train` list, where it keeps one), the evaluation sets and the probe set, the longest in tokens
-    among the 32 longest in characters. `new_tokens` (config key -> tokens) replaces the engine's two
-    rollout lengths (training and evaluation); `embedded` words the advice for the embedded model."""
+    among the 32 longest in characters. `embedded` words the advice for the embedded model."""
     problems = [p for ps in task.eval_sets().values() for p in ps] + list(task.probe_set())
     problems += list(getattr(task, "train", None) or ())
     if not limit or not problems:
@@ -229,7 +227,7 @@ def check_lengths(
     builder = PromptBuilder(tokenizer, task.prompt_format, engine_cfg.exposure)
     candidates = sorted(problems, key=lambda p: len(p.question) + len(p.solution))[-32:]
     longest = max(len(builder.encode(builder.teacher_prompt(p, 1.0))) for p in candidates)
-    new_tokens = new_tokens or {
+    new_tokens = {  # the training and the in-training evaluation rollouts
         "real.engine.sampling.max_new_tokens": engine_cfg.sampling.max_new_tokens,
         "real.engine.eval.max_new_tokens": engine_cfg.eval.max_new_tokens,
     }

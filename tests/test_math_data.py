@@ -387,5 +387,3 @@ def test_the_length_error_names_what_to_change():
     assert "use a model with more positions" in message
     with pytest.raises(ValueError, match="the prompt alone does not fit: raise real.model.max_position"):
         check_lengths(tokenizer, task, cfg, 8, embedded=True)
-    with pytest.raises(ValueError, match=r"lower sampling.max_new_tokens to at most"):
-        check_lengths(tokenizer, task, cfg, 400, new_tokens={"sampling.max_new_tokens": 1000})
