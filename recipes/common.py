@@ -411,8 +411,14 @@ def load_controller_init(controller: Any, path: str, name: str) -> None:
     base = base.with_suffix("") if base.suffix in (".json", ".safetensors") else base
     missing = [p for p in state_files(base) if not p.is_file()]
     if missing:
+        old = base.with_suffix(".json")  # saved before names kept their dots: `ctl0.25` went to `ctl0.*`
+        hint = (
+            f"; a state saved under that name before 2026-12-07 is at {base.with_suffix('')}"
+            if (base.suffix and old.is_file())
+            else ""
+        )
         raise cfglib.ConfigError(
-            f"controller_init: no saved controller state at {base} ({missing[0]} is missing)"
+            f"controller_init: no saved controller state at {base} ({missing[0]} is missing){hint}"
         )
     try:
         controller.load_state_dict(load_state(base))

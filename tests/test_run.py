@@ -381,6 +381,20 @@ def test_a_run_starts_from_a_saved_controller_and_refuses_one_that_does_not_fit(
         code, err = failure(capsys, argv)
         assert code == 2 and one_line(err) and message in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no run directory left behind
+    # a state saved under a dotted name before names kept their dots (`ctl0.25` went to `ctl0.*`)
+    old = tmp_path / "old"
+    old.mkdir()
+    for suffix in (".json", ".safetensors"):
+        (old / f"ctl0{suffix}").write_bytes(Path(f"{state}{suffix}").read_bytes())
+    argv = [
+        "--controller",
+        "beta_reinforce",
+        *MOCK,
+        f"out_dir={tmp_path}",
+        f"controller_init={old / 'ctl0.25'}",
+    ]
+    code, err = failure(capsys, argv)
+    assert code == 2 and one_line(err) and f"before 2026-12-07 is at {old / 'ctl0'}" in err, err
 
 
 def test_a_run_writes_only_under_its_run_dir_and_the_cache(tmp_path):
