@@ -156,6 +156,7 @@ class TeacherExposureEnv(gym.Env):
     """
 
     metadata = {"render_modes": []}
+    scores_every_window = False  # info["score"] is the last evaluation's between evaluations
 
     @property
     def reward_spec(self) -> RewardSpec:

@@ -193,6 +193,7 @@ class MockExposureEnv(gym.Env):
     """
 
     metadata = {"render_modes": []}
+    scores_every_window = True  # info["score"] is measured at every step (a bank records each one)
 
     @property
     def reward_spec(self) -> RewardSpec:

@@ -172,6 +172,7 @@ class SkillChainEnv(gym.Env):
     """
 
     metadata = {"render_modes": []}
+    scores_every_window = True  # info["score"] is measured at every step (a bank records each one)
 
     def __init__(self, cfg: SkillChainConfig | None = None, **overrides) -> None:
         if cfg is not None and overrides:

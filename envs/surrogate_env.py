@@ -67,12 +67,13 @@ def _arrays(runs: list[dict]) -> dict[str, np.ndarray]:
         (run["start"]["obs"], run["start"]["score"]) for run in runs if run["start"].get("score") is not None
     ]
     scored += [(w["next_obs"], w["score"]) for w in windows if w.get("score") is not None]
+    dim = len(runs[0]["start"]["obs"]) if runs else 0  # (a bank without one score: an empty (0, D))
     return {
         "obs": np.array([w["obs"] for w in windows], dtype=np.float64),
         "action": np.array([w["action"] for w in windows], dtype=np.float64),
         "next_obs": np.array([w["next_obs"] for w in windows], dtype=np.float64),
         "reward": np.array([w["reward"] for w in windows], dtype=np.float64),
-        "scored_obs": np.array([o for o, _ in scored], dtype=np.float64).reshape(len(scored), -1),
+        "scored_obs": np.array([o for o, _ in scored], dtype=np.float64).reshape(len(scored), dim),
         "score": np.array([sc for _, sc in scored], dtype=np.float64),
     }
 
@@ -219,6 +220,7 @@ class SurrogateExposureEnv(gym.Env):
     """
 
     metadata = {"render_modes": []}
+    scores_every_window = True  # info["score"] is measured at every step (a bank records each one)
 
     def __init__(
         self,

@@ -335,3 +335,46 @@ def test_a_bank_of_per_band_runs_gives_a_per_band_surrogate(variant, tmp_path):
             e.step(0.5)
         info = e.step(np.full(e.action_space.shape, 0.5, np.float32))[-1]
         assert info["alpha"] == [0.5] * e.action_space.shape[0]
+
+
+def test_skillchain_windows_keep_their_scores_and_a_bank_without_scores_fits(tmp_path):
+    """The recorder kept a window's score only on the mock (it looked for oracle_alpha): SkillChain's,
+    measured every window too, were written as null, and the score model was fitted on the runs'
+    identical starts alone (a constant: reward=score paid nothing). A bank with no score at all, which
+    the fit plans for (no score model), crashed in a reshape."""
+    from envs.skills_env import SkillChainEnv
+
+    env = BankRecorder(SkillChainEnv(total_steps=40), tmp_path / "skills", tag="skills__random__0")
+    rng = np.random.default_rng(0)
+    for seed in (0, 1, 2):
+        env.reset(seed=seed)
+        done = False
+        while not done:
+            _, _, done, _, _ = env.step(rng.uniform(0, 1, 1).astype(np.float32))
+    env.close()
+    windows = [r for r in read_jsonl(env.path) if r["kind"] == "window"]
+    assert windows and all(w["score"] is not None for w in windows)
+    model = fit_surrogate(read_bank(tmp_path / "skills"))
+    assert model.w_score is not None and np.any(model.w_score[1:] != 0)
+
+    class Unscored(gym.Wrapper):  # an env of others that reports no score
+        def reset(self, **kwargs):
+            obs, info = self.env.reset(**kwargs)
+            return obs, {k: v for k, v in info.items() if k not in ("score", "oracle_alpha")}
+
+        def step(self, action):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            return obs, reward, terminated, truncated, {k: v for k, v in info.items() if k != "score"}
+
+    recorder = BankRecorder(Unscored(MockExposureEnv(MockConfig(total_steps=20))), tmp_path / "bare", tag="x")
+    recorder.unwrapped.scores_every_window = False  # as an env of others that does not say it does
+    for seed in (1, 2):
+        recorder.reset(seed=seed)
+        done = False
+        while not done:
+            _, _, done, _, _ = recorder.step(np.array([0.4], dtype=np.float32))
+    recorder.close()
+    bare = fit_surrogate(read_bank(tmp_path / "bare"))
+    assert bare.w_score is None
+    with pytest.raises(ValueError, match="needs a score model"):
+        SurrogateExposureEnv(model=bare, reward="score")
