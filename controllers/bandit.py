@@ -1,9 +1,10 @@
 """Non-stationary multi-armed bandits over a fixed grid of exposures (arms), ignoring the observation.
 
 Owns per-arm reward statistics and its own generator. Two kinds, both built for drifting rewards (the
-best exposure moves as the student learns): discounted Gaussian Thompson sampling (every pull decays
-all arms' statistics by `discount`) and sliding-window UCB (Garivier & Moulines 2011, "On upper-
-confidence bound policies for switching bandit problems": statistics over the last `window` pulls).
+best exposure moves as the student learns): discounted Gaussian Thompson sampling (every credited pull
+decays all arms' statistics by `discount`: a pull dropped uncredited at an episode's end decays none)
+and sliding-window UCB (Garivier & Moulines 2011, "On upper-confidence bound policies for switching
+bandit problems": statistics over the last `window` pulls).
 An arm is credited with the decision's delayed return (`controllers.credit`, the same reward modes
 as beta_reinforce; by default the discounted, grounded return over the next L / H windows), once its
 lookahead has passed; with `lookahead_steps = hold_steps` it is the env's step reward. Learning
@@ -49,7 +50,7 @@ class BanditConfig:
         metadata={"help": "the exposures to choose from, distinct, in [0, 1]"},
     )
     discount: float = field(
-        default=0.95, metadata={"help": "thompson: per-pull decay of every arm's statistics, in (0, 1]"}
+        default=0.95, metadata={"help": "thompson: per-credit decay of every arm's statistics, in (0, 1]"}
     )
     window: int = field(
         default=20, metadata={"help": "ucb: how many most recent pulls the statistics use, >= 1"}

@@ -114,7 +114,7 @@ class BetaReinforceConfig:
         )  # fmt: skip
         for name, ok, rule in checks:
             if not ok:
-                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+                raise ValueError(f"{type(self).__name__}.{name} must be {rule}, got {getattr(self, name)!r}")
 
     @property
     def lookahead_windows(self) -> int:

@@ -75,7 +75,7 @@ class PPOConfig:
         )
         for name, ok, rule in checks:
             if not ok:
-                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+                raise ValueError(f"{type(self).__name__}.{name} must be {rule}, got {getattr(self, name)!r}")
 
     @property
     def window_gamma(self) -> float:

@@ -292,11 +292,11 @@ def test_non_finite_transitions_raise(name):
         (lambda: BanditConfig(ucb_c=-1.0), "ucb_c"),
         (lambda: BanditConfig(prior_var=0.0), "prior_var"),
         (lambda: BanditConfig(prior_mean=math.nan), "prior_mean"),
-        (lambda: BetaReinforceConfig(lr=math.inf), "lr"),
+        (lambda: BetaReinforceConfig(lr=math.inf), "BetaReinforceConfig.lr"),  # the class too, as the others
         (lambda: BetaReinforceConfig(adv_eps=math.inf), "adv_eps"),  # every advantage 0: never learns
         (lambda: BetaReinforceConfig(entropy_coef=math.inf), "entropy_coef"),
         (lambda: BetaReinforceConfig(init_concentration=math.inf), "init_concentration"),
-        (lambda: PPOConfig(lr=math.inf), "lr"),
+        (lambda: PPOConfig(lr=math.inf), "PPOConfig.lr"),
         (lambda: PPOConfig(vf_coef=math.inf), "vf_coef"),
         (lambda: PPOConfig(ent_coef=math.inf), "ent_coef"),
     ],
