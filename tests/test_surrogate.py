@@ -31,14 +31,20 @@ def bank_dir(tmp_path_factory):
     return root / "mock"
 
 
-def test_the_recorder_writes_every_window_and_the_reader_rebuilds_the_runs(tmp_path):
-    env = BankRecorder(MockExposureEnv(MockConfig(total_steps=20)), tmp_path, tag="mock__fixed__1")
-    for seed in (1, 2):
+def play(env: gym.Env, seeds: tuple[int, ...], act=lambda: np.array([0.4], dtype=np.float32)) -> tuple:
+    """An episode of `env` per seed, each action from `act()`; the env closed; the last (reward, info)."""
+    for seed in seeds:
         env.reset(seed=seed)
         done = False
         while not done:
-            _, reward, done, _, info = env.step(np.array([0.4], dtype=np.float32))
+            _, reward, done, _, info = env.step(act())
     env.close()
+    return reward, info
+
+
+def test_the_recorder_writes_every_window_and_the_reader_rebuilds_the_runs(tmp_path):
+    env = BankRecorder(MockExposureEnv(MockConfig(total_steps=20)), tmp_path, tag="mock__fixed__1")
+    reward, info = play(env, (1, 2))
     records = read_jsonl(env.path)
     assert [r["kind"] for r in records[:3]] == ["meta", "reset", "window"] and len(records) == 1 + 2 * 5
     assert records[0]["reward_spec"]["hold_steps"] == 5 and records[0]["observation_names"][0] == "progress"
@@ -346,12 +352,7 @@ def test_skillchain_windows_keep_their_scores_and_a_bank_without_scores_fits(tmp
 
     env = BankRecorder(SkillChainEnv(total_steps=40), tmp_path / "skills", tag="skills__random__0")
     rng = np.random.default_rng(0)
-    for seed in (0, 1, 2):
-        env.reset(seed=seed)
-        done = False
-        while not done:
-            _, _, done, _, _ = env.step(rng.uniform(0, 1, 1).astype(np.float32))
-    env.close()
+    play(env, (0, 1, 2), lambda: rng.uniform(0, 1, 1).astype(np.float32))
     windows = [r for r in read_jsonl(env.path) if r["kind"] == "window"]
     assert windows and all(w["score"] is not None for w in windows)
     model = fit_surrogate(read_bank(tmp_path / "skills"))
@@ -368,12 +369,7 @@ def test_skillchain_windows_keep_their_scores_and_a_bank_without_scores_fits(tmp
 
     recorder = BankRecorder(Unscored(MockExposureEnv(MockConfig(total_steps=20))), tmp_path / "bare", tag="x")
     recorder.unwrapped.scores_every_window = False  # as an env of others that does not say it does
-    for seed in (1, 2):
-        recorder.reset(seed=seed)
-        done = False
-        while not done:
-            _, _, done, _, _ = recorder.step(np.array([0.4], dtype=np.float32))
-    recorder.close()
+    play(recorder, (1, 2))
     bare = fit_surrogate(read_bank(tmp_path / "bare"))
     assert bare.w_score is None
     with pytest.raises(ValueError, match="needs a score model"):
