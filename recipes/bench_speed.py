@@ -123,7 +123,9 @@ def loss_child(variant: str, n: int, vocab: int, hidden: int, chunk: int) -> Non
     out.loss.backward()
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mb": (peak - before) / 1024, "seconds": seconds, "loss": float(out.loss)}))
+    print(
+        json.dumps({"peak_mb": (peak - before) / 1024, "seconds": seconds, "loss": float(out.loss.detach())})
+    )
 
 
 def bench_loss(n: int, vocab: int, hidden: int, chunk: int) -> dict:
