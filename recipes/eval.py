@@ -205,8 +205,14 @@ def load_task(cfg: EvalConfig) -> Task:
     data = cfg.real.data
     if cfg.task != data.source:  # another source's split and HF config name (a training config's)
         data = dataclasses.replace(data, split=None, hf_name=None)
-    data_dir = cfg.data_dir or data.data_dir
     known, default = DATASETS.get(cfg.task), ROOT.parent / "shared" / "data"
+    if cfg.data_dir and not known:  # the folder of named benchmarks; a path task is read from its path
+        raise cfglib.ConfigError(
+            f"data_dir ({cfg.data_dir}) is the folder of the named benchmarks "
+            f"({', '.join(sorted(DATASETS))}); task {cfg.task!r} is not one of them: give its path as the "
+            "task, without data_dir"
+        )
+    data_dir = (cfg.data_dir or data.data_dir) if known else None  # a training config's is its source's
     if not data_dir and known:
         try:
             if (default / local_file(cfg.task, known, data.split)).is_file():
@@ -311,11 +317,15 @@ def evaluate(cfg: EvalConfig, run_dir: Path, task: Task | None = None) -> dict[s
     )
     records = read_records(run_dir / PROBLEMS, len(items))
     sampling = cfglib.to_dict(cfg.sampling) | {"samples": n, "max_new_tokens": max_new_tokens}
+    skipped = {  # bad rows left out of a math task (real.data.skip_bad_rows): not evaluated
+        "skipped_rows": task.skipped, "skipped_lines": list(getattr(task, "skipped_lines", []))
+    } if getattr(task, "skipped", 0) else {}  # fmt: skip
     return {
         "task": cfg.task,
         "model": cfg.real.hf.name_or_path or "embedded",
         "seed": cfg.seed,
         "sampling": sampling,
+        **skipped,
         **summarize_records(records, list(sets), ks, answer_key(cfg)),
         "seconds": seconds + time.perf_counter() - t0,
         "run_dir": str(run_dir),
@@ -440,6 +450,7 @@ UNREAD = {  # keys of the training config that an evaluation sets itself
         "every row of a math task is evaluated; max_problems=N takes the first N of each set"
     ),
     "real.data.probe_size": "an evaluation probes nothing",
+    "real.data.seed": "every row is evaluated, in file order; `seed` seeds the sampling",
 }
 
 
@@ -635,6 +646,7 @@ def main(argv: list[str] | None = None) -> Path:
     """Runs one evaluation, or continues the one `--resume` names; returns its directory."""
     args = parse_args(argv)
     with user_errors(args.debug):
+        refuse_torchrun()
         task = None  # a resume loads its task once it holds the directory
         if args.resume:
             resume_config(args)  # refuses what is not an eval directory before a lock file is made there
@@ -666,6 +678,18 @@ def main(argv: list[str] | None = None) -> Path:
             (run_dir / STATE).unlink(missing_ok=True)
     print_table(summary)
     return run_dir
+
+
+def refuse_torchrun() -> None:
+    """ConfigError under torchrun (WORLD_SIZE > 1): eval.py is one process. Every rank would sample
+    every problem into a directory of its own, and with `real.device=auto` all of them on the first GPU."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.strip() not in ("", "0", "1"):
+        raise cfglib.ConfigError(
+            f"eval.py runs as one process, not under torchrun (WORLD_SIZE={world}): every rank would "
+            "evaluate every problem; run `python recipes/eval.py ...` (one GPU: --set real.device=cuda:N; "
+            "several at once: one eval.py per GPU, or sampling.backend=vllm)"
+        )
 
 
 def stopped(run_dir: Path, fresh: bool) -> str:

@@ -415,6 +415,7 @@ def test_eval_refuses_the_training_engines_keys_it_never_read(tmp_path, capsys):
         (["real.data.eval_size=50"], "real.data.eval_size: eval.py does not read it (every row of a math "
          "task is evaluated; max_problems=N takes the first N of each set)"),
         (["real.task_kind=math"], "real.task_kind: eval.py does not read it"),
+        (["real.data.seed=3"], "real.data.seed: eval.py does not read it (every row is evaluated"),
     ):  # fmt: skip
         with pytest.raises(SystemExit) as exc:
             main([*argv, "--set", f"out_dir={tmp_path / 'out'}"])
@@ -623,3 +624,24 @@ def test_eval_grading_is_configured_and_each_samples_method_recorded(tmp_path, m
             ev.load_task(cfglib.load(ev.EvalConfig, None, [f"task={rows}", "grading.math_verify=require"]))
     finally:
         grading._math_verify_module.cache_clear()
+
+
+def test_eval_refuses_torchrun_and_a_data_dir_beside_a_path_task(tmp_path, monkeypatch, capsys):
+    """Under torchrun every rank evaluated every problem into a directory of its own (and with
+    real.device=auto all on the first GPU); --data-dir beside a task given by path was ignored."""
+    rows = tmp_path / "qa.jsonl"
+    rows.write_text(json.dumps({"problem": "What is 2+2?", "answer": "4"}) + "\n")
+    cases = [
+        ({"WORLD_SIZE": "2"}, [], "eval.py runs as one process, not under torchrun (WORLD_SIZE=2)"),
+        ({}, ["--task", str(rows), "--data-dir", str(tmp_path)], "data_dir (" + str(tmp_path) + ") is the "
+         "folder of the named benchmarks"),
+    ]  # fmt: skip
+    for env, argv, message in cases:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        with pytest.raises(SystemExit) as exc:
+            main([*argv, "--set", f"out_dir={tmp_path / 'out'}"])
+        err = _our_lines(capsys.readouterr().err)
+        assert exc.value.code == 2 and message in err and "\n" not in err, err
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert not (tmp_path / "out").exists()

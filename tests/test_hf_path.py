@@ -353,3 +353,22 @@ def test_eval_refuses_a_rollout_past_the_models_positions(checkpoint, tmp_path, 
     assert "lower sampling.max_new_tokens to at most" in err and "a model with more positions" in err
     assert not any((tmp_path / "eval").iterdir())  # no directory left for an evaluation never begun
     evaluate([*argv, "sampling.max_new_tokens=8"])
+
+
+def test_eval_records_the_bad_rows_it_skipped(checkpoint, tmp_path):
+    """With real.data.skip_bad_rows the skipped rows were one stderr line: summary.json, the record of
+    the evaluation, said neither how many nor which, and the table counted the rows left."""
+    import json
+
+    from recipes.eval import main as evaluate
+
+    data = tmp_path / "data.jsonl"
+    good = json.dumps({"problem": "What is 1 + 2?", "solution": "So $\\boxed{3}$."})
+    data.write_text("\n".join([good, "{not json", good, json.dumps({"problem": "no answer"})]) + "\n")
+    argv = ["--model", str(checkpoint), "--task", str(data), "sampling.samples=1", "real.device=cpu",
+            "sampling.max_new_tokens=4", "real.data.skip_bad_rows=true",
+            f"out_dir={tmp_path / 'eval'}"]  # fmt: skip
+    summary = json.loads((evaluate(argv) / "summary.json").read_text())
+    assert summary["skipped_rows"] == 2 and summary["completions"] == 2
+    if "skipped_lines" in summary and summary["skipped_lines"]:  # the task names them where it keeps them
+        assert summary["skipped_lines"] == [2, 4]
