@@ -16,6 +16,7 @@ import math
 import re
 import threading
 import time
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -162,6 +163,40 @@ _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _DECIMAL = re.compile(r"(-?)(\d*)\.(\d+)")
 
 
+_SUPERSCRIPT = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻", "0123456789-")
+_SUPERSCRIPTS = re.compile("[⁰¹²³⁴⁵⁶⁷⁸⁹⁻]+")
+_UNICODE_SQRT = re.compile(r"√\s*(\d+(?:\.\d+)?|[A-Za-z]|\([^()]*\)|\{[^{}]*\})")
+
+
+_VULGAR = re.compile(r"(\d?)\s*([\u00bc-\u00be\u2150-\u215e])")
+
+
+def _vulgar(m: re.Match[str]) -> str:
+    """A vulgar fraction as \\frac{a}{b}, added to a whole number before it (`2½` is 2 + 1/2; NFKC
+    alone would read it 21/2)."""
+    numerator, _, denominator = unicodedata.normalize("NFKC", m.group(2)).partition("\u2044")
+    frac = f"\\frac{{{numerator}}}{{{denominator}}}"
+    return f"{m.group(1)}+{frac}" if m.group(1) else frac
+
+
+def plain_math(text: str) -> str:
+    """Unicode mathematics in the ASCII / LaTeX a grader reads: compatibility forms (NFKC: fullwidth
+    `３`), vulgar fractions (`½` -> `\\frac{1}{2}`, `2½` -> `2+\\frac{1}{2}`), superscripts as powers
+    (`x²` -> `x^{2}`, not NFKC's `x2`), `√2` and `√(x+1)` as `\\sqrt{...}`, the minus sign U+2212 as
+    `-`. ASCII text comes back unchanged."""
+    if text.isascii():
+        return text
+    text = _SUPERSCRIPTS.sub(lambda m: "^{" + m.group().translate(_SUPERSCRIPT) + "}", text)
+    text = _VULGAR.sub(_vulgar, text)
+    text = unicodedata.normalize("NFKC", text).replace("\u2044", "/").replace("\u2212", "-")
+
+    def root(m: re.Match[str]) -> str:
+        inner = m.group(1)
+        return "\\sqrt{" + (inner[1:-1] if inner[0] in "({" else inner) + "}"
+
+    return _UNICODE_SQRT.sub(root, text)
+
+
 def normalise(answer: str, drop_variable: bool = True, keep_percent: bool = False) -> str:
     """A canonical string form of a final answer, for the string compare.
 
@@ -175,7 +210,7 @@ def normalise(answer: str, drop_variable: bool = True, keep_percent: bool = Fals
     zeros (+5, 05 -> 5) and trailing decimal zeros (2.50 -> 2.5, 3.0 -> 3); strips braces around the
     whole answer (escaped braces `\\{ \\}` are characters, not groups).
     """
-    s = answer.strip()
+    s = plain_math(answer).strip()
     span = last_boxed_span(s)
     if span is not None and span[0] == 0 and span[3] == len(s):
         s = s[span[1] : span[2]]
@@ -424,8 +459,9 @@ def grade(prediction: str, gold: str, cfg: GradeConfig | None = None) -> Grade:
     predicted = extract_answer(prediction, cfg.bare_answer_chars)
     if predicted is None:
         return Grade(False, "no_answer", None)
+    predicted = plain_math(predicted)
     gold_answer = last_boxed(gold)
-    gold_answer = gold.strip() if gold_answer is None else gold_answer.strip()
+    gold_answer = plain_math(gold.strip() if gold_answer is None else gold_answer.strip())
     string_equal = strings_equal(predicted, gold_answer)
     mv = None if cfg.math_verify == "off" else _math_verify_module()
     if mv is None and cfg.math_verify == "require":

@@ -312,3 +312,24 @@ def test_the_string_compare_overturns_no_definite_no_by_a_dropped_percent_or_a_m
     )
     assert not grade("\\boxed{0.5\\%}", "0.5").correct and grade("\\boxed{0.5\\%}", "0.005").correct
     assert grade("\\boxed{50\\%}", "50").correct
+
+
+@pytest.mark.parametrize("math_verify", ["auto", "off"])
+@pytest.mark.parametrize(
+    ("gold", "prediction", "correct"),
+    [
+        ("３", "\\boxed{3}", True),  # fullwidth digits
+        ("½", "\\boxed{\\frac{1}{2}}", True),
+        ("2½", "\\boxed{2+\\frac{1}{2}}", True),  # a mixed number is 2 + 1/2, not NFKC's 21/2
+        ("2√2", "\\boxed{2\\sqrt{2}}", True),
+        ("x²+1", "\\boxed{x^{2}+1}", True),  # a superscript is a power, not NFKC's x2
+        ("½", "\\boxed{\\frac{1}{3}}", False),
+        ("x²", "\\boxed{x2}", False),
+    ],
+)
+def test_unicode_mathematics_in_a_gold_answer_grades_as_its_latex(gold, prediction, correct, math_verify):
+    """Gold answers written in Unicode (`３`, `½`, `2√2`, `x²`) were graded wrong against the same
+    answer in LaTeX, by math-verify and the string compare alike."""
+    from atesd.grading import GradeConfig, grade
+
+    assert grade(prediction, gold, GradeConfig(math_verify=math_verify)).correct is correct
