@@ -82,6 +82,8 @@ def problem_record(
         "index": index,
         "id": str(problem.meta.get("id", f"{name}/{index}")),
         "band": problem.band,
+        # where a math row came from (file and 1-based line, or dataset and row): what joins back to it
+        **{key: problem.meta[key] for key in ("source", "line", "row") if key in problem.meta},
         "question": problem.question,
         "gold": problem.answer,
         "n": n,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -56,7 +57,7 @@ class ExposureEnvConfig:
         default="global",
         metadata={
             "help": "global: one alpha for every problem; per_band: one alpha per difficulty band of "
-            "the task (its evaluation bands; see atesd.tasks.base.action_band)"
+            "the task (its `action_bands()`, else its evaluation bands; math data: real.data.band_field)"
         },
     )
     eval_at_reset: bool = field(
@@ -228,6 +229,12 @@ class TeacherExposureEnv(gym.Env):
         self.bands: tuple[str, ...] = action_bands(engine.task) if self.per_band else ()
         if self.per_band and not self.bands:
             raise ValueError("the per-band action needs a task with evaluation bands; this one has none")
+        if self.per_band and len(self.bands) == 1:  # a run meant to vary exposure by band would not
+            warnings.warn(
+                f"the per-band action on a task of one band ({self.bands[0]}) is one alpha, as the global "
+                "action is (math data: real.data.band_field names the difficulty bands)",
+                stacklevel=2,
+            )
         self.action_space = spec.action_space(len(self.bands) or 1)
         self.observation_space = spec.observation_space(self.bands)
         self.observation_names = spec.observation_names(self.bands)  # what each entry is, by name

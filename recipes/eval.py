@@ -203,8 +203,8 @@ def load_task(cfg: EvalConfig) -> Task:
     from atesd.tasks.math import DATASETS, MathTask, local_file
 
     data = cfg.real.data
-    if cfg.task != data.source:  # another source's split and HF config name (a training config's)
-        data = dataclasses.replace(data, split=None, hf_name=None)
+    if cfg.task != data.source:  # another source's split, HF config name and bands (a training config's)
+        data = dataclasses.replace(data, split=None, hf_name=None, band_field=None, band_buckets=0)
     known, default = DATASETS.get(cfg.task), ROOT.parent / "shared" / "data"
     if cfg.data_dir and not known:  # the folder of named benchmarks; a path task is read from its path
         raise cfglib.ConfigError(

@@ -645,3 +645,15 @@ def test_eval_refuses_torchrun_and_a_data_dir_beside_a_path_task(tmp_path, monke
         assert exc.value.code == 2 and message in err and "\n" not in err, err
         monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_eval_of_another_task_leaves_the_training_datas_bands(tmp_path):
+    """A training config's real.data.band_field (its own data's difficulty field) made an evaluation
+    on another file, without that field, refuse every row."""
+    from atesd import config as cfglib
+
+    rows = tmp_path / "qa.jsonl"
+    rows.write_text(json.dumps({"problem": "What is 2+2?", "answer": "4"}) + "\n")
+    overrides = [f"task={rows}", "real.data.source=train.jsonl", "real.data.band_field=level"]
+    (problems,) = ev.load_task(cfglib.load(ev.EvalConfig, None, overrides)).eval_sets().values()
+    assert [p.answer for p in problems] == ["4"]

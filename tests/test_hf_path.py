@@ -369,6 +369,23 @@ def test_eval_records_the_bad_rows_it_skipped(checkpoint, tmp_path):
             "sampling.max_new_tokens=4", "real.data.skip_bad_rows=true",
             f"out_dir={tmp_path / 'eval'}"]  # fmt: skip
     summary = json.loads((evaluate(argv) / "summary.json").read_text())
-    assert summary["skipped_rows"] == 2 and summary["completions"] == 2
-    if "skipped_lines" in summary and summary["skipped_lines"]:  # the task names them where it keeps them
-        assert summary["skipped_lines"] == [2, 4]
+    assert summary["skipped_rows"] == 2 and summary["skipped_lines"] == [2, 4] and summary["completions"] == 2
+
+
+def test_eval_records_each_rows_line_for_a_pass_rate_join(checkpoint, tmp_path):
+    """docs/USAGE.md's pass-rate bands join eval.py's problems.jsonl back to the data by `line`:
+    each record names its row's 1-based line, past blank lines and skipped rows."""
+    import json
+
+    from recipes.eval import main as evaluate
+
+    rows = [{"problem": f"What is {a} + 1?", "solution": f"So $\\boxed{{{a + 1}}}$."} for a in range(3)]
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join([json.dumps(rows[0]), "", "{bad", json.dumps(rows[1]), json.dumps(rows[2])]))
+    argv = ["--model", str(checkpoint), "--task", str(data), "sampling.samples=1", "real.device=cpu",
+            "sampling.max_new_tokens=4", "real.data.skip_bad_rows=true",
+            f"out_dir={tmp_path / 'eval'}"]  # fmt: skip
+    records = [json.loads(line) for line in (evaluate(argv) / "problems.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in records] == [1, 4, 5] and {r["source"] for r in records} == {str(data)}
+    lines = data.read_text().splitlines()
+    assert [json.loads(lines[r["line"] - 1])["problem"] in r["question"] for r in records] == [True] * 3

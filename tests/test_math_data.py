@@ -1,7 +1,9 @@
 """atesd.tasks.math: the loaders (GSM8K, benchmarks, OPSD, field mapping), segmentation, exact teacher
 prompts on real rows, bad-row handling, and the task's grading hooks."""
 
+import dataclasses
 import json
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -10,6 +12,8 @@ import numpy as np
 import pytest
 
 from atesd.exposure import MATH_FORMAT, PromptBuilder
+from atesd.grading import grade
+from atesd.tasks.base import action_band, action_bands
 from atesd.tasks.math import (
     BENCHMARKS,
     STUDENT_INSTRUCTION,
@@ -161,7 +165,7 @@ def test_bad_rows_name_file_and_line_or_are_counted(tmp_path, caplog):
         load_problems(MathDataConfig(source=str(path)))
     with caplog.at_level("WARNING", logger="atesd.tasks.math"):
         task = MathTask.from_config(MathDataConfig(source=str(path), skip_bad_rows=True))
-    assert task.skipped == 2 and len(task.train) == 2
+    assert task.skipped == 2 and task.skipped_lines == [3, 4] and len(task.train) == 2
     assert any(
         "skipped 2 bad rows" in r.getMessage() and "bad.jsonl" in r.getMessage() for r in caplog.records
     )
@@ -330,17 +334,22 @@ def test_held_out_sets_that_leave_no_training_rows_are_refused(tmp_path, caplog)
 
 def test_files_that_are_not_json_lines_are_refused_in_one_line(tmp_path, monkeypatch):
     rows = [{"problem": "1 + 1?", "answer": "2"}, {"problem": "2 + 2?", "answer": "4"}]
-    (tmp_path / "rows.parquet").write_bytes(b"PAR1\x00\x01PAR1")
-    (tmp_path / "rows.csv").write_text("problem,answer\n1 + 1?,2\n")
     (tmp_path / "array.json").write_text(json.dumps(rows))
     (tmp_path / "indented.json").write_text(json.dumps(rows, indent=2))
-    for name, what in (("rows.parquet", "a .parquet file"), ("rows.csv", "a .csv file"),
-                       ("array.json", "a JSON array"), ("indented.json", "a JSON array")):  # fmt: skip
+    (tmp_path / "pretty.json").write_text(json.dumps(rows[0], indent=2))  # gave "line 1: Expecting ..."
+    (tmp_path / "open.jsonl").write_text('\n{"problem": "1 + 1?",\n "answer": "2"}\n')
+    object_ = "its first line opens a JSON object that it does not close"
+    for name, what in (("array.json", "a JSON array"), ("indented.json", "a JSON array"),
+                       ("pretty.json", object_), ("open.jsonl", object_)):  # fmt: skip
         with pytest.raises(ValueError, match=rf"{name}: {what}; only JSON Lines .* is read") as err:
             load_problems(MathDataConfig(source=str(tmp_path / name)))
         assert "\n" not in str(err.value)
     lines = write_jsonl(tmp_path / "lines.json", rows)  # JSON Lines named .json still reads
     assert [p.answer for p in load_problems(MathDataConfig(source=str(lines)))[0]] == ["2", "4"]
+    broken = write_jsonl(tmp_path / "broken.jsonl", ['{"problem": "1 + 1?" "answer": "2"}', rows[1]])
+    with pytest.raises(ValueError, match=r"broken\.jsonl, line 1: Expecting ','"):  # a bad row, not a format
+        load_problems(MathDataConfig(source=str(broken)))
+    assert load_problems(MathDataConfig(source=str(broken), skip_bad_rows=True))[1] == 1
     monkeypatch.chdir(tmp_path)  # a missing relative path is a missing file, not an HF dataset id
     for name in ("data/train.json", "data/train.jsonl", "data/train.parquet", "data/train.csv"):
         with pytest.raises(FileNotFoundError, match=f"no such data file: {name}"):
@@ -387,3 +396,298 @@ def test_the_length_error_names_what_to_change():
     assert "use a model with more positions" in message
     with pytest.raises(ValueError, match="the prompt alone does not fit: raise real.model.max_position"):
         check_lengths(tokenizer, task, cfg, 8, embedded=True)
+
+
+def test_float_answers_are_written_without_an_exponent(tmp_path):
+    """A float's str() gave the gold answers '5e-05' (0.00005) and '2e+16' (2e16): no boxed answer
+    the model writes matched them."""
+    answers = (0.00005, 2e16, 3.0, -0.25, 12, "1/2")
+    path = write_jsonl(
+        tmp_path / "floats.jsonl", [{"problem": f"{i}?", "answer": a} for i, a in enumerate(answers)]
+    )
+    problems, _ = load_problems(MathDataConfig(source=str(path)))
+    assert [p.answer for p in problems] == ["0.00005", "20000000000000000", "3", "-0.25", "12", "1/2"]
+    assert grade("\\boxed{0.00005}", problems[0].answer).correct
+    assert problems[1].final == "\\boxed{20000000000000000}"
+
+
+def test_settings_a_source_would_ignore_are_refused(tmp_path):
+    """split and hf_name beside a local file, data_dir beside a source that is not a named one, were
+    silently ignored (split='bogus' loaded every row)."""
+    path = write_jsonl(tmp_path / "mine.jsonl", [{"problem": "1 + 1?", "answer": "2"}])
+    for key, value in (("split", "bogus"), ("hf_name", "main")):
+        with pytest.raises(ValueError, match=rf"real\.data\.{key}='{value}' applies to HF datasets and named "
+                           rf"sources, not to the local file .*mine\.jsonl: leave it unset"):  # fmt: skip
+            load_problems(MathDataConfig(source=str(path), **{key: value}))
+    for source in (str(path), "someone/some_set"):
+        with pytest.raises(
+            ValueError, match=r"real\.data\.data_dir='/x' applies to the named sources \(aime24"
+        ):
+            load_problems(MathDataConfig(source=source, data_dir="/x"))
+
+
+@pytest.fixture
+def hf_datasets(tmp_path, monkeypatch):
+    """`datasets`, caching what it converts under tmp_path (not the user's HF cache)."""
+    datasets = pytest.importorskip("datasets", reason="local tables and folders are read through [eval]")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    return datasets
+
+
+def test_local_tables_and_folders_load_through_datasets(tmp_path, monkeypatch, hf_datasets):
+    """A parquet file was refused ("convert it"), `saved_ds` was an unknown source, `./saved_ds` met
+    datasets' "use load_from_disk" and `./pq_dir/` (unlike `./pq_dir`) an unknown source."""
+    rows = [{"problem": f"What is {i} + 1?", "answer": i + 1, "rate": r, "level": f"Level {i % 2 + 1}"}
+            for i, r in enumerate((0.00005, 2e16, 3.0, 0.25))]  # fmt: skip
+    table = hf_datasets.Dataset.from_list(rows)
+    table.to_parquet(str(tmp_path / "mine.parquet"))
+    table.save_to_disk(str(tmp_path / "saved_ds"))
+    shutil.copy(next((tmp_path / "saved_ds").glob("*.arrow")), tmp_path / "mine.arrow")
+    hf_datasets.DatasetDict({"train": table, "test": table.select([1])}).save_to_disk(str(tmp_path / "dd"))
+    (tmp_path / "pq_dir").mkdir()
+    table.to_parquet(str(tmp_path / "pq_dir" / "train.parquet"))
+    monkeypatch.chdir(tmp_path)
+    sources = {"mine.parquet": "mine", "mine.arrow": "mine", "saved_ds": "saved_ds", "./saved_ds": "saved_ds",
+               str(tmp_path / "saved_ds"): "saved_ds", "pq_dir": "pq_dir", "./pq_dir/": "pq_dir",
+               "dd": "dd"}  # fmt: skip
+    for source, band in sources.items():
+        cfg = MathDataConfig(source=source)
+        problems, _ = load_problems(cfg)
+        assert [p.answer for p in problems] == ["1", "2", "3", "4"], source
+        assert [p.meta["row"] for p in problems] == [1, 2, 3, 4] and cfg.band_name == band == problems[0].band
+    floats, _ = load_problems(
+        MathDataConfig(source="mine.parquet", answer_field="rate")
+    )  # an HF row's floats
+    assert [p.answer for p in floats] == ["0.00005", "20000000000000000", "3", "0.25"]
+    (test,), _ = load_problems(MathDataConfig(source="dd", split="test"))
+    assert test.answer == "2" and test.meta == {"source": "dd[test]", "row": 1}
+    with pytest.raises(
+        ValueError, match=r"dd: no split 'bogus' in this saved DatasetDict \(it holds train, test\)"
+    ):
+        load_problems(MathDataConfig(source="dd", split="bogus"))
+    with pytest.raises(ValueError, match=r"real\.data\.split='test': saved_ds holds one saved Dataset"):
+        load_problems(MathDataConfig(source="saved_ds", split="test"))
+    for source, key in (("saved_ds", "hf_name"), ("mine.parquet", "split"), ("mine.arrow", "hf_name")):
+        with pytest.raises(ValueError, match=rf"real\.data\.{key}='x' applies to HF datasets"):
+            load_problems(MathDataConfig(source=source, **{key: "x"}))
+    levels = MathTask.from_config(MathDataConfig(source="./pq_dir/", band_field="level", probe_size=0))
+    assert levels.action_bands() == ("Level 1", "Level 2")  # an HF row's band field
+    hf_datasets.Dataset.from_list([rows[0], {**rows[1], "answer": None}]).to_parquet("bad.parquet")
+    with pytest.raises(ValueError, match=r"bad\.parquet, row 2: no 'solution' or 'answer' field with text"):
+        load_problems(MathDataConfig(source="bad.parquet"))
+    (tmp_path / "damaged.parquet").write_bytes(b"PAR1\x00\x01PAR1")
+    with pytest.raises(ValueError, match=r"damaged\.parquet: not readable as a parquet file: "):
+        load_problems(MathDataConfig(source="damaged.parquet"))
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    for source in ("mine.parquet", "saved_ds"):
+        with pytest.raises(
+            ImportError, match=rf"{source} needs the `datasets` package: pip install -e '\.\[eval\]'"
+        ):
+            load_problems(MathDataConfig(source=source))
+
+
+def test_csv_and_tsv_cells_are_read_as_written(tmp_path, hf_datasets):
+    """Type guessing would make '007' the number 7, '3.10' 3.1 and the answer 'None' a null."""
+    (tmp_path / "rows.csv").write_text('problem,answer\n"Pad 7, three places?",007\nWhich?,None\n')
+    (tmp_path / "rows.tsv").write_text("problem\tanswer\tlevel\nHow much?\t3.10\t2\nBlank level?\t1\t\n")
+    problems, _ = load_problems(MathDataConfig(source=str(tmp_path / "rows.csv")))
+    assert [(p.question.removesuffix(INSTR), p.answer) for p in problems] == [
+        ("Pad 7, three places?", "007"),
+        ("Which?", "None"),
+    ]
+    cfg = MathDataConfig(source=str(tmp_path / "rows.tsv"), band_field="level")
+    with pytest.raises(ValueError, match=r"rows\.tsv, row 2: the band field 'level' .* is blank"):
+        load_problems(cfg)
+    (p,), skipped = load_problems(replace(cfg, skip_bad_rows=True))
+    assert (p.answer, p.band, skipped, cfg.band_name) == ("3.10", "2", 1, "rows")
+
+
+def test_band_names_drop_any_data_suffix(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder").mkdir()
+    names = {"mine.json": "mine", "A.JSONL": "A", "x/b.Parquet": "b", "c.tsv": "c", "folder": "folder",
+             "./folder/": "folder", ".": tmp_path.name, "someone/MATH-500": "MATH-500",
+             "gsm8k": "gsm8k"}  # fmt: skip
+    assert {source: MathDataConfig(source=source).band_name for source in names} == names
+    assert MathDataConfig(source="mine.json", band="own").band_name == "own"
+
+
+def test_auto_format_reads_the_field_names_given_and_question_rows(tmp_path):
+    """format=auto with question_field and solution_field still failed to tell the format, and rows of
+    `question` + `answer` (no '####') were not told at all."""
+    rows = [
+        {"q": "What is 2 + 3?", "sol": "Add.\n\nSo $\\boxed{5}$.", "a": "5"},
+        {"q": "Name 7.", "sol": "$\\boxed{7}$", "a": "7"},
+    ]
+    path = str(write_jsonl(tmp_path / "custom.jsonl", rows))
+    by_solution, _ = load_problems(MathDataConfig(source=path, question_field="q", solution_field="sol"))
+    by_answer, _ = load_problems(MathDataConfig(source=path, question_field="q", answer_field="a"))
+    assert [p.answer for p in by_solution] == [p.answer for p in by_answer] == ["5", "7"]
+    assert by_solution[0].steps == ("Add.\n\n", "So $") and by_answer[0].steps == ()
+    plain = write_jsonl(tmp_path / "qa.jsonl", [{"question": "What is 2 + 3?", "answer": 5}])
+    (p,), _ = load_problems(MathDataConfig(source=str(plain)))
+    assert (p.question, p.answer, p.steps) == ("What is 2 + 3?" + INSTR, "5", ())
+    with pytest.raises(ValueError, match=r"cannot tell the format from the fields \['a', 'q', 'sol'\]: set "
+                       r"format=fields with question_field and solution_field/answer_field"):  # fmt: skip
+        load_problems(MathDataConfig(source=path))
+
+
+def test_rows_repeating_a_held_out_question_are_not_trained_on(tmp_path, caplog):
+    """20 rows that are 5 problems four times (spaced differently), 5 held out: every held-out
+    question was also in the training pool, unwarned."""
+    rows = [{"problem": f"What is {i} +{' ' * (copy + 1)}1?", "answer": str(i + 1)} for copy in range(4)
+            for i in range(5)]  # fmt: skip
+    path = str(write_jsonl(tmp_path / "four.jsonl", rows))
+    with caplog.at_level("WARNING", logger="atesd.tasks.math"):
+        task = MathTask.from_config(MathDataConfig(source=path, eval_size=5, probe_size=0))
+    key = lambda p: " ".join(p.question.split())  # noqa: E731
+    evaluated = [key(p) for p in task.eval_sets()["four"]]
+    assert len(evaluated) == 5 and len(set(evaluated)) == 4  # seed 0 holds out four of the problems
+    assert len(task.train) == 4 and not set(evaluated) & {key(p) for p in task.train}
+    assert [r.getMessage() for r in caplog.records] == [
+        "11 rows of four repeat the question of a held-out (evaluation or probe) row: left out of training",
+        "1 of the 5 evaluation rows of four repeat the question of another evaluation row (each is still "
+        "evaluated)",
+        "eval_size=5 and probe_size=0 hold out 5 and 0 of the 20 usable rows of four (11 more repeat their "
+        "questions), leaving 4 for training",
+    ]
+    every = MathTask.from_config(MathDataConfig(source=path, eval_size=-1))
+    assert len(every.eval_sets()["four"]) == 20 and every.train == []  # each still evaluated
+    same = str(write_jsonl(tmp_path / "same.jsonl", rows[::5]))
+    message = r"hold out 1 and 0 of the 4 usable rows of same \(3 more repeat their questions\), leaving none"
+    with pytest.raises(ValueError, match=message):
+        MathTask.from_config(MathDataConfig(source=same, eval_size=1, probe_size=0))
+
+
+def level_rows(n: int) -> list[dict]:
+    """Problems with a reference, a MATH-style level (row i: Level i % 3 + 1) and a rate i / n."""
+    return [
+        {"problem": f"What is {i} + 1?", "solution": f"Add one.\n\n$\\boxed{{{i + 1}}}$",
+         "level": f"Level {i % 3 + 1}", "rate": i / n}
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def test_band_field_splits_the_evaluation_sets_and_the_actions(tmp_path, caplog):
+    path = str(write_jsonl(tmp_path / "levels.jsonl", level_rows(30)))
+    levels = ("Level 1", "Level 2", "Level 3")
+    with caplog.at_level("WARNING", logger="atesd.tasks.math"):
+        task = MathTask.from_config(
+            MathDataConfig(source=path, band_field="level", eval_size=9, probe_size=3)
+        )
+    assert not caplog.records
+    assert task.action_bands() == action_bands(task) == levels
+    evals = task.eval_sets()
+    assert list(evals) == sorted(evals) and set(evals) <= set(levels) and sum(map(len, evals.values())) == 9
+    level = lambda p: f"Level {(p.meta['line'] - 1) % 3 + 1}"  # noqa: E731
+    assert all(p.band == band == level(p) for band, problems in evals.items() for p in problems)
+    assert len(task.train) == 18 and all(action_band(task, p) == p.band == level(p) for p in task.train)
+    assert {p.band for p in task.train} == set(levels)
+    with caplog.at_level("WARNING", logger="atesd.tasks.math"):
+        one = MathTask.from_config(MathDataConfig(source=path, band_field="level", eval_size=1, probe_size=0))
+    (evaluated,) = one.eval_sets()
+    assert one.action_bands() == levels  # a band with training rows but no evaluation row keeps its alpha
+    unevaluated = ", ".join(b for b in levels if b != evaluated)
+    assert caplog.records[-1].getMessage().endswith(f"raise eval_size to evaluate them): {unevaluated}")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="atesd.tasks.math"):  # without band_field: as before
+        plain = MathTask.from_config(MathDataConfig(source=path, eval_size=9, probe_size=3))
+    assert (
+        not caplog.records and plain.action_bands() == ("levels",) and list(plain.eval_sets()) == ["levels"]
+    )
+    assert {p.band for p in plain.train} == {"levels"}
+
+
+def test_band_buckets_are_quantiles_of_every_row(tmp_path):
+    path = str(write_jsonl(tmp_path / "rates.jsonl", level_rows(20)))  # rates 0, 0.05, .., 0.95
+    task = MathTask.from_config(
+        MathDataConfig(source=path, band_field="rate", band_buckets=4, eval_size=8, probe_size=0)
+    )
+    names = ("q1[0.00,0.24)", "q2[0.24,0.47)", "q3[0.47,0.71)", "q4[0.71,0.95]")
+    assert task.action_bands() == names and list(task.eval_sets()) == sorted(task.eval_sets())
+    everyone = task.train + [p for problems in task.eval_sets().values() for p in problems]
+    assert len(everyone) == 20 and all(p.band == names[(p.meta["line"] - 1) // 5] for p in everyone)
+    assert all(p.band == band for band, problems in task.eval_sets().items() for p in problems)
+
+    def bands(values, k):
+        rows = [{"problem": f"{i}?", "answer": "1", "d": v} for i, v in enumerate(values)]
+        cfg = MathDataConfig(
+            source=str(write_jsonl(tmp_path / "d.jsonl", rows)), band_field="d", band_buckets=k
+        )
+        return [p.band for p in load_problems(cfg)[0]]
+
+    assert bands([3, 0, 8, "5", 1, 2, 4, 6, 7], 4) == [
+        "q2[2,4)", "q1[0,2)", "q4[6,8]", "q3[4,6)", "q1[0,2)", "q2[2,4)", "q3[4,6)", "q4[6,8]", "q4[6,8]",
+    ]  # fmt: skip
+    many = bands(range(100), 10)
+    assert (
+        many[0].startswith("q01[")
+        and many[-1].startswith("q10[")
+        and sorted(set(many)) == sorted(set(many), key=lambda name: int(name[1:3]))
+    )
+
+
+def test_bad_band_values_are_bad_rows_and_ties_are_refused(tmp_path):
+    def rows_with(*values):
+        rows = [{"problem": f"{i}?", "answer": "1", "level": v} for i, v in enumerate(values)]
+        return str(write_jsonl(tmp_path / "bands.jsonl", rows))
+
+    def refused(source, message, **kwargs):
+        with pytest.raises(ValueError, match=message):
+            load_problems(MathDataConfig(source=source, band_field="level", **kwargs))
+
+    path = rows_with("Level 1", None, " ", "Level 2")
+    refused(path, r"bands\.jsonl, line 2: the band field 'level' \(real\.data\.band_field\) is null")
+    with pytest.raises(
+        ValueError, match=r"line 1: the band field 'difficulty' \(real\.data\.band_field\) is missing"
+    ):
+        load_problems(MathDataConfig(source=path, band_field="difficulty"))
+    task = MathTask.from_config(
+        MathDataConfig(source=path, band_field="level", skip_bad_rows=True, probe_size=0)
+    )
+    assert (
+        task.skipped == 2 and task.skipped_lines == [2, 3] and task.action_bands() == ("Level 1", "Level 2")
+    )
+    refused(rows_with("Level 1", " "), r"line 2: the band field 'level' \(real\.data\.band_field\) is blank")
+    refused(rows_with("Level 1", [1]), r"line 2: the band field 'level' is not text or a number: \[1\]")
+    refused(rows_with("Level 1", 2), r"line 1: the band field 'level' holds 'Level 1', not a finite number: "
+            r"band_buckets needs numeric values", band_buckets=2)  # fmt: skip
+    refused(rows_with(*[0.5] * 9, 1.0), r"bands\.jsonl: band_field 'level': its 10 values \(2 distinct\) do "
+            r"not fill band_buckets=4 quantile buckets .*: use fewer buckets", band_buckets=4)  # fmt: skip
+    for kwargs, message in (({"band_buckets": 2}, "band_buckets needs band_field"),
+                            ({"band_buckets": -1, "band_field": "x"}, "band_buckets must be >= 0"),
+                            ({"band": "b", "band_field": "level"}, "leave band unset")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            MathDataConfig(**kwargs)
+
+
+def test_the_per_band_env_on_math_data_has_one_alpha_per_level(checkpoint, tmp_path):
+    """A band field gives the real env's per-band action one alpha per level: math data's band was the
+    source's name alone, so per_band silently became one alpha."""
+    from atesd.builder import RealConfig, build_engine
+    from atesd.engine import EngineConfig, EvalSettings, SamplingConfig
+    from atesd.models import HFModelConfig
+    from envs.exposure_env import ExposureEnvConfig, TeacherExposureEnv
+
+    data = MathDataConfig(source=str(write_jsonl(tmp_path / "levels.jsonl", level_rows(12))),
+                          band_field="level", eval_size=3, probe_size=2)  # fmt: skip
+    real = RealConfig(
+        task_kind="math", data=data, hf=HFModelConfig(name_or_path=str(checkpoint), dtype="float32"),
+        engine=EngineConfig(batch_size=2, sampling=SamplingConfig(max_new_tokens=4),
+                            eval=EvalSettings(max_new_tokens=4)),
+    )  # fmt: skip
+    cfg = ExposureEnvConfig(hold_steps=1, total_steps=1, action="per_band", eval_at_reset=False)
+    env = TeacherExposureEnv(cfg, engine=build_engine(real, 0))
+    levels = ("Level 1", "Level 2", "Level 3")
+    assert env.bands == levels and env.action_space.shape == (3,)
+    env.reset(seed=0)
+    _, _, terminated, _, info = env.step(np.array([0.0, 0.5, 1.0], dtype=np.float32))
+    assert terminated and info["alpha"] == [0.0, 0.5, 1.0] and len(info["band_accuracy"]) == 3
+    assert set(info["eval"]) == {f"accuracy/{b}" for b in env.engine.task.eval_sets()}
+    # without a band field the per-band action is one alpha, and says so
+    one = RealConfig(
+        task_kind="math", data=dataclasses.replace(data, band_field=None), hf=real.hf, engine=real.engine
+    )
+    with pytest.warns(UserWarning, match=r"per-band action on a task of one band \(levels\) is one alpha"):
+        env = TeacherExposureEnv(cfg, engine=build_engine(one, 0))
+    assert env.action_space.shape == (1,)

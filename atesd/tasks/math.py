@@ -1,19 +1,21 @@
 """Real math data as a Task: OPSD training rows, AIME/HMMT benchmarks, GSM8K, any JSONL by field names.
 
-Owns reading rows (a local JSONL, or an HF dataset through `datasets`, imported lazily), turning each
-row into a Problem (the question plus the boxed-answer instruction, the reference split into steps,
-the gold answer), the held-out evaluation and probe sets, and grading through atesd.grading. Knows
-nothing of tokenizers, models or exposure (exposure.py decides what the teacher sees).
+Owns reading rows (a local JSONL by our own strict reader; a local parquet / csv / arrow file or folder
+and HF datasets through `datasets`, imported lazily), turning each row into a Problem (the question
+plus the boxed-answer instruction, the reference split into steps, the gold answer, the band), the
+held-out evaluation and probe sets, and grading through atesd.grading. Knows nothing of tokenizers,
+models or exposure (exposure.py decides what the teacher sees).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -57,7 +59,10 @@ _SEPARATORS = {
 }
 _CALC = re.compile(r"<<[^<>]*>>")
 _DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".tsv", ".arrow")  # a source named so is a path
-_NOT_JSONL = (".parquet", ".csv", ".tsv", ".arrow")
+_TABLES = {".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".arrow": "arrow"}  # read through datasets
+_ONLY_JSONL = "only JSON Lines (one JSON object a line) is read from a .json or .jsonl file: convert it"
+_SAVED = ("state.json", "dataset_dict.json")  # a folder holding one was written by save_to_disk
+_SKIPPED_KEPT = 20  # how many skipped line / row numbers a MathTask keeps
 _GSM8K_FINAL = re.compile(r"^####\s*(.+?)\s*$")
 _DEFAULT_FIELDS = {  # (question, solution, answer) fields; no answer field: the solution's last box
     "opsd": ("problem", "solution", None),
@@ -75,23 +80,38 @@ class MathDataConfig:
 
     source: str = field(
         default="opsd",
-        metadata={"help": f"a .jsonl path, an HF dataset id (owner/name), or one of {sorted(DATASETS)}"},
+        metadata={
+            "help": "a .jsonl / .json (JSON Lines), .parquet, .csv, .tsv or .arrow file, a folder (a "
+            "save_to_disk folder or one of data files), an HF dataset id (owner/name), or one of "
+            f"{sorted(DATASETS)}"
+        },
     )
     data_dir: str | None = field(
         default=None,
         metadata={
-            "help": "folder holding the named sources' files (read instead of the HF hub; must hold the file)"
+            "help": "folder holding the named sources' files (read instead of the HF hub; must hold the "
+            "file); named sources only"
         },
     )
     split: str | None = field(
-        default=None, metadata={"help": "HF split (default: the named source's, else 'train')"}
+        default=None,
+        metadata={
+            "help": "split of an HF dataset, a named source or a local folder (default: the named source's, "
+            "else 'train'); not for a local file"
+        },
     )
-    hf_name: str | None = field(default=None, metadata={"help": "HF dataset config name (gsm8k: 'main')"})
+    hf_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "HF dataset config name (gsm8k: 'main'); not for a local file or save_to_disk folder"
+        },
+    )
     format: Format = field(
         default="auto",
         metadata={
-            "help": "opsd: problem + solution (answer = its last \\boxed{}); benchmark: problem + answer; "
-            "gsm8k: question + answer ending '#### N'; fields: the *_field names; auto: from the keys"
+            "help": "opsd: problem + solution (answer = its last \\boxed{}); benchmark: problem (or "
+            "question) + answer; gsm8k: question + answer ending '#### N'; fields: the *_field names; "
+            "auto: from the keys, or fields where question_field and solution_field / answer_field are given"
         },
     )
     question_field: str | None = field(
@@ -108,13 +128,31 @@ class MathDataConfig:
     instruction: str = field(
         default=STUDENT_INSTRUCTION, metadata={"help": "appended to every question after a blank line"}
     )
-    band: str | None = field(default=None, metadata={"help": "evaluation band name (default: the source's)"})
+    band: str | None = field(
+        default=None,
+        metadata={"help": "the one band's name when band_field is unset (default: the source's name)"},
+    )
+    band_field: str | None = field(
+        default=None,
+        metadata={
+            "help": "a field naming each row's difficulty band (e.g. MATH's level): one evaluation set "
+            "and, under real.env.action=per_band, one alpha per band (a row without it is a bad row)"
+        },
+    )
+    band_buckets: int = field(
+        default=0,
+        metadata={
+            "help": "> 0: band_field is numeric (a rating, the student's pass rate) and the bands are this "
+            "many quantile buckets of its values over every loaded row, named q1[lo,hi) .. qK[lo,hi]"
+        },
+    )
     max_rows: int = field(default=0, metadata={"help": "read at most this many usable rows (0: all)"})
     skip_bad_rows: bool = field(
         default=False, metadata={"help": "skip and count bad rows instead of failing on the first"}
     )
     eval_size: int = field(
-        default=0, metadata={"help": "rows held out as the evaluation band (-1: every row)"}
+        default=0,
+        metadata={"help": "rows held out for evaluation, one set per band (-1: every row)"},
     )
     probe_size: int = field(default=64, metadata={"help": "rows with a reference held out for the probe NLL"})
     seed: int = field(default=0, metadata={"help": "seed of the shuffle that picks the held-out rows"})
@@ -130,14 +168,30 @@ class MathDataConfig:
             raise ValueError("format 'fields' needs question_field and solution_field and/or answer_field")
         if self.max_rows < 0 or self.probe_size < 0 or self.eval_size < -1:
             raise ValueError("max_rows and probe_size must be >= 0, eval_size >= -1")
+        if self.band_buckets < 0:
+            raise ValueError(f"band_buckets must be >= 0, got {self.band_buckets}")
+        if self.band_buckets and not self.band_field:
+            raise ValueError("band_buckets needs band_field: the numeric field whose values it buckets")
+        if self.band and self.band_field:
+            raise ValueError(
+                f"band={self.band!r} names the one band of a source without band_field; with "
+                f"band_field={self.band_field!r} the bands are that field's values: leave band unset"
+            )
 
     @property
     def band_name(self) -> str:
+        """The band of every row without band_field: `band`, else the source's name (a named source,
+        a folder's name, a file's name without its data suffix, an HF id's name)."""
         if self.band:
             return self.band
         if self.source in DATASETS:
             return self.source
-        return Path(self.source).stem if self.source.endswith(".jsonl") else self.source.split("/")[-1]
+        path = Path(self.source).expanduser()
+        if path.is_dir():
+            return path.resolve().name
+        name = path.name
+        suffix = next((s for s in _DATA_SUFFIXES if name.lower().endswith(s)), "")
+        return name[: len(name) - len(suffix)] or name
 
 
 class _Fields(NamedTuple):
@@ -169,12 +223,24 @@ def segment(text: str, unit: Literal["paragraph", "line", "sentence"]) -> tuple[
 def _text(row: Mapping[str, Any], key: str) -> str:
     if key not in row:
         raise ValueError(f"missing field {key!r} (fields: {', '.join(map(str, row))})")
-    value = row[key]
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValueError(f"field {key!r} is not text: {value!r:.80}")
-    if not str(value).strip():
+    text = _value_text(row[key])
+    if text is None:
+        raise ValueError(f"field {key!r} is not text: {row[key]!r:.80}")
+    if not text.strip():
         raise ValueError(f"field {key!r} is empty")
-    return str(value)
+    return text
+
+
+def _value_text(value: Any) -> str | None:
+    """A text or number field's text (None for anything else). A float is written positionally:
+    str() gave '5e-05' for 0.00005 and '2e+16' for 2e16, gold answers no boxed answer matched."""
+    if isinstance(value, bool | np.bool_):
+        return None
+    if isinstance(value, float | np.floating):
+        return np.format_float_positional(value, trim="-")
+    if isinstance(value, str | int | np.integer):
+        return str(value)
+    return None
 
 
 def _reference_text(row: Mapping[str, Any], key: str) -> str:
@@ -184,16 +250,21 @@ def _reference_text(row: Mapping[str, Any], key: str) -> str:
 
 
 def _resolve_fields(cfg: MathDataConfig, row: Mapping[str, Any]) -> _Fields:
-    """The fields to read, from the format (auto: from this first row's keys; a problem row's
-    solution and answer are then read from whichever of them each row has, see _row_fields) and
-    the *_field overrides."""
-    fmt = cfg.format if cfg.format != "auto" else _detect_format(row)
-    question, solution, answer = _DEFAULT_FIELDS[fmt]
-    per_row = cfg.format == "auto" and fmt != "gsm8k"
+    """The fields to read, from the format (auto: the fields format where question_field and a
+    solution or answer field are given, else from this first row's keys; a problem row's solution
+    and answer are then read from whichever of them each row has, see _row_fields) and the *_field
+    overrides."""
+    fmt, question = cfg.format, None
+    if fmt == "auto" and cfg.question_field and (cfg.solution_field or cfg.answer_field):
+        fmt = "fields"
+    elif fmt == "auto":
+        fmt, question = _detect_format(cfg, row)
+    default_question, solution, answer = _DEFAULT_FIELDS[fmt]
+    per_row = cfg.format == "auto" and fmt in ("opsd", "benchmark")
     if per_row:
         solution, answer = "solution", "answer"
     return _Fields(
-        cfg.question_field or question,
+        cfg.question_field or question or default_question,
         cfg.solution_field or solution,
         cfg.answer_field or answer,
         fmt == "gsm8k",
@@ -221,23 +292,34 @@ def _row_fields(
     return solution, answer
 
 
-def _detect_format(row: Mapping[str, Any]) -> str:
+def _detect_format(cfg: MathDataConfig, row: Mapping[str, Any]) -> tuple[str, str]:
+    """(format, question field) from a row's keys and the *_field names given: a `question` whose
+    `answer` ends '#### N' is GSM8K; a `problem` (or `question`) with a `solution` or an `answer` is
+    a problem row (opsd or benchmark)."""
     if "question" in row and "####" in str(row.get("answer", "")):
-        return "gsm8k"
-    if "problem" in row and ("solution" in row or "answer" in row):
-        return "opsd" if "solution" in row else "benchmark"
-    raise ValueError(f"cannot tell the format from the fields {sorted(row)}: set format or the *_field names")
+        return "gsm8k", "question"
+    question = cfg.question_field or next((k for k in ("problem", "question") if k in row), None)
+    solution = cfg.solution_field or "solution" in row
+    if question and (solution or cfg.answer_field or "answer" in row):
+        return ("opsd" if solution else "benchmark"), question
+    raise ValueError(
+        f"cannot tell the format from the fields {sorted(row)}: set format=fields with question_field "
+        "and solution_field/answer_field"
+    )
 
 
-def _problem(row: Mapping[str, Any], fields: _Fields, cfg: MathDataConfig, meta: dict) -> Problem:
-    """One row as a Problem; ValueError saying what is wrong with a bad row."""
+def _problem(row: Mapping[str, Any], fields: _Fields, cfg: MathDataConfig, meta: dict, band: str) -> Problem:
+    """One row as a Problem in `band`, or with band_field in its own band; ValueError saying what is
+    wrong with a bad row."""
+    if cfg.band_field:
+        band = _row_band(row, cfg, meta)
     question = _text(row, fields.question).strip()
     if cfg.instruction:
         question += "\n\n" + cfg.instruction
     unit = cfg.segment if cfg.segment != "auto" else ("line" if fields.gsm8k else "paragraph")
     if fields.gsm8k:
         body, answer = _gsm8k_solution(_reference_text(row, fields.answer or "answer"))
-        return Problem(question, segment(body, unit), answer, f"\\boxed{{{answer}}}", cfg.band_name, meta)
+        return Problem(question, segment(body, unit), answer, f"\\boxed{{{answer}}}", band, meta)
     solution_field, answer_field = _row_fields(fields, cfg, row)
     solution = _reference_text(row, solution_field) if solution_field else ""
     if answer_field:
@@ -253,7 +335,32 @@ def _problem(row: Mapping[str, Any], fields: _Fields, cfg: MathDataConfig, meta:
         body, final = solution if solution[-1].isspace() else solution + "\n", f"\\boxed{{{answer}}}"
     else:
         body, final = solution[: span[0]], solution[span[0] :]
-    return Problem(question, segment(body, unit), answer, final, cfg.band_name, meta)
+    return Problem(question, segment(body, unit), answer, final, band, meta)
+
+
+def _row_band(row: Mapping[str, Any], cfg: MathDataConfig, meta: dict) -> str:
+    """The text of the row's band_field; with band_buckets its number too, in meta["band_value"]
+    (the bands are then named once every row is read, see _bucketed)."""
+    key = cfg.band_field
+    value = row.get(key)
+    text = _value_text(value)
+    if key not in row or value is None or (text is not None and not text.strip()):
+        how = "missing" if key not in row else "null" if value is None else "blank"
+        raise ValueError(f"the band field {key!r} (real.data.band_field) is {how} in this row")
+    if text is None:
+        raise ValueError(f"the band field {key!r} is not text or a number: {value!r:.80}")
+    if cfg.band_buckets:
+        try:
+            number = float(text)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            raise ValueError(
+                f"the band field {key!r} holds {text.strip()!r:.40}, not a finite number: band_buckets needs "
+                "numeric values (a rating, a pass rate); set band_buckets=0 to use the values as band names"
+            )
+        meta["band_value"] = number
+    return text.strip()
 
 
 def _gsm8k_solution(text: str) -> tuple[str, str]:
@@ -286,10 +393,11 @@ def local_file(source: str, known: DataSource, split: str | None) -> str:
 
 
 def _resolve_source(cfg: MathDataConfig) -> Path | tuple[str, str | None, str]:
-    """A local file, or (HF id, HF config name, split): a named source's file of cfg.split in
-    data_dir (which must hold it when given: a mistyped folder never turns into a download), else a
-    path (a name ending in a data file's extension is always one), else the named source's or the
-    given HF id."""
+    """A local file or folder, or (HF id, HF config name, split): a named source's file of cfg.split
+    in data_dir (which must hold it when given: a mistyped folder never turns into a download), else
+    an existing file or folder, else a path (a name ending in a data file's extension is always one),
+    else the named source's or the given HF id. A setting that would be ignored (data_dir beside
+    another source, split or hf_name beside a local file) is refused."""
     known = DATASETS.get(cfg.source)
     if known and cfg.data_dir:
         file = local_file(cfg.source, known, cfg.split)
@@ -300,8 +408,23 @@ def _resolve_source(cfg: MathDataConfig) -> Path | tuple[str, str | None, str]:
                 f"it from the Hugging Face hub, {known.hf_id})"
             )
         return local
+    if cfg.data_dir:
+        raise ValueError(
+            f"real.data.data_dir={cfg.data_dir!r} applies to the named sources "
+            f"({', '.join(sorted(DATASETS))}), not to {cfg.source!r}: leave it unset (a path in "
+            "real.data.source is read as it is)"
+        )
     path = Path(cfg.source).expanduser()
-    if path.is_file():
+    if path.is_file() or path.is_dir():
+        saved = path.is_dir() and any((path / name).is_file() for name in _SAVED)
+        ignored = {"split": path.is_file(), "hf_name": path.is_file() or saved}
+        for key, refused in ignored.items():
+            if refused and getattr(cfg, key) is not None:
+                what = "save_to_disk folder" if path.is_dir() else "local file"
+                raise ValueError(
+                    f"real.data.{key}={getattr(cfg, key)!r} applies to HF datasets and named sources, not "
+                    f"to the {what} {path}: leave it unset"
+                )
         return path
     if path.suffix.lower() in _DATA_SUFFIXES:
         raise FileNotFoundError(f"no such data file: {path}")
@@ -309,33 +432,100 @@ def _resolve_source(cfg: MathDataConfig) -> Path | tuple[str, str | None, str]:
     if known or re.fullmatch(r"[\w.-]+/[\w.-]+", cfg.source):
         return hf_id, cfg.hf_name or _HF_CONFIG_NAMES.get(hf_id), cfg.split or split
     raise ValueError(
-        f"unknown data source {cfg.source!r}: give a .jsonl path, an HF dataset id (owner/name) "
+        f"unknown data source {cfg.source!r}: give a data file or folder, an HF dataset id (owner/name) "
         f"or one of {sorted(DATASETS)}"
     )
 
 
-def _hf_rows(hf_id: str, name: str | None, split: str) -> Iterator[tuple[int, Any]]:
+def _datasets(what: str, instead: str = "give a local .jsonl path") -> Any:
+    """The `datasets` module, imported only when a source needs it."""
     try:
         import datasets
     except ImportError as exc:
         raise ImportError(
-            f"loading the HF dataset {hf_id!r} needs the `datasets` package: pip install -e '.[eval]' "
-            "(or give a local .jsonl path)"
+            f"{what} needs the `datasets` package: pip install -e '.[eval]' (or {instead})"
         ) from exc
+    return datasets
+
+
+def _hf_rows(hf_id: str, name: str | None, split: str) -> Iterator[tuple[int, Any]]:
+    datasets = _datasets(f"loading the HF dataset {hf_id!r}")
     return enumerate(datasets.load_dataset(hf_id, name, split=split), start=1)
+
+
+def _table_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """A parquet, csv / tsv or arrow file's rows (dicts) through `datasets`. A csv file's columns are
+    all read as text, as written: type guessing made '007' the number 7 and the answer 'None' a null."""
+    kind = _TABLES[path.suffix.lower()]
+    datasets = _datasets(f"reading the {kind} file {path}", "convert it to JSON Lines, .jsonl")
+    options: dict[str, Any] = {}
+    if kind == "csv":
+        delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f, delimiter=delimiter), None)
+        if not header:
+            raise ValueError(f"{path}: no header line (the column names)")
+        string = datasets.Value("string")
+        options = {"delimiter": delimiter, "keep_default_na": False,
+                   "features": datasets.Features(dict.fromkeys(header, string))}  # fmt: skip
+    try:
+        table = datasets.load_dataset(kind, data_files=str(path), split="train", **options)
+    except ValueError as exc:  # pyarrow's ArrowInvalid is one: a damaged or mislabelled file
+        why = str(exc).partition("\n")[0]
+        raise ValueError(f"{path}: not readable as a {kind} file: {why}") from exc
+    return enumerate(table, start=1)
+
+
+def _folder_rows(path: Path, cfg: MathDataConfig) -> tuple[str, Iterator[tuple[int, Any]]]:
+    """(how errors name it, its rows): a save_to_disk folder through `datasets.load_from_disk` (of a
+    DatasetDict, the split cfg.split or 'train'), any other folder (of data files, or a dataset
+    script's) through `datasets.load_dataset`."""
+    datasets = _datasets(f"reading the folder {path}")
+    split = cfg.split or "train"
+    if not any((path / name).is_file() for name in _SAVED):
+        return f"{path}[{split}]", enumerate(datasets.load_dataset(str(path), cfg.hf_name, split=split), 1)
+    saved = datasets.load_from_disk(str(path))
+    if isinstance(saved, datasets.DatasetDict):
+        if split not in saved:
+            raise ValueError(
+                f"{path}: no split {split!r} in this saved DatasetDict (it holds {', '.join(saved)}): set "
+                "real.data.split to one of them"
+            )
+        return f"{path}[{split}]", enumerate(saved[split], 1)
+    if cfg.split is not None and cfg.split != str(saved.split):
+        own = "" if saved.split is None else f" (split {saved.split})"
+        raise ValueError(
+            f"real.data.split={cfg.split!r}: {path} holds one saved Dataset{own}, not a DatasetDict of "
+            "splits: leave it unset"
+        )
+    return str(path), enumerate(saved, 1)
 
 
 def _file_rows(path: Path) -> Iterator[tuple[int, Any]]:
     """Non-blank lines as bytes: each is decoded (UTF-8) with its JSON, so an undecodable line is a bad
-    row named by its line number, like any other. A file that is not JSON Lines (a .parquet or .csv
-    file, a JSON array) is refused in one line."""
-    only = "only JSON Lines (one JSON object a line, .jsonl) is read from a local file: convert it"
-    if path.suffix.lower() in _NOT_JSONL:
-        raise ValueError(f"{path}: a {path.suffix} file; {only}")
+    row named by its line number, like any other. A file that is not JSON Lines (a JSON array, a
+    pretty-printed JSON object) is refused in one line."""
     with path.open("rb") as f:
         if f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
-            raise ValueError(f"{path}: a JSON array; {only}")
+            raise ValueError(f"{path}: a JSON array; {_ONLY_JSONL}")
+        f.seek(0)
+        first = next((line for line in f if line.strip()), b"")
+    if _opens_an_object(first):
+        raise ValueError(f"{path}: its first line opens a JSON object that it does not close; {_ONLY_JSONL}")
     return _lines(path)
+
+
+def _opens_an_object(line: bytes) -> bool:
+    """Whether `line` starts a JSON object that goes on past its end (a pretty-printed file's first
+    line, `{` alone): its JSON stops at the line's end, not at a mistake inside it (a bad row)."""
+    text = line.decode("utf-8-sig", errors="replace").strip()
+    if not text.startswith("{"):
+        return False
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        return exc.pos >= len(text)
+    return False
 
 
 def _lines(path: Path) -> Iterator[tuple[int, Any]]:
@@ -389,33 +579,75 @@ def _check_strings(node: Any) -> None:
 
 def load_problems(cfg: MathDataConfig) -> tuple[list[Problem], int]:
     """Every usable row of cfg's source (up to max_rows) as Problems, and how many bad rows were
-    skipped. A bad row (invalid JSON, a missing field, no answer) raises ValueError naming the file
-    and its 1-based line (HF: row), unless cfg.skip_bad_rows."""
+    skipped. A bad row (invalid JSON, a missing field, no answer, no band) raises ValueError naming
+    the file and its 1-based line (a table, folder or HF dataset: row), unless cfg.skip_bad_rows."""
+    problems, skipped = _load(cfg)
+    return problems, len(skipped)
+
+
+def _open(cfg: MathDataConfig) -> tuple[str, str, Iterator[tuple[int, Any]]]:
+    """(how errors name the source, 'line' or 'row', its numbered rows: JSON Lines as bytes, others
+    as dicts)."""
     source = _resolve_source(cfg)
-    if isinstance(source, Path):
-        where, unit, rows = str(source), "line", _file_rows(source)
-    else:
-        where, unit, rows = f"{source[0]}[{source[2]}]", "row", _hf_rows(*source)
+    if not isinstance(source, Path):
+        return f"{source[0]}[{source[2]}]", "row", _hf_rows(*source)
+    if source.is_dir():
+        where, rows = _folder_rows(source, cfg)
+        return where, "row", rows
+    if source.suffix.lower() in _TABLES:
+        return str(source), "row", _table_rows(source)
+    return str(source), "line", _file_rows(source)
+
+
+def _load(cfg: MathDataConfig) -> tuple[list[Problem], list[int]]:
+    """load_problems, with the numbers of the lines (rows) skipped."""
+    where, unit, rows = _open(cfg)
+    band = cfg.band_name
     problems: list[Problem] = []
-    skipped, fields = 0, None
+    skipped: list[int] = []
+    fields = None
     for lineno, raw in rows:
         try:
             row = strict_json(raw) if isinstance(raw, (str, bytes)) else raw  # bytes: UTF-8 or a ValueError
             if not isinstance(row, Mapping):
                 raise ValueError(f"not a JSON object: {raw!r:.80}")
             fields = fields or _resolve_fields(cfg, row)
-            problems.append(_problem(row, fields, cfg, {"source": where, unit: lineno}))
+            problems.append(_problem(row, fields, cfg, {"source": where, unit: lineno}, band))
         except ValueError as exc:  # json.JSONDecodeError is one
             if not cfg.skip_bad_rows:
                 raise ValueError(f"{where}, {unit} {lineno}: {exc}") from exc
-            skipped += 1
+            skipped.append(lineno)
         if cfg.max_rows and len(problems) >= cfg.max_rows:
             break
     if skipped:
-        logger.warning("skipped %d bad rows of %s", skipped, where)
+        logger.warning("skipped %d bad rows of %s", len(skipped), where)
     if not problems:
         raise ValueError(f"{where}: no usable rows")
+    if cfg.band_buckets:
+        problems = _bucketed(problems, cfg.band_buckets, f"{where}: band_field {cfg.band_field!r}")
     return problems, skipped
+
+
+def _bucketed(problems: list[Problem], k: int, what: str) -> list[Problem]:
+    """The problems with their bands the k quantile buckets of meta["band_value"] (edges from every
+    problem, so held-out and training rows share them), named so that they sort in order and say
+    their range: q1[0.00,0.25) .. q4[0.75,1.00]. Buckets that would be empty are refused."""
+    values = np.array([p.meta["band_value"] for p in problems])
+    edges = np.quantile(values, np.linspace(0, 1, k + 1))
+    index = np.searchsorted(edges[1:-1], values, side="right")
+    counts = np.bincount(index, minlength=k)
+    if not (np.diff(edges) > 0).all() or not counts.all():
+        raise ValueError(
+            f"{what}: its {len(values)} values ({len(np.unique(values))} distinct) do not fill "
+            f"band_buckets={k} quantile buckets (ties or too few values leave some empty): use fewer buckets"
+        )
+    digits = 0 if np.all(edges == np.round(edges)) else 2
+    width = len(str(k))
+    names = [
+        f"q{i + 1:0{width}d}[{edges[i]:.{digits}f},{edges[i + 1]:.{digits}f}{']' if i == k - 1 else ')'}"
+        for i in range(k)
+    ]
+    return [replace(p, band=names[i]) for p, i in zip(problems, index.tolist())]
 
 
 # ---- the task -------------------------------------------------------------------------------
@@ -436,6 +668,7 @@ class MathTask:
         probe: Sequence[Problem] = (),
         grade_cfg: GradeConfig | None = None,
         skipped: int = 0,
+        skipped_lines: Sequence[int] = (),
     ) -> None:
         self.train = list(train)
         self._evals = {band: list(problems) for band, problems in evals.items()}
@@ -444,30 +677,65 @@ class MathTask:
         # (the bare-answer rule is for answer-only inputs, not for a model's output)
         self.grade_cfg = grade_cfg or GradeConfig(bare_answer_chars=0)
         self.skipped = skipped  # bad rows skipped while loading
+        self.skipped_lines = list(skipped_lines)[:_SKIPPED_KEPT]  # the first of their line (row) numbers
 
     @classmethod
     def from_config(cls, cfg: MathDataConfig, grade_cfg: GradeConfig | None = None) -> MathTask:
         """cfg's rows: eval_size of them (chosen by a seeded shuffle, kept in file order) form the
-        evaluation band, then probe_size rows with a reference the probe set, the rest the training
-        pool. Unless eval_size is -1 (every row evaluated, no training), held-out sets that leave no
-        row for training are refused, and ones that take more than half the rows are warned of."""
-        problems, skipped = load_problems(cfg)
+        evaluation sets (one per band), then probe_size rows with a reference the probe set, the rest
+        the training pool, less every row that repeats a held-out question (whitespace aside).
+        Unless eval_size is -1 (every row evaluated, no training), held-out sets that leave no row
+        for training are refused, and ones that leave less than half the rows are warned of."""
+        problems, skipped = _load(cfg)
         order = np.random.default_rng(cfg.seed).permutation(len(problems))
         n_eval = len(problems) if cfg.eval_size == -1 else min(cfg.eval_size, len(problems))
         held = set(order[:n_eval].tolist())
         probe = [int(i) for i in order[n_eval:] if problems[i].steps][: cfg.probe_size]
         held_out = held | set(probe)
-        evals = {cfg.band_name: [problems[i] for i in sorted(held)]} if held else {}
-        train = [p for i, p in enumerate(problems) if i not in held_out]
-        if cfg.eval_size != -1 and len(held_out) * 2 > len(problems):
+        held_questions = {_question_key(problems[i]) for i in held_out}
+        train = [
+            p for i, p in enumerate(problems) if i not in held_out and _question_key(p) not in held_questions
+        ]
+        repeats = len(problems) - len(held_out) - len(train)
+        if repeats:
+            logger.warning(
+                "%d rows of %s repeat the question of a held-out (evaluation or probe) row: left out of "
+                "training",
+                repeats,
+                cfg.band_name,
+            )
+        evaluated = [problems[i] for i in sorted(held)]
+        twice = len(evaluated) - len({_question_key(p) for p in evaluated})
+        if twice:
+            logger.warning(
+                "%d of the %d evaluation rows of %s repeat the question of another evaluation row (each "
+                "is still evaluated)",
+                twice,
+                len(evaluated),
+                cfg.band_name,
+            )
+        bands = sorted({p.band for p in evaluated})
+        evals = {band: [p for p in evaluated if p.band == band] for band in bands}
+        if cfg.eval_size != -1 and len(train) * 2 < len(problems):  # none, or under half
             counts = (
                 f"eval_size={cfg.eval_size} and probe_size={cfg.probe_size} hold out {n_eval} and "
                 f"{len(probe)} of the {len(problems)} usable rows of {cfg.band_name}"
             )
+            if repeats:
+                counts += f" ({repeats} more repeat their questions)"
             if not train:
                 raise ValueError(f"{counts}, leaving none for training: lower eval_size or probe_size")
             logger.warning("%s, leaving %d for training", counts, len(train))
-        return cls(train, evals, [problems[i] for i in probe], grade_cfg, skipped)
+        if cfg.band_field and evals:
+            unevaluated = sorted({p.band for p in train} - set(evals))
+            if unevaluated:
+                logger.warning(
+                    "bands of %s with training rows but no evaluation row (each still has its alpha under "
+                    "the per-band action; raise eval_size to evaluate them): %s",
+                    cfg.band_name,
+                    ", ".join(unevaluated),
+                )
+        return cls(train, evals, [problems[i] for i in probe], grade_cfg, len(skipped), skipped)
 
     def sample(self, rng: np.random.Generator, n: int) -> list[Problem]:
         """n training problems drawn uniformly (without replacement when the pool is large enough)."""
@@ -477,7 +745,14 @@ class MathTask:
         return [self.train[int(i)] for i in idx]
 
     def eval_sets(self) -> dict[str, list[Problem]]:
+        """The held-out evaluation problems per band (from a config: in sorted band order)."""
         return self._evals
+
+    def action_bands(self) -> tuple[str, ...]:
+        """The bands a per-band exposure gives one alpha each: the training problems' and the
+        evaluation sets', sorted (a band with training rows but no evaluation row still needs an
+        alpha: its training problems take it by their own band, atesd.tasks.base.action_band)."""
+        return tuple(sorted({p.band for p in self.train} | set(self._evals)))
 
     def probe_set(self) -> list[Problem]:
         """Held-out problems with non-empty references (the probe NLL scores their solutions)."""
@@ -507,12 +782,17 @@ class MathTask:
         )
 
 
+def _question_key(problem: Problem) -> str:
+    """A question with its runs of whitespace made one space: what makes two rows the same problem."""
+    return " ".join(problem.question.split())
+
+
 def load_benchmark(
     name_or_path: str, data_dir: str | Path | None = None, grade_cfg: GradeConfig | None = None
 ) -> MathTask:
-    """A benchmark as an evaluation-only MathTask (every row in one band, no training pool): a name
-    in BENCHMARKS (or DATASETS) read from data_dir/<file> when data_dir is given, else from its HF
-    id; or a .jsonl path; or an HF dataset id."""
+    """A benchmark as an evaluation-only MathTask (every row evaluated, in one band, no training
+    pool): a name in BENCHMARKS (or DATASETS) read from data_dir/<file> when data_dir is given, else
+    from its HF id; or a data file or folder; or an HF dataset id."""
     cfg = MathDataConfig(
         source=name_or_path, data_dir=None if data_dir is None else str(data_dir), eval_size=-1
     )
