@@ -70,15 +70,26 @@ def _kept(tree: dict[str, Any], ignored: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
+ABSENT = "<absent>"  # a key one config tree lacks (and no default fills in)
+
+
 def first_difference(
-    want: dict[str, Any], have: dict[str, Any], ignored: tuple[str, ...]
+    want: dict[str, Any],
+    have: dict[str, Any],
+    ignored: tuple[str, ...],
+    defaults: dict[str, Any] | None = None,
 ) -> tuple[str, Any, Any] | None:
     """None when two config trees agree outside the dotted keys `ignored`, else the first differing
-    (key, value in `have`, value in `want`), '<absent>' for a key one of them lacks."""
+    (key, value in `have`, value in `want`). A key one tree lacks takes its value in the config tree
+    `defaults` (a field added after that tree was written, at its default, changes nothing: a prior
+    or a bank made before `real.data.band_field` existed still fits a run that leaves it unset), else
+    it is '<absent>'."""
     want, have = _kept(want, ignored), _kept(have, ignored)
+    fill = flat(defaults) if defaults else {}
     for key in sorted(set(want) | set(have)):
-        if want.get(key, "<absent>") != have.get(key, "<absent>"):
-            return key, have.get(key, "<absent>"), want.get(key, "<absent>")
+        mine, its = have.get(key, fill.get(key, ABSENT)), want.get(key, fill.get(key, ABSENT))
+        if mine != its:
+            return key, mine, its
     return None
 
 
@@ -94,20 +105,33 @@ def _sha256(path: Path) -> str:
     return sha256_file(path)
 
 
-def find(name: str, env_cfg: dict[str, Any], controller_cfg: dict[str, Any]) -> tuple[Path | None, str]:
+def find(
+    name: str,
+    env_cfg: dict[str, Any],
+    controller_cfg: dict[str, Any],
+    env_defaults: dict[str, Any] | None = None,
+    controller_defaults: dict[str, Any] | None = None,
+) -> tuple[Path | None, str]:
     """(the base path of `name`'s shipped prior, '') when one is shipped for this env and controller
-    config and its files match their sha256; (None, why) otherwise, why '' when none is shipped."""
+    config and its files match their sha256; (None, why) otherwise, why '' when none is shipped. A key
+    the prior's record predates compares at its value in the defaults given (`first_difference`)."""
     try:
         entry = manifest().get(name)
     except ValueError as err:  # every controller starts from its own config, and the line says why
         return None, str(err)
     if entry is None:
         return None, ""
-    for where, want, have, ignored in (
-        ("real.", entry["env"], env_cfg, IGNORED),
-        (f"controllers.{name}.", entry["controller"], controller_cfg, IGNORED_CONTROLLER),
+    for where, want, have, ignored, defaults in (
+        ("real.", entry["env"], env_cfg, IGNORED, env_defaults),
+        (
+            f"controllers.{name}.",
+            entry["controller"],
+            controller_cfg,
+            IGNORED_CONTROLLER,
+            controller_defaults,
+        ),
     ):
-        diff = first_difference(want, have, ignored)
+        diff = first_difference(want, have, ignored, defaults)
         if diff is not None:
             key, mine, its = diff
             return None, f"this run has {where}{key}={mine}, the prior was pre-trained at {its}"

@@ -382,7 +382,8 @@ def controller_start(cfg: RunConfig, env: gym.Env, name: str, ctl_cfg: Any) -> t
         return "", ""
     from atesd import priors
 
-    path, why = priors.find(name, cfglib.to_dict(cfg.real), cfglib.to_dict(ctl_cfg))
+    defaults = cfglib.to_dict(RealEnvConfig()), cfglib.to_dict(type(ctl_cfg)())  # keys a prior predates
+    path, why = priors.find(name, cfglib.to_dict(cfg.real), cfglib.to_dict(ctl_cfg), *defaults)
     if path is None:
         return (
             "",

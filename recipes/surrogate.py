@@ -51,7 +51,7 @@ from envs.surrogate_env import REWARDS, SurrogateExposureEnv, fit_report, fit_su
 from recipes._progress import fresh_dir, progress, user_errors  # noqa: E402
 from recipes._rundir import git_commit  # noqa: E402
 from recipes._tables import json_safe  # noqa: E402
-from recipes.common import EnvFreeRunConfig, Once, RunConfig, build_controller  # noqa: E402
+from recipes.common import EnvFreeRunConfig, Once, RealEnvConfig, RunConfig, build_controller  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -288,7 +288,13 @@ def check_shippable(bank, cfg: RunConfig) -> None:
             stacklevel=2,
         )
     recorded = bank.config
-    diff = priors.first_difference(recorded, cfglib.to_dict(cfg.real), priors.IGNORED) if recorded else None
+    diff = (
+        priors.first_difference(
+            recorded, cfglib.to_dict(cfg.real), priors.IGNORED, cfglib.to_dict(RealEnvConfig())
+        )
+        if recorded
+        else None
+    )
     if diff is not None:
         key, mine, theirs = diff
         raise cfglib.ConfigError(

@@ -12,7 +12,7 @@ from atesd import priors
 from atesd.state import load_state, save_state
 from controllers.beta_reinforce import BetaReinforceConfig, BetaReinforceController
 from recipes.bench import _spaces
-from recipes.common import RunConfig, controller_config
+from recipes.common import RealEnvConfig, RunConfig, controller_config
 
 CI = "recipes/configs/ci.yaml"
 
@@ -66,6 +66,14 @@ def test_first_difference_skips_the_ignored_keys_and_names_the_others():
     assert priors.first_difference(base, other, priors.IGNORED) == ("env.lambda_gt", 3, 30)
     del other["engine"]["lr"]
     assert priors.first_difference(base, other, priors.IGNORED) == ("engine.lr", "<absent>", 1e-4)
+    # a key one tree predates takes its default: equal there, a difference elsewhere
+    newer = json.loads(json.dumps(same)) | {"data": {"band_field": None}}
+    defaults = {"data": {"band_field": None}}
+    assert priors.first_difference(base, newer, priors.IGNORED) == ("data.band_field", None, "<absent>")
+    assert priors.first_difference(base, newer, priors.IGNORED, defaults) is None
+    newer["data"]["band_field"] = "level"
+    diff = priors.first_difference(base, newer, priors.IGNORED, defaults)
+    assert diff == ("data.band_field", "level", None)
 
 
 def test_find_loads_only_for_the_config_it_was_trained_for_and_checks_its_files(priors_dir, tmp_path):
@@ -129,14 +137,16 @@ def test_run_py_starts_from_the_prior_of_its_config_and_none_starts_fresh(priors
 
 def test_the_shipped_prior_fits_the_embedded_default_and_loads():
     """The prior shipped for beta_reinforce is for today's default config and loads into the
-    controller a run of the default builds. When this fails after a config change: a new field at a
-    value that changes nothing the bank measured needs only a re-ship from the committed bank
-    (`python recipes/surrogate.py --bank banks/embedded --controller beta_reinforce --episodes 10000
-    --ship`, 3 CPU minutes); a default that changes training needs a new bank first
-    (docs/BENCHMARKS.md, "The shipped prior")."""
+    controller a run of the default builds (a config field added since, at its default, compares as
+    its default: `real.data.band_field` made the main command start from Beta(2, 2)). When this fails
+    after a config change: a default that changes training needs a new bank first (docs/BENCHMARKS.md,
+    "The shipped prior"); a changed default that changes nothing the bank measured needs only a
+    re-ship from the committed bank (`python recipes/surrogate.py --bank banks/embedded --controller
+    beta_reinforce --episodes 10000 --ship`, 3 CPU minutes)."""
     cfg = RunConfig()
     ctl_cfg, controller = built(cfg)
-    path, why = priors.find("beta_reinforce", cfglib.to_dict(cfg.real), cfglib.to_dict(ctl_cfg))
+    defaults = cfglib.to_dict(RealEnvConfig()), cfglib.to_dict(type(ctl_cfg)())
+    path, why = priors.find("beta_reinforce", cfglib.to_dict(cfg.real), cfglib.to_dict(ctl_cfg), *defaults)
     assert path is not None, why
     controller.load_state_dict(load_state(path))
     entry = priors.manifest()["beta_reinforce"]
