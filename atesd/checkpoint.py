@@ -36,8 +36,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file or a directory entry to disk (directories: where the platform allows)."""
+def fsync_path(path: Path) -> None:
+    """Flush a file or a directory entry to disk (directories: where the platform allows; an error is
+    ignored). Also run.py's, for the bank file a checkpoint points into."""
     flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() and hasattr(os, "O_DIRECTORY") else 0)
     try:
         fd = os.open(path, flags)
@@ -67,18 +68,18 @@ def save(root: Path, index: int, state: dict[str, Any], keep: int = 2, before_se
             before_seal(tmp)
         files = sorted(p for p in tmp.iterdir())
         for path in files:
-            _fsync(path)
+            fsync_path(path)
         manifest = {
             "files": {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in files},
             "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        _fsync(tmp / MANIFEST)
-        _fsync(tmp)
+        fsync_path(tmp / MANIFEST)
+        fsync_path(tmp)
     final = root / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    _fsync(root)
+    fsync_path(root)
     # The new checkpoint was just hashed; the older ones are judged by their manifests and sizes, not
     # re-hashed (a kept 16 GB checkpoint read back in full at every save). load_latest still verifies
     # every checksum before it resumes from one.

@@ -1,19 +1,23 @@
 """The run's logs: append-only JSON-lines files, one namespaced key scheme, optional TensorBoard.
 
 `MetricsLogger` owns a run directory's metrics.jsonl (every student update and every window) and
-decisions.jsonl (every decision and the credit it later got), flushed per line; its offsets go into
-each checkpoint and a resume truncates the files back to them. Keys are namespaced (`student/*`,
-`env/*`, `reward/*`, `stats/*`, `eval/*`, `controller/*`, `time/*`). Knows nothing of what is logged.
+decisions.jsonl (every decision and the credit it later got), flushed per line and fsynced before each
+checkpoint is sealed; its offsets go into each checkpoint and a resume truncates the files back to
+them. Keys are namespaced (`student/*`, `env/*`, `reward/*`, `stats/*`, `eval/*`, `controller/*`,
+`time/*`). Knows nothing of what is logged.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from atesd.state import writing
 
 
 class NullLines:
@@ -25,6 +29,9 @@ class NullLines:
     def offset(self) -> int:
         return 0
 
+    def sync(self) -> None:
+        pass
+
     def truncate(self, offset: int) -> None:
         pass
 
@@ -33,15 +40,25 @@ class NullLines:
 
 
 class JsonLines:
-    """An append-only JSON-lines file, flushed per line; `truncate(offset)` drops lines after a checkpoint."""
+    """An append-only JSON-lines file, flushed per line; `truncate(offset)` drops lines after a checkpoint.
+    A full disk is a DiskFull naming the file (Python's own error named no path)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.file = path.open("a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
-        self.file.write(json.dumps(record, default=jsonable) + "\n")
-        self.file.flush()
+        line = json.dumps(record, default=jsonable) + "\n"
+        with writing(self.path):
+            self.file.write(line)
+            self.file.flush()
+
+    def sync(self) -> None:
+        """Flush and fsync: a checkpoint's offsets may only point at lines that are on the disk (a power
+        loss kept the fsynced checkpoint and left NULs where the unsynced lines were)."""
+        with writing(self.path):
+            self.file.flush()
+            os.fsync(self.file.fileno())
 
     def offset(self) -> int:
         return self.file.tell()
@@ -51,7 +68,8 @@ class JsonLines:
         self.file.seek(offset)
 
     def close(self) -> None:
-        self.file.close()
+        with writing(self.path):  # closing flushes: after a full disk, the line it could not write
+            self.file.close()
 
 
 def jsonable(value: Any) -> Any:
@@ -95,6 +113,11 @@ class MetricsLogger:
     def offsets(self) -> dict[str, int]:
         return {"metrics": self.metrics.offset(), "decisions": self.decisions.offset()}
 
+    def sync(self) -> None:
+        """Both logs on the disk up to their offsets: called before a checkpoint holding them is sealed."""
+        self.metrics.sync()
+        self.decisions.sync()
+
     def truncate(self, offsets: dict[str, Any], step: int | None = None) -> None:
         """Back to a checkpoint's offsets (what was logged after it is dropped); TensorBoard drops its
         events from `step` on (the first window logged again)."""
@@ -105,10 +128,14 @@ class MetricsLogger:
             self.tb = tensorboard_writer(self.run_dir, purge_step=step)
 
     def close(self) -> None:
-        self.metrics.close()
-        self.decisions.close()
-        if self.tb is not None:
-            self.tb.close()
+        try:  # each closed even when one cannot flush its last line (a full disk)
+            self.metrics.close()
+        finally:
+            try:
+                self.decisions.close()
+            finally:
+                if self.tb is not None:
+                    self.tb.close()
 
 
 def check_tensorboard() -> None:

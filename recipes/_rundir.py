@@ -19,9 +19,10 @@ from typing import Any, NamedTuple
 from atesd import checkpoint
 from atesd import config as cfglib
 from atesd.state import write_atomic
+from atesd.warmstart import sha256_file
 from recipes._progress import fresh_dir, print_summary
 from recipes._tables import json_safe
-from recipes.common import RunConfig, resolved_dict
+from recipes.common import RunConfig, absolute_paths, resolved_dict, saved_state_base, saved_state_exists
 
 SUMMARY = "summary.json"
 
@@ -174,8 +175,9 @@ class Plan(NamedTuple):
     run_dir: Path | None = None  # None: a new run directory
     state: dict | None = None  # the checkpoint's state to resume from
     checkpoint: Path | None = None  # its directory
-    finished: bool = False  # the run named had finished: nothing to do
+    finished: bool = False  # the run named had finished: nothing to train
     seen: tuple[str, ...] = ()  # its checkpoints and summary when planned (`moved_since` compares)
+    redraw: bool = False  # finished, but plots are missing: draw them again from its logs
 
 
 def world_mismatch(written: int, world: int) -> str:
@@ -197,16 +199,16 @@ def plan_run(args: Any, cfg: RunConfig | None) -> Plan:
     `cfg`: the command line's config (None with `--resume DIR`, whose given keys go on top of the
     stored config instead)."""
     if not args.resume:
-        return Plan(cfg)
+        return Plan(absolute_paths(cfg))  # config.json names the same files from any directory
     run_dir = latest_run_dir(cfg) if args.resume == "auto" else Path(args.resume)
     if run_dir is None:
         print(f"--resume auto: no earlier {cfg.controller}/{cfg.name}/seed {cfg.seed} run; starting fresh")
-        return Plan(cfg)
+        return Plan(absolute_paths(cfg))
     if not (run_dir / "config.json").exists():
         raise cfglib.ConfigError(f"--resume {run_dir}: not a run directory (no config.json)")
     stored = stored_config(run_dir)
     if args.resume == "auto":  # the whole command line is the config: it must be the run's
-        differ = cfglib.differences(resolved_dict(stored), resolved_dict(cfg))
+        differ = same_paths_differences(stored, cfg)
         if differ:
             raise cfglib.ConfigError(
                 f"--resume auto found {run_dir}, whose config differs from the given one in "
@@ -217,7 +219,7 @@ def plan_run(args: Any, cfg: RunConfig | None) -> Plan:
         overrides = given_overrides(args)
         base = cfglib.merge(resolved_dict(stored), cfglib.read_yaml(args.config) if args.config else {})
         given = cfglib.from_dict(RunConfig, cfglib.merge(base, cfglib.parse_overrides(overrides)))
-        differ = cfglib.differences(resolved_dict(stored), resolved_dict(given))
+        differ = same_paths_differences(stored, given)
         if differ:
             raise cfglib.ConfigError(f"--resume {run_dir}: the given config differs from the run's: {differ}")
     missing = missing_outputs(run_dir, stored)
@@ -225,19 +227,58 @@ def plan_run(args: Any, cfg: RunConfig | None) -> Plan:
         print(f"{run_dir} already finished; nothing to resume")
         print_summary(json.loads((run_dir / SUMMARY).read_text()))
         return Plan(stored, run_dir, finished=True)
-    if (run_dir / SUMMARY).exists() or SUMMARY not in missing:
+    finished = SUMMARY not in missing  # a whole summary.json: the run trained to its end
+    if finished and all(name.startswith("plots/") for name in missing):  # drawn from the logs alone
+        print(f"{run_dir} already finished; drawing its missing {', '.join(missing)} again from its logs")
+        return Plan(stored, run_dir, finished=True, redraw=True)
+    if (run_dir / SUMMARY).exists():
         print(f"{run_dir} lacks {', '.join(missing)}; completing it from its last checkpoint")
     seen = progress_marks(run_dir)  # before the checkpoint loads (minutes for a large model)
+    saved = [name for name in seen if name != SUMMARY]
+    if (run_dir / SUMMARY).exists() and not saved:  # never trained again: its logs and results stand
+        lacks = ", ".join("a readable summary.json" if name == SUMMARY else name for name in missing)
+        raise cfglib.ConfigError(
+            f"--resume {run_dir}: the run finished (it has a summary.json) but lacks {lacks} and keeps no "
+            "checkpoint to write them from; a finished run is not trained again: restore them from a "
+            "copy, or start a new run (without --resume) to train it anew"
+        )
+    changed = changed_inputs(run_dir, restart=not saved)
+    if changed:
+        raise cfglib.ConfigError(f"--resume {run_dir}: {changed}")
+    refused: list[str] = []
+
+    def skipped(message: str) -> None:
+        print(f"warning: {message}")
+        refused.append(message.removeprefix(f"skipping checkpoint {run_dir / 'checkpoints'}/"))
+
     found = checkpoint.load_latest(
-        run_dir / "checkpoints", warn=lambda msg: print(f"warning: {msg}"),
-        accept=lambda state: checkpoint_fits(state, run_dir, stored),
-    )  # fmt: skip
+        run_dir / "checkpoints", warn=skipped, accept=lambda state: checkpoint_fits(state, run_dir, stored)
+    )
     resume_state, ckpt = found if found is not None else (None, None)
+    if resume_state is None and saved:  # a restart would delete them (the abandoned ones, at its first save)
+        how = (
+            "start a new run (without --resume) to train it anew"
+            if (run_dir / SUMMARY).exists()
+            else f"to train it again from the beginning, remove {run_dir / 'checkpoints'} and run the "
+            "command again, or start a new run (without --resume)"
+        )
+        raise cfglib.ConfigError(
+            f"--resume {run_dir}: none of its checkpoints can be resumed ({'; '.join(refused)}); it is not "
+            f"restarted, which would delete them: {how}"
+        )
     if resume_state is None:
         print(f"{run_dir} has no checkpoint yet; restarting it from the beginning")
     else:
         print(f"resuming {run_dir} at window {resume_state['loop']['global_window']}")
     return Plan(stored, run_dir, resume_state, ckpt, seen=seen)
+
+
+def same_paths_differences(stored: RunConfig, given: RunConfig) -> list[str]:
+    """The keys in which a command line's config differs from a run's stored one, their local paths
+    compared as absolute paths here: `data/train.jsonl` given in the directory a run started in is the
+    absolute path its config.json holds (and a run from before paths were stored absolute, whose
+    config.json holds the relative one, still matches the same relative path)."""
+    return cfglib.differences(resolved_dict(absolute_paths(stored)), resolved_dict(absolute_paths(given)))
 
 
 def progress_marks(run_dir: Path) -> tuple[str, ...]:
@@ -258,6 +299,77 @@ def moved_since(plan: Plan) -> str | None:
         f"{', '.join(now) or 'nothing'} now, {', '.join(plan.seen) or 'nothing'} then); run the command "
         "again to resume it from where it is"
     )
+
+
+INPUTS = "inputs.json"  # size and sha256 of the local files a run reads: a resume refuses changed ones
+
+
+def input_files(real: Any = None, controller_init: str = "") -> list[tuple[str, Path]]:
+    """(config key, file) of the local files a run reads that its resume must find unchanged: the math
+    task's data file (real.data.source, or a named source's file in real.data.data_dir; `real` a
+    RealConfig, None where no real env is built) and the saved controller state of controller_init."""
+    from atesd.state import state_files
+    from atesd.tasks.math import DATASETS, local_file
+
+    files = []
+    if real is not None and real.task_kind == "math":
+        data, known = real.data, DATASETS.get(real.data.source)
+        try:
+            path = (
+                Path(data.data_dir).expanduser() / local_file(data.source, known, data.split)
+                if known and data.data_dir
+                else Path(data.source).expanduser()
+            )
+        except ValueError:  # a split no data_dir file holds: the build says so
+            path = None
+        if path is not None and path.is_file():
+            files.append(("real.data.source", path))
+    init = controller_init.strip()
+    if init.lower() not in ("", "auto", "none") and saved_state_exists(init):
+        files += [("controller_init", p) for p in state_files(saved_state_base(init)) if p.is_file()]
+    return files
+
+
+def record_inputs(directory: Path, real: Any = None, controller_init: str = "") -> None:
+    """Write `directory`/inputs.json: the size and sha256 of each of `input_files` (none: no file)."""
+    entries = [
+        {"key": key, "path": str(path.resolve()), "bytes": path.stat().st_size,
+         "sha256": sha256_file(path)}
+        for key, path in input_files(real, controller_init)
+    ]  # fmt: skip
+    if entries:
+        write_atomic(directory / INPUTS, json.dumps({"files": entries}, indent=1))
+
+
+def changed_inputs(directory: Path, restart: bool = True) -> str | None:
+    """Why the run in `directory` would not read what it started on (None: it would): a file that
+    inputs.json records is gone, or its size or sha256 changed. The saved controller state counts only
+    on a `restart` (resumed from a checkpoint, the checkpoint's controller state replaced it)."""
+    path = directory / INPUTS
+    if not path.exists():  # a run of no local inputs, or from before they were recorded
+        return None
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"{path} does not read ({err}); remove it to resume without checking the run's input files"
+    for entry in entries:
+        if entry["key"] == "controller_init" and not restart:
+            continue
+        file, then = Path(entry["path"]), f"{entry['bytes']} bytes, sha256 {entry['sha256'][:16]}"
+        start = f"start a new run (without --resume) to train on what {file} holds now"
+        if not file.is_file():
+            return (
+                f"{entry['key']} {file}, which the run started with, is gone ({then}); restore it, or {start}"
+            )
+        size = file.stat().st_size
+        digest = sha256_file(file) if size == entry["bytes"] else ""
+        if size != entry["bytes"] or digest != entry["sha256"]:
+            now = f"{size} bytes" + (f", sha256 {digest[:16]}" if digest else "")
+            return (
+                f"{entry['key']} {file} changed since the run started ({then} then, {now} now); a resume "
+                f"trains on what the run started with: restore the file, or {start}"
+            )
+    return None
 
 
 BANK_FILE = "bank_file.txt"  # where the run records its bank (bank_dir), for a restart to remove

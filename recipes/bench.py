@@ -34,7 +34,10 @@ results.json and curves.png into a new directory <out>/bench__<name>__<YYYYmmdd-
 
 That directory holds plan.json (the units and settings, written first) and units.jsonl (a line per
 finished unit, fsynced as each finishes): after Ctrl-C or a crash, `--resume DIR` runs only the units
-units.jsonl lacks (with `--workers` as given now), then writes the results as an uncut bench would.
+units.jsonl lacks (with `--workers` as given now), then writes the results as an uncut bench would. One
+process at a time works in it (a second one refuses, naming the first); the settings' local paths are
+stored absolute, and a resume refuses a local data file or controller_init state (inputs.json) that
+changed since the bench started.
 """
 
 from __future__ import annotations
@@ -62,7 +65,14 @@ from atesd.threads import set_threads  # noqa: E402
 from controllers import CONTROLLERS  # noqa: E402
 from recipes._plots import plot_curves  # noqa: E402
 from recipes._progress import fresh_dir, progress, user_errors, warmstart_progress  # noqa: E402
-from recipes._rundir import append_record, git_commit, read_records  # noqa: E402
+from recipes._rundir import (  # noqa: E402
+    append_record,
+    changed_inputs,
+    git_commit,
+    read_records,
+    record_inputs,
+    run_lock,
+)
 from recipes._tables import json_safe, print_table, write_csv  # noqa: E402
 from recipes._workers import worker_pool  # noqa: E402
 from recipes.common import (  # noqa: E402
@@ -72,6 +82,7 @@ from recipes.common import (  # noqa: E402
     EnvKey,
     Once,
     RunConfig,
+    absolute_paths,
     build_controller,
     controller_config,
     describe,
@@ -531,8 +542,9 @@ def plan(args: argparse.Namespace) -> tuple[RunConfig, list[str], list[str], lis
                 f"--set {key}={given[key]}: bench.py sets {key} for each unit from {option}; give it there"
             )
     overrides = cfglib.command_overrides(list(args.overrides), {"name": args.name})
-    # the shared settings: each unit is checked against its own env below, not the default env (real)
-    cfg = cfglib.load(EnvFreeRunConfig, args.config, overrides)
+    # the shared settings: each unit is checked against its own env below, not the default env (real);
+    # their local paths absolute, so that a --resume from another directory reads the same files
+    cfg = absolute_paths(cfglib.load(EnvFreeRunConfig, args.config, overrides))
     # parallel workers share the cores: one torch thread each, unless threads was asked for (--set or
     # --config), which each worker then uses (a 0 follows the free cores in each)
     if args.workers > 1 and "threads" not in cfglib.merge(
@@ -670,7 +682,9 @@ def _main(args: argparse.Namespace, argv: list[str]) -> Path:
                    "controllers": controllers, "seeds": seeds, "baseline": args.baseline, "score": args.score,
                    "config": cfg_dict, "units": units}  # fmt: skip
     write_atomic(run_dir / PLAN, json.dumps(json_safe(plan_record), indent=1))
-    return _guarded(run_dir, units, cfg, lambda: _bench(args, plan_record, cfg, units, {}, run_dir, t0))
+    record_inputs(run_dir, cfg.real if "real" in envs else None, cfg.controller_init)
+    with run_lock(run_dir, doing="benched"):  # a --resume of it meanwhile would run its units again
+        return _guarded(run_dir, units, cfg, lambda: _bench(args, plan_record, cfg, units, {}, run_dir, t0))
 
 
 def _guarded(run_dir: Path, units: list, cfg: RunConfig, bench: Any) -> Path:
@@ -707,22 +721,27 @@ def _resume(args: argparse.Namespace, argv: list[str], parser: argparse.Argument
         )
     if not (run_dir / PLAN).is_file():
         raise cfglib.ConfigError(f"--resume {run_dir}: not a bench directory (no {PLAN})")
-    if (run_dir / "results.json").exists():
-        print(f"{run_dir} is finished (results.json holds its results); nothing to resume")
-        return run_dir
-    plan_record = json.loads((run_dir / PLAN).read_text())
-    units = [tuple(u) for u in plan_record["units"]]
-    done = {(r["env"], r["controller"], r["seed"]): r for r in read_records(run_dir / UNITS)}
-    print(f"resuming {run_dir}: {len(done)} of {len(units)} units recorded")
-    cfg = cfglib.from_dict(EnvFreeRunConfig, plan_record["config"])
-    args.baseline, args.score, args.env_kwargs = (
-        plan_record["baseline"],
-        plan_record["score"],
-        plan_record["env_kwargs"],
-    )
-    plan_record["resumed"] = ["recipes/bench.py", *argv]
-    t0 = time.perf_counter()
-    return _guarded(run_dir, units, cfg, lambda: _bench(args, plan_record, cfg, units, done, run_dir, t0))
+    # two resumes at once both ran the units units.jsonl lacked, each recording them
+    with run_lock(run_dir, doing="benched"):
+        if (run_dir / "results.json").exists():
+            print(f"{run_dir} is finished (results.json holds its results); nothing to resume")
+            return run_dir
+        changed = changed_inputs(run_dir)  # the units still to run would read what is there now
+        if changed:
+            raise cfglib.ConfigError(f"--resume {run_dir}: {changed}")
+        plan_record = json.loads((run_dir / PLAN).read_text())
+        units = [tuple(u) for u in plan_record["units"]]
+        done = {(r["env"], r["controller"], r["seed"]): r for r in read_records(run_dir / UNITS)}
+        print(f"resuming {run_dir}: {len(done)} of {len(units)} units recorded")
+        cfg = cfglib.from_dict(EnvFreeRunConfig, plan_record["config"])
+        args.baseline, args.score, args.env_kwargs = (
+            plan_record["baseline"],
+            plan_record["score"],
+            plan_record["env_kwargs"],
+        )
+        plan_record["resumed"] = ["recipes/bench.py", *argv]
+        t0 = time.perf_counter()
+        return _guarded(run_dir, units, cfg, lambda: _bench(args, plan_record, cfg, units, done, run_dir, t0))
 
 
 def _bench(args, plan_record, cfg, units, done, run_dir, t0) -> Path:

@@ -277,6 +277,61 @@ def resolved_dict(cfg: RunConfig) -> dict[str, Any]:
     return out
 
 
+C = typing.TypeVar("C")
+
+
+def absolute_paths(cfg: C) -> C:
+    """`cfg` (a RunConfig, a config with a `real` section such as the sweep's, or a RealConfig) with
+    its local paths absolute (`~` expanded, resolved against this directory), for config.json: a
+    resume from another directory then reads the same files, not the ones that directory holds under
+    the same relative names. Inputs are made absolute where they exist here (real.data.source when it
+    is not a named source, real.data.data_dir, real.hf.name_or_path, controller_init: a hub id, a
+    named source or a missing path stays as given), the places a run writes to always (bank_dir,
+    real.cache_dir); out_dir stays as given."""
+    if isinstance(cfg, RealConfig):
+        from atesd.tasks.math import DATASETS
+
+        data, hf = cfg.data, cfg.hf
+        if data.source not in DATASETS and _exists(data.source):
+            data = dataclasses.replace(data, source=_absolute(data.source))
+        if data.data_dir and _exists(data.data_dir):
+            data = dataclasses.replace(data, data_dir=_absolute(data.data_dir))
+        if hf.name_or_path and _exists(hf.name_or_path):
+            hf = dataclasses.replace(hf, name_or_path=_absolute(hf.name_or_path))
+        cache_dir = _absolute(cfg.cache_dir) if cfg.cache_dir else ""
+        return dataclasses.replace(cfg, data=data, hf=hf, cache_dir=cache_dir)
+    changes: dict[str, Any] = {}
+    if isinstance(getattr(cfg, "real", None), RealConfig):
+        changes["real"] = absolute_paths(cfg.real)
+    init = getattr(cfg, "controller_init", None)
+    if init and init.strip().lower() not in ("auto", "none") and saved_state_exists(init.strip()):
+        changes["controller_init"] = _absolute(init.strip())
+    if getattr(cfg, "bank_dir", None):
+        changes["bank_dir"] = _absolute(cfg.bank_dir)
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
+def _exists(path: str) -> bool:
+    return Path(path).expanduser().exists()
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def saved_state_exists(path: str) -> bool:
+    """Whether `path` (controller_init: a saved state, with or without its suffix) names a file here."""
+    from atesd.state import state_files
+
+    return _exists(path) or any(p.is_file() for p in state_files(saved_state_base(path)))
+
+
+def saved_state_base(path: str) -> Path:
+    """A saved state's path without its suffix (`load_controller_init` takes either)."""
+    base = Path(path).expanduser()
+    return base.with_suffix("") if base.suffix in (".json", ".safetensors") else base
+
+
 def describe() -> list[tuple[str, str, str]]:
     """(dotted key, default, help) of every RunConfig field, the controllers' included (with the
     default env's H and gamma, which they take from it): the text of --help."""
@@ -408,8 +463,7 @@ def load_controller_init(controller: Any, path: str, name: str) -> None:
     ConfigError in one line when it is missing or does not fit (another controller, other spaces)."""
     from atesd.state import load_state, state_files
 
-    base = Path(path).expanduser()
-    base = base.with_suffix("") if base.suffix in (".json", ".safetensors") else base
+    base = saved_state_base(path)
     missing = [p for p in state_files(base) if not p.is_file()]
     if missing:
         old = base.with_suffix(".json")  # saved before names kept their dots: `ctl0.25` went to `ctl0.*`

@@ -7,7 +7,9 @@
 
 Any config field can be set by its dotted key, as `key=value` arguments or `--set key=value`; the
 fields, their defaults and their ranges are listed by --help. A run writes
-`runs/<controller>__<name>__<seed>__<time>/`: config.json (the resolved config), metrics.jsonl (every
+`runs/<controller>__<name>__<seed>__<time>/`: config.json (the resolved config, its local paths made
+absolute), inputs.json (size and sha256 of the local data file and controller_init state it read: a
+resume refuses to train on changed ones), metrics.jsonl (every
 student update and every window, namespaced keys), decisions.jsonl (every decision: alpha, Beta a/b,
 reward terms; and each decision's return and advantage once the controller used it), checkpoints/,
 plots/*.png, controller.{json,safetensors} (the learned controller: `controller_init=<run_dir>/controller`
@@ -55,6 +57,7 @@ from recipes._rundir import (  # noqa: E402
     new_run_dir,
     note_bank_file,
     plan_run,
+    record_inputs,
     restart_logs,
     run_lock,
     save_checkpoint,
@@ -281,6 +284,11 @@ class Run:
             "bank": recorder.state_dict() if (recorder := find_recorder(self.env)) is not None else None,
             "ranks": ranks,  # per rank: global RNGs, and on the real env its problem stream and sampler
         }
+        # what the checkpoint points into is on the disk before it is sealed: a power loss after the
+        # seal left NULs where unsynced log lines were, and every checkpoint was then refused
+        self.log.sync()
+        if state["bank"] is not None:
+            checkpoint.fsync_path(Path(state["bank"]["path"]))
         save_checkpoint(self.run_dir, state, self.cfg.keep_checkpoints, faults.before_seal)
         faults.hit("sealed")
 
@@ -357,8 +365,13 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
 RUN_DIR: list[Path] = []  # the run directory once known, for the Ctrl-C line
 
 
-def _interrupted() -> str:
-    where = f"--resume {RUN_DIR[-1]}" if RUN_DIR else "--resume auto (the same command)"
+def _interrupted(args: argparse.Namespace) -> str:
+    if RUN_DIR:
+        where = f"--resume {RUN_DIR[-1]}"
+    elif args.resume not in (None, "auto"):  # stopped while --resume DIR read its checkpoint
+        where = f"--resume {args.resume} (the same command)"
+    else:
+        where = "--resume auto (the same command)"
     saved = RUN_DIR and any(
         checkpoint.problem(c, verify=False) is None for c in (RUN_DIR[-1] / "checkpoints").glob("ckpt-*")
     )
@@ -370,7 +383,7 @@ def _interrupted() -> str:
 def main(argv: list[str] | None = None) -> Path | None:
     args = parse_args(argv)
     RUN_DIR.clear()
-    with user_errors(args.debug, _interrupted):
+    with user_errors(args.debug, lambda: _interrupted(args)):
         return _main(args)
 
 
@@ -421,6 +434,10 @@ def _run(dist: Dist, plan: Plan) -> Path | None:
     cfg, run_dir, resume_state = plan.cfg, plan.run_dir, plan.state
     if plan.finished:
         dist.close()
+        if plan.redraw and dist.is_main:  # finished, plots missing: its logs hold what they show
+            with run_lock(run_dir):
+                plot_run(run_dir)
+            print_summary(json.loads((run_dir / "summary.json").read_text()))
         return run_dir if dist.is_main else None
     if not dist.is_main:
         if dist.broadcast_object(None):  # rank 0 could not take the run directory (it says why)
@@ -437,6 +454,7 @@ def _run(dist: Dist, plan: Plan) -> Path | None:
             if fresh:
                 run_dir = new_run_dir(cfg)
                 write_atomic(run_dir / "config.json", json.dumps(resolved_dict(cfg), indent=1))
+                record_inputs(run_dir, cfg.real if cfg.env == "real" else None, cfg.controller_init)
             print(f"run directory: {run_dir}", flush=True)
             RUN_DIR.append(run_dir)
             held.enter_context(run_lock(run_dir))

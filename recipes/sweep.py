@@ -41,10 +41,16 @@ from atesd.engine import EngineConfig  # noqa: E402
 from atesd.state import write_atomic  # noqa: E402
 from recipes._plots import savefig_whole  # noqa: E402
 from recipes._progress import fresh_dir, progress, user_errors, warmstart_progress  # noqa: E402
-from recipes._rundir import append_record, read_records, run_lock  # noqa: E402
+from recipes._rundir import (  # noqa: E402
+    append_record,
+    changed_inputs,
+    read_records,
+    record_inputs,
+    run_lock,
+)
 from recipes._tables import json_safe  # noqa: E402
 from recipes._workers import worker_pool  # noqa: E402
-from recipes.common import Once  # noqa: E402
+from recipes.common import Once, absolute_paths  # noqa: E402
 
 RUNS = "runs.jsonl"  # a line per finished run, appended as it finishes
 C = TypeVar("C")
@@ -299,13 +305,17 @@ def main(argv: list[str] | None = None) -> int:
     with user_errors(args.debug, "the sweep stopped before its runs started"):
         if args.resume is not None:
             cfg, out = resume_config(SweepConfig, args.resume, args.config, args.overrides), args.resume
-        else:
-            cfg = cfglib.load(SweepConfig, args.config, args.overrides)
+        else:  # its local paths absolute: a --resume from another directory reads the same files
+            cfg = absolute_paths(cfglib.load(SweepConfig, args.config, args.overrides))
             out = args.out if args.out is not None else Path("runs/sweep")
             out = fresh_dir(out.parent, out.name)  # a bad --out fails now; an existing one is never reused
             (out / "config.json").write_text(json.dumps(cfglib.to_dict(cfg), indent=1))
+            record_inputs(out, cfg.real)
         seeds = seeds_for(out, args.seeds, 5, fresh=args.resume is None)
         with run_lock(out, doing="swept"):  # a second --resume of a running sweep would run its runs again
+            changed = changed_inputs(out) if args.resume is not None else None
+            if changed:  # the runs still to run would read what is there now
+                raise cfglib.ConfigError(f"--resume {out}: {changed}")
             return run_sweep(cfg, seeds, args.workers, out, fresh=args.resume is None, debug=args.debug)
 
 
@@ -350,7 +360,10 @@ def resume_config(cls: type[C], run_dir: Path, config: Path | None, overrides: l
     if config is not None or overrides:  # what is given goes on top of the directory's own config
         base = cfglib.merge(stored, cfglib.read_yaml(config)) if config is not None else stored
         given = cfglib.from_dict(cls, cfglib.merge(base, cfglib.parse_overrides(overrides)))
-        differ = cfglib.differences(stored, cfglib.to_dict(given))
+        # local paths compared as absolute paths here: a new sweep's config.json holds them so
+        differ = cfglib.differences(
+            cfglib.to_dict(absolute_paths(cfg)), cfglib.to_dict(absolute_paths(given))
+        )
         if differ:
             raise cfglib.ConfigError(
                 f"--resume {run_dir}: the given config differs from the one it was started with in "

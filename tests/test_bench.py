@@ -533,6 +533,40 @@ def test_a_stopped_bench_keeps_its_finished_units_and_resumes_the_rest(tmp_path,
     )
 
 
+def test_a_bench_and_its_resume_hold_its_directory(tmp_path, monkeypatch, capsys):
+    """Two --resume of one bench at once both ran the units units.jsonl lacked, each recording them
+    (19 lines for 12 units): the bench and its resume hold the directory as the sweep does."""
+    from atesd.config import ConfigError
+    from recipes._rundir import run_lock
+
+    argv = ["--controllers", "fixed", "--seeds", "2", "--set", "mock.total_steps=10", "--set", "plots=false",
+            "--out", str(tmp_path)]  # fmt: skip
+    real_unit, refused = bench.run_unit, []
+
+    def unit_while_another_tries(*args):
+        (run_dir,) = tmp_path.iterdir()
+        with pytest.raises(ConfigError, match="is being benched by another process") as err:
+            with run_lock(run_dir, doing="benched"):
+                pass
+        refused.append(str(err.value))
+        return real_unit(*args)
+
+    monkeypatch.setattr(bench, "run_unit", unit_while_another_tries)
+    run_dir = bench.main(argv)
+    assert len(refused) == 2
+    monkeypatch.undo()
+    (run_dir / "results.json").unlink()  # as if stopped before its results
+    units = (run_dir / "units.jsonl").read_bytes()
+    capsys.readouterr()
+    with run_lock(run_dir, doing="benched"):
+        with pytest.raises(SystemExit) as exc:
+            bench.main(["--resume", str(run_dir)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"{run_dir} is being benched by another process (pid {os.getpid()})" in err
+    assert (run_dir / "units.jsonl").read_bytes() == units and not (run_dir / "results.json").exists()
+    assert bench.main(["--resume", str(run_dir)]) == run_dir and (run_dir / "results.json").exists()
+
+
 @pytest.mark.slow  # subprocesses
 def test_an_env_registered_by_the_calling_script_runs_in_the_workers_too(tmp_path, capsys, monkeypatch):
     """Spawned workers import this package's envs, not one the calling script registered: every unit

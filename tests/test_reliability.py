@@ -289,6 +289,45 @@ def test_a_full_disk_is_one_line_and_leaves_no_half_written_files(tmp_path, caps
     assert not [p for p in tmp_path.rglob(".tmp-*")], "a half-written checkpoint was left"
 
 
+def test_a_full_disk_while_logging_names_the_log(tmp_path, capsys, monkeypatch):
+    """The logs' appends were not wrapped as the checkpoint writes are: `[Errno 28] No space left on
+    device`, without the path."""
+    import atesd.logging
+
+    class FullAfter:  # a log file on a disk that fills up after its first lines
+        def __init__(self, file, room):
+            self.file, self.room = file, room
+
+        def write(self, text):
+            self.room -= len(text)
+            return self.file.write(text)
+
+        def flush(self):
+            if self.room < 0:
+                raise OSError(28, "No space left on device")
+            self.file.flush()
+
+        def close(self):
+            self.flush()
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    opened = atesd.logging.JsonLines.__init__
+
+    def init(self, path):
+        opened(self, path)
+        if path.name == "metrics.jsonl":
+            self.file = FullAfter(self.file, room=2000)
+
+    monkeypatch.setattr(atesd.logging.JsonLines, "__init__", init)
+    with pytest.raises(SystemExit) as exc:
+        run.main(["--controller", "fixed", "--env", "mock", "mock.total_steps=50", f"out_dir={tmp_path}"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "\n" not in err, err
+    assert "no space left on the device writing" in err and "metrics.jsonl" in err and "MiB free" in err, err
+
+
 def test_a_full_cache_disk_leaves_no_half_written_warm_start(tmp_path, small_task, monkeypatch):
     import atesd.warmstart as ws
     from atesd.state import DiskFull
@@ -341,9 +380,14 @@ def test_a_malformed_manifest_is_skipped_with_its_reason(tmp_path, capsys, manif
     for ckpt in (run_dir / "checkpoints").glob("ckpt-*"):
         (ckpt / "manifest.json").write_text(manifest)
     capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:  # every checkpoint refused: stopped, not restarted over them
+        run.main([*args, "--resume", "auto"])
+    out, err = capsys.readouterr()
+    assert exc.value.code == 2 and "none of its checkpoints can be resumed (ckpt-000010: " in err, err
+    assert out.count("skipping checkpoint") == 2 and len(list((run_dir / "checkpoints").glob("ckpt-*"))) == 2
+    shutil.rmtree(run_dir / "checkpoints")  # the restart the error says how to ask for
     assert run.main([*args, "--resume", "auto"]) == run_dir
-    out = capsys.readouterr().out
-    assert "skipping checkpoint" in out and "restarting it from the beginning" in out
+    assert "restarting it from the beginning" in capsys.readouterr().out
     assert (run_dir / "summary.json").exists()
 
 

@@ -523,28 +523,38 @@ def test_recipes_print_a_warning_as_one_line():
         assert warnings.formatwarning is before  # --debug: as Python prints them
 
 
-def test_a_damaged_log_is_refused_and_the_restart_keeps_its_new_checkpoints(tmp_path, monkeypatch, capsys):
-    """A power loss can leave NULs where unsynced log lines were: the checkpoints past the damage were
-    resumed (the size check passed) and the run failed at its end on the log, every time. Now they are
-    skipped; and the restart's first checkpoint is no longer pruned in favour of the refused, newer
-    ones (a second kill then restarted the run from window 0 again)."""
+def test_damaged_logs_refuse_the_resume_and_keep_the_intact_checkpoints(tmp_path, monkeypatch, capsys):
+    """A power loss can leave NULs where unsynced log lines were: every checkpoint is then refused
+    (their offsets point into the damage), and the resume restarted the run from window 0, deleting
+    both intact checkpoints at its first save. Now it stops with the reasons; a restart is deliberate
+    (the checkpoints removed), and its first checkpoint is kept."""
     args = ["--controller", "beta_reinforce", *MOCK, "checkpoint_every=2"]
     full = run.main(args + [f"out_dir={tmp_path / 'full'}"])
     _crash_at(monkeypatch, 7)  # checkpoints 4 and 6 kept
     with pytest.raises(SystemExit):
         run.main(args + [f"out_dir={tmp_path / 'cut'}"])
+    monkeypatch.undo()
     (run_dir,) = (tmp_path / "cut").iterdir()
     metrics = run_dir / "metrics.jsonl"
-    first, rest = metrics.read_bytes().split(b"\n", 1)
-    metrics.write_bytes(first[: len(first) // 2] + b"\0" * (len(first) - len(first) // 2) + b"\n" + rest)
-    monkeypatch.undo()
-    _crash_at(monkeypatch, 3)  # after the restart's first checkpoint
+    metrics.write_bytes(b"\0" * metrics.stat().st_size)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        run.main(args + [f"out_dir={tmp_path / 'cut'}", "--resume", "auto"])
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert exc.value.code == 2 and one_line(err), err
+    damaged = "metrics.jsonl is damaged before its offset (byte"
+    assert f"none of its checkpoints can be resumed (ckpt-000006: {damaged}" in err
+    assert f"; ckpt-000004: {damaged}" in err
+    assert f"remove {run_dir / 'checkpoints'} and run the command again" in err
+    assert captured.out.count("warning: skipping checkpoint") == 2  # one line each
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before  # nothing removed
+    shutil.rmtree(run_dir / "checkpoints")  # the restart, asked for
+    _crash_at(monkeypatch, 3)  # after the restart's first checkpoint
     with pytest.raises(SystemExit):
         run.main(args + [f"out_dir={tmp_path / 'cut'}", "--resume", "auto"])
-    out = capsys.readouterr().out
-    assert "metrics.jsonl is damaged before its offset (line 1 is not a JSON record)" in out
-    assert "restarting it from the beginning" in out
+    assert "restarting it from the beginning" in capsys.readouterr().out
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("ckpt-*")) == ["ckpt-000002"]
     monkeypatch.undo()
     resumed = run.main(args + [f"out_dir={tmp_path / 'cut'}", "--resume", "auto"])
@@ -555,6 +565,36 @@ def test_a_damaged_log_is_refused_and_the_restart_keeps_its_new_checkpoints(tmp_
 
     for name in ("metrics.jsonl", "decisions.jsonl"):
         assert lines(resumed / name) == lines(full / name)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads fsynced paths from /proc")
+def test_the_logs_and_the_bank_are_on_the_disk_before_each_checkpoint_is_sealed(tmp_path, monkeypatch):
+    """The logs were flushed, never fsynced, while the checkpoints pointing into them were: a power
+    loss kept the checkpoints and lost the lines they needed."""
+    synced: dict[str, int] = {}
+    fsync = os.fsync
+
+    def spy(fd):
+        fsync(fd)
+        path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if path.is_file():
+            synced[path.name] = path.stat().st_size
+
+    sealed = []
+    save = run.save_checkpoint
+
+    def checked_save(run_dir, state, keep, before_seal=None):
+        for key, name in (("metrics", "metrics.jsonl"), ("decisions", "decisions.jsonl")):
+            assert synced.pop(name, None) == state["offsets"][key], name
+        assert synced.pop(Path(state["bank"]["path"]).name, None) == state["bank"]["offset"]
+        sealed.append(state["loop"]["global_window"])
+        return save(run_dir, state, keep, before_seal)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    monkeypatch.setattr(run, "save_checkpoint", checked_save)
+    run.main(["--controller", "bandit", *MOCK, "checkpoint_every=3", f"bank_dir={tmp_path / 'bank'}",
+              f"out_dir={tmp_path / 'runs'}"])  # fmt: skip
+    assert sealed == [3, 6, 9, 10]
 
 
 def test_a_run_that_moved_on_between_plan_and_lock_is_not_trained_again(tmp_path, monkeypatch, capsys):
@@ -593,6 +633,47 @@ def test_a_finished_run_with_an_empty_output_is_completed(tmp_path, capsys):
     assert run.main([*args, "--resume", "auto"]) == run_dir
     assert "lacks controller.safetensors; completing it from its last checkpoint" in capsys.readouterr().out
     assert (run_dir / "controller.safetensors").read_bytes() == state
+
+
+def test_a_finished_run_without_checkpoints_is_never_trained_again(tmp_path, capsys):
+    """Its checkpoints cleaned up and a plot removed, a finished run was retrained from window 0 (a
+    missing output sent it to its last checkpoint, and none meant a restart). Plots are drawn again
+    from its logs; an output that needs a checkpoint is refused, the run left as it was."""
+    args = ["--controller", "fixed", "--env", "mock", "mock.total_steps=50", f"out_dir={tmp_path}"]
+    run_dir = run.main(args)
+    shutil.rmtree(run_dir / "checkpoints")
+    (run_dir / "plots" / "alpha.png").unlink()
+    logs = {
+        name: (run_dir / name).read_bytes() for name in ("metrics.jsonl", "decisions.jsonl", "summary.json")
+    }
+    capsys.readouterr()
+    assert run.main([*args, "--resume", "auto"]) == run_dir
+    out = capsys.readouterr().out
+    assert "already finished; drawing its missing plots/alpha.png again from its logs" in out
+    assert "restarting" not in out and (run_dir / "plots" / "alpha.png").read_bytes().startswith(b"\x89PNG")
+    assert {name: (run_dir / name).read_bytes() for name in logs} == logs
+    (run_dir / "controller.safetensors").unlink()
+    code, err = failure(capsys, [*args, "--resume", "auto"])
+    assert code == 2 and one_line(err), err
+    assert "the run finished (it has a summary.json) but lacks controller.safetensors" in err
+    assert "start a new run" in err
+    assert {name: (run_dir / name).read_bytes() for name in logs} == logs
+
+
+def test_ctrl_c_while_resume_dir_reads_its_checkpoint_names_that_command(tmp_path, monkeypatch, capsys):
+    """It said `--resume auto (the same command)`, which was not the command given."""
+    args = ["--controller", "fixed", *MOCK, f"out_dir={tmp_path}"]
+    run_dir = run.main(args)
+    (run_dir / "summary.json").unlink()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run.checkpoint, "load_latest", interrupted)
+    with pytest.raises(SystemExit) as exc:
+        run.main(["--resume", str(run_dir)])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 130 and f"with --resume {run_dir}" in err and "auto" not in err, err
 
 
 def test_ctrl_c_while_the_env_is_built_says_nothing_was_saved_and_ends_the_bar(tmp_path, monkeypatch, capsys):
