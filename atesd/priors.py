@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,46 @@ def _sha256(path: Path) -> str:
     return sha256_file(path)
 
 
+def entry_problem(entry: Any) -> str:
+    """Why a manifest entry is not one `ship` wrote ('' when it is): a hand-edited or cut entry then
+    starts the controller from its own config with a line, not a KeyError."""
+    if not isinstance(entry, dict):
+        return f"its entry in {MANIFEST} is not a JSON object"
+    for key in ("env", "controller", "files"):
+        if not isinstance(entry.get(key), dict):
+            return (
+                f"its entry in {MANIFEST} has no '{key}' mapping (not one recipes/surrogate.py --ship wrote)"
+            )
+    return ""
+
+
+def difference(
+    name: str,
+    entry: dict[str, Any],
+    env_cfg: dict[str, Any],
+    controller_cfg: dict[str, Any],
+    env_defaults: dict[str, Any] | None = None,
+    controller_defaults: dict[str, Any] | None = None,
+) -> tuple[str, Any, Any] | None:
+    """None when the manifest entry `entry` of `name` was pre-trained for these env and controller
+    configs, else the first differing (dotted key, its value in these configs, its value in the entry's),
+    the key under `real.` or `controllers.<name>.`."""
+    for where, want, have, ignored, defaults in (
+        ("real.", entry["env"], env_cfg, IGNORED, env_defaults),
+        (
+            f"controllers.{name}.",
+            entry["controller"],
+            controller_cfg,
+            IGNORED_CONTROLLER,
+            controller_defaults,
+        ),
+    ):
+        diff = first_difference(want, have, ignored, defaults)
+        if diff is not None:
+            return f"{where}{diff[0]}", diff[1], diff[2]
+    return None
+
+
 def find(
     name: str,
     env_cfg: dict[str, Any],
@@ -121,20 +162,13 @@ def find(
         return None, str(err)
     if entry is None:
         return None, ""
-    for where, want, have, ignored, defaults in (
-        ("real.", entry["env"], env_cfg, IGNORED, env_defaults),
-        (
-            f"controllers.{name}.",
-            entry["controller"],
-            controller_cfg,
-            IGNORED_CONTROLLER,
-            controller_defaults,
-        ),
-    ):
-        diff = first_difference(want, have, ignored, defaults)
-        if diff is not None:
-            key, mine, its = diff
-            return None, f"this run has {where}{key}={mine}, the prior was pre-trained at {its}"
+    bad = entry_problem(entry)
+    if bad:
+        return None, bad
+    diff = difference(name, entry, env_cfg, controller_cfg, env_defaults, controller_defaults)
+    if diff is not None:
+        key, mine, its = diff
+        return None, f"this run has {key}={mine}, the prior was pre-trained at {its}"
     base = PRIORS_DIR / name
     if set(entry["files"]) != set(FILES):  # every file the prior loads is checked, or it is not used
         return (
@@ -149,18 +183,71 @@ def find(
     return base / "controller", ""
 
 
+def replacing(
+    name: str,
+    env_cfg: dict[str, Any],
+    controller_cfg: dict[str, Any],
+    force: bool = False,
+    env_defaults: dict[str, Any] | None = None,
+    controller_defaults: dict[str, Any] | None = None,
+) -> str:
+    """What shipping a prior of `name` for these configs would replace: '' when none is shipped, else
+    a line naming the shipped one's config and how it was made. The manifest holds one prior per
+    controller, so one pre-trained for another config is replaced only with `force` (ValueError naming
+    the first key that differs otherwise): controller_init=auto would find no prior for its runs."""
+    entry = manifest().get(name)
+    if entry is None:
+        return ""
+    bad = entry_problem(entry)
+    if bad:  # find uses no such entry: nothing that loads is lost
+        return f"replaced {name}'s unusable prior ({bad})"
+    made = _made(entry)
+    diff = difference(name, entry, env_cfg, controller_cfg, env_defaults, controller_defaults)
+    if diff is None:
+        return f"replaced {name}'s prior for the same config ({made})"
+    key, mine, its = diff
+    if not force:
+        raise ValueError(
+            f"{name}'s shipped prior was pre-trained at {key}={its}, this one at {mine} ({made}): shipping "
+            f"this one replaces it, and runs at {key}={its} would start from their own config; pass --force "
+            "to replace it"
+        )
+    return f"replaced {name}'s prior pre-trained at {key}={its} (this one: {mine}; {made})"
+
+
+def _made(entry: dict[str, Any]) -> str:
+    """How a manifest entry's prior was made, from its provenance: the command to make it again."""
+    made = entry.get("provenance")
+    made = made if isinstance(made, dict) else {}
+    command = made.get("command")
+    how = (
+        f"made by python {shlex.join(map(str, command))}"
+        if isinstance(command, list)
+        else "made by a command not recorded"
+    )
+    when = "".join(
+        f" {word} {made[key]}" for word, key in (("at commit", "commit"), ("on", "date")) if made.get(key)
+    )
+    return how + when
+
+
 def ship(
     name: str,
     state: Path,
     env_cfg: dict[str, Any],
     controller_cfg: dict[str, Any],
     provenance: dict[str, Any],
-) -> Path:
+    force: bool = False,
+    env_defaults: dict[str, Any] | None = None,
+    controller_defaults: dict[str, Any] | None = None,
+) -> tuple[Path, str]:
     """Copy the saved state `state` (`<state>.json` + `<state>.safetensors`) in as `name`'s prior for
-    these configs, and record it in the manifest with each file's sha256."""
+    these configs, and record it in the manifest with each file's sha256. Returns (its base path, the
+    line `replacing` gives on the prior it replaced); a prior of another config is kept unless `force`."""
     base = PRIORS_DIR / name
-    base.mkdir(parents=True, exist_ok=True)
     entries = manifest()  # refused before anything is replaced when it does not read
+    replaced = replacing(name, env_cfg, controller_cfg, force, env_defaults, controller_defaults)
+    base.mkdir(parents=True, exist_ok=True)
     for file in FILES:  # each file whole or not at all (a crash between them: the sha256 check catches it)
         tmp = base / f".tmp-{file}"
         shutil.copyfile(f"{state}{Path(file).suffix}", tmp)  # as atesd.state.state_files names them
@@ -173,12 +260,12 @@ def ship(
         "provenance": provenance,
     }
     write_atomic(MANIFEST, json.dumps(entries, indent=1, sort_keys=True) + "\n")
-    return base / "controller"
+    return base / "controller", replaced
 
 
 def describe(name: str) -> str:
     """One line on how `name`'s shipped prior was made."""
-    made = manifest()[name]["provenance"]
+    made = manifest()[name].get("provenance") or {}
     bank, episodes = made.get("bank", {}), made.get("episodes", "?")
     goal = {"score": "the predicted final score", "bank": "the bank's window reward"}.get(
         made.get("reward"), "?"

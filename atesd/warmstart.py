@@ -139,8 +139,11 @@ def shipped_manifest() -> dict[str, dict]:
 
 def shipped_path(key: str) -> tuple[Path | None, str]:
     """(the shipped checkpoint of `key`, "") when it is shipped and every file's sha256 matches the
-    manifest, else (None, why not)."""
-    manifest = shipped_manifest()
+    manifest, else (None, why not: a manifest that does not read too)."""
+    try:
+        manifest = shipped_manifest()
+    except ValueError as err:  # a damaged install: every config trains its own, and the line says why
+        return None, str(err)
     if key not in manifest:
         have = ", ".join(sorted(manifest)) or "none"
         return None, f"no shipped warm start has key {key} (shipped: {have}, the embedded default's config)"
@@ -171,10 +174,8 @@ def locate(
         shipped, why = shipped_path(key)
         return shipped, why and f"{why}; the cache entry {broken}"
     shipped, why = shipped_path(key)
-    if shipped is None and key not in shipped_manifest():
-        change = _first_change(task_cfg, model_cfg, cfg)
-        why = f"{why}; this config has {change}" if change else why
-    return shipped, why
+    change = _first_change(task_cfg, model_cfg, cfg) if shipped is None else ""
+    return shipped, f"{why}; this config has {change}" if change else why
 
 
 def _first_change(task_cfg: ChainBagConfig, model_cfg: TinyModelConfig, cfg: WarmStartConfig) -> str:
@@ -294,26 +295,50 @@ def warm_start(
 @contextlib.contextmanager
 def _training(path: Path) -> Iterator[None]:
     """Hold `<key>.lock` beside the entry while it trains (an flock: released when the process dies);
-    a second process waits, saying so, instead of training the same key again."""
+    a second process waits, saying so, instead of training the same key again. The holder removes the
+    file when it is done; a waiter that then gets the lock of the removed file takes the lock of the one
+    there now (a third run may have made it and be training)."""
     try:
         import fcntl
     except ImportError:  # no flock on this system: two first runs may both train (one entry is kept)
         yield
         return
     lock = path.with_name(f"{path.name}.lock")
-    with open(lock, "a") as fh:
+    said = False
+    while True:
+        fh = open(lock, "a")
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.warning("warm start: another process is training %s; waiting for it", path.name)
-            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not said:
+                    log.warning("warm start: another process is training %s; waiting for it", path.name)
+                    said = True
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            if _same_file(fh, lock):
+                break
+        except BaseException:
+            fh.close()
+            raise
+        # the holder failed and removed the file after this one opened it: a third run may hold a new
+        # file by that name, so the lock on the old one excludes nobody: take the one there now
+        fh.close()
+    with fh:
         try:
             yield
-        finally:  # the cache keeps entries only (a waiter holds the file open: it finds the entry, or
-            # trains after a failure, when a third run could train beside it: one entry is kept)
+        finally:  # the cache keeps entries only; a waiter that locked this file sees it gone and retries
             with contextlib.suppress(OSError):
                 lock.unlink()
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _same_file(fh, path: Path) -> bool:
+    """Whether the open file `fh` is the file at `path` now (not one removed since)."""
+    try:
+        here, there = os.fstat(fh.fileno()), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _train_and_cache(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import re
 import typing
 import warnings
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import gymnasium as gym
+import numpy as np
 
 from atesd import config as cfglib
 from atesd.builder import RealConfig, build_engine
@@ -400,7 +402,7 @@ def build_controller(
     controller = cls(env.observation_space, env.action_space, ctl_cfg)
     init, note = controller_start(cfg, env, name, ctl_cfg)
     if init:
-        load_controller_init(controller, init, name)
+        load_controller_init(controller, init, name, env)
     if announce is not None and note:
         announce(note)
     return controller
@@ -458,31 +460,82 @@ def check_reads(cls: type, env: Any, name: str) -> None:
         raise cfglib.ConfigError(str(err)) from None
 
 
-def load_controller_init(controller: Any, path: str, name: str) -> None:
+def load_controller_init(controller: Any, path: str, name: str, env: Any = None) -> None:
     """Load the state saved at `path` (`<path>.json` + `<path>.safetensors`) into `controller`;
-    ConfigError in one line when it is missing or does not fit (another controller, other spaces)."""
-    from atesd.state import load_state, state_files
+    ConfigError in one line when it is missing or does not fit (another controller, other spaces:
+    `env`'s sizes are named), the loader's error chained for --debug."""
+    from atesd.state import load_state
 
     base = saved_state_base(path)
-    missing = [p for p in state_files(base) if not p.is_file()]
+    missing = no_saved_state(base)
     if missing:
-        old = base.with_suffix(".json")  # saved before names kept their dots: `ctl0.25` went to `ctl0.*`
-        hint = (
-            f"; a state saved under that name before 2026-12-07 is at {base.with_suffix('')}"
-            if (base.suffix and old.is_file())
-            else ""
-        )
-        raise cfglib.ConfigError(
-            f"controller_init: no saved controller state at {base} ({missing[0]} is missing){hint}"
-        )
+        raise cfglib.ConfigError(missing)
     try:
         controller.load_state_dict(load_state(base))
     except Exception as err:  # noqa: BLE001 - whatever the state's mismatch, one line names it
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise cfglib.ConfigError(
             f"controller_init: the state at {base} does not fit a {name} controller on this env "
-            f"({type(err).__name__}: {first[:200]})"
-        ) from None
+            f"({misfit(err, env)})"
+        ) from err
+
+
+def no_saved_state(base: Path) -> str:
+    """Why no saved state is at `base` (a path without its suffix), as controller_init's error; ''
+    when both its files are there."""
+    from atesd.state import state_files
+
+    missing = [p for p in state_files(base) if not p.is_file()]
+    if not missing:
+        return ""
+    old = base.with_suffix(".json")  # saved before names kept their dots: `ctl0.25` went to `ctl0.*`
+    hint = (
+        f"; a state saved under that name before 2026-12-07 is at {base.with_suffix('')}"
+        if (base.suffix and old.is_file())
+        else ""
+    )
+    return f"controller_init: no saved controller state at {base} ({missing[0]} is missing){hint}"
+
+
+def check_controller_init(cfg: RunConfig) -> None:
+    """ConfigError when controller_init names a saved state that is not there: said before the env is
+    built (a warm start can train for minutes first), in `load_controller_init`'s words."""
+    init = cfg.controller_init.strip()
+    if init.lower() not in ("", "auto", "none"):
+        missing = no_saved_state(saved_state_base(init))
+        if missing:
+            raise cfglib.ConfigError(missing)
+
+
+# torch's line for a tensor of another shape (under "Error(s) in loading state_dict for <Module>:")
+SIZE_MISMATCH = re.compile(
+    r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) from checkpoint, "
+    r"the shape in current model is torch\.Size\(\[([^\]]*)\]\)"
+)
+
+
+def misfit(err: BaseException, env: Any = None) -> str:
+    """Why a saved state did not load, in a few words: the first tensor of another shape (`net.0.weight:
+    saved [64, 6], this controller [64, 8]`, and `env`'s sizes), else the error's first line with the
+    first entry below it (torch heads its list of missing keys with a line that says none)."""
+    text = str(err)
+    match = SIZE_MISMATCH.search(text)
+    if match:
+        key, saved, mine = match.groups()
+        sizes = ""
+        if env is not None and getattr(env, "observation_space", None) is not None:
+            from controllers.base import action_size
+
+            obs = int(np.prod(env.observation_space.shape))
+            sizes = f" than this env's {obs} observation entries and {action_size(env.action_space)} alpha(s)"
+        return (
+            f"{key}: saved [{saved}], this controller [{mine}]; the state was saved on an env of other "
+            f"observation or action sizes{sizes}"
+        )
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    if first.endswith(":") and len(lines) > 1:
+        first = f"{first} {lines[1]}"
+    return f"{type(err).__name__}: {first[:300]}" if first else type(err).__name__
 
 
 class Once(argparse.Action):

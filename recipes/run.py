@@ -70,6 +70,7 @@ from recipes.common import (  # noqa: E402
     RunConfig,
     build_controller,
     build_env,
+    check_controller_init,
     describe,
     resolved_dict,
 )
@@ -450,6 +451,8 @@ def _run(dist: Dist, plan: Plan) -> Path | None:
         try:  # under torchrun the other ranks wait for this verdict before they build anything
             if cfg.tensorboard:  # before the env is built (a warm start can take minutes)
                 check_tensorboard()
+            if resume_state is None:  # a start from the beginning loads controller_init: a missing
+                check_controller_init(cfg)  # state is said now, not after the warm start has trained
             fresh = run_dir is None
             if fresh:
                 run_dir = new_run_dir(cfg)

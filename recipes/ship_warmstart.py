@@ -118,6 +118,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(
                 f"the cached warm start at {source} is damaged ({broken}): train it without --from-cache"
             )
+        sums = json.loads((source / "warmstart.json").read_text()).get("files") or {}  # it reads: checked
+        unchecked = sorted(
+            p.name for p in source.iterdir() if p.is_file() and p.name not in {*sums, "warmstart.json"}
+        )
+        if unchecked:  # an entry from before the sums were kept: damaged weights would be shipped as good
+            parser.error(
+                f"the cached warm start at {source} records no sha256 of {', '.join(unchecked)} (written "
+                "before they were kept), so it cannot be checked: train it without --from-cache"
+            )
         write(source, key, args.threads, True)
         return 0
     with tempfile.TemporaryDirectory(prefix="atesd-warmstart-") as scratch:

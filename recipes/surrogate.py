@@ -7,9 +7,11 @@ controller on it for many episodes; the saved controller then goes on learning o
         --controllers fixed:alpha=0.25,fixed:alpha=0.5,fixed:alpha=0.75,fixed:alpha=1,random
     # 2. fit, report the fit error, pre-train (a few CPU minutes)
     python recipes/surrogate.py --bank banks/mine --controller beta_reinforce --episodes 2000
-    # 3. continue on the real env from the pre-trained state
+    # 3. continue on the real env from the pre-trained state (the command printed at the end, with
+    #    the --config and --set given to step 2)
     python recipes/run.py --controller beta_reinforce controller_init=<out>/controller
-    # or ship it as the controller's prior for the run config's env (controller_init=auto loads it)
+    # or ship it as the controller's prior for the run config's env (controller_init=auto loads it);
+    # one prior per controller: one shipped for another config is replaced only with --force
     python recipes/surrogate.py --bank banks/mine --controller beta_reinforce --episodes 10000 --ship
 
 The surrogate (envs/surrogate_env.py) is a ridge model of each window's observation change and
@@ -31,6 +33,7 @@ import argparse
 import dataclasses
 import json
 import math
+import shlex
 import shutil
 import sys
 import time
@@ -94,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also ship the pre-trained state as the controller's prior for the run config's real env "
         "(atesd/weights/priors/, loaded by controller_init=auto); the bank must be of that env",
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="with --ship: replace the controller's shipped prior even when it was pre-trained for another "
+        "env or controller config (one prior per controller: runs of that config then start from their own)",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return parser
 
@@ -123,6 +132,8 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     if args.episodes < 0 or args.folds < 2 or args.l2 < 0:
         parser.error("--episodes must be >= 0, --folds >= 2, --l2 >= 0")
+    if args.force and not args.ship:
+        parser.error("--force needs --ship (it lets --ship replace a prior of another config)")
     written: list[Path] = []  # the output directory once it holds the surrogate and the controller
     with user_errors(args.debug, lambda: stopped_line(written)):
         return _main(args, sys.argv[1:] if argv is None else argv, written)
@@ -205,6 +216,11 @@ def _pretrain(
             f"--ship: a {cfg.controller} controller keeps no config dataclass as its `cfg`, so no run "
             "could tell whether the prior fits its config"
         )
+    if args.ship:  # before the pre-training (minutes), not after: a prior of another config is kept
+        try:
+            priors.replacing(cfg.controller, force=args.force, **ship_configs(cfg, controller))
+        except ValueError as err:
+            raise cfglib.ConfigError(f"--ship: {err}") from None
     returns, alphas = [], []
     with progress("pre-training", args.episodes) as update:
         for episode in range(args.episodes):
@@ -240,8 +256,7 @@ def _pretrain(
               f"{first:.4f} -> {last:.4f} (first and last tenth), mean alpha {alphas[0]:.3f} (first "
               f"episode) -> {np.mean(alphas[-max(1, len(alphas) // 10):]):.3f} (last tenth)")  # fmt: skip
     init = out / "controller"
-    print(f"wrote {out}; go on learning on the real env with "
-          f"python recipes/run.py --controller {cfg.controller} controller_init={init}")  # fmt: skip
+    print(f"wrote {out}; go on learning with {continue_command(args, cfg, init, bank.meta.get('env'))}")
     if args.ship:
         provenance = {
             "command": ["recipes/surrogate.py", *argv], "commit": git_commit(dirty=True),
@@ -250,15 +265,42 @@ def _pretrain(
             "episodes": args.episodes, "reward": args.reward, "seconds": seconds, "fit": report["targets"],
             "fixed_in_surrogate": fixed, "controller_in_surrogate": learned,
         }  # fmt: skip
-        shipped = priors.ship(
-            cfg.controller,
-            init,
-            cfglib.to_dict(cfg.real),
-            cfglib.to_dict(controller.cfg),
-            json_safe(provenance),
-        )
+        shipped, replaced = priors.ship(
+            cfg.controller, init, provenance=json_safe(provenance), force=args.force,
+            **ship_configs(cfg, controller),
+        )  # fmt: skip
+        if replaced:
+            print(replaced)
         print(f"shipped as {cfg.controller}'s prior: {shipped} (controller_init=auto loads it for this env)")
     return out
+
+
+RUN_ENVS = {"TeacherExposureEnv": "real", "MockExposureEnv": "mock"}  # a bank's env class -> run.py's env
+
+
+def continue_command(args: argparse.Namespace, cfg: RunConfig, init: Path, bank_env: str | None) -> str:
+    """The run.py command that goes on from the pre-trained state `init`, with the --config and --set
+    this one was given (without them a per-band env or a bank at another config builds a controller the
+    state does not fit), and `--env` where the bank's env class `bank_env` is another than the config's."""
+    words = ["python", "recipes/run.py", "--controller", cfg.controller]
+    if RUN_ENVS.get(bank_env or "", cfg.env) != cfg.env:
+        words += ["--env", RUN_ENVS[bank_env]]
+    if args.config is not None:
+        words += ["--config", str(args.config)]
+    for override in args.overrides:
+        words += ["--set", override]
+    return shlex.join([*words, f"controller_init={init}"])
+
+
+def ship_configs(cfg: RunConfig, controller) -> dict:
+    """The configs `priors.ship` and `priors.replacing` take: the run config's real env and the
+    controller's, with their defaults (a key a shipped prior's record predates compares at its default)."""
+    return {
+        "env_cfg": cfglib.to_dict(cfg.real),
+        "controller_cfg": cfglib.to_dict(controller.cfg),
+        "env_defaults": cfglib.to_dict(RealEnvConfig()),
+        "controller_defaults": cfglib.to_dict(type(controller.cfg)()),
+    }
 
 
 def check_shippable(bank, cfg: RunConfig) -> None:

@@ -22,3 +22,18 @@ def assert_same_state(a, b, path="<root>"):
             assert_same_state(x, y, f"{path}/{i}")
     else:
         assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), path
+
+
+def crash_at(monkeypatch, window: int) -> None:
+    """recipes/run.py's loop stops with Ctrl-C right after global window `window` (its checkpoint, if
+    one falls there, already written): a run interrupted at a known point, for the resume tests."""
+    import recipes.run as run
+
+    original = run.Run.on_step
+
+    def on_step(self, step, transition):
+        original(self, step, transition)
+        if self.loop["global_window"] == window:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(run.Run, "on_step", on_step)

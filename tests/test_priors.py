@@ -2,6 +2,7 @@
 prior shipped for the embedded default."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,7 +46,7 @@ def ship_for(cfg: RunConfig, tmp_path, concentration: float = 30.0):
         ),
     )
     save_state(pre.state_dict(), tmp_path / "pre")
-    path = priors.ship(
+    path, _ = priors.ship(
         "beta_reinforce", tmp_path / "pre", cfglib.to_dict(cfg.real), cfglib.to_dict(ctl_cfg), {"test": 1}
     )
     return pre, path
@@ -194,3 +195,87 @@ def test_a_bank_without_configs_ships_a_prior_for_the_embedded_default_only():
     other = cfglib.load(RunConfig, None, ["real.engine.lr=0.001"])
     with pytest.raises(cfglib.ConfigError, match=r"not the embedded default \(real.engine.lr=0.001"):
         surrogate.check_shippable(bank, other)
+
+
+def test_a_prior_of_another_config_is_replaced_only_with_force_and_the_line_says_what_went(
+    priors_dir, tmp_path
+):
+    """The manifest holds one prior per controller: `--ship` for a user's own config silently replaced
+    the embedded default's, whose runs then started from Beta(2, 2). Now a prior of another config is
+    kept unless forced, and what a ship replaces is said, with the command that made it."""
+    cfg, short = RunConfig(), cfglib.load(RunConfig, None, ["real.env.total_steps=20"])
+    _, path = ship_for(cfg, tmp_path)
+    made = {"command": ["recipes/surrogate.py", "--bank", "banks/embedded", "--ship"], "commit": "abc1234",
+            "date": "2026-12-06"}  # fmt: skip
+    manifest = json.loads(priors.MANIFEST.read_text())
+    manifest["beta_reinforce"]["provenance"] = made
+    priors.MANIFEST.write_text(json.dumps(manifest))
+    kept = priors.MANIFEST.read_text(), path.with_suffix(".safetensors").read_bytes()
+    ctl_short, _ = built(short)
+    args = ("beta_reinforce", tmp_path / "pre", cfglib.to_dict(short.real), cfglib.to_dict(ctl_short), {})
+    refused = (
+        r"pre-trained at real\.env\.total_steps=100, this one at 20 \(made by python recipes/surrogate.py "
+        r"--bank banks/embedded --ship at commit abc1234"
+    )
+    with pytest.raises(ValueError, match=refused):
+        priors.ship(*args)
+    assert (priors.MANIFEST.read_text(), path.with_suffix(".safetensors").read_bytes()) == kept
+    env_cfg, ctl = cfglib.to_dict(cfg.real), cfglib.to_dict(built(cfg)[0])
+    assert priors.find("beta_reinforce", env_cfg, ctl) == (path, "")  # the default's prior still loads
+    _, replaced = priors.ship(*args, force=True)
+    assert replaced.startswith(
+        "replaced beta_reinforce's prior pre-trained at real.env.total_steps=100 (this"
+    )
+    assert "made by python recipes/surrogate.py --bank banks/embedded --ship at commit abc1234" in replaced
+    assert priors.find("beta_reinforce", cfglib.to_dict(short.real), cfglib.to_dict(ctl_short))[0] == path
+    _, again = priors.ship(*args)  # the same config: replaced without force, and said
+    assert again.startswith("replaced beta_reinforce's prior for the same config")
+
+
+def test_surrogate_ship_refuses_to_replace_a_prior_of_another_config_before_pretraining(
+    priors_dir, tmp_path, capsys
+):
+    """`surrogate.py --ship` is refused, naming the first key that differs, before it pre-trains; with
+    --force it ships and prints what it replaced."""
+    import recipes.surrogate as surrogate
+
+    short = cfglib.load(RunConfig, None, ["real.env.total_steps=20"])
+    ship_for(short, tmp_path)
+    kept = priors.MANIFEST.read_text()
+    bank = Path(__file__).resolve().parents[1] / "banks" / "embedded"
+    argv = ["--bank", str(bank), "--episodes", "2", "--folds", "2", "--alphas", "0.5", "--ship",
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="shipped for the embedded default"):
+        with pytest.raises(SystemExit) as exc:
+            surrogate.main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--ship: beta_reinforce's shipped prior was pre-trained at " in err, err
+    assert "real.env.total_steps=20, this one at 100" in err and "--force" in err
+    assert priors.MANIFEST.read_text() == kept and list((tmp_path / "out").iterdir()) == []
+    with pytest.warns(UserWarning, match="shipped for the embedded default"):
+        surrogate.main([*argv, "--force"])
+    out = capsys.readouterr().out
+    assert "replaced beta_reinforce's prior pre-trained at real.env.total_steps=20 (this one: 100" in out
+    cfg = RunConfig()
+    assert priors.find("beta_reinforce", cfglib.to_dict(cfg.real), cfglib.to_dict(built(cfg)[0]))[1] == ""
+
+
+def test_a_manifest_entry_ship_did_not_write_starts_the_controller_from_its_own_config(priors_dir):
+    """An entry without `files` (or not a mapping, or without its configs) crashed run.py with
+    KeyError: 'files'; find now says why, as for a manifest that does not read."""
+    cfg = RunConfig()
+    env_cfg, ctl = cfglib.to_dict(cfg.real), cfglib.to_dict(built(cfg)[0])
+    priors_dir.mkdir()
+    for entry, message in (
+        ({"env": env_cfg, "controller": ctl}, "has no 'files' mapping"),
+        ({"controller": ctl, "files": {}}, "has no 'env' mapping"),
+        ({"env": env_cfg, "files": {}}, "has no 'controller' mapping"),
+        (["not", "an", "entry"], "is not a JSON object"),
+    ):
+        priors.MANIFEST.write_text(json.dumps({"beta_reinforce": entry}))
+        found, why = priors.find("beta_reinforce", env_cfg, ctl)
+        assert found is None and f"its entry in {priors.MANIFEST} " in why and message in why, why
+        assert priors.replacing("beta_reinforce", env_cfg, ctl).startswith(
+            "replaced beta_reinforce's unusable"
+        )

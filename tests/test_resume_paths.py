@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from _helpers import crash_at
 
 import recipes.run as run
 from atesd import config as cfglib
@@ -19,17 +20,6 @@ from recipes.common import RealEnvConfig, RunConfig, absolute_paths
 from recipes.sweep import SweepConfig, resume_config
 
 MOCK = ["--env", "mock", "mock.total_steps=50", "plots=false"]
-
-
-def _crash_at(monkeypatch, window: int) -> None:
-    original = run.Run.on_step
-
-    def on_step(self, step, transition):
-        original(self, step, transition)
-        if self.loop["global_window"] == window:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(run.Run, "on_step", on_step)
 
 
 def _lines(path: Path) -> list[dict]:
@@ -103,7 +93,7 @@ def test_a_restart_from_another_directory_keeps_the_runs_controller_init_and_ban
     args = ["--controller", "beta_reinforce", *MOCK, "checkpoint_every=5", "controller_init=ctl/controller"]
     monkeypatch.chdir(folders["A"])
     full = run.main([*args, "bank_dir=bank_full", f"out_dir={tmp_path / 'full'}"])
-    _crash_at(monkeypatch, 2)  # before the first checkpoint
+    crash_at(monkeypatch, 2)  # before the first checkpoint
     with pytest.raises(SystemExit):
         run.main([*args, "bank_dir=bank", f"out_dir={tmp_path / 'cut'}"])
     monkeypatch.undo()
@@ -127,7 +117,7 @@ def test_a_restart_refuses_a_controller_init_changed_since_the_run_started(tmp_p
     args = ["--controller", "beta_reinforce", *MOCK, "checkpoint_every=5", "controller_init=ctl/controller",
             f"out_dir={tmp_path / 'cut'}"]  # fmt: skip
     monkeypatch.chdir(folders["A"])
-    _crash_at(monkeypatch, 2)
+    crash_at(monkeypatch, 2)
     with pytest.raises(SystemExit):
         run.main(args)
     monkeypatch.undo()
@@ -158,7 +148,7 @@ def test_an_older_run_whose_config_holds_relative_paths_resumes_from_its_own_dir
     full = run.main([*args[:-2], f"out_dir={tmp_path / 'full'}"])
     monkeypatch.setattr(_rundir, "absolute_paths", lambda cfg: cfg)  # as the code before wrote them
     monkeypatch.setattr(run, "record_inputs", lambda *a: None)
-    _crash_at(monkeypatch, 7)  # checkpoint 5 kept
+    crash_at(monkeypatch, 7)  # checkpoint 5 kept
     with pytest.raises(SystemExit):
         run.main(args)
     monkeypatch.undo()
@@ -197,7 +187,7 @@ def test_a_resume_from_another_directory_reads_the_runs_data_and_model(
         real.env.total_steps=4 real.env.eval_every=1""".split()
     monkeypatch.chdir(folders["A"])
     full = run.main([*args, f"out_dir={tmp_path / 'full'}"])
-    _crash_at(monkeypatch, 1)  # after the checkpoint of window 1
+    crash_at(monkeypatch, 1)  # after the checkpoint of window 1
     with pytest.raises(SystemExit):
         run.main([*args, f"out_dir={tmp_path / 'cut'}"])
     monkeypatch.undo()

@@ -1,5 +1,6 @@
 """recipes/run.py as a user meets it: the command line, the run directory, resume, plots."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import crash_at
 
 import recipes.run as run
 from atesd.logging import read_jsonl
@@ -80,17 +82,6 @@ def test_plots_are_written_for_the_mock(tmp_path):
     ]  # fmt: skip
 
 
-def _crash_at(monkeypatch, window: int) -> None:
-    original = run.Run.on_step
-
-    def on_step(self, step, transition):
-        original(self, step, transition)
-        if self.loop["global_window"] == window:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(run.Run, "on_step", on_step)
-
-
 @pytest.mark.parametrize("where", ["mock", pytest.param("real", marks=pytest.mark.slow)])
 def test_resume_auto_continues_exactly_where_the_checkpoint_was(where, tmp_path, monkeypatch):
     """A run cut after window 5 (last checkpoint at 4) and resumed writes the same logs, line for line,
@@ -102,7 +93,7 @@ def test_resume_auto_continues_exactly_where_the_checkpoint_was(where, tmp_path,
                 "real.env.total_steps=12", "checkpoint_every=4", "plots=false", "threads=1"]  # fmt: skip
         # threads=1: under threads=0 the count follows the load, and the engine's last bits follow it
     full = run.main(args + [f"out_dir={tmp_path / 'full'}"])
-    _crash_at(monkeypatch, 5)
+    crash_at(monkeypatch, 5)
     with pytest.raises(SystemExit) as cut:  # Ctrl-C: one line and exit code 130
         run.main(args + [f"out_dir={tmp_path / 'cut'}"])
     assert cut.value.code == 130
@@ -136,7 +127,7 @@ def test_a_resumed_run_keeps_the_start_it_made(tmp_path, monkeypatch, capsys):
         f"controller_init={saved}",
     ]
     full = run.main(args + [f"out_dir={tmp_path / 'full'}"])
-    _crash_at(monkeypatch, 5)
+    crash_at(monkeypatch, 5)
     with pytest.raises(SystemExit):
         run.main(args + [f"out_dir={tmp_path / 'cut'}"])
     monkeypatch.undo()
@@ -167,7 +158,7 @@ def one_line(err: str) -> bool:
 
 def test_resume_auto_refuses_a_different_config(tmp_path, monkeypatch, capsys):
     args = ["--controller", "bandit", *MOCK, f"out_dir={tmp_path}"]
-    _crash_at(monkeypatch, 3)
+    crash_at(monkeypatch, 3)
     with pytest.raises(SystemExit):
         run.main(args)
     err = capsys.readouterr().err.strip()
@@ -181,7 +172,7 @@ def test_resume_compares_what_is_given_with_the_runs_own_config(tmp_path, monkey
     """--resume DIR: the given keys (flags included) go on top of the run's config, the refusal names
     only those that change it, and it comes before "already finished"; the Ctrl-C line names DIR."""
     args = ["--controller", "bandit", *MOCK, f"out_dir={tmp_path}"]
-    _crash_at(monkeypatch, 3)
+    crash_at(monkeypatch, 3)
     with pytest.raises(SystemExit):
         run.main(args)
     (cut,) = tmp_path.iterdir()
@@ -200,7 +191,7 @@ def test_resume_dir_judges_the_given_keys_on_top_of_the_runs_config(tmp_path, mo
     resume that repeats --env mock mock.hold_steps=4 is not judged as a beta_reinforce run."""
     args = ["--controller", "fixed", "--env", "mock", "mock.hold_steps=4", "mock.total_steps=40",
             "plots=false", f"out_dir={tmp_path}"]  # fmt: skip
-    _crash_at(monkeypatch, 3)
+    crash_at(monkeypatch, 3)
     with pytest.raises(SystemExit):
         run.main(args)
     monkeypatch.undo()
@@ -213,7 +204,7 @@ def test_a_refused_resume_leaves_a_live_runs_logs_alone(tmp_path, monkeypatch, c
     resume refused because another process trains the directory deletes nothing."""
     from recipes._rundir import run_lock
 
-    _crash_at(monkeypatch, 2)
+    crash_at(monkeypatch, 2)
     with pytest.raises(SystemExit):
         run.main(["--controller", "bandit", *MOCK, "checkpoint_every=100", f"out_dir={tmp_path}"])
     monkeypatch.undo()
@@ -234,7 +225,7 @@ def test_a_resumed_run_records_its_bank_as_an_uncut_one(tmp_path, monkeypatch):
     args = ["--controller", "bandit", *MOCK, "episodes=2", "checkpoint_every=7"]
     run.main([*args, f"out_dir={tmp_path / 'full'}", f"bank_dir={tmp_path / 'bank_full'}"])
     cut = [*args, f"out_dir={tmp_path / 'cut'}", f"bank_dir={tmp_path / 'bank_cut'}"]
-    _crash_at(monkeypatch, 9)  # in episode 0, 2 windows after the checkpoint at window 7
+    crash_at(monkeypatch, 9)  # in episode 0, 2 windows after the checkpoint at window 7
     with pytest.raises(SystemExit):
         run.main(cut)
     monkeypatch.undo()
@@ -249,7 +240,7 @@ def test_a_resumed_run_records_its_bank_as_an_uncut_one(tmp_path, monkeypatch):
 def test_a_run_whose_bank_file_is_gone_still_resumes(tmp_path, monkeypatch):
     args = ["--controller", "bandit", *MOCK, "checkpoint_every=7", f"out_dir={tmp_path / 'runs'}",
             f"bank_dir={tmp_path / 'bank'}"]  # fmt: skip
-    _crash_at(monkeypatch, 9)
+    crash_at(monkeypatch, 9)
     with pytest.raises(SystemExit):
         run.main(args)
     monkeypatch.undo()
@@ -458,7 +449,7 @@ def test_a_restart_from_the_beginning_records_its_bank_once(tmp_path, monkeypatc
         f"bank_dir={bank}",
         f"out_dir={tmp_path / 'r'}",
     ]
-    _crash_at(monkeypatch, 2)  # before the first checkpoint (window 4)
+    crash_at(monkeypatch, 2)  # before the first checkpoint (window 4)
     with pytest.raises(SystemExit):
         run.main(args)
     monkeypatch.undo()
@@ -530,7 +521,7 @@ def test_damaged_logs_refuse_the_resume_and_keep_the_intact_checkpoints(tmp_path
     (the checkpoints removed), and its first checkpoint is kept."""
     args = ["--controller", "beta_reinforce", *MOCK, "checkpoint_every=2"]
     full = run.main(args + [f"out_dir={tmp_path / 'full'}"])
-    _crash_at(monkeypatch, 7)  # checkpoints 4 and 6 kept
+    crash_at(monkeypatch, 7)  # checkpoints 4 and 6 kept
     with pytest.raises(SystemExit):
         run.main(args + [f"out_dir={tmp_path / 'cut'}"])
     monkeypatch.undo()
@@ -551,7 +542,7 @@ def test_damaged_logs_refuse_the_resume_and_keep_the_intact_checkpoints(tmp_path
     assert captured.out.count("warning: skipping checkpoint") == 2  # one line each
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before  # nothing removed
     shutil.rmtree(run_dir / "checkpoints")  # the restart, asked for
-    _crash_at(monkeypatch, 3)  # after the restart's first checkpoint
+    crash_at(monkeypatch, 3)  # after the restart's first checkpoint
     with pytest.raises(SystemExit):
         run.main(args + [f"out_dir={tmp_path / 'cut'}", "--resume", "auto"])
     assert "restarting it from the beginning" in capsys.readouterr().out
@@ -602,7 +593,7 @@ def test_a_run_that_moved_on_between_plan_and_lock_is_not_trained_again(tmp_path
     while another trained the run on (minutes for a large model) then retrained those windows over
     the other's logs, or restarted a run that had finished meanwhile. It is refused in one line."""
     args = ["--controller", "beta_reinforce", *MOCK, "checkpoint_every=2", f"out_dir={tmp_path}"]
-    _crash_at(monkeypatch, 5)
+    crash_at(monkeypatch, 5)
     with pytest.raises(SystemExit):
         run.main(args)
     monkeypatch.undo()
@@ -712,3 +703,40 @@ def test_the_summary_prints_paths_whole(monkeypatch, capsys):
     assert "…" not in out
     cells = "".join(line.split("│")[2].strip() for line in out.splitlines() if line.count("│") == 3)
     assert path in cells
+
+
+def test_a_state_of_other_sizes_names_the_tensor_and_the_cause_stays_chained(tmp_path, capsys):
+    """A state that did not fit said only `(RuntimeError: Error(s) in loading state_dict for
+    BetaPolicy:)`: the size mismatch on the next line was dropped, and `from None` hid it from --debug."""
+    from atesd import config as cfglib
+    from atesd.state import save_state
+    from envs.mock_env import MockConfig, MockExposureEnv
+    from recipes.common import RunConfig, build_controller
+
+    saved = tmp_path / "global"
+    save_state(build_controller(RunConfig(env="mock"), MockExposureEnv(MockConfig())).state_dict(), saved)
+    argv = ["--controller", "beta_reinforce", *MOCK, "mock.action=per_band", "mock.variant=mix",
+            f"out_dir={tmp_path / 'runs'}", f"controller_init={saved}"]  # fmt: skip
+    code, err = failure(capsys, argv)
+    assert code == 2 and one_line(err), err
+    assert "(net.0.weight: saved [64, 6], this controller [64, 8]; the state was saved on an env" in err
+    assert "of other observation or action sizes than this env's 8 observation entries and 2 alpha(s))" in err
+    cfg = run.resolve_config(run.parse_args(argv))
+    per_band = MockExposureEnv(cfg.mock)
+    with pytest.raises(cfglib.ConfigError, match="does not fit") as exc:
+        build_controller(cfg, per_band)
+    assert isinstance(exc.value.__cause__, RuntimeError) and "size mismatch" in str(exc.value.__cause__)
+    with pytest.raises(cfglib.ConfigError, match=r"does not fit a ppo controller on this env \(KeyError: "):
+        build_controller(dataclasses.replace(cfg, controller="ppo"), per_band)
+
+
+def test_a_missing_controller_init_is_refused_before_the_env_is_built(tmp_path, monkeypatch, capsys):
+    """A typo in controller_init was reported after the warm start had trained (minutes)."""
+    monkeypatch.setattr(run, "build_env", lambda *a, **k: pytest.fail("the env was built"))
+    typo = tmp_path / "typo" / "controller"
+    code, err = failure(
+        capsys, ["--controller", "beta_reinforce", f"out_dir={tmp_path}", f"controller_init={typo}"]
+    )
+    assert code == 2 and one_line(err), err
+    assert f"no saved controller state at {typo} ({typo}.json is missing)" in err
+    assert list(tmp_path.iterdir()) == []  # no run directory made

@@ -374,3 +374,29 @@ def test_skillchain_windows_keep_their_scores_and_a_bank_without_scores_fits(tmp
     assert bare.w_score is None
     with pytest.raises(ValueError, match="needs a score model"):
         SurrogateExposureEnv(model=bare, reward="score")
+
+
+def test_the_printed_command_goes_on_at_the_config_it_was_pretrained_for(tmp_path, capsys):
+    """The line after pre-training named the controller alone: a per-band mock bank's state then met the
+    real env's global controller ("does not fit"). It now carries the --config and --set given (quoted),
+    and --env where the bank's env is another than the config's, and the printed command runs."""
+    import shlex
+
+    mock = MockExposureEnv(MockConfig(total_steps=50, variant="mix", action="per_band"))
+    recorder = BankRecorder(mock, tmp_path / "bank")
+    rng = np.random.default_rng(0)
+    play(recorder, (0, 1, 2, 3), lambda: rng.random(recorder.action_space.shape).astype(np.float32))
+    sets = ["mock.variant=mix", "mock.action=per_band", "mock.total_steps=50", "name=pre trained"]
+    capsys.readouterr()
+    given = [w for s in sets for w in ("--set", s)]
+    out = surrogate.main(
+        ["--bank", str(tmp_path / "bank"), "--episodes", "2", "--folds", "2", "--out", str(tmp_path), *given]
+    )
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith(f"wrote {out}; ")]
+    words = shlex.split(line.split(" with ", 1)[1])
+    init = f"controller_init={out / 'controller'}"
+    assert words[:6] == ["python", "recipes/run.py", "--controller", "beta_reinforce", "--env", "mock"]
+    assert words[6:] == [*given, init]
+    run_dir = run.main([*words[2:], f"out_dir={tmp_path / 'runs'}", "plots=false"])
+    decisions = [d for d in read_jsonl(run_dir / "decisions.jsonl") if d["kind"] == "decision"]
+    assert len(decisions) == 10 and len(decisions[0]["alpha"]) == 2 and "pre trained" in run_dir.name

@@ -264,3 +264,108 @@ def test_two_first_runs_of_one_config_train_it_once(tmp_path, small_task):
     assert "another process is training" in "".join(err for _, err in outs)
     entries = sorted(p.name for p in (tmp_path / "cache" / "warmstart").iterdir())
     assert entries == [cache_key(small_task.cfg, TINY, QUICK)]  # the entry alone: no lock file left
+
+
+def test_a_waiter_whose_lock_file_was_removed_takes_the_new_one(tmp_path, monkeypatch):
+    """A first run that failed removed `<key>.lock` while a second run waited on it; the second then
+    held the lock of a removed file, and a third run made a new file and trained beside it. Now the
+    second sees its file is gone and locks the one there: one holder at a time."""
+    import contextlib
+    import threading
+    import time
+
+    import atesd.warmstart as ws
+
+    path = tmp_path / "warmstart" / "key"
+    path.parent.mkdir(parents=True)
+    inside, most, guard = [0], [0], threading.Lock()
+    first_in, fail_first, second_waits = threading.Event(), threading.Event(), threading.Event()
+    monkeypatch.setattr(ws.log, "warning", lambda *a: second_waits.set())
+
+    def hold(seconds: float) -> None:
+        with guard:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(seconds)
+        with guard:
+            inside[0] -= 1
+
+    def first() -> None:
+        with contextlib.suppress(RuntimeError), ws._training(path):
+            first_in.set()
+            fail_first.wait(10)
+            raise RuntimeError("the warm start failed")
+
+    def later() -> None:
+        with ws._training(path):
+            hold(0.5)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=later), threading.Thread(target=later)]
+    threads[0].start()
+    assert first_in.wait(10)
+    threads[1].start()
+    assert second_waits.wait(10)  # the second run waits on the first's lock file
+    fail_first.set()
+    threads[0].join(10)
+    threads[2].start()  # the third arrives once the first has removed its file
+    for thread in threads[1:]:
+        thread.join(20)
+    assert most[0] == 1 and not any(t.is_alive() for t in threads)
+    assert list(path.parent.iterdir()) == []  # no lock file left
+
+
+def test_a_shipped_manifest_that_does_not_read_trains_with_the_reason_said(
+    tmp_path, small_task, monkeypatch, caplog
+):
+    """A damaged warm-start manifest raised ValueError for every config, those that never needed the
+    shipped warm start too; now the warm start is trained and the line says why."""
+    import atesd.warmstart as ws
+    from atesd.tasks.synthetic import ChainBagConfig
+
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "manifest.json").write_text('{"61c956eab2572d41": {"fi')
+    monkeypatch.setattr(ws, "SHIPPED_DIR", shipped)
+    monkeypatch.setattr(ws, "SHIPPED_MANIFEST", shipped / "manifest.json")
+    path, why = ws.locate(ChainBagConfig(), TinyModelConfig(num_layers=2), WarmStartConfig(), tmp_path / "c")
+    assert path is None and why.startswith(
+        f"the shipped warm starts' manifest {shipped / 'manifest.json'} does"
+    )
+    assert why.endswith("; this config has real.model.num_layers=2, the embedded default's 4"), why
+    assert ws.locate(ChainBagConfig(), TinyModelConfig(), WarmStartConfig(), tmp_path / "c")[0] is None
+    with caplog.at_level("WARNING", logger="atesd.warmstart"):
+        _, _, trained, found = warm_start(small_task, TINY, QUICK, tmp_path / "c")
+    assert not found and trained.is_dir() and "manifest.json does not read" in caplog.text
+
+
+def test_ship_warmstart_from_cache_refuses_an_entry_without_recorded_sums(tmp_path, monkeypatch, capsys):
+    """An entry from before the sums were kept passed `cache_problem` (nothing to check) and was
+    shipped with damaged weights: refused, naming the files no sha256 covers, nothing shipped."""
+    import json
+    import shutil
+
+    import atesd.warmstart as ws
+    import recipes.ship_warmstart as ship_warmstart
+
+    (key,) = ws.shipped_manifest()
+    entry = tmp_path / "cache" / "warmstart" / key
+    shutil.copytree(ws.SHIPPED_DIR / key, entry)  # its warmstart.json is of the old format: no sums
+    for module in (ws, ship_warmstart):  # nothing is written into the package, whatever happens
+        monkeypatch.setattr(module, "SHIPPED_DIR", tmp_path / "shipped")
+        monkeypatch.setattr(module, "SHIPPED_MANIFEST", tmp_path / "shipped" / "manifest.json")
+    monkeypatch.setattr(ship_warmstart, "write", lambda *a: pytest.fail("shipped"))
+    monkeypatch.setenv("ATESD_CACHE", str(tmp_path / "cache"))
+    record = json.loads((entry / "warmstart.json").read_text())
+    assert "files" not in record
+    good = (entry / "model.safetensors").read_bytes()
+    (entry / "model.safetensors").write_bytes(good[:100])
+    for sums, unchecked in (
+        ({}, "chat_template.jinja, config.json, generation_config.json, model.safetensors"),
+        ({"model.safetensors": ws.sha256_file(entry / "model.safetensors")}, "chat_template.jinja"),
+    ):  # no sums, and sums of some files (a hand-made record): what no sum covers is named
+        (entry / "warmstart.json").write_text(json.dumps(record | ({"files": sums} if sums else {})))
+        with pytest.raises(SystemExit) as exc:
+            ship_warmstart.main(["--write", "--from-cache"])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and f"records no sha256 of {unchecked}" in err, err
+        assert "train it without --from-cache" in err
