@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import ctypes
 import functools
+import itertools
 import logging
 import math
 import re
@@ -163,30 +164,43 @@ _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _DECIMAL = re.compile(r"(-?)(\d*)\.(\d+)")
 
 
-_SUPERSCRIPT = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻", "0123456789-")
-_SUPERSCRIPTS = re.compile("[⁰¹²³⁴⁵⁶⁷⁸⁹⁻]+")
 _UNICODE_SQRT = re.compile(r"√\s*(\d+(?:\.\d+)?|[A-Za-z]|\([^()]*\)|\{[^{}]*\})")
-
-
-_VULGAR = re.compile(r"(\d?)\s*([\u00bc-\u00be\u2150-\u215e])")
+_VULGAR = re.compile(r"(?:(?<![\d.])(\d+))?\s*([\u00bc-\u00be\u2150-\u215e])")  # 2½: (2, ½)
 
 
 def _vulgar(m: re.Match[str]) -> str:
-    """A vulgar fraction as \\frac{a}{b}, added to a whole number before it (`2½` is 2 + 1/2; NFKC
-    alone would read it 21/2)."""
+    """A vulgar fraction as \\frac{a}{b}; a mixed number as one fraction (`2½` is \\frac{5}{2}, so
+    `-2½` is -5/2, not -2 + 1/2; NFKC alone would read it 21/2)."""
     numerator, _, denominator = unicodedata.normalize("NFKC", m.group(2)).partition("\u2044")
-    frac = f"\\frac{{{numerator}}}{{{denominator}}}"
-    return f"{m.group(1)}+{frac}" if m.group(1) else frac
+    whole = m.group(1)
+    if not whole:
+        return f"\\frac{{{numerator}}}{{{denominator}}}"
+    if len(whole) > 100:  # past what int() reads quickly (or at all): the sum, in parentheses
+        return f"({whole}+\\frac{{{numerator}}}{{{denominator}}})"
+    return f"\\frac{{{int(whole) * int(denominator) + int(numerator)}}}{{{denominator}}}"
+
+
+def _script(char: str) -> str:
+    """`^` for a superscript character (`²`, `⁻`, `ⁿ`, `⁽`, `ᵀ`...), `_` for a subscript (`₁`, `ₙ`),
+    "" for any other: Unicode's own <super> and <sub> compatibility decompositions."""
+    if char.isascii():
+        return ""
+    decomposition = unicodedata.decomposition(char)
+    return "^" if decomposition.startswith("<super>") else "_" if decomposition.startswith("<sub>") else ""
 
 
 def plain_math(text: str) -> str:
-    """Unicode mathematics in the ASCII / LaTeX a grader reads: compatibility forms (NFKC: fullwidth
-    `３`), vulgar fractions (`½` -> `\\frac{1}{2}`, `2½` -> `2+\\frac{1}{2}`), superscripts as powers
-    (`x²` -> `x^{2}`, not NFKC's `x2`), `√2` and `√(x+1)` as `\\sqrt{...}`, the minus sign U+2212 as
-    `-`. ASCII text comes back unchanged."""
+    """Unicode mathematics in the ASCII / LaTeX a grader reads: a run of superscripts as a power and
+    one of subscripts as an index (`x²` -> `x^{2}`, `2ⁿ⁻¹` -> `2^{n-1}`, `x₁` -> `x_{1}`; not NFKC's
+    `x2`, `2n-1`, `x1`), vulgar fractions and mixed numbers (`½` -> `\\frac{1}{2}`, `2½` ->
+    `\\frac{5}{2}`), other compatibility forms by NFKC (fullwidth `３`), `√2` and `√(x+1)` as
+    `\\sqrt{...}`, the minus sign U+2212 as `-`. ASCII text comes back unchanged."""
     if text.isascii():
         return text
-    text = _SUPERSCRIPTS.sub(lambda m: "^{" + m.group().translate(_SUPERSCRIPT) + "}", text)
+    text = "".join(
+        f"{kind}{{{unicodedata.normalize('NFKC', ''.join(run))}}}" if kind else "".join(run)
+        for kind, run in itertools.groupby(text, _script)
+    )
     text = _VULGAR.sub(_vulgar, text)
     text = unicodedata.normalize("NFKC", text).replace("\u2044", "/").replace("\u2212", "-")
 
@@ -204,11 +218,12 @@ def normalise(answer: str, drop_variable: bool = True, keep_percent: bool = Fals
     spacing commands (\\! \\, \\; \\quad), \\displaystyle, degrees (^\\circ), percent signs, a trailing
     unit `\\text{...}` after a number, a trailing period and all whitespace; unwraps
     \\text{}/\\mathrm{}; drops a leading `x=` (unless `drop_variable` is false); \\dfrac/\\tfrac ->
-    \\frac, \\frac12 and \\frac1{2} -> \\frac{1}{2}, \\sqrt2 -> \\sqrt{2}, an integer a/b -> \\frac{a}{b},
-    a numerator's minus sign out front (-1/2 and \\frac{-1}{2} -> -\\frac{1}{2}); removes thousands
-    separators of plain numbers (1,200; not a list written `1, 200`), a number's leading + and leading
-    zeros (+5, 05 -> 5) and trailing decimal zeros (2.50 -> 2.5, 3.0 -> 3); strips braces around the
-    whole answer (escaped braces `\\{ \\}` are characters, not groups).
+    \\frac, \\frac12 and \\frac1{2} -> \\frac{1}{2}, \\sqrt2 -> \\sqrt{2}, a one-character power or
+    index braced (x^2 -> x^{2}, x_1 -> x_{1}), an integer a/b -> \\frac{a}{b}, a numerator's minus sign
+    out front (-1/2 and \\frac{-1}{2} -> -\\frac{1}{2}); removes thousands separators of plain numbers
+    (1,200; not a list written `1, 200`), a number's leading + and leading zeros (+5, 05 -> 5) and
+    trailing decimal zeros (2.50 -> 2.5, 3.0 -> 3); strips braces around the whole answer (escaped
+    braces `\\{ \\}` are characters, not groups). Unicode mathematics is first read by `plain_math`.
     """
     s = plain_math(answer).strip()
     span = last_boxed_span(s)
@@ -233,6 +248,7 @@ def normalise(answer: str, drop_variable: bool = True, keep_percent: bool = Fals
     s = re.sub(r"\\frac(\d)\{", r"\\frac{\1}{", s)  # \frac1{576}
     s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\sqrt(\d)", r"\\sqrt{\1}", s)  # \sqrt23 is \sqrt{2}3, as LaTeX reads it
+    s = re.sub(r"(?<!\\)([\^_])([0-9A-Za-z])", r"\1{\2}", s)  # x^2 -> x^{2}, x^23 is x^{2}3 (LaTeX)
     s = re.sub(r"^(-?)(\d+)/(\d+)$", r"\1\\frac{\2}{\3}", s)  # -1/576 -> -\frac{1}{576}
     s = re.sub(r"^\\frac\{-([^{}]*)\}", r"-\\frac{\1}", s)  # \frac{-1}{576} -> -\frac{1}{576}
     decimal = _DECIMAL.fullmatch(s)

@@ -320,7 +320,7 @@ def test_the_string_compare_overturns_no_definite_no_by_a_dropped_percent_or_a_m
     [
         ("３", "\\boxed{3}", True),  # fullwidth digits
         ("½", "\\boxed{\\frac{1}{2}}", True),
-        ("2½", "\\boxed{2+\\frac{1}{2}}", True),  # a mixed number is 2 + 1/2, not NFKC's 21/2
+        ("2½", "\\boxed{\\frac{5}{2}}", True),  # a mixed number is 2 + 1/2, not NFKC's 21/2
         ("2√2", "\\boxed{2\\sqrt{2}}", True),
         ("x²+1", "\\boxed{x^{2}+1}", True),  # a superscript is a power, not NFKC's x2
         ("½", "\\boxed{\\frac{1}{3}}", False),
@@ -333,3 +333,71 @@ def test_unicode_mathematics_in_a_gold_answer_grades_as_its_latex(gold, predicti
     from atesd.grading import GradeConfig, grade
 
     assert grade(prediction, gold, GradeConfig(math_verify=math_verify)).correct is correct
+
+
+@pytest.mark.parametrize("math_verify", ["auto", "off"])
+@pytest.mark.parametrize(
+    ("prediction", "gold", "correct"),
+    [
+        ("−2½", "-\\frac{5}{2}", True),  # a negative mixed number is -(2 + 1/2): it was -2 + 1/2
+        ("-2½", "-5/2", True),
+        ("−2½", "-3/2", False),
+        ("2½", "5/2", True),
+        ("1 ½", "3/2", True),
+        ("x²", "x^2", True),
+        ("x₁", "x_1", True),
+        ("2ⁿ", "2^n", True),
+        ("2ⁿ⁻¹", "2^{n-1}", True),
+        ("a₁₀", "a_{10}", True),
+        ("Aᵀ", "A^T", True),
+        ("2ⁿ", "2n", False),  # a superscript letter is a power, not NFKC's plain letter
+        ("2ⁿ", "2 n", False),
+        ("2ⁿ-1", "2n-1", False),
+        ("x₁+x₂", "x1+x2", False),  # a subscript is an index
+        ("log₂8", "log28", False),
+        ("a⁺", "a+", False),
+        ("e⁽ⁱπ⁾", "e(iπ)", False),
+    ],
+)
+def test_unicode_superscripts_subscripts_and_mixed_numbers_keep_their_meaning(
+    prediction, gold, correct, math_verify
+):
+    """NFKC flattened every superscript and subscript but digits and `⁻` (`2ⁿ` was `2n`, `x₁` was
+    `x1`), and a mixed number after a minus sign lost its sign (`−2½` was -2 + 1/2 = -3/2)."""
+    cfg = GradeConfig(math_verify=math_verify)
+    assert grade(f"The answer is \\boxed{{{prediction}}}.", gold, cfg).correct is correct
+    assert grade(f"\\boxed{{{gold}}}", prediction, cfg).correct is correct  # Unicode in the gold
+
+
+@pytest.mark.parametrize(
+    ("unicode", "plain"),
+    [
+        ("2ⁿ", "2n"),
+        ("2ⁿ-1", "2n-1"),
+        ("x₁+x₂", "x1+x2"),
+        ("log₂8", "log28"),
+        ("a⁺", "a+"),
+        ("e⁽ⁱπ⁾", "e(iπ)"),
+        ("x²", "x2"),
+        ("−2½", "-3/2"),
+        ("−2½", "-2+\\frac{1}{2}"),
+    ],
+)
+def test_normalise_keeps_different_unicode_answers_apart(unicode, plain):
+    """normalise is also the majority-vote key: answers that differ must not share one."""
+    assert normalise(unicode) != normalise(plain)
+
+
+def test_plain_math_by_hand():
+    assert grading.plain_math("x²+y₁₀") == "x^{2}+y_{10}"
+    assert grading.plain_math("2ⁿ⁻¹") == "2^{n-1}"  # a run of superscripts is one power
+    assert grading.plain_math("e⁽ⁱπ⁾") == "e^{(i}π^{)}"  # π has no superscript: never e(iπ)
+    assert grading.plain_math("−2½") == "-\\frac{5}{2}" and grading.plain_math("12¾") == "\\frac{51}{4}"
+    assert grading.plain_math("x+½") == "x+\\frac{1}{2}" and grading.plain_math("２½") == "\\frac{5}{2}"
+    assert grading.plain_math("1" * 200 + "½") == "(" + "1" * 200 + "+\\frac{1}{2})"  # past int()'s reach
+    assert normalise("−2½") == normalise("-5/2") == "-\\frac{5}{2}"
+    assert normalise("2ⁿ") == normalise("2^n") == normalise("2^{n}") == "2^{n}"
+    assert normalise("x₁") == normalise("x_1") == "x_{1}"
+    assert normalise("x^23") == "x^{2}3"  # as LaTeX reads it, not x^{23}
+    for text in ("x^2+1", "\\frac{1}{2}", "2n-1", "a_1", "\\sqrt{2}", "-5/2", "e^{i\\pi}"):
+        assert grading.plain_math(text) is text  # ASCII text comes back unchanged
