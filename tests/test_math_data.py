@@ -19,6 +19,7 @@ from atesd.tasks.math import (
     STUDENT_INSTRUCTION,
     MathDataConfig,
     MathTask,
+    _resolve_source,
     load_benchmark,
     load_problems,
     segment,
@@ -652,8 +653,9 @@ def test_bad_band_values_are_bad_rows_and_ties_are_refused(tmp_path):
     refused(rows_with("Level 1", [1]), r"line 2: the band field 'level' is not text or a number: \[1\]")
     refused(rows_with("Level 1", 2), r"line 1: the band field 'level' holds 'Level 1', not a finite number: "
             r"band_buckets needs numeric values", band_buckets=2)  # fmt: skip
-    refused(rows_with(*[0.5] * 9, 1.0), r"bands\.jsonl: band_field 'level': its 10 values \(2 distinct\) do "
-            r"not fill band_buckets=4 quantile buckets .*: use fewer buckets", band_buckets=4)  # fmt: skip
+    refused(rows_with(*[0.5] * 9), r"bands\.jsonl: band_field 'level': its 9 values \(1 distinct\) form "
+            r"one band, not band_buckets=4 quantile buckets: bucket a field whose values differ",
+            band_buckets=4)  # fmt: skip
     for kwargs, message in (({"band_buckets": 2}, "band_buckets needs band_field"),
                             ({"band_buckets": -1, "band_field": "x"}, "band_buckets must be >= 0"),
                             ({"band": "b", "band_field": "level"}, "leave band unset")):  # fmt: skip
@@ -691,3 +693,148 @@ def test_the_per_band_env_on_math_data_has_one_alpha_per_level(checkpoint, tmp_p
     with pytest.warns(UserWarning, match=r"per-band action on a task of one band \(levels\) is one alpha"):
         env = TeacherExposureEnv(cfg, engine=build_engine(one, 0))
     assert env.action_space.shape == (1,)
+
+
+def test_auto_format_with_named_fields_reads_each_rows_solution_and_answer(tmp_path):
+    """question_field + answer_field under auto read as format=fields: each row's `solution` was
+    dropped (steps ()), so the teacher saw no reference."""
+    rows = [
+        {"problem": "What is 2 + 3?", "solution": "Add them.\n\nSo \\boxed{5}.", "final": "5"},
+        {"problem": "What is 2 + 4?", "final": "6"},  # no solution: the answer alone
+    ]
+    path = str(write_jsonl(tmp_path / "extra.jsonl", rows))
+    with_solution, bare = load_problems(MathDataConfig(source=path, question_field="problem",
+                                                       answer_field="final"))[0]  # fmt: skip
+    assert (with_solution.steps, with_solution.answer, with_solution.final) == (
+        ("Add them.\n\n", "So "), "5", "\\boxed{5}.")  # fmt: skip
+    assert (bare.steps, bare.answer) == ((), "6")
+    fields = MathDataConfig(source=path, format="fields", question_field="problem", answer_field="final")
+    assert [p.steps for p in load_problems(fields)[0]] == [(), ()]  # format=fields reads the named alone
+    rows = [{"q": "Two?", "sol": "One and one.\n\n$\\boxed{3}$", "answer": "2"},
+            {"q": "Four?", "sol": "$\\boxed{4}$"}]  # fmt: skip
+    named = str(write_jsonl(tmp_path / "named.jsonl", rows))  # each row's `answer`, else the box
+    by_solution, _ = load_problems(MathDataConfig(source=named, question_field="q", solution_field="sol"))
+    assert [(p.answer, p.steps) for p in by_solution] == [("2", ("One and one.\n\n", "$")), ("4", ("$",))]
+
+
+def test_a_named_source_is_never_the_local_file_or_folder_of_its_name(tmp_path, monkeypatch, caplog):
+    """With gsm8k/train.jsonl here, source=gsm8k read that folder, while the recipes record the name
+    (not a path, no hash): a resume elsewhere read the hub's openai/gsm8k."""
+    row = {"question": "What is 1 + 1?", "answer": "1 + 1 = 2.\n#### 2"}
+    (tmp_path / "gsm8k").mkdir()
+    write_jsonl(tmp_path / "gsm8k" / "train.jsonl", [row])
+    write_jsonl(tmp_path / "aime24", [{"problem": "x?", "answer": "1"}])
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("WARNING", logger="atesd.tasks.math"):
+        assert _resolve_source(MathDataConfig(source="gsm8k")) == ("openai/gsm8k", "main", "train")
+        assert _resolve_source(MathDataConfig(source="aime24")) == ("HuggingFaceH4/aime_2024", None, "train")
+    assert [r.getMessage() for r in caplog.records] == [
+        "real.data.source=gsm8k is the named source (openai/gsm8k), not the folder of that name here: write "
+        "./gsm8k to read that",
+        "real.data.source=aime24 is the named source (HuggingFaceH4/aime_2024), not the file of that name "
+        "here: write ./aime24 to read that",
+    ]
+    write_jsonl(tmp_path / "gsm8k_train.jsonl", [row, row])
+    assert _resolve_source(MathDataConfig(source="gsm8k", data_dir=".")) == Path("gsm8k_train.jsonl")
+    (local,), _ = load_problems(MathDataConfig(source="./gsm8k"))  # a path reads the folder
+    assert (local.answer, local.band) == ("2", "gsm8k")
+    (file,), _ = load_problems(MathDataConfig(source="./aime24"))
+    assert (file.answer, file.meta["source"]) == ("1", "aime24")
+    assert "write ./gsm8k" in MathDataConfig.__dataclass_fields__["source"].metadata["help"]
+
+
+def test_a_folder_of_csv_files_reads_cells_as_written(tmp_path, monkeypatch, hf_datasets):
+    """A folder of csv files went through datasets' type guessing: '007' became 7 and the answer 'None'
+    a null (a skipped row), as a single csv file's cells did before."""
+    text = "problem,answer\nWhat is 3+4?,007\nName it,None\nWhat is 1+1?,2\n"
+    (tmp_path / "one.csv").write_text(text)
+    folders = {"csvdir": {"train.csv": text, "test.csv": "problem,answer\nLast?,3.10\n"},
+               "tsvdir": {"all.tsv": text.replace(",", "\t")},
+               "two": {"a.csv": text, "b.csv": "problem,answer\nMore?,0.50\n"},
+               "mixed": {"a.csv": text, "b.tsv": text.replace(",", "\t")},
+               "headers": {"a.csv": text, "b.csv": "question,answer\nMore?,1\n"}}  # fmt: skip
+    for folder, files in folders.items():
+        (tmp_path / folder).mkdir()
+        for name, content in files.items():
+            (tmp_path / folder / name).write_text(content)
+    monkeypatch.chdir(tmp_path)
+
+    def answers(**kwargs):
+        problems, skipped = load_problems(MathDataConfig(skip_bad_rows=True, **kwargs))
+        return [p.answer for p in problems], skipped
+
+    written = (["007", "None", "2"], 0)
+    assert answers(source="one.csv") == answers(source="csvdir") == answers(source="tsvdir") == written
+    assert answers(source="csvdir", split="test") == (["3.10"], 0)
+    assert answers(source="two") == (["007", "None", "2", "0.50"], 0)
+    (p,), _ = load_problems(MathDataConfig(source="csvdir", max_rows=1))
+    assert p.meta == {"source": "csvdir[train]", "row": 1} and p.band == "csvdir"
+    with pytest.raises(ValueError, match=r"^mixed: holds both \.csv and \.tsv files: keep one kind in a "):
+        load_problems(MathDataConfig(source="mixed"))
+    with pytest.raises(ValueError, match=r"b\.csv: its columns \(question, answer\) are not those of a\.csv "
+                       r"\(problem, answer\): give a folder's files one header$"):  # fmt: skip
+        load_problems(MathDataConfig(source="headers"))
+
+
+def test_a_jsonl_file_whose_first_row_is_cut_short_has_one_bad_row(tmp_path):
+    """A first line that opens an object and stops was taken for a pretty-printed file and the whole
+    file refused, even with skip_bad_rows."""
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text('{"problem": "What is 1+1?", "answer": 2\n{"problem": "What is 2+2?", "answer": 4}\n'
+                   '{"problem": "What is 3+3?", "answer": 6}\n')  # fmt: skip
+    with pytest.raises(ValueError, match=r"cut\.jsonl, line 1: Expecting ',' delimiter"):
+        load_problems(MathDataConfig(source=str(cut)))
+    problems, skipped = load_problems(MathDataConfig(source=str(cut), skip_bad_rows=True))
+    assert [p.answer for p in problems] == ["4", "6"] and skipped == 1
+    one = {"problem": "1 + 1?", "answer": "2"}
+    # a first line of `{` alone (whitespace aside), or a file that is one JSON value, is pretty-printed
+    pretty = {"brace.jsonl": "  {  \n" + json.dumps(one)[1:] + "\n",
+              "split.jsonl": '{"problem": "1 + 1?",\n\n "answer": "2"}'}  # fmt: skip
+    for name, text in pretty.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=rf"{name}: its first line opens a JSON object that it does not "
+                           r"close; only JSON Lines"):  # fmt: skip
+            load_problems(MathDataConfig(source=str(tmp_path / name), skip_bad_rows=True))
+
+
+def pass_rates(n: int = 200) -> list[float]:
+    """The reviewer's rates: c / 12 over 12 samples, 35% of the rows never solved."""
+    rng = np.random.default_rng(0)
+    return [0.0 if i % 20 < 7 else int(rng.integers(1, 13)) / 12 for i in range(n)]
+
+
+def test_tied_band_values_form_fewer_buckets_with_a_warning(tmp_path, caplog):
+    """Pass rates tie (35% of the rows at 0): band_buckets=4 and 3 were refused, "do not fill .. quantile
+    buckets", though USAGE suggested 4."""
+
+    def bands(values, k):
+        rows = [{"problem": f"{i}?", "answer": "1", "pass_rate": v} for i, v in enumerate(values)]
+        path = str(write_jsonl(tmp_path / "rated.jsonl", rows))
+        return [p.band for p in load_problems(MathDataConfig(source=path, band_field="pass_rate",
+                                                             band_buckets=k))[0]]  # fmt: skip
+
+    rates = pass_rates()
+    for k, names in ((4, ["q1[0.00,0.00]", "q2(0.00,0.33)", "q3[0.33,0.67)", "q4[0.67,1.00]"]),
+                     (3, ["q1[0.00,0.00]", "q2(0.00,0.58)", "q3[0.58,1.00]"]),
+                     (2, ["q1[0.00,0.33)", "q2[0.33,1.00]"])):  # fmt: skip
+        with caplog.at_level("WARNING", logger="atesd.tasks.math"):
+            got = bands(rates, k)
+        assert sorted(set(got)) == names and not caplog.records, k
+        by_value = {}
+        for value, band in zip(rates, got):
+            by_value.setdefault(value, set()).add(band)
+        assert all(len(b) == 1 for b in by_value.values())  # equal values share a bucket
+        ranges = [[v for v in sorted(by_value) if band in by_value[v]] for band in names]
+        assert all(low[-1] < high[0] for low, high in zip(ranges, ranges[1:]))  # in the names' order
+        assert got[rates.index(0.0)] == names[0] and got[rates.index(max(rates))] == names[-1]
+    # never and always solved tie: the empty bucket between 0 and 0.25 is dropped, 3 of 4 form
+    with caplog.at_level("WARNING", logger="atesd.tasks.math"):
+        got = bands([0.0] * 6 + [0.5, 0.75] + [1.0] * 4, 4)
+    assert got == ["q1[0.00,0.00]"] * 6 + ["q2[0.25,1.00)"] * 2 + ["q3[1.00,1.00]"] * 4
+    warning = caplog.records[-1].getMessage()
+    assert warning.endswith(
+        "rated.jsonl: band_field 'pass_rate': band_buckets=4 asked, 3 formed: its 12 values (4 distinct) tie "
+        "at quantile edges (a tied value is one bucket) or leave buckets empty"
+    )
+    assert bands([0, 10], 4) == ["q1[0.00,2.50)", "q2[7.50,10.00]"]  # too few values: empty buckets go
+    assert bands([0.001, 0.004, 0.004, 0.009], 2) == ["q1[0.001,0.004)"] + ["q2[0.004,0.009]"] * 3  # digits

@@ -62,6 +62,7 @@ _DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".tsv", ".arrow")  # a 
 _TABLES = {".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".arrow": "arrow"}  # read through datasets
 _ONLY_JSONL = "only JSON Lines (one JSON object a line) is read from a .json or .jsonl file: convert it"
 _SAVED = ("state.json", "dataset_dict.json")  # a folder holding one was written by save_to_disk
+_WHOLE_JSON_BYTES = 50 << 20  # a file under this whose first line opens an object is parsed whole
 _SKIPPED_KEPT = 20  # how many skipped line / row numbers a MathTask keeps
 _GSM8K_FINAL = re.compile(r"^####\s*(.+?)\s*$")
 _DEFAULT_FIELDS = {  # (question, solution, answer) fields; no answer field: the solution's last box
@@ -83,7 +84,8 @@ class MathDataConfig:
         metadata={
             "help": "a .jsonl / .json (JSON Lines), .parquet, .csv, .tsv or .arrow file, a folder (a "
             "save_to_disk folder or one of data files), an HF dataset id (owner/name), or one of "
-            f"{sorted(DATASETS)}"
+            f"{sorted(DATASETS)} (always that named source: write ./gsm8k for a local file or folder of "
+            "that name)"
         },
     )
     data_dir: str | None = field(
@@ -111,7 +113,8 @@ class MathDataConfig:
         metadata={
             "help": "opsd: problem + solution (answer = its last \\boxed{}); benchmark: problem (or "
             "question) + answer; gsm8k: question + answer ending '#### N'; fields: the *_field names; "
-            "auto: from the keys, or fields where question_field and solution_field / answer_field are given"
+            "auto: from the keys, or fields where question_field and solution_field / answer_field are given "
+            "(a row's own solution / answer is still read where no *_field names it)"
         },
     )
     question_field: str | None = field(
@@ -143,7 +146,9 @@ class MathDataConfig:
         default=0,
         metadata={
             "help": "> 0: band_field is numeric (a rating, the student's pass rate) and the bands are this "
-            "many quantile buckets of its values over every loaded row, named q1[lo,hi) .. qK[lo,hi]"
+            "many quantile buckets of its values over every loaded row, named q1[lo,hi) .. qK[lo,hi]; a "
+            "value tied across edges (a pass rate of 0 on many rows) is a bucket of its own, so fewer "
+            "may form (warned of)"
         },
     )
     max_rows: int = field(default=0, metadata={"help": "read at most this many usable rows (0: all)"})
@@ -251,16 +256,18 @@ def _reference_text(row: Mapping[str, Any], key: str) -> str:
 
 def _resolve_fields(cfg: MathDataConfig, row: Mapping[str, Any]) -> _Fields:
     """The fields to read, from the format (auto: the fields format where question_field and a
-    solution or answer field are given, else from this first row's keys; a problem row's solution
-    and answer are then read from whichever of them each row has, see _row_fields) and the *_field
-    overrides."""
+    solution or answer field are given, else from this first row's keys; a solution or answer that
+    no *_field names is then read from whichever of `solution` and `answer` each row has, see
+    _row_fields) and the *_field overrides."""
     fmt, question = cfg.format, None
     if fmt == "auto" and cfg.question_field and (cfg.solution_field or cfg.answer_field):
         fmt = "fields"
     elif fmt == "auto":
         fmt, question = _detect_format(cfg, row)
     default_question, solution, answer = _DEFAULT_FIELDS[fmt]
-    per_row = cfg.format == "auto" and fmt in ("opsd", "benchmark")
+    # auto reads each row's own `solution` / `answer` where no *_field names them: naming the answer
+    # field alone dropped every row's solution, the reference the teacher is shown
+    per_row = cfg.format == "auto" and fmt != "gsm8k"
     if per_row:
         solution, answer = "solution", "answer"
     return _Fields(
@@ -275,9 +282,10 @@ def _resolve_fields(cfg: MathDataConfig, row: Mapping[str, Any]) -> _Fields:
 def _row_fields(
     fields: _Fields, cfg: MathDataConfig, row: Mapping[str, Any]
 ) -> tuple[str | None, str | None]:
-    """(solution field, answer field) of this row: the format's, or in auto format whichever of
-    `solution` and `answer` the row has (an absent, null or blank field is not had; an answer field
-    that is had gives the gold answer, else the solution's last \\boxed{} does)."""
+    """(solution field, answer field) of this row: the format's, or in auto format the named
+    solution_field / answer_field and, for one not named, `solution` / `answer` where the row has it
+    (an absent, null or blank field is not had; an answer field that is had gives the gold answer,
+    else the solution's last \\boxed{} does)."""
     if not fields.per_row:
         return fields.solution, fields.answer
 
@@ -395,9 +403,11 @@ def local_file(source: str, known: DataSource, split: str | None) -> str:
 def _resolve_source(cfg: MathDataConfig) -> Path | tuple[str, str | None, str]:
     """A local file or folder, or (HF id, HF config name, split): a named source's file of cfg.split
     in data_dir (which must hold it when given: a mistyped folder never turns into a download), else
-    an existing file or folder, else a path (a name ending in a data file's extension is always one),
-    else the named source's or the given HF id. A setting that would be ignored (data_dir beside
-    another source, split or hf_name beside a local file) is refused."""
+    the named source's HF id, else an existing file or folder, else a path (a name ending in a data
+    file's extension is always one), else the given HF id. A name in DATASETS is always the named
+    source, even beside a file or folder of that name here (`./gsm8k` reads that): the recipes record
+    it as a name, so a resume from another directory reads the same data. A setting that would be
+    ignored (data_dir beside another source, split or hf_name beside a local file) is refused."""
     known = DATASETS.get(cfg.source)
     if known and cfg.data_dir:
         file = local_file(cfg.source, known, cfg.split)
@@ -408,6 +418,17 @@ def _resolve_source(cfg: MathDataConfig) -> Path | tuple[str, str | None, str]:
                 f"it from the Hugging Face hub, {known.hf_id})"
             )
         return local
+    if known:
+        if Path(cfg.source).exists():
+            logger.warning(
+                "real.data.source=%s is the named source (%s), not the %s of that name here: write "
+                "./%s to read that",
+                cfg.source,
+                known.hf_id,
+                "folder" if Path(cfg.source).is_dir() else "file",
+                cfg.source,
+            )
+        return known.hf_id, cfg.hf_name or _HF_CONFIG_NAMES.get(known.hf_id), cfg.split or known.split
     if cfg.data_dir:
         raise ValueError(
             f"real.data.data_dir={cfg.data_dir!r} applies to the named sources "
@@ -428,9 +449,8 @@ def _resolve_source(cfg: MathDataConfig) -> Path | tuple[str, str | None, str]:
         return path
     if path.suffix.lower() in _DATA_SUFFIXES:
         raise FileNotFoundError(f"no such data file: {path}")
-    hf_id, split = (known.hf_id, known.split) if known else (cfg.source, "train")
-    if known or re.fullmatch(r"[\w.-]+/[\w.-]+", cfg.source):
-        return hf_id, cfg.hf_name or _HF_CONFIG_NAMES.get(hf_id), cfg.split or split
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", cfg.source):
+        return cfg.source, cfg.hf_name or _HF_CONFIG_NAMES.get(cfg.source), cfg.split or "train"
     raise ValueError(
         f"unknown data source {cfg.source!r}: give a data file or folder, an HF dataset id (owner/name) "
         f"or one of {sorted(DATASETS)}"
@@ -454,36 +474,62 @@ def _hf_rows(hf_id: str, name: str | None, split: str) -> Iterator[tuple[int, An
 
 
 def _table_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """A parquet, csv / tsv or arrow file's rows (dicts) through `datasets`. A csv file's columns are
-    all read as text, as written: type guessing made '007' the number 7 and the answer 'None' a null."""
+    """A parquet, csv / tsv or arrow file's rows (dicts) through `datasets`."""
     kind = _TABLES[path.suffix.lower()]
     datasets = _datasets(f"reading the {kind} file {path}", "convert it to JSON Lines, .jsonl")
-    options: dict[str, Any] = {}
-    if kind == "csv":
-        delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            header = next(csv.reader(f, delimiter=delimiter), None)
-        if not header:
-            raise ValueError(f"{path}: no header line (the column names)")
-        string = datasets.Value("string")
-        options = {"delimiter": delimiter, "keep_default_na": False,
-                   "features": datasets.Features(dict.fromkeys(header, string))}  # fmt: skip
-    try:
-        table = datasets.load_dataset(kind, data_files=str(path), split="train", **options)
-    except ValueError as exc:  # pyarrow's ArrowInvalid is one: a damaged or mislabelled file
-        why = str(exc).partition("\n")[0]
-        raise ValueError(f"{path}: not readable as a {kind} file: {why}") from exc
+    options = _csv_options(datasets, [path], path) if kind == "csv" else {}
+    table = _read_table(datasets, kind, [path], f"{path}: not readable as a {kind} file", options)
     return enumerate(table, start=1)
+
+
+def _csv_options(datasets: Any, files: list[Path], where: Path) -> dict[str, Any]:
+    """load_dataset's options that read every column of csv / tsv `files` as text, as written (type
+    guessing made '007' the number 7 and the answer 'None' a null): the columns of the first file's
+    header, which the others must share."""
+    delimiters = {"\t" if file.suffix.lower() == ".tsv" else "," for file in files}
+    if len(delimiters) > 1:
+        raise ValueError(f"{where}: holds both .csv and .tsv files: keep one kind in a folder")
+    (delimiter,) = delimiters
+    header: list[str] = []
+    for file in files:
+        with file.open(newline="", encoding="utf-8-sig") as f:
+            columns = next(csv.reader(f, delimiter=delimiter), None)
+        if not columns:
+            raise ValueError(f"{file}: no header line (the column names)")
+        if header and columns != header:
+            raise ValueError(
+                f"{file}: its columns ({', '.join(columns)}) are not those of {files[0].name} "
+                f"({', '.join(header)}): give a folder's files one header"
+            )
+        header = header or columns
+    string = datasets.Value("string")
+    return {"delimiter": delimiter, "keep_default_na": False,
+            "features": datasets.Features(dict.fromkeys(header, string))}  # fmt: skip
+
+
+def _read_table(datasets: Any, kind: str, files: list[Path], unreadable: str, options: dict) -> Any:
+    """`files` as one table; a damaged or mislabelled file is a one-line ValueError, `unreadable`: why."""
+    try:
+        return datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train", **options)
+    except ValueError as exc:  # pyarrow's ArrowInvalid is one
+        why = str(exc).partition("\n")[0]
+        raise ValueError(f"{unreadable}: {why}") from exc
 
 
 def _folder_rows(path: Path, cfg: MathDataConfig) -> tuple[str, Iterator[tuple[int, Any]]]:
     """(how errors name it, its rows): a save_to_disk folder through `datasets.load_from_disk` (of a
-    DatasetDict, the split cfg.split or 'train'), any other folder (of data files, or a dataset
-    script's) through `datasets.load_dataset`."""
+    DatasetDict, the split cfg.split or 'train'), a folder of csv / tsv files read as text like one
+    such file (_csv_options), any other folder (of data files, or a dataset script's) through
+    `datasets.load_dataset`."""
     datasets = _datasets(f"reading the folder {path}")
     split = cfg.split or "train"
     if not any((path / name).is_file() for name in _SAVED):
-        return f"{path}[{split}]", enumerate(datasets.load_dataset(str(path), cfg.hf_name, split=split), 1)
+        where = f"{path}[{split}]"
+        files = _csv_files(datasets, path, cfg.hf_name, split)
+        if files:
+            options = _csv_options(datasets, files, path)
+            return where, enumerate(_read_table(datasets, "csv", files, f"{where}: not readable", options), 1)
+        return where, enumerate(datasets.load_dataset(str(path), cfg.hf_name, split=split), 1)
     saved = datasets.load_from_disk(str(path))
     if isinstance(saved, datasets.DatasetDict):
         if split not in saved:
@@ -501,6 +547,14 @@ def _folder_rows(path: Path, cfg: MathDataConfig) -> tuple[str, Iterator[tuple[i
     return str(path), enumerate(saved, 1)
 
 
+def _csv_files(datasets: Any, path: Path, name: str | None, split: str) -> list[Path]:
+    """The data files of `split` in a folder, as `datasets` picks them (by their names: train.csv,
+    test.csv, data/train-*.csv ..), where they are all csv / tsv; else [] (read through datasets)."""
+    data_files = datasets.load_dataset_builder(str(path), name).config.data_files or {}
+    files = [Path(f) for f in data_files.get(split, [])]
+    return files if files and all(f.suffix.lower() in (".csv", ".tsv") for f in files) else []
+
+
 def _file_rows(path: Path) -> Iterator[tuple[int, Any]]:
     """Non-blank lines as bytes: each is decoded (UTF-8) with its JSON, so an undecodable line is a bad
     row named by its line number, like any other. A file that is not JSON Lines (a JSON array, a
@@ -510,14 +564,14 @@ def _file_rows(path: Path) -> Iterator[tuple[int, Any]]:
             raise ValueError(f"{path}: a JSON array; {_ONLY_JSONL}")
         f.seek(0)
         first = next((line for line in f if line.strip()), b"")
-    if _opens_an_object(first):
+    if _opens_an_object(first) and _one_json_value(path, first):
         raise ValueError(f"{path}: its first line opens a JSON object that it does not close; {_ONLY_JSONL}")
     return _lines(path)
 
 
 def _opens_an_object(line: bytes) -> bool:
-    """Whether `line` starts a JSON object that goes on past its end (a pretty-printed file's first
-    line, `{` alone): its JSON stops at the line's end, not at a mistake inside it (a bad row)."""
+    """Whether `line` starts a JSON object that goes on past its end: its JSON stops at the line's
+    end, not at a mistake inside it."""
     text = line.decode("utf-8-sig", errors="replace").strip()
     if not text.startswith("{"):
         return False
@@ -526,6 +580,21 @@ def _opens_an_object(line: bytes) -> bool:
     except json.JSONDecodeError as exc:
         return exc.pos >= len(text)
     return False
+
+
+def _one_json_value(path: Path, first: bytes) -> bool:
+    """Whether a file whose first line opens an object is one pretty-printed JSON value: that line is
+    `{` alone, or the whole file (under _WHOLE_JSON_BYTES) parses. Otherwise its first line is a row cut
+    short, a bad row like any other (skip_bad_rows skips it), not a reason to refuse the file."""
+    if first.decode("utf-8-sig", errors="replace").strip() == "{":
+        return True
+    if path.stat().st_size >= _WHOLE_JSON_BYTES:
+        return False
+    try:
+        json.loads(path.read_bytes().decode("utf-8-sig"))
+    except ValueError:  # a JSONDecodeError or a UnicodeDecodeError
+        return False
+    return True
 
 
 def _lines(path: Path) -> Iterator[tuple[int, Any]]:
@@ -631,23 +700,53 @@ def _load(cfg: MathDataConfig) -> tuple[list[Problem], list[int]]:
 def _bucketed(problems: list[Problem], k: int, what: str) -> list[Problem]:
     """The problems with their bands the k quantile buckets of meta["band_value"] (edges from every
     problem, so held-out and training rows share them), named so that they sort in order and say
-    their range: q1[0.00,0.25) .. q4[0.75,1.00]. Buckets that would be empty are refused."""
+    their range: q1[0.00,0.25) .. q4[0.75,1.00]. Where values tie (pass rates: many rows at 0), a value
+    at several edges is a bucket of its own, q1[0.00,0.00], the next one open there, q2(0.00,0.33), and
+    buckets no value falls in are dropped, so fewer than k may form (warned of): merely dropping the
+    empty buckets refused k=4 on pass rates. Equal values always share a bucket; one bucket holding
+    every row is refused."""
     values = np.array([p.meta["band_value"] for p in problems])
-    edges = np.quantile(values, np.linspace(0, 1, k + 1))
-    index = np.searchsorted(edges[1:-1], values, side="right")
-    counts = np.bincount(index, minlength=k)
-    if not (np.diff(edges) > 0).all() or not counts.all():
-        raise ValueError(
-            f"{what}: its {len(values)} values ({len(np.unique(values))} distinct) do not fill "
-            f"band_buckets={k} quantile buckets (ties or too few values leave some empty): use fewer buckets"
-        )
-    digits = 0 if np.all(edges == np.round(edges)) else 2
-    width = len(str(k))
-    names = [
-        f"q{i + 1:0{width}d}[{edges[i]:.{digits}f},{edges[i + 1]:.{digits}f}{']' if i == k - 1 else ')'}"
-        for i in range(k)
+    raw = np.quantile(values, np.linspace(0, 1, k + 1))
+    edges, repeats = np.unique(raw, return_counts=True)
+    tied = repeats > 1
+    last = len(edges) - 1
+    # bucket keys, in order: (j, 0) the tied edge j alone; (j, 1) the values between edges j and j + 1
+    # (at edge j too where it is not tied; at the last edge too, where it is not tied, as (last - 1, 1))
+    at = np.searchsorted(edges, values, side="right") - 1
+    on_edge = values == edges[at]
+    keys = [
+        (j, 0) if on and tied[j] else (min(j, last - 1), 1) for j, on in zip(at.tolist(), on_edge.tolist())
     ]
-    return [replace(p, band=names[i]) for p, i in zip(problems, index.tolist())]
+    formed = sorted(set(keys))
+    if len(formed) < min(k, 2):
+        raise ValueError(
+            f"{what}: its {len(values)} values ({len(np.unique(values))} distinct) form one band, not "
+            f"band_buckets={k} quantile buckets: bucket a field whose values differ, or set band_buckets=0"
+        )
+    if len(formed) < k:
+        logger.warning(
+            "%s: band_buckets=%d asked, %d formed: its %d values (%d distinct) tie at quantile edges (a "
+            "tied value is one bucket) or leave buckets empty",
+            what,
+            k,
+            len(formed),
+            len(values),
+            len(np.unique(values)),
+        )
+    # integers as they are; else 2 decimals, or more where 2 would print two edges alike
+    distinct = (d for d in range(2, 7) if len({f"{e:.{d}f}" for e in edges}) == len(edges))
+    digits = 0 if np.all(edges == np.round(edges)) else next(distinct, 6)
+    width = len(str(len(formed)))
+
+    def name(i: int, key: tuple[int, int]) -> str:
+        j, between = key
+        lo, hi = edges[j], edges[j + between]
+        left = "(" if between and tied[j] else "["
+        right = "]" if not between or (j + 1 == last and not tied[last]) else ")"
+        return f"q{i + 1:0{width}d}{left}{lo:.{digits}f},{hi:.{digits}f}{right}"
+
+    names = {key: name(i, key) for i, key in enumerate(formed)}
+    return [replace(p, band=names[key]) for p, key in zip(problems, keys)]
 
 
 # ---- the task -------------------------------------------------------------------------------
