@@ -8,13 +8,15 @@ pre-training on a surrogate env fitted to a bank of logged real runs of one env 
 `controller_init=auto` (the default of `recipes.common.RunConfig`) loads the shipped prior of the
 run's controller when the run's `real` config and the controller's config equal the ones it was
 pre-trained for, up to the keys in `IGNORED` (seeds, evaluation, devices, backends: nothing that
-changes the env's dynamics or the controller's learning); any other difference, and the controller
-starts from its own config, with a line naming the first key that differs. The files are checked
-against their sha256 in the manifest before they load, as the shipped warm start's are.
+changes the env's dynamics or the controller's learning), its local paths (`PATH_KEYS`) compared as
+absolute paths; any other difference, and the controller starts from its own config, with a line
+naming the first key that differs. The files are checked against their sha256 in the manifest before
+they load, as the shipped warm start's are.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -50,6 +52,47 @@ IGNORED = (
     "cache_dir",
 )
 IGNORED_CONTROLLER = ("seed",)
+# dotted keys of the `real` config that name local paths: run.py stores them absolute
+# (recipes.common.absolute_paths), a config recorded before (a bank's file, a prior) or given on a
+# command line may hold them relative; compared absolute on both sides (`absolute_paths`)
+PATH_KEYS = ("data.source", "data.data_dir", "hf.name_or_path", "cache_dir")
+
+
+def absolute_path(path: str | os.PathLike) -> str:
+    """`path` absolute: `~` expanded, against this directory, `.` and `..` folded; a symlink is kept as
+    named, not resolved (a link pointed at an identical copy since names the same path)."""
+    return os.path.normpath(Path(path).expanduser().absolute())
+
+
+def local_path(key: str, value: Any) -> Any:
+    """The value of the `real` config's dotted key `key` as run.py stores it: a local path of
+    `PATH_KEYS` absolute (an input where it exists here, a named data source, a hub id or a missing
+    path as given; `cache_dir`, written to, always), any other value as it is."""
+    if key not in PATH_KEYS or not isinstance(value, str) or not value:
+        return value
+    if key == "cache_dir":
+        return absolute_path(value)
+    if key == "data.source":
+        from atesd.tasks.math import DATASETS
+
+        if value in DATASETS:
+            return value
+    return absolute_path(value) if Path(value).expanduser().exists() else value
+
+
+def absolute_paths(tree: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the `real` config tree `tree` with its local paths (`PATH_KEYS`) as run.py stores them
+    (`local_path`), for `first_difference`: `models/qwen` given here is the absolute path a run's
+    config.json, a bank's file or a prior holds, and an older relative record still matches it."""
+    out = copy.deepcopy(tree)
+    for key in PATH_KEYS:
+        *parents, last = key.split(".")
+        node: Any = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and last in node:
+            node[last] = local_path(key, node[last])
+    return out
 
 
 def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -129,9 +172,9 @@ def difference(
 ) -> tuple[str, Any, Any] | None:
     """None when the manifest entry `entry` of `name` was pre-trained for these env and controller
     configs, else the first differing (dotted key, its value in these configs, its value in the entry's),
-    the key under `real.` or `controllers.<name>.`."""
+    the key under `real.` or `controllers.<name>.`; the env's local paths compared absolute."""
     for where, want, have, ignored, defaults in (
-        ("real.", entry["env"], env_cfg, IGNORED, env_defaults),
+        ("real.", absolute_paths(entry["env"]), absolute_paths(env_cfg), IGNORED, env_defaults),
         (
             f"controllers.{name}.",
             entry["controller"],

@@ -31,7 +31,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from atesd.priors import IGNORED, first_difference
+from atesd.priors import IGNORED, absolute_paths, first_difference
 
 
 def _floats(values: Any) -> list[float]:
@@ -274,7 +274,8 @@ def read_bank(directory: str | Path) -> Bank:
             elif config is None:
                 config = (path, record["config"])
             else:
-                diff = first_difference(config[1], record["config"], IGNORED)
+                # local paths compared absolute (older files hold them as given)
+                diff = first_difference(absolute_paths(config[1]), absolute_paths(record["config"]), IGNORED)
                 if diff is not None:
                     key, mine, first = diff
                     raise ValueError(f"{path}: its env config has {key}={mine}, {config[0].name}'s {first}")

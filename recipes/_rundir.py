@@ -9,6 +9,7 @@ import fcntl
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -18,6 +19,7 @@ from typing import Any, NamedTuple
 
 from atesd import checkpoint
 from atesd import config as cfglib
+from atesd.priors import absolute_path
 from atesd.state import write_atomic
 from atesd.warmstart import sha256_file
 from recipes._progress import fresh_dir, print_summary
@@ -207,21 +209,19 @@ def plan_run(args: Any, cfg: RunConfig | None) -> Plan:
     if not (run_dir / "config.json").exists():
         raise cfglib.ConfigError(f"--resume {run_dir}: not a run directory (no config.json)")
     stored = stored_config(run_dir)
+    differ: list[str] = []
     if args.resume == "auto":  # the whole command line is the config: it must be the run's
         differ = same_paths_differences(stored, cfg)
-        if differ:
-            raise cfglib.ConfigError(
-                f"--resume auto found {run_dir}, whose config differs from the given one in "
-                f"{differ}; resume it with --resume DIR and no overrides, or start a new run with "
-                "another name"
-            )
     elif args.config or given_overrides(args):  # on top of the run's own config
         overrides = given_overrides(args)
         base = cfglib.merge(resolved_dict(stored), cfglib.read_yaml(args.config) if args.config else {})
         given = cfglib.from_dict(RunConfig, cfglib.merge(base, cfglib.parse_overrides(overrides)))
         differ = same_paths_differences(stored, given)
-        if differ:
-            raise cfglib.ConfigError(f"--resume {run_dir}: the given config differs from the run's: {differ}")
+    # controller_init is read by a restart from the beginning alone (a checkpoint holds the controller's
+    # state, a finished run trains no more): a difference there is judged below, once that is known
+    refused_keys = [key for key in differ if key != "controller_init"]
+    if refused_keys:
+        raise cfglib.ConfigError(config_differs(args, run_dir, refused_keys))
     missing = missing_outputs(run_dir, stored)
     if not missing:
         print(f"{run_dir} already finished; nothing to resume")
@@ -245,6 +245,11 @@ def plan_run(args: Any, cfg: RunConfig | None) -> Plan:
     changed = changed_inputs(run_dir, restart=not saved)
     if changed:
         raise cfglib.ConfigError(f"--resume {run_dir}: {changed}")
+    if not saved and "controller_init" in differ:  # a restart loads the run's own controller_init
+        raise cfglib.ConfigError(
+            f"{config_differs(args, run_dir, ['controller_init'])} (it has no checkpoint: it would restart "
+            f"from the beginning, from the controller_init it started with, {stored.controller_init})"
+        )
     refused: list[str] = []
 
     def skipped(message: str) -> None:
@@ -270,7 +275,22 @@ def plan_run(args: Any, cfg: RunConfig | None) -> Plan:
         print(f"{run_dir} has no checkpoint yet; restarting it from the beginning")
     else:
         print(f"resuming {run_dir} at window {resume_state['loop']['global_window']}")
+        if "controller_init" in differ:  # not read: the checkpoint holds the controller's state
+            print(
+                "controller_init is not read: the controller goes on from its checkpoint's state (the run "
+                f"started from {stored.controller_init})"
+            )
     return Plan(stored, run_dir, resume_state, ckpt, seen=seen)
+
+
+def config_differs(args: Any, run_dir: Path, keys: list[str]) -> str:
+    """The refusal of a resume whose given config differs from the run's in `keys`."""
+    if args.resume == "auto":
+        return (
+            f"--resume auto found {run_dir}, whose config differs from the given one in {keys}; resume "
+            "it with --resume DIR and no overrides, or start a new run with another name"
+        )
+    return f"--resume {run_dir}: the given config differs from the run's: {keys}"
 
 
 def same_paths_differences(stored: RunConfig, given: RunConfig) -> list[str]:
@@ -305,24 +325,24 @@ INPUTS = "inputs.json"  # size and sha256 of the local files a run reads: a resu
 
 
 def input_files(real: Any = None, controller_init: str = "") -> list[tuple[str, Path]]:
-    """(config key, file) of the local files a run reads that its resume must find unchanged: the math
-    task's data file (real.data.source, or a named source's file in real.data.data_dir; `real` a
-    RealConfig, None where no real env is built) and the saved controller state of controller_init."""
+    """(config key, file or folder) of the local inputs a run reads that its resume must find unchanged:
+    the math task's data file or folder (real.data.source, or a named source's file in
+    real.data.data_dir; a named source without it is read from the hub, whatever this directory holds;
+    `real` a RealConfig, None where no real env is built) and the saved controller state of
+    controller_init."""
     from atesd.state import state_files
     from atesd.tasks.math import DATASETS, local_file
 
     files = []
     if real is not None and real.task_kind == "math":
         data, known = real.data, DATASETS.get(real.data.source)
-        try:
-            path = (
-                Path(data.data_dir).expanduser() / local_file(data.source, known, data.split)
-                if known and data.data_dir
-                else Path(data.source).expanduser()
-            )
-        except ValueError:  # a split no data_dir file holds: the build says so
-            path = None
-        if path is not None and path.is_file():
+        path: Path | None = None if known else Path(data.source).expanduser()
+        if known and data.data_dir:
+            try:
+                path = Path(data.data_dir).expanduser() / local_file(data.source, known, data.split)
+            except ValueError:  # a split no data_dir file holds: the build says so
+                path = None
+        if path is not None and (path.is_file() or path.is_dir()):  # a folder: parquet, save_to_disk...
             files.append(("real.data.source", path))
     init = controller_init.strip()
     if init.lower() not in ("", "auto", "none") and saved_state_exists(init):
@@ -330,11 +350,36 @@ def input_files(real: Any = None, controller_init: str = "") -> list[tuple[str, 
     return files
 
 
+# what `datasets` may write into a data folder itself (a lock, a map's cache file, the temporary file a
+# cache file is written to before its rename): not the data, and it comes and goes between runs
+DATASETS_OWN = re.compile(r".*\.lock|cache-.*\.arrow|tmp[a-z0-9_]{8}")
+
+
+def folder_files(folder: Path) -> list[str]:
+    """The files of the data folder `folder` (a parquet folder, a save_to_disk folder) as paths
+    relative to it, sorted; hidden ones (a name or a folder starting with '.') and those `datasets`
+    writes there (`DATASETS_OWN`) left out."""
+    names = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            path = Path(root) / name
+            if not name.startswith(".") and not DATASETS_OWN.fullmatch(name) and path.is_file():
+                names.append(path.relative_to(folder).as_posix())
+    return sorted(names)
+
+
+def _stat(path: Path) -> dict[str, Any]:
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
 def record_inputs(directory: Path, real: Any = None, controller_init: str = "") -> None:
-    """Write `directory`/inputs.json: the size and sha256 of each of `input_files` (none: no file)."""
+    """Write `directory`/inputs.json: the size and sha256 of each of `input_files`, a folder's as those
+    of each of its files (`folder_files`, by their paths relative to it); none: no file."""
     entries = [
-        {"key": key, "path": str(path.resolve()), "bytes": path.stat().st_size,
-         "sha256": sha256_file(path)}
+        {"key": key, "path": absolute_path(path),
+         **({"files": [{"path": name, **_stat(path / name)} for name in folder_files(path)]}
+            if path.is_dir() else _stat(path))}
         for key, path in input_files(real, controller_init)
     ]  # fmt: skip
     if entries:
@@ -343,8 +388,9 @@ def record_inputs(directory: Path, real: Any = None, controller_init: str = "") 
 
 def changed_inputs(directory: Path, restart: bool = True) -> str | None:
     """Why the run in `directory` would not read what it started on (None: it would): a file that
-    inputs.json records is gone, or its size or sha256 changed. The saved controller state counts only
-    on a `restart` (resumed from a checkpoint, the checkpoint's controller state replaced it)."""
+    inputs.json records is gone, or its size or sha256 changed; of a folder, the first of its files
+    gone, new or changed. The saved controller state counts only on a `restart` (resumed from a
+    checkpoint, the checkpoint's controller state replaced it)."""
     path = directory / INPUTS
     if not path.exists():  # a run of no local inputs, or from before they were recorded
         return None
@@ -355,20 +401,52 @@ def changed_inputs(directory: Path, restart: bool = True) -> str | None:
     for entry in entries:
         if entry["key"] == "controller_init" and not restart:
             continue
-        file, then = Path(entry["path"]), f"{entry['bytes']} bytes, sha256 {entry['sha256'][:16]}"
-        start = f"start a new run (without --resume) to train on what {file} holds now"
-        if not file.is_file():
+        file = Path(entry["path"])
+        changed = _folder_changed(entry, file) if "files" in entry else _file_changed(entry, file, file)
+        if changed:
+            return changed
+    return None
+
+
+def _file_changed(entry: dict[str, Any], file: Path, where: Path, name: str = "") -> str | None:
+    """Why `file` is not the one `entry` records (its bytes and sha256), or None. `where`: the input
+    the run read (the file, or the folder holding it as `name`)."""
+    what = f"{entry['key']} {where}" + (f": its file {name}" if name else "")
+    then = f"{entry['bytes']} bytes, sha256 {entry['sha256'][:16]}"
+    start = f"start a new run (without --resume) to train on what {where} holds now"
+    if not file.is_file():
+        return f"{what}, which the run started with, is gone ({then}); restore it, or {start}"
+    size = file.stat().st_size
+    digest = sha256_file(file) if size == entry["bytes"] else ""
+    if size != entry["bytes"] or digest != entry["sha256"]:
+        now = f"{size} bytes" + (f", sha256 {digest[:16]}" if digest else "")
+        return (
+            f"{what} changed since the run started ({then} then, {now} now); a resume trains on what the "
+            f"run started with: restore the file, or {start}"
+        )
+    return None
+
+
+def _folder_changed(entry: dict[str, Any], folder: Path) -> str | None:
+    """Why the data folder `entry` records does not hold the files it held (the first of them, by
+    name, gone, new or changed), or None."""
+    then = {file["path"]: file | {"key": entry["key"]} for file in entry["files"]}
+    start = f"start a new run (without --resume) to train on what {folder} holds now"
+    if not folder.is_dir():
+        return (
+            f"{entry['key']} {folder}, which the run started with ({len(then)} files), is gone; restore it, "
+            f"or {start}"
+        )
+    now = set(folder_files(folder))
+    for name in sorted(now | set(then)):
+        if name not in then:
             return (
-                f"{entry['key']} {file}, which the run started with, is gone ({then}); restore it, or {start}"
+                f"{entry['key']} {folder} holds {name}, which it did not when the run started; a resume "
+                f"trains on what the run started with: remove it, or {start}"
             )
-        size = file.stat().st_size
-        digest = sha256_file(file) if size == entry["bytes"] else ""
-        if size != entry["bytes"] or digest != entry["sha256"]:
-            now = f"{size} bytes" + (f", sha256 {digest[:16]}" if digest else "")
-            return (
-                f"{entry['key']} {file} changed since the run started ({then} then, {now} now); a resume "
-                f"trains on what the run started with: restore the file, or {start}"
-            )
+        changed = _file_changed(then[name], folder / name, folder, name)
+        if changed:
+            return changed
     return None
 
 

@@ -36,8 +36,8 @@ That directory holds plan.json (the units and settings, written first) and units
 finished unit, fsynced as each finishes): after Ctrl-C or a crash, `--resume DIR` runs only the units
 units.jsonl lacks (with `--workers` as given now), then writes the results as an uncut bench would. One
 process at a time works in it (a second one refuses, naming the first); the settings' local paths are
-stored absolute, and a resume refuses a local data file or controller_init state (inputs.json) that
-changed since the bench started.
+stored absolute, and a resume refuses a local data file or folder or controller_init state (inputs.json)
+that changed since the bench started.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ import numpy as np
 
 from atesd import config as cfglib
 from atesd.builder import RealConfig, build_engine
+from atesd.priors import absolute_path, local_path
 from atesd.progress import RewardSpec
 from controllers import CONTROLLERS
 from controllers.base import check_reads as check_entries
@@ -284,41 +285,32 @@ C = typing.TypeVar("C")
 
 def absolute_paths(cfg: C) -> C:
     """`cfg` (a RunConfig, a config with a `real` section such as the sweep's, or a RealConfig) with
-    its local paths absolute (`~` expanded, resolved against this directory), for config.json: a
-    resume from another directory then reads the same files, not the ones that directory holds under
-    the same relative names. Inputs are made absolute where they exist here (real.data.source when it
-    is not a named source, real.data.data_dir, real.hf.name_or_path, controller_init: a hub id, a
-    named source or a missing path stays as given), the places a run writes to always (bank_dir,
-    real.cache_dir); out_dir stays as given."""
+    its local paths absolute (`~` expanded, against this directory, symlinks kept as named:
+    `atesd.priors.absolute_path`), for config.json: a resume from another directory then reads the
+    same files, not the ones that directory holds under the same relative names. Inputs are made
+    absolute where they exist here (real.data.source when it is not a named source, real.data.data_dir,
+    real.hf.name_or_path, controller_init: a hub id, a named source or a missing path stays as given),
+    the places a run writes to always (bank_dir, real.cache_dir); out_dir stays as given. The `real`
+    keys are made so by `atesd.priors.local_path`, as a prior's and a bank's configs are compared."""
     if isinstance(cfg, RealConfig):
-        from atesd.tasks.math import DATASETS
-
         data, hf = cfg.data, cfg.hf
-        if data.source not in DATASETS and _exists(data.source):
-            data = dataclasses.replace(data, source=_absolute(data.source))
-        if data.data_dir and _exists(data.data_dir):
-            data = dataclasses.replace(data, data_dir=_absolute(data.data_dir))
-        if hf.name_or_path and _exists(hf.name_or_path):
-            hf = dataclasses.replace(hf, name_or_path=_absolute(hf.name_or_path))
-        cache_dir = _absolute(cfg.cache_dir) if cfg.cache_dir else ""
-        return dataclasses.replace(cfg, data=data, hf=hf, cache_dir=cache_dir)
+        source, data_dir = local_path("data.source", data.source), local_path("data.data_dir", data.data_dir)
+        data = dataclasses.replace(data, source=source, data_dir=data_dir)
+        hf = dataclasses.replace(hf, name_or_path=local_path("hf.name_or_path", hf.name_or_path))
+        return dataclasses.replace(cfg, data=data, hf=hf, cache_dir=local_path("cache_dir", cfg.cache_dir))
     changes: dict[str, Any] = {}
     if isinstance(getattr(cfg, "real", None), RealConfig):
         changes["real"] = absolute_paths(cfg.real)
     init = getattr(cfg, "controller_init", None)
     if init and init.strip().lower() not in ("auto", "none") and saved_state_exists(init.strip()):
-        changes["controller_init"] = _absolute(init.strip())
+        changes["controller_init"] = absolute_path(init.strip())
     if getattr(cfg, "bank_dir", None):
-        changes["bank_dir"] = _absolute(cfg.bank_dir)
+        changes["bank_dir"] = absolute_path(cfg.bank_dir)
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 def _exists(path: str) -> bool:
     return Path(path).expanduser().exists()
-
-
-def _absolute(path: str) -> str:
-    return str(Path(path).expanduser().resolve())
 
 
 def saved_state_exists(path: str) -> bool:

@@ -54,7 +54,14 @@ from envs.surrogate_env import REWARDS, SurrogateExposureEnv, fit_report, fit_su
 from recipes._progress import fresh_dir, progress, user_errors  # noqa: E402
 from recipes._rundir import git_commit  # noqa: E402
 from recipes._tables import json_safe  # noqa: E402
-from recipes.common import EnvFreeRunConfig, Once, RealEnvConfig, RunConfig, build_controller  # noqa: E402
+from recipes.common import (  # noqa: E402
+    EnvFreeRunConfig,
+    Once,
+    RealEnvConfig,
+    RunConfig,
+    absolute_paths,
+    build_controller,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,11 +170,12 @@ def parse_alphas(text: str) -> list[float]:
 
 def run_config(args: argparse.Namespace) -> RunConfig:
     """The run config of the command line: --config, then --set, then --controller (a --controller
-    that a --set controller=... contradicts is refused)."""
+    that a --set controller=... contradicts is refused); its local paths absolute, as run.py stores
+    them (`absolute_paths`): the bank's config and a prior shipped from it name the files run.py's do."""
     overrides = cfglib.command_overrides(list(args.overrides), {"controller": args.controller})
     # the controller's H and gamma are the bank's, checked once it is read (against real.env's, a
     # lookahead that fitted the bank was refused naming real.env.hold_steps)
-    return cfglib.load(EnvFreeRunConfig, args.config, overrides)
+    return absolute_paths(cfglib.load(EnvFreeRunConfig, args.config, overrides))
 
 
 def _main(args: argparse.Namespace, argv: list[str], written: list[Path]) -> Path:
@@ -304,7 +312,8 @@ def ship_configs(cfg: RunConfig, controller) -> dict:
 
 
 def check_shippable(bank, cfg: RunConfig) -> None:
-    """A prior is shipped for the run config's real env: refuse a bank of another env."""
+    """A prior is shipped for the run config's real env: refuse a bank of another env (local paths
+    compared absolute: a bank recorded before run.py stored them so holds them relative)."""
     want = RewardSpec.of(cfg.real.env)._asdict()
     if bank.meta.get("env") != "TeacherExposureEnv" or bank.meta.get("reward_spec") != want:
         raise cfglib.ConfigError(
@@ -315,7 +324,9 @@ def check_shippable(bank, cfg: RunConfig) -> None:
         # trusted for the embedded default only, the config banks/embedded was recorded at: a prior
         # shipped for another config from it was loaded by controller_init=auto for runs it never saw
         default = priors.first_difference(
-            cfglib.to_dict(RunConfig().real), cfglib.to_dict(cfg.real), priors.IGNORED
+            priors.absolute_paths(cfglib.to_dict(RunConfig().real)),
+            priors.absolute_paths(cfglib.to_dict(cfg.real)),
+            priors.IGNORED,
         )
         if default is not None:
             key, mine, theirs = default
@@ -332,7 +343,10 @@ def check_shippable(bank, cfg: RunConfig) -> None:
     recorded = bank.config
     diff = (
         priors.first_difference(
-            recorded, cfglib.to_dict(cfg.real), priors.IGNORED, cfglib.to_dict(RealEnvConfig())
+            priors.absolute_paths(recorded),
+            priors.absolute_paths(cfglib.to_dict(cfg.real)),
+            priors.IGNORED,
+            cfglib.to_dict(RealEnvConfig()),
         )
         if recorded
         else None

@@ -279,3 +279,72 @@ def test_a_manifest_entry_ship_did_not_write_starts_the_controller_from_its_own_
         assert priors.replacing("beta_reinforce", env_cfg, ctl).startswith(
             "replaced beta_reinforce's unusable"
         )
+
+
+def test_local_paths_compare_absolute_in_a_priors_and_a_banks_config(priors_dir, tmp_path, monkeypatch):
+    """run.py stores real.hf.name_or_path=models/qwen as its absolute path, and records its bank so;
+    surrogate.py kept it as given: `--ship` with the same --set refused the bank run.py recorded, and a
+    prior shipped from a relative config never matched run.py's, whose runs silently started from
+    Beta(2, 2). Both sides now compare the absolute path: a prior or a bank recorded relative too."""
+    import recipes.surrogate as surrogate
+    from envs.bank import read_bank
+    from recipes.common import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    models = tmp_path / "models" / "qwen"
+    models.mkdir(parents=True)
+    given = "real.hf.name_or_path=models/qwen"
+    relative = cfglib.load(RunConfig, None, [given])
+    stored = absolute_paths(relative)  # run.py's config.json, and its bank's files
+    assert stored.real.hf.name_or_path == str(models)
+    tree = cfglib.to_dict(relative.real) | {"cache_dir": "cache"}
+    assert priors.absolute_paths(tree) == cfglib.to_dict(stored.real) | {"cache_dir": str(tmp_path / "cache")}
+    assert tree["hf"]["name_or_path"] == "models/qwen"  # a copy: the tree given is left as it was
+    for key, value in (
+        ("data.source", "opsd"),
+        ("data.source", "data/missing.jsonl"),
+        ("hf.name_or_path", "Qwen/Qwen3-1.7B"),
+    ):
+        assert priors.local_path(key, value) == value  # a named source, a missing path, a hub id
+    embedded = Path(__file__).resolve().parents[1] / "banks" / "embedded"
+    for name, cfg in (("bank", stored), ("older_bank", relative)):  # recorded by run.py now, and before
+        (tmp_path / name).mkdir()
+        for path in sorted(embedded.glob("*.jsonl")):
+            lines = path.read_text().splitlines(keepends=True)
+            lines[0] = json.dumps({**json.loads(lines[0]), "config": cfglib.to_dict(cfg.real)}) + "\n"
+            (tmp_path / name / path.name).write_text("".join(lines))
+    surrogate.check_shippable(read_bank(tmp_path / "older_bank"), stored)
+    surrogate.main(["--bank", "bank", "--set", given, "--episodes", "2", "--folds", "2", "--alphas", "0.5",
+                    "--ship", "--out", "out"])  # fmt: skip
+    assert priors.manifest()["beta_reinforce"]["env"]["hf"]["name_or_path"] == str(models)
+    ctl = cfglib.to_dict(built(stored)[0])
+    for cfg in (stored, relative):
+        assert priors.find("beta_reinforce", cfglib.to_dict(cfg.real), ctl) == (
+            priors_dir / "beta_reinforce" / "controller",
+            "",
+        )
+    ship_for(relative, tmp_path)  # shipped before surrogate.py made its paths absolute
+    assert priors.manifest()["beta_reinforce"]["env"]["hf"]["name_or_path"] == "models/qwen"
+    assert priors.find("beta_reinforce", cfglib.to_dict(stored.real), ctl)[1] == ""
+    monkeypatch.chdir(tmp_path / "out")  # where models/qwen names nothing: not the prior's model
+    found, why = priors.find("beta_reinforce", cfglib.to_dict(stored.real), ctl)
+    assert found is None and f"real.hf.name_or_path={models}, the prior was pre-trained at models/qwen" in why
+
+
+def test_a_bank_mixing_relative_and_absolute_paths_reads(tmp_path, monkeypatch):
+    """A bank whose older files hold a local model path relative (recorded before run.py stored paths
+    absolute) and newer ones absolute is one config, not two."""
+    from envs.bank import read_bank
+    from recipes.common import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "qwen").mkdir(parents=True)
+    relative = cfglib.load(RunConfig, None, ["real.hf.name_or_path=models/qwen"])
+    (tmp_path / "bank").mkdir()
+    embedded = sorted((Path(__file__).resolve().parents[1] / "banks" / "embedded").glob("*.jsonl"))
+    for i, path in enumerate(embedded):
+        cfg = absolute_paths(relative) if i % 2 else relative
+        lines = path.read_text().splitlines(keepends=True)
+        lines[0] = json.dumps({**json.loads(lines[0]), "config": cfglib.to_dict(cfg.real)}) + "\n"
+        (tmp_path / "bank" / path.name).write_text("".join(lines))
+    assert read_bank(tmp_path / "bank").files == len(embedded) > 1

@@ -1,6 +1,6 @@
 """A run's local paths and input files across a resume: config.json holds its paths absolute, so a
 resume from another directory reads what the run started on (not that directory's files of the same
-relative names), and inputs.json refuses a data file or saved controller state changed since."""
+relative names), and inputs.json refuses a data file or folder or saved controller state changed since."""
 
 import json
 import shutil
@@ -222,3 +222,157 @@ def test_a_bench_stores_its_local_paths_absolute(tmp_path, monkeypatch):
     config = json.loads((run_dir / "plan.json").read_text())["config"]
     assert config["bank_dir"] == str(tmp_path / "bank") and config["out_dir"] == "runs"
     assert list((tmp_path / "bank").glob("*.jsonl"))
+
+
+def test_a_symlink_is_stored_as_named_and_a_link_pointed_at_an_identical_copy_resumes(tmp_path, monkeypatch):
+    """`link -> A` was stored as A's path (symlinks resolved): pointed at an identical B since, the
+    same command's `--resume auto` was refused for a config differing in controller_init, and a restart
+    for a saved state gone with A. Stored as named, the link is the path; its content is what inputs.json
+    checks."""
+    monkeypatch.chdir(tmp_path)
+    for name, content in (("A", b"state"), ("B", b"state"), ("C", b"other")):
+        (tmp_path / name).mkdir()
+        for suffix in (".json", ".safetensors"):
+            (tmp_path / name / f"controller{suffix}").write_bytes(content)
+    (tmp_path / "link").symlink_to("A")
+    given = cfglib.load(RunConfig, None, ["env=mock", "controller_init=./link/../link/controller"])
+    stored = absolute_paths(given)
+    assert stored.controller_init == str(tmp_path / "link" / "controller")
+    (tmp_path / "run").mkdir()
+    _rundir.record_inputs(tmp_path / "run", None, stored.controller_init)
+    recorded = json.loads((tmp_path / "run" / "inputs.json").read_text())["files"]
+    assert [e["path"] for e in recorded] == [
+        str(tmp_path / "link" / f"controller{s}") for s in (".json", ".safetensors")
+    ]
+    (tmp_path / "link").unlink()
+    (tmp_path / "link").symlink_to("B")
+    assert _rundir.same_paths_differences(stored, given) == []
+    assert _rundir.changed_inputs(tmp_path / "run") is None
+    (tmp_path / "link").unlink()
+    (tmp_path / "link").symlink_to("C")
+    changed = _rundir.changed_inputs(tmp_path / "run")
+    assert changed.startswith(f"controller_init {tmp_path / 'link' / 'controller.json'} changed since"), (
+        changed
+    )
+
+
+def test_a_resume_from_a_checkpoint_reads_no_controller_init_and_a_restart_checks_it(
+    tmp_path, monkeypatch, capsys
+):
+    """A run started with controller_init=ctl/controller, its ctl moved away since: the same command's
+    `--resume auto` was refused for a config differing in controller_init, though the run goes on from
+    its checkpoint's controller state and never reads it. A restart from the beginning reads it: there
+    a state gone, or another one given, is refused."""
+    folders = _saved_states(tmp_path)
+    args = ["--controller", "beta_reinforce", *MOCK, "checkpoint_every=5", "controller_init=ctl/controller"]
+    monkeypatch.chdir(folders["A"])
+    full = run.main([*args, f"out_dir={tmp_path / 'full'}"])
+    for window, out in ((7, "cut"), (2, "early")):  # checkpoint 5 kept; none yet
+        monkeypatch.chdir(folders["A"])
+        crash_at(monkeypatch, window)
+        with pytest.raises(SystemExit):
+            run.main([*args, f"out_dir={tmp_path / out}"])
+        monkeypatch.undo()
+    (cut,), (early,) = (tmp_path / "cut").iterdir(), (tmp_path / "early").iterdir()
+    monkeypatch.chdir(folders["A"])
+    state = folders["A"] / "ctl"
+    state.rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert run.main([*args, f"out_dir={tmp_path / 'cut'}", "--resume", "auto"]) == cut
+    out = capsys.readouterr().out
+    assert f"resuming {cut} at window 5" in out and "controller_init is not read" in out, out
+    assert _lines(cut / "decisions.jsonl") == _lines(full / "decisions.jsonl")
+    err = _failure(capsys, [*args, f"out_dir={tmp_path / 'early'}", "--resume", "auto"])
+    assert f"controller_init {state / 'controller.json'}, which the run started with, is gone" in err, err
+    (tmp_path / "moved").rename(state)
+    other = f"controller_init={folders['B'] / 'ctl' / 'controller'}"
+    err = _failure(capsys, [*args, other, f"out_dir={tmp_path / 'early'}", "--resume", "auto"])
+    assert "differs from the given one in ['controller_init']" in err and "it has no checkpoint" in err, err
+    err = _failure(capsys, ["--resume", str(early), other])
+    assert "the given config differs from the run's: ['controller_init']" in err, err
+    assert run.main([*args, f"out_dir={tmp_path / 'early'}", "--resume", "auto"]) == early
+    assert _lines(early / "decisions.jsonl") == _lines(full / "decisions.jsonl")
+
+
+def test_a_data_folder_is_recorded_file_by_file_and_a_changed_one_is_named(tmp_path, monkeypatch):
+    """A folder source (parquet files, a save_to_disk folder) was never recorded in inputs.json: a
+    resume trained on whatever it held by then. Its files are recorded, hidden ones and what `datasets`
+    writes there aside, and the first file gone, new or changed is named."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "data"
+    (folder / "train").mkdir(parents=True)
+    (folder / "train" / "part-0.parquet").write_bytes(b"0" * 64)
+    (folder / "part-1.parquet").write_bytes(b"1" * 64)
+    (folder / ".DS_Store").write_bytes(b"finder")
+    real = absolute_paths(RealConfig(task_kind="math", data=MathDataConfig(source="data")))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    _rundir.record_inputs(run_dir, real)
+    (entry,) = json.loads((run_dir / "inputs.json").read_text())["files"]
+    assert (entry["key"], entry["path"]) == ("real.data.source", str(folder))
+    assert [(f["path"], f["bytes"]) for f in entry["files"]] == [
+        ("part-1.parquet", 64),
+        ("train/part-0.parquet", 64),
+    ]
+    for name in ("cache-0123abcd.arrow", "train/data.lock", "tmpab12cd_3", ".cache/x.arrow", ".hidden"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"written by datasets, or hidden")
+    assert _rundir.changed_inputs(run_dir) is None
+    part = folder / "train" / "part-0.parquet"
+    part.write_bytes(b"2" * 64)  # the same size: only the checksum tells
+    changed = _rundir.changed_inputs(run_dir)
+    assert changed.startswith(f"real.data.source {folder}: its file train/part-0.parquet changed since"), (
+        changed
+    )
+    part.write_bytes(b"0" * 64)
+    (folder / "part-2.parquet").write_bytes(b"2")
+    changed = _rundir.changed_inputs(run_dir)
+    assert f"real.data.source {folder} holds part-2.parquet, which it did not when the run started" in changed
+    (folder / "part-2.parquet").unlink()
+    (folder / "part-1.parquet").unlink()
+    changed = _rundir.changed_inputs(run_dir)
+    assert f"{folder}: its file part-1.parquet, which the run started with, is gone" in changed, changed
+    (folder / "part-1.parquet").write_bytes(b"1" * 64)
+    assert _rundir.changed_inputs(run_dir) is None
+    shutil.rmtree(folder)
+    assert f"{folder}, which the run started with (2 files), is gone" in _rundir.changed_inputs(run_dir)
+    # a named source is read from the hub (its data_dir file where given), whatever this directory holds
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "train.jsonl").write_text("{}\n")
+    assert _rundir.input_files(RealConfig(task_kind="math", data=MathDataConfig(source="gsm8k"))) == []
+
+
+def test_a_run_on_a_save_to_disk_folder_records_it_and_its_resume_refuses_a_changed_one(
+    checkpoint, tmp_path, monkeypatch, capsys
+):
+    """A run on a `save_to_disk` folder: inputs.json records its files (loading it writes none that
+    counts), a resume refuses a file added to it since, naming it, and goes on once it is removed."""
+    datasets = pytest.importorskip("datasets")
+    solution = "We add {a} and {b}.\n\nThe sum is $\\boxed{{{s}}}$."
+    pairs = [(1, 2), (3, 4), (5, 6), (7, 8), (2, 2), (4, 5)]
+    rows = [
+        {"problem": f"What is {a} + {b}?", "solution": solution.format(a=a, b=b, s=a + b)} for a, b in pairs
+    ]
+    monkeypatch.chdir(tmp_path)
+    datasets.Dataset.from_list(rows).save_to_disk("data")
+    args = f"""--controller beta_reinforce threads=1 plots=false checkpoint_every=1
+        real.hf.name_or_path={checkpoint} real.hf.dtype=float32 real.lora.rank=4 real.lora.alpha=8
+        real.task_kind=math real.data.source=data real.data.eval_size=2 real.data.probe_size=2
+        real.engine.batch_size=2 real.engine.sampling.max_new_tokens=8 real.env.hold_steps=2
+        real.env.total_steps=4 real.env.eval_every=1 out_dir={tmp_path / "runs"}""".split()
+    crash_at(monkeypatch, 1)  # after the checkpoint of window 1
+    with pytest.raises(SystemExit):
+        run.main(args)
+    monkeypatch.undo()
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    (recorded,) = json.loads((run_dir / "inputs.json").read_text())["files"]
+    folder = tmp_path / "data"
+    assert (recorded["key"], recorded["path"]) == ("real.data.source", str(folder))
+    assert {f["path"] for f in recorded["files"]} >= {"dataset_info.json", "state.json"}
+    (folder / "extra.arrow").write_bytes(b"rows added since")
+    capsys.readouterr()
+    err = _failure(capsys, ["--resume", str(run_dir)])
+    assert f"real.data.source {folder} holds extra.arrow, which it did not when the run started" in err, err
+    (folder / "extra.arrow").unlink()
+    assert run.main(["--resume", str(run_dir)]) == run_dir
+    assert f"resuming {run_dir} at window 1" in capsys.readouterr().out
