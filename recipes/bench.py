@@ -575,10 +575,11 @@ def plan(args: argparse.Namespace) -> tuple[RunConfig, list[str], list[str], lis
             f"note: --score {args.score} on real sees {evals} evaluation(s) a run "
             f"(real.env.eval_every={cfg.real.env.eval_every})"
         )
+    cfg_dict = cfglib.to_dict(cfg)
+    args.baseline = _same_baseline(cfg_dict, controllers, args.baseline, notes)
     if args.baseline not in controllers:
         controllers.append(args.baseline)
         notes.append(f"note: added the baseline '{args.baseline}' to the controllers")
-    cfg_dict = cfglib.to_dict(cfg)
     for env in envs:
         for spec in controllers:
             if env != "mock" and parse_spec(spec)[0] in MOCK_ONLY:
@@ -594,6 +595,27 @@ def plan(args: argparse.Namespace) -> tuple[RunConfig, list[str], list[str], lis
     for probe in probes.values():
         probe.close()
     return cfg, envs, controllers, notes
+
+
+def _same_baseline(cfg_dict: dict[str, Any], controllers: list[str], baseline: str, notes: list[str]) -> str:
+    """The baseline as the listed spec that spells its run config (`fixed` is `fixed:alpha=1`, alpha's
+    default), so it is that spec's row, not a row added beside it (which ran, and recorded into a
+    bank, the same runs twice); the baseline itself where no listed spec is it."""
+    if baseline in controllers:
+        return baseline
+
+    def resolved(spec: str) -> dict[str, Any] | None:
+        try:
+            return cfglib.to_dict(spec_config(cfg_dict, "mock", spec, 0))
+        except (ValueError, KeyError):  # a bad spec: named by the checks that follow
+            return None
+
+    base = resolved(baseline)
+    same = next((spec for spec in controllers if base is not None and resolved(spec) == base), None)
+    if same is None:
+        return baseline
+    notes.append(f"note: the baseline '{baseline}' is the run config of '{same}'; tested against that row")
+    return same
 
 
 def _normal(spec: str) -> str:

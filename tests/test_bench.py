@@ -170,6 +170,21 @@ def test_smoke_both_envs_in_a_subprocess(tmp_path):
     assert (run_dir / "curves.png").read_bytes()[:8] == PNG
 
 
+def test_a_baseline_spelled_as_a_listed_spec_is_that_row(tmp_path, capsys):
+    # `fixed` (the default baseline) is `fixed:alpha=1`: listing the latter ran alpha 1 twice, and a
+    # bank recorded it twice
+    argv = ["--controllers", "fixed:alpha=0.5,fixed:alpha=1", "--seeds", "2", "--set", "mock.total_steps=50",
+            "--set", "plots=false", "--out", str(tmp_path)]  # fmt: skip
+    record = read_json(bench.main(argv) / "results.json")
+    assert record["controllers"] == ["fixed:alpha=0.5", "fixed:alpha=1"] and len(record["units"]) == 4
+    assert record["baseline"] == "fixed:alpha=1"
+    assert list(record["summary"]["mock"]) == ["fixed:alpha=0.5", "fixed:alpha=1"]
+    assert "the baseline 'fixed' is the run config of 'fixed:alpha=1'" in capsys.readouterr().out
+    # a baseline no listed spec spells is still added
+    record = read_json(bench.main([*argv[:1], "fixed:alpha=0.5", *argv[2:]]) / "results.json")
+    assert record["controllers"] == ["fixed:alpha=0.5", "fixed"] and record["baseline"] == "fixed"
+
+
 def test_seed_ranges_and_controller_specs_each_their_own_row(tmp_path):
     short = ["--set", "mock.total_steps=50", "--out", str(tmp_path)]
     argv = ["--controllers", "fixed:alpha=0.75, fixed:alpha=1,random", "--seeds", "100-102",
