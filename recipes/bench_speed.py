@@ -10,6 +10,8 @@
             full length on a random model, and on the embedded task's prompts (rollouts end at EOS).
 3. loss:    peak memory of the distillation loss (forward + backward) chunked vs naive at
             V = 151,936 (Qwen3's vocabulary), B*T = 4096, each in a fresh process (peak RSS delta).
+            The naive one needs about 22 GB of RAM; where less is available it is skipped with the
+            --loss-tokens that fits (the ratio is measured at a smaller N then).
 4. step-vs-trl: our student update at the default config, as the env runs it (a hold window of 5
             `DistillEngine.step`s, `run_window`), as bare `step` calls, and at equal compute (no probe,
             no grounded score), against the same step built from TRL's pieces
@@ -128,14 +130,51 @@ def loss_child(variant: str, n: int, vocab: int, hidden: int, chunk: int) -> Non
     )
 
 
+# peak RSS growth per (positions x vocabulary) element of the loss's (N, V) tensors, forward +
+# backward: 21,816 MB naive at N = 4096, V = 151,936 (docs/BENCHMARKS.md), about 35 bytes
+LOSS_BYTES_PER_LOGIT = 36
+
+
+def available_mb() -> float | None:
+    """MemAvailable from /proc/meminfo (Linux), else None (not checked)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def bench_loss(n: int, vocab: int, hidden: int, chunk: int) -> dict:
-    out = {}
+    """Each variant in its own process; a variant whose estimated peak exceeds the memory available
+    is skipped (the naive one at N = 4096 needs about 22 GB: the kernel would kill it, or a neighbour),
+    and a child that fails is reported in one line: {"skipped"| "failed": reason}."""
+    out: dict = {}
     for variant in ("chunked", "naive"):
+        rows = n if variant == "naive" else min(chunk, n)
+        need = LOSS_BYTES_PER_LOGIT * rows * vocab / 2**20
+        free = available_mb()
+        if free is not None and need > 0.9 * free:
+            fits = int(0.9 * free * 2**20 / (LOSS_BYTES_PER_LOGIT * vocab))
+            out[variant] = {
+                "skipped": f"needs about {need / 1024:.1f} GB, {free / 1024:.1f} GB available "
+                "(a tenth kept free); "
+                f"--loss-tokens {max(fits // 256 * 256, 1)} fits"
+            }
+            continue
         cmd = [sys.executable, __file__, "--loss-child", variant, str(n), str(vocab), str(hidden), str(chunk)]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode:
+            how = f"killed by signal {-res.returncode}" if res.returncode < 0 else f"exit {res.returncode}"
+            last = (res.stderr.strip().splitlines() or [""])[-1]
+            hint = " (out of memory?)" if res.returncode in (-9, 137) else ""
+            out[variant] = {"failed": f"{how}{hint}; needs about {need / 1024:.1f} GB. {last}".strip()}
+            continue
         out[variant] = json.loads(res.stdout.strip().splitlines()[-1])
-    out["ratio"] = out["chunked"]["peak_mb"] / out["naive"]["peak_mb"]
-    out["same_loss"] = abs(out["chunked"]["loss"] - out["naive"]["loss"]) < 1e-4
+    measured = all("peak_mb" in out[v] for v in ("chunked", "naive")) and out["naive"]["peak_mb"] > 0
+    out["ratio"] = out["chunked"]["peak_mb"] / out["naive"]["peak_mb"] if measured else None
+    out["same_loss"] = abs(out["chunked"]["loss"] - out["naive"]["loss"]) < 1e-4 if measured else None
     return out
 
 
@@ -154,6 +193,12 @@ def main() -> int:
     )
     parser.add_argument("--steps", type=int, default=10, help="engine steps timed (step-vs-trl: at least 20)")
     parser.add_argument("--repeats", type=int, default=5, help="sampler repeats (best of)")
+    parser.add_argument(
+        "--loss-tokens",
+        type=int,
+        default=4096,
+        help="loss: positions N = B*T (the naive variant needs about 36 * N * 151,936 bytes: 22 GB at 4096)",
+    )
     parser.add_argument("--loss-child", nargs=5, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loss_child:
@@ -190,16 +235,22 @@ def main() -> int:
                 )
                 console.print("  " + ", ".join(_fmt(k, r[k]) for k in keys))
     if args.only in (None, "loss"):
-        r = bench_loss(4096, 151_936, 256, 512)
+        r = bench_loss(args.loss_tokens, 151_936, 256, 512)
         console.print(
-            "[bold]loss memory[/] forward KL + clip, N = B*T = 4096, V = 151,936, H = 256, chunk 512"
+            f"[bold]loss memory[/] forward KL + clip, N = B*T = {args.loss_tokens:,}, V = 151,936, H = 256, "
+            "chunk 512"
         )
         for variant in ("chunked", "naive"):
             c = r[variant]
+            if "peak_mb" not in c:
+                (how, why), *_ = c.items()
+                console.print(f"  {variant:8s} {how}: {why}")
+                continue
             console.print(
                 f"  {variant:8s} peak +{c['peak_mb']:.0f} MB  {c['seconds']:.1f} s  loss {c['loss']:.6f}"
             )
-        console.print(f"  chunked / naive peak = {100 * r['ratio']:.1f}%  (same loss: {r['same_loss']})")
+        if r["ratio"] is not None:
+            console.print(f"  chunked / naive peak = {100 * r['ratio']:.1f}%  (same loss: {r['same_loss']})")
     if args.only == "step-vs-trl":
         from bench_trl_step import generalized_jsd_loss, step_vs_trl
 

@@ -1,0 +1,35 @@
+"""bench_speed.py's loss section: a variant that does not fit the memory available is skipped, and a
+child that dies is one line, not a traceback (the naive child needs about 22 GB)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+
+import bench_speed  # noqa: E402
+
+
+def test_the_loss_section_measures_both_variants_where_they_fit(monkeypatch):
+    monkeypatch.setattr(bench_speed, "available_mb", lambda: None)  # not Linux: not checked
+    # naive: (1024, 20,000) fp32 tensors, about 700 MB; chunks this small stay on the heap (below
+    # glibc's mmap threshold), so the chunked peak is not the full-size 14% but still below naive's
+    r = bench_speed.bench_loss(1024, 20_000, 8, 16)
+    assert r["naive"]["peak_mb"] > 300 and r["same_loss"] is True
+    assert 0 < r["ratio"] < 1
+
+
+def test_a_variant_that_does_not_fit_is_skipped_with_the_size_that_fits(monkeypatch):
+    # naive needs 36 * 64 * 1000 bytes (2.2 MB), chunked 36 * 16 * 1000 (0.55 MB): 2 MB available
+    monkeypatch.setattr(bench_speed, "available_mb", lambda: 2.0)
+    r = bench_speed.bench_loss(64, 1000, 8, 16)
+    assert "peak_mb" in r["chunked"] and r["ratio"] is None and r["same_loss"] is None
+    assert r["naive"]["skipped"].startswith("needs about") and "--loss-tokens" in r["naive"]["skipped"]
+
+
+def test_a_child_killed_for_memory_is_one_line(monkeypatch):
+    monkeypatch.setattr(bench_speed, "available_mb", lambda: None)
+    killed = subprocess.CompletedProcess([], -9, stdout="", stderr="")
+    monkeypatch.setattr(bench_speed.subprocess, "run", lambda *a, **k: killed)
+    r = bench_speed.bench_loss(64, 1000, 8, 16)
+    assert r["naive"]["failed"].startswith("killed by signal 9 (out of memory?)") and r["ratio"] is None
