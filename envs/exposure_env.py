@@ -7,6 +7,7 @@ episode (step budget, evaluations, reset to the warm-started student); knows not
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -149,7 +150,9 @@ class TeacherExposureEnv(gym.Env):
     ## Arguments
     `TeacherExposureEnv(cfg=ExposureEnvConfig(...), engine=None, engine_cfg=EngineConfig(...),
     task_cfg=..., model_cfg=..., warmstart_cfg=..., cache_dir=None, real=None)`, or the same keywords
-    through `gymnasium.make("atesd/TeacherExposure-v0", ...)`. The engine comes from one of: `engine`
+    through `gymnasium.make("atesd/TeacherExposure-v0", ...)`; instead of `cfg`, its fields may be
+    given as keywords (`gymnasium.make("atesd/TeacherExposure-v0", eval_every=4)`), on top of
+    `real.env` where `real` carries one. The engine comes from one of: `engine`
     (a built DistillEngine), `real` (an `atesd.builder.RealConfig`, built with its `engine.seed`), or
     the `*_cfg` and `cache_dir` keywords (the embedded default where none is given); mixing them is a
     ValueError. A `real` with an `env` field (recipes' `RealEnvConfig`) gives the episode config
@@ -174,7 +177,9 @@ class TeacherExposureEnv(gym.Env):
         warmstart_cfg: WarmStartConfig | None = None,
         cache_dir: str | None = None,
         real: RealConfig | None = None,
+        **overrides,
     ) -> None:
+        cfg = self._episode_config(cfg, real, overrides)
         named = {"engine_cfg": engine_cfg, "task_cfg": task_cfg, "model_cfg": model_cfg,
                  "warmstart_cfg": warmstart_cfg, "cache_dir": cache_dir}  # fmt: skip
         given = [name for name, value in named.items() if value is not None]
@@ -186,15 +191,7 @@ class TeacherExposureEnv(gym.Env):
                 f"{', '.join(given)} would be ignored beside {source}=, which fixes the engine already: "
                 "give only one of engine, real, or the *_cfg and cache_dir keywords"
             )
-        episode = getattr(real, "env", None)  # recipes' RealEnvConfig carries the episode's config
-        if isinstance(episode, ExposureEnvConfig):
-            if cfg is not None and cfg != episode:
-                raise ValueError(
-                    "cfg and real.env are two different episode configs: give one (real.env is used "
-                    "when cfg is None)"
-                )
-            cfg = episode
-        self.cfg = cfg or ExposureEnvConfig()
+        self.cfg = cfg
         if engine is None:  # the embedded default (or `real`), through the one builder
             real = real or RealConfig(
                 task=task_cfg or ChainBagConfig(), model=model_cfg or TinyModelConfig(),
@@ -244,6 +241,32 @@ class TeacherExposureEnv(gym.Env):
         self.score = math.nan
         self.timings: dict[str, float] = {}  # the last step's wall times (time/window_s, ...)
         self.step_timings: list[dict[str, float]] = []  # the same per student update of that step
+
+    @staticmethod
+    def _episode_config(
+        cfg: ExposureEnvConfig | None, real: RealConfig | None, overrides: dict
+    ) -> ExposureEnvConfig:
+        """The episode config: `cfg`, else `real.env` (recipes' RealEnvConfig), else the default; keyword
+        overrides of its fields (`eval_every=4`) go on top of real.env's or the default's."""
+        known = [f.name for f in dataclasses.fields(ExposureEnvConfig)]
+        unknown = [key for key in overrides if key not in known]
+        if unknown:
+            raise TypeError(
+                f"TeacherExposureEnv got unknown keyword(s) {', '.join(unknown)}: it takes cfg, engine, "
+                f"engine_cfg, task_cfg, model_cfg, warmstart_cfg, cache_dir, real, or the episode "
+                f"config's fields ({', '.join(known)})"
+            )
+        if cfg is not None and overrides:
+            raise ValueError(f"pass either cfg or keyword fields of it ({', '.join(overrides)}), not both")
+        episode = getattr(real, "env", None)  # recipes' RealEnvConfig carries the episode's config
+        if isinstance(episode, ExposureEnvConfig):
+            if cfg is not None and cfg != episode:
+                raise ValueError(
+                    "cfg and real.env are two different episode configs: give one (real.env is used "
+                    "when cfg is None)"
+                )
+            return dataclasses.replace(episode, **overrides)
+        return cfg or ExposureEnvConfig(**overrides)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)

@@ -192,6 +192,25 @@ def test_the_engine_source_keywords_are_exclusive(engine):
         TeacherExposureEnv(ExposureEnvConfig(hold_steps=1, total_steps=2), real=RealEnvConfig())
 
 
+def test_the_episode_configs_fields_are_keywords_too(engine):
+    """gym.make(id, eval_every=4), as the mock takes its fields (the README's hint failed: unexpected
+    keyword); on top of real.env where `real` carries one; beside cfg, or unknown, refused."""
+    from recipes.common import RealEnvConfig
+
+    env = gym.make("atesd/TeacherExposure-v0", engine=engine, eval_every=4, hold_steps=2, total_steps=8)
+    assert env.unwrapped.cfg == ExposureEnvConfig(eval_every=4, hold_steps=2, total_steps=8)
+    episode = ExposureEnvConfig(hold_steps=1, total_steps=2, eval_at_reset=False)
+    real = RealEnvConfig(env=episode)
+    cfg = TeacherExposureEnv._episode_config(None, real, {"eval_every": 1})
+    assert cfg == ExposureEnvConfig(hold_steps=1, total_steps=2, eval_at_reset=False, eval_every=1)
+    with pytest.raises(ValueError, match=r"pass either cfg or keyword fields of it \(eval_every\)"):
+        TeacherExposureEnv(ExposureEnvConfig(), engine=engine, eval_every=4)
+    with pytest.raises(TypeError, match=r"unknown keyword\(s\) eval_evry: .*eval_every"):
+        gym.make("atesd/TeacherExposure-v0", engine=engine, eval_evry=4)
+    with pytest.raises(ValueError, match="eval_every must be >= 0"):
+        TeacherExposureEnv(engine=engine, eval_every=-1)
+
+
 def test_a_float32_alpha_reveals_the_steps_its_decimal_says():
     """float(np.float32(0.7)) is 0.699999988: an env action of 0.7 must still reveal 7 of 10 steps."""
     from atesd.exposure import num_revealed
