@@ -10,7 +10,7 @@
             full length on a random model, and on the embedded task's prompts (rollouts end at EOS).
 3. loss:    peak memory of the distillation loss (forward + backward) chunked vs naive at
             V = 151,936 (Qwen3's vocabulary), B*T = 4096, each in a fresh process (peak RSS delta).
-            The naive one needs about 22 GB of RAM; where less is available it is skipped with the
+            The naive one needs about 22-23 GB of RAM; where less is available it is skipped with the
             --loss-tokens that fits (the ratio is measured at a smaller N then).
 4. step-vs-trl: our student update at the default config, as the env runs it (a hold window of 5
             `DistillEngine.step`s, `run_window`), as bare `step` calls, and at equal compute (no probe,
@@ -131,8 +131,8 @@ def loss_child(variant: str, n: int, vocab: int, hidden: int, chunk: int) -> Non
 
 
 # peak RSS growth per (positions x vocabulary) element of the loss's (N, V) tensors, forward +
-# backward: 21,816 MB naive at N = 4096, V = 151,936 (docs/BENCHMARKS.md), about 35 bytes
-LOSS_BYTES_PER_LOGIT = 36
+# backward, naive (docs/BENCHMARKS.md): 36.8 bytes at N = 4096 (21,816 MB), 39.1 at N = 2048 (11,590 MB)
+LOSS_BYTES_PER_LOGIT = 40
 
 
 def available_mb() -> float | None:
@@ -197,7 +197,7 @@ def main() -> int:
         "--loss-tokens",
         type=int,
         default=4096,
-        help="loss: positions N = B*T (the naive variant needs about 36 * N * 151,936 bytes: 22 GB at 4096)",
+        help="loss: positions N = B*T (the naive variant needs about 40 * N * 151,936 bytes: 23 GB at 4096)",
     )
     parser.add_argument("--loss-child", nargs=5, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()

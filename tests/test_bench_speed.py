@@ -20,7 +20,7 @@ def test_the_loss_section_measures_both_variants_where_they_fit(monkeypatch):
 
 
 def test_a_variant_that_does_not_fit_is_skipped_with_the_size_that_fits(monkeypatch):
-    # naive needs 36 * 64 * 1000 bytes (2.2 MB), chunked 36 * 16 * 1000 (0.55 MB): 2 MB available
+    # naive needs 40 * 64 * 1000 bytes (2.4 MB), chunked 40 * 16 * 1000 (0.6 MB): 2 MB available
     monkeypatch.setattr(bench_speed, "available_mb", lambda: 2.0)
     r = bench_speed.bench_loss(64, 1000, 8, 16)
     assert "peak_mb" in r["chunked"] and r["ratio"] is None and r["same_loss"] is None
