@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
 import time
 import warnings
@@ -59,17 +60,35 @@ def progress(
     yield update
 
 
+# the parents each fresh_dir made (deepest first), for discard_dir to remove again where left empty
+_MADE_PARENTS: dict[Path, list[Path]] = {}
+
+
 def fresh_dir(root: Path, stem: str) -> Path:
     """Create and return `root/stem`, or `root/stem-1`, `-2`, ... : an existing directory is never reused."""
+    made = [p for p in (root, *root.parents) if not p.exists()]
     root.mkdir(parents=True, exist_ok=True)
     for k in range(10_000):
         path = root / (stem if k == 0 else f"{stem}-{k}")
         try:
             path.mkdir()
+            _MADE_PARENTS[path] = made
             return path
         except FileExistsError:
             continue
     raise RuntimeError(f"could not create a fresh directory {root / stem}-*")
+
+
+def discard_dir(path: Path) -> None:
+    """Remove `path` (a directory of no result, its command failed or was stopped) and the parents
+    that `fresh_dir` made for it where they are left empty (a failed first command left an empty
+    `runs/` behind)."""
+    shutil.rmtree(path, ignore_errors=True)
+    for parent in _MADE_PARENTS.pop(path, []):
+        try:
+            parent.rmdir()
+        except OSError:  # not empty (another run's), or gone
+            break
 
 
 def warmstart_progress(

@@ -47,7 +47,6 @@ import concurrent.futures as cf
 import dataclasses
 import json
 import math
-import shutil
 import sys
 import time
 import types
@@ -64,7 +63,7 @@ from atesd.state import write_atomic  # noqa: E402
 from atesd.threads import set_threads  # noqa: E402
 from controllers import CONTROLLERS  # noqa: E402
 from recipes._plots import plot_curves  # noqa: E402
-from recipes._progress import fresh_dir, progress, user_errors, warmstart_progress  # noqa: E402
+from recipes._progress import discard_dir, fresh_dir, progress, user_errors, warmstart_progress  # noqa: E402
 from recipes._rundir import (  # noqa: E402
     append_record,
     changed_inputs,
@@ -725,7 +724,7 @@ def _guarded(run_dir: Path, units: list, cfg: RunConfig, bench: Any) -> Path:
                     f"{run_dir / UNITS}; go on with: python recipes/bench.py --resume {run_dir}"
                 )
             else:
-                shutil.rmtree(run_dir, ignore_errors=True)
+                discard_dir(run_dir)
         raise
 
 

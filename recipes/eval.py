@@ -38,7 +38,6 @@ import json
 import math
 import os
 import shlex
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -73,7 +72,7 @@ from recipes._evalstate import (  # noqa: E402
     restore,
     save_state,
 )
-from recipes._progress import fresh_dir, user_errors, warmstart_progress  # noqa: E402
+from recipes._progress import discard_dir, fresh_dir, user_errors, warmstart_progress  # noqa: E402
 from recipes._rundir import run_lock  # noqa: E402
 from recipes.common import Once  # noqa: E402
 
@@ -701,7 +700,7 @@ def stopped(run_dir: Path, fresh: bool) -> str:
         state = None
     if state is None:
         if fresh:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            discard_dir(run_dir)
         return ""
     return (
         f"{state['problems_done']} of {state.get('problems')} problems done, kept in {run_dir}; continue "

@@ -48,7 +48,14 @@ from controllers.shared import SharedDecisions  # noqa: E402
 from envs.bank import find_recorder  # noqa: E402
 from recipes import _faults as faults  # noqa: E402
 from recipes._plots import plot_run  # noqa: E402
-from recipes._progress import USER_ERRORS, Display, print_summary, user_errors, warmstart_progress  # noqa: E402
+from recipes._progress import (  # noqa: E402
+    USER_ERRORS,
+    Display,
+    discard_dir,
+    print_summary,
+    user_errors,
+    warmstart_progress,
+)
 from recipes._rundir import (  # noqa: E402
     Plan,
     config_fingerprint,
@@ -492,7 +499,7 @@ def _build(cfg: RunConfig, run_dir: Path, resume_state: dict | None, dist: Dist,
         return Run(cfg, run_dir, resume_state, dist)  # builds the env: data, model and warm start
     except USER_ERRORS:
         if fresh:  # nothing ran yet: remove the directory just made rather than leave a husk
-            shutil.rmtree(run_dir, ignore_errors=True)
+            discard_dir(run_dir)
         raise
 
 

@@ -34,7 +34,6 @@ import dataclasses
 import json
 import math
 import shlex
-import shutil
 import sys
 import time
 import warnings
@@ -51,7 +50,7 @@ from atesd.state import save_state  # noqa: E402
 from controllers.base import mean_alpha, run_episode  # noqa: E402
 from envs.bank import read_bank  # noqa: E402
 from envs.surrogate_env import REWARDS, SurrogateExposureEnv, fit_report, fit_surrogate  # noqa: E402
-from recipes._progress import fresh_dir, progress, user_errors  # noqa: E402
+from recipes._progress import discard_dir, fresh_dir, progress, user_errors  # noqa: E402
 from recipes._rundir import git_commit  # noqa: E402
 from recipes._tables import json_safe  # noqa: E402
 from recipes.common import (  # noqa: E402
@@ -188,7 +187,7 @@ def _main(args: argparse.Namespace, argv: list[str], written: list[Path]) -> Pat
         return _pretrain(args, argv, written, cfg, alphas, out)
     except BaseException:  # before the controller was saved: no directory that looks like a result
         if not written:
-            shutil.rmtree(out, ignore_errors=True)
+            discard_dir(out)
         raise
 
 

@@ -22,7 +22,6 @@ import argparse
 import concurrent.futures as cf
 import json
 import math
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -40,7 +39,7 @@ from atesd.builder import RealConfig, build_engine  # noqa: E402
 from atesd.engine import EngineConfig  # noqa: E402
 from atesd.state import write_atomic  # noqa: E402
 from recipes._plots import savefig_whole  # noqa: E402
-from recipes._progress import fresh_dir, progress, user_errors, warmstart_progress  # noqa: E402
+from recipes._progress import discard_dir, fresh_dir, progress, user_errors, warmstart_progress  # noqa: E402
 from recipes._rundir import (  # noqa: E402
     append_record,
     changed_inputs,
@@ -414,7 +413,7 @@ def stopped(
     caller to re-raise. Also used by branch_alpha.py."""
     done, total, noun = kept
     if fresh and not done:
-        shutil.rmtree(out, ignore_errors=True)
+        discard_dir(out)
         line = f"no {noun[:-1]} had finished; removed {out}"
     else:
         line = f"kept {done} of {total} {noun} in {out / RUNS}; go on with: python recipes/{command}"

@@ -16,7 +16,7 @@ def test_the_loss_section_measures_both_variants_where_they_fit(monkeypatch):
     # glibc's mmap threshold), so the chunked peak is not the full-size 14% but still below naive's
     r = bench_speed.bench_loss(1024, 20_000, 8, 16)
     assert r["naive"]["peak_mb"] > 300 and r["same_loss"] is True
-    assert 0 < r["ratio"] < 1
+    assert r["ratio"] < 1  # the chunked child may stay below the RSS its imports reached: 0
 
 
 def test_a_variant_that_does_not_fit_is_skipped_with_the_size_that_fits(monkeypatch):

@@ -351,7 +351,7 @@ def test_eval_refuses_a_rollout_past_the_models_positions(checkpoint, tmp_path, 
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "the model holds 512 positions" in err, err
     assert "lower sampling.max_new_tokens to at most" in err and "a model with more positions" in err
-    assert not any((tmp_path / "eval").iterdir())  # no directory left for an evaluation never begun
+    assert not (tmp_path / "eval").exists()  # no directory left for an evaluation never begun
     evaluate([*argv, "sampling.max_new_tokens=8"])
 
 

@@ -363,3 +363,25 @@ def test_a_plot_is_written_whole_or_not_at_all(tmp_path):
     with pytest.raises(DiskFull, match="no space left on the device writing .*bad.png"):
         savefig_whole(fig, tmp_path / "bad.png", dpi=50)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.png"]
+
+
+def test_a_command_that_fails_before_its_result_leaves_no_empty_parent(tmp_path, monkeypatch):
+    """The directory of a command that failed at once is removed, and so is the `runs/` it made for it
+    (a surrogate.py with a missing bank left an empty runs/ in the directory it ran from); a parent
+    that was there before, or holds another run, stays."""
+    from recipes import surrogate
+    from recipes._progress import discard_dir, fresh_dir
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        surrogate.main(["--bank", str(tmp_path / "no_bank"), "--episodes", "1"])
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(SystemExit):
+        surrogate.main(["--bank", str(tmp_path / "no_bank"), "--episodes", "1", "--out", "a/b"])
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()
+    discard_dir(fresh_dir(tmp_path / "mine" / "runs", "x"))
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"] and not (tmp_path / "mine" / "runs").exists()
+    kept = fresh_dir(tmp_path / "runs", "kept")
+    discard_dir(fresh_dir(tmp_path / "runs", "failed"))
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [kept.name]
