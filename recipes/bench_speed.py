@@ -201,6 +201,8 @@ def main() -> int:
     )
     parser.add_argument("--loss-child", nargs=5, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.loss_tokens < 1:
+        parser.error(f"--loss-tokens must be >= 1, got {args.loss_tokens}")
     if args.loss_child:
         variant, *nums = args.loss_child
         loss_child(variant, *map(int, nums))
