@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from atesd.distributed import Dist
+from atesd.distributed import Dist, local_cuda_index
 from atesd.engine import DistillEngine, EngineConfig, SamplingConfig
 from atesd.exposure import PromptBuilder
 from atesd.models import (
@@ -94,8 +94,9 @@ def build_task(cfg: RealConfig) -> Task:
 
 
 def resolve_device(device: str, dist: Dist | None = None) -> str:
-    """The torch device of this process: `auto` is cuda when available (under torchrun,
-    cuda:<local rank>). ValueError (one line, before any model loads) for a device this machine lacks:
+    """The torch device of this process: `auto` is cuda when available; under torchrun `auto` and `cuda`
+    are this rank's own GPU (cuda:<local rank>, `local_cuda_index`) and another `cuda:N` is refused.
+    ValueError (one line, before any model loads) for a device this machine lacks:
     torch's own error came as a traceback from deep in the model's loading."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(
@@ -108,11 +109,19 @@ def resolve_device(device: str, dist: Dist | None = None) -> str:
         )
     if device == "mps" and not torch.backends.mps.is_available():
         raise ValueError("real.device=mps, but torch finds no usable MPS device here: use real.device=cpu")
+    torchrun = dist is not None and dist.active
+    if torchrun and (device in ("cuda", "auto") and torch.cuda.is_available() or device.startswith("cuda:")):
+        own = f"cuda:{local_cuda_index()}"  # each rank on its own GPU, where Dist bound NCCL
+        if device.startswith("cuda:") and device != own:
+            raise ValueError(
+                f"real.device={device} under torchrun would put every rank's model on that one GPU, while "
+                f"this rank ({os.environ.get('LOCAL_RANK', '0')} on its node) works on {own}: use "
+                "real.device=cuda or auto (each rank its own GPU)"
+            )
+        return own
     if device != "auto":
         return device
-    if not torch.cuda.is_available():
-        return "cpu"
-    return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if dist is not None and dist.active else "cuda"
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def build_student(

@@ -31,6 +31,21 @@ from torch import nn
 from atesd.models import base_model
 
 
+def local_cuda_index() -> int:
+    """This torchrun process's GPU: cuda:LOCAL_RANK where it sees them all; cuda:0 where the launcher
+    shows each process its own GPU only (CUDA_VISIBLE_DEVICES per rank, as under some Slurm setups:
+    set_device(LOCAL_RANK) failed there). ValueError in one line where it sees some but too few."""
+    local, count = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+    if local < count:
+        return local
+    if count == 1:
+        return 0
+    raise ValueError(
+        f"torchrun's LOCAL_RANK is {local}, but this process sees {count} CUDA devices: start at most "
+        f"{count} processes per node, or show each process its own GPU (CUDA_VISIBLE_DEVICES)"
+    )
+
+
 @dataclass
 class Dist:
     """This process's place in the group, and the collectives the engine and the run loop need."""
@@ -56,7 +71,7 @@ class Dist:
         if not dist.is_initialized():
             kwargs = {}
             if torch.cuda.is_available():
-                local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                local = torch.device("cuda", local_cuda_index())
                 torch.cuda.set_device(local)
                 kwargs = {"backend": backend or "cpu:gloo,cuda:nccl", "device_id": local}
             else:

@@ -177,3 +177,26 @@ def test_two_ranks_average_as_one_pooled_batch(tmp_path):
         assert r["tokens"] == 8 and r["pooled_gradient_error"] < 1e-6
         assert r["mixed"] == ["torch.bfloat16", [1.5, 1.5], "torch.float32", [2.0, 2.0]]
     assert ranks[0]["step"] == ranks[1]["step"]  # every statistic the whole batch's, on both ranks
+
+
+@pytest.mark.parametrize("visible", [8, 1])
+def test_under_torchrun_each_rank_takes_its_own_gpu(monkeypatch, visible):
+    """real.device=cuda:0 under torchrun put every rank's model on GPU 0 (NCCL bound to cuda:LOCAL_RANK);
+    a launcher that shows each process its own GPU only made set_device(LOCAL_RANK) fail. No GPU is
+    needed: torch.cuda's answers are stood in for."""
+    from atesd.builder import resolve_device
+    from atesd.distributed import Dist, local_cuda_index
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    rank3, own = Dist(rank=3, world_size=8), f"cuda:{3 if visible == 8 else 0}"
+    assert local_cuda_index() == (3 if visible == 8 else 0)
+    assert resolve_device("auto", rank3) == resolve_device("cuda", rank3) == resolve_device(own, rank3) == own
+    wrong = "real.device=cuda:1 under torchrun would put every rank's model on that one GPU"
+    with pytest.raises(ValueError, match=wrong if visible == 8 else "this machine has 1 CUDA devices"):
+        resolve_device("cuda:1", rank3)
+    assert resolve_device("cuda:0", Dist.single()) == "cuda:0" and resolve_device("auto") == "cuda"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # some GPUs shown, too few
+    with pytest.raises(ValueError, match="LOCAL_RANK is 3, but this process sees 2 CUDA devices"):
+        local_cuda_index()
