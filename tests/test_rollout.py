@@ -241,3 +241,22 @@ def test_compiled_sampler_matches_eager_and_follows_weight_updates():
     with torch.no_grad():  # an optimiser step in place: no recompile needed, new weights used
         small.lm_head.weight.mul_(-1.0)
     assert compiled.generate(PROMPTS, params).completion_ids == _hf_greedy(small, PROMPTS, 12, eos)
+
+
+def test_a_kv_cache_that_cannot_fit_is_refused_with_the_rows_that_fit(model, monkeypatch):
+    """eval.py's paper defaults (64 rows x 38,912 new tokens) preallocated ~270 GB on a 1.7B model and
+    died as a CUDA OOM traceback; the first layer now checks the whole cache against the free memory."""
+    from atesd.rollout import hf
+
+    sampler = HFSampler(model, eos_token_ids=[NEVER], pad_token_id=PAD)
+    prompts, params = [[5, 6, 7], [8, 9]], SamplingParams(temperature=0.0, max_new_tokens=61)
+    # 2 layers x 2 kv heads x 64 positions (3 + 61) x (16 + 16) x 4 bytes = 32,768 bytes a row
+    monkeypatch.setattr(hf, "free_memory", lambda device: 40_000)
+    with pytest.raises(hf.KVCacheTooLarge, match=r"2 rows x 64 positions \(2 layers\).* at most 1 rows fit"):
+        sampler.generate(prompts, params)
+    monkeypatch.setattr(hf, "free_memory", lambda device: 65_536)  # exactly two rows: sampled as before
+    assert (
+        sampler.generate(prompts, params).completion_ids
+        == _greedy(model, prompts, 61, [NEVER]).completion_ids
+    )
+    assert hf.free_memory(torch.device("cpu")) is None or hf.free_memory(torch.device("cpu")) > 0

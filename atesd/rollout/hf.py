@@ -113,21 +113,69 @@ def mask_kind(model: PreTrainedModel) -> str | None:
 _FULL_ATTENTION: dict[tuple, bool] = {}  # whether a config's cache layers are all full attention
 
 
+def free_memory(device: torch.device) -> int | None:
+    """Bytes a new allocation can take on `device` now: on CUDA the driver's free memory plus what
+    torch's allocator holds unused; on CPU (Linux) MemAvailable; None where not known."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as fh:
+                for line in fh:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
+
+
+class KVCacheTooLarge(ValueError):
+    """The preallocated KV cache of a rollout batch cannot fit the device's free memory."""
+
+
+def check_kv_cache(per_row: int, rows: int, capacity: int, layers: int, device: torch.device) -> None:
+    """KVCacheTooLarge (one line, with the rows that fit) where `rows` rows of `per_row` bytes exceed
+    the free memory of `device`: the allocation would fail anyway, as a CUDA OOM traceback (eval.py's
+    paper defaults, 64 rows x 38,912 new tokens, ask a 1.7B model for about 270 GB)."""
+    free = free_memory(device)
+    if free is None or per_row * rows <= free:
+        return
+    fits = free // per_row
+
+    def size(n: int) -> str:
+        return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+    raise KVCacheTooLarge(
+        f"the sampler's KV cache for {rows} rows x {capacity:,} positions ({layers} layers) needs "
+        f"{size(per_row * rows)}, {size(free)} free on {device}: at most {fits} rows fit "
+        "at once (eval.py: sampling.batch_size; training: real.engine.batch_size), or ask fewer new "
+        "tokens (max_new_tokens), or sample with vLLM (sampling.backend=vllm), whose cache is paged"
+    )
+
+
 class _PreallocatedLayer(DynamicLayer):
     """A `DynamicLayer` whose keys/values live in one buffer sized for the whole rollout.
 
     `update` writes the new states in place and returns views, so no step pays a `torch.cat` of the
-    whole cache; dropping finished rows is one row gather of the buffer.
+    whole cache; dropping finished rows is one row gather of the buffer. The first layer (`layers`
+    given: the cache's layer count) checks that the whole cache fits before any buffer is made.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, layers: int = 0) -> None:
         super().__init__()
         self.capacity = capacity
         self.length = 0
+        self.layers = layers
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         b, h, _, d = key_states.shape
         self.dtype, self.device = key_states.dtype, key_states.device
+        if self.layers:
+            per_row = (
+                self.layers * h * self.capacity * (d + value_states.shape[-1]) * key_states.element_size()
+            )
+            check_kv_cache(per_row, b, self.capacity, self.layers, key_states.device)
         self._key_buf = key_states.new_empty(b, h, self.capacity, d)  # (B, H_kv, C, D)
         self._value_buf = value_states.new_empty(b, h, self.capacity, value_states.shape[-1])
         self.is_initialized = True
@@ -285,7 +333,8 @@ class HFSampler:
     def _new_cache(self, capacity: int) -> Cache:
         if self.mask_kind is None:
             return DynamicCache(config=self.model.config)
-        return Cache(layers=[_PreallocatedLayer(capacity) for _ in range(self._num_layers)])
+        n = self._num_layers
+        return Cache(layers=[_PreallocatedLayer(capacity, layers=n if i == 0 else 0) for i in range(n)])
 
     def _decode_mask(self, mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         """The padding mask of every decode step at once, sliced per step: (B, T + N) or (B, 1, 1, T + N)."""
