@@ -674,6 +674,12 @@ class DistillEngine:
         self.student.load_state_dict(weights, strict=False)  # a state with the base too loads it as well
 
     def load_state_dict(self, state: dict) -> None:
+        own = self.sample_gen.get_state().numel()
+        if state["sample_gen"].numel() != own:  # a CUDA generator's state is 16 bytes, a CPU one's 5,056
+            raise ValueError(
+                "the state's samplers ran on another kind of device than this engine's "
+                f"({self.sample_gen.device}): a run resumes on the kind of device it ran on (real.device)"
+            )
         # `state` must stay as it is (the env's reset snapshot is loaded again at every reset). The
         # weights are copied into the live tensors; the optimiser adopts tensors already of its
         # parameters' device and dtype, so its part is copied first (the whole state was: one more copy
@@ -692,8 +698,9 @@ class DistillEngine:
         self.eval_gen.set_state(state["eval_gen"])
         if "torch_rng" in state:  # (a state from before the global generators were kept: as it was)
             torch.set_rng_state(state["torch_rng"])
-            if state["cuda_rng"] and torch.cuda.is_initialized():
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            if state["cuda_rng"] and torch.cuda.is_initialized():  # as many as this process sees
+                for index, cuda_state in enumerate(state["cuda_rng"][: torch.cuda.device_count()]):
+                    torch.cuda.set_rng_state(cuda_state, index)
         self.stats.load_state_dict(state["stats"])
         self.num_steps, self.nonfinite_in_row, self.nonfinite_total = state["counters"]
         self.last_probe_nll = state["last_probe_nll"]

@@ -408,6 +408,18 @@ def test_a_snapshot_replays_dropout(tiny_model, tokenizer, small_task):
     assert [s.loss for s in engine.run_window(0.5, 2).steps] == first
 
 
+def test_a_state_of_another_device_kind_is_refused_in_one_line(tiny_model, tokenizer, small_task):
+    """A GPU run's checkpoint resumed on a CPU (the qwen3 configs' device=auto matches on both) failed
+    deep in torch: "Expected a CPUGeneratorImplState of size 5056 but found ... 16"."""
+    engine = make_engine(tiny_model, tokenizer, small_task)
+    state = engine.state_dict()
+    state["sample_gen"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state
+    with pytest.raises(
+        ValueError, match=r"samplers ran on another kind of device than this engine's \(cpu\)"
+    ):
+        engine.load_state_dict(state)
+
+
 def test_lora_init_and_dropout_do_not_depend_on_what_the_process_ran_before(tokenizer, small_task):
     """Two engines built in one process (a bench worker's units, branch_alpha's seeds) drew LoRA's
     init and its dropout from torch's global generator in whatever state earlier work had left it, so
