@@ -29,6 +29,13 @@ def mean_ci(values: Any, level: float = 0.95) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def is_constant(x: Any) -> bool:
+    """All values equal up to float rounding (a spread within 1e-12 of their size): a sample with no
+    variance to test against. Exact equality took 0.8 and 0.8 + 1e-15 for a difference (p 8e-06)."""
+    x = np.asarray(x, dtype=np.float64)
+    return len(x) > 0 and float(np.ptp(x)) <= 1e-12 * max(1.0, float(np.max(np.abs(x))))
+
+
 def welch_p(a: Any, b: Any, alternative: str = "two-sided") -> float:
     """Welch t-test p-value of the finite values of a and b (`alternative`: "two-sided", or "greater"
     for the one-sided test of mean(a) > mean(b), or "less"); NaN when either has fewer than two values
@@ -36,7 +43,7 @@ def welch_p(a: Any, b: Any, alternative: str = "two-sided") -> float:
     from scipy import stats
 
     x, y = finite_values(a), finite_values(b)
-    if len(x) < 2 or len(y) < 2 or (np.ptp(x) == 0 and np.ptp(y) == 0):
+    if len(x) < 2 or len(y) < 2 or (is_constant(x) and is_constant(y)):
         return math.nan
     with warnings.catch_warnings():  # near-constant samples: scipy warns about precision, the p stands
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -45,11 +52,20 @@ def welch_p(a: Any, b: Any, alternative: str = "two-sided") -> float:
 
 def paired_p(a: Any, b: Any, alternative: str = "two-sided") -> float:
     """Paired t-test p-value of a against b, pairs where both are finite (`alternative` as in
-    `welch_p`: "greater" tests mean(a - b) > 0); NaN below two pairs or when every difference is equal."""
+    `welch_p`: "greater" tests mean(a - b) > 0); NaN below two pairs or when every difference is equal
+    (`is_constant`: no variance to test against; the difference is then exact, see `paired_exact`)."""
     from scipy import stats
 
     x, y = np.asarray(a, dtype=np.float64).reshape(-1), np.asarray(b, dtype=np.float64).reshape(-1)
     both = np.isfinite(x) & np.isfinite(y)
-    if both.sum() < 2 or np.ptp(x[both] - y[both]) == 0:
+    if both.sum() < 2 or is_constant(x[both] - y[both]):
         return math.nan
     return float(stats.ttest_rel(x[both], y[both], alternative=alternative).pvalue)
+
+
+def paired_exact(a: Any, b: Any) -> bool:
+    """At least two pairs, every one differing by the same (up to rounding): `paired_p` is NaN, and the
+    difference is exact (every seed went from 0.80 to 0.70: a certain drop, not an unknown one)."""
+    x, y = np.asarray(a, dtype=np.float64).reshape(-1), np.asarray(b, dtype=np.float64).reshape(-1)
+    both = np.isfinite(x) & np.isfinite(y)
+    return bool(both.sum() >= 2 and is_constant(x[both] - y[both]))

@@ -12,7 +12,7 @@ import numpy as np
 
 SUMMARY_FIELDS = (
     "n", "mean", "sd", "ci_low", "ci_high", "p_value", "p_greater", "regret", "alpha_mean", "seconds",
-    "run1_mean", "p_worse",
+    "run1_mean", "p_worse", "p_note", "p_worse_note",
 )  # fmt: skip
 
 
@@ -30,6 +30,18 @@ def score_words(score: str) -> str:
 
 def _fmt(value: float, spec: str) -> str:
     return "-" if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def _fmt_p(value: float) -> str:
+    """A p-value in two significant digits, more where two would round it across 0.05 (0.0496 was
+    printed `0.05`, as 0.0504 was)."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    for digits in (2, 3, 4, 6):
+        text = format(value, f".{digits}g")
+        if (float(text) < 0.05) == (value < 0.05):
+            return text
+    return repr(value)
 
 
 def runs_shown(summary: dict) -> bool:
@@ -60,7 +72,7 @@ def table_rows(summary: dict, baseline: str) -> list[list[str]]:
             if runs:
                 rows[-1] += [
                     _fmt(s.get("run1_mean", math.nan), ".4f"),
-                    _fmt(s.get("p_worse", math.nan), ".2g"),
+                    "sd 0" if s.get("p_worse_note") else _fmt_p(s.get("p_worse", math.nan)),
                 ]
     return rows
 
@@ -69,7 +81,7 @@ def _p_cells(s: dict) -> list[str]:
     """The two p cells: "sd 0" where both samples are constant (no test: the means' difference is exact)."""
     if s.get("p_note") == "both constant":
         return ["sd 0", "sd 0"]
-    return [_fmt(s["p_value"], ".2g"), _fmt(s["p_greater"], ".2g")]
+    return [_fmt_p(s["p_value"]), _fmt_p(s["p_greater"])]
 
 
 COLUMNS = (
@@ -94,7 +106,10 @@ def print_table(summary: dict, baseline: str, console: Any = None, score: str = 
         caption += "; sd 0: both constant over the seeds, no test (the difference of the means is exact)"
     cols = columns(summary)
     if len(cols) > len(COLUMNS):
-        caption += "; run 1: mean final score of the first episode; p (worse): paired one-sided, last < run 1"
+        first = score_words(score).replace("of the last episode", "of the first episode")
+        caption += f"; run 1: {first} (mean over seeds); p (worse): paired one-sided, last < run 1"
+        if any(s.get("p_worse_note") for by_ctl in summary.values() for s in by_ctl.values()):
+            caption += " (sd 0: every seed changed by the same, none for a deterministic one: no test, exact)"
     if console.is_terminal:
         table = Table(title="bench", caption=caption)
         for i, col in enumerate(cols):

@@ -58,7 +58,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atesd import config as cfglib  # noqa: E402
-from atesd.significance import finite_values, mean_ci, paired_p, welch_p  # noqa: E402
+from atesd.significance import finite_values, is_constant, mean_ci, paired_exact, paired_p, welch_p  # noqa: E402
 from atesd.state import write_atomic  # noqa: E402
 from atesd.threads import set_threads  # noqa: E402
 from controllers import CONTROLLERS  # noqa: E402
@@ -141,10 +141,12 @@ def run_unit(
         starts: list[str] = []  # where the controller started, when not from its own config
         agent = build_controller(cfg, gym_env, announce=starts.append, env_key=unit_env_key(env, env_kwargs))
         runs = []  # each episode's final score (its return where the env has no score)
+        run_evals = []  # each episode's evaluations (`evals` below), for its --score other than final
         for episode in range(cfg.episodes):
             evals.clear(), evaluated.clear()
             result = run_episode(gym_env, agent, seed=1000 * seed + episode, on_step=on_step)
             runs.append(episode_score(result))
+            run_evals.append(list(evals) or [float(s) for s in result.scores if math.isfinite(s)])
         gym_env.close()
         final = episode_score(result)
         return {
@@ -163,8 +165,9 @@ def run_unit(
             ],
             # the real env carries its last evaluation forward between evaluations: these are the
             # evaluations themselves; an env that scores every window (the mock) has one per window
-            "evals": evals or [float(s) for s in result.scores if math.isfinite(s)],
+            "evals": run_evals[-1],
             "runs": runs,
+            "run_evals": run_evals if cfg.episodes > 1 else [],
             "alpha_mean": float(np.mean(result.alphas)),
             "final_eval": {k: float(v) for k, v in (result.final_info.get("eval") or {}).items()},
             "seconds": time.perf_counter() - t0,
@@ -355,16 +358,36 @@ def unit_score(unit: dict, score: str) -> float:
     """A unit's score under `score`: its final score, the best of its evaluations (OPSD's best
     checkpoint), or the mean of its last K evaluations (`unit["evals"]`: the last episode's
     evaluations, the final one included; on the mock every window's competence)."""
-    kind, k = parse_score(score)
-    if kind == "final":
-        return unit["final"]
     evals = unit.get("evals")
     if evals is None:  # a unit recorded before `evals` existed: its curve's windows
         evals = unit["curve"][1:]
+    return _scored(evals, unit["final"], score)
+
+
+def _scored(evals: list, final: float, score: str) -> float:
+    """One episode's score under `score` from its evaluations and final score (see `unit_score`)."""
+    kind, k = parse_score(score)
+    if kind == "final":
+        return final
     evals = [v for v in evals if v is not None and math.isfinite(v)]  # an evaluation without a score
     if not evals:
-        return unit["final"]
+        return final
     return float(max(evals)) if kind == "best" else float(np.mean(evals[-k:]))
+
+
+def run_scores(unit: dict, score: str) -> list[float]:
+    """Each episode's score under `score` (several episodes a unit, learned state kept): [] for a unit
+    of one episode, or one recorded before each episode's evaluations were (`run_evals`) under a score
+    other than final (its first run's score is then unknown: NaN, not the final score beside another)."""
+    runs = unit.get("runs") or []
+    if len(runs) < 2:
+        return []
+    if parse_score(score)[0] == "final":
+        return list(runs)
+    run_evals = unit.get("run_evals") or []
+    if len(run_evals) != len(runs):
+        return [math.nan] * len(runs)
+    return [_scored(evals, final, score) for evals, final in zip(run_evals, runs, strict=True)]
 
 
 def episode_score(result: Any) -> float:
@@ -399,11 +422,11 @@ def summarise(
             x = finite_values(finals[ctl])
             mean, low, high = mean_ci(x)
             ordered = sorted(rs, key=lambda r: r["seed"])
-            first = [r["runs"][0] if len(r.get("runs") or []) > 1 else math.nan for r in ordered]
-            last = [r["runs"][-1] if len(r.get("runs") or []) > 1 else math.nan for r in ordered]
+            scored = [run_scores(r, score) or [math.nan] for r in ordered]  # per seed, per episode
+            first, last = [s[0] for s in scored], [s[-1] for s in scored]
             tested = ctl != baseline and baseline in finals
             base = finite_values(finals[baseline]) if tested else np.array([])
-            constant = tested and len(x) > 1 and len(base) > 1 and np.ptp(x) == 0 and np.ptp(base) == 0
+            constant = tested and len(x) > 1 and len(base) > 1 and is_constant(x) and is_constant(base)
             summary[env][ctl] = {
                 "n": len(x),
                 "mean": mean,
@@ -416,10 +439,12 @@ def summarise(
                 # difference of the means is exact
                 "p_note": "both constant" if constant else "",
                 "regret": oracle - mean,
-                # several episodes a unit (learned state kept): the first's final score, and the
+                # several episodes a unit (learned state kept): the first's score (under `score`), and the
                 # paired one-sided p that the last episode ends below the first (the learner degrades)
                 "run1_mean": float(np.mean(finite_values(first))) if np.isfinite(first).any() else math.nan,
                 "p_worse": paired_p(last, first, "less"),
+                # every seed moved by the same from run 1 (a deterministic controller): no test, exact
+                "p_worse_note": "constant difference" if paired_exact(last, first) else "",
                 "alpha_mean": float(np.mean([r["alpha_mean"] for r in rs])),
                 "seconds": float(np.mean([r["seconds"] for r in rs])),
                 "seeds": [r["seed"] for r in sorted(rs, key=lambda r: r["seed"])],

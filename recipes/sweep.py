@@ -129,9 +129,11 @@ def summarise(results: list[dict], alphas: tuple[float, ...], bands: list[str]) 
             rs = [r for r in results if r["alpha"] == a]
             # dtype float: a NaN recorded as null in runs.jsonl reads back as NaN, as a fresh run has it
             acc = np.array([r["final"][f"accuracy/{band}"] for r in rs], dtype=float) * 100
+            ok = acc[np.isfinite(acc)]  # a seed whose evaluation came out NaN is left out, not averaged in
             row[a] = {
-                "acc_mean": acc.mean(),
-                "acc_sd": acc.std(ddof=1) if len(acc) > 1 else math.nan,  # one seed: no sd
+                "acc_mean": ok.mean() if len(ok) else math.nan,
+                "acc_sd": ok.std(ddof=1) if len(ok) > 1 else math.nan,  # one seed: no sd
+                "n": len(ok),
                 "kl": np.mean(np.array([r["mismatch_start"][band]["kl"] for r in rs], dtype=float)),
                 "top1": np.mean(np.array([r["mismatch_start"][band]["top1"] for r in rs], dtype=float)),
                 "acc": acc.tolist(),
@@ -167,8 +169,8 @@ def _monotone_every_seed(results: list[dict], alphas: tuple[float, ...], band: s
 def _beating(row: dict, alphas: tuple[float, ...], ref: float) -> list[float] | None:
     """Alphas whose mean accuracy beats alpha=ref by more than two seed standard deviations (the
     larger of the two arms' sds); None when the check cannot be made: alpha=ref is not swept, or an
-    arm has fewer than 2 seeds (no sd: any higher mean would pass)."""
-    if ref not in row or any(len(row[a]["acc"]) < 2 for a in alphas):
+    arm has fewer than 2 seeds with a finite accuracy (no sd: any higher mean would pass)."""
+    if ref not in row or any(row[a].get("n", len(row[a]["acc"])) < 2 for a in alphas):
         return None
     return [
         a

@@ -656,3 +656,44 @@ def test_a_cached_warm_start_shows_no_bar(monkeypatch, capsys):
     bench.warm_start_real(RunConfig())
     out = capsys.readouterr().out
     assert len(calls) == 1 and "0/" not in out and "warm start ready" in out, out
+
+
+def test_run_one_and_the_degradation_test_use_the_score_asked(tmp_path, capsys):
+    """--score tail:K compared the last run's tail mean with run 1's final score: a deterministic
+    schedule (every run identical) showed run 1 0.8812 beside a mean of 0.7834."""
+    argv = ["--controllers", "schedule,random,beta_reinforce", "--baseline", "random", "--seeds", "3",
+            "--set", "episodes=3", "--set", "mock.total_steps=50", "--set", "plots=false",
+            "--score", "tail:5", "--out", str(tmp_path)]  # fmt: skip
+    run_dir = bench.main(argv)
+    record = read_json(run_dir / "results.json")
+    summary = record["summary"]["mock"]
+    schedule = summary["schedule"]
+    assert schedule["run1_mean"] == pytest.approx(schedule["mean"]) and schedule["p_worse_note"]
+    for unit in record["units"]:  # each episode scored as the last one is: the mean of its last 5
+        assert len(unit["run_evals"]) == 3 and unit["run_evals"][-1] == unit["evals"]
+        assert bench.run_scores(unit, "tail:5")[-1] == pytest.approx(bench.unit_score(unit, "tail:5"))
+    learner = [u for u in record["units"] if u["controller"] == "beta_reinforce"]
+    run1 = [float(np.mean(u["run_evals"][0][-5:])) for u in sorted(learner, key=lambda u: u["seed"])]
+    assert summary["beta_reinforce"]["run1_mean"] == pytest.approx(np.mean(run1))
+    out = capsys.readouterr().out
+    assert "run 1: mean of the last 5 evaluations of the first episode" in out and "every seed changed" in out
+    with (run_dir / "results.csv").open() as fh:  # the notes reach the CSV, where the p cells are empty
+        rows = {r["controller"]: r for r in csv.DictReader(fh)}
+    assert rows["schedule"]["p_worse"] == "" and rows["schedule"]["p_worse_note"] == "constant difference"
+    # a unit recorded before each episode's evaluations were: run 1 unknown under tail, not the final
+    old = dict(learner[0], run_evals=[])
+    assert all(math.isnan(v) for v in bench.run_scores(old, "tail:5"))
+    assert bench.run_scores(old, "final") == old["runs"]
+
+
+def test_p_values_never_print_rounded_across_005_and_constants_are_judged_to_rounding():
+    from atesd.significance import is_constant, paired_exact, paired_p
+    from recipes._tables import _fmt_p
+
+    assert [_fmt_p(p) for p in (0.0496, 0.0504, 0.04996, 0.05, 0.0012345, 0.5, math.nan)] == [
+        "0.0496", "0.05", "0.04996", "0.05", "0.0012", "0.5", "-"]  # fmt: skip
+    assert is_constant([0.8, 0.8 + 1e-15, 0.8]) and not is_constant([0.8, 0.8001])
+    assert math.isnan(welch_p([0.8, 0.8 + 1e-15, 0.8], [0.7, 0.7, 0.7 - 1e-15]))  # was p 8e-06
+    drop = ([0.7, 0.6, 0.5, 0.4], [0.8, 0.7, 0.6, 0.5])  # every seed 0.1 lower
+    assert math.isnan(paired_p(*drop, "less")) and paired_exact(*drop)
+    assert not paired_exact([0.7, 0.6, 0.55], [0.8, 0.7, 0.6])

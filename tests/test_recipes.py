@@ -82,6 +82,16 @@ def test_the_sweep_summary_of_one_seed_or_one_alpha_or_a_null_says_so():
     assert only["checks"]["B"]["mismatch_monotone_every_seed"] is None
     assert only["table"]["B"][0.5]["acc_sd"] == 0.0  # two seeds: a real sd
 
+    # one seed's accuracy NaN: its arm's mean is the others' ("nothing beats alpha 1" came out instead)
+    def acc(alpha, seed, value):
+        return {**run(alpha, seed, 0.2), "final": {"accuracy/B": value}}
+
+    arms = [acc(0.75, s, v) for s, v in enumerate((0.9, 0.91, math.nan))]
+    arms += [acc(1.0, s, v) for s, v in enumerate((0.5, 0.51, 0.5))]
+    nan_seed = sweep.summarise(arms, (0.75, 1.0), ["B"])
+    assert nan_seed["table"]["B"][0.75]["acc_mean"] == pytest.approx(90.5)
+    assert nan_seed["table"]["B"][0.75]["n"] == 2 and nan_seed["checks"]["B"]["alphas_beating_1"] == [0.75]
+
 
 def strict_json(text: str):
     """json.loads that refuses NaN and infinities (what strict JSON readers do)."""
