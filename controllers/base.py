@@ -213,9 +213,14 @@ def one_thread(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def as_action(alpha: float | Sequence[float] | np.ndarray, action_space: gym.spaces.Box) -> np.ndarray:
+def as_action(
+    alpha: float | Sequence[float] | np.ndarray, action_space: gym.spaces.Box, clip: bool = True
+) -> np.ndarray:
     """An alpha, or one per band, as a float32 action of the space's shape, clipped into its bounds:
-    a scalar is broadcast (the same alpha for every band), a sequence must match the shape."""
+    a scalar is broadcast (the same alpha for every band), a sequence must match the shape. Clipping
+    is for controllers that probe at the bounds (alpha + delta near 1); with `clip=False` a value
+    outside them by more than rounding (1e-6) is a ValueError, so a controller that computes alpha 7
+    says so instead of running at 1. A NaN is never repaired (the env refuses it)."""
     values = np.asarray(alpha, dtype=np.float64)
     size = action_size(action_space)
     if values.ndim == 0:
@@ -223,7 +228,14 @@ def as_action(alpha: float | Sequence[float] | np.ndarray, action_space: gym.spa
     values = values.reshape(-1)
     if values.size != size:
         raise ValueError(f"{values.size} alphas for an action space of {size}")
-    return np.clip(values, action_space.low, action_space.high).astype(np.float32)
+    low, high = np.asarray(action_space.low, np.float64), np.asarray(action_space.high, np.float64)
+    outside = (values < low - 1e-6) | (values > high + 1e-6)
+    if not clip and outside.any():
+        raise ValueError(
+            f"the controller's alpha {values[outside][0]:g} is outside the action space's "
+            f"[{low.min():g}, {high.max():g}] (as_action(..., clip=False) clips rounding only)"
+        )
+    return np.clip(values, low, high).astype(np.float32)
 
 
 def action_size(action_space: gym.spaces.Box) -> int:

@@ -740,7 +740,7 @@ def _guarded(run_dir: Path, units: list, cfg: RunConfig, bench: Any) -> Path:
         if any(env == "real" for env, _, _ in units):
             warm_start_real(cfg)
         return bench()
-    except BaseException:
+    except BaseException as err:
         if not (run_dir / "results.json").exists():
             kept = len(read_records(run_dir / UNITS))
             if kept:
@@ -748,6 +748,8 @@ def _guarded(run_dir: Path, units: list, cfg: RunConfig, bench: Any) -> Path:
                     f"the bench stopped (its workers too); kept {kept} of {len(units)} units in "
                     f"{run_dir / UNITS}; go on with: python recipes/bench.py --resume {run_dir}"
                 )
+                if not isinstance(err, KeyboardInterrupt):  # Ctrl-C's line says it; a failure's, here
+                    print(STOPPED[-1], file=sys.stderr, flush=True)
             else:
                 discard_dir(run_dir)
         raise

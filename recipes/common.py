@@ -95,6 +95,16 @@ def controller_config(
         raise cfglib.ConfigError(f"unknown controller '{name}'{hint} (registered: {', '.join(CONTROLLERS)})")
     cfg_cls = CONTROLLERS[name][1]
     data = dict(data or {})
+    fields = {f.name: f for f in dataclasses.fields(cfg_cls)} if dataclasses.is_dataclass(cfg_cls) else {}
+    if "seed" in fields and data.get("seed") is not None:
+        given = cfglib.coerce(
+            typing.get_type_hints(cfg_cls)["seed"], data["seed"], f"controllers.{name}.seed"
+        )
+        if given != cfg_cls().seed:  # it was replaced by the run's seed, yet recorded as given
+            raise cfglib.ConfigError(
+                f"controllers.{name}.seed={given}: a controller's seed is the run's (seed=N or --seed; "
+                f"bench.py: --seeds), which the recipes give it; drop controllers.{name}.seed"
+            )
     if reward is not None:
         hints = typing.get_type_hints(cfg_cls)
         for key in (k for k in ENV_OWNED if k in hints):

@@ -697,3 +697,40 @@ def test_p_values_never_print_rounded_across_005_and_constants_are_judged_to_rou
     drop = ([0.7, 0.6, 0.5, 0.4], [0.8, 0.7, 0.6, 0.5])  # every seed 0.1 lower
     assert math.isnan(paired_p(*drop, "less")) and paired_exact(*drop)
     assert not paired_exact([0.7, 0.6, 0.55], [0.8, 0.7, 0.6])
+
+
+def test_a_bench_that_fails_says_what_it_kept_and_how_to_go_on(tmp_path, monkeypatch, capsys):
+    """A failure (not Ctrl-C) after some units printed the error alone, though units.jsonl held them
+    and USAGE promised the --resume line."""
+    real_unit, calls = bench.run_unit, []
+
+    def fail_at_the_third(*args):
+        calls.append(args)
+        if len(calls) == 3:
+            raise ValueError("action alpha must be in [0, 1], got 1.5")
+        return real_unit(*args)
+
+    monkeypatch.setattr(bench, "run_unit", fail_at_the_third)
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--controllers", "fixed:alpha=0.5,random", "--baseline", "random", "--seeds", "2",
+                    "--set", "mock.total_steps=50", "--set", "plots=false",
+                    "--out", str(tmp_path)])  # fmt: skip
+    (run_dir,) = tmp_path.iterdir()
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"kept 2 of 4 units in {run_dir / 'units.jsonl'}" in err
+    assert f"--resume {run_dir}" in err and "error: action alpha must be in [0, 1], got 1.5" in err
+
+
+def test_a_controllers_seed_is_the_runs_and_setting_it_is_refused(tmp_path, capsys):
+    """controllers.random.seed=7 was replaced by the run's seed without a word, yet recorded in
+    config.json (and a resume refused a change of it, which changed nothing)."""
+    with pytest.raises(SystemExit) as exc:
+        run.main(
+            ["--controller", "random", "--env", "mock", "controllers.random.seed=7", f"out_dir={tmp_path}"]
+        )
+    assert exc.value.code == 2 and "controllers.random.seed=7: a controller's seed is the run's" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit):
+        bench.main(["--controllers", "random:seed=3", "--seeds", "1", "--out", str(tmp_path)])
+    assert "drop controllers.random.seed" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
