@@ -472,8 +472,17 @@ def load_controller_init(controller: Any, path: str, name: str, env: Any = None)
     missing = no_saved_state(base)
     if missing:
         raise cfglib.ConfigError(missing)
+    state = load_state(base)
+    unknown = sorted(set(state) - set(controller.state_dict()))
+    if unknown:  # another controller's: an open-loop one (fixed, random) loaded anything without a word
+        raise cfglib.ConfigError(
+            f"controller_init: the state at {base} does not fit a {name} controller: it holds "
+            f"{', '.join(map(str, unknown[:4]))}, which a {name}'s state has not (its state: "
+            f"{', '.join(map(str, controller.state_dict())) or 'nothing'}); a state saved by another "
+            "controller?"
+        )
     try:
-        controller.load_state_dict(load_state(base))
+        controller.load_state_dict(state)
     except Exception as err:  # noqa: BLE001 - whatever the state's mismatch, one line names it
         raise cfglib.ConfigError(
             f"controller_init: the state at {base} does not fit a {name} controller on this env "

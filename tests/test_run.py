@@ -726,8 +726,13 @@ def test_a_state_of_other_sizes_names_the_tensor_and_the_cause_stays_chained(tmp
     with pytest.raises(cfglib.ConfigError, match="does not fit") as exc:
         build_controller(cfg, per_band)
     assert isinstance(exc.value.__cause__, RuntimeError) and "size mismatch" in str(exc.value.__cause__)
-    with pytest.raises(cfglib.ConfigError, match=r"does not fit a ppo controller on this env \(KeyError: "):
+    with pytest.raises(cfglib.ConfigError, match=r"does not fit a ppo controller: it holds decisions, "):
         build_controller(dataclasses.replace(cfg, controller="ppo"), per_band)
+    # an open-loop controller's state is nothing: it loaded another's without a word
+    with pytest.raises(
+        cfglib.ConfigError, match=r"a random's state has not \(its state: rng\); a state saved"
+    ):
+        build_controller(dataclasses.replace(cfg, controller="random"), per_band)
 
 
 def test_a_missing_controller_init_is_refused_before_the_env_is_built(tmp_path, monkeypatch, capsys):
