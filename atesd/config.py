@@ -117,6 +117,10 @@ def _default(f: dataclasses.Field) -> Any:
     return None
 
 
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
 def coerce(tp: Any, value: Any, name: str) -> Any:
     """Convert YAML/CLI data to the annotated type (dataclasses, tuples, numbers, Literal, Optional)."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -126,11 +130,23 @@ def coerce(tp: Any, value: Any, name: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return coerce(inner[0], value, name) if len(inner) == 1 else value
+        if len(inner) == 1:
+            return coerce(inner[0], value, name)
+        errors = []
+        for option in inner:  # `int | str`: the first type the value converts to, in the order written
+            try:
+                return coerce(option, value, name)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{name} must be one of {' | '.join(map(_type_name, inner))}: {'; '.join(errors)}")
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{name} must be one of {', '.join(map(str, args))}; got {value!r}")
         return value
+    if origin is list or tp is list:  # list[float]: each value its type (a list was passed through as text)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        return [coerce(args[0], v, name) for v in value] if args else list(value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{name} must be a list, got {value!r}")

@@ -267,3 +267,18 @@ def test_a_flag_that_an_override_contradicts_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "--controller bandit contradicts --set controller=fixed" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_lists_and_unions_are_converted_like_the_other_types():
+    """A config field `grid: list[float]` took `[a,b]` as text (passed through unchecked), as did
+    `int | str` unions: lists convert each value, a union takes the first type that fits."""
+    from atesd.config import ConfigError, coerce
+
+    assert coerce(list[float], [1, "2.5"], "grid") == [1.0, 2.5]
+    with pytest.raises(ConfigError, match=r"grid must be a number \(float\), got 'a'"):
+        coerce(list[float], ["a", "b"], "grid")
+    with pytest.raises(ConfigError, match="grid must be a list"):
+        coerce(list[float], 0.5, "grid")
+    assert coerce(int | str, 3, "k") == 3 and coerce(int | str, "auto", "k") == "auto"
+    with pytest.raises(ConfigError, match=r"k must be one of int \| float: "):
+        coerce(int | float, "many", "k")
