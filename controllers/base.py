@@ -306,14 +306,27 @@ def check_fits(env: gym.Env, controller: Any) -> None:
                 f"{type(controller).__name__} was built with {key}={mine}, but the env's reward_spec has "
                 f"{key}={theirs}: build it with the env's (recipes.common.build_controller does)"
             )
-    check_reads(type(controller), getattr(env, "observation_names", None), type(controller).__name__)
+    check_reads(type(controller), getattr(env, "observation_names", None), type(controller).__name__,
+                observation_size(env))  # fmt: skip
 
 
-def check_reads(cls: type, names: Sequence[str] | None, name: str) -> None:
+def observation_size(env: Any) -> int | None:
+    """The number of entries of a flat Box observation space; None for another space."""
+    space = getattr(env, "observation_space", None)
+    shape = getattr(space, "shape", None)
+    return int(shape[0]) if shape is not None and len(shape) == 1 else None
+
+
+def check_reads(cls: type, names: Sequence[str] | None, name: str, size: int | None = None) -> None:
     """A controller that reads observation entries by position (`cls.reads`, name -> index) runs only
     on an env whose `observation_names` put those names there; an env that names no entries is
     trusted (an outside env: its layout is the user's to match)."""
     for entry, index in getattr(cls, "reads", {}).items():
+        if names is None and size is not None and index >= size:  # an IndexError at the first act
+            raise ValueError(
+                f"controller {name} reads observation entry {index} as '{entry}', but this env's "
+                f"observations have {size} entries"
+            )
         if names is not None and (index >= len(names) or names[index] != entry):
             found = names[index] if index < len(names) else "nothing"
             raise ValueError(

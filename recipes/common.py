@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import difflib
 import re
+import types
 import typing
 import warnings
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from atesd.priors import absolute_path, local_path
 from atesd.progress import RewardSpec
 from controllers import CONTROLLERS
 from controllers.base import check_reads as check_entries
+from controllers.base import observation_size
 from envs.exposure_env import ExposureEnvConfig
 from envs.mock_env import MockConfig
 
@@ -411,11 +413,13 @@ def build_controller(
 
 
 def reward_spec_of(env: gym.Env) -> RewardSpec | None:
-    """`env.unwrapped.reward_spec` as a RewardSpec (None where the env has none); ConfigError in one
-    line for one that lacks a field (a dict, a namespace of some of them)."""
+    """`env.unwrapped.reward_spec` as a RewardSpec (None where the env has none; a mapping is read by
+    key); ConfigError in one line for one that lacks a field."""
     spec = getattr(env.unwrapped, "reward_spec", None)
     if spec is None or isinstance(spec, RewardSpec):
         return spec
+    if isinstance(spec, typing.Mapping):  # {"hold_steps": 5, ...}: read by key (hasattr said it had none)
+        spec = types.SimpleNamespace(**spec)
     missing = [name for name in RewardSpec._fields[:5] if not hasattr(spec, name)]
     if missing:
         raise cfglib.ConfigError(
@@ -457,7 +461,8 @@ def controller_start(cfg: RunConfig, env: gym.Env, name: str, ctl_cfg: Any) -> t
 def check_reads(cls: type, env: Any, name: str) -> None:
     """`controllers.base.check_reads` for `env`'s observation names, as a ConfigError."""
     try:
-        check_entries(cls, getattr(getattr(env, "unwrapped", env), "observation_names", None), name)
+        names = getattr(getattr(env, "unwrapped", env), "observation_names", None)
+        check_entries(cls, names, name, observation_size(env))
     except ValueError as err:
         raise cfglib.ConfigError(str(err)) from None
 

@@ -734,3 +734,34 @@ def test_a_controllers_seed_is_the_runs_and_setting_it_is_refused(tmp_path, caps
     with pytest.raises(SystemExit):
         bench.main(["--controllers", "random:seed=3", "--seeds", "1", "--out", str(tmp_path)])
     assert "drop controllers.random.seed" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
+
+
+def test_an_outside_env_is_checked_where_it_says_less():
+    """A reads index past an unnamed observation gave an IndexError traceback at the first act; a
+    reward_spec given as a dict was said to lack the keys it has."""
+    import types
+
+    from controllers.base import as_action
+    from recipes.common import RunConfig, build_controller, reward_spec_of
+
+    act = gym.spaces.Box(0.0, 1.0, (1,), dtype=np.float32)
+
+    def env(size, spec=None):
+        space = gym.spaces.Box(0.0, 1.0, (size,), dtype=np.float32)
+        inner = types.SimpleNamespace(reward_spec=spec or RunConfig().reward_spec)
+        return types.SimpleNamespace(observation_space=space, action_space=act, unwrapped=inner)
+
+    build_controller(RunConfig(controller="schedule"), env(1))  # reads entry 0: there
+    with pytest.raises(
+        Exception, match="reads observation entry 0 as 'progress', but this env's observations"
+    ):
+        build_controller(RunConfig(controller="schedule"), env(0))
+    spec = RunConfig().reward_spec
+    as_dict = {
+        k: getattr(spec, k) for k in ("hold_steps", "gamma", "total_steps", "lambda_gt", "signed_progress")
+    }
+    assert reward_spec_of(env(6, as_dict)) == spec._replace(grounded_change=False)
+    # as_action clips by default (a probe at the bounds); clip=False says a controller is broken
+    assert as_action(1.5, act)[0] == 1.0 and as_action(1.0 + 1e-9, act, clip=False)[0] == 1.0
+    with pytest.raises(ValueError, match=r"alpha 1.5 is outside the action space's \[0, 1\]"):
+        as_action(1.5, act, clip=False)
