@@ -129,7 +129,7 @@ class PendingDecisions:
     """Decisions waiting for their lookahead; `push` returns the ones whose return became known.
 
     A pending decision is a dict of the caller's fields plus `windows`; it is plain data (numpy
-    arrays, floats), so `state_dict` round-trips through `controllers.base.save_state`.
+    arrays, floats), so `state_dict` round-trips through `atesd.state.save_state`.
     """
 
     def __init__(
