@@ -102,6 +102,11 @@ def print_table(summary: dict, baseline: str, console: Any = None, score: str = 
         "mean above the baseline's); "
         "regret: oracle mean - mean (mock env)"
     )
+    returns = [
+        env for env, by_ctl in summary.items() if any(s.get("scored_by") == "return" for s in by_ctl.values())
+    ]
+    if returns:
+        caption += f"; on {', '.join(returns)} (no score in its info): the episode's undiscounted return"
     if any(s.get("p_note") for by_ctl in summary.values() for s in by_ctl.values()):
         caption += "; sd 0: both constant over the seeds, no test (the difference of the means is exact)"
     cols = columns(summary)

@@ -168,6 +168,7 @@ def run_unit(
             "evals": run_evals[-1],
             "runs": runs,
             "run_evals": run_evals if cfg.episodes > 1 else [],
+            "scored_by": "score" if "score" in result.final_info else "return",  # an env of others
             "alpha_mean": float(np.mean(result.alphas)),
             "final_eval": {k: float(v) for k, v in (result.final_info.get("eval") or {}).items()},
             "seconds": time.perf_counter() - t0,
@@ -449,6 +450,7 @@ def summarise(
                 "seconds": float(np.mean([r["seconds"] for r in rs])),
                 "seeds": [r["seed"] for r in sorted(rs, key=lambda r: r["seed"])],
                 "finals": finals[ctl],
+                "scored_by": "return" if any(r.get("scored_by") == "return" for r in rs) else "score",
             }
     return summary
 
@@ -615,7 +617,8 @@ def plan(args: argparse.Namespace) -> tuple[RunConfig, list[str], list[str], lis
                     unit_cfg, probes.get(env) or _spaces(unit_cfg), env_key=unit_env_key(env, args.env_kwargs)
                 )
             except ValueError as err:
-                raise cfglib.ConfigError(f"controller spec '{spec}': {err}") from err
+                said = str(err).startswith(f"controller spec '{spec}'")  # parse_spec's own names it
+                raise cfglib.ConfigError(str(err) if said else f"controller spec '{spec}': {err}") from err
     for probe in probes.values():
         probe.close()
     return cfg, envs, controllers, notes

@@ -418,12 +418,13 @@ def reward_spec_of(env: gym.Env) -> RewardSpec | None:
     spec = getattr(env.unwrapped, "reward_spec", None)
     if spec is None or isinstance(spec, RewardSpec):
         return spec
+    kind = type(spec).__name__
     if isinstance(spec, typing.Mapping):  # {"hold_steps": 5, ...}: read by key (hasattr said it had none)
         spec = types.SimpleNamespace(**spec)
     missing = [name for name in RewardSpec._fields[:5] if not hasattr(spec, name)]
     if missing:
         raise cfglib.ConfigError(
-            f"the env's reward_spec ({type(spec).__name__}) has no {', '.join(missing)}: give it an "
+            f"the env's reward_spec ({kind}) has no {', '.join(missing)}: give it an "
             f"atesd.progress.RewardSpec ({', '.join(RewardSpec._fields)})"
         )
     return RewardSpec(*(getattr(spec, name) for name in RewardSpec._fields[:5]),

@@ -427,7 +427,7 @@ class QuadraticEnv(gym.Env):
         return np.full(3, self.t / 20, np.float32), reward, self.t >= 20, False, {}
 
 
-def test_any_registered_gymnasium_id_with_the_exposure_action_space(tmp_path):
+def test_any_registered_gymnasium_id_with_the_exposure_action_space(tmp_path, capsys):
     if "test/Quadratic-v0" not in gym.registry:
         gym.register("test/Quadratic-v0", entry_point=QuadraticEnv)
     specs = "fixed:alpha=0.3,fixed:alpha=1,random,beta_reinforce,bandit"
@@ -439,6 +439,10 @@ def test_any_registered_gymnasium_id_with_the_exposure_action_space(tmp_path):
     assert summary["fixed:alpha=0.3"]["mean"] == pytest.approx(0.0)  # the return: no score in its info
     assert summary["fixed:alpha=1"]["mean"] == pytest.approx(-20 * 0.49)
     assert all(-20 <= s["mean"] <= 0 for s in summary.values())  # the learners ran on its step rewards
+    assert {s["scored_by"] for s in summary.values()} == {"return"}  # and the table says so
+    assert "on test/Quadratic-v0 (no score in its info): the episode's undiscounted return" in (
+        capsys.readouterr().out
+    )
     # this package's mock by its id equals --env mock, seed for seed
     by_id = bench.main(["--env", "atesd/MockExposure-v0,mock", "--controllers", "beta_reinforce",
                         "--seeds", "2", "--baseline", "beta_reinforce", "--set", "plots=false",
@@ -622,7 +626,8 @@ def test_an_env_registered_by_the_calling_script_runs_in_the_workers_too(tmp_pat
 
 def test_a_reward_spec_that_is_not_one_is_refused_in_one_line():
     """A dict as reward_spec gave AttributeError tracebacks ('dict' object has no attribute
-    'hold_steps'); a namespace with H and gamma only, another one at the first credit (total_steps)."""
+    'hold_steps'); a namespace with H and gamma only, another one at the first credit (total_steps).
+    A dict is read by key (it was then said to lack the keys it has)."""
     import types
 
     from atesd import config as cfglib
@@ -630,7 +635,9 @@ def test_a_reward_spec_that_is_not_one_is_refused_in_one_line():
 
     env = QuadraticEnv()
     env.reward_spec = {"hold_steps": 4, "gamma": 0.8}
-    with pytest.raises(cfglib.ConfigError, match="reward_spec .dict. has no hold_steps, gamma, total_steps"):
+    with pytest.raises(
+        cfglib.ConfigError, match="reward_spec .dict. has no total_steps, lambda_gt, signed_pro"
+    ):
         build_controller(RunConfig(controller="ppo"), env)
     env.reward_spec = types.SimpleNamespace(hold_steps=4, gamma=0.8)
     with pytest.raises(cfglib.ConfigError, match="has no total_steps, lambda_gt, signed_progress"):
