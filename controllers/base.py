@@ -364,11 +364,24 @@ def run_episode(
             on_reset(obs, info)
     else:
         obs, step0 = start
-    done = False
+    done, name = False, type(controller).__name__
     while not done:
-        action = controller.act(obs)
-        next_obs, reward, terminated, truncated, info = env.step(action)
-        metrics = controller.observe(obs, action, float(reward), next_obs, terminated, truncated, info)
+        window = step0 + result.steps + 1
+        try:  # an error names where it came from (try costs nothing until it raises)
+            action = controller.act(obs)
+        except Exception as err:
+            note_error(err, f"in {name}.act, window {window}")
+            raise
+        try:
+            next_obs, reward, terminated, truncated, info = env.step(action)
+        except Exception as err:
+            note_error(err, f"in env.step of {name}'s action at window {window}")
+            raise
+        try:
+            metrics = controller.observe(obs, action, float(reward), next_obs, terminated, truncated, info)
+        except Exception as err:
+            note_error(err, f"in {name}.observe, window {window}")
+            raise
         result.rewards.append(float(reward))
         result.alphas.append(mean_alpha(info.get("alpha", action)))  # per band: their mean
         result.scores.append(float(info.get("score", math.nan)))  # envs of others may report none
@@ -383,6 +396,14 @@ def run_episode(
         obs, done = next_obs, terminated or truncated
     result.final_info = info
     return result
+
+
+def note_error(err: BaseException, where: str) -> None:
+    """Attach `where` to `err` as a note (Python 3.11+; the recipes' one-line errors print it), so an
+    error in a controller names the method and window it came from (a numpy error in observe named
+    neither)."""
+    if hasattr(err, "add_note") and where not in getattr(err, "__notes__", ()):
+        err.add_note(where)
 
 
 def step_metrics(info: dict, reward: float) -> dict[str, float]:

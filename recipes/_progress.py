@@ -145,7 +145,8 @@ def user_errors(debug: bool = False, interrupted: str | Callable[[], str] = "") 
         if debug:
             raise
         message = " ".join(str(err).split()) or type(err).__name__
-        print(f"error: {message} (--debug shows the traceback)", file=sys.stderr, flush=True)
+        notes = "".join(f" ({' '.join(str(n).split())})" for n in getattr(err, "__notes__", ()))
+        print(f"error: {message}{notes} (--debug shows the traceback)", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     finally:
         warnings.formatwarning = formatwarning

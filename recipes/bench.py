@@ -110,7 +110,7 @@ def run_unit(
     """
     import torch
 
-    from controllers.base import run_episode
+    from controllers.base import note_error, run_episode
     from recipes.common import build_env
 
     cfg = spec_config(cfg_dict, env, controller, seed)
@@ -173,6 +173,9 @@ def run_unit(
             "final_eval": {k: float(v) for k, v in (result.final_info.get("eval") or {}).items()},
             "seconds": time.perf_counter() - t0,
         }
+    except Exception as err:  # which unit of the bench failed (a worker's error said nothing of it)
+        note_error(err, f"bench unit {env}/{controller}/{seed}")
+        raise
     finally:
         torch.set_num_threads(previous)
 

@@ -772,3 +772,22 @@ def test_an_outside_env_is_checked_where_it_says_less():
     assert as_action(1.5, act)[0] == 1.0 and as_action(1.0 + 1e-9, act, clip=False)[0] == 1.0
     with pytest.raises(ValueError, match=r"alpha 1.5 is outside the action space's \[0, 1\]"):
         as_action(1.5, act, clip=False)
+
+
+def test_an_error_inside_a_controller_names_the_method_window_and_unit(tmp_path, monkeypatch, capsys):
+    """A numpy error in a controller's observe printed only 'operands could not be broadcast ...': no
+    controller, method, window or bench unit."""
+    from controllers.random import RandomController
+
+    def broken(self, *args):
+        if args[-1].get("steps_done", 0) >= 15:  # window 3 of H = 5
+            raise ValueError("operands could not be broadcast together with shapes (5,) (3,)")
+        return {}
+
+    monkeypatch.setattr(RandomController, "observe", broken)
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--controllers", "random", "--seeds", "1", "--set", "mock.total_steps=50",
+                    "--out", str(tmp_path)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "error: operands could not be broadcast together" in err
+    assert "(in RandomController.observe, window 3) (bench unit mock/random/0)" in err
