@@ -12,7 +12,6 @@ Gymnasium, controllers or recipes.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import warnings
 from collections.abc import Callable
@@ -111,14 +110,12 @@ def resolve_device(device: str, dist: Dist | None = None) -> str:
         raise ValueError("real.device=mps, but torch finds no usable MPS device here: use real.device=cpu")
     torchrun = dist is not None and dist.active
     if torchrun and (device in ("cuda", "auto") and torch.cuda.is_available() or device.startswith("cuda:")):
-        own = f"cuda:{local_cuda_index()}"  # each rank on its own GPU, where Dist bound NCCL
-        if device.startswith("cuda:") and device != own:
+        if device.startswith("cuda:"):  # refused on every rank alike (rank 0's own went on loading)
             raise ValueError(
                 f"real.device={device} under torchrun would put every rank's model on that one GPU, while "
-                f"this rank ({os.environ.get('LOCAL_RANK', '0')} on its node) works on {own}: use "
-                "real.device=cuda or auto (each rank its own GPU)"
+                "each rank works on its own (cuda:<local rank>): use real.device=cuda or auto"
             )
-        return own
+        return f"cuda:{local_cuda_index()}"  # each rank on its own GPU, where Dist bound NCCL
     if device != "auto":
         return device
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -38,11 +38,12 @@ def local_cuda_index() -> int:
     local, count = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
     if local < count:
         return local
-    if count == 1:
+    shown = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if count == 1 and len(shown) == 1:  # the launcher gave this process its own GPU
         return 0
     raise ValueError(
         f"torchrun's LOCAL_RANK is {local}, but this process sees {count} CUDA devices: start at most "
-        f"{count} processes per node, or show each process its own GPU (CUDA_VISIBLE_DEVICES)"
+        f"{count} processes per node, or show each process its own GPU (CUDA_VISIBLE_DEVICES=<one id>)"
     )
 
 

@@ -29,11 +29,15 @@ def mean_ci(values: Any, level: float = 0.95) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def is_constant(x: Any) -> bool:
-    """All values equal up to float rounding (a spread within 1e-12 of their size): a sample with no
-    variance to test against. Exact equality took 0.8 and 0.8 + 1e-15 for a difference (p 8e-06)."""
+def is_constant(x: Any, scale: float | None = None) -> bool:
+    """All values equal up to float rounding (a spread within 1e-12 of `scale`, by default their own
+    largest size): a sample with no variance to test against. Exact equality took 0.8 and 0.8 + 1e-15
+    for a difference (p 8e-06). Differences pass the size of what was subtracted as `scale`."""
     x = np.asarray(x, dtype=np.float64)
-    return len(x) > 0 and float(np.ptp(x)) <= 1e-12 * max(1.0, float(np.max(np.abs(x))))
+    if len(x) == 0:
+        return False
+    size = float(np.max(np.abs(x))) if scale is None else scale
+    return float(np.ptp(x)) <= 1e-12 * size
 
 
 def welch_p(a: Any, b: Any, alternative: str = "two-sided") -> float:
@@ -58,7 +62,7 @@ def paired_p(a: Any, b: Any, alternative: str = "two-sided") -> float:
 
     x, y = np.asarray(a, dtype=np.float64).reshape(-1), np.asarray(b, dtype=np.float64).reshape(-1)
     both = np.isfinite(x) & np.isfinite(y)
-    if both.sum() < 2 or is_constant(x[both] - y[both]):
+    if both.sum() < 2 or _same_difference(x[both], y[both]):
         return math.nan
     return float(stats.ttest_rel(x[both], y[both], alternative=alternative).pvalue)
 
@@ -68,4 +72,10 @@ def paired_exact(a: Any, b: Any) -> bool:
     difference is exact (every seed went from 0.80 to 0.70: a certain drop, not an unknown one)."""
     x, y = np.asarray(a, dtype=np.float64).reshape(-1), np.asarray(b, dtype=np.float64).reshape(-1)
     both = np.isfinite(x) & np.isfinite(y)
-    return bool(both.sum() >= 2 and is_constant(x[both] - y[both]))
+    return bool(both.sum() >= 2 and _same_difference(x[both], y[both]))
+
+
+def _same_difference(x: np.ndarray, y: np.ndarray) -> bool:
+    """Every pair differs by the same, up to the rounding of values of their size (returns of 1e5:
+    a constant difference of 0.1 rounds by ~1e-11, and a test of it gave p 4e-31)."""
+    return is_constant(x - y, scale=float(max(np.max(np.abs(x)), np.max(np.abs(y)))))

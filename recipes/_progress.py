@@ -76,6 +76,14 @@ def fresh_dir(root: Path, stem: str) -> Path:
             return path
         except FileExistsError:
             continue
+        except FileNotFoundError:  # another command's discard_dir removed the root it had made, empty
+            root.mkdir(parents=True, exist_ok=True)
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            _MADE_PARENTS[path] = made
+            return path
     raise RuntimeError(f"could not create a fresh directory {root / stem}-*")
 
 

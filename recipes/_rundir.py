@@ -486,8 +486,14 @@ def stored_config(run_dir: Path) -> RunConfig:
     try:
         return cfglib.from_dict(RunConfig, data)
     except (cfglib.ConfigError, ValueError, TypeError) as err:
+        why = (  # refused since 2026-12-07; the run never used it (its checkpoints' fingerprints hold it)
+            "; the run was started before a controller's seed setting was refused, and used the run's "
+            "seed instead of it: start the run again without it"
+            if "a controller's seed is the run's" in str(err)
+            else ""
+        )
         raise cfglib.ConfigError(
-            f"--resume {run_dir}: {path} does not hold a valid run config ({err})"
+            f"--resume {run_dir}: {path} does not hold a valid run config ({err}){why}"
         ) from None
 
 

@@ -427,6 +427,10 @@ def summarise(
             mean, low, high = mean_ci(x)
             ordered = sorted(rs, key=lambda r: r["seed"])
             scored = [run_scores(r, score) or [math.nan] for r in ordered]  # per seed, per episode
+            if any(len(r.get("runs") or []) > 1 and math.isnan(s[0]) for r, s in zip(ordered, scored)):
+                # a unit recorded before each episode's evaluations were (a resumed older bench): run 1
+                # over the other seeds only would sit beside a mean over all of them, unsaid
+                scored = [[math.nan] for _ in ordered]
             first, last = [s[0] for s in scored], [s[-1] for s in scored]
             tested = ctl != baseline and baseline in finals
             base = finite_values(finals[baseline]) if tested else np.array([])

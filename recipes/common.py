@@ -157,7 +157,8 @@ class RunConfig:
     env: EnvKind = field(default="real", metadata={"help": "real (the embedded default) or mock"})
     name: str = field(default="default", metadata={"help": "run name (part of the run directory)"})
     seed: int = field(
-        default=0, metadata={"help": "seed of the env and the controller (overrides controllers.*.seed)"}
+        default=0,
+        metadata={"help": "seed of the env and the controller (the controllers' own seed fields take it)"},
     )
     episodes: int = field(
         default=1, metadata={"help": "training runs of the student; the controller learns across them (>= 1)"}

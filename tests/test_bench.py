@@ -691,6 +691,9 @@ def test_run_one_and_the_degradation_test_use_the_score_asked(tmp_path, capsys):
     old = dict(learner[0], run_evals=[])
     assert all(math.isnan(v) for v in bench.run_scores(old, "tail:5"))
     assert bench.run_scores(old, "final") == old["runs"]
+    # a resumed older bench: its row's run 1 is not taken over the newer units alone, beside a mean of all
+    mixed = bench.summarise([old, *learner[1:]], "beta_reinforce", "tail:5")["mock"]["beta_reinforce"]
+    assert mixed["n"] == 3 and math.isnan(mixed["run1_mean"]) and math.isnan(mixed["p_worse"])
 
 
 def test_p_values_never_print_rounded_across_005_and_constants_are_judged_to_rounding():
@@ -704,6 +707,9 @@ def test_p_values_never_print_rounded_across_005_and_constants_are_judged_to_rou
     drop = ([0.7, 0.6, 0.5, 0.4], [0.8, 0.7, 0.6, 0.5])  # every seed 0.1 lower
     assert math.isnan(paired_p(*drop, "less")) and paired_exact(*drop)
     assert not paired_exact([0.7, 0.6, 0.55], [0.8, 0.7, 0.6])
+    # returns of 1e5 (an env of others, scored by its return): a constant 0.1 drop rounds by ~1e-11
+    first = [123456.7, 234567.1, 345678.9, 98765.4]
+    assert paired_exact([v - 0.1 for v in first], first) and not is_constant([1e-13, 5e-13, 9e-13])
 
 
 def test_a_bench_that_fails_says_what_it_kept_and_how_to_go_on(tmp_path, monkeypatch, capsys):

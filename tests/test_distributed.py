@@ -190,13 +190,19 @@ def test_under_torchrun_each_rank_takes_its_own_gpu(monkeypatch, visible):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
     monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7" if visible == 8 else "3")
     rank3, own = Dist(rank=3, world_size=8), f"cuda:{3 if visible == 8 else 0}"
     assert local_cuda_index() == (3 if visible == 8 else 0)
-    assert resolve_device("auto", rank3) == resolve_device("cuda", rank3) == resolve_device(own, rank3) == own
-    wrong = "real.device=cuda:1 under torchrun would put every rank's model on that one GPU"
-    with pytest.raises(ValueError, match=wrong if visible == 8 else "this machine has 1 CUDA devices"):
-        resolve_device("cuda:1", rank3)
+    assert resolve_device("auto", rank3) == resolve_device("cuda", rank3) == own
+    for explicit in ("cuda:0", own):  # refused on every rank alike: rank 0's own went on loading
+        with pytest.raises(ValueError, match=rf"real.device={explicit} under torchrun would put every rank"):
+            resolve_device(explicit, rank3)
     assert resolve_device("cuda:0", Dist.single()) == "cuda:0" and resolve_device("auto") == "cuda"
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # some GPUs shown, too few
     with pytest.raises(ValueError, match="LOCAL_RANK is 3, but this process sees 2 CUDA devices"):
+        local_cuda_index()
+    # one GPU shown to all (torchrun --nproc_per_node 2 on a 1-GPU machine): refused, not both on cuda:0
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    with pytest.raises(ValueError, match="LOCAL_RANK is 3, but this process sees 1 CUDA devices"):
         local_cuda_index()

@@ -395,3 +395,24 @@ def test_a_command_that_fails_before_its_result_leaves_no_empty_parent(tmp_path,
     kept = fresh_dir(tmp_path / "runs", "kept")
     discard_dir(fresh_dir(tmp_path / "runs", "failed"))
     assert [p.name for p in (tmp_path / "runs").iterdir()] == [kept.name]
+
+
+def test_a_fresh_directory_survives_another_commands_discard_of_the_root(tmp_path, monkeypatch):
+    """Two commands sharing a new runs/: A failing removed the empty runs/ while B was between making
+    it and making its own directory, and B failed with FileNotFoundError."""
+    from pathlib import Path as P
+
+    from recipes._progress import discard_dir, fresh_dir
+
+    a = fresh_dir(tmp_path / "runs", "a")
+    real_mkdir, calls = P.mkdir, []
+
+    def racing(self, *args, **kwargs):  # B's directory: A discards runs/ just before it is made
+        if self.name == "b" and not calls:
+            calls.append(self)
+            discard_dir(a)
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(P, "mkdir", racing)
+    b = fresh_dir(tmp_path / "runs", "b")
+    assert b.is_dir() and not a.exists() and calls

@@ -745,3 +745,17 @@ def test_a_missing_controller_init_is_refused_before_the_env_is_built(tmp_path, 
     assert code == 2 and one_line(err), err
     assert f"no saved controller state at {typo} ({typo}.json is missing)" in err
     assert list(tmp_path.iterdir()) == []  # no run directory made
+
+
+def test_a_run_started_with_a_controller_seed_says_why_it_cannot_resume(tmp_path):
+    """controllers.<name>.seed is refused since 2026-12-07: a run that set it (and used the run's seed
+    instead) says so when resumed, rather than only 'drop controllers.random.seed' of a stored file."""
+    from atesd import config as cfglib
+    from recipes._rundir import stored_config
+    from recipes.common import RunConfig
+
+    data = cfglib.to_dict(RunConfig(controller="random", env="mock"))
+    data["controllers"]["random"]["seed"] = 7
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(cfglib.ConfigError, match="used the run's seed instead of it: start the run again"):
+        stored_config(tmp_path)

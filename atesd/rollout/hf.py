@@ -137,7 +137,7 @@ class KVCacheTooLarge(ValueError):
 def check_kv_cache(per_row: int, rows: int, capacity: int, layers: int, device: torch.device) -> None:
     """KVCacheTooLarge (one line, with the rows that fit) where `rows` rows of `per_row` bytes exceed
     the free memory of `device`: the allocation would fail anyway, as a CUDA OOM traceback (eval.py's
-    paper defaults, 64 rows x 38,912 new tokens, ask a 1.7B model for about 270 GB)."""
+    paper defaults, 64 rows x 38,912 new tokens, ask about 266 GiB of Qwen3-1.7B in bfloat16)."""
     free = free_memory(device)
     if free is None or per_row * rows <= free:
         return
@@ -149,7 +149,8 @@ def check_kv_cache(per_row: int, rows: int, capacity: int, layers: int, device: 
     raise KVCacheTooLarge(
         f"the sampler's KV cache for {rows} rows x {capacity:,} positions ({layers} layers) needs "
         f"{size(per_row * rows)}, {size(free)} free on {device}: at most {fits} rows fit "
-        "at once (eval.py: sampling.batch_size; training: real.engine.batch_size), or ask fewer new "
+        "at once (eval.py: sampling.batch_size; training: real.engine.batch_size, and for the in-training "
+        "evaluation, which samples its whole band at once, real.data.eval_size), or ask fewer new "
         "tokens (max_new_tokens), or sample with vLLM (sampling.backend=vllm), whose cache is paged"
     )
 
