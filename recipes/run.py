@@ -241,7 +241,11 @@ class Run:
             if per_band:  # one Beta per band: a list, in the action's order
                 decision[key] = [finite(v) for v in per_band]
             elif f"controller/{key}" in tr.metrics:
-                decision[key] = finite(tr.metrics[f"controller/{key}"])
+                value = finite(tr.metrics[f"controller/{key}"])
+                # a per-band action from one Beta (one band, or one broadcast): a list as long as the
+                # alpha's, each band's draw from it (a scalar beside a list of alphas)
+                alpha = decision["alpha"]
+                decision[key] = [value] * len(alpha) if isinstance(alpha, list) else value
         oracle = info.get("oracle_alpha", math.nan)  # the mock's optimum for the next window
         if np.isfinite(np.asarray(oracle, dtype=np.float64)).all():
             decision["oracle_alpha_after"] = _alpha_record(oracle)

@@ -218,6 +218,12 @@ def test_run_py_logs_the_per_band_alphas(tmp_path):
     assert {"env/alpha/easy", "env/alpha/hard"} <= set(windows[0])
     assert (run_dir / "plots" / "alpha.png").exists()
     assert json.loads((run_dir / "summary.json").read_text())["windows"] == 10
+    # one band (the rising mock): its Beta a list of one as its alpha is (it was a scalar beside it)
+    one = run.main(["--controller", "beta_reinforce", "--env", "mock", "mock.action=per_band",
+                    "mock.total_steps=50", f"out_dir={tmp_path / 'one'}"])  # fmt: skip
+    decisions = [d for d in read_jsonl(one / "decisions.jsonl") if d["kind"] == "decision"]
+    assert all(len(d["alpha"]) == len(d["beta_a"]) == len(d["beta_mean"]) == 1 for d in decisions)
+    assert (one / "plots" / "alpha.png").exists()
 
 
 def test_bench_takes_per_band_fixed_specs(tmp_path):
