@@ -259,4 +259,5 @@ def test_a_kv_cache_that_cannot_fit_is_refused_with_the_rows_that_fit(model, mon
         sampler.generate(prompts, params).completion_ids
         == _greedy(model, prompts, 61, [NEVER]).completion_ids
     )
-    assert hf.free_memory(torch.device("cpu")) is None or hf.free_memory(torch.device("cpu")) > 0
+    monkeypatch.undo()
+    assert hf.free_memory(torch.device("cpu")) is None  # pages are taken as written: not compared

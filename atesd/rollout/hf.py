@@ -115,18 +115,12 @@ _FULL_ATTENTION: dict[tuple, bool] = {}  # whether a config's cache layers are a
 
 def free_memory(device: torch.device) -> int | None:
     """Bytes a new allocation can take on `device` now: on CUDA the driver's free memory plus what
-    torch's allocator holds unused; on CPU (Linux) MemAvailable; None where not known."""
+    torch's allocator holds unused; None elsewhere (not checked). A CPU allocation takes pages only
+    as they are written, so a buffer larger than the memory available may still run (a batch whose
+    rows end long before the limit, and never drop a row): comparing would refuse it."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    if device.type == "cpu":
-        try:
-            with open("/proc/meminfo") as fh:
-                for line in fh:
-                    if line.startswith("MemAvailable:"):
-                        return int(line.split()[1]) * 1024
-        except (OSError, ValueError, IndexError):
-            return None
     return None
 
 
