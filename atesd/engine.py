@@ -268,6 +268,15 @@ def mean_nll(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor) ->
     return total / hidden.shape[0]
 
 
+def _interleave(shards: list[list[bool]], n: int) -> list[bool]:
+    """Undo the sharding `items[rank::world]`: the items in their order, from every rank's shard."""
+    out: list[bool] = [False] * n
+    world = len(shards)
+    for rank, shard in enumerate(shards):
+        out[rank::world] = shard
+    return out
+
+
 class DistillEngine:
     """Student, teacher, optimiser, sampler and statistics of one distillation run."""
 
@@ -720,7 +729,7 @@ class DistillEngine:
         global generators (dropout draws from them: LoRA's, a model's own) seeded from it too, so that
         a run does not depend on what the process ran before it."""
         data_seq, sample_seq, eval_seq, global_seq = np.random.SeedSequence(seed).spawn(4)
-        if self.dist.active:  # each rank its own shard of problems and samples; evaluation shared
+        if self.dist.active:  # own problems and samples per rank; eval_gen shared (`_rank_eval_generator`)
             data_seq, sample_seq, global_seq = np.random.SeedSequence([seed, self.dist.rank]).spawn(3)
         torch.manual_seed(int(global_seq.generate_state(1)[0]))  # the CPU's and every CUDA device's
         self.rng = np.random.default_rng(data_seq)
@@ -805,6 +814,9 @@ class DistillEngine:
 
         With `teacher_alpha`, the student model answers from the *teacher's* prompt at that exposure
         instead: how well the model reads a reference revealed at alpha (teacher quality).
+
+        Under torchrun a collective: every rank calls it, evaluates its shard of each band and
+        returns the whole evaluation (`_evaluate`).
         """
         with self._sampling():
             return self._evaluate(
@@ -812,31 +824,50 @@ class DistillEngine:
             )
 
     def _evaluate(self, k: int, temperature: float, teacher_alpha: float | None) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for band, problems in self.task.eval_sets().items():
+        """Under torchrun each rank evaluates every world_size-th problem of each band (its shard) and
+        the verdicts are gathered back into the band's order, so every rank returns the same numbers as
+        one process would from those verdicts, for 1 / world_size of the sampling and grading."""
+        world, rank = (self.dist.world_size, self.dist.rank) if self.dist.active else (1, 0)
+        generator = self.eval_gen if world == 1 or k == 0 else self._rank_eval_generator()
+        ev = self.cfg.eval
+        limit = ev.max_new_tokens or self.cfg.sampling.max_new_tokens
+        greedy_params = dataclasses.replace(self.cfg.sampling.params(greedy=True), max_new_tokens=limit)
+        params = SamplingParams(temperature, ev.top_k, ev.top_p, limit)
+        bands = self.task.eval_sets()
+        local: dict[str, list[list[bool]]] = {}  # band -> [greedy verdicts, then one list per sample]
+        for band, problems in bands.items():
+            mine = list(problems)[rank::world]
+            if not mine:  # fewer problems than ranks
+                local[band] = [[] for _ in range(1 + k)]
+                continue
             if teacher_alpha is None:
-                prompts = [self.builder.encode(self.builder.student_prompt(p)) for p in problems]
+                prompts = [self.builder.encode(self.builder.student_prompt(p)) for p in mine]
             else:
-                prompts = self.teacher_prompts(problems, teacher_alpha, [""] * len(problems))
-            ev = self.cfg.eval
-            limit = ev.max_new_tokens or self.cfg.sampling.max_new_tokens
-            greedy_params = dataclasses.replace(self.cfg.sampling.params(greedy=True), max_new_tokens=limit)
-            greedy = self.sampler.generate(prompts, greedy_params, None)
-            out[f"accuracy/{band}"] = self._accuracy(problems, greedy.completion_ids)
+                prompts = self.teacher_prompts(mine, teacher_alpha, [""] * len(mine))
+            runs = [self.sampler.generate(prompts, greedy_params, None)]
+            runs += [self.sampler.generate(prompts, params, generator) for _ in range(k)]
+            local[band] = [self._verdicts(mine, run.completion_ids) for run in runs]
+        shards = self.dist.gather_objects(local) if world > 1 else [local]
+        out: dict[str, float] = {}
+        for band, problems in bands.items():
+            runs = [_interleave([shard[band][i] for shard in shards], len(problems)) for i in range(1 + k)]
+            out[f"accuracy/{band}"] = float(np.mean(runs[0]))
             if k > 0:
-                params = SamplingParams(temperature, ev.top_k, ev.top_p, limit)
-                hits = [
-                    self._accuracy(
-                        problems, self.sampler.generate(prompts, params, self.eval_gen).completion_ids
-                    )
-                    for _ in range(k)
-                ]
-                out[f"avg_at_{k}/{band}"] = float(np.mean(hits))
+                out[f"avg_at_{k}/{band}"] = float(np.mean([np.mean(run) for run in runs[1:]]))
         return out
 
-    def _accuracy(self, problems: list[Problem], completions: list[list[int]]) -> float:
+    def _rank_eval_generator(self) -> torch.Generator:
+        """This rank's sampling stream for one sharded evaluation: a seed drawn from the evaluation
+        generator (the same draw on every rank, so its state stays identical across ranks and in the
+        checkpoint), mixed with the rank, so the ranks' samples are independent."""
+        device = self.eval_gen.device
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.eval_gen, device=device))
+        mixed = np.random.SeedSequence([seed, self.dist.rank]).generate_state(1, dtype=np.uint64)[0]
+        return torch.Generator(device=device).manual_seed(int(mixed))
+
+    def _verdicts(self, problems: list[Problem], completions: list[list[int]]) -> list[bool]:
         texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
-        return float(np.mean([self.task.verify(p, t).correct for p, t in zip(problems, texts)]))
+        return [bool(self.task.verify(p, t).correct) for p, t in zip(problems, texts)]
 
     @torch.no_grad()
     def mismatch(self, alpha: float, problems: list[Problem], generator: torch.Generator) -> dict[str, float]:

@@ -3,6 +3,7 @@
     python recipes/bench_speed.py                 # all three sections, ~5 min on 2 cores
     python recipes/bench_speed.py --only loss     # one section: step | sampler | loss | step-vs-trl
     python recipes/bench_speed.py --only step-vs-trl   # ours against TRL's pieces (extra .[bench])
+    python recipes/bench_speed.py --only eval-ranks    # the evaluation under torchrun, sharded or whole
 
 1. step:    per-phase breakdown of DistillEngine.step on the embedded default (warm-started model
             from the cache when present, else a random one of the same shape).
@@ -18,6 +19,11 @@
             (recipes/bench_trl_step.py), same process, model, problems and alpha, interleaved in rounds,
             each kind on its own copy of the starting weights; first both losses on one shared batch
             (equal to 1e-5). The last line's "ours" is the window's seconds per update. Not part of
+            the default run.
+5. eval-ranks: `DistillEngine.evaluate` (greedy, the embedded default's 4 bands of 256 problems) under
+            torchrun with 2 ranks (gloo, one thread each): sharded, as the env runs it (each rank its
+            half of every band), against every rank evaluating everything (one process's
+            evaluation, on each rank), alternated, and the largest difference in the numbers. Not part of
             the default run.
 """
 
@@ -40,9 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def embedded_engine(threads: int, compile: bool = False):
+def embedded_engine(threads: int, compile: bool = False, dist=None):
     """The embedded default's engine on the cached warm start (or a random model of the same shape);
-    `compile` turns on the sampler's torch.compile (engine.sampling.compile), all else the default."""
+    `compile` turns on the sampler's torch.compile (engine.sampling.compile), all else the default;
+    `dist` under torchrun."""
     from atesd.engine import DistillEngine, EngineConfig
     from atesd.models import TinyModelConfig, build_synthetic_tokenizer, build_tiny_qwen3, load_pretrained
     from atesd.tasks.synthetic import ChainBagTask
@@ -62,7 +69,44 @@ def embedded_engine(threads: int, compile: bool = False):
         )
     cfg = EngineConfig()
     cfg = dataclasses.replace(cfg, sampling=dataclasses.replace(cfg.sampling, compile=compile))
-    return DistillEngine(model, tokenizer, task, cfg), source
+    return DistillEngine(model, tokenizer, task, cfg, dist=dist), source
+
+
+def eval_ranks_child(rounds: int) -> None:
+    """Run by `bench_eval_ranks` under torchrun: times the sharded and the whole evaluation, alternated;
+    rank 0 prints one JSON line."""
+    from atesd.distributed import Dist
+
+    dist = Dist.from_env()
+    engine, source = embedded_engine(1, dist=dist)
+    engine.reseed(0)
+    times: dict[str, list[float]] = {"sharded": [], "whole": []}
+    results = {}
+    for _ in range(rounds):
+        for kind in times:
+            engine.dist = dist if kind == "sharded" else Dist.single()
+            t0 = time.perf_counter()
+            results[kind] = engine.evaluate()
+            times[kind].append(dist.mean([time.perf_counter() - t0])[0])  # the ranks' mean wall time
+    engine.dist = dist
+    if dist.is_main:
+        print(json.dumps({"times": times, "results": results, "model": source, "world": dist.world_size}))
+    dist.close()
+
+
+def bench_eval_ranks(rounds: int) -> dict:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(Path(__file__).resolve()), "--eval-ranks-child", str(rounds)]  # fmt: skip
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"the torchrun child failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    r["ratio"] = float(np.mean(r["times"]["whole"]) / np.mean(r["times"]["sharded"]))
+    # greedy rows in other batches: equal unless a near-tie's argmax moves with the batch's padding
+    whole, sharded = r["results"]["whole"], r["results"]["sharded"]
+    r["largest_difference"] = max(abs(whole[k] - sharded[k]) for k in whole)
+    return r
 
 
 def bench_step(steps: int, alpha: float, threads: int) -> dict:
@@ -186,7 +230,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", choices=["step", "sampler", "loss", "step-vs-trl"], default=None)
+    parser.add_argument(
+        "--only", choices=["step", "sampler", "loss", "step-vs-trl", "eval-ranks"], default=None
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--compile", action="store_true", help="step-vs-trl: our sampler compiled (compile in the warm-up)"
@@ -200,12 +246,16 @@ def main() -> int:
         help="loss: positions N = B*T (the naive variant needs about 40 * N * 151,936 bytes: 23 GB at 4096)",
     )
     parser.add_argument("--loss-child", nargs=5, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--eval-ranks-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loss_tokens < 1:
         parser.error(f"--loss-tokens must be >= 1, got {args.loss_tokens}")
     if args.loss_child:
         variant, *nums = args.loss_child
         loss_child(variant, *map(int, nums))
+        return 0
+    if args.eval_ranks_child is not None:
+        eval_ranks_child(args.eval_ranks_child)
         return 0
     from rich.console import Console
 
@@ -253,6 +303,19 @@ def main() -> int:
             )
         if r["ratio"] is not None:
             console.print(f"  chunked / naive peak = {100 * r['ratio']:.1f}%  (same loss: {r['same_loss']})")
+    if args.only == "eval-ranks":
+        r = bench_eval_ranks(3)
+        whole, sharded = (np.mean(r["times"][k]) for k in ("whole", "sharded"))
+        console.print(
+            f"[bold]evaluation under torchrun[/] ({r['world']} ranks, gloo, 1 thread each, greedy, 4 bands "
+            f"of 256; {r['model']}; seconds per evaluation, mean over ranks, 3 rounds alternated)"
+        )
+        for label, kind in (("every rank evaluates everything", "whole"), ("each rank its shard", "sharded")):
+            console.print(f"  {label + ':':34s}" + ", ".join(f"{t:.2f}" for t in r["times"][kind]))
+        print(
+            f"eval-ranks: whole {whole:.2f} s, sharded {sharded:.2f} s, ratio {r['ratio']:.2f}x, "
+            f"largest difference in accuracy {r['largest_difference']:.4f}"
+        )
     if args.only == "step-vs-trl":
         from bench_trl_step import generalized_jsd_loss, step_vs_trl
 

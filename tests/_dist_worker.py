@@ -1,9 +1,12 @@
 """Launched by tests/test_distributed.py under torchrun: two windows of the ci-sized embedded env with a
-random controller shared from rank 0; each rank writes the alphas it used and its final weights
-(whole, gathered from the shards under FSDP). Arguments: out dir, cache dir, ddp | fsdp."""
+random controller shared from rank 0; each rank writes the alphas it used, a sharded evaluation (and
+the same evaluation run whole) and its final weights (whole, gathered from the shards under FSDP).
+Arguments: out dir, cache dir, ddp | fsdp."""
 
+import dataclasses
 import json
 import sys
+import zlib
 from pathlib import Path
 
 import torch
@@ -37,6 +40,27 @@ if __name__ == "__main__":
               "rewards": result.rewards, "problems": engine.rng.integers(1 << 30),
               "layer_share": local / sum(p.numel() for p in layer),
               "snapshot_weights": len(env.unwrapped._initial["student"])}  # fmt: skip
+    # a sharded evaluation, watched: the prompts this rank generates for and the problems it grades.
+    # Bands of 15 (shards of 8 and 7), and a grader that accepts a fixed third of the questions whatever
+    # the text (this model solves none), so the result is known and a mean of unequal shards shows.
+    rows, graded = [], []
+    sets = {band: problems[:15] for band, problems in engine.task.eval_sets().items()}
+    engine.task.eval_sets = lambda: sets
+    generate, verify = engine.sampler.generate, engine.task.verify
+
+    def grade(problem, text):
+        graded.append((problem.band, problem.question))
+        accepted = zlib.crc32(problem.question.encode()) % 3 == 0
+        return dataclasses.replace(verify(problem, text), correct=accepted)
+
+    engine.sampler.generate = lambda prompts, *args: rows.append(len(prompts)) or generate(prompts, *args)
+    engine.task.verify = grade
+    record |= {"eval": engine.evaluate(k=2), "eval_rows": rows, "eval_graded": graded}
+    rows, graded = [], []
+    engine.dist = Dist.single()  # the whole evaluation in this rank alone, as one process runs it
+    record |= {"eval_single": engine.evaluate(k=2), "eval_single_rows": rows}
+    engine.dist = dist
+    record["eval_sets"] = {band: [p.question for p in ps] for band, ps in engine.task.eval_sets().items()}
     (out / f"rank{dist.rank}.json").write_text(json.dumps(record, default=int))
     weights = {  # whole on every rank (an all-gather per sharded tensor)
         k: (v.full_tensor() if is_sharded(v) else v).detach().clone().contiguous()

@@ -1,9 +1,12 @@
 """bench_speed.py's loss section: a variant that does not fit the memory available is skipped, and a
-child that dies is one line, not a traceback (the naive child needs about 22 GB)."""
+child that dies is one line, not a traceback (the naive child needs about 22 GB); its eval-ranks
+section runs under torchrun."""
 
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
 
@@ -33,3 +36,14 @@ def test_a_child_killed_for_memory_is_one_line(monkeypatch):
     monkeypatch.setattr(bench_speed.subprocess, "run", lambda *a, **k: killed)
     r = bench_speed.bench_loss(64, 1000, 8, 16)
     assert r["naive"]["failed"].startswith("killed by signal 9 (out of memory?)") and r["ratio"] is None
+
+
+@pytest.mark.slow
+def test_the_eval_ranks_section_times_both_evaluations_under_torchrun():
+    """The section's torchrun child runs (two gloo ranks on the shipped warm start) and reports both
+    evaluations of every band; how fast each is, is the benchmark's to say, not a test's."""
+    r = bench_speed.bench_eval_ranks(1)
+    assert r["world"] == 2 and [len(r["times"][k]) for k in ("whole", "sharded")] == [1, 1]
+    bands = {f"accuracy/{b}" for b in ("C6", "B4", "M44", "M64")}
+    assert set(r["results"]["whole"]) == set(r["results"]["sharded"]) == bands
+    assert r["ratio"] > 0 and 0 <= r["largest_difference"] <= 1

@@ -1,9 +1,11 @@
 """torchrun with the gloo backend on CPU: two ranks train the embedded (ci-sized) model together."""
 
+import itertools
 import json
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,17 @@ def test_two_ranks_share_alpha_and_end_with_identical_weights(tmp_path, mode):
     assert snapshot[0] > 0 and snapshot[1] == (0 if mode == "fsdp" else snapshot[0])
     w0, w1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
     assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
+    # the evaluation: each rank samples and grades its half of every band (one process did all of it),
+    # and both return the whole evaluation, which the worker's grader makes known in advance
+    sets = ranks[0]["eval_sets"]
+    known = {band: sum(zlib.crc32(q.encode()) % 3 == 0 for q in qs) / len(qs) for band, qs in sets.items()}
+    assert len(set(known.values())) > 1 and all(len(qs) == 15 for qs in sets.values())
+    for kind, r, which in itertools.product(("accuracy", "avg_at_2"), ranks, ("eval", "eval_single")):
+        assert {band: r[which][f"{kind}/{band}"] for band in sets} == known, (kind, r["rank"], which)
+    graded = sorted(tuple(g) for r in ranks for g in r["eval_graded"])
+    assert graded == sorted((band, q) for band, qs in sets.items() for q in qs for _ in range(3))
+    assert [r["eval_rows"] for r in ranks] == [[8] * 9, [7] * 9]  # greedy + 2 samples, 3 bands
+    assert [r["eval_single_rows"] for r in ranks] == [[15] * 9] * 2
 
 
 def test_run_py_under_torchrun_writes_one_run_directory(tmp_path):
