@@ -50,6 +50,7 @@ import math
 import sys
 import time
 import types
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,11 @@ def run_unit(
                 gym.registry.setdefault(env_spec.id, env_spec)
             gym_env = make_env(env, env_kwargs, cfg.bank_dir, cfg.controller, seed)
         starts: list[str] = []  # where the controller started, when not from its own config
-        agent = build_controller(cfg, gym_env, announce=starts.append, env_key=unit_env_key(env, env_kwargs))
+        with warnings.catch_warnings():  # said once per controller when the specs were checked
+            warnings.filterwarnings("ignore", message="this env has no reward_spec")
+            agent = build_controller(
+                cfg, gym_env, announce=starts.append, env_key=unit_env_key(env, env_kwargs)
+            )
         runs = []  # each episode's final score (its return where the env has no score)
         run_evals = []  # each episode's evaluations (`evals` below), for its --score other than final
         for episode in range(cfg.episodes):

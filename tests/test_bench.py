@@ -434,8 +434,15 @@ def test_any_registered_gymnasium_id_with_the_exposure_action_space(tmp_path, ca
     argv = ["--env", "test/Quadratic-v0", "--controllers", specs, "--seeds", "3", "--set", "plots=false",
             "--out", str(tmp_path)]  # fmt: skip
     # no reward_spec: the learners keep their own H and gamma, and say so (they said nothing)
-    with pytest.warns(UserWarning, match=r"no reward_spec, so controller bandit uses its own hold_steps=5"):
+    with pytest.warns(
+        UserWarning, match=r"no reward_spec, so controller bandit uses its own hold_steps=5"
+    ) as said:
         summary = read_json(bench.main(argv) / "results.json")["summary"]["test/Quadratic-v0"]
+    # once per learner, when the specs are checked (the 3 seeds' units said it again, each)
+    assert sorted(str(w.message).split()[7] for w in said if "no reward_spec" in str(w.message)) == [
+        "bandit",
+        "beta_reinforce",
+    ]
     assert summary["fixed:alpha=0.3"]["mean"] == pytest.approx(0.0)  # the return: no score in its info
     assert summary["fixed:alpha=1"]["mean"] == pytest.approx(-20 * 0.49)
     assert all(-20 <= s["mean"] <= 0 for s in summary.values())  # the learners ran on its step rewards
