@@ -217,13 +217,16 @@ def test_an_entry_that_matches_its_sums_but_does_not_load_names_itself(tmp_path,
 def test_an_empty_atesd_cache_means_the_default_not_the_current_directory(monkeypatch, tmp_path):
     """ATESD_CACHE= (set but empty) made the cache the current directory: a run from the checkout's
     root wrote warmstart/ and matplotlib/ into it."""
-    from atesd.warmstart import default_cache_dir
+    from atesd.warmstart import cache_root, default_cache_dir
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("ATESD_CACHE", "")
     assert default_cache_dir() == tmp_path / ".cache" / "atesd"
     monkeypatch.setenv("ATESD_CACHE", "~/elsewhere")
     assert default_cache_dir() == tmp_path / "elsewhere"
+    monkeypatch.chdir(tmp_path)  # a relative one: from here, said and recorded as the whole path
+    monkeypatch.setenv("ATESD_CACHE", "rel")
+    assert default_cache_dir() == tmp_path / "rel" and cache_root("rel/x") == tmp_path / "rel" / "x"
 
 
 @pytest.mark.slow  # subprocesses
