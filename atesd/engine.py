@@ -842,8 +842,10 @@ class DistillEngine:
                 continue
             if teacher_alpha is None:
                 prompts = [self.builder.encode(self.builder.student_prompt(p)) for p in mine]
-            else:
-                prompts = self.teacher_prompts(mine, teacher_alpha, [""] * len(mine))
+            else:  # over the whole band, then this rank's: exposure.reference=other reads neighbours
+                prompts = self.teacher_prompts(list(problems), teacher_alpha, [""] * len(problems))[
+                    rank::world
+                ]
             runs = [self.sampler.generate(prompts, greedy_params, None)]
             runs += [self.sampler.generate(prompts, params, generator) for _ in range(k)]
             local[band] = [self._verdicts(mine, run.completion_ids) for run in runs]

@@ -119,8 +119,11 @@ def cache_key(task_cfg: ChainBagConfig, model_cfg: TinyModelConfig, ws_cfg: Warm
 
 def default_cache_dir() -> Path:
     """$ATESD_CACHE, or ~/.cache/atesd where it is unset or empty (an empty one was the current
-    directory: a run from the checkout's root wrote warmstart/ and matplotlib/ into it); absolute."""
-    return Path(os.environ.get("ATESD_CACHE") or Path.home() / ".cache" / "atesd").expanduser().absolute()
+    directory: a run from the checkout's root wrote warmstart/ and matplotlib/ into it); absolute, `..`
+    folded."""
+    return Path(
+        os.path.abspath(Path(os.environ.get("ATESD_CACHE") or Path.home() / ".cache" / "atesd").expanduser())
+    )
 
 
 def sha256_file(path: Path) -> str:
@@ -214,7 +217,9 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
     """The cache directory: `cache_dir`, else $ATESD_CACHE, else ~/.cache/atesd (`~` expanded; a
     relative one taken from the current directory now, so the paths that runs print and record are
     the ones used)."""
-    return Path(cache_dir).expanduser().absolute() if cache_dir is not None else default_cache_dir()
+    return (
+        Path(os.path.abspath(Path(cache_dir).expanduser())) if cache_dir is not None else default_cache_dir()
+    )
 
 
 def cache_problem(entry: Path) -> str | None:

@@ -803,8 +803,23 @@ def _resume(args: argparse.Namespace, argv: list[str], parser: argparse.Argument
             plan_record["env_kwargs"],
         )
         plan_record["resumed"] = ["recipes/bench.py", *argv]
+        _say_unit_warnings(plan_record["config"], [u for u in units if u not in done], args.env_kwargs)
         t0 = time.perf_counter()
         return _guarded(run_dir, units, cfg, lambda: _bench(args, plan_record, cfg, units, done, run_dir, t0))
+
+
+def _say_unit_warnings(cfg_dict: dict[str, Any], units: list[tuple[str, str, int]], env_kwargs) -> None:
+    """--resume: what checking the specs said when the bench began (an env given by id without a
+    reward_spec: the learners' own H and gamma), which each unit keeps to itself (`run_unit`)."""
+    for env in dict.fromkeys(e for e, _, _ in units if e not in ENVS):
+        probe = check_exposure_env(env, env_kwargs)
+        try:
+            for spec, seed in {s: seed for e, s, seed in units if e == env}.items():
+                build_controller(
+                    spec_config(cfg_dict, env, spec, seed), probe, env_key=unit_env_key(env, env_kwargs)
+                )
+        finally:
+            probe.close()
 
 
 def _bench(args, plan_record, cfg, units, done, run_dir, t0) -> Path:

@@ -4,6 +4,7 @@ the same evaluation run whole) and its final weights (whole, gathered from the s
 Arguments: out dir, cache dir, ddp | fsdp."""
 
 import dataclasses
+import hashlib
 import json
 import sys
 import zlib
@@ -43,7 +44,7 @@ if __name__ == "__main__":
     # a sharded evaluation, watched: the prompts this rank generates for and the problems it grades.
     # Bands of 15 (shards of 8 and 7), and a grader that accepts a fixed third of the questions whatever
     # the text (this model solves none), so the result is known and a mean of unequal shards shows.
-    rows, graded = [], []
+    calls, graded = [], []  # the prompts of each generate call; (band, question) of each verdict
     sets = {band: problems[:15] for band, problems in engine.task.eval_sets().items()}
     engine.task.eval_sets = lambda: sets
     generate, verify = engine.sampler.generate, engine.task.verify
@@ -53,14 +54,32 @@ if __name__ == "__main__":
         accepted = zlib.crc32(problem.question.encode()) % 3 == 0
         return dataclasses.replace(verify(problem, text), correct=accepted)
 
-    engine.sampler.generate = lambda prompts, *args: rows.append(len(prompts)) or generate(prompts, *args)
-    engine.task.verify = grade
-    record |= {"eval": engine.evaluate(k=2), "eval_rows": rows, "eval_graded": graded}
-    rows, graded = [], []
-    engine.dist = Dist.single()  # the whole evaluation in this rank alone, as one process runs it
-    record |= {"eval_single": engine.evaluate(k=2), "eval_single_rows": rows}
-    engine.dist = dist
+    def watched(prompts, *args):
+        calls.append(prompts)
+        return generate(prompts, *args)
+
+    def evaluation(whole: bool, **kwargs) -> tuple[dict, list]:
+        """(evaluate(**kwargs), the prompts of its generate calls); `whole`: as one process runs it."""
+        calls.clear()
+        engine.dist = Dist.single() if whole else dist
+        try:
+            return engine.evaluate(**kwargs), list(calls)
+        finally:
+            engine.dist = dist
+
+    engine.sampler.generate, engine.task.verify = watched, grade
+    sharded, prompts = evaluation(False, k=2)
+    record |= {"eval": sharded, "eval_rows": [len(p) for p in prompts], "eval_graded": list(graded)}
+    # the shared generator stays the same on every rank; each rank samples on a stream of its own
+    record["eval_gen"] = hashlib.sha256(engine.eval_gen.get_state().numpy().tobytes()).hexdigest()
+    record["rank_stream"] = engine._rank_eval_generator().initial_seed()
+    whole, prompts = evaluation(True, k=2)
+    record |= {"eval_single": whole, "eval_single_rows": [len(p) for p in prompts]}
     record["eval_sets"] = {band: [p.question for p in ps] for band, ps in engine.task.eval_sets().items()}
+    # teacher prompts with another problem's reference: this rank's are its shard of one process's
+    exposure = dataclasses.replace(engine.cfg.exposure, reference="other")
+    engine.cfg = dataclasses.replace(engine.cfg, exposure=exposure)
+    record["teacher_prompts"] = [evaluation(whole, teacher_alpha=0.5)[1] for whole in (False, True)]
     (out / f"rank{dist.rank}.json").write_text(json.dumps(record, default=int))
     weights = {  # whole on every rank (an all-gather per sharded tensor)
         k: (v.full_tensor() if is_sharded(v) else v).detach().clone().contiguous()

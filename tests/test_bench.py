@@ -460,6 +460,31 @@ def test_any_registered_gymnasium_id_with_the_exposure_action_space(tmp_path, ca
     )
 
 
+def test_a_resumed_bench_says_what_its_spec_checks_said(tmp_path, monkeypatch):
+    """The units keep the no-reward_spec warning to themselves (the spec checks said it), but a --resume
+    checks no specs: it said nothing about the learners still to run."""
+    if "test/Quadratic-v0" not in gym.registry:
+        gym.register("test/Quadratic-v0", entry_point=QuadraticEnv)
+    argv = ["--env", "test/Quadratic-v0", "--controllers", "fixed,bandit,random", "--baseline", "fixed",
+            "--seeds", "2", "--set", "plots=false", "--out", str(tmp_path)]  # fmt: skip
+    real_unit, calls = bench.run_unit, []
+
+    def stop_at_the_second(*args):
+        calls.append(args[1:4])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_unit(*args)
+
+    monkeypatch.setattr(bench, "run_unit", stop_at_the_second)
+    with pytest.warns(UserWarning, match="no reward_spec, so controller bandit"), pytest.raises(SystemExit):
+        bench.main(argv)
+    (run_dir,) = tmp_path.iterdir()
+    monkeypatch.setattr(bench, "run_unit", real_unit)
+    with pytest.warns(UserWarning, match="no reward_spec") as said:
+        bench.main(["--resume", str(run_dir)])
+    assert [str(w.message).split()[7] for w in said if "no reward_spec" in str(w.message)] == ["bandit"]
+
+
 def test_a_nan_score_stays_nan_and_the_oracle_runs_on_the_mock_only(tmp_path):
     """A reported NaN score was replaced by the episode's return and averaged in with other seeds'
     scores (0.84, 76.18, ...); only an env that reports no score is scored by its return. The oracle

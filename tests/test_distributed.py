@@ -56,6 +56,11 @@ def test_two_ranks_share_alpha_and_end_with_identical_weights(tmp_path, mode):
     assert graded == sorted((band, q) for band, qs in sets.items() for q in qs for _ in range(3))
     assert [r["eval_rows"] for r in ranks] == [[8] * 9, [7] * 9]  # greedy + 2 samples, 3 bands
     assert [r["eval_single_rows"] for r in ranks] == [[15] * 9] * 2
+    assert ranks[0]["eval_gen"] == ranks[1]["eval_gen"] and ranks[0]["rank_stream"] != ranks[1]["rank_stream"]
+    for r in ranks:  # exposure.reference=other: each prompt's neighbour is one process's, not the shard's
+        sharded, whole = r["teacher_prompts"]
+        assert len(sharded) == len(whole) == 3
+        assert sharded == [w[r["rank"] :: 2] for w in whole]
 
 
 def test_run_py_under_torchrun_writes_one_run_directory(tmp_path):
