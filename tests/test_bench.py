@@ -460,6 +460,20 @@ def test_any_registered_gymnasium_id_with_the_exposure_action_space(tmp_path, ca
     )
 
 
+def interrupt_unit(monkeypatch, n: int) -> list:
+    """bench.run_unit stopped by a Ctrl-C at its n-th call; returns the (env, spec, seed) of its calls."""
+    real_unit, calls = bench.run_unit, []
+
+    def stop_at_the_nth(*args):
+        calls.append(args[1:4])
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real_unit(*args)
+
+    monkeypatch.setattr(bench, "run_unit", stop_at_the_nth)
+    return calls
+
+
 def test_a_resumed_bench_says_what_its_spec_checks_said(tmp_path, monkeypatch):
     """The units keep the no-reward_spec warning to themselves (the spec checks said it), but a --resume
     checks no specs: it said nothing about the learners still to run."""
@@ -467,19 +481,10 @@ def test_a_resumed_bench_says_what_its_spec_checks_said(tmp_path, monkeypatch):
         gym.register("test/Quadratic-v0", entry_point=QuadraticEnv)
     argv = ["--env", "test/Quadratic-v0", "--controllers", "fixed,bandit,random", "--baseline", "fixed",
             "--seeds", "2", "--set", "plots=false", "--out", str(tmp_path)]  # fmt: skip
-    real_unit, calls = bench.run_unit, []
-
-    def stop_at_the_second(*args):
-        calls.append(args[1:4])
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_unit(*args)
-
-    monkeypatch.setattr(bench, "run_unit", stop_at_the_second)
+    interrupt_unit(monkeypatch, 2)
     with pytest.warns(UserWarning, match="no reward_spec, so controller bandit"), pytest.raises(SystemExit):
         bench.main(argv)
     (run_dir,) = tmp_path.iterdir()
-    monkeypatch.setattr(bench, "run_unit", real_unit)
     with pytest.warns(UserWarning, match="no reward_spec") as said:
         bench.main(["--resume", str(run_dir)])
     assert [str(w.message).split()[7] for w in said if "no reward_spec" in str(w.message)] == ["bandit"]
@@ -541,15 +546,7 @@ def test_a_stopped_bench_keeps_its_finished_units_and_resumes_the_rest(tmp_path,
     argv = ["--controllers", "fixed:alpha=0.5,random", "--baseline", "random", "--seeds", "3",
             "--set", "mock.total_steps=50", "--set", "plots=false"]  # fmt: skip
     uncut = bench.main([*argv, "--out", str(tmp_path / "uncut")])
-    real_unit, calls = bench.run_unit, []
-
-    def stop_at_the_fourth(*args):
-        calls.append(args[1:4])
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real_unit(*args)
-
-    monkeypatch.setattr(bench, "run_unit", stop_at_the_fourth)
+    calls = interrupt_unit(monkeypatch, 4)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         bench.main([*argv, "--out", str(tmp_path / "cut")])
