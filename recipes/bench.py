@@ -497,6 +497,7 @@ def new_run_dir(out: Path, name: str) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     fields = "\n".join(f"  {key} = {default}    {help_}" for key, default, help_ in describe())
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="config fields (set any with --set key=value; env, controller and seed come from the options):"

@@ -66,7 +66,7 @@ def run_stats(scores: np.ndarray, runs: list[int]) -> list[tuple[float, float]]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--runs", type=int, nargs="+", default=[1, 2, 5, 10, 20], help="runs to report (1-based, >= 1)"

@@ -130,7 +130,7 @@ def bench_sampler(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (>= 1)")
     parser.add_argument("--batch", type=int, default=32, help="prompts per batch")
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per prompt")

@@ -228,7 +228,7 @@ def _fmt(key: str, value: object) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--only", choices=["step", "sampler", "loss", "step-vs-trl", "eval-ranks"], default=None

@@ -51,7 +51,7 @@ def run_once(threads: int, extra: dict[str, str], windows: int, out: Path) -> fl
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--windows", type=int, default=3, help="windows of the shortened main job (>= 1)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per setting and load (>= 1)")

@@ -142,6 +142,7 @@ def summarise(runs: list[dict], base: float, alphas: list[float], stages: list[i
 def main(argv: list[str] | None = None) -> int:
     fields = "\n".join(f"  {k} = {d}    {h}" for k, d, h in cfglib.describe(BranchConfig))
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"config fields (set any with --set key=value):\n{fields}",

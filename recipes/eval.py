@@ -606,6 +606,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if not key.startswith("real.engine.") and key not in UNREAD  # refused: not read here
     )
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         description=__doc__,
         epilog=f"config fields (set any with key=value or --set key=value):\n{fields}",
         formatter_class=argparse.RawDescriptionHelpFormatter,

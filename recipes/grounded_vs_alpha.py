@@ -33,7 +33,7 @@ MODES = ("teacher", "teacher_fixed", "student")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--batches", type=int, default=1, help="batches of 32 rollouts (each its own seed; >= 1)"

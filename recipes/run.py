@@ -351,6 +351,7 @@ def _warmstart_progress(cfg: RunConfig):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     fields = "\n".join(f"  {key} = {default}    {help_}" for key, default, help_ in describe())
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         description=__doc__,
         epilog=f"config fields (set any with key=value or --set key=value):\n{fields}",
         formatter_class=argparse.RawDescriptionHelpFormatter,

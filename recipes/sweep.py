@@ -275,6 +275,7 @@ def plot(summary: dict, start: dict, alphas: tuple[float, ...], path: Path) -> N
 def main(argv: list[str] | None = None) -> int:
     fields = "\n".join(f"  {k} = {d}    {h}" for k, d, h in cfglib.describe(SweepConfig))
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         description=__doc__,
         epilog=f"config fields (set any with --set key=value):\n{fields}",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -416,3 +416,19 @@ def test_a_fresh_directory_survives_another_commands_discard_of_the_root(tmp_pat
     monkeypatch.setattr(P, "mkdir", racing)
     b = fresh_dir(tmp_path / "runs", "b")
     assert b.is_dir() and not a.exists() and calls
+
+
+@pytest.mark.parametrize(
+    "recipe, argv",
+    [("bench", ["--seed", "3", "--env", "mock"]), ("run", ["--cont", "bandit", "--env", "mock"]),
+     ("eval", ["--gre"]), ("sweep", ["--seed", "1"])],
+)  # fmt: skip
+def test_a_shortened_flag_is_refused_not_read_as_another(recipe, argv, capsys):
+    """argparse took `bench.py --seed 3` for `--seeds 3` and ran seeds 0-2 (results.json recorded
+    them against the command's --seed 3); every recipe now takes its flags whole."""
+    import importlib
+
+    module = importlib.import_module(f"recipes.{recipe}")
+    with pytest.raises(SystemExit) as exc:
+        module.main(argv)
+    assert exc.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
