@@ -52,14 +52,16 @@ def new_run_dir(cfg: RunConfig) -> Path:
 
 
 def latest_run_dir(cfg: RunConfig) -> Path | None:
-    """The newest run directory of this controller, name and seed, or None."""
+    """The newest run directory of this controller, name, seed and env, or None. The env is not in
+    the directory's name: a mock run made after a real one of the same controller was taken for it,
+    and `--resume auto` refused the real run's command for a config that differs in env."""
     root = Path(cfg.out_dir)
     if not root.is_dir():
         return None
     runs = [
         p  # the name is matched literally: `run[1]` is a name, not a pattern
         for p in root.glob(f"{glob.escape(f'{cfg.controller}__{cfg.name}__{cfg.seed}__')}*")
-        if (p / "config.json").exists()
+        if (p / "config.json").exists() and _stored_env(p, cfg.env) == cfg.env
     ]
 
     # by mtime, then by the name's stamp and its numeric suffix (fresh_dir's -2, -3, ..., compared as
@@ -70,6 +72,16 @@ def latest_run_dir(cfg: RunConfig) -> Path | None:
         return (p / "config.json").stat().st_mtime, "-".join(parts[:2]), suffix
 
     return max(runs, key=newest) if runs else None
+
+
+def _stored_env(run_dir: Path, default: str) -> str:
+    """The env of the run in `run_dir` as its config.json names it (`default` where it names none or
+    does not read: the resume that follows says what is wrong with it)."""
+    try:
+        env = json.loads((run_dir / "config.json").read_text()).get("env", default)
+    except (OSError, ValueError, AttributeError):
+        return default
+    return env if isinstance(env, str) else default
 
 
 # ---- one process per run directory, and when a run is finished ----------------------------------
@@ -204,7 +216,10 @@ def plan_run(args: Any, cfg: RunConfig | None) -> Plan:
         return Plan(absolute_paths(cfg))  # config.json names the same files from any directory
     run_dir = latest_run_dir(cfg) if args.resume == "auto" else Path(args.resume)
     if run_dir is None:
-        print(f"--resume auto: no earlier {cfg.controller}/{cfg.name}/seed {cfg.seed} run; starting fresh")
+        print(
+            f"--resume auto: no earlier {cfg.controller}/{cfg.name}/seed {cfg.seed} run on env {cfg.env}; "
+            "starting fresh"
+        )
         return Plan(absolute_paths(cfg))
     if not (run_dir / "config.json").exists():
         raise cfglib.ConfigError(f"--resume {run_dir}: not a run directory (no config.json)")

@@ -498,6 +498,23 @@ def test_resume_auto_breaks_a_tie_of_mtimes_by_the_stamp_in_the_name(tmp_path, m
         assert latest_run_dir(cfg).name == names[-1]
 
 
+def test_resume_auto_takes_the_newest_run_of_its_env(tmp_path, capsys):
+    """The env is not in a run directory's name: after the main command and a mock run of the same
+    controller, `--resume auto` on the main command found the mock run and refused (config differs
+    in ['env']), its advice naming the mock run's directory."""
+    base = ["--controller", "fixed", f"out_dir={tmp_path}", "plots=false"]
+    mock = ["--env", "mock", "mock.total_steps=20", "mock.hold_steps=5"]
+    run.main([*base, *mock, "--name", "a"])
+    killed = run.main([*base, *mock, "--name", "a", "mock.total_steps=40"])
+    (killed / "summary.json").unlink()  # an unfinished run of the other config...
+    real_like = json.loads((killed / "config.json").read_text())
+    (killed / "config.json").write_text(json.dumps(real_like | {"env": "real"}))  # ...on the other env
+    os.utime(killed / "config.json", (2_000_000_000, 2_000_000_000))  # and the newest
+    capsys.readouterr()
+    assert run.main([*base, *mock, "--name", "a", "--resume", "auto"]) != killed
+    assert "already finished; nothing to resume" in capsys.readouterr().out
+
+
 def test_recipes_print_a_warning_as_one_line():
     """A recipe's warning printed Python's two lines, the second the source of the `warnings.warn`
     call (`warnings.warn(  # a smoke run may mean it; ...`), which read like a crash to a new user."""
