@@ -92,6 +92,11 @@ ENVS = ("mock", "real")
 
 
 # ---- one unit of work -----------------------------------------------------------------------------
+# what building a spec's controller warns (recipes/common.py), said once when the specs are checked
+# (`plan`, `_say_unit_warnings`) and kept to itself by each unit: it was said again per unit and worker
+SAID_AT_CHECK = ("this env has no reward_spec", r"controllers\.[\w.]+\.lookahead_steps=")
+
+
 def run_unit(
     cfg_dict: dict[str, Any],
     env: str,
@@ -140,8 +145,9 @@ def run_unit(
                 gym.registry.setdefault(env_spec.id, env_spec)
             gym_env = make_env(env, env_kwargs, cfg.bank_dir, cfg.controller, seed)
         starts: list[str] = []  # where the controller started, when not from its own config
-        with warnings.catch_warnings():  # said once per controller when the specs were checked
-            warnings.filterwarnings("ignore", message="this env has no reward_spec")
+        with warnings.catch_warnings():  # said once per spec when the specs were checked
+            for message in SAID_AT_CHECK:
+                warnings.filterwarnings("ignore", message=message)
             agent = build_controller(
                 cfg, gym_env, announce=starts.append, env_key=unit_env_key(env, env_kwargs)
             )
@@ -810,17 +816,17 @@ def _resume(args: argparse.Namespace, argv: list[str], parser: argparse.Argument
 
 
 def _say_unit_warnings(cfg_dict: dict[str, Any], units: list[tuple[str, str, int]], env_kwargs) -> None:
-    """--resume: what checking the specs said when the bench began (an env given by id without a
-    reward_spec: the learners' own H and gamma), which each unit keeps to itself (`run_unit`)."""
-    for env in dict.fromkeys(e for e, _, _ in units if e not in ENVS):
-        probe = check_exposure_env(env, env_kwargs)
+    """--resume: what checking the specs said when the bench began (`SAID_AT_CHECK`), which each unit
+    keeps to itself (`run_unit`), for the specs still to run."""
+    for env in dict.fromkeys(e for e, _, _ in units):
+        probe = check_exposure_env(env, env_kwargs) if env not in ENVS else None
         try:
             for spec, seed in {s: seed for e, s, seed in units if e == env}.items():
-                build_controller(
-                    spec_config(cfg_dict, env, spec, seed), probe, env_key=unit_env_key(env, env_kwargs)
-                )
+                unit_cfg = spec_config(cfg_dict, env, spec, seed)
+                build_controller(unit_cfg, probe or _spaces(unit_cfg), env_key=unit_env_key(env, env_kwargs))
         finally:
-            probe.close()
+            if probe is not None:
+                probe.close()
 
 
 def _bench(args, plan_record, cfg, units, done, run_dir, t0) -> Path:

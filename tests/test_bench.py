@@ -826,3 +826,24 @@ def test_an_error_inside_a_controller_names_the_method_window_and_unit(tmp_path,
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "error: operands could not be broadcast together" in err
     assert "(in RandomController.observe, window 3) (bench unit mock/random/0)" in err
+
+
+def test_a_spec_warning_is_said_once_not_once_a_unit(tmp_path, monkeypatch):
+    """A lookahead longer than an episode was warned when the specs were checked and again by every
+    unit (and by every worker, as a raw Python warning); a --resume says it for the specs still to run."""
+    argv = ["--env", "mock", "--controllers", "fixed,beta_reinforce", "--baseline", "fixed", "--seeds", "3",
+            "--set", "mock.total_steps=5", "--set", "plots=false", "--out", str(tmp_path)]  # fmt: skip
+
+    def said(record) -> list[str]:
+        return [str(w.message).split("=")[0] for w in record if "is longer than an episode" in str(w.message)]
+
+    with pytest.warns(UserWarning, match="lookahead_steps") as record:
+        bench.main(argv)
+    assert said(record) == ["controllers.beta_reinforce.lookahead_steps"]
+    interrupt_unit(monkeypatch, 2)
+    with pytest.warns(UserWarning, match="lookahead_steps"), pytest.raises(SystemExit):
+        bench.main([*argv[:-1], str(tmp_path / "cut")])
+    (run_dir,) = (tmp_path / "cut").iterdir()
+    with pytest.warns(UserWarning, match="lookahead_steps") as record:
+        bench.main(["--resume", str(run_dir)])
+    assert said(record) == ["controllers.beta_reinforce.lookahead_steps"]
