@@ -19,7 +19,7 @@ SUMMARY_FIELDS = (
 SCORE_WORDS = {
     "final": "final score of the last episode",
     "best": "best evaluation of the last episode",
-    "tail": "mean of the last {k} evaluations of the last episode",
+    "tail": "mean of the last {k} evaluations (all, where a run has fewer) of the last episode",
 }
 
 
@@ -99,9 +99,10 @@ def print_table(summary: dict, baseline: str, console: Any = None, score: str = 
     rows = table_rows(summary, baseline)
     caption = (
         f"{score_words(score)}; p: Welch t-test against {baseline} (two-sided; >: one-sided, "
-        "mean above the baseline's); "
-        "regret: oracle mean - mean (mock env)"
+        "mean above the baseline's)"
     )
+    if any(math.isfinite(s.get("regret", math.nan)) for by_ctl in summary.values() for s in by_ctl.values()):
+        caption += "; regret: oracle mean - mean (mock env)"  # only where an oracle ran
     returns = [
         env for env, by_ctl in summary.items() if any(s.get("scored_by") == "return" for s in by_ctl.values())
     ]

@@ -511,6 +511,8 @@ def no_saved_state(base: Path) -> str:
         if (base.suffix and old.is_file())
         else ""
     )
+    if base.is_dir() and all(p.is_file() for p in state_files(base / "controller")):
+        hint = f"; {base} is a run directory: its controller's state is {base / 'controller'}"
     return f"controller_init: no saved controller state at {base} ({missing[0]} is missing){hint}"
 
 

@@ -447,9 +447,9 @@ def test_any_registered_gymnasium_id_with_the_exposure_action_space(tmp_path, ca
     assert summary["fixed:alpha=1"]["mean"] == pytest.approx(-20 * 0.49)
     assert all(-20 <= s["mean"] <= 0 for s in summary.values())  # the learners ran on its step rewards
     assert {s["scored_by"] for s in summary.values()} == {"return"}  # and the table says so
-    assert "on test/Quadratic-v0 (no score in its info): the episode's undiscounted return" in (
-        capsys.readouterr().out
-    )
+    out = capsys.readouterr().out
+    assert "on test/Quadratic-v0 (no score in its info): the episode's undiscounted return" in out
+    assert "regret:" not in out  # no oracle ran: the caption explained an empty column
     # this package's mock by its id equals --env mock, seed for seed
     by_id = bench.main(["--env", "atesd/MockExposure-v0,mock", "--controllers", "beta_reinforce",
                         "--seeds", "2", "--baseline", "beta_reinforce", "--set", "plots=false",
@@ -712,7 +712,10 @@ def test_run_one_and_the_degradation_test_use_the_score_asked(tmp_path, capsys):
     run1 = [float(np.mean(u["run_evals"][0][-5:])) for u in sorted(learner, key=lambda u: u["seed"])]
     assert summary["beta_reinforce"]["run1_mean"] == pytest.approx(np.mean(run1))
     out = capsys.readouterr().out
-    assert "run 1: mean of the last 5 evaluations of the first episode" in out and "every seed changed" in out
+    assert (
+        "run 1: mean of the last 5 evaluations (all, where a run has fewer) of the first episode" in out
+        and "every seed changed" in out
+    )
     with (run_dir / "results.csv").open() as fh:  # the notes reach the CSV, where the p cells are empty
         rows = {r["controller"]: r for r in csv.DictReader(fh)}
     assert rows["schedule"]["p_worse"] == "" and rows["schedule"]["p_worse_note"] == "constant difference"
@@ -847,3 +850,12 @@ def test_a_spec_warning_is_said_once_not_once_a_unit(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="lookahead_steps") as record:
         bench.main(["--resume", str(run_dir)])
     assert said(record) == ["controllers.beta_reinforce.lookahead_steps"]
+
+
+def test_the_regret_caption_only_where_an_oracle_ran(tmp_path, capsys):
+    argv = ["--env", "mock", "--seeds", "1", "--set", "mock.total_steps=20", "--set", "plots=false",
+            "--out", str(tmp_path), "--baseline", "fixed"]  # fmt: skip
+    bench.main([*argv, "--controllers", "oracle,fixed"])
+    assert "regret: oracle mean - mean (mock env)" in capsys.readouterr().out
+    bench.main([*argv, "--controllers", "random,fixed"])
+    assert "regret:" not in capsys.readouterr().out

@@ -386,6 +386,10 @@ def test_a_run_starts_from_a_saved_controller_and_refuses_one_that_does_not_fit(
     ]
     code, err = failure(capsys, argv)
     assert code == 2 and one_line(err) and f"before 2026-12-07 is at {old / 'ctl0'}" in err, err
+    # a run directory given for its saved controller (a new user's walkthrough: no hint said where)
+    argv = ["--controller", "beta_reinforce", *MOCK, f"out_dir={tmp_path}", f"controller_init={first}"]
+    code, err = failure(capsys, argv)
+    assert code == 2 and one_line(err) and f"a run directory: its controller's state is {state}" in err, err
 
 
 def test_a_run_writes_only_under_its_run_dir_and_the_cache(tmp_path):
