@@ -7,8 +7,10 @@ a tiny `Qwen3ForCausalLM`), saves and loads both with `save_pretrained` / `from_
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -302,9 +304,30 @@ def build_tiny_qwen3(
     return model
 
 
+QUIET_BELOW_BYTES = 100 << 20  # a checkpoint this small loads or saves at once: no progress bar
+
+
+@contextlib.contextmanager
+def quiet_if_small(nbytes: int | None) -> Iterator[None]:
+    """transformers' progress bars ("Loading weights", "Writing model shards") off while a checkpoint
+    of `nbytes` (None: unknown, a hub download) below QUIET_BELOW_BYTES loads or saves: the embedded
+    model's 46 tensors drew a bar, carriage returns and all, into every run's output."""
+    from transformers.utils import logging as hf_logging
+
+    quiet = nbytes is not None and nbytes < QUIET_BELOW_BYTES and hf_logging.is_progress_bar_enabled()
+    if quiet:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet:
+            hf_logging.enable_progress_bar()
+
+
 def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> None:
     """Save model (safetensors) and tokenizer side by side, as a hub checkpoint is laid out."""
-    model.save_pretrained(path, safe_serialization=True)
+    with quiet_if_small(sum(p.numel() * p.element_size() for p in model.parameters())):
+        model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
 
 
@@ -347,6 +370,19 @@ def load_pretrained(
         "trust_remote_code": trust_remote_code,
         "use_safetensors": True,  # never a pickle file, beside safetensors ones or from the hub
     }
+    size = sum(f.stat().st_size for f in local.glob("*.safetensors")) if local.is_dir() else None
+    with quiet_if_small(size):
+        model = _load_model(local, name_or_path, kwargs, device)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return model, tokenizer
+
+
+def _load_model(
+    local: Path, name_or_path: str | Path, kwargs: dict, device: str | torch.device
+) -> PreTrainedModel:
+    """`load_pretrained`'s model: a plain checkpoint, or a LoRA adapter's base with the adapter merged."""
     if (local / "adapter_config.json").is_file():
         if not (local / "adapter_model.safetensors").is_file() and (local / "adapter_model.bin").is_file():
             raise ValueError(  # peft would torch.load it: use_safetensors is not passed on to adapters
@@ -361,13 +397,8 @@ def load_pretrained(
                 f"{local} is a LoRA adapter: loading it needs the optional extra: "
                 "pip install -e '.[lora]' (peft)"
             ) from err
-        model = AutoPeftModelForCausalLM.from_pretrained(name_or_path, **kwargs).merge_and_unload().to(device)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs).to(device)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
-    return model, tokenizer
+        return AutoPeftModelForCausalLM.from_pretrained(name_or_path, **kwargs).merge_and_unload().to(device)
+    return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs).to(device)
 
 
 def num_parameters(model: torch.nn.Module) -> int:

@@ -41,6 +41,7 @@ from atesd import config as cfglib  # noqa: E402
 from atesd.checkpoint import rng_state, set_rng_state  # noqa: E402
 from atesd.distributed import Dist, gather_state  # noqa: E402
 from atesd.logging import MetricsLogger, check_tensorboard, finite  # noqa: E402
+from atesd.models import quiet_if_small  # noqa: E402
 from atesd.state import model_bytes, save_state, write_atomic, writing  # noqa: E402
 from atesd.threads import set_threads  # noqa: E402
 from controllers.base import Transition, action_size, mean_alpha, run_episode  # noqa: E402
@@ -181,7 +182,8 @@ class Run:
             tmp = self.run_dir / ".tmp-final_model"  # written whole, then renamed: never half a model
             shutil.rmtree(tmp, ignore_errors=True)
             extra = {} if weights is None else {"state_dict": weights}
-            with writing(final, cleanup=tmp, need_bytes=model_bytes(engine.student)):
+            size = model_bytes(engine.student)
+            with writing(final, cleanup=tmp, need_bytes=size), quiet_if_small(size):
                 engine.student.save_pretrained(tmp, safe_serialization=True, **extra)
                 engine.tokenizer.save_pretrained(tmp)
             faults.hit("final_model")

@@ -96,3 +96,27 @@ def test_hub_ids_with_dots_go_to_the_hub_and_a_home_path_is_expanded(
     save_pretrained(tiny_model, tokenizer, tmp_path / "ckpt")
     model, _ = load_pretrained("~/ckpt")
     assert model.config.num_hidden_layers == tiny_model.config.num_hidden_layers
+
+
+def test_a_small_checkpoint_loads_and_saves_without_progress_bars(tmp_path, tiny_model, capfd):
+    """transformers drew "Loading weights" and "Writing model shards" bars (carriage returns and all)
+    into every run's output for the embedded model's 46 tensors; a large checkpoint or a hub download
+    (size unknown) keeps them, and the setting is restored either way."""
+    from transformers.utils import logging as hf_logging
+
+    from atesd.models import QUIET_BELOW_BYTES, quiet_if_small
+
+    was = hf_logging.is_progress_bar_enabled()  # another test may have turned them off
+    hf_logging.enable_progress_bar()
+    try:
+        save_pretrained(tiny_model, build_synthetic_tokenizer(), tmp_path)
+        load_pretrained(tmp_path)
+        err = capfd.readouterr().err
+        assert "Loading weights" not in err and "Writing model shards" not in err
+        for size, shown in ((1, False), (QUIET_BELOW_BYTES, True), (None, True)):
+            with quiet_if_small(size):
+                assert hf_logging.is_progress_bar_enabled() == shown
+            assert hf_logging.is_progress_bar_enabled()
+    finally:
+        if not was:
+            hf_logging.disable_progress_bar()
