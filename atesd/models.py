@@ -370,7 +370,8 @@ def load_pretrained(
         "trust_remote_code": trust_remote_code,
         "use_safetensors": True,  # never a pickle file, beside safetensors ones or from the hub
     }
-    size = sum(f.stat().st_size for f in local.glob("*.safetensors")) if local.is_dir() else None
+    plain = local.is_dir() and not (local / "adapter_config.json").is_file()  # an adapter's base: unknown
+    size = sum(f.stat().st_size for f in local.glob("*.safetensors")) if plain else None
     with quiet_if_small(size):
         model = _load_model(local, name_or_path, kwargs, device)
     if tokenizer.pad_token_id is None:
