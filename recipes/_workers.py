@@ -4,7 +4,9 @@ A spawned `ProcessPoolExecutor` outlives a parent killed by SIGKILL or SIGTERM: 
 their units (minutes each on the real env) with nobody to read the results. `worker_pool` gives every
 worker the kernel's parent-death signal (Linux `prctl(PR_SET_PDEATHSIG)`) and a watchdog thread that
 exits when the parent is gone (elsewhere too); workers ignore SIGINT, so Ctrl-C reaches the parent
-only, which then terminates them at once instead of waiting for the running units.
+only, which then terminates them at once instead of waiting for the running units. Workers print
+warnings in the parent's format (a worker's warning came out in Python's two-line form, its second
+line the source of the `warnings.warn` call, beside the parent's one-line ones).
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 
 PR_SET_PDEATHSIG, PR_SET_NAME = 1, 15
 
 
-def _die_with_parent(parent: int) -> None:
-    """Worker initializer: exit when `parent` is gone; leave Ctrl-C to the parent."""
+def _die_with_parent(parent: int, formatwarning: Callable = warnings.formatwarning) -> None:
+    """Worker initializer: exit when `parent` is gone; leave Ctrl-C to the parent; print warnings as
+    the parent does (`formatwarning`: its one-line form under `user_errors`, else Python's)."""
+    warnings.formatwarning = formatwarning
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -49,7 +54,7 @@ def worker_pool(workers: int) -> Iterator[cf.ProcessPoolExecutor]:
         max_workers=workers,
         mp_context=mp.get_context("spawn"),
         initializer=_die_with_parent,
-        initargs=(os.getpid(),),
+        initargs=(os.getpid(), warnings.formatwarning),
     )
     try:
         yield pool

@@ -99,3 +99,23 @@ def test_ctrl_c_stops_the_bench_and_its_workers_with_one_line(tmp_path):
         (run_dir,) = kept
         units = [line for line in (run_dir / "units.jsonl").read_text().splitlines() if line.strip()]
         assert units and f"--resume {run_dir}" in err.strip().splitlines()[-1], err[-2000:]
+
+
+def _warn_once() -> int:
+    """A unit that warns (module level: a spawned worker imports it)."""
+    import warnings
+
+    warnings.warn("careful here", UserWarning, stacklevel=1)
+    return 1
+
+
+def test_a_workers_warning_prints_in_the_parents_one_line_form(capfd):
+    """A warning raised in a worker came out in Python's two-line form (its second line the source of
+    the warnings.warn call, which read like a crash) beside the parent's one-line warnings."""
+    from recipes._progress import user_errors
+    from recipes._workers import worker_pool
+
+    with user_errors(), worker_pool(1) as pool:
+        assert pool.submit(_warn_once).result() == 1
+    err = capfd.readouterr().err
+    assert "warning: careful here (UserWarning, test_workers.py:" in err and "warnings.warn(" not in err
