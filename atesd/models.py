@@ -326,7 +326,9 @@ def quiet_if_small(nbytes: int | None) -> Iterator[None]:
 
 def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> None:
     """Save model (safetensors) and tokenizer side by side, as a hub checkpoint is laid out."""
-    with quiet_if_small(sum(p.numel() * p.element_size() for p in model.parameters())):
+    from atesd.state import model_bytes
+
+    with quiet_if_small(model_bytes(model)):
         model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
 

@@ -631,10 +631,7 @@ def plan(args: argparse.Namespace) -> tuple[RunConfig, list[str], list[str], lis
                 notes.append(f"note: '{spec}' runs on the mock env only; skipped on {env}")
                 continue
             try:  # fail now, not after the warm start: unknown names and keys, bad values
-                unit_cfg = spec_config(cfg_dict, env, spec, cfg.seed)  # an id env's: against the env itself
-                build_controller(
-                    unit_cfg, probes.get(env) or _spaces(unit_cfg), env_key=unit_env_key(env, args.env_kwargs)
-                )
+                check_spec(cfg_dict, env, spec, cfg.seed, probes.get(env), args.env_kwargs)
             except ValueError as err:
                 said = str(err).startswith(f"controller spec '{spec}'")  # parse_spec's own names it
                 raise cfglib.ConfigError(str(err) if said else f"controller spec '{spec}': {err}") from err
@@ -815,6 +812,14 @@ def _resume(args: argparse.Namespace, argv: list[str], parser: argparse.Argument
         return _guarded(run_dir, units, cfg, lambda: _bench(args, plan_record, cfg, units, done, run_dir, t0))
 
 
+def check_spec(cfg_dict: dict[str, Any], env: str, spec: str, seed: int, probe: Any, env_kwargs) -> None:
+    """Build spec's controller for env as its units will (an env given by id: against `probe`, that env
+    itself; mock and real: a stand-in with their spaces), raising what they would and warning what
+    they would (`SAID_AT_CHECK`)."""
+    unit_cfg = spec_config(cfg_dict, env, spec, seed)
+    build_controller(unit_cfg, probe or _spaces(unit_cfg), env_key=unit_env_key(env, env_kwargs))
+
+
 def _say_unit_warnings(cfg_dict: dict[str, Any], units: list[tuple[str, str, int]], env_kwargs) -> None:
     """--resume: what checking the specs said when the bench began (`SAID_AT_CHECK`), which each unit
     keeps to itself (`run_unit`), for the specs still to run."""
@@ -822,8 +827,7 @@ def _say_unit_warnings(cfg_dict: dict[str, Any], units: list[tuple[str, str, int
         probe = check_exposure_env(env, env_kwargs) if env not in ENVS else None
         try:
             for spec, seed in {s: seed for e, s, seed in units if e == env}.items():
-                unit_cfg = spec_config(cfg_dict, env, spec, seed)
-                build_controller(unit_cfg, probe or _spaces(unit_cfg), env_key=unit_env_key(env, env_kwargs))
+                check_spec(cfg_dict, env, spec, seed, probe, env_kwargs)
         finally:
             if probe is not None:
                 probe.close()
