@@ -130,11 +130,14 @@ def build_student(
     """The student and its tokenizer: the HF checkpoint `cfg.hf` names (no warm start), or the
     embedded tiny model warm-started on `task` (trained once and cached; an HF checkpoint needs no
     task); LoRA as `cfg.lora` says.
-    Under torchrun rank 0 warm-starts first and the others then read the cache."""
+    Under torchrun rank 0 warm-starts first and the others then read the cache. A model the engine
+    will shard (`engine.fsdp` under torchrun) stays on the CPU: the engine moves it to its device one
+    layer at a time as it shards it (`build_engine` passes the device)."""
+    device = "cpu" if sharded(cfg, dist) else resolve_device(cfg.device, dist)
     if not cfg.embedded:
         from atesd.models import load_hf_model
 
-        return load_hf_model(cfg.hf, cfg.lora, resolve_device(cfg.device, dist), cfg.engine.seed)
+        return load_hf_model(cfg.hf, cfg.lora, device, cfg.engine.seed)
     if cfg.task_kind != "synthetic":
         raise ValueError("the embedded tiny model only knows the synthetic task: set real.hf.name_or_path")
     waits = dist is not None and dist.active
@@ -143,8 +146,13 @@ def build_student(
     model, tokenizer, _, _ = warm_start(task, cfg.model, cfg.warmstart, cfg.cache_dir or None, progress)
     if waits and dist.is_main:
         torch.distributed.barrier()
-    model = model.to(resolve_device(cfg.device, dist))
+    model = model.to(device)
     return apply_lora(model, cfg.lora, cfg.engine.seed), tokenizer
+
+
+def sharded(cfg: RealConfig, dist: Dist | None) -> bool:
+    """Whether the engine will shard the student's layers (FSDP: `engine.fsdp` under torchrun)."""
+    return cfg.engine.fsdp and dist is not None and dist.active
 
 
 def build_backend(
@@ -179,7 +187,7 @@ def build_engine(
     fields of `cfg.engine`) in one call."""
     engine_cfg = dataclasses.replace(cfg.engine, seed=seed, **(engine_overrides or {}))
     cfg = dataclasses.replace(cfg, engine=engine_cfg)  # LoRA's init follows the engine's seed too
-    resolve_device(cfg.device, dist)  # a device this machine lacks fails before a warm start trains
+    device = resolve_device(cfg.device, dist)  # a device this machine lacks fails before a warm start trains
     check_precision(cfg)
     task = build_task(cfg)
     if cfg.embedded:  # before the warm start trains a model that cannot hold the prompts
@@ -191,7 +199,8 @@ def build_engine(
         limit = getattr(base_model(model).config, "max_position_embeddings", None)
         check_lengths(tokenizer, task, engine_cfg, limit)
     sampler = build_backend(cfg, model, tokenizer)
-    return DistillEngine(model, tokenizer, task, engine_cfg, sampler=sampler, dist=dist)
+    # where it will be sharded the student is still on the CPU: the engine moves it layer by layer
+    return DistillEngine(model, tokenizer, task, engine_cfg, sampler=sampler, dist=dist, device=device)
 
 
 def check_precision(cfg: RealConfig, model: torch.nn.Module | None = None) -> None:

@@ -13,12 +13,15 @@ The embeddings, final norm and output head (which the engine reads directly) sta
 averaged by hand as above. `gathered` holds the layers whole while one rank samples on its own (its
 rollout lengths differ from the other ranks', so per-forward collectives would deadlock), and
 `gather_state` / `scatter_state` (torch.distributed.checkpoint) move whole tensors between the shards
-and rank 0, which alone holds them, for checkpoints and the env's reset snapshot.
+and rank 0, which alone holds them, for checkpoints and the env's reset snapshot. A model handed over
+on the CPU reaches the device one layer at a time as it is sharded, and `sharded_copy` makes the
+frozen teacher's copy the same way, so no device holds two whole models.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import os
 from collections.abc import Iterator
@@ -217,16 +220,47 @@ def fsdp_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 
-def shard_layers(model: nn.Module, dist_: Dist) -> nn.Module:
-    """Put every decoder layer of `model` under FSDP2 over all ranks (in place; returns `model`)."""
-    from torch.distributed.device_mesh import init_device_mesh
+def shard_layers(model: nn.Module, dist_: Dist, device: str | torch.device | None = None) -> nn.Module:
+    """Put every decoder layer of `model` under FSDP2 over all ranks (in place; returns `model`), and
+    everything else of it on `device` (default: where its parameters are). A layer still on the CPU is
+    moved to `device` by FSDP as it is sharded, one layer at a time, so sharding a model handed over on
+    the CPU never puts it whole on the device."""
     from torch.distributed.fsdp import fully_shard
 
-    device = next(model.parameters()).device
-    mesh = init_device_mesh(device.type, (dist_.world_size,))
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    mesh = _mesh(device, dist_)
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh)
-    return model
+    return model.to(device)  # the replicated rest (FSDP's modules take `to` and keep their shards)
+
+
+def sharded_copy(model: nn.Module, dist_: Dist, device: str | torch.device | None = None) -> nn.Module:
+    """A frozen copy of `model` in eval mode, sharded as `shard_layers` shards (the copy's replicated
+    parts on `device`), made one decoder layer at a time: each layer is copied whole and sharded before
+    the next is copied, so neither the host nor the device ever holds a second whole model (a deep copy
+    of the whole model, then sharding, would). `model` is left as it was; it must not be sharded yet
+    (FSDP's modules cannot be deep-copied)."""
+    from torch.distributed.fsdp import fully_shard
+
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    mesh = _mesh(device, dist_)
+    layers = decoder_layers(model)
+    if any(is_sharded(p) for p in layers.parameters()):
+        raise ValueError("sharded_copy copies a model before it is sharded: its layers are sharded already")
+    copied = nn.ModuleList()
+    out = copy.deepcopy(model, memo={id(layers): copied})  # everything but the layers, ties kept
+    out.eval().requires_grad_(False)
+    for layer in layers:
+        one = copy.deepcopy(layer).eval().requires_grad_(False)  # frozen before FSDP takes its flags
+        fully_shard(one, mesh=mesh)
+        copied.append(one)
+    return out.to(device)
+
+
+def _mesh(device: torch.device, dist_: Dist):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device.type, (dist_.world_size,))
 
 
 @contextlib.contextmanager

@@ -33,6 +33,7 @@ from atesd.distributed import (
     is_sharded,
     scatter_state,
     shard_layers,
+    sharded_copy,
 )
 from atesd.exposure import ExposureConfig, PromptBuilder
 from atesd.losses import LossConfig, LossOutput, chunked_distill_loss
@@ -289,7 +290,13 @@ class DistillEngine:
         sampler: RolloutBackend | None = None,
         probe: list[Problem] | None = None,
         dist: Dist | None = None,
+        device: str | torch.device | None = None,
     ) -> None:
+        """`device`: where the model trains (default: where its parameters are). Under FSDP
+        (`fsdp` under torchrun) a model handed over on the CPU is moved there one decoder layer at a
+        time as it is sharded, its teacher copy likewise, so building the engine never puts a whole
+        model on the device (the rollouts gather the student's layers later); otherwise it is moved
+        there whole."""
         self.cfg = cfg or EngineConfig()
         why = head_problem(model)
         if why is not None:  # the sampler uses the model's own forward: training would be off-policy
@@ -304,17 +311,20 @@ class DistillEngine:
             )
         self.dist = dist or Dist.single()  # under torchrun: shards, averaged gradients and statistics
         self.student, self.tokenizer, self.task = model, tokenizer, task
-        self.teacher = Teacher(model, self.cfg.teacher)  # a frozen or EMA copy is taken before sharding
         self.sharded = self.cfg.fsdp and self.dist.active
+        device = torch.device(device) if device is not None else next(model.parameters()).device
         if self.sharded:
             if is_peft(model):
                 raise ValueError(
                     "engine.fsdp shards a full fine-tune; a LoRA student's frozen base is replicated "
                     "(plain data parallel): set real.lora.rank=0 or engine.fsdp=false"
                 )
-            shard_layers(model, self.dist)
-            if self.teacher.copy is not None:
-                shard_layers(self.teacher.copy, self.dist)
+            # a frozen or EMA copy is taken before the student is sharded, one layer at a time
+            self.teacher = Teacher(model, self.cfg.teacher, lambda m: sharded_copy(m, self.dist, device))
+            shard_layers(model, self.dist, device)
+        else:
+            model.to(device)  # no-op where it is already
+            self.teacher = Teacher(model, self.cfg.teacher)
         # the student's grounded score can ride in the update's forward (fixed for the run: dropout
         # and noise settings are the model's own)
         self._student_rides = not self.sharded and _dropout_free(model)

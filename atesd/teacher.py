@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -41,7 +41,14 @@ class TeacherConfig:
 class Teacher:
     """Gives the teacher's final hidden states and output head for a batch; never tracks gradients."""
 
-    def __init__(self, student: PreTrainedModel, cfg: TeacherConfig | None = None) -> None:
+    def __init__(
+        self,
+        student: PreTrainedModel,
+        cfg: TeacherConfig | None = None,
+        copier: Callable[[PreTrainedModel], PreTrainedModel] | None = None,
+    ) -> None:
+        """`copier` makes the frozen or EMA copy where one is needed (default: a deep copy; under FSDP
+        `atesd.distributed.sharded_copy`, which copies and shards one layer at a time)."""
         self.cfg = cfg or TeacherConfig()
         if self.cfg.kind == "ema":
             low = [n for n, p in student.named_parameters()
@@ -65,7 +72,7 @@ class Teacher:
             self.ema = {n: p.detach().clone() for n, p in student.named_parameters() if p.requires_grad}
         self.copy: PreTrainedModel | None = None
         if (self.cfg.kind == "ema" and not self.ema) or (self.cfg.kind == "base" and not self.uses_adapters):
-            self.copy = copy.deepcopy(student).eval()
+            self.copy = (copier or copy.deepcopy)(student).eval()
             self.copy.requires_grad_(False)
 
     @property

@@ -4,6 +4,7 @@
     python recipes/bench_speed.py --only loss     # one section: step | sampler | loss | step-vs-trl
     python recipes/bench_speed.py --only step-vs-trl   # ours against TRL's pieces (extra .[bench])
     python recipes/bench_speed.py --only eval-ranks    # the evaluation under torchrun, sharded or whole
+    python recipes/bench_speed.py --only fsdp-memory   # peak memory of the FSDP engine's construction
 
 1. step:    per-phase breakdown of DistillEngine.step on the embedded default (warm-started model
             from the cache when present, else a random one of the same shape).
@@ -25,6 +26,11 @@
             half of every band), against every rank evaluating everything (one process's
             evaluation, on each rank), alternated, and the largest difference in the numbers. Not part of
             the default run.
+6. fsdp-memory: the peak host memory per rank (2 gloo ranks, the CPU standing in for the device)
+            while the engine shards the student's decoder layers and makes the frozen teacher's copy:
+            a deep copy of the whole student then both sharded (the construction before), against
+            `sharded_copy` (a layer at a time) and `DistillEngine(fsdp)` itself; each in fresh torchrun
+            children, 3 rounds alternated. Not part of the default run.
 """
 
 from __future__ import annotations
@@ -108,6 +114,88 @@ def bench_eval_ranks(rounds: int) -> dict:
     whole, sharded = r["results"]["whole"], r["results"]["sharded"]
     r["largest_difference"] = max(abs(whole[k] - sharded[k]) for k in whole)
     return r
+
+
+def _rss_mb(field: str) -> float:
+    """This process's resident set (VmRSS) or its peak (VmHWM) in MB, from /proc (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+FSDP_VARIANTS = ("deepcopy", "layerwise", "engine")
+
+
+def fsdp_memory_child(variant: str, layers: int) -> None:
+    """Run by `bench_fsdp_memory` under torchrun: one rank's peak host memory while the student's layers
+    and the frozen teacher's are sharded (the CPU stands in for the device). `variant`: `deepcopy`
+    (the construction before: a deep copy of the whole student, then both sharded), `layerwise`
+    (`sharded_copy`, then the student sharded) or `engine` (`DistillEngine` with engine.fsdp, which
+    does the latter); rank 0 prints one JSON line."""
+    import copy
+    import ctypes
+
+    from atesd.distributed import Dist, shard_layers, sharded_copy
+    from atesd.engine import DistillEngine, EngineConfig
+    from atesd.models import TinyModelConfig, build_synthetic_tokenizer, build_tiny_qwen3, num_parameters
+    from atesd.tasks.synthetic import ChainBagTask
+
+    torch.set_num_threads(1)
+    dist = Dist.from_env()
+    tokenizer = build_synthetic_tokenizer()
+    shape = TinyModelConfig(
+        num_layers=layers, hidden_size=512, num_heads=8, num_kv_heads=4, intermediate_size=2048
+    )
+    model = build_tiny_qwen3(tokenizer, shape)
+    task = ChainBagTask()
+    dist.mean([0.0])  # the group's first collective, before measuring
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    before = _rss_mb("VmRSS")
+    if variant == "engine":
+        engine = DistillEngine(model, tokenizer, task, EngineConfig(fsdp=True), dist=dist)
+        teacher = engine.teacher.copy
+    elif variant == "deepcopy":
+        teacher = copy.deepcopy(model).eval().requires_grad_(False)
+        shard_layers(model, dist)
+        shard_layers(teacher, dist)
+    else:
+        teacher = sharded_copy(model, dist)
+        shard_layers(model, dist)
+    peak, after = _rss_mb("VmHWM"), _rss_mb("VmRSS")
+    model_mb = num_parameters(model) * 4 / 2**20
+    layer_mb = (
+        sum(p.numel() for p in next(iter(model.model.layers)).parameters()) * 4 / 2**20 / dist.world_size
+    )
+    out = dist.gather_objects({"peak": peak - before, "after": after - before})
+    if dist.is_main:
+        print(
+            json.dumps(
+                {"ranks": out, "model_mb": model_mb, "layer_shard_mb": layer_mb, "world": dist.world_size}
+            )
+        )
+    del teacher, model
+    dist.close()
+
+
+def bench_fsdp_memory(layers: int, rounds: int, variants: tuple[str, ...] = FSDP_VARIANTS) -> dict:
+    """Each variant in fresh torchrun children (2 gloo ranks), alternated `rounds` times."""
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    # a fixed mmap threshold: glibc returns every freed tensor's pages at once (its default threshold
+    # grows after the first free, so later frees would stay in the heap and count as resident)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
+    for _ in range(rounds):
+        for variant in runs:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   str(Path(__file__).resolve()), "--fsdp-memory-child", variant, str(layers)]  # fmt: skip
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if done.returncode != 0:
+                raise RuntimeError(
+                    f"the torchrun child failed (exit {done.returncode}):\n{done.stderr[-3000:]}"
+                )
+            runs[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return runs
 
 
 def bench_step(steps: int, alpha: float, threads: int) -> dict:
@@ -232,13 +320,16 @@ def main() -> int:
         allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--only", choices=["step", "sampler", "loss", "step-vs-trl", "eval-ranks"], default=None
+        "--only",
+        choices=["step", "sampler", "loss", "step-vs-trl", "eval-ranks", "fsdp-memory"],
+        default=None,
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--compile", action="store_true", help="step-vs-trl: our sampler compiled (compile in the warm-up)"
     )
     parser.add_argument("--steps", type=int, default=10, help="engine steps timed (step-vs-trl: at least 20)")
+    parser.add_argument("--fsdp-layers", type=int, default=16, help="fsdp-memory: the model's decoder layers")
     parser.add_argument("--repeats", type=int, default=5, help="sampler repeats (best of)")
     parser.add_argument(
         "--loss-tokens",
@@ -248,6 +339,7 @@ def main() -> int:
     )
     parser.add_argument("--loss-child", nargs=5, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--eval-ranks-child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--fsdp-memory-child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loss_tokens < 1:
         parser.error(f"--loss-tokens must be >= 1, got {args.loss_tokens}")
@@ -257,6 +349,9 @@ def main() -> int:
         return 0
     if args.eval_ranks_child is not None:
         eval_ranks_child(args.eval_ranks_child)
+        return 0
+    if args.fsdp_memory_child:
+        fsdp_memory_child(args.fsdp_memory_child[0], int(args.fsdp_memory_child[1]))
         return 0
     from rich.console import Console
 
@@ -316,6 +411,34 @@ def main() -> int:
         print(
             f"eval-ranks: whole {whole:.2f} s, sharded {sharded:.2f} s, ratio {r['ratio']:.2f}x, "
             f"largest difference in accuracy {r['largest_difference']:.4f}"
+        )
+    if args.only == "fsdp-memory":
+        runs = bench_fsdp_memory(args.fsdp_layers, 3)
+        first = runs["engine"][0]
+        console.print(
+            f"[bold]FSDP construction, peak host memory[/] ({first['world']} gloo ranks, the CPU as the "
+            f"device; a random Qwen3 of {args.fsdp_layers} layers, width 512: {first['model_mb']:.0f} MB in "
+            f"float32, {first['layer_shard_mb']:.1f} MB per layer shard; MB above the resident set before, "
+            "per rank, 3 fresh runs each, alternated)"
+        )
+        labels = {
+            "deepcopy": "deep copy of the whole student, then both sharded",
+            "layerwise": "sharded_copy (a layer at a time), then the student sharded",
+            "engine": "DistillEngine(engine.fsdp=true)",
+        }
+        summary = {}
+        for variant, label in labels.items():
+            peaks = [r["peak"] for run in runs[variant] for r in run["ranks"]]
+            afters = [r["after"] for run in runs[variant] for r in run["ranks"]]
+            summary[variant] = float(np.median(peaks))
+            console.print(
+                f"  {label + ':':62s} peak +{summary[variant]:.0f} MB (median; "
+                f"{min(peaks):.0f}-{max(peaks):.0f}), after +{float(np.median(afters)):.0f} MB"
+            )
+        print(
+            f"fsdp-memory: model {first['model_mb']:.0f} MB, construction peak deepcopy "
+            f"+{summary['deepcopy']:.0f} MB, layerwise +{summary['layerwise']:.0f} MB, "
+            f"engine +{summary['engine']:.0f} MB per rank"
         )
     if args.only == "step-vs-trl":
         from bench_trl_step import generalized_jsd_loss, step_vs_trl

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atesd import config as cfglib  # noqa: E402
-from atesd.distributed import Dist, is_sharded  # noqa: E402
+from atesd.distributed import Dist, gather_state, is_sharded  # noqa: E402
 from controllers.base import action_size, run_episode  # noqa: E402
 from controllers.shared import SharedDecisions  # noqa: E402
 from recipes.common import RunConfig, build_controller, build_env  # noqa: E402
@@ -35,12 +35,32 @@ if __name__ == "__main__":
     )
     result = run_episode(env, controller, seed=0)
     engine = env.unwrapped.engine
-    layer = [p for n, p in engine.student.named_parameters() if ".layers." in n]
-    local = sum(p.to_local().numel() if is_sharded(p) else p.numel() for p in layer)
+
+    def layer_share(model) -> float:
+        layer = [p for n, p in model.named_parameters() if ".layers." in n]
+        return sum(p.to_local().numel() if is_sharded(p) else p.numel() for p in layer) / sum(
+            p.numel() for p in layer
+        )
+
     record = {"rank": dist.rank, "world": dist.world_size, "alphas": result.alphas,
               "rewards": result.rewards, "problems": engine.rng.integers(1 << 30),
-              "layer_share": local / sum(p.numel() for p in layer),
+              "layer_share": layer_share(engine.student),
               "snapshot_weights": len(env.unwrapped._initial["student"])}  # fmt: skip
+    # the frozen teacher: sharded as the student (copied a layer at a time under FSDP), still the
+    # starting weights after training, sharing no tensor with the student, its own ties kept
+    teacher = engine.teacher.copy
+    start = env.unwrapped._initial["student"]
+    whole = gather_state(teacher)[0] if mode == "fsdp" else teacher.state_dict()
+    student_ptrs = {p.data_ptr() for p in engine.student.parameters() if not is_sharded(p)}
+    record |= {
+        "teacher_layer_share": layer_share(teacher),
+        "teacher_is_start": bool(start)
+        and whole.keys() == start.keys()
+        and all(torch.equal(whole[k], start[k]) for k in start),
+        "teacher_shares_tensors": any(p.data_ptr() in student_ptrs for p in teacher.parameters()),
+        "teacher_tied": teacher.lm_head.weight is teacher.model.embed_tokens.weight,
+        "teacher_trains": any(p.requires_grad for p in teacher.parameters()) or teacher.training,
+    }
     # a sharded evaluation, watched: the prompts this rank generates for and the problems it grades.
     # Bands of 15 (shards of 8 and 7), and a grader that accepts a fixed third of the questions whatever
     # the text (this model solves none), so the result is known and a mean of unequal shards shows.
@@ -87,5 +107,12 @@ if __name__ == "__main__":
     }
     weights.pop("lm_head.weight", None)  # tied to the embeddings
     save_file(weights, str(out / f"rank{dist.rank}.safetensors"))
-    del env, controller, engine, layer  # unreachable before close() collects and leaves the group
+    del (
+        env,
+        controller,
+        engine,
+        teacher,
+        start,
+        whole,
+    )  # unreachable before close() collects and leaves the group
     dist.close()

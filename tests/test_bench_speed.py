@@ -1,6 +1,6 @@
 """bench_speed.py's loss section: a variant that does not fit the memory available is skipped, and a
 child that dies is one line, not a traceback (the naive child needs about 22 GB); its eval-ranks
-section runs under torchrun."""
+and fsdp-memory sections run under torchrun."""
 
 import subprocess
 import sys
@@ -47,3 +47,14 @@ def test_the_eval_ranks_section_times_both_evaluations_under_torchrun():
     bands = {f"accuracy/{b}" for b in ("C6", "B4", "M44", "M64")}
     assert set(r["results"]["whole"]) == set(r["results"]["sharded"]) == bands
     assert r["ratio"] > 0 and 0 <= r["largest_difference"] <= 1
+
+
+@pytest.mark.slow
+def test_the_fsdp_memory_section_measures_each_rank_under_torchrun():
+    """The section's torchrun child builds the FSDP engine on two gloo ranks and reports each rank's
+    peak; what the peaks are, is the benchmark's to say."""
+    r = bench_speed.bench_fsdp_memory(2, 1, ("engine",))
+    (run,) = r["engine"]
+    assert run["world"] == 2 and len(run["ranks"]) == 2 and run["model_mb"] > run["layer_shard_mb"] > 0
+    # the frozen teacher's layer shards are new on every rank: a measurement that misses them is broken
+    assert all(rank["peak"] >= 0.9 * 2 * run["layer_shard_mb"] for rank in run["ranks"])

@@ -40,6 +40,11 @@ def test_two_ranks_share_alpha_and_end_with_identical_weights(tmp_path, mode):
     assert ranks[0]["problems"] != ranks[1]["problems"]  # but each rank drew its own shard of problems
     # FSDP: each rank holds half of every decoder layer's parameters, and the replicated rest whole
     assert [r["layer_share"] for r in ranks] == ([0.5, 0.5] if mode == "fsdp" else [1.0, 1.0])
+    # and of the teacher's frozen copy, made a layer at a time: still the starting weights at the end
+    assert [r["teacher_layer_share"] for r in ranks] == [r["layer_share"] for r in ranks]
+    assert [r["teacher_is_start"] for r in ranks] == ([True, False] if mode == "fsdp" else [True, True])
+    assert not any(r["teacher_shares_tensors"] or r["teacher_trains"] for r in ranks)
+    assert all(r["teacher_tied"] for r in ranks)
     # the env's reset snapshot: whole tensors on rank 0 only under FSDP (host memory), on each rank else
     snapshot = [r["snapshot_weights"] for r in ranks]
     assert snapshot[0] > 0 and snapshot[1] == (0 if mode == "fsdp" else snapshot[0])
