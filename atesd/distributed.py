@@ -225,12 +225,10 @@ def shard_layers(model: nn.Module, dist_: Dist, device: str | torch.device | Non
     everything else of it on `device` (default: where its parameters are). A layer still on the CPU is
     moved to `device` by FSDP as it is sharded, one layer at a time, so sharding a model handed over on
     the CPU never puts it whole on the device."""
-    from torch.distributed.fsdp import fully_shard
-
     device = torch.device(device) if device is not None else next(model.parameters()).device
     mesh = _mesh(device, dist_)
     for layer in decoder_layers(model):
-        fully_shard(layer, mesh=mesh)
+        _shard(layer, mesh)
     return model.to(device)  # the replicated rest (FSDP's modules take `to` and keep their shards)
 
 
@@ -240,8 +238,6 @@ def sharded_copy(model: nn.Module, dist_: Dist, device: str | torch.device | Non
     the next is copied, so neither the host nor the device ever holds a second whole model (a deep copy
     of the whole model, then sharding, would). `model` is left as it was; it must not be sharded yet
     (FSDP's modules cannot be deep-copied)."""
-    from torch.distributed.fsdp import fully_shard
-
     device = torch.device(device) if device is not None else next(model.parameters()).device
     mesh = _mesh(device, dist_)
     layers = decoder_layers(model)
@@ -252,9 +248,19 @@ def sharded_copy(model: nn.Module, dist_: Dist, device: str | torch.device | Non
     out.eval().requires_grad_(False)
     for layer in layers:
         one = copy.deepcopy(layer).eval().requires_grad_(False)  # frozen before FSDP takes its flags
-        fully_shard(one, mesh=mesh)
+        _shard(one, mesh)
         copied.append(one)
     return out.to(device)
+
+
+def _shard(layer: nn.Module, mesh) -> None:
+    """`fully_shard` one decoder layer, resharded after every forward. The layers are FSDP's roots (the
+    model around them is not sharded), and FSDP's default keeps a root whole after its forward for the
+    backward that usually follows: a frozen teacher, which has no backward, then stayed whole from its
+    first scoring on, and the student after every forward without gradient (probe, evaluation)."""
+    from torch.distributed.fsdp import fully_shard
+
+    fully_shard(layer, mesh=mesh, reshard_after_forward=True)
 
 
 def _mesh(device: torch.device, dist_: Dist):

@@ -1,7 +1,7 @@
 """Launched by tests/test_distributed.py under torchrun: two windows of the ci-sized embedded env with a
 random controller shared from rank 0; each rank writes the alphas it used, a sharded evaluation (and
 the same evaluation run whole) and its final weights (whole, gathered from the shards under FSDP).
-Arguments: out dir, cache dir, ddp | fsdp."""
+Arguments: out dir, cache dir, ddp | fsdp | fsdp-ema (an EMA teacher)."""
 
 import dataclasses
 import hashlib
@@ -27,7 +27,8 @@ if __name__ == "__main__":
     dist = Dist.from_env()
     root = Path(__file__).resolve().parents[1]
     overrides = ["controller=random", f"real.cache_dir={cache}", "real.env.total_steps=4"]
-    overrides += ["real.engine.fsdp=true"] if mode == "fsdp" else []
+    overrides += ["real.engine.fsdp=true"] if mode.startswith("fsdp") else []
+    overrides += ["real.engine.teacher.kind=ema"] if mode.endswith("ema") else []
     cfg = cfglib.load(RunConfig, root / "recipes/configs/ci.yaml", overrides)
     env = build_env(cfg, dist=dist)
     controller = SharedDecisions(
@@ -50,7 +51,7 @@ if __name__ == "__main__":
     # starting weights after training, sharing no tensor with the student, its own ties kept
     teacher = engine.teacher.copy
     start = env.unwrapped._initial["student"]
-    whole = gather_state(teacher)[0] if mode == "fsdp" else teacher.state_dict()
+    whole = gather_state(teacher)[0] if engine.sharded else teacher.state_dict()
     student_ptrs = {p.data_ptr() for p in engine.student.parameters() if not is_sharded(p)}
     record |= {
         "teacher_layer_share": layer_share(teacher),
@@ -61,6 +62,13 @@ if __name__ == "__main__":
         "teacher_tied": teacher.lm_head.weight is teacher.model.embed_tokens.weight,
         "teacher_trains": any(p.requires_grad for p in teacher.parameters()) or teacher.training,
     }
+    # forwards without a gradient (a probe, a teacher's scoring) leave the layers sharded behind them
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        engine.student.model(ids)
+    with engine.teacher.scoring() as model:
+        model.model(ids)
+    record["after_forwards"] = [layer_share(engine.student), layer_share(teacher)]
     # a sharded evaluation, watched: the prompts this rank generates for and the problems it grades.
     # Bands of 15 (shards of 8 and 7), and a grader that accepts a fixed third of the questions whatever
     # the text (this model solves none), so the result is known and a mean of unequal shards shows.
