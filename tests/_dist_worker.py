@@ -1,7 +1,7 @@
 """Launched by tests/test_distributed.py under torchrun: two windows of the ci-sized embedded env with a
 random controller shared from rank 0; each rank writes the alphas it used, a sharded evaluation (and
 the same evaluation run whole) and its final weights (whole, gathered from the shards under FSDP).
-Arguments: out dir, cache dir, ddp | fsdp | fsdp-ema (an EMA teacher)."""
+Arguments: out dir, cache dir, ddp | fsdp."""
 
 import dataclasses
 import hashlib
@@ -17,6 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atesd import config as cfglib  # noqa: E402
 from atesd.distributed import Dist, gather_state, is_sharded  # noqa: E402
+from atesd.engine import DistillEngine  # noqa: E402
+from atesd.models import build_tiny_qwen3  # noqa: E402
+from atesd.teacher import TeacherConfig  # noqa: E402
 from controllers.base import action_size, run_episode  # noqa: E402
 from controllers.shared import SharedDecisions  # noqa: E402
 from recipes.common import RunConfig, build_controller, build_env  # noqa: E402
@@ -27,8 +30,7 @@ if __name__ == "__main__":
     dist = Dist.from_env()
     root = Path(__file__).resolve().parents[1]
     overrides = ["controller=random", f"real.cache_dir={cache}", "real.env.total_steps=4"]
-    overrides += ["real.engine.fsdp=true"] if mode.startswith("fsdp") else []
-    overrides += ["real.engine.teacher.kind=ema"] if mode.endswith("ema") else []
+    overrides += ["real.engine.fsdp=true"] if mode == "fsdp" else []
     cfg = cfglib.load(RunConfig, root / "recipes/configs/ci.yaml", overrides)
     env = build_env(cfg, dist=dist)
     controller = SharedDecisions(
@@ -69,6 +71,18 @@ if __name__ == "__main__":
     with engine.teacher.scoring() as model:
         model.model(ids)
     record["after_forwards"] = [layer_share(engine.student), layer_share(teacher)]
+    # an EMA teacher of a fresh (random, identical on every rank) student: its update after a step
+    # averages its shards with the student's (it once met a whole teacher layer and failed)
+    ema_cfg = dataclasses.replace(engine.cfg, teacher=TeacherConfig(kind="ema"))
+    other = DistillEngine(build_tiny_qwen3(engine.tokenizer, cfg.real.model), engine.tokenizer, engine.task,
+                          ema_cfg, dist=dist)  # fmt: skip
+    before = [p.detach().clone() for p in other.teacher.copy.parameters()]
+    other.step(0.5)
+    record["ema"] = {
+        "layer_share": layer_share(other.teacher.copy),
+        "moved": any(not torch.equal(a, b) for a, b in zip(before, other.teacher.copy.parameters())),
+    }
+    del other, before
     # a sharded evaluation, watched: the prompts this rank generates for and the problems it grades.
     # Bands of 15 (shards of 8 and 7), and a grader that accepts a fixed third of the questions whatever
     # the text (this model solves none), so the result is known and a mean of unequal shards shows.
