@@ -129,12 +129,6 @@ if __name__ == "__main__":
     }
     weights.pop("lm_head.weight", None)  # tied to the embeddings
     save_file(weights, str(out / f"rank{dist.rank}.safetensors"))
-    del (
-        env,
-        controller,
-        engine,
-        teacher,
-        start,
-        whole,
-    )  # unreachable before close() collects and leaves the group
+    # unreachable before close() collects and leaves the group
+    del env, controller, engine, teacher, start, whole
     dist.close()
