@@ -245,27 +245,37 @@ def sharded_copy(model: nn.Module, dist_: Dist, device: str | torch.device | Non
         raise ValueError("sharded_copy copies a model before it is sharded: its layers are sharded already")
     copied = nn.ModuleList()
     out = copy.deepcopy(model, memo={id(layers): copied})  # everything but the layers, ties kept
-    out.eval().requires_grad_(False)
+    out.eval().requires_grad_(False).to(device)  # its embeddings and head leave the host at once
+    shared = {id(model.config): out.config}  # the layers' config is the copy's, as in the model
     for layer in layers:
-        one = copy.deepcopy(layer).eval().requires_grad_(False)  # frozen before FSDP takes its flags
+        one = copy.deepcopy(layer, memo=dict(shared)).eval().requires_grad_(False)  # before FSDP's flags
         _shard(one, mesh)
         copied.append(one)
-    return out.to(device)
+    return out
 
 
 def _shard(layer: nn.Module, mesh) -> None:
     """`fully_shard` one decoder layer, resharded after every forward. The layers are FSDP's roots (the
     model around them is not sharded), and FSDP's default keeps a root whole after its forward for the
     backward that usually follows: a frozen teacher, which has no backward, then stayed whole from its
-    first scoring on, and the student after every forward without gradient (probe, evaluation)."""
+    first scoring on. (The student's layers were switched to it already by `gathered` after its
+    first rollout.) Each layer being a root, its all-gather is not prefetched during the previous
+    layer's compute."""
     from torch.distributed.fsdp import fully_shard
 
     fully_shard(layer, mesh=mesh, reshard_after_forward=True)
 
 
 def _mesh(device: torch.device, dist_: Dist):
+    """The ranks' mesh on `device`'s kind; FSDP puts the shards on the current device of that kind, so
+    a CUDA `device` must be the current one (Dist.from_env makes cuda:LOCAL_RANK current)."""
     from torch.distributed.device_mesh import init_device_mesh
 
+    if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
+        raise ValueError(
+            f"FSDP shards onto the current CUDA device (cuda:{torch.cuda.current_device()}), and the model "
+            f"is meant for {device}: the layers and the replicated rest would land on different GPUs"
+        )
     return init_device_mesh(device.type, (dist_.world_size,))
 
 

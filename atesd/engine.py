@@ -312,7 +312,8 @@ class DistillEngine:
         self.dist = dist or Dist.single()  # under torchrun: shards, averaged gradients and statistics
         self.student, self.tokenizer, self.task = model, tokenizer, task
         self.sharded = self.cfg.fsdp and self.dist.active
-        device = torch.device(device) if device is not None else next(model.parameters()).device
+        moves = device is not None  # a model placed by its caller (offloaded, dispatched) stays put
+        device = torch.device(device) if moves else next(model.parameters()).device
         if self.sharded:
             if is_peft(model):
                 raise ValueError(
@@ -323,7 +324,8 @@ class DistillEngine:
             self.teacher = Teacher(model, self.cfg.teacher, lambda m: sharded_copy(m, self.dist, device))
             shard_layers(model, self.dist, device)
         else:
-            model.to(device)  # no-op where it is already
+            if moves:
+                model.to(device)  # no-op where it is already
             self.teacher = Teacher(model, self.cfg.teacher)
         # the student's grounded score can ride in the update's forward (fixed for the run: dropout
         # and noise settings are the model's own)
@@ -629,6 +631,7 @@ class DistillEngine:
             self._count_nonfinite()
             return grad_norm
         self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)  # not held through the next rollout (a model's size)
         self.teacher.update()
         self.sampler.sync_weights()
         self.nonfinite_in_row = 0

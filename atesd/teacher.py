@@ -126,7 +126,7 @@ class Teacher:
             for n, t in self.ema.items():
                 t.lerp_(params[n].detach(), 1 - d)
             return
-        for t, s in zip(self.copy.parameters(), self.student.parameters()):
+        for t, s in zip(self.copy.parameters(), self.student.parameters(), strict=True):
             t.lerp_(s.detach(), 1 - d)
 
     def state_dict(self) -> dict[str, torch.Tensor]:

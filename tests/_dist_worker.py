@@ -53,36 +53,44 @@ if __name__ == "__main__":
     # starting weights after training, sharing no tensor with the student, its own ties kept
     teacher = engine.teacher.copy
     start = env.unwrapped._initial["student"]
+    record["teacher_layer_share"] = layer_share(teacher)  # before gather_state, which reshards
+
+    def pointers(model) -> set[int]:
+        return {(p.to_local() if is_sharded(p) else p).data_ptr() for p in model.parameters()}
+
     whole = gather_state(teacher)[0] if engine.sharded else teacher.state_dict()
-    student_ptrs = {p.data_ptr() for p in engine.student.parameters() if not is_sharded(p)}
     record |= {
-        "teacher_layer_share": layer_share(teacher),
         "teacher_is_start": bool(start)
         and whole.keys() == start.keys()
         and all(torch.equal(whole[k], start[k]) for k in start),
-        "teacher_shares_tensors": any(p.data_ptr() in student_ptrs for p in teacher.parameters()),
+        "teacher_shares_tensors": bool(pointers(teacher) & pointers(engine.student)),
         "teacher_tied": teacher.lm_head.weight is teacher.model.embed_tokens.weight,
         "teacher_trains": any(p.requires_grad for p in teacher.parameters()) or teacher.training,
     }
-    # forwards without a gradient (a probe, a teacher's scoring) leave the layers sharded behind them
-    ids = torch.tensor([[1, 2, 3]])
-    with torch.no_grad():
-        engine.student.model(ids)
+    # a teacher's scoring (a forward with no backward) leaves its layers sharded behind it
     with engine.teacher.scoring() as model:
-        model.model(ids)
-    record["after_forwards"] = [layer_share(engine.student), layer_share(teacher)]
+        model.model(torch.tensor([[1, 2, 3]]))
+    record["after_scoring"] = layer_share(teacher)
     # an EMA teacher of a fresh (random, identical on every rank) student: its update after a step
-    # averages its shards with the student's (it once met a whole teacher layer and failed)
+    # moves each shard toward the student's by 1 - decay (it once met a whole teacher layer and failed)
     ema_cfg = dataclasses.replace(engine.cfg, teacher=TeacherConfig(kind="ema"))
     other = DistillEngine(build_tiny_qwen3(engine.tokenizer, cfg.real.model), engine.tokenizer, engine.task,
                           ema_cfg, dist=dist)  # fmt: skip
-    before = [p.detach().clone() for p in other.teacher.copy.parameters()]
+
+    def local(model) -> list[torch.Tensor]:
+        return [(p.to_local() if is_sharded(p) else p).detach().clone() for p in model.parameters()]
+
+    before = local(other.teacher.copy)
     other.step(0.5)
+    share = 1 - ema_cfg.teacher.ema_decay
+    expected = [b + share * (s - b) for b, s in zip(before, local(other.student), strict=True)]
+    now = local(other.teacher.copy)
     record["ema"] = {
         "layer_share": layer_share(other.teacher.copy),
-        "moved": any(not torch.equal(a, b) for a, b in zip(before, other.teacher.copy.parameters())),
+        "error": max(float((a - b).abs().max()) for a, b in zip(now, expected, strict=True)),
+        "moved": any(not torch.equal(a, b) for a, b in zip(before, now)),
     }
-    del other, before
+    del other, before, expected, now
     # a sharded evaluation, watched: the prompts this rank generates for and the problems it grades.
     # Bands of 15 (shards of 8 and 7), and a grader that accepts a fixed third of the questions whatever
     # the text (this model solves none), so the result is known and a mean of unequal shards shows.

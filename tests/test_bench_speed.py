@@ -52,9 +52,10 @@ def test_the_eval_ranks_section_times_both_evaluations_under_torchrun():
 @pytest.mark.slow
 def test_the_fsdp_memory_section_measures_each_rank_under_torchrun():
     """The section's torchrun child builds the FSDP engine on two gloo ranks and reports each rank's
-    peak; what the peaks are, is the benchmark's to say."""
-    r = bench_speed.bench_fsdp_memory(2, 1, ("engine",))
+    peak. The frozen teacher's layer shards are new on every rank (a measurement that misses them is
+    broken); a whole copy of the model, the construction before (each rank's peak then passed the
+    model's size), is not: the layer-wise copy adds half the layers and one layer in flight."""
+    r = bench_speed.bench_fsdp_memory(8, 1, ("engine",))
     (run,) = r["engine"]
     assert run["world"] == 2 and len(run["ranks"]) == 2 and run["model_mb"] > run["layer_shard_mb"] > 0
-    # the frozen teacher's layer shards are new on every rank: a measurement that misses them is broken
-    assert all(rank["peak"] >= 0.9 * 2 * run["layer_shard_mb"] for rank in run["ranks"])
+    assert all(8 * run["layer_shard_mb"] <= rank["peak"] < 0.8 * run["model_mb"] for rank in run["ranks"]), r

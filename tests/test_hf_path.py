@@ -189,6 +189,28 @@ def test_lora_is_seeded_by_the_runs_seed(monkeypatch):
     assert seen == [0, 7]
 
 
+def test_a_student_to_be_sharded_loads_on_the_cpu(monkeypatch):
+    """Under FSDP the builder leaves the checkpoint on the CPU (the engine moves it to the device a
+    layer at a time as it shards it); otherwise it loads on the run's device."""
+    import dataclasses
+
+    import atesd.builder as builder
+    import atesd.models as models
+    from atesd.distributed import Dist
+    from atesd.models import HFModelConfig
+
+    seen = []
+    monkeypatch.setattr(models, "load_hf_model", lambda hf, lora, device, seed: seen.append(device))
+    monkeypatch.setattr(builder, "resolve_device", lambda device, dist=None: "cuda:1")  # as under torchrun
+    cfg = builder.RealConfig(hf=HFModelConfig(name_or_path="Qwen/Qwen3-0.6B"), device="cuda")
+    ranks = Dist(rank=1, world_size=2)
+    for fsdp in (True, False):
+        real = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, fsdp=fsdp))
+        builder.build_student(real, None, dist=ranks)
+    builder.build_student(cfg, None, dist=Dist.single())  # fsdp ignored in one process
+    assert seen == ["cpu", "cuda:1", "cuda:1"]
+
+
 def test_a_lora_adapter_directory_loads_merged_as_a_plain_model(checkpoint, tmp_path):
     """A LoRA run's final_model is an adapter directory. transformers loaded it with adapter layers
     injected under names vLLM does not know (its weight push raised KeyError, so eval.py with the vllm
