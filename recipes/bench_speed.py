@@ -101,14 +101,21 @@ def eval_ranks_child(rounds: int) -> None:
     dist.close()
 
 
-def bench_eval_ranks(rounds: int) -> dict:
+def torchrun_child(args: list[str], **env: str) -> dict:
+    """This script under torchrun with 2 ranks (one thread each, `env` added) and `args`; the JSON
+    line rank 0 prints last. RuntimeError with the child's stderr tail if it fails."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(Path(__file__).resolve()), "--eval-ranks-child", str(rounds)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+           str(Path(__file__).resolve()), *args]  # fmt: skip
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **env}
+    )
     if done.returncode != 0:
         raise RuntimeError(f"the torchrun child failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    r = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_eval_ranks(rounds: int) -> dict:
+    r = torchrun_child(["--eval-ranks-child", str(rounds)])
     r["ratio"] = float(np.mean(r["times"]["whole"]) / np.mean(r["times"]["sharded"]))
     # greedy rows in other batches: equal unless a near-tie's argmax moves with the batch's padding
     whole, sharded = r["results"]["whole"], r["results"]["sharded"]
@@ -182,19 +189,12 @@ def fsdp_memory_child(variant: str, layers: int) -> None:
 def bench_fsdp_memory(layers: int, rounds: int, variants: tuple[str, ...] = FSDP_VARIANTS) -> dict:
     """Each variant in fresh torchrun children (2 gloo ranks), alternated `rounds` times."""
     runs: dict[str, list[dict]] = {v: [] for v in variants}
-    # a fixed mmap threshold: glibc returns every freed tensor's pages at once (its default threshold
-    # grows after the first free, so later frees would stay in the heap and count as resident)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
     for _ in range(rounds):
         for variant in runs:
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                   str(Path(__file__).resolve()), "--fsdp-memory-child", variant, str(layers)]  # fmt: skip
-            done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if done.returncode != 0:
-                raise RuntimeError(
-                    f"the torchrun child failed (exit {done.returncode}):\n{done.stderr[-3000:]}"
-                )
-            runs[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            # a fixed mmap threshold: glibc returns every freed tensor's pages at once (its default
+            # threshold grows after the first free, so later frees would stay in the heap, resident)
+            args = ["--fsdp-memory-child", variant, str(layers)]
+            runs[variant].append(torchrun_child(args, MALLOC_MMAP_THRESHOLD_="65536"))
     return runs
 
 
