@@ -8,6 +8,7 @@ a tiny `Qwen3ForCausalLM`), saves and loads both with `save_pretrained` / `from_
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 from collections.abc import Iterator
@@ -26,6 +27,8 @@ from transformers import (
     Qwen3Config,
     Qwen3ForCausalLM,
 )
+
+from atesd.hub import cache_only_hint
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +336,21 @@ def save_pretrained(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     tokenizer.save_pretrained(path)
 
 
+_LOCAL_MODEL = "give a local checkpoint directory (real.hf.name_or_path=PATH)"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(?:/[A-Za-z0-9][\w.-]*)?")  # a hub repo id, not a path
+
+
+def _hub_repo(local: Path, name_or_path: str) -> str | None:
+    """The hub repo a load of `name_or_path` reads: the name itself where it is not on disk, a LoRA
+    adapter directory's base where that is not on disk; None where everything is local."""
+    if not local.exists():
+        return name_or_path
+    config = local / "adapter_config.json"
+    if config.is_file():
+        base = json.loads(config.read_text()).get("base_model_name_or_path") or ""
+        if base and not Path(base).expanduser().exists():
+            return base
+    return None
 
 
 def load_pretrained(
@@ -364,17 +381,18 @@ def load_pretrained(
         raise FileNotFoundError(
             f"model path {name_or_path} does not exist; pass an existing directory or a hub id (owner/name)"
         )
-    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    hub_id = _hub_repo(local, str(name_or_path))
+    with cache_only_hint(hub_id, "model", _LOCAL_MODEL):
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     kwargs = {
-        "dtype": torch_dtype,
+        "dtype": dtype if dtype == "auto" else getattr(torch, dtype),
         "attn_implementation": attn_implementation,
         "trust_remote_code": trust_remote_code,
         "use_safetensors": True,  # never a pickle file, beside safetensors ones or from the hub
     }
     plain = local.is_dir() and not (local / "adapter_config.json").is_file()  # an adapter's base: unknown
     size = sum(f.stat().st_size for f in local.glob("*.safetensors")) if plain else None
-    with quiet_if_small(size):
+    with quiet_if_small(size), cache_only_hint(hub_id, "model", _LOCAL_MODEL):
         model = _load_model(local, name_or_path, kwargs, device)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

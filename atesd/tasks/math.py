@@ -23,6 +23,7 @@ import numpy as np
 
 from atesd.exposure import MATH_FORMAT
 from atesd.grading import GradeConfig, grade, last_boxed, last_boxed_span
+from atesd.hub import cache_only_hint
 from atesd.tasks.base import Problem, Verdict
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,10 @@ _SEPARATORS = {
 _CALC = re.compile(r"<<[^<>]*>>")
 _DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".tsv", ".arrow")  # a source named so is a path
 _TABLES = {".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".arrow": "arrow"}  # read through datasets
+_LOCAL_DATA = (
+    "give a local data file (real.data.source=PATH), or for a named source the folder holding its file "
+    "(real.data.data_dir, eval.py --data-dir)"
+)
 _ONLY_JSONL = "only JSON Lines (one JSON object a line) is read from a .json or .jsonl file: convert it"
 _SAVED = ("state.json", "dataset_dict.json")  # a folder holding one was written by save_to_disk
 _WHOLE_JSON_BYTES = 50 << 20  # a file under this whose first line opens an object is parsed whole
@@ -470,7 +475,8 @@ def _datasets(what: str, instead: str = "give a local .jsonl path") -> Any:
 
 def _hf_rows(hf_id: str, name: str | None, split: str) -> Iterator[tuple[int, Any]]:
     datasets = _datasets(f"loading the HF dataset {hf_id!r}")
-    return enumerate(datasets.load_dataset(hf_id, name, split=split), start=1)
+    with cache_only_hint(hf_id, "dataset", _LOCAL_DATA):
+        return enumerate(datasets.load_dataset(hf_id, name, split=split), start=1)
 
 
 def _table_rows(path: Path) -> Iterator[tuple[int, Any]]:
