@@ -116,11 +116,25 @@ def cache_only_hint(hub_id: str | None, what: str, instead: str) -> Iterator[Non
     try:
         yield
     except OSError as err:  # transformers: OSError; datasets: ConnectionError, an OSError too
-        text = str(err).lower()
-        if not offline or ("offline" not in text and "cache" not in text):
+        if not offline or not _not_cached(err):
             raise
         raise OSError(
             f"the {what} {hub_id} is not in the local Hugging Face cache and the hub cannot be reached "
             f"(offline mode): load it once on a machine with network and copy its cache (HF_HOME), or "
             f"{instead}"
         ) from err
+
+
+def _not_cached(err: BaseException) -> bool:
+    """Whether `err` says a hub file is not in the cache while offline: huggingface_hub's
+    LocalEntryNotFoundError in its chain (transformers), or "offline" in its text (datasets says
+    "Couldn't reach ... (OfflineModeIsEnabled)")."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, LocalEntryNotFoundError) or "offline" in str(err).lower():
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False

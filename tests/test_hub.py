@@ -103,6 +103,9 @@ def test_other_errors_pass_unchanged_and_nothing_is_checked_for_local_loads(fres
     assert hub._checked == {} and not constants.HF_HUB_OFFLINE
     with pytest.raises(OSError, match="^disk full$"), hub.cache_only_hint("owner/name", "model", "x"):
         raise OSError("disk full")
+    with pytest.raises(OSError, match="^a damaged file in the cache$"):
+        with hub.cache_only_hint("owner/name", "model", "x"):
+            raise OSError("a damaged file in the cache")  # not a missing one
     assert constants.HF_HUB_OFFLINE  # the hub was checked, and is not reachable
     with pytest.raises(OSError, match="owner/name is not in the local") as info:
         with hub.cache_only_hint("owner/name", "model", "x"):
