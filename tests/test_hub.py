@@ -124,6 +124,7 @@ def _hub_cache(home: Path, repo: str, checkpoint: Path) -> None:
     (folder / "refs" / "main").write_text(revision)
 
 
+@pytest.mark.slow  # a subprocess importing transformers
 def test_offline_a_cached_hub_model_loads_and_one_not_cached_fails_at_once(tmp_path, checkpoint):
     """The whole path in a fresh process (the libraries read HF_HOME and HF_ENDPOINT when imported):
     load_pretrained by hub id with the hub unreachable."""
