@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -6,6 +7,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from atesd import hub  # noqa: E402
 from atesd.models import (  # noqa: E402
     TinyModelConfig,
     build_qwen3_style_tokenizer,
@@ -17,6 +19,29 @@ from atesd.tasks.synthetic import ChainBagConfig, ChainBagTask  # noqa: E402
 
 # one thread: the models here are tiny, and two OpenMP threads on a busy 2-core machine spin-wait badly
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def no_hub(monkeypatch):
+    """Tests never reach for the network: a hub id read in a test finds the hub unreachable (as on
+    CI), and the offline switch that follows is undone after the test (tests/test_hub.py checks the
+    switch itself against ports of this machine)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(hub, "reachable", lambda url, timeout=hub.CONNECT_TIMEOUT_S: False)
+    monkeypatch.setattr(hub, "_checked", {})
+    env, flag = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
+    config = sys.modules.get("datasets.config")
+    flags = (config.HF_HUB_OFFLINE, config.HF_DATASETS_OFFLINE) if config is not None else (flag, flag)
+    yield
+    if env is None:
+        os.environ.pop("HF_HUB_OFFLINE", None)
+    else:
+        os.environ["HF_HUB_OFFLINE"] = env
+    constants.HF_HUB_OFFLINE = flag
+    config = sys.modules.get("datasets.config")  # imported during the test, it copied the switch
+    if config is not None:
+        config.HF_HUB_OFFLINE, config.HF_DATASETS_OFFLINE = flags
 
 
 @pytest.fixture(scope="session")

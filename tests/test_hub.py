@@ -5,11 +5,14 @@ socket) or closed (bound, then released)."""
 
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,8 @@ from huggingface_hub import constants
 from atesd import hub
 
 ROOT = Path(__file__).resolve().parents[1]
+REACHABLE = hub.reachable  # the real check (conftest's autouse fixture stands in for it in every test)
+AT_IMPORT = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
 
 
 @pytest.fixture
@@ -47,6 +52,7 @@ def fresh(monkeypatch):
             monkeypatch.delenv(spelling)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hub, "_checked", {})
+    monkeypatch.setattr(hub, "reachable", REACHABLE)
     datasets_config = sys.modules.get("datasets.config")
     if datasets_config is not None:
         monkeypatch.setattr(datasets_config, "HF_HUB_OFFLINE", False)
@@ -55,11 +61,29 @@ def fresh(monkeypatch):
 
 
 def test_reachable_tells_an_open_port_from_a_closed_one(listening):
-    assert hub.reachable(listening)
-    assert not hub.reachable(closed_port_url())
-    assert not hub.reachable("http://no-such-host.invalid")  # a name that does not resolve
+    assert REACHABLE(listening)
+    assert not REACHABLE(closed_port_url())
+    assert not REACHABLE("http://no-such-host.invalid")  # a name that does not resolve
     with pytest.raises(ValueError, match="host"):
-        hub.reachable("not a url")
+        REACHABLE("not a url")
+
+
+def test_reachable_gives_up_when_its_time_is_up_whatever_hangs(monkeypatch):
+    """A name lookup or an address that never answers: create_connection would wait the timeout per
+    address and the lookup without limit; the check waits the timeout in all."""
+    release = threading.Event()
+
+    def hang(*args, **kw):
+        release.wait(60)
+        raise OSError("never answered")
+
+    monkeypatch.setattr(socket, "create_connection", hang)
+    start = time.monotonic()
+    try:
+        assert not REACHABLE("https://huggingface.co", timeout=0.2)
+        assert time.monotonic() - start < 10  # not the 60 s the connection would hang
+    finally:
+        release.set()
 
 
 def test_an_unreachable_hub_switches_the_process_to_the_cache_once(fresh, caplog):
@@ -79,21 +103,30 @@ def test_a_reachable_hub_leaves_the_libraries_online(fresh, listening):
 
 
 @pytest.mark.parametrize(
-    "setting", [("HF_HUB_OFFLINE", "0"), ("TRANSFORMERS_OFFLINE", "0"), ("HTTP_PROXY", "http://127.0.0.1:1")]
+    "settings",
+    [
+        {"HF_HUB_OFFLINE": "0"},
+        {"TRANSFORMERS_OFFLINE": "0"},
+        {"HTTP_PROXY": "http://127.0.0.1:1"},
+        {"HTTPS_PROXY": "http://127.0.0.1:1", "NO_PROXY": "127.0.0.1"},  # clients read NO_PROXY otherwise
+    ],
 )
-def test_a_users_setting_or_a_proxy_is_not_second_guessed(fresh, setting):
+def test_a_users_setting_or_a_proxy_is_not_second_guessed(fresh, settings):
     fresh.setattr(hub, "endpoint", closed_port_url)
-    fresh.setenv(*setting)
+    for name, value in settings.items():
+        fresh.setenv(name, value)
     assert not hub.offline_unless_reachable()
     assert not constants.HF_HUB_OFFLINE and hub._checked == {}
 
 
-def test_a_proxy_the_hub_bypasses_does_not_stop_the_check(fresh):
-    url = closed_port_url()
-    fresh.setattr(hub, "endpoint", lambda: url)
-    fresh.setenv("HTTP_PROXY", "http://127.0.0.1:1")
-    fresh.setenv("NO_PROXY", "127.0.0.1")
+def test_datasets_imported_before_the_switch_is_switched_too(fresh):
+    pytest.importorskip("datasets")
+    import datasets.config
+
+    fresh.setattr(hub, "endpoint", closed_port_url)
+    assert not datasets.config.HF_HUB_OFFLINE
     assert hub.offline_unless_reachable()
+    assert datasets.config.HF_HUB_OFFLINE and datasets.config.HF_DATASETS_OFFLINE
 
 
 def test_other_errors_pass_unchanged_and_nothing_is_checked_for_local_loads(fresh):
@@ -103,14 +136,33 @@ def test_other_errors_pass_unchanged_and_nothing_is_checked_for_local_loads(fres
     assert hub._checked == {} and not constants.HF_HUB_OFFLINE
     with pytest.raises(OSError, match="^disk full$"), hub.cache_only_hint("owner/name", "model", "x"):
         raise OSError("disk full")
-    with pytest.raises(OSError, match="^a damaged file in the cache$"):
-        with hub.cache_only_hint("owner/name", "model", "x"):
-            raise OSError("a damaged file in the cache")  # not a missing one
+    damaged = "Failed to open local file '/data/hf_offline/datasets/x/train.arrow'"  # "offline" in a path
+    with pytest.raises(OSError, match=f"^{re.escape(damaged)}$"):
+        with hub.cache_only_hint("owner/name", "dataset", "x"):
+            raise FileNotFoundError(damaged)
     assert constants.HF_HUB_OFFLINE  # the hub was checked, and is not reachable
-    with pytest.raises(OSError, match="owner/name is not in the local") as info:
-        with hub.cache_only_hint("owner/name", "model", "x"):
-            raise OSError("offline mode is enabled")
-    assert str(info.value.__cause__) == "offline mode is enabled"
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    missing = [
+        OSError("We couldn't connect ... couldn't find them in the cached files."),  # transformers
+        ConnectionError("Couldn't reach 'owner/name' on the Hub (OfflineModeIsEnabled)"),  # datasets
+        OSError("owner/name does not appear to have a file named model.safetensors."),  # weights not cached
+        ValueError("Couldn't find cache for owner/name for config 'other'"),  # datasets, another config
+    ]
+    missing[0].__cause__ = LocalEntryNotFoundError("not in the cache")
+    for err in missing:
+        with pytest.raises(OSError, match="owner/name is not in the local .*the hub cannot be") as info:
+            with hub.cache_only_hint("owner/name", "model", "give a path"):
+                raise err
+        assert info.value.__cause__ is err and str(err).splitlines()[0] in str(info.value)
+
+
+def test_the_hint_names_the_users_own_offline_setting(fresh):
+    fresh.setenv("HF_HUB_OFFLINE", "1")
+    fresh.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(OSError, match="only in part .*and HF_HUB_OFFLINE is set"):
+        with hub.cache_only_hint("owner/name", "model", "give a path"):
+            raise ConnectionError("Couldn't reach 'owner/name' on the Hub (OfflineModeIsEnabled)")
 
 
 def _hub_cache(home: Path, repo: str, checkpoint: Path) -> None:
@@ -170,6 +222,11 @@ def test_offline_a_cached_hub_model_loads_and_one_not_cached_fails_at_once(tmp_p
     assert "Retrying" not in out.stderr
 
 
-def test_no_switch_outlives_the_tests_above():
-    """Runs after the tests above in this file: the process is online again."""
-    assert "HF_HUB_OFFLINE" not in os.environ and not constants.HF_HUB_OFFLINE
+def test_a_hub_id_read_in_any_test_finds_the_hub_unreachable_without_a_connection():
+    """conftest's stand-in for the check (every test): offline for this test, no network touched."""
+    assert hub.offline_unless_reachable() and constants.HF_HUB_OFFLINE
+
+
+def test_and_the_next_test_starts_as_the_session_did():
+    """Runs after the one above (file order): its switch was undone."""
+    assert (os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE) == AT_IMPORT
