@@ -32,6 +32,7 @@ from atesd.models import (
     base_model,
     build_synthetic_tokenizer,
     eos_token_ids,
+    num_parameters,
 )
 from atesd.rollout import RolloutBackend, make_backend
 from atesd.tasks.base import Task
@@ -137,7 +138,10 @@ def build_student(
     if not cfg.embedded:
         from atesd.models import load_hf_model
 
-        return load_hf_model(cfg.hf, cfg.lora, device, cfg.engine.seed)
+        model, tokenizer = load_hf_model(cfg.hf, cfg.lora, device, cfg.engine.seed)
+        if cfg.device == "auto" and device == "cpu":
+            check_cpu_size(model)
+        return model, tokenizer
     if cfg.task_kind != "synthetic":
         raise ValueError("the embedded tiny model only knows the synthetic task: set real.hf.name_or_path")
     waits = dist is not None and dist.active
@@ -148,6 +152,23 @@ def build_student(
         torch.distributed.barrier()
     model = model.to(device)
     return apply_lora(model, cfg.lora, cfg.engine.seed), tokenizer
+
+
+CPU_WARN_PARAMETERS = 100_000_000  # from about this size an update on a CPU takes minutes
+
+
+def check_cpu_size(model: torch.nn.Module) -> None:
+    """Warn where `real.device=auto` found no GPU and the model is large enough that the CPU it falls
+    back to takes minutes per update: most often a CPU build of torch on a GPU machine."""
+    n = num_parameters(model)
+    if n >= CPU_WARN_PARAMETERS:
+        warnings.warn(
+            f"real.device=auto found no CUDA device (torch {torch.__version__}, CUDA build "
+            f"{torch.version.cuda or 'none'}), so the model of {n / 1e9:.2f}B parameters runs on the CPU, "
+            "where one update can take minutes: install a CUDA build of torch (the README's set-up "
+            "installs the CPU one), or set real.device=cpu to mean it",
+            stacklevel=3,
+        )
 
 
 def sharded(cfg: RealConfig, dist: Dist | None) -> bool:

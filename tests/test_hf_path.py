@@ -200,7 +200,7 @@ def test_a_student_to_be_sharded_loads_on_the_cpu(monkeypatch):
     from atesd.models import HFModelConfig
 
     seen = []
-    monkeypatch.setattr(models, "load_hf_model", lambda hf, lora, device, seed: seen.append(device))
+    monkeypatch.setattr(models, "load_hf_model", lambda hf, lora, device, seed: (seen.append(device), None))
     monkeypatch.setattr(builder, "resolve_device", lambda device, dist=None: "cuda:1")  # as under torchrun
     cfg = builder.RealConfig(hf=HFModelConfig(name_or_path="Qwen/Qwen3-0.6B"), device="cuda")
     ranks = Dist(rank=1, world_size=2)
@@ -209,6 +209,29 @@ def test_a_student_to_be_sharded_loads_on_the_cpu(monkeypatch):
         builder.build_student(real, None, dist=ranks)
     builder.build_student(cfg, None, dist=Dist.single())  # fsdp ignored in one process
     assert seen == ["cpu", "cuda:1", "cuda:1"]
+
+
+def test_a_large_model_that_auto_puts_on_the_cpu_is_warned_of(checkpoint, monkeypatch):
+    """real.device=auto without a GPU (a CPU build of torch on a GPU machine, as the README's set-up
+    installs) falls back to the CPU: said for a model large enough to take minutes per update."""
+    import dataclasses
+    import warnings
+
+    import atesd.builder as builder
+    from atesd.models import HFModelConfig, num_parameters
+
+    monkeypatch.setattr(builder.torch.cuda, "is_available", lambda: False)
+    cfg = builder.RealConfig(hf=HFModelConfig(name_or_path=str(checkpoint)), device="auto")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the tiny checkpoint is far below the size: no warning
+        model, _ = builder.build_student(cfg, None)
+    size = num_parameters(model)
+    monkeypatch.setattr(builder, "CPU_WARN_PARAMETERS", size)  # as if it were a large model
+    with pytest.warns(UserWarning, match=r"real\.device=auto found no CUDA device .*CUDA build .*on the CPU"):
+        builder.build_student(cfg, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # real.device=cpu: meant
+        builder.build_student(dataclasses.replace(cfg, device="cpu"), None)
 
 
 def test_a_lora_adapter_directory_loads_merged_as_a_plain_model(checkpoint, tmp_path):
