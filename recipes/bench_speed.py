@@ -39,7 +39,6 @@ import argparse
 import dataclasses
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -123,6 +122,15 @@ def bench_eval_ranks(rounds: int) -> dict:
     return r
 
 
+def _start_peak() -> float:
+    """Start a peak-memory measurement in this process: VmHWM := VmRSS (Linux's clear_refs); returns
+    VmRSS in MB. Not ru_maxrss: Linux keeps a process's high-water mark across exec, so a child of a
+    large process (a bench that ran other sections first, a pytest worker) starts at its parent's size
+    and hides a smaller peak of its own (a 790 MB peak read as 0)."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _rss_mb("VmRSS")
+
+
 def _rss_mb(field: str) -> float:
     """This process's resident set (VmRSS) or its peak (VmHWM) in MB, from /proc (Linux)."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -158,8 +166,7 @@ def fsdp_memory_child(variant: str, layers: int) -> None:
     task = ChainBagTask()
     dist.mean([0.0])  # the group's first collective, before measuring
     ctypes.CDLL("libc.so.6").malloc_trim(0)
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    before = _rss_mb("VmRSS")
+    before = _start_peak()
     if variant == "engine":
         engine = DistillEngine(model, tokenizer, task, EngineConfig(fsdp=True), dist=dist)
         teacher = engine.teacher.copy
@@ -252,15 +259,13 @@ def loss_child(variant: str, n: int, vocab: int, hidden: int, chunk: int) -> Non
     mask = torch.ones(n, dtype=torch.bool)
     cfg = LossConfig(kind="forward_kl", clip_tau=0.05, chunk_size=chunk)
     fn = chunked_distill_loss if variant == "chunked" else naive_distill_loss
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _start_peak()
     t0 = time.perf_counter()
     out = fn(s_h, t_h, head, t_head, mask, cfg)
     out.loss.backward()
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(
-        json.dumps({"peak_mb": (peak - before) / 1024, "seconds": seconds, "loss": float(out.loss.detach())})
-    )
+    peak = _rss_mb("VmHWM")
+    print(json.dumps({"peak_mb": peak - before, "seconds": seconds, "loss": float(out.loss.detach())}))
 
 
 # peak RSS growth per (positions x vocabulary) element of the loss's (N, V) tensors, forward +
