@@ -1,5 +1,6 @@
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,27 @@ from atesd.tasks.synthetic import ChainBagConfig, ChainBagTask  # noqa: E402
 
 # one thread: the models here are tiny, and two OpenMP threads on a busy 2-core machine spin-wait badly
 torch.set_num_threads(1)
+
+
+MAX_WORKERS = 4  # past 4 the longest files (tests/test_reliability.py: ~2.5 min) set the wall time
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pyproject's addopts): a worker per core this process may use, at most MAX_WORKERS
+    (every worker imports torch and transformers, ~0.5 GB); PYTEST_XDIST_AUTO_NUM_WORKERS overrides."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(MAX_WORKERS, cores)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (--dist loadfile hands each worker whole files, in collection order) the files
+    with the most slow tests go first, so that no long file starts last while the other workers idle;
+    within a file the order is kept."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
+        items.sort(key=lambda item: -slow[item.path])
 
 
 @pytest.fixture(autouse=True)
