@@ -27,9 +27,14 @@ MAX_WORKERS = 4  # past 4 the longest files (tests/test_reliability.py: ~2.5 min
 
 def pytest_xdist_auto_num_workers(config):
     """`-n auto` (pyproject's addopts): a worker per core this process may use, at most MAX_WORKERS
-    (every worker imports torch and transformers, ~0.5 GB); PYTEST_XDIST_AUTO_NUM_WORKERS overrides."""
+    (every worker imports torch and transformers, ~0.5 GB); none where the tests asked for lie in one
+    file (--dist loadfile would give it to one worker anyway, after seconds of start-up);
+    PYTEST_XDIST_AUTO_NUM_WORKERS overrides."""
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
+    files = {str(arg).split("::")[0] for arg in config.args}
+    if len(files) == 1 and files.pop().endswith(".py"):
+        return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return min(MAX_WORKERS, cores)
 
