@@ -1,6 +1,6 @@
 """The fixed-exposure sweep: alpha in {0, .25, .5, .75, 1} x seeds on the embedded default.
 
-    python recipes/sweep.py --seeds 5                      # the paper's sweep, ~17 min on 2 cores
+    python recipes/sweep.py --seeds 5                      # the paper's sweep, ~22 min on 2 cores
     python recipes/sweep.py --seeds 3 --set real.engine.exposure.reference=path_matched   # the control
 
 Warm-starts (or loads the cached) tiny model, trains one run per (alpha, seed) in worker processes,
