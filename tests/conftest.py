@@ -1,6 +1,5 @@
 import os
 import sys
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -37,15 +36,6 @@ def pytest_xdist_auto_num_workers(config):
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return min(MAX_WORKERS, cores)
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (--dist loadfile hands each worker whole files, in collection order) the files
-    with the most slow tests go first, so that no long file starts last while the other workers idle;
-    within a file the order is kept."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
-        items.sort(key=lambda item: -slow[item.path])
 
 
 @pytest.fixture(autouse=True)
