@@ -138,8 +138,11 @@ def build_student(
     if not cfg.embedded:
         from atesd.models import load_hf_model
 
-        model, tokenizer = load_hf_model(cfg.hf, cfg.lora, device, cfg.engine.seed)
-        if cfg.device == "auto" and device == "cpu":
+        if sharded(cfg, dist) and cfg.lora.rank == 0 and not cfg.hf.trust_remote_code:
+            model, tokenizer = load_on_rank0(cfg, dist)  # the others build it on the meta device
+        else:  # a remote-code config might not unpickle on other ranks; LoRA is refused under FSDP
+            model, tokenizer = load_hf_model(cfg.hf, cfg.lora, device, cfg.engine.seed)
+        if cfg.device == "auto" and resolve_device(cfg.device, dist) == "cpu":  # not FSDP's CPU stop
             check_cpu_size(model)
         return model, tokenizer
     if cfg.task_kind != "synthetic":
@@ -152,6 +155,32 @@ def build_student(
         torch.distributed.barrier()
     model = model.to(device)
     return apply_lora(model, cfg.lora, cfg.engine.seed), tokenizer
+
+
+def load_on_rank0(cfg: RealConfig, dist: Dist) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The student under FSDP: rank 0 loads the checkpoint onto the CPU, and every other rank builds the
+    same model on the meta device from rank 0's config (`atesd.models.meta_skeleton`: no storage, no
+    weights read), so a node's host memory holds the checkpoint once instead of once per rank. The
+    engine broadcasts rank 0's weights into every rank's shards as it shards them. Every rank loads
+    the tokenizer. A load that fails on rank 0 fails on every rank, with rank 0's error."""
+    from atesd.models import enable_checkpointing, load_hf_model, load_tokenizer, meta_skeleton, model_spec
+
+    if dist.is_main:
+        try:
+            model, tokenizer = load_hf_model(cfg.hf, cfg.lora, "cpu", cfg.engine.seed)
+        except Exception as err:
+            dist.broadcast_object(f"{type(err).__name__}: {err}")
+            raise
+        dist.broadcast_object(model_spec(model))
+        return model, tokenizer
+    spec = dist.broadcast_object(None)
+    if isinstance(spec, str):
+        raise RuntimeError(f"rank 0 could not load {cfg.hf.name_or_path}: {spec}")
+    tokenizer = load_tokenizer(cfg.hf.name_or_path, cfg.hf.trust_remote_code)
+    model = meta_skeleton(spec)
+    if cfg.hf.gradient_checkpointing:
+        enable_checkpointing(model)
+    return model, tokenizer
 
 
 CPU_WARN_PARAMETERS = 100_000_000  # from about this size an update on a CPU takes minutes

@@ -15,7 +15,9 @@ rollout lengths differ from the other ranks', so per-forward collectives would d
 `gather_state` / `scatter_state` (torch.distributed.checkpoint) move whole tensors between the shards
 and rank 0, which alone holds them, for checkpoints and the env's reset snapshot. A model handed over
 on the CPU reaches the device one layer at a time as it is sharded, and `sharded_copy` makes the
-frozen teacher's copy the same way, so no device holds two whole models.
+frozen teacher's copy the same way, so no device holds two whole models. Ranks other than rank 0 may
+hand over a skeleton on the meta device instead (the builder's `load_on_rank0`): with `fill`, rank 0's
+weights reach their shards a layer at a time as each is sharded, so only rank 0 reads the checkpoint.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
+import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -220,24 +223,38 @@ def fsdp_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 
-def shard_layers(model: nn.Module, dist_: Dist, device: str | torch.device | None = None) -> nn.Module:
+def shard_layers(
+    model: nn.Module, dist_: Dist, device: str | torch.device | None = None, fill: bool = False
+) -> nn.Module:
     """Put every decoder layer of `model` under FSDP2 over all ranks (in place; returns `model`), and
     everything else of it on `device` (default: where its parameters are). A layer still on the CPU is
     moved to `device` by FSDP as it is sharded, one layer at a time, so sharding a model handed over on
-    the CPU never puts it whole on the device."""
+    the CPU never puts it whole on the device.
+
+    `fill`: some ranks hand over a skeleton on the meta device (`atesd.models.meta_skeleton`), and
+    rank 0's weights fill every rank's as each layer is sharded (then the replicated rest), so no rank
+    holds more than one whole layer beyond what sharding holds anyway. Every rank must pass the same
+    `fill`; rank 0's model must hold the weights."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     mesh = _mesh(device, dist_)
-    for layer in decoder_layers(model):
-        _shard(layer, mesh)
-    return model.to(device)  # the replicated rest (FSDP's modules take `to` and keep their shards)
+    layers = decoder_layers(model)
+    for layer in layers:
+        _shard_filled(layer, mesh, device, fill)
+    _place(model, device, skip=layers)  # the replicated rest (FSDP's modules take `to`, keep their shards)
+    if fill:
+        _fill_replicated(model, skip=layers)
+    return model
 
 
-def sharded_copy(model: nn.Module, dist_: Dist, device: str | torch.device | None = None) -> nn.Module:
+def sharded_copy(
+    model: nn.Module, dist_: Dist, device: str | torch.device | None = None, fill: bool = False
+) -> nn.Module:
     """A frozen copy of `model` in eval mode, sharded as `shard_layers` shards (the copy's replicated
     parts on `device`), made one decoder layer at a time: each layer is copied whole and sharded before
     the next is copied, so neither the host nor the device ever holds a second whole model (a deep copy
     of the whole model, then sharding, would). `model` is left as it was; it must not be sharded yet
-    (FSDP's modules cannot be deep-copied)."""
+    (FSDP's modules cannot be deep-copied). `fill`: as `shard_layers`'s (rank 0's weights fill the
+    copies of other ranks' skeletons, a layer at a time)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     mesh = _mesh(device, dist_)
     layers = decoder_layers(model)
@@ -245,13 +262,64 @@ def sharded_copy(model: nn.Module, dist_: Dist, device: str | torch.device | Non
         raise ValueError("sharded_copy copies a model before it is sharded: its layers are sharded already")
     copied = nn.ModuleList()
     out = copy.deepcopy(model, memo={id(layers): copied})  # everything but the layers, ties kept
-    out.eval().requires_grad_(False).to(device)  # its embeddings and head leave the host at once
+    _place(out.eval().requires_grad_(False), device)  # its embeddings and head leave the host at once
+    if fill:
+        _fill_replicated(out, skip=copied)  # no layer in it yet
     shared = {id(model.config): out.config}  # the layers' config is the copy's, as in the model
     for layer in layers:
         one = copy.deepcopy(layer, memo=dict(shared)).eval().requires_grad_(False)  # before FSDP's flags
-        _shard(one, mesh)
+        _shard_filled(one, mesh, device, fill)
         copied.append(one)
     return out
+
+
+def on_meta(model: nn.Module) -> bool:
+    """Whether `model` has tensors on the meta device (`atesd.models.meta_skeleton`'s: no weights)."""
+    return any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers()))
+
+
+def _place(module: nn.Module, device: torch.device, skip: nn.Module | None = None) -> nn.Module:
+    """`module.to(device)`; a skeleton on the meta device gets uninitialised storage there instead
+    (to be filled from rank 0), its tied parameters tied again (`to_empty` unties them), except in
+    `skip` (layers placed and filled already)."""
+    if not on_meta(module):
+        return module.to(device)
+    shared: dict[int, list[str]] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        shared.setdefault(id(p), []).append(name)
+    placed = {id(m) for m in skip.modules()} if skip is not None else set()
+    for m in module.modules():
+        if id(m) not in placed:
+            m.to_empty(device=device, recurse=False)
+    for first, *rest in (names for names in shared.values() if len(names) > 1):
+        for name in rest:
+            owner, _, leaf = name.rpartition(".")
+            setattr(module.get_submodule(owner), leaf, module.get_parameter(first))
+    return module
+
+
+def _shard_filled(layer: nn.Module, mesh, device: torch.device, fill: bool) -> None:
+    """`_shard` one layer; with `fill`, then rank 0's weights (and buffers) into every rank's shards. Rank
+    0's whole layer lives until its shards are filled: one layer at a time."""
+    if not fill:
+        _shard(layer, mesh)
+        return
+    whole = layer.state_dict() if dist.get_rank() == 0 else {}
+    _shard(layer, mesh)
+    _place(layer, device)  # a skeleton's shards get storage (FSDP sharded them on the meta device)
+    for buffer in layer.buffers():
+        dist.broadcast(buffer, src=0)
+    scatter_state(layer, whole)
+
+
+def _fill_replicated(model: nn.Module, skip: nn.Module) -> None:
+    """Broadcast rank 0's parameters and buffers of `model` outside `skip` (the layers, filled as they
+    are sharded) into every rank's: the replicated parts, and the buffers no state dict holds (rotary
+    tables). Tied parameters once."""
+    inside = {id(t) for t in itertools.chain(skip.parameters(), skip.buffers())}
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        if id(t) not in inside:
+            dist.broadcast(t.data, src=0)
 
 
 def _shard(layer: nn.Module, mesh) -> None:

@@ -31,6 +31,7 @@ from atesd.distributed import (
     gather_state,
     gathered,
     is_sharded,
+    on_meta,
     scatter_state,
     shard_layers,
     sharded_copy,
@@ -320,10 +321,26 @@ class DistillEngine:
                     "engine.fsdp shards a full fine-tune; a LoRA student's frozen base is replicated "
                     "(plain data parallel): set real.lora.rank=0 or engine.fsdp=false"
                 )
+            # ranks other than rank 0 may hand over a skeleton on the meta device (the builder's, so
+            # that a node's host memory holds the checkpoint once): rank 0's weights fill every rank's
+            skeletons = self.dist.gather_objects((on_meta(model), moves))  # (skeleton, device given) each
+            if skeletons[0][0] or any(meta and not placed for meta, placed in skeletons):
+                raise ValueError(
+                    "under engine.fsdp a skeleton on the meta device is filled from rank 0's weights: rank 0 "
+                    "must hand over the weights, and a skeleton's rank the device to train on (device=)"
+                )
+            fill = any(meta for meta, _ in skeletons)
             # a frozen or EMA copy is taken before the student is sharded, one layer at a time
-            self.teacher = Teacher(model, self.cfg.teacher, lambda m: sharded_copy(m, self.dist, device))
-            shard_layers(model, self.dist, device)
+            self.teacher = Teacher(
+                model, self.cfg.teacher, lambda m: sharded_copy(m, self.dist, device, fill=fill)
+            )
+            shard_layers(model, self.dist, device, fill=fill)
         else:
+            if on_meta(model):
+                raise ValueError(
+                    "the model is a skeleton on the meta device (no weights): only engine.fsdp under "
+                    "torchrun fills one, from rank 0's weights"
+                )
             if moves:
                 model.to(device)  # no-op where it is already
             self.teacher = Teacher(model, self.cfg.teacher)

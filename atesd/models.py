@@ -8,6 +8,8 @@ a tiny `Qwen3ForCausalLM`), saves and loads both with `save_pretrained` / `from_
 from __future__ import annotations
 
 import contextlib
+import copy
+import itertools
 import json
 import logging
 import re
@@ -373,17 +375,8 @@ def load_pretrained(
         FileNotFoundError: a path that is not a hub id and does not exist.
         ImportError: an adapter directory without peft installed.
     """
-    local = Path(name_or_path).expanduser()
-    if local.exists():  # absolute: a LoRA adapter saved from this model names it as its base
-        local = local.resolve()
-        name_or_path = str(local)
-    elif not _HUB_ID.fullmatch(str(name_or_path)):
-        raise FileNotFoundError(
-            f"model path {name_or_path} does not exist; pass an existing directory or a hub id (owner/name)"
-        )
-    hub_id = _hub_repo(local, str(name_or_path))
-    with cache_only_hint(hub_id, "model", _LOCAL_MODEL):
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    local, name_or_path, hub_id = _resolve(name_or_path)
+    tokenizer = _tokenizer(name_or_path, hub_id, trust_remote_code)
     kwargs = {
         "dtype": dtype if dtype == "auto" else getattr(torch, dtype),
         "attn_implementation": attn_implementation,
@@ -394,10 +387,77 @@ def load_pretrained(
     size = sum(f.stat().st_size for f in local.glob("*.safetensors")) if plain else None
     with quiet_if_small(size), cache_only_hint(hub_id, "model", _LOCAL_MODEL):
         model = _load_model(local, name_or_path, kwargs, device)
+    return model, tokenizer
+
+
+def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """`load_pretrained`'s tokenizer alone (the same path rules, padding on the left), no weights read."""
+    _, name_or_path, hub_id = _resolve(name_or_path)
+    return _tokenizer(name_or_path, hub_id, trust_remote_code)
+
+
+def _resolve(name_or_path: str | Path) -> tuple[Path, str, str | None]:
+    """(the path on disk, the name to load, the hub repo the load reads or None): see `load_pretrained`."""
+    local = Path(name_or_path).expanduser()
+    if local.exists():  # absolute: a LoRA adapter saved from this model names it as its base
+        local = local.resolve()
+        name_or_path = str(local)
+    elif not _HUB_ID.fullmatch(str(name_or_path)):
+        raise FileNotFoundError(
+            f"model path {name_or_path} does not exist; pass an existing directory or a hub id (owner/name)"
+        )
+    return local, str(name_or_path), _hub_repo(local, str(name_or_path))
+
+
+def _tokenizer(name_or_path: str, hub_id: str | None, trust_remote_code: bool) -> PreTrainedTokenizerBase:
+    with cache_only_hint(hub_id, "model", _LOCAL_MODEL):
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    return model, tokenizer
+    return tokenizer
+
+
+def model_spec(model: PreTrainedModel) -> dict:
+    """What `meta_skeleton` needs to build `model` again without its weights: its config and generation
+    config, its attention implementation, and every parameter's and buffer's name, shape and dtype."""
+    tensors = itertools.chain(model.named_parameters(), model.named_buffers())
+    return {
+        "class": type(model).__name__,
+        "config": model.config,
+        "attn_implementation": model.config._attn_implementation,
+        "generation_config": model.generation_config,
+        "tensors": {name: (tuple(t.shape), t.dtype) for name, t in tensors},
+    }
+
+
+def meta_skeleton(spec: dict) -> PreTrainedModel:
+    """The model `spec` (`model_spec`'s) describes, every parameter and buffer on the meta device (no
+    storage, nothing read from disk), each with the dtype it had there. Under FSDP the ranks other than
+    rank 0 start from this, and rank 0's weights are broadcast into their shards
+    (`atesd.distributed.shard_layers` with `fill`).
+
+    Raises:
+        ValueError: the skeleton's tensors differ from `spec`'s by name or shape (a model class that
+            builds other tensors from the same config than it loaded with)."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(
+            spec["config"], attn_implementation=spec["attn_implementation"]
+        )
+    want = spec["tensors"]
+    have = dict(itertools.chain(model.named_parameters(), model.named_buffers()))
+    wrong = sorted(set(want) ^ set(have)) or [n for n in want if tuple(have[n].shape) != want[n][0]]
+    if type(model).__name__ != spec["class"] or wrong:
+        raise ValueError(
+            f"{spec['class']} built again from its config on the meta device is not the loaded model "
+            f"({type(model).__name__}; first differing tensor: {wrong[0] if wrong else '-'}): set "
+            "real.engine.fsdp=false, or report the model"
+        )
+    for name, tensor in have.items():
+        if tensor.dtype != want[name][1]:  # the loaded dtypes (a checkpoint may keep some modules in float32)
+            tensor.data = torch.empty_like(tensor, dtype=want[name][1])
+    model.generation_config = copy.deepcopy(spec["generation_config"])  # its EOS ids end the rollouts
+    return model
 
 
 def _load_model(

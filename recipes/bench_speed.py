@@ -5,6 +5,7 @@
     python recipes/bench_speed.py --only step-vs-trl   # ours against TRL's pieces (extra .[bench])
     python recipes/bench_speed.py --only eval-ranks    # the evaluation under torchrun, sharded or whole
     python recipes/bench_speed.py --only fsdp-memory   # peak memory of the FSDP engine's construction
+    python recipes/bench_speed.py --only fsdp-load     # ... from a checkpoint: every rank reads it, or rank 0
 
 1. step:    per-phase breakdown of DistillEngine.step on the embedded default (warm-started model
             from the cache when present, else a random one of the same shape).
@@ -31,6 +32,11 @@
             a deep copy of the whole student then both sharded (the construction before), against
             `sharded_copy` (a layer at a time) and `DistillEngine(fsdp)` itself; each in fresh torchrun
             children, 3 rounds alternated. Not part of the default run.
+7. fsdp-load: the same peak from a checkpoint on disk to the sharded engine: every rank reading the
+            checkpoint (`load_hf_model`, as before), against the builder's way (`load_on_rank0`: rank 0
+            reads it, the others build the model on the meta device and get rank 0's weights as the
+            engine shards them); fresh torchrun children, 3 rounds alternated. Not part of the default
+            run.
 """
 
 from __future__ import annotations
@@ -153,16 +159,13 @@ def fsdp_memory_child(variant: str, layers: int) -> None:
 
     from atesd.distributed import Dist, shard_layers, sharded_copy
     from atesd.engine import DistillEngine, EngineConfig
-    from atesd.models import TinyModelConfig, build_synthetic_tokenizer, build_tiny_qwen3, num_parameters
+    from atesd.models import build_synthetic_tokenizer, build_tiny_qwen3, num_parameters
     from atesd.tasks.synthetic import ChainBagTask
 
     torch.set_num_threads(1)
     dist = Dist.from_env()
     tokenizer = build_synthetic_tokenizer()
-    shape = TinyModelConfig(
-        num_layers=layers, hidden_size=512, num_heads=8, num_kv_heads=4, intermediate_size=2048
-    )
-    model = build_tiny_qwen3(tokenizer, shape)
+    model = build_tiny_qwen3(tokenizer, _fsdp_shape(layers))
     task = ChainBagTask()
     dist.mean([0.0])  # the group's first collective, before measuring
     ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -191,6 +194,72 @@ def fsdp_memory_child(variant: str, layers: int) -> None:
         )
     del teacher, model
     dist.close()
+
+
+FSDP_LOADS = ("every-rank", "rank0")
+
+
+def _fsdp_shape(layers: int):
+    from atesd.models import TinyModelConfig
+
+    return TinyModelConfig(
+        num_layers=layers, hidden_size=512, num_heads=8, num_kv_heads=4, intermediate_size=2048
+    )
+
+
+def fsdp_load_child(variant: str, checkpoint: str) -> None:
+    """Run by `bench_fsdp_load` under torchrun: one rank's peak host memory from the checkpoint on disk
+    to the FSDP engine. `variant`: `every-rank` (each rank loads the checkpoint) or `rank0` (the
+    builder's `load_on_rank0`); rank 0 prints one JSON line."""
+    import ctypes
+
+    from atesd.builder import RealConfig, load_on_rank0
+    from atesd.distributed import Dist
+    from atesd.engine import DistillEngine, EngineConfig
+    from atesd.models import HFModelConfig, LoraSettings, load_hf_model, num_parameters
+    from atesd.tasks.synthetic import ChainBagTask
+
+    torch.set_num_threads(1)
+    transformers.logging.set_verbosity_error()
+    dist = Dist.from_env()
+    cfg = RealConfig(hf=HFModelConfig(name_or_path=checkpoint, dtype="float32"), lora=LoraSettings(rank=0))
+    dist.mean([0.0])  # the group's first collective, before measuring
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    before = _start_peak()
+    if variant == "rank0":
+        model, tokenizer = load_on_rank0(cfg, dist)
+    else:
+        model, tokenizer = load_hf_model(cfg.hf, cfg.lora, "cpu")
+    engine = DistillEngine(model, tokenizer, ChainBagTask(), EngineConfig(fsdp=True), dist=dist, device="cpu")
+    peak, after = _rss_mb("VmHWM"), _rss_mb("VmRSS")
+    out = dist.gather_objects({"peak": peak - before, "after": after - before})
+    if dist.is_main:
+        model_mb = num_parameters(engine.student) * 4 / 2**20
+        print(json.dumps({"ranks": out, "model_mb": model_mb, "world": dist.world_size}))
+    del engine, model
+    dist.close()
+
+
+def bench_fsdp_load(layers: int, rounds: int, variants: tuple[str, ...] = FSDP_LOADS) -> dict:
+    """A random Qwen3 of `layers` layers (width 512) saved once; each variant in fresh torchrun children
+    (2 gloo ranks), alternated `rounds` times."""
+    import tempfile
+
+    from atesd.models import build_synthetic_tokenizer, build_tiny_qwen3, save_pretrained
+
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = build_synthetic_tokenizer()
+        # saved in bfloat16 and loaded in float32, as a hub checkpoint is fully fine-tuned (USAGE.md): the
+        # float32 copy is each loading rank's own memory (a checkpoint loaded in its own dtype is a
+        # mapping of the file, whose pages the ranks share through the page cache)
+        model = build_tiny_qwen3(tokenizer, _fsdp_shape(layers)).to(torch.bfloat16)
+        save_pretrained(model, tokenizer, tmp)
+        for _ in range(rounds):
+            for variant in runs:
+                args = ["--fsdp-load-child", variant, tmp]
+                runs[variant].append(torchrun_child(args, MALLOC_MMAP_THRESHOLD_="65536"))
+    return runs
 
 
 def bench_fsdp_memory(layers: int, rounds: int, variants: tuple[str, ...] = FSDP_VARIANTS) -> dict:
@@ -326,7 +395,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--only",
-        choices=["step", "sampler", "loss", "step-vs-trl", "eval-ranks", "fsdp-memory"],
+        choices=["step", "sampler", "loss", "step-vs-trl", "eval-ranks", "fsdp-memory", "fsdp-load"],
         default=None,
     )
     parser.add_argument("--threads", type=int, default=2)
@@ -334,7 +403,9 @@ def main() -> int:
         "--compile", action="store_true", help="step-vs-trl: our sampler compiled (compile in the warm-up)"
     )
     parser.add_argument("--steps", type=int, default=10, help="engine steps timed (step-vs-trl: at least 20)")
-    parser.add_argument("--fsdp-layers", type=int, default=16, help="fsdp-memory: the model's decoder layers")
+    parser.add_argument(
+        "--fsdp-layers", type=int, default=16, help="fsdp-memory, fsdp-load: the model's decoder layers"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="sampler repeats (best of)")
     parser.add_argument(
         "--loss-tokens",
@@ -345,6 +416,7 @@ def main() -> int:
     parser.add_argument("--loss-child", nargs=5, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--eval-ranks-child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--fsdp-memory-child", nargs=2, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--fsdp-load-child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loss_tokens < 1:
         parser.error(f"--loss-tokens must be >= 1, got {args.loss_tokens}")
@@ -357,6 +429,9 @@ def main() -> int:
         return 0
     if args.fsdp_memory_child:
         fsdp_memory_child(args.fsdp_memory_child[0], int(args.fsdp_memory_child[1]))
+        return 0
+    if args.fsdp_load_child:
+        fsdp_load_child(*args.fsdp_load_child)
         return 0
     from rich.console import Console
 
@@ -444,6 +519,34 @@ def main() -> int:
             f"fsdp-memory: model {first['model_mb']:.0f} MB, construction peak deepcopy "
             f"+{summary['deepcopy']:.0f} MB, layerwise +{summary['layerwise']:.0f} MB, "
             f"engine +{summary['engine']:.0f} MB per rank"
+        )
+    if args.only == "fsdp-load":
+        runs = bench_fsdp_load(args.fsdp_layers, 3)
+        first = runs["rank0"][0]
+        console.print(
+            f"[bold]FSDP from a checkpoint, peak host memory[/] ({first['world']} gloo ranks, the CPU as "
+            f"the device; a random Qwen3 of {args.fsdp_layers} layers, width 512, saved in bfloat16 and "
+            f"loaded in float32: {first['model_mb']:.0f} MB; MB above the resident set before, per rank, 3 "
+            "fresh runs each, alternated)"
+        )
+        labels = {"every-rank": "every rank reads the checkpoint", "rank0": "rank 0 reads it (load_on_rank0)"}
+        summary = {}
+        for variant, label in labels.items():
+            for rank in range(first["world"]):
+                peaks = [run["ranks"][rank]["peak"] for run in runs[variant]]
+                afters = [run["ranks"][rank]["after"] for run in runs[variant]]
+                summary[variant, rank] = float(np.median(peaks))
+                console.print(
+                    f"  {label + ',':34s} rank {rank}: peak +{summary[variant, rank]:.0f} MB (median; "
+                    f"{min(peaks):.0f}-{max(peaks):.0f}), after +{float(np.median(afters)):.0f} MB"
+                )
+        ranks = range(first["world"])
+        print(
+            f"fsdp-load: model {first['model_mb']:.0f} MB, peak per rank every-rank "
+            + " / ".join(f"+{summary['every-rank', r]:.0f}" for r in ranks)
+            + " MB, rank0 "
+            + " / ".join(f"+{summary['rank0', r]:.0f}" for r in ranks)
+            + " MB"
         )
     if args.only == "step-vs-trl":
         from bench_trl_step import generalized_jsd_loss, step_vs_trl

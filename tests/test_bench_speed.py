@@ -1,6 +1,6 @@
 """bench_speed.py's loss section: a variant that does not fit the memory available is skipped, and a
-child that dies is one line, not a traceback (the naive child needs about 22 GB); its eval-ranks
-and fsdp-memory sections run under torchrun."""
+child that dies is one line, not a traceback (the naive child needs about 22 GB); its eval-ranks,
+fsdp-memory and fsdp-load sections run under torchrun."""
 
 import subprocess
 import sys
@@ -64,3 +64,18 @@ def test_the_fsdp_memory_section_measures_each_rank_under_torchrun():
     (run,) = r["engine"]
     assert run["world"] == 2 and len(run["ranks"]) == 2 and run["model_mb"] > run["layer_shard_mb"] > 0
     assert all(8 * run["layer_shard_mb"] <= rank["peak"] < 0.8 * run["model_mb"] for rank in run["ranks"]), r
+
+
+@pytest.mark.slow
+def test_the_fsdp_load_section_finds_rank_1_holding_its_shards_alone():
+    """From a checkpoint saved in bfloat16 and loaded in float32 (USAGE.md's full fine-tune): each rank
+    that reads it holds the whole float32 model at its peak, beside its shards of the student and the
+    teacher (the CPU stands in for the device); under `load_on_rank0` rank 1 holds its shards alone."""
+    r = bench_speed.bench_fsdp_load(8, 1)
+    (every,), (rank0,) = r["every-rank"], r["rank0"]
+    model = rank0["model_mb"]
+    assert rank0["world"] == 2 and every["model_mb"] == model
+    assert all(p["peak"] > 1.3 * model for p in every["ranks"]), r  # the whole model and both halves
+    assert (
+        rank0["ranks"][0]["peak"] > 1.3 * model and 0.9 * model < rank0["ranks"][1]["peak"] < 1.2 * model
+    ), r

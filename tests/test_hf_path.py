@@ -191,7 +191,8 @@ def test_lora_is_seeded_by_the_runs_seed(monkeypatch):
 
 def test_a_student_to_be_sharded_loads_on_the_cpu(monkeypatch):
     """Under FSDP the builder leaves the checkpoint on the CPU (the engine moves it to the device a
-    layer at a time as it shards it); otherwise it loads on the run's device."""
+    layer at a time as it shards it), read by rank 0 alone (tests/test_distributed.py runs it);
+    otherwise it loads on the run's device."""
     import dataclasses
 
     import atesd.builder as builder
@@ -201,14 +202,23 @@ def test_a_student_to_be_sharded_loads_on_the_cpu(monkeypatch):
 
     seen = []
     monkeypatch.setattr(models, "load_hf_model", lambda hf, lora, device, seed: (seen.append(device), None))
+    monkeypatch.setattr(builder, "load_on_rank0", lambda cfg, dist: (seen.append("rank 0's"), None))
     monkeypatch.setattr(builder, "resolve_device", lambda device, dist=None: "cuda:1")  # as under torchrun
     cfg = builder.RealConfig(hf=HFModelConfig(name_or_path="Qwen/Qwen3-0.6B"), device="cuda")
     ranks = Dist(rank=1, world_size=2)
     for fsdp in (True, False):
         real = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, fsdp=fsdp))
         builder.build_student(real, None, dist=ranks)
+    # remote code (its config class may not unpickle on the other ranks) and LoRA (refused under FSDP
+    # by the engine, with its own message) load on every rank, onto the CPU
+    for change in (
+        {"hf": dataclasses.replace(cfg.hf, trust_remote_code=True)},
+        {"lora": LoraSettings(rank=4)},
+    ):
+        real = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, fsdp=True), **change)
+        builder.build_student(real, None, dist=ranks)
     builder.build_student(cfg, None, dist=Dist.single())  # fsdp ignored in one process
-    assert seen == ["cpu", "cuda:1", "cuda:1"]
+    assert seen == ["rank 0's", "cuda:1", "cpu", "cpu", "cuda:1"]
 
 
 def test_a_large_model_that_auto_puts_on_the_cpu_is_warned_of(checkpoint, monkeypatch):
@@ -232,6 +242,18 @@ def test_a_large_model_that_auto_puts_on_the_cpu_is_warned_of(checkpoint, monkey
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # real.device=cpu: meant
         builder.build_student(dataclasses.replace(cfg, device="cpu"), None)
+    # under FSDP the student loads onto the CPU on its way to the GPUs: that stop was warned of as if
+    # the run had found no GPU
+    from atesd.distributed import Dist
+
+    fsdp = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, fsdp=True))
+    monkeypatch.setattr(builder, "load_on_rank0", lambda cfg, dist: (model, None))
+    for device, warned in (("cuda:1", False), ("cpu", True)):
+        monkeypatch.setattr(builder, "resolve_device", lambda d, dist=None, device=device: device)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            builder.build_student(fsdp, None, dist=Dist(rank=1, world_size=2))
+        assert any("found no CUDA device" in str(w.message) for w in caught) == warned
 
 
 def test_a_lora_adapter_directory_loads_merged_as_a_plain_model(checkpoint, tmp_path):

@@ -120,3 +120,40 @@ def test_a_small_checkpoint_loads_and_saves_without_progress_bars(tmp_path, tiny
     finally:
         if not was:
             hf_logging.disable_progress_bar()
+
+
+def test_meta_skeleton_is_the_loaded_model_without_its_weights(tmp_path, tiny_model, tokenizer, small_task):
+    """What FSDP's ranks other than rank 0 build instead of reading the checkpoint: the same tensors
+    by name, shape and dtype (one kept in another dtype, as checkpoints keep some modules in float32),
+    the same generation config (its EOS ids end the rollouts), ties kept, nothing allocated."""
+    import pytest
+
+    from atesd.distributed import _place, on_meta
+    from atesd.engine import DistillEngine
+    from atesd.models import load_tokenizer, meta_skeleton, model_spec
+
+    save_pretrained(tiny_model, tokenizer, tmp_path / "m")
+    model, _ = load_pretrained(tmp_path / "m", dtype="bfloat16")
+    model.model.norm.weight.data = model.model.norm.weight.data.float()
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, 3]
+    skeleton = meta_skeleton(model_spec(model))
+    assert on_meta(skeleton) and not on_meta(model)
+    tensors = {n: (t.shape, t.dtype) for n, t in [*model.named_parameters(), *model.named_buffers()]}
+    assert {
+        n: (t.shape, t.dtype) for n, t in [*skeleton.named_parameters(), *skeleton.named_buffers()]
+    } == tensors
+    assert (
+        skeleton.model.norm.weight.dtype == torch.float32 and skeleton.lm_head.weight.dtype == torch.bfloat16
+    )
+    assert skeleton.generation_config.eos_token_id == [tokenizer.eos_token_id, 3]
+    assert skeleton.lm_head.weight is skeleton.model.embed_tokens.weight
+    assert load_tokenizer(tmp_path / "m").padding_side == "left"
+    # without FSDP nothing would fill it: refused, not trained from uninitialised memory
+    with pytest.raises(ValueError, match="skeleton on the meta device"):
+        DistillEngine(skeleton, tokenizer, small_task)
+    _place(skeleton, torch.device("cpu"))  # storage, uninitialised; the tie made again
+    assert not on_meta(skeleton) and skeleton.lm_head.weight is skeleton.model.embed_tokens.weight
+    spec = model_spec(model)
+    spec["tensors"]["model.extra"] = ((1,), torch.float32)
+    with pytest.raises(ValueError, match="first differing tensor: model.extra"):
+        meta_skeleton(spec)

@@ -1,0 +1,65 @@
+"""Launched by tests/test_distributed.py under torchrun: FSDP's student loaded on rank 0 only (the other
+ranks build a skeleton on the meta device and get rank 0's weights as the engine shards them), against
+every rank loading the checkpoint itself. Each rank writes what it held before and after the engine
+was built, and the weights of both engines after two updates (whole, gathered on rank 0).
+Arguments: out dir, checkpoint dir, dtype [, fail: rank 0 reads a path that does not exist]."""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from atesd.builder import RealConfig, build_student  # noqa: E402
+from atesd.distributed import Dist, gather_state, on_meta  # noqa: E402
+from atesd.engine import DistillEngine, EngineConfig, SamplingConfig  # noqa: E402
+from atesd.models import HFModelConfig, LoraSettings, eos_token_ids, load_hf_model  # noqa: E402
+from atesd.tasks.synthetic import ChainBagConfig, ChainBagTask  # noqa: E402
+
+if __name__ == "__main__":
+    out, checkpoint, dtype = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    torch.set_num_threads(1)
+    dist = Dist.from_env()
+    if sys.argv[4:] == ["fail"] and dist.is_main:
+        checkpoint = str(out / "no-such-checkpoint")
+    engine_cfg = EngineConfig(batch_size=4, fsdp=True, sampling=SamplingConfig(max_new_tokens=24))
+    cfg = RealConfig(
+        task_kind="synthetic", hf=HFModelConfig(name_or_path=checkpoint, dtype=dtype),
+        lora=LoraSettings(rank=0), engine=engine_cfg, device="cpu",
+    )  # fmt: skip
+    task = ChainBagTask(
+        ChainBagConfig(chain_lengths=(0, 3), bag_sizes=(0, 2), bands=((3, 0), (0, 2), (2, 2)))
+    )
+    model, tokenizer = build_student(cfg, task, dist=dist)
+    record = {"rank": dist.rank, "skeleton": on_meta(model), "eos": eos_token_ids(model, tokenizer)}
+    record["dtypes"] = sorted({str(p.dtype) for p in model.parameters()})
+    engine = DistillEngine(model, tokenizer, task, engine_cfg, dist=dist, device="cpu")
+    record["after"] = on_meta(engine.student) or on_meta(engine.teacher.copy)
+    head, embed = engine.student.lm_head.weight, engine.student.model.embed_tokens.weight
+    record["tied"] = head is embed
+    record["teacher_tied"] = (
+        engine.teacher.copy.lm_head.weight is engine.teacher.copy.model.embed_tokens.weight
+    )
+    record["buffers"] = {n: b.tolist() for n, b in engine.student.named_buffers()}
+    record["teacher_buffers"] = {n: b.tolist() for n, b in engine.teacher.copy.named_buffers()}
+    start, teacher = (
+        {k: v.clone() for k, v in gather_state(m)[0].items()} for m in (engine.student, engine.teacher.copy)
+    )
+    # the same engine built as before: every rank reads the checkpoint itself
+    every, tok = load_hf_model(cfg.hf, cfg.lora, "cpu", engine_cfg.seed)
+    other = DistillEngine(every, tok, task, engine_cfg, dist=dist, device="cpu")
+    for e in (engine, other):
+        e.step(0.5)
+        e.step(0.5)
+    trained, _ = gather_state(engine.student)
+    trained_other, _ = gather_state(other.student)
+    if dist.is_main:
+        for name, state in [("start", start), ("teacher", teacher), ("trained", trained),
+                            ("trained_other", trained_other)]:  # fmt: skip
+            save_file({k: v.clone() for k, v in state.items()}, str(out / f"{name}.safetensors"))
+    (out / f"rank{dist.rank}.json").write_text(json.dumps(record))
+    del engine, other, model, every, head, embed
+    dist.close()
