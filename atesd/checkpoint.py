@@ -17,6 +17,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -131,12 +132,14 @@ def problem(ckpt: Path, verify: bool = True) -> str | None:
     return None
 
 
-def load(ckpt: Path) -> dict[str, Any]:
-    """The state of the checkpoint directory `ckpt`; ValueError saying why when it is not complete."""
-    why = problem(ckpt)
+def load(ckpt: Path, prune: Collection[str] = (), verify: bool = True) -> dict[str, Any]:
+    """The state of the checkpoint directory `ckpt`; ValueError saying why when it is not complete
+    (`verify=False`: its files judged by name and size, not read whole for their checksums). `prune`:
+    parts of the state read as `{}`, their arrays not read (`atesd.state.load_state`)."""
+    why = problem(ckpt, verify=verify)
     if why is not None:
         raise ValueError(f"checkpoint {ckpt}: {why}")
-    return load_state(ckpt / "state")
+    return load_state(ckpt / "state", prune)
 
 
 def load_latest(root: Path, warn=None, accept=None) -> tuple[dict[str, Any], Path] | None:

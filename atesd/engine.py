@@ -221,14 +221,30 @@ class NonFiniteLossError(RuntimeError):
     """Raised after `max_nonfinite_steps` non-finite losses in a row."""
 
 
-def cpu_copy(state: Any, memo: dict[Any, torch.Tensor] | None = None) -> Any:
+def _own_copies(optimizer: torch.optim.Optimizer, state: Any) -> None:
+    """Give `optimizer` copies of its state's tensors that share memory with any tensor of `state` (a
+    loaded state it must not change in place)."""
+    from atesd.state import arrays_of
+
+    given = {t.untyped_storage().data_ptr() for t in arrays_of(state) if isinstance(t, torch.Tensor)} - {0}
+    for per_param in optimizer.state.values():
+        for key, value in per_param.items():
+            local = value.to_local() if is_sharded(value) else value
+            if isinstance(local, torch.Tensor) and local.untyped_storage().data_ptr() in given:
+                per_param[key] = value.clone()
+
+
+def cpu_copy(state: Any, memo: dict[Any, torch.Tensor] | None = None, tensors: bool = True) -> Any:
     """A deep copy of a nested state with every tensor copied to the CPU (the same values in memory met
     twice, as tied weights are, copied once: one tensor in the copy). Loading it back copies into the
     live tensors wherever they are. `memo` maps `atesd.state.view_key` (or `id` where it has none) to
-    the copy: a caller may seed it with tensors it made for this snapshot alone, kept as they are."""
+    the copy: a caller may seed it with tensors it made for this snapshot alone, kept as they are.
+    `tensors=False`: the containers copied, the tensors themselves kept (not copied)."""
     from atesd.state import view_key
 
     memo = {} if memo is None else memo
+    if isinstance(state, torch.Tensor) and not tensors:
+        return state
     if isinstance(state, torch.Tensor):
         # by storage and view, not id: module.state_dict() gives a tied embed_tokens / lm_head as two
         # tensor objects over one storage, and the copy held (and a checkpoint wrote) the head twice
@@ -237,14 +253,14 @@ def cpu_copy(state: Any, memo: dict[Any, torch.Tensor] | None = None) -> Any:
             memo[key] = state.detach().to("cpu", copy=True)
         return memo[key]
     if isinstance(state, dict):
-        out = type(state)((k, cpu_copy(v, memo)) for k, v in state.items())
+        out = type(state)((k, cpu_copy(v, memo, tensors)) for k, v in state.items())
         if hasattr(state, "_metadata"):  # a module's state dict carries its version metadata
             out._metadata = copy.deepcopy(state._metadata)
         return out
     if isinstance(state, tuple) and hasattr(state, "_fields"):  # a named tuple
-        return type(state)(*(cpu_copy(v, memo) for v in state))
+        return type(state)(*(cpu_copy(v, memo, tensors) for v in state))
     if isinstance(state, (list, tuple)):
-        return type(state)(cpu_copy(v, memo) for v in state)
+        return type(state)(cpu_copy(v, memo, tensors) for v in state)
     return copy.deepcopy(state)
 
 
@@ -666,6 +682,10 @@ class DistillEngine:
             )
 
     # ---- state --------------------------------------------------------------------------------
+    # the parts of `state_dict` that under FSDP are whole tensors on rank 0 and empty on the other ranks,
+    # which `load_state_dict` reads on rank 0 alone (a checkpoint's need not be read elsewhere)
+    RANK0_PARTS = ("student", "teacher", "optimizer")
+
     def state_dict(self) -> dict:
         """Everything that carries state: student and teacher weights, optimiser, RNGs, statistics."""
         if self.sharded:  # whole tensors on rank 0's CPU, none elsewhere (a collective: every rank calls it)
@@ -724,10 +744,17 @@ class DistillEngine:
         # parameters' device and dtype, so its part is copied first (the whole state was: one more copy
         # of the student and teacher, 66 GB of host memory at every reset of an 8B full fine-tune)
         if self.sharded:  # rank 0's whole tensors in; every rank keeps its shard
-            state = copy.deepcopy(state)  # the distributed loaders' handling of their input is theirs
-            scatter_state(self.student, state["student"], self.optimizer, state["optimizer"])
+            # the distributed loaders rearrange the dicts they are given, so the containers are copied,
+            # not the tensors (a deep copy doubled each rank's host memory while it resumed: weights,
+            # teacher and moments, 4 models' worth). The weights are copied into the shards; the
+            # optimiser keeps some of rank 0's tensors as its own (the step counts, the replicated
+            # parts' moments), which its steps would change in place: those alone are copied
+            # (tests/test_distributed.py checks)
+            given = cpu_copy(state, tensors=False)
+            scatter_state(self.student, given["student"], self.optimizer, given["optimizer"])
             if self.teacher.copy is not None:
-                scatter_state(self.teacher.copy, state["teacher"])
+                scatter_state(self.teacher.copy, given["teacher"])
+            _own_copies(self.optimizer, state["optimizer"])
         else:
             self._load_student(state["student"])
             self.teacher.load_state_dict(state["teacher"])

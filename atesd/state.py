@@ -11,12 +11,13 @@ import errno
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 
@@ -96,16 +97,16 @@ def _overlaps(tensor: torch.Tensor, spans: dict[int, list[tuple[int, int]]]) -> 
     return False
 
 
-def _arrays(node: Any) -> Iterator[torch.Tensor | np.ndarray]:
+def arrays_of(node: Any) -> Iterator[torch.Tensor | np.ndarray]:
     """Every tensor and numpy array of a nested state, in `flatten_state`'s order."""
     if isinstance(node, (torch.Tensor, np.ndarray)):
         yield node
     elif isinstance(node, dict):
         for v in node.values():
-            yield from _arrays(v)
+            yield from arrays_of(v)
     elif isinstance(node, (list, tuple)):
         for v in node:
-            yield from _arrays(v)
+            yield from arrays_of(v)
 
 
 def unflatten_state(meta: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -197,7 +198,7 @@ def state_bytes(state: dict[str, Any]) -> int:
     """Roughly what `save_state` writes: the arrays' bytes (a tied tensor once, as it is stored),
     counted from their sizes: it used to flatten the state, a copy of every tensor to count them."""
     total, seen = 0, set()
-    for array in _arrays(state):
+    for array in arrays_of(state):
         if isinstance(array, np.ndarray):
             total += array.nbytes
             continue
@@ -222,8 +223,37 @@ def save_state(state: dict[str, Any], path: str | Path) -> None:
     meta_file.write_text(json.dumps(meta))
 
 
-def load_state(path: str | Path) -> dict[str, Any]:
-    """Read what `save_state` wrote."""
+def load_state(path: str | Path, prune: Collection[str] = ()) -> dict[str, Any]:
+    """Read what `save_state` wrote. `prune`: paths of dicts in it (`/env/engine/student`) read as `{}`,
+    their arrays not read (what another process holds: under FSDP rank 0 alone holds whole weights)."""
     meta_file, arrays_file = state_files(path)
-    tensors = load_file(str(arrays_file))
-    return unflatten_state(json.loads(meta_file.read_text()), tensors)
+    meta = _pruned(json.loads(meta_file.read_text()), "", set(prune))
+    if not prune:
+        return unflatten_state(meta, load_file(str(arrays_file)))
+    with safe_open(str(arrays_file), framework="pt") as f:  # only the arrays the rest refers to
+        tensors = {key: f.get_tensor(key) for key in set(_references(meta))}
+    return unflatten_state(meta, tensors)
+
+
+def _pruned(meta: Any, path: str, prune: set[str]) -> Any:
+    if isinstance(meta, dict) and "__dict__" in meta:
+        if path in prune:
+            return {"__dict__": []}
+        return {"__dict__": [[k, _pruned(v, f"{path}/{k}", prune)] for k, v in meta["__dict__"]]}
+    if isinstance(meta, list):
+        return [_pruned(v, f"{path}/{i}", prune) for i, v in enumerate(meta)]
+    return meta
+
+
+def _references(meta: Any) -> Iterator[str]:
+    """The array keys a flattened state refers to."""
+    if isinstance(meta, dict):
+        for kind in ("__tensor__", "__ndarray__"):
+            if kind in meta:
+                yield meta[kind]
+                return
+        for _, v in meta.get("__dict__", []):
+            yield from _references(v)
+    elif isinstance(meta, list):
+        for v in meta:
+            yield from _references(v)

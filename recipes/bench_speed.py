@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
 import subprocess
@@ -209,13 +210,17 @@ def _fsdp_shape(layers: int):
 
 def fsdp_load_child(variant: str, checkpoint: str) -> None:
     """Run by `bench_fsdp_load` under torchrun: one rank's peak host memory from the checkpoint on disk
-    to the FSDP engine. `variant`: `every-rank` (each rank loads the checkpoint) or `rank0` (the
-    builder's `load_on_rank0`); rank 0 prints one JSON line."""
+    to the FSDP engine, then (after one update, so that AdamW has its moments) while it resumes from a
+    checkpoint of its state (`atesd.checkpoint`, as run.py writes and reads it). `variant`:
+    `every-rank` (each rank loads the model and the whole run checkpoint, as before) or `rank0` (the
+    builder's `load_on_rank0`; the other ranks read the run checkpoint without the weights and
+    optimiser state, as run.py does under FSDP); rank 0 prints one JSON line."""
     import ctypes
 
+    from atesd import checkpoint as ckpt
     from atesd.builder import RealConfig, load_on_rank0
     from atesd.distributed import Dist
-    from atesd.engine import DistillEngine, EngineConfig
+    from atesd.engine import DistillEngine, EngineConfig, SamplingConfig
     from atesd.models import HFModelConfig, LoraSettings, load_hf_model, num_parameters
     from atesd.tasks.synthetic import ChainBagTask
 
@@ -230,9 +235,32 @@ def fsdp_load_child(variant: str, checkpoint: str) -> None:
         model, tokenizer = load_on_rank0(cfg, dist)
     else:
         model, tokenizer = load_hf_model(cfg.hf, cfg.lora, "cpu")
-    engine = DistillEngine(model, tokenizer, ChainBagTask(), EngineConfig(fsdp=True), dist=dist, device="cpu")
+    engine_cfg = EngineConfig(fsdp=True, batch_size=2, sampling=SamplingConfig(max_new_tokens=8))
+    engine = DistillEngine(model, tokenizer, ChainBagTask(), engine_cfg, dist=dist, device="cpu")
     peak, after = _rss_mb("VmHWM"), _rss_mb("VmRSS")
-    out = dist.gather_objects({"peak": peak - before, "after": after - before})
+    engine.step(0.5)
+    run_dir = Path(checkpoint).parent / f"run-{variant}"
+    state = {"env": {"engine": engine.state_dict()}}  # whole tensors on rank 0, as run.py saves them
+    if dist.is_main:
+        ckpt.save(run_dir, 1, state)
+    del state
+    dist.mean([0.0])  # the checkpoint is written
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    before_resume = _start_peak()
+    anon, mapped = _rss_mb("RssAnon"), _rss_mb("RssFile")
+    pruned = variant == "rank0" and not dist.is_main
+    prune = [f"/env/engine/{p}" for p in DistillEngine.RANK0_PARTS] if pruned else []
+    resumed = ckpt.load(run_dir / "ckpt-000001", prune=prune, verify=False)
+    engine.load_state_dict(resumed["env"]["engine"])
+    # the state's arrays are mappings of the checkpoint file (safetensors), resident once read: file
+    # pages the kernel may drop again; what is copied is anonymous memory
+    anon, mapped = _rss_mb("RssAnon") - anon, _rss_mb("RssFile") - mapped
+    del resumed
+    resume = _rss_mb("VmHWM") - before_resume
+    out = dist.gather_objects(
+        {"peak": peak - before, "after": after - before, "resume": resume, "anon": anon, "file": mapped}
+    )
     if dist.is_main:
         model_mb = num_parameters(engine.student) * 4 / 2**20
         print(json.dumps({"ranks": out, "model_mb": model_mb, "world": dist.world_size}))
@@ -535,10 +563,16 @@ def main() -> int:
             for rank in range(first["world"]):
                 peaks = [run["ranks"][rank]["peak"] for run in runs[variant]]
                 afters = [run["ranks"][rank]["after"] for run in runs[variant]]
+                resumes = [run["ranks"][rank]["resume"] for run in runs[variant]]
+                anon = float(np.median([run["ranks"][rank]["anon"] for run in runs[variant]]))
+                mapped = float(np.median([run["ranks"][rank]["file"] for run in runs[variant]]))
                 summary[variant, rank] = float(np.median(peaks))
+                summary[variant, rank, "resume"] = float(np.median(resumes))
                 console.print(
                     f"  {label + ',':34s} rank {rank}: peak +{summary[variant, rank]:.0f} MB (median; "
-                    f"{min(peaks):.0f}-{max(peaks):.0f}), after +{float(np.median(afters)):.0f} MB"
+                    f"{min(peaks):.0f}-{max(peaks):.0f}), after +{float(np.median(afters)):.0f} MB; resuming "
+                    f"+{summary[variant, rank, 'resume']:.0f} MB ({min(resumes):.0f}-{max(resumes):.0f}; "
+                    f"held once loaded: +{anon:.0f} MB anonymous, +{mapped:.0f} MB of file pages)"
                 )
         ranks = range(first["world"])
         print(
@@ -546,6 +580,10 @@ def main() -> int:
             + " / ".join(f"+{summary['every-rank', r]:.0f}" for r in ranks)
             + " MB, rank0 "
             + " / ".join(f"+{summary['rank0', r]:.0f}" for r in ranks)
+            + " MB; resuming every-rank "
+            + " / ".join(f"+{summary['every-rank', r, 'resume']:.0f}" for r in ranks)
+            + " MB, rank0 "
+            + " / ".join(f"+{summary['rank0', r, 'resume']:.0f}" for r in ranks)
             + " MB"
         )
     if args.only == "step-vs-trl":

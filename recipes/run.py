@@ -40,6 +40,7 @@ from atesd import checkpoint  # noqa: E402
 from atesd import config as cfglib  # noqa: E402
 from atesd.checkpoint import rng_state, set_rng_state  # noqa: E402
 from atesd.distributed import Dist, gather_state  # noqa: E402
+from atesd.engine import DistillEngine  # noqa: E402
 from atesd.logging import MetricsLogger, check_tensorboard, finite  # noqa: E402
 from atesd.models import quiet_if_small  # noqa: E402
 from atesd.state import model_bytes, save_state, write_atomic, writing  # noqa: E402
@@ -428,8 +429,13 @@ def _main(args: argparse.Namespace) -> Path | None:
     if not dist.is_main:
         plan = word._replace(cfg=cfglib.from_dict(RunConfig, word.cfg))
         if plan.checkpoint is not None:
+            # rank 0 verified the files' checksums just now (each rank read the whole files again to
+            # hash them); under FSDP the weights and optimiser state are rank 0's to broadcast into the
+            # shards, so the other ranks leave them unread
+            sharded = plan.cfg.real.engine.fsdp
+            prune = [f"/env/engine/{part}" for part in DistillEngine.RANK0_PARTS] if sharded else []
             try:
-                plan = plan._replace(state=checkpoint.load(plan.checkpoint))
+                plan = plan._replace(state=checkpoint.load(plan.checkpoint, prune=prune, verify=False))
             except (OSError, ValueError) as err:
                 why = f"{err} (on several nodes the run directory must be on a file system every rank sees)"
     written = len(plan.state.get("ranks", [None])) if plan.state is not None else dist.world_size

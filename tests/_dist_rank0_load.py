@@ -19,6 +19,18 @@ from atesd.engine import DistillEngine, EngineConfig, SamplingConfig  # noqa: E4
 from atesd.models import HFModelConfig, LoraSettings, eos_token_ids, load_hf_model  # noqa: E402
 from atesd.tasks.synthetic import ChainBagConfig, ChainBagTask  # noqa: E402
 
+
+def _tensors(state):
+    if isinstance(state, torch.Tensor):
+        yield state
+    elif isinstance(state, dict):
+        for v in state.values():
+            yield from _tensors(v)
+    elif isinstance(state, (list, tuple)):
+        for v in state:
+            yield from _tensors(v)
+
+
 if __name__ == "__main__":
     out, checkpoint, dtype = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     torch.set_num_threads(1)
@@ -51,11 +63,21 @@ if __name__ == "__main__":
     # the same engine built as before: every rank reads the checkpoint itself
     every, tok = load_hf_model(cfg.hf, cfg.lora, "cpu", engine_cfg.seed)
     other = DistillEngine(every, tok, task, engine_cfg, dist=dist, device="cpu")
-    for e in (engine, other):
+    engines = (engine, other)
+    for e in engines:
         e.step(0.5)
         e.step(0.5)
-    trained, _ = gather_state(engine.student)
-    trained_other, _ = gather_state(other.student)
+    trained, trained_other = ({k: v.clone() for k, v in gather_state(e.student)[0].items()} for e in engines)
+    # loading a state (a resume; a reset's snapshot is loaded again at every reset) leaves its tensors
+    # as they were, through the load and the training after it: their containers are copied, not them
+    state = engine.state_dict()
+    before = [t.clone() for t in _tensors(state)]
+    engine.load_state_dict(state)
+    reloaded, _ = gather_state(engine.student)
+    record["reloaded"] = all(torch.equal(reloaded[k], trained[k]) for k in trained)
+    engine.step(0.5)
+    record["state_kept"] = all(torch.equal(a, b) for a, b in zip(before, _tensors(state), strict=True))
+    record["state_tensors"] = len(before)
     if dist.is_main:
         for name, state in [("start", start), ("teacher", teacher), ("trained", trained),
                             ("trained_other", trained_other)]:  # fmt: skip

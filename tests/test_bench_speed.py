@@ -79,3 +79,8 @@ def test_the_fsdp_load_section_finds_rank_1_holding_its_shards_alone():
     assert (
         rank0["ranks"][0]["peak"] > 1.3 * model and 0.9 * model < rank0["ranks"][1]["peak"] < 1.2 * model
     ), r
+    # resuming from a checkpoint of the run (weights, teacher and AdamW moments: 4 models' worth): rank 0
+    # reads it (file pages) to broadcast, copying none of it (a deep copy made 4 models of copies on every
+    # rank: a peak of 8 on rank 0); the other ranks leave it unread
+    assert 3 * model < rank0["ranks"][0]["file"] <= rank0["ranks"][0]["resume"] < 5 * model, r
+    assert rank0["ranks"][1]["resume"] < 0.1 * model, r

@@ -285,6 +285,9 @@ def test_fsdp_reads_the_checkpoint_on_rank_0_only(tmp_path):
     trained, other = (load_file(str(tmp_path / f"{n}.safetensors")) for n in ("trained", "trained_other"))
     assert trained.keys() == other.keys() and all(torch.equal(trained[k], other[k]) for k in trained)
     assert not all(torch.equal(trained[k], start[k]) for k in start)  # the two updates moved the weights
+    # a state loaded (weights, teacher, AdamW moments: whole on rank 0) is left as it was, through the
+    # training after it too (its containers are copied for the loaders, no longer its tensors)
+    assert all(r["reloaded"] and r["state_kept"] for r in ranks) and ranks[0]["state_tensors"] > 50
 
 
 def test_fsdp_rank_0_failing_to_load_fails_every_rank(tmp_path):

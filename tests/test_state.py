@@ -15,6 +15,43 @@ def test_a_nested_state_round_trips(tmp_path):
     assert torch.equal(back[1][0], torch.ones(2)) and back[1][1:] == [0.5, None]
 
 
+def test_a_pruned_load_reads_those_parts_as_empty_and_leaves_their_arrays_unread(tmp_path, monkeypatch):
+    """Under FSDP the ranks other than rank 0 resume without the weights and optimiser state, which rank 0
+    broadcasts into their shards: each read them whole (4 models' worth of host memory per rank)."""
+    import safetensors
+
+    shared = torch.ones(3)  # saved once, under the pruned path, and referred to from outside it too
+    state = {"env": {"engine": {"student": {"w": shared, "big": torch.zeros(1000)}, "rng": torch.arange(4)},
+                     "also": shared, "steps": 7}}  # fmt: skip
+    save_state(state, tmp_path / "s")
+    read = []
+    real = safetensors.safe_open
+
+    class Recording:
+        def __init__(self, *args, **kwargs):
+            self.f = real(*args, **kwargs)
+
+        def __enter__(self):
+            self.f.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+        def get_tensor(self, key):
+            read.append(key)
+            return self.f.get_tensor(key)
+
+    monkeypatch.setattr("atesd.state.safe_open", Recording)
+    back = load_state(tmp_path / "s", prune=["/env/engine/student"])
+    assert back["env"]["engine"]["student"] == {} and back["env"]["steps"] == 7
+    assert torch.equal(back["env"]["engine"]["rng"], torch.arange(4)) and torch.equal(
+        back["env"]["also"], shared
+    )
+    assert sorted(read) == ["/env/engine/rng", "/env/engine/student/w"]  # not the 1000 zeros
+    assert torch.equal(load_state(tmp_path / "s")["env"]["engine"]["student"]["big"], torch.zeros(1000))
+
+
 def test_states_whose_names_hold_a_dot_are_two_states_and_numpy_bools_save(tmp_path):
     """The suffix replaced the name's last dot: `ctl_alpha0.25` and `ctl_alpha0.75` were both written
     as `ctl_alpha0.*`, the second overwriting the first. A numpy bool (a comparison of numpy floats)
