@@ -17,18 +17,12 @@ from atesd.builder import RealConfig, build_student  # noqa: E402
 from atesd.distributed import Dist, gather_state, on_meta  # noqa: E402
 from atesd.engine import DistillEngine, EngineConfig, SamplingConfig  # noqa: E402
 from atesd.models import HFModelConfig, LoraSettings, eos_token_ids, load_hf_model  # noqa: E402
+from atesd.state import arrays_of  # noqa: E402
 from atesd.tasks.synthetic import ChainBagConfig, ChainBagTask  # noqa: E402
 
 
 def _tensors(state):
-    if isinstance(state, torch.Tensor):
-        yield state
-    elif isinstance(state, dict):
-        for v in state.values():
-            yield from _tensors(v)
-    elif isinstance(state, (list, tuple)):
-        for v in state:
-            yield from _tensors(v)
+    return [t for t in arrays_of(state) if isinstance(t, torch.Tensor)]
 
 
 if __name__ == "__main__":
