@@ -162,24 +162,37 @@ def load_on_rank0(cfg: RealConfig, dist: Dist) -> tuple[PreTrainedModel, PreTrai
     same model on the meta device from rank 0's config (`atesd.models.meta_skeleton`: no storage, no
     weights read), so a node's host memory holds the checkpoint once instead of once per rank. The
     engine broadcasts rank 0's weights into every rank's shards as it shards them. Every rank loads
-    the tokenizer. A load that fails on rank 0 fails on every rank, with rank 0's error."""
+    the tokenizer. A load that fails on any rank fails on every rank, naming that rank's error (the
+    others would wait for it in the next collective). The other ranks wait for rank 0's load in a
+    collective, within the process group's timeout (torch's default: 30 minutes)."""
     from atesd.models import enable_checkpointing, load_hf_model, load_tokenizer, meta_skeleton, model_spec
 
+    model = tokenizer = failed = None
     if dist.is_main:
         try:
             model, tokenizer = load_hf_model(cfg.hf, cfg.lora, "cpu", cfg.engine.seed)
+            spec = model_spec(model)
         except Exception as err:
             dist.broadcast_object(f"{type(err).__name__}: {err}")
             raise
-        dist.broadcast_object(model_spec(model))
-        return model, tokenizer
-    spec = dist.broadcast_object(None)
-    if isinstance(spec, str):
-        raise RuntimeError(f"rank 0 could not load {cfg.hf.name_or_path}: {spec}")
-    tokenizer = load_tokenizer(cfg.hf.name_or_path, cfg.hf.trust_remote_code)
-    model = meta_skeleton(spec)
-    if cfg.hf.gradient_checkpointing:
-        enable_checkpointing(model)
+        dist.broadcast_object(spec)
+    else:
+        spec = dist.broadcast_object(None)
+        if isinstance(spec, str):
+            raise ValueError(f"rank 0 could not load {cfg.hf.name_or_path}: {spec}")
+        try:
+            tokenizer = load_tokenizer(cfg.hf.name_or_path, cfg.hf.trust_remote_code)
+            model = meta_skeleton(spec)
+            if cfg.hf.gradient_checkpointing:
+                enable_checkpointing(model)
+        except Exception as err:  # said on every rank (below), not left to hang the others
+            failed = err
+    whys = dist.gather_objects(None if failed is None else f"{type(failed).__name__}: {failed}")
+    if failed is not None:
+        raise failed
+    for rank, why in enumerate(whys):
+        if why is not None:
+            raise ValueError(f"rank {rank} could not build the model of {cfg.hf.name_or_path}: {why}")
     return model, tokenizer
 
 

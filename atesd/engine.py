@@ -331,6 +331,7 @@ class DistillEngine:
         self.sharded = self.cfg.fsdp and self.dist.active
         moves = device is not None  # a model placed by its caller (offloaded, dispatched) stays put
         device = torch.device(device) if moves else next(model.parameters()).device
+        fill = False  # whether rank 0's weights fill other ranks' skeletons (below)
         if self.sharded:
             if is_peft(model):
                 raise ValueError(
@@ -370,6 +371,8 @@ class DistillEngine:
             sampler = make_backend(sampling.backend, model, eos, tokenizer.pad_token_id,
                                    compile=sampling.compile, vllm=sampling.vllm)  # fmt: skip
         self.sampler = sampler  # a backend with its own copy of the weights is synced after every change
+        if fill:  # it was built over a skeleton (vLLM's push skipped it): now every rank has rank 0's weights
+            sampler.sync_weights()
         params: list = [p for p in model.parameters() if p.requires_grad]
         if self.sharded:  # CUDA's foreach kernels refuse a mix of sharded and plain tensors: a group each
             groups = ([p for p in params if is_sharded(p)], [p for p in params if not is_sharded(p)])
@@ -747,9 +750,9 @@ class DistillEngine:
             # the distributed loaders rearrange the dicts they are given, so the containers are copied,
             # not the tensors (a deep copy doubled each rank's host memory while it resumed: weights,
             # teacher and moments, 4 models' worth). The weights are copied into the shards; the
-            # optimiser keeps some of rank 0's tensors as its own (the step counts, the replicated
-            # parts' moments), which its steps would change in place: those alone are copied
-            # (tests/test_distributed.py checks)
+            # optimiser keeps some of rank 0's tensors as its own (the step counts; on a CPU device the
+            # replicated parts' moments too), which its steps would change in place: those alone are
+            # copied (tests/test_distributed.py checks)
             given = cpu_copy(state, tensors=False)
             scatter_state(self.student, given["student"], self.optimizer, given["optimizer"])
             if self.teacher.copy is not None:

@@ -429,13 +429,14 @@ def _main(args: argparse.Namespace) -> Path | None:
     if not dist.is_main:
         plan = word._replace(cfg=cfglib.from_dict(RunConfig, word.cfg))
         if plan.checkpoint is not None:
-            # rank 0 verified the files' checksums just now (each rank read the whole files again to
-            # hash them); under FSDP the weights and optimiser state are rank 0's to broadcast into the
-            # shards, so the other ranks leave them unread
+            # under FSDP the weights and optimiser state are rank 0's to broadcast into the shards, so
+            # the other ranks leave them unread, and judge the files by size: rank 0 verified their
+            # checksums just now (each rank read the whole files again to hash them)
             sharded = plan.cfg.real.engine.fsdp
             prune = [f"/env/engine/{part}" for part in DistillEngine.RANK0_PARTS] if sharded else []
             try:
-                plan = plan._replace(state=checkpoint.load(plan.checkpoint, prune=prune, verify=False))
+                # replicas read the weights themselves: checked by checksum as rank 0 checked them
+                plan = plan._replace(state=checkpoint.load(plan.checkpoint, prune=prune, verify=not sharded))
             except (OSError, ValueError) as err:
                 why = f"{err} (on several nodes the run directory must be on a file system every rank sees)"
     written = len(plan.state.get("ranks", [None])) if plan.state is not None else dist.world_size

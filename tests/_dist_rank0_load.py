@@ -2,7 +2,9 @@
 ranks build a skeleton on the meta device and get rank 0's weights as the engine shards them), against
 every rank loading the checkpoint itself. Each rank writes what it held before and after the engine
 was built, and the weights of both engines after two updates (whole, gathered on rank 0).
-Arguments: out dir, checkpoint dir, dtype [, fail: rank 0 reads a path that does not exist]."""
+Arguments: out dir, checkpoint dir, dtype [, mode]. Modes: `fail` (rank 0 reads a path that does not
+exist), `fail1` (rank 1's skeleton fails), `ema` (an EMA teacher, gradient checkpointing), `vllm` (the
+engine built over vLLM's sampler, vLLM stood in for as in tests/test_vllm.py; construction only)."""
 
 import json
 import sys
@@ -19,6 +21,7 @@ from atesd.engine import DistillEngine, EngineConfig, SamplingConfig  # noqa: E4
 from atesd.models import HFModelConfig, LoraSettings, eos_token_ids, load_hf_model  # noqa: E402
 from atesd.state import arrays_of  # noqa: E402
 from atesd.tasks.synthetic import ChainBagConfig, ChainBagTask  # noqa: E402
+from atesd.teacher import TeacherConfig  # noqa: E402
 
 
 def _tensors(state):
@@ -29,20 +32,53 @@ if __name__ == "__main__":
     out, checkpoint, dtype = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     torch.set_num_threads(1)
     dist = Dist.from_env()
-    if sys.argv[4:] == ["fail"] and dist.is_main:
+    mode = sys.argv[4] if len(sys.argv) > 4 else ""
+    if mode == "fail" and dist.is_main:
         checkpoint = str(out / "no-such-checkpoint")
-    engine_cfg = EngineConfig(batch_size=4, fsdp=True, sampling=SamplingConfig(max_new_tokens=24))
-    cfg = RealConfig(
-        task_kind="synthetic", hf=HFModelConfig(name_or_path=checkpoint, dtype=dtype),
-        lora=LoraSettings(rank=0), engine=engine_cfg, device="cpu",
-    )  # fmt: skip
+    if mode == "fail1" and dist.rank == 1:
+        import atesd.models
+
+        def broken(spec):
+            raise ValueError("no skeleton here")
+
+        atesd.models.meta_skeleton = broken
+    teacher_cfg = TeacherConfig(kind="ema" if mode == "ema" else "base")
+    sampling = SamplingConfig(max_new_tokens=24)
+    engine_cfg = EngineConfig(batch_size=4, fsdp=True, sampling=sampling, teacher=teacher_cfg)
+    hf = HFModelConfig(name_or_path=checkpoint, dtype=dtype, gradient_checkpointing=mode == "ema")
+    cfg = RealConfig(hf=hf, lora=LoraSettings(rank=0), engine=engine_cfg, device="cpu")
     task = ChainBagTask(
         ChainBagConfig(chain_lengths=(0, 3), bag_sizes=(0, 2), bands=((3, 0), (0, 2), (2, 2)))
     )
     model, tokenizer = build_student(cfg, task, dist=dist)
     record = {"rank": dist.rank, "skeleton": on_meta(model), "eos": eos_token_ids(model, tokenizer)}
     record["dtypes"] = sorted({str(p.dtype) for p in model.parameters()})
-    engine = DistillEngine(model, tokenizer, task, engine_cfg, dist=dist, device="cpu")
+    sampler = None
+    if mode == "vllm":  # a push from the skeleton failed (no data on the meta device)
+        import types
+
+        from atesd.rollout.vllm import VLLMSampler
+        from tests.test_vllm import FakeLLM, FakeSamplingParams
+
+        sys.modules["vllm"] = types.SimpleNamespace(LLM=FakeLLM, SamplingParams=FakeSamplingParams)
+        llm = FakeLLM(model=checkpoint)
+        with torch.no_grad():
+            for p in llm.engine_model.model.parameters():
+                p.zero_()  # so that only a push gives it the weights
+        sampler = VLLMSampler(model, eos_token_ids(model, tokenizer), tokenizer.pad_token_id, llm=llm)
+        record["pushes_before"] = sampler.pushes
+    engine = DistillEngine(model, tokenizer, task, engine_cfg, sampler=sampler, dist=dist, device="cpu")
+    if mode == "vllm":
+        held = llm.engine_model.model.state_dict()
+        start = {k: v.clone() for k, v in gather_state(engine.student)[0].items()}
+        record["pushes"] = sampler.pushes
+        record["pushed"] = sorted(k for k in held if not torch.equal(held[k], torch.zeros_like(held[k])))
+        record["pushed_start"] = dist.is_main and all(torch.equal(held[k], start[k]) for k in held)
+        record["held_sum"] = float(sum(v.double().sum() for v in held.values()))
+        (out / f"rank{dist.rank}.json").write_text(json.dumps(record))
+        del engine, model, start
+        dist.close()
+        sys.exit(0)
     record["after"] = on_meta(engine.student) or on_meta(engine.teacher.copy)
     head, embed = engine.student.lm_head.weight, engine.student.model.embed_tokens.weight
     record["tied"] = head is embed

@@ -252,15 +252,15 @@ def _rank0_checkpoint(path: Path) -> Path:
     return path
 
 
-def test_fsdp_reads_the_checkpoint_on_rank_0_only(tmp_path):
+@pytest.mark.parametrize("mode", ["", "ema"])
+def test_fsdp_reads_the_checkpoint_on_rank_0_only(tmp_path, mode):
     """Every rank read the whole checkpoint into host memory (8 ranks of an 8B model in float32: 256 GB
     at once). Now rank 0 loads it, the others build the model on the meta device, and the engine
     broadcasts rank 0's weights into every rank's shards: the same start, teacher and training as
     every rank loading it itself."""
     checkpoint = _rank0_checkpoint(tmp_path / "ckpt")
-    out = torchrun(
-        [str(ROOT / "tests/_dist_rank0_load.py"), str(tmp_path), str(checkpoint), "float32"], tmp_path
-    )
+    args = [str(ROOT / "tests/_dist_rank0_load.py"), str(tmp_path), str(checkpoint), "float32", mode]
+    out = torchrun(args, tmp_path)  # mode ema: an EMA teacher, gradient checkpointing
     assert out.returncode == 0, out.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["skeleton"] for r in ranks] == [False, True] and not any(r["after"] for r in ranks)
@@ -295,4 +295,27 @@ def test_fsdp_rank_0_failing_to_load_fails_every_rank(tmp_path):
     args = [str(ROOT / "tests/_dist_rank0_load.py"), str(tmp_path), str(checkpoint), "float32", "fail"]
     out = torchrun(args, tmp_path)
     assert out.returncode != 0
-    assert "[rank1]: RuntimeError: rank 0 could not load" in out.stderr and "does not exist" in out.stderr
+    assert "[rank1]: ValueError: rank 0 could not load" in out.stderr and "does not exist" in out.stderr
+
+
+def test_fsdp_a_skeleton_failing_on_rank_1_fails_every_rank(tmp_path):
+    """Rank 0 went on to the engine's first collective and waited there for a rank that had failed."""
+    checkpoint = _rank0_checkpoint(tmp_path / "ckpt")
+    args = [str(ROOT / "tests/_dist_rank0_load.py"), str(tmp_path), str(checkpoint), "float32", "fail1"]
+    out = torchrun(args, tmp_path)
+    assert out.returncode != 0
+    assert "[rank0]: ValueError: rank 1 could not build the model of" in out.stderr
+    assert "ValueError: no skeleton here" in out.stderr
+
+
+def test_fsdp_over_vllm_pushes_rank_0s_weights_once_filled(tmp_path):
+    """vLLM's sampler pushed the student's weights as it was built, from a skeleton with no data on the
+    ranks other than 0; it now waits for the engine, which pushes once the shards are filled."""
+    checkpoint = _rank0_checkpoint(tmp_path / "ckpt")
+    args = [str(ROOT / "tests/_dist_rank0_load.py"), str(tmp_path), str(checkpoint), "float32", "vllm"]
+    out = torchrun(args, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["pushes_before"] for r in ranks] == [1, 0] and [r["pushes"] for r in ranks] == [2, 1]
+    assert ranks[0]["pushed_start"] and ranks[0]["held_sum"] == ranks[1]["held_sum"] != 0
+    assert ranks[0]["pushed"] == ranks[1]["pushed"] and len(ranks[0]["pushed"]) > 10

@@ -206,7 +206,10 @@ class VLLMSampler:
         self.llm = llm if llm is not None else self._build_llm()
         self.pushes = 0  # weight pushes so far
         self.asleep: set[str] = set()  # sleep mode: which of vLLM's "weights", "kv_cache" are released
-        self.sync_weights()  # the student may differ from its checkpoint already (a warm start, a resume)
+        # the student may differ from its checkpoint already (a warm start, a resume); a skeleton on the
+        # meta device (under FSDP the ranks but 0's, filled from rank 0's weights) is pushed once filled
+        if not any(p.is_meta for p in model.parameters()):
+            self.sync_weights()
         self._sleep()
 
     def _build_llm(self) -> Any:
