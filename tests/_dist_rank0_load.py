@@ -2,9 +2,9 @@
 ranks build a skeleton on the meta device and get rank 0's weights as the engine shards them), against
 every rank loading the checkpoint itself. Each rank writes what it held before and after the engine
 was built, and the weights of both engines after two updates (whole, gathered on rank 0).
-Arguments: out dir, checkpoint dir, dtype [, mode]. Modes: `fail` (rank 0 reads a path that does not
-exist), `fail1` (rank 1's skeleton fails), `ema` (an EMA teacher, gradient checkpointing), `vllm` (the
-engine built over vLLM's sampler, vLLM stood in for as in tests/test_vllm.py; construction only)."""
+Arguments: out dir, checkpoint dir, dtype [, mode]. Modes: `ema` (an EMA teacher, gradient
+checkpointing), `vllm` (the engine built over vLLM's sampler, vLLM stood in for as in
+tests/test_vllm.py; construction only)."""
 
 import json
 import sys
@@ -33,15 +33,6 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     dist = Dist.from_env()
     mode = sys.argv[4] if len(sys.argv) > 4 else ""
-    if mode == "fail" and dist.is_main:
-        checkpoint = str(out / "no-such-checkpoint")
-    if mode == "fail1" and dist.rank == 1:
-        import atesd.models
-
-        def broken(spec):
-            raise ValueError("no skeleton here")
-
-        atesd.models.meta_skeleton = broken
     teacher_cfg = TeacherConfig(kind="ema" if mode == "ema" else "base")
     sampling = SamplingConfig(max_new_tokens=24)
     engine_cfg = EngineConfig(batch_size=4, fsdp=True, sampling=sampling, teacher=teacher_cfg)

@@ -1,9 +1,15 @@
 """Helpers shared by test modules (imported as `_helpers`: pytest puts tests/ on the path)."""
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def assert_same_state(a, b, path="<root>"):
@@ -37,3 +43,12 @@ def crash_at(monkeypatch, window: int) -> None:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(run.Run, "on_step", on_step)
+
+
+def torchrun(args: list[str], tmp_path: Path, fault: str = "") -> subprocess.CompletedProcess:
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("ATESD_FAULT", None)
+    if fault:
+        env["ATESD_FAULT"] = fault  # recipes/_faults.py: every rank SIGKILLs itself at that point
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)

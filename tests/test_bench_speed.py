@@ -68,14 +68,14 @@ def test_the_fsdp_memory_section_measures_each_rank_under_torchrun():
 
 @pytest.mark.slow
 def test_the_fsdp_load_section_finds_rank_1_holding_its_shards_alone():
-    """From a checkpoint saved in bfloat16 and loaded in float32 (USAGE.md's full fine-tune): each rank
-    that reads it holds the whole float32 model at its peak, beside its shards of the student and the
-    teacher (the CPU stands in for the device); under `load_on_rank0` rank 1 holds its shards alone."""
-    r = bench_speed.bench_fsdp_load(8, 1)
-    (every,), (rank0,) = r["every-rank"], r["rank0"]
+    """From a checkpoint saved in bfloat16 and loaded in float32 (USAGE.md's full fine-tune): a rank
+    that reads it (rank 0) holds the whole float32 model at its peak, beside its shards of the student
+    and the teacher (the CPU stands in for the device); under `load_on_rank0` rank 1 holds its shards
+    alone (every rank held what rank 0 holds)."""
+    r = bench_speed.bench_fsdp_load(8, 1, ("rank0",))  # rank 0 reads it as every rank did (the baseline)
+    (rank0,) = r["rank0"]
     model = rank0["model_mb"]
-    assert rank0["world"] == 2 and every["model_mb"] == model
-    assert all(p["peak"] > 1.3 * model for p in every["ranks"]), r  # the whole model and both halves
+    assert rank0["world"] == 2
     assert (
         rank0["ranks"][0]["peak"] > 1.3 * model and 0.9 * model < rank0["ranks"][1]["peak"] < 1.2 * model
     ), r

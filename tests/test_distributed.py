@@ -10,22 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import ROOT, torchrun
 from safetensors.torch import load_file
 
 import recipes.run as run
 from atesd.logging import read_jsonl
 
 pytestmark = pytest.mark.slow  # every test launches torchrun subprocesses
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def torchrun(args: list[str], tmp_path: Path, fault: str = "") -> subprocess.CompletedProcess:
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    env.pop("ATESD_FAULT", None)
-    if fault:
-        env["ATESD_FAULT"] = fault  # recipes/_faults.py: every rank SIGKILLs itself at that point
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
@@ -237,85 +228,3 @@ def test_under_torchrun_each_rank_takes_its_own_gpu(monkeypatch, visible):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     with pytest.raises(ValueError, match="LOCAL_RANK is 3, but this process sees 1 CUDA devices"):
         local_cuda_index()
-
-
-def _rank0_checkpoint(path: Path) -> Path:
-    """A tiny tied Qwen3 whose generation config ends at a second EOS id (rank 0's config must reach the
-    other ranks' skeletons, or their rollouts would end elsewhere)."""
-    from atesd.models import TinyModelConfig, build_synthetic_tokenizer, build_tiny_qwen3, save_pretrained
-
-    tokenizer = build_synthetic_tokenizer()
-    shape = TinyModelConfig(num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2, intermediate_size=128)
-    model = build_tiny_qwen3(tokenizer, shape)
-    model.generation_config.eos_token_id = [tokenizer.eos_token_id, 3]
-    save_pretrained(model, tokenizer, path)
-    return path
-
-
-@pytest.mark.parametrize("mode", ["", "ema"])
-def test_fsdp_reads_the_checkpoint_on_rank_0_only(tmp_path, mode):
-    """Every rank read the whole checkpoint into host memory (8 ranks of an 8B model in float32: 256 GB
-    at once). Now rank 0 loads it, the others build the model on the meta device, and the engine
-    broadcasts rank 0's weights into every rank's shards: the same start, teacher and training as
-    every rank loading it itself."""
-    checkpoint = _rank0_checkpoint(tmp_path / "ckpt")
-    args = [str(ROOT / "tests/_dist_rank0_load.py"), str(tmp_path), str(checkpoint), "float32", mode]
-    out = torchrun(args, tmp_path)  # mode ema: an EMA teacher, gradient checkpointing
-    assert out.returncode == 0, out.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert [r["skeleton"] for r in ranks] == [False, True] and not any(r["after"] for r in ranks)
-    assert [r["eos"] for r in ranks] == [[1, 3], [1, 3]] and [r["dtypes"] for r in ranks] == [
-        ["torch.float32"]
-    ] * 2
-    assert all(r["tied"] and r["teacher_tied"] for r in ranks)
-    assert (
-        ranks[0]["buffers"]
-        == ranks[1]["buffers"]
-        == ranks[0]["teacher_buffers"]
-        == ranks[1]["teacher_buffers"]
-    )
-    assert ranks[0]["buffers"]  # the rotary tables, in no state dict: broadcast from rank 0
-    saved = load_file(str(checkpoint / "model.safetensors"))
-    start, teacher = (
-        load_file(str(tmp_path / "start.safetensors")),
-        load_file(str(tmp_path / "teacher.safetensors")),
-    )
-    assert set(saved) <= set(start) and all(torch.equal(saved[k], start[k]) for k in saved)
-    assert start.keys() == teacher.keys() and all(torch.equal(start[k], teacher[k]) for k in start)
-    trained, other = (load_file(str(tmp_path / f"{n}.safetensors")) for n in ("trained", "trained_other"))
-    assert trained.keys() == other.keys() and all(torch.equal(trained[k], other[k]) for k in trained)
-    assert not all(torch.equal(trained[k], start[k]) for k in start)  # the two updates moved the weights
-    # a state loaded (weights, teacher, AdamW moments: whole on rank 0) is left as it was, through the
-    # training after it too (its containers are copied for the loaders, no longer its tensors)
-    assert all(r["reloaded"] and r["state_kept"] for r in ranks) and ranks[0]["state_tensors"] > 50
-
-
-def test_fsdp_rank_0_failing_to_load_fails_every_rank(tmp_path):
-    checkpoint = _rank0_checkpoint(tmp_path / "ckpt")
-    args = [str(ROOT / "tests/_dist_rank0_load.py"), str(tmp_path), str(checkpoint), "float32", "fail"]
-    out = torchrun(args, tmp_path)
-    assert out.returncode != 0
-    assert "[rank1]: ValueError: rank 0 could not load" in out.stderr and "does not exist" in out.stderr
-
-
-def test_fsdp_a_skeleton_failing_on_rank_1_fails_every_rank(tmp_path):
-    """Rank 0 went on to the engine's first collective and waited there for a rank that had failed."""
-    checkpoint = _rank0_checkpoint(tmp_path / "ckpt")
-    args = [str(ROOT / "tests/_dist_rank0_load.py"), str(tmp_path), str(checkpoint), "float32", "fail1"]
-    out = torchrun(args, tmp_path)
-    assert out.returncode != 0
-    assert "[rank0]: ValueError: rank 1 could not build the model of" in out.stderr
-    assert "ValueError: no skeleton here" in out.stderr
-
-
-def test_fsdp_over_vllm_pushes_rank_0s_weights_once_filled(tmp_path):
-    """vLLM's sampler pushed the student's weights as it was built, from a skeleton with no data on the
-    ranks other than 0; it now waits for the engine, which pushes once the shards are filled."""
-    checkpoint = _rank0_checkpoint(tmp_path / "ckpt")
-    args = [str(ROOT / "tests/_dist_rank0_load.py"), str(tmp_path), str(checkpoint), "float32", "vllm"]
-    out = torchrun(args, tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert [r["pushes_before"] for r in ranks] == [1, 0] and [r["pushes"] for r in ranks] == [2, 1]
-    assert ranks[0]["pushed_start"] and ranks[0]["held_sum"] == ranks[1]["held_sum"] != 0
-    assert ranks[0]["pushed"] == ranks[1]["pushed"] and len(ranks[0]["pushed"]) > 10

@@ -157,3 +157,70 @@ def test_meta_skeleton_is_the_loaded_model_without_its_weights(tmp_path, tiny_mo
     spec["tensors"]["model.extra"] = ((1,), torch.float32)
     with pytest.raises(ValueError, match="first differing tensor: model.extra"):
         meta_skeleton(spec)
+
+
+class _TwoRanks:
+    """One rank of two, its collectives answered by what the other rank would send (`theirs`)."""
+
+    def __init__(self, rank: int, theirs=None) -> None:
+        from atesd.distributed import Dist
+
+        self.dist = Dist(rank=rank, world_size=2)
+        self.theirs, self.sent = theirs, []
+        self.dist.broadcast_object = self.broadcast_object
+        self.dist.gather_objects = self.gather_objects
+
+    def broadcast_object(self, obj, src=0):
+        self.sent.append(obj)
+        return obj if self.dist.rank == 0 else self.theirs
+
+    def gather_objects(self, obj):
+        self.sent.append(obj)
+        return [obj, self.theirs] if self.dist.rank == 0 else [None, obj]
+
+
+def test_fsdp_loading_on_rank_0_fails_every_rank_alike(tmp_path, tiny_model, tokenizer, monkeypatch):
+    """`load_on_rank0` under FSDP: a load that failed on rank 0, or a skeleton that failed on another
+    rank, left the others waiting for it in their next collective; each now fails on every rank, the
+    error naming the rank's own (one line: a ValueError, as run.py prints user errors)."""
+    import pytest
+
+    import atesd.models as models
+    from atesd.builder import RealConfig, load_on_rank0
+    from atesd.distributed import on_meta
+    from atesd.models import HFModelConfig, LoraSettings
+
+    save_pretrained(tiny_model, tokenizer, tmp_path / "m")
+
+    def cfg(path):
+        hf = HFModelConfig(name_or_path=str(path), dtype="float32")
+        return RealConfig(hf=hf, lora=LoraSettings(rank=0))
+
+    # every rank built: rank 0 the model, rank 1 its skeleton from what rank 0 sent
+    zero = _TwoRanks(0)
+    model, _ = load_on_rank0(cfg(tmp_path / "m"), zero.dist)
+    spec = zero.sent[0]
+    one = _TwoRanks(1, theirs=spec)
+    skeleton, tok = load_on_rank0(cfg(tmp_path / "m"), one.dist)
+    assert not on_meta(model) and on_meta(skeleton) and tok.padding_side == "left"
+    # rank 0 cannot load: it raises its own error, having told the others, which raise it by name
+    zero = _TwoRanks(0)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_on_rank0(cfg(tmp_path / "missing"), zero.dist)
+    (said,) = zero.sent
+    with pytest.raises(ValueError, match=r"rank 0 could not load .*missing: FileNotFoundError: model path"):
+        load_on_rank0(cfg(tmp_path / "missing"), _TwoRanks(1, theirs=said).dist)
+    # rank 1's skeleton fails: it raises its own error after telling rank 0, which raises it by name
+
+    def broken(spec):
+        raise ValueError("no skeleton here")
+
+    monkeypatch.setattr(models, "meta_skeleton", broken)
+    one = _TwoRanks(1, theirs=spec)
+    with pytest.raises(ValueError, match="no skeleton here"):
+        load_on_rank0(cfg(tmp_path / "m"), one.dist)
+    why = one.sent[-1]
+    assert why == "ValueError: no skeleton here"
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="rank 1 could not build the model of .*: ValueError: no skeleton"):
+        load_on_rank0(cfg(tmp_path / "m"), _TwoRanks(0, theirs=why).dist)
