@@ -752,7 +752,7 @@ class DistillEngine:
             # teacher and moments, 4 models' worth). The weights are copied into the shards; the
             # optimiser keeps some of rank 0's tensors as its own (the step counts; on a CPU device the
             # replicated parts' moments too), which its steps would change in place: those alone are
-            # copied (tests/test_distributed.py checks)
+            # copied (tests/test_distributed_load.py checks)
             given = cpu_copy(state, tensors=False)
             scatter_state(self.student, given["student"], self.optimizer, given["optimizer"])
             if self.teacher.copy is not None:

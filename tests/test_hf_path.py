@@ -191,7 +191,7 @@ def test_lora_is_seeded_by_the_runs_seed(monkeypatch):
 
 def test_a_student_to_be_sharded_loads_on_the_cpu(monkeypatch):
     """Under FSDP the builder leaves the checkpoint on the CPU (the engine moves it to the device a
-    layer at a time as it shards it), read by rank 0 alone (tests/test_distributed.py runs it);
+    layer at a time as it shards it), read by rank 0 alone (tests/test_distributed_load.py runs it);
     otherwise it loads on the run's device."""
     import dataclasses
 
