@@ -27,7 +27,7 @@ def _rank0_checkpoint(path: Path) -> Path:
 
 
 def test_fsdp_reads_the_checkpoint_on_rank_0_only(tmp_path):
-    """Every rank read the whole checkpoint into host memory (8 ranks of an 8B model in float32: 256 GB
+    """Every rank read the whole checkpoint into host memory (8 ranks of an 8B model in float32: about 260 GB
     at once). Now rank 0 loads it, the others build the model on the meta device, and the engine
     broadcasts rank 0's weights into every rank's shards: the same start, teacher and training as
     every rank loading it itself."""
