@@ -35,8 +35,10 @@
 7. fsdp-load: the same peak from a checkpoint on disk to the sharded engine: every rank reading the
             checkpoint (`load_hf_model`, as before), against the builder's way (`load_on_rank0`: rank 0
             reads it, the others build the model on the meta device and get rank 0's weights as the
-            engine shards them); fresh torchrun children, 3 rounds alternated. Not part of the default
-            run.
+            engine shards them); then, after one update, the peak while each rank resumes from a run
+            checkpoint of the engine's state (every rank reading all of it, or the other ranks leaving
+            the weights and moments unread, as run.py does under FSDP); fresh torchrun children, 3
+            rounds alternated. Not part of the default run.
 """
 
 from __future__ import annotations
