@@ -84,6 +84,7 @@ from recipes.common import (  # noqa: E402
     RunConfig,
     absolute_paths,
     build_controller,
+    check_bank_dir,
     controller_config,
     describe,
 )
@@ -637,6 +638,7 @@ def plan(args: argparse.Namespace) -> tuple[RunConfig, list[str], list[str], lis
                 raise cfglib.ConfigError(str(err) if said else f"controller spec '{spec}': {err}") from err
     for probe in probes.values():
         probe.close()
+    check_bank_dir(cfg)
     return cfg, envs, controllers, notes
 
 

@@ -526,6 +526,21 @@ def check_controller_init(cfg: RunConfig) -> None:
             raise cfglib.ConfigError(missing)
 
 
+def check_bank_dir(cfg: RunConfig) -> None:
+    """ConfigError where `bank_dir` cannot be the directory a run records into (a file is there, no
+    permission): said before the env is built (a warm start can train for minutes first) and before a
+    bench's units, not as the recorder's bare OS error. Creates the directory (the recorder would)."""
+    if not cfg.bank_dir:
+        return
+    bank = Path(cfg.bank_dir)
+    if bank.exists() and not bank.is_dir():
+        raise cfglib.ConfigError(f"bank_dir={cfg.bank_dir} is a file: a bank is a directory of JSONL files")
+    try:
+        bank.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise cfglib.ConfigError(f"cannot record a bank into bank_dir={cfg.bank_dir}: {err}") from err
+
+
 # torch's line for a tensor of another shape (under "Error(s) in loading state_dict for <Module>:")
 SIZE_MISMATCH = re.compile(
     r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) from checkpoint, "

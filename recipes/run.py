@@ -79,6 +79,7 @@ from recipes.common import (  # noqa: E402
     RunConfig,
     build_controller,
     build_env,
+    check_bank_dir,
     check_controller_init,
     describe,
     resolved_dict,
@@ -474,6 +475,7 @@ def _run(dist: Dist, plan: Plan) -> Path | None:
                 check_tensorboard()
             if resume_state is None:  # a start from the beginning loads controller_init: a missing
                 check_controller_init(cfg)  # state is said now, not after the warm start has trained
+            check_bank_dir(cfg)
             fresh = run_dir is None
             if fresh:
                 run_dir = new_run_dir(cfg)

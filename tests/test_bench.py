@@ -267,6 +267,18 @@ def test_bad_seeds_and_specs_exit_2_in_one_line(argv, message, tmp_path, capsys)
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_bank_dir_that_is_a_file_fails_before_any_unit_runs(tmp_path, monkeypatch, capsys):
+    """Every unit failed with the recorder's bare `[Errno 17] File exists`, naming no setting."""
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setattr(bench, "run_units", lambda *a: pytest.fail("a unit ran"))
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--env", "mock", "--controllers", "fixed", "--seeds", "1", "--out", str(tmp_path / "out"),
+                    "--set", f"bank_dir={tmp_path / 'afile'}"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and f"bank_dir={tmp_path / 'afile'} is a file" in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_unusable_out_fails_before_any_unit_runs(tmp_path, monkeypatch, capsys):
     (tmp_path / "afile").write_text("")
     monkeypatch.setattr(bench, "run_units", lambda *a: pytest.fail("a unit ran"))

@@ -232,6 +232,8 @@ def test_bad_inputs_give_one_line_errors_and_leave_earlier_runs_untouched(tmp_pa
         ([*math, f"real.data.source={rows['no_final_answer']}"], "no_final_answer.jsonl, line 2"),
         ([*math, f"real.data.source={rows['undecodable']}"], "undecodable.jsonl, line 2"),
         (["--env", "mock", f"out_dir={blocker / 'runs'}"], "cannot create a run directory"),
+        (["--env", "mock", f"bank_dir={blocker}"], f"bank_dir={blocker} is a file"),
+        (["--env", "mock", f"bank_dir={blocker / 'bank'}"], "cannot record a bank into bank_dir="),
         (["real.model.hidden_size=0"], "hidden_size must be >= 1, got 0"),
         (["real.device=banana"], "device must be cpu, cuda, cuda:N, mps or auto"),
         (["real.task.bands=[]"], "bands must name at least one"),
