@@ -164,7 +164,8 @@ def load_on_rank0(cfg: RealConfig, dist: Dist) -> tuple[PreTrainedModel, PreTrai
     engine broadcasts rank 0's weights into every rank's shards as it shards them. Every rank loads
     the tokenizer. A load that fails on any rank fails on every rank, naming that rank's error (the
     others would wait for it in the next collective). The other ranks wait for rank 0's load in a
-    collective, within the process group's timeout (torch's default: 30 minutes)."""
+    collective, within the process group's timeout (torch's default: 30 minutes; `ATESD_DIST_TIMEOUT`
+    raises it, `atesd.distributed.group_timeout`)."""
     from atesd.models import enable_checkpointing, load_hf_model, load_tokenizer, meta_skeleton, model_spec
 
     model = tokenizer = failed = None

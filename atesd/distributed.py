@@ -26,9 +26,11 @@ import contextlib
 import copy
 import gc
 import itertools
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -51,6 +53,26 @@ def local_cuda_index() -> int:
         f"torchrun's LOCAL_RANK is {local}, but this process sees {count} CUDA devices: start at most "
         f"{count} processes per node, or show each process its own GPU (CUDA_VISIBLE_DEVICES=<one id>)"
     )
+
+
+TIMEOUT_ENV = "ATESD_DIST_TIMEOUT"  # seconds a collective waits for the slowest rank (torch's default: 1800)
+
+
+def group_timeout() -> timedelta | None:
+    """The process group's timeout from `ATESD_DIST_TIMEOUT` (seconds; None where it is unset: torch's
+    default, 30 minutes). Every rank waits in a collective at most this long for the others: for rank 0
+    loading a checkpoint the others do not read, or gathering and writing a whole run checkpoint.
+    ValueError in one line for a value that is not a positive number of seconds."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {text!r}")
+    return timedelta(seconds=seconds)
 
 
 @dataclass
@@ -76,6 +98,7 @@ class Dist:
         if world <= 1:
             return cls.single()
         if not dist.is_initialized():
+            timeout = group_timeout()  # said before the group is joined: every rank reads it the same
             kwargs = {}
             if torch.cuda.is_available():
                 local = torch.device("cuda", local_cuda_index())
@@ -83,6 +106,8 @@ class Dist:
                 kwargs = {"backend": backend or "cpu:gloo,cuda:nccl", "device_id": local}
             else:
                 kwargs = {"backend": backend or "gloo"}
+            if timeout is not None:
+                kwargs["timeout"] = timeout
             dist.init_process_group(**kwargs)
         return cls(rank=dist.get_rank(), world_size=dist.get_world_size())
 

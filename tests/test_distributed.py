@@ -187,6 +187,36 @@ def test_torchrun_refuses_to_resume_a_single_process_checkpoint(uncut, tmp_path)
         assert f'File "{ROOT / ours}' not in refused.stderr
 
 
+def test_the_group_timeout_comes_from_atesd_dist_timeout(monkeypatch):
+    """Other ranks wait in a collective while rank 0 loads a checkpoint or writes a run checkpoint,
+    within the group's timeout: torch's 30 minutes could not be raised. No group is joined here:
+    torch.distributed's calls are stood in for."""
+    from datetime import timedelta
+
+    import atesd.distributed as distributed
+
+    joined = []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kw: joined.append(kw))
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
+    assert distributed.Dist.from_env() == distributed.Dist(rank=1, world_size=2)
+    assert joined.pop() == {"backend": "gloo"}  # torch's default timeout
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "7200")
+    distributed.Dist.from_env()
+    assert joined.pop() == {"backend": "gloo", "timeout": timedelta(hours=2)}
+    for bad in ("0", "-5", "two hours", "inf", "nan"):
+        monkeypatch.setenv(distributed.TIMEOUT_ENV, bad)
+        with pytest.raises(
+            ValueError, match=f"ATESD_DIST_TIMEOUT must be a positive number of seconds, got '{bad}'"
+        ):
+            distributed.Dist.from_env()
+    assert joined == []  # refused before joining: no rank waits for one that left
+
+
 def test_two_ranks_average_as_one_pooled_batch(tmp_path):
     """Each rank's loss was its own token mean and the gradients were averaged with equal weights, so a
     rank that drew short rollouts weighed each of its tokens more than one process would; gradients of
