@@ -20,7 +20,8 @@
             no grounded score), against the same step built from TRL's pieces
             (recipes/bench_trl_step.py), same process, model, problems and alpha, interleaved in rounds,
             each kind on its own copy of the starting weights; first both losses on one shared batch
-            (equal to 1e-5). The last line's "ours" is the window's seconds per update. Not part of
+            (equal to 1e-5), and the phases (rollout / teacher / update) of ours at equal compute and
+            of TRL's pieces. The last line's "ours" is the window's seconds per update. Not part of
             the default run.
 5. eval-ranks: `DistillEngine.evaluate` (greedy, the embedded default's 4 bands of 256 problems) under
             torchrun with 2 ranks (gloo, one thread each): sharded, as the env runs it (each rank its
@@ -608,6 +609,17 @@ def main() -> int:
             "  ours by phase, per update of the windows (rollout_s includes waiting for the probe beside "
             "it; probe_s of an overlapped update is not extra wall time): "
             + ", ".join(f"{k} {v:.3f}" for k, v in r["ours_phases"].items())
+        )
+        console.print(
+            "  by phase at equal compute, seconds per update (rollout / teacher / update): ours "
+            + " / ".join(f"{r['equal_phases'][k]:.3f}" for k in ("rollout_s", "teacher_s", "update_s"))
+            + ", TRL's pieces "
+            + " / ".join(f"{r['trl_phases'][k]:.3f}" for k in ("rollout_s", "teacher_s", "update_s"))
+            + ", TRL's over ours "
+            + " / ".join(
+                f"{r['trl_phases'][k] / r['equal_phases'][k]:.2f}x"
+                for k in ("rollout_s", "teacher_s", "update_s")
+            )
         )
         console.print(
             "  rollout tokens per update: "

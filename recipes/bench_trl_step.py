@@ -69,6 +69,7 @@ class TRLPiecesStep:
         self.rng = np.random.default_rng(seed)
         self.rng.bit_generator.state = copy.deepcopy(engine.rng.bit_generator.state)
         self.tokens = 0  # rollout tokens sampled so far (the work a step's cost scales with)
+        self.phases: list[dict[str, float]] = []  # seconds per step: rollout, teacher, update
 
     def rollout(self, prompts: list[list[int]]) -> list[list[int]]:
         s = self.cfg.sampling
@@ -93,8 +94,13 @@ class TRLPiecesStep:
         return logits[:, -width - 1 : -1]
 
     def loss(self, prompts, teacher_prompts, completions) -> torch.Tensor:
+        return self._student_loss(prompts, completions, self._teacher_logits(teacher_prompts, completions))
+
+    def _teacher_logits(self, teacher_prompts, completions) -> torch.Tensor:
         with torch.no_grad():
-            teacher_logits = self._completion_logits(self.teacher, teacher_prompts, completions)
+            return self._completion_logits(self.teacher, teacher_prompts, completions)
+
+    def _student_loss(self, prompts, completions, teacher_logits) -> torch.Tensor:
         student_logits = self._completion_logits(self.student, prompts, completions)
         width = student_logits.shape[1]
         labels = torch.full((len(completions), width), -100, dtype=torch.long)
@@ -103,17 +109,32 @@ class TRLPiecesStep:
         return self.jsd(student_logits, teacher_logits, labels, beta=self.beta)
 
     def step(self, alpha: float) -> float:
+        """One update; its phases' seconds go to `phases` (the same cuts as the engine's StepStats:
+        prompts and sampling; teacher prompts and the teacher's forward; the rest)."""
+        t0 = time.perf_counter()
         problems = self.task.sample(self.rng, self.cfg.batch_size)
         prompts = [self.builder.encode(self.builder.student_prompt(p)) for p in problems]
         completions = self.rollout(prompts)
         self.tokens += sum(map(len, completions))
+        t_rollout = time.perf_counter()
         teacher_prompts = [self.builder.encode(self.builder.teacher_prompt(p, alpha, p)) for p in problems]
-        loss = self.loss(prompts, teacher_prompts, completions)
+        teacher_logits = self._teacher_logits(teacher_prompts, completions)
+        t_teacher = time.perf_counter()
+        loss = self._student_loss(prompts, completions, teacher_logits)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
-        return float(loss.detach())
+        value = float(loss.detach())
+        t_update = time.perf_counter()
+        self.phases.append(
+            {
+                "rollout_s": t_rollout - t0,
+                "teacher_s": t_teacher - t_rollout,
+                "update_s": t_update - t_teacher,
+            }
+        )
+        return value
 
 
 def check_same_loss(engine: DistillEngine, trl_step: TRLPiecesStep, alpha: float) -> tuple[float, float]:
@@ -175,22 +196,26 @@ def step_vs_trl(engine: DistillEngine, alpha: float, steps: int, hold: int = 5) 
         ours(kind)
     trl_step.step(alpha)
     tokens = dict.fromkeys(tokens, 0)
-    trl_step.tokens = 0
+    trl_step.tokens, trl_step.phases = 0, []
     times: dict[str, list[float]] = {"window": [], "trl": [], "step": [], "equal": []}
-    phases = []
+    phases, equal_phases = [], []
+
+    def equal_round() -> None:
+        equal_phases.extend(ours("equal"))
+
     for _ in range(max(2, -(-steps // hold))):
         t0 = time.perf_counter()
         phases += ours("window")
         times["window"].append((time.perf_counter() - t0) / hold)
         times["trl"].append(timed(trl_round))
         times["step"].append(timed(lambda: ours("step")))
-        times["equal"].append(timed(lambda: ours("equal")))
+        times["equal"].append(timed(equal_round))
     mean = {k: float(np.mean(v)) for k, v in times.items()}
     ratios = {k: mean_ci(np.array(times["trl"]) / np.array(times[k])) for k in ("window", "step", "equal")}
-    split = {
-        k: float(np.mean([getattr(s, k) for s in phases]))
-        for k in ("rollout_s", "teacher_s", "update_s", "probe_s")
-    }
+    cuts = ("rollout_s", "teacher_s", "update_s")
+    split = {k: float(np.mean([getattr(s, k) for s in phases])) for k in (*cuts, "probe_s")}
+    equal_split = {k: float(np.mean([getattr(s, k) for s in equal_phases])) for k in cuts}
+    trl_split = {k: float(np.mean([p[k] for p in trl_step.phases])) for k in cuts}
     updates = len(times["trl"]) * hold
     return {
         "ours_s": mean["window"], "trl_s": mean["trl"], "ratio": mean["trl"] / mean["window"],
@@ -201,6 +226,6 @@ def step_vs_trl(engine: DistillEngine, alpha: float, steps: int, hold: int = 5) 
         "overlapped": engine.overlaps_probe(),
         "tokens_per_update": {k: v / updates for k, v in tokens.items()} | {"trl": trl_step.tokens / updates},
         "ours_loss": ours_loss, "trl_loss": trl_loss, "same_loss": abs(ours_loss - trl_loss) <= 1e-5,
-        "beta": trl_step.beta, "ours_phases": split,
+        "beta": trl_step.beta, "ours_phases": split, "equal_phases": equal_split, "trl_phases": trl_split,
         "lean_decode": getattr(engine.sampler, "lean", None) is not None,
     }  # fmt: skip

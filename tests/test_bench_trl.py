@@ -70,6 +70,9 @@ def test_step_vs_trl_times_windows_steps_and_trl_on_equal_counts(tiny_model, tok
     assert engine.num_steps == 2 + 2 * 2  # the window kind alone: a warm-up window, then 2 rounds
     assert set(r["tokens_per_update"]) == {"window", "step", "equal", "trl"}
     assert all(4 <= t <= 4 * 8 for t in r["tokens_per_update"].values())  # 4 rows of 1-8 tokens
+    for key in ("equal_phases", "trl_phases"):  # phase by phase, at equal compute
+        assert set(r[key]) == {"rollout_s", "teacher_s", "update_s"} and min(r[key].values()) > 0, r[key]
+    assert sum(r["trl_phases"].values()) <= r["trl_s"] * 1.001  # cuts of the timed steps, warm-up left out
 
 
 def test_the_trl_pieces_draw_the_engines_problems(tiny_model, tokenizer, small_task):
