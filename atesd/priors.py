@@ -73,7 +73,7 @@ def local_path(key: str, value: Any) -> Any:
     if key == "cache_dir":
         return absolute_path(value)
     if key == "data.source":
-        from atesd.tasks.math import DATASETS
+        from atesd.tasks.sources import DATASETS
 
         if value in DATASETS:
             return value

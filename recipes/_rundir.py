@@ -346,7 +346,7 @@ def input_files(real: Any = None, controller_init: str = "") -> list[tuple[str, 
     `real` a RealConfig, None where no real env is built) and the saved controller state of
     controller_init."""
     from atesd.state import state_files
-    from atesd.tasks.math import DATASETS, local_file
+    from atesd.tasks.sources import DATASETS, local_file
 
     files = []
     if real is not None and real.task_kind == "math":

@@ -200,7 +200,8 @@ def load_task(cfg: EvalConfig) -> Task:
     where they are given without a source); with another source they are its and left out."""
     if cfg.synthetic:
         return build_task(dataclasses.replace(cfg.real, task_kind="synthetic"))
-    from atesd.tasks.math import DATASETS, MathTask, local_file
+    from atesd.tasks.math import MathTask
+    from atesd.tasks.sources import DATASETS, local_file
 
     data = cfg.real.data
     if cfg.task != data.source:  # another source's split, HF config name and bands (a training config's)

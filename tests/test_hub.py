@@ -197,9 +197,9 @@ def test_offline_a_cached_hub_model_loads_and_one_not_cached_fails_at_once(tmp_p
         except ImportError:
             print("no datasets")
         else:
-            from atesd.tasks.math import _hf_rows
+            from atesd.tasks.sources import hf_rows
             try:
-                _hf_rows("atesd-test/absent-data", None, "train")
+                hf_rows("atesd-test/absent-data", None, "train")
             except OSError as err:
                 print("refused:", err)
         """

@@ -1,5 +1,5 @@
-"""atesd.tasks.math: the loaders (GSM8K, benchmarks, OPSD, field mapping), segmentation, exact teacher
-prompts on real rows, bad-row handling, and the task's grading hooks."""
+"""atesd.tasks.math and atesd.tasks.sources: the loaders (GSM8K, benchmarks, OPSD, field mapping),
+segmentation, exact teacher prompts on real rows, bad-row handling, and the task's grading hooks."""
 
 import dataclasses
 import json
@@ -15,15 +15,14 @@ from atesd.exposure import MATH_FORMAT, PromptBuilder
 from atesd.grading import grade
 from atesd.tasks.base import action_band, action_bands
 from atesd.tasks.math import (
-    BENCHMARKS,
     STUDENT_INSTRUCTION,
     MathDataConfig,
     MathTask,
-    _resolve_source,
     load_benchmark,
     load_problems,
     segment,
 )
+from atesd.tasks.sources import BENCHMARKS, resolve_source
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 INSTR = "\n\nSolve the problem step by step, and write your final answer inside \\boxed{}."
@@ -725,9 +724,9 @@ def test_a_named_source_is_never_the_local_file_or_folder_of_its_name(tmp_path, 
     write_jsonl(tmp_path / "gsm8k" / "train.jsonl", [row])
     write_jsonl(tmp_path / "aime24", [{"problem": "x?", "answer": "1"}])
     monkeypatch.chdir(tmp_path)
-    with caplog.at_level("WARNING", logger="atesd.tasks.math"):
-        assert _resolve_source(MathDataConfig(source="gsm8k")) == ("openai/gsm8k", "main", "train")
-        assert _resolve_source(MathDataConfig(source="aime24")) == ("HuggingFaceH4/aime_2024", None, "train")
+    with caplog.at_level("WARNING", logger="atesd.tasks.sources"):
+        assert resolve_source(MathDataConfig(source="gsm8k")) == ("openai/gsm8k", "main", "train")
+        assert resolve_source(MathDataConfig(source="aime24")) == ("HuggingFaceH4/aime_2024", None, "train")
     assert [r.getMessage() for r in caplog.records] == [
         "real.data.source=gsm8k is the named source (openai/gsm8k), not the folder of that name here: write "
         "./gsm8k to read that",
@@ -735,7 +734,7 @@ def test_a_named_source_is_never_the_local_file_or_folder_of_its_name(tmp_path, 
         "here: write ./aime24 to read that",
     ]
     write_jsonl(tmp_path / "gsm8k_train.jsonl", [row, row])
-    assert _resolve_source(MathDataConfig(source="gsm8k", data_dir=".")) == Path("gsm8k_train.jsonl")
+    assert resolve_source(MathDataConfig(source="gsm8k", data_dir=".")) == Path("gsm8k_train.jsonl")
     (file,), _ = load_problems(MathDataConfig(source="./aime24"))  # a path reads the file
     assert (file.answer, file.meta["source"]) == ("1", "aime24")
     assert "write ./gsm8k" in MathDataConfig.__dataclass_fields__["source"].metadata["help"]
