@@ -60,10 +60,13 @@ def worker_pool(workers: int) -> Iterator[cf.ProcessPoolExecutor]:
         yield pool
     except BaseException:
         processes = list((pool._processes or {}).values())  # noqa: SLF001 (no public handle on them)
+        manager = pool._executor_manager_thread  # noqa: SLF001 (shutdown forgets it)
         pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             process.terminate()
         for process in processes:
             process.join(timeout=10)
+        if manager is not None:  # it closes its wakeup pipe as it ends: before this process exits, whose
+            manager.join(timeout=10)  # exit hook wrote to that pipe unlocked in CPython < 3.12 (EBADF)
         raise
     pool.shutdown(wait=True)

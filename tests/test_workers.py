@@ -119,3 +119,28 @@ def test_a_workers_warning_prints_in_the_parents_one_line_form(capfd):
         assert pool.submit(_warn_once).result() == 1
     err = capfd.readouterr().err
     assert "warning: careful here (UserWarning, test_workers.py:" in err and "warnings.warn(" not in err
+
+
+def test_leaving_the_pool_by_an_exception_ends_its_manager_thread(monkeypatch):
+    """A Ctrl-C of bench.py once ended in `OSError: [Errno 9] Bad file descriptor` after its one line:
+    the pool's manager thread closed its wakeup pipe while the interpreter's exit hook wrote to it
+    (CPython 3.11 takes no lock there). The pool now waits for that thread before the error goes on.
+    The thread's last step is slowed down here, so a pool that does not wait is caught every time."""
+    import concurrent.futures.process as cfp
+    import threading
+
+    from recipes._workers import worker_pool
+
+    join_internals = cfp._ExecutorManagerThread.join_executor_internals
+
+    def slowly(self):
+        time.sleep(0.5)
+        join_internals(self)
+
+    monkeypatch.setattr(cfp._ExecutorManagerThread, "join_executor_internals", slowly)
+    with pytest.raises(KeyboardInterrupt), worker_pool(1) as pool:
+        assert pool.submit(_warn_once).result() == 1  # the worker is up
+        pool.submit(time.sleep, 60)
+        raise KeyboardInterrupt
+    managers = [t for t in threading.enumerate() if isinstance(t, cfp._ExecutorManagerThread)]
+    assert managers == [], managers
