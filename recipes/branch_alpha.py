@@ -47,7 +47,7 @@ from atesd.state import write_atomic  # noqa: E402
 from recipes._progress import fresh_dir, user_errors  # noqa: E402
 from recipes._rundir import append_record, read_records, run_lock  # noqa: E402
 from recipes._tables import json_safe  # noqa: E402
-from recipes.common import Once  # noqa: E402
+from recipes.common import Once, refuse_run_config  # noqa: E402
 from recipes.sweep import RUNS, resume_config, seeds_for, stopped  # noqa: E402
 
 
@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     with user_errors(args.debug, "the branching stopped before its first seed started"):
         if args.seeds is not None:
             seed_list(args.seeds)  # a bad --seeds fails before a directory is made
+        refuse_run_config(args.config, BranchConfig, "branch_alpha.py")
         if args.resume is not None:
             cfg, out = resume_config(BranchConfig, args.resume, args.config, args.overrides), args.resume
         else:

@@ -541,6 +541,24 @@ def check_bank_dir(cfg: RunConfig) -> None:
         raise cfglib.ConfigError(f"cannot record a bank into bank_dir={cfg.bank_dir}: {err}") from err
 
 
+def refuse_run_config(path: str | Path | None, cls: type, recipe: str) -> None:
+    """ConfigError where the YAML at `path` is a run.py config (it sets keys of RunConfig that `cls`,
+    the recipe's own config, lacks): said as such, not as the first of its unknown keys."""
+    if path is None:
+        return
+    data = cfglib.read_yaml(path)
+    own = {f.name for f in dataclasses.fields(cls)}
+    run_only = [
+        key for key in data if key not in own and key in {f.name for f in dataclasses.fields(RunConfig)}
+    ]
+    if run_only:
+        raise cfglib.ConfigError(
+            f"{path} is a run.py config (it sets {', '.join(run_only)}); {recipe} reads a config of its own, "
+            f"with the keys {', '.join(sorted(own))}: give a file with those, or the model and task by "
+            "--set real.<key>=<value> (its real section, without real.env)"
+        )
+
+
 # torch's line for a tensor of another shape (under "Error(s) in loading state_dict for <Module>:")
 SIZE_MISMATCH = re.compile(
     r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) from checkpoint, "

@@ -49,7 +49,7 @@ from recipes._rundir import (  # noqa: E402
 )
 from recipes._tables import json_safe  # noqa: E402
 from recipes._workers import worker_pool  # noqa: E402
-from recipes.common import Once, absolute_paths  # noqa: E402
+from recipes.common import Once, absolute_paths, refuse_run_config  # noqa: E402
 
 RUNS = "runs.jsonl"  # a line per finished run, appended as it finishes
 C = TypeVar("C")
@@ -305,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume is not None and args.out is not None:
         parser.error("--resume DIR goes on in DIR: give no --out")
     with user_errors(args.debug, "the sweep stopped before its runs started"):
+        refuse_run_config(args.config, SweepConfig, "sweep.py")
         if args.resume is not None:
             cfg, out = resume_config(SweepConfig, args.resume, args.config, args.overrides), args.resume
         else:  # its local paths absolute: a --resume from another directory reads the same files

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))
 
 import branch_alpha  # noqa: E402
 
@@ -20,6 +21,7 @@ def test_seeds_parse_like_bench_and_bad_input_is_one_line(tmp_path, capsys):
         (["--set", "alphas=[0.5,1.5]"], "in [0, 1]"),
         (["--set", "stages=[]"], "stages must be non-empty"),
         (["--set", "real.engine.lrr=1"], "did you mean"),
+        (["--config", str(ROOT / "recipes/configs/ci.yaml")], "ci.yaml is a run.py config (it sets name,"),
     ):
         with pytest.raises(SystemExit) as exc:
             branch_alpha.main([*argv, "--out", str(tmp_path / "out")])

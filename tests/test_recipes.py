@@ -41,6 +41,19 @@ def test_sweep_smoke(tmp_path):
     assert len((tmp_path / "out" / "runs.jsonl").read_text().splitlines()) == 6
 
 
+def test_sweep_refuses_a_run_config_as_one(tmp_path, capsys):
+    """A run.py config given to sweep.py said only "unknown config key 'name'"."""
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import sweep
+
+    with pytest.raises(SystemExit) as exc:
+        sweep.main(["--config", str(ROOT / "recipes/configs/ci.yaml"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1, err
+    assert "ci.yaml is a run.py config (it sets name, episodes, checkpoint_every, mock); sweep.py" in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_sweep_rejects_an_unknown_key(tmp_path):
     cmd = [sys.executable, str(ROOT / "recipes" / "sweep.py"), "--out", str(tmp_path), "--set", "step=3"]
