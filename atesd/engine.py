@@ -18,13 +18,14 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
-from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from atesd import measures
 from atesd.batching import completion_hidden, completion_hidden_with_continuations
 from atesd.distributed import (
     Dist,
@@ -36,155 +37,25 @@ from atesd.distributed import (
     shard_layers,
     sharded_copy,
 )
-from atesd.exposure import ExposureConfig, PromptBuilder
-from atesd.losses import LossConfig, LossOutput, chunked_distill_loss
-from atesd.models import eos_token_ids, head_problem, is_peft
-from atesd.rollout import BACKENDS, BackendName, RolloutBackend, SamplingParams, make_backend
-from atesd.rollout.vllm import VLLMConfig
+from atesd.engine_config import EngineConfig, EvalSettings, GroundedBy, SamplingConfig
+from atesd.exposure import PromptBuilder
+from atesd.losses import LossOutput, chunked_distill_loss, mean_nll
+from atesd.models import dropout_free, eos_token_ids, head_problem, is_peft
+from atesd.rollout import RolloutBackend, make_backend
+from atesd.state import cpu_copy, own_copies
 from atesd.stats import EMAStats, StepStats, WindowStats
 from atesd.tasks.base import Problem, Task, action_band
-from atesd.teacher import Teacher, TeacherConfig
+from atesd.teacher import Teacher
+
+# the settings live in atesd.engine_config; imported from here too, as they always were
+__all__ = [
+    "Batch", "DistillEngine", "EngineConfig", "EvalSettings", "Exposure", "GroundedBy", "NonFiniteLossError",
+    "SamplingConfig",
+]  # fmt: skip
 
 Exposure = float | Mapping[str, float]  # one alpha for every problem, or one per band
-GroundedBy = Literal["teacher", "teacher_fixed", "student"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """Student rollout sampling during training (T=1, no top-k/top-p: truly on-policy)."""
-
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (> 0)"})
-    top_k: int = field(default=0, metadata={"help": "top-k filter, 0 = off"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus filter in (0, 1], 1 = off"})
-    max_new_tokens: int = field(default=96, metadata={"help": "longest rollout in tokens (>= 1)"})
-    compile: bool = field(
-        default=False,
-        metadata={
-            "help": "torch.compile the model forward in our sampler (~1.5x faster decode on CPU after a "
-            "~30 s compile; not guaranteed bit-identical to eager)"
-        },
-    )
-    backend: BackendName = field(
-        default="hf",
-        metadata={"help": "rollout backend: hf (ours, CPU or GPU) or vllm (colocated engine, extra "
-                  "atesd[vllm], CUDA only, an HF checkpoint only)"},
-    )  # fmt: skip
-    vllm: VLLMConfig = field(default_factory=VLLMConfig)
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"sampling.backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.temperature <= 0:
-            raise ValueError(
-                f"sampling.temperature must be > 0 for on-policy training, got {self.temperature}"
-            )
-        self.params()  # range checks
-
-    def params(self, greedy: bool = False) -> SamplingParams:
-        t = 0.0 if greedy else self.temperature
-        return SamplingParams(
-            temperature=t, top_k=self.top_k, top_p=self.top_p, max_new_tokens=self.max_new_tokens
-        )
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """How the in-training evaluation (the env's `eval`) decodes: greedy accuracy always, and with
-    Average@k (`real.env.eval_k`) k draws at these settings. The student prompt is the training one
-    (`exposure.student_thinking`). recipes/eval.py's defaults follow the paper's protocol instead
-    (thinking on, top-p 0.95, a longer limit): docs/USAGE.md compares the two."""
-
-    temperature: float = field(default=1.0, metadata={"help": "Average@k sampling temperature (> 0)"})
-    top_p: float = field(default=1.0, metadata={"help": "Average@k nucleus filter in (0, 1], 1 = off"})
-    top_k: int = field(default=0, metadata={"help": "Average@k top-k filter, 0 = off"})
-    max_new_tokens: int = field(
-        default=0, metadata={"help": "longest evaluation answer in tokens (0: the training rollout limit)"}
-    )
-
-    def __post_init__(self) -> None:
-        checks = (
-            ("temperature", self.temperature > 0, "> 0"),
-            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
-            ("top_k", self.top_k >= 0, ">= 0"),
-            ("max_new_tokens", self.max_new_tokens >= 0, ">= 0"),
-        )
-        for name, ok, rule in checks:
-            if not ok:
-                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Everything that shapes a distillation run except the model and task themselves."""
-
-    batch_size: int = field(
-        default=32, metadata={"help": "prompts per student update, one rollout each (>= 1)"}
-    )
-    lr: float = field(default=1e-4, metadata={"help": "student AdamW learning rate (> 0)"})
-    weight_decay: float = field(default=0.0, metadata={"help": "student AdamW weight decay (>= 0)"})
-    grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clip (> 0)"})
-    loss: LossConfig = field(default_factory=lambda: LossConfig(kind="reverse_kl"))
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    exposure: ExposureConfig = field(default_factory=ExposureConfig)
-    eval: EvalSettings = field(default_factory=EvalSettings)
-    stats_decay: float = field(
-        default=0.9, metadata={"help": "EMA decay of the training-state statistics, [0, 1)"}
-    )
-    grounded: bool = field(default=True, metadata={"help": "compute the grounded score g every step"})
-    grounded_by: GroundedBy = field(
-        default="student",
-        metadata={"help": "who scores the gold answer after the student's reasoning: teacher (the paper: "
-                  "the teacher at the window's alpha, which moves with alpha by itself), teacher_fixed "
-                  "(the teacher at grounded_alpha every window: exposure-neutral) or student (the "
-                  "student before the update, on its own prompt: exposure-neutral)"},
-    )  # fmt: skip
-    grounded_alpha: float = field(
-        default=0.0, metadata={"help": "the exposure grounded_by=teacher_fixed scores at, in [0, 1]"}
-    )
-    fsdp: bool = field(
-        default=False,
-        metadata={"help": "under torchrun, shard every decoder layer (weights, gradients, optimiser state) "
-                  "across ranks with FSDP2, for a full fine-tune too large to replicate; not with LoRA; "
-                  "ignored in one process"},
-    )  # fmt: skip
-    probe_every: int = field(
-        default=1, metadata={"help": "measure the probe NLL every this many steps (0 = never; then NaN)"}
-    )
-    overlap_probe: bool = field(
-        default=True,
-        metadata={"help": "inside a hold window, measure the probe NLL after update t on a second CPU "
-                  "thread while update t+1's rollout samples from the same weights (CPU, >= 2 torch "
-                  "threads, one process, probe_every=1; both run on one torch thread each: the same "
-                  "values in our fp32 checks, though a reduction may round otherwise on another thread "
-                  "count; false keeps every probe in line)"},
-    )  # fmt: skip
-    max_nonfinite_steps: int = field(
-        default=5, metadata={"help": "stop after this many non-finite losses in a row"}
-    )
-    seed: int = field(default=0, metadata={"help": "seed of the problem stream and the sampling generators"})
-
-    def __post_init__(self) -> None:
-        for name, ok, rule in (
-            ("batch_size", self.batch_size >= 1, ">= 1"),
-            ("lr", self.lr > 0, "> 0"),
-            ("weight_decay", self.weight_decay >= 0, ">= 0"),
-            ("grad_clip", self.grad_clip > 0, "> 0"),
-        ):
-            if not ok:
-                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
-        if not 0 <= self.stats_decay < 1:
-            raise ValueError(f"stats_decay must be in [0, 1), got {self.stats_decay}")
-        if self.grounded_by not in get_args(GroundedBy):
-            raise ValueError(f"grounded_by must be one of {get_args(GroundedBy)}, got {self.grounded_by!r}")
-        if not 0 <= self.grounded_alpha <= 1:
-            raise ValueError(f"grounded_alpha must be in [0, 1], got {self.grounded_alpha}")
-        if self.probe_every < 0:
-            raise ValueError(f"probe_every must be >= 0, got {self.probe_every}")
-        if self.max_nonfinite_steps < 1:
-            raise ValueError(f"max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
 
 
 @dataclass(frozen=True)
@@ -197,20 +68,6 @@ class Batch:
     texts: list[str]
 
 
-def _dropout_free(model: torch.nn.Module) -> bool:
-    """Whether training mode computes what eval mode does, so a training forward can stand in for an
-    eval one: no dropout layer with p > 0 and no config setting that draws noise in training (any
-    `*dropout*`, `*pdrop*` or `*jitter*` above 0: attention or hidden dropout, a MoE router's
-    jitter; a noise setting named otherwise is not seen)."""
-    settings = model.config.get_text_config(decoder=True).to_dict()
-    noisy = [
-        k for k, v in settings.items()
-        if any(w in k for w in ("dropout", "pdrop", "jitter")) and isinstance(v, (int, float)) and v > 0
-    ]  # fmt: skip
-    layers = (m.p for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd))
-    return not noisy and all(p == 0 for p in layers)
-
-
 def _one_torch_thread(fn: Callable[[], Any]) -> Any:
     """fn() with this thread's torch (OpenMP) thread count at 1: the count is per thread."""
     torch.set_num_threads(1)
@@ -219,80 +76,6 @@ def _one_torch_thread(fn: Callable[[], Any]) -> Any:
 
 class NonFiniteLossError(RuntimeError):
     """Raised after `max_nonfinite_steps` non-finite losses in a row."""
-
-
-def _own_copies(optimizer: torch.optim.Optimizer, state: Any) -> None:
-    """Give `optimizer` copies of its state's tensors that share memory with any tensor of `state` (a
-    loaded state it must not change in place)."""
-    from atesd.state import arrays_of
-
-    given = {t.untyped_storage().data_ptr() for t in arrays_of(state) if isinstance(t, torch.Tensor)} - {0}
-    for per_param in optimizer.state.values():
-        for key, value in per_param.items():
-            local = value.to_local() if is_sharded(value) else value
-            if isinstance(local, torch.Tensor) and local.untyped_storage().data_ptr() in given:
-                per_param[key] = value.clone()
-
-
-def cpu_copy(state: Any, memo: dict[Any, torch.Tensor] | None = None, tensors: bool = True) -> Any:
-    """A deep copy of a nested state with every tensor copied to the CPU (the same values in memory met
-    twice, as tied weights are, copied once: one tensor in the copy). Loading it back copies into the
-    live tensors wherever they are. `memo` maps `atesd.state.view_key` (or `id` where it has none) to
-    the copy: a caller may seed it with tensors it made for this snapshot alone, kept as they are.
-    `tensors=False`: the containers copied, the tensors themselves kept (not copied)."""
-    from atesd.state import view_key
-
-    memo = {} if memo is None else memo
-    if isinstance(state, torch.Tensor) and not tensors:
-        return state
-    if isinstance(state, torch.Tensor):
-        # by storage and view, not id: module.state_dict() gives a tied embed_tokens / lm_head as two
-        # tensor objects over one storage, and the copy held (and a checkpoint wrote) the head twice
-        key = view_key(state) or id(state)
-        if key not in memo:
-            memo[key] = state.detach().to("cpu", copy=True)
-        return memo[key]
-    if isinstance(state, dict):
-        out = type(state)((k, cpu_copy(v, memo, tensors)) for k, v in state.items())
-        if hasattr(state, "_metadata"):  # a module's state dict carries its version metadata
-            out._metadata = copy.deepcopy(state._metadata)
-        return out
-    if isinstance(state, tuple) and hasattr(state, "_fields"):  # a named tuple
-        return type(state)(*(cpu_copy(v, memo, tensors) for v in state))
-    if isinstance(state, (list, tuple)):
-        return type(state)(cpu_copy(v, memo, tensors) for v in state)
-    return copy.deepcopy(state)
-
-
-LOGIT_FLOATS = 1 << 26  # float32 logits a probe chunk may hold at once (256 MiB)
-
-
-def mean_nll(hidden: torch.Tensor, head: torch.Tensor, targets: torch.Tensor) -> float:
-    """Mean cross-entropy of `targets` under the logits `hidden @ head.T`, in chunks of rows that hold
-    at most LOGIT_FLOATS logits (a real vocabulary over a probe of long solutions would otherwise
-    build tens of GB at once); one chunk computes exactly the one-call mean. The product is taken in
-    float32, as the loss takes it: in bfloat16 the NLL moved by 5e-4 where float32 moved by 8e-5, noise
-    larger than a window's progress."""
-    rows = max(1, LOGIT_FLOATS // head.shape[0])
-    head = head.float()  # the same tensor in a float32 model; one copy per call in a 16-bit one
-    if hidden.shape[0] <= rows:
-        return float(torch.nn.functional.cross_entropy(hidden.float() @ head.T, targets))
-    total = 0.0
-    for start in range(0, hidden.shape[0], rows):
-        logits = hidden[start : start + rows].float() @ head.T
-        total += float(
-            torch.nn.functional.cross_entropy(logits, targets[start : start + rows], reduction="sum")
-        )
-    return total / hidden.shape[0]
-
-
-def _interleave(shards: list[list[bool]], n: int) -> list[bool]:
-    """Undo the sharding `items[rank::world]`: the items in their order, from every rank's shard."""
-    out: list[bool] = [False] * n
-    world = len(shards)
-    for rank, shard in enumerate(shards):
-        out[rank::world] = shard
-    return out
 
 
 class DistillEngine:
@@ -329,9 +112,40 @@ class DistillEngine:
         self.dist = dist or Dist.single()  # under torchrun: shards, averaged gradients and statistics
         self.student, self.tokenizer, self.task = model, tokenizer, task
         self.sharded = self.cfg.fsdp and self.dist.active
+        fill = self._place(model, device)  # whether rank 0's weights filled other ranks' skeletons
+        # the student's grounded score can ride in the update's forward (fixed for the run: dropout
+        # and noise settings are the model's own)
+        self._student_rides = not self.sharded and dropout_free(model)
+        self.builder = PromptBuilder(tokenizer, task.prompt_format, self.cfg.exposure)
+        if sampler is None:
+            sampling = self.cfg.sampling
+            eos = eos_token_ids(model, tokenizer)
+            sampler = make_backend(sampling.backend, model, eos, tokenizer.pad_token_id,
+                                   compile=sampling.compile, vllm=sampling.vllm)  # fmt: skip
+        self.sampler = sampler  # a backend with its own copy of the weights is synced after every change
+        if fill:  # it was built over a skeleton (vLLM's push skipped it): now every rank has rank 0's weights
+            sampler.sync_weights()
+        params: list = [p for p in model.parameters() if p.requires_grad]
+        if self.sharded:  # CUDA's foreach kernels refuse a mix of sharded and plain tensors: a group each
+            groups = ([p for p in params if is_sharded(p)], [p for p in params if not is_sharded(p)])
+            params = [{"params": g} for g in groups if g]
+        self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.reseed(self.cfg.seed)
+        self.stats = EMAStats(self.cfg.stats_decay)
+        self.num_steps = 0
+        self.nonfinite_in_row = 0
+        self.nonfinite_total = 0
+        self.probe = probe if probe is not None else task.probe_set()
+        self.last_probe_nll: float | None = None
+        self._probe_ids: tuple[list[list[int]], list[list[int]]] | None = None
+        self._side_thread: ThreadPoolExecutor | None = None  # `_beside`'s second thread, made when first used
+
+    def _place(self, model: PreTrainedModel, device: str | torch.device | None) -> bool:
+        """Move (or, under FSDP, shard) the student onto `device` and make the teacher; returns whether
+        rank 0's weights filled other ranks' skeletons on the meta device (see `__init__`)."""
         moves = device is not None  # a model placed by its caller (offloaded, dispatched) stays put
         device = torch.device(device) if moves else next(model.parameters()).device
-        fill = False  # whether rank 0's weights fill other ranks' skeletons (below)
+        fill = False
         if self.sharded:
             if is_peft(model):
                 raise ValueError(
@@ -361,32 +175,7 @@ class DistillEngine:
             if moves:
                 model.to(device)  # no-op where it is already
             self.teacher = Teacher(model, self.cfg.teacher)
-        # the student's grounded score can ride in the update's forward (fixed for the run: dropout
-        # and noise settings are the model's own)
-        self._student_rides = not self.sharded and _dropout_free(model)
-        self.builder = PromptBuilder(tokenizer, task.prompt_format, self.cfg.exposure)
-        if sampler is None:
-            sampling = self.cfg.sampling
-            eos = eos_token_ids(model, tokenizer)
-            sampler = make_backend(sampling.backend, model, eos, tokenizer.pad_token_id,
-                                   compile=sampling.compile, vllm=sampling.vllm)  # fmt: skip
-        self.sampler = sampler  # a backend with its own copy of the weights is synced after every change
-        if fill:  # it was built over a skeleton (vLLM's push skipped it): now every rank has rank 0's weights
-            sampler.sync_weights()
-        params: list = [p for p in model.parameters() if p.requires_grad]
-        if self.sharded:  # CUDA's foreach kernels refuse a mix of sharded and plain tensors: a group each
-            groups = ([p for p in params if is_sharded(p)], [p for p in params if not is_sharded(p)])
-            params = [{"params": g} for g in groups if g]
-        self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        self.reseed(self.cfg.seed)
-        self.stats = EMAStats(self.cfg.stats_decay)
-        self.num_steps = 0
-        self.nonfinite_in_row = 0
-        self.nonfinite_total = 0
-        self.probe = probe if probe is not None else task.probe_set()
-        self.last_probe_nll: float | None = None
-        self._probe_ids: tuple[list[list[int]], list[list[int]]] | None = None
-        self._side_thread: ThreadPoolExecutor | None = None  # `_beside`'s second thread, made when first used
+        return fill
 
     # ---- one student update -----------------------------------------------------------------
     def step(self, alpha: Exposure) -> StepStats:
@@ -422,6 +211,18 @@ class DistillEngine:
             grounded = math.nan  # of skipped updates is credited no grounded term, not noise on one state
         t_update = time.perf_counter()
         self.num_steps += 1
+        stats = self._step_stats(
+            alpha, batch, out, share, grounded,
+            step=self.num_steps, skipped=skipped, grad_norm=grad_norm, num_tokens=num_tokens,
+            probe_nll=math.nan, rollout_s=t_rollout - t_start, teacher_s=t_teacher - t_rollout,
+            update_s=t_update - t_teacher, probe_s=0.0, total_s=t_update - t_start,
+        )  # fmt: skip
+        return stats, beside
+
+    def _step_stats(
+        self, alpha: Exposure, batch: Batch, out: LossOutput, share: float, grounded: float, **fields: Any
+    ) -> StepStats:
+        """The update's statistics (over the ranks under torchrun); `fields`: the rest of `StepStats`."""
         per_token = out.per_token.float()
         verdicts = [self.task.verify(p, t) for p, t in zip(batch.problems, batch.texts)]
         alphas = [self.alpha_of(alpha, p) for p in batch.problems]
@@ -438,13 +239,9 @@ class DistillEngine:
         loss, mismatch, div_mean, div_p90, div_p99, confidence, logprob, grounded, accuracy, mean_alpha = (
             stats_all
         )
-        stats = StepStats(
-            step=self.num_steps,
+        return StepStats(
             alpha=mean_alpha if isinstance(alpha, Mapping) else float(alpha),
             loss=loss,
-            skipped=skipped,
-            grad_norm=grad_norm,
-            num_tokens=num_tokens,
             mismatch_top1=mismatch,
             divergence_mean=div_mean,
             divergence_p90=div_p90,
@@ -452,16 +249,10 @@ class DistillEngine:
             confidence=confidence,
             sampled_logprob=logprob,
             grounded=grounded,
-            probe_nll=math.nan,
             rollout_accuracy=accuracy,
-            rollout_s=t_rollout - t_start,
-            teacher_s=t_teacher - t_rollout,
-            update_s=t_update - t_teacher,
-            probe_s=0.0,
-            total_s=t_update - t_start,
             band_accuracy=band_accuracy,
+            **fields,
         )
-        return stats, beside
 
     def _probed(self, stats: StepStats, measured: tuple[float, float] | None = None) -> StepStats:
         """`stats` with the probe NLL of the weights after its update, folded into the EMAs.
@@ -757,7 +548,7 @@ class DistillEngine:
             scatter_state(self.student, given["student"], self.optimizer, given["optimizer"])
             if self.teacher.copy is not None:
                 scatter_state(self.teacher.copy, given["teacher"])
-            _own_copies(self.optimizer, state["optimizer"])
+            own_copies(self.optimizer, state["optimizer"])
         else:
             self._load_student(state["student"])
             self.teacher.load_state_dict(state["teacher"])
@@ -789,7 +580,8 @@ class DistillEngine:
         global generators (dropout draws from them: LoRA's, a model's own) seeded from it too, so that
         a run does not depend on what the process ran before it."""
         data_seq, sample_seq, eval_seq, global_seq = np.random.SeedSequence(seed).spawn(4)
-        if self.dist.active:  # own problems and samples per rank; eval_gen shared (`_rank_eval_generator`)
+        # under torchrun: own problems and samples per rank; eval_gen shared (`measures.rank_eval_generator`)
+        if self.dist.active:
             data_seq, sample_seq, global_seq = np.random.SeedSequence([seed, self.dist.rank]).spawn(3)
         torch.manual_seed(int(global_seq.generate_state(1)[0]))  # the CPU's and every CUDA device's
         self.rng = np.random.default_rng(data_seq)
@@ -876,79 +668,14 @@ class DistillEngine:
         instead: how well the model reads a reference revealed at alpha (teacher quality).
 
         Under torchrun a collective: every rank calls it, evaluates its shard of each band and
-        returns the whole evaluation (`_evaluate`).
+        returns the whole evaluation (`atesd.measures.evaluate_bands`).
         """
         with self._sampling():
-            return self._evaluate(
-                k, self.cfg.eval.temperature if temperature is None else temperature, teacher_alpha
+            return measures.evaluate_bands(
+                self, k, self.cfg.eval.temperature if temperature is None else temperature, teacher_alpha
             )
 
-    def _evaluate(self, k: int, temperature: float, teacher_alpha: float | None) -> dict[str, float]:
-        """Under torchrun each rank evaluates every world_size-th problem of each band (its shard) and
-        the verdicts are gathered back into the band's order, so every rank returns the same numbers as
-        one process would from those verdicts, for 1 / world_size of the sampling and grading."""
-        world, rank = (self.dist.world_size, self.dist.rank) if self.dist.active else (1, 0)
-        generator = self.eval_gen if world == 1 or k == 0 else self._rank_eval_generator()
-        ev = self.cfg.eval
-        limit = ev.max_new_tokens or self.cfg.sampling.max_new_tokens
-        greedy_params = dataclasses.replace(self.cfg.sampling.params(greedy=True), max_new_tokens=limit)
-        params = SamplingParams(temperature, ev.top_k, ev.top_p, limit)
-        bands = self.task.eval_sets()
-        local: dict[str, list[list[bool]]] = {}  # band -> [greedy verdicts, then one list per sample]
-        for band, problems in bands.items():
-            mine = list(problems)[rank::world]
-            if not mine:  # fewer problems than ranks
-                local[band] = [[] for _ in range(1 + k)]
-                continue
-            if teacher_alpha is None:
-                prompts = [self.builder.encode(self.builder.student_prompt(p)) for p in mine]
-            else:  # over the whole band, then this rank's: exposure.reference=other reads neighbours
-                prompts = self.teacher_prompts(list(problems), teacher_alpha, [""] * len(problems))[
-                    rank::world
-                ]
-            runs = [self.sampler.generate(prompts, greedy_params, None)]
-            runs += [self.sampler.generate(prompts, params, generator) for _ in range(k)]
-            local[band] = [self._verdicts(mine, run.completion_ids) for run in runs]
-        shards = self.dist.gather_objects(local) if world > 1 else [local]
-        out: dict[str, float] = {}
-        for band, problems in bands.items():
-            runs = [_interleave([shard[band][i] for shard in shards], len(problems)) for i in range(1 + k)]
-            out[f"accuracy/{band}"] = float(np.mean(runs[0]))
-            if k > 0:
-                out[f"avg_at_{k}/{band}"] = float(np.mean([np.mean(run) for run in runs[1:]]))
-        return out
-
-    def _rank_eval_generator(self) -> torch.Generator:
-        """This rank's sampling stream for one sharded evaluation: a seed drawn from the evaluation
-        generator (the same draw on every rank, so its state stays identical across ranks and in the
-        checkpoint), mixed with the rank, so the ranks' samples are independent."""
-        device = self.eval_gen.device
-        seed = int(torch.randint(0, 2**62, (1,), generator=self.eval_gen, device=device))
-        mixed = np.random.SeedSequence([seed, self.dist.rank]).generate_state(1, dtype=np.uint64)[0]
-        return torch.Generator(device=device).manual_seed(int(mixed))
-
-    def _verdicts(self, problems: list[Problem], completions: list[list[int]]) -> list[bool]:
-        texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
-        return [bool(self.task.verify(p, t).correct) for p, t in zip(problems, texts)]
-
-    @torch.no_grad()
     def mismatch(self, alpha: float, problems: list[Problem], generator: torch.Generator) -> dict[str, float]:
-        """Student-teacher mismatch at alpha on sampled student rollouts of `problems`: mean
-        per-token KL(student || teacher) and top-1 disagreement. Changes no weights."""
-        batch = self.rollout(problems, generator)
-        # at alpha itself: a solved rollout's `solved_alpha` is training's exposure, not this measure's
-        teacher_prompts = self.teacher_prompts(problems, alpha, batch.texts, per_outcome=False)
-        pad = self.tokenizer.pad_token_id
-        with self.teacher.scoring() as teacher_model:
-            t_hidden, targets = completion_hidden(teacher_model, teacher_prompts, batch.completions, pad)
-            t_head = teacher_model.get_output_embeddings().weight
-        was_training = self.student.training
-        self.student.eval()
-        s_hidden, _ = completion_hidden(self.student, batch.prompts, batch.completions, pad)
-        self.student.train(was_training)
-        mask = torch.ones(targets.shape[0], dtype=torch.bool, device=targets.device)
-        s_head = self.student.get_output_embeddings().weight
-        out = chunked_distill_loss(
-            s_hidden, t_hidden, s_head, t_head, mask, LossConfig(kind="reverse_kl"), targets
-        )
-        return {"kl": float(out.per_token.mean()), "top1": float(out.top1_disagree.float().mean())}
+        """Student-teacher mismatch at alpha on sampled student rollouts of `problems`: mean per-token
+        KL(student || teacher) and top-1 disagreement (`atesd.measures.mismatch`). Changes no weights."""
+        return measures.mismatch(self, alpha, problems, generator)

@@ -485,3 +485,17 @@ def _load_model(
 def num_parameters(model: torch.nn.Module) -> int:
     """Distinct parameters (tied weights counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def dropout_free(model: torch.nn.Module) -> bool:
+    """Whether training mode computes what eval mode does, so a training forward can stand in for an
+    eval one: no dropout layer with p > 0 and no config setting that draws noise in training (any
+    `*dropout*`, `*pdrop*` or `*jitter*` above 0: attention or hidden dropout, a MoE router's
+    jitter; a noise setting named otherwise is not seen)."""
+    settings = model.config.get_text_config(decoder=True).to_dict()
+    noisy = [
+        k for k, v in settings.items()
+        if any(w in k for w in ("dropout", "pdrop", "jitter")) and isinstance(v, (int, float)) and v > 0
+    ]  # fmt: skip
+    layers = (m.p for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd))
+    return not noisy and all(p == 0 for p in layers)

@@ -2,11 +2,13 @@
 
 A state is a nested structure of dicts (str or int keys), lists, tuples, JSON scalars, numpy arrays
 and torch tensors; arrays go to one safetensors file, the structure and scalars to a JSON file.
+`cpu_copy` snapshots such a state on the CPU (tied weights copied once) without writing it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import json
 import os
@@ -257,3 +259,44 @@ def _references(meta: Any) -> Iterator[str]:
     elif isinstance(meta, list):
         for v in meta:
             yield from _references(v)
+
+
+def own_copies(optimizer: torch.optim.Optimizer, state: Any) -> None:
+    """Give `optimizer` copies of its state's tensors that share memory with any tensor of `state` (a
+    loaded state it must not change in place)."""
+    from atesd.distributed import is_sharded  # (it imports the models module: not at import time)
+
+    given = {t.untyped_storage().data_ptr() for t in arrays_of(state) if isinstance(t, torch.Tensor)} - {0}
+    for per_param in optimizer.state.values():
+        for key, value in per_param.items():
+            local = value.to_local() if is_sharded(value) else value
+            if isinstance(local, torch.Tensor) and local.untyped_storage().data_ptr() in given:
+                per_param[key] = value.clone()
+
+
+def cpu_copy(state: Any, memo: dict[Any, torch.Tensor] | None = None, tensors: bool = True) -> Any:
+    """A deep copy of a nested state with every tensor copied to the CPU (the same values in memory met
+    twice, as tied weights are, copied once: one tensor in the copy). Loading it back copies into the
+    live tensors wherever they are. `memo` maps `atesd.state.view_key` (or `id` where it has none) to
+    the copy: a caller may seed it with tensors it made for this snapshot alone, kept as they are.
+    `tensors=False`: the containers copied, the tensors themselves kept (not copied)."""
+    memo = {} if memo is None else memo
+    if isinstance(state, torch.Tensor) and not tensors:
+        return state
+    if isinstance(state, torch.Tensor):
+        # by storage and view, not id: module.state_dict() gives a tied embed_tokens / lm_head as two
+        # tensor objects over one storage, and the copy held (and a checkpoint wrote) the head twice
+        key = view_key(state) or id(state)
+        if key not in memo:
+            memo[key] = state.detach().to("cpu", copy=True)
+        return memo[key]
+    if isinstance(state, dict):
+        out = type(state)((k, cpu_copy(v, memo, tensors)) for k, v in state.items())
+        if hasattr(state, "_metadata"):  # a module's state dict carries its version metadata
+            out._metadata = copy.deepcopy(state._metadata)
+        return out
+    if isinstance(state, tuple) and hasattr(state, "_fields"):  # a named tuple
+        return type(state)(*(cpu_copy(v, memo, tensors) for v in state))
+    if isinstance(state, (list, tuple)):
+        return type(state)(cpu_copy(v, memo, tensors) for v in state)
+    return copy.deepcopy(state)

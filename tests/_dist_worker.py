@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from atesd import config as cfglib  # noqa: E402
 from atesd.distributed import Dist, gather_state, is_sharded  # noqa: E402
 from atesd.engine import DistillEngine  # noqa: E402
+from atesd.measures import rank_eval_generator  # noqa: E402
 from atesd.models import build_tiny_qwen3  # noqa: E402
 from atesd.teacher import TeacherConfig  # noqa: E402
 from controllers.base import action_size, run_episode  # noqa: E402
@@ -122,7 +123,7 @@ if __name__ == "__main__":
     record |= {"eval": sharded, "eval_rows": [len(p) for p in prompts], "eval_graded": list(graded)}
     # the shared generator stays the same on every rank; each rank samples on a stream of its own
     record["eval_gen"] = hashlib.sha256(engine.eval_gen.get_state().numpy().tobytes()).hexdigest()
-    record["rank_stream"] = engine._rank_eval_generator().initial_seed()
+    record["rank_stream"] = rank_eval_generator(engine).initial_seed()
     whole, prompts = evaluation(True, k=2)
     record |= {"eval_single": whole, "eval_single_rows": [len(p) for p in prompts]}
     record["eval_sets"] = {band: [p.question for p in ps] for band, ps in engine.task.eval_sets().items()}

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-import atesd.engine as engine_mod
-from atesd.engine import DistillEngine, EngineConfig, NonFiniteLossError, SamplingConfig, mean_nll
+import atesd.losses as losses_mod
+from atesd.engine import DistillEngine, EngineConfig, NonFiniteLossError, SamplingConfig
 from atesd.exposure import ExposureConfig
-from atesd.losses import LossConfig
+from atesd.losses import LossConfig, mean_nll
 from atesd.rollout.base import RolloutBatch
 from atesd.teacher import TeacherConfig
 
@@ -341,16 +341,14 @@ def test_a_window_after_an_unprobed_update_measures_its_start_again(tiny_model, 
 
 def test_the_probe_nll_in_chunks_equals_one_pass(tiny_model, tokenizer, small_task, monkeypatch):
     """A real vocabulary over long probe solutions is scored in chunks of rows; the same mean."""
-    import atesd.engine as engine_module
-
     engine = make_engine(tiny_model, tokenizer, small_task)
     whole = engine.probe_nll()
-    monkeypatch.setattr(engine_module, "LOGIT_FLOATS", 7 * tiny_model.config.vocab_size)  # 7 rows a chunk
+    monkeypatch.setattr(losses_mod, "LOGIT_FLOATS", 7 * tiny_model.config.vocab_size)  # 7 rows a chunk
     assert engine.probe_nll() == pytest.approx(whole, rel=1e-6)
 
 
 def test_a_snapshot_is_a_cpu_copy_that_keeps_tied_weights_shared(tiny_model, tokenizer, small_task):
-    from atesd.engine import cpu_copy
+    from atesd.state import cpu_copy
 
     engine = make_engine(tiny_model, tokenizer, small_task)
     state = engine.state_dict()
@@ -448,7 +446,7 @@ def test_the_probe_nll_of_a_16_bit_model_takes_its_logits_in_float32(chunked, mo
     was 7e-4 off at a 1000-token vocabulary, more than a window's progress on a real run; it now
     takes it in float32, as the loss does."""
     if chunked:
-        monkeypatch.setattr(engine_mod, "LOGIT_FLOATS", 1000 * 100)  # chunks of 100 rows
+        monkeypatch.setattr(losses_mod, "LOGIT_FLOATS", 1000 * 100)  # chunks of 100 rows
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(384, 64, generator=g).bfloat16()
     head = (torch.randn(1000, 64, generator=g) * 0.6).bfloat16()

@@ -11,8 +11,8 @@ from safetensors import safe_open
 
 import atesd.state as state_mod
 from atesd import checkpoint
-from atesd.engine import DistillEngine, EngineConfig, SamplingConfig, cpu_copy
-from atesd.state import flatten_state, load_state, save_state, state_bytes
+from atesd.engine import DistillEngine, EngineConfig, SamplingConfig
+from atesd.state import cpu_copy, flatten_state, load_state, save_state, state_bytes
 
 
 class Tied(torch.nn.Module):
