@@ -224,14 +224,7 @@ def plan_run(args: Any, cfg: RunConfig | None) -> Plan:
     if not (run_dir / "config.json").exists():
         raise cfglib.ConfigError(f"--resume {run_dir}: not a run directory (no config.json)")
     stored = stored_config(run_dir)
-    differ: list[str] = []
-    if args.resume == "auto":  # the whole command line is the config: it must be the run's
-        differ = same_paths_differences(stored, cfg)
-    elif args.config or given_overrides(args):  # on top of the run's own config
-        overrides = given_overrides(args)
-        base = cfglib.merge(resolved_dict(stored), cfglib.read_yaml(args.config) if args.config else {})
-        given = cfglib.from_dict(RunConfig, cfglib.merge(base, cfglib.parse_overrides(overrides)))
-        differ = same_paths_differences(stored, given)
+    differ = given_differences(args, cfg, stored)
     # controller_init is read by a restart from the beginning alone (a checkpoint holds the controller's
     # state, a finished run trains no more): a difference there is judged below, once that is known
     refused_keys = [key for key in differ if key != "controller_init"]
@@ -265,6 +258,28 @@ def plan_run(args: Any, cfg: RunConfig | None) -> Plan:
             f"{config_differs(args, run_dir, ['controller_init'])} (it has no checkpoint: it would restart "
             f"from the beginning, from the controller_init it started with, {stored.controller_init})"
         )
+    return resume_plan(args, run_dir, stored, differ, seen)
+
+
+def given_differences(args: Any, cfg: RunConfig | None, stored: RunConfig) -> list[str]:
+    """The config keys in which what `--resume` was given differs from the run's stored config: the
+    whole command line under `--resume auto`, else the `--config` and `--set` given on top of it."""
+    if args.resume == "auto":  # the whole command line is the config: it must be the run's
+        return same_paths_differences(stored, cfg)
+    if args.config or given_overrides(args):  # on top of the run's own config
+        overrides = given_overrides(args)
+        base = cfglib.merge(resolved_dict(stored), cfglib.read_yaml(args.config) if args.config else {})
+        given = cfglib.from_dict(RunConfig, cfglib.merge(base, cfglib.parse_overrides(overrides)))
+        return same_paths_differences(stored, given)
+    return []
+
+
+def resume_plan(
+    args: Any, run_dir: Path, stored: RunConfig, differ: list[str], seen: tuple[str, ...]
+) -> Plan:
+    """The plan of an unfinished run: from its newest checkpoint that fits, or from the beginning where
+    it has none; refused where it has checkpoints and none of them fits (a restart would delete them)."""
+    saved = [name for name in seen if name != SUMMARY]
     refused: list[str] = []
 
     def skipped(message: str) -> None:
