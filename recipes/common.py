@@ -99,51 +99,62 @@ def controller_config(
     data = dict(data or {})
     fields = {f.name: f for f in dataclasses.fields(cfg_cls)} if dataclasses.is_dataclass(cfg_cls) else {}
     if "seed" in fields and data.get("seed") is not None:
-        given = cfglib.coerce(
-            typing.get_type_hints(cfg_cls)["seed"], data["seed"], f"controllers.{name}.seed"
-        )
-        if given != cfg_cls().seed:  # it was replaced by the run's seed, yet recorded as given
-            raise cfglib.ConfigError(
-                f"controllers.{name}.seed={given}: a controller's seed is the run's (seed=N or --seed; "
-                f"bench.py: --seeds), which the recipes give it; drop controllers.{name}.seed"
-            )
+        refuse_seed(name, cfg_cls, data["seed"])
     if reward is not None:
-        hints = typing.get_type_hints(cfg_cls)
-        for key in (k for k in ENV_OWNED if k in hints):
-            env_value = getattr(reward, key)
-            if data.get(key) is not None:
-                given = cfglib.coerce(hints[key], data[key], f"controllers.{name}.{key}")
-                if given != env_value:
-                    owner = env_label(env_key, key)
-                    raise cfglib.ConfigError(
-                        f"controllers.{name}.{key}={given} contradicts {owner}={env_value}: the env owns "
-                        f"{key} and every controller takes it from there; drop controllers.{name}.{key}"
-                    )
-            data[key] = env_value
-        lookahead = data.get("lookahead_steps", getattr(cfg_cls(), "lookahead_steps", None))
-        if isinstance(lookahead, int) and lookahead % reward.hold_steps:
-            raise cfglib.ConfigError(
-                f"controllers.{name}.lookahead_steps={lookahead} must be a multiple of the env's "
-                f"hold_steps ({env_label(env_key, 'hold_steps')}={reward.hold_steps})"
-            )
-        defaults = cfg_cls()
-        mode = data.get("reward_mode", getattr(defaults, "reward_mode", None))
-        finish = data.get("finish_truncated", getattr(defaults, "finish_truncated", None))
-        if (
-            warn
-            and isinstance(lookahead, int)
-            and lookahead > reward.total_steps
-            and mode in ("discounted", "discounted_grounded")
-            and finish == "drop"
-        ):
-            warnings.warn(  # a smoke run may mean it; a run meant to learn never would
-                f"controllers.{name}.lookahead_steps={lookahead} is longer than an episode "
-                f"({env_label(env_key, 'total_steps')}={reward.total_steps}): with finish_truncated=drop no "
-                f"decision will be credited and the controller will not learn; shorten the lookahead or set "
-                f"controllers.{name}.finish_truncated=truncate",
-                stacklevel=1,  # one location: said once per process
-            )
+        take_env_owned(name, cfg_cls, data, reward, env_key, warn)
     return cfglib.from_dict(cfg_cls, data, f"controllers.{name}.")
+
+
+def refuse_seed(name: str, cfg_cls: type, seed: Any) -> None:
+    """Refuse a controller seed given in the config: the recipes give every controller the run's."""
+    given = cfglib.coerce(typing.get_type_hints(cfg_cls)["seed"], seed, f"controllers.{name}.seed")
+    if given != cfg_cls().seed:  # it was replaced by the run's seed, yet recorded as given
+        raise cfglib.ConfigError(
+            f"controllers.{name}.seed={given}: a controller's seed is the run's (seed=N or --seed; "
+            f"bench.py: --seeds), which the recipes give it; drop controllers.{name}.seed"
+        )
+
+
+def take_env_owned(
+    name: str, cfg_cls: type, data: dict[str, Any], reward: RewardSpec, env_key: EnvKey, warn: bool
+) -> None:
+    """Set the env-owned fields of `data` to the env's values (a different one given is refused), check
+    the lookahead against the env's hold window and, with `warn`, warn of one longer than an episode."""
+    hints = typing.get_type_hints(cfg_cls)
+    for key in (k for k in ENV_OWNED if k in hints):
+        env_value = getattr(reward, key)
+        if data.get(key) is not None:
+            given = cfglib.coerce(hints[key], data[key], f"controllers.{name}.{key}")
+            if given != env_value:
+                owner = env_label(env_key, key)
+                raise cfglib.ConfigError(
+                    f"controllers.{name}.{key}={given} contradicts {owner}={env_value}: the env owns "
+                    f"{key} and every controller takes it from there; drop controllers.{name}.{key}"
+                )
+        data[key] = env_value
+    lookahead = data.get("lookahead_steps", getattr(cfg_cls(), "lookahead_steps", None))
+    if isinstance(lookahead, int) and lookahead % reward.hold_steps:
+        raise cfglib.ConfigError(
+            f"controllers.{name}.lookahead_steps={lookahead} must be a multiple of the env's "
+            f"hold_steps ({env_label(env_key, 'hold_steps')}={reward.hold_steps})"
+        )
+    defaults = cfg_cls()
+    mode = data.get("reward_mode", getattr(defaults, "reward_mode", None))
+    finish = data.get("finish_truncated", getattr(defaults, "finish_truncated", None))
+    if (
+        warn
+        and isinstance(lookahead, int)
+        and lookahead > reward.total_steps
+        and mode in ("discounted", "discounted_grounded")
+        and finish == "drop"
+    ):
+        warnings.warn(  # a smoke run may mean it; a run meant to learn never would
+            f"controllers.{name}.lookahead_steps={lookahead} is longer than an episode "
+            f"({env_label(env_key, 'total_steps')}={reward.total_steps}): with finish_truncated=drop no "
+            f"decision will be credited and the controller will not learn; shorten the lookahead or set "
+            f"controllers.{name}.finish_truncated=truncate",
+            stacklevel=1,  # one location: said once per process
+        )
 
 
 MOCK_ONLY = ("oracle",)  # controllers that need the mock env's `oracle_alpha`
