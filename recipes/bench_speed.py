@@ -53,6 +53,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -60,6 +61,20 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from recipes._speed_report import (  # noqa: E402
+    print_eval_ranks,
+    print_fsdp_load,
+    print_fsdp_memory,
+    print_loss,
+    print_sampler_embedded,
+    print_sampler_forced,
+    print_step,
+    print_step_vs_trl,
+)
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def embedded_engine(threads: int, compile: bool = False, dist=None):
@@ -416,11 +431,8 @@ def bench_loss(n: int, vocab: int, hidden: int, chunk: int) -> dict:
     return out
 
 
-def _fmt(key: str, value: object) -> str:
-    return f"{key} {value:.2f}" if isinstance(value, float) else f"{key} {value}"
-
-
-def main() -> int:
+def parse_args() -> argparse.Namespace:
+    """The command line: which section, its sizes, and the hidden options that start a child."""
     parser = argparse.ArgumentParser(
         allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -451,200 +463,73 @@ def main() -> int:
     args = parser.parse_args()
     if args.loss_tokens < 1:
         parser.error(f"--loss-tokens must be >= 1, got {args.loss_tokens}")
+    return args
+
+
+def run_child(args: argparse.Namespace) -> bool:
+    """Runs the child a hidden option names (loss, eval-ranks, fsdp-memory, fsdp-load); False if none."""
     if args.loss_child:
         variant, *nums = args.loss_child
         loss_child(variant, *map(int, nums))
-        return 0
+        return True
     if args.eval_ranks_child is not None:
         eval_ranks_child(args.eval_ranks_child)
-        return 0
+        return True
     if args.fsdp_memory_child:
         fsdp_memory_child(args.fsdp_memory_child[0], int(args.fsdp_memory_child[1]))
-        return 0
+        return True
     if args.fsdp_load_child:
         fsdp_load_child(*args.fsdp_load_child)
+        return True
+    return False
+
+
+def run_sampler(console: Console, threads: int, repeats: int) -> None:
+    """The sampler section, eager then compiled: the random model forced, then the embedded task's prompts."""
+    transformers.logging.set_verbosity_error()
+    for compile in (False, True):
+        print_sampler_forced(console, bench_sampler_section(threads, repeats, compile), compile, threads)
+        for temperature in (0.0, 1.0):
+            r = bench_sampler_embedded(threads, repeats, temperature, compile)
+            print_sampler_embedded(console, r, compile, temperature)
+
+
+def run_step_vs_trl(console: Console, threads: int, compile: bool, steps: int) -> int:
+    """The step-vs-trl section; exit code 1 if the two sides' losses on the shared batch differ."""
+    from bench_trl_step import generalized_jsd_loss, step_vs_trl
+
+    generalized_jsd_loss()  # the missing extra, before any model loads
+    engine, source = embedded_engine(threads, compile=compile)
+    r = step_vs_trl(engine, 0.5, max(steps, 20))
+    print_step_vs_trl(console, r, engine.cfg.batch_size, threads, compile, source)
+    if not r["same_loss"]:
+        print("error: the two sides' losses differ by more than 1e-5", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main() -> int:
+    """A child's work if one is asked for, else the sections `--only` names (default: step, sampler, loss)."""
+    args = parse_args()
+    if run_child(args):
         return 0
     from rich.console import Console
 
     console = Console()
     if args.only in (None, "step"):
-        r = bench_step(args.steps, 0.5, args.threads)
-        console.print(f"[bold]engine step[/] (batch 32, alpha 0.5, {args.threads} threads; {r['model']})")
-        for key in ("rollout_s", "teacher_s", "update_s", "probe_s", "total_s"):
-            console.print(f"  {key:10s} {r[key]:.3f} s  ({100 * r[key] / r['total_s']:.0f}%)")
-        console.print(
-            f"  {r['tokens_per_step']:.0f} rollout tokens per step, "
-            f"{r['tokens_per_s']:.0f} tokens/s end to end"
-        )
+        print_step(console, bench_step(args.steps, 0.5, args.threads), args.threads)
     if args.only in (None, "sampler"):
-        transformers.logging.set_verbosity_error()
-        keys = ("hf_tokens_per_s", "ours_tokens_per_s", "speedup", "outputs_equal", "full_length")
-        for compile in (False, True):
-            r = bench_sampler_section(args.threads, args.repeats, compile)
-            console.print(
-                f"[bold]sampler[/] compile={compile}: batch 32, 64 new tokens forced (no EOS), greedy, "
-                f"{args.threads} threads, random model"
-            )
-            console.print("  " + ", ".join(_fmt(k, r[k]) for k in keys))
-            for temperature in (0.0, 1.0):
-                r = bench_sampler_embedded(args.threads, args.repeats, temperature, compile)
-                console.print(
-                    f"[bold]sampler[/] compile={compile}: batch 32, max 64 new tokens, embedded task "
-                    f"prompts, rollouts end at EOS, temperature {temperature:g} ({r['model']})"
-                )
-                console.print("  " + ", ".join(_fmt(k, r[k]) for k in keys))
+        run_sampler(console, args.threads, args.repeats)
     if args.only in (None, "loss"):
-        r = bench_loss(args.loss_tokens, 151_936, 256, 512)
-        console.print(
-            f"[bold]loss memory[/] forward KL + clip, N = B*T = {args.loss_tokens:,}, V = 151,936, H = 256, "
-            "chunk 512"
-        )
-        for variant in ("chunked", "naive"):
-            c = r[variant]
-            if "peak_mb" not in c:
-                (how, why), *_ = c.items()
-                console.print(f"  {variant:8s} {how}: {why}")
-                continue
-            console.print(
-                f"  {variant:8s} peak +{c['peak_mb']:.0f} MB  {c['seconds']:.1f} s  loss {c['loss']:.6f}"
-            )
-        if r["ratio"] is not None:
-            console.print(f"  chunked / naive peak = {100 * r['ratio']:.1f}%  (same loss: {r['same_loss']})")
+        print_loss(console, bench_loss(args.loss_tokens, 151_936, 256, 512), args.loss_tokens)
     if args.only == "eval-ranks":
-        r = bench_eval_ranks(3)
-        whole, sharded = (np.mean(r["times"][k]) for k in ("whole", "sharded"))
-        console.print(
-            f"[bold]evaluation under torchrun[/] ({r['world']} ranks, gloo, 1 thread each, greedy, 4 bands "
-            f"of 256; {r['model']}; seconds per evaluation, mean over ranks, 3 rounds alternated)"
-        )
-        for label, kind in (("every rank evaluates everything", "whole"), ("each rank its shard", "sharded")):
-            console.print(f"  {label + ':':34s}" + ", ".join(f"{t:.2f}" for t in r["times"][kind]))
-        print(
-            f"eval-ranks: whole {whole:.2f} s, sharded {sharded:.2f} s, ratio {r['ratio']:.2f}x, "
-            f"largest difference in accuracy {r['largest_difference']:.4f}"
-        )
+        print_eval_ranks(console, bench_eval_ranks(3))
     if args.only == "fsdp-memory":
-        runs = bench_fsdp_memory(args.fsdp_layers, 3)
-        first = runs["engine"][0]
-        console.print(
-            f"[bold]FSDP construction, peak host memory[/] ({first['world']} gloo ranks, the CPU as the "
-            f"device; a random Qwen3 of {args.fsdp_layers} layers, width 512: {first['model_mb']:.0f} MB in "
-            f"float32, {first['layer_shard_mb']:.1f} MB per layer shard; MB above the resident set before, "
-            "per rank, 3 fresh runs each, alternated)"
-        )
-        labels = {
-            "deepcopy": "deep copy of the whole student, then both sharded",
-            "layerwise": "sharded_copy (a layer at a time), then the student sharded",
-            "engine": "DistillEngine(engine.fsdp=true)",
-        }
-        summary = {}
-        for variant, label in labels.items():
-            peaks = [r["peak"] for run in runs[variant] for r in run["ranks"]]
-            afters = [r["after"] for run in runs[variant] for r in run["ranks"]]
-            summary[variant] = float(np.median(peaks))
-            console.print(
-                f"  {label + ':':62s} peak +{summary[variant]:.0f} MB (median; "
-                f"{min(peaks):.0f}-{max(peaks):.0f}), after +{float(np.median(afters)):.0f} MB"
-            )
-        print(
-            f"fsdp-memory: model {first['model_mb']:.0f} MB, construction peak deepcopy "
-            f"+{summary['deepcopy']:.0f} MB, layerwise +{summary['layerwise']:.0f} MB, "
-            f"engine +{summary['engine']:.0f} MB per rank"
-        )
+        print_fsdp_memory(console, bench_fsdp_memory(args.fsdp_layers, 3), args.fsdp_layers)
     if args.only == "fsdp-load":
-        runs = bench_fsdp_load(args.fsdp_layers, 3)
-        first = runs["rank0"][0]
-        console.print(
-            f"[bold]FSDP from a checkpoint, peak host memory[/] ({first['world']} gloo ranks, the CPU as "
-            f"the device; a random Qwen3 of {args.fsdp_layers} layers, width 512, saved in bfloat16 and "
-            f"loaded in float32: {first['model_mb']:.0f} MB; MB above the resident set before, per rank, 3 "
-            "fresh runs each, alternated)"
-        )
-        labels = {"every-rank": "every rank reads the checkpoint", "rank0": "rank 0 reads it (load_on_rank0)"}
-        summary = {}
-        for variant, label in labels.items():
-            for rank in range(first["world"]):
-                peaks = [run["ranks"][rank]["peak"] for run in runs[variant]]
-                afters = [run["ranks"][rank]["after"] for run in runs[variant]]
-                resumes = [run["ranks"][rank]["resume"] for run in runs[variant]]
-                anon = float(np.median([run["ranks"][rank]["anon"] for run in runs[variant]]))
-                mapped = float(np.median([run["ranks"][rank]["file"] for run in runs[variant]]))
-                summary[variant, rank] = float(np.median(peaks))
-                summary[variant, rank, "resume"] = float(np.median(resumes))
-                console.print(
-                    f"  {label + ',':34s} rank {rank}: peak +{summary[variant, rank]:.0f} MB (median; "
-                    f"{min(peaks):.0f}-{max(peaks):.0f}), after +{float(np.median(afters)):.0f} MB; resuming "
-                    f"+{summary[variant, rank, 'resume']:.0f} MB ({min(resumes):.0f}-{max(resumes):.0f}; "
-                    f"held once loaded: +{anon:.0f} MB anonymous, +{mapped:.0f} MB of file pages)"
-                )
-        ranks = range(first["world"])
-        print(
-            f"fsdp-load: model {first['model_mb']:.0f} MB, peak per rank every-rank "
-            + " / ".join(f"+{summary['every-rank', r]:.0f}" for r in ranks)
-            + " MB, rank0 "
-            + " / ".join(f"+{summary['rank0', r]:.0f}" for r in ranks)
-            + " MB; resuming every-rank "
-            + " / ".join(f"+{summary['every-rank', r, 'resume']:.0f}" for r in ranks)
-            + " MB, rank0 "
-            + " / ".join(f"+{summary['rank0', r, 'resume']:.0f}" for r in ranks)
-            + " MB"
-        )
+        print_fsdp_load(console, bench_fsdp_load(args.fsdp_layers, 3), args.fsdp_layers)
     if args.only == "step-vs-trl":
-        from bench_trl_step import generalized_jsd_loss, step_vs_trl
-
-        generalized_jsd_loss()  # the missing extra, before any model loads
-        engine, source = embedded_engine(args.threads, compile=args.compile)
-        r = step_vs_trl(engine, 0.5, max(args.steps, 20))
-        console.print(
-            f"[bold]step vs TRL pieces[/] (batch {engine.cfg.batch_size}, alpha 0.5, {args.threads} threads, "
-            f"sampler compile={args.compile}, lean decode={r['lean_decode']}, probe overlapped="
-            f"{r['overlapped']}; {r['steps']} updates of each kind, interleaved in {r['rounds']} rounds of "
-            f"{r['hold']}, each on its own copy of the starting weights and one problem stream; {source})"
-        )
-        console.print(
-            f"  loss on one shared batch: ours {r['ours_loss']:.7f}, trl generalized_jsd_loss "
-            f"(beta {r['beta']:g}) {r['trl_loss']:.7f}, equal to 1e-5: {r['same_loss']}"
-        )
-        console.print(
-            "  ours by phase, per update of the windows (rollout_s includes waiting for the probe beside "
-            "it; probe_s of an overlapped update is not extra wall time): "
-            + ", ".join(f"{k} {v:.3f}" for k, v in r["ours_phases"].items())
-        )
-        console.print(
-            "  by phase at equal compute, seconds per update (rollout / teacher / update): ours "
-            + " / ".join(f"{r['equal_phases'][k]:.3f}" for k in ("rollout_s", "teacher_s", "update_s"))
-            + ", TRL's pieces "
-            + " / ".join(f"{r['trl_phases'][k]:.3f}" for k in ("rollout_s", "teacher_s", "update_s"))
-            + ", TRL's over ours "
-            + " / ".join(
-                f"{r['trl_phases'][k] / r['equal_phases'][k]:.2f}x"
-                for k in ("rollout_s", "teacher_s", "update_s")
-            )
-        )
-        console.print(
-            "  rollout tokens per update: "
-            + ", ".join(f"{k} {v:.1f}" for k, v in r["tokens_per_update"].items())
-        )
-
-        def ci(key: str) -> str:
-            mean, low, high = r[key]
-            return f"per-round ratio {mean:.2f}x [{low:.2f}, {high:.2f}] (95% t, {r['rounds']} rounds)"
-
-        console.print(f"  ours as the env runs it (hold windows): {r['ours_s']:.3f} s, {ci('ratio_ci')}")
-        console.print(
-            f"  ours as bare DistillEngine.step calls (every probe in line): {r['step_s']:.3f} s, "
-            f"ratio {r['step_ratio']:.2f}x, {ci('step_ratio_ci')}"
-        )
-        console.print(
-            f"  ours at equal compute (no probe NLL, no grounded score: what TRL's pieces compute): "
-            f"{r['equal_s']:.3f} s, ratio {r['equal_ratio']:.2f}x, {ci('equal_ratio_ci')}"
-        )
-        print(
-            f"step-vs-trl: ours {r['ours_s']:.3f} s, trl-pieces {r['trl_s']:.3f} s, ratio {r['ratio']:.2f}x"
-        )
-        if not r["same_loss"]:
-            print("error: the two sides' losses differ by more than 1e-5", file=sys.stderr)
-            return 1
+        return run_step_vs_trl(console, args.threads, args.compile, args.steps)
     return 0
 
 
