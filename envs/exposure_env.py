@@ -179,7 +179,42 @@ class TeacherExposureEnv(gym.Env):
         real: RealConfig | None = None,
         **overrides,
     ) -> None:
-        cfg = self._episode_config(cfg, real, overrides)
+        self.cfg = self._episode_config(cfg, real, overrides)
+        engine = self._given_engine(engine, real, engine_cfg, task_cfg, model_cfg, warmstart_cfg, cache_dir)
+        self._check_engine(engine)
+        self.engine = engine
+        self.per_band = self.cfg.action == "per_band"
+        self.bands: tuple[str, ...] = action_bands(engine.task) if self.per_band else ()
+        if self.per_band and not self.bands:
+            raise ValueError("the per-band action needs a task with evaluation bands; this one has none")
+        if self.per_band and len(self.bands) == 1:  # a run meant to vary exposure by band would not
+            warnings.warn(
+                f"the per-band action on a task of one band ({self.bands[0]}) is one alpha, as the global "
+                "action is (math data: real.data.band_field names the difficulty bands)",
+                stacklevel=2,
+            )
+        self.action_space = spec.action_space(len(self.bands) or 1)
+        self.observation_space = spec.observation_space(self.bands)
+        self.observation_names = spec.observation_names(self.bands)  # what each entry is, by name
+        self.ema_bands: dict[str, float] = {}
+        self._initial = engine.state_dict()
+        self._start_eval: dict[str, float] | None = None  # greedy: the same after every reset
+        self.score = math.nan
+        self.timings: dict[str, float] = {}  # the last step's wall times (time/window_s, ...)
+        self.step_timings: list[dict[str, float]] = []  # the same per student update of that step
+
+    @staticmethod
+    def _given_engine(
+        engine: DistillEngine | None,
+        real: RealConfig | None,
+        engine_cfg: EngineConfig | None,
+        task_cfg: ChainBagConfig | None,
+        model_cfg: TinyModelConfig | None,
+        warmstart_cfg: WarmStartConfig | None,
+        cache_dir: str | None,
+    ) -> DistillEngine:
+        """The engine given, or built from `real` or the *_cfg keywords (the embedded default where
+        none is given); refused where keywords would be ignored beside `engine` or `real`."""
         named = {"engine_cfg": engine_cfg, "task_cfg": task_cfg, "model_cfg": model_cfg,
                  "warmstart_cfg": warmstart_cfg, "cache_dir": cache_dir}  # fmt: skip
         given = [name for name, value in named.items() if value is not None]
@@ -191,7 +226,6 @@ class TeacherExposureEnv(gym.Env):
                 f"{', '.join(given)} would be ignored beside {source}=, which fixes the engine already: "
                 "give only one of engine, real, or the *_cfg and cache_dir keywords"
             )
-        self.cfg = cfg
         if engine is None:  # the embedded default (or `real`), through the one builder
             real = real or RealConfig(
                 task=task_cfg or ChainBagConfig(), model=model_cfg or TinyModelConfig(),
@@ -199,6 +233,11 @@ class TeacherExposureEnv(gym.Env):
                 cache_dir=cache_dir or "",
             )  # fmt: skip
             engine = build_engine(real, real.engine.seed)
+        return engine
+
+    def _check_engine(self, engine: DistillEngine) -> None:
+        """Refuse an engine the episode cannot run on: no probe set, a probe not every update, an
+        evaluation with no evaluation set, a grounded term without the grounded score."""
         if not engine.probe:
             raise ValueError(
                 "the env's reward needs a probe set of reference solutions (the tracked loss); this "
@@ -221,26 +260,6 @@ class TeacherExposureEnv(gym.Env):
                 f"the reward's grounded term (lambda_gt={self.cfg.lambda_gt}) needs the grounded score: set "
                 "engine.grounded=true, or lambda_gt=0 for a reward of the learning progress alone"
             )
-        self.engine = engine
-        self.per_band = self.cfg.action == "per_band"
-        self.bands: tuple[str, ...] = action_bands(engine.task) if self.per_band else ()
-        if self.per_band and not self.bands:
-            raise ValueError("the per-band action needs a task with evaluation bands; this one has none")
-        if self.per_band and len(self.bands) == 1:  # a run meant to vary exposure by band would not
-            warnings.warn(
-                f"the per-band action on a task of one band ({self.bands[0]}) is one alpha, as the global "
-                "action is (math data: real.data.band_field names the difficulty bands)",
-                stacklevel=2,
-            )
-        self.action_space = spec.action_space(len(self.bands) or 1)
-        self.observation_space = spec.observation_space(self.bands)
-        self.observation_names = spec.observation_names(self.bands)  # what each entry is, by name
-        self.ema_bands: dict[str, float] = {}
-        self._initial = engine.state_dict()
-        self._start_eval: dict[str, float] | None = None  # greedy: the same after every reset
-        self.score = math.nan
-        self.timings: dict[str, float] = {}  # the last step's wall times (time/window_s, ...)
-        self.step_timings: list[dict[str, float]] = []  # the same per student update of that step
 
     @staticmethod
     def _episode_config(
