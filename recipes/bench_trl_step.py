@@ -147,22 +147,9 @@ def check_same_loss(engine: DistillEngine, trl_step: TRLPiecesStep, alpha: float
     return ours, theirs
 
 
-def step_vs_trl(engine: DistillEngine, alpha: float, steps: int, hold: int = 5) -> dict:
-    """Interleaved timings per student update, in rounds until `steps` updates of each kind, each kind
-    on its own copy of the starting weights and the same problem stream:
-
-    - `window`: ours as the env runs it, a hold window (`run_window(alpha, hold)`: the probe after
-      each update but the last measured beside the next rollout);
-    - `trl`: `hold` TRL-pieces steps;
-    - `step`: `hold` bare `DistillEngine.step` calls (every probe in line);
-    - `equal`: ours computing what TRL's pieces compute, no probe NLL and no grounded score
-      (`probe_every=0, grounded=False`), in a window of `hold`.
-
-    Each round gives paired ratios (TRL's seconds per update over a kind's), reported as their mean
-    with a 95% t interval over rounds, beside the means of the seconds; the rollout tokens each side
-    sampled say whether the two students still write rollouts of one length."""
-    from atesd.significance import mean_ci
-
+def _twin_engines(engine: DistillEngine) -> dict[str, DistillEngine]:
+    """Each of our kinds' engines: `window` is `engine` itself; `step` and `equal` (no probe NLL, no
+    grounded score) are new engines on copies of its starting weights and on its problem stream."""
     start = copy.deepcopy(engine.student)
     rng_state = copy.deepcopy(engine.rng.bit_generator.state)
 
@@ -172,9 +159,15 @@ def step_vs_trl(engine: DistillEngine, alpha: float, steps: int, hold: int = 5) 
         other.rng.bit_generator.state = copy.deepcopy(rng_state)  # the window's problem stream
         return other
 
-    engines = {"window": engine, "step": twin(), "equal": twin(probe_every=0, grounded=False)}
-    trl_step = TRLPiecesStep(engine, seed=engine.cfg.seed)
-    ours_loss, trl_loss = check_same_loss(engine, trl_step, alpha)
+    return {"window": engine, "step": twin(), "equal": twin(probe_every=0, grounded=False)}
+
+
+def _timed_rounds(
+    engines: dict[str, DistillEngine], trl_step: TRLPiecesStep, alpha: float, steps: int, hold: int
+) -> tuple[dict[str, list[float]], dict[str, int], list, list]:
+    """An untimed warm-up of every kind, then rounds of `hold` updates of each kind in turn until
+    `steps` updates of each (2 rounds at least): each kind's seconds per update in each round, the
+    rollout tokens each of ours sampled in the rounds, and the step stats of `window` and `equal`."""
     tokens = {"window": 0, "step": 0, "equal": 0}
 
     def ours(kind: str) -> list:
@@ -210,6 +203,29 @@ def step_vs_trl(engine: DistillEngine, alpha: float, steps: int, hold: int = 5) 
         times["trl"].append(timed(trl_round))
         times["step"].append(timed(lambda: ours("step")))
         times["equal"].append(timed(equal_round))
+    return times, tokens, phases, equal_phases
+
+
+def step_vs_trl(engine: DistillEngine, alpha: float, steps: int, hold: int = 5) -> dict:
+    """Interleaved timings per student update, in rounds until `steps` updates of each kind, each kind
+    on its own copy of the starting weights and the same problem stream:
+
+    - `window`: ours as the env runs it, a hold window (`run_window(alpha, hold)`: the probe after
+      each update but the last measured beside the next rollout);
+    - `trl`: `hold` TRL-pieces steps;
+    - `step`: `hold` bare `DistillEngine.step` calls (every probe in line);
+    - `equal`: ours computing what TRL's pieces compute, no probe NLL and no grounded score
+      (`probe_every=0, grounded=False`), in a window of `hold`.
+
+    Each round gives paired ratios (TRL's seconds per update over a kind's), reported as their mean
+    with a 95% t interval over rounds, beside the means of the seconds; the rollout tokens each side
+    sampled say whether the two students still write rollouts of one length."""
+    from atesd.significance import mean_ci
+
+    engines = _twin_engines(engine)
+    trl_step = TRLPiecesStep(engine, seed=engine.cfg.seed)
+    ours_loss, trl_loss = check_same_loss(engine, trl_step, alpha)
+    times, tokens, phases, equal_phases = _timed_rounds(engines, trl_step, alpha, steps, hold)
     mean = {k: float(np.mean(v)) for k, v in times.items()}
     ratios = {k: mean_ci(np.array(times["trl"]) / np.array(times[k])) for k in ("window", "step", "equal")}
     cuts = ("rollout_s", "teacher_s", "update_s")

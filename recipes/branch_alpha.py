@@ -139,7 +139,8 @@ def summarise(runs: list[dict], base: float, alphas: list[float], stages: list[i
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; its epilog lists the BranchConfig fields that --set takes."""
     fields = "\n".join(f"  {k} = {d}    {h}" for k, d, h in cfglib.describe(BranchConfig))
     parser = argparse.ArgumentParser(
         allow_abbrev=False,
@@ -165,22 +166,35 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--resume", type=Path, metavar="DIR", help="go on with the experiment in DIR")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    return parser
+
+
+def open_experiment(args: argparse.Namespace) -> tuple[BranchConfig, Path]:
+    """The experiment's config and writable directory: --resume's own, or a fresh directory with
+    config.json written first (a bad --seeds, --config or --out fails before any training)."""
+    if args.seeds is not None:
+        seed_list(args.seeds)  # a bad --seeds fails before a directory is made
+    refuse_run_config(args.config, BranchConfig, "branch_alpha.py")
+    if args.resume is not None:
+        cfg, out = resume_config(BranchConfig, args.resume, args.config, args.overrides), args.resume
+    else:
+        cfg = cfglib.load(BranchConfig, args.config, args.overrides)
+        out = args.out if args.out is not None else Path("runs/branch_alpha")
+        out = fresh_dir(out.parent, out.name)  # a bad --out fails now, not after the training
+        (out / "config.json").write_text(json.dumps(cfglib.to_dict(cfg), indent=1))
+    if not os.access(out, os.W_OK):
+        raise PermissionError(f"{out} is not writable")
+    return cfg, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Branch every seed (or go on with --resume), print the table and write branch_alpha.json."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.resume is not None and args.out is not None:
         parser.error("--resume DIR goes on in DIR: give no --out")
     with user_errors(args.debug, "the branching stopped before its first seed started"):
-        if args.seeds is not None:
-            seed_list(args.seeds)  # a bad --seeds fails before a directory is made
-        refuse_run_config(args.config, BranchConfig, "branch_alpha.py")
-        if args.resume is not None:
-            cfg, out = resume_config(BranchConfig, args.resume, args.config, args.overrides), args.resume
-        else:
-            cfg = cfglib.load(BranchConfig, args.config, args.overrides)
-            out = args.out if args.out is not None else Path("runs/branch_alpha")
-            out = fresh_dir(out.parent, out.name)  # a bad --out fails now, not after the training
-            (out / "config.json").write_text(json.dumps(cfglib.to_dict(cfg), indent=1))
-        if not os.access(out, os.W_OK):
-            raise PermissionError(f"{out} is not writable")
+        cfg, out = open_experiment(args)
         seeds_text = seeds_for(
             out, args.seeds, "100-103", args.resume is None, same=lambda a, b: seed_list(a) == seed_list(b)
         )
@@ -190,6 +204,13 @@ def main(argv: list[str] | None = None) -> int:
             runs = run_seeds(cfg, seeds, seeds_text, out, fresh=args.resume is None, debug=args.debug)
     if runs is None:
         return 0
+    report(cfg, seeds, runs, out, t0)
+    return 0
+
+
+def report(cfg: BranchConfig, seeds: list[int], runs: list[dict], out: Path, t0: float) -> None:
+    """Print the per-stage table and write branch_alpha.json (the config, the seeds, every seed's run,
+    the table and the seconds since `t0`)."""
     alphas, stages = sorted({*cfg.alphas, cfg.base}), sorted(set(cfg.stages))
     rows = summarise(runs, cfg.base, alphas, stages)
     print(
@@ -206,7 +227,6 @@ def main(argv: list[str] | None = None) -> int:
               "seconds": time.perf_counter() - t0}  # fmt: skip
     write_atomic(out / "branch_alpha.json", json.dumps(json_safe(result), indent=1))
     print(f"wrote {out / 'branch_alpha.json'} ({result['seconds']:.0f} s)")
-    return 0
 
 
 def run_seeds(

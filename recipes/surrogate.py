@@ -48,8 +48,14 @@ from atesd import priors  # noqa: E402
 from atesd.progress import RewardSpec  # noqa: E402
 from atesd.state import save_state  # noqa: E402
 from controllers.base import mean_alpha, run_episode  # noqa: E402
-from envs.bank import read_bank  # noqa: E402
-from envs.surrogate_env import REWARDS, SurrogateExposureEnv, fit_report, fit_surrogate  # noqa: E402
+from envs.bank import Bank, read_bank  # noqa: E402
+from envs.surrogate_env import (  # noqa: E402
+    REWARDS,
+    SurrogateExposureEnv,
+    SurrogateModel,
+    fit_report,
+    fit_surrogate,
+)
 from recipes._progress import discard_dir, fresh_dir, progress, user_errors  # noqa: E402
 from recipes._rundir import git_commit  # noqa: E402
 from recipes._tables import json_safe  # noqa: E402
@@ -191,22 +197,23 @@ def _main(args: argparse.Namespace, argv: list[str], written: list[Path]) -> Pat
         raise
 
 
-def _pretrain(
-    args: argparse.Namespace,
-    argv: list[str],
-    written: list[Path],
-    cfg: RunConfig,
-    fixed_alphas: list[float],
-    out: Path,
-) -> Path:
+def _read_bank(args: argparse.Namespace, cfg: RunConfig) -> Bank:
+    """The bank of --bank, its left-out windows named; with --ship, refused if not of the run config's env."""
     bank = read_bank(args.bank)
     if bank.dropped:
         print(f"left out {len(bank.dropped)} window(s) with a non-finite observation, action or reward: "
               f"{', '.join(bank.dropped[:3])}{' ...' if len(bank.dropped) > 3 else ''}")  # fmt: skip
     if args.ship:
         check_shippable(bank, cfg)
-    t0 = time.perf_counter()
-    report = fit_report(bank, args.folds, args.l2, cfg.seed)
+    return bank
+
+
+def _fit(
+    args: argparse.Namespace, bank: Bank, seed: int, fixed_alphas: list[float]
+) -> tuple[dict, SurrogateModel, SurrogateExposureEnv, dict[float, float]]:
+    """The fit error (printed), the surrogate fitted to the whole bank, its env, and the fixed
+    exposures' predicted final scores in it (printed)."""
+    report = fit_report(bank, args.folds, args.l2, seed)
     print_fit(report)
     model = fit_surrogate(bank, args.l2)
     env = SurrogateExposureEnv(model, reward=args.reward)
@@ -216,6 +223,12 @@ def _pretrain(
     }
     print("fixed exposures in the surrogate (predicted final score, 50 episodes): "
           + ", ".join(f"{a:g}: {v:.3f}" for a, v in fixed.items()))  # fmt: skip
+    return report, model, env, fixed
+
+
+def _controller(args: argparse.Namespace, cfg: RunConfig, env: SurrogateExposureEnv):
+    """The run config's controller for the surrogate env; with --ship, refused before the pre-training
+    where no prior could be checked against its config, or where it would replace one of another config."""
     # H and gamma are the bank's (the surrogate carries them), whatever real.env.* or mock.* say
     controller = build_controller(cfg, env, env_key="the bank's ")
     if args.ship and not dataclasses.is_dataclass(getattr(controller, "cfg", None)):
@@ -228,16 +241,86 @@ def _pretrain(
             priors.replacing(cfg.controller, force=args.force, **ship_configs(cfg, controller))
         except ValueError as err:
             raise cfglib.ConfigError(f"--ship: {err}") from None
+    return controller
+
+
+def _train(
+    env: SurrogateExposureEnv, controller, episodes: int, seed: int
+) -> tuple[list[float], list[float]]:
+    """`episodes` pre-training episodes in the surrogate: each one's return and mean exposure."""
     returns, alphas = [], []
-    with progress("pre-training", args.episodes) as update:
-        for episode in range(args.episodes):
-            result = run_episode(env, controller, seed=1000 * cfg.seed + episode)
+    with progress("pre-training", episodes) as update:
+        for episode in range(episodes):
+            result = run_episode(env, controller, seed=1000 * seed + episode)
             returns.append(float(np.sum(result.rewards)))
             alphas.append(float(np.mean([mean_alpha(a) for a in result.alphas])))
-            if (episode + 1) % max(1, args.episodes // 100) == 0 or episode + 1 == args.episodes:
+            if (episode + 1) % max(1, episodes // 100) == 0 or episode + 1 == episodes:
                 update(
                     episode + 1, f"return {np.mean(returns[-100:]):.4f} alpha {np.mean(alphas[-100:]):.3f}"
                 )
+    return returns, alphas
+
+
+def _print_curve(
+    controller_name: str, episodes: int, seconds: float, returns: list[float], alphas: list[float]
+) -> None:
+    """The learning curve in one line (nothing when no episode ran): first and last tenth."""
+    if returns:
+        first, last = (
+            np.mean(returns[: max(1, len(returns) // 10)]),
+            np.mean(returns[-max(1, len(returns) // 10) :]),
+        )
+        print(f"pre-trained {controller_name} for {episodes} episodes in {seconds:.1f} s: return "
+              f"{first:.4f} -> {last:.4f} (first and last tenth), mean alpha {alphas[0]:.3f} (first "
+              f"episode) -> {np.mean(alphas[-max(1, len(alphas) // 10):]):.3f} (last tenth)")  # fmt: skip
+
+
+def _ship(
+    args: argparse.Namespace,
+    argv: list[str],
+    cfg: RunConfig,
+    controller,
+    bank: Bank,
+    init: Path,
+    *,
+    seconds: float,
+    report: dict,
+    fixed: dict[float, float],
+    learned: float,
+) -> None:
+    """Ship the saved state `init` as the controller's prior, with its provenance (the command, the
+    bank, the pre-training and what it predicts in the surrogate)."""
+    provenance = {
+        "command": ["recipes/surrogate.py", *argv], "commit": git_commit(dirty=True),
+        "date": time.strftime("%Y-%m-%d"),
+        "bank": {"runs": len(bank.runs), "windows": bank.windows, "files": bank.files},
+        "episodes": args.episodes, "reward": args.reward, "seconds": seconds, "fit": report["targets"],
+        "fixed_in_surrogate": fixed, "controller_in_surrogate": learned,
+    }  # fmt: skip
+    shipped, replaced = priors.ship(
+        cfg.controller, init, provenance=json_safe(provenance), force=args.force,
+        **ship_configs(cfg, controller),
+    )  # fmt: skip
+    if replaced:
+        print(replaced)
+    print(f"shipped as {cfg.controller}'s prior: {shipped} (controller_init=auto loads it for this env)")
+
+
+def _pretrain(
+    args: argparse.Namespace,
+    argv: list[str],
+    written: list[Path],
+    cfg: RunConfig,
+    fixed_alphas: list[float],
+    out: Path,
+) -> Path:
+    """Fit the surrogate, pre-train the controller on it and save both into `out` (appended to `written`
+    once the controller is saved); with --ship, ship the controller's state as its prior."""
+    bank = _read_bank(args, cfg)
+    t0 = time.perf_counter()
+    report, model, env, fixed = _fit(args, bank, cfg.seed, fixed_alphas)
+    controller = _controller(args, cfg, env)
+    returns, alphas = _train(env, controller, args.episodes, cfg.seed)
     seconds = time.perf_counter() - t0
     model.save(out / "surrogate.json")
     save_state(controller.state_dict(), out / "controller")
@@ -254,31 +337,12 @@ def _pretrain(
         "seconds": seconds, "returns": returns, "alpha_mean": alphas, "config": cfglib.to_dict(cfg),
     }  # fmt: skip
     (out / "pretrain.json").write_text(json.dumps(json_safe(curve)))
-    if returns:
-        first, last = (
-            np.mean(returns[: max(1, len(returns) // 10)]),
-            np.mean(returns[-max(1, len(returns) // 10) :]),
-        )
-        print(f"pre-trained {cfg.controller} for {args.episodes} episodes in {seconds:.1f} s: return "
-              f"{first:.4f} -> {last:.4f} (first and last tenth), mean alpha {alphas[0]:.3f} (first "
-              f"episode) -> {np.mean(alphas[-max(1, len(alphas) // 10):]):.3f} (last tenth)")  # fmt: skip
+    _print_curve(cfg.controller, args.episodes, seconds, returns, alphas)
     init = out / "controller"
     print(f"wrote {out}; go on learning with {continue_command(args, cfg, init, bank.meta.get('env'))}")
     if args.ship:
-        provenance = {
-            "command": ["recipes/surrogate.py", *argv], "commit": git_commit(dirty=True),
-            "date": time.strftime("%Y-%m-%d"),
-            "bank": {"runs": len(bank.runs), "windows": bank.windows, "files": bank.files},
-            "episodes": args.episodes, "reward": args.reward, "seconds": seconds, "fit": report["targets"],
-            "fixed_in_surrogate": fixed, "controller_in_surrogate": learned,
-        }  # fmt: skip
-        shipped, replaced = priors.ship(
-            cfg.controller, init, provenance=json_safe(provenance), force=args.force,
-            **ship_configs(cfg, controller),
-        )  # fmt: skip
-        if replaced:
-            print(replaced)
-        print(f"shipped as {cfg.controller}'s prior: {shipped} (controller_init=auto loads it for this env)")
+        _ship(args, argv, cfg, controller, bank, init,
+              seconds=seconds, report=report, fixed=fixed, learned=learned)  # fmt: skip
     return out
 
 
