@@ -3,7 +3,7 @@ arrow file or folder and an HF dataset or `save_to_disk` folder (through `datase
 and the named sources (benchmarks, GSM8K, OPSD's training set) with their hub ids and file names.
 
 Yields numbered raw rows (JSON Lines as bytes, others as dicts) and names them for errors; turning a
-row into a Problem is atesd.tasks.math's. Knows nothing of fields, bands or tokenizers.
+row into a Problem is atesd.tasks.rows'. Knows nothing of fields, bands or tokenizers.
 """
 
 from __future__ import annotations
