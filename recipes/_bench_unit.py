@@ -32,8 +32,9 @@ ENVS = ("mock", "real")
 
 
 # ---- one unit of work -----------------------------------------------------------------------------
-# what building a spec's controller warns (recipes/common.py), said once when the specs are checked
-# (`check_specs`, `say_unit_warnings`) and kept to itself by each unit: it was said again per unit and worker
+# what building a spec's controller warns (recipes/common.py, recipes/_controller.py), said once when the
+# specs are checked (`check_specs`, `say_unit_warnings`) and kept to itself by each unit: it was said again
+# per unit and worker
 SAID_AT_CHECK = ("this env has no reward_spec", r"controllers\.[\w.]+\.lookahead_steps=")
 
 
