@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from atesd import grading
+from atesd import grading, timeouts
 from atesd.grading import GradeConfig, MathVerifyMissing, grade, last_boxed, normalise, require_math_verify
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -184,7 +184,7 @@ def test_pathological_answer_times_out_from_a_worker_thread():
     elapsed = time.perf_counter() - start
     assert result.method == "timeout" and not result.correct
     # timeout_s of the check's own CPU time: on a busy machine that is longer on the clock, up to 10x
-    assert elapsed < cfg.timeout_s * grading._WALL_FACTOR + 2.0, elapsed
+    assert elapsed < cfg.timeout_s * timeouts._WALL_FACTOR + 2.0, elapsed
     deadline = time.perf_counter() + 5.0  # the abandoned check is stopped, not left computing
     while any(t.name == "atesd-grade" for t in threading.enumerate()) and time.perf_counter() < deadline:
         time.sleep(0.05)
@@ -228,7 +228,7 @@ def test_config_is_validated():
 def test_an_abandoned_check_that_swallows_the_stop_is_stopped_by_the_resend():
     """The stop can land where Python swallows it (a weakref callback, a __del__: CI saw "Exception
     ignored in WeakKeyDictionary.remove"); the reaper sends it again until the check ends."""
-    from atesd.grading import _run_with_timeout
+    from atesd.timeouts import _run_with_timeout
 
     swallowed = []
 
@@ -259,9 +259,9 @@ def test_the_limit_is_the_checks_own_cpu_time_not_the_clock():
     core timed out at 1 s on a core shared with four busy processes. A check kept off the CPU for
     3x its limit (here asleep, as a thread waiting for a core) now finishes; one that computes is still
     stopped near its limit, and one that never ends on the clock is stopped at 10x."""
-    from atesd.grading import _run_with_timeout
+    from atesd.timeouts import _run_with_timeout
 
-    if grading._own_cpu_clock() is None:
+    if timeouts._own_cpu_clock() is None:
         pytest.skip("no per-thread CPU clock here: the limit is on the clock")
 
     def waits() -> str:
@@ -272,11 +272,11 @@ def test_the_limit_is_the_checks_own_cpu_time_not_the_clock():
     start = time.perf_counter()
     with pytest.raises(concurrent.futures.TimeoutError):
         _run_with_timeout(lambda: burn(5.0), 0.1)
-    assert time.perf_counter() - start < 0.1 * grading._WALL_FACTOR + 0.5
+    assert time.perf_counter() - start < 0.1 * timeouts._WALL_FACTOR + 0.5
     start = time.perf_counter()
     with pytest.raises(concurrent.futures.TimeoutError):
         _run_with_timeout(lambda: time.sleep(1.5), 0.1)
-    assert 0.1 * grading._WALL_FACTOR <= time.perf_counter() - start < 0.1 * grading._WALL_FACTOR + 0.5
+    assert 0.1 * timeouts._WALL_FACTOR <= time.perf_counter() - start < 0.1 * timeouts._WALL_FACTOR + 0.5
 
 
 @pytest.mark.parametrize("math_verify", ["auto", "off"])
