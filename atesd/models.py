@@ -12,7 +12,6 @@ import contextlib
 import copy
 import itertools
 import json
-import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,8 +43,6 @@ __all__ = [
     "load_hf_model", "load_pretrained", "load_tokenizer", "meta_skeleton", "model_spec",
     "num_parameters", "quiet_if_small", "save_pretrained",
 ]  # fmt: skip
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 from atesd.priors import absolute_path
 from atesd.state import write_atomic
 from atesd.warmstart import sha256_file
-from recipes.common import saved_state_base, saved_state_exists
+from recipes._controller import saved_state_base, saved_state_exists
 
 INPUTS = "inputs.json"  # size and sha256 of the local files a run reads: a resume refuses changed ones
 
