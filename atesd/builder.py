@@ -12,6 +12,7 @@ Gymnasium, controllers or recipes.
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import re
 import warnings
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from atesd.distributed import Dist, local_cuda_index
 from atesd.engine import DistillEngine, EngineConfig, SamplingConfig
@@ -138,9 +139,9 @@ def build_student(
     if not cfg.embedded:
         from atesd.models import load_hf_model
 
-        if sharded(cfg, dist) and cfg.lora.rank == 0 and not cfg.hf.trust_remote_code:
+        if sharded(cfg, dist) and cfg.lora.rank == 0:
             model, tokenizer = load_on_rank0(cfg, dist)  # the others build it on the meta device
-        else:  # a remote-code config might not unpickle on other ranks; LoRA is refused under FSDP
+        else:  # (LoRA is refused under FSDP by the engine, with its own message)
             model, tokenizer = load_hf_model(cfg.hf, cfg.lora, device, cfg.engine.seed)
         if cfg.device == "auto" and resolve_device(cfg.device, dist) == "cpu":  # not FSDP's CPU stop
             check_cpu_size(model)
@@ -162,17 +163,19 @@ def load_on_rank0(cfg: RealConfig, dist: Dist) -> tuple[PreTrainedModel, PreTrai
     same model on the meta device from rank 0's config (`atesd.models.meta_skeleton`: no storage, no
     weights read), so a node's host memory holds the checkpoint once instead of once per rank. The
     engine broadcasts rank 0's weights into every rank's shards as it shards them. Every rank loads
-    the tokenizer. A load that fails on any rank fails on every rank, naming that rank's error (the
-    others would wait for it in the next collective). The other ranks wait for rank 0's load in a
-    collective, within the process group's timeout (torch's default: 30 minutes; `ATESD_DIST_TIMEOUT`
-    raises it, `atesd.distributed.group_timeout`)."""
+    the tokenizer; with `real.hf.trust_remote_code` every rank also loads the checkpoint's config
+    through its own code first, so that rank 0's config (an instance of a class that code defines)
+    can be read there. A load that fails on any rank fails on every rank, naming that rank's error
+    (the others would wait for it in the next collective). The other ranks wait for rank 0's load in
+    a collective, within the process group's timeout (torch's default: 30 minutes;
+    `ATESD_DIST_TIMEOUT` raises it, `atesd.distributed.group_timeout`)."""
     from atesd.models import enable_checkpointing, load_hf_model, load_tokenizer, meta_skeleton, model_spec
 
     model = tokenizer = failed = None
     if dist.is_main:
         try:
             model, tokenizer = load_hf_model(cfg.hf, cfg.lora, "cpu", cfg.engine.seed)
-            spec = model_spec(model)
+            spec = pickle.dumps(model_spec(model))  # read by the others once they can (remote code)
         except Exception as err:
             dist.broadcast_object(f"{type(err).__name__}: {err}")
             raise
@@ -182,8 +185,10 @@ def load_on_rank0(cfg: RealConfig, dist: Dist) -> tuple[PreTrainedModel, PreTrai
         if isinstance(spec, str):
             raise ValueError(f"rank 0 could not load {cfg.hf.name_or_path}: {spec}")
         try:
+            if cfg.hf.trust_remote_code:  # makes the checkpoint's config and model classes importable
+                AutoConfig.from_pretrained(cfg.hf.name_or_path, trust_remote_code=True)
             tokenizer = load_tokenizer(cfg.hf.name_or_path, cfg.hf.trust_remote_code)
-            model = meta_skeleton(spec)
+            model = meta_skeleton(pickle.loads(spec), cfg.hf.trust_remote_code)
             if cfg.hf.gradient_checkpointing:
                 enable_checkpointing(model)
         except Exception as err:  # said on every rank (below), not left to hang the others

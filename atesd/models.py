@@ -310,18 +310,21 @@ def model_spec(model: PreTrainedModel) -> dict:
     }
 
 
-def meta_skeleton(spec: dict) -> PreTrainedModel:
+def meta_skeleton(spec: dict, trust_remote_code: bool = False) -> PreTrainedModel:
     """The model `spec` (`model_spec`'s) describes, every parameter and buffer on the meta device (no
     storage, nothing read from disk), each with the dtype it had there. Under FSDP the ranks other than
     rank 0 start from this, and rank 0's weights are broadcast into their shards
-    (`atesd.distributed.shard_layers` with `fill`).
+    (`atesd.distributed.shard_layers` with `fill`). `trust_remote_code`: the config's class is the
+    checkpoint's own code (already imported: unpickling `spec` needed it), whose model class builds it.
 
     Raises:
         ValueError: the skeleton's tensors differ from `spec`'s by name or shape (a model class that
             builds other tensors from the same config than it loaded with)."""
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(
-            spec["config"], attn_implementation=spec["attn_implementation"]
+            spec["config"],
+            attn_implementation=spec["attn_implementation"],
+            trust_remote_code=trust_remote_code,
         )
     want = spec["tensors"]
     have = dict(itertools.chain(model.named_parameters(), model.named_buffers()))

@@ -2,9 +2,10 @@
 ranks build a skeleton on the meta device and get rank 0's weights as the engine shards them), against
 every rank loading the checkpoint itself. Each rank writes what it held before and after the engine
 was built, and the weights of both engines after two updates (whole, gathered on rank 0).
-Arguments: out dir, checkpoint dir, dtype [, mode]. Modes: `ema` (an EMA teacher, gradient
-checkpointing), `vllm` (the engine built over vLLM's sampler, vLLM stood in for as in
-tests/test_vllm.py; construction only)."""
+Arguments: out dir, checkpoint dir, dtype [, modes, comma-separated]. Modes: `ema` (an EMA teacher,
+gradient checkpointing), `remote` (`trust_remote_code`: a checkpoint with its own model code),
+`vllm` (the engine built over vLLM's sampler, vLLM stood in for as in tests/test_vllm.py;
+construction only)."""
 
 import json
 import sys
@@ -32,11 +33,14 @@ if __name__ == "__main__":
     out, checkpoint, dtype = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     torch.set_num_threads(1)
     dist = Dist.from_env()
-    mode = sys.argv[4] if len(sys.argv) > 4 else ""
-    teacher_cfg = TeacherConfig(kind="ema" if mode == "ema" else "base")
+    modes = sys.argv[4].split(",") if len(sys.argv) > 4 else []
+    teacher_cfg = TeacherConfig(kind="ema" if "ema" in modes else "base")
     sampling = SamplingConfig(max_new_tokens=24)
     engine_cfg = EngineConfig(batch_size=4, fsdp=True, sampling=sampling, teacher=teacher_cfg)
-    hf = HFModelConfig(name_or_path=checkpoint, dtype=dtype, gradient_checkpointing=mode == "ema")
+    hf = HFModelConfig(
+        name_or_path=checkpoint, dtype=dtype, gradient_checkpointing="ema" in modes,
+        trust_remote_code="remote" in modes,
+    )  # fmt: skip
     cfg = RealConfig(hf=hf, lora=LoraSettings(rank=0), engine=engine_cfg, device="cpu")
     task = ChainBagTask(
         ChainBagConfig(chain_lengths=(0, 3), bag_sizes=(0, 2), bands=((3, 0), (0, 2), (2, 2)))
@@ -44,8 +48,9 @@ if __name__ == "__main__":
     model, tokenizer = build_student(cfg, task, dist=dist)
     record = {"rank": dist.rank, "skeleton": on_meta(model), "eos": eos_token_ids(model, tokenizer)}
     record["dtypes"] = sorted({str(p.dtype) for p in model.parameters()})
+    record["class"] = type(model).__name__
     sampler = None
-    if mode == "vllm":  # a push from the skeleton failed (no data on the meta device)
+    if "vllm" in modes:  # a push from the skeleton failed (no data on the meta device)
         import types
 
         from atesd.rollout.vllm import VLLMSampler
@@ -59,7 +64,7 @@ if __name__ == "__main__":
         sampler = VLLMSampler(model, eos_token_ids(model, tokenizer), tokenizer.pad_token_id, llm=llm)
         record["pushes_before"] = sampler.pushes
     engine = DistillEngine(model, tokenizer, task, engine_cfg, sampler=sampler, dist=dist, device="cpu")
-    if mode == "vllm":
+    if "vllm" in modes:
         held = llm.engine_model.model.state_dict()
         start = {k: v.clone() for k, v in gather_state(engine.student)[0].items()}
         record["pushes"] = sampler.pushes

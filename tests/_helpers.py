@@ -45,8 +45,9 @@ def crash_at(monkeypatch, window: int) -> None:
     monkeypatch.setattr(run.Run, "on_step", on_step)
 
 
-def torchrun(args: list[str], tmp_path: Path, fault: str = "") -> subprocess.CompletedProcess:
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+def torchrun(args: list[str], tmp_path: Path, fault: str = "", **extra: str) -> subprocess.CompletedProcess:
+    """Two ranks of `args` under torchrun in `tmp_path`; `extra`: environment variables of their own."""
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)} | extra
     env.pop("ATESD_FAULT", None)
     if fault:
         env["ATESD_FAULT"] = fault  # recipes/_faults.py: every rank SIGKILLs itself at that point

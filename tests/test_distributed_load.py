@@ -13,9 +13,10 @@ from safetensors.torch import load_file
 pytestmark = pytest.mark.slow  # every test launches torchrun subprocesses
 
 
-def _rank0_checkpoint(path: Path) -> Path:
+def _rank0_checkpoint(path: Path, remote: bool = False) -> Path:
     """A tiny tied Qwen3 whose generation config ends at a second EOS id (rank 0's config must reach the
-    other ranks' skeletons, or their rollouts would end elsewhere)."""
+    other ranks' skeletons, or their rollouts would end elsewhere). `remote`: its config and model
+    classes are the checkpoint's own code (Qwen3's subclassed), loaded with `trust_remote_code`."""
     from atesd.models import TinyModelConfig, build_synthetic_tokenizer, build_tiny_qwen3, save_pretrained
 
     tokenizer = build_synthetic_tokenizer()
@@ -23,6 +24,25 @@ def _rank0_checkpoint(path: Path) -> Path:
     model = build_tiny_qwen3(tokenizer, shape)
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, 3]
     save_pretrained(model, tokenizer, path)
+    if remote:
+        (path / "configuration_tiny.py").write_text(
+            "from transformers import Qwen3Config\n\n\nclass TinyConfig(Qwen3Config):\n"
+            "    model_type = 'tiny_remote'\n"
+        )
+        (path / "modeling_tiny.py").write_text(
+            "from transformers import Qwen3ForCausalLM\n\nfrom .configuration_tiny import TinyConfig\n\n\n"
+            "class TinyForCausalLM(Qwen3ForCausalLM):\n    config_class = TinyConfig\n"
+        )
+        config = json.loads((path / "config.json").read_text())
+        config |= {
+            "model_type": "tiny_remote",
+            "architectures": ["TinyForCausalLM"],
+            "auto_map": {
+                "AutoConfig": "configuration_tiny.TinyConfig",
+                "AutoModelForCausalLM": "modeling_tiny.TinyForCausalLM",
+            },
+        }
+        (path / "config.json").write_text(json.dumps(config))
     return path
 
 
@@ -30,14 +50,18 @@ def test_fsdp_reads_the_checkpoint_on_rank_0_only(tmp_path):
     """Every rank read the whole checkpoint into host memory (8 ranks of an 8B model in float32: about 260 GB
     at once). Now rank 0 loads it, the others build the model on the meta device, and the engine
     broadcasts rank 0's weights into every rank's shards: the same start, teacher and training as
-    every rank loading it itself."""
-    checkpoint = _rank0_checkpoint(tmp_path / "ckpt")
-    args = [str(ROOT / "tests/_dist_rank0_load.py"), str(tmp_path), str(checkpoint), "float32", "ema"]
-    out = torchrun(args, tmp_path)  # an EMA teacher (a copy made and filled as the frozen one's is), with
-    # gradient checkpointing set on the skeleton too
+    every rank loading it itself. The checkpoint brings its own model code (`trust_remote_code`), whose
+    config class the other ranks could not read before loading that code: such models were loaded on
+    every rank; the vLLM test below covers a plain checkpoint."""
+    checkpoint = _rank0_checkpoint(tmp_path / "ckpt", remote=True)
+    args = [str(ROOT / "tests/_dist_rank0_load.py"), str(tmp_path), str(checkpoint), "float32", "ema,remote"]
+    # an EMA teacher (a copy made and filled as the frozen one's is), with gradient checkpointing set on
+    # the skeleton too; the checkpoint's code copied into a modules cache of the test's own
+    out = torchrun(args, tmp_path, HF_MODULES_CACHE=str(tmp_path / "modules"))
     assert out.returncode == 0, out.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["skeleton"] for r in ranks] == [False, True] and not any(r["after"] for r in ranks)
+    assert [r["class"] for r in ranks] == ["TinyForCausalLM"] * 2  # the checkpoint's own class on both
     assert [r["eos"] for r in ranks] == [[1, 3], [1, 3]] and [r["dtypes"] for r in ranks] == [
         ["torch.float32"]
     ] * 2

@@ -209,8 +209,8 @@ def test_a_student_to_be_sharded_loads_on_the_cpu(monkeypatch):
     for fsdp in (True, False):
         real = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, fsdp=fsdp))
         builder.build_student(real, None, dist=ranks)
-    # remote code (its config class may not unpickle on the other ranks) and LoRA (refused under FSDP
-    # by the engine, with its own message) load on every rank, onto the CPU
+    # remote code is read by rank 0 alone too (the others load its classes first); LoRA (refused under
+    # FSDP by the engine, with its own message) loads on every rank, onto the CPU
     for change in (
         {"hf": dataclasses.replace(cfg.hf, trust_remote_code=True)},
         {"lora": LoraSettings(rank=4)},
@@ -218,7 +218,7 @@ def test_a_student_to_be_sharded_loads_on_the_cpu(monkeypatch):
         real = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, fsdp=True), **change)
         builder.build_student(real, None, dist=ranks)
     builder.build_student(cfg, None, dist=Dist.single())  # fsdp ignored in one process
-    assert seen == ["rank 0's", "cuda:1", "cpu", "cpu", "cuda:1"]
+    assert seen == ["rank 0's", "cuda:1", "rank 0's", "cpu", "cuda:1"]
 
 
 def test_a_large_model_that_auto_puts_on_the_cpu_is_warned_of(checkpoint, monkeypatch):

@@ -1,3 +1,5 @@
+import pickle
+
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3ForCausalLM
 
@@ -212,7 +214,7 @@ def test_fsdp_loading_on_rank_0_fails_every_rank_alike(tmp_path, tiny_model, tok
         load_on_rank0(cfg(tmp_path / "missing"), _TwoRanks(1, theirs=said).dist)
     # rank 1's skeleton fails: it raises its own error after telling rank 0, which raises it by name
 
-    def broken(spec):
+    def broken(spec, trust_remote_code=False):
         raise ValueError("no skeleton here")
 
     monkeypatch.setattr(models, "meta_skeleton", broken)
@@ -224,3 +226,8 @@ def test_fsdp_loading_on_rank_0_fails_every_rank_alike(tmp_path, tiny_model, tok
     monkeypatch.undo()
     with pytest.raises(ValueError, match="rank 1 could not build the model of .*: ValueError: no skeleton"):
         load_on_rank0(cfg(tmp_path / "m"), _TwoRanks(0, theirs=why).dist)
+    # rank 0's spec cannot be read on rank 1 (a config class of remote code it cannot import): the same
+    one = _TwoRanks(1, theirs=b"\x80\x04not a pickle")
+    with pytest.raises(pickle.UnpicklingError):
+        load_on_rank0(cfg(tmp_path / "m"), one.dist)
+    assert one.sent[-1].startswith("UnpicklingError")
