@@ -20,7 +20,8 @@ Rewards are in any units: exploration is measured in a reward scale sigma,
 the pooled within-arm std of the rewards in the bandit's memory (discounted for Thompson, the window
 for UCB), so one config works on the mock env and on the real env's ~1e-2 rewards, and decisions do
 not change when rewards are rescaled. Arms never pulled (Thompson) or absent from the window (UCB)
-are pulled first, in grid order (an arm whose return is still pending counts as tried). An observed
+are pulled first, in grid order (an arm whose return is still pending counts as tried); while the
+reward scale is 0 (a run's first returns, credited 0), tied arms are drawn at random. An observed
 action is credited to the nearest arm. Knows nothing of states or the engine.
 """
 
@@ -34,7 +35,7 @@ from typing import Any, Literal, get_args
 import gymnasium as gym
 import numpy as np
 
-from controllers.base import PerBand, action_size, as_action, check_transition
+from controllers.base import PerBand, action_size, as_action, check_transition, whole
 from controllers.credit import PendingDecisions, RewardMode, credit_checks
 
 BanditKind = Literal["thompson", "ucb"]
@@ -107,16 +108,16 @@ class BanditConfig:
             raise ValueError(f"BanditConfig.trend_decay must be in (0, 1], got {self.trend_decay}")
         if not 0.0 < self.discount <= 1.0:
             raise ValueError(f"BanditConfig.discount must be in (0, 1], got {self.discount}")
-        if self.window < 1:
-            raise ValueError(f"BanditConfig.window must be >= 1, got {self.window}")
+        if not (whole(self.window) and self.window >= 1):
+            raise ValueError(f"BanditConfig.window must be a whole number >= 1, got {self.window}")
         if not (math.isfinite(self.ucb_c) and self.ucb_c >= 0.0):
             raise ValueError(f"BanditConfig.ucb_c must be finite and >= 0, got {self.ucb_c}")
         if not math.isfinite(self.prior_mean):
             raise ValueError(f"BanditConfig.prior_mean must be finite, got {self.prior_mean}")
         if not (math.isfinite(self.prior_var) and self.prior_var > 0.0):
             raise ValueError(f"BanditConfig.prior_var must be finite and > 0, got {self.prior_var}")
-        if self.seed < 0:
-            raise ValueError(f"BanditConfig.seed must be >= 0, got {self.seed}")
+        if not (whole(self.seed) and self.seed >= 0):
+            raise ValueError(f"BanditConfig.seed must be a whole number >= 0, got {self.seed}")
 
 
 def reward_scale(counts: np.ndarray, sums: np.ndarray, sq_sums: np.ndarray) -> float:
@@ -237,15 +238,25 @@ class BanditController:
         if self.cfg.kind == "thompson":
             if (self.pulls == 0).any():
                 return int(np.flatnonzero(self.pulls == 0)[0])
-            means, stds, _ = thompson_posterior(
+            means, stds, sigma = thompson_posterior(
                 self.counts, self.sums, self.sq_sums, self.cfg.prior_mean, self.cfg.prior_var
             )
-            return int(np.argmax(means + stds * self.rng.standard_normal(len(self.arms))))
-        index, _, _ = self._window_ucb()
+            return self._best(means + stds * self.rng.standard_normal(len(self.arms)), sigma)
+        index, _, sigma = self._window_ucb()
         # an arm absent from the window has index +inf and is pulled first, unless its return is pending
         waiting = [int(p["arm"]) for p in self.credit.pending]
         index[[a for a in waiting if index[a] == np.inf]] = -np.inf
-        return int(np.argmax(index))
+        return self._best(index, sigma)
+
+    def _best(self, values: np.ndarray, sigma: float) -> int:
+        """The arm of the largest value, the first in grid order on a tie; while the reward scale
+        `sigma` is still 0, a random one of the tied arms. A run's first pulls are credited 0 (no trend
+        yet), so with a long lookahead every tried arm's mean is 0 and neither Thompson's spread nor
+        UCB's bonus exists: the first arm would be pulled until some return differed."""
+        best = np.flatnonzero(values == values.max())
+        if sigma > 0 or len(best) == 1 or values.max() == np.inf:  # untried arms: in grid order
+            return int(best[0])
+        return int(self.rng.choice(best))
 
     def observe(
         self,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, TypeVar
@@ -177,6 +178,22 @@ def band_info(info: dict, i: int) -> dict:
     return out
 
 
+def whole(n: object) -> bool:
+    """An int (numpy's too), not a bool: a count or a seed. A float passed every range check and failed
+    at the first update (`2.5` decisions per batch), or ran rounded (`8.5` steps)."""
+    return isinstance(n, numbers.Integral) and not isinstance(n, bool)
+
+
+def check_observation(obs: np.ndarray, size: int) -> None:
+    """ValueError unless `obs` holds `size` finite numbers: what `act` is given (a NaN failed deep inside
+    torch's Beta, a wrong length in a matrix product, and a schedule returned a NaN alpha)."""
+    values = np.asarray(obs, dtype=np.float64).reshape(-1)
+    if values.size != size:
+        raise ValueError(f"the observation has {values.size} values; the observation space has {size}")
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"obs must be finite, got {values.tolist()}")
+
+
 def check_transition(obs: np.ndarray, reward: float, next_obs: np.ndarray) -> None:
     """Raise ValueError on a NaN or infinite reward or observation (a controller never learns from one)."""
     if not math.isfinite(float(reward)):
@@ -248,6 +265,18 @@ def action_size(action_space: gym.spaces.Box) -> int:
     ):
         raise ValueError(f"exposure controllers need a Box action of shape (K,), got {action_space}")
     return int(action_space.shape[0])
+
+
+def check_alpha_range(alpha_min: float, alpha_max: float, action_space: gym.spaces.Box, name: str) -> None:
+    """ValueError unless [alpha_min, alpha_max], where a learner keeps its sampled alphas, lies inside
+    every band's bounds of the action space: otherwise `as_action` would clip some samples again and
+    the learner's log-probabilities would be of alphas the env never ran."""
+    low, high = float(np.max(action_space.low)), float(np.min(action_space.high))
+    if not low <= alpha_min < alpha_max <= high:
+        raise ValueError(
+            f"{name}.alpha_min and alpha_max [{alpha_min:g}, {alpha_max:g}] must lie inside the action "
+            f"space's bounds [{low:g}, {high:g}]: set them to fit"
+        )
 
 
 def mean_alpha(alpha: Any) -> float:

@@ -26,7 +26,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from controllers.base import action_size, as_action, check_transition, one_thread
+from controllers.base import (
+    action_size,
+    as_action,
+    check_alpha_range,
+    check_observation,
+    check_transition,
+    one_thread,
+    whole,
+)
 from controllers.credit import PendingDecisions, RewardMode, credit_checks, lookahead_windows
 
 BETA22_ENTROPY = 5.0 / 3.0 - math.log(6.0)  # differential entropy of Beta(2, 2): -ln 6 - 2psi(2) + 2psi(4)
@@ -94,13 +102,16 @@ class BetaReinforceConfig:
         checks = credit_checks(
             self.reward_mode, self.hold_steps, self.lookahead_steps, self.gamma, self.finish_truncated
         ) + (
-            ("batch_decisions", self.batch_decisions >= 2, ">= 2"),
-            ("seed", self.seed >= 0, ">= 0"),
-            ("entropy_target", self.entropy_target <= 0, "<= 0 (a Beta with a, b >= 1 has entropy <= 0)"),
+            ("batch_decisions", whole(self.batch_decisions) and self.batch_decisions >= 2,
+             "a whole number >= 2"),
+            ("seed", whole(self.seed) and self.seed >= 0, "a whole number >= 0"),
+            ("entropy_target", -math.inf < self.entropy_target <= 0,
+             "finite and <= 0 (a Beta with a, b >= 1 has entropy <= 0)"),
             ("entropy_coef", 0 <= self.entropy_coef < math.inf, ">= 0 and finite"),
             ("lr", 0 < self.lr < math.inf, "> 0 and finite"),
             ("max_grad_norm", self.max_grad_norm > 0, "> 0"),
-            ("hidden", len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "non-empty, widths >= 1"),
+            ("hidden", len(self.hidden) >= 1 and all(whole(h) and h >= 1 for h in self.hidden),
+             "non-empty, whole widths >= 1"),
             ("activation", self.activation in ("tanh", "relu"), "tanh or relu"),
             ("alpha_min", 0 <= self.alpha_min < 1, "in [0, 1)"),
             ("alpha_max", self.alpha_min < self.alpha_max <= 1, "in (alpha_min, 1]"),
@@ -275,8 +286,10 @@ class BetaReinforceController:
         self.cfg = cfg or BetaReinforceConfig()
         self.action_space = action_space
         self.size = action_size(action_space)  # K Betas: one per band under the per-band action
+        self.obs_size = int(np.prod(observation_space.shape))
+        check_alpha_range(self.cfg.alpha_min, self.cfg.alpha_max, action_space, "BetaReinforceConfig")
         self.policy = BetaPolicy(
-            int(np.prod(observation_space.shape)),
+            self.obs_size,
             self.cfg,
             torch.Generator().manual_seed(self.cfg.seed),
             self.size,
@@ -306,6 +319,7 @@ class BetaReinforceController:
 
     @one_thread  # the same numbers at any torch thread count
     def act(self, obs: np.ndarray) -> np.ndarray:
+        check_observation(obs, self.obs_size)
         with torch.no_grad():
             dist = self.policy(torch.as_tensor(obs, dtype=torch.float32)[None])  # batch of 1
         raw, alpha, a, b = sample_betas(dist, self.rng, self.cfg.alpha_min, self.cfg.alpha_max)

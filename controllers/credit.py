@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from atesd.progress import lookahead_returns
+from controllers.base import whole
 
 RewardMode = Literal["immediate", "short_delayed", "discounted", "discounted_grounded"]
 REWARD_MODES = ("immediate", "short_delayed", "discounted", "discounted_grounded")
@@ -33,8 +34,9 @@ def credit_checks(
     """(field, ok, rule) checks of the credit fields, for a config's `__post_init__`."""
     return (
         ("reward_mode", reward_mode in REWARD_MODES, f"one of {REWARD_MODES}"),
-        ("hold_steps", hold_steps >= 1, ">= 1"),
-        ("lookahead_steps", lookahead_steps >= hold_steps > 0 and lookahead_steps % hold_steps == 0,
+        ("hold_steps", whole(hold_steps) and hold_steps >= 1, "a whole number >= 1"),
+        ("lookahead_steps",
+         whole(lookahead_steps) and lookahead_steps >= hold_steps > 0 and lookahead_steps % hold_steps == 0,
          "a positive multiple of hold_steps"),
         ("gamma", 0 < gamma <= 1, "in (0, 1]"),
         ("finish_truncated", finish_truncated in ("drop", "truncate"), "drop or truncate"),

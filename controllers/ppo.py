@@ -18,7 +18,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from controllers.base import action_size, as_action, check_transition, one_thread
+from controllers.base import (
+    action_size,
+    as_action,
+    check_alpha_range,
+    check_observation,
+    check_transition,
+    one_thread,
+    whole,
+)
 from controllers.beta_reinforce import beta_metrics, sample_betas
 
 
@@ -56,19 +64,27 @@ class PPOConfig:
 
     def __post_init__(self) -> None:
         checks = (
-            ("hold_steps", self.hold_steps >= 1, ">= 1"),
-            ("seed", self.seed >= 0, ">= 0"),
+            ("hold_steps", whole(self.hold_steps) and self.hold_steps >= 1, "a whole number >= 1"),
+            ("seed", whole(self.seed) and self.seed >= 0, "a whole number >= 0"),
             ("gamma", 0 < self.gamma <= 1, "in (0, 1]"),
             ("gae_lambda", 0 <= self.gae_lambda <= 1, "in [0, 1]"),
-            ("n_steps", self.n_steps >= 2, ">= 2"),
-            ("n_epochs", self.n_epochs >= 1, ">= 1"),
-            ("minibatch_size", 1 <= self.minibatch_size <= self.n_steps, "in [1, n_steps]"),
+            ("n_steps", whole(self.n_steps) and self.n_steps >= 2, "a whole number >= 2"),
+            ("n_epochs", whole(self.n_epochs) and self.n_epochs >= 1, "a whole number >= 1"),
+            (
+                "minibatch_size",
+                whole(self.minibatch_size) and 1 <= self.minibatch_size <= self.n_steps,
+                "a whole number in [1, n_steps]",
+            ),
             ("clip_coef", 0 < self.clip_coef < 1, "in (0, 1)"),
             ("vf_coef", 0 <= self.vf_coef < math.inf, ">= 0 and finite"),
             ("ent_coef", 0 <= self.ent_coef < math.inf, ">= 0 and finite"),
             ("lr", 0 < self.lr < math.inf, "> 0 and finite"),
             ("max_grad_norm", self.max_grad_norm > 0, "> 0"),
-            ("hidden", len(self.hidden) >= 1 and all(h >= 1 for h in self.hidden), "non-empty, widths >= 1"),
+            (
+                "hidden",
+                len(self.hidden) >= 1 and all(whole(h) and h >= 1 for h in self.hidden),
+                "non-empty, whole widths >= 1",
+            ),
             ("activation", self.activation in ("tanh", "relu"), "tanh or relu"),
             ("alpha_min", 0 <= self.alpha_min < 1, "in [0, 1)"),
             ("alpha_max", self.alpha_min < self.alpha_max <= 1, "in (alpha_min, 1]"),
@@ -151,7 +167,9 @@ class PPOController:
         self.action_space = action_space
         gen = torch.Generator().manual_seed(self.cfg.seed)
         self.size = action_size(action_space)
-        self.agent = BetaActorCritic(int(np.prod(observation_space.shape)), self.cfg, gen, self.size)
+        check_alpha_range(self.cfg.alpha_min, self.cfg.alpha_max, action_space, "PPOConfig")
+        self.obs_size = int(np.prod(observation_space.shape))
+        self.agent = BetaActorCritic(self.obs_size, self.cfg, gen, self.size)
         self.optimizer = torch.optim.Adam(self.agent.parameters(), lr=self.cfg.lr, eps=1e-5)
         self.rng = np.random.default_rng(self.cfg.seed)
         self.buffer: list[
@@ -170,6 +188,7 @@ class PPOController:
 
     @one_thread  # the same numbers at any torch thread count
     def act(self, obs: np.ndarray) -> np.ndarray:
+        check_observation(obs, self.obs_size)
         with torch.no_grad():
             dist = self.agent.dist(torch.as_tensor(obs, dtype=torch.float32)[None])  # batch of 1
         raw, alpha, a, b = sample_betas(dist, self.rng, self.cfg.alpha_min, self.cfg.alpha_max)

@@ -13,7 +13,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from controllers.base import OpenLoop, action_size, as_action
+from controllers.base import OpenLoop, action_size, as_action, whole
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,8 @@ class RandomConfig:
             raise ValueError(f"RandomConfig.low must be in [0, 1], got {self.low}")
         if not (math.isfinite(self.high) and self.low <= self.high <= 1.0):
             raise ValueError(f"RandomConfig.high must be in [low={self.low}, 1], got {self.high}")
-        if self.seed < 0:
-            raise ValueError(f"RandomConfig.seed must be >= 0, got {self.seed}")
+        if not (whole(self.seed) and self.seed >= 0):
+            raise ValueError(f"RandomConfig.seed must be a whole number >= 0, got {self.seed}")
 
 
 class RandomController(OpenLoop):

@@ -16,7 +16,7 @@ from typing import Literal, get_args
 import gymnasium as gym
 import numpy as np
 
-from controllers.base import OpenLoop, as_action
+from controllers.base import OpenLoop, as_action, check_observation
 
 ScheduleKind = Literal["linear", "cosine", "step"]
 
@@ -79,9 +79,11 @@ class ScheduleController(OpenLoop):
                     f"ScheduleConfig.{name}={value} lies outside the action space [{low}, {high}]"
                 )
         self.action_space = action_space
+        self.obs_size = int(np.prod(observation_space.shape))
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """The scheduled alpha at the observation's progress `obs[0]`."""
+        check_observation(obs, self.obs_size)
         alpha = schedule_alpha(
             float(obs[0]), self.cfg.kind, self.cfg.alpha0, self.cfg.alpha1, self.cfg.switch
         )

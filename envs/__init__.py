@@ -17,7 +17,7 @@ if "atesd/TeacherExposure-v0" not in registry:
 if "atesd/SkillChain-v0" not in registry:  # the held-out env (envs/skills_env.py), one id per profile too
     register(id="atesd/SkillChain-v0", entry_point="envs.skills_env:SkillChainEnv")
     for _profile in ("ramp", "wall", "forget"):
-        register(id=f"atesd/SkillChain-{_profile}-v0", entry_point="envs.skills_env:SkillChainEnv",
-                 kwargs={"profile": _profile})  # fmt: skip
+        register(id=f"atesd/SkillChain-{_profile}-v0", entry_point="envs.skills_env:profile_env",
+                 kwargs={"id_profile": _profile})  # fmt: skip
 if "atesd/Surrogate-v0" not in registry:  # fitted to a bank of logged runs (envs/surrogate_env.py)
     register(id="atesd/Surrogate-v0", entry_point="envs.surrogate_env:SurrogateExposureEnv")

@@ -168,7 +168,7 @@ class SkillChainEnv(gym.Env):
     ## Arguments
     `gymnasium.make("atesd/SkillChain-v0", profile="wall", ...)`: any `SkillChainConfig` field by
     keyword, or `cfg=SkillChainConfig(...)`; `atesd/SkillChain-ramp-v0`, `-wall-v0` and `-forget-v0`
-    name the three profiles (for `bench.py --env ID`).
+    name the three profiles (for `bench.py --env ID`; `profile_env`), and take the same arguments.
     """
 
     metadata = {"render_modes": []}
@@ -272,3 +272,18 @@ class SkillChainEnv(gym.Env):
             probe_ratio=self.ema["probe"],
             confidence=self.ema["confidence"],
         )
+
+
+def profile_env(id_profile: Profile, cfg: SkillChainConfig | None = None, **overrides) -> SkillChainEnv:
+    """The env of `atesd/SkillChain-<id_profile>-v0`: that profile, with `cfg` or keyword overrides as
+    `SkillChainEnv` takes them. A `cfg` or `profile=` naming another profile is refused (the id would
+    silently have named the wrong env)."""
+    given = cfg.profile if cfg is not None else overrides.get("profile", id_profile)
+    if given != id_profile:
+        raise ValueError(
+            f"atesd/SkillChain-{id_profile}-v0 is the {id_profile!r} profile, but profile {given!r} was "
+            "given: make atesd/SkillChain-v0 to choose the profile"
+        )
+    if cfg is None:
+        overrides["profile"] = id_profile
+    return SkillChainEnv(cfg, **overrides)

@@ -13,10 +13,11 @@ from controllers.base import run_episode
 from controllers.beta_reinforce import BetaReinforceConfig, BetaReinforceController
 from controllers.fixed import FixedConfig, FixedController
 from controllers.oracle import OracleConfig, OracleController
-from controllers.ppo import PPOConfig
+from controllers.ppo import PPOConfig, PPOController
 from controllers.random import RandomConfig, RandomController
 from controllers.schedule import ScheduleConfig, ScheduleController
 from envs import spec
+from envs.mock_env import MockExposureEnv
 
 torch.set_num_threads(1)
 
@@ -299,6 +300,19 @@ def test_non_finite_transitions_raise(name):
         (lambda: PPOConfig(lr=math.inf), "PPOConfig.lr"),
         (lambda: PPOConfig(vf_coef=math.inf), "vf_coef"),
         (lambda: PPOConfig(ent_coef=math.inf), "ent_coef"),
+        # -inf passed `<= 0`: the first update made the weights NaN, and the next act failed in torch
+        (lambda: BetaReinforceConfig(entropy_target=-math.inf), "entropy_target"),
+        # counts and seeds given as floats passed every range check and failed later, or ran rounded
+        (lambda: BetaReinforceConfig(batch_decisions=2.5), "batch_decisions"),
+        (lambda: BetaReinforceConfig(seed=1.5), "seed"),
+        (lambda: BetaReinforceConfig(hidden=(64, 2.5)), "hidden"),
+        (lambda: BetaReinforceConfig(hold_steps=5.0, lookahead_steps=10), "hold_steps"),
+        (lambda: PPOConfig(n_steps=8.5), "n_steps"),
+        (lambda: PPOConfig(minibatch_size=2.5), "minibatch_size"),
+        (lambda: PPOConfig(n_epochs=True), "n_epochs"),
+        (lambda: BanditConfig(window=2.5), "window"),
+        (lambda: BanditConfig(lookahead_steps=10.0), "lookahead_steps"),
+        (lambda: RandomConfig(seed=1.5), "seed"),
     ],
 )
 def test_config_validation_names_the_field(build, field):
@@ -316,6 +330,36 @@ def test_configured_alphas_outside_a_narrower_action_space_are_rejected():
         make(ScheduleController, ScheduleConfig(alpha0=0.0), action_space=narrow)
     with pytest.raises(ValueError, match="low"):
         make(RandomController, RandomConfig(), action_space=narrow)
+    # the learners keep their samples in [alpha_min, alpha_max]: outside the space, the env would run
+    # clipped alphas whose log-probabilities the learner never took
+    for cls, cfg in ((BetaReinforceController, BetaReinforceConfig), (PPOController, PPOConfig)):
+        with pytest.raises(ValueError, match="alpha_min and alpha_max"):
+            make(cls, cfg(), action_space=gym.spaces.Box(0.2, 0.8, (1,), dtype=np.float32))
+        fits = make(cls, cfg(alpha_min=0.2, alpha_max=0.8), action_space=narrow)
+        assert 0.2 <= float(fits.act(np.zeros(6, np.float32))[0]) <= 0.8
+
+
+@pytest.mark.parametrize("cls", [BetaReinforceController, PPOController, ScheduleController])
+def test_act_refuses_an_observation_that_is_not_finite_or_of_the_wrong_length(cls):
+    """Only `observe` checked: a NaN failed inside torch's Beta (a schedule returned a NaN alpha), a
+    wrong length in a matrix product."""
+    controller = make(cls)
+    with pytest.raises(ValueError, match="obs must be finite"):
+        controller.act(np.full(6, np.nan, np.float32))
+    with pytest.raises(ValueError, match="the observation has 5 values; the observation space has 6"):
+        controller.act(np.zeros(5, np.float32))
+
+
+@pytest.mark.parametrize("kind", ["thompson", "ucb"])
+def test_the_bandit_explores_while_its_reward_scale_is_unknown(kind):
+    """A run's first returns are credited 0 (no trend yet): with a lookahead of 10 windows every tried
+    arm's mean stayed 0, no spread was known, and argmax pulled the first arm (alpha 0) for the next
+    15 windows of 15. Tied arms are now drawn at random while the scale is 0."""
+    env = MockExposureEnv(total_steps=200)
+    bandit = make(BanditController, BanditConfig(kind=kind, lookahead_steps=50))
+    alphas = run_episode(env, bandit, seed=0).alphas
+    assert alphas[:5] == [0.0, 0.25, 0.5, 0.75, 1.0]  # untried arms still in grid order
+    assert len(set(alphas[5:20])) >= 3
 
 
 class WindowEnv(gym.Env):

@@ -44,6 +44,17 @@ def test_gymnasiums_checker_passes_and_ids_name_the_profiles(profile):
     assert set(spec.INFO_KEYS) <= set(info) and len(info["losses"]) == 6
 
 
+def test_a_profiles_id_takes_a_cfg_of_its_profile_and_refuses_another():
+    """`cfg=` was refused with "pass either cfg or keyword overrides" (the id's own profile keyword
+    collided with it), and `profile=` silently replaced the profile the id names."""
+    env = gym.make("atesd/SkillChain-wall-v0", cfg=SkillChainConfig(profile="wall", skills=4))
+    assert (env.unwrapped.cfg.profile, env.unwrapped.cfg.skills) == ("wall", 4)
+    assert gym.make("atesd/SkillChain-forget-v0", skills=4).unwrapped.cfg.profile == "forget"
+    for given in ({"cfg": SkillChainConfig()}, {"profile": "ramp"}):
+        with pytest.raises(ValueError, match="SkillChain-wall-v0 is the 'wall' profile, but profile 'ramp'"):
+            gym.make("atesd/SkillChain-wall-v0", **given)
+
+
 def test_same_seed_same_rollout_and_seeds_differ():
     def rollout(seed):
         env, out = SkillChainEnv(profile="forget"), []
