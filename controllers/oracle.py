@@ -2,7 +2,7 @@
 
 Owns the last `info["oracle_alpha"]` it was shown (by the reset info and by every step's info) and acts
 with it. It knows nothing of why that alpha is best; only the mock env can say, so on the real env
-(where `oracle_alpha` is NaN) it refuses to run instead of acting on a made-up value.
+(whose info has no `oracle_alpha`, or a NaN one) it refuses to run instead of acting on a made-up value.
 """
 
 from __future__ import annotations
