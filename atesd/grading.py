@@ -153,6 +153,7 @@ _UNIT_SUFFIX = re.compile(r"^(.*[\d}])\s*\\(?:text|mbox|mathrm)\s*\{[^{}]*\}$")
 _TEXT_WRAP = re.compile(r"\\(?:text|textbf|textrm|mathrm|mbox|operatorname)\s*\{([^{}]*)\}")
 _LEADING_VAR = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?=(?=.)")
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_SPACED_THOUSANDS = re.compile(r"-?\d{1,3}(?:\s\d{3})+(?:\.\d+)?")
 _DECIMAL = re.compile(r"(-?)(\d*)\.(\d+)")
 
 
@@ -208,7 +209,8 @@ def normalise(answer: str, drop_variable: bool = True, keep_percent: bool = Fals
 
     Takes a whole-string box's content; drops $ (escaped or not) and math delimiters, \\left/\\right,
     spacing commands (\\! \\, \\; \\quad), \\displaystyle, degrees (^\\circ), percent signs, a trailing
-    unit `\\text{...}` after a number, a trailing period and all whitespace; unwraps
+    unit `\\text{...}` after a number, a trailing period and whitespace (one space stays between two
+    digits unless it groups thousands: `2 3` is two numbers, `10 000` one); unwraps
     \\text{}/\\mathrm{}; drops a leading `x=` (unless `drop_variable` is false); \\dfrac/\\tfrac ->
     \\frac, \\frac12 and \\frac1{2} -> \\frac{1}{2}, \\sqrt2 -> \\sqrt{2}, a one-character power or
     index braced (x^2 -> x^{2}, x_1 -> x_{1}), an integer a/b -> \\frac{a}{b}, a numerator's minus sign
@@ -227,7 +229,9 @@ def normalise(answer: str, drop_variable: bool = True, keep_percent: bool = Fals
     s = _UNIT_SUFFIX.sub(r"\1", s)
     s = _TEXT_WRAP.sub(r"\1", s)
     list_like = re.search(r",\s", s) is not None  # "1, 200" is two items, "1,200" one number
-    s = re.sub(r"\s+", "", s).rstrip(".")
+    if not _SPACED_THOUSANDS.fullmatch(s):  # "2 3" is two numbers, not 23 (but 10 000 is one)
+        s = re.sub(r"(?<=\d)\s+(?=\d)", "\x00", s)
+    s = re.sub(r"\s+", "", s).rstrip(".").replace("\x00", " ")
     if drop_variable:
         s = _LEADING_VAR.sub("", s)
     while _wrapped(s):

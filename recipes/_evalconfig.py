@@ -143,16 +143,19 @@ def load_task(cfg: EvalConfig) -> Task:
     read with the `real.data.*` settings (format, field names, instruction, ...), every row evaluated.
     A named benchmark comes from `data_dir` (or `real.data.data_dir`) when given, else from
     ../shared/data where that holds its file, else from the Hugging Face hub. `real.data.split` and
-    `hf_name` are the task's only where `real.data.source` is the task (`given_config` makes it so
-    where they are given without a source); with another source they are its and left out."""
+    `hf_name`, and what picks and names its rows (`band`, `band_field`, `band_buckets`, `max_rows`:
+    `SOURCE_KEYS`), are the task's only where `real.data.source` is the task (`given_config` makes it
+    so where they are given without a source); with another source they are its and left out."""
     if cfg.synthetic:
         return build_task(dataclasses.replace(cfg.real, task_kind="synthetic"))
     from atesd.tasks.math import MathTask
     from atesd.tasks.sources import DATASETS, local_file
 
     data = cfg.real.data
-    if cfg.task != data.source:  # another source's split, HF config name and bands (a training config's)
-        data = dataclasses.replace(data, split=None, hf_name=None, band_field=None, band_buckets=0)
+    if (
+        cfg.task != data.source
+    ):  # another source's split, HF config name, bands and row limit (a training config's)
+        data = dataclasses.replace(data, **{key: SOURCE_KEYS[key] for key in SOURCE_KEYS})
     known, default = DATASETS.get(cfg.task), ROOT.parent / "shared" / "data"
     if cfg.data_dir and not known:  # the folder of named benchmarks; a path task is read from its path
         raise cfglib.ConfigError(
@@ -238,8 +241,9 @@ def refuse_engine_keys(given: dict[str, Any]) -> None:
 
 def given_config(args: argparse.Namespace) -> dict[str, Any]:
     """The keys given on the command line, --config's below the overrides (an eval directory's
-    config.json read as `own_config`); real.engine.* refused. real.data.split or hf_name given
-    without real.data.source are the task's: the source is then the task (`task_data`)."""
+    config.json read as `own_config`); real.engine.* refused. real.data.split, hf_name and the other
+    `SOURCE_KEYS` given without real.data.source are the task's: the source is then the task
+    (`task_data`)."""
     config = cfglib.read_yaml(args.config) if args.config else {}
     if "resolved" in config:  # eval.py's own config.json
         config = own_config(config)
@@ -248,13 +252,26 @@ def given_config(args: argparse.Namespace) -> dict[str, Any]:
     return task_data(given)
 
 
+# real.data.* keys that belong to one source (their values when they are not the task's)
+SOURCE_KEYS = {
+    "split": None,
+    "hf_name": None,
+    "band": None,
+    "band_field": None,
+    "band_buckets": 0,
+    "max_rows": 0,
+}
+
+
 def task_data(given: dict[str, Any]) -> dict[str, Any]:
-    """`given` with real.data.source the task where real.data.split or hf_name is given without a
-    source, so that load_task keeps them (`--task gsm8k real.data.split=test` reads the test split);
-    given with another source (a training config's), they are that source's and left out."""
+    """`given` with real.data.source the task where one of `SOURCE_KEYS` (real.data.split, hf_name,
+    band, band_field, band_buckets, max_rows) is given without a source, so that load_task keeps them
+    (`--task gsm8k real.data.split=test` reads the test split, `real.data.band_field=level` bands the
+    task by its level); given with another source (a training config's), they are that source's and
+    left out."""
     real, task = given.get("real"), given.get("task")
     data = real.get("data") if isinstance(real, dict) else None
-    if not isinstance(data, dict) or "source" in data or not {"split", "hf_name"} & data.keys():
+    if not isinstance(data, dict) or "source" in data or not SOURCE_KEYS.keys() & data.keys():
         return given
     if not isinstance(task, str) or task == "synthetic":
         return given

@@ -461,6 +461,23 @@ def test_eval_reads_the_benchmarks_own_split_not_the_training_datas(tmp_path):
     assert len(problems) == 1  # the training source itself keeps the split it was given
 
 
+def test_eval_bands_and_limits_rows_as_given_for_the_task_not_as_a_training_config(tmp_path):
+    """A training config's max_rows and band (another source's) evaluated 3 rows of 10 under the
+    training band's name; real.data.band_field given for the task was dropped (one band)."""
+    task = tmp_path / "bench.jsonl"
+    task.write_text("".join(json.dumps({"problem": f"P{i}?", "answer": str(i), "level": f"L{i % 2}"}) + "\n"
+                            for i in range(10)))  # fmt: skip
+    (tmp_path / "train.yaml").write_text("real:\n  data:\n    source: opsd\n    max_rows: 3\n    band: mix\n")
+    for argv, sizes in (
+        (["--config", str(tmp_path / "train.yaml")], {"bench": 10}),
+        (["--set", "real.data.band_field=level"], {"L0": 5, "L1": 5}),
+        (["--set", "real.data.max_rows=4", "--set", "real.data.band=mine"], {"mine": 4}),
+    ):
+        cfg = ev.resolve_config(ev.parse_args(["--task", str(task), *argv]))
+        sets = ev.load_task(cfg).eval_sets()
+        assert {band: len(rows) for band, rows in sets.items()} == sizes, argv
+
+
 def test_eval_keeps_the_split_given_for_the_task(tmp_path, monkeypatch, capsys):
     """real.data.split / hf_name given without a source are the task's: `--task gsm8k --set
     real.data.split=test` read gsm8k_train.jsonl, `--task openai/gsm8k` with split test and hf_name

@@ -401,3 +401,11 @@ def test_plain_math_by_hand():
     assert normalise("x^23") == "x^{2}3"  # as LaTeX reads it, not x^{23}
     for text in ("x^2+1", "\\frac{1}{2}", "2n-1", "a_1", "\\sqrt{2}", "-5/2", "e^{i\\pi}"):
         assert grading.plain_math(text) is text  # ASCII text comes back unchanged
+
+
+def test_a_space_between_digits_separates_numbers_unless_it_groups_thousands():
+    """The string fallback deleted all whitespace, so `\\boxed{2 3}` matched 23 against math-verify's
+    no; `10 000` is still ten thousand."""
+    assert not grade("\\boxed{2 3}", "23").correct and not grade("\\boxed{3 1/2}", "31/2").correct
+    assert grade("\\boxed{10 000}", "10000").correct and grade("\\boxed{-1 234.5}", "-1234.5").correct
+    assert grade("\\boxed{2 3}", "2 3").correct  # the same two numbers

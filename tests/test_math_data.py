@@ -838,3 +838,62 @@ def test_tied_band_values_form_fewer_buckets_with_a_warning(tmp_path, caplog):
     )
     assert bands([0, 10], 4) == ["q1[0.00,2.50)", "q2[7.50,10.00]"]  # too few values: empty buckets go
     assert bands([0.001, 0.004, 0.004, 0.009], 2) == ["q1[0.001,0.004)"] + ["q2[0.004,0.009]"] * 3  # digits
+
+
+def test_a_gsm8k_answer_in_any_format_gives_its_final_number(tmp_path):
+    """GSM8K rows read with question_field / answer_field (or after a first row with no '#### N' line)
+    took the whole worked answer as the gold answer: the teacher saw the full solution at alpha 0,
+    and the rows had no steps. Its '#### N' line is now the gold answer and its lines the reference."""
+    gsm = {"question": "Eggs?", "answer": "16 - 3 = <<16-3=13>>13 eggs.\n13 * 2 = 26 dollars.\n#### 26"}
+    path = write_jsonl(tmp_path / "g.jsonl", [gsm])
+    named = MathDataConfig(source=str(path), question_field="question", answer_field="answer")
+    mixed = write_jsonl(tmp_path / "m.jsonl", [{"question": "Plain?", "answer": "7"}, gsm])
+    for cfg, index in ((named, 0), (MathDataConfig(source=str(mixed)), 1)):
+        problems, _ = load_problems(cfg)
+        p = problems[index]
+        assert (p.answer, p.final) == ("26", "\\boxed{26}")
+        assert p.steps == ("16 - 3 = 13 eggs.\n", "13 * 2 = 26 dollars.\n")
+    assert load_problems(MathDataConfig(source=str(mixed)))[0][0].answer == "7"
+    # beside a solution field the '#### N' line gives the answer alone; the solution stays the reference
+    row = {"question": "Eggs?", "solution": "Count them.\n\n\\boxed{26}", "answer": gsm["answer"]}
+    named = {"question_field": "question", "solution_field": "solution", "answer_field": "answer"}
+    (p,), _ = load_problems(MathDataConfig(source=str(write_jsonl(tmp_path / "s.jsonl", [row])), **named))
+    assert (p.answer, p.steps) == ("26", ("Count them.\n\n",))
+
+
+def test_a_nan_from_a_table_is_a_missing_value_not_the_text_nan():
+    """parquet, pandas and HF datasets store a missing number as NaN (JSON Lines refuse it), which was
+    read as the answer 'nan' and the band 'nan'; it is now a bad row, as null is."""
+    from atesd.tasks.rows import resolve_fields, row_problem
+
+    def problem(row, **cfg):
+        data = MathDataConfig(source="rows.parquet", **cfg)
+        return row_problem(row, resolve_fields(data, row), data, {}, "b")
+
+    assert problem({"problem": "A?", "answer": 5.0, "rating": 1.0}, band_field="rating").band == "1"
+    with pytest.raises(ValueError, match="no 'solution' or 'answer' field with text"):
+        problem({"problem": "B?", "answer": float("nan")})
+    with pytest.raises(ValueError, match="field 'answer' is null"):
+        problem({"problem": "B?", "answer": float("nan")}, question_field="problem", answer_field="answer")
+    with pytest.raises(ValueError, match="the band field 'rating' .* is null"):
+        problem({"problem": "C?", "answer": 6.0, "rating": np.float32("nan")}, band_field="rating")
+    # a NaN answer beside a solution is an absent answer: the solution's box gives it
+    assert problem({"problem": "D?", "solution": "So \\boxed{4}", "answer": float("nan")}).answer == "4"
+
+
+def test_benchmark_rows_may_name_the_question_problem_or_question(tmp_path):
+    """format=benchmark refused rows keyed `question` (its docs say `problem` or `question`), and a
+    file mixing the two failed at its first row of the other kind."""
+    path = write_jsonl(
+        tmp_path / "b.jsonl", [{"problem": "P?", "answer": "1"}, {"question": "Q?", "answer": "2"}]
+    )
+    for fmt in ("auto", "benchmark"):
+        problems, _ = load_problems(MathDataConfig(source=str(path), format=fmt))
+        assert [(p.question.split("\n")[0], p.answer) for p in problems] == [("P?", "1"), ("Q?", "2")]
+
+
+def test_an_empty_source_is_refused_in_one_line():
+    """Path("") is the current folder: an empty source was read as a folder of data files and failed
+    inside `datasets`."""
+    with pytest.raises(ValueError, match="source is empty"):
+        MathDataConfig(source=" ")

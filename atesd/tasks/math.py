@@ -128,6 +128,10 @@ class MathDataConfig:
     seed: int = field(default=0, metadata={"help": "seed of the shuffle that picks the held-out rows"})
 
     def __post_init__(self) -> None:
+        if not self.source.strip():  # Path("") is the current folder: it was read as a folder of data files
+            raise ValueError(
+                f"source is empty: name a data file, a folder, an HF dataset id or one of {sorted(DATASETS)}"
+            )
         if self.format not in ("auto", "opsd", "benchmark", "gsm8k", "fields"):
             raise ValueError(f"format must be auto, opsd, benchmark, gsm8k or fields, got {self.format!r}")
         if self.segment not in ("auto", *SEPARATORS):

@@ -1,7 +1,8 @@
 """One data row as a Problem: which fields hold the question, the reference and the answer (the format,
-from the config or the first row's keys), their text, the row's band, GSM8K's '#### N' final lines, and
-the reference cut into steps (`segment`). Knows nothing of where rows come from (atesd.tasks.sources),
-of held-out sets or band buckets (atesd.tasks.math), nor of tokenizers or exposure.
+from the config or the first row's keys), their text, the row's band, GSM8K's '#### N' final lines (in
+any format's answer field: N is the gold answer), and the reference cut into steps (`segment`). Knows
+nothing of where rows come from (atesd.tasks.sources), of held-out sets or band buckets
+(atesd.tasks.math), nor of tokenizers or exposure.
 """
 
 from __future__ import annotations
@@ -62,9 +63,16 @@ def segment(text: str, unit: Literal["paragraph", "line", "sentence"]) -> tuple[
     return tuple(steps)
 
 
+def _missing(value: Any) -> bool:
+    """None, or a float NaN: how a table (parquet, pandas, an HF dataset) stores a missing value."""
+    return value is None or (isinstance(value, float | np.floating) and math.isnan(value))
+
+
 def _text(row: Mapping[str, Any], key: str) -> str:
     if key not in row:
         raise ValueError(f"missing field {key!r} (fields: {', '.join(map(str, row))})")
+    if _missing(row[key]):  # NaN was read as the text 'nan'
+        raise ValueError(f"field {key!r} is null ({row[key]!r})")
     text = _value_text(row[key])
     if text is None:
         raise ValueError(f"field {key!r} is not text: {row[key]!r:.80}")
@@ -126,13 +134,21 @@ def _row_fields(fields: Fields, cfg: MathDataConfig, row: Mapping[str, Any]) -> 
 
     def has(key: str) -> bool:
         value = row.get(key)
-        return value is not None and not (isinstance(value, str) and not value.strip())
+        return not _missing(value) and not (isinstance(value, str) and not value.strip())
 
     solution = fields.solution if cfg.solution_field or has("solution") else None
     answer = fields.answer if cfg.answer_field or has("answer") else None
     if not (solution or answer):
         raise ValueError(f"no 'solution' or 'answer' field with text (fields: {', '.join(map(str, row))})")
     return solution, answer
+
+
+def _question_field(fields: Fields, cfg: MathDataConfig, row: Mapping[str, Any]) -> str:
+    """The row's question field: the format's (or question_field's); where none is named, a row
+    without the format's `problem` / `question` field may have the other (a file may mix the two)."""
+    if cfg.question_field or fields.gsm8k or fields.question in row:
+        return fields.question
+    return next((k for k in ("problem", "question") if k in row), fields.question)
 
 
 def _detect_format(cfg: MathDataConfig, row: Mapping[str, Any]) -> tuple[str, str]:
@@ -158,7 +174,7 @@ def row_problem(
     wrong with a bad row."""
     if cfg.band_field:
         band = _row_band(row, cfg, meta)
-    question = _text(row, fields.question).strip()
+    question = _text(row, _question_field(fields, cfg, row)).strip()
     if cfg.instruction:
         question += "\n\n" + cfg.instruction
     unit = cfg.segment if cfg.segment != "auto" else ("line" if fields.gsm8k else "paragraph")
@@ -169,6 +185,11 @@ def row_problem(
     solution = _reference_text(row, solution_field) if solution_field else ""
     if answer_field:
         answer = _text(row, answer_field).strip()
+        if _GSM8K_FINAL.match(answer.rsplit("\n", 1)[-1].strip()):  # GSM8K's worked answer, '... #### N'
+            body, answer = _gsm8k_solution(_reference_text(row, answer_field))
+            if not solution:  # its lines are the reference, as in the gsm8k format
+                unit = cfg.segment if cfg.segment != "auto" else "line"
+                return Problem(question, segment(body, unit), answer, f"\\boxed{{{answer}}}", band, meta)
     else:
         answer = (last_boxed(solution) or "").strip()
         if not answer:
@@ -189,8 +210,8 @@ def _row_band(row: Mapping[str, Any], cfg: MathDataConfig, meta: dict) -> str:
     key = cfg.band_field
     value = row.get(key)
     text = _value_text(value)
-    if key not in row or value is None or (text is not None and not text.strip()):
-        how = "missing" if key not in row else "null" if value is None else "blank"
+    if key not in row or _missing(value) or (text is not None and not text.strip()):
+        how = "missing" if key not in row else "null" if _missing(value) else "blank"
         raise ValueError(f"the band field {key!r} (real.data.band_field) is {how} in this row")
     if text is None:
         raise ValueError(f"the band field {key!r} is not text or a number: {value!r:.80}")
