@@ -201,9 +201,7 @@ class MockExposureEnv(gym.Env):
         return self.cfg.reward_spec
 
     def __init__(self, cfg: MockConfig | None = None, **overrides) -> None:
-        self.cfg = cfg or MockConfig(**overrides)
-        if cfg is not None and overrides:
-            raise ValueError("pass either cfg or keyword overrides, not both")
+        self.cfg = spec.env_config(MockConfig, cfg, overrides, "MockExposureEnv")
         c = self.cfg
         self._groups = 2 if c.variant == "mix" else 1
         self.per_band = c.action == "per_band"

@@ -175,9 +175,7 @@ class SkillChainEnv(gym.Env):
     scores_every_window = True  # info["score"] is measured at every step (a bank records each one)
 
     def __init__(self, cfg: SkillChainConfig | None = None, **overrides) -> None:
-        if cfg is not None and overrides:
-            raise ValueError("pass either cfg or keyword overrides, not both")
-        self.cfg = cfg or SkillChainConfig(**overrides)
+        self.cfg = spec.env_config(SkillChainConfig, cfg, overrides, "SkillChainEnv")
         n = self.cfg.skills
         self.hardness = np.ones(n)
         if self.cfg.profile == "wall":

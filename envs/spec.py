@@ -7,9 +7,12 @@ exposure env fills. Knows nothing of engines or learning dynamics.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from gymnasium import spaces
@@ -72,6 +75,21 @@ def action_space(size: int = 1) -> spaces.Box:
     if size < 1:
         raise ValueError(f"the action needs at least one alpha, got size {size}")
     return spaces.Box(0.0, 1.0, (size,), dtype=np.float32)
+
+
+def env_config(cls: type, cfg: Any, overrides: dict[str, Any], env: str) -> Any:
+    """`cfg`, or the config dataclass `cls` built from keyword `overrides`: how an env takes its config.
+    ValueError for both given, and for a keyword no field of `cls` has, naming the nearest field and
+    every one (`gymnasium.make(..., lambda=1)` said only that a constructor got an unexpected keyword)."""
+    if cfg is not None and overrides:
+        raise ValueError("pass either cfg or keyword overrides, not both")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [key for key in overrides if key not in names]
+    if unknown:
+        near = difflib.get_close_matches(unknown[0], names, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ValueError(f"{env} has no setting {unknown[0]!r}{hint} (its settings: {', '.join(names)})")
+    return cfg or cls(**overrides)
 
 
 def is_whole(n: object) -> bool:

@@ -228,6 +228,9 @@ def no_saved_state(base: Path) -> str:
     )
     if base.is_dir() and all(p.is_file() for p in state_files(base / "controller")):
         hint = f"; {base} is a run directory: its controller's state is {base / 'controller'}"
+    word = difflib.get_close_matches(str(base).lower(), ["auto", "none"], n=1)
+    if word and not base.parent.name:  # a word, not a path: `init=nonee`
+        hint = f"; did you mean {word[0]!r}? (controller_init takes a saved state's path, auto or none)"
     return f"controller_init: no saved controller state at {base} ({missing[0]} is missing){hint}"
 
 

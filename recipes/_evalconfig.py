@@ -22,6 +22,7 @@ from atesd.models import HFModelConfig
 from atesd.rollout import BACKENDS, SamplingParams
 from atesd.tasks.base import Task
 from recipes._evalstate import STATE, SUMMARY
+from recipes.common import refuse_run_config
 
 PAPER_SAMPLES, PAPER_MAX_NEW_TOKENS = 12, 38_912  # docs/METHOD.md §4
 TASKS_HELP = (
@@ -247,6 +248,8 @@ def given_config(args: argparse.Namespace) -> dict[str, Any]:
     config = cfglib.read_yaml(args.config) if args.config else {}
     if "resolved" in config:  # eval.py's own config.json
         config = own_config(config)
+    else:
+        refuse_run_config(args.config, EvalConfig, "eval.py")
     given = cfglib.merge(config, cfglib.parse_overrides(given_overrides(args)))
     refuse_engine_keys(given)
     return task_data(given)

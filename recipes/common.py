@@ -357,18 +357,29 @@ def check_bank_dir(cfg: RunConfig) -> None:
 def refuse_run_config(path: str | Path | None, cls: type, recipe: str) -> None:
     """ConfigError where the YAML at `path` is a run.py config (it sets keys of RunConfig that `cls`,
     the recipe's own config, lacks): said as such, not as the first of its unknown keys."""
+    refuse_other_config(
+        path, cls, recipe, RunConfig, "run.py",
+        "give a file with those, or the model and task by --set real.<key>=<value> (its real section, "
+        "without real.env)",
+    )  # fmt: skip
+
+
+def refuse_other_config(
+    path: str | Path | None, cls: type, recipe: str, other: type, other_recipe: str, advice: str
+) -> None:
+    """ConfigError where the YAML at `path` is `other_recipe`'s config (it sets keys of `other` that
+    `cls`, the recipe's own config, lacks), ending with `advice`: said as such, not as the first of
+    its unknown keys with a guess among this recipe's."""
     if path is None:
         return
     data = cfglib.read_yaml(path)
     own = {f.name for f in dataclasses.fields(cls)}
-    run_only = [
-        key for key in data if key not in own and key in {f.name for f in dataclasses.fields(RunConfig)}
-    ]
-    if run_only:
+    theirs = [key for key in data if key not in own and key in {f.name for f in dataclasses.fields(other)}]
+    if theirs:
         raise cfglib.ConfigError(
-            f"{path} is a run.py config (it sets {', '.join(run_only)}); {recipe} reads a config of its own, "
-            f"with the keys {', '.join(sorted(own))}: give a file with those, or the model and task by "
-            "--set real.<key>=<value> (its real section, without real.env)"
+            f"{path} is {'an' if other_recipe[0] in 'aeiou' else 'a'} {other_recipe} config (it sets "
+            f"{', '.join(theirs)}); {recipe} reads a config of "
+            f"its own, with the keys {', '.join(sorted(own))}: {advice}"
         )
 
 

@@ -49,6 +49,7 @@ from controllers.base import Transition, action_size, mean_alpha, run_episode  #
 from controllers.shared import SharedDecisions  # noqa: E402
 from envs.bank import find_recorder  # noqa: E402
 from recipes import _faults as faults  # noqa: E402
+from recipes._evalconfig import EvalConfig  # noqa: E402
 from recipes._plots import plot_run  # noqa: E402
 from recipes._progress import (  # noqa: E402
     USER_ERRORS,
@@ -82,6 +83,7 @@ from recipes.common import (  # noqa: E402
     check_bank_dir,
     check_controller_init,
     describe,
+    refuse_other_config,
     resolved_dict,
 )
 
@@ -376,6 +378,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:
+    advice = "give a run.py config (recipes/configs/*.yaml, or a run directory's config.json)"
+    refuse_other_config(args.config, RunConfig, "run.py", EvalConfig, "eval.py", advice)
     return cfglib.load(RunConfig, args.config, given_overrides(args))
 
 

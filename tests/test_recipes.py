@@ -54,6 +54,23 @@ def test_sweep_refuses_a_run_config_as_one(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_run_and_eval_refuse_each_others_configs_as_such(tmp_path):
+    """run.py given an eval.py config.json said "unknown config key 'task'; did you mean 'real.task'?",
+    sending the user the wrong way; eval.py given a run.py config "unknown config key 'name'"."""
+    import recipes.eval as ev
+    import recipes.run as run
+    from atesd import config as cfglib
+
+    evaluation = tmp_path / "config.json"
+    evaluation.write_text('{"task": "synthetic", "pass_k": [1], "real": {}}')
+    with pytest.raises(
+        cfglib.ConfigError, match=r"config.json is an eval.py config \(it sets task, pass_k\); run.py"
+    ):
+        run.resolve_config(run.parse_args(["--config", str(evaluation)]))
+    with pytest.raises(cfglib.ConfigError, match=r"ci.yaml is a run.py config \(it sets name, .*\); eval.py"):
+        ev.resolve_config(ev.parse_args(["--config", str(ROOT / "recipes/configs/ci.yaml")]))
+
+
 @pytest.mark.slow
 def test_sweep_rejects_an_unknown_key(tmp_path):
     cmd = [sys.executable, str(ROOT / "recipes" / "sweep.py"), "--out", str(tmp_path), "--set", "step=3"]

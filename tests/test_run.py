@@ -766,6 +766,12 @@ def test_a_missing_controller_init_is_refused_before_the_env_is_built(tmp_path, 
     assert code == 2 and one_line(err), err
     assert f"no saved controller state at {typo} ({typo}.json is missing)" in err
     assert list(tmp_path.iterdir()) == []  # no run directory made
+    # a word near auto or none (not a path) is asked about
+    from recipes._controller import no_saved_state
+
+    hint = "did you mean 'none'? (controller_init takes a saved state's path, auto or none)"
+    assert no_saved_state(Path("nonee")).endswith(hint)
+    assert "did you mean" not in no_saved_state(tmp_path / "none")
 
 
 def test_a_run_started_with_a_controller_seed_says_why_it_cannot_resume(tmp_path):

@@ -44,6 +44,21 @@ def test_gymnasiums_checker_passes_and_ids_name_the_profiles(profile):
     assert set(spec.INFO_KEYS) <= set(info) and len(info["losses"]) == 6
 
 
+def test_a_misspelt_setting_is_named_with_the_nearest_one():
+    """`--env-set lambda=1` (gymnasium.make's keywords) said only that a constructor got an unexpected
+    keyword argument; the mock env's keywords the same."""
+    with pytest.raises(
+        ValueError, match=r"SkillChainEnv has no setting 'lambda'; did you mean 'lambda_gt'\? "
+    ):
+        gym.make("atesd/SkillChain-wall-v0", **{"lambda": 1})
+    with pytest.raises(
+        ValueError, match=r"MockExposureEnv has no setting 'trap_revrt'; did you mean 'trap_revert'"
+    ):
+        gym.make("atesd/MockExposure-v0", trap_revrt=0.2)
+    with pytest.raises(ValueError, match="pass either cfg or keyword overrides, not both"):
+        SkillChainEnv(SkillChainConfig(), skills=3)
+
+
 def test_a_profiles_id_takes_a_cfg_of_its_profile_and_refuses_another():
     """`cfg=` was refused with "pass either cfg or keyword overrides" (the id's own profile keyword
     collided with it), and `profile=` silently replaced the profile the id names."""
