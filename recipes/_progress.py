@@ -185,7 +185,7 @@ class Display:
             self.bar.start()
             self.task = self.bar.add_task(title, total=total, completed=done, note="")
         else:
-            print(f"{title}: {total} windows ({done} done)", flush=True)
+            print(f"{title}: {total} window{'s' if total != 1 else ''} ({done} done)", flush=True)
 
     def update(self, done: int, note: str) -> None:
         if self.quiet:

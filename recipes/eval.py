@@ -1,7 +1,7 @@
 """Evaluate a model on a task: Average@n, unbiased pass@k, majority vote, format rate (and greedy accuracy).
 
     python recipes/eval.py                                       # embedded warm-started model, synthetic task
-    python recipes/eval.py --model Qwen/Qwen3-1.7B --task aime24 real.device=cuda real.hf.dtype=bfloat16 \
+    python recipes/eval.py --model Qwen/Qwen3-1.7B --task aime24 real.device=cuda real.hf.dtype=bfloat16 \\
         sampling.batch_size=16    # KV cache of 16 rows x 39k positions: ~67 GiB (or sampling.backend=vllm)
     python recipes/eval.py --model runs/my_ckpt --task my_set.jsonl --pass-k 1,4,8 --greedy --seed 1
 

@@ -14,7 +14,7 @@ student update and every window, namespaced keys), decisions.jsonl (every decisi
 reward terms; and each decision's return and advantage once the controller used it), checkpoints/,
 plots/*.png, controller.{json,safetensors} (the learned controller: `controller_init=<run_dir>/controller`
 starts another run from it) and summary.json. A run directory is never overwritten; `--resume auto`
-continues the newest run with the same controller, name and seed from its last checkpoint (one that
+continues the newest run with the same controller, name, seed and env from its last checkpoint (one that
 finished says so: `--resume DIR` names an older one).
 """
 
@@ -26,6 +26,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -388,7 +389,7 @@ RUN_DIR: list[Path] = []  # the run directory once known, for the Ctrl-C line
 
 def _interrupted(args: argparse.Namespace) -> str:
     if RUN_DIR:
-        where = f"--resume {RUN_DIR[-1]}"
+        where = f"python recipes/run.py --resume {shlex.quote(str(RUN_DIR[-1]))}"
     elif args.resume not in (None, "auto"):  # stopped while --resume DIR read its checkpoint
         where = f"--resume {args.resume} (the same command)"
     else:

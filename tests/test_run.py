@@ -83,7 +83,7 @@ def test_plots_are_written_for_the_mock(tmp_path):
 
 
 @pytest.mark.parametrize("where", ["mock", pytest.param("real", marks=pytest.mark.slow)])
-def test_resume_auto_continues_exactly_where_the_checkpoint_was(where, tmp_path, monkeypatch):
+def test_resume_auto_continues_exactly_where_the_checkpoint_was(where, tmp_path, monkeypatch, capsys):
     """A run cut after window 5 (last checkpoint at 4) and resumed writes the same logs, line for line,
     as an uncut run (timings aside): weights, optimisers, RNGs and pending decisions all come back."""
     if where == "mock":
@@ -97,6 +97,9 @@ def test_resume_auto_continues_exactly_where_the_checkpoint_was(where, tmp_path,
     with pytest.raises(SystemExit) as cut:  # Ctrl-C: one line and exit code 130
         run.main(args + [f"out_dir={tmp_path / 'cut'}"])
     assert cut.value.code == 130
+    (cut_dir,) = (tmp_path / "cut").iterdir()  # the exact command that continues it
+    tail = f"from its last checkpoint with python recipes/run.py --resume {cut_dir}"
+    assert capsys.readouterr().err.strip().endswith(tail)
     monkeypatch.undo()
     resumed = run.main(args + [f"out_dir={tmp_path / 'cut'}", "--resume", "auto"])
 
