@@ -233,11 +233,14 @@ def replacing(
     force: bool = False,
     env_defaults: dict[str, Any] | None = None,
     controller_defaults: dict[str, Any] | None = None,
+    episodes: int | None = None,
 ) -> str:
     """What shipping a prior of `name` for these configs would replace: '' when none is shipped, else
     a line naming the shipped one's config and how it was made. The manifest holds one prior per
     controller, so one pre-trained for another config is replaced only with `force` (ValueError naming
-    the first key that differs otherwise): controller_init=auto would find no prior for its runs."""
+    the first key that differs otherwise): controller_init=auto would find no prior for its runs. So
+    is one of the same config pre-trained for more episodes than this one's `episodes` (a trial run
+    with --ship replaced the default's 10,000-episode prior without a word)."""
     entry = manifest().get(name)
     if entry is None:
         return ""
@@ -247,6 +250,12 @@ def replacing(
     made = _made(entry)
     diff = difference(name, entry, env_cfg, controller_cfg, env_defaults, controller_defaults)
     if diff is None:
+        theirs = (entry.get("provenance") or {}).get("episodes")
+        if not force and episodes is not None and isinstance(theirs, int) and theirs > episodes:
+            raise ValueError(
+                f"{name}'s shipped prior for this config was pre-trained for {theirs} episodes, this one for "
+                f"{episodes} ({made}): pass --force to replace it with the shorter one"
+            )
         return f"replaced {name}'s prior for the same config ({made})"
     key, mine, its = diff
     if not force:
@@ -289,7 +298,11 @@ def ship(
     line `replacing` gives on the prior it replaced); a prior of another config is kept unless `force`."""
     base = PRIORS_DIR / name
     entries = manifest()  # refused before anything is replaced when it does not read
-    replaced = replacing(name, env_cfg, controller_cfg, force, env_defaults, controller_defaults)
+    episodes = provenance.get("episodes")
+    replaced = replacing(
+        name, env_cfg, controller_cfg, force, env_defaults, controller_defaults,
+        episodes if isinstance(episodes, int) else None,
+    )  # fmt: skip
     base.mkdir(parents=True, exist_ok=True)
     for file in FILES:  # each file whole or not at all (a crash between them: the sha256 check catches it)
         tmp = base / f".tmp-{file}"

@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--force",
         action="store_true",
         help="with --ship: replace the controller's shipped prior even when it was pre-trained for another "
-        "env or controller config (one prior per controller: runs of that config then start from their own)",
+        "env or controller config (one prior per controller: runs of that config then start from their own), "
+        "or for more episodes than this one",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return parser
@@ -238,7 +239,8 @@ def _controller(args: argparse.Namespace, cfg: RunConfig, env: SurrogateExposure
         )
     if args.ship:  # before the pre-training (minutes), not after: a prior of another config is kept
         try:
-            priors.replacing(cfg.controller, force=args.force, **ship_configs(cfg, controller))
+            configs = ship_configs(cfg, controller)
+            priors.replacing(cfg.controller, force=args.force, episodes=args.episodes, **configs)
         except ValueError as err:
             raise cfglib.ConfigError(f"--ship: {err}") from None
     return controller

@@ -230,6 +230,16 @@ def test_a_prior_of_another_config_is_replaced_only_with_force_and_the_line_says
     assert priors.find("beta_reinforce", cfglib.to_dict(short.real), cfglib.to_dict(ctl_short))[0] == path
     _, again = priors.ship(*args)  # the same config: replaced without force, and said
     assert again.startswith("replaced beta_reinforce's prior for the same config")
+    # ... but not by a shorter pre-training: a trial --ship replaced the default's 10,000-episode prior
+    long = {"episodes": 10000}
+    priors.ship(*args[:4], long)
+    with pytest.raises(ValueError, match=r"pre-trained for 10000 episodes, this one for 200 .*pass --force"):
+        priors.ship(*args[:4], {"episodes": 200})
+    assert json.loads(priors.MANIFEST.read_text())["beta_reinforce"]["provenance"] == long
+    assert priors.ship(*args[:4], {"episodes": 200}, force=True)[1].startswith(
+        "replaced beta_reinforce's prior"
+    )
+    assert priors.ship(*args[:4], {"episodes": 20000})[1].startswith("replaced")  # a longer one: no question
 
 
 def test_surrogate_ship_refuses_to_replace_a_prior_of_another_config_before_pretraining(
