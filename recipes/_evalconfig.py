@@ -153,10 +153,9 @@ def load_task(cfg: EvalConfig) -> Task:
     from atesd.tasks.sources import DATASETS, local_file
 
     data = cfg.real.data
-    if (
-        cfg.task != data.source
-    ):  # another source's split, HF config name, bands and row limit (a training config's)
-        data = dataclasses.replace(data, **{key: SOURCE_KEYS[key] for key in SOURCE_KEYS})
+    # another source's split, HF config name, bands and row limit (a training config's): not the task's
+    if cfg.task != data.source:
+        data = dataclasses.replace(data, **SOURCE_KEYS)
     known, default = DATASETS.get(cfg.task), ROOT.parent / "shared" / "data"
     if cfg.data_dir and not known:  # the folder of named benchmarks; a path task is read from its path
         raise cfglib.ConfigError(
