@@ -56,6 +56,9 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
             )  # fmt: skip
             raise ConfigError(f"unknown config key '{name}'{hint}")
         default = _default(fields[key])
+        optional = type(None) in typing.get_args(hints[key])
+        if value is None and dataclasses.is_dataclass(default) and not optional:
+            value = {}  # an empty section (`loss:` with its keys commented out): the defaults it sits in
         if isinstance(value, dict) and dataclasses.is_dataclass(default):
             value = merge(to_dict(default), value)
         kwargs[key] = coerce(hints[key], value, name)
@@ -165,7 +168,9 @@ def coerce(tp: Any, value: Any, name: str) -> Any:
         try:
             out = tp(value)
         except (TypeError, ValueError, OverflowError):
-            raise ConfigError(f"{name} must be a number ({tp.__name__}), got {value!r}") from None
+            out = _whole_text(value) if tp is int else None  # `1e3` for an int field, as `1.0e+3` was read
+            if out is None:
+                raise ConfigError(f"{name} must be a number ({tp.__name__}), got {value!r}") from None
         if tp is float and not math.isfinite(out):  # no field means anything by NaN or infinity
             raise ConfigError(f"{name} must be a finite number, got {value!r}")
         if tp is int and isinstance(value, float) and value != out:
@@ -179,6 +184,15 @@ def coerce(tp: Any, value: Any, name: str) -> Any:
             f'list must be quoted: {name}=\'"..."\' on the command line, "..." in a config file'
         )
     return value
+
+
+def _whole_text(value: Any) -> int | None:
+    """The integer a text such as `1e3` writes (YAML reads it as text: no dot), else None."""
+    try:
+        number = float(value) if isinstance(value, str) else math.nan
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() and abs(number) < 2**53 else None
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
@@ -319,6 +333,8 @@ class StrictLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):  # noqa: D102 - PyYAML's hook
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys give way to these
+                continue
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(

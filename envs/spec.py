@@ -11,11 +11,14 @@ import dataclasses
 import difflib
 import math
 import numbers
+import typing
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from gymnasium import spaces
+
+from atesd.config import coerce
 
 # Observation layout: (name, low, high, meaning). Every env in this package fills exactly these.
 OBSERVATION = (
@@ -78,9 +81,10 @@ def action_space(size: int = 1) -> spaces.Box:
 
 
 def env_config(cls: type, cfg: Any, overrides: dict[str, Any], env: str) -> Any:
-    """`cfg`, or the config dataclass `cls` built from keyword `overrides`: how an env takes its config.
-    ValueError for both given, and for a keyword no field of `cls` has, naming the nearest field and
-    every one (`gymnasium.make(..., lambda=1)` said only that a constructor got an unexpected keyword)."""
+    """`cfg`, or the config dataclass `cls` built from keyword `overrides` (text converted to each
+    field's type, as `--set` converts it): how an env takes its config. ValueError for both given, for
+    text of another type, and for a keyword no field of `cls` has, naming the nearest field and every
+    one (`gymnasium.make(..., lambda=1)` said only that a constructor got an unexpected keyword)."""
     if cfg is not None and overrides:
         raise ValueError("pass either cfg or keyword overrides, not both")
     names = [f.name for f in dataclasses.fields(cls)]
@@ -89,7 +93,12 @@ def env_config(cls: type, cfg: Any, overrides: dict[str, Any], env: str) -> Any:
         near = difflib.get_close_matches(unknown[0], names, n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""
         raise ValueError(f"{env} has no setting {unknown[0]!r}{hint} (its settings: {', '.join(names)})")
-    return cfg or cls(**overrides)
+    if cfg is not None:
+        return cfg
+    # values given as text (`bench.py --env-set lambda_gt=1e-3`) take their field's type: "no" was a
+    # true bool, and 1e-3 a string no range check could compare
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: coerce(hints[k], v, k) if isinstance(v, str) else v for k, v in overrides.items()})
 
 
 def is_whole(n: object) -> bool:

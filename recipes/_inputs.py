@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,12 @@ from recipes._controller import saved_state_base, saved_state_exists
 INPUTS = "inputs.json"  # size and sha256 of the local files a run reads: a resume refuses changed ones
 
 
-def input_files(real: Any = None, controller_init: str = "") -> list[tuple[str, Path]]:
+def input_files(real: Any = None, controller_init: str | Sequence[str] = "") -> list[tuple[str, Path]]:
     """(config key, file or folder) of the local inputs a run reads that its resume must find unchanged:
     the math task's data file or folder (real.data.source, or a named source's file in
     real.data.data_dir; a named source without it is read from the hub, whatever this directory holds;
     `real` a RealConfig, None where no real env is built) and the saved controller state of
-    controller_init."""
+    controller_init (one, or a bench's several: its specs' `init=` too)."""
     from atesd.state import state_files
     from atesd.tasks.sources import DATASETS, local_file
 
@@ -39,9 +40,10 @@ def input_files(real: Any = None, controller_init: str = "") -> list[tuple[str, 
                 path = None
         if path is not None and (path.is_file() or path.is_dir()):  # a folder: parquet, save_to_disk...
             files.append(("real.data.source", path))
-    init = controller_init.strip()
-    if init.lower() not in ("", "auto", "none") and saved_state_exists(init):
-        files += [("controller_init", p) for p in state_files(saved_state_base(init)) if p.is_file()]
+    for init in [controller_init] if isinstance(controller_init, str) else controller_init:
+        init = init.strip()
+        if init.lower() not in ("", "auto", "none") and saved_state_exists(init):
+            files += [("controller_init", p) for p in state_files(saved_state_base(init)) if p.is_file()]
     return files
 
 
@@ -68,7 +70,7 @@ def _stat(path: Path) -> dict[str, Any]:
     return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def record_inputs(directory: Path, real: Any = None, controller_init: str = "") -> None:
+def record_inputs(directory: Path, real: Any = None, controller_init: str | Sequence[str] = "") -> None:
     """Write `directory`/inputs.json: the size and sha256 of each of `input_files`, a folder's as those
     of each of its files (`folder_files`, by their paths relative to it); none: no file."""
     entries = [

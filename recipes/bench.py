@@ -54,11 +54,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atesd import config as cfglib  # noqa: E402
+from atesd.priors import absolute_path  # noqa: E402
 from atesd.state import write_atomic  # noqa: E402
 from controllers import CONTROLLERS  # noqa: E402
 from recipes._bench_stats import curve_bands, parse_score, run_scores, summarise, unit_score  # noqa: E402
 from recipes._bench_unit import (  # noqa: E402
     ENVS,
+    SPEC_INIT,
     _spaces,
     check_exposure_env,
     check_specs,
@@ -100,16 +102,24 @@ __all__ = ["_spaces", "build_parser", "curve_bands", "episode_score", "main", "p
            "run_unit", "run_units", "summarise", "unit_score", "warm_start_real"]  # fmt: skip
 
 
+MAX_SEEDS = 100_000  # a bench's units are listed before any runs
+
+
 def parse_seeds(text: str) -> list[int]:
-    """`N` -> 0..N-1; `A-B` -> A..B inclusive."""
+    """`N` -> 0..N-1; `A-B` -> A..B inclusive; at most `MAX_SEEDS` seeds, each below 2**63."""
     first, sep, last = text.strip().partition("-")
     try:
-        seeds = list(range(int(first), int(last) + 1)) if sep else list(range(int(first)))
+        seeds = range(int(first), int(last) + 1) if sep else range(int(first))
     except ValueError:
         raise cfglib.ConfigError(f"--seeds must be N or A-B (inclusive), got '{text}'") from None
-    if not seeds or min(seeds) < 0:
+    if not seeds or seeds[0] < 0:
         raise cfglib.ConfigError(f"--seeds '{text}' gives no seeds (N >= 1, 0 <= A <= B)")
-    return seeds
+    if len(seeds) > MAX_SEEDS or seeds[-1] >= 2**63:  # a list of 10**12 seeds ended in a MemoryError
+        raise cfglib.ConfigError(
+            f"--seeds '{text}' gives {len(seeds)} seeds up to {seeds[-1]}: at most {MAX_SEEDS}, each "
+            "below 2**63 (torch's generators take 64-bit seeds)"
+        )
+    return list(seeds)
 
 
 def run_units(
@@ -271,13 +281,20 @@ def plan(args: argparse.Namespace) -> tuple[RunConfig, list[str], list[str], lis
 
 
 def _settings(args: argparse.Namespace) -> RunConfig:
-    """The shared settings from --config, --set and --name; ConfigError for a --set of a key that each
-    unit takes from an option (`UNIT_KEYS`)."""
+    """The shared settings from --config, --set and --name; ConfigError for a --set of a key, or one in
+    the --config file, that each unit takes from an option (`UNIT_KEYS`: the file's was dropped
+    unread, and results.json recorded it as if it had run)."""
     given = cfglib.parse_overrides(list(args.overrides))
+    in_file = cfglib.read_yaml(args.config) if args.config else {}
     for key, option in UNIT_KEYS.items():
         if key in given:
             raise cfglib.ConfigError(
                 f"--set {key}={given[key]}: bench.py sets {key} for each unit from {option}; give it there"
+            )
+        if key in in_file:
+            raise cfglib.ConfigError(
+                f"{args.config} sets {key}: {in_file[key]}, but bench.py sets {key} for each unit from "
+                f"{option}: remove it from the file and give it there"
             )
     overrides = cfglib.command_overrides(list(args.overrides), {"name": args.name})
     # the shared settings: each unit is checked against its own env (`plan`), not the default env (real);
@@ -285,9 +302,7 @@ def _settings(args: argparse.Namespace) -> RunConfig:
     cfg = absolute_paths(cfglib.load(EnvFreeRunConfig, args.config, overrides))
     # parallel workers share the cores: one torch thread each, unless threads was asked for (--set or
     # --config), which each worker then uses (a 0 follows the free cores in each)
-    if args.workers > 1 and "threads" not in cfglib.merge(
-        cfglib.read_yaml(args.config) if args.config else {}, given
-    ):
+    if args.workers > 1 and "threads" not in cfglib.merge(in_file, given):
         cfg = dataclasses.replace(cfg, threads=1)
     return cfg
 
@@ -314,8 +329,23 @@ def _same_baseline(cfg_dict: dict[str, Any], controllers: list[str], baseline: s
 
 
 def _normal(spec: str) -> str:
-    """A spec without spaces around its parts: the row label."""
-    return ":".join(part.strip() for part in spec.split(":"))
+    """A spec as its row label: no spaces around its parts or their `=` (`fixed:alpha = 0.75` was the
+    key 'alpha '), and an `init=` path absolute, so that a resume from another directory reads the
+    same saved state (and inputs.json records it: a state changed since was read unnoticed)."""
+    parts = []
+    for i, part in enumerate(spec.split(":")):
+        key, sep, value = (text.strip() for text in part.partition("="))
+        if i and sep and key == SPEC_INIT and value.lower() not in ("", "auto", "none"):
+            value = absolute_path(value)
+        parts.append(f"{key}={value}" if sep else key)
+    return ":".join(parts)
+
+
+def spec_inits(controllers: list[str]) -> list[str]:
+    """The saved states the specs' `init=` name (none, auto: none here)."""
+    inits = [part.partition("=")[2] for spec in controllers for part in spec.split(":")[1:]
+             if part.partition("=")[0] == SPEC_INIT]  # fmt: skip
+    return [init for init in inits if init.lower() not in ("", "auto", "none")]
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -346,6 +376,11 @@ def _main(args: argparse.Namespace, argv: list[str]) -> Path:
         if not (env != "mock" and parse_spec(name)[0] in MOCK_ONLY)
         for seed in seeds
     ]
+    if not units:  # every spec mock-only on another env: the table of no rows ended in a traceback
+        raise cfglib.ConfigError(
+            f"no units to run: {', '.join(controllers)} run on the mock env only, and --env is "
+            f"{', '.join(envs)}"
+        )
     cfg_dict = cfglib.to_dict(cfg)
     # the directory first: an unusable --out fails now, not after the warm start (minutes when it is
     # not cached) or hours of units
@@ -354,7 +389,8 @@ def _main(args: argparse.Namespace, argv: list[str]) -> Path:
                    "controllers": controllers, "seeds": seeds, "baseline": args.baseline, "score": args.score,
                    "config": cfg_dict, "units": units}  # fmt: skip
     write_atomic(run_dir / PLAN, json.dumps(json_safe(plan_record), indent=1))
-    record_inputs(run_dir, cfg.real if "real" in envs else None, cfg.controller_init)
+    inits = [cfg.controller_init, *spec_inits(controllers)]  # a resume refuses one changed since
+    record_inputs(run_dir, cfg.real if "real" in envs else None, inits)
     with run_lock(run_dir, doing="benched"):  # a --resume of it meanwhile would run its units again
         return _guarded(run_dir, units, cfg, lambda: _bench(args, plan_record, cfg, units, {}, run_dir, t0))
 
@@ -387,7 +423,10 @@ def _resume(args: argparse.Namespace, argv: list[str], parser: argparse.Argument
     flags = {"controllers": "--controllers", "env": "--env", "env_overrides": "--env-set", "seeds": "--seeds",
              "baseline": "--baseline", "score": "--score", "config": "--config", "overrides": "--set",
              "out": "--out", "name": "--name"}  # fmt: skip
-    given = [flag for key, flag in flags.items() if getattr(args, key) != parser.get_default(key)]
+    # a flag given at its default value (`--seeds 5`) was let through and silently ignored
+    written = {word.split("=", 1)[0] for word in argv if word.startswith("--")}
+    default = {key: parser.get_default(key) for key in flags}
+    given = [flag for key, flag in flags.items() if flag in written or getattr(args, key) != default[key]]
     if given:
         raise cfglib.ConfigError(
             f"--resume {run_dir} goes on with the bench's own settings; drop {', '.join(given)} (only "

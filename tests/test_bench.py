@@ -17,7 +17,7 @@ from scipy import stats
 
 from atesd.significance import mean_ci, welch_p
 from recipes import bench, run
-from recipes.common import OWN_CONFIG
+from recipes.common import OWN_CONFIG, RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -257,6 +257,18 @@ def test_a_spec_sets_its_own_controller_start(tmp_path):
         (["--set", "env=real"], "--set env=real: bench.py sets env for each unit from --env"),
         (["--set", "seed=7"], "--set seed=7: bench.py sets seed for each unit from --seeds"),
         (["--set", "controller=bandit"], "bench.py sets controller for each unit from --controllers"),
+        # a list of 10**12 seeds ended in a MemoryError; a seed past 2**63 failed inside torch
+        (["--seeds", "0-1000000000000"], "at most 100000, each below 2**63"),
+        (["--seeds", f"{2**64}-{2**64}"], "each below 2**63"),
+        # every spec mock-only on another env: the table of no rows was a traceback
+        (
+            ["--env", "atesd/SkillChain-v0", "--controllers", "oracle", "--baseline", "oracle"],
+            "no units to run",
+        ),
+        (
+            ["--env", "atesd/MockExposure-v0", "--env-set", "grounded_change=no"],
+            "must be true or false, got 'no'",
+        ),
     ],
 )
 def test_bad_seeds_and_specs_exit_2_in_one_line(argv, message, tmp_path, capsys):
@@ -265,6 +277,54 @@ def test_bad_seeds_and_specs_exit_2_in_one_line(argv, message, tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and message in err and len(err.splitlines()) == 1, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_config_file_that_sets_a_units_key_is_refused(tmp_path, capsys):
+    """seed, controller and env in --config were dropped unread, and results.json recorded them."""
+    (tmp_path / "c.yaml").write_text("seed: 7\n")
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert (
+        exc.value.code == 2
+        and "c.yaml sets seed: 7, but bench.py sets seed for each unit from --seeds" in err
+    )
+
+
+def test_an_init_spec_is_one_row_by_its_absolute_path_and_its_state_recorded(tmp_path, monkeypatch):
+    """A spec's init=PATH was neither made absolute (a resume from another directory found nothing)
+    nor recorded in inputs.json (a state changed before a resume was read unnoticed); spaces around
+    a spec's `=` made the key 'alpha '."""
+    from atesd.state import save_state
+    from controllers.fixed import FixedController
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "st").mkdir()
+    env = bench._spaces(RunConfig(env="mock"))
+    save_state(
+        FixedController(env.observation_space, env.action_space).state_dict(), tmp_path / "st" / "fixed"
+    )
+    argv = ["--env", "mock", "--seeds", "1", "--controllers", "fixed:init = st/fixed, fixed:alpha = 0.5",
+            "--baseline", "fixed:init=st/fixed", "--set", "plots=false", "--workers", "0",
+            "--out", "out"]  # fmt: skip
+    run_dir = bench.main(argv)
+    rows = json.loads((run_dir / "plan.json").read_text())["controllers"]
+    assert rows == [f"fixed:init={tmp_path / 'st' / 'fixed'}", "fixed:alpha=0.5"]
+    inputs = json.loads((run_dir / "inputs.json").read_text())["files"]
+    assert {f["path"] for f in inputs} == {
+        str(tmp_path / "st" / f"fixed.{x}") for x in ("json", "safetensors")
+    }
+
+
+def test_a_resume_refuses_a_flag_given_at_its_default_too(tmp_path, capsys):
+    """`--resume DIR --seeds 5` (5: the default) was let through and ignored, as `--seeds 6` is not."""
+    run_dir = bench.main(["--env", "mock", "--seeds", "2", "--controllers", "fixed", "--set", "plots=false",
+                          "--workers", "0", "--out", str(tmp_path)])  # fmt: skip
+    (run_dir / "results.json").unlink()
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--resume", str(run_dir), "--seeds", "5", "--score=final"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "drop --seeds, --score (only --workers may change)" in err, err
 
 
 def test_a_bank_dir_that_is_a_file_fails_before_any_unit_runs(tmp_path, monkeypatch, capsys):

@@ -178,6 +178,32 @@ def test_a_section_given_in_part_keeps_its_parents_defaults():
         assert cfglib.differences(default, given) == [key.split("=")[0]], (cls, key)
 
 
+def test_an_empty_section_keeps_its_parents_defaults_too(tmp_path):
+    """A section header whose keys are all commented out (YAML's null), or `=null`, rebuilt the section
+    from its class: `loss:` alone trained forward KL, `real.env=null` turned evaluations off."""
+    (tmp_path / "empty.yaml").write_text("real:\n  engine:\n    loss:\n      # chunk_size: 512\n")
+    default = cfglib.to_dict(RunConfig())
+    for path, overrides in ((tmp_path / "empty.yaml", []), (None, ["real.env=null"])):
+        assert cfglib.differences(default, cfglib.to_dict(cfglib.load(RunConfig, path, overrides))) == []
+
+
+def test_yaml_merge_keys_read_as_yaml_reads_them(tmp_path):
+    """`<<: *anchor` was refused ("could not determine a constructor for the tag ...merge"); its keys
+    give way to the mapping's own, and a key given twice is still refused."""
+    (tmp_path / "merge.yaml").write_text("a: &m\n  x: 1\n  y: 2\nb:\n  <<: *m\n  y: 3\n")
+    assert cfglib.read_yaml(tmp_path / "merge.yaml") == {"a": {"x": 1, "y": 2}, "b": {"x": 1, "y": 3}}
+    (tmp_path / "twice.yaml").write_text("b:\n  <<: {x: 1}\n  y: 1\n  y: 3\n")
+    with pytest.raises(cfglib.ConfigError, match="the key 'y' is given twice"):
+        cfglib.read_yaml(tmp_path / "twice.yaml")
+
+
+def test_an_int_field_reads_a_whole_number_written_with_an_exponent():
+    """`episodes=1e3` was refused (YAML reads it as text: no dot) while `1.0e+3` was read."""
+    assert cfglib.load(RunConfig, None, ["episodes=1e3"]).episodes == 1000
+    with pytest.raises(cfglib.ConfigError, match="episodes must be a number"):
+        cfglib.load(RunConfig, None, ["episodes=1.5e0"])
+
+
 def test_a_key_without_its_leading_sections_is_pointed_to_its_full_name():
     for given, meant in (("engine.lr=1", "'real.engine'"),
                          ("lambda_gt=0.1", "'mock.lambda_gt' or 'real.env.lambda_gt'")):  # fmt: skip
