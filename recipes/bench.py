@@ -442,7 +442,7 @@ def _resume(args: argparse.Namespace, argv: list[str], parser: argparse.Argument
         changed = changed_inputs(run_dir)  # the units still to run would read what is there now
         if changed:
             raise cfglib.ConfigError(f"--resume {run_dir}: {changed}")
-        plan_record = json.loads((run_dir / PLAN).read_text())
+        plan_record = _read_plan(run_dir)
         units = [tuple(u) for u in plan_record["units"]]
         done = {(r["env"], r["controller"], r["seed"]): r for r in read_records(run_dir / UNITS)}
         print(f"resuming {run_dir}: {len(done)} of {len(units)} units recorded")
@@ -456,6 +456,25 @@ def _resume(args: argparse.Namespace, argv: list[str], parser: argparse.Argument
         say_unit_warnings(plan_record["config"], [u for u in units if u not in done], args.env_kwargs)
         t0 = time.perf_counter()
         return _guarded(run_dir, units, cfg, lambda: _bench(args, plan_record, cfg, units, done, run_dir, t0))
+
+
+def _read_plan(run_dir: Path) -> dict[str, Any]:
+    """DIR's plan.json; ConfigError naming it where it does not read or lacks what a resume reads (a
+    damaged one gave a bare KeyError: 'units', or JSON's line and column without the file)."""
+    path = run_dir / PLAN
+    try:
+        record = json.loads(path.read_text())
+    except ValueError as err:
+        raise cfglib.ConfigError(
+            f"--resume {run_dir}: {path} does not read ({err}); start the bench again"
+        ) from None
+    keys = ("units", "config", "baseline", "score", "env_kwargs", "envs")
+    missing = [key for key in keys if not isinstance(record, dict) or key not in record]
+    if missing:
+        raise cfglib.ConfigError(
+            f"--resume {run_dir}: {path} lacks {', '.join(missing)}; start the bench again"
+        )
+    return record
 
 
 def _bench(args, plan_record, cfg, units, done, run_dir, t0) -> Path:

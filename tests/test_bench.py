@@ -325,6 +325,12 @@ def test_a_resume_refuses_a_flag_given_at_its_default_too(tmp_path, capsys):
         bench.main(["--resume", str(run_dir), "--seeds", "5", "--score=final"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "drop --seeds, --score (only --workers may change)" in err, err
+    # a damaged plan.json: a bare KeyError 'units', or JSON's line and column without the file
+    for text, said in (("{}", "plan.json lacks units, config, baseline"), ("{", "plan.json does not read")):
+        (run_dir / "plan.json").write_text(text)
+        with pytest.raises(SystemExit):
+            bench.main(["--resume", str(run_dir)])
+        assert said in capsys.readouterr().err
 
 
 def test_a_bank_dir_that_is_a_file_fails_before_any_unit_runs(tmp_path, monkeypatch, capsys):
