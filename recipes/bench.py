@@ -269,6 +269,7 @@ def plan(args: argparse.Namespace) -> tuple[RunConfig, list[str], list[str], lis
             f"(real.env.eval_every={cfg.real.env.eval_every})"
         )
     cfg_dict = cfglib.to_dict(cfg)
+    controllers = _distinct(cfg_dict, controllers, notes)
     args.baseline = _same_baseline(cfg_dict, controllers, args.baseline, notes)
     if args.baseline not in controllers:
         controllers.append(args.baseline)
@@ -307,21 +308,38 @@ def _settings(args: argparse.Namespace) -> RunConfig:
     return cfg
 
 
+def _resolved(cfg_dict: dict[str, Any], spec: str) -> dict[str, Any] | None:
+    """The run config `spec` spells (None for a bad spec: named by the checks that follow)."""
+    try:
+        return cfglib.to_dict(spec_config(cfg_dict, "mock", spec, 0))
+    except (ValueError, KeyError):
+        return None
+
+
+def _distinct(cfg_dict: dict[str, Any], controllers: list[str], notes: list[str]) -> list[str]:
+    """The specs, one per run config: `fixed:alpha=.75` beside `fixed:alpha=0.75` (or `fixed` beside
+    `fixed:alpha=1`) ran the same runs twice, as two rows; the first spelling is kept, and said."""
+    kept: list[tuple[str, dict[str, Any] | None]] = []
+    for spec in controllers:
+        mine = _resolved(cfg_dict, spec)
+        same = next((other for other, theirs in kept if mine is not None and theirs == mine), None)
+        if same is None:
+            kept.append((spec, mine))
+        else:
+            notes.append(f"note: '{spec}' is the run config of '{same}'; one row, '{same}'")
+    return [spec for spec, _ in kept]
+
+
 def _same_baseline(cfg_dict: dict[str, Any], controllers: list[str], baseline: str, notes: list[str]) -> str:
     """The baseline as the listed spec that spells its run config (`fixed` is `fixed:alpha=1`, alpha's
     default), so it is that spec's row, not a row added beside it (which ran, and recorded into a
     bank, the same runs twice); the baseline itself where no listed spec is it."""
     if baseline in controllers:
         return baseline
-
-    def resolved(spec: str) -> dict[str, Any] | None:
-        try:
-            return cfglib.to_dict(spec_config(cfg_dict, "mock", spec, 0))
-        except (ValueError, KeyError):  # a bad spec: named by the checks that follow
-            return None
-
-    base = resolved(baseline)
-    same = next((spec for spec in controllers if base is not None and resolved(spec) == base), None)
+    base = _resolved(cfg_dict, baseline)
+    same = next(
+        (spec for spec in controllers if base is not None and _resolved(cfg_dict, spec) == base), None
+    )
     if same is None:
         return baseline
     notes.append(f"note: the baseline '{baseline}' is the run config of '{same}'; tested against that row")

@@ -201,17 +201,17 @@ def test_seed_ranges_and_controller_specs_each_their_own_row(tmp_path):
     with (run_dir / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [r["controller"] for r in rows] == specs and rows[0]["p_greater"] == ""
-    # the same spec twice is one row (spelled with a space too); a bare name equals its default spec's
+    # the same run config twice is one row, the first spelling's: with a space, or a bare name beside its
+    # default spec (they ran the same runs twice, as two rows)
     again_dir = bench.main(
-        ["--controllers", "fixed:alpha=1,fixed,fixed: alpha=1", "--seeds", "100-102", *short]
+        ["--controllers", "fixed:alpha=1,fixed,fixed: alpha=1,fixed:alpha=1.0", "--seeds", "100-102", *short]
     )
     again = read_json(again_dir / "results.json")
-    assert again["controllers"] == ["fixed:alpha=1", "fixed"] and len(again["units"]) == 6
-    summary = again["summary"]["mock"]
+    assert again["controllers"] == ["fixed:alpha=1"] and len(again["units"]) == 3
+    assert again["baseline"] == "fixed:alpha=1"  # the default baseline, `fixed`, is that row
     assert (
-        summary["fixed"]["finals"]
-        == summary["fixed:alpha=1"]["finals"]
-        == (record["summary"]["mock"]["fixed:alpha=1"]["finals"])
+        again["summary"]["mock"]["fixed:alpha=1"]["finals"]
+        == record["summary"]["mock"]["fixed:alpha=1"]["finals"]
     )
 
 
