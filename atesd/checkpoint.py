@@ -87,10 +87,10 @@ def save(root: Path, index: int, state: dict[str, Any], keep: int = 2, before_se
     # Checkpoints numbered past this one belong to a timeline the run left: it resumed from an older
     # one (those were refused: corrupted, past the logs, of another config). Counted as complete,
     # they made `keep` prune the checkpoint just written, so every later kill restarted the run.
-    abandoned = [p for p in sorted(root.glob("ckpt-*")) if p.name > final.name]
+    abandoned = [p for p in checkpoints(root) if number(p) > index]
     for old in abandoned:
         log.warning("removing checkpoint %s: the run went on from the older %s", old, final.name)
-    earlier = [p for p in sorted(root.glob("ckpt-*")) if p.name <= final.name]
+    earlier = [p for p in checkpoints(root) if number(p) <= index]
     complete = [p for p in earlier if p == final or problem(p, verify=False) is None]
     # older incomplete ones too (a removal cut short before this change left them: never resumed from)
     broken = [p for p in earlier if p not in complete]
@@ -142,12 +142,24 @@ def load(ckpt: Path, prune: Collection[str] = (), verify: bool = True) -> dict[s
     return load_state(ckpt / "state", prune)
 
 
+def number(ckpt: Path) -> int:
+    """A checkpoint's window index, from its name (`ckpt-000200`: 200); -1 for a name not of that form."""
+    digits = ckpt.name.removeprefix("ckpt-")
+    return int(digits) if digits.isdigit() else -1
+
+
+def checkpoints(root: Path) -> list[Path]:
+    """The checkpoints under `root`, oldest first by their index: sorted as text, ckpt-1000000 (window
+    one million) came before ckpt-999995, and a save pruned the new one as the older."""
+    return sorted((p for p in root.glob("ckpt-*") if number(p) >= 0), key=number)
+
+
 def load_latest(root: Path, warn=None, accept=None) -> tuple[dict[str, Any], Path] | None:
     """The newest complete checkpoint under `root` as (state, directory); incomplete or corrupted
     ones, and ones `accept(state)` says why not to use (a string; None accepts), are skipped with a
     warning naming them (`warn(message)`, default: the logger); None if none."""
     warn = warn or log.warning
-    for ckpt in sorted(root.glob("ckpt-*"), reverse=True):
+    for ckpt in reversed(checkpoints(root)):
         why = problem(ckpt)
         if why is None:
             try:

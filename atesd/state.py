@@ -218,11 +218,15 @@ def state_files(path: str | Path) -> tuple[Path, Path]:
 
 
 def save_state(state: dict[str, Any], path: str | Path) -> None:
-    """Write `<path>.json` (structure and scalars) and `<path>.safetensors` (arrays)."""
+    """Write `<path>.json` (structure and scalars) and `<path>.safetensors` (arrays), each whole or not
+    at all (a temporary file renamed over it: a kill mid-write left a truncated file that failed to
+    load with a safetensors traceback)."""
     meta_file, arrays_file = state_files(path)
     meta, tensors = flatten_state(state)
-    save_file(tensors, str(arrays_file))
-    meta_file.write_text(json.dumps(meta))
+    tmp = arrays_file.with_name(f".tmp-{arrays_file.name}")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, arrays_file)
+    write_atomic(meta_file, json.dumps(meta))
 
 
 def load_state(path: str | Path, prune: Collection[str] = ()) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import gymnasium as gym
 import numpy as np
@@ -60,26 +60,34 @@ class BankRecorder(gym.Wrapper):
         self.directory.mkdir(parents=True, exist_ok=True)
         name = "__".join(part for part in (tag, uuid.uuid4().hex[:8]) if part).replace("/", "-")
         self.path = self.directory / f"{name}.jsonl"
-        self._file = self.path.open("a", encoding="utf-8")
+        # opened at the first record: a run refused before it (a controller_init that does not fit) left
+        # a file of its meta line alone, of its config, which then blocked the bank's fit as a mismatch
+        self._file: IO[str] | None = None
         self.episode, self.window, self._obs = -1, 0, None
         base = env.unwrapped
         reward = getattr(base, "reward_spec", None)
-        self._write(
-            {
-                "kind": "meta",
-                "tag": tag,  # read_bank orders runs by it (the file name adds a random id)
-                "env": type(base).__name__,
-                "observation_names": list(getattr(base, "observation_names", ()) or ()),
-                "bands": list(getattr(base, "bands", ()) or ()),
-                "action_size": int(np.prod(env.action_space.shape)),
-                "reward_spec": reward._asdict() if reward is not None else None,
-                "config": config,
-            }
-        )
+        self._meta = {
+            "kind": "meta",
+            "tag": tag,  # read_bank orders runs by it (the file name adds a random id)
+            "env": type(base).__name__,
+            "observation_names": list(getattr(base, "observation_names", ()) or ()),
+            "bands": list(getattr(base, "bands", ()) or ()),
+            "action_size": int(np.prod(env.action_space.shape)),
+            "reward_spec": reward._asdict() if reward is not None else None,
+            "config": config,
+        }
+
+    def _opened(self) -> IO[str]:
+        """The bank file, made with its meta line at the first call."""
+        if self._file is None:
+            self._file = self.path.open("a", encoding="utf-8")
+            self._file.write(json.dumps(self._meta) + "\n")
+        return self._file
 
     def _write(self, record: dict) -> None:
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        file = self._opened()
+        file.write(json.dumps(record) + "\n")
+        file.flush()
 
     def reset(self, **kwargs) -> tuple[np.ndarray, dict]:
         obs, info = self.env.reset(**kwargs)
@@ -116,8 +124,9 @@ class BankRecorder(gym.Wrapper):
     def state_dict(self) -> dict[str, Any]:
         """Where the recording stands (its file, the bytes written, the episode and window), for a
         checkpoint: a resumed run cuts the file back to it and goes on recording into it."""
-        self._file.flush()
-        return {"path": str(self.path.resolve()), "offset": self._file.tell(), "episode": self.episode,
+        file = self._opened()
+        file.flush()
+        return {"path": str(self.path.resolve()), "offset": file.tell(), "episode": self.episode,
                 "window": self.window, "obs": self._obs}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -132,11 +141,10 @@ class BankRecorder(gym.Wrapper):
                 stacklevel=2,
             )
             return
+        if self._file is not None:
+            self._file.close()
         if path.resolve() != self.path.resolve():
-            self._file.close()
             self.path.unlink(missing_ok=True)
-        else:
-            self._file.close()
         with path.open("r+b") as fh:
             fh.truncate(int(state["offset"]))
         self.path, self._file = path, path.open("a", encoding="utf-8")
@@ -144,7 +152,7 @@ class BankRecorder(gym.Wrapper):
         self._obs = None if state["obs"] is None else _floats(state["obs"])
 
     def close(self) -> None:
-        if not self._file.closed:
+        if self._file is not None and not self._file.closed:
             self._file.close()
         super().close()
 

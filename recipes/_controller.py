@@ -194,7 +194,13 @@ def load_controller_init(controller: Any, path: str, name: str, env: Any = None)
     missing = no_saved_state(base)
     if missing:
         raise cfglib.ConfigError(missing)
-    state = load_state(base)
+    try:
+        state = load_state(base)
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file: a traceback, or JSON's line alone
+        raise cfglib.ConfigError(
+            f"controller_init: the state at {base} does not read ({type(err).__name__}: {err}); was it "
+            "cut short while it was written?"
+        ) from err
     unknown = sorted(set(state) - set(controller.state_dict()))
     if unknown:  # another controller's: an open-loop one (fixed, random) loaded anything without a word
         raise cfglib.ConfigError(

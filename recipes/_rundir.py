@@ -56,7 +56,7 @@ def new_run_dir(cfg: RunConfig) -> Path:
     """`<out_dir>/<controller>__<name>__<seed>__<time>`, with a numeric suffix if that exists already."""
     stem = f"{cfg.controller}__{cfg.name}__{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
     try:
-        return fresh_dir(Path(cfg.out_dir), stem)
+        return fresh_dir(Path(cfg.out_dir).expanduser(), stem)  # `~/runs` made a folder named ~ here
     except OSError as err:
         raise OSError(f"cannot create a run directory under out_dir={cfg.out_dir}: {err}") from err
 
@@ -65,7 +65,7 @@ def latest_run_dir(cfg: RunConfig) -> Path | None:
     """The newest run directory of this controller, name, seed and env, or None. The env is not in
     the directory's name: a mock run made after a real one of the same controller was taken for it,
     and `--resume auto` refused the real run's command for a config that differs in env."""
-    root = Path(cfg.out_dir)
+    root = Path(cfg.out_dir).expanduser()
     if not root.is_dir():
         return None
     runs = [
@@ -233,8 +233,18 @@ def plan_run(args: Any, cfg: RunConfig | None) -> Plan:
         return Plan(absolute_paths(cfg))
     if not (run_dir / "config.json").exists():
         raise cfglib.ConfigError(f"--resume {run_dir}: not a run directory (no config.json)")
+    # a process training the run now prunes its checkpoints under the reads below: it is named now, not
+    # taken for a damaged checkpoint (whose advice was to remove the live run's checkpoints)
+    with run_lock(run_dir):
+        return _resume_of(args, cfg, run_dir)
+
+
+def _resume_of(args: Any, cfg: RunConfig | None, run_dir: Path) -> Plan:
+    """`plan_run` of the run in `run_dir`, a run directory this process holds."""
     stored = stored_config(run_dir)
     differ = given_differences(args, cfg, stored)
+    if args.resume == "auto" and cfg is not None and _same_dir(run_dir.parent, cfg.out_dir):
+        differ = [key for key in differ if key != "out_dir"]  # found there: `./runs` is `runs`
     # controller_init is read by a restart from the beginning alone (a checkpoint holds the controller's
     # state, a finished run trains no more): a difference there is judged below, once that is known
     refused_keys = [key for key in differ if key != "controller_init"]
@@ -269,6 +279,11 @@ def plan_run(args: Any, cfg: RunConfig | None) -> Plan:
             f"from the beginning, from the controller_init it started with, {stored.controller_init})"
         )
     return resume_plan(args, run_dir, stored, differ, seen)
+
+
+def _same_dir(folder: Path, out_dir: str) -> bool:
+    """Whether `out_dir` names `folder`, however spelt (`runs`, `./runs/`, its absolute path, `~/...`)."""
+    return folder.resolve() == Path(out_dir).expanduser().resolve()
 
 
 def given_differences(args: Any, cfg: RunConfig | None, stored: RunConfig) -> list[str]:
@@ -311,6 +326,14 @@ def resume_plan(
             f"--resume {run_dir}: none of its checkpoints can be resumed ({'; '.join(refused)}); it is not "
             f"restarted, which would delete them: {how}"
         )
+    ended, at = _ended_at(run_dir), resume_state["loop"]["global_window"] if resume_state else None
+    if at is not None and ended is not None and at < ended:  # its final checkpoint refused: an older one
+        why = "; ".join(refused) or "the later ones are gone"  # would train again over its logs
+        raise cfglib.ConfigError(
+            f"--resume {run_dir}: the run finished at window {ended}, and its newest checkpoint that "
+            f"loads is of window {at} ({why}); a finished run is not trained again: restore its outputs "
+            "from a copy, or start a new run (without --resume) to train it anew"
+        )
     if resume_state is None:
         print(f"{run_dir} has no checkpoint yet; restarting it from the beginning")
     else:
@@ -321,6 +344,15 @@ def resume_plan(
                 f"started from {stored.controller_init})"
             )
     return Plan(stored, run_dir, resume_state, ckpt, seen=seen)
+
+
+def _ended_at(run_dir: Path) -> int | None:
+    """The last window of a finished run, from its summary.json (None: not finished, or not said)."""
+    try:
+        windows = json.loads((run_dir / SUMMARY).read_text()).get("windows")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return windows if isinstance(windows, int) and not isinstance(windows, bool) else None
 
 
 def config_differs(args: Any, run_dir: Path, keys: list[str]) -> str:

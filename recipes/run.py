@@ -61,6 +61,7 @@ from recipes._progress import (  # noqa: E402
     warmstart_progress,
 )
 from recipes._rundir import (  # noqa: E402
+    INPUTS,
     Plan,
     config_fingerprint,
     given_overrides,
@@ -379,25 +380,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:
+    refuse_eval_config(args)
+    return cfglib.load(RunConfig, args.config, given_overrides(args))
+
+
+def refuse_eval_config(args: argparse.Namespace) -> None:
+    """An eval.py config given as --config is said to be one (it said "unknown config key 'task'; did
+    you mean 'real.task'?"), for a new run and on top of a --resume DIR alike."""
     advice = "give a run.py config (recipes/configs/*.yaml, or a run directory's config.json)"
     refuse_other_config(args.config, RunConfig, "run.py", EvalConfig, "eval.py", advice)
-    return cfglib.load(RunConfig, args.config, given_overrides(args))
 
 
 RUN_DIR: list[Path] = []  # the run directory once known, for the Ctrl-C line
 
 
 def _interrupted(args: argparse.Namespace) -> str:
-    if RUN_DIR:
-        where = f"python recipes/run.py --resume {shlex.quote(str(RUN_DIR[-1]))}"
-    elif args.resume not in (None, "auto"):  # stopped while --resume DIR read its checkpoint
-        where = f"--resume {args.resume} (the same command)"
-    else:
-        where = "--resume auto (the same command)"
-    saved = RUN_DIR and any(
+    if not RUN_DIR:  # stopped while planning (or --resume DIR read its checkpoint): nothing was written
+        again = "" if args.resume in (None, "auto") else f" (--resume {args.resume})"
+        return f"the run stopped before it began training; nothing changed: run the same command again{again}"
+    where = f"python recipes/run.py --resume {shlex.quote(str(RUN_DIR[-1]))}"
+    saved = any(
         checkpoint.problem(c, verify=False) is None for c in (RUN_DIR[-1] / "checkpoints").glob("ckpt-*")
     )
-    if RUN_DIR and not saved:  # stopped while building (a warm start training) or before a checkpoint
+    if not saved:  # stopped while building (a warm start training) or before a checkpoint
         return f"the run stopped before its first checkpoint; start it again from the beginning with {where}"
     return f"the run stopped; continue it from its last checkpoint with {where}"
 
@@ -412,6 +417,8 @@ def main(argv: list[str] | None = None) -> Path | None:
 def _main(args: argparse.Namespace) -> Path | None:
     # --resume DIR: what is given goes on top of DIR's config (plan_run), never judged on its own
     cfg = resolve_config(args) if args.resume in (None, "auto") else None
+    if cfg is None:  # --resume DIR: a --config goes on top of the run's own
+        refuse_eval_config(args)
     dist = Dist.from_env()  # torchrun: rank 0 decides, logs and saves; every rank trains on its shard
     if not dist.active:
         return _run(dist, plan_run(args, cfg))
@@ -484,8 +491,12 @@ def _run(dist: Dist, plan: Plan) -> Path | None:
             fresh = run_dir is None
             if fresh:
                 run_dir = new_run_dir(cfg)
-                write_atomic(run_dir / "config.json", json.dumps(resolved_dict(cfg), indent=1))
-                record_inputs(run_dir, cfg.real if cfg.env == "real" else None, cfg.controller_init)
+                try:  # the inputs' record first: a resume of a directory with a config.json checks them
+                    record_inputs(run_dir, cfg.real if cfg.env == "real" else None, cfg.controller_init)
+                    write_atomic(run_dir / "config.json", json.dumps(resolved_dict(cfg), indent=1))
+                except BaseException:  # Ctrl-C while a large input is hashed: no husk left behind
+                    discard_dir(run_dir)
+                    raise
             print(f"run directory: {run_dir}", flush=True)
             RUN_DIR.append(run_dir)
             held.enter_context(run_lock(run_dir))
@@ -500,6 +511,8 @@ def _run(dist: Dist, plan: Plan) -> Path | None:
         dist.broadcast_object("")
         if not fresh and resume_state is None:  # resumed before its first checkpoint: from the start
             restart_logs(run_dir)
+            if not (run_dir / INPUTS).exists():  # cut before it was written (or a run from before it was)
+                record_inputs(run_dir, cfg.real if cfg.env == "real" else None, cfg.controller_init)
         runner = _build(cfg, run_dir, resume_state, dist, fresh)
         recorder = find_recorder(runner.env)
         note_bank_file(run_dir, recorder.path if recorder is not None else None)

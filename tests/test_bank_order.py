@@ -65,3 +65,19 @@ def test_runs_recorded_in_another_order_under_other_ids_read_the_same(tmp_path, 
     renamed = sorted((tmp_path / "down").glob("*.jsonl"))[0]  # the 0.9 run, named outside any tag
     renamed.rename(renamed.with_name("zz-my-run.jsonl"))
     assert _contents(read_bank(tmp_path / "down")) == _contents(up)
+
+
+def test_a_recorder_makes_its_file_at_its_first_record(tmp_path):
+    """The file and its meta line were made as the recorder was built: a run refused right after
+    (a controller_init that does not fit) left a file of its config alone, which blocked the bank's
+    fit as a mismatch with the runs recorded there."""
+    from envs.bank import BankRecorder
+
+    refused = BankRecorder(MockExposureEnv(total_steps=20), tmp_path, tag="refused")
+    refused.close()
+    assert list(tmp_path.iterdir()) == []
+    env = BankRecorder(MockExposureEnv(), tmp_path, tag="run")
+    env.reset(seed=0)
+    env.step(np.array([0.5], np.float32))
+    env.close()
+    assert [p.name for p in tmp_path.iterdir()] == [env.path.name] and read_bank(tmp_path).windows == 1

@@ -688,7 +688,8 @@ def test_ctrl_c_while_resume_dir_reads_its_checkpoint_names_that_command(tmp_pat
     with pytest.raises(SystemExit) as exc:
         run.main(["--resume", str(run_dir)])
     err = capsys.readouterr().err.strip()
-    assert exc.value.code == 130 and f"with --resume {run_dir}" in err and "auto" not in err, err
+    assert exc.value.code == 130 and "auto" not in err, err
+    assert err.endswith(f"nothing changed: run the same command again (--resume {run_dir})"), err
 
 
 def test_ctrl_c_while_the_env_is_built_says_nothing_was_saved_and_ends_the_bar(tmp_path, monkeypatch, capsys):
@@ -789,3 +790,82 @@ def test_a_run_started_with_a_controller_seed_says_why_it_cannot_resume(tmp_path
     (tmp_path / "config.json").write_text(json.dumps(data))
     with pytest.raises(cfglib.ConfigError, match="used the run's seed instead of it: start the run again"):
         stored_config(tmp_path)
+
+
+def test_a_resume_of_a_run_another_process_trains_names_that_process(tmp_path, capsys):
+    """The plan read the checkpoints before taking the lock: one the trainer was pruning at that
+    moment was refused as damaged, with the advice to remove the live run's checkpoints."""
+    from recipes._rundir import run_lock
+
+    run_dir = run.main(["--controller", "fixed", *MOCK, f"out_dir={tmp_path}"])
+    (run_dir / "summary.json").unlink()
+    for ckpt in (run_dir / "checkpoints").glob("ckpt-*"):  # as the trainer's pruning leaves them, mid-way
+        (ckpt / "state.safetensors").unlink()
+    with run_lock(run_dir):  # another process's hold, as far as flock is concerned (another open file)
+        code, err = failure(capsys, ["--resume", str(run_dir)])
+    assert code == 2 and one_line(err) and "is being trained by another process" in err, err
+    assert "remove" not in err
+
+
+def test_a_controller_init_that_does_not_read_is_one_line_and_leaves_no_directory(tmp_path, capsys):
+    """A truncated state file gave a safetensors traceback, and left a run directory behind."""
+    first = run.main(["--controller", "beta_reinforce", *MOCK, f"out_dir={tmp_path / 'first'}"])
+    (tmp_path / "ci").mkdir()
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(first / f"controller{suffix}", tmp_path / "ci" / f"controller{suffix}")
+    with open(tmp_path / "ci" / "controller.safetensors", "r+b") as fh:
+        fh.truncate(300)
+    argv = ["--controller", "beta_reinforce", *MOCK, f"out_dir={tmp_path / 'out'}",
+            f"controller_init={tmp_path / 'ci' / 'controller'}"]  # fmt: skip
+    code, err = failure(capsys, argv)
+    assert (
+        code == 2 and one_line(err) and f"the state at {tmp_path / 'ci' / 'controller'} does not read" in err
+    )
+    assert not any((tmp_path / "out").glob("*/config.json"))
+
+
+def test_a_finished_run_whose_final_checkpoint_is_damaged_is_not_trained_again(tmp_path, capsys):
+    """It fell back to an older checkpoint and trained the last windows again over its logs."""
+    argv = ["--controller", "fixed", *MOCK, "episodes=2", "checkpoint_every=7", f"out_dir={tmp_path}"]
+    run_dir = run.main(argv)
+    (run_dir / "controller.json").unlink()
+    last = max((run_dir / "checkpoints").glob("ckpt-*"))
+    with open(last / "state.json", "a") as fh:
+        fh.write(" ")
+    logs = (run_dir / "metrics.jsonl").read_bytes()
+    code, err = failure(capsys, ["--resume", str(run_dir)])
+    assert (
+        code == 2 and one_line(err) and "the run finished at window 20, and its newest checkpoint" in err
+    ), err
+    assert (run_dir / "metrics.jsonl").read_bytes() == logs
+
+
+def test_resume_auto_takes_out_dir_however_spelt_and_expands_a_home(tmp_path, monkeypatch, capsys):
+    """`out_dir=./od2` refused the run it had just found under od2 (out_dir compared as text), and
+    `out_dir=~/runs` made a folder named ~ in the current directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    args = ["--controller", "bandit", *MOCK]
+    crash_at(monkeypatch, 3)
+    with pytest.raises(SystemExit):
+        run.main([*args, "out_dir=od2"])
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    for spelt in ("./od2", "od2/", str(tmp_path / "od2")):
+        with pytest.raises(SystemExit) as exc:  # resumed, and stopped again: the run stays unfinished
+            crash_at(monkeypatch, 4)
+            run.main([*args, f"out_dir={spelt}", "--resume", "auto"])
+        err = capsys.readouterr().err
+        assert exc.value.code == 130 and "whose config differs" not in err, err
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    home = run.main(["--controller", "fixed", *MOCK, "out_dir=~/runs"])
+    assert home.parent == tmp_path / "home" / "runs" and not (tmp_path / "~").exists()
+
+
+def test_resume_dir_says_an_eval_config_is_one(tmp_path, capsys):
+    run_dir = run.main(["--controller", "fixed", *MOCK, f"out_dir={tmp_path}"])
+    (tmp_path / "eval.json").write_text('{"task": "synthetic", "pass_k": [1]}')
+    code, err = failure(capsys, ["--resume", str(run_dir), "--config", str(tmp_path / "eval.json")])
+    assert code == 2 and "eval.json is an eval.py config (it sets task, pass_k); run.py" in err, err

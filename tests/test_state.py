@@ -1,5 +1,7 @@
 """atesd/state.py: nested states with tensors through safetensors + JSON, and what it refuses."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -123,3 +125,32 @@ def test_a_save_after_resuming_from_an_older_checkpoint_keeps_what_it_wrote(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-000002"]
     state, ckpt = checkpoint.load_latest(tmp_path, warn=lambda m: None)
     assert ckpt.name == "ckpt-000002" and float(state["w"][0]) == 2.0
+
+
+def test_checkpoints_past_window_999999_keep_their_order(tmp_path):
+    """Named ckpt-NNNNNN and sorted as text, ckpt-1000000 came before ckpt-999995: a save kept only
+    one, removing the older as "a timeline the run left", and a resume took the older."""
+    from atesd import checkpoint
+
+    for i in (999995, 1000000):
+        checkpoint.save(tmp_path, i, {"w": torch.full((2,), float(i))}, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-1000000", "ckpt-999995"]
+    state, ckpt = checkpoint.load_latest(tmp_path, warn=lambda m: None)
+    assert ckpt.name == "ckpt-1000000" and float(state["w"][0]) == 1000000.0
+
+
+def test_a_state_file_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """save_state wrote in place: a kill mid-write left a truncated file (a safetensors traceback on
+    the next load). Now a failed write leaves the file it would have replaced."""
+    import atesd.state as state_mod
+
+    save_state({"w": torch.ones(3)}, tmp_path / "s")
+
+    def cut(tensors, path):
+        Path(path).write_bytes(b"cut")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(state_mod, "save_file", cut)
+    with pytest.raises(KeyboardInterrupt):
+        save_state({"w": torch.zeros(3)}, tmp_path / "s")
+    assert torch.equal(load_state(tmp_path / "s")["w"], torch.ones(3))
