@@ -101,6 +101,8 @@ def completion_hidden_with_continuations(
     Returns (hidden, targets, (cont_hidden, cont_targets) or None): the continuation tokens of the
     rows that have one, in row order.
     """
+    if not prompts:  # torch.cat of no buckets said only "expected a non-empty list of Tensors"
+        raise ValueError("no rows: a pass over an empty batch")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     conts = continuations or [None] * len(prompts)

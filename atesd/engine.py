@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import logging
 import math
+import numbers
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +45,7 @@ from atesd.models import dropout_free, eos_token_ids, head_problem, is_peft
 from atesd.rollout import RolloutBackend, make_backend
 from atesd.state import cpu_copy, own_copies
 from atesd.stats import EMAStats, StepStats, WindowStats
-from atesd.tasks.base import Problem, Task, action_band
+from atesd.tasks.base import Problem, Task, action_band, action_bands
 from atesd.teacher import Teacher
 
 # the settings live in atesd.engine_config; imported from here too, as they always were
@@ -191,6 +192,7 @@ class DistillEngine:
         `beside_rollout`, when given, runs on a second thread while the student samples (it must read
         the weights the rollout reads and write nothing they use); its result is returned too."""
         t_start = time.perf_counter()
+        self.check_exposure(alpha)  # before the problem stream and the sampler move
         problems = self.task.sample(self.rng, self.cfg.batch_size)
         if beside_rollout is None:
             batch, beside = self.rollout(problems), None
@@ -314,6 +316,20 @@ class DistillEngine:
                 module.training = mode
         return result, future.result()
 
+    def check_exposure(self, alpha: Exposure) -> None:
+        """ValueError unless `alpha` is a number in [0, 1], or a mapping that gives every band of the
+        task (`action_bands`) one: it was checked only where a teacher prompt used it, after the
+        rollout had moved the engine's streams, and never for a band no row drew or where every row
+        took `exposure.solved_alpha` (a NaN then reached the statistics a controller reads)."""
+        values = alpha.values() if isinstance(alpha, Mapping) else [alpha]
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"alpha must be a number in [0, 1], got {value!r}")
+        if isinstance(alpha, Mapping):
+            missing = [band for band in action_bands(self.task) if band not in alpha]
+            if missing:
+                raise ValueError(f"no alpha for band(s) {missing}: the per-band exposure has {sorted(alpha)}")
+
     def alpha_of(self, alpha: Exposure, problem: Problem) -> float:
         """The exposure of `problem`: `alpha` itself, or its band's entry (KeyError names the band)."""
         if not isinstance(alpha, Mapping):
@@ -405,6 +421,7 @@ class DistillEngine:
         probe after each update but the last is measured while the next update's rollout samples."""
         if hold_steps < 1:
             raise ValueError(f"hold_steps must be >= 1, got {hold_steps}")
+        self.check_exposure(alpha)
         if not self.cfg.probe_every:  # never measured (then every step's probe is NaN too)
             start = math.nan
         else:

@@ -109,6 +109,8 @@ def test_a_bad_continuation_is_refused(tiny_model):
         completion_hidden_with_continuations(tiny_model, [[1, 2]], [[3]], 0, [(2, [4])])
     with pytest.raises(ValueError, match="continuation"):
         completion_hidden_with_continuations(tiny_model, [[1, 2]], [[3]], 0, [(1, [])])
+    with pytest.raises(ValueError, match="no rows"):  # torch.cat's "expected a non-empty list" before
+        completion_hidden(tiny_model, [], [], 0)
 
 
 def reference_batch(engine: DistillEngine, n: int = 8) -> Batch:

@@ -478,3 +478,23 @@ def test_loading_a_snapshot_never_lets_training_write_into_it(tiny_model, tokeni
 
     pairs = list(zip(tensors(snapshot), tensors(kept), strict=True))
     assert len(pairs) > 10 and all(torch.equal(a, b) for a, b in pairs)
+
+
+def test_a_bad_alpha_is_refused_before_the_streams_move(tiny_model, tokenizer, small_task):
+    """alpha was checked only where a teacher prompt used it: after the rollout had moved the problem
+    stream and the sampler, and never where every row was solved under exposure.solved_alpha, or for
+    a band no row drew (a NaN then reached the statistics a controller reads)."""
+    from atesd.tasks.base import action_bands
+
+    engine = make_engine(tiny_model, tokenizer, small_task, exposure=ExposureConfig(solved_alpha=1.0))
+    bands = action_bands(small_task)
+    before = (engine.rng.bit_generator.state, engine.sample_gen.get_state())
+    for bad in (math.nan, 3.0, -0.1, "0.5", True, None, {**dict.fromkeys(bands, 0.5), bands[-1]: math.nan}):
+        with pytest.raises(ValueError, match="alpha must be a number in"):
+            engine.step(bad)
+    with pytest.raises(ValueError, match=rf"no alpha for band\(s\) \['{bands[-1]}'\]"):
+        engine.run_window(dict.fromkeys(bands[:-1], 0.5), 1)
+    assert engine.rng.bit_generator.state == before[0] and torch.equal(
+        engine.sample_gen.get_state(), before[1]
+    )
+    assert engine.num_steps == 0
