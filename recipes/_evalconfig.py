@@ -185,6 +185,36 @@ def config_record(cfg: EvalConfig) -> dict[str, Any]:
     return json.loads(json.dumps(record))
 
 
+def absolute_inputs(cfg: EvalConfig) -> EvalConfig:
+    """`cfg` with a task and a model given as local paths made absolute (the data source too where it
+    is the task): config.json named them as typed, so a resume from another directory found no such
+    file, or read another one there (a relative model path read as a hub id)."""
+    from atesd.priors import absolute_path, local_path
+    from atesd.tasks.sources import DATASETS
+
+    task = cfg.task
+    if not cfg.synthetic and task not in DATASETS and Path(task).expanduser().exists():
+        task = absolute_path(task)
+    data = cfg.real.data
+    if data.source == cfg.task:
+        data = dataclasses.replace(data, source=task)
+    hf = dataclasses.replace(
+        cfg.real.hf, name_or_path=local_path("hf.name_or_path", cfg.real.hf.name_or_path)
+    )
+    return dataclasses.replace(cfg, task=task, real=dataclasses.replace(cfg.real, data=data, hf=hf))
+
+
+def eval_inputs(cfg: EvalConfig) -> list[tuple[str, Path]]:
+    """The local files an evaluation reads, for inputs.json: its task's data file or folder and its
+    model's folder (a resume that went on with other weights or other rows mixed two evaluations)."""
+    files = [("task", Path(cfg.task)), ("real.hf.name_or_path", Path(cfg.real.hf.name_or_path))]
+    return [
+        (key, path)
+        for key, path in files
+        if str(path) not in ("", ".") and path.is_absolute() and path.exists()
+    ]
+
+
 ENGINE = ("real", "engine")  # the training engine's section: nothing in an evaluation reads it
 
 

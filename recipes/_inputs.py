@@ -70,14 +70,20 @@ def _stat(path: Path) -> dict[str, Any]:
     return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def record_inputs(directory: Path, real: Any = None, controller_init: str | Sequence[str] = "") -> None:
-    """Write `directory`/inputs.json: the size and sha256 of each of `input_files`, a folder's as those
-    of each of its files (`folder_files`, by their paths relative to it); none: no file."""
+def record_inputs(
+    directory: Path,
+    real: Any = None,
+    controller_init: str | Sequence[str] = "",
+    extra: Sequence[tuple[str, Path]] = (),
+) -> None:
+    """Write `directory`/inputs.json: the size and sha256 of each of `input_files` and of `extra`
+    ((key, file or folder): eval.py's task and model), a folder's as those of each of its files
+    (`folder_files`, by their paths relative to it); none: no file."""
     entries = [
         {"key": key, "path": absolute_path(path),
          **({"files": [{"path": name, **_stat(path / name)} for name in folder_files(path)]}
             if path.is_dir() else _stat(path))}
-        for key, path in input_files(real, controller_init)
+        for key, path in [*input_files(real, controller_init), *extra]
     ]  # fmt: skip
     if entries:
         write_atomic(directory / INPUTS, json.dumps({"files": entries}, indent=1))

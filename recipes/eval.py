@@ -64,7 +64,9 @@ from recipes._evalconfig import (  # noqa: E402
     TASKS_HELP,
     UNREAD,
     EvalConfig,
+    absolute_inputs,
     config_record,
+    eval_inputs,
     load_task,
     resolve_config,
     resume_config,
@@ -79,7 +81,7 @@ from recipes._evalstate import (  # noqa: E402
     save_state,
 )
 from recipes._progress import discard_dir, fresh_dir, user_errors, warmstart_progress  # noqa: E402
-from recipes._rundir import run_lock  # noqa: E402
+from recipes._rundir import changed_inputs, record_inputs, run_lock  # noqa: E402
 from recipes.common import Once  # noqa: E402
 
 
@@ -91,6 +93,11 @@ def load_model(cfg: EvalConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
     if real.embedded:
         from atesd.tasks.synthetic import ChainBagTask
 
+        if not cfg.synthetic:  # it answered a math task with text like "AAAA", scored 0%
+            raise cfglib.ConfigError(
+                f"the embedded tiny model only knows the synthetic task, not {cfg.task}: give the model to "
+                "evaluate with --model (a hub id or a local path)"
+            )
         model, tokenizer = build_student(real, ChainBagTask(real.task), warmstart_progress())
         print("model: the embedded warm start", flush=True)
         return model, tokenizer
@@ -278,9 +285,11 @@ def _metrics(
 # ---- output -------------------------------------------------------------------------------------
 def new_run_dir(out: Path, task: str) -> Path:
     """A new <out>/eval__<task>__<YYYYmmdd-HHMMSS>[-k]; an existing directory is never reused."""
-    name = Path(task).stem if task.endswith(".jsonl") else task.replace("/", "_")
+    local = Path(task).expanduser()
+    name = local.stem if local.exists() or task.endswith(".jsonl") else task.replace("/", "_")
+    name = name[:80]  # a long path's whole name was refused as "File name too long", blaming out_dir
     try:
-        return fresh_dir(out, f"eval__{name}__{time.strftime('%Y%m%d-%H%M%S')}")
+        return fresh_dir(out.expanduser(), f"eval__{name}__{time.strftime('%Y%m%d-%H%M%S')}")
     except OSError as err:  # out_dir, or a folder above it, is a file; no permission
         raise cfglib.ConfigError(
             f"out_dir={out}: the eval directory cannot be made there ({err.strerror}: {err.filename}); "
@@ -380,6 +389,8 @@ def main(argv: list[str] | None = None) -> Path:
             cfg = resolve_config(args)
             task = load_task(cfg)  # a bad task or data file is one line, before a directory is made
             run_dir = new_run_dir(Path(cfg.out_dir), cfg.task)
+            cfg = absolute_inputs(cfg)  # a resume from another directory reads the same files
+            record_inputs(run_dir, extra=eval_inputs(cfg))  # and refuses them changed since
             write_atomic(run_dir / "config.json", json.dumps(config_record(cfg), indent=1))
         with run_lock(run_dir, doing="evaluated"):  # two processes never append to one directory
             if args.resume:  # judged again under the lock: another process may have gone on meanwhile
@@ -387,6 +398,9 @@ def main(argv: list[str] | None = None) -> Path:
                 if finished:
                     print(f"{run_dir} is finished ({SUMMARY} holds its results); nothing to resume")
                     return run_dir
+                changed = changed_inputs(run_dir)  # another model or task file would be mixed in
+                if changed:
+                    raise cfglib.ConfigError(f"--resume {run_dir}: {changed}")
             print(f"eval directory: {run_dir}", flush=True)
             try:
                 summary = evaluate(cfg, run_dir, task)

@@ -169,7 +169,8 @@ def test_eval_main_writes_its_files_and_repeats_under_a_seed(tiny_model, tokeniz
     assert _read(again) == (lines, summary)  # the same seed: the same samples, grades and metrics
     texts = [s["text"] for r in lines for s in r["samples"]]
     assert texts != [s["text"] for r in _read(other)[0] for s in r["samples"]]
-    assert sorted(p.name for p in first.iterdir()) == [".lock", "config.json", "problems.jsonl", ev.SUMMARY]
+    listed = sorted(p.name for p in first.iterdir())  # inputs.json: the model folder's files, for a resume
+    assert listed == [".lock", "config.json", "inputs.json", "problems.jsonl", ev.SUMMARY]
 
     # the random model solves nothing (every metric 0): a sampler that answers every third prompt with
     # its reference solution makes the summary's agreement with the lines' counts tell
@@ -293,7 +294,8 @@ def test_eval_resume_after_a_stop_equals_an_uninterrupted_run(tiny_model, tokeni
     )
     assert err == (f"interrupted: {line}" if stop is KeyboardInterrupt else line)
     assert stop is not KeyboardInterrupt or exc.value.code == 130
-    assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "config.json", "problems.jsonl", ev.STATE]
+    kept = [".lock", "config.json", "inputs.json", "problems.jsonl", ev.STATE]
+    assert sorted(p.name for p in run_dir.iterdir()) == kept
     written = (run_dir / "problems.jsonl").read_text().splitlines(keepends=True)
     assert len(written) == 5
     with (run_dir / "problems.jsonl").open("a") as fh:  # a line past the saved state, and a torn one
@@ -302,7 +304,7 @@ def test_eval_resume_after_a_stop_equals_an_uninterrupted_run(tiny_model, tokeni
 
     assert main(["--resume", str(run_dir)]) == run_dir
     listed = sorted(p.name for p in run_dir.iterdir())
-    assert listed == [".lock", "config.json", "problems.jsonl", "summary.json"]
+    assert listed == [".lock", "config.json", "inputs.json", "problems.jsonl", "summary.json"]
     assert _read(run_dir) == _read(main(args))
 
 
@@ -373,6 +375,13 @@ def test_eval_resume_refuses_another_config_and_what_it_cannot_continue(tiny_mod
     with run_lock(run_dir):  # as a live evaluation holds it: a second one would append to its files
         assert "is being evaluated by another process (pid " in refused(["--resume", str(run_dir)])
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == kept
+    # other weights at the model's path: the results mixed two models (inputs.json, as run.py's)
+    weights = tmp_path / "model" / "model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-4] + bytes(4))
+    err = refused(["--resume", str(run_dir)])
+    assert f"real.hf.name_or_path {tmp_path / 'model'}" in err and "changed since the run started" in err, err
+    weights.write_bytes(original)
 
     # the command that started it, with --resume: out_dir changes no result
     elsewhere = tmp_path / "elsewhere"
@@ -674,3 +683,22 @@ def test_eval_of_another_task_leaves_the_training_datas_bands(tmp_path):
     overrides = [f"task={rows}", "real.data.source=train.jsonl", "real.data.band_field=level"]
     (problems,) = ev.load_task(cfglib.load(ev.EvalConfig, None, overrides)).eval_sets().values()
     assert [p.answer for p in problems] == ["4"]
+
+
+def test_the_embedded_model_is_not_evaluated_on_a_math_task(tmp_path, capsys):
+    """Without --model it answered gsm8k with text like "AAAA" and reported 0%."""
+    task = tmp_path / "t.jsonl"
+    task.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
+    with pytest.raises(SystemExit) as exc:
+        main(
+            [
+                "--task",
+                str(task),
+                "--set",
+                f"out_dir={tmp_path / 'runs'}",
+                "--set",
+                "sampling.max_new_tokens=8",
+            ]
+        )
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "the embedded tiny model only knows the synthetic task" in err, err
