@@ -897,3 +897,12 @@ def test_an_empty_source_is_refused_in_one_line():
     inside `datasets`."""
     with pytest.raises(ValueError, match="source is empty"):
         MathDataConfig(source=" ")
+
+
+def test_a_folder_of_files_with_other_columns_is_one_line(tmp_path, hf_datasets):
+    """`datasets` raised its DatasetGenerationError (a CastError inside), a traceback out of eval.py."""
+    (tmp_path / "d").mkdir()
+    write_jsonl(tmp_path / "d" / "a.jsonl", [{"problem": "P?", "answer": "1"}])
+    write_jsonl(tmp_path / "d" / "b.jsonl", [{"question": "Q?", "answer": "2", "x": 3}])
+    with pytest.raises(ValueError, match=r"d\[train\]: its files do not read as one table \(CastError"):
+        load_problems(MathDataConfig(source=str(tmp_path / "d")))

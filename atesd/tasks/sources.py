@@ -201,7 +201,13 @@ def folder_rows(path: Path, cfg: MathDataConfig) -> tuple[str, Iterator[tuple[in
         if files:
             options = _csv_options(datasets, files, path)
             return where, enumerate(_read_table(datasets, "csv", files, f"{where}: not readable", options), 1)
-        return where, enumerate(datasets.load_dataset(str(path), cfg.hf_name, split=split), 1)
+        try:
+            rows = datasets.load_dataset(str(path), cfg.hf_name, split=split)
+        except datasets.exceptions.DatasetGenerationError as exc:  # files of other columns: a traceback
+            cause = exc.__cause__ or exc
+            why = f"{type(cause).__name__}: {str(cause).partition(chr(10))[0]}"
+            raise ValueError(f"{where}: its files do not read as one table ({why})") from exc
+        return where, enumerate(rows, 1)
     saved = datasets.load_from_disk(str(path))
     if isinstance(saved, datasets.DatasetDict):
         if split not in saved:
