@@ -143,8 +143,8 @@ def replay(env: SurrogateExposureEnv, act, episodes: int, seed: int) -> float:
 def main(argv: list[str] | None = None) -> Path:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.episodes < 0 or args.folds < 2 or args.l2 < 0:
-        parser.error("--episodes must be >= 0, --folds >= 2, --l2 >= 0")
+    if args.episodes < 0 or args.folds < 2 or not 0 <= args.l2 < math.inf:  # NaN passed `< 0`: an all-NaN fit
+        parser.error("--episodes must be >= 0, --folds >= 2, --l2 >= 0 and finite")
     if args.force and not args.ship:
         parser.error("--force needs --ship (it lets --ship replace a prior of another config)")
     written: list[Path] = []  # the output directory once it holds the surrogate and the controller

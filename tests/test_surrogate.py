@@ -279,6 +279,10 @@ def test_the_command_line_is_checked_before_the_bank_is_read(bank_dir, tmp_path,
         err = _refused([*bank, *out, "--alphas", "0,2"], capsys)
         assert "--alphas must be a comma list of numbers in [0, 1], got 2 in '0,2'" in err
         assert "afile" in _refused([*bank, "--out", str(tmp_path / "afile" / "sub")], capsys)
+        for l2 in ("nan", "inf"):  # NaN passed `< 0`: an all-NaN fit, then a traceback in the pre-training
+            with pytest.raises(SystemExit) as exc:
+                surrogate.main([*bank, *out, "--l2", l2])
+            assert exc.value.code == 2 and "--l2 >= 0 and finite" in capsys.readouterr().err
     assert "no bank at" in _refused(["--bank", str(tmp_path / "none"), *out], capsys)
     assert not (tmp_path / "out").exists()  # made before the bank was read, then removed (with its out/)
 
