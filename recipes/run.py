@@ -490,13 +490,7 @@ def _run(dist: Dist, plan: Plan) -> Path | None:
             check_bank_dir(cfg)
             fresh = run_dir is None
             if fresh:
-                run_dir = new_run_dir(cfg)
-                try:  # the inputs' record first: a resume of a directory with a config.json checks them
-                    record_inputs(run_dir, cfg.real if cfg.env == "real" else None, cfg.controller_init)
-                    write_atomic(run_dir / "config.json", json.dumps(resolved_dict(cfg), indent=1))
-                except BaseException:  # Ctrl-C while a large input is hashed: no husk left behind
-                    discard_dir(run_dir)
-                    raise
+                run_dir = _new_run(cfg)
             print(f"run directory: {run_dir}", flush=True)
             RUN_DIR.append(run_dir)
             held.enter_context(run_lock(run_dir))
@@ -525,6 +519,20 @@ def _run(dist: Dist, plan: Plan) -> Path | None:
         # last, and whole (a temporary file renamed): a run is finished once summary.json exists
         write_summary(run_dir, summary)
     print_summary(summary)
+    return run_dir
+
+
+def _new_run(cfg: RunConfig) -> Path:
+    """A new run directory with its inputs.json, then its config.json: the inputs' record first, as a
+    resume of a directory with a config.json checks them. Ctrl-C while a large input is hashed leaves
+    no husk behind."""
+    run_dir = new_run_dir(cfg)
+    try:
+        record_inputs(run_dir, cfg.real if cfg.env == "real" else None, cfg.controller_init)
+        write_atomic(run_dir / "config.json", json.dumps(resolved_dict(cfg), indent=1))
+    except BaseException:
+        discard_dir(run_dir)
+        raise
     return run_dir
 
 
