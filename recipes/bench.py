@@ -361,8 +361,12 @@ def _normal(spec: str) -> str:
 
 def spec_inits(controllers: list[str]) -> list[str]:
     """The saved states the specs' `init=` name (none, auto: none here)."""
-    inits = [part.partition("=")[2] for spec in controllers for part in spec.split(":")[1:]
-             if part.partition("=")[0] == SPEC_INIT]  # fmt: skip
+    inits = [
+        o.partition("=")[2]
+        for spec in controllers
+        for o in parse_spec(spec)[1]
+        if o.startswith("controller_init=")
+    ]
     return [init for init in inits if init.lower() not in ("", "auto", "none")]
 
 
