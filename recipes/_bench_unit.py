@@ -10,11 +10,13 @@ import math
 import time
 import types
 import warnings
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from atesd import config as cfglib
+from atesd.state import write_atomic
 from atesd.threads import set_threads
 from controllers import CONTROLLERS
 from recipes._progress import warmstart_progress
@@ -45,11 +47,13 @@ def run_unit(
     seed: int,
     env_kwargs: dict[str, Any] | None = None,
     env_spec: Any = None,
+    bank_note: str | None = None,
 ) -> dict[str, Any]:
     """Train `controller` on a fresh `env` for cfg.episodes episodes under `seed` (runs in a worker too);
     `env_kwargs` go to `gymnasium.make` of an env given by id (`--env-set`); `env_spec`, its
     registration in the parent, registers it in a worker that lacks it (an env registered in the
-    script that called bench.main).
+    script that called bench.main); `bank_note`, a file where the unit writes the path of the bank
+    file it records into (bank_dir) before its first window, for a resume to remove a cut unit's.
 
     Torch runs on cfg.threads threads on the real env (0: the free cores, checked every window) and on
     one on the mock (its controllers' networks are a few hundred parameters: a second thread only
@@ -67,6 +71,7 @@ def run_unit(
     try:
         t0 = time.perf_counter()
         gym_env = _unit_env(cfg, env, seed, env_kwargs, env_spec)
+        note_bank_file(bank_note, gym_env)
         starts: list[str] = []  # where the controller started, when not from its own config
         with warnings.catch_warnings():  # said once per spec when the specs were checked
             for message in SAID_AT_CHECK:
@@ -96,6 +101,16 @@ def _unit_env(cfg: RunConfig, env: str, seed: int, env_kwargs: dict[str, Any] | 
 
         gym.registry.setdefault(env_spec.id, env_spec)
     return make_env(env, env_kwargs, cfg.bank_dir, cfg.controller, seed)
+
+
+def note_bank_file(note: str | None, gym_env: Any) -> None:
+    """Write to `note` the path of the bank file `gym_env` records into, where it records one."""
+    from envs.bank import find_recorder
+
+    recorder = find_recorder(gym_env)
+    if note and recorder is not None:
+        Path(note).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(Path(note), str(recorder.path.resolve()))
 
 
 class Trained(NamedTuple):

@@ -34,7 +34,8 @@ results.json and curves.png into a new directory <out>/bench__<name>__<YYYYmmdd-
 
 That directory holds plan.json (the units and settings, written first) and units.jsonl (a line per
 finished unit, fsynced as each finishes): after Ctrl-C or a crash, `--resume DIR` runs only the units
-units.jsonl lacks (with `--workers` as given now), then writes the results as an uncut bench would. One
+units.jsonl lacks (with `--workers` as given now), then writes the results as an uncut bench would
+(with a bank_dir, a cut unit's bank file goes first: bank_files/ notes each unit's). One
 process at a time works in it (a second one refuses, naming the first); the settings' local paths are
 stored absolute, and a resume refuses a local data file or folder or controller_init state (inputs.json)
 that changed since the bench started.
@@ -45,6 +46,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import dataclasses
+import hashlib
 import json
 import sys
 import time
@@ -128,22 +130,28 @@ def run_units(
     workers: int,
     env_kwargs: dict | None = None,
     keep: Any = None,
+    run_dir: Path | None = None,
 ) -> list[dict]:
     """Every (env, controller, seed) unit, in this process (workers = 0) or a spawned process pool;
-    results come back in the order of `units`, and `keep(result)` hears each as it finishes."""
+    results come back in the order of `units`, and `keep(result)` hears each as it finishes. With
+    `run_dir` and a bank_dir, each unit notes its bank file there (`bank_note`)."""
     results: list[dict | None] = [None] * len(units)
     keep = keep or (lambda result: None)
+
+    def note(unit: tuple[str, str, int]) -> str | None:
+        return str(bank_note(run_dir, unit)) if run_dir is not None and cfg_dict.get("bank_dir") else None
+
     with progress("bench units", len(units)) as update:
         if workers == 0:
             for i, unit in enumerate(units):
-                results[i] = run_unit(cfg_dict, *unit, env_kwargs)
+                results[i] = run_unit(cfg_dict, *unit, env_kwargs, None, note(unit))
                 keep(results[i])
                 update(i + 1, "/".join(map(str, unit)))
             return results  # type: ignore[return-value]
         specs = outside_specs({env for env, _, _ in units})
         with worker_pool(workers) as pool:  # workers die with this process; Ctrl-C stops them at once
             futures = {
-                pool.submit(run_unit, cfg_dict, *unit, env_kwargs, specs.get(unit[0])): i
+                pool.submit(run_unit, cfg_dict, *unit, env_kwargs, specs.get(unit[0]), note(unit)): i
                 for i, unit in enumerate(units)
             }
             for done, fut in enumerate(cf.as_completed(futures), start=1):
@@ -154,6 +162,24 @@ def run_units(
 
 
 PLAN, UNITS = "plan.json", "units.jsonl"
+BANK_NOTES = "bank_files"  # per unit, the bank file it records into (bank_dir)
+
+
+def bank_note(run_dir: Path, unit: tuple[str, str, int]) -> Path:
+    """Where `unit` of the bench in `run_dir` notes the bank file it records into."""
+    key = hashlib.sha1(json.dumps(list(unit)).encode()).hexdigest()[:16]
+    return run_dir / BANK_NOTES / f"{key}.txt"
+
+
+def drop_cut_banks(run_dir: Path, units: list[tuple[str, str, int]]) -> None:
+    """Remove the bank files that `units` (cut before their records) began: run again, their windows
+    would be in the bank twice, the cut episode and its rerun (a bank file's tag names the controller
+    and seed, not the spec, so the bank cannot tell them apart itself)."""
+    for unit in units:
+        note = bank_note(run_dir, unit)
+        if note.is_file():
+            Path(note.read_text(encoding="utf-8").strip()).unlink(missing_ok=True)
+            note.unlink()
 
 
 # ---- output ----------------------------------------------------------------------------------------
@@ -503,12 +529,14 @@ def _bench(args, plan_record, cfg, units, done, run_dir, t0) -> Path:
     """The units not `done` (recorded: (env, spec, seed) -> result), then the table and the files."""
     cfg_dict, envs = plan_record["config"], plan_record["envs"]
     todo = [u for u in units if u not in done]
+    drop_cut_banks(run_dir, todo)
     fresh = run_units(
         cfg_dict,
         todo,
         args.workers,
         args.env_kwargs,
         keep=lambda r: append_record(run_dir / UNITS, r, strict=False),
+        run_dir=run_dir,
     )
     done = done | dict(zip(todo, fresh))
     results = [done[u] for u in units]

@@ -937,3 +937,40 @@ def test_the_regret_caption_only_where_an_oracle_ran(tmp_path, capsys):
     assert "regret: oracle mean - mean (mock env)" in capsys.readouterr().out
     bench.main([*argv, "--controllers", "random,fixed"])
     assert "regret:" not in capsys.readouterr().out
+
+
+def test_a_resumed_bench_records_a_cut_unit_in_its_bank_once(tmp_path, monkeypatch):
+    """A unit cut mid-episode left its bank file beside the one its rerun recorded: the bank held its
+    windows twice (a tag names the controller and seed, not the spec, so nothing told them apart).
+    Each unit now notes its bank file in the bench directory, and a resume removes a cut unit's."""
+    import controllers.base
+    from envs.bank import read_bank
+
+    def argv(name):
+        return ["--controllers", "fixed:alpha=0.5,random", "--baseline", "random", "--seeds", "2",
+                "--set", "mock.total_steps=50", "--set", "plots=false",
+                "--set", f"bank_dir={tmp_path / name}", "--out", str(tmp_path / f"{name}_out")]  # fmt: skip
+
+    bench.main(argv("uncut"))
+    real_episode, calls = controllers.base.run_episode, []
+
+    def cut_mid_episode(env, agent, seed=None, on_step=None):
+        calls.append(seed)
+
+        def stop_after_three(step, transition):
+            on_step(step, transition)
+            if step == 2:
+                raise KeyboardInterrupt
+
+        return real_episode(env, agent, seed=seed, on_step=stop_after_three if len(calls) == 3 else on_step)
+
+    monkeypatch.setattr(controllers.base, "run_episode", cut_mid_episode)
+    with pytest.raises(SystemExit):
+        bench.main(argv("cut"))
+    assert len(read_bank(tmp_path / "cut").runs) == 3  # two whole units and the cut one's three windows
+    monkeypatch.undo()
+    (run_dir,) = (tmp_path / "cut_out").iterdir()
+    bench.main(["--resume", str(run_dir)])
+    cut, uncut = read_bank(tmp_path / "cut"), read_bank(tmp_path / "uncut")
+    assert len(list((tmp_path / "cut").iterdir())) == 4 and len(cut.runs) == 4
+    assert sorted(len(r["windows"]) for r in cut.runs) == sorted(len(r["windows"]) for r in uncut.runs)
