@@ -244,11 +244,31 @@ def _content_key(path: Path, metas: list[dict], runs: list[dict]) -> tuple[str, 
     return _tag(path, meta), json.dumps(meta, sort_keys=True), records, path.name
 
 
+def config_defaults(env_class: Any) -> dict[str, Any] | None:
+    """The default config tree of the env class a bank's meta names (the real env's `real.*` tree, the
+    mock's `mock.*`), against which a file recorded before a config field existed is read: that field
+    at its default then changes nothing. None for another env (its config is the id and the keywords
+    given to `gymnasium.make`, missing ones at the env's own defaults)."""
+    from atesd.config import to_dict
+
+    if env_class == "TeacherExposureEnv":
+        from atesd.builder import RealConfig
+        from envs.exposure_env import ExposureEnvConfig
+
+        return {**to_dict(RealConfig()), "env": to_dict(ExposureEnvConfig())}
+    if env_class == "MockExposureEnv":
+        from envs.mock_env import MockConfig
+
+        return to_dict(MockConfig())
+    return None
+
+
 def read_bank(directory: str | Path) -> Bank:
     """Every run of the bank at `directory`; ValueError when it has none, or mixes envs of other
     classes, observation layouts, action sizes or rewards, or files whose env configs differ (every
-    file that records one is compared). Windows with a non-finite observation, action or reward (a
-    window whose updates were all skipped pays NaN) are left out, each named in `Bank.dropped`.
+    file that records one is compared, a key one file lacks at its default: `config_defaults`).
+    Windows with a non-finite observation, action or reward (a window whose updates were all skipped
+    pays NaN) are left out, each named in `Bank.dropped`.
 
     The runs come in an order fixed by their content (`_content_key`), not by the random ids of
     the file names: a bank recorded again from the same runs reads, and fits, the same."""
@@ -283,7 +303,12 @@ def read_bank(directory: str | Path) -> Bank:
                 config = (path, record["config"])
             else:
                 # local paths compared absolute (older files hold them as given)
-                diff = first_difference(absolute_paths(config[1]), absolute_paths(record["config"]), IGNORED)
+                diff = first_difference(
+                    absolute_paths(config[1]),
+                    absolute_paths(record["config"]),
+                    IGNORED,
+                    config_defaults(record.get("env")),
+                )
                 if diff is not None:
                     key, mine, first = diff
                     raise ValueError(f"{path}: its env config has {key}={mine}, {config[0].name}'s {first}")

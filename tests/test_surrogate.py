@@ -210,6 +210,29 @@ def test_a_bank_refuses_runs_of_another_env_config(tmp_path):
         read_bank(tmp_path)
 
 
+def test_a_bank_file_recorded_before_a_config_field_existed_reads_at_its_default(tmp_path):
+    """A file recorded before an upgrade added a config field lacks that key: the bank was refused as
+    mixing configs ('<absent>' against the default). A key one file lacks is now read at its default,
+    and still refused against any other value."""
+    from atesd.config import to_dict
+
+    def record(config: dict) -> None:
+        env = BankRecorder(MockExposureEnv(MockConfig(total_steps=20)), tmp_path, config=config)
+        env.reset(seed=0)
+        env.step(np.array([0.4], dtype=np.float32))
+        env.close()
+
+    now = to_dict(MockConfig(total_steps=20))
+    record({k: v for k, v in now.items() if k != "action"})  # before `mock.action` existed
+    record(now)
+    assert len(read_bank(tmp_path).runs) == 2
+    record(now | {"action": "per_band"})
+    with pytest.raises(
+        ValueError, match=r"its env config has action=(per_band|global), .*'s (global|per_band)"
+    ):
+        read_bank(tmp_path)
+
+
 def _record(directory, tag: str, config=None, steps: int = 20):
     env = BankRecorder(MockExposureEnv(MockConfig(total_steps=steps)), directory, tag=tag, config=config)
     env.reset(seed=0)
