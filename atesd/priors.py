@@ -22,6 +22,7 @@ import os
 import platform
 import shlex
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,17 @@ def first_difference(
     defaults: dict[str, Any] | None = None,
 ) -> tuple[str, Any, Any] | None:
     """None when two config trees agree outside the dotted keys `ignored`, else the first differing
+    (key, value in `have`, value in `want`) of `differences`."""
+    return next(differences(want, have, ignored, defaults), None)
+
+
+def differences(
+    want: dict[str, Any],
+    have: dict[str, Any],
+    ignored: tuple[str, ...],
+    defaults: dict[str, Any] | None = None,
+) -> Iterator[tuple[str, Any, Any]]:
+    """Every dotted key, in sorted order, where two config trees differ outside the keys `ignored`, as
     (key, value in `have`, value in `want`). A key one tree lacks takes its value in the config tree
     `defaults` (a field added after that tree was written, at its default, changes nothing: a prior
     or a bank made before `real.data.band_field` existed still fits a run that leaves it unset), else
@@ -133,8 +145,7 @@ def first_difference(
     for key in sorted(set(want) | set(have)):
         mine, its = have.get(key, fill.get(key, ABSENT)), want.get(key, fill.get(key, ABSENT))
         if mine != its:
-            return key, mine, its
-    return None
+            yield key, mine, its
 
 
 def manifest() -> dict[str, dict[str, Any]]:

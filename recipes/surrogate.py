@@ -38,6 +38,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +50,7 @@ from atesd.progress import RewardSpec  # noqa: E402
 from atesd.state import save_state  # noqa: E402
 from controllers.base import mean_alpha, run_episode  # noqa: E402
 from envs.bank import Bank, read_bank  # noqa: E402
+from envs.mock_env import MockConfig  # noqa: E402
 from envs.surrogate_env import (  # noqa: E402
     REWARDS,
     SurrogateExposureEnv,
@@ -341,7 +343,7 @@ def _pretrain(
     (out / "pretrain.json").write_text(json.dumps(json_safe(curve)))
     _print_curve(cfg.controller, args.episodes, seconds, returns, alphas)
     init = out / "controller"
-    print(f"wrote {out}; go on learning with {continue_command(args, cfg, init, bank.meta.get('env'))}")
+    print(f"wrote {out}; go on learning with {continue_command(args, cfg, init, bank)}")
     if args.ship:
         _ship(args, argv, cfg, controller, bank, init,
               seconds=seconds, report=report, fixed=fixed, learned=learned)  # fmt: skip
@@ -351,18 +353,42 @@ def _pretrain(
 RUN_ENVS = {"TeacherExposureEnv": "real", "MockExposureEnv": "mock"}  # a bank's env class -> run.py's env
 
 
-def continue_command(args: argparse.Namespace, cfg: RunConfig, init: Path, bank_env: str | None) -> str:
-    """The run.py command that goes on from the pre-trained state `init`, with the --config and --set
-    this one was given (without them a per-band env or a bank at another config builds a controller the
-    state does not fit), and `--env` where the bank's env class `bank_env` is another than the config's."""
+def continue_command(args: argparse.Namespace, cfg: RunConfig, init: Path, bank: Bank) -> str:
+    """The command that goes on from the pre-trained state `init` on the env the bank was recorded on:
+    run.py with the --config and --set this one was given (without them a per-band env builds a
+    controller the state does not fit), `--env` where the bank's env class is another than the
+    config's, and a `--set` for each key of that env's config where the bank's differs from the one
+    given (another `mock.hold_steps`, say: the printed command had run another env). An env given by
+    id, which run.py does not run, goes on in bench.py with the bank's `--env-set`."""
+    recorded = bank.config or {}
+    given = [w for override in args.overrides for w in ("--set", override)]
+    given = (["--config", str(args.config)] if args.config is not None else []) + given
+    if bank.meta.get("env") not in RUN_ENVS and "id" in recorded:
+        env_sets = [w for k, v in recorded.items() if k != "id" for w in ("--env-set", f"{k}={_set_text(v)}")]
+        words = ["python", "recipes/bench.py", "--env", str(recorded["id"]), *env_sets,
+                 "--controllers", f"{cfg.controller}:init={init}", "--seeds", "1", *given]  # fmt: skip
+        return shlex.join(words)
+    env = RUN_ENVS.get(bank.meta.get("env") or "", cfg.env)
     words = ["python", "recipes/run.py", "--controller", cfg.controller]
-    if RUN_ENVS.get(bank_env or "", cfg.env) != cfg.env:
-        words += ["--env", RUN_ENVS[bank_env]]
-    if args.config is not None:
-        words += ["--config", str(args.config)]
-    for override in args.overrides:
-        words += ["--set", override]
-    return shlex.join([*words, f"controller_init={init}"])
+    words += ["--env", env] if env != cfg.env else []
+    if recorded:
+        tree, defaults = (cfg.mock, MockConfig()) if env == "mock" else (cfg.real, RealEnvConfig())
+        have = priors.absolute_paths(cfglib.to_dict(tree))
+        for key, value, _ in priors.differences(
+            have, priors.absolute_paths(recorded), priors.IGNORED, cfglib.to_dict(defaults)
+        ):
+            if value != priors.ABSENT and key in priors.flat(have):  # a key this code no longer has: left out
+                given += ["--set", f"{env}.{key}={_set_text(value)}"]
+    return shlex.join([*words, *given, f"controller_init={init}"])
+
+
+def _set_text(value: Any) -> str:
+    """`value` as the text of a --set that reads back as it (YAML; JSON where plain text would not)."""
+    text = value if isinstance(value, str) else json.dumps(value)
+    try:
+        return text if cfglib.parse_value(text, text) == value else json.dumps(value)
+    except cfglib.ConfigError:
+        return json.dumps(value)
 
 
 def ship_configs(cfg: RunConfig, controller) -> dict:

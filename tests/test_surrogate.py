@@ -427,3 +427,43 @@ def test_the_printed_command_goes_on_at_the_config_it_was_pretrained_for(tmp_pat
     run_dir = run.main([*words[2:], f"out_dir={tmp_path / 'runs'}", "plots=false"])
     decisions = [d for d in read_jsonl(run_dir / "decisions.jsonl") if d["kind"] == "decision"]
     assert len(decisions) == 10 and len(decisions[0]["alpha"]) == 2 and "pre trained" in run_dir.name
+
+
+def test_the_printed_command_carries_the_banks_env_config(tmp_path, capsys):
+    """The command printed after pre-training carried only the --config and --set given: a bank
+    recorded at another mock.hold_steps (or on an env given by id) printed a command that ran another
+    env. It now sets each key where the bank's config differs, and goes on in bench.py for an id."""
+    import shlex
+
+    bench.main(["--env", "mock", "--seeds", "2", "--controllers", "random", "--baseline", "random",
+                "--set", f"bank_dir={tmp_path / 'bank'}", "--set", "mock.total_steps=60",
+                "--set", "mock.hold_steps=10", "--set", "plots=false",
+                "--out", str(tmp_path / "b")])  # fmt: skip
+    capsys.readouterr()
+    out = surrogate.main(
+        ["--bank", str(tmp_path / "bank"), "--episodes", "2", "--folds", "2", "--out", str(tmp_path)]
+    )
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith(f"wrote {out}; ")]
+    words = shlex.split(line.split(" with ", 1)[1])
+    assert words[:6] == ["python", "recipes/run.py", "--controller", "beta_reinforce", "--env", "mock"]
+    assert words[6:] == ["--set", "mock.hold_steps=10", "--set", "mock.total_steps=60",
+                         f"controller_init={out / 'controller'}"]  # fmt: skip
+    run_dir = run.main([*words[2:], f"out_dir={tmp_path / 'runs'}", "plots=false"])
+    assert len([d for d in read_jsonl(run_dir / "decisions.jsonl") if d["kind"] == "decision"]) == 6
+
+    bench.main(["--env", "atesd/SkillChain-v0", "--env-set", "total_steps=40", "--env-set", "profile=wall",
+                "--seeds", "2", "--controllers", "random", "--baseline", "random",
+                "--set", f"bank_dir={tmp_path / 'skills'}", "--set", "plots=false",
+                "--out", str(tmp_path / "b")])  # fmt: skip
+    capsys.readouterr()
+    out = surrogate.main(
+        ["--bank", str(tmp_path / "skills"), "--episodes", "2", "--folds", "2", "--out", str(tmp_path)]
+    )
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith(f"wrote {out}; ")]
+    words = shlex.split(line.split(" with ", 1)[1])
+    assert words[:2] == ["python", "recipes/bench.py"]
+    assert " ".join(words[2:8]) == "--env atesd/SkillChain-v0 --env-set total_steps=40 --env-set profile=wall"
+    run_dir = bench.main([*words[2:], "--set", "plots=false", "--out", str(tmp_path / "again")])
+    units = json.loads((run_dir / "results.json").read_text())["units"]
+    (unit,) = [u for u in units if u["controller"].startswith("beta_reinforce:init=")]
+    assert unit["controller_start"].endswith(str(out / "controller")) and len(unit["curve"]) == 1 + 40 // 5
