@@ -255,7 +255,7 @@ def _train(
     returns, alphas = [], []
     with progress("pre-training", episodes) as update:
         for episode in range(episodes):
-            result = run_episode(env, controller, seed=1000 * seed + episode)
+            result = run_episode(env, controller, seed=episode_seed(seed, episode))
             returns.append(float(np.sum(result.rewards)))
             alphas.append(float(np.mean([mean_alpha(a) for a in result.alphas])))
             if (episode + 1) % max(1, episodes // 100) == 0 or episode + 1 == episodes:
@@ -263,6 +263,13 @@ def _train(
                     episode + 1, f"return {np.mean(returns[-100:]):.4f} alpha {np.mean(alphas[-100:]):.3f}"
                 )
     return returns, alphas
+
+
+def episode_seed(seed: int, episode: int) -> int:
+    """Pre-training episode `episode`'s seed, from (seed, episode) through a SeedSequence (63 bits):
+    `1000 seed + episode` had given seeds 0 and 1 9,000 of their 10,000 episodes in common, and seed
+    1,000 the episodes the pre-trained controller is then scored on (10**6 + e)."""
+    return int(np.random.SeedSequence([seed, episode]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def _print_curve(

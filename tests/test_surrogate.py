@@ -467,3 +467,22 @@ def test_the_printed_command_carries_the_banks_env_config(tmp_path, capsys):
     units = json.loads((run_dir / "results.json").read_text())["units"]
     (unit,) = [u for u in units if u["controller"].startswith("beta_reinforce:init=")]
     assert unit["controller_start"].endswith(str(out / "controller")) and len(unit["curve"]) == 1 + 40 // 5
+
+
+def test_pre_trainings_of_two_seeds_share_no_episode(tmp_path, monkeypatch, bank_dir):
+    """Episode e of a pre-training was seeded 1000 seed + e: seeds 0 and 1 shared 9,000 of 10,000
+    episodes, and seed 1,000 pre-trained on the episodes its controller is scored on after (10**6 + e).
+    Each episode's seed now comes from (seed, e) through a SeedSequence."""
+    runs = [{surrogate.episode_seed(seed, e) for e in range(10_000)} for seed in (0, 1)]
+    assert len(runs[0]) == len(runs[1]) == 10_000 and not runs[0] & runs[1]
+    seen: list[int] = []
+    real_episode = surrogate.run_episode
+
+    def recorded(env, controller, seed=None, **kwargs):
+        seen.append(seed)
+        return real_episode(env, controller, seed=seed, **kwargs)
+
+    monkeypatch.setattr(surrogate, "run_episode", recorded)
+    surrogate.main(["--bank", str(bank_dir), "--episodes", "20", "--folds", "2", "--set", "seed=1000",
+                    "--out", str(tmp_path)])  # fmt: skip
+    assert len(seen) == 20 + 50 and not set(seen[:20]) & set(seen[20:])
