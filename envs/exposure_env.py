@@ -32,7 +32,9 @@ class ExposureEnvConfig:
     """The episode around the engine: window, budget, reward and evaluation."""
 
     hold_steps: int = field(default=5, metadata={"help": "student updates per env step, H (>= 1)"})
-    total_steps: int = field(default=100, metadata={"help": "student updates per episode, T (>= hold_steps)"})
+    total_steps: int = field(
+        default=100, metadata={"help": "student updates per episode, T (a multiple of hold_steps)"}
+    )
     gamma: float = field(default=0.9, metadata={"help": "per-update discount inside a window, in (0, 1]"})
     lambda_gt: float = field(
         default=30.0,
@@ -71,6 +73,7 @@ class ExposureEnvConfig:
     )
 
     def __post_init__(self) -> None:
+        spec.check_field_types(self)
         checks = (
             *spec.window_checks(self.hold_steps, self.total_steps),
             ("gamma", 0 < self.gamma <= 1, "in (0, 1]"),
@@ -284,8 +287,8 @@ class TeacherExposureEnv(gym.Env):
                     "cfg and real.env are two different episode configs: give one (real.env is used "
                     "when cfg is None)"
                 )
-            return dataclasses.replace(episode, **overrides)
-        return cfg or ExposureEnvConfig(**overrides)
+            return dataclasses.replace(episode, **spec.coerced(ExposureEnvConfig, overrides))
+        return cfg or ExposureEnvConfig(**spec.coerced(ExposureEnvConfig, overrides))
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)

@@ -26,7 +26,9 @@ class MockConfig:
 
     variant: Variant = field(default="rising", metadata={"help": "how the optimal exposure moves"})
     hold_steps: int = field(default=5, metadata={"help": "student updates per env step, H (>= 1)"})
-    total_steps: int = field(default=500, metadata={"help": "student updates per episode, T (>= hold_steps)"})
+    total_steps: int = field(
+        default=500, metadata={"help": "student updates per episode, T (a multiple of hold_steps)"}
+    )
     gamma: float = field(
         default=0.9, metadata={"help": "per-update discount of the window reward, in (0, 1]"}
     )
@@ -69,6 +71,7 @@ class MockConfig:
     )
 
     def __post_init__(self) -> None:
+        spec.check_field_types(self)
         checks = (
             *spec.window_checks(self.hold_steps, self.total_steps),
             ("gamma", 0 < self.gamma <= 1, "in (0, 1]"),

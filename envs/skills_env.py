@@ -30,7 +30,9 @@ class SkillChainConfig:
     profile: Profile = field(default="ramp", metadata={"help": "ramp, wall or forget (class docstring)"})
     skills: int = field(default=8, metadata={"help": "skills in the chain, N (>= 2)"})
     hold_steps: int = field(default=5, metadata={"help": "student updates per env step, H (>= 1)"})
-    total_steps: int = field(default=200, metadata={"help": "student updates per episode, T (>= hold_steps)"})
+    total_steps: int = field(
+        default=200, metadata={"help": "student updates per episode, T (a multiple of hold_steps)"}
+    )
     gamma: float = field(
         default=0.9, metadata={"help": "per-update discount of the window reward, in (0, 1]"}
     )
@@ -74,6 +76,7 @@ class SkillChainConfig:
     )
 
     def __post_init__(self) -> None:
+        spec.check_field_types(self)
         checks = (
             ("profile", self.profile in PROFILES, f"one of {PROFILES}"),
             ("skills", spec.is_whole(self.skills) and self.skills >= 2, "a whole number >= 2"),

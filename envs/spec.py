@@ -97,8 +97,36 @@ def env_config(cls: type, cfg: Any, overrides: dict[str, Any], env: str) -> Any:
         return cfg
     # values given as text (`bench.py --env-set lambda_gt=1e-3`) take their field's type: "no" was a
     # true bool, and 1e-3 a string no range check could compare
+    return cls(**coerced(cls, overrides))
+
+
+def check_field_types(cfg: Any) -> None:
+    """ValueError naming the first field of the env config dataclass `cfg` whose value is not of its
+    type (checked before its ranges, which a text compared in a TypeError): a bool field other than
+    True/False (the text 'no' was a true flag), an int field a fraction (eval_every=1.5 evaluated after
+    windows 3, 6 and 7), a float field not a number."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        hint, value = hints[f.name], getattr(cfg, f.name)
+        if hint is bool:
+            ok, rule = isinstance(value, (bool, np.bool_)), "true or false"
+        elif hint is int:
+            ok, rule = is_whole(value), "a whole number"
+        elif hint is float:
+            ok, rule = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)), "a number"
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"{f.name} must be {rule}, got {value!r}")
+
+
+def coerced(cls: type, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Keyword `overrides` of the config dataclass `cls` with their text converted to each field's
+    type, as `--set` converts it (`bench.py --env-set lambda_gt=1e-3` gives text)."""
     hints = typing.get_type_hints(cls)
-    return cls(**{k: coerce(hints[k], v, k) if isinstance(v, str) else v for k, v in overrides.items()})
+    return {
+        k: coerce(hints[k], v, k) if isinstance(v, str) and k in hints else v for k, v in overrides.items()
+    }
 
 
 def is_whole(n: object) -> bool:

@@ -269,6 +269,11 @@ def test_a_spec_sets_its_own_controller_start(tmp_path):
             ["--env", "atesd/MockExposure-v0", "--env-set", "grounded_change=no"],
             "must be true or false, got 'no'",
         ),
+        # the real env took text as given: 'no' switched the signed reward on
+        (
+            ["--env", "atesd/TeacherExposure-v0", "--env-set", "signed_progress=no"],
+            "signed_progress must be true or false, got 'no'",
+        ),
     ],
 )
 def test_bad_seeds_and_specs_exit_2_in_one_line(argv, message, tmp_path, capsys):

@@ -211,6 +211,32 @@ def test_the_episode_configs_fields_are_keywords_too(engine):
         TeacherExposureEnv(engine=engine, eval_every=-1)
 
 
+def test_the_episode_configs_keywords_take_their_fields_types(engine):
+    """`bench.py --env-set` gives text: the real env took it as given, so signed_progress='no' switched
+    the signed reward on, lambda_gt='1e-3' failed as a str, and eval_every=1.5 evaluated after windows
+    3, 6 and 7. Text now takes its field's type (as the mock's keywords do), and a value of another
+    type is refused by name, in every env config."""
+    from envs.mock_env import MockConfig
+    from envs.skills_env import SkillChainConfig
+
+    env = TeacherExposureEnv(engine=engine, lambda_gt="1e-3", hold_steps="2", total_steps=4)
+    assert env.cfg == ExposureEnvConfig(hold_steps=2, total_steps=4, lambda_gt=1e-3)
+    for keywords, message in (
+        ({"signed_progress": "no"}, "signed_progress must be true or false, got 'no'"),
+        ({"eval_at_reset": "off"}, "eval_at_reset must be true or false, got 'off'"),
+        ({"eval_every": 1.5}, "eval_every must be a whole number, got 1.5"),
+        ({"eval_k": "1.5"}, "eval_k"),
+        ({"gamma": "x"}, "gamma"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            TeacherExposureEnv(engine=engine, **keywords)
+    for cls in (ExposureEnvConfig, MockConfig, SkillChainConfig):
+        with pytest.raises(ValueError, match="signed_progress must be true or false, got 1"):
+            cls(signed_progress=1)
+        with pytest.raises(ValueError, match="gamma must be a number, got '0.9'"):
+            cls(gamma="0.9")
+
+
 def test_a_float32_alpha_reveals_the_steps_its_decimal_says():
     """float(np.float32(0.7)) is 0.699999988: an env action of 0.7 must still reveal 7 of 10 steps."""
     from atesd.exposure import num_revealed
