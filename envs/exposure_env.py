@@ -150,6 +150,14 @@ class TeacherExposureEnv(gym.Env):
     too (where the run started): greedy, computed once per env; with `eval_k`, Average@k too, sampled
     again at every reset.
 
+    ## Info
+    The keys of `envs.spec.INFO_KEYS`, always; a value not measured is NaN, never left out: `score`
+    before the first evaluation (eval_at_reset=false), `reward/grounded` without the grounded score
+    (engine.grounded=false) and, per band, `band_accuracy` for a band no row of the window drew.
+    gymnasium's `check_env` compares infos with `==`, under which NaN is unequal to itself: with those
+    options its step-determinism check fails although two seeded runs give the same infos
+    (`tests/test_exposure_env.py` compares them with NaN equal to NaN). The defaults pass it.
+
     ## Arguments
     `TeacherExposureEnv(cfg=ExposureEnvConfig(...), engine=None, engine_cfg=EngineConfig(...),
     task_cfg=..., model_cfg=..., warmstart_cfg=..., cache_dir=None, real=None)`, or the same keywords
