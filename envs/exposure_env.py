@@ -385,6 +385,7 @@ class TeacherExposureEnv(gym.Env):
     def state_dict(self) -> dict:
         """The episode's state (engine included) for a checkpoint; the warm-started snapshot that
         `reset` restores is not in it (the env is rebuilt from the same cached warm start)."""
+        spec.check_started(hasattr(self, "steps_done"))
         return {
             "engine": self.engine.state_dict(),
             "steps_done": self.steps_done,

@@ -263,6 +263,7 @@ class MockExposureEnv(gym.Env):
 
     def state_dict(self) -> dict:
         """The episode's state for a checkpoint (continue it with `load_state_dict` instead of `reset`)."""
+        spec.check_started(hasattr(self, "steps_done"))
         return {
             "rooms": list(self.rooms), "dip": self.dip, "steps_done": self.steps_done,
             "loss_now": self.loss_now, "loss_start": self.loss_start, "ema": dict(self.ema),

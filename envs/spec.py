@@ -219,6 +219,12 @@ def check_alphas(action: np.ndarray, size: int) -> tuple[float, ...]:
     return tuple(check_action(float(a)) for a in action)
 
 
+def check_started(started: bool) -> None:
+    """Refuse a state_dict before the first reset (RuntimeError): there is no episode to save."""
+    if not started:
+        raise RuntimeError("state_dict() before reset(): no episode to save; call reset() first")
+
+
 def check_stepping(started: bool, done: bool) -> None:
     """Refuse a step before the first reset or after the episode ended (RuntimeError)."""
     if not started:

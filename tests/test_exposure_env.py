@@ -326,6 +326,8 @@ def test_the_real_env_refuses_steps_before_reset_and_after_the_end(engine):
     )
     with pytest.raises(RuntimeError, match="before reset"):
         env.step(np.array([0.5], dtype=np.float32))
+    with pytest.raises(RuntimeError, match=r"state_dict\(\) before reset"):  # was AttributeError steps_done
+        env.state_dict()
     env.reset(seed=0)
     assert env.step(np.array([0.5], dtype=np.float32))[2]
     with pytest.raises(RuntimeError, match="episode is over"):  # was "hold_steps must be >= 1"

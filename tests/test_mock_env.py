@@ -240,6 +240,8 @@ def test_stepping_before_reset_or_after_the_end_is_refused():
     env = MockExposureEnv(total_steps=10)
     with pytest.raises(RuntimeError, match="before reset"):
         env.step(np.array([0.5], dtype=np.float32))
+    with pytest.raises(RuntimeError, match=r"state_dict\(\) before reset"):  # was AttributeError 'rooms'
+        env.state_dict()
     env.reset(seed=0)
     done = False
     while not done:
