@@ -58,11 +58,11 @@ def plot_run(run_dir: Path) -> list[Path]:
     save(reward_figure(plt, windows, rules, title, lambda_gt), "reward.png")
 
     fig, ax = plt.subplots(figsize=(8, 4))
-    bands = sorted({k for w in windows for k in w if k.startswith("eval/accuracy/")})
+    colors = band_colors(scored)
+    bands = [b for b in colors if any(f"eval/accuracy/{b}" in w for w in windows)]
     if bands:
         for band in bands:
-            label = band.removeprefix("eval/accuracy/")
-            by_episode(ax, scored, band, 100.0, color=f"C{bands.index(band)}", marker="o", label=label)
+            by_episode(ax, scored, f"eval/accuracy/{band}", 100.0, color=colors[band], marker="o", label=band)
         ax.set(ylabel="greedy accuracy (%)")
     else:
         by_episode(ax, scored, "env/score", color="C0", label="competence (mock)")
@@ -96,19 +96,25 @@ def alpha_figure(plt, decisions: list[dict], windows: list[dict], rules: list[fl
     has_beta = bool(decisions) and "beta_a" in decisions[0]
     beta_a, beta_b = (_per_band(decisions, k) if has_beta else None for k in ("beta_a", "beta_b"))
     optima = faced_optima(decisions)
+    colors = band_colors(windows)
     for i, (ax, band) in enumerate(zip(axes[:, 0], bands)):
-        color, name = f"C{i}", "" if one else f" {band}"
+        color, name = colors.get(band, f"C{i}"), "" if one else f" {band}"
         ax.plot(x, alphas[:, i], ".", color=color, label=f"alpha used{name}", zorder=3)
         beta_color = "C1" if one else color
         for j, episode in enumerate(dict.fromkeys(episodes.tolist()) if has_beta else ()):
             at = episodes == episode
             a, b = beta_a[at, i], beta_b[at, i]
-            ax.plot(x[at], a / (a + b), color=beta_color, label=None if j else f"Beta mean{name}")
-            low, high = beta_dist.ppf(0.05, a, b), beta_dist.ppf(0.95, a, b)
+            mean, low, high = a / (a + b), beta_dist.ppf(0.05, a, b), beta_dist.ppf(0.95, a, b)
+            if at.sum() == 1:  # one decision in the episode: a line and a band of one x draw nothing
+                ax.errorbar(x[at], mean, yerr=[mean - low, high - mean], fmt="o", color=beta_color, capsize=3,
+                            label=None if j else f"Beta mean and 90% interval{name}")  # fmt: skip
+                continue
+            ax.plot(x[at], mean, color=beta_color, label=None if j else f"Beta mean{name}")
             ax.fill_between(x[at], low, high, color=beta_color, alpha=0.2 if one else 0.15, lw=0,
                             label=None if j else f"Beta 90% interval{name}")  # fmt: skip
         for j, (ox, oy) in enumerate(optima):
-            ax.plot(ox, oy[:, i], "--", color=color, label=None if j else f"optimal alpha{name} (mock)")
+            ax.plot(ox, oy[:, i], "--", color=color, marker="o" if len(ox) == 1 else None,
+                    label=None if j else f"optimal alpha{name} (mock)")  # fmt: skip
         draw_rules(ax, rules)
         ax.set(ylabel="exposure alpha" if one else f"alpha {band}", ylim=(-0.02, 1.02))
         ax.legend(loc="best", fontsize=8)
@@ -160,7 +166,10 @@ def by_episode(ax, records: list[dict], key: str, scale: float = 1.0, color: str
         rows = [r for r in records if r["episode"] == episode]
         pts = [(_x(r), scale * r[key]) for r in rows if r.get(key) is not None]
         if pts:
-            ax.plot(*zip(*pts), color=color, **(kwargs if i == 0 else kwargs | {"label": None}))
+            style = kwargs if i == 0 else kwargs | {"label": None}
+            if len(pts) == 1:  # a line of one point draws nothing (an episode of one window)
+                style = {"marker": "o"} | style
+            ax.plot(*zip(*pts), color=color, **style)
 
 
 def episode_rules(windows: list[dict]) -> list[float]:
@@ -223,6 +232,17 @@ def savefig_whole(fig, path: Path, dpi: int) -> None:
     with writing(path, cleanup=tmp):
         fig.savefig(tmp, dpi=dpi)
     os.replace(tmp, path)
+
+
+def band_colors(records: list[dict]) -> dict[str, str]:
+    """One colour per band for every plot of a run: the action's bands first, in its order
+    (`env/alpha/<band>`), then the evaluation's (`eval/accuracy/<band>`) in the order logged (alpha.png
+    took the action's order and accuracy.png sorted names: B4 and C6 swapped colours between them)."""
+    names: dict[str, None] = {}
+    for prefix in ("env/alpha/", "eval/accuracy/"):
+        for record in records:
+            names |= dict.fromkeys(k.removeprefix(prefix) for k in record if k.startswith(prefix))
+    return {name: f"C{i % 10}" for i, name in enumerate(names)}
 
 
 def _band_names(windows: list[dict], size: int) -> list[str]:

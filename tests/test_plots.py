@@ -21,10 +21,12 @@ def optimum_after(band: int, w: int) -> float:
     return 0.2 + 0.1 * band + 0.05 * w
 
 
-def write_run(run_dir, per_band: bool, episodes: int = 2) -> None:
-    """config.json, metrics.jsonl and decisions.jsonl with the records recipes/run.py logs."""
+def write_run(run_dir, per_band: bool, episodes: int = 2, bands=BANDS, evals: bool = False) -> None:
+    """config.json, metrics.jsonl and decisions.jsonl with the records recipes/run.py logs (`evals`: each
+    window's evaluation per band too, as the real env's)."""
     run_dir.mkdir()
-    bands = BANDS if per_band else ("alpha",)
+    names = bands
+    bands = bands if per_band else ("alpha",)
     metrics, decisions = [], []
     for e in range(episodes):
         metrics.append({"kind": "start", "episode": e, "window": e * WINDOWS, "update": 0, "env/score": 0.0})
@@ -39,6 +41,8 @@ def write_run(run_dir, per_band: bool, episodes: int = 2) -> None:
                       "env/score": 0.1 * w}  # fmt: skip
             if per_band:
                 record |= {f"env/alpha/{band}": a for band, a in zip(bands, alpha)}
+            if evals:
+                record |= {f"eval/accuracy/{band}": 0.1 * w + 0.01 * i for i, band in enumerate(names)}
             metrics.append(record)
             after = [optimum_after(i, w) for i in range(len(bands))]
             beta_a, beta_b = [2.0 + 0.1 * gw] * len(bands), [2.0 + 0.05 * i for i in range(len(bands))]
@@ -195,3 +199,35 @@ def test_a_two_episode_per_band_mock_run_draws_what_it_logged(tmp_path, drawn):
                 for prev, d in zip(decisions, decisions[1:]) if d["episode"] == prev["episode"]}  # fmt: skip
         assert dashed_points(ax, points.get_color()) == want
         assert {w for w, _ in want} == {2, 3, 5, 6}  # an episode's first window: its optimum is not logged
+
+
+def test_a_band_has_one_colour_in_the_alpha_and_the_accuracy_plot(tmp_path, drawn):
+    """alpha.png coloured the bands in the action's order and accuracy.png in sorted order: with the
+    action's bands not sorted (the embedded task's C6, B4, ...), the two plots swapped their colours."""
+    from matplotlib.colors import same_color
+
+    write_run(tmp_path / "run", per_band=True, bands=("hard", "easy"), evals=True)
+    _plots.plot_run(tmp_path / "run")
+    (accuracy,) = drawn["accuracy.png"].axes
+    for band in ("hard", "easy"):
+        (ax,) = [ax for ax in drawn["alpha.png"].axes if alpha_points(ax, band)]
+        (points,) = alpha_points(ax, band)
+        lines = [line for line in data_lines(accuracy) if line.get_label() == band]
+        assert lines and same_color(lines[0].get_color(), points.get_color()), band
+
+
+def test_an_episode_of_one_window_is_drawn(tmp_path, drawn):
+    """A line of one point draws nothing: with one window per episode reward.png and mismatch.png were
+    empty axes with a legend, and alpha.png lost its Beta mean and interval."""
+    write_run(tmp_path / "run", per_band=False)
+    for name in ("metrics.jsonl", "decisions.jsonl"):  # keep each episode's first window alone
+        path = tmp_path / "run" / name
+        rows = [r for r in read_jsonl(path) if r["kind"] not in ("window", "decision", "credit")
+                or (r["window"] if "window" in r else r["decision"] + 1) % WINDOWS == 1]  # fmt: skip
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _plots.plot_run(tmp_path / "run")
+    for name in ("reward.png", "mismatch.png"):
+        for ax in drawn[name].axes:
+            assert [line.get_marker() for line in data_lines(ax) if len(line.get_xdata()) == 1] == ["o", "o"]
+    (ax,) = drawn["alpha.png"].axes
+    assert len(ax.containers) == 2  # an error bar per episode: the Beta mean and its 90% interval
