@@ -331,6 +331,12 @@ def _settings(args: argparse.Namespace) -> RunConfig:
     # --config), which each worker then uses (a 0 follows the free cores in each)
     if args.workers > 1 and "threads" not in cfglib.merge(in_file, given):
         cfg = dataclasses.replace(cfg, threads=1)
+    if cfg.tensorboard:  # was taken and ignored: no events, no word
+        where = "--set tensorboard" if "tensorboard" in given else f"{args.config} sets tensorboard"
+        raise cfglib.ConfigError(
+            f"{where}=true, but bench.py writes no TensorBoard events (each unit's record goes to "
+            "units.jsonl and results.json); run.py writes them for one run"
+        )
     return cfg
 
 

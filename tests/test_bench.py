@@ -269,6 +269,8 @@ def test_a_spec_sets_its_own_controller_start(tmp_path):
             ["--env", "atesd/MockExposure-v0", "--env-set", "grounded_change=no"],
             "must be true or false, got 'no'",
         ),
+        # taken and ignored: no events were written, and nothing said so
+        (["--set", "tensorboard=true"], "--set tensorboard=true, but bench.py writes no TensorBoard events"),
         # the real env took text as given: 'no' switched the signed reward on
         (
             ["--env", "atesd/TeacherExposure-v0", "--env-set", "signed_progress=no"],
