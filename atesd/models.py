@@ -288,13 +288,60 @@ def _resolve(name_or_path: str | Path) -> tuple[Path, str, str | None]:
     return local, str(name_or_path), _hub_repo(local, str(name_or_path))
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def _tokenizer(name_or_path: str, hub_id: str | None, trust_remote_code: bool) -> PreTrainedTokenizerBase:
+    """The checkpoint's tokenizer, padding on the left: an adapter folder without one reads its base's;
+    one without an EOS token takes the generation config's; pad falls back to EOS. ValueError, in one
+    line, where no tokenizer is there (AutoTokenizer returned an empty one, which encodes every text
+    to nothing) or nothing ends a completion."""
+    local = Path(name_or_path)
+    base = _adapter_base(local)
+    if base is not None and not any((local / name).is_file() for name in TOKENIZER_FILES):
+        name_or_path = base  # a LoRA run's adapter saved alone: its base model's tokenizer
     with cache_only_hint(hub_id, "model", _LOCAL_MODEL):
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if len(tokenizer) <= 1 or not tokenizer("a b", add_special_tokens=False)["input_ids"]:
+        raise ValueError(
+            f"{name_or_path} holds no tokenizer (AutoTokenizer gave one of {len(tokenizer)} token(s), which "
+            f"encodes every text to nothing): copy the checkpoint's tokenizer files beside its weights "
+            f"({', '.join(TOKENIZER_FILES[:2])}, or vocab.json and merges.txt, or tokenizer.model)"
+        )
+    if tokenizer.eos_token_id is None:
+        eos = _generation_eos(name_or_path)
+        if eos is None:
+            raise ValueError(
+                f"{name_or_path}: its tokenizer has no EOS token (eos_token in tokenizer_config.json) and "
+                "its generation_config.json names no eos_token_id, so no completion could end: set one"
+            )
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return tokenizer
+
+
+def _adapter_base(local: Path) -> str | None:
+    """The base model a LoRA adapter folder names (adapter_config.json), or None for anything else."""
+    try:
+        config = json.loads((local / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    return base if isinstance(base, str) and base else None
+
+
+def _generation_eos(name_or_path: str) -> int | None:
+    """The first eos_token_id of the checkpoint's generation config, or None (none there, or no file)."""
+    from transformers import GenerationConfig
+
+    try:
+        ids = GenerationConfig.from_pretrained(name_or_path).eos_token_id
+    except (OSError, ValueError):
+        return None
+    ids = ids if isinstance(ids, (list, tuple)) else [ids]
+    return next((int(i) for i in ids if i is not None), None)
 
 
 def model_spec(model: PreTrainedModel) -> dict:

@@ -402,6 +402,20 @@ def test_an_adapter_of_a_relative_base_path_loads_from_anywhere_and_a_pickled_on
         load_pretrained(tmp_path / "pickled")
 
 
+def test_an_adapter_saved_without_its_tokenizer_reads_its_bases(checkpoint, tmp_path):
+    """An adapter folder without tokenizer files failed with 'Couldn't instantiate the backend
+    tokenizer ... install sentencepiece or tiktoken': it now reads its base model's tokenizer."""
+    from atesd.models import load_pretrained
+
+    model, tokenizer = load_hf_model(
+        HFModelConfig(name_or_path=str(checkpoint), dtype="float32"), LoraSettings(rank=4, alpha=8.0)
+    )
+    model.save_pretrained(tmp_path / "adapter")  # the adapter alone
+    loaded, loaded_tokenizer = load_pretrained(tmp_path / "adapter")
+    assert loaded_tokenizer.get_vocab() == tokenizer.get_vocab()
+    assert loaded_tokenizer.eos_token == tokenizer.eos_token and loaded_tokenizer.padding_side == "left"
+
+
 def test_eval_refuses_a_rollout_past_the_models_positions(checkpoint, tmp_path, capsys):
     """eval.py decoded past the model's positions (its default is 38,912 new tokens; Qwen2.5-Math holds
     4,096) and graded what came out there, saying nothing."""

@@ -231,3 +231,35 @@ def test_fsdp_loading_on_rank_0_fails_every_rank_alike(tmp_path, tiny_model, tok
     with pytest.raises(pickle.UnpicklingError):
         load_on_rank0(cfg(tmp_path / "m"), one.dist)
     assert one.sent[-1].startswith("UnpicklingError")
+
+
+def test_a_checkpoint_without_its_tokenizer_or_any_eos_is_one_line(checkpoint, tmp_path):
+    """A folder without tokenizer files loaded an empty tokenizer (one token, every text encoded to
+    nothing) and failed later on the chat template or on empty prompts; a tokenizer without an EOS
+    token, where the generation config names none either, never ended a completion (eval) or failed
+    with a TypeError (training). Both are one line now; an EOS the generation config names is taken."""
+    import json
+    import shutil
+
+    import pytest
+
+    from atesd.models import load_tokenizer
+
+    bare = tmp_path / "bare"
+    shutil.copytree(checkpoint, bare)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (bare / name).unlink()
+    with pytest.raises(ValueError, match=r"holds no tokenizer .*copy the checkpoint's tokenizer files"):
+        load_pretrained(bare)
+
+    no_eos = tmp_path / "no_eos"
+    shutil.copytree(checkpoint, no_eos)
+    config = json.loads((no_eos / "tokenizer_config.json").read_text())
+    (no_eos / "tokenizer_config.json").write_text(json.dumps(config | {"eos_token": None, "pad_token": None}))
+    generation = json.loads((no_eos / "generation_config.json").read_text())
+    want = generation["eos_token_id"]
+    want = want[0] if isinstance(want, list) else want
+    assert load_tokenizer(no_eos).eos_token_id == want  # the generation config's
+    (no_eos / "generation_config.json").write_text(json.dumps(generation | {"eos_token_id": None}))
+    with pytest.raises(ValueError, match="its tokenizer has no EOS token .*names no eos_token_id"):
+        load_tokenizer(no_eos)
