@@ -233,16 +233,26 @@ def build_backend(
     """The rollout backend `sampling.backend` (default: `cfg.engine.sampling`'s) over `model`, ending
     at every EOS id of the model and tokenizer."""
     sampling = sampling or cfg.engine.sampling
-    name = sampling.backend
-    if name == "vllm" and cfg.embedded:
+    check_backend(cfg, sampling)
+    return make_backend(
+        sampling.backend, model, eos_token_ids(model, tokenizer), tokenizer.pad_token_id,
+        compile=sampling.compile, vllm=sampling.vllm, trust_remote_code=cfg.hf.trust_remote_code,
+    )  # fmt: skip
+
+
+def check_backend(cfg: RealConfig, sampling: SamplingConfig) -> None:
+    """Refuse, before a model is loaded or a warm start trains (minutes for a large one), a backend
+    this machine or model cannot run: vllm on the embedded model, without the extra or without CUDA."""
+    if sampling.backend != "vllm":
+        return
+    if cfg.embedded:
         raise ValueError(
             "the vllm backend needs an HF checkpoint (real.hf.name_or_path): vLLM loads the model from "
             "its hub id or directory; the embedded model runs on the hf backend"
         )
-    return make_backend(
-        name, model, eos_token_ids(model, tokenizer), tokenizer.pad_token_id,
-        compile=sampling.compile, vllm=sampling.vllm, trust_remote_code=cfg.hf.trust_remote_code,
-    )  # fmt: skip
+    from atesd.rollout.vllm import check_runnable
+
+    check_runnable()
 
 
 def build_engine(
@@ -258,6 +268,7 @@ def build_engine(
     cfg = dataclasses.replace(cfg, engine=engine_cfg)  # LoRA's init follows the engine's seed too
     device = resolve_device(cfg.device, dist)  # a device this machine lacks fails before a warm start trains
     check_precision(cfg)
+    check_backend(cfg, engine_cfg.sampling)
     task = build_task(cfg)
     if cfg.embedded:  # before the warm start trains a model that cannot hold the prompts
         check_lengths(build_synthetic_tokenizer(), task, engine_cfg, cfg.model.max_position, embedded=True)
@@ -265,8 +276,8 @@ def build_engine(
     if cfg.hf.dtype == "auto":  # the checkpoint's own dtype: known once loaded (hub Qwen3 is bfloat16)
         check_precision(cfg, model)
     if not cfg.embedded:
-        limit = getattr(base_model(model).config, "max_position_embeddings", None)
-        check_lengths(tokenizer, task, engine_cfg, limit)
+        limit, holder = position_limit(model, engine_cfg.sampling)
+        check_lengths(tokenizer, task, engine_cfg, limit, holder=holder)
     sampler = build_backend(cfg, model, tokenizer)
     # where it will be sharded the student is still on the CPU: the engine moves it layer by layer
     return DistillEngine(model, tokenizer, task, engine_cfg, sampler=sampler, dist=dist, device=device)
@@ -292,6 +303,17 @@ def check_precision(cfg: RealConfig, model: torch.nn.Module | None = None) -> No
         )
 
 
+def position_limit(model: torch.nn.Module, sampling: SamplingConfig) -> tuple[int | None, str]:
+    """How many positions a prompt and its rollout may take, and what holds them to it: the model's
+    `max_position_embeddings`, or on the vllm backend its `max_model_len` where that is set and smaller
+    (vLLM ends a request there as if at the length limit: the completion is cut short, without a word)."""
+    limit = getattr(base_model(model).config, "max_position_embeddings", None)
+    vllm_len = sampling.vllm.max_model_len if sampling.backend == "vllm" else 0
+    if vllm_len and (not limit or vllm_len < limit):
+        return vllm_len, f"vLLM's max_model_len={vllm_len} (sampling.vllm.max_model_len) holds"
+    return limit, "the model holds"
+
+
 def check_lengths(
     tokenizer: PreTrainedTokenizerBase,
     task: Task,
@@ -299,6 +321,7 @@ def check_lengths(
     limit: int | None,
     *,
     embedded: bool = False,
+    holder: str = "the model holds",
 ) -> None:
     """ValueError, before any training, when the longest teacher prompt (the whole reference shown)
     plus a full rollout does not fit the model's `limit` positions: over the training pool (a task's
@@ -325,6 +348,6 @@ def check_lengths(
         over = " and ".join(key for key, n in new_tokens.items() if n > limit - longest)
         advice = f"lower {over} to at most {limit - longest}, or {more}"
     raise ValueError(
-        f"the model holds {limit} positions, but the longest teacher prompt (the whole reference shown) "
+        f"{holder} {limit} positions, but the longest teacher prompt (the whole reference shown) "
         f"takes {longest} tokens and a rollout up to {max_new} more: {advice}"
     )

@@ -52,11 +52,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from atesd import config as cfglib  # noqa: E402
-from atesd.builder import build_backend, build_student  # noqa: E402
+from atesd.builder import build_backend, build_student, check_backend, position_limit  # noqa: E402
+from atesd.engine_config import SamplingConfig  # noqa: E402
 from atesd.eval_records import generate, problem_record, sample_record  # noqa: E402
 from atesd.evaluation import summarize  # noqa: E402
 from atesd.exposure import ExposureConfig, PromptBuilder  # noqa: E402
-from atesd.models import base_model  # noqa: E402
 from atesd.rollout import RolloutBackend  # noqa: E402
 from atesd.state import write_atomic  # noqa: E402
 from atesd.tasks.base import Problem, Task, Verdict  # noqa: E402
@@ -104,10 +104,13 @@ def load_model(cfg: EvalConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
     return build_student(real, None)
 
 
-def check_positions(model: PreTrainedModel, prompts: list[list[int]], max_new: int, embedded: bool) -> None:
-    """ConfigError when the longest prompt plus `max_new` sampled tokens passes the model's positions:
-    the sampler would decode on past them, and the tokens there (positions never trained) be graded."""
-    limit = getattr(base_model(model).config, "max_position_embeddings", None)
+def check_positions(
+    model: PreTrainedModel, prompts: list[list[int]], max_new: int, embedded: bool, sampling: SamplingConfig
+) -> None:
+    """ConfigError when the longest prompt plus `max_new` sampled tokens passes the model's positions
+    (the sampler would decode on past them, and the tokens there, positions never trained, be graded)
+    or vLLM's max_model_len (vLLM would cut the completion short there, graded as truncated)."""
+    limit, holder = position_limit(model, sampling)
     longest = max(map(len, prompts), default=0)
     if not limit or longest + max_new <= limit:
         return
@@ -118,7 +121,7 @@ def check_positions(model: PreTrainedModel, prompts: list[list[int]], max_new: i
     )
     more = "" if embedded else ", or use a model with more positions"  # (another embedded one: another model)
     raise cfglib.ConfigError(
-        f"the model holds {limit} positions, but the longest prompt takes {longest} tokens and "
+        f"{holder} {limit} positions, but the longest prompt takes {longest} tokens and "
         f"sampling.max_new_tokens={max_new} more: {fix}{more}"
     )
 
@@ -158,6 +161,7 @@ def evaluate(cfg: EvalConfig, run_dir: Path, task: Task | None = None) -> dict[s
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.threads)
     task = task if task is not None else load_task(cfg)
+    check_backend(cfg.real, cfg.sampling)  # before the model loads (minutes for a large one)
     model, tokenizer = load_model(cfg)
     n, max_new_tokens = cfg.sampling.resolved(cfg.synthetic)
     ks = sorted(k for k in set(cfg.pass_k) if k <= n)
@@ -177,7 +181,7 @@ def evaluate(cfg: EvalConfig, run_dir: Path, task: Task | None = None) -> dict[s
     exposure = ExposureConfig(student_thinking=cfg.sampling.thinking)
     builder = PromptBuilder(tokenizer, task.prompt_format, exposure)
     prompts = [builder.encode(builder.student_prompt(p)) for _, _, p in items]
-    check_positions(model, prompts, max_new_tokens, cfg.real.embedded)
+    check_positions(model, prompts, max_new_tokens, cfg.real.embedded, cfg.sampling)
     backend = build_backend(cfg.real, model, tokenizer, cfg.sampling)
     sample_chunks(
         cfg, task, items, prompts, Sampler(backend, tokenizer, generator), run_dir, done, t0 - seconds

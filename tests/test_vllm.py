@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 import types
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -141,6 +142,51 @@ def test_a_missing_extra_names_it(monkeypatch, tiny_model):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
     with pytest.raises(ImportError, match=r"atesd\[vllm\]"):
         make_backend("vllm", tiny_model, eos_token_ids=[1], pad_token_id=0)
+
+
+def test_a_vllm_run_is_refused_before_its_model_loads(monkeypatch, checkpoint):
+    """Without the extra (or a GPU) the error came after the whole model had loaded (minutes for 8B):
+    the backend is checked first now, in training and in eval.py."""
+    import atesd.builder as builder
+    import recipes.eval as evaluation
+    from recipes._evalconfig import EvalConfig, EvalSamplingConfig
+
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    monkeypatch.setattr(builder, "build_student", lambda *a, **k: pytest.fail("the model loaded"))
+    monkeypatch.setattr(evaluation, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+    sampling = SamplingConfig(backend="vllm")
+    cfg = builder.RealConfig(hf=HFModelConfig(name_or_path=str(checkpoint)), device="cpu",
+                             engine=EngineConfig(sampling=sampling))  # fmt: skip
+    with pytest.raises(ImportError, match=r"atesd\[vllm\]"):
+        builder.build_engine(cfg, 0)
+    with pytest.raises(ImportError, match=r"atesd\[vllm\]"):
+        evaluation.evaluate(EvalConfig(real=cfg, sampling=EvalSamplingConfig(backend="vllm")), Path("x"))
+
+
+def test_vllms_max_model_len_bounds_prompt_and_rollout(fake_vllm, checkpoint, monkeypatch):
+    """vLLM ends a request at max_model_len as at the length limit: with prompt + max_new_tokens past
+    it every long completion was cut short and graded as truncated, while the checks compared with the
+    model's positions alone. Both checks now hold the rollout to the smaller of the two."""
+    import atesd.builder as builder
+    from atesd.config import ConfigError
+    from recipes._evalconfig import EvalSamplingConfig
+    from recipes.eval import check_positions
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    model, _ = load_hf_model(HFModelConfig(name_or_path=str(checkpoint), dtype="float32"))
+    sampling = EvalSamplingConfig(backend="vllm", vllm=VLLMConfig(max_model_len=64))
+    with pytest.raises(ConfigError, match=r"vLLM's max_model_len=64 .* holds 64 positions, but the longest"):
+        check_positions(model, [[1] * 40], 30, False, sampling)
+    check_positions(model, [[1] * 40], 24, False, sampling)  # fits
+    check_positions(model, [[1] * 40], 30, False, EvalSamplingConfig())  # the hf backend: the model's
+    engine = EngineConfig(
+        sampling=SamplingConfig(backend="vllm", max_new_tokens=16, vllm=VLLMConfig(max_model_len=24))
+    )
+    cfg = builder.RealConfig(hf=HFModelConfig(name_or_path=str(checkpoint)), device="cpu", engine=engine)
+    with pytest.raises(
+        ValueError, match=r"vLLM's max_model_len=24 .* holds 24 positions, but the longest teacher"
+    ):
+        builder.build_engine(cfg, 0)
 
 
 def test_sampling_settings_and_seeds_map_onto_vllms():

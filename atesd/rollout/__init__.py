@@ -71,7 +71,7 @@ def make_backend(
 
     Raises:
         ImportError: "vllm" without the `atesd[vllm]` extra installed (the message names it).
-        RuntimeError: "vllm" without a CUDA device.
+        OSError: "vllm" without a CUDA device.
         ValueError: an unknown name, or "vllm" for a model with no hub id or directory.
     """
     if name not in BACKENDS:

@@ -91,6 +91,15 @@ def import_vllm() -> Any:
     return vllm
 
 
+def check_runnable() -> None:
+    """ImportError naming the extra where vLLM is not installed, OSError where there is no CUDA GPU."""
+    import_vllm()
+    if not torch.cuda.is_available():
+        raise OSError(
+            f"the 'vllm' rollout backend needs a CUDA GPU; use the 'hf' backend here ({EXTRA_HINT})"
+        )
+
+
 def model_path(model: nn.Module) -> str:
     """The hub id or directory the student was loaded from (vLLM loads its own copy from it)."""
     base = base_model(model)
@@ -213,10 +222,7 @@ class VLLMSampler:
         self._sleep()
 
     def _build_llm(self) -> Any:
-        if not torch.cuda.is_available():
-            raise OSError(
-                f"the 'vllm' rollout backend needs a CUDA GPU; use the 'hf' backend here ({EXTRA_HINT})"
-            )
+        check_runnable()
         # One in-process engine per trainer rank, launched by torchrun (or this single process): vLLM's
         # "external_launcher" executor reads the torch.distributed variables, set here when absent.
         os.environ.setdefault("RANK", "0")
