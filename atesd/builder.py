@@ -326,13 +326,18 @@ def check_lengths(
     """ValueError, before any training, when the longest teacher prompt (the whole reference shown)
     plus a full rollout does not fit the model's `limit` positions: over the training pool (a task's
     `train` list, where it keeps one), the evaluation sets and the probe set, the longest in tokens
-    among the 32 longest in characters. `embedded` words the advice for the embedded model."""
+    among the 32 whose question and reference take the most tokens. `embedded` words the advice for the
+    embedded model."""
     problems = [p for ps in task.eval_sets().values() for p in ps] + list(task.probe_set())
     problems += list(getattr(task, "train", None) or ())
     if not limit or not problems:
         return
     builder = PromptBuilder(tokenizer, task.prompt_format, engine_cfg.exposure)
-    candidates = sorted(problems, key=lambda p: len(p.question) + len(p.solution))[-32:]
+    # every row counted in tokens in one batched call, the 32 longest rendered whole: ranked by their
+    # characters, a row of digits (a token each) shorter than 32 prose rows passed and overflowed
+    texts = [f"{p.question}\n{p.solution}" for p in problems]
+    counts = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    candidates = [problems[i] for i in sorted(range(len(problems)), key=counts.__getitem__)[-32:]]
     longest = max(len(builder.encode(builder.teacher_prompt(p, 1.0))) for p in candidates)
     new_tokens = {  # the training and the in-training evaluation rollouts
         "real.engine.sampling.max_new_tokens": engine_cfg.sampling.max_new_tokens,

@@ -376,6 +376,40 @@ def test_the_length_check_reads_the_training_pool_in_tokens():
         check_lengths(tokenizer, MathTask([short, long], {"x": [short]}, [short]), cfg, 1024)
 
 
+def test_the_length_check_ranks_rows_by_tokens_not_characters():
+    """It rendered only the 32 rows longest in characters: a row of digits (a token each in Qwen's BPE)
+    shorter in characters than 32 prose rows, but longer in tokens, passed and overflowed."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from atesd.builder import check_lengths
+    from atesd.engine import EngineConfig, SamplingConfig
+    from atesd.tasks.base import Problem
+    from atesd.tasks.math import MathTask
+    from atesd.tiny import QWEN3_STYLE_CHAT_TEMPLATE
+
+    specials = ["<|im_start|>", "<|im_end|>", "<think>", "</think>", "<|unk|>"]
+    words = [*specials, "\n", "longproseword", *"0123456789"]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<|unk|>"))
+    core.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Digits(individual_digits=True)]
+    )
+    core.add_special_tokens(specials)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|unk|>")
+    tokenizer.chat_template = QWEN3_STYLE_CHAT_TEMPLATE
+
+    def problem(solution: str) -> Problem:
+        return Problem("What is it?", (solution,), "1", "\\boxed{1}", "x", {})
+
+    prose = [problem(" ".join(["longproseword"] * 40)) for _ in range(40)]  # 559 characters, 40 tokens
+    digits = problem(" ".join("1234567890" * 20))  # 399 characters, 200 tokens
+    assert len(digits.solution) < len(prose[0].solution)
+    cfg = EngineConfig(sampling=SamplingConfig(max_new_tokens=16))
+    check_lengths(tokenizer, MathTask(prose, {"x": prose[:1]}, prose[:1]), cfg, 150)
+    with pytest.raises(ValueError, match="the model holds 150 positions"):
+        check_lengths(tokenizer, MathTask([*prose, digits], {"x": prose[:1]}, prose[:1]), cfg, 150)
+
+
 def test_the_length_error_names_what_to_change():
     """It said to raise real.model.max_position (the embedded model's, nothing to an HF checkpoint) and
     to lower the training length even when the prompt alone overflowed or the eval length set it."""
