@@ -21,8 +21,10 @@ no update).
 Each experiment gets its own directory: --out DIR (default runs/branch_alpha), or DIR-1, DIR-2,
 ... when DIR exists. It holds config.json (written first), runs.jsonl (a line per finished seed,
 written as each seed finishes, so Ctrl-C or a crash keeps them) and, at the end, branch_alpha.json
-(the config, the seeds, every seed's run and the table). `--resume DIR` goes on with the experiment
-in DIR: its config, only the seeds runs.jsonl lacks.
+(the config, the seeds, every seed's run and the table); its local paths (a data file, a model
+folder, the cache) are stored absolute, and inputs.json records the size and sha256 of each input file.
+`--resume DIR` goes on with the experiment in DIR, from any directory: its config, only the seeds
+runs.jsonl lacks; it refuses a data file or model changed since the start.
 """
 
 from __future__ import annotations
@@ -45,9 +47,9 @@ from atesd.builder import RealConfig, build_engine  # noqa: E402
 from atesd.engine import EngineConfig  # noqa: E402
 from atesd.state import write_atomic  # noqa: E402
 from recipes._progress import fresh_dir, user_errors  # noqa: E402
-from recipes._rundir import append_record, read_records, run_lock  # noqa: E402
+from recipes._rundir import append_record, changed_inputs, read_records, record_inputs, run_lock  # noqa: E402
 from recipes._tables import json_safe  # noqa: E402
-from recipes.common import Once, refuse_run_config  # noqa: E402
+from recipes.common import Once, absolute_paths, refuse_run_config  # noqa: E402
 from recipes.sweep import RUNS, resume_config, seeds_for, stopped  # noqa: E402
 
 
@@ -177,11 +179,12 @@ def open_experiment(args: argparse.Namespace) -> tuple[BranchConfig, Path]:
     refuse_run_config(args.config, BranchConfig, "branch_alpha.py")
     if args.resume is not None:
         cfg, out = resume_config(BranchConfig, args.resume, args.config, args.overrides), args.resume
-    else:
-        cfg = cfglib.load(BranchConfig, args.config, args.overrides)
+    else:  # its local paths absolute: a --resume from another directory reads the same files
+        cfg = absolute_paths(cfglib.load(BranchConfig, args.config, args.overrides))
         out = args.out if args.out is not None else Path("runs/branch_alpha")
         out = fresh_dir(out.parent, out.name)  # a bad --out fails now, not after the training
         (out / "config.json").write_text(json.dumps(cfglib.to_dict(cfg), indent=1))
+        record_inputs(out, cfg.real)  # a resume refuses a data file or model changed since
     if not os.access(out, os.W_OK):
         raise PermissionError(f"{out} is not writable")
     return cfg, out
@@ -201,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         seeds = seed_list(seeds_text)
         t0 = time.perf_counter()
         with run_lock(out, doing="branched"):  # a second --resume of a running one would run its seeds again
+            changed = changed_inputs(out) if args.resume is not None else None
+            if changed:  # the seeds still to run would read what is there now
+                raise cfglib.ConfigError(f"--resume {out}: {changed}")
             runs = run_seeds(cfg, seeds, seeds_text, out, fresh=args.resume is None, debug=args.debug)
     if runs is None:
         return 0

@@ -118,3 +118,40 @@ def test_an_interrupted_branching_keeps_its_seeds_and_resumes_to_the_uninterrupt
     assert branch_alpha.main([*argv, "--out", str(part)]) == 0  # a new experiment: part-1, part untouched
     assert (tmp_path / "part-1" / "branch_alpha.json").exists()
     assert strict_json((part / "branch_alpha.json").read_text()) == resumed
+
+
+def test_an_experiment_stores_its_paths_absolute_and_a_resume_refuses_changed_inputs(
+    monkeypatch, tmp_path, capsys
+):
+    """branch_alpha.py stored real.* paths as given (a --resume from another directory read other
+    files) and recorded no inputs.json (a data file changed since the start was mixed into one table), as
+    sweep.py does not."""
+
+    def run_seed(cfg, seed):  # a stand-in for the training
+        return {
+            "seed": seed,
+            "stages": {s: {"start": 0.4, "after": {a: 0.5 for a in (0.5, 0.75)}} for s in (0,)},
+        }
+
+    monkeypatch.setattr(branch_alpha, "run_seed", run_seed)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "rows.jsonl").write_text('{"problem": "1+1?", "solution": "2 \\\\boxed{2}"}\n')
+    monkeypatch.chdir(tmp_path)
+    argv = ["--seeds", "0-1", "--set", "stages=[0]", "--set", "alphas=[0.5]", "--set", "real.cache_dir=cache",
+            "--set", "real.task_kind=math", "--set", "real.data.source=data/rows.jsonl",
+            "--out", "out"]  # fmt: skip
+    assert branch_alpha.main(argv) == 0
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["real"]["cache_dir"] == str(tmp_path / "cache")
+    assert config["real"]["data"]["source"] == str(tmp_path / "data" / "rows.jsonl")
+    assert (tmp_path / "out" / "inputs.json").is_file()
+    (tmp_path / "out" / "branch_alpha.json").unlink()  # as if stopped before its table
+    (tmp_path / "data" / "rows.jsonl").write_text('{"problem": "2+2?", "solution": "4 \\\\boxed{4}"}\n')
+    monkeypatch.chdir(tmp_path / "data")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        branch_alpha.main(["--resume", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "rows.jsonl" in err and "changed" in err and len(err.splitlines()) == 1, (
+        err
+    )
