@@ -309,7 +309,8 @@ def table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     cols = ["set", "problems", f"avg@{n}", *(f"pass@{k}" for k in ks), f"maj@{n}", "format"]
     cols += ["greedy"] if greedy else []
     rows = []
-    for name, m in [*summary["sets"].items(), ("all", summary["all"])]:
+    overall = "all" if "all" not in summary["sets"] else "(every set)"  # a band may be named "all"
+    for name, m in [*summary["sets"].items(), (overall, summary["all"])]:
         row = [name, str(m["problems"]), _pct(m["avg_at_n"]), *(_pct(m["pass_at"][k]) for k in ks)]
         row += [_pct(m["maj_at_n"]), _pct(m["format_rate"])] + (
             [_pct(m["greedy_accuracy"])] if greedy else []

@@ -588,6 +588,17 @@ def test_eval_table_prints_brackets_as_text(monkeypatch, capsys):
     assert "runs/[ablation]/final_modelon[/x]:8completions" in shown and "[b]set" in shown, shown
 
 
+def test_a_set_named_all_is_not_the_overall_row():
+    """A band named 'all' printed two rows labelled 'all': its own and the one over every set."""
+    one = {"problems": 2, "avg_at_n": 0.5, "pass_at": {"1": 0.5}, "maj_at_n": 0.5, "format_rate": 1.0}
+    every = one | {"problems": 4, "avg_at_n": 0.75}
+    summary = {"sampling": {"samples": 4}, "sets": {"all": one, "hard": one}, "all": every}
+    _, rows = ev.table_rows(summary)
+    assert [r[:2] for r in rows] == [["all", "2"], ["hard", "2"], ["(every set)", "4"]]
+    _, rows = ev.table_rows(summary | {"sets": {"hard": one}})
+    assert [r[:2] for r in rows] == [["hard", "2"], ["all", "4"]]
+
+
 def test_eval_names_out_dir_when_it_cannot_make_its_directory(tmp_path, capsys):
     """out_dir=<a file> said `error: [Errno 17] File exists: '<file>'`, naming no setting."""
     (tmp_path / "afile").write_text("")
