@@ -278,6 +278,11 @@ def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False) ->
 def _resolve(name_or_path: str | Path) -> tuple[Path, str, str | None]:
     """(the path on disk, the name to load, the hub repo the load reads or None): see `load_pretrained`."""
     local = Path(name_or_path).expanduser()
+    if (local / "final_model").is_dir():  # its config.json is a run config: read as a model's, a riddle
+        raise ValueError(
+            f"{name_or_path} is a training run's directory, not a model: its trained student is "
+            f"{local / 'final_model'}"
+        )
     if local.exists():  # absolute: a LoRA adapter saved from this model names it as its base
         local = local.resolve()
         name_or_path = str(local)

@@ -76,6 +76,24 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
         load_pretrained("runs/typo/final_model")  # two slashes: a path, not a hub id
 
 
+def test_a_run_directory_given_as_the_model_names_its_final_model(checkpoint, tmp_path):
+    """`--model runs/<run>` (the run, not its final_model) read the run's config.json as a model's and
+    failed on the tokenizer; it now says where the trained student is."""
+    import json
+    import shutil
+
+    import pytest
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(checkpoint, run_dir / "final_model")
+    (run_dir / "config.json").write_text(json.dumps({"controller": "beta_reinforce", "env": "real"}))
+    with pytest.raises(
+        ValueError, match=f"is a training run's directory, not a model: .*{run_dir / 'final_model'}"
+    ):
+        load_pretrained(run_dir)
+    assert load_pretrained(run_dir / "final_model")[1] is not None
+
+
 def test_hub_ids_with_dots_go_to_the_hub_and_a_home_path_is_expanded(
     tiny_model, tokenizer, tmp_path, monkeypatch
 ):
