@@ -279,8 +279,18 @@ def given_config(args: argparse.Namespace) -> dict[str, Any]:
         config = own_config(config)
     else:
         refuse_run_config(args.config, EvalConfig, "eval.py")
-    given = cfglib.merge(config, cfglib.parse_overrides(given_overrides(args)))
+    overrides = cfglib.parse_overrides(given_overrides(args))
+    given = cfglib.merge(config, overrides)
     refuse_engine_keys(given)
+    real = overrides.get("real")
+    data = real.get("data") if isinstance(real, dict) else None
+    if isinstance(data, dict) and data and given.get("task", "synthetic") == "synthetic":
+        key = next(iter(data))  # read by no task: the synthetic one has its own (real.task.*)
+        raise cfglib.ConfigError(
+            f"real.data.{key} sets how a math task's rows are read, but the task is the synthetic one "
+            "(the default): give --task (a benchmark name or a data file), or set real.task.* for the "
+            "synthetic task"
+        )
     return task_data(given)
 
 

@@ -713,3 +713,17 @@ def test_the_embedded_model_is_not_evaluated_on_a_math_task(tmp_path, capsys):
         )
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "the embedded tiny model only knows the synthetic task" in err, err
+
+
+def test_data_settings_on_the_synthetic_task_are_refused(tmp_path, capsys):
+    """real.data.* on the synthetic task (the default) was read by nothing: `--set real.data.max_rows=5`
+    evaluated every problem, and `real.data.source=rows.jsonl` the synthetic task, without a word."""
+    for given in (["--set", "real.data.max_rows=5"], ["real.data.source=rows.jsonl"]):
+        with pytest.raises(SystemExit) as exc:
+            main([*given, "--set", f"out_dir={tmp_path}"])
+        err = _our_lines(capsys.readouterr().err)
+        assert (
+            exc.value.code == 2
+            and "sets how a math task's rows are read, but the task is the synthetic" in err
+        )
+        assert "\n" not in err and list(tmp_path.iterdir()) == []
