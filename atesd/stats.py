@@ -111,4 +111,6 @@ class EMAStats:
         return {"decay": self.decay, "values": dict(self.values)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.decay, self.values = state["decay"], dict(state["values"])
+        """The averages of `state`; the decay stays this one's (the config's: a state saved under
+        another `engine.stats_decay` had replaced it, and the run's statistics moved at the old rate)."""
+        self.values = dict(state["values"])

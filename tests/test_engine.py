@@ -498,3 +498,16 @@ def test_a_bad_alpha_is_refused_before_the_streams_move(tiny_model, tokenizer, s
         engine.sample_gen.get_state(), before[1]
     )
     assert engine.num_steps == 0
+
+
+def test_loading_a_state_keeps_the_configs_stats_decay(tiny_model, tokenizer, small_task):
+    """A state saved under another engine.stats_decay replaced the engine's decay on load: the run's
+    statistics then moved at the saved rate, not at its config's."""
+    import dataclasses
+
+    cfg = EngineConfig(batch_size=2, sampling=SamplingConfig(max_new_tokens=8))
+    saved = DistillEngine(copy.deepcopy(tiny_model), tokenizer, small_task, cfg)
+    saved.step(0.5)
+    slow = DistillEngine(tiny_model, tokenizer, small_task, dataclasses.replace(cfg, stats_decay=0.5))
+    slow.load_state_dict(saved.state_dict())
+    assert slow.stats.decay == 0.5 and slow.stats.values == saved.stats.values
