@@ -79,6 +79,22 @@ class NonFiniteLossError(RuntimeError):
     """Raised after `max_nonfinite_steps` non-finite losses in a row."""
 
 
+def other_references(problems: list[Problem]) -> list[Problem]:
+    """For each problem the next problem of the batch (cyclically) that is another problem: the
+    neighbour's alone gave a problem drawn twice in a row its own reference, which the control
+    `reference=other` exists to withhold. ValueError for a batch of one problem, however often drawn."""
+    n, refs = len(problems), []
+    for i, problem in enumerate(problems):
+        other = next((problems[(i + k) % n] for k in range(1, n) if problems[(i + k) % n] != problem), None)
+        if other is None:
+            raise ValueError(
+                "exposure.reference=other needs two different problems in a batch: this one drew a single "
+                "problem (a task of one training problem?)"
+            )
+        refs.append(other)
+    return refs
+
+
 class DistillEngine:
     """Student, teacher, optimiser, sampler and statistics of one distillation run."""
 
@@ -447,8 +463,8 @@ class DistillEngine:
         mode = self.cfg.exposure.reference
         if mode == "own":
             refs = problems
-        elif mode == "other":  # a derangement: each problem gets its neighbour's reference
-            refs = problems[1:] + problems[:1]
+        elif mode == "other":  # each problem gets the next other problem's reference
+            refs = other_references(problems)
         else:
             refs = [self.task.path_matched(p, t) for p, t in zip(problems, texts)]
         solved = self.cfg.exposure.solved_alpha if per_outcome else None

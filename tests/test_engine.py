@@ -108,6 +108,19 @@ def test_reference_controls(tiny_model, tokenizer, small_task):
         assert problems[i].question in text and problems[(i + 1) % 3].solution.rsplit("A", 1)[0] in text
 
 
+def test_the_other_reference_is_never_the_problems_own_when_a_batch_draws_it_twice():
+    """The neighbour's reference gave a problem drawn twice in a row its own reference under the
+    control that exists to withhold it (a batch larger than the pool draws problems again)."""
+    from atesd.engine import other_references
+    from atesd.tasks.base import Problem
+
+    a, b = (Problem(q, ("step. ",), "1", "A1", "x", {}) for q in ("first?", "second?"))
+    assert other_references([a, a, b]) == [b, b, a]
+    assert other_references([a, b, b]) == [b, a, a]
+    with pytest.raises(ValueError, match="reference=other needs two different problems in a batch"):
+        other_references([a, a])
+
+
 def test_the_other_reference_control_needs_two_problems_a_batch(tiny_model, tokenizer, small_task):
     with pytest.raises(ValueError, match="reference=other.*batch_size >= 2"):
         DistillEngine(
