@@ -429,22 +429,25 @@ def test_the_printed_command_goes_on_at_the_config_it_was_pretrained_for(tmp_pat
     assert len(decisions) == 10 and len(decisions[0]["alpha"]) == 2 and "pre trained" in run_dir.name
 
 
+def pretrained_command(bank: Path, out_dir: Path, capsys) -> tuple[Path, list[str]]:
+    """surrogate.py pre-trained for 2 episodes on `bank`: its directory and the command it printed."""
+    import shlex
+
+    capsys.readouterr()
+    out = surrogate.main(["--bank", str(bank), "--episodes", "2", "--folds", "2", "--out", str(out_dir)])
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith(f"wrote {out}; ")]
+    return out, shlex.split(line.split(" with ", 1)[1])
+
+
 def test_the_printed_command_carries_the_banks_env_config(tmp_path, capsys):
     """The command printed after pre-training carried only the --config and --set given: a bank
     recorded at another mock.hold_steps (or on an env given by id) printed a command that ran another
     env. It now sets each key where the bank's config differs, and goes on in bench.py for an id."""
-    import shlex
-
     bench.main(["--env", "mock", "--seeds", "2", "--controllers", "random", "--baseline", "random",
                 "--set", f"bank_dir={tmp_path / 'bank'}", "--set", "mock.total_steps=60",
                 "--set", "mock.hold_steps=10", "--set", "plots=false",
                 "--out", str(tmp_path / "b")])  # fmt: skip
-    capsys.readouterr()
-    out = surrogate.main(
-        ["--bank", str(tmp_path / "bank"), "--episodes", "2", "--folds", "2", "--out", str(tmp_path)]
-    )
-    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith(f"wrote {out}; ")]
-    words = shlex.split(line.split(" with ", 1)[1])
+    out, words = pretrained_command(tmp_path / "bank", tmp_path, capsys)
     assert words[:6] == ["python", "recipes/run.py", "--controller", "beta_reinforce", "--env", "mock"]
     assert words[6:] == ["--set", "mock.hold_steps=10", "--set", "mock.total_steps=60",
                          f"controller_init={out / 'controller'}"]  # fmt: skip
@@ -455,12 +458,7 @@ def test_the_printed_command_carries_the_banks_env_config(tmp_path, capsys):
                 "--seeds", "2", "--controllers", "random", "--baseline", "random",
                 "--set", f"bank_dir={tmp_path / 'skills'}", "--set", "plots=false",
                 "--out", str(tmp_path / "b")])  # fmt: skip
-    capsys.readouterr()
-    out = surrogate.main(
-        ["--bank", str(tmp_path / "skills"), "--episodes", "2", "--folds", "2", "--out", str(tmp_path)]
-    )
-    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith(f"wrote {out}; ")]
-    words = shlex.split(line.split(" with ", 1)[1])
+    out, words = pretrained_command(tmp_path / "skills", tmp_path, capsys)
     assert words[:2] == ["python", "recipes/bench.py"]
     assert " ".join(words[2:8]) == "--env atesd/SkillChain-v0 --env-set total_steps=40 --env-set profile=wall"
     run_dir = bench.main([*words[2:], "--set", "plots=false", "--out", str(tmp_path / "again")])
