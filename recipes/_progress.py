@@ -132,12 +132,13 @@ USER_ERRORS = (ConfigError, ValueError, OSError, ImportError)
 
 
 @contextlib.contextmanager
-def user_errors(debug: bool = False, interrupted: str | Callable[[], str] = "") -> Iterator[None]:
+def user_errors(debug: bool = False, interrupted: str | Callable[[], str | None] = "") -> Iterator[None]:
     """Turn a user error raised inside into `error: <one line> (--debug shows the traceback)` on stderr
     and exit code 2, and Ctrl-C into `interrupted: <interrupted>` (a text, or a function giving it
-    when it happens) and exit code 130; with `debug`, let them propagate. Warnings print as one line,
-    `warning: <message> (<category>, <file>:<line>)`, not Python's two (the second the source line of
-    the `warnings.warn` call, which read like a crash); with `debug` as Python prints them."""
+    when it happens, None for no line) and exit code 130; with `debug`, let them propagate. Warnings
+    print as one line, `warning: <message> (<category>, <file>:<line>)`, not Python's two (the second
+    the source line of the `warnings.warn` call, which read like a crash); with `debug` as Python
+    prints them."""
     formatwarning = warnings.formatwarning
     if not debug:
         warnings.formatwarning = _one_line_warning
@@ -147,7 +148,8 @@ def user_errors(debug: bool = False, interrupted: str | Callable[[], str] = "") 
         if debug:
             raise
         said = interrupted() if callable(interrupted) else interrupted
-        print(f"interrupted: {said or 'stopped by Ctrl-C'}", file=sys.stderr, flush=True)
+        if said is not None:  # None: another process says it (torchrun's ranks but 0)
+            print(f"interrupted: {said or 'stopped by Ctrl-C'}", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
     except USER_ERRORS as err:
         if debug:

@@ -394,11 +394,15 @@ def refuse_eval_config(args: argparse.Namespace) -> None:
 RUN_DIR: list[Path] = []  # the run directory once known, for the Ctrl-C line
 
 
-def _interrupted(args: argparse.Namespace) -> str:
+def _interrupted(args: argparse.Namespace) -> str | None:
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)  # torchrun's
+    if world > 1 and os.environ.get("RANK", "0") != "0":
+        return None  # rank 0 says it (the others knew no run directory: "nothing changed", wrongly)
     if not RUN_DIR:  # stopped while planning (or --resume DIR read its checkpoint): nothing was written
         again = "" if args.resume in (None, "auto") else f" (--resume {args.resume})"
         return f"the run stopped before it began training; nothing changed: run the same command again{again}"
-    where = f"python recipes/run.py --resume {shlex.quote(str(RUN_DIR[-1]))}"
+    launch = f"torchrun --nproc_per_node {world}" if world > 1 else "python"  # a resume needs as many
+    where = f"{launch} recipes/run.py --resume {shlex.quote(str(RUN_DIR[-1]))}"
     saved = any(
         checkpoint.problem(c, verify=False) is None for c in (RUN_DIR[-1] / "checkpoints").glob("ckpt-*")
     )
@@ -421,7 +425,11 @@ def _main(args: argparse.Namespace) -> Path | None:
         refuse_eval_config(args)
     dist = Dist.from_env()  # torchrun: rank 0 decides, logs and saves; every rank trains on its shard
     if not dist.active:
-        return _run(dist, plan_run(args, cfg))
+        plan = plan_run(args, cfg)
+        written = len(plan.state.get("ranks", [None])) if plan.state is not None else 1
+        if written != 1:  # said before the model is built (minutes, and one process may not hold it)
+            raise cfglib.ConfigError(world_mismatch(written, 1))
+        return _run(dist, plan)
     # Under torchrun rank 0 plans (new run or resume, with every check) and tells the others, which
     # read the very checkpoint it chose; all ranks confirm they can before anything else runs.
     plan, error = None, None

@@ -869,3 +869,38 @@ def test_resume_dir_says_an_eval_config_is_one(tmp_path, capsys):
     (tmp_path / "eval.json").write_text('{"task": "synthetic", "pass_k": [1]}')
     code, err = failure(capsys, ["--resume", str(run_dir), "--config", str(tmp_path / "eval.json")])
     assert code == 2 and "eval.json is an eval.py config (it sets task, pass_k); run.py" in err, err
+
+
+def test_a_torchrun_checkpoint_resumed_in_one_process_is_refused_before_the_build(
+    tmp_path, monkeypatch, capsys
+):
+    """A plain `python recipes/run.py --resume DIR` of a two-rank checkpoint built the env (an FSDP
+    model loaded whole into one process: minutes, or out of memory) before saying it needs torchrun."""
+    from recipes._rundir import Plan
+
+    plan = Plan(
+        cfg=run.RunConfig(env="mock"), run_dir=tmp_path, state={"ranks": [{}, {}]}, checkpoint=tmp_path
+    )
+    monkeypatch.setattr(run, "plan_run", lambda args, cfg: plan)
+    monkeypatch.setattr(run, "_run", lambda *a: pytest.fail("the run was built"))
+    with pytest.raises(SystemExit) as exc:
+        run.main(["--resume", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "written by 2 process(es)" in err and "torchrun --nproc_per_node 2" in err
+
+
+def test_ctrl_c_under_torchrun_is_said_once_with_the_torchrun_command(tmp_path, monkeypatch):
+    """Under torchrun every rank said why it stopped: rank 1, which knows no run directory, that
+    nothing had changed, and rank 0 to resume with plain python, which a two-rank checkpoint refuses."""
+    args = run.parse_args(["--controller", "fixed"])
+    (tmp_path / "checkpoints").mkdir()
+    monkeypatch.setattr(run.checkpoint, "problem", lambda c, verify=False: None)
+    (tmp_path / "checkpoints" / "ckpt-000001").mkdir()
+    monkeypatch.setattr(run, "RUN_DIR", [tmp_path])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert run._interrupted(args) is None
+    monkeypatch.setenv("RANK", "0")
+    assert f"torchrun --nproc_per_node 2 recipes/run.py --resume {tmp_path}" in run._interrupted(args)
+    monkeypatch.delenv("WORLD_SIZE")
+    assert f"with python recipes/run.py --resume {tmp_path}" in run._interrupted(args)
