@@ -246,7 +246,12 @@ class DistillEngine:
         alphas = [self.alpha_of(alpha, p) for p in batch.problems]
         band_accuracy = self._band_accuracy(alpha, batch.problems, verdicts)
         # the batch statistics over ranks under torchrun: token means pooled (weighted by each rank's
-        # tokens), per-problem means averaged (equal batches), quantiles the mean of the ranks'
+        # tokens), per-problem means averaged (equal batches), quantiles the mean of the ranks'; the
+        # grounded score is a mean over the rank's answer tokens, pooled so too (a plain mean of the
+        # ranks' means weighed a rank of short answers as one of long ones)
+        if self.dist.active:
+            answer_tokens = sum(len(self.builder.encode(p.final)) for p in batch.problems)
+            grounded *= self.dist.token_share(answer_tokens)[0]
         stats_all = self.dist.mean([
             float(out.loss.detach()) * share, float(out.top1_disagree.float().mean()) * share,
             float(per_token.mean()) * share, float(torch.quantile(per_token, 0.9)),

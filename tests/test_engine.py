@@ -524,3 +524,34 @@ def test_loading_a_state_keeps_the_configs_stats_decay(tiny_model, tokenizer, sm
     slow = DistillEngine(tiny_model, tokenizer, small_task, dataclasses.replace(cfg, stats_decay=0.5))
     slow.load_state_dict(saved.state_dict())
     assert slow.stats.decay == 0.5 and slow.stats.values == saved.stats.values
+
+
+def test_under_torchrun_the_grounded_score_is_pooled_by_answer_tokens(tiny_model, tokenizer, small_task):
+    """Each rank's grounded score is a mean over its answer tokens, and the ranks' were averaged as
+    they were: a rank of short answers weighed as much as one of long ones (on math data one process
+    and two ranks over the same rows gave -3.268 and -3.288). It is now weighted by answer tokens."""
+    from atesd.distributed import Dist
+
+    engine = make_engine(tiny_model, tokenizer, small_task)
+    batch = engine.rollout(small_task.sample(np.random.default_rng(0), 3))
+    out, grounded, _ = engine.batch_loss(batch, 0.5)
+    answer_tokens = sum(len(engine.builder.encode(p.final)) for p in batch.problems)
+    seen = {}
+
+    class OtherRankHasTwiceTheTokens(Dist):  # this rank's n of 3n answer tokens: share 2/3
+        active = True
+        world_size = 2
+
+        def token_share(self, n):
+            seen["n"] = n
+            return 2 * n / (3 * n), 3 * n
+
+        def mean(self, values):
+            seen["values"] = values
+            return values
+
+    engine.dist = OtherRankHasTwiceTheTokens()
+    times = dict.fromkeys(("rollout_s", "teacher_s", "update_s", "probe_s", "total_s"), 0.0)
+    engine._step_stats(0.5, batch, out, 1.0, grounded, step=1, skipped=False, grad_norm=1.0, num_tokens=1,
+                       probe_nll=math.nan, **times)  # fmt: skip
+    assert seen["n"] == answer_tokens and seen["values"][7] == pytest.approx(grounded * 2 / 3)
