@@ -64,6 +64,7 @@ class WarmStartConfig:
             )
         for name, ok, rule in (
             ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("seed", self.seed >= 0, ">= 0"),
             ("lr", self.lr > 0, "> 0"),
             ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
             ("weight_decay", self.weight_decay >= 0, ">= 0"),

@@ -110,6 +110,11 @@ class TinyModelConfig:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})"
             )
+        if (self.hidden_size // self.num_heads) % 2:  # rotary embeddings rotate pairs of dimensions
+            raise ValueError(
+                f"hidden_size / num_heads ({self.hidden_size} / {self.num_heads} = "
+                f"{self.hidden_size // self.num_heads}) must be even: the head size rotary embeddings take"
+            )
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_kv_heads ({self.num_kv_heads}) must divide num_heads ({self.num_heads})")
 

@@ -215,7 +215,7 @@ def warm_start(
             return model, tokenizer, path, True
         except Exception as err:  # an entry from before checksums were kept, damaged since
             if _has_sums(path):  # its files are the ones written: the fault is not the entry's
-                raise RuntimeError(
+                raise OSError(  # one line from the recipes, not three chained tracebacks
                     f"the warm start cached at {path} matches its checksums but does not load "
                     f"({type(err).__name__}: {err}); remove the directory to train it again"
                 ) from err

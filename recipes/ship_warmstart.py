@@ -129,6 +129,15 @@ def main(argv: list[str] | None = None) -> int:
             )
         write(source, key, args.threads, True)
         return 0
+    entry = None
+    if not args.write:  # read before minutes of training: a damaged manifest failed after them
+        try:
+            entry = shipped_manifest().get(key)
+        except ValueError as err:
+            parser.error(str(err))
+        if entry is None:
+            print(f"no shipped warm start with key {key}: nothing to compare (ship one with --write)")
+            return 1
     with tempfile.TemporaryDirectory(prefix="atesd-warmstart-") as scratch:
         seconds = train_default(Path(scratch), args.threads)
         fresh = Path(scratch) / "warmstart" / key
@@ -136,10 +145,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.write:
             write(fresh, key, args.threads, False)
             return 0
-        entry = shipped_manifest().get(key)
-        if entry is None:
-            print(f"no shipped warm start with key {key}: nothing to compare (ship one with --write)")
-            return 1
         want, got = entry["files"][WEIGHTS], sha256_file(fresh / WEIGHTS)
         print(f"sha256 shipped    {want}\nsha256 regenerated {got}")
         if want != got:

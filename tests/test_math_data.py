@@ -458,6 +458,19 @@ def test_settings_a_source_would_ignore_are_refused(tmp_path):
             ValueError, match=r"real\.data\.data_dir='/x' applies to the named sources \(aime24"
         ):
             load_problems(MathDataConfig(source=source, data_dir="/x"))
+    # hf_name beside a named source read from data_dir: the file was read, the name dropped unsaid
+    (tmp_path / "dd").mkdir()
+    write_jsonl(tmp_path / "dd" / "gsm8k_train.jsonl", [{"question": "1 + 1?", "answer": "#### 2"}])
+    with pytest.raises(ValueError, match=r"real\.data\.hf_name='socratic' names a configuration on the hub"):
+        load_problems(MathDataConfig(source="gsm8k", data_dir=str(tmp_path / "dd"), hf_name="socratic"))
+
+
+def test_a_ragged_csv_is_one_line(tmp_path, hf_datasets):
+    """pandas' ParserError came wrapped in datasets' DatasetGenerationError, not a ValueError: a
+    traceback, and a run directory left behind."""
+    (tmp_path / "ragged.csv").write_text("problem,answer\n1 + 1?,2\n2 + 2?,4,extra,more\n")
+    with pytest.raises(ValueError, match=r"ragged\.csv: not readable as a csv file: .*Expected 2 fields"):
+        load_problems(MathDataConfig(source=str(tmp_path / "ragged.csv")))
 
 
 @pytest.fixture

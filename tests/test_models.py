@@ -281,3 +281,25 @@ def test_a_checkpoint_without_its_tokenizer_or_any_eos_is_one_line(checkpoint, t
     (no_eos / "generation_config.json").write_text(json.dumps(generation | {"eos_token_id": None}))
     with pytest.raises(ValueError, match="its tokenizer has no EOS token .*names no eos_token_id"):
         load_tokenizer(no_eos)
+
+
+def test_a_head_size_rotary_embeddings_cannot_take_is_refused_by_name():
+    """hidden_size 12 over 4 heads (head size 3) built, then failed at the first warm-start step inside
+    the rotary embedding (a traceback, a run directory left behind)."""
+    import pytest
+
+    with pytest.raises(ValueError, match=r"hidden_size / num_heads \(12 / 4 = 3\) must be even"):
+        TinyModelConfig(hidden_size=12, num_heads=4, num_kv_heads=2)
+
+
+def test_negative_seeds_of_the_task_and_the_warm_start_are_refused_by_name():
+    """numpy said "expected non-negative integer", naming no setting."""
+    import pytest
+
+    from atesd.sft import WarmStartConfig
+    from atesd.tasks.synthetic import ChainBagConfig
+
+    with pytest.raises(ValueError, match="eval_seed must be >= 0, got -1"):
+        ChainBagConfig(eval_seed=-1)
+    with pytest.raises(ValueError, match="seed must be >= 0, got -1"):
+        WarmStartConfig(seed=-1)

@@ -300,6 +300,24 @@ def test_ship_warmstart_check_refuses_from_cache(capsys):
     assert exc.value.code == 2 and "--from-cache needs --write" in capsys.readouterr().err
 
 
+def test_ship_warmstart_check_reads_the_manifest_before_training(tmp_path, monkeypatch, capsys):
+    """--check retrained the default (about 10 minutes) before reading the shipped manifest, then a
+    damaged one was a traceback: it is read first now, and is one line."""
+    import atesd.warmstart as ws
+
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import ship_warmstart
+
+    bad = tmp_path / "manifest.json"
+    bad.write_text('{"61c9": ')
+    for module in (ws, ship_warmstart):
+        monkeypatch.setattr(module, "SHIPPED_MANIFEST", bad, raising=False)
+    monkeypatch.setattr(ship_warmstart, "train_default", lambda *a: pytest.fail("it trained"))
+    with pytest.raises(SystemExit) as exc:
+        ship_warmstart.main(["--check"])
+    assert exc.value.code == 2 and "does not read" in capsys.readouterr().err
+
+
 def test_ship_warmstart_refuses_a_damaged_cache_entry(tmp_path, monkeypatch, capsys):
     """Shipping a cached entry whose weights were cut would record the damaged bytes' sha256 in the
     shipped manifest, so every user's check would pass on them: refused, nothing shipped."""

@@ -81,6 +81,11 @@ def resolve_source(cfg: MathDataConfig) -> Path | tuple[str, str | None, str]:
     ignored (data_dir beside another source, split or hf_name beside a local file) is refused."""
     known = DATASETS.get(cfg.source)
     if known and cfg.data_dir:
+        if cfg.hf_name is not None:  # the file of data_dir is read whatever the hub config's name
+            raise ValueError(
+                f"real.data.hf_name={cfg.hf_name!r} names a configuration on the hub, but {cfg.source} is "
+                f"read from data_dir {cfg.data_dir}: leave one of them unset"
+            )
         file = local_file(cfg.source, known, cfg.split)
         local = Path(cfg.data_dir).expanduser() / file
         if not local.is_file():
@@ -181,10 +186,13 @@ def _csv_options(datasets: Any, files: list[Path], where: Path) -> dict[str, Any
 
 def _read_table(datasets: Any, kind: str, files: list[Path], unreadable: str, options: dict) -> Any:
     """`files` as one table; a damaged or mislabelled file is a one-line ValueError, `unreadable`: why."""
+    DatasetGenerationError = datasets.exceptions.DatasetGenerationError  # noqa: N806 (the class)
     try:
         return datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train", **options)
-    except ValueError as exc:  # pyarrow's ArrowInvalid is one
-        why = str(exc).partition("\n")[0]
+    except (ValueError, DatasetGenerationError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        # a ragged csv: pandas' ParserError, which datasets wraps in a DatasetGenerationError
+        cause = exc.__cause__ if isinstance(exc, DatasetGenerationError) and exc.__cause__ else exc
+        why = str(cause).partition("\n")[0]
         raise ValueError(f"{unreadable}: {why}") from exc
 
 

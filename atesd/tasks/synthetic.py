@@ -56,6 +56,8 @@ class ChainBagConfig:
     eval_seed: int = field(default=1234, metadata={"help": "seed of the fixed evaluation and probe sets"})
 
     def __post_init__(self) -> None:
+        if self.eval_seed < 0:  # numpy said "expected non-negative integer", naming no setting
+            raise ValueError(f"eval_seed must be >= 0, got {self.eval_seed}")
         for name in ("chain_lengths", "bag_sizes"):
             lo, hi = getattr(self, name)
             if not 0 <= lo <= hi <= 9:
