@@ -17,7 +17,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -47,12 +47,27 @@ SHIPPED_DIR = Path(__file__).resolve().parent / "weights" / "warmstart"
 SHIPPED_MANIFEST = SHIPPED_DIR / "manifest.json"  # {key: {"files": {name: sha256}, "made_with": {...}}}
 
 
+def _keyed(model_cfg: TinyModelConfig) -> TinyModelConfig:
+    """`model_cfg` as the cache keys it: the positions it holds at the default's (Qwen3 learns no
+    position embedding, so `max_position` changes no weight; keyed, raising it as the length check
+    advises retrained the same weights for minutes). A loaded entry takes the run's (`_load`)."""
+    return replace(model_cfg, max_position=TinyModelConfig().max_position)
+
+
+def _load(path: Path, model_cfg: TinyModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The cached or shipped entry at `path`, holding `model_cfg.max_position` positions."""
+    model, tokenizer = load_pretrained(path)
+    model.config.max_position_embeddings = model_cfg.max_position
+    return model, tokenizer
+
+
 def cache_key(task_cfg: ChainBagConfig, model_cfg: TinyModelConfig, ws_cfg: WarmStartConfig) -> str:
-    """A stable hash of (task, model, warm-start config, cache format)."""
+    """A stable hash of (task, model, warm-start config, cache format); the model's `max_position`
+    aside (`_keyed`)."""
     blob = json.dumps(
         {
             "task": asdict(task_cfg),
-            "model": asdict(model_cfg),
+            "model": asdict(_keyed(model_cfg)),
             "warmstart": asdict(ws_cfg),
             "format": CACHE_FORMAT,
         },
@@ -130,7 +145,7 @@ def _first_change(task_cfg: ChainBagConfig, model_cfg: TinyModelConfig, cfg: War
     the shipped warm start was made from), as `real.<part>.<field>=value, the default's value`."""
     for part, have, default in (
         ("task", task_cfg, ChainBagConfig()),
-        ("model", model_cfg, TinyModelConfig()),
+        ("model", _keyed(model_cfg), TinyModelConfig()),
         ("warmstart", cfg, WarmStartConfig()),
     ):
         mine, theirs = asdict(have), asdict(default)
@@ -210,7 +225,7 @@ def warm_start(
         found = path
     if found == path:
         try:
-            model, tokenizer = load_pretrained(path)
+            model, tokenizer = _load(path, model_cfg)
             log.info("warm start found: %s", path)
             return model, tokenizer, path, True
         except Exception as err:  # an entry from before checksums were kept, damaged since
@@ -225,13 +240,13 @@ def warm_start(
             found, why = shipped_path(key) if use_shipped else (None, "the shipped one is not used")
     if found is not None:
         log.info("warm start found: %s", found)
-        model, tokenizer = load_pretrained(found)
+        model, tokenizer = _load(found, model_cfg)
         return model, tokenizer, found, True
     _check_writable(path.parent)  # before minutes of training, not after
     with _training(path):  # one process trains a key; another that started it too waits, then loads
         if path.exists() and cache_problem(path) is None:
             log.info("warm start found: %s (trained by another process meanwhile)", path)
-            model, tokenizer = load_pretrained(path)
+            model, tokenizer = _load(path, model_cfg)
             return model, tokenizer, path, True
         _clear_orphans(path)
         log.warning("warm start: training it (%s); it is cached under %s for later runs", why, path)
@@ -239,7 +254,7 @@ def warm_start(
     # hand back what a later run loads, not the objects that trained: a run right after training
     # must equal a run from the cache (the trained model, its code-built tokenizer and the global RNG
     # state training left behind are not what a cache hit sees)
-    model, tokenizer = load_pretrained(path)
+    model, tokenizer = _load(path, model_cfg)
     return model, tokenizer, path, False
 
 
