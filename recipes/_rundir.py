@@ -29,8 +29,8 @@ from recipes.common import RunConfig, absolute_paths, resolved_dict
 # always was
 __all__ = [
     "BANK_FILE", "DATASETS_OWN", "INPUTS", "LOCK", "Plan", "SHORTCUTS", "SUMMARY", "append_record",
-    "changed_inputs", "checkpoint_fits", "config_differs", "config_fingerprint", "folder_files",
-    "git_commit", "given_differences", "given_overrides", "input_files", "latest_run_dir",
+    "changed_inputs", "checkpoint_fits", "config_differs", "config_fingerprint", "drop_noted_bank",
+    "folder_files", "git_commit", "given_differences", "given_overrides", "input_files", "latest_run_dir",
     "missing_outputs", "moved_since", "new_run_dir", "note_bank_file", "plan_run", "progress_marks",
     "read_records", "record_inputs", "restart_logs", "resume_plan", "run_lock", "same_paths_differences",
     "save_checkpoint", "stored_config", "world_mismatch", "write_summary",
@@ -402,10 +402,14 @@ def restart_logs(run_dir: Path) -> None:
     for name in ("metrics.jsonl", "decisions.jsonl"):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
-    noted = run_dir / BANK_FILE
-    if noted.is_file():
-        Path(noted.read_text(encoding="utf-8").strip()).unlink(missing_ok=True)
-        noted.unlink()
+    drop_noted_bank(run_dir / BANK_FILE)
+
+
+def drop_noted_bank(note: Path) -> None:
+    """Remove the bank file that the file `note` names, and `note` (neither there: nothing)."""
+    if note.is_file():
+        Path(note.read_text(encoding="utf-8").strip()).unlink(missing_ok=True)
+        note.unlink()
 
 
 def note_bank_file(run_dir: Path, path: Path | None) -> None:

@@ -79,6 +79,7 @@ from recipes._progress import discard_dir, fresh_dir, progress, user_errors  # n
 from recipes._rundir import (  # noqa: E402
     append_record,
     changed_inputs,
+    drop_noted_bank,
     git_commit,
     read_records,
     record_inputs,
@@ -176,10 +177,7 @@ def drop_cut_banks(run_dir: Path, units: list[tuple[str, str, int]]) -> None:
     would be in the bank twice, the cut episode and its rerun (a bank file's tag names the controller
     and seed, not the spec, so the bank cannot tell them apart itself)."""
     for unit in units:
-        note = bank_note(run_dir, unit)
-        if note.is_file():
-            Path(note.read_text(encoding="utf-8").strip()).unlink(missing_ok=True)
-            note.unlink()
+        drop_noted_bank(bank_note(run_dir, unit))
 
 
 # ---- output ----------------------------------------------------------------------------------------
